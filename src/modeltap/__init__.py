@@ -1,0 +1,22 @@
+"""modeltap: see when a model's world changes, with no change to the model.
+
+Public API::
+
+    from modeltap import ModelTapMiddleware, ModelTapConfig
+"""
+
+from modeltap._version import __version__
+from modeltap.config import ExportConfig, ModelTapConfig, SamplerConfig
+from modeltap.errors import ConfigError, ModelTapError, ReferenceProfileError
+from modeltap.middleware import ModelTapMiddleware
+
+__all__ = [
+    "ConfigError",
+    "ExportConfig",
+    "ModelTapConfig",
+    "ModelTapError",
+    "ModelTapMiddleware",
+    "ReferenceProfileError",
+    "SamplerConfig",
+    "__version__",
+]

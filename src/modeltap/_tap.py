@@ -1,0 +1,408 @@
+"""The tap: the composition root that owns the queue, the worker thread and the exporters.
+
+Request path: `admit()` and `capture` (O(1), see capture/). Worker thread: drain the queue in
+micro-batches, decode (protocols), accumulate (stats), build spans, publish snapshots.
+Export thread: OTLP calls (export/). It is the only module that knows all ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+
+from modeltap.capture.exchange import ExchangeCapture, TraceStarter
+from modeltap.capture.record_queue import RecordQueue
+from modeltap.capture.trace_context import TraceSampler
+from modeltap.config import DEFAULT_DURATION_BUCKETS_S, ModelTapConfig, SamplerConfig
+from modeltap.export.exporters import make_metric_exporter, make_span_exporter
+from modeltap.export.resource import build_resource, new_instance_id
+from modeltap.export.spans import ExchangeIdentity, SpanOptions, build_span, error_type, http_attributes
+from modeltap.export.telemetry_thread import TelemetryExporter
+from modeltap.protocols import DecodedPayload, ExchangeBytes, decode_exchange
+from modeltap.protocols.detect import sanitize
+from modeltap.records import ExchangeRecord
+from modeltap.snapshot import Attributes, CounterPoint, SelfMonitoring, Snapshot
+from modeltap.stats import Observation, StatsAggregator
+from modeltap.stats.reference import ReferenceProfile, load_reference
+
+_log = logging.getLogger("modeltap")
+UNKNOWN = "unknown"
+MAX_BATCH = 4096
+MAX_STRIDE = 1024
+# Attributes of the duration histogram (HTTP semantic conventions) taken from the span's set.
+_DURATION_KEYS = (
+    "http.request.method",
+    "http.route",
+    "http.response.status_code",
+    "url.scheme",
+    "network.protocol.version",
+    "error.type",
+)
+
+
+def _header_map(headers: Any, wanted: frozenset[bytes]) -> dict[bytes, bytes]:
+    found: dict[bytes, bytes] = {}
+    for key, value in headers:
+        lowered = key.lower()
+        if lowered in wanted and lowered not in found:
+            found[lowered] = value
+    return found
+
+
+def route_template(record: ExchangeRecord) -> str | None:
+    """The framework's route template, prefixed by any mount paths routing added."""
+    template = getattr(record.route, "path", None)
+    if not isinstance(template, str):
+        return None
+    mount = record.root_path_after[len(record.root_path_at_start) :]
+    return mount + template if record.root_path_after.startswith(record.root_path_at_start) else template
+
+
+class Tap:
+    """Capture → decode → statistics → export, with every buffer bounded and every drop counted.
+
+    Example::
+
+        tap = Tap(ModelTapConfig.from_env(model_name="churn"))
+        tap.start()
+        ...
+        tap.flush()     # process what is queued, publish a snapshot, export now
+        tap.shutdown()  # bounded by export.shutdown_timeout_s
+    """
+
+    def __init__(self, config: ModelTapConfig, tracer_provider: Any = None) -> None:
+        self.config = config
+        self._explicit_tracer_provider = tracer_provider
+        self.reference: ReferenceProfile | None = load_reference(config.reference) if config.reference else None
+        self._request_wanted = frozenset({b"content-type", b"content-encoding", config.request_id_header.encode()})
+        self._response_wanted = frozenset(
+            {b"content-type", b"content-encoding", config.version_header.encode(), b"ce-modelid", b"ce-id"}
+        )
+        self._span_options = SpanOptions(
+            capture_payloads=config.capture_payloads,
+            max_payload_bytes=config.max_payload_attribute_bytes,
+            request_headers=config.capture_request_headers,
+            response_headers=config.capture_response_headers,
+        )
+        self._lock = threading.Lock()
+        self._reset_state()
+        self._registered_exit = False
+        # A forked worker (gunicorn pre-fork) starts clean: the parent's queue and counts are its own.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (tap := ref()) is not None and tap._reset_state())
+
+    def _reset_state(self) -> None:
+        config = self.config
+        self.queue = RecordQueue(config.queue_max_records, config.queue_max_bytes)
+        self.capture: ExchangeCapture | None = None
+        self.started = False
+        self._stride = 1
+        self._seq = 0
+        self._stats = StatsAggregator(config.series_limit, DEFAULT_DURATION_BUCKETS_S, self.reference)
+        self._start_unix_ns = time.time_ns()
+        self._instance_id = new_instance_id()
+        self._records_processed = 0
+        self._internal_errors: collections.Counter[str] = collections.Counter()
+        self._worker_errors: collections.Counter[str] = collections.Counter()
+        self._latest: Snapshot | None = None
+        self._last_publish = 0.0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._flush_waiters: list[threading.Event] = []
+        self._worker: threading.Thread | None = None
+        self._exporter: TelemetryExporter | None = None
+        self._provider_processor: Any = None
+        self._resource = Resource.get_empty()
+        self._model_attrs: Attributes = (
+            ("modeltap.model.name", config.model_name or (self.reference and self.reference.model_name) or UNKNOWN),
+            ("modeltap.model.version", config.model_version or UNKNOWN),
+        )
+
+    # ---- request path -------------------------------------------------------------------
+
+    def admit(self) -> int:
+        """The weight of this exchange if it is to be captured, else 0 (sampling under overload)."""
+        stride = self._stride
+        if stride == 1:
+            return 1
+        self._seq += 1
+        return stride if self._seq % stride == 0 else 0
+
+    def submit(self, record: ExchangeRecord, kept_bytes: int) -> None:
+        self.queue.offer(record, kept_bytes)
+
+    def note_internal_error(self, where: str) -> None:
+        self._internal_errors[where] += 1
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker and export threads (idempotent; called on the first request)."""
+        with self._lock:
+            if self.started:
+                return
+            self._start_locked()
+            self.started = True
+
+    def _start_locked(self) -> None:
+        config = self.config
+        provider = self._explicit_tracer_provider or otel_trace.get_tracer_provider()
+        export = config.export
+        base_resource = None
+        if isinstance(provider, SdkTracerProvider):
+            # The app has its own tracing pipeline: spans join it, and metrics share its resource.
+            self._provider_processor = provider._active_span_processor
+            base_resource = provider.resource
+        self._resource = build_resource(
+            self._instance_id, export.service_name, export.resource_attributes, base=base_resource
+        )
+        span_exporter = make_span_exporter(export) if self._provider_processor is None else None
+        self._exporter = TelemetryExporter(
+            export, self._resource, self.latest_snapshot, make_metric_exporter(export), span_exporter
+        )
+        traced = self._provider_processor is not None or span_exporter is not None
+        sampler = TraceSampler(export.sampler if traced else SamplerConfig("always_off", 0.0))
+        enrich = {"modeltap.model.name": config.model_name} if config.model_name else {}
+        self.capture = ExchangeCapture(self, config.max_body_bytes, TraceStarter(sampler, enrich))
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._run, name="modeltap-worker", daemon=True)
+        self._worker.start()
+        self._exporter.start()
+        if not self._registered_exit:
+            atexit.register(self.shutdown)
+            self._registered_exit = True
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Process everything queued, publish a snapshot and export it; True if done in time."""
+        if not self.started or self._worker is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        done = threading.Event()
+        with self._lock:
+            self._flush_waiters.append(done)
+        self._wake.set()
+        if not done.wait(timeout_s):
+            return False
+        assert self._exporter is not None
+        return self._exporter.flush_now(max(0.0, deadline - time.monotonic()))
+
+    def shutdown(self) -> None:
+        """Drain, publish and flush within `export.shutdown_timeout_s`; never hangs. Idempotent."""
+        with self._lock:
+            if not self.started:
+                return
+            self.started = False
+            worker, exporter = self._worker, self._exporter
+        budget = self.config.export.shutdown_timeout_s
+        deadline = time.monotonic() + budget
+        self._stop.set()
+        self._wake.set()
+        if worker is not None:
+            worker.join(budget / 2)
+        if exporter is not None:
+            exporter.shutdown()
+        _log.debug("modeltap shut down in %.3fs", budget - (deadline - time.monotonic()))
+
+    # ---- worker thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self.config.worker_interval_s
+        while True:
+            stopping = self._stop.is_set()
+            with self._lock:
+                waiters, self._flush_waiters = self._flush_waiters, []
+            try:
+                self._drain_all()
+                self._adjust_stride()
+                now = time.monotonic()
+                if waiters or stopping or now - self._last_publish >= self.config.snapshot_interval_s:
+                    self._publish()
+                    self._last_publish = now
+            except Exception:
+                self._worker_errors["worker"] += 1
+                _log.exception("modeltap worker iteration failed")
+            for waiter in waiters:
+                waiter.set()
+            if stopping:
+                return
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    def _drain_all(self) -> None:
+        spans: list[ReadableSpan] = []
+        while True:
+            batch = self.queue.drain(MAX_BATCH)
+            if not batch:
+                break
+            for record in batch:
+                try:
+                    span = self._process(record)
+                except Exception:
+                    self._worker_errors["process"] += 1
+                    _log.debug("processing a record failed", exc_info=True)
+                    continue
+                if span is not None:
+                    spans.append(span)
+            self._records_processed += len(batch)
+            if self._stop.is_set():
+                continue  # drain everything on shutdown; the queue is bounded
+        if spans:
+            self._emit_spans(spans)
+
+    def _emit_spans(self, spans: list[ReadableSpan]) -> None:
+        if self._provider_processor is not None:
+            for span in spans:
+                try:
+                    self._provider_processor.on_end(span)
+                except Exception:
+                    self._worker_errors["span_processor"] += 1
+        elif self._exporter is not None:
+            self._exporter.offer_spans(spans)
+
+    def _adjust_stride(self) -> None:
+        """Sample before dropping: halve the captured share while the queue sits above the
+        watermark, restore it once the worker has caught up."""
+        queue = self.queue
+        mark = self.config.overload_watermark
+        load = max(queue.depth / queue.max_records, queue.pending_bytes / queue.max_bytes)
+        if load > mark and self._stride < MAX_STRIDE:
+            self._stride *= 2
+        elif load < mark / 8 and self._stride > 1:
+            self._stride //= 2
+
+    def _decode(self, record: ExchangeRecord) -> DecodedPayload:
+        if record.request_truncated or record.response_truncated:
+            decoded = DecodedPayload(skipped="body_over_cap")
+            return decoded
+        request = _header_map(record.request_headers, self._request_wanted)
+        response = _header_map(record.response_headers, self._response_wanted)
+        exchange = ExchangeBytes(
+            method=record.method,
+            path=record.path,
+            request_body=b"".join(record.request_parts),
+            response_body=b"".join(record.response_parts),
+            status=record.status,
+            request_content_type=request.get(b"content-type", b"").decode("latin-1"),
+            request_content_encoding=request.get(b"content-encoding", b"").decode("latin-1"),
+            response_content_type=response.get(b"content-type", b"").decode("latin-1"),
+            response_content_encoding=response.get(b"content-encoding", b"").decode("latin-1"),
+            feature_names=self.reference.input_names if self.reference is not None else (),
+        )
+        decoded = decode_exchange(exchange, max_decoded_bytes=4 * self.config.max_body_bytes + 1024)
+        header_version = response.get(self.config.version_header.encode())
+        if header_version:
+            decoded.model_version = sanitize(header_version.decode("latin-1")) or decoded.model_version
+        request_id = request.get(self.config.request_id_header.encode()) or response.get(b"ce-id")
+        if request_id and not decoded.request_id:
+            decoded.request_id = sanitize(request_id.decode("latin-1"))
+        if not decoded.model_name and (model_id := response.get(b"ce-modelid")):
+            decoded.model_name = sanitize(model_id.decode("latin-1"))
+        return decoded
+
+    def _process(self, record: ExchangeRecord) -> ReadableSpan | None:
+        decoded = self._decode(record)
+        config = self.config
+        model_name = config.model_name or decoded.model_name or self._model_attrs[0][1]
+        model_version = config.model_version or decoded.model_version or UNKNOWN
+        route = route_template(record)
+        attrs = http_attributes(record, route)
+        err = error_type(record)
+        if err is not None:
+            attrs["error.type"] = err
+        if not record.status:
+            # The app raised before responding: the server answers 500, so that is what clients saw.
+            attrs["http.response.status_code"] = 500
+        http_attrs = tuple((key, attrs[key]) for key in _DURATION_KEYS if key in attrs)
+        observation = Observation(
+            model_name=str(model_name),
+            model_version=model_version,
+            http_attributes=http_attrs,
+            duration_s=record.duration_s,
+            is_error=err is not None,
+            weight=record.weight,
+            rows=decoded.rows,
+            features=decoded.features,
+            outputs=decoded.outputs,
+            violations=decoded.violations,
+        )
+        self._stats.observe(observation)
+        if decoded.skipped:
+            model_attrs: Attributes = (("modeltap.model.name", str(model_name)), ("modeltap.model.version", model_version))
+            self._stats.count_drop(model_attrs, decoded.skipped, record.weight)
+        if record.trace is None:
+            return None
+        identity = ExchangeIdentity(
+            route=route,
+            model_name=str(model_name),
+            model_version=model_version,
+            request_id=decoded.request_id,
+            protocol=decoded.protocol,
+            violations=decoded.violations,
+        )
+        return build_span(record, identity, self._span_options, self._resource)
+
+    # ---- snapshots ----------------------------------------------------------------------
+
+    def _capture_drops(self) -> list[CounterPoint]:
+        """Drops counted outside the statistics (queue, span ring, export), with model attrs."""
+        counts = {
+            "queue_full": self.queue.dropped_full,
+            "queue_bytes": self.queue.dropped_bytes,
+        }
+        if self._exporter is not None and self._exporter.exports_spans:
+            counts["span_queue_full"] = self._exporter.spans_dropped_queue_full
+            counts["span_export_failed"] = self._exporter.spans_dropped_export_failed
+        return [
+            CounterPoint((*self._model_attrs, ("modeltap.drop.reason", reason)), float(value))
+            for reason, value in counts.items()
+        ]
+
+    def _publish(self) -> None:
+        exporter = self._exporter
+        internal = self._internal_errors + self._worker_errors
+        monitoring = SelfMonitoring(
+            queue_depth=self.queue.depth,
+            queue_bytes=self.queue.pending_bytes,
+            worker_lag_s=self.queue.oldest_age_s(),
+            sampling_stride=self._stride,
+            records_processed=self._records_processed,
+            internal_errors=tuple(sorted(internal.items())),
+            export_failures=tuple(sorted(exporter.failures.items())) if exporter else (),
+            last_export_unix_s=tuple(sorted(exporter.last_success_unix_s.items())) if exporter else (),
+            spans_exported=exporter.spans_exported if exporter else 0,
+        )
+        self._latest = Snapshot(
+            taken_unix_ns=time.time_ns(),
+            start_unix_ns=self._start_unix_ns,
+            instance_id=self._instance_id,
+            pid=os.getpid(),
+            duration=self._stats.duration_points(),
+            dropped=(*self._stats.drop_points(), *self._capture_drops()),
+            violations=self._stats.violation_points(),
+            models=self._stats.model_views(),
+            monitoring=monitoring,
+        )
+
+    def latest_snapshot(self) -> Snapshot:
+        """The last published snapshot (at most `snapshot_interval_s` old while running)."""
+        snap = self._latest
+        if snap is None:
+            return Snapshot(
+                taken_unix_ns=time.time_ns(),
+                start_unix_ns=self._start_unix_ns,
+                instance_id=self._instance_id,
+                pid=os.getpid(),
+                dropped=tuple(self._capture_drops()),
+            )
+        return snap

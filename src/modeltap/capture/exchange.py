@@ -1,0 +1,219 @@
+"""Capture one ASGI HTTP exchange without changing it.
+
+The app receives the very message objects the server produced and the server receives the very
+messages the app sent; capture only keeps references to body chunks (up to the decode cap),
+notes times and status, and hands one immutable record to the sink in `finally`. No parsing,
+no numpy and no OpenTelemetry SDK calls happen here (see DESIGN.md, measured costs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+
+from modeltap._types import ASGIApp, Headers, Message, Receive, Scope, Send
+from modeltap.capture.trace_context import TraceSampler, new_span_id, new_trace_id, parse_traceparent
+from modeltap.records import ExchangeRecord, TraceIds
+
+_log = logging.getLogger("modeltap")
+_NO_HEADERS: Headers = []
+_SAMPLED = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
+
+
+class CaptureSink(Protocol):
+    """Where finished records go (the tap); must never block or raise."""
+
+    def submit(self, record: ExchangeRecord, kept_bytes: int) -> None: ...
+
+    def note_internal_error(self, where: str) -> None: ...
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+class TraceStarter:
+    """Decides trace identity at request start: continue, enrich, or begin a trace."""
+
+    def __init__(self, sampler: TraceSampler, server_span_attributes: dict[str, str]) -> None:
+        self._sampler = sampler
+        self._enrich = server_span_attributes
+
+    def start(self, headers: Headers) -> TraceIds | None:
+        if self._sampler.never:
+            return None
+        current = otel_trace.get_current_span()
+        if current.is_recording():
+            # Another instrumentation already opened a span: join it, never duplicate the server span.
+            ctx = current.get_span_context()
+            if getattr(current, "kind", None) is otel_trace.SpanKind.SERVER:
+                for key, value in self._enrich.items():
+                    current.set_attribute(key, value)
+            return TraceIds(ctx.trace_id, new_span_id(), ctx.span_id, False, True, "", True)
+        raw = _header(headers, b"traceparent")
+        parent = parse_traceparent(raw) if raw is not None else None
+        if parent is None:
+            trace_id = new_trace_id()
+            if not self._sampler.sample(trace_id, None):
+                return None
+            return TraceIds(trace_id, new_span_id(), 0, False, True, "", False)
+        trace_id, parent_span_id, parent_sampled = parent
+        if not self._sampler.sample(trace_id, parent_sampled):
+            return None
+        state = _header(headers, b"tracestate")
+        trace_state = state.decode("latin-1") if state else ""
+        return TraceIds(trace_id, new_span_id(), parent_span_id, True, True, trace_state, False)
+
+
+def _attach(ids: TraceIds) -> object:
+    # The app's own outbound instrumentation then parents under modeltap's span, whose ids
+    # were fixed here; the span itself is built later on the worker thread.
+    span_context = otel_trace.SpanContext(ids.trace_id, ids.span_id, is_remote=False, trace_flags=_SAMPLED)
+    return otel_context.attach(otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(span_context)))
+
+
+class ExchangeCapture:
+    """Wraps one request of an ASGI app and submits its `ExchangeRecord` to the sink.
+
+    Example::
+
+        capture = ExchangeCapture(sink=tap, max_body_bytes=1 << 20, traces=starter)
+        await capture(app, scope, receive, send, weight=1)
+    """
+
+    def __init__(self, sink: CaptureSink, max_body_bytes: int, traces: TraceStarter) -> None:
+        self._sink = sink
+        self._cap = max_body_bytes
+        self._traces = traces
+
+    async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, weight: int) -> None:
+        perf = time.perf_counter
+        started = perf()
+        start_ns = time.time_ns()
+        cap = self._cap
+        request_headers: Headers = scope.get("headers") or _NO_HEADERS
+        root_path_at_start: str = scope.get("root_path", "")
+        ids: TraceIds | None = None
+        token: object | None = None
+        try:
+            ids = self._traces.start(request_headers)
+            if ids is not None and not ids.enriched_local_span:
+                token = _attach(ids)
+        except Exception:
+            self._sink.note_internal_error("trace_start")
+
+        request_parts: list[bytes] = []
+        response_parts: list[bytes] = []
+        request_left = cap
+        request_size = 0
+        response_left = cap
+        response_size = 0
+        disconnected = False
+        status = 0
+        response_headers: Headers = _NO_HEADERS
+        ttfb: float | None = None
+        ended: float | None = None
+
+        async def tap_receive() -> Message:
+            nonlocal request_left, request_size, disconnected
+            message = await receive()
+            kind = message["type"]
+            if kind == "http.request":
+                body = message.get("body", b"")
+                if body:
+                    size = len(body)
+                    request_size += size
+                    if request_left:
+                        # Keep a reference, not a copy; slice only the one chunk crossing the cap.
+                        kept = bytes(body[:request_left]) if size > request_left else bytes(body)
+                        request_parts.append(kept)
+                        request_left -= len(kept)
+            elif kind == "http.disconnect":
+                disconnected = True
+            return message
+
+        async def tap_send(message: Message) -> None:
+            nonlocal response_left, response_size, status, response_headers, ttfb, ended
+            kind = message["type"]
+            if kind == "http.response.body":
+                body = message.get("body", b"")
+                if body:
+                    size = len(body)
+                    response_size += size
+                    if response_left:
+                        kept = bytes(body[:response_left]) if size > response_left else bytes(body)
+                        response_parts.append(kept)
+                        response_left -= len(kept)
+                if not message.get("more_body", False) and ended is None:
+                    ended = perf()
+            elif kind == "http.response.start":
+                status = message["status"]
+                response_headers = message.get("headers") or _NO_HEADERS
+                ttfb = perf()
+            elif kind == "http.response.pathsend" or (
+                kind == "http.response.trailers" and not message.get("more_trailers", False)
+            ):
+                ended = perf()
+            await send(message)
+
+        error_type: str | None = None
+        try:
+            await app(scope, tap_receive, tap_send)
+        except BaseException as exc:
+            error_type = type(exc).__qualname__
+            raise
+        finally:
+            if token is not None:
+                try:
+                    otel_context.detach(token)  # type: ignore[arg-type]
+                except Exception:
+                    self._sink.note_internal_error("trace_detach")
+            try:
+                finished = perf()
+                complete = ended is not None
+                if complete:
+                    outcome = "complete"
+                elif error_type is not None:
+                    outcome = "aborted" if status else "app_error"
+                elif disconnected:
+                    outcome = "client_disconnected"
+                else:
+                    outcome = "incomplete"
+                if error_type is None and outcome == "client_disconnected":
+                    error_type = "client_disconnected"
+                record = ExchangeRecord(
+                    start_ns,
+                    (ended if ended is not None else finished) - started,
+                    None if ttfb is None else ttfb - started,
+                    scope.get("method", "GET"),
+                    scope.get("scheme", "http"),
+                    scope.get("http_version", "1.1"),
+                    scope.get("path", ""),
+                    scope.get("query_string", b""),
+                    root_path_at_start,
+                    scope.get("root_path", ""),
+                    scope.get("route"),
+                    scope.get("client"),
+                    scope.get("server"),
+                    request_headers,
+                    response_headers,
+                    status,
+                    request_parts,
+                    request_size,
+                    response_parts,
+                    response_size,
+                    error_type,
+                    outcome,
+                    ids,
+                    weight,
+                )
+                self._sink.submit(record, 2 * cap - request_left - response_left)
+            except Exception:
+                self._sink.note_internal_error("capture")

@@ -1,0 +1,78 @@
+"""A bounded, never-blocking hand-off from the request path to the worker thread."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from modeltap.records import ExchangeRecord
+
+# Fixed per-record overhead charged against the byte bound (headers, tuple, scope refs).
+RECORD_OVERHEAD_BYTES = 1024
+
+
+class RecordQueue:
+    """Bounded in records and in bytes; a full queue drops the new record and counts it.
+
+    Each counter has a single writer (the event-loop thread writes the `offered`/`dropped_*` side,
+    the worker writes the `taken` side), so plain integers stay exact without a lock.
+
+    Example::
+
+        queue = RecordQueue(max_records=10_000, max_bytes=64 << 20)
+        queue.offer(record, kept_bytes=512)  # False when full: the record is dropped and counted
+        batch = queue.drain(limit=1024)
+    """
+
+    def __init__(self, max_records: int, max_bytes: int) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self._items: collections.deque[tuple[ExchangeRecord, int]] = collections.deque()
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self.dropped_full = 0
+        self.dropped_bytes = 0
+
+    def offer(self, record: ExchangeRecord, kept_bytes: int) -> bool:
+        size = kept_bytes + RECORD_OVERHEAD_BYTES
+        if len(self._items) >= self.max_records:
+            self.dropped_full += 1
+            return False
+        if self._bytes_in - self._bytes_out + size > self.max_bytes:
+            self.dropped_bytes += 1
+            return False
+        self._bytes_in += size
+        self._items.append((record, size))
+        return True
+
+    def drain(self, limit: int) -> list[ExchangeRecord]:
+        items = self._items
+        out: list[ExchangeRecord] = []
+        freed = 0
+        while items and len(out) < limit:
+            record, size = items.popleft()
+            out.append(record)
+            freed += size
+        self._bytes_out += freed
+        return out
+
+    def clear(self) -> None:
+        """Forget everything queued (used in a forked child: the parent owns those records)."""
+        self.drain(len(self._items) + 1)
+
+    @property
+    def depth(self) -> int:
+        return len(self._items)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes_in - self._bytes_out
+
+    def oldest_age_s(self) -> float:
+        """Seconds since the oldest queued exchange finished (the worker's lag)."""
+        try:
+            record = self._items[0][0]
+        except IndexError:
+            return 0.0
+        finished_ns = record.start_unix_ns + int(record.duration_s * 1e9)
+        return max(0.0, (time.time_ns() - finished_ns) / 1e9)

@@ -1,0 +1,72 @@
+"""W3C trace context on the request path: parse `traceparent`, make ids, decide sampling.
+
+Only what must happen while the request is live is here; spans are built on the worker.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from modeltap.config import SamplerConfig
+
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ID_LIMIT = 1 << 64
+
+
+def parse_traceparent(value: bytes) -> tuple[int, int, bool] | None:
+    """(trace_id, parent_span_id, sampled) from a `traceparent` value, or None if invalid.
+
+    Follows W3C Trace Context §3.2: version ff is invalid, version 00 has no trailing fields,
+    all-zero ids are invalid; unknown future versions are read by their 00 prefix.
+    """
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags_hex, rest = match.groups()
+    if version == b"ff" or (version == b"00" and rest):
+        return None
+    trace_id = int(trace_hex, 16)
+    span_id = int(span_hex, 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    return trace_id, span_id, bool(int(flags_hex, 16) & 1)
+
+
+def new_trace_id() -> int:
+    while True:
+        value = random.getrandbits(128)
+        if value:
+            return value
+
+
+def new_span_id() -> int:
+    while True:
+        value = random.getrandbits(64)
+        if value:
+            return value
+
+
+class TraceSampler:
+    """The OTEL_TRACES_SAMPLER family, decided from ids alone (no SDK call on the hot path).
+
+    The ratio test is the SDK's `TraceIdRatioBased`: the low 64 bits of the trace id below
+    `round(ratio * 2**64)`, so a trace is kept or dropped consistently across services.
+    """
+
+    def __init__(self, config: SamplerConfig) -> None:
+        name = config.name
+        self.parent_based = name.startswith("parentbased_")
+        root = name.removeprefix("parentbased_")
+        if root == "always_on":
+            self._bound = _ID_LIMIT
+        elif root == "always_off":
+            self._bound = 0
+        else:
+            self._bound = round(config.ratio * _ID_LIMIT)
+        self.never = self._bound == 0 and not self.parent_based
+
+    def sample(self, trace_id: int, parent_sampled: bool | None) -> bool:
+        if parent_sampled is not None and self.parent_based:
+            return parent_sampled
+        return (trace_id & (_ID_LIMIT - 1)) < self._bound

@@ -1,0 +1,109 @@
+"""`GET {prefix}/status` and `{prefix}/metrics` on the application's own port.
+
+Loopback clients only unless a token or an allow-list says otherwise, since the numbers describe
+the model's traffic. Served from the latest published snapshot, never computed on request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from modeltap._types import Receive, Scope, Send
+from modeltap.export import prometheus_text
+from modeltap.export.status_json import status_document
+from modeltap.snapshot import Snapshot
+
+
+class LocalViews:
+    """An ASGI endpoint for the views under `prefix`.
+
+    Example::
+
+        views = LocalViews("/modeltap", snapshot=tap.latest_snapshot, model_name="churn")
+        if views.handles(scope):
+            await views(scope, receive, send)
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        snapshot: Callable[[], Snapshot],
+        model_name: str | None = None,
+        token: str | None = None,
+        allow: tuple[str, ...] = (),
+    ) -> None:
+        self._prefix = prefix
+        self._snapshot = snapshot
+        self._model_name = model_name
+        self._token = token.encode() if token else None
+        self._allow = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in allow)
+
+    def handles(self, scope: Scope) -> bool:
+        path: str = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        return path == self._prefix or path.startswith(self._prefix + "/")
+
+    def _allowed(self, scope: Scope) -> bool:
+        if self._token is not None:
+            for key, value in scope.get("headers", ()):
+                if key == b"authorization" and hmac.compare_digest(value, b"Bearer " + self._token):
+                    return True
+        client = scope.get("client")
+        if not client:
+            return False
+        try:
+            address = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        if address.is_loopback:
+            return True
+        return any(address in network for network in self._allow)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        sub = path[len(self._prefix) :]
+        if not self._allowed(scope):
+            await _respond(send, 403, b"forbidden\n", "text/plain; charset=utf-8")
+            return
+        if scope.get("method") not in ("GET", "HEAD"):
+            await _respond(send, 405, b"method not allowed\n", "text/plain; charset=utf-8", [(b"allow", b"GET")])
+            return
+        head = scope.get("method") == "HEAD"
+        if sub in ("/status", "/status/"):
+            document: Any = status_document(self._snapshot(), self._model_name)
+            body = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+            await _respond(send, 200, body, "application/json", head=head)
+        elif sub in ("/metrics", "/metrics/"):
+            text = prometheus_text.render(self._snapshot()).encode()
+            await _respond(send, 200, text, prometheus_text.CONTENT_TYPE, head=head)
+        else:
+            await _respond(send, 404, b"not found\n", "text/plain; charset=utf-8")
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    *,
+    head: bool = False,
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})

@@ -1,0 +1,98 @@
+"""Prometheus text exposition (format 0.0.4) of the same snapshot the OTLP export sends.
+
+Names follow the OpenTelemetry-to-Prometheus rules: dots become underscores, the unit becomes a
+suffix, counters end in `_total`. Each `le` label is formatted the same way on every scrape and in
+every replica, because PromQL joins histogram buckets on that exact string.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from modeltap.snapshot import AttributeValue, Attributes, CounterPoint, Snapshot
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in text)
+
+
+def _escape(value: AttributeValue) -> str:
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def format_le(bound: float) -> str:
+    """The `le` label: `+Inf`, or the shortest round-trip repr, as Prometheus clients write it."""
+    if math.isinf(bound):
+        return "+Inf"
+    return repr(float(bound))
+
+
+def _labels(attributes: Attributes, extra: Iterable[tuple[str, str]] = ()) -> str:
+    pairs = [f'{_name(k)}="{_escape(v)}"' for k, v in attributes]
+    pairs.extend(f'{k}="{v}"' for k, v in extra)
+    return "{" + ",".join(pairs) + "}" if pairs else ""
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(value)
+
+
+def _counter(lines: list[str], name: str, help_text: str, points: Iterable[CounterPoint]) -> None:
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} counter")
+    lines.extend(f"{name}{_labels(p.attributes)} {_number(p.value)}" for p in points)
+
+
+def _gauge(lines: list[str], name: str, help_text: str, rows: Iterable[tuple[Attributes, float]]) -> None:
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} gauge")
+    lines.extend(f"{name}{_labels(a)} {_number(v)}" for a, v in rows)
+
+
+def render(snap: Snapshot) -> str:
+    lines: list[str] = []
+    name = "http_server_request_duration_seconds"
+    lines.append(f"# HELP {name} Duration of HTTP server requests.")
+    lines.append(f"# TYPE {name} histogram")
+    for point in snap.duration:
+        cumulative = 0
+        for bound, count in zip((*point.bounds, math.inf), point.counts):
+            cumulative += count
+            lines.append(f"{name}_bucket{_labels(point.attributes, [('le', format_le(bound))])} {cumulative}")
+        if point.sum is not None:
+            lines.append(f"{name}_sum{_labels(point.attributes)} {_number(point.sum)}")
+        lines.append(f"{name}_count{_labels(point.attributes)} {point.count}")
+    _counter(lines, "modeltap_capture_dropped_total", "Items modeltap dropped, by reason.", snap.dropped)
+    _counter(
+        lines, "modeltap_data_quality_violations_total", "Data-quality violations, by reason.", snap.violations
+    )
+    mon = snap.monitoring
+    _gauge(lines, "modeltap_queue_depth", "Exchanges captured but not yet processed.", [((), mon.queue_depth)])
+    _gauge(lines, "modeltap_worker_lag_seconds", "Age of the oldest unprocessed exchange.", [((), mon.worker_lag_s)])
+    _gauge(
+        lines,
+        "modeltap_capture_sampling_stride",
+        "1 in N exchanges is captured while the worker is behind.",
+        [((), mon.sampling_stride)],
+    )
+    _counter(
+        lines,
+        "modeltap_export_failures_total",
+        "Failed OTLP export calls, by signal.",
+        [CounterPoint((("modeltap.signal", s),), float(n)) for s, n in mon.export_failures],
+    )
+    _gauge(
+        lines,
+        "modeltap_export_last_success_seconds",
+        "Unix time of the last successful OTLP export, by signal.",
+        [((("modeltap.signal", s),), t) for s, t in mon.last_export_unix_s],
+    )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,170 @@
+"""One OpenTelemetry span per sampled exchange, built after the fact on the worker thread.
+
+Ids were fixed on the request path (so children the app created point at this span); here the
+span is assembled as a finished `ReadableSpan` with HTTP semantic-convention attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from opentelemetry import trace as trace_api
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+from modeltap.export.otlp_metrics import SCOPE
+from modeltap.export.redaction import REDACTED, is_credential_header, redact_query, truncate_utf8
+from modeltap.records import ExchangeRecord
+
+KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"})
+MAX_ATTRIBUTE_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class SpanOptions:
+    capture_payloads: bool
+    max_payload_bytes: int
+    request_headers: tuple[str, ...]
+    response_headers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExchangeIdentity:
+    """What the worker learned from decoding, for the span."""
+
+    route: str | None
+    model_name: str
+    model_version: str
+    request_id: str | None
+    protocol: str
+    violations: Mapping[str, int]
+
+
+def _headers_dict(headers: object) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in headers:  # type: ignore[attr-defined]
+        out.setdefault(key.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    return out
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ATTRIBUTE_CHARS else text[:MAX_ATTRIBUTE_CHARS]
+
+
+def http_attributes(record: ExchangeRecord, route: str | None) -> dict[str, str | int | bool]:
+    method = record.method
+    attrs: dict[str, str | int | bool] = {
+        "http.request.method": method if method in KNOWN_METHODS else "_OTHER",
+        "url.scheme": record.scheme,
+        "url.path": _clip(record.path),
+        "network.protocol.version": record.http_version,
+    }
+    if method not in KNOWN_METHODS:
+        attrs["http.request.method_original"] = _clip(method)
+    if route:
+        attrs["http.route"] = _clip(route)
+    if record.status:
+        attrs["http.response.status_code"] = record.status
+    if record.server is not None:
+        attrs["server.address"] = record.server[0]
+        if record.server[1] is not None:
+            attrs["server.port"] = record.server[1]
+    if record.client is not None:
+        attrs["client.address"] = record.client[0]
+        attrs["network.peer.address"] = record.client[0]
+        attrs["network.peer.port"] = record.client[1]
+    attrs["http.request.body.size"] = record.request_size
+    attrs["http.response.body.size"] = record.response_size
+    return attrs
+
+
+def error_type(record: ExchangeRecord) -> str | None:
+    if record.error_type is not None:
+        return record.error_type
+    if record.status >= 500:
+        return str(record.status)
+    return None
+
+
+def build_span(
+    record: ExchangeRecord, identity: ExchangeIdentity, options: SpanOptions, resource: Resource
+) -> ReadableSpan:
+    ids = record.trace
+    assert ids is not None
+    attrs = http_attributes(record, identity.route)
+    headers = _headers_dict(record.request_headers)
+    if record.query_string:
+        attrs["url.query"] = _clip(redact_query(record.query_string.decode("latin-1")))
+    if ua := headers.get("user-agent"):
+        attrs["user_agent.original"] = _clip(ua[0])
+    for name in options.request_headers:
+        if values := headers.get(name.lower()):
+            attrs[f"http.request.header.{name.lower()}"] = (
+                REDACTED if is_credential_header(name) else _clip(", ".join(values))
+            )
+    if options.response_headers:
+        response_headers = _headers_dict(record.response_headers)
+        for name in options.response_headers:
+            if values := response_headers.get(name.lower()):
+                attrs[f"http.response.header.{name.lower()}"] = (
+                    REDACTED if is_credential_header(name) else _clip(", ".join(values))
+                )
+    attrs["modeltap.model.name"] = identity.model_name
+    attrs["modeltap.model.version"] = identity.model_version
+    attrs["modeltap.exchange.outcome"] = record.outcome
+    attrs["modeltap.protocol"] = identity.protocol
+    if identity.request_id:
+        attrs["modeltap.request.id"] = identity.request_id
+    if record.ttfb_s is not None:
+        attrs["modeltap.time_to_first_byte_s"] = record.ttfb_s
+    err = error_type(record)
+    if err is not None:
+        attrs["error.type"] = err
+    if options.capture_payloads:
+        for direction, parts, size in (
+            ("request", record.request_parts, record.request_size),
+            ("response", record.response_parts, record.response_size),
+        ):
+            text, cut = truncate_utf8(b"".join(parts), options.max_payload_bytes)
+            attrs[f"modeltap.{direction}.body"] = text
+            attrs[f"modeltap.{direction}.body.size"] = size
+            attrs[f"modeltap.{direction}.body.truncated"] = cut or len(b"".join(parts)) < size
+    route_or_path = identity.route or record.path
+    start = record.start_unix_ns
+    end = start + int(record.duration_s * 1e9)
+    events = [
+        Event("modeltap.data_quality.violation", {"modeltap.violation.reason": reason, "count": count}, end)
+        for reason, count in identity.violations.items()
+        if count
+    ]
+    trace_state = TraceState.from_header([ids.trace_state]) if ids.trace_state else TraceState()
+    context = trace_api.SpanContext(
+        ids.trace_id, ids.span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=trace_state
+    )
+    parent = None
+    if ids.parent_span_id:
+        parent = trace_api.SpanContext(
+            ids.trace_id,
+            ids.parent_span_id,
+            is_remote=ids.parent_is_remote,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            trace_state=trace_state,
+        )
+    status = Status(StatusCode.ERROR, err) if err is not None and (record.error_type or record.status >= 500) else (
+        Status(StatusCode.UNSET)
+    )
+    return ReadableSpan(
+        name=f"{record.method} {route_or_path}" if route_or_path else record.method,
+        context=context,
+        parent=parent,
+        resource=resource,
+        attributes=attrs,
+        events=events,
+        kind=SpanKind.INTERNAL if ids.enriched_local_span else SpanKind.SERVER,
+        status=status,
+        start_time=start,
+        end_time=end,
+        instrumentation_scope=SCOPE,
+    )

@@ -1,0 +1,91 @@
+"""The `/status` document: the snapshot as JSON, with the process that answered."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from modeltap._version import __version__
+from modeltap.snapshot import CounterPoint, Snapshot
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _by_reason(points: tuple[CounterPoint, ...], key: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for point in points:
+        reason = str(dict(point.attributes).get(key, "overflow"))
+        out[reason] = out.get(reason, 0) + int(point.value)
+    return out
+
+
+def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, Any]:
+    models = []
+    total = errors = 0
+    latency_count = 0
+    latency_sum = 0.0
+    latency_max: float | None = None
+    for view in snap.models:
+        total += view.requests
+        errors += view.errors
+        latency_count += view.latency_count
+        latency_sum += view.latency_sum_s
+        if view.latency_max_s is not None:
+            latency_max = max(latency_max or 0.0, view.latency_max_s)
+        models.append(
+            {
+                "name": view.name,
+                "version": view.version,
+                "requests": view.requests,
+                "errors": view.errors,
+                "decoded_rows": view.decoded_rows,
+                "features": [
+                    {
+                        "name": f.name,
+                        "role": f.role,
+                        "kind": f.kind,
+                        "count": f.count,
+                        "missing": f.missing,
+                        "missing_rate": _finite(f.missing_rate),
+                        "mean": _finite(f.mean),
+                        "std": _finite(f.std),
+                        "min": _finite(f.min),
+                        "max": _finite(f.max),
+                        "top_categories": dict(f.top_categories),
+                    }
+                    for f in view.features
+                ],
+            }
+        )
+    dropped = _by_reason(snap.dropped, "modeltap.drop.reason")
+    mon = snap.monitoring
+    names = sorted({m["name"] for m in models} | ({configured_model} if configured_model else set()))
+    return {
+        "modeltap_version": __version__,
+        "process": {"pid": snap.pid, "instance_id": snap.instance_id},
+        "taken_unix_s": snap.taken_unix_ns / 1e9,
+        "uptime_s": (snap.taken_unix_ns - snap.start_unix_ns) / 1e9,
+        "model": {"name": names[0] if len(names) == 1 else names, "versions": sorted({m["version"] for m in models})},
+        "requests": {"total": total, "errors": errors, "dropped": sum(dropped.values())},
+        "latency_s": {
+            "count": latency_count,
+            "mean": latency_sum / latency_count if latency_count else None,
+            "max": latency_max,
+        },
+        "models": models,
+        "violations": _by_reason(snap.violations, "modeltap.violation.reason"),
+        "dropped": dropped,
+        "monitoring": {
+            "queue_depth": mon.queue_depth,
+            "queue_bytes": mon.queue_bytes,
+            "worker_lag_s": mon.worker_lag_s,
+            "sampling_stride": mon.sampling_stride,
+            "records_processed": mon.records_processed,
+            "spans_exported": mon.spans_exported,
+            "internal_errors": dict(mon.internal_errors),
+            "export_failures": dict(mon.export_failures),
+            "last_export_unix_s": dict(mon.last_export_unix_s),
+        },
+    }

@@ -1,0 +1,71 @@
+"""Pick the decoder for an exchange and run it without ever raising."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modeltap.protocols import kserve_v1, plain_json
+from modeltap.protocols.json_body import BodyError, decode_content, loads
+from modeltap.protocols.payload import DecodedPayload, ExchangeBytes
+
+MAX_ID_CHARS = 128
+
+
+def sanitize(value: Any, limit: int = MAX_ID_CHARS) -> str | None:
+    """A payload value made safe to use as an attribute: printable, bounded, or None."""
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    text = value if isinstance(value, str) else str(value)
+    cleaned = "".join(ch for ch in text[:limit] if ch.isprintable())
+    return cleaned or None
+
+
+def _json_or_none(body: bytes, encoding: str, limit: int, out: DecodedPayload) -> Any:
+    if not body:
+        return None  # nothing sent (GET, probes): nothing to decode, nothing wrong
+    try:
+        return loads(decode_content(body, encoding, limit))
+    except BodyError as exc:
+        if exc.reason == "body_too_large":
+            out.skipped = exc.reason
+        else:
+            out.violations[exc.reason] += 1
+        return None
+
+
+def decode_exchange(exchange: ExchangeBytes, max_decoded_bytes: int = 16 * 1024 * 1024) -> DecodedPayload:
+    """Decode one exchange; any failure becomes a counted violation on the result."""
+    out = DecodedPayload()
+    try:
+        request = _json_or_none(
+            exchange.request_body, exchange.request_content_encoding, max_decoded_bytes, out
+        )
+        response = None
+        if 200 <= exchange.status < 300:
+            response = _json_or_none(
+                exchange.response_body,
+                exchange.response_content_encoding,
+                max_decoded_bytes,
+                out,
+            )
+        if request is None:
+            return out
+        if kserve_v1.is_request(request):
+            kserve_v1.decode(exchange, request, response, out)
+        else:
+            plain_json.decode(exchange, request, response, out)
+        if isinstance(response, dict):
+            out.model_version = out.model_version or sanitize(response.get("model_version"))
+            out.model_name = out.model_name or sanitize(response.get("model_name"))
+            out.request_id = sanitize(response.get("id")) if "id" in response else None
+        if out.model_version is not None:
+            out.model_version = sanitize(out.model_version)
+        if out.model_name is not None:
+            out.model_name = sanitize(out.model_name)
+    except Exception:
+        # A decoder bug must cost one counted violation, never the worker thread.
+        out.violations["decode_error"] += 1
+        out.features.clear()
+        out.outputs.clear()
+        out.rows = 0
+    return out

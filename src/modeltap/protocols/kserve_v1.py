@@ -1,0 +1,35 @@
+"""KServe V1 / TF Serving row format: `{"instances": [...]}` → `{"predictions": [...]}`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from modeltap.protocols.payload import DecodedPayload, ExchangeBytes
+from modeltap.protocols.tabular import rows_to_columns
+
+# /v1/models/{name}[/versions/{v}|/labels/{l}]:predict (TF Serving puts the version in the URL)
+_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/([^/:]+)|/labels/([^/:]+))?(?::\w+)?/?$")
+
+
+def parse_path(path: str) -> tuple[str | None, str | None]:
+    match = _PATH.search(path)
+    if match is None:
+        return None, None
+    return match.group(1), match.group(2) or match.group(3)
+
+
+def is_request(document: Any) -> bool:
+    return isinstance(document, dict) and isinstance(document.get("instances"), list)
+
+
+def decode(exchange: ExchangeBytes, request: Any, response: Any, out: DecodedPayload) -> None:
+    out.protocol = "kserve_v1"
+    out.model_name, out.model_version = parse_path(exchange.path)
+    out.features, out.rows = rows_to_columns(request["instances"], exchange.feature_names, out.violations)
+    if isinstance(response, dict):
+        predictions = response.get("predictions")
+        if isinstance(predictions, list):
+            out.outputs, _ = rows_to_columns(predictions, (), out.violations, prefix="prediction")
+            if "prediction0" in out.outputs and len(out.outputs) == 1:
+                out.outputs = {"prediction": out.outputs.pop("prediction0")}

@@ -1,0 +1,86 @@
+"""Rows and tensors of JSON values to named columns, counting what cannot be used."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from modeltap.protocols.payload import Column, Value
+
+# A vector-valued field becomes name[j] columns up to this many; wider ones count as `type`.
+MAX_VECTOR_COLUMNS = 256
+# A payload with more distinct keys than this is not tabular data worth tracking per key.
+MAX_COLUMNS = 2048
+
+
+def scalar(value: Any, violations: Counter[str]) -> Value:
+    """A JSON value as a column value; non-finite numbers and null are missing (PROTOCOLS.md §8)."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        violations["missing"] += 1
+        return None
+    if value is None:
+        violations["missing"] += 1
+        return None
+    violations["type"] += 1
+    return None
+
+
+def positional_name(index: int, names: Sequence[str], prefix: str = "f") -> str:
+    return names[index] if index < len(names) else f"{prefix}{index}"
+
+
+def _put(columns: dict[str, Column], name: str, row: int, value: Value) -> None:
+    column = columns.get(name)
+    if column is None:
+        if len(columns) >= MAX_COLUMNS:
+            return
+        column = columns[name] = [None] * row
+    elif len(column) < row:
+        column.extend([None] * (row - len(column)))
+    column.append(value)
+
+
+def _put_field(columns: dict[str, Column], name: str, row: int, value: Any, violations: Counter[str]) -> None:
+    if isinstance(value, list) and value and len(value) <= MAX_VECTOR_COLUMNS and not isinstance(value[0], list):
+        for j, item in enumerate(value):
+            _put(columns, f"{name}[{j}]", row, scalar(item, violations))
+        return
+    if isinstance(value, dict) and "b64" in value:
+        return  # binary inputs are not features (their size is not a distribution worth tracking)
+    _put(columns, name, row, scalar(value, violations))
+
+
+def rows_to_columns(
+    rows: list[Any], names: Sequence[str], violations: Counter[str], prefix: str = "f"
+) -> tuple[dict[str, Column], int]:
+    """Row-major records (lists or dicts per row, or bare scalars) to columns of equal length."""
+    columns: dict[str, Column] = {}
+    width: int | None = None
+    for i, row in enumerate(rows):
+        if isinstance(row, dict):
+            for key, value in row.items():
+                _put_field(columns, str(key), i, value, violations)
+        elif isinstance(row, list):
+            if width is None:
+                width = len(row)
+            elif len(row) != width:
+                violations["schema"] += 1
+            for j, value in enumerate(row):
+                _put_field(columns, positional_name(j, names, prefix), i, value, violations)
+        else:
+            _put(columns, positional_name(0, names, prefix) if names else prefix + "0", i, scalar(row, violations))
+    n = len(rows)
+    for column in columns.values():
+        if len(column) < n:
+            # A key absent from some rows is missing there (dict rows), or a short row (lists).
+            violations["missing"] += n - len(column)
+            column.extend([None] * (n - len(column)))
+    return columns, n
