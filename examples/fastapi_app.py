@@ -28,7 +28,7 @@ app.add_middleware(
 
 
 def _score(row: list[float]) -> float:
-    z = BIAS + sum(w * x for w, x in zip(WEIGHTS, row))
+    z = BIAS + sum(w * x for w, x in zip(WEIGHTS, row, strict=False))
     return 1.0 / (1.0 + math.exp(-z))
 
 

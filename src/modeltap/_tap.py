@@ -21,52 +21,23 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
+from modeltap._pipeline import UNKNOWN, BatchPipeline
 from modeltap.capture.exchange import ExchangeCapture, TraceStarter
 from modeltap.capture.record_queue import RecordQueue
 from modeltap.capture.trace_context import TraceSampler
 from modeltap.config import DEFAULT_DURATION_BUCKETS_S, ModelTapConfig, SamplerConfig
 from modeltap.export.exporters import make_metric_exporter, make_span_exporter
 from modeltap.export.resource import build_resource, new_instance_id
-from modeltap.export.spans import ExchangeIdentity, SpanOptions, build_span, error_type, http_attributes
+from modeltap.export.spans import SpanOptions
 from modeltap.export.telemetry_thread import TelemetryExporter
-from modeltap.protocols import DecodedPayload, ExchangeBytes, decode_exchange
-from modeltap.protocols.detect import sanitize
-from modeltap.records import ExchangeRecord
+from modeltap.records import RawRecord
 from modeltap.snapshot import Attributes, CounterPoint, SelfMonitoring, Snapshot
-from modeltap.stats import Observation, StatsAggregator
+from modeltap.stats import StatsAggregator
 from modeltap.stats.reference import ReferenceProfile, load_reference
 
 _log = logging.getLogger("modeltap")
-UNKNOWN = "unknown"
 MAX_BATCH = 4096
 MAX_STRIDE = 1024
-# Attributes of the duration histogram (HTTP semantic conventions) taken from the span's set.
-_DURATION_KEYS = (
-    "http.request.method",
-    "http.route",
-    "http.response.status_code",
-    "url.scheme",
-    "network.protocol.version",
-    "error.type",
-)
-
-
-def _header_map(headers: Any, wanted: frozenset[bytes]) -> dict[bytes, bytes]:
-    found: dict[bytes, bytes] = {}
-    for key, value in headers:
-        lowered = key.lower()
-        if lowered in wanted and lowered not in found:
-            found[lowered] = value
-    return found
-
-
-def route_template(record: ExchangeRecord) -> str | None:
-    """The framework's route template, prefixed by any mount paths routing added."""
-    template = getattr(record.route, "path", None)
-    if not isinstance(template, str):
-        return None
-    mount = record.root_path_after[len(record.root_path_at_start) :]
-    return mount + template if record.root_path_after.startswith(record.root_path_at_start) else template
 
 
 class Tap:
@@ -84,8 +55,12 @@ class Tap:
     def __init__(self, config: ModelTapConfig, tracer_provider: Any = None) -> None:
         self.config = config
         self._explicit_tracer_provider = tracer_provider
-        self.reference: ReferenceProfile | None = load_reference(config.reference) if config.reference else None
-        self._request_wanted = frozenset({b"content-type", b"content-encoding", config.request_id_header.encode()})
+        self.reference: ReferenceProfile | None = (
+            load_reference(config.reference) if config.reference else None
+        )
+        self._request_wanted = frozenset(
+            {b"content-type", b"content-encoding", config.request_id_header.encode()}
+        )
         self._response_wanted = frozenset(
             {b"content-type", b"content-encoding", config.version_header.encode(), b"ce-modelid", b"ce-id"}
         )
@@ -95,15 +70,22 @@ class Tap:
             request_headers=config.capture_request_headers,
             response_headers=config.capture_response_headers,
         )
-        self._lock = threading.Lock()
         self._reset_state()
         self._registered_exit = False
         # A forked worker (gunicorn pre-fork) starts clean: the parent's queue and counts are its own.
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (tap := ref()) is not None and tap._reset_state())
+
+        def _after_fork_in_child() -> None:
+            tap = ref()
+            if tap is not None:
+                tap._reset_state()
+
+        os.register_at_fork(after_in_child=_after_fork_in_child)
 
     def _reset_state(self) -> None:
         config = self.config
+        # New lock too: in a forked child another thread of the parent may have held the old one.
+        self._lock = threading.Lock()
         self.queue = RecordQueue(config.queue_max_records, config.queue_max_bytes)
         self.capture: ExchangeCapture | None = None
         self.started = False
@@ -124,9 +106,13 @@ class Tap:
         self._exporter: TelemetryExporter | None = None
         self._provider_processor: Any = None
         self._resource = Resource.get_empty()
+        default_name = config.model_name or (self.reference.model_name if self.reference else None) or UNKNOWN
         self._model_attrs: Attributes = (
-            ("modeltap.model.name", config.model_name or (self.reference and self.reference.model_name) or UNKNOWN),
+            ("modeltap.model.name", default_name),
             ("modeltap.model.version", config.model_version or UNKNOWN),
+        )
+        self._pipeline = BatchPipeline(
+            config, self.reference, self._stats, self._span_options, lambda: self._resource, default_name
         )
 
     # ---- request path -------------------------------------------------------------------
@@ -139,8 +125,8 @@ class Tap:
         self._seq += 1
         return stride if self._seq % stride == 0 else 0
 
-    def submit(self, record: ExchangeRecord, kept_bytes: int) -> None:
-        self.queue.offer(record, kept_bytes)
+    def submit(self, raw_record: RawRecord, kept_bytes: int) -> None:
+        self.queue.offer(raw_record, kept_bytes)
 
     def note_internal_error(self, where: str) -> None:
         self._internal_errors[where] += 1
@@ -240,25 +226,14 @@ class Tap:
             self._wake.clear()
 
     def _drain_all(self) -> None:
-        spans: list[ReadableSpan] = []
         while True:
             batch = self.queue.drain(MAX_BATCH)
             if not batch:
-                break
-            for record in batch:
-                try:
-                    span = self._process(record)
-                except Exception:
-                    self._worker_errors["process"] += 1
-                    _log.debug("processing a record failed", exc_info=True)
-                    continue
-                if span is not None:
-                    spans.append(span)
+                return
+            spans = self._pipeline.process(batch)
             self._records_processed += len(batch)
-            if self._stop.is_set():
-                continue  # drain everything on shutdown; the queue is bounded
-        if spans:
-            self._emit_spans(spans)
+            if spans:
+                self._emit_spans(spans)
 
     def _emit_spans(self, spans: list[ReadableSpan]) -> None:
         if self._provider_processor is not None:
@@ -281,77 +256,6 @@ class Tap:
         elif load < mark / 8 and self._stride > 1:
             self._stride //= 2
 
-    def _decode(self, record: ExchangeRecord) -> DecodedPayload:
-        if record.request_truncated or record.response_truncated:
-            decoded = DecodedPayload(skipped="body_over_cap")
-            return decoded
-        request = _header_map(record.request_headers, self._request_wanted)
-        response = _header_map(record.response_headers, self._response_wanted)
-        exchange = ExchangeBytes(
-            method=record.method,
-            path=record.path,
-            request_body=b"".join(record.request_parts),
-            response_body=b"".join(record.response_parts),
-            status=record.status,
-            request_content_type=request.get(b"content-type", b"").decode("latin-1"),
-            request_content_encoding=request.get(b"content-encoding", b"").decode("latin-1"),
-            response_content_type=response.get(b"content-type", b"").decode("latin-1"),
-            response_content_encoding=response.get(b"content-encoding", b"").decode("latin-1"),
-            feature_names=self.reference.input_names if self.reference is not None else (),
-        )
-        decoded = decode_exchange(exchange, max_decoded_bytes=4 * self.config.max_body_bytes + 1024)
-        header_version = response.get(self.config.version_header.encode())
-        if header_version:
-            decoded.model_version = sanitize(header_version.decode("latin-1")) or decoded.model_version
-        request_id = request.get(self.config.request_id_header.encode()) or response.get(b"ce-id")
-        if request_id and not decoded.request_id:
-            decoded.request_id = sanitize(request_id.decode("latin-1"))
-        if not decoded.model_name and (model_id := response.get(b"ce-modelid")):
-            decoded.model_name = sanitize(model_id.decode("latin-1"))
-        return decoded
-
-    def _process(self, record: ExchangeRecord) -> ReadableSpan | None:
-        decoded = self._decode(record)
-        config = self.config
-        model_name = config.model_name or decoded.model_name or self._model_attrs[0][1]
-        model_version = config.model_version or decoded.model_version or UNKNOWN
-        route = route_template(record)
-        attrs = http_attributes(record, route)
-        err = error_type(record)
-        if err is not None:
-            attrs["error.type"] = err
-        if not record.status:
-            # The app raised before responding: the server answers 500, so that is what clients saw.
-            attrs["http.response.status_code"] = 500
-        http_attrs = tuple((key, attrs[key]) for key in _DURATION_KEYS if key in attrs)
-        observation = Observation(
-            model_name=str(model_name),
-            model_version=model_version,
-            http_attributes=http_attrs,
-            duration_s=record.duration_s,
-            is_error=err is not None,
-            weight=record.weight,
-            rows=decoded.rows,
-            features=decoded.features,
-            outputs=decoded.outputs,
-            violations=decoded.violations,
-        )
-        self._stats.observe(observation)
-        if decoded.skipped:
-            model_attrs: Attributes = (("modeltap.model.name", str(model_name)), ("modeltap.model.version", model_version))
-            self._stats.count_drop(model_attrs, decoded.skipped, record.weight)
-        if record.trace is None:
-            return None
-        identity = ExchangeIdentity(
-            route=route,
-            model_name=str(model_name),
-            model_version=model_version,
-            request_id=decoded.request_id,
-            protocol=decoded.protocol,
-            violations=decoded.violations,
-        )
-        return build_span(record, identity, self._span_options, self._resource)
-
     # ---- snapshots ----------------------------------------------------------------------
 
     def _capture_drops(self) -> list[CounterPoint]:
@@ -370,7 +274,7 @@ class Tap:
 
     def _publish(self) -> None:
         exporter = self._exporter
-        internal = self._internal_errors + self._worker_errors
+        internal = self._internal_errors + self._worker_errors + self._pipeline.errors
         monitoring = SelfMonitoring(
             queue_depth=self.queue.depth,
             queue_bytes=self.queue.pending_bytes,

@@ -11,3 +11,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+# A decoded feature value: numbers as float, categories as str/bool, None when missing.
+Value = float | str | bool | None

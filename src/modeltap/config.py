@@ -112,7 +112,9 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if self.protocol not in ("http/protobuf", "grpc"):
-            raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf or grpc, got {self.protocol!r}")
+            raise ConfigError(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf or grpc, got {self.protocol!r}"
+            )
         for name in ("endpoint", "metrics_endpoint", "traces_endpoint"):
             value = getattr(self, name)
             if value is None:
@@ -238,7 +240,9 @@ class ModelTapConfig:
         if self.views_prefix is not None and (
             not self.views_prefix.startswith("/") or self.views_prefix.endswith("/")
         ):
-            raise ConfigError(f"views_prefix must start with '/' and not end with '/', got {self.views_prefix!r}")
+            raise ConfigError(
+                f"views_prefix must start with '/' and not end with '/', got {self.views_prefix!r}"
+            )
         for cidr in self.views_allow:
             try:
                 ipaddress.ip_network(cidr, strict=False)

@@ -1,16 +1,17 @@
 """The immutable record of one captured exchange.
 
-It is built on the request path, so it holds references rather than copies: header lists are
-the server's own lists (never mutated after the exchange) and bodies are the chunks the app
-sent or received, kept up to the decode cap. Everything costly (joining chunks, reading the
-route template, parsing headers) happens on the worker thread.
+The request path only builds a plain tuple of references (the scope, body chunks up to the
+decode cap, a few clock readings); `ExchangeRecord._make` gives it names on the worker thread,
+where every derived value (durations, outcome, route template, headers) is computed. The
+scope is safe to read later: servers build a new one per request and nothing mutates it once
+the app has returned.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from modeltap._types import Headers
+from modeltap._types import Headers, Scope
 
 
 class TraceIds(NamedTuple):
@@ -22,36 +23,96 @@ class TraceIds(NamedTuple):
     parent_is_remote: bool
     sampled: bool
     trace_state: str  # the incoming `tracestate` header, passed on verbatim ('' if none)
-    enriched_local_span: bool  # another instrumentation's server span was the parent
+    enriched_local_span: bool  # another instrumentation's span was the parent
+
+
+# What the request path hands over: the fields of ExchangeRecord, in order, unnamed.
+RawRecord = tuple[Any, ...]
 
 
 class ExchangeRecord(NamedTuple):
-    """One HTTP exchange as seen by the middleware."""
+    """One HTTP exchange as seen by the middleware (clock readings are `time.perf_counter()`)."""
 
-    start_unix_ns: int
-    duration_s: float  # start to last response body byte (background tasks excluded)
-    ttfb_s: float | None  # start to `http.response.start`; None if no response started
-    method: str
-    scheme: str
-    http_version: str
-    path: str
-    query_string: bytes
+    scope: Scope
     root_path_at_start: str
-    root_path_after: str  # scope["root_path"] once routing ran (mounts extend it)
-    route: object | None  # the framework's route object; its template is read on the worker
-    client: tuple[str, int] | None
-    server: tuple[str, int | None] | None
-    request_headers: Headers
-    response_headers: Headers
+    start_unix_ns: int
+    started: float
+    response_started: float | None  # `http.response.start` sent; None if never
+    ended: float | None  # last body byte (or trailers) sent; None if the response never completed
+    finished: float  # the app returned or raised
     status: int  # 0 when the app never started a response
+    response_headers: Headers
     request_parts: list[bytes]
     request_size: int  # every request body byte the app received, not only the kept ones
     response_parts: list[bytes]
     response_size: int
-    error_type: str | None  # exception class name, or a modeltap reason such as client_disconnected
-    outcome: str  # complete | client_disconnected | aborted | app_error | incomplete
+    exception_type: str | None
+    disconnected: bool  # the app received `http.disconnect`
     trace: TraceIds | None
     weight: int  # exchanges this record stands for (> 1 while the tap samples under overload)
+
+    @property
+    def duration_s(self) -> float:
+        """Start to the last response body byte; background tasks after it are excluded."""
+        return (self.ended if self.ended is not None else self.finished) - self.started
+
+    @property
+    def ttfb_s(self) -> float | None:
+        return None if self.response_started is None else self.response_started - self.started
+
+    @property
+    def outcome(self) -> str:
+        if self.ended is not None:
+            return "complete"
+        if self.exception_type is not None:
+            return "aborted" if self.status else "app_error"
+        if self.disconnected:
+            return "client_disconnected"
+        return "incomplete"
+
+    @property
+    def error_type(self) -> str | None:
+        if self.exception_type is not None:
+            return self.exception_type
+        if self.ended is None and self.disconnected:
+            return "client_disconnected"
+        return None
+
+    @property
+    def method(self) -> str:
+        return str(self.scope.get("method", "GET"))
+
+    @property
+    def scheme(self) -> str:
+        return str(self.scope.get("scheme", "http"))
+
+    @property
+    def http_version(self) -> str:
+        return str(self.scope.get("http_version", "1.1"))
+
+    @property
+    def path(self) -> str:
+        return str(self.scope.get("path", ""))
+
+    @property
+    def query_string(self) -> bytes:
+        value: Any = self.scope.get("query_string", b"")
+        return bytes(value)
+
+    @property
+    def request_headers(self) -> Headers:
+        headers: Any = self.scope.get("headers") or []
+        return list(headers)
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        client: Any = self.scope.get("client")
+        return (str(client[0]), int(client[1])) if client else None
+
+    @property
+    def server(self) -> tuple[str, int | None] | None:
+        server: Any = self.scope.get("server")
+        return (str(server[0]), None if server[1] is None else int(server[1])) if server else None
 
     @property
     def request_truncated(self) -> bool:
@@ -60,3 +121,13 @@ class ExchangeRecord(NamedTuple):
     @property
     def response_truncated(self) -> bool:
         return sum(len(p) for p in self.response_parts) < self.response_size
+
+    def route_template(self) -> str | None:
+        """The framework's route template (Starlette/FastAPI set `scope["route"]`), with the
+        mount paths that routing appended to `root_path` in front of it."""
+        template = getattr(self.scope.get("route"), "path", None)
+        if not isinstance(template, str):
+            return None
+        after: str = self.scope.get("root_path", "")
+        start = self.root_path_at_start
+        return after[len(start) :] + template if after.startswith(start) else template

@@ -67,6 +67,9 @@ LIFESPAN_ASGI_VERSION = {"version": "3.0", "spec_version": "2.0"}
 # How long a cancelled (timed-out) app, or a lifespan app that has given its final answer, gets to unwind.
 # Bounded so an app that swallows cancellation cannot turn a failing test into a hanging one.
 _GRACE_SECONDS = 1.0
+# How long a lifespan app may keep running after its final answer before the driver, like an exiting
+# server, stops waiting for it. Well-behaved apps return (or raise) immediately after answering.
+_LIFESPAN_EXIT_GRACE_SECONDS = 0.25
 # Characters RFC 3986 allows unescaped in a path, so raw_path looks like what a client actually sends.
 _PATH_SAFE = "/!$&'()*+,;=:@"
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -103,6 +106,25 @@ def _copy_message(message: Mapping[str, Any]) -> dict[str, Any]:
 def _header_list(headers: Any) -> Headers:
     """Header pairs as a list of ``(bytes, bytes)`` tuples, whatever iterable of pairs the app used."""
     return [(bytes(name), bytes(value)) for name, value in headers]
+
+
+def _well_formed_headers(headers: Any) -> Headers:
+    """The ``(bytes, bytes)`` pairs among ``headers``, skipping malformed ones instead of raising.
+
+    Used on messages that were delivered without validation (``strict=False``), where the driver must
+    still be able to summarise the response rather than crash.
+    """
+    pairs: Headers = []
+    try:
+        items = list(headers or [])
+    except TypeError:
+        return pairs
+    for item in items:
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            name, value = item
+            if isinstance(name, _BYTES_LIKE) and isinstance(value, _BYTES_LIKE):
+                pairs.append((bytes(name), bytes(value)))
+    return pairs
 
 
 def _headers_problem(headers: Any) -> str | None:
@@ -455,8 +477,8 @@ class RecordingSend:
         if message_type == "http.response.start":
             self.response_started = True
             self._trailers_expected = bool(message.get("trailers", False))
-            for name, value in message.get("headers") or []:
-                if isinstance(name, bytes) and name.lower() == b"content-length":
+            for name, value in _well_formed_headers(message.get("headers")):
+                if name.lower() == b"content-length":
                     try:
                         self._remaining_length = int(value)
                     except (TypeError, ValueError):
@@ -488,9 +510,10 @@ class DriverResult:
 
     ``sent`` is every message the app sent; ``delivered`` the subset that reached the client. ``status``,
     ``headers``, ``body`` and ``response_complete`` describe the response *as the client saw it* (built
-    from ``delivered``). ``exception`` is the exact object the app raised, or None. Times are
-    ``time.perf_counter()`` values: the app was called at ``started_at``, returned at ``finished_at``,
-    and the response completed at ``response_completed_at`` (None if it never did).
+    from ``delivered``; malformed header pairs, possible only with ``strict=False``, are left out).
+    ``exception`` is the exact object the app raised, or None. Times are ``time.perf_counter()`` values:
+    the app was called at ``started_at``, returned at ``finished_at``, and the response completed at
+    ``response_completed_at`` (None if it never did).
     """
 
     scope: Scope
@@ -540,7 +563,7 @@ def _build_result(
     delivered = recorder.delivered
     start = next((message for message in delivered if message.get("type") == "http.response.start"), None)
     status = start.get("status") if start is not None else None
-    headers = _header_list(start.get("headers") or []) if start is not None else []
+    headers = _well_formed_headers(start.get("headers")) if start is not None else []
     body = b"".join(
         bytes(message.get("body", b""))
         for message in delivered
@@ -823,7 +846,7 @@ async def run_lifespan_async(
             if final_answer.is_set():
                 # The app has said its last word; like a server exiting, give it a moment, then move on.
                 remaining = max(deadline - loop.time(), 0.0)
-                finished = await _finish_within(task, min(_GRACE_SECONDS, remaining))
+                finished = await _finish_within(task, min(_LIFESPAN_EXIT_GRACE_SECONDS, remaining))
                 abandoned = not finished
             else:
                 # Time is up with no final answer: cancel the app (with the usual bounded grace).

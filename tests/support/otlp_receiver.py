@@ -723,8 +723,12 @@ class _ReceiverBase(ABC):
             time.sleep(interval)
         what = description or getattr(predicate, "__name__", repr(predicate))
         detail = f"; last predicate error: {last_error!r}" if last_error is not None else ""
+        try:
+            where = self.endpoint
+        except RuntimeError:
+            where = "a receiver that was never started"
         raise AssertionError(
-            f"condition {what!r} not met within {timeout:.2f}s on {self.endpoint}{detail}\n{self.summary()}"
+            f"condition {what!r} not met within {timeout:.2f}s on {where}{detail}\n{self.summary()}"
         )
 
 
@@ -978,13 +982,14 @@ class _OtlpHttpHandler(BaseHTTPRequestHandler):
                     error=err.reason,
                 )
             )
-            if err.close:
-                self.close_connection = True
             status = _status_pb2.Status(code=_grpc_code_for_http(err.status), message=err.reason)
-            self._respond(err.status, bytes(status.SerializeToString()))
+            # send_header("Connection", "close") also sets self.close_connection.
+            self._respond(
+                err.status, bytes(status.SerializeToString()), [("Connection", "close")] if err.close else []
+            )
             return
 
-        action = self.server.receiver._next_action()
+        action = receiver._next_action()
         receiver._record(
             ReceivedRequest(
                 arrival=arrival,

@@ -17,7 +17,7 @@ from opentelemetry import trace as otel_trace
 
 from modeltap._types import ASGIApp, Headers, Message, Receive, Scope, Send
 from modeltap.capture.trace_context import TraceSampler, new_span_id, new_trace_id, parse_traceparent
-from modeltap.records import ExchangeRecord, TraceIds
+from modeltap.records import RawRecord, TraceIds
 
 _log = logging.getLogger("modeltap")
 _NO_HEADERS: Headers = []
@@ -27,7 +27,7 @@ _SAMPLED = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
 class CaptureSink(Protocol):
     """Where finished records go (the tap); must never block or raise."""
 
-    def submit(self, record: ExchangeRecord, kept_bytes: int) -> None: ...
+    def submit(self, raw_record: RawRecord, kept_bytes: int) -> None: ...
 
     def note_internal_error(self, where: str) -> None: ...
 
@@ -45,10 +45,9 @@ class TraceStarter:
     def __init__(self, sampler: TraceSampler, server_span_attributes: dict[str, str]) -> None:
         self._sampler = sampler
         self._enrich = server_span_attributes
+        self.enabled = not sampler.never
 
     def start(self, headers: Headers) -> TraceIds | None:
-        if self._sampler.never:
-            return None
         current = otel_trace.get_current_span()
         if current.is_recording():
             # Another instrumentation already opened a span: join it, never duplicate the server span.
@@ -98,16 +97,16 @@ class ExchangeCapture:
         started = perf()
         start_ns = time.time_ns()
         cap = self._cap
-        request_headers: Headers = scope.get("headers") or _NO_HEADERS
         root_path_at_start: str = scope.get("root_path", "")
         ids: TraceIds | None = None
         token: object | None = None
-        try:
-            ids = self._traces.start(request_headers)
-            if ids is not None and not ids.enriched_local_span:
-                token = _attach(ids)
-        except Exception:
-            self._sink.note_internal_error("trace_start")
+        if self._traces.enabled:
+            try:
+                ids = self._traces.start(scope.get("headers") or _NO_HEADERS)
+                if ids is not None and not ids.enriched_local_span:
+                    token = _attach(ids)
+            except Exception:
+                self._sink.note_internal_error("trace_start")
 
         request_parts: list[bytes] = []
         response_parts: list[bytes] = []
@@ -118,7 +117,7 @@ class ExchangeCapture:
         disconnected = False
         status = 0
         response_headers: Headers = _NO_HEADERS
-        ttfb: float | None = None
+        response_started: float | None = None
         ended: float | None = None
 
         async def tap_receive() -> Message:
@@ -140,7 +139,7 @@ class ExchangeCapture:
             return message
 
         async def tap_send(message: Message) -> None:
-            nonlocal response_left, response_size, status, response_headers, ttfb, ended
+            nonlocal response_left, response_size, status, response_headers, response_started, ended
             kind = message["type"]
             if kind == "http.response.body":
                 body = message.get("body", b"")
@@ -151,23 +150,23 @@ class ExchangeCapture:
                         kept = bytes(body[:response_left]) if size > response_left else bytes(body)
                         response_parts.append(kept)
                         response_left -= len(kept)
-                if not message.get("more_body", False) and ended is None:
+                if ended is None and not message.get("more_body", False):
                     ended = perf()
             elif kind == "http.response.start":
                 status = message["status"]
                 response_headers = message.get("headers") or _NO_HEADERS
-                ttfb = perf()
+                response_started = perf()
             elif kind == "http.response.pathsend" or (
                 kind == "http.response.trailers" and not message.get("more_trailers", False)
             ):
                 ended = perf()
             await send(message)
 
-        error_type: str | None = None
+        exception_type: str | None = None
         try:
             await app(scope, tap_receive, tap_send)
         except BaseException as exc:
-            error_type = type(exc).__qualname__
+            exception_type = type(exc).__qualname__
             raise
         finally:
             if token is not None:
@@ -176,44 +175,28 @@ class ExchangeCapture:
                 except Exception:
                     self._sink.note_internal_error("trace_detach")
             try:
-                finished = perf()
-                complete = ended is not None
-                if complete:
-                    outcome = "complete"
-                elif error_type is not None:
-                    outcome = "aborted" if status else "app_error"
-                elif disconnected:
-                    outcome = "client_disconnected"
-                else:
-                    outcome = "incomplete"
-                if error_type is None and outcome == "client_disconnected":
-                    error_type = "client_disconnected"
-                record = ExchangeRecord(
-                    start_ns,
-                    (ended if ended is not None else finished) - started,
-                    None if ttfb is None else ttfb - started,
-                    scope.get("method", "GET"),
-                    scope.get("scheme", "http"),
-                    scope.get("http_version", "1.1"),
-                    scope.get("path", ""),
-                    scope.get("query_string", b""),
-                    root_path_at_start,
-                    scope.get("root_path", ""),
-                    scope.get("route"),
-                    scope.get("client"),
-                    scope.get("server"),
-                    request_headers,
-                    response_headers,
-                    status,
-                    request_parts,
-                    request_size,
-                    response_parts,
-                    response_size,
-                    error_type,
-                    outcome,
-                    ids,
-                    weight,
+                # A plain tuple in ExchangeRecord field order: naming it is the worker's job.
+                self._sink.submit(
+                    (
+                        scope,
+                        root_path_at_start,
+                        start_ns,
+                        started,
+                        response_started,
+                        ended,
+                        perf(),
+                        status,
+                        response_headers,
+                        request_parts,
+                        request_size,
+                        response_parts,
+                        response_size,
+                        exception_type,
+                        disconnected,
+                        ids,
+                        weight,
+                    ),
+                    2 * cap - request_left - response_left,
                 )
-                self._sink.submit(record, 2 * cap - request_left - response_left)
             except Exception:
                 self._sink.note_internal_error("capture")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import time
 
-from modeltap.records import ExchangeRecord
+from modeltap.records import ExchangeRecord, RawRecord
 
 # Fixed per-record overhead charged against the byte bound (headers, tuple, scope refs).
 RECORD_OVERHEAD_BYTES = 1024
@@ -27,13 +27,13 @@ class RecordQueue:
     def __init__(self, max_records: int, max_bytes: int) -> None:
         self.max_records = max_records
         self.max_bytes = max_bytes
-        self._items: collections.deque[tuple[ExchangeRecord, int]] = collections.deque()
+        self._items: collections.deque[tuple[RawRecord, int]] = collections.deque()
         self._bytes_in = 0
         self._bytes_out = 0
         self.dropped_full = 0
         self.dropped_bytes = 0
 
-    def offer(self, record: ExchangeRecord, kept_bytes: int) -> bool:
+    def offer(self, record: RawRecord, kept_bytes: int) -> bool:
         size = kept_bytes + RECORD_OVERHEAD_BYTES
         if len(self._items) >= self.max_records:
             self.dropped_full += 1
@@ -51,7 +51,7 @@ class RecordQueue:
         freed = 0
         while items and len(out) < limit:
             record, size = items.popleft()
-            out.append(record)
+            out.append(ExchangeRecord._make(record))
             freed += size
         self._bytes_out += freed
         return out
@@ -71,7 +71,7 @@ class RecordQueue:
     def oldest_age_s(self) -> float:
         """Seconds since the oldest queued exchange finished (the worker's lag)."""
         try:
-            record = self._items[0][0]
+            record = ExchangeRecord._make(self._items[0][0])
         except IndexError:
             return 0.0
         finished_ns = record.start_unix_ns + int(record.duration_s * 1e9)

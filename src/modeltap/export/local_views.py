@@ -38,13 +38,16 @@ class LocalViews:
         allow: tuple[str, ...] = (),
     ) -> None:
         self._prefix = prefix
+        self._slash_prefix = prefix + "/"
         self._snapshot = snapshot
         self._model_name = model_name
         self._token = token.encode() if token else None
         self._allow = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in allow)
 
     def handles(self, scope: Scope) -> bool:
-        path: str = scope.get("path", "")
+        path: str = scope["path"]
+        if path.startswith(self._prefix):
+            return path == self._prefix or path.startswith(self._slash_prefix)
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
@@ -76,7 +79,9 @@ class LocalViews:
             await _respond(send, 403, b"forbidden\n", "text/plain; charset=utf-8")
             return
         if scope.get("method") not in ("GET", "HEAD"):
-            await _respond(send, 405, b"method not allowed\n", "text/plain; charset=utf-8", [(b"allow", b"GET")])
+            await _respond(
+                send, 405, b"method not allowed\n", "text/plain; charset=utf-8", [(b"allow", b"GET")]
+            )
             return
         head = scope.get("method") == "HEAD"
         if sub in ("/status", "/status/"):

@@ -32,7 +32,9 @@ HTTP_SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 CUMULATIVE = AggregationTemporality.CUMULATIVE
 
 
-def _counter(name: str, description: str, unit: str, points: Sequence[CounterPoint], snap: Snapshot) -> Metric:
+def _counter(
+    name: str, description: str, unit: str, points: Sequence[CounterPoint], snap: Snapshot
+) -> Metric:
     return Metric(
         name=name,
         description=description,
@@ -48,7 +50,9 @@ def _counter(name: str, description: str, unit: str, points: Sequence[CounterPoi
     )
 
 
-def _gauge(name: str, description: str, unit: str, points: Sequence[tuple[Attributes, float]], now: int) -> Metric:
+def _gauge(
+    name: str, description: str, unit: str, points: Sequence[tuple[Attributes, float]], now: int
+) -> Metric:
     return Metric(
         name=name,
         description=description,
@@ -71,9 +75,12 @@ def self_monitoring_metrics(snap: Snapshot) -> list[Metric]:
     ]  # fmt: skip
     if mon.export_failures:
         failures = [
-            CounterPoint((("modeltap.signal", signal),), float(count)) for signal, count in mon.export_failures
+            CounterPoint((("modeltap.signal", signal),), float(count))
+            for signal, count in mon.export_failures
         ]
-        metrics.append(_counter("modeltap.export.failures", "Failed OTLP export calls.", "{export}", failures, snap))
+        metrics.append(
+            _counter("modeltap.export.failures", "Failed OTLP export calls.", "{export}", failures, snap)
+        )
     if mon.last_export_unix_s:
         metrics.append(
             _gauge(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from modeltap.snapshot import AttributeValue, Attributes, CounterPoint, Snapshot
+from modeltap.snapshot import Attributes, AttributeValue, CounterPoint, Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -64,7 +64,7 @@ def render(snap: Snapshot) -> str:
     lines.append(f"# TYPE {name} histogram")
     for point in snap.duration:
         cumulative = 0
-        for bound, count in zip((*point.bounds, math.inf), point.counts):
+        for bound, count in zip((*point.bounds, math.inf), point.counts, strict=True):
             cumulative += count
             lines.append(f"{name}_bucket{_labels(point.attributes, [('le', format_le(bound))])} {cumulative}")
         if point.sum is not None:
@@ -72,11 +72,21 @@ def render(snap: Snapshot) -> str:
         lines.append(f"{name}_count{_labels(point.attributes)} {point.count}")
     _counter(lines, "modeltap_capture_dropped_total", "Items modeltap dropped, by reason.", snap.dropped)
     _counter(
-        lines, "modeltap_data_quality_violations_total", "Data-quality violations, by reason.", snap.violations
+        lines,
+        "modeltap_data_quality_violations_total",
+        "Data-quality violations, by reason.",
+        snap.violations,
     )
     mon = snap.monitoring
-    _gauge(lines, "modeltap_queue_depth", "Exchanges captured but not yet processed.", [((), mon.queue_depth)])
-    _gauge(lines, "modeltap_worker_lag_seconds", "Age of the oldest unprocessed exchange.", [((), mon.worker_lag_s)])
+    _gauge(
+        lines, "modeltap_queue_depth", "Exchanges captured but not yet processed.", [((), mon.queue_depth)]
+    )
+    _gauge(
+        lines,
+        "modeltap_worker_lag_seconds",
+        "Age of the oldest unprocessed exchange.",
+        [((), mon.worker_lag_s)],
+    )
     _gauge(
         lines,
         "modeltap_capture_sampling_stride",

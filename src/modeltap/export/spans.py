@@ -18,7 +18,9 @@ from modeltap.export.otlp_metrics import SCOPE
 from modeltap.export.redaction import REDACTED, is_credential_header, redact_query, truncate_utf8
 from modeltap.records import ExchangeRecord
 
-KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"})
+KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"}
+)
 MAX_ATTRIBUTE_CHARS = 4096
 
 
@@ -53,9 +55,9 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_ATTRIBUTE_CHARS else text[:MAX_ATTRIBUTE_CHARS]
 
 
-def http_attributes(record: ExchangeRecord, route: str | None) -> dict[str, str | int | bool]:
+def http_attributes(record: ExchangeRecord, route: str | None) -> dict[str, str | int | float | bool]:
     method = record.method
-    attrs: dict[str, str | int | bool] = {
+    attrs: dict[str, str | int | float | bool] = {
         "http.request.method": method if method in KNOWN_METHODS else "_OTHER",
         "url.scheme": record.scheme,
         "url.path": _clip(record.path),
@@ -141,7 +143,11 @@ def build_span(
     ]
     trace_state = TraceState.from_header([ids.trace_state]) if ids.trace_state else TraceState()
     context = trace_api.SpanContext(
-        ids.trace_id, ids.span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=trace_state
+        ids.trace_id,
+        ids.span_id,
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=trace_state,
     )
     parent = None
     if ids.parent_span_id:
@@ -152,8 +158,10 @@ def build_span(
             trace_flags=TraceFlags(TraceFlags.SAMPLED),
             trace_state=trace_state,
         )
-    status = Status(StatusCode.ERROR, err) if err is not None and (record.error_type or record.status >= 500) else (
-        Status(StatusCode.UNSET)
+    status = (
+        Status(StatusCode.ERROR, err)
+        if err is not None and (record.error_type or record.status >= 500)
+        else (Status(StatusCode.UNSET))
     )
     return ReadableSpan(
         name=f"{record.method} {route_or_path}" if route_or_path else record.method,

@@ -61,13 +61,16 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
         )
     dropped = _by_reason(snap.dropped, "modeltap.drop.reason")
     mon = snap.monitoring
-    names = sorted({m["name"] for m in models} | ({configured_model} if configured_model else set()))
+    names = sorted({view.name for view in snap.models} | ({configured_model} if configured_model else set()))
     return {
         "modeltap_version": __version__,
         "process": {"pid": snap.pid, "instance_id": snap.instance_id},
         "taken_unix_s": snap.taken_unix_ns / 1e9,
         "uptime_s": (snap.taken_unix_ns - snap.start_unix_ns) / 1e9,
-        "model": {"name": names[0] if len(names) == 1 else names, "versions": sorted({m["version"] for m in models})},
+        "model": {
+            "name": names[0] if len(names) == 1 else names,
+            "versions": sorted({view.version for view in snap.models}),
+        },
         "requests": {"total": total, "errors": errors, "dropped": sum(dropped.values())},
         "latency_s": {
             "count": latency_count,

@@ -142,10 +142,12 @@ class TelemetryExporter:
         token: Any = otel_context.attach(otel_context.set_value(SUPPRESS_KEY, True))
         try:
             now = time.monotonic()
-            next_metrics = now + self._config.metric_export_interval_s
-            next_spans = now + self._config.span_export_interval_s
+            # A signal without an exporter never comes due (else the wait below would spin).
+            never = float("inf")
+            next_metrics = now + self._config.metric_export_interval_s if self._metric_exporter else never
+            next_spans = now + self._config.span_export_interval_s if self._span_exporter else never
             while not self._stop.is_set():
-                timeout = max(0.0, min(next_metrics, next_spans) - time.monotonic())
+                timeout = min(3600.0, max(0.0, min(next_metrics, next_spans) - time.monotonic()))
                 woke = self._wake.wait(timeout)
                 self._wake.clear()
                 if self._stop.is_set():
@@ -154,7 +156,8 @@ class TelemetryExporter:
                 with self._spans_lock:
                     waiters, self._flush_waiters = self._flush_waiters, []
                 if waiters:
-                    next_spans = next_metrics = now
+                    next_spans = now if self._span_exporter else never
+                    next_metrics = now if self._metric_exporter else never
                 if self._span_exporter is not None and (woke or now >= next_spans):
                     self._export_spans(now + self._config.timeout_s)
                     next_spans = time.monotonic() + self._config.span_export_interval_s

@@ -6,7 +6,7 @@ from typing import Any
 
 from modeltap.protocols import kserve_v1, plain_json
 from modeltap.protocols.json_body import BodyError, decode_content, loads
-from modeltap.protocols.payload import DecodedPayload, ExchangeBytes
+from modeltap.protocols.payload import DecodedPayload, ExchangeBytes, count
 
 MAX_ID_CHARS = 128
 
@@ -15,6 +15,8 @@ def sanitize(value: Any, limit: int = MAX_ID_CHARS) -> str | None:
     """A payload value made safe to use as an attribute: printable, bounded, or None."""
     if value is None or isinstance(value, (dict, list)):
         return None
+    if type(value) is str and len(value) <= limit and value.isprintable():
+        return value or None  # the common case, without building a new string
     text = value if isinstance(value, str) else str(value)
     cleaned = "".join(ch for ch in text[:limit] if ch.isprintable())
     return cleaned or None
@@ -29,7 +31,7 @@ def _json_or_none(body: bytes, encoding: str, limit: int, out: DecodedPayload) -
         if exc.reason == "body_too_large":
             out.skipped = exc.reason
         else:
-            out.violations[exc.reason] += 1
+            count(out.violations, exc.reason)
         return None
 
 
@@ -64,7 +66,7 @@ def decode_exchange(exchange: ExchangeBytes, max_decoded_bytes: int = 16 * 1024 
             out.model_name = sanitize(out.model_name)
     except Exception:
         # A decoder bug must cost one counted violation, never the worker thread.
-        out.violations["decode_error"] += 1
+        count(out.violations, "decode_error", 1)
         out.features.clear()
         out.outputs.clear()
         out.rows = 0

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
-Value = float | str | bool | None
+from modeltap._types import Value
+
 Column = list[Value]
 
 
-@dataclass(frozen=True)
-class ExchangeBytes:
+class ExchangeBytes(NamedTuple):
     """The decoder's whole input: one exchange as bytes and a few header values."""
 
     method: str
@@ -27,7 +27,7 @@ class ExchangeBytes:
     feature_names: Sequence[str] = ()
 
 
-@dataclass
+@dataclass(slots=True)
 class DecodedPayload:
     """Columns of one batch: `features[name][i]` is row i's value; None means missing."""
 
@@ -39,6 +39,17 @@ class DecodedPayload:
     model_version: str | None = None
     request_id: str | None = None
     # Counted violations by reason: decode_error, missing, type, schema, out_of_range.
-    violations: Counter[str] = field(default_factory=Counter)
+    violations: dict[str, int] = field(default_factory=dict)
     # Statistics skipped for a reason that is not the payload's fault (e.g. body_too_large).
     skipped: str | None = None
+    # Fast path for the common numeric batch: row lists as parsed, converted to one float matrix
+    # per micro-batch on the worker (`rows_to_columns` is the fallback when that fails).
+    matrix_rows: list[Any] | None = None
+    matrix_names: tuple[str, ...] = ()
+    # Likewise a flat list of scalar predictions (one output column named `prediction`).
+    output_values: list[Any] | None = None
+
+
+def count(violations: dict[str, int], reason: str, n: int = 1) -> None:
+    """Add `n` violations of `reason` (a plain dict: a Counter costs more to create per exchange)."""
+    violations[reason] = violations.get(reason, 0) + n

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modeltap.protocols.payload import Column, DecodedPayload, ExchangeBytes
+from modeltap.protocols.payload import Column, DecodedPayload, ExchangeBytes, count
 from modeltap.protocols.tabular import rows_to_columns
 
 _WRAPPERS = ("features", "inputs", "data", "records", "rows", "instances")
@@ -47,7 +47,7 @@ def decode(exchange: ExchangeBytes, request: Any, response: Any, out: DecodedPay
     out.protocol = "json"
     rows = _rows(request)
     if rows is None:
-        out.violations["type"] += 1
+        count(out.violations, "type", 1)
     else:
         out.features, out.rows = rows_to_columns(rows, exchange.feature_names, out.violations)
     if response is not None:

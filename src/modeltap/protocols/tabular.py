@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from modeltap.protocols.payload import Column, Value
+from modeltap._types import Value
+from modeltap.protocols.payload import Column, count
 
 # A vector-valued field becomes name[j] columns up to this many; wider ones count as `type`.
 MAX_VECTOR_COLUMNS = 256
@@ -15,26 +16,32 @@ MAX_VECTOR_COLUMNS = 256
 MAX_COLUMNS = 2048
 
 
-def scalar(value: Any, violations: Counter[str]) -> Value:
+def scalar(value: Any, violations: dict[str, int]) -> Value:
     """A JSON value as a column value; non-finite numbers and null are missing (PROTOCOLS.md §8)."""
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
         return float(value)
     if isinstance(value, float):
         if math.isfinite(value):
             return value
-        violations["missing"] += 1
+        count(violations, "missing", 1)
         return None
     if value is None:
-        violations["missing"] += 1
+        count(violations, "missing", 1)
         return None
-    violations["type"] += 1
+    count(violations, "type", 1)
     return None
 
 
 def positional_name(index: int, names: Sequence[str], prefix: str = "f") -> str:
     return names[index] if index < len(names) else f"{prefix}{index}"
+
+
+@functools.lru_cache(maxsize=256)
+def positional_names(width: int, names: tuple[str, ...], prefix: str = "f") -> tuple[str, ...]:
+    """Names of the first `width` positional columns (cached: batches repeat the same width)."""
+    return tuple(positional_name(j, names, prefix) for j in range(width))
 
 
 def _put(columns: dict[str, Column], name: str, row: int, value: Value) -> None:
@@ -48,8 +55,15 @@ def _put(columns: dict[str, Column], name: str, row: int, value: Value) -> None:
     column.append(value)
 
 
-def _put_field(columns: dict[str, Column], name: str, row: int, value: Any, violations: Counter[str]) -> None:
-    if isinstance(value, list) and value and len(value) <= MAX_VECTOR_COLUMNS and not isinstance(value[0], list):
+def _put_field(
+    columns: dict[str, Column], name: str, row: int, value: Any, violations: dict[str, int]
+) -> None:
+    if (
+        isinstance(value, list)
+        and value
+        and len(value) <= MAX_VECTOR_COLUMNS
+        and not isinstance(value[0], list)
+    ):
         for j, item in enumerate(value):
             _put(columns, f"{name}[{j}]", row, scalar(item, violations))
         return
@@ -59,7 +73,7 @@ def _put_field(columns: dict[str, Column], name: str, row: int, value: Any, viol
 
 
 def rows_to_columns(
-    rows: list[Any], names: Sequence[str], violations: Counter[str], prefix: str = "f"
+    rows: list[Any], names: Sequence[str], violations: dict[str, int], prefix: str = "f"
 ) -> tuple[dict[str, Column], int]:
     """Row-major records (lists or dicts per row, or bare scalars) to columns of equal length."""
     columns: dict[str, Column] = {}
@@ -72,15 +86,20 @@ def rows_to_columns(
             if width is None:
                 width = len(row)
             elif len(row) != width:
-                violations["schema"] += 1
+                count(violations, "schema", 1)
             for j, value in enumerate(row):
                 _put_field(columns, positional_name(j, names, prefix), i, value, violations)
         else:
-            _put(columns, positional_name(0, names, prefix) if names else prefix + "0", i, scalar(row, violations))
+            _put(
+                columns,
+                positional_name(0, names, prefix) if names else prefix + "0",
+                i,
+                scalar(row, violations),
+            )
     n = len(rows)
     for column in columns.values():
         if len(column) < n:
             # A key absent from some rows is missing there (dict rows), or a short row (lists).
-            violations["missing"] += n - len(column)
+            count(violations, "missing", n - len(column))
             column.extend([None] * (n - len(column)))
     return columns, n

@@ -1,20 +1,21 @@
-"""Everything the worker accumulates, keyed by model name and version, and its snapshot."""
+"""Everything the worker accumulates, keyed by model name and version, and its snapshot.
+
+The worker groups a micro-batch first (by series, by model and feature set) and calls these
+methods once per group with numpy arrays, so the per-exchange cost stays a few microseconds.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from modeltap.snapshot import (
-    Attributes,
-    CounterPoint,
-    HistogramPoint,
-    ModelView,
-)
+import numpy as np
+
+from modeltap._types import Value
+from modeltap.snapshot import Attributes, CounterPoint, HistogramPoint, ModelView
 from modeltap.stats.feature_summary import FeatureSummary
 from modeltap.stats.histogram import ExplicitHistogram
-from modeltap.stats.observation import Observation, Value
-from modeltap.stats.reference import ReferenceProfile
+from modeltap.stats.reference import ReferenceFeature, ReferenceProfile
 from modeltap.stats.series import SeriesTable
 
 MODEL_NAME = "modeltap.model.name"
@@ -24,7 +25,15 @@ MAX_FEATURES_PER_MODEL = 1024
 
 
 class _ModelState:
-    __slots__ = ("decoded_rows", "errors", "features", "latency_count", "latency_max", "latency_sum", "requests")
+    __slots__ = (
+        "decoded_rows",
+        "errors",
+        "features",
+        "latency_count",
+        "latency_max",
+        "latency_sum",
+        "requests",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
@@ -42,8 +51,9 @@ class StatsAggregator:
     Example::
 
         stats = StatsAggregator(series_limit=2000, duration_bounds=(0.005, 0.01, 0.1, 1.0))
-        stats.observe(observation)
-        points = stats.duration_points()
+        model = (("modeltap.model.name", "churn"), ("modeltap.model.version", "3"))
+        stats.observe_latency(model, (("http.request.method", "POST"),), np.array([0.004]), 1, 0)
+        stats.observe_matrix(model, "input", ("age", "income"), np.array([[41.0, 5200.0]]), 1)
     """
 
     def __init__(
@@ -53,6 +63,7 @@ class StatsAggregator:
         reference: ReferenceProfile | None = None,
     ) -> None:
         self._bounds = duration_bounds
+        self._bounds_array = np.asarray(duration_bounds, dtype=np.float64)
         self._reference = reference
         self._durations: SeriesTable[ExplicitHistogram] = SeriesTable(
             series_limit, lambda: ExplicitHistogram(duration_bounds)
@@ -61,76 +72,138 @@ class StatsAggregator:
         self._drops: SeriesTable[list[int]] = SeriesTable(series_limit, lambda: [0])
         self._models: SeriesTable[_ModelState] = SeriesTable(series_limit, _ModelState)
 
-    def observe(self, obs: Observation) -> None:
-        model_attrs: Attributes = ((MODEL_NAME, obs.model_name), (MODEL_VERSION, obs.model_version))
-        weight = obs.weight
-        self._durations.get(obs.http_attributes + model_attrs).add(obs.duration_s, weight)
-        state = self._models.get(model_attrs)
-        state.requests += weight
-        state.errors += weight if obs.is_error else 0
-        state.decoded_rows += obs.rows * weight
-        if math.isfinite(obs.duration_s):
-            state.latency_count += weight
-            state.latency_sum += obs.duration_s * weight
-            state.latency_max = max(state.latency_max, obs.duration_s)
-        violations = dict(obs.violations)
-        if self._reference is not None and obs.rows:
-            self._check_reference(obs.features, "input", violations)
-            self._check_reference(obs.outputs, "output", violations)
-        self._add_columns(state, obs.features, "input", weight, violations)
-        self._add_columns(state, obs.outputs, "output", weight, violations)
-        for reason, count in violations.items():
-            if count:
-                self.count_violation(model_attrs, reason, count * weight)
+    # ---- requests -----------------------------------------------------------------------
 
-    def _add_columns(
+    def observe_latency(
         self,
-        state: _ModelState,
-        columns: Mapping[str, list[Value]],
-        role: str,
+        model: Attributes,
+        http_attributes: Attributes,
+        durations_s: np.ndarray,
         weight: int,
-        violations: dict[str, int],
+        errors: int,
     ) -> None:
-        for name, values in columns.items():
-            summary = state.features.get((role, name))
+        """One series' durations from a batch; `errors` of them failed (5xx or exception)."""
+        finite = durations_s[np.isfinite(durations_s)]
+        histogram = self._durations.get(http_attributes + model)
+        if finite.size:
+            buckets = np.searchsorted(self._bounds_array, finite, side="left")
+            counts = np.bincount(buckets, minlength=len(histogram.counts))
+            for i in np.flatnonzero(counts):
+                histogram.counts[i] += int(counts[i]) * weight
+            histogram.count += int(finite.size) * weight
+            histogram.sum += float(finite.sum()) * weight
+            histogram.min = min(histogram.min, float(finite.min()))
+            histogram.max = max(histogram.max, float(finite.max()))
+        state = self._models.get(model)
+        state.requests += int(durations_s.size) * weight
+        state.errors += errors * weight
+        if finite.size:
+            state.latency_count += int(finite.size) * weight
+            state.latency_sum += float(finite.sum()) * weight
+            state.latency_max = max(state.latency_max, float(finite.max()))
+
+    # ---- features -----------------------------------------------------------------------
+
+    def _summary(self, state: _ModelState, role: str, name: str) -> FeatureSummary | None:
+        summary = state.features.get((role, name))
+        if summary is None:
+            if len(state.features) >= MAX_FEATURES_PER_MODEL:
+                return None
+            summary = state.features[(role, name)] = FeatureSummary(name, role)
+            known = self._reference.feature(role, name) if self._reference is not None else None
+            if known is not None:
+                summary.kind = known.kind
+        return summary
+
+    def _expected(self, role: str) -> dict[str, ReferenceFeature]:
+        if self._reference is None:
+            return {}
+        return {f.name: f for f in self._reference.features if f.role == role}
+
+    def _schema_violations(self, role: str, names: Sequence[str]) -> int:
+        """Names the reference does not know, plus reference names absent from the payload."""
+        expected = self._expected(role)
+        if not expected or not names:
+            return 0
+        present = set(names)
+        return sum(1 for n in names if n not in expected) + sum(1 for n in expected if n not in present)
+
+    def observe_matrix(
+        self,
+        model: Attributes,
+        role: str,
+        names: tuple[str, ...],
+        matrix: np.ndarray,
+        weight: int,
+        exchanges: int = 1,
+    ) -> None:
+        """A rows-by-features float matrix (NaN = missing) decoded from `exchanges` exchanges."""
+        state = self._models.get(model)
+        if role == "input":
+            state.decoded_rows += int(matrix.shape[0]) * weight
+        missing = out_of_range = 0
+        expected = self._expected(role)
+        for j, name in enumerate(names):
+            summary = self._summary(state, role, name)
             if summary is None:
-                if len(state.features) >= MAX_FEATURES_PER_MODEL:
-                    violations["schema"] = violations.get("schema", 0) + 1
-                    continue
-                summary = state.features[(role, name)] = FeatureSummary(name, role)
-                known = self._reference.feature(role, name) if self._reference is not None else None
-                if known is not None:
-                    summary.kind = known.kind
-            wrong = summary.add(values, weight)
-            if wrong:
-                violations["type"] = violations.get("type", 0) + wrong
-
-    def _check_reference(self, columns: Mapping[str, list[Value]], role: str, violations: dict[str, int]) -> None:
-        """Schema, type and range checks against the reference (counted, never raised)."""
-        assert self._reference is not None
-        expected = {f.name: f for f in self._reference.features if f.role == role}
-        if not expected:
-            return
-        schema = sum(1 for name in columns if name not in expected)
-        schema += sum(1 for name in expected if name not in columns) if columns else 0
-        out_of_range = 0
-        for name, values in columns.items():
-            feature = expected.get(name)
-            if feature is None or feature.kind != "numeric":
+                self.count_violation(model, "schema", exchanges * weight)
                 continue
-            low = feature.min if feature.min is not None else -math.inf
-            high = feature.max if feature.max is not None else math.inf
-            out_of_range += sum(1 for v in values if isinstance(v, float) and (v < low or v > high))
-        # Type mismatches are counted by the feature summary, whose kind comes from the reference.
-        for reason, count in (("schema", schema), ("out_of_range", out_of_range)):
+            column = matrix[:, j]
+            missing += summary.add_array(column, weight)
+            feature = expected.get(name)
+            if (
+                feature is not None
+                and feature.kind == "numeric"
+                and (feature.min is not None or feature.max is not None)
+            ):
+                low = -math.inf if feature.min is None else feature.min
+                high = math.inf if feature.max is None else feature.max
+                out_of_range += int(np.count_nonzero((column < low) | (column > high)))
+        for reason, count in (
+            ("missing", missing),
+            ("out_of_range", out_of_range),
+            ("schema", self._schema_violations(role, names) * exchanges),
+        ):
             if count:
-                violations[reason] = violations.get(reason, 0) + count
+                self.count_violation(model, reason, count * weight)
 
-    def count_violation(self, model_attrs: Attributes, reason: str, count: int) -> None:
-        self._violations.get((*model_attrs, ("modeltap.violation.reason", reason)))[0] += count
+    def observe_columns(
+        self, model: Attributes, role: str, columns: Mapping[str, list[Value]], weight: int
+    ) -> None:
+        """The general path: columns of mixed Python values from one exchange."""
+        state = self._models.get(model)
+        if role == "input" and columns:
+            state.decoded_rows += len(next(iter(columns.values()))) * weight
+        expected = self._expected(role)
+        wrong_type = out_of_range = 0
+        for name, values in columns.items():
+            summary = self._summary(state, role, name)
+            if summary is None:
+                self.count_violation(model, "schema", weight)
+                continue
+            wrong_type += summary.add(values, weight)
+            feature = expected.get(name)
+            if feature is not None and feature.kind == "numeric":
+                low = -math.inf if feature.min is None else feature.min
+                high = math.inf if feature.max is None else feature.max
+                out_of_range += sum(1 for v in values if isinstance(v, float) and (v < low or v > high))
+        for reason, count in (
+            ("type", wrong_type),
+            ("out_of_range", out_of_range),
+            ("schema", self._schema_violations(role, list(columns))),
+        ):
+            if count:
+                self.count_violation(model, reason, count * weight)
 
-    def count_drop(self, model_attrs: Attributes, reason: str, count: int) -> None:
-        self._drops.get((*model_attrs, ("modeltap.drop.reason", reason)))[0] += count
+    # ---- counters -----------------------------------------------------------------------
+
+    def count_violation(self, model: Attributes, reason: str, count: int) -> None:
+        self._violations.get((*model, ("modeltap.violation.reason", reason)))[0] += count
+
+    def count_drop(self, model: Attributes, reason: str, count: int) -> None:
+        self._drops.get((*model, ("modeltap.drop.reason", reason)))[0] += count
+
+    # ---- snapshot -----------------------------------------------------------------------
 
     def duration_points(self) -> tuple[HistogramPoint, ...]:
         return tuple(

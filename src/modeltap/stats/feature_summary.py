@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import numpy as np
+
+from modeltap._types import Value
 from modeltap.snapshot import FeatureView
-from modeltap.stats.observation import Value
 
 # Distinct categories tracked by name; the rest are folded into one count.
 MAX_CATEGORIES = 64
@@ -62,6 +64,21 @@ class FeatureSummary:
                 else:
                     self.categories[OTHER] += weight
         return wrong_type
+
+    def add_array(self, values: np.ndarray, weight: int) -> int:
+        """Add a float column (NaN/±inf = missing); returns how many values were missing."""
+        finite = values[np.isfinite(values)]
+        missing = int(values.size - finite.size)
+        self.missing += missing * weight
+        if self.kind is None:
+            self.kind = "numeric"
+        if finite.size:
+            self.count += int(finite.size) * weight
+            self.sum += float(finite.sum()) * weight
+            self.sum_sq += float(np.dot(finite, finite)) * weight
+            self.min = min(self.min, float(finite.min()))
+            self.max = max(self.max, float(finite.max()))
+        return missing
 
     def view(self) -> FeatureView:
         numeric = self.kind == "numeric" and self.count > 0
