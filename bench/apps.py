@@ -1,6 +1,7 @@
 """Reference workload for overhead measurements.
 
-A small JSON model endpoint (KServe V1 shape, 10 features, or 30 with LUA=post30.lua) in Starlette, and the same app
+A small JSON model endpoint (KServe V1 shape, 10 features, or 30 with LUA=post30.lua) in
+Starlette, and the same app
 wrapped by peers, selected with the APP environment variable:
 
   bare     the app alone
@@ -12,6 +13,7 @@ wrapped by peers, selected with the APP environment variable:
 
 Run with: uvicorn apps:app --loop uvloop --http httptools (see run_middleware.sh).
 """
+
 import collections
 import json
 import os
@@ -27,7 +29,7 @@ W = [0.1 * i for i in range(30)]  # rows of 10 (post.lua) or 30 features (post30
 
 async def predict(request: Request) -> JSONResponse:
     body = await request.json()
-    preds = [sum(w * x for w, x in zip(W, row)) for row in body["instances"]]
+    preds = [sum(w * x for w, x in zip(W, row, strict=False)) for row in body["instances"]]
     return JSONResponse({"predictions": preds, "model_version": "v1"})
 
 
@@ -42,7 +44,11 @@ if mode == "otel":
     from opentelemetry import metrics, trace
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.export import (
+        MetricExporter,
+        MetricExportResult,
+        PeriodicExportingMetricReader,
+    )
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
@@ -100,8 +106,13 @@ elif mode == "capture":
             await send(message)
 
         await _inner(scope, tap_receive, tap_send)
-        _seen.append((json.loads(b"".join(req) or b"null"), json.loads(b"".join(resp) or b"null"),
-                      time.perf_counter() - started))
+        _seen.append(
+            (
+                json.loads(b"".join(req) or b"null"),
+                json.loads(b"".join(resp) or b"null"),
+                time.perf_counter() - started,
+            )
+        )
 
 elif mode in ("modeltap", "modeltap_traced"):
     # Full monitoring: capture, decoding, statistics, OTLP metrics to the bench's local sink

@@ -22,26 +22,23 @@ from modeltap.export.spans import KNOWN_METHODS, ExchangeIdentity, SpanOptions, 
 from modeltap.protocols import DecodedPayload, ExchangeBytes, decode_exchange
 from modeltap.protocols.detect import sanitize
 from modeltap.protocols.tabular import rows_to_columns
-from modeltap.records import ExchangeRecord
+from modeltap.records import ExchangeRecord, RawRecord
 from modeltap.snapshot import Attributes
 from modeltap.stats import StatsAggregator
 from modeltap.stats.reference import ReferenceProfile
 
 _log = logging.getLogger("modeltap")
 UNKNOWN = "unknown"
-_EMPTY: dict[bytes, bytes] = {}
 
 
-def _header_map(headers: Any, wanted: frozenset[bytes]) -> dict[bytes, bytes]:
-    found: dict[bytes, bytes] = {}
-    for key, value in headers:
-        if key in wanted and key not in found:
-            found[key] = value
-    return found
-
-
-def _text(value: bytes | None) -> str:
-    return value.decode("latin-1") if value else ""
+def route_template(scope: Any, route: object, root_path_at_start: str) -> str | None:
+    """The framework's route template (Starlette/FastAPI set `scope["route"]`), with the mount
+    paths that routing appended to `root_path` in front of it."""
+    template = getattr(route, "path", None)
+    if not isinstance(template, str):
+        return None
+    after: str = scope.get("root_path", "")
+    return after[len(root_path_at_start) :] + template if after.startswith(root_path_at_start) else template
 
 
 class BatchPipeline:
@@ -78,43 +75,57 @@ class BatchPipeline:
         )
         self.errors: Counter[str] = Counter()
 
-    def process(self, records: list[ExchangeRecord]) -> list[ReadableSpan]:
+    def process(self, raw_records: list[RawRecord]) -> list[ReadableSpan]:
+        """One micro-batch. Hot loop: unpack, decode, group; numpy work happens per group after."""
         latency: dict[tuple[Any, ...], list[float]] = {}
         failed: Counter[tuple[Any, ...]] = Counter()
         inputs: dict[tuple[Attributes, tuple[str, ...], int], list[list[Any]]] = {}
         outputs: dict[tuple[Attributes, int], list[list[Any]]] = {}
         spans: list[ReadableSpan] = []
         stats = self._stats
-        for record in records:
+        fixed_name = self._config.model_name
+        fixed_version = self._config.model_version
+        default_model = self._default_model
+        for raw in raw_records:
             try:
-                decoded = self._decode(record)
-                model: Attributes = (
-                    (
-                        "modeltap.model.name",
-                        self._config.model_name or decoded.model_name or self._default_model,
-                    ),
-                    (
-                        "modeltap.model.version",
-                        self._config.model_version or decoded.model_version or UNKNOWN,
-                    ),
+                (scope, root_path_at_start, _start_ns, started, _first, ended, finished, status,
+                 response_headers, request_parts, request_size, response_parts, response_size,
+                 exception_type, disconnected, trace, weight) = raw  # fmt: skip
+                decoded = self._decode(
+                    scope,
+                    status,
+                    response_headers,
+                    request_parts,
+                    request_size,
+                    response_parts,
+                    response_size,
                 )
-                weight = record.weight
-                scope = record.scope
-                error = record.error_type
-                status = record.status or (500 if error is not None else 0)
-                if error is None and status >= 500:
+                model: Attributes = (
+                    ("modeltap.model.name", fixed_name or decoded.model_name or default_model),
+                    ("modeltap.model.version", fixed_version or decoded.model_version or UNKNOWN),
+                )
+                error = exception_type
+                if error is None and ended is None and disconnected:
+                    error = "client_disconnected"
+                if not status and error is not None:
+                    status = 500  # the server answers an exception before the response with a 500
+                elif error is None and status >= 500:
                     error = str(status)
+                route = scope.get("route")
                 key = (
                     model,
                     weight,
                     scope.get("method", "GET"),
-                    record.route_template(),
+                    None if route is None else route_template(scope, route, root_path_at_start),
                     status,
                     scope.get("scheme", "http"),
                     scope.get("http_version", "1.1"),
                     error,
                 )
-                latency.setdefault(key, []).append(record.duration_s)
+                durations = latency.get(key)
+                if durations is None:
+                    durations = latency[key] = []
+                durations.append((ended if ended is not None else finished) - started)
                 if error is not None:
                     failed[key] += 1
                 if decoded.matrix_rows is not None:
@@ -125,12 +136,13 @@ class BatchPipeline:
                     outputs.setdefault((model, weight), []).append(decoded.output_values)
                 elif decoded.outputs:
                     stats.observe_columns(model, "output", decoded.outputs, weight)
-                for reason, count in decoded.violations.items():
-                    stats.count_violation(model, reason, count * weight)
+                if decoded.violations:
+                    for reason, count in decoded.violations.items():
+                        stats.count_violation(model, reason, count * weight)
                 if decoded.skipped:
                     stats.count_drop(model, decoded.skipped, weight)
-                if record.trace is not None:
-                    spans.append(self._span(record, decoded, model))
+                if trace is not None:
+                    spans.append(self._span(ExchangeRecord._make(raw), decoded, model))
             except Exception:
                 self.errors["process"] += 1
                 _log.debug("processing an exchange failed", exc_info=True)
@@ -182,40 +194,62 @@ class BatchPipeline:
             return
         self._stats.observe_matrix(model, role, names, matrix, weight, exchanges=len(parts))
 
-    def _decode(self, record: ExchangeRecord) -> DecodedPayload:
-        if not record.request_parts and not record.response_parts:
+    def _decode(
+        self,
+        scope: Any,
+        status: int,
+        response_headers: Any,
+        request_parts: list[bytes],
+        request_size: int,
+        response_parts: list[bytes],
+        response_size: int,
+    ) -> DecodedPayload:
+        if not request_parts and not response_parts:
             return DecodedPayload()
-        if record.request_truncated or record.response_truncated:
+        cap = self._config.max_body_bytes
+        if request_size > cap or response_size > cap:
             return DecodedPayload(skipped="body_over_cap")
-        scope = record.scope
-        request = _header_map(scope.get("headers") or (), self._request_wanted)
-        response = (
-            _header_map(record.response_headers, self._response_wanted) if record.response_headers else _EMPTY
+        request_encoding = request_id = b""
+        for key, value in scope.get("headers") or ():
+            if key == b"content-encoding":
+                request_encoding = value
+            elif key == self._request_id_header:
+                request_id = value
+        response_encoding = version = model_id = event_id = b""
+        for key, value in response_headers:
+            if key == b"content-encoding":
+                response_encoding = value
+            elif key == self._version_header:
+                version = value
+            elif key[:3] == b"ce-":
+                if key == b"ce-modelid":
+                    model_id = value
+                elif key == b"ce-id":
+                    event_id = value
+        decoded = decode_exchange(
+            ExchangeBytes(
+                scope.get("method", "GET"),
+                scope.get("path", ""),
+                request_parts[0] if len(request_parts) == 1 else b"".join(request_parts),
+                response_parts[0] if len(response_parts) == 1 else b"".join(response_parts),
+                status,
+                request_encoding.decode("latin-1"),
+                response_encoding.decode("latin-1"),
+                self._feature_names,
+            ),
+            max_decoded_bytes=4 * cap + 1024,
         )
-        exchange = ExchangeBytes(
-            method=scope.get("method", "GET"),
-            path=scope.get("path", ""),
-            request_body=b"".join(record.request_parts),
-            response_body=b"".join(record.response_parts),
-            status=record.status,
-            request_content_encoding=_text(request.get(b"content-encoding")),
-            response_content_encoding=_text(response.get(b"content-encoding")),
-            feature_names=self._feature_names,
-        )
-        decoded = decode_exchange(exchange, max_decoded_bytes=4 * self._config.max_body_bytes + 1024)
-        if response:
-            if header_version := response.get(self._version_header):
-                decoded.model_version = sanitize(_text(header_version)) or decoded.model_version
-            if not decoded.model_name and (model_id := response.get(b"ce-modelid")):
-                decoded.model_name = sanitize(_text(model_id))
-        request_id = request.get(self._request_id_header) or response.get(b"ce-id")
-        if request_id and not decoded.request_id:
-            decoded.request_id = sanitize(_text(request_id))
+        if version:
+            decoded.model_version = sanitize(version.decode("latin-1")) or decoded.model_version
+        if model_id and not decoded.model_name:
+            decoded.model_name = sanitize(model_id.decode("latin-1"))
+        if (request_id or event_id) and not decoded.request_id:
+            decoded.request_id = sanitize((request_id or event_id).decode("latin-1"))
         return decoded
 
     def _span(self, record: ExchangeRecord, decoded: DecodedPayload, model: Attributes) -> ReadableSpan:
         identity = ExchangeIdentity(
-            route=record.route_template(),
+            route=route_template(record.scope, record.scope.get("route"), record.root_path_at_start),
             model_name=str(model[0][1]),
             model_version=str(model[1][1]),
             request_id=decoded.request_id,

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from modeltap._pipeline import UNKNOWN, BatchPipeline
+from modeltap._types import ASGIApp
 from modeltap.capture.exchange import ExchangeCapture, TraceStarter
 from modeltap.capture.record_queue import RecordQueue
 from modeltap.capture.trace_context import TraceSampler
@@ -30,7 +31,6 @@ from modeltap.export.exporters import make_metric_exporter, make_span_exporter
 from modeltap.export.resource import build_resource, new_instance_id
 from modeltap.export.spans import SpanOptions
 from modeltap.export.telemetry_thread import TelemetryExporter
-from modeltap.records import RawRecord
 from modeltap.snapshot import Attributes, CounterPoint, SelfMonitoring, Snapshot
 from modeltap.stats import StatsAggregator
 from modeltap.stats.reference import ReferenceProfile, load_reference
@@ -45,14 +45,15 @@ class Tap:
 
     Example::
 
-        tap = Tap(ModelTapConfig.from_env(model_name="churn"))
+        tap = Tap(app, ModelTapConfig.from_env(model_name="churn"))
         tap.start()
         ...
         tap.flush()     # process what is queued, publish a snapshot, export now
         tap.shutdown()  # bounded by export.shutdown_timeout_s
     """
 
-    def __init__(self, config: ModelTapConfig, tracer_provider: Any = None) -> None:
+    def __init__(self, app: ASGIApp, config: ModelTapConfig, tracer_provider: Any = None) -> None:
+        self._app = app
         self.config = config
         self._explicit_tracer_provider = tracer_provider
         self.reference: ReferenceProfile | None = (
@@ -89,7 +90,7 @@ class Tap:
         self.queue = RecordQueue(config.queue_max_records, config.queue_max_bytes)
         self.capture: ExchangeCapture | None = None
         self.started = False
-        self._stride = 1
+        self.stride = 1
         self._seq = 0
         self._stats = StatsAggregator(config.series_limit, DEFAULT_DURATION_BUCKETS_S, self.reference)
         self._start_unix_ns = time.time_ns()
@@ -119,14 +120,11 @@ class Tap:
 
     def admit(self) -> int:
         """The weight of this exchange if it is to be captured, else 0 (sampling under overload)."""
-        stride = self._stride
+        stride = self.stride
         if stride == 1:
             return 1
         self._seq += 1
         return stride if self._seq % stride == 0 else 0
-
-    def submit(self, raw_record: RawRecord, kept_bytes: int) -> None:
-        self.queue.offer(raw_record, kept_bytes)
 
     def note_internal_error(self, where: str) -> None:
         self._internal_errors[where] += 1
@@ -160,7 +158,9 @@ class Tap:
         traced = self._provider_processor is not None or span_exporter is not None
         sampler = TraceSampler(export.sampler if traced else SamplerConfig("always_off", 0.0))
         enrich = {"modeltap.model.name": config.model_name} if config.model_name else {}
-        self.capture = ExchangeCapture(self, config.max_body_bytes, TraceStarter(sampler, enrich))
+        self.capture = ExchangeCapture(
+            self._app, self, self.queue.offer, config.max_body_bytes, TraceStarter(sampler, enrich)
+        )
         self._stop.clear()
         self._worker = threading.Thread(target=self._run, name="modeltap-worker", daemon=True)
         self._worker.start()
@@ -251,10 +251,10 @@ class Tap:
         queue = self.queue
         mark = self.config.overload_watermark
         load = max(queue.depth / queue.max_records, queue.pending_bytes / queue.max_bytes)
-        if load > mark and self._stride < MAX_STRIDE:
-            self._stride *= 2
-        elif load < mark / 8 and self._stride > 1:
-            self._stride //= 2
+        if load > mark and self.stride < MAX_STRIDE:
+            self.stride *= 2
+        elif load < mark / 8 and self.stride > 1:
+            self.stride //= 2
 
     # ---- snapshots ----------------------------------------------------------------------
 
@@ -279,7 +279,7 @@ class Tap:
             queue_depth=self.queue.depth,
             queue_bytes=self.queue.pending_bytes,
             worker_lag_s=self.queue.oldest_age_s(),
-            sampling_stride=self._stride,
+            sampling_stride=self.stride,
             records_processed=self._records_processed,
             internal_errors=tuple(sorted(internal.items())),
             export_failures=tuple(sorted(exporter.failures.items())) if exporter else (),

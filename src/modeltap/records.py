@@ -121,13 +121,3 @@ class ExchangeRecord(NamedTuple):
     @property
     def response_truncated(self) -> bool:
         return sum(len(p) for p in self.response_parts) < self.response_size
-
-    def route_template(self) -> str | None:
-        """The framework's route template (Starlette/FastAPI set `scope["route"]`), with the
-        mount paths that routing appended to `root_path` in front of it."""
-        template = getattr(self.scope.get("route"), "path", None)
-        if not isinstance(template, str):
-            return None
-        after: str = self.scope.get("root_path", "")
-        start = self.root_path_at_start
-        return after[len(start) :] + template if after.startswith(start) else template

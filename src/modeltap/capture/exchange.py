@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from opentelemetry import context as otel_context
@@ -25,9 +26,7 @@ _SAMPLED = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
 
 
 class CaptureSink(Protocol):
-    """Where finished records go (the tap); must never block or raise."""
-
-    def submit(self, raw_record: RawRecord, kept_bytes: int) -> None: ...
+    """Who hears about capture's own failures (the tap); must never raise."""
 
     def note_internal_error(self, where: str) -> None: ...
 
@@ -79,20 +78,35 @@ def _attach(ids: TraceIds) -> object:
 
 
 class ExchangeCapture:
-    """Wraps one request of an ASGI app and submits its `ExchangeRecord` to the sink.
+    """Wraps an ASGI app; each call captures one HTTP request and offers its record.
 
     Example::
 
-        capture = ExchangeCapture(sink=tap, max_body_bytes=1 << 20, traces=starter)
-        await capture(app, scope, receive, send, weight=1)
+        capture = ExchangeCapture(app, sink=tap, offer=tap.queue.offer, max_body_bytes=1 << 20,
+                                  traces=starter)
+        await capture(scope, receive, send, 1)
+
+    `offer(raw_record, kept_bytes)` must never block or raise (see `RecordQueue.offer`).
+    This is the request path: every line here is paid on every request, so it keeps references
+    instead of copies and leaves all interpretation to the worker.
     """
 
-    def __init__(self, sink: CaptureSink, max_body_bytes: int, traces: TraceStarter) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        sink: CaptureSink,
+        offer: Callable[[RawRecord, int], object],
+        max_body_bytes: int,
+        traces: TraceStarter,
+    ) -> None:
+        self._app = app
         self._sink = sink
+        self._offer = offer
         self._cap = max_body_bytes
         self._traces = traces
+        self._tracing = traces.enabled
 
-    async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, weight: int) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, weight: int) -> None:
         perf = time.perf_counter
         started = perf()
         start_ns = time.time_ns()
@@ -100,7 +114,7 @@ class ExchangeCapture:
         root_path_at_start: str = scope.get("root_path", "")
         ids: TraceIds | None = None
         token: object | None = None
-        if self._traces.enabled:
+        if self._tracing:
             try:
                 ids = self._traces.start(scope.get("headers") or _NO_HEADERS)
                 if ids is not None and not ids.enriched_local_span:
@@ -123,18 +137,20 @@ class ExchangeCapture:
         async def tap_receive() -> Message:
             nonlocal request_left, request_size, disconnected
             message = await receive()
-            kind = message["type"]
-            if kind == "http.request":
-                body = message.get("body", b"")
+            if message["type"] == "http.request":
+                body = message.get("body")
                 if body:
                     size = len(body)
                     request_size += size
                     if request_left:
                         # Keep a reference, not a copy; slice only the one chunk crossing the cap.
-                        kept = bytes(body[:request_left]) if size > request_left else bytes(body)
-                        request_parts.append(kept)
-                        request_left -= len(kept)
-            elif kind == "http.disconnect":
+                        if size > request_left:
+                            body = body[:request_left]
+                        if type(body) is not bytes:
+                            body = bytes(body)  # a bytearray could change under us
+                        request_parts.append(body)
+                        request_left -= len(body)
+            elif message["type"] == "http.disconnect":
                 disconnected = True
             return message
 
@@ -142,29 +158,32 @@ class ExchangeCapture:
             nonlocal response_left, response_size, status, response_headers, response_started, ended
             kind = message["type"]
             if kind == "http.response.body":
-                body = message.get("body", b"")
+                body = message.get("body")
                 if body:
                     size = len(body)
                     response_size += size
                     if response_left:
-                        kept = bytes(body[:response_left]) if size > response_left else bytes(body)
-                        response_parts.append(kept)
-                        response_left -= len(kept)
-                if ended is None and not message.get("more_body", False):
+                        if size > response_left:
+                            body = body[:response_left]
+                        if type(body) is not bytes:
+                            body = bytes(body)
+                        response_parts.append(body)
+                        response_left -= len(body)
+                if ended is None and not message.get("more_body"):
                     ended = perf()
             elif kind == "http.response.start":
                 status = message["status"]
                 response_headers = message.get("headers") or _NO_HEADERS
                 response_started = perf()
             elif kind == "http.response.pathsend" or (
-                kind == "http.response.trailers" and not message.get("more_trailers", False)
+                kind == "http.response.trailers" and not message.get("more_trailers")
             ):
                 ended = perf()
             await send(message)
 
         exception_type: str | None = None
         try:
-            await app(scope, tap_receive, tap_send)
+            await self._app(scope, tap_receive, tap_send)
         except BaseException as exc:
             exception_type = type(exc).__qualname__
             raise
@@ -176,7 +195,7 @@ class ExchangeCapture:
                     self._sink.note_internal_error("trace_detach")
             try:
                 # A plain tuple in ExchangeRecord field order: naming it is the worker's job.
-                self._sink.submit(
+                self._offer(
                     (
                         scope,
                         root_path_at_start,

@@ -45,13 +45,13 @@ class RecordQueue:
         self._items.append((record, size))
         return True
 
-    def drain(self, limit: int) -> list[ExchangeRecord]:
+    def drain(self, limit: int) -> list[RawRecord]:
         items = self._items
-        out: list[ExchangeRecord] = []
+        out: list[RawRecord] = []
         freed = 0
         while items and len(out) < limit:
             record, size = items.popleft()
-            out.append(ExchangeRecord._make(record))
+            out.append(record)
             freed += size
         self._bytes_out += freed
         return out

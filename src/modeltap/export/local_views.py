@@ -48,10 +48,11 @@ class LocalViews:
         path: str = scope["path"]
         if path.startswith(self._prefix):
             return path == self._prefix or path.startswith(self._slash_prefix)
-        root = scope.get("root_path", "")
+        root = scope.get("root_path")
         if root and path.startswith(root):
             path = path[len(root) :]
-        return path == self._prefix or path.startswith(self._prefix + "/")
+            return path == self._prefix or path.startswith(self._slash_prefix)
+        return False
 
     def _allowed(self, scope: Scope) -> bool:
         if self._token is not None:

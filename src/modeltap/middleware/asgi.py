@@ -45,7 +45,7 @@ class ModelTapMiddleware:
         self.app = app
         self.config = config.replace(**options) if config is not None else ModelTapConfig.from_env(**options)
         self.enabled = self.config.enabled
-        self.tap = Tap(self.config, tracer_provider=tracer_provider)
+        self.tap = Tap(app, self.config, tracer_provider=tracer_provider)
         self._views: LocalViews | None = None
         if self.config.views_prefix is not None:
             self._views = LocalViews(
@@ -57,12 +57,8 @@ class ModelTapMiddleware:
             )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.enabled:
-            await self.app(scope, receive, send)
-            return
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "lifespan":
+        if scope["type"] != "http" or not self.enabled:
+            if scope["type"] == "lifespan" and self.enabled:
                 await self._lifespan(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
@@ -72,14 +68,16 @@ class ModelTapMiddleware:
             await views(scope, receive, send)
             return
         tap = self.tap
-        if not tap.started:
-            tap.start()
-        weight = tap.admit()
         capture = tap.capture
-        if weight == 0 or capture is None:
+        if capture is None:
+            tap.start()  # first request in this process (also after a fork)
+            capture = tap.capture
+        # `admit` only matters while the worker is behind and the tap samples.
+        weight = 1 if tap.stride == 1 else tap.admit()
+        if weight and capture is not None:
+            await capture(scope, receive, send, weight)
+        else:
             await self.app(scope, receive, send)
-            return
-        await capture(self.app, scope, receive, send, weight)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through unchanged, flushing telemetry once the app has shut down."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from modeltap.protocols import kserve_v1, plain_json
 from modeltap.protocols.json_body import BodyError, decode_content, loads
 from modeltap.protocols.payload import DecodedPayload, ExchangeBytes, count
@@ -25,6 +27,11 @@ def sanitize(value: Any, limit: int = MAX_ID_CHARS) -> str | None:
 def _json_or_none(body: bytes, encoding: str, limit: int, out: DecodedPayload) -> Any:
     if not body:
         return None  # nothing sent (GET, probes): nothing to decode, nothing wrong
+    if not encoding:
+        try:
+            return orjson.loads(body)  # the common case, without the layers below
+        except orjson.JSONDecodeError:
+            pass
     try:
         return loads(decode_content(body, encoding, limit))
     except BodyError as exc:
@@ -56,14 +63,15 @@ def decode_exchange(exchange: ExchangeBytes, max_decoded_bytes: int = 16 * 1024 
             kserve_v1.decode(exchange, request, response, out)
         else:
             plain_json.decode(exchange, request, response, out)
-        if isinstance(response, dict):
-            out.model_version = out.model_version or sanitize(response.get("model_version"))
-            out.model_name = out.model_name or sanitize(response.get("model_name"))
-            out.request_id = sanitize(response.get("id")) if "id" in response else None
-        if out.model_version is not None:
-            out.model_version = sanitize(out.model_version)
-        if out.model_name is not None:
-            out.model_name = sanitize(out.model_name)
+        if type(response) is dict:
+            version = out.model_version or response.get("model_version")
+            name = out.model_name or response.get("model_name")
+            if "id" in response:
+                out.request_id = sanitize(response["id"])
+        else:
+            version, name = out.model_version, out.model_name
+        out.model_version = None if version is None else sanitize(version)
+        out.model_name = None if name is None else sanitize(name)
     except Exception:
         # A decoder bug must cost one counted violation, never the worker thread.
         count(out.violations, "decode_error", 1)

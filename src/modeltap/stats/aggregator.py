@@ -137,25 +137,40 @@ class StatsAggregator:
         weight: int,
         exchanges: int = 1,
     ) -> None:
-        """A rows-by-features float matrix (NaN = missing) decoded from `exchanges` exchanges."""
+        """A rows-by-features float matrix (NaN/inf = missing) decoded from `exchanges` exchanges.
+
+        Moments are computed for all columns at once; only the hand-over is per feature.
+        """
         state = self._models.get(model)
         if role == "input":
             state.decoded_rows += int(matrix.shape[0]) * weight
-        missing = out_of_range = 0
+        finite = np.isfinite(matrix)
+        counts = finite.sum(axis=0)
+        clean = np.where(finite, matrix, 0.0)
+        sums = clean.sum(axis=0)
+        sums_sq = np.einsum("ij,ij->j", clean, clean)
+        lows = np.where(finite, matrix, np.inf).min(axis=0)
+        highs = np.where(finite, matrix, -np.inf).max(axis=0)
+        rows = int(matrix.shape[0])
+        missing = rows * len(names) - int(counts.sum())
+        out_of_range = 0
         expected = self._expected(role)
         for j, name in enumerate(names):
             summary = self._summary(state, role, name)
             if summary is None:
                 self.count_violation(model, "schema", exchanges * weight)
                 continue
-            column = matrix[:, j]
-            missing += summary.add_array(column, weight)
+            n = int(counts[j])
+            summary.add_moments(
+                n, rows - n, float(sums[j]), float(sums_sq[j]), float(lows[j]), float(highs[j]), weight
+            )
             feature = expected.get(name)
             if (
                 feature is not None
                 and feature.kind == "numeric"
                 and (feature.min is not None or feature.max is not None)
             ):
+                column = matrix[:, j]
                 low = -math.inf if feature.min is None else feature.min
                 high = math.inf if feature.max is None else feature.max
                 out_of_range += int(np.count_nonzero((column < low) | (column > high)))

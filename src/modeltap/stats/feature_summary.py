@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-import numpy as np
-
 from modeltap._types import Value
 from modeltap.snapshot import FeatureView
 
@@ -65,20 +63,19 @@ class FeatureSummary:
                     self.categories[OTHER] += weight
         return wrong_type
 
-    def add_array(self, values: np.ndarray, weight: int) -> int:
-        """Add a float column (NaN/±inf = missing); returns how many values were missing."""
-        finite = values[np.isfinite(values)]
-        missing = int(values.size - finite.size)
-        self.missing += missing * weight
+    def add_moments(
+        self, count: int, missing: int, total: float, total_sq: float, low: float, high: float, weight: int
+    ) -> None:
+        """Add a column's moments computed elsewhere (vectorised over a whole matrix)."""
         if self.kind is None:
             self.kind = "numeric"
-        if finite.size:
-            self.count += int(finite.size) * weight
-            self.sum += float(finite.sum()) * weight
-            self.sum_sq += float(np.dot(finite, finite)) * weight
-            self.min = min(self.min, float(finite.min()))
-            self.max = max(self.max, float(finite.max()))
-        return missing
+        self.missing += missing * weight
+        if count:
+            self.count += count * weight
+            self.sum += total * weight
+            self.sum_sq += total_sq * weight
+            self.min = min(self.min, low)
+            self.max = max(self.max, high)
 
     def view(self) -> FeatureView:
         numeric = self.kind == "numeric" and self.count > 0

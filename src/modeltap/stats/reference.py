@@ -6,11 +6,14 @@ ranges and the id); the drift statistics build on the same document.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from modeltap.errors import ReferenceProfileError
@@ -28,6 +31,8 @@ class ReferenceFeature:
     kind: str
     min: float | None = None
     max: float | None = None
+    mean: float | None = None
+    std: float | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,8 @@ def parse_reference(document: Any, path: str = "<reference>") -> ReferenceProfil
                 kind=kind,
                 min=_number(path, f"{where}.min", raw.get("min")),
                 max=_number(path, f"{where}.max", raw.get("max")),
+                mean=_number(path, f"{where}.mean", raw.get("mean")),
+                std=_number(path, f"{where}.std", raw.get("std")),
             )
         )
     model = document.get("model")
@@ -114,3 +121,34 @@ def load_reference(path: str | Path) -> ReferenceProfile:
     except orjson.JSONDecodeError as exc:
         raise _fail(text, f"not valid JSON ({exc})") from None
     return parse_reference(document, text)
+
+
+def numeric_profile_document(
+    names: Sequence[str], data: np.ndarray, model_name: str | None = None
+) -> dict[str, object]:
+    """A reference document for numeric input columns (rows x features): kind, range and moments.
+
+    The id is the sha256 of the canonical JSON of everything else, so equal data gives equal ids.
+    """
+    features = []
+    for j, name in enumerate(names):
+        column = data[:, j]
+        finite = column[np.isfinite(column)]
+        if finite.size == 0:
+            raise ReferenceProfileError(f"column {name!r} has no finite values")
+        features.append(
+            {
+                "name": name,
+                "role": "input",
+                "kind": "numeric",
+                "min": float(finite.min()),
+                "max": float(finite.max()),
+                "mean": float(finite.mean()),
+                "std": float(finite.std()),
+            }
+        )
+    body: dict[str, object] = {"format": FORMAT, "version": 1, "features": features}
+    if model_name:
+        body["model"] = {"name": model_name}
+    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return {**body, "id": f"sha256:{digest[:16]}"}
