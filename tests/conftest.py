@@ -1,0 +1,42 @@
+"""Fixtures shared across test packages: real OTLP receivers and an environment free of OTEL_* settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
+
+
+@pytest.fixture
+def clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove every OTEL_* and MODELTAP_* variable so the runner's environment cannot leak into a
+    test (the SDK's exporters and `Resource.create()` read `os.environ` on their own)."""
+    for name in list(os.environ):
+        if name.startswith(("OTEL_", "MODELTAP_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[OtlpHttpReceiver]:
+    """A started OTLP/HTTP receiver answering "ok" unless the test scripts otherwise."""
+    with OtlpHttpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def grpc_receiver() -> Iterator[OtlpGrpcReceiver]:
+    """A started OTLP/gRPC receiver answering "ok" unless the test scripts otherwise."""
+    with OtlpGrpcReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def unused_tcp_port() -> int:
+    """A loopback port nobody listens on (bound, then released): connecting to it is refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

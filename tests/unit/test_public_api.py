@@ -1,0 +1,44 @@
+"""The public surface is exactly `modeltap.__all__`, and everything in it resolves."""
+
+from __future__ import annotations
+
+import modeltap
+
+
+def test_all_names_resolve_and_are_documented() -> None:
+    for name in modeltap.__all__:
+        value = getattr(modeltap, name)
+        if isinstance(value, type):
+            assert value.__doc__, f"{name} has no docstring"
+
+
+def test_public_names_are_the_intended_set() -> None:
+    assert set(modeltap.__all__) == {
+        "ConfigError",
+        "ExportConfig",
+        "ModelTapConfig",
+        "ModelTapError",
+        "ModelTapMiddleware",
+        "ReferenceProfileError",
+        "SamplerConfig",
+        "__version__",
+    }
+    public = {name for name in vars(modeltap) if not name.startswith("_")}
+    # Subpackages imported for re-export appear as attributes; nothing else may leak.
+    leaked = public - set(modeltap.__all__) - {
+        "config",
+        "errors",
+        "middleware",
+        "capture",
+        "export",
+        "protocols",
+        "stats",
+        "records",
+        "snapshot",
+    }
+    assert not leaked, leaked
+
+
+def test_errors_form_one_tree() -> None:
+    assert issubclass(modeltap.ConfigError, modeltap.ModelTapError)
+    assert issubclass(modeltap.ReferenceProfileError, modeltap.ModelTapError)
