@@ -18,6 +18,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 
 from modeltap.config import ModelTapConfig
+from modeltap.export.span_wire import SpanWireEncoder
 from modeltap.export.spans import KNOWN_METHODS, ExchangeIdentity, SpanOptions, build_span
 from modeltap.protocols import DecodedPayload, ExchangeBytes, decode_exchange
 from modeltap.protocols.detect import sanitize
@@ -42,7 +43,7 @@ def route_template(scope: Any, route: object, root_path_at_start: str) -> str | 
 
 
 class BatchPipeline:
-    """Turns a list of `ExchangeRecord`s into statistics updates and finished spans.
+    """Turns a micro-batch of raw records into statistics updates and finished spans.
 
     Example::
 
@@ -74,14 +75,17 @@ class BatchPipeline:
             {b"content-encoding", self._version_header, b"ce-modelid", b"ce-id"}
         )
         self.errors: Counter[str] = Counter()
+        self._wire = SpanWireEncoder(span_options)
+        # True when spans go to the application's own TracerProvider (which needs SDK spans).
+        self.sdk_spans = False
 
-    def process(self, raw_records: list[RawRecord]) -> list[ReadableSpan]:
+    def process(self, raw_records: list[RawRecord]) -> list[Any]:
         """One micro-batch. Hot loop: unpack, decode, group; numpy work happens per group after."""
         latency: dict[tuple[Any, ...], list[float]] = {}
         failed: Counter[tuple[Any, ...]] = Counter()
         inputs: dict[tuple[Attributes, tuple[str, ...], int], list[list[Any]]] = {}
         outputs: dict[tuple[Attributes, int], list[list[Any]]] = {}
-        spans: list[ReadableSpan] = []
+        spans: list[Any] = []
         stats = self._stats
         fixed_name = self._config.model_name
         fixed_version = self._config.model_version
@@ -247,7 +251,10 @@ class BatchPipeline:
             decoded.request_id = sanitize((request_id or event_id).decode("latin-1"))
         return decoded
 
-    def _span(self, record: ExchangeRecord, decoded: DecodedPayload, model: Attributes) -> ReadableSpan:
+    def _span(
+        self, record: ExchangeRecord, decoded: DecodedPayload, model: Attributes
+    ) -> bytes | ReadableSpan:
+        """Encoded OTLP bytes for modeltap's own exporter, or an SDK span for the app's provider."""
         identity = ExchangeIdentity(
             route=route_template(record.scope, record.scope.get("route"), record.root_path_at_start),
             model_name=str(model[0][1]),
@@ -256,4 +263,6 @@ class BatchPipeline:
             protocol=decoded.protocol,
             violations=decoded.violations,
         )
-        return build_span(record, identity, self._span_options, self._resource())
+        if self.sdk_spans:
+            return build_span(record, identity, self._span_options, self._resource())
+        return self._wire.encode(record, identity)

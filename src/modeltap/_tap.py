@@ -18,7 +18,6 @@ from typing import Any
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from modeltap._pipeline import UNKNOWN, BatchPipeline
@@ -152,6 +151,7 @@ class Tap:
             self._instance_id, export.service_name, export.resource_attributes, base=base_resource
         )
         span_exporter = make_span_exporter(export) if self._provider_processor is None else None
+        self._pipeline.sdk_spans = self._provider_processor is not None
         self._exporter = TelemetryExporter(
             export, self._resource, self.latest_snapshot, make_metric_exporter(export), span_exporter
         )
@@ -235,7 +235,7 @@ class Tap:
             if spans:
                 self._emit_spans(spans)
 
-    def _emit_spans(self, spans: list[ReadableSpan]) -> None:
+    def _emit_spans(self, spans: list[Any]) -> None:
         if self._provider_processor is not None:
             for span in spans:
                 try:

@@ -1,11 +1,56 @@
-"""The OTLP exporters of the pinned SDK, built from `ExportConfig` (http/protobuf or grpc)."""
+"""The OTLP exporters of the pinned SDK, built from `ExportConfig` (http/protobuf or grpc).
+
+Metrics use the SDK exporters as they are. Spans arrive already encoded (see `span_wire`), so
+the span exporters are thin subclasses that send those bytes through the SDK's own transport,
+keeping its retry, timeout, TLS, header and compression handling. They rely on two internals of
+the pinned exporter version (the HTTP client object and the gRPC `_translate_data` hook); the
+tests export through both against a real receiver, so a change of pin that breaks them fails CI.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as _GrpcSpans
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as _HttpSpans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics.export import MetricExporter
-from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from modeltap.config import ExportConfig
+
+
+class EncodedSpans(NamedTuple):
+    """A serialized ExportTraceServiceRequest and the number of spans in it."""
+
+    payload: bytes
+    span_count: int
+
+
+class HttpEncodedSpanExporter(_HttpSpans):
+    """OTLP/HTTP span exporter taking `EncodedSpans` instead of SDK spans."""
+
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        batch: EncodedSpans = spans  # type: ignore[assignment]
+        if self._shutdown:
+            return SpanExportResult.FAILURE
+        result = self._client.export(batch.payload)
+        return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+
+
+class GrpcEncodedSpanExporter(_GrpcSpans):
+    """OTLP/gRPC span exporter taking `EncodedSpans` instead of SDK spans."""
+
+    def _translate_data(self, data: Any) -> ExportTraceServiceRequest:
+        request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(data.payload)
+        return request
+
+    def _count_data(self, data: Any) -> int:
+        return int(data.span_count)
+
+
+SpanSender = HttpEncodedSpanExporter | GrpcEncodedSpanExporter
 
 
 def make_metric_exporter(config: ExportConfig) -> MetricExporter | None:
@@ -21,14 +66,12 @@ def make_metric_exporter(config: ExportConfig) -> MetricExporter | None:
     return HttpMetrics(endpoint=target, headers=dict(config.headers), timeout=config.timeout_s)
 
 
-def make_span_exporter(config: ExportConfig) -> SpanExporter | None:
+def make_span_exporter(config: ExportConfig) -> SpanSender | None:
     target = config.traces_target
     if target is None:
         return None
     if config.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
-
-        return GrpcSpans(endpoint=target, headers=dict(config.headers), timeout=config.timeout_s)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
-
-    return HttpSpans(endpoint=target, headers=dict(config.headers), timeout=config.timeout_s)
+        return GrpcEncodedSpanExporter(
+            endpoint=target, headers=dict(config.headers), timeout=config.timeout_s
+        )
+    return HttpEncodedSpanExporter(endpoint=target, headers=dict(config.headers), timeout=config.timeout_s)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.resources import Resource
@@ -90,28 +91,35 @@ def error_type(record: ExchangeRecord) -> str | None:
     return None
 
 
-def build_span(
-    record: ExchangeRecord, identity: ExchangeIdentity, options: SpanOptions, resource: Resource
-) -> ReadableSpan:
-    ids = record.trace
-    assert ids is not None
-    attrs = http_attributes(record, identity.route)
-    headers = _headers_dict(record.request_headers)
+def span_attributes(
+    record: ExchangeRecord, identity: ExchangeIdentity, options: SpanOptions
+) -> dict[str, Any]:
+    """Every attribute of an exchange's span (HTTP semantic conventions plus modeltap's own)."""
+    attrs: dict[str, Any] = http_attributes(record, identity.route)
     if record.query_string:
         attrs["url.query"] = _clip(redact_query(record.query_string.decode("latin-1")))
-    if ua := headers.get("user-agent"):
-        attrs["user_agent.original"] = _clip(ua[0])
-    for name in options.request_headers:
-        if values := headers.get(name.lower()):
-            attrs[f"http.request.header.{name.lower()}"] = (
-                REDACTED if is_credential_header(name) else _clip(", ".join(values))
-            )
+    user_agent = None
+    wanted = {name.lower() for name in options.request_headers}
+    captured: dict[str, list[str]] = {}
+    for key, value in record.scope.get("headers") or ():
+        if key == b"user-agent" and user_agent is None:
+            user_agent = value.decode("latin-1")
+        if wanted:
+            name = key.decode("latin-1").lower()
+            if name in wanted:
+                captured.setdefault(name, []).append(value.decode("latin-1"))
+    if user_agent is not None:
+        attrs["user_agent.original"] = _clip(user_agent)
+    for name, values in captured.items():
+        attrs[f"http.request.header.{name}"] = (
+            REDACTED if is_credential_header(name) else _clip(", ".join(values))
+        )
     if options.response_headers:
         response_headers = _headers_dict(record.response_headers)
         for name in options.response_headers:
-            if values := response_headers.get(name.lower()):
+            if found := response_headers.get(name.lower()):
                 attrs[f"http.response.header.{name.lower()}"] = (
-                    REDACTED if is_credential_header(name) else _clip(", ".join(values))
+                    REDACTED if is_credential_header(name) else _clip(", ".join(found))
                 )
     attrs["modeltap.model.name"] = identity.model_name
     attrs["modeltap.model.version"] = identity.model_version
@@ -129,11 +137,32 @@ def build_span(
             ("request", record.request_parts, record.request_size),
             ("response", record.response_parts, record.response_size),
         ):
-            text, cut = truncate_utf8(b"".join(parts), options.max_payload_bytes)
+            kept = b"".join(parts)
+            text, cut = truncate_utf8(kept, options.max_payload_bytes)
             attrs[f"modeltap.{direction}.body"] = text
             attrs[f"modeltap.{direction}.body.size"] = size
-            attrs[f"modeltap.{direction}.body.truncated"] = cut or len(b"".join(parts)) < size
-    route_or_path = identity.route or record.path
+            attrs[f"modeltap.{direction}.body.truncated"] = cut or len(kept) < size
+    return attrs
+
+
+def span_name(record: ExchangeRecord, route: str | None) -> str:
+    target = route or record.path
+    return f"{record.method} {target}" if target else record.method
+
+
+def span_status(record: ExchangeRecord) -> tuple[bool, str | None]:
+    """(is_error, description): exceptions and 5xx responses are errors for a server span."""
+    err = error_type(record)
+    return (err is not None and (record.error_type is not None or record.status >= 500)), err
+
+
+def build_span(
+    record: ExchangeRecord, identity: ExchangeIdentity, options: SpanOptions, resource: Resource
+) -> ReadableSpan:
+    """A finished SDK span, for applications whose own TracerProvider should receive it."""
+    ids = record.trace
+    assert ids is not None
+    attrs = span_attributes(record, identity, options)
     start = record.start_unix_ns
     end = start + int(record.duration_s * 1e9)
     events = [
@@ -142,36 +171,23 @@ def build_span(
         if count
     ]
     trace_state = TraceState.from_header([ids.trace_state]) if ids.trace_state else TraceState()
-    context = trace_api.SpanContext(
-        ids.trace_id,
-        ids.span_id,
-        is_remote=False,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED),
-        trace_state=trace_state,
-    )
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    context = trace_api.SpanContext(ids.trace_id, ids.span_id, False, flags, trace_state)
     parent = None
     if ids.parent_span_id:
         parent = trace_api.SpanContext(
-            ids.trace_id,
-            ids.parent_span_id,
-            is_remote=ids.parent_is_remote,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED),
-            trace_state=trace_state,
+            ids.trace_id, ids.parent_span_id, ids.parent_is_remote, flags, trace_state
         )
-    status = (
-        Status(StatusCode.ERROR, err)
-        if err is not None and (record.error_type or record.status >= 500)
-        else (Status(StatusCode.UNSET))
-    )
+    is_error, description = span_status(record)
     return ReadableSpan(
-        name=f"{record.method} {route_or_path}" if route_or_path else record.method,
+        name=span_name(record, identity.route),
         context=context,
         parent=parent,
         resource=resource,
         attributes=attrs,
         events=events,
         kind=SpanKind.INTERNAL if ids.enriched_local_span else SpanKind.SERVER,
-        status=status,
+        status=Status(StatusCode.ERROR, description) if is_error else Status(StatusCode.UNSET),
         start_time=start,
         end_time=end,
         instrumentation_scope=SCOPE,

@@ -14,11 +14,12 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from modeltap.config import ExportConfig
+from modeltap.export.exporters import EncodedSpans, SpanSender
 from modeltap.export.otlp_metrics import build_metrics_data
+from modeltap.export.span_wire import export_request
 from modeltap.snapshot import Snapshot
 
 _log = logging.getLogger("modeltap.export")
@@ -46,14 +47,14 @@ class TelemetryExporter:
         resource: Resource,
         snapshot_source: Callable[[], Snapshot | None],
         metric_exporter: MetricExporter | None,
-        span_exporter: SpanExporter | None,
+        span_exporter: SpanSender | None,
     ) -> None:
         self._config = config
         self._resource = resource
         self._snapshot_source = snapshot_source
         self._metric_exporter = metric_exporter
         self._span_exporter = span_exporter
-        self._spans: collections.deque[ReadableSpan] = collections.deque()
+        self._spans: collections.deque[bytes] = collections.deque()
         self._spans_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -79,8 +80,8 @@ class TelemetryExporter:
         self._thread = threading.Thread(target=self._run, name="modeltap-export", daemon=True)
         self._thread.start()
 
-    def offer_spans(self, spans: list[ReadableSpan]) -> None:
-        """Queue finished spans; beyond the bound the oldest are dropped and counted (BSP semantics)."""
+    def offer_spans(self, spans: list[bytes]) -> None:
+        """Queue encoded spans; beyond the bound the oldest are dropped and counted (BSP semantics)."""
         if self._span_exporter is None or not spans:
             return
         limit = self._config.span_queue_max
@@ -95,7 +96,7 @@ class TelemetryExporter:
         if full_batch:
             self._wake.set()
 
-    def _take_spans(self) -> list[ReadableSpan]:
+    def _take_spans(self) -> list[bytes]:
         with self._spans_lock:
             count = min(len(self._spans), self._config.span_batch_max)
             return [self._spans.popleft() for _ in range(count)]
@@ -108,7 +109,8 @@ class TelemetryExporter:
                 return
             ok = False
             try:
-                ok = self._span_exporter.export(batch) is SpanExportResult.SUCCESS
+                encoded = EncodedSpans(export_request(self._resource, batch), len(batch))
+                ok = self._span_exporter.export(encoded) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
             except Exception:
                 _log.warning("span export raised; the batch is dropped", exc_info=True)
             self._record("traces", ok)
