@@ -97,7 +97,10 @@ def duration_count_series(text: str) -> list[dict[str, str]]:
 
 def feature(document: dict[str, Any], name: str, role: str = "input") -> dict[str, Any]:
     matches = [
-        f for model in document["models"] for f in model["features"] if f["name"] == name and f["role"] == role
+        f
+        for model in document["models"]
+        for f in model["features"]
+        if f["name"] == name and f["role"] == role
     ]
     assert len(matches) == 1, (name, role, document["models"])
     found: dict[str, Any] = matches[0]
@@ -163,7 +166,9 @@ def test_kserve_v1_features_and_missing_counts_are_exact(make_middleware: MakeMi
 
 def test_model_name_comes_from_the_kserve_path_when_not_configured(make_middleware: MakeMiddleware) -> None:
     middleware = make_middleware(json_app())
-    run_asgi(middleware, make_http_scope("POST", "/v1/models/churn:predict"), http_request_messages(KSERVE_BODY))
+    run_asgi(
+        middleware, make_http_scope("POST", "/v1/models/churn:predict"), http_request_messages(KSERVE_BODY)
+    )
 
     document = status_document(middleware)
 
@@ -212,7 +217,11 @@ def gzip_bomb() -> bytes:
     [
         ([(b"content-type", b"application/json")], b'{"instances": [[1, 2], ', "decode_error"),
         ([(b"content-type", b"application/octet-stream")], bytes(range(256)) * 4, "decode_error"),
-        ([(b"content-type", b"application/json"), (b"content-encoding", b"gzip")], b"not gzip", "decode_error"),
+        (
+            [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")],
+            b"not gzip",
+            "decode_error",
+        ),
         ([(b"content-type", b"application/json"), (b"content-encoding", b"br")], KSERVE_BODY, "decode_error"),
     ],
     ids=["truncated-json", "binary", "broken-gzip", "unknown-coding"],
@@ -409,7 +418,12 @@ def find_tap_middleware(app: Starlette) -> ModelTapMiddleware:
 
 @pytest.fixture
 def starlette_with_tap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Starlette]:
-    for name in ("MODELTAP_ENABLED", "OTEL_SDK_DISABLED", "MODELTAP_VIEWS_PREFIX", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+    for name in (
+        "MODELTAP_ENABLED",
+        "OTEL_SDK_DISABLED",
+        "MODELTAP_VIEWS_PREFIX",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ):
         monkeypatch.delenv(name, raising=False)
     app = build_starlette_app()
     app.add_middleware(ModelTapMiddleware, model_name="demo")
@@ -477,7 +491,10 @@ def test_head_and_204_are_identical_and_recorded(make_middleware: MakeMiddleware
         assert tapped.response_complete
 
     assert run_asgi(middleware, no_content, http_request_messages(b"{}")).body == b""
-    series = {(s["http_request_method"], s["http_route"]): s for s in duration_count_series(metrics_text(middleware))}
+    series = {
+        (s["http_request_method"], s["http_route"]): s
+        for s in duration_count_series(metrics_text(middleware))
+    }
     assert series[("HEAD", "/items/{item_id:int}")]["http_response_status_code"] == "200"
     assert series[("POST", "/feedback")]["http_response_status_code"] == "204"
     assert series[("POST", "/feedback")]["value"] == "2"

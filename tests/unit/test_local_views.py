@@ -131,7 +131,9 @@ def test_other_clients_are_forbidden(
 def test_bearer_token_allows_a_remote_client(make_middleware: MakeMiddleware, scheme: bytes) -> None:
     middleware = make_middleware(model_app, views_token="s3cret-token")
 
-    result = get(middleware, "/modeltap/status", client=REMOTE, headers=[(b"authorization", scheme + b" s3cret-token")])
+    result = get(
+        middleware, "/modeltap/status", client=REMOTE, headers=[(b"authorization", scheme + b" s3cret-token")]
+    )
 
     # The auth scheme is case-insensitive (RFC 9110 section 11.1).
     assert result.status == 200
@@ -140,7 +142,13 @@ def test_bearer_token_allows_a_remote_client(make_middleware: MakeMiddleware, sc
 
 @pytest.mark.parametrize(
     "authorization",
-    [b"Bearer wrong", b"Bearer s3cret-token-and-more", b"Bearer ", b"s3cret-token", b"Basic czNjcmV0LXRva2Vu"],
+    [
+        b"Bearer wrong",
+        b"Bearer s3cret-token-and-more",
+        b"Bearer ",
+        b"s3cret-token",
+        b"Basic czNjcmV0LXRva2Vu",
+    ],
 )
 def test_wrong_token_is_forbidden(make_middleware: MakeMiddleware, authorization: bytes) -> None:
     middleware = make_middleware(model_app, views_token="s3cret-token")
@@ -152,7 +160,10 @@ def test_wrong_token_is_forbidden(make_middleware: MakeMiddleware, authorization
 
 def test_bearer_header_without_configured_token_is_forbidden(make_middleware: MakeMiddleware) -> None:
     result = get(
-        make_middleware(model_app), "/modeltap/status", client=REMOTE, headers=[(b"authorization", b"Bearer x")]
+        make_middleware(model_app),
+        "/modeltap/status",
+        client=REMOTE,
+        headers=[(b"authorization", b"Bearer x")],
     )
 
     assert result.status == 403
@@ -279,7 +290,9 @@ def test_status_document_names_the_process(make_middleware: MakeMiddleware) -> N
     assert document["process"]["instance_id"]
     assert document["uptime_s"] >= 0
     assert document["requests"] == {"total": 0, "errors": 0, "dropped": 0}
-    assert {"queue_depth", "worker_lag_s", "export_failures", "last_export_unix_s"} <= set(document["monitoring"])
+    assert {"queue_depth", "worker_lag_s", "export_failures", "last_export_unix_s"} <= set(
+        document["monitoring"]
+    )
 
 
 # --- Prometheus exposition -------------------------------------------------------------------------
@@ -322,7 +335,10 @@ def parse_exposition(text: str) -> tuple[dict[str, str], list[Sample]]:
             family = next(
                 (
                     f
-                    for f in (name, *(name.removesuffix(s) for s in ("_bucket", "_sum", "_count") if name.endswith(s)))
+                    for f in (
+                        name,
+                        *(name.removesuffix(s) for s in ("_bucket", "_sum", "_count") if name.endswith(s)),
+                    )
                     if f in types
                 ),
                 None,

@@ -87,7 +87,10 @@ def status_document(middleware: ModelTapMiddleware) -> dict[str, Any]:
 def duration_series(middleware: ModelTapMiddleware) -> list[dict[str, Any]]:
     """Attributes of every http.server.request.duration series, with its count under `count`."""
     assert middleware.tap.flush(5.0)
-    return [{**dict(point.attributes), "count": point.count} for point in middleware.tap.latest_snapshot().duration]
+    return [
+        {**dict(point.attributes), "count": point.count}
+        for point in middleware.tap.latest_snapshot().duration
+    ]
 
 
 def assert_same_exchange(bare: DriverResult, tapped: DriverResult) -> None:
@@ -256,7 +259,9 @@ def test_streamed_response_chunks_are_forwarded_one_by_one(make_middleware: Make
             await asyncio.wait_for(arrived[index].wait(), timeout=1.0)
         await send({"type": BODY, "body": b"", "more_body": False})
 
-    result = run_asgi(make_middleware(app), make_http_scope("GET", "/stream", headers=[]), on_message=on_message)
+    result = run_asgi(
+        make_middleware(app), make_http_scope("GET", "/stream", headers=[]), on_message=on_message
+    )
 
     assert result.exception is None
     chunk_records = [r for r in result.send_records if r.message["type"] == BODY and r.message["more_body"]]
@@ -307,7 +312,9 @@ def test_disconnected_exchange_is_counted_as_client_disconnected(make_middleware
         assert messages[-1]["type"] == "http.disconnect"
 
     middleware = make_middleware(gives_up)
-    result = run_asgi(middleware, make_http_scope("POST", "/upload"), request_messages([b"a", b"b"]), disconnect_at=1)
+    result = run_asgi(
+        middleware, make_http_scope("POST", "/upload"), request_messages([b"a", b"b"]), disconnect_at=1
+    )
 
     assert result.exception is None
     assert result.sent == []
@@ -374,7 +381,9 @@ def test_exception_before_response_start_propagates_unchanged(make_middleware: M
 
 
 @pytest.mark.timeout(30)
-def test_exception_before_start_gives_the_client_the_same_500_via_httpx(make_middleware: MakeMiddleware) -> None:
+def test_exception_before_start_gives_the_client_the_same_500_via_httpx(
+    make_middleware: MakeMiddleware,
+) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         raise ModelFailure("boom")
 
@@ -392,7 +401,9 @@ def test_exception_before_start_gives_the_client_the_same_500_via_httpx(make_mid
     assert status_document(middleware)["requests"]["total"] == 1
 
 
-def test_exception_after_response_start_propagates_without_extra_messages(make_middleware: MakeMiddleware) -> None:
+def test_exception_after_response_start_propagates_without_extra_messages(
+    make_middleware: MakeMiddleware,
+) -> None:
     raised: list[BaseException] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -543,7 +554,9 @@ def test_app_without_lifespan_support_raises_the_same_exception(make_middleware:
     assert list(tapped) == []
 
 
-async def run_websocket(app: ASGIApp, path: str, incoming: list[Message]) -> tuple[list[Message], list[Message]]:
+async def run_websocket(
+    app: ASGIApp, path: str, incoming: list[Message]
+) -> tuple[list[Message], list[Message]]:
     """A minimal websocket 'server': replays `incoming`, records what the app sent and received."""
     pending = list(incoming)
     received: list[Message] = []
@@ -609,7 +622,9 @@ def test_websocket_passes_through_untouched(make_middleware: MakeMiddleware, pat
 
 def test_pathsend_passes_through(make_middleware: MakeMiddleware) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": START, "status": 200, "headers": [(b"content-type", b"application/octet-stream")]})
+        await send(
+            {"type": START, "status": 200, "headers": [(b"content-type", b"application/octet-stream")]}
+        )
         await send({"type": "http.response.pathsend", "path": "/srv/models/weights.bin"})
 
     scope = make_http_scope("GET", "/weights", headers=[], extensions={"http.response.pathsend": {}})
@@ -647,10 +662,14 @@ def test_starlette_file_response_uses_pathsend_through_the_middleware(
 def test_trailers_pass_through(make_middleware: MakeMiddleware) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await read_body(receive)
-        await send({"type": START, "status": 200, "headers": [(b"trailer", b"grpc-status")], "trailers": True})
+        await send(
+            {"type": START, "status": 200, "headers": [(b"trailer", b"grpc-status")], "trailers": True}
+        )
         await send({"type": BODY, "body": b"part 1,", "more_body": True})
         await send({"type": BODY, "body": b"part 2", "more_body": False})
-        await send({"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")], "more_trailers": False})
+        await send(
+            {"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")], "more_trailers": False}
+        )
 
     scope = make_http_scope("POST", "/grpcish", extensions={"http.response.trailers": {}})
     middleware = make_middleware(app)
@@ -696,7 +715,10 @@ def test_disabled_by_environment_is_pure_passthrough(environ: dict[str, str]) ->
     middleware = ModelTapMiddleware(ok_app, config=config)
     try:
         for scope, messages in (
-            (make_http_scope("POST", "/predict"), http_request_messages(b'{"instances": [[1, 2]]}', chunk_size=3)),
+            (
+                make_http_scope("POST", "/predict"),
+                http_request_messages(b'{"instances": [[1, 2]]}', chunk_size=3),
+            ),
             (make_http_scope("GET", "/modeltap/status", headers=[]), http_request_messages()),
             (make_http_scope("GET", "/modeltap/metrics", headers=[]), http_request_messages()),
         ):

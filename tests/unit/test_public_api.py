@@ -42,3 +42,16 @@ def test_public_names_are_the_intended_set() -> None:
 def test_errors_form_one_tree() -> None:
     assert issubclass(modeltap.ConfigError, modeltap.ModelTapError)
     assert issubclass(modeltap.ReferenceProfileError, modeltap.ModelTapError)
+
+
+def test_middleware_keywords_match_config_fields() -> None:
+    import dataclasses
+    import inspect
+
+    keywords = {
+        name
+        for name, parameter in inspect.signature(modeltap.ModelTapMiddleware.__init__).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    fields = {field.name for field in dataclasses.fields(modeltap.ModelTapConfig)}
+    assert keywords == fields | {"config", "tracer_provider"}

@@ -7,15 +7,17 @@ costs a task group per request (measured, see DESIGN.md).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
 from modeltap._tap import Tap
 from modeltap._types import ASGIApp, Message, Receive, Scope, Send
-from modeltap.config import ModelTapConfig
+from modeltap.config import ExportConfig, ModelTapConfig
 from modeltap.export.local_views import LocalViews
 
 _log = logging.getLogger("modeltap")
+_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(ModelTapConfig))
 
 
 class ModelTapMiddleware:
@@ -30,7 +32,8 @@ class ModelTapMiddleware:
         app = ModelTapMiddleware(app, model_name="churn")
 
     Keyword options are the fields of `ModelTapConfig`; `MODELTAP_*` and `OTEL_*` environment
-    variables fill in whatever is not passed. Pass `config=` to give a complete configuration.
+    variables fill in whatever is not passed. Pass `config=` to give a complete configuration
+    (keywords then override its fields). `views_prefix=False` turns the local views off.
     Lifespan, websocket and unknown scopes pass through untouched.
     """
 
@@ -40,10 +43,37 @@ class ModelTapMiddleware:
         *,
         config: ModelTapConfig | None = None,
         tracer_provider: Any = None,
-        **options: Any,
+        enabled: bool | None = None,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        reference: str | None = None,
+        max_body_bytes: int | None = None,
+        capture_payloads: bool | None = None,
+        max_payload_attribute_bytes: int | None = None,
+        capture_request_headers: tuple[str, ...] | None = None,
+        capture_response_headers: tuple[str, ...] | None = None,
+        version_header: str | None = None,
+        request_id_header: str | None = None,
+        queue_max_records: int | None = None,
+        queue_max_bytes: int | None = None,
+        worker_interval_s: float | None = None,
+        overload_watermark: float | None = None,
+        views_prefix: str | bool | None = None,
+        views_token: str | None = None,
+        views_allow: tuple[str, ...] | None = None,
+        series_limit: int | None = None,
+        snapshot_interval_s: float | None = None,
+        export: ExportConfig | None = None,
     ) -> None:
+        # Explicit keywords (not **options) so type checkers accept `app.add_middleware(...)`;
+        # a test keeps them in step with ModelTapConfig's fields. None means "not given".
+        given = {key: value for key, value in locals().items() if key in _CONFIG_FIELDS and value is not None}
+        if given.get("views_prefix") is True:
+            del given["views_prefix"]  # True: keep the default or configured prefix
+        elif given.get("views_prefix") is False:
+            given["views_prefix"] = None  # False: no local views
         self.app = app
-        self.config = config.replace(**options) if config is not None else ModelTapConfig.from_env(**options)
+        self.config = config.replace(**given) if config is not None else ModelTapConfig.from_env(**given)
         self.enabled = self.config.enabled
         self.tap = Tap(app, self.config, tracer_provider=tracer_provider)
         self._views: LocalViews | None = None
