@@ -30,6 +30,7 @@ from modeltap.stats.reference import ReferenceProfile
 
 _log = logging.getLogger("modeltap")
 UNKNOWN = "unknown"
+_ROUTE_CACHE_LIMIT = 4096
 
 
 def route_template(scope: Any, route: object, root_path_at_start: str) -> str | None:
@@ -76,6 +77,10 @@ class BatchPipeline:
         )
         self.errors: Counter[str] = Counter()
         self._wire = SpanWireEncoder(span_options)
+        # Per-exchange look-ups that repeat: the (name, version) attribute pairs and the route
+        # template of each framework route object (kept with the object, so a reused id misses).
+        self._model_attributes: dict[tuple[str, str], Attributes] = {}
+        self._route_templates: dict[tuple[int, str, str], tuple[object, str | None]] = {}
         # True when spans go to the application's own TracerProvider (which needs SDK spans).
         self.sdk_spans = False
 
@@ -90,6 +95,8 @@ class BatchPipeline:
         fixed_name = self._config.model_name
         fixed_version = self._config.model_version
         default_model = self._default_model
+        models = self._model_attributes
+        routes = self._route_templates
         for raw in raw_records:
             try:
                 (scope, root_path_at_start, _start_ns, started, _first, ended, finished, status,
@@ -104,10 +111,18 @@ class BatchPipeline:
                     response_parts,
                     response_size,
                 )
-                model: Attributes = (
-                    ("modeltap.model.name", fixed_name or decoded.model_name or default_model),
-                    ("modeltap.model.version", fixed_version or decoded.model_version or UNKNOWN),
+                identity = (
+                    fixed_name or decoded.model_name or default_model,
+                    fixed_version or decoded.model_version or UNKNOWN,
                 )
+                model = models.get(identity)
+                if model is None:
+                    if len(models) >= _ROUTE_CACHE_LIMIT:
+                        models.clear()  # versions come from payloads: keep the memo bounded
+                    model = models[identity] = (
+                        ("modeltap.model.name", identity[0]),
+                        ("modeltap.model.version", identity[1]),
+                    )
                 error = exception_type
                 if error is None and ended is None and disconnected:
                     error = "client_disconnected"
@@ -116,11 +131,21 @@ class BatchPipeline:
                 elif error is None and status >= 500:
                     error = str(status)
                 route = scope.get("route")
+                template = None
+                if route is not None:
+                    root_path = scope.get("root_path", "")
+                    cached = routes.get((id(route), root_path, root_path_at_start))
+                    if cached is not None and cached[0] is route:
+                        template = cached[1]
+                    else:
+                        template = route_template(scope, route, root_path_at_start)
+                        if len(routes) < _ROUTE_CACHE_LIMIT:
+                            routes[(id(route), root_path, root_path_at_start)] = (route, template)
                 key = (
                     model,
                     weight,
                     scope.get("method", "GET"),
-                    None if route is None else route_template(scope, route, root_path_at_start),
+                    template,
                     status,
                     scope.get("scheme", "http"),
                     scope.get("http_version", "1.1"),

@@ -27,7 +27,7 @@ from modeltap.capture.record_queue import RecordQueue
 from modeltap.capture.trace_context import TraceSampler
 from modeltap.config import DEFAULT_DURATION_BUCKETS_S, ModelTapConfig, SamplerConfig
 from modeltap.export.exporters import make_metric_exporter, make_span_exporter
-from modeltap.export.resource import build_resource, new_instance_id
+from modeltap.export.resource import SERVICE_INSTANCE_ID, build_resource, new_instance_id
 from modeltap.export.spans import SpanOptions
 from modeltap.export.telemetry_thread import TelemetryExporter
 from modeltap.snapshot import Attributes, CounterPoint, SelfMonitoring, Snapshot
@@ -35,7 +35,9 @@ from modeltap.stats import StatsAggregator
 from modeltap.stats.reference import ReferenceProfile, load_reference
 
 _log = logging.getLogger("modeltap")
-MAX_BATCH = 4096
+# Records per micro-batch: large enough to amortise the per-group numpy calls, small enough
+# that the worker hands the GIL back to the event loop every millisecond or two.
+MAX_BATCH = 256
 MAX_STRIDE = 1024
 
 
@@ -150,6 +152,9 @@ class Tap:
         self._resource = build_resource(
             self._instance_id, export.service_name, export.resource_attributes, base=base_resource
         )
+        # The SDK names each process (`service.instance.id`, renewed after a fork); /status reports
+        # the same id so a reader can match a replica's page to its exported series.
+        self._instance_id = str(self._resource.attributes.get(SERVICE_INSTANCE_ID, self._instance_id))
         span_exporter = make_span_exporter(export) if self._provider_processor is None else None
         self._pipeline.sdk_spans = self._provider_processor is not None
         self._exporter = TelemetryExporter(
@@ -234,6 +239,7 @@ class Tap:
             self._records_processed += len(batch)
             if spans:
                 self._emit_spans(spans)
+            time.sleep(0)  # let a waiting request run before the next batch
 
     def _emit_spans(self, spans: list[Any]) -> None:
         if self._provider_processor is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import json
 import re
 import time
@@ -133,7 +134,8 @@ def assert_same_response(bare: DriverResult, tapped: DriverResult) -> None:
     assert tapped.sent == bare.sent
     assert tapped.status == bare.status
     assert tapped.body == bare.body
-    assert tapped.exception is None and bare.exception is None
+    assert tapped.exception is None
+    assert bare.exception is None
 
 
 def predict_scope(headers: list[tuple[bytes, bytes]] | None = None) -> Scope:
@@ -157,8 +159,8 @@ def test_kserve_v1_features_and_missing_counts_are_exact(make_middleware: MakeMi
     f0, f1 = feature(document, "f0"), feature(document, "f1")
     assert (f0["count"], f0["missing"]) == (2, 0)
     assert (f1["count"], f1["missing"]) == (1, 1)
-    assert f0["mean"] == 2.0 and f0["min"] == 1.0 and f0["max"] == 3.0
-    assert f1["mean"] == 2.0 and f1["missing_rate"] == 0.5
+    assert (f0["mean"], f0["min"], f0["max"]) == (2.0, 1.0, 3.0)
+    assert (f1["mean"], f1["missing_rate"]) == (2.0, 0.5)
     prediction = feature(document, "prediction", role="output")
     assert (prediction["count"], prediction["missing"]) == (2, 0)
     assert document["violations"] == {"missing": 1}
@@ -187,7 +189,7 @@ def test_body_split_anywhere_decodes_to_the_same_counts(make_middleware: MakeMid
     def check(cuts: list[int]) -> None:
         nonlocal runs
         edges = [0, *sorted(cuts), len(KSERVE_BODY)]
-        chunks = [KSERVE_BODY[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+        chunks = [KSERVE_BODY[a:b] for a, b in itertools.pairwise(edges)]
         messages: list[Message] = [
             {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
             for i, chunk in enumerate(chunks)
@@ -375,7 +377,8 @@ def test_latency_excludes_background_task_and_task_still_runs(make_middleware: M
     assert result.exception is None
     assert len(finished) == 1, "the background task was cancelled or skipped"
     assert result.elapsed >= 0.5
-    assert result.response_completed_at is not None and result.response_completed_at < finished[0]
+    assert result.response_completed_at is not None
+    assert result.response_completed_at < finished[0]
     document = status_document(middleware)
     assert document["latency_s"]["count"] == 1
     assert document["latency_s"]["max"] < 0.25
@@ -417,14 +420,8 @@ def find_tap_middleware(app: Starlette) -> ModelTapMiddleware:
 
 
 @pytest.fixture
-def starlette_with_tap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Starlette]:
-    for name in (
-        "MODELTAP_ENABLED",
-        "OTEL_SDK_DISABLED",
-        "MODELTAP_VIEWS_PREFIX",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ):
-        monkeypatch.delenv(name, raising=False)
+def starlette_with_tap(clean_otel_env: None) -> Iterator[Starlette]:
+    """`add_middleware` reads the process environment, so it is emptied of MODELTAP_*/OTEL_* first."""
     app = build_starlette_app()
     app.add_middleware(ModelTapMiddleware, model_name="demo")
     yield app

@@ -9,8 +9,6 @@ the OpenTelemetry SDK configuration spec requires).
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -48,7 +46,8 @@ def test_defaults_from_an_empty_environment() -> None:
     assert config.capture_payloads is False
     assert config.max_body_bytes == 1024 * 1024
     assert config.export.endpoint is None
-    assert config.export.metrics_target is None and config.export.traces_target is None
+    assert config.export.metrics_target is None
+    assert config.export.traces_target is None
     assert config.export.sampler == SamplerConfig("parentbased_traceidratio", 0.1)
 
 
@@ -57,7 +56,8 @@ def test_config_error_is_a_modeltap_error_and_a_value_error() -> None:
         ModelTapConfig(max_body_bytes=-1)
     assert isinstance(info.value, ModelTapError)
     assert isinstance(info.value, ValueError)
-    assert "max_body_bytes" in str(info.value) and "-1" in str(info.value)
+    assert "max_body_bytes" in str(info.value)
+    assert "-1" in str(info.value)
 
 
 # --- MODELTAP_* ---------------------------------------------------------------------------------------
@@ -148,7 +148,9 @@ def test_keyword_overrides_beat_the_environment() -> None:
     assert (config.model_name, config.max_body_bytes, config.enabled) == ("from-kwargs", 20, True)
 
 
-def test_from_env_reads_the_process_environment_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_from_env_reads_the_process_environment_by_default(
+    clean_otel_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MODELTAP_MODEL_NAME", "from-process")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "svc")
 
@@ -158,10 +160,10 @@ def test_from_env_reads_the_process_environment_by_default(monkeypatch: pytest.M
     assert config.export.service_name == "svc"
 
 
-def test_middleware_options_are_config_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_middleware_options_are_config_fields(clean_otel_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELTAP_MODEL_NAME", "from-env")
     monkeypatch.setenv("MODELTAP_MAX_BODY_BYTES", "4096")
-    middleware = ModelTapMiddleware(noop_app, model_name="from-kwargs", views_prefix=None)
+    middleware = ModelTapMiddleware(noop_app, model_name="from-kwargs", views_prefix=False)
     try:
         assert middleware.config.model_name == "from-kwargs"
         assert middleware.config.max_body_bytes == 4096
@@ -182,8 +184,9 @@ def test_middleware_config_plus_options() -> None:
 def test_middleware_rejects_bad_options_at_construction() -> None:
     with pytest.raises(ConfigError, match="max_body_bytes"):
         ModelTapMiddleware(noop_app, config=ModelTapConfig.from_env({}), max_body_bytes=-5)
+    unknown: dict[str, Any] = {"no_such_option": 1}
     with pytest.raises(TypeError):
-        ModelTapMiddleware(noop_app, config=ModelTapConfig.from_env({}), no_such_option=1)
+        ModelTapMiddleware(noop_app, config=ModelTapConfig.from_env({}), **unknown)
 
 
 # --- bad values name the variable -------------------------------------------------------------------
@@ -426,13 +429,5 @@ def test_replace_validates_too() -> None:
         config.replace(queue_max_records=0)
 
 
-@pytest.fixture
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith(("MODELTAP_", "OTEL_")):
-            monkeypatch.delenv(name)
-    yield
-
-
-def test_process_environment_without_variables_gives_defaults(clean_environment: None) -> None:
+def test_process_environment_without_variables_gives_defaults(clean_otel_env: None) -> None:
     assert ModelTapConfig.from_env() == ModelTapConfig()
