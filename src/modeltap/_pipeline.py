@@ -126,7 +126,7 @@ class BatchPipeline:
                 error = exception_type
                 if error is None and ended is None and disconnected:
                     error = "client_disconnected"
-                if not status and error is not None:
+                if not status and exception_type is not None:
                     status = 500  # the server answers an exception before the response with a 500
                 elif error is None and status >= 500:
                     error = str(status)

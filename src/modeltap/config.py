@@ -20,7 +20,7 @@ from modeltap.errors import ConfigError
 __all__ = ["ExportConfig", "ModelTapConfig", "SamplerConfig"]
 
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
 
 # Semantic-convention buckets for http.server.request.duration (seconds).
 DEFAULT_DURATION_BUCKETS_S: tuple[float, ...] = (
@@ -121,12 +121,13 @@ class ExportConfig:
                 continue
             parts = urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"OTLP {name} must be an http(s) URL with a host, got {value!r}")
+                raise ConfigError(f"OTLP {name} must be an http(s) URL with a host, got {value!r}", name)
         for name in ("timeout_s", "metric_export_interval_s", "span_export_interval_s", "shutdown_timeout_s"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.span_queue_max < 1 or self.span_batch_max < 1:
-            raise ConfigError("span_queue_max and span_batch_max must be >= 1")
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}", name)
+        for name in ("span_queue_max", "span_batch_max"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}", name)
 
     @property
     def metrics_target(self) -> str | None:
@@ -149,45 +150,59 @@ class ExportConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ExportConfig:
+        """Read the standard OTEL_* variables; errors name the variable and its value."""
         env = environ
         kwargs: dict[str, Any] = {}
-        if v := env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
-            kwargs["endpoint"] = v
-        if v := env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "").strip():
-            kwargs["metrics_endpoint"] = v
-        if v := env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip():
-            kwargs["traces_endpoint"] = v
-        if v := env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip():
-            kwargs["protocol"] = v
-        if v := env.get("OTEL_EXPORTER_OTLP_HEADERS", "").strip():
-            kwargs["headers"] = _parse_key_values("OTEL_EXPORTER_OTLP_HEADERS", v)
-        if v := env.get("OTEL_EXPORTER_OTLP_TIMEOUT", "").strip():
-            # The spec says milliseconds; the Python exporters read seconds. Follow the spec:
-            # values above 1000 are unambiguous milliseconds, smaller ones are taken as seconds.
-            raw = _parse_float("OTEL_EXPORTER_OTLP_TIMEOUT", v)
-            kwargs["timeout_s"] = raw / 1000.0 if raw > 1000 else raw
-        if v := env.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip():
-            kwargs["metric_export_interval_s"] = _parse_float("OTEL_METRIC_EXPORT_INTERVAL", v) / 1000.0
-        if v := env.get("OTEL_BSP_SCHEDULE_DELAY", "").strip():
-            kwargs["span_export_interval_s"] = _parse_float("OTEL_BSP_SCHEDULE_DELAY", v) / 1000.0
-        if v := env.get("OTEL_BSP_MAX_QUEUE_SIZE", "").strip():
-            kwargs["span_queue_max"] = _parse_int("OTEL_BSP_MAX_QUEUE_SIZE", v)
-        if v := env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "").strip():
-            kwargs["span_batch_max"] = _parse_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", v)
-        if env.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower() == "none":
+        sources: dict[str, tuple[str, str]] = {}
+
+        def take(var: str, field_name: str, convert: Any = None) -> None:
+            raw = env.get(var, "").strip()
+            if raw:  # empty means unset (OpenTelemetry configuration spec)
+                kwargs[field_name] = convert(var, raw) if convert else raw
+                sources[field_name] = (var, raw)
+
+        take("OTEL_EXPORTER_OTLP_ENDPOINT", "endpoint")
+        take("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "metrics_endpoint")
+        take("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "traces_endpoint")
+        take("OTEL_EXPORTER_OTLP_PROTOCOL", "protocol")
+        take("OTEL_EXPORTER_OTLP_HEADERS", "headers", _parse_key_values)
+        # The spec says milliseconds; the Python exporters read seconds. Values above 1000 are
+        # unambiguous milliseconds, smaller ones are taken as seconds.
+        take("OTEL_EXPORTER_OTLP_TIMEOUT", "timeout_s", lambda v, r: _seconds_or_ms(_parse_float(v, r)))
+        take(
+            "OTEL_METRIC_EXPORT_INTERVAL", "metric_export_interval_s", lambda v, r: _parse_float(v, r) / 1000
+        )
+        take("OTEL_BSP_SCHEDULE_DELAY", "span_export_interval_s", lambda v, r: _parse_float(v, r) / 1000)
+        take("OTEL_BSP_MAX_QUEUE_SIZE", "span_queue_max", _parse_int)
+        take("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "span_batch_max", _parse_int)
+        take("OTEL_SERVICE_NAME", "service_name")
+        take("OTEL_RESOURCE_ATTRIBUTES", "resource_attributes", _parse_key_values)
+        if env.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none":
             kwargs["metrics_enabled"] = False
-        if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
             kwargs["traces_enabled"] = False
-        if v := env.get("OTEL_SERVICE_NAME", "").strip():
-            kwargs["service_name"] = v
-        if v := env.get("OTEL_RESOURCE_ATTRIBUTES", "").strip():
-            kwargs["resource_attributes"] = _parse_key_values("OTEL_RESOURCE_ATTRIBUTES", v)
         sampler_name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or SamplerConfig.name
         ratio = SamplerConfig.ratio
-        if v := env.get("OTEL_TRACES_SAMPLER_ARG", "").strip():
-            ratio = _parse_float("OTEL_TRACES_SAMPLER_ARG", v)
+        if raw := env.get("OTEL_TRACES_SAMPLER_ARG", "").strip():
+            ratio = _parse_float("OTEL_TRACES_SAMPLER_ARG", raw)
         kwargs["sampler"] = SamplerConfig(sampler_name, ratio)
+        config: ExportConfig = _construct(cls, kwargs, sources)
+        return config
+
+
+def _seconds_or_ms(value: float) -> float:
+    return value / 1000.0 if value > 1000 else value
+
+
+def _construct(cls: Any, kwargs: dict[str, Any], sources: dict[str, tuple[str, str]]) -> Any:
+    """Build the config; a value that came from a variable is reported by that variable."""
+    try:
         return cls(**kwargs)
+    except ConfigError as exc:
+        if exc.setting in sources:
+            var, raw = sources[exc.setting]
+            raise ConfigError(f"{var}={raw!r} is invalid: {exc}", exc.setting) from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -228,76 +243,86 @@ class ModelTapConfig:
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_payload_attribute_bytes"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}", name)
         for name in ("queue_max_records", "queue_max_bytes", "series_limit"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}", name)
         for name in ("worker_interval_s", "snapshot_interval_s"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}", name)
         if not 0.0 < self.overload_watermark <= 1.0:
-            raise ConfigError(f"overload_watermark must be within (0, 1], got {self.overload_watermark!r}")
+            raise ConfigError(
+                f"overload_watermark must be within (0, 1], got {self.overload_watermark!r}",
+                "overload_watermark",
+            )
         if self.views_prefix is not None and (
             not self.views_prefix.startswith("/") or self.views_prefix.endswith("/")
         ):
             raise ConfigError(
-                f"views_prefix must start with '/' and not end with '/', got {self.views_prefix!r}"
+                f"views_prefix must start with '/' and not end with '/', got {self.views_prefix!r}",
+                "views_prefix",
             )
         for cidr in self.views_allow:
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
-                raise ConfigError(f"views_allow entries must be IP networks, got {cidr!r}") from None
+                raise ConfigError(
+                    f"views_allow entries must be IP networks, got {cidr!r}", "views_allow"
+                ) from None
         for name in ("version_header", "request_id_header"):
             value = getattr(self, name)
             if not value or value != value.strip() or any(c in value for c in " :\r\n"):
-                raise ConfigError(f"{name} must be a header name, got {value!r}")
+                raise ConfigError(f"{name} must be a header name, got {value!r}", name)
 
     def replace(self, **changes: Any) -> ModelTapConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ModelTapConfig:
-        """Build from `MODELTAP_*` and `OTEL_*` variables, then apply keyword overrides."""
+        """Build from `MODELTAP_*` and `OTEL_*` variables, then apply keyword overrides.
+
+        Empty variables count as unset. Errors name the variable and its value.
+        """
         env = os.environ if environ is None else environ
         kwargs: dict[str, Any] = {}
-        disabled_by_otel = _parse_bool("OTEL_SDK_DISABLED", env.get("OTEL_SDK_DISABLED", "false"))
-        kwargs["enabled"] = _parse_bool("MODELTAP_ENABLED", env.get("MODELTAP_ENABLED", "true")) and (
-            not disabled_by_otel
+        sources: dict[str, tuple[str, str]] = {}
+
+        def take(var: str, field_name: str, convert: Any = None) -> None:
+            raw = env.get(var, "").strip()
+            if raw:
+                kwargs[field_name] = convert(var, raw) if convert else raw
+                sources[field_name] = (var, raw)
+
+        enabled = True
+        if raw := env.get("MODELTAP_ENABLED", "").strip():
+            enabled = _parse_bool("MODELTAP_ENABLED", raw)
+        if (raw := env.get("OTEL_SDK_DISABLED", "").strip()) and _parse_bool("OTEL_SDK_DISABLED", raw):
+            enabled = False
+        kwargs["enabled"] = enabled
+        take("MODELTAP_MODEL_NAME", "model_name")
+        take("MODELTAP_MODEL_VERSION", "model_version")
+        take("MODELTAP_REFERENCE", "reference")
+        take("MODELTAP_VERSION_HEADER", "version_header")
+        take("MODELTAP_REQUEST_ID_HEADER", "request_id_header")
+        take("MODELTAP_VIEWS_TOKEN", "views_token")
+        take("MODELTAP_MAX_BODY_BYTES", "max_body_bytes", _parse_int)
+        take("MODELTAP_MAX_PAYLOAD_ATTRIBUTE_BYTES", "max_payload_attribute_bytes", _parse_int)
+        take("MODELTAP_QUEUE_MAX_RECORDS", "queue_max_records", _parse_int)
+        take("MODELTAP_QUEUE_MAX_BYTES", "queue_max_bytes", _parse_int)
+        take("MODELTAP_SERIES_LIMIT", "series_limit", _parse_int)
+        take("MODELTAP_CAPTURE_PAYLOADS", "capture_payloads", _parse_bool)
+        take(
+            "MODELTAP_VIEWS_PREFIX",
+            "views_prefix",
+            lambda v, r: None if r.lower() in ("none", "off", "false") else r,
         )
-        text = {
-            "MODELTAP_MODEL_NAME": "model_name",
-            "MODELTAP_MODEL_VERSION": "model_version",
-            "MODELTAP_REFERENCE": "reference",
-            "MODELTAP_VERSION_HEADER": "version_header",
-            "MODELTAP_REQUEST_ID_HEADER": "request_id_header",
-            "MODELTAP_VIEWS_TOKEN": "views_token",
-        }
-        for var, name in text.items():
-            if v := env.get(var, "").strip():
-                kwargs[name] = v
-        integers = {
-            "MODELTAP_MAX_BODY_BYTES": "max_body_bytes",
-            "MODELTAP_MAX_PAYLOAD_ATTRIBUTE_BYTES": "max_payload_attribute_bytes",
-            "MODELTAP_QUEUE_MAX_RECORDS": "queue_max_records",
-            "MODELTAP_QUEUE_MAX_BYTES": "queue_max_bytes",
-            "MODELTAP_SERIES_LIMIT": "series_limit",
-        }
-        for var, name in integers.items():
-            if v := env.get(var, "").strip():
-                kwargs[name] = _parse_int(var, v)
-        if v := env.get("MODELTAP_CAPTURE_PAYLOADS", "").strip():
-            kwargs["capture_payloads"] = _parse_bool("MODELTAP_CAPTURE_PAYLOADS", v)
-        if "MODELTAP_VIEWS_PREFIX" in env:
-            v = env["MODELTAP_VIEWS_PREFIX"].strip()
-            kwargs["views_prefix"] = None if v.lower() in ("", "none", "off", "false") else v
-        for var, name in (
-            ("MODELTAP_VIEWS_ALLOW", "views_allow"),
-            ("MODELTAP_CAPTURE_REQUEST_HEADERS", "capture_request_headers"),
-            ("MODELTAP_CAPTURE_RESPONSE_HEADERS", "capture_response_headers"),
-        ):
-            if v := env.get(var, "").strip():
-                kwargs[name] = tuple(x.strip() for x in v.split(",") if x.strip())
+        split = lambda v, r: tuple(x.strip() for x in r.split(",") if x.strip())  # noqa: E731
+        take("MODELTAP_VIEWS_ALLOW", "views_allow", split)
+        take("MODELTAP_CAPTURE_REQUEST_HEADERS", "capture_request_headers", split)
+        take("MODELTAP_CAPTURE_RESPONSE_HEADERS", "capture_response_headers", split)
         kwargs["export"] = ExportConfig.from_env(env)
+        for name in overrides:
+            sources.pop(name, None)
         kwargs.update(overrides)
-        return cls(**kwargs)
+        config: ModelTapConfig = _construct(cls, kwargs, sources)
+        return config

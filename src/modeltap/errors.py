@@ -16,6 +16,9 @@ class ModelTapError(Exception):
 class ConfigError(ModelTapError, ValueError):
     """A configuration value is invalid; the message names the setting and the value.
 
+    `setting` is the configuration field concerned, when there is one, so that a caller that
+    read the value from an environment variable can name the variable instead.
+
     Example::
 
         >>> from modeltap.config import ModelTapConfig
@@ -24,6 +27,10 @@ class ConfigError(ModelTapError, ValueError):
         ...
         modeltap.errors.ConfigError: max_body_bytes must be >= 0, got -1
     """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class ReferenceProfileError(ModelTapError):

@@ -237,8 +237,11 @@ def test_metrics_reach_the_collector_with_exact_counts(collector: tuple[str, Rec
         assert point.explicit_bounds == SEMCONV_DURATION_BOUNDS_S
         assert len(point.bucket_counts) == len(SEMCONV_DURATION_BOUNDS_S) + 1
         assert sum(point.bucket_counts) == point.count
-        assert point.sum is not None and point.sum > 0
-        assert point.min is not None and point.max is not None and 0 < point.min <= point.max
+        assert point.sum is not None
+        assert point.sum > 0
+        assert point.min is not None
+        assert point.max is not None
+        assert 0 < point.min <= point.max
         assert point.start_time_unix_nano < point.time_unix_nano
         assert point.attributes["http.request.method"] == "POST"
         assert point.attributes["http.route"] == PREDICT_ROUTE  # the template, never the raw path
@@ -267,7 +270,8 @@ def test_metrics_reach_the_collector_with_exact_counts(collector: tuple[str, Rec
     assert resource["service.name"] == SERVICE_NAME
     assert resource["deployment.environment.name"] == "test"
     instance_id = resource["service.instance.id"]
-    assert isinstance(instance_id, str) and instance_id
+    assert isinstance(instance_id, str)
+    assert instance_id
     assert resource["process.pid"] == os.getpid()
     # Every point of the export carries the same resource.
     assert all(p.resource == resource for p in receiver.metrics(accepted_only=True))
@@ -313,8 +317,10 @@ def test_environment_alone_configures_periodic_export(collector: tuple[str, Rece
         drive(middleware, [ok_call(i) for i in range(5)])
         # No flush: the periodic export (every 200 ms) must deliver on its own, more than once.
         receiver.wait_for(
-            lambda r: total_count(r.latest_points(DURATION, accepted_only=True)) == 5
-            and len(r.metric_requests()) >= 2,
+            lambda r: (
+                total_count(r.latest_points(DURATION, accepted_only=True)) == 5
+                and len(r.metric_requests()) >= 2
+            ),
             timeout=5.0,
             description="two periodic exports, the latest with 5 exchanges",
         )
@@ -399,10 +405,12 @@ def test_otlp_timeout_from_the_environment_is_in_milliseconds() -> None:
             started = time.monotonic()
             finished = middleware.tap.flush(3.0)
             elapsed = time.monotonic() - started
-            assert finished and elapsed < 0.3 + 1.0, (
+            detail = (
                 f"flush against a hanging collector took {elapsed:.2f}s (finished={finished}); "
                 f"OTEL_EXPORTER_OTLP_TIMEOUT=300 was read as timeout_s={config.export.timeout_s}"
             )
+            assert finished, detail
+            assert elapsed < 0.3 + 1.0, detail
             wait_until(lambda: export_failures(middleware).get("metrics") == 1, what="one failed export")
 
 
@@ -442,8 +450,10 @@ def test_collector_faults_never_reach_the_client(faulty_collector: tuple[str, st
     try:
         assert drive(middleware, MIXED_TRAFFIC) == baseline
         wait_until(
-            lambda: export_failures(middleware).get("metrics", 0) >= 1
-            and export_failures(middleware).get("traces", 0) >= 1,
+            lambda: (
+                export_failures(middleware).get("metrics", 0) >= 1
+                and export_failures(middleware).get("traces", 0) >= 1
+            ),
             what="failed metric and span exports counted",
         )
         # The export thread is still failing (or stuck): the request path does not notice.
@@ -464,7 +474,8 @@ def test_collector_faults_never_reach_the_client(faulty_collector: tuple[str, st
 
 @pytest.mark.timeout(60)
 def test_span_batch_rejected_with_400_is_dropped_once_and_counted_as_rejected() -> None:
-    """RELIABILITY.md D5: 400 Bad Request is not retried; the batch is dropped, `dropped{reason=rejected}` +N."""
+    """RELIABILITY.md D5: 400 Bad Request is not retried; the batch is dropped and counted as
+    `modeltap.capture.dropped{modeltap.drop.reason=rejected}` +N."""
     with (
         OtlpHttpReceiver(default=("status", 400)) as receiver,
         tapped(monitored(otlp(receiver.endpoint, sampler=ALWAYS_ON, metrics_enabled=False))) as middleware,
@@ -495,8 +506,10 @@ def test_export_resumes_after_the_collector_recovers(http_receiver: OtlpHttpRece
         drive(middleware, [ok_call(i) for i in range(3, 7)])
         assert middleware.tap.flush(5.0)
         wait_until(
-            lambda: {s for s, _ in middleware.tap.latest_snapshot().monitoring.last_export_unix_s}
-            == {"metrics", "traces"},
+            lambda: (
+                {s for s, _ in middleware.tap.latest_snapshot().monitoring.last_export_unix_s}
+                == {"metrics", "traces"}
+            ),
             what="a successful export of both signals",
         )
         snapshot = middleware.tap.latest_snapshot()
@@ -535,7 +548,9 @@ def test_span_ring_overflow_is_counted_and_every_span_accounted_for() -> None:
                 snapshot = middleware.tap.latest_snapshot()
                 drops = drop_counts(snapshot)
                 return (
-                    snapshot.monitoring.spans_exported + drops["span_queue_full"] + drops["span_export_failed"]
+                    snapshot.monitoring.spans_exported
+                    + drops["span_queue_full"]
+                    + drops["span_export_failed"]
                     == sent
                 )
 

@@ -1,5 +1,5 @@
 """modeltap's spans: sampling, W3C context, the application's TracerProvider, an already-open server
-span, and what may leave the process (RELIABILITY.md E1–E4), checked on what a real OTLP receiver or
+span, and what may leave the process (RELIABILITY.md E1-E4), checked on what a real OTLP receiver or
 the SDK's in-memory exporter got.
 """
 
@@ -20,7 +20,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext, SpanKind, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind
 from scipy import stats
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -208,10 +208,14 @@ def test_incoming_sampled_traceparent_is_continued(http_receiver: OtlpHttpReceiv
 
 @pytest.mark.timeout(60)
 def test_parentbased_ratio_zero_only_follows_sampled_parents(http_receiver: OtlpHttpReceiver) -> None:
-    settings = config(http_receiver.endpoint, export={"sampler": SamplerConfig("parentbased_traceidratio", 0.0)})
+    settings = config(
+        http_receiver.endpoint, export={"sampler": SamplerConfig("parentbased_traceidratio", 0.0)}
+    )
     unsampled_parent = {"traceparent": f"00-{'1' * 32}-{'2' * 16}-00"}
     with tapped(TracedApp().asgi(), settings) as middleware:
-        assert {r.status_code for r in drive(middleware, [Call()] * 5 + [Call(headers=unsampled_parent)])} == {200}
+        assert {
+            r.status_code for r in drive(middleware, [Call()] * 5 + [Call(headers=unsampled_parent)])
+        } == {200}
         assert middleware.tap.flush(5.0)
         http_receiver.wait_for(lambda r: r.metric_requests(), timeout=5.0, description="the flush's metrics")
         assert http_receiver.requests("/v1/traces") == []
@@ -227,7 +231,10 @@ def test_default_sampler_keeps_a_tenth_of_new_traces(http_receiver: OtlpHttpRece
     sent, ratio = 400, 0.1
     environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint, "OTEL_METRICS_EXPORTER": "none"}
     settings = ModelTapConfig.from_env(environ, model_name="churn")
-    assert (settings.export.sampler.name, settings.export.sampler.ratio) == ("parentbased_traceidratio", ratio)
+    assert (settings.export.sampler.name, settings.export.sampler.ratio) == (
+        "parentbased_traceidratio",
+        ratio,
+    )
     with tapped(TracedApp().asgi(), settings) as middleware:
         assert {r.status_code for r in drive(middleware, [Call()] * sent)} == {200}
         assert middleware.tap.flush(5.0)
@@ -278,7 +285,11 @@ def _server_and_modeltap_spans(
 ) -> tuple[list[ReadableSpan], list[ReadableSpan]]:
     finished = exporter.get_finished_spans()
     servers = [s for s in finished if s.kind is SpanKind.SERVER]
-    ours = [s for s in finished if s.instrumentation_scope is not None and s.instrumentation_scope.name == "modeltap"]
+    ours = [
+        s
+        for s in finished
+        if s.instrumentation_scope is not None and s.instrumentation_scope.name == "modeltap"
+    ]
     return servers, ours
 
 
@@ -330,7 +341,7 @@ def test_child_of_an_existing_server_span_keeps_its_trace_state() -> None:
     assert ours.context.trace_state.to_header() == TRACESTATE
 
 
-# ---- privacy (E1–E4) ----------------------------------------------------------------------------
+# ---- privacy (E1-E4) ----------------------------------------------------------------------------
 
 
 def _all_values(span: SpanRecord) -> list[AttrValue]:
@@ -352,8 +363,12 @@ def test_default_spans_carry_no_payload_and_no_headers(http_receiver: OtlpHttpRe
         spans = flushed_spans(middleware, http_receiver, expected=2)
 
     for span in spans:
-        assert not [k for k in span.attributes if k.startswith(("http.request.header.", "http.response.header."))]
-        assert not [k for k in span.attributes if k.startswith(("modeltap.request.body", "modeltap.response.body"))]
+        assert not [
+            k for k in span.attributes if k.startswith(("http.request.header.", "http.response.header."))
+        ]
+        assert not [
+            k for k in span.attributes if k.startswith(("modeltap.request.body", "modeltap.response.body"))
+        ]
         for value in _all_values(span):
             text = str(value)
             assert marker not in text
@@ -375,7 +390,7 @@ def _utf8_prefix(text: str, max_bytes: int) -> str:
 @pytest.mark.timeout(60)
 def test_captured_payloads_are_truncated_on_a_utf8_boundary(http_receiver: OtlpHttpReceiver) -> None:
     cap = 16
-    # 0–3 ASCII bytes before 3- and 4-byte characters put the cap at every offset inside a character.
+    # 0-3 ASCII bytes before 3- and 4-byte characters put the cap at every offset inside a character.
     texts = [prefix + char * 8 for char in ("€", "😀") for prefix in ("", "a", "ab", "abc")]
     texts.append("héllo")  # under the cap: kept whole
     settings = config(http_receiver.endpoint, capture_payloads=True, max_payload_attribute_bytes=cap)
@@ -392,7 +407,8 @@ def test_captured_payloads_are_truncated_on_a_utf8_boundary(http_receiver: OtlpH
         for direction in ("request", "response"):
             shown = attributes[f"modeltap.{direction}.body"]
             assert shown == _utf8_prefix(text, cap), (direction, text)
-            assert isinstance(shown, str) and len(shown.encode()) <= cap
+            assert isinstance(shown, str)
+            assert len(shown.encode()) <= cap
             assert attributes[f"modeltap.{direction}.body.size"] == size
             assert attributes[f"modeltap.{direction}.body.truncated"] is (size > cap)
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -45,7 +45,8 @@ def expected_score(row: list[float | None]) -> float:
 def load_example(module_name: str) -> FastAPI:
     """A fresh `app` from examples/fastapi_app.py (its own middleware, hence its own counts)."""
     spec = importlib.util.spec_from_file_location(module_name, EXAMPLE_APP)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     app = module.app
@@ -54,7 +55,7 @@ def load_example(module_name: str) -> FastAPI:
 
 
 def without_modeltap(app: FastAPI) -> FastAPI:
-    kept = [m for m in app.user_middleware if m.cls is not ModelTapMiddleware]
+    kept = [m for m in app.user_middleware if cast(object, m.cls) is not ModelTapMiddleware]
     assert len(kept) == len(app.user_middleware) - 1, "the example no longer adds ModelTapMiddleware"
     app.user_middleware = kept
     return app
@@ -118,7 +119,9 @@ def send_mixed_traffic(client: httpx.Client) -> None:
         assert client.post(PREDICT_PATH, json=predict_body(rows)).status_code == 200
     for _ in range(2):
         assert client.get("/health").status_code == 200
-    invalid = client.post(PREDICT_PATH, content=b'{"instances": [[1, 2', headers={"content-type": "application/json"})
+    invalid = client.post(
+        PREDICT_PATH, content=b'{"instances": [[1, 2', headers={"content-type": "application/json"}
+    )
     assert invalid.status_code == 422
 
 
@@ -175,7 +178,8 @@ def test_responses_are_byte_identical_to_the_app_without_modeltap(example_url: s
                 client.post(PREDICT_PATH, json=predict_body([[1, 1, 1, 1], [None, 0.5, 4, 0]])),
                 client.post(
                     "/v1/models/other:predict",
-                    content=b'{"instances": [[1, 2', headers={"content-type": "application/json"},
+                    content=b'{"instances": [[1, 2',
+                    headers={"content-type": "application/json"},
                 ),
                 client.post(PREDICT_PATH, content=b"[1, 2, 3]", headers={"content-type": "application/json"}),
                 client.get(PREDICT_PATH),
@@ -285,7 +289,9 @@ def test_metrics_view_exposes_the_same_counts(example_url: str) -> None:
     values = [value for _, value in buckets]
     assert values == sorted(values)  # cumulative
     assert values[-1] == 5
-    ((_, queue_full),) = sample_values(samples, "modeltap_capture_dropped_total", modeltap_drop_reason="queue_full")
+    ((_, queue_full),) = sample_values(
+        samples, "modeltap_capture_dropped_total", modeltap_drop_reason="queue_full"
+    )
     assert queue_full == 0
     violations = {
         labels["modeltap_violation_reason"]: value

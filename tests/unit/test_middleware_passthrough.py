@@ -734,7 +734,7 @@ def test_disabled_by_environment_is_pure_passthrough(environ: dict[str, str]) ->
         middleware.tap.shutdown()
 
 
-def test_disabled_from_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disabled_from_process_environment(clean_otel_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELTAP_ENABLED", "false")
     middleware = ModelTapMiddleware(ok_app, model_name="demo")
     try:

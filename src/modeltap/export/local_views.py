@@ -57,7 +57,12 @@ class LocalViews:
     def _allowed(self, scope: Scope) -> bool:
         if self._token is not None:
             for key, value in scope.get("headers", ()):
-                if key == b"authorization" and hmac.compare_digest(value, b"Bearer " + self._token):
+                # The scheme name is case-insensitive (RFC 9110 §11.1); the token is not.
+                if (
+                    key == b"authorization"
+                    and value[:7].lower() == b"bearer "
+                    and hmac.compare_digest(value[7:].strip(), self._token)
+                ):
                     return True
         client = scope.get("client")
         if not client:
@@ -66,6 +71,8 @@ class LocalViews:
             address = ipaddress.ip_address(client[0])
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # IPv4 clients of a dual-stack listener
         if address.is_loopback:
             return True
         return any(address in network for network in self._allow)
