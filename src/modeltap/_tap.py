@@ -95,7 +95,10 @@ class Tap:
         self._seq = 0
         self._stats = StatsAggregator(config.series_limit, DEFAULT_DURATION_BUCKETS_S, self.reference)
         self._start_unix_ns = time.time_ns()
-        self._instance_id = new_instance_id()
+        # The SDK names each process (`service.instance.id`, one per pid, renewed after a fork);
+        # /status reports the same id so a reader can match a replica's page to its series.
+        detected = Resource.create({}).attributes.get(SERVICE_INSTANCE_ID)
+        self._instance_id = str(detected) if detected else new_instance_id()
         self._records_processed = 0
         self._internal_errors: collections.Counter[str] = collections.Counter()
         self._worker_errors: collections.Counter[str] = collections.Counter()
@@ -152,8 +155,6 @@ class Tap:
         self._resource = build_resource(
             self._instance_id, export.service_name, export.resource_attributes, base=base_resource
         )
-        # The SDK names each process (`service.instance.id`, renewed after a fork); /status reports
-        # the same id so a reader can match a replica's page to its exported series.
         self._instance_id = str(self._resource.attributes.get(SERVICE_INSTANCE_ID, self._instance_id))
         span_exporter = make_span_exporter(export) if self._provider_processor is None else None
         self._pipeline.sdk_spans = self._provider_processor is not None
@@ -273,6 +274,7 @@ class Tap:
         if self._exporter is not None and self._exporter.exports_spans:
             counts["span_queue_full"] = self._exporter.spans_dropped_queue_full
             counts["span_export_failed"] = self._exporter.spans_dropped_export_failed
+            counts["rejected"] = self._exporter.spans_dropped_rejected
         return [
             CounterPoint((*self._model_attrs, ("modeltap.drop.reason", reason)), float(value))
             for reason, value in counts.items()

@@ -166,9 +166,9 @@ class ExportConfig:
         take("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "traces_endpoint")
         take("OTEL_EXPORTER_OTLP_PROTOCOL", "protocol")
         take("OTEL_EXPORTER_OTLP_HEADERS", "headers", _parse_key_values)
-        # The spec says milliseconds; the Python exporters read seconds. Values above 1000 are
-        # unambiguous milliseconds, smaller ones are taken as seconds.
-        take("OTEL_EXPORTER_OTLP_TIMEOUT", "timeout_s", lambda v, r: _seconds_or_ms(_parse_float(v, r)))
+        # Milliseconds, as the specification says (the Python SDK exporters read seconds; a
+        # value written for them, such as 10, would mean 10 ms here: see the README).
+        take("OTEL_EXPORTER_OTLP_TIMEOUT", "timeout_s", lambda v, r: _parse_float(v, r) / 1000)
         take(
             "OTEL_METRIC_EXPORT_INTERVAL", "metric_export_interval_s", lambda v, r: _parse_float(v, r) / 1000
         )
@@ -188,10 +188,6 @@ class ExportConfig:
         kwargs["sampler"] = SamplerConfig(sampler_name, ratio)
         config: ExportConfig = _construct(cls, kwargs, sources)
         return config
-
-
-def _seconds_or_ms(value: float) -> float:
-    return value / 1000.0 if value > 1000 else value
 
 
 def _construct(cls: Any, kwargs: dict[str, Any], sources: dict[str, tuple[str, str]]) -> Any:

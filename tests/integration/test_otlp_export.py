@@ -297,6 +297,19 @@ def test_exported_service_instance_id_is_the_one_status_reports(http_receiver: O
     )
 
 
+@pytest.mark.timeout(60)
+def test_instance_id_is_stable_for_the_life_of_the_process(http_receiver: OtlpHttpReceiver) -> None:
+    """/status must name the process the same way before and after its first request."""
+    status_call = Call(path="/modeltap/status", method="GET")
+    with tapped(monitored(otlp(http_receiver.endpoint))) as middleware:
+        before = json.loads(drive(middleware, [status_call])[0].body)["process"]["instance_id"]
+        drive(middleware, [ok_call(0)])
+        assert middleware.tap.flush(5.0)
+        wait_until(lambda: requests_recorded(middleware) == 1, what="the exchange in the snapshot")
+        after = json.loads(drive(middleware, [status_call])[0].body)["process"]["instance_id"]
+    assert before == after, f"/status instance_id changed from {before!r} to {after!r} at the first request"
+
+
 # ---- configuration from the environment --------------------------------------------------------
 
 
@@ -425,22 +438,23 @@ HTTP_FAULTS: dict[str, HttpBehaviour] = {
 
 
 @pytest.fixture(params=["refused-http", "refused-grpc", *HTTP_FAULTS, "unavailable-grpc"])
-def faulty_collector(request: pytest.FixtureRequest, unused_tcp_port: int) -> Iterator[tuple[str, str]]:
-    """(protocol, endpoint) of a collector that refuses, hangs, closes or answers with an error."""
+def faulty_collector(request: pytest.FixtureRequest, unused_tcp_port: int) -> Iterator[tuple[str, str, str]]:
+    """(protocol, endpoint, fault) of a collector that refuses, hangs, closes or answers with an error."""
     fault: str = request.param
     if fault.startswith("refused-"):
-        yield ("grpc" if fault.endswith("grpc") else "http/protobuf"), f"http://127.0.0.1:{unused_tcp_port}"
+        protocol = "grpc" if fault.endswith("grpc") else "http/protobuf"
+        yield protocol, f"http://127.0.0.1:{unused_tcp_port}", fault
     elif fault == "unavailable-grpc":
         with OtlpGrpcReceiver(default=("abort", grpc.StatusCode.UNAVAILABLE)) as grpc_receiver:
-            yield "grpc", grpc_receiver.endpoint
+            yield "grpc", grpc_receiver.endpoint, fault
     else:
         with OtlpHttpReceiver(default=HTTP_FAULTS[fault]) as http_receiver:
-            yield "http/protobuf", http_receiver.endpoint
+            yield "http/protobuf", http_receiver.endpoint, fault
 
 
 @pytest.mark.timeout(60)
-def test_collector_faults_never_reach_the_client(faulty_collector: tuple[str, str]) -> None:
-    protocol, endpoint = faulty_collector
+def test_collector_faults_never_reach_the_client(faulty_collector: tuple[str, str, str]) -> None:
+    protocol, endpoint, fault = faulty_collector
     baseline = drive(model_app(), MIXED_TRAFFIC)
     # Export continuously so the export thread is busy failing while requests are served.
     export = otlp(
@@ -463,8 +477,10 @@ def test_collector_faults_never_reach_the_client(faulty_collector: tuple[str, st
         assert snapshot.monitoring.last_export_unix_s == ()
         assert snapshot.monitoring.spans_exported == 0
         assert snapshot.monitoring.internal_errors == ()
-        assert drop_counts(snapshot)["span_export_failed"] >= 1
-        assert drop_counts(snapshot)["queue_full"] == 0
+        drops = drop_counts(snapshot)
+        # A 400 means the collector refused the data (never retried): counted as `rejected`.
+        assert drops["rejected" if fault == "400-http" else "span_export_failed"] >= 1
+        assert drops["queue_full"] == 0
     finally:
         started = time.monotonic()
         middleware.tap.shutdown()
@@ -582,7 +598,8 @@ def _child_main(middleware: ModelTapMiddleware, parent_instance_id: str, report_
     assert middleware.tap.flush(5.0)
     snapshot = middleware.tap.latest_snapshot()
     assert sum(p.count for p in snapshot.duration) == 2
-    assert snapshot.instance_id == fresh.instance_id
+    assert snapshot.instance_id != parent_instance_id
+    assert snapshot.pid == os.getpid()
     middleware.tap.shutdown()
     os.write(report_fd, json.dumps({"instance_id": snapshot.instance_id}).encode())
 

@@ -17,7 +17,18 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_built_wheel_installs_and_imports(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
         check=True,
     )
     (wheel,) = dist.glob("modeltap-*.whl")
@@ -26,7 +37,8 @@ def test_built_wheel_installs_and_imports(tmp_path: Path) -> None:
     assert not any(name.startswith(("tests/", "bench/")) for name in names)
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = (

@@ -25,17 +25,21 @@ def test_public_names_are_the_intended_set() -> None:
     }
     public = {name for name in vars(modeltap) if not name.startswith("_")}
     # Subpackages imported for re-export appear as attributes; nothing else may leak.
-    leaked = public - set(modeltap.__all__) - {
-        "config",
-        "errors",
-        "middleware",
-        "capture",
-        "export",
-        "protocols",
-        "stats",
-        "records",
-        "snapshot",
-    }
+    leaked = (
+        public
+        - set(modeltap.__all__)
+        - {
+            "config",
+            "errors",
+            "middleware",
+            "capture",
+            "export",
+            "protocols",
+            "stats",
+            "records",
+            "snapshot",
+        }
+    )
     assert not leaked, leaked
 
 

@@ -54,7 +54,8 @@ class TraceStarter:
             if getattr(current, "kind", None) is otel_trace.SpanKind.SERVER:
                 for key, value in self._enrich.items():
                     current.set_attribute(key, value)
-            return TraceIds(ctx.trace_id, new_span_id(), ctx.span_id, False, True, "", True)
+            joined_state = ctx.trace_state.to_header() if ctx.trace_state else ""
+            return TraceIds(ctx.trace_id, new_span_id(), ctx.span_id, False, True, joined_state, True)
         raw = _header(headers, b"traceparent")
         parent = parse_traceparent(raw) if raw is not None else None
         if parent is None:

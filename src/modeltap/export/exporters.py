@@ -31,12 +31,19 @@ class EncodedSpans(NamedTuple):
 class HttpEncodedSpanExporter(_HttpSpans):
     """OTLP/HTTP span exporter taking `EncodedSpans` instead of SDK spans."""
 
+    # The status of the last failed export, so a batch the collector refused (4xx: bad data,
+    # never retried) is counted apart from one that could not be delivered.
+    last_failure_status: int | None = None
+
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
         batch: EncodedSpans = spans  # type: ignore[assignment]
         if self._shutdown:
             return SpanExportResult.FAILURE
         result = self._client.export(batch.payload)
-        return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+        if result.success:
+            return SpanExportResult.SUCCESS
+        self.last_failure_status = result.status_code
+        return SpanExportResult.FAILURE
 
 
 class GrpcEncodedSpanExporter(_GrpcSpans):

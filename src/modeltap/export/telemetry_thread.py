@@ -62,6 +62,7 @@ class TelemetryExporter:
         self._flush_waiters: list[threading.Event] = []
         self.spans_dropped_queue_full = 0
         self.spans_dropped_export_failed = 0
+        self.spans_dropped_rejected = 0
         self.spans_exported = 0
         self.failures: collections.Counter[str] = collections.Counter()
         self.last_success_unix_s: dict[str, float] = {}
@@ -116,6 +117,8 @@ class TelemetryExporter:
             self._record("traces", ok)
             if ok:
                 self.spans_exported += len(batch)
+            elif 400 <= (getattr(self._span_exporter, "last_failure_status", None) or 0) < 500:
+                self.spans_dropped_rejected += len(batch)  # the collector refused the data itself
             else:
                 self.spans_dropped_export_failed += len(batch)
 

@@ -68,7 +68,10 @@ IDENTITY = ExchangeIdentity(
     violations={"missing": 2},
 )
 OPTIONS = SpanOptions(
-    capture_payloads=True, max_payload_bytes=10, request_headers=("authorization", "user-agent"), response_headers=()
+    capture_payloads=True,
+    max_payload_bytes=10,
+    request_headers=("authorization", "user-agent"),
+    response_headers=(),
 )
 RESOURCE = Resource.create({"service.name": "svc", "service.instance.id": "abc"})
 
