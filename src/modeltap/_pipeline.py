@@ -31,6 +31,8 @@ from modeltap.stats.reference import ReferenceProfile
 _log = logging.getLogger("modeltap")
 UNKNOWN = "unknown"
 _ROUTE_CACHE_LIMIT = 4096
+# What an exchange whose payload was not captured decodes to (never mutated).
+_NOTHING_DECODED = DecodedPayload()
 
 
 def route_template(scope: Any, route: object, root_path_at_start: str) -> str | None:
@@ -101,15 +103,19 @@ class BatchPipeline:
             try:
                 (scope, root_path_at_start, _start_ns, started, _first, ended, finished, status,
                  response_headers, request_parts, request_size, response_parts, response_size,
-                 exception_type, disconnected, trace, weight) = raw  # fmt: skip
-                decoded = self._decode(
-                    scope,
-                    status,
-                    response_headers,
-                    request_parts,
-                    request_size,
-                    response_parts,
-                    response_size,
+                 exception_type, disconnected, trace, weight, payload_weight) = raw  # fmt: skip
+                decoded = (
+                    self._decode(
+                        scope,
+                        status,
+                        response_headers,
+                        request_parts,
+                        request_size,
+                        response_parts,
+                        response_size,
+                    )
+                    if payload_weight
+                    else _NOTHING_DECODED
                 )
                 identity = (
                     fixed_name or decoded.model_name or default_model,
@@ -157,19 +163,22 @@ class BatchPipeline:
                 durations.append((ended if ended is not None else finished) - started)
                 if error is not None:
                     failed[key] += 1
+                # Payload statistics count with the payload weight (bodies may be sampled).
                 if decoded.matrix_rows is not None:
-                    inputs.setdefault((model, decoded.matrix_names, weight), []).append(decoded.matrix_rows)
+                    inputs.setdefault((model, decoded.matrix_names, payload_weight), []).append(
+                        decoded.matrix_rows
+                    )
                 elif decoded.features:
-                    stats.observe_columns(model, "input", decoded.features, weight)
+                    stats.observe_columns(model, "input", decoded.features, payload_weight)
                 if decoded.output_values is not None:
-                    outputs.setdefault((model, weight), []).append(decoded.output_values)
+                    outputs.setdefault((model, payload_weight), []).append(decoded.output_values)
                 elif decoded.outputs:
-                    stats.observe_columns(model, "output", decoded.outputs, weight)
+                    stats.observe_columns(model, "output", decoded.outputs, payload_weight)
                 if decoded.violations:
                     for reason, count in decoded.violations.items():
-                        stats.count_violation(model, reason, count * weight)
+                        stats.count_violation(model, reason, count * payload_weight)
                 if decoded.skipped:
-                    stats.count_drop(model, decoded.skipped, weight)
+                    stats.count_drop(model, decoded.skipped, payload_weight)
                 if trace is not None:
                     spans.append(self._span(ExchangeRecord._make(raw), decoded, model))
             except Exception:

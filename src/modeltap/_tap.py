@@ -20,6 +20,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
+from modeltap._budget import CpuBudget
 from modeltap._pipeline import UNKNOWN, BatchPipeline
 from modeltap._types import ASGIApp
 from modeltap.capture.exchange import ExchangeCapture, TraceStarter
@@ -93,6 +94,9 @@ class Tap:
         self.started = False
         self.stride = 1
         self._seq = 0
+        self.payload_stride = 1
+        self._payload_seq = 0
+        self._budget = CpuBudget(config.worker_cpu_budget)
         self._stats = StatsAggregator(config.series_limit, DEFAULT_DURATION_BUCKETS_S, self.reference)
         self._start_unix_ns = time.time_ns()
         # The SDK names each process (`service.instance.id`, one per pid, renewed after a fork);
@@ -122,13 +126,25 @@ class Tap:
 
     # ---- request path -------------------------------------------------------------------
 
-    def admit(self) -> int:
-        """The weight of this exchange if it is to be captured, else 0 (sampling under overload)."""
+    def admit(self) -> tuple[int, int]:
+        """(weight, payload_weight) for this exchange while the tap samples; (0, 0) = not captured.
+
+        Two independent strides, both counted on the request path (one writer, no lock):
+        `stride` (the queue is filling: capture 1 in N exchanges at all) and `payload_stride` (the
+        worker is over its CPU budget: keep bodies for 1 in N of the captured exchanges, time
+        and count all of them). Weights keep every statistic an unbiased estimate.
+        """
         stride = self.stride
-        if stride == 1:
-            return 1
-        self._seq += 1
-        return stride if self._seq % stride == 0 else 0
+        if stride > 1:
+            self._seq += 1
+            if self._seq % stride:
+                return 0, 0
+        payload_stride = self.payload_stride
+        if payload_stride > 1:
+            self._payload_seq += 1
+            if self._payload_seq % payload_stride:
+                return stride, 0
+        return stride, stride * payload_stride
 
     def note_internal_error(self, where: str) -> None:
         self._internal_errors[where] += 1
@@ -217,6 +233,7 @@ class Tap:
             try:
                 self._drain_all()
                 self._adjust_stride()
+                self.payload_stride = self._budget.next_stride(self.payload_stride)
                 now = time.monotonic()
                 if waiters or stopping or now - self._last_publish >= self.config.snapshot_interval_s:
                     self._publish()
@@ -288,6 +305,7 @@ class Tap:
             queue_bytes=self.queue.pending_bytes,
             worker_lag_s=self.queue.oldest_age_s(),
             sampling_stride=self.stride,
+            payload_sampling_stride=self.payload_stride,
             records_processed=self._records_processed,
             internal_errors=tuple(sorted(internal.items())),
             export_failures=tuple(sorted(exporter.failures.items())) if exporter else (),

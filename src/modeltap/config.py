@@ -226,9 +226,12 @@ class ModelTapConfig:
     request_id_header: str = "x-request-id"
     queue_max_records: int = 10_000
     queue_max_bytes: int = 64 * 1024 * 1024
-    worker_interval_s: float = 0.02
+    worker_interval_s: float = 0.005
     # Share of the queue at which the tap starts sampling exchanges instead of taking all.
     overload_watermark: float = 0.5
+    # Share of one core the worker may use; above it, payloads are decoded for a weighted sample
+    # of exchanges (timing and counts stay complete). None or 0 = no budget.
+    worker_cpu_budget: float | None = 0.05
     views_prefix: str | None = "/modeltap"  # None disables the local views
     views_token: str | None = None
     views_allow: tuple[str, ...] = ()  # CIDRs besides loopback allowed to read the views
@@ -246,6 +249,11 @@ class ModelTapConfig:
         for name in ("worker_interval_s", "snapshot_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}", name)
+        if self.worker_cpu_budget is not None and not 0.0 <= self.worker_cpu_budget <= 1.0:
+            raise ConfigError(
+                f"worker_cpu_budget must be within [0, 1], got {self.worker_cpu_budget!r}",
+                "worker_cpu_budget",
+            )
         if not 0.0 < self.overload_watermark <= 1.0:
             raise ConfigError(
                 f"overload_watermark must be within (0, 1], got {self.overload_watermark!r}",
@@ -306,6 +314,8 @@ class ModelTapConfig:
         take("MODELTAP_QUEUE_MAX_RECORDS", "queue_max_records", _parse_int)
         take("MODELTAP_QUEUE_MAX_BYTES", "queue_max_bytes", _parse_int)
         take("MODELTAP_SERIES_LIMIT", "series_limit", _parse_int)
+        take("MODELTAP_WORKER_CPU_BUDGET", "worker_cpu_budget", _parse_float)
+        take("MODELTAP_WORKER_INTERVAL_S", "worker_interval_s", _parse_float)
         take("MODELTAP_CAPTURE_PAYLOADS", "capture_payloads", _parse_bool)
         take(
             "MODELTAP_VIEWS_PREFIX",

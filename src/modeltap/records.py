@@ -43,13 +43,16 @@ class ExchangeRecord(NamedTuple):
     status: int  # 0 when the app never started a response
     response_headers: Headers
     request_parts: list[bytes]
-    request_size: int  # every request body byte the app received, not only the kept ones
+    request_size: int  # request body bytes the app received (-1: not observed, payload not captured)
     response_parts: list[bytes]
     response_size: int
     exception_type: str | None
     disconnected: bool  # the app received `http.disconnect`
     trace: TraceIds | None
     weight: int  # exchanges this record stands for (> 1 while the tap samples under overload)
+    # Exchanges whose payloads this record's bodies stand for: 0 when only timing and status
+    # were captured (payload sampling under the worker's CPU budget), else weight x stride.
+    payload_weight: int
 
     @property
     def duration_s(self) -> float:

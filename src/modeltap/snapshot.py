@@ -72,6 +72,7 @@ class SelfMonitoring:
     queue_bytes: int = 0
     worker_lag_s: float = 0.0
     sampling_stride: int = 1
+    payload_sampling_stride: int = 1
     records_processed: int = 0
     internal_errors: tuple[tuple[str, int], ...] = ()
     export_failures: tuple[tuple[str, int], ...] = ()  # by signal

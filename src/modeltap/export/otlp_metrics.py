@@ -72,6 +72,9 @@ def self_monitoring_metrics(snap: Snapshot) -> list[Metric]:
         _gauge("modeltap.capture.sampling_stride",
                "1 in N exchanges is captured while the worker is behind (1 = all).", "1",
                [((), float(mon.sampling_stride))], now),
+        _gauge("modeltap.capture.payload_sampling_stride",
+               "Payloads are decoded for 1 in N captured exchanges while over the CPU budget (1 = all).",
+               "1", [((), float(mon.payload_sampling_stride))], now),
     ]  # fmt: skip
     if mon.export_failures:
         failures = [

@@ -93,6 +93,12 @@ def render(snap: Snapshot) -> str:
         "1 in N exchanges is captured while the worker is behind.",
         [((), mon.sampling_stride)],
     )
+    _gauge(
+        lines,
+        "modeltap_capture_payload_sampling_stride",
+        "Payloads are decoded for 1 in N captured exchanges while the worker is over its CPU budget.",
+        [((), mon.payload_sampling_stride)],
+    )
     _counter(
         lines,
         "modeltap_export_failures_total",

@@ -78,7 +78,8 @@ def http_attributes(record: ExchangeRecord, route: str | None) -> dict[str, str 
         attrs["client.address"] = record.client[0]
         attrs["network.peer.address"] = record.client[0]
         attrs["network.peer.port"] = record.client[1]
-    attrs["http.request.body.size"] = record.request_size
+    if record.request_size >= 0:  # -1: the payload was sampled out and not observed
+        attrs["http.request.body.size"] = record.request_size
     attrs["http.response.body.size"] = record.response_size
     return attrs
 

@@ -85,6 +85,7 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             "queue_bytes": mon.queue_bytes,
             "worker_lag_s": mon.worker_lag_s,
             "sampling_stride": mon.sampling_stride,
+            "payload_sampling_stride": mon.payload_sampling_stride,
             "records_processed": mon.records_processed,
             "spans_exported": mon.spans_exported,
             "internal_errors": dict(mon.internal_errors),

@@ -58,6 +58,7 @@ class ModelTapMiddleware:
         queue_max_bytes: int | None = None,
         worker_interval_s: float | None = None,
         overload_watermark: float | None = None,
+        worker_cpu_budget: float | None = None,
         views_prefix: str | bool | None = None,
         views_token: str | None = None,
         views_allow: tuple[str, ...] | None = None,
@@ -102,12 +103,18 @@ class ModelTapMiddleware:
         if capture is None:
             tap.start()  # first request in this process (also after a fork)
             capture = tap.capture
-        # `admit` only matters while the worker is behind and the tap samples.
-        weight = 1 if tap.stride == 1 else tap.admit()
-        if weight and capture is not None:
-            await capture(scope, receive, send, weight)
-        else:
+        if capture is None:
             await self.app(scope, receive, send)
+        elif tap.stride == 1 and tap.payload_stride == 1:
+            await capture(scope, receive, send, 1, 1)  # the normal case: everything captured
+        else:
+            weight, payload_weight = tap.admit()
+            if payload_weight:
+                await capture(scope, receive, send, weight, payload_weight)
+            elif weight:
+                await capture.timing_only(scope, receive, send, weight)
+            else:
+                await self.app(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through unchanged, flushing telemetry once the app has shut down."""

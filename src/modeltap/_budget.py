@@ -1,0 +1,54 @@
+"""The worker's CPU budget: keep modeltap cheap however much traffic arrives.
+
+The worker thread's own CPU time (`time.thread_time`) is compared with wall time over windows of
+about a second. While its share of one core stays above the budget, the share of exchanges whose
+payloads are kept and decoded halves; once well below, it doubles back. Timing, status and counts
+are still taken for every exchange; payload statistics are weighted by the stride, so they stay
+unbiased. Short bursts do not trigger it: only a whole window over budget does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+MAX_PAYLOAD_STRIDE = 256
+WINDOW_S = 1.0
+
+
+class CpuBudget:
+    """Example::
+
+    budget = CpuBudget(0.05)          # 5 % of one core
+    stride = budget.next_stride(stride)  # call after each worker iteration
+    """
+
+    def __init__(
+        self,
+        share_of_core: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.thread_time,
+    ) -> None:
+        self._share = share_of_core
+        self._clock = clock
+        self._cpu_clock = cpu_clock  # CPU time of the calling (worker) thread
+        self._window_start = clock()
+        self._cpu_start = cpu_clock()
+        self.last_share = 0.0
+
+    def next_stride(self, stride: int) -> int:
+        """The payload stride for the next window (unchanged until a window completes)."""
+        if not self._share:
+            return 1
+        now = self._clock()
+        elapsed = now - self._window_start
+        if elapsed < WINDOW_S:
+            return stride
+        cpu = self._cpu_clock()
+        self.last_share = (cpu - self._cpu_start) / elapsed
+        self._window_start, self._cpu_start = now, cpu
+        if self.last_share > self._share and stride < MAX_PAYLOAD_STRIDE:
+            return stride * 2
+        if self.last_share < self._share / 3 and stride > 1:
+            return stride // 2
+        return stride

@@ -1,0 +1,122 @@
+"""The worker's CPU budget and the weights of sampled exchanges."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from modeltap._budget import MAX_PAYLOAD_STRIDE, WINDOW_S, CpuBudget
+from modeltap._tap import Tap
+from modeltap.config import ModelTapConfig
+
+
+class FakeClocks:
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def spend(self, wall_s: float, cpu_s: float) -> None:
+        self.wall += wall_s
+        self.cpu += cpu_s
+
+
+def _budget(share: float | None, clocks: FakeClocks) -> CpuBudget:
+    return CpuBudget(share, clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu)
+
+
+def test_stride_doubles_per_window_over_budget_and_halves_back() -> None:
+    clocks = FakeClocks()
+    budget = _budget(0.05, clocks)
+    stride = 1
+    for expected in (2, 4, 8):
+        clocks.spend(WINDOW_S, 0.2 * WINDOW_S)  # 20 % of a core: over a 5 % budget
+        stride = budget.next_stride(stride)
+        assert stride == expected
+        assert budget.last_share == pytest.approx(0.2)
+    clocks.spend(WINDOW_S, 0.04 * WINDOW_S)  # between budget/3 and budget: hold
+    assert budget.next_stride(stride) == 8
+    for expected in (4, 2, 1, 1):
+        clocks.spend(WINDOW_S, 0.001)
+        stride = budget.next_stride(stride)
+        assert stride == expected
+
+
+def test_short_bursts_do_not_change_the_stride() -> None:
+    clocks = FakeClocks()
+    budget = _budget(0.05, clocks)
+    clocks.spend(WINDOW_S / 2, WINDOW_S / 2)  # 100 % of a core, but for half a window
+    assert budget.next_stride(1) == 1
+
+
+def test_stride_is_capped_and_no_budget_means_no_sampling() -> None:
+    clocks = FakeClocks()
+    budget = _budget(0.05, clocks)
+    clocks.spend(WINDOW_S, WINDOW_S)
+    assert budget.next_stride(MAX_PAYLOAD_STRIDE) == MAX_PAYLOAD_STRIDE
+    for off in (None, 0.0):
+        unlimited = _budget(off, clocks)
+        clocks.spend(WINDOW_S, WINDOW_S)
+        assert unlimited.next_stride(8) == 1
+
+
+async def _app(scope: object, receive: object, send: object) -> None:  # never called here
+    raise AssertionError
+
+
+@pytest.mark.parametrize(("stride", "payload_stride"), [(1, 4), (2, 1), (2, 8)])
+def test_admission_weights_are_unbiased(stride: int, payload_stride: int) -> None:
+    tap = Tap(_app, ModelTapConfig())
+    tap.stride, tap.payload_stride = stride, payload_stride
+    outcomes = Counter(tap.admit() for _ in range(1024 * 16))
+    captured = sum(n for (weight, _), n in outcomes.items() if weight)
+    with_payload = sum(n for (_, payload), n in outcomes.items() if payload)
+    # Every admitted exchange stands for `stride` exchanges; every payload for stride*payload_stride.
+    assert captured * stride == 1024 * 16
+    assert with_payload * stride * payload_stride == 1024 * 16
+    assert set(outcomes) <= {(0, 0), (stride, 0), (stride, stride * payload_stride)}
+
+
+def test_payload_sampling_keeps_counts_exact_and_feature_counts_weighted() -> None:
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from modeltap import ModelTapMiddleware
+    from modeltap.export.status_json import status_document
+
+    async def predict(request: Request) -> JSONResponse:
+        body = await request.json()
+        return JSONResponse({"predictions": [sum(row) for row in body["instances"]]})
+
+    middleware = ModelTapMiddleware(
+        Starlette(routes=[Route("/predict", predict, methods=["POST"])]), model_name="m", worker_cpu_budget=0
+    )
+
+    async def drive() -> None:
+        transport = httpx.ASGITransport(app=middleware)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await client.post("/predict", json={"instances": [[1.0, 2.0]]})  # starts the tap
+            assert middleware.tap.flush(5.0)
+            # As the CPU budget would set it; a budget whose clock never moves keeps it there.
+            middleware.tap._budget = CpuBudget(0.05, clock=lambda: 0.0, cpu_clock=lambda: 0.0)
+            middleware.tap.payload_stride = 4
+            for i in range(40):
+                response = await client.post("/predict", json={"instances": [[float(i), 2.0]]})
+                assert response.status_code == 200
+
+    try:
+        asyncio.run(drive())
+        assert middleware.tap.flush(5.0)
+        document = status_document(middleware.tap.latest_snapshot(), "m")
+        assert document["requests"]["total"] == 41  # timing and counts: every exchange
+        (model,) = document["models"]
+        f0 = next(f for f in model["features"] if f["name"] == "f0")
+        assert f0["count"] == 1 + 10 * 4  # payloads: 1 in 4, each standing for 4
+        assert document["monitoring"]["payload_sampling_stride"] == 4
+    finally:
+        middleware.tap.shutdown()
