@@ -212,15 +212,14 @@ class Tap:
                 return
             self.started = False
             worker, exporter = self._worker, self._exporter
-        budget = self.config.export.shutdown_timeout_s
-        deadline = time.monotonic() + budget
+        deadline = time.monotonic() + self.config.export.shutdown_timeout_s
         self._stop.set()
         self._wake.set()
         if worker is not None:
-            worker.join(budget / 2)
+            # The worker drains a bounded queue; the exporter gets whatever time is left.
+            worker.join(max(0.0, deadline - time.monotonic()) / 2)
         if exporter is not None:
-            exporter.shutdown()
-        _log.debug("modeltap shut down in %.3fs", budget - (deadline - time.monotonic()))
+            exporter.shutdown(max(0.1, deadline - time.monotonic()))
 
     # ---- worker thread ------------------------------------------------------------------
 

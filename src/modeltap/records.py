@@ -116,11 +116,3 @@ class ExchangeRecord(NamedTuple):
     def server(self) -> tuple[str, int | None] | None:
         server: Any = self.scope.get("server")
         return (str(server[0]), None if server[1] is None else int(server[1])) if server else None
-
-    @property
-    def request_truncated(self) -> bool:
-        return sum(len(p) for p in self.request_parts) < self.request_size
-
-    @property
-    def response_truncated(self) -> bool:
-        return sum(len(p) for p in self.response_parts) < self.response_size

@@ -60,6 +60,7 @@ class TelemetryExporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._flush_waiters: list[threading.Event] = []
+        self._final_deadline = 0.0
         self.spans_dropped_queue_full = 0
         self.spans_dropped_export_failed = 0
         self.spans_dropped_rejected = 0
@@ -178,7 +179,7 @@ class TelemetryExporter:
             otel_context.detach(token)
 
     def _final_flush(self) -> None:
-        deadline = time.monotonic() + self._config.shutdown_timeout_s
+        deadline = self._final_deadline
         if self._span_exporter is not None:
             self._export_spans(deadline)
         if self._metric_exporter is not None and time.monotonic() < deadline:
@@ -194,14 +195,17 @@ class TelemetryExporter:
         self._wake.set()
         return done.wait(timeout_s)
 
-    def shutdown(self) -> None:
-        """Final export, bounded by `shutdown_timeout_s` even when the collector hangs."""
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Final export, bounded by `timeout_s` (default `shutdown_timeout_s`) even when the
+        collector hangs."""
         thread = self._thread
         if thread is None:
             return
+        budget = self._config.shutdown_timeout_s if timeout_s is None else timeout_s
+        self._final_deadline = time.monotonic() + budget
         self._stop.set()
         self._wake.set()
-        thread.join(self._config.shutdown_timeout_s)
+        thread.join(budget)
         # Abort retries/backoff still running (a hanging collector) so nothing outlives the bound;
         # the daemon thread may finish its last socket read later without holding the process.
         try:

@@ -1,0 +1,74 @@
+"""RELIABILITY.md D1/E7 in small: with the collector hanging, memory stays bounded by the
+configured queues while requests keep flowing, and every lost span is counted."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from modeltap import ExportConfig, ModelTapConfig, ModelTapMiddleware, SamplerConfig
+from tests.support.otlp_receiver import OtlpHttpReceiver
+
+
+async def _predict(request: Request) -> JSONResponse:
+    body = await request.json()
+    return JSONResponse({"predictions": [sum(row) for row in body["instances"]]})
+
+
+def _send(middleware: ModelTapMiddleware, count: int) -> None:
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=middleware)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for i in range(count):
+                response = await client.post("/predict", json={"instances": [[float(i), 1.0, 2.0]]})
+                assert response.status_code == 200
+
+    asyncio.run(run())
+
+
+@pytest.mark.timeout(120)
+def test_memory_is_bounded_while_the_collector_hangs() -> None:
+    with OtlpHttpReceiver(default="hang") as receiver:
+        export = ExportConfig(
+            endpoint=receiver.endpoint,
+            timeout_s=0.5,
+            shutdown_timeout_s=1.0,
+            span_queue_max=200,
+            span_batch_max=50,
+            span_export_interval_s=0.05,
+            metric_export_interval_s=0.2,
+            sampler=SamplerConfig("always_on", 1.0),
+        )
+        config = ModelTapConfig(model_name="m", export=export, worker_cpu_budget=0)
+        middleware = ModelTapMiddleware(
+            Starlette(routes=[Route("/predict", _predict, methods=["POST"])]), config=config
+        )
+        try:
+            _send(middleware, 500)  # warm up: caches, series, the span ring fills
+            middleware.tap.flush(5.0)  # may time out: the export thread is stuck, which is the point
+            gc.collect()
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            _send(middleware, 3000)
+            middleware.tap.flush(2.0)
+            gc.collect()
+            growth = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            snapshot = middleware.tap.latest_snapshot()
+            drops = {dict(p.attributes)["modeltap.drop.reason"]: int(p.value) for p in snapshot.dropped}
+            # 3500 spans were made; at most the ring (200) and one in-flight batch (50) are held.
+            assert drops["span_queue_full"] + drops["span_export_failed"] >= 3500 - 200 - 50
+            assert snapshot.monitoring.spans_exported == 0
+            assert sum(m.requests for m in snapshot.models) == 3500
+            # The ring holds 200 encoded spans of about 1 KiB; everything else is per-series state.
+            assert growth < 2 * 1024 * 1024, f"grew by {growth} bytes over 3000 requests"
+        finally:
+            middleware.tap.shutdown()
