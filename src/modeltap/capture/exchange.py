@@ -22,7 +22,6 @@ from modeltap.records import RawRecord, TraceIds
 
 _log = logging.getLogger("modeltap")
 _NO_HEADERS: Headers = []
-_NO_PARTS: list[bytes] = []
 _SAMPLED = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
 
 
@@ -108,71 +107,6 @@ class ExchangeCapture:
         self._traces = traces
         self._tracing = traces.enabled
 
-    async def timing_only(self, scope: Scope, receive: Receive, send: Send, weight: int) -> None:
-        """The light capture: times, status and response headers, no bodies (payload sampled out).
-
-        It does not wrap `receive` at all, so it costs about half the full capture.
-        """
-        perf = time.perf_counter
-        started = perf()
-        start_ns = time.time_ns()
-        root_path_at_start: str = scope.get("root_path", "")
-        ids: TraceIds | None = None
-        token: object | None = None
-        if self._tracing:
-            try:
-                ids = self._traces.start(scope.get("headers") or _NO_HEADERS)
-                if ids is not None and not ids.enriched_local_span:
-                    token = _attach(ids)
-            except Exception:
-                self._sink.note_internal_error("trace_start")
-        status = 0
-        response_size = 0
-        response_headers: Headers = _NO_HEADERS
-        response_started: float | None = None
-        ended: float | None = None
-
-        async def time_send(message: Message) -> None:
-            nonlocal status, response_size, response_headers, response_started, ended
-            kind = message["type"]
-            if kind == "http.response.body":
-                body = message.get("body")
-                if body:
-                    response_size += len(body)
-                if ended is None and not message.get("more_body"):
-                    ended = perf()
-            elif kind == "http.response.start":
-                status = message["status"]
-                response_headers = message.get("headers") or _NO_HEADERS
-                response_started = perf()
-            elif kind == "http.response.pathsend" or (
-                kind == "http.response.trailers" and not message.get("more_trailers")
-            ):
-                ended = perf()
-            await send(message)
-
-        exception_type: str | None = None
-        try:
-            await self._app(scope, receive, time_send)
-        except BaseException as exc:
-            exception_type = type(exc).__qualname__
-            raise
-        finally:
-            if token is not None:
-                try:
-                    otel_context.detach(token)  # type: ignore[arg-type]
-                except Exception:
-                    self._sink.note_internal_error("trace_detach")
-            try:
-                self._offer(
-                    (scope, root_path_at_start, start_ns, started, response_started, ended, perf(), status,
-                     response_headers, _NO_PARTS, -1, _NO_PARTS, response_size, exception_type, False, ids,
-                     weight, 0),
-                    0,
-                )  # fmt: skip
-            except Exception:
-                self._sink.note_internal_error("capture")
-
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, weight: int, payload_weight: int
     ) -> None:
@@ -252,7 +186,7 @@ class ExchangeCapture:
 
         exception_type: str | None = None
         try:
-            await self._app(scope, tap_receive, tap_send)
+            await self._app(scope, tap_receive if payload_weight else receive, tap_send)
         except BaseException as exc:
             exception_type = type(exc).__qualname__
             raise
@@ -276,7 +210,7 @@ class ExchangeCapture:
                         status,
                         response_headers,
                         request_parts,
-                        request_size,
+                        request_size if payload_weight else -1,
                         response_parts,
                         response_size,
                         exception_type,

@@ -109,10 +109,8 @@ class ModelTapMiddleware:
             await capture(scope, receive, send, 1, 1)  # the normal case: everything captured
         else:
             weight, payload_weight = tap.admit()
-            if payload_weight:
+            if weight:
                 await capture(scope, receive, send, weight, payload_weight)
-            elif weight:
-                await capture.timing_only(scope, receive, send, weight)
             else:
                 await self.app(scope, receive, send)
 
