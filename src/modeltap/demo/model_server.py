@@ -80,7 +80,9 @@ def build_app(model: ChurnModel) -> Starlette:
             if x.ndim != 2 or x.shape[1] != len(FEATURES):
                 raise ValueError(f"expected rows of {len(FEATURES)} features")
         except (ValueError, KeyError, TypeError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse(
+                {"error": str(exc)}, status_code=400, headers={"x-model-version": MODEL_VERSION}
+            )
         scores = model.predict_proba(x)
         return JSONResponse(
             {"predictions": [round(float(s), 6) for s in scores]},
