@@ -1,14 +1,19 @@
-"""Fixtures shared across test packages: real OTLP receivers and an environment free of OTEL_* settings."""
+"""Fixtures shared across test packages: real OTLP receivers, an environment free of OTEL_* settings
+and middleware built from an empty environment."""
 
 from __future__ import annotations
 
 import os
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from modeltap import ModelTapConfig, ModelTapMiddleware
+from tests.support.asgi_driver import ASGIApp
 from tests.support.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
+from tests.support.tapping import MakeMiddleware
 
 
 @pytest.fixture
@@ -40,3 +45,21 @@ def unused_tcp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def make_middleware() -> Iterator[MakeMiddleware]:
+    """Middleware built from an empty environment (the test process's own env must not leak in),
+    named "demo" unless a test passes `model_name` (None: not configured); its tap is shut down after
+    the test."""
+    created: list[ModelTapMiddleware] = []
+
+    def make(app: ASGIApp, **options: Any) -> ModelTapMiddleware:
+        options.setdefault("model_name", "demo")
+        middleware = ModelTapMiddleware(app, config=ModelTapConfig.from_env({}), **options)
+        created.append(middleware)
+        return middleware
+
+    yield make
+    for middleware in created:
+        middleware.tap.shutdown()

@@ -25,6 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from modeltap import ModelTapMiddleware
+from tests.support.tapping import PROMETHEUS_LABEL
 
 EXAMPLE_APP = Path(__file__).resolve().parents[2] / "examples" / "fastapi_app.py"
 PREDICT_ROUTE = "/v1/models/{model}:predict"
@@ -227,7 +228,6 @@ def test_status_view_counts_the_traffic(example_url: str) -> None:
 
 
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 def parse_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -237,7 +237,7 @@ def parse_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
             continue
         match = _SAMPLE.match(line)
         assert match is not None, f"not a Prometheus sample line: {line!r}"
-        labels = dict(_LABEL.findall(match["labels"] or ""))
+        labels = dict(PROMETHEUS_LABEL.findall(match["labels"] or ""))
         samples.append((match["name"], labels, float(match["value"])))
     return samples
 

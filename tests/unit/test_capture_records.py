@@ -11,10 +11,9 @@ import asyncio
 import gzip
 import itertools
 import json
-import re
 import time
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from modeltap import ModelTapConfig, ModelTapMiddleware
+from modeltap import ModelTapMiddleware
 from tests.support.asgi_driver import (
     ASGIApp,
     DriverResult,
@@ -38,42 +37,13 @@ from tests.support.asgi_driver import (
     run_asgi,
     run_asgi_async,
 )
+from tests.support.tapping import BODY, PROMETHEUS_LABEL, START, MakeMiddleware, status_document
 
-START = "http.response.start"
-BODY = "http.response.body"
 MIB = 1024 * 1024
 KSERVE_BODY = b'{"instances": [[1, 2], [3, null]]}'
 
 
-class MakeMiddleware(Protocol):
-    def __call__(self, app: ASGIApp, **options: Any) -> ModelTapMiddleware: ...
-
-
-@pytest.fixture
-def make_middleware() -> Iterator[MakeMiddleware]:
-    """Middleware built from an empty environment (the test process's own env must not leak in)."""
-    created: list[ModelTapMiddleware] = []
-
-    def make(app: ASGIApp, **options: Any) -> ModelTapMiddleware:
-        middleware = ModelTapMiddleware(app, config=ModelTapConfig.from_env({}), **options)
-        created.append(middleware)
-        return middleware
-
-    yield make
-    for middleware in created:
-        middleware.tap.shutdown()
-
-
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def status_document(middleware: ModelTapMiddleware) -> dict[str, Any]:
-    assert middleware.tap.flush(5.0)
-    result = run_asgi(middleware, make_http_scope("GET", "/modeltap/status", headers=[]))
-    assert result.status == 200, result.body
-    document = json.loads(result.body)
-    assert isinstance(document, dict)
-    return document
 
 
 def metrics_text(middleware: ModelTapMiddleware) -> str:
@@ -83,16 +53,13 @@ def metrics_text(middleware: ModelTapMiddleware) -> str:
     return result.body.decode()
 
 
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
 def duration_count_series(text: str) -> list[dict[str, str]]:
     """Label sets (plus the sample value under `value`) of every duration `_count` sample."""
     series = []
     for line in text.splitlines():
         if line.startswith("http_server_request_duration_seconds_count{"):
             labels, value = line[len("http_server_request_duration_seconds_count") :].rsplit(" ", 1)
-            series.append({**dict(_LABEL.findall(labels)), "value": value})
+            series.append({**dict(PROMETHEUS_LABEL.findall(labels)), "value": value})
     return series
 
 
@@ -167,7 +134,7 @@ def test_kserve_v1_features_and_missing_counts_are_exact(make_middleware: MakeMi
 
 
 def test_model_name_comes_from_the_kserve_path_when_not_configured(make_middleware: MakeMiddleware) -> None:
-    middleware = make_middleware(json_app())
+    middleware = make_middleware(json_app(), model_name=None)  # None: not configured
     run_asgi(
         middleware, make_http_scope("POST", "/v1/models/churn:predict"), http_request_messages(KSERVE_BODY)
     )

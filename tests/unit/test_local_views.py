@@ -15,15 +15,12 @@ import math
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import pytest
 
-from modeltap import ModelTapConfig, ModelTapMiddleware
+from modeltap import ModelTapMiddleware
 from tests.support.asgi_driver import (
-    ASGIApp,
     DriverResult,
     Receive,
     Scope,
@@ -32,30 +29,10 @@ from tests.support.asgi_driver import (
     make_http_scope,
     run_asgi,
 )
+from tests.support.tapping import BODY, PROMETHEUS_LABEL, START, MakeMiddleware
 
-START = "http.response.start"
-BODY = "http.response.body"
 LOOPBACK = ("127.0.0.1", 5000)
 REMOTE = ("10.1.2.3", 5000)
-
-
-class MakeMiddleware(Protocol):
-    def __call__(self, app: ASGIApp, **options: Any) -> ModelTapMiddleware: ...
-
-
-@pytest.fixture
-def make_middleware() -> Iterator[MakeMiddleware]:
-    created: list[ModelTapMiddleware] = []
-
-    def make(app: ASGIApp, **options: Any) -> ModelTapMiddleware:
-        options.setdefault("model_name", "demo")
-        middleware = ModelTapMiddleware(app, config=ModelTapConfig.from_env({}), **options)
-        created.append(middleware)
-        return middleware
-
-    yield make
-    for middleware in created:
-        middleware.tap.shutdown()
 
 
 class ModelFailure(Exception):
@@ -308,7 +285,6 @@ def test_status_document_names_the_process(make_middleware: MakeMiddleware) -> N
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\["\\n])*"'
 _SAMPLE = re.compile(rf"^(?P<name>{_NAME})(?P<labels>\{{(?:{_LABEL}(?:,{_LABEL})*)?\}})? (?P<value>\S+)$")
-_ONE_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 _TYPES = {"counter", "gauge", "histogram", "summary", "untyped"}
 
 
@@ -352,7 +328,7 @@ def parse_exposition(text: str) -> tuple[dict[str, str], list[Sample]]:
                 None,
             )
             assert family is not None, f"sample {name} has no TYPE line before it"
-            labels = tuple((k, unescape(v)) for k, v in _ONE_LABEL.findall(match["labels"] or ""))
+            labels = tuple((k, unescape(v)) for k, v in PROMETHEUS_LABEL.findall(match["labels"] or ""))
             samples.append(Sample(name, labels, float(match["value"])))
     keys = [(s.name, s.labels) for s in samples]
     assert len(keys) == len(set(keys)), "duplicate series"

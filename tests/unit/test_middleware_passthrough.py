@@ -14,10 +14,10 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import pytest
@@ -41,9 +41,8 @@ from tests.support.asgi_driver import (
     run_asgi,
     run_lifespan,
 )
+from tests.support.tapping import BODY, START, MakeMiddleware, status_document
 
-START = "http.response.start"
-BODY = "http.response.body"
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -52,36 +51,7 @@ class ModelFailure(Exception):
     """What the demo apps raise, so a test can check the very same object comes back."""
 
 
-class MakeMiddleware(Protocol):
-    def __call__(self, app: ASGIApp, **options: Any) -> ModelTapMiddleware: ...
-
-
-@pytest.fixture
-def make_middleware() -> Iterator[MakeMiddleware]:
-    """Middleware built from an empty environment (the test process's own env must not leak in)."""
-    created: list[ModelTapMiddleware] = []
-
-    def make(app: ASGIApp, **options: Any) -> ModelTapMiddleware:
-        options.setdefault("model_name", "demo")
-        middleware = ModelTapMiddleware(app, config=ModelTapConfig.from_env({}), **options)
-        created.append(middleware)
-        return middleware
-
-    yield make
-    for middleware in created:
-        middleware.tap.shutdown()
-
-
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def status_document(middleware: ModelTapMiddleware) -> dict[str, Any]:
-    assert middleware.tap.flush(5.0)
-    result = run_asgi(middleware, make_http_scope("GET", "/modeltap/status", headers=[]))
-    assert result.status == 200, result.body
-    document = json.loads(result.body)
-    assert isinstance(document, dict)
-    return document
 
 
 def duration_series(middleware: ModelTapMiddleware) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ import http.client
 import importlib
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -67,18 +66,6 @@ _status_pb2: Any = importlib.import_module("google.rpc.status_pb2")
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def http_rx() -> Iterator[OtlpHttpReceiver]:
-    with OtlpHttpReceiver() as rx:
-        yield rx
-
-
-@pytest.fixture
-def grpc_rx() -> Iterator[OtlpGrpcReceiver]:
-    with OtlpGrpcReceiver() as rx:
-        yield rx
 
 
 def _record_sample(provider: MeterProvider, counter_extra: int = 0) -> None:
@@ -148,8 +135,10 @@ def _by_route(points: list[MetricPoint]) -> dict[object, MetricPoint]:
 # -- decoding through the real exporters -----------------------------------------------------
 
 
-def test_http_metric_exporter_counter_and_histogram_are_decoded_exactly(http_rx: OtlpHttpReceiver) -> None:
-    exporter = OTLPMetricExporter(endpoint=http_rx.metrics_url, timeout=2.0)
+def test_http_metric_exporter_counter_and_histogram_are_decoded_exactly(
+    http_receiver: OtlpHttpReceiver,
+) -> None:
+    exporter = OTLPMetricExporter(endpoint=http_receiver.metrics_url, timeout=2.0)
     # A long interval so only force_flush() exports; the test controls when data is sent.
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=60_000)
     provider = MeterProvider(metric_readers=[reader], resource=Resource(RESOURCE))
@@ -159,7 +148,7 @@ def test_http_metric_exporter_counter_and_histogram_are_decoded_exactly(http_rx:
     finally:
         provider.shutdown(timeout_millis=5_000)
 
-    first = http_rx.requests()[0]
+    first = http_receiver.requests()[0]
     assert first.path == "/v1/metrics"
     assert first.outcome == "ok"
     assert first.status_code == 200
@@ -167,7 +156,7 @@ def test_http_metric_exporter_counter_and_histogram_are_decoded_exactly(http_rx:
     assert first.headers["user-agent"].startswith("OTel-OTLP-Exporter-Python/")
     assert first.body_size == first.decoded_size > 0
 
-    counters = _by_route(http_rx.latest_points(COUNTER))
+    counters = _by_route(http_receiver.latest_points(COUNTER))
     assert set(counters) == {"/predict", "/health"}
     predict = counters["/predict"]
     assert predict.kind == "sum"
@@ -184,7 +173,7 @@ def test_http_metric_exporter_counter_and_histogram_are_decoded_exactly(http_rx:
     assert counters["/health"].value == 1
     assert counters["/health"].attributes == HEALTH
 
-    (latency,) = http_rx.latest_points(HISTOGRAM)
+    (latency,) = http_receiver.latest_points(HISTOGRAM)
     assert latency.kind == "histogram"
     assert latency.unit == "ms"
     assert latency.attributes == {"route": "/predict", "ratio": 0.5, "tags": ["a", "b"]}
@@ -198,11 +187,11 @@ def test_http_metric_exporter_counter_and_histogram_are_decoded_exactly(http_rx:
     assert latency.value is None
 
 
-def test_http_span_exporter_spans_are_decoded_exactly(http_rx: OtlpHttpReceiver) -> None:
+def test_http_span_exporter_spans_are_decoded_exactly(http_receiver: OtlpHttpReceiver) -> None:
     provider = TracerProvider(resource=Resource(RESOURCE))
     # SimpleSpanProcessor exports synchronously at span end: one request per span, child first.
     provider.add_span_processor(
-        SimpleSpanProcessor(OTLPSpanExporter(endpoint=http_rx.traces_url, timeout=2.0))
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=http_receiver.traces_url, timeout=2.0))
     )
     tracer = provider.get_tracer("modeltap.selftest", "0.1.0")
     linked = SpanContext(
@@ -221,8 +210,8 @@ def test_http_span_exporter_spans_are_decoded_exactly(http_rx: OtlpHttpReceiver)
     finally:
         provider.shutdown()
 
-    assert [r.path for r in http_rx.requests()] == ["/v1/traces", "/v1/traces"]
-    score, predict = http_rx.spans()
+    assert [r.path for r in http_receiver.requests()] == ["/v1/traces", "/v1/traces"]
+    score, predict = http_receiver.spans()
     parent_ctx, child_ctx = parent.get_span_context(), child.get_span_context()
 
     assert predict.name == "predict"
@@ -261,8 +250,8 @@ def test_http_span_exporter_spans_are_decoded_exactly(http_rx: OtlpHttpReceiver)
     assert score.duration_ns >= 0
 
 
-def test_grpc_exporters_metrics_and_spans_are_decoded(grpc_rx: OtlpGrpcReceiver) -> None:
-    metric_exporter = GrpcMetricExporter(endpoint=grpc_rx.endpoint, insecure=True, timeout=5.0)
+def test_grpc_exporters_metrics_and_spans_are_decoded(grpc_receiver: OtlpGrpcReceiver) -> None:
+    metric_exporter = GrpcMetricExporter(endpoint=grpc_receiver.endpoint, insecure=True, timeout=5.0)
     try:
         assert metric_exporter.export(_sample_metrics_data()) is MetricExportResult.SUCCESS
     finally:
@@ -270,7 +259,7 @@ def test_grpc_exporters_metrics_and_spans_are_decoded(grpc_rx: OtlpGrpcReceiver)
 
     provider = TracerProvider(resource=Resource(RESOURCE))
     provider.add_span_processor(
-        SimpleSpanProcessor(GrpcSpanExporter(endpoint=grpc_rx.endpoint, insecure=True, timeout=5.0))
+        SimpleSpanProcessor(GrpcSpanExporter(endpoint=grpc_receiver.endpoint, insecure=True, timeout=5.0))
     )
     try:
         with provider.get_tracer("modeltap.selftest").start_as_current_span(
@@ -280,20 +269,20 @@ def test_grpc_exporters_metrics_and_spans_are_decoded(grpc_rx: OtlpGrpcReceiver)
     finally:
         provider.shutdown()
 
-    metrics_request, traces_request = grpc_rx.requests()
+    metrics_request, traces_request = grpc_receiver.requests()
     assert metrics_request.transport == "grpc"
     assert metrics_request.path == "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
     assert metrics_request.status_code == 0
     assert metrics_request.headers["user-agent"].startswith("OTel-OTLP-Exporter-Python")
     assert traces_request.path == "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
-    counters = _by_route(grpc_rx.latest_points(COUNTER))
+    counters = _by_route(grpc_receiver.latest_points(COUNTER))
     assert (counters["/predict"].value, counters["/health"].value) == (5, 1)
     assert counters["/predict"].resource == RESOURCE
-    (latency,) = grpc_rx.latest_points(HISTOGRAM)
+    (latency,) = grpc_receiver.latest_points(HISTOGRAM)
     assert (latency.count, latency.sum, latency.bucket_counts) == (3, 555.0, [1, 1, 1])
 
-    (span,) = grpc_rx.spans()
+    (span,) = grpc_receiver.spans()
     assert (span.name, span.kind, span.attributes) == (
         "grpc-span",
         "SPAN_KIND_CLIENT",
@@ -302,29 +291,29 @@ def test_grpc_exporters_metrics_and_spans_are_decoded(grpc_rx: OtlpGrpcReceiver)
     assert span.parent_span_id == ""
 
 
-def test_grpc_abort_with_non_retryable_code_is_sent_once(grpc_rx: OtlpGrpcReceiver) -> None:
-    grpc_rx.script(("abort", grpc.StatusCode.INVALID_ARGUMENT))
-    exporter = GrpcMetricExporter(endpoint=grpc_rx.endpoint, insecure=True, timeout=5.0)
+def test_grpc_abort_with_non_retryable_code_is_sent_once(grpc_receiver: OtlpGrpcReceiver) -> None:
+    grpc_receiver.script(("abort", grpc.StatusCode.INVALID_ARGUMENT))
+    exporter = GrpcMetricExporter(endpoint=grpc_receiver.endpoint, insecure=True, timeout=5.0)
     try:
         assert exporter.export(_sample_metrics_data()) is MetricExportResult.FAILURE
     finally:
         exporter.shutdown()
-    (request,) = grpc_rx.requests()
+    (request,) = grpc_receiver.requests()
     assert request.outcome == "abort"
     assert request.status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert grpc_rx.metric_requests(accepted_only=True) == []
+    assert grpc_receiver.metric_requests(accepted_only=True) == []
 
 
-def test_grpc_unavailable_with_retry_info_is_retried(grpc_rx: OtlpGrpcReceiver) -> None:
+def test_grpc_unavailable_with_retry_info_is_retried(grpc_receiver: OtlpGrpcReceiver) -> None:
     # RetryInfo(retry_delay=0) replaces the exporter's ~1 s first backoff.
-    grpc_rx.script(("abort", grpc.StatusCode.UNAVAILABLE, 0.0))
-    exporter = GrpcMetricExporter(endpoint=grpc_rx.endpoint, insecure=True, timeout=5.0)
+    grpc_receiver.script(("abort", grpc.StatusCode.UNAVAILABLE, 0.0))
+    exporter = GrpcMetricExporter(endpoint=grpc_receiver.endpoint, insecure=True, timeout=5.0)
     try:
         assert exporter.export(_sample_metrics_data()) is MetricExportResult.SUCCESS
     finally:
         exporter.shutdown()
-    assert [r.outcome for r in grpc_rx.requests()] == ["abort", "ok"]
-    assert grpc_rx.metric_requests()[0] == grpc_rx.metric_requests()[1]
+    assert [r.outcome for r in grpc_receiver.requests()] == ["abort", "ok"]
+    assert grpc_receiver.metric_requests()[0] == grpc_receiver.metric_requests()[1]
 
 
 # -- scripted HTTP behaviours against the pinned exporter ----------------------------------------
@@ -334,15 +323,15 @@ def test_grpc_unavailable_with_retry_info_is_retried(grpc_rx: OtlpGrpcReceiver) 
     ("status", "expected_posts"),
     [(400, 1), (500, 1), (429, 2), (502, 2), (503, 2), (504, 2)],
 )
-def test_http_status_retry_matrix(http_rx: OtlpHttpReceiver, status: int, expected_posts: int) -> None:
+def test_http_status_retry_matrix(http_receiver: OtlpHttpReceiver, status: int, expected_posts: int) -> None:
     # Retry-After: 0 makes the retry immediate, so the matrix runs in milliseconds.
-    http_rx.script(("status", status, {"Retry-After": "0"}))
+    http_receiver.script(("status", status, {"Retry-After": "0"}))
     result, elapsed = _export(
-        OTLPMetricExporter(endpoint=http_rx.metrics_url, timeout=3.0), _sample_metrics_data()
+        OTLPMetricExporter(endpoint=http_receiver.metrics_url, timeout=3.0), _sample_metrics_data()
     )
 
-    requests = http_rx.requests()
-    assert len(requests) == expected_posts, http_rx.summary()
+    requests = http_receiver.requests()
+    assert len(requests) == expected_posts, http_receiver.summary()
     assert requests[0].status_code == status
     assert requests[0].outcome == "status"
     if expected_posts == 1:
@@ -354,32 +343,34 @@ def test_http_status_retry_matrix(http_rx: OtlpHttpReceiver, status: int, expect
     assert elapsed < 1.0
 
 
-def test_http_503_without_retry_after_backs_off_about_one_second(http_rx: OtlpHttpReceiver) -> None:
-    http_rx.script(("status", 503, {}))
-    result, _ = _export(OTLPMetricExporter(endpoint=http_rx.metrics_url, timeout=5.0), _sample_metrics_data())
+def test_http_503_without_retry_after_backs_off_about_one_second(http_receiver: OtlpHttpReceiver) -> None:
+    http_receiver.script(("status", 503, {}))
+    result, _ = _export(
+        OTLPMetricExporter(endpoint=http_receiver.metrics_url, timeout=5.0), _sample_metrics_data()
+    )
 
     assert result is MetricExportResult.SUCCESS
-    first, second = http_rx.requests()
+    first, second = http_receiver.requests()
     # First backoff is 2**0 * uniform(0.8, 1.2) seconds.
     assert 0.75 <= second.arrival - first.arrival <= 1.6
-    assert http_rx.pending_behaviours() == 0
+    assert http_receiver.pending_behaviours() == 0
 
 
-def test_http_retry_after_beyond_the_deadline_fails_without_retrying(http_rx: OtlpHttpReceiver) -> None:
-    http_rx.script(("status", 429, {"Retry-After": "30"}))
+def test_http_retry_after_beyond_the_deadline_fails_without_retrying(http_receiver: OtlpHttpReceiver) -> None:
+    http_receiver.script(("status", 429, {"Retry-After": "30"}))
     result, elapsed = _export(
-        OTLPMetricExporter(endpoint=http_rx.metrics_url, timeout=1.0), _sample_metrics_data()
+        OTLPMetricExporter(endpoint=http_receiver.metrics_url, timeout=1.0), _sample_metrics_data()
     )
 
     assert result is MetricExportResult.FAILURE
-    assert len(http_rx.requests()) == 1
+    assert len(http_receiver.requests()) == 1
     assert elapsed < 0.8
 
 
-def test_http_error_response_carries_headers_and_google_rpc_status(http_rx: OtlpHttpReceiver) -> None:
-    http_rx.script(("status", 503, {"Retry-After": "7"}))
+def test_http_error_response_carries_headers_and_google_rpc_status(http_receiver: OtlpHttpReceiver) -> None:
+    http_receiver.script(("status", 503, {"Retry-After": "7"}))
     status, headers, body = _post(
-        http_rx, "/v1/metrics", encode_metrics(_sample_metrics_data()).SerializeToString()
+        http_receiver, "/v1/metrics", encode_metrics(_sample_metrics_data()).SerializeToString()
     )
 
     assert status == 503
@@ -389,36 +380,38 @@ def test_http_error_response_carries_headers_and_google_rpc_status(http_rx: Otlp
     assert rpc_status.code == grpc.StatusCode.UNAVAILABLE.value[0]
 
 
-def test_http_ok_response_is_an_empty_export_response(http_rx: OtlpHttpReceiver) -> None:
-    status, headers, body = _post(http_rx, "/v1/traces", b"")
+def test_http_ok_response_is_an_empty_export_response(http_receiver: OtlpHttpReceiver) -> None:
+    status, headers, body = _post(http_receiver, "/v1/traces", b"")
 
     assert status == 200
     assert headers["content-type"] == "application/x-protobuf"
     assert body == b""
     assert ExportTraceServiceResponse.FromString(body) == ExportTraceServiceResponse()
     # An empty body is a valid (empty) ExportTraceServiceRequest.
-    assert http_rx.trace_requests()[0].resource_spans == []
+    assert http_receiver.trace_requests()[0].resource_spans == []
 
 
-def test_http_partial_success_is_encoded_per_signal(http_rx: OtlpHttpReceiver) -> None:
-    http_rx.script(("partial", 3), ("partial", 2), ("partial", 1))
+def test_http_partial_success_is_encoded_per_signal(http_receiver: OtlpHttpReceiver) -> None:
+    http_receiver.script(("partial", 3), ("partial", 2), ("partial", 1))
     metrics_body = encode_metrics(_sample_metrics_data()).SerializeToString()
 
-    status, _, body = _post(http_rx, "/v1/metrics", metrics_body)
+    status, _, body = _post(http_receiver, "/v1/metrics", metrics_body)
     assert status == 200
     partial = ExportMetricsServiceResponse.FromString(body).partial_success
     assert partial.rejected_data_points == 3
     assert partial.error_message
 
-    status, _, body = _post(http_rx, "/v1/traces", b"")
+    status, _, body = _post(http_receiver, "/v1/traces", b"")
     assert status == 200
     assert ExportTraceServiceResponse.FromString(body).partial_success.rejected_spans == 2
 
     # The pinned exporter does not inspect partial_success: a 200 is simply a success.
-    result, _ = _export(OTLPMetricExporter(endpoint=http_rx.metrics_url, timeout=2.0), _sample_metrics_data())
+    result, _ = _export(
+        OTLPMetricExporter(endpoint=http_receiver.metrics_url, timeout=2.0), _sample_metrics_data()
+    )
     assert result is MetricExportResult.SUCCESS
-    assert [r.outcome for r in http_rx.requests()] == ["partial", "partial", "partial"]
-    assert all(r.accepted for r in http_rx.requests())
+    assert [r.outcome for r in http_receiver.requests()] == ["partial", "partial", "partial"]
+    assert all(r.accepted for r in http_receiver.requests())
 
 
 def test_http_hang_times_out_the_exporter_and_does_not_block_stop() -> None:
@@ -443,26 +436,26 @@ def test_http_hang_times_out_the_exporter_and_does_not_block_stop() -> None:
     assert rx.errors() == []
 
 
-def test_http_close_triggers_one_immediate_reconnect(http_rx: OtlpHttpReceiver) -> None:
-    http_rx.script("close")
+def test_http_close_triggers_one_immediate_reconnect(http_receiver: OtlpHttpReceiver) -> None:
+    http_receiver.script("close")
     result, elapsed = _export(
-        OTLPMetricExporter(endpoint=http_rx.metrics_url, timeout=2.0), _sample_metrics_data()
+        OTLPMetricExporter(endpoint=http_receiver.metrics_url, timeout=2.0), _sample_metrics_data()
     )
 
     assert result is MetricExportResult.SUCCESS
-    assert [(r.outcome, r.status_code) for r in http_rx.requests()] == [("close", None), ("ok", 200)]
+    assert [(r.outcome, r.status_code) for r in http_receiver.requests()] == [("close", None), ("ok", 200)]
     assert elapsed < 1.0
 
 
-def test_http_close_twice_exhausts_a_short_timeout(http_rx: OtlpHttpReceiver) -> None:
+def test_http_close_twice_exhausts_a_short_timeout(http_receiver: OtlpHttpReceiver) -> None:
     # Reconnect immediately once, then the ~1 s backoff exceeds the 0.5 s budget.
-    http_rx.script("close", "close")
+    http_receiver.script("close", "close")
     result, elapsed = _export(
-        OTLPMetricExporter(endpoint=http_rx.metrics_url, timeout=0.5), _sample_metrics_data()
+        OTLPMetricExporter(endpoint=http_receiver.metrics_url, timeout=0.5), _sample_metrics_data()
     )
 
     assert result is MetricExportResult.FAILURE
-    assert [r.outcome for r in http_rx.requests()] == ["close", "close"]
+    assert [r.outcome for r in http_receiver.requests()] == ["close", "close"]
     assert elapsed < 0.5
 
 
@@ -470,25 +463,25 @@ def test_http_close_twice_exhausts_a_short_timeout(http_rx: OtlpHttpReceiver) ->
     ("compression", "encoding"), [(Compression.Gzip, "gzip"), (Compression.Deflate, "deflate")]
 )
 def test_http_compressed_bodies_are_decoded(
-    http_rx: OtlpHttpReceiver, compression: Compression, encoding: str
+    http_receiver: OtlpHttpReceiver, compression: Compression, encoding: str
 ) -> None:
     data = _sample_metrics_data()
-    exporter = OTLPMetricExporter(endpoint=http_rx.metrics_url, timeout=2.0, compression=compression)
+    exporter = OTLPMetricExporter(endpoint=http_receiver.metrics_url, timeout=2.0, compression=compression)
     result, _ = _export(exporter, data)
 
     assert result is MetricExportResult.SUCCESS
-    (request,) = http_rx.requests()
+    (request,) = http_receiver.requests()
     assert request.headers["content-encoding"] == encoding
     expected = encode_metrics(data)
     assert request.message == expected
     assert request.decoded_size == expected.ByteSize()
     assert request.body_size != request.decoded_size
-    assert http_rx.latest_points(HISTOGRAM)[0].count == 3
+    assert http_receiver.latest_points(HISTOGRAM)[0].count == 3
 
 
-def test_http_chunked_gzip_body_is_decoded(http_rx: OtlpHttpReceiver) -> None:
+def test_http_chunked_gzip_body_is_decoded(http_receiver: OtlpHttpReceiver) -> None:
     payload = gzip.compress(encode_metrics(_sample_metrics_data()).SerializeToString())
-    conn = http.client.HTTPConnection("127.0.0.1", http_rx.port, timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", http_receiver.port, timeout=5)
     try:
         conn.request(
             "POST",
@@ -503,12 +496,14 @@ def test_http_chunked_gzip_body_is_decoded(http_rx: OtlpHttpReceiver) -> None:
         conn.close()
 
     assert response.status == 200
-    assert http_rx.requests()[0].headers["transfer-encoding"] == "chunked"
-    assert {p.name for p in http_rx.metrics()} == {COUNTER, HISTOGRAM}
+    assert http_receiver.requests()[0].headers["transfer-encoding"] == "chunked"
+    assert {p.name for p in http_receiver.metrics()} == {COUNTER, HISTOGRAM}
 
 
-def test_http_invalid_requests_are_recorded_and_do_not_consume_the_script(http_rx: OtlpHttpReceiver) -> None:
-    http_rx.script("close")
+def test_http_invalid_requests_are_recorded_and_do_not_consume_the_script(
+    http_receiver: OtlpHttpReceiver,
+) -> None:
+    http_receiver.script("close")
     body = encode_metrics(_sample_metrics_data()).SerializeToString()
     cases = [
         ("/v1/logs", body, {"Content-Type": "application/x-protobuf"}, 404),
@@ -523,38 +518,40 @@ def test_http_invalid_requests_are_recorded_and_do_not_consume_the_script(http_r
         ("/v1/metrics", body, {"Content-Type": "application/x-protobuf", "Content-Encoding": "br"}, 415),
     ]
     for path, payload, headers, expected in cases:
-        status, _, _ = _post(http_rx, path, payload, headers)
+        status, _, _ = _post(http_receiver, path, payload, headers)
         assert status == expected, (path, headers)
 
-    records = http_rx.requests()
+    records = http_receiver.requests()
     assert [r.status_code for r in records] == [c[3] for c in cases]
     assert all(r.outcome == "invalid" and r.message is None and r.error for r in records)
-    assert http_rx.metric_requests() == []
-    assert http_rx.pending_behaviours() == 1
+    assert http_receiver.metric_requests() == []
+    assert http_receiver.pending_behaviours() == 1
 
 
 # -- helpers of the receiver itself ----------------------------------------------------------
 
 
-def test_wait_for_sees_background_exports(http_rx: OtlpHttpReceiver) -> None:
-    exporter = OTLPMetricExporter(endpoint=http_rx.metrics_url, timeout=2.0)
+def test_wait_for_sees_background_exports(http_receiver: OtlpHttpReceiver) -> None:
+    exporter = OTLPMetricExporter(endpoint=http_receiver.metrics_url, timeout=2.0)
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=50)
     provider = MeterProvider(metric_readers=[reader], resource=Resource(RESOURCE))
     try:
         provider.get_meter("modeltap.selftest").create_counter("ticks").add(7)
-        http_rx.wait_for(lambda rx: rx.latest_points("ticks")[0].value == 7, timeout=3.0)
+        http_receiver.wait_for(lambda rx: rx.latest_points("ticks")[0].value == 7, timeout=3.0)
     finally:
         provider.shutdown(timeout_millis=2_000)
-    assert http_rx.metric_names() == ["ticks"]
+    assert http_receiver.metric_names() == ["ticks"]
 
 
-def test_wait_for_timeout_raises_with_a_summary(http_rx: OtlpHttpReceiver) -> None:
-    http_rx.script(("status", 400, {}))
-    _export(OTLPMetricExporter(endpoint=http_rx.metrics_url, timeout=1.0), _counter_data(1))
+def test_wait_for_timeout_raises_with_a_summary(http_receiver: OtlpHttpReceiver) -> None:
+    http_receiver.script(("status", 400, {}))
+    _export(OTLPMetricExporter(endpoint=http_receiver.metrics_url, timeout=1.0), _counter_data(1))
 
     started = time.monotonic()
     with pytest.raises(AssertionError, match="never-arrives") as excinfo:
-        http_rx.wait_for(lambda rx: rx.latest_points("missing")[0], timeout=0.2, description="never-arrives")
+        http_receiver.wait_for(
+            lambda rx: rx.latest_points("missing")[0], timeout=0.2, description="never-arrives"
+        )
     assert time.monotonic() - started < 1.0
     message = str(excinfo.value)
     assert "IndexError" in message
@@ -563,20 +560,20 @@ def test_wait_for_timeout_raises_with_a_summary(http_rx: OtlpHttpReceiver) -> No
     assert "status 400" in message
 
 
-def test_latest_points_reflects_the_most_recent_request(http_rx: OtlpHttpReceiver) -> None:
-    exporter = OTLPMetricExporter(endpoint=http_rx.metrics_url, timeout=2.0)
+def test_latest_points_reflects_the_most_recent_request(http_receiver: OtlpHttpReceiver) -> None:
+    exporter = OTLPMetricExporter(endpoint=http_receiver.metrics_url, timeout=2.0)
     try:
         assert exporter.export(_counter_data(2)) is MetricExportResult.SUCCESS
-        http_rx.script(("status", 400, {}))
+        http_receiver.script(("status", 400, {}))
         assert exporter.export(_counter_data(5)) is MetricExportResult.FAILURE
     finally:
         exporter.shutdown()
 
-    assert [p.value for p in http_rx.points("c")] == [2, 5]
-    assert [p.value for p in http_rx.latest_points("c")] == [5]
-    assert [p.value for p in http_rx.latest_points("c", accepted_only=True)] == [2]
-    assert [p.value for p in http_rx.metrics(accepted_only=True)] == [2]
-    assert http_rx.latest_points("absent") == []
+    assert [p.value for p in http_receiver.points("c")] == [2, 5]
+    assert [p.value for p in http_receiver.latest_points("c")] == [5]
+    assert [p.value for p in http_receiver.latest_points("c", accepted_only=True)] == [2]
+    assert [p.value for p in http_receiver.metrics(accepted_only=True)] == [2]
+    assert http_receiver.latest_points("absent") == []
 
 
 def test_stop_is_prompt_with_an_idle_keep_alive_connection() -> None:
@@ -614,13 +611,13 @@ def test_receivers_bind_loopback_on_distinct_ephemeral_ports() -> None:
         first.start()
 
 
-def test_concurrent_requests_are_all_recorded(http_rx: OtlpHttpReceiver) -> None:
+def test_concurrent_requests_are_all_recorded(http_receiver: OtlpHttpReceiver) -> None:
     body = encode_metrics(_counter_data(1)).SerializeToString()
     statuses: list[int] = []
     lock = threading.Lock()
 
     def send() -> None:
-        status, _, _ = _post(http_rx, "/v1/metrics", body)
+        status, _, _ = _post(http_receiver, "/v1/metrics", body)
         with lock:
             statuses.append(status)
 
@@ -630,8 +627,8 @@ def test_concurrent_requests_are_all_recorded(http_rx: OtlpHttpReceiver) -> None
     for thread in threads:
         thread.join(5)
     assert statuses == [200] * 8
-    assert len(http_rx.metric_requests()) == 8
-    arrivals = [r.arrival for r in http_rx.requests()]
+    assert len(http_receiver.metric_requests()) == 8
+    arrivals = [r.arrival for r in http_receiver.requests()]
     assert all(a > 0 for a in arrivals)
 
 
