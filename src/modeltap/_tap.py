@@ -321,6 +321,8 @@ class Tap:
             violations=self._stats.violation_points(),
             models=self._stats.model_views(),
             monitoring=monitoring,
+            reference_id=self.reference.id if self.reference is not None else None,
+            window_s=self._stats.window_s,
         )
 
     def latest_snapshot(self) -> Snapshot:

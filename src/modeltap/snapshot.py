@@ -44,11 +44,39 @@ class FeatureView:
     min: float | None
     max: float | None
     top_categories: tuple[tuple[str, int], ...] = ()
+    # Window scores against the reference (None when not computable: no reference, empty window).
+    window_count: int = 0  # finite (numeric) or non-missing (categorical) values in the window
+    window_missing: int = 0
+    window_out_of_range: int = 0  # numeric: outside the reference range; categorical: new categories
+    psi: float | None = None
+    js: float | None = None
+    ks_statistic: float | None = None
+    ks_pvalue: float | None = None
+    chi2_pvalue: float | None = None
+    level: int = 0  # 0 OK, 1 INFO, 2 WARNING, 3 CRITICAL
+    monitored: bool = False  # has a reference distribution
+    # Export of the distribution: cumulative counts over explicit bounds (numeric: the fine edges,
+    # len(bounds) + 1 buckets) or over `categories` (categorical: vocabulary, __other__, __missing__).
+    bounds: tuple[float, ...] = ()
+    categories: tuple[str, ...] = ()
+    cumulative_counts: tuple[int, ...] = ()
+    window_counts: tuple[int, ...] = ()
+    reference_counts: tuple[int, ...] = ()
+    new_categories: tuple[tuple[str, int], ...] = ()
 
     @property
     def missing_rate(self) -> float | None:
         total = self.count + self.missing
         return None if total == 0 else self.missing / total
+
+    @property
+    def window_missing_rate(self) -> float | None:
+        total = self.window_count + self.window_missing
+        return None if total == 0 else self.window_missing / total
+
+    @property
+    def out_of_range_rate(self) -> float | None:
+        return None if self.window_count == 0 else self.window_out_of_range / self.window_count
 
 
 @dataclass(frozen=True)
@@ -62,6 +90,12 @@ class ModelView:
     latency_count: int
     latency_sum_s: float
     latency_max_s: float | None
+    # Window latency quantiles from the sketch (seconds), None while empty.
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    latency_p99_s: float | None = None
+    latency_window_max_s: float | None = None
+    level: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,3 +127,5 @@ class Snapshot:
     violations: tuple[CounterPoint, ...] = ()
     models: tuple[ModelView, ...] = ()
     monitoring: SelfMonitoring = field(default_factory=SelfMonitoring)
+    reference_id: str | None = None
+    window_s: float = 0.0

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from modeltap._version import __version__
-from modeltap.snapshot import CounterPoint, Snapshot
+from modeltap.snapshot import CounterPoint, FeatureView, Snapshot
 
 
 def _finite(value: float | None) -> float | None:
@@ -19,6 +19,36 @@ def _by_reason(points: tuple[CounterPoint, ...], key: str) -> dict[str, int]:
         reason = str(dict(point.attributes).get(key, "overflow"))
         out[reason] = out.get(reason, 0) + int(point.value)
     return out
+
+
+LEVEL_NAMES = ("OK", "INFO", "WARNING", "CRITICAL", "EMERGENCY")
+
+
+def feature_document(f: FeatureView) -> dict[str, Any]:
+    """One feature's row: cumulative summary, then window scores against the reference."""
+    return {
+        "name": f.name,
+        "role": f.role,
+        "kind": f.kind,
+        "count": f.count,
+        "missing": f.missing,
+        "missing_rate": _finite(f.missing_rate),
+        "mean": _finite(f.mean),
+        "std": _finite(f.std),
+        "min": _finite(f.min),
+        "max": _finite(f.max),
+        "top_categories": dict(f.top_categories),
+        "monitored": f.monitored,
+        "window_count": f.window_count,
+        "window_missing_rate": _finite(f.window_missing_rate),
+        "out_of_range_rate": _finite(f.out_of_range_rate),
+        "psi": _finite(f.psi),
+        "js": _finite(f.js),
+        "ks_statistic": _finite(f.ks_statistic),
+        "ks_pvalue": _finite(f.ks_pvalue),
+        "chi2_pvalue": _finite(f.chi2_pvalue),
+        "level": LEVEL_NAMES[f.level] if f.monitored else None,
+    }
 
 
 def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, Any]:
@@ -41,29 +71,26 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
                 "requests": view.requests,
                 "errors": view.errors,
                 "decoded_rows": view.decoded_rows,
-                "features": [
-                    {
-                        "name": f.name,
-                        "role": f.role,
-                        "kind": f.kind,
-                        "count": f.count,
-                        "missing": f.missing,
-                        "missing_rate": _finite(f.missing_rate),
-                        "mean": _finite(f.mean),
-                        "std": _finite(f.std),
-                        "min": _finite(f.min),
-                        "max": _finite(f.max),
-                        "top_categories": dict(f.top_categories),
-                    }
-                    for f in view.features
-                ],
+                "level": LEVEL_NAMES[view.level],
+                "latency_s": {
+                    "p50": view.latency_p50_s,
+                    "p95": view.latency_p95_s,
+                    "p99": view.latency_p99_s,
+                    "max": view.latency_window_max_s,
+                },
+                "features": [feature_document(f) for f in view.features],
             }
         )
     dropped = _by_reason(snap.dropped, "modeltap.drop.reason")
     mon = snap.monitoring
     names = sorted({view.name for view in snap.models} | ({configured_model} if configured_model else set()))
+    # The top-level `features` are those of the busiest model version; `models` has all of them.
+    primary = max(snap.models, key=lambda v: v.requests, default=None)
     return {
         "modeltap_version": __version__,
+        "reference": {"id": snap.reference_id},
+        "window_s": snap.window_s,
+        "level": LEVEL_NAMES[max((v.level for v in snap.models), default=0)],
         "process": {"pid": snap.pid, "instance_id": snap.instance_id},
         "taken_unix_s": snap.taken_unix_ns / 1e9,
         "uptime_s": (snap.taken_unix_ns - snap.start_unix_ns) / 1e9,
@@ -73,10 +100,14 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
         },
         "requests": {"total": total, "errors": errors, "dropped": sum(dropped.values())},
         "latency_s": {
+            "p50": primary.latency_p50_s if primary else None,
+            "p95": primary.latency_p95_s if primary else None,
+            "p99": primary.latency_p99_s if primary else None,
+            "max": latency_max,
             "count": latency_count,
             "mean": latency_sum / latency_count if latency_count else None,
-            "max": latency_max,
         },
+        "features": [feature_document(f) for f in primary.features] if primary else [],
         "models": models,
         "violations": _by_reason(snap.violations, "modeltap.violation.reason"),
         "dropped": dropped,

@@ -6,16 +6,20 @@ methods once per group with numpy arrays, so the per-exchange cost stays a few m
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from modeltap._types import Value
-from modeltap.snapshot import Attributes, CounterPoint, HistogramPoint, ModelView
+from modeltap.snapshot import Attributes, CounterPoint, FeatureView, HistogramPoint, ModelView
+from modeltap.stats.drift_state import DriftState, FeatureScores, WindowConfig
 from modeltap.stats.feature_summary import FeatureSummary
 from modeltap.stats.histogram import ExplicitHistogram
 from modeltap.stats.reference import ReferenceFeature, ReferenceProfile
+from modeltap.stats.scores import Level, Thresholds, overall_level
 from modeltap.stats.series import SeriesTable
 
 MODEL_NAME = "modeltap.model.name"
@@ -27,6 +31,7 @@ MAX_FEATURES_PER_MODEL = 1024
 class _ModelState:
     __slots__ = (
         "decoded_rows",
+        "drift",
         "errors",
         "features",
         "latency_count",
@@ -35,7 +40,8 @@ class _ModelState:
         "requests",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, drift: DriftState | None) -> None:
+        self.drift = drift
         self.requests = 0
         self.errors = 0
         self.decoded_rows = 0
@@ -61,7 +67,13 @@ class StatsAggregator:
         series_limit: int,
         duration_bounds: tuple[float, ...],
         reference: ReferenceProfile | None = None,
+        window: WindowConfig | None = None,
+        thresholds: Thresholds | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._window = window or WindowConfig()
+        self._thresholds = thresholds or Thresholds()
+        self._clock = clock
         self._bounds = duration_bounds
         self._bounds_array = np.asarray(duration_bounds, dtype=np.float64)
         self._reference = reference
@@ -70,7 +82,18 @@ class StatsAggregator:
         )
         self._violations: SeriesTable[list[int]] = SeriesTable(series_limit, lambda: [0])
         self._drops: SeriesTable[list[int]] = SeriesTable(series_limit, lambda: [0])
-        self._models: SeriesTable[_ModelState] = SeriesTable(series_limit, _ModelState)
+        self._models: SeriesTable[_ModelState] = SeriesTable(series_limit, self._new_model_state)
+
+    def _new_model_state(self) -> _ModelState:
+        # Every model version gets its own drift state: a new version starts its own window.
+        drift = None
+        if self._reference is not None and any(f.has_distribution for f in self._reference.features):
+            drift = DriftState(self._reference, self._window, self._thresholds)
+        return _ModelState(drift)
+
+    @property
+    def window_s(self) -> float:
+        return self._window.slots * self._window.slot_s
 
     # ---- requests -----------------------------------------------------------------------
 
@@ -144,6 +167,8 @@ class StatsAggregator:
         state = self._models.get(model)
         if role == "input":
             state.decoded_rows += int(matrix.shape[0]) * weight
+        if state.drift is not None:
+            state.drift.add_matrix(role, names, matrix, weight, self._clock())
         finite = np.isfinite(matrix)
         counts = finite.sum(axis=0)
         clean = np.where(finite, matrix, 0.0)
@@ -189,6 +214,8 @@ class StatsAggregator:
         state = self._models.get(model)
         if role == "input" and columns:
             state.decoded_rows += len(next(iter(columns.values()))) * weight
+        if state.drift is not None:
+            state.drift.add_columns(role, columns, weight, self._clock())
         expected = self._expected(role)
         wrong_type = out_of_range = 0
         for name, values in columns.items():
@@ -241,9 +268,20 @@ class StatsAggregator:
         return tuple(CounterPoint(attrs, float(v[0])) for attrs, v in self._drops.items())
 
     def model_views(self) -> tuple[ModelView, ...]:
+        now = self._clock()
         views = []
         for attrs, state in self._models.items():
             values = dict(attrs)
+            scores = state.drift.scores(now) if state.drift is not None else {}
+            features = [
+                _feature_view(summary, scores.get((role, name)))
+                for (role, name), summary in list(state.features.items())
+            ]
+            # Reference features never seen in traffic are shown too (with zero counts).
+            seen = set(state.features)
+            for key, feature_scores in scores.items():
+                if key not in seen:
+                    features.append(_feature_view(FeatureSummary(key[1], key[0]), feature_scores))
             views.append(
                 ModelView(
                     name=str(values.get(MODEL_NAME, "")),
@@ -251,10 +289,33 @@ class StatsAggregator:
                     requests=state.requests,
                     errors=state.errors,
                     decoded_rows=state.decoded_rows,
-                    features=tuple(s.view() for s in list(state.features.values())),
+                    features=tuple(features),
                     latency_count=state.latency_count,
                     latency_sum_s=state.latency_sum,
                     latency_max_s=state.latency_max if state.latency_count else None,
+                    level=int(overall_level(Level(f.level) for f in features)),
                 )
             )
         return tuple(views)
+
+
+def _feature_view(summary: FeatureSummary, scores: FeatureScores | None) -> FeatureView:
+    view = summary.view()
+    if scores is None:
+        return view
+    return dataclasses.replace(
+        view,
+        window_count=scores.window_count,
+        window_missing=scores.window_missing,
+        window_out_of_range=scores.window_out_of_range,
+        psi=scores.psi,
+        js=scores.js,
+        ks_statistic=scores.ks_statistic,
+        ks_pvalue=scores.ks_pvalue,
+        chi2_pvalue=scores.chi2_pvalue,
+        level=int(scores.level),
+        monitored=True,
+        cumulative_counts=scores.cumulative,
+        window_counts=scores.window,
+        reference_counts=scores.reference,
+    )

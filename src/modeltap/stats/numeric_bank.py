@@ -44,13 +44,6 @@ class NumericBank:
         width = self.missing_base + len(self.names)
         self.cumulative = np.zeros(width, dtype=np.int64)
         self.ring = WindowRing(slots, slot_s, width)
-        # Moments of finite values, cumulative (for mean/std/min/max in the status).
-        n = len(self.names)
-        self.count = np.zeros(n, dtype=np.int64)
-        self.total = np.zeros(n, dtype=np.float64)
-        self.total_sq = np.zeros(n, dtype=np.float64)
-        self.low = np.full(n, np.inf)
-        self.high = np.full(n, -np.inf)
 
     def add(self, matrix: np.ndarray, weight: int, now: float) -> np.ndarray:
         """Add a rows x features float matrix (columns in `names` order); returns missing per feature."""
@@ -68,19 +61,9 @@ class NumericBank:
             counts *= weight
         self.cumulative += counts
         self.ring.add(counts, now)
-        clean = columns if all_finite else np.where(finite, columns, 0.0)
-        finite_counts = columns.shape[1] - (0 if all_finite else (~finite).sum(axis=1))
-        self.count += finite_counts * weight
-        self.total += clean.sum(axis=1) * weight
-        self.total_sq += np.einsum("ij,ij->i", clean, clean) * weight
-        if all_finite:
-            low, high = columns.min(axis=1, initial=np.inf), columns.max(axis=1, initial=-np.inf)
-        else:
-            low = np.where(finite, columns, np.inf).min(axis=1, initial=np.inf)
-            high = np.where(finite, columns, -np.inf).max(axis=1, initial=-np.inf)
-        np.minimum(self.low, low, out=self.low)
-        np.maximum(self.high, high, out=self.high)
-        missing: np.ndarray = np.broadcast_to(columns.shape[1] - finite_counts, (len(self.edges),)).copy()
+        missing: np.ndarray = (
+            np.zeros(len(self.edges), dtype=np.int64) if all_finite else (~finite).sum(axis=1)
+        )
         return missing
 
     def window(self, now: float) -> np.ndarray:
@@ -94,5 +77,5 @@ class NumericBank:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.cumulative, self.count, self.total, self.total_sq, self.low, self.high, *self.edges)
+        arrays = (self.cumulative, *self.edges)
         return self.ring.nbytes + sum(int(a.nbytes) for a in arrays)

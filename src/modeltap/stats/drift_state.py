@@ -1,0 +1,212 @@
+"""Drift state of one model version: binned counts for every feature the reference describes,
+and the window scores and alert levels computed from them at snapshot time (STATS.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeltap._types import Value
+from modeltap.stats.categorical_bank import CategoricalBank
+from modeltap.stats.numeric_bank import NumericBank
+from modeltap.stats.reference import ReferenceFeature, ReferenceProfile, canonical_category
+from modeltap.stats.scores import (
+    Level,
+    Thresholds,
+    chi2_homogeneity,
+    coarse_counts,
+    feature_level,
+    js_distance,
+    ks_binned,
+    psi,
+    psi_noise_floor,
+)
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    slots: int = 15
+    slot_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class FeatureScores:
+    """One feature's window numbers (None where a score cannot be computed)."""
+
+    window_count: int
+    window_missing: int
+    window_out_of_range: int
+    psi: float | None
+    js: float | None
+    ks_statistic: float | None
+    ks_pvalue: float | None
+    chi2_pvalue: float | None
+    level: Level
+    cumulative: tuple[int, ...]
+    window: tuple[int, ...]
+    reference: tuple[int, ...]
+
+
+class DriftState:
+    """Numeric banks (one per role) and categorical banks for the reference's features.
+
+    Example::
+
+        state = DriftState(profile, WindowConfig(), Thresholds())
+        state.add_matrix("input", ("age", "income"), matrix, weight=1, now=time.monotonic())
+        scores = state.scores(now=time.monotonic())   # {(role, name): FeatureScores}
+    """
+
+    def __init__(self, profile: ReferenceProfile, window: WindowConfig, thresholds: Thresholds) -> None:
+        self.profile = profile
+        self.thresholds = thresholds
+        self.window_s = window.slots * window.slot_s
+        self.numeric: dict[str, NumericBank] = {}
+        self.numeric_columns: dict[str, dict[str, int]] = {}
+        self.categorical: dict[tuple[str, str], CategoricalBank] = {}
+        self.features: dict[tuple[str, str], ReferenceFeature] = {}
+        for role in ("input", "output", "label"):
+            numeric = [
+                f for f in profile.features if f.role == role and f.kind == "numeric" and f.has_distribution
+            ]
+            if numeric:
+                self.numeric[role] = NumericBank(
+                    [f.name for f in numeric], [f.fine_edges for f in numeric], window.slots, window.slot_s
+                )
+                self.numeric_columns[role] = {f.name: j for j, f in enumerate(numeric)}
+        for feature in profile.features:
+            if feature.kind == "categorical" and feature.has_distribution:
+                bank = CategoricalBank(feature.vocabulary, window.slots, window.slot_s)
+                self.categorical[(feature.role, feature.name)] = bank
+            if feature.has_distribution:
+                self.features[(feature.role, feature.name)] = feature
+        self._psi_maps = {
+            key: np.asarray(f.psi_index, dtype=np.int64)
+            for key, f in self.features.items()
+            if f.kind == "numeric"
+        }
+
+    def tracks(self, role: str, name: str) -> bool:
+        return (role, name) in self.features
+
+    def add_matrix(
+        self, role: str, names: Sequence[str], matrix: np.ndarray, weight: int, now: float
+    ) -> set[str]:
+        """Add the columns of `matrix` this state tracks; returns the names it consumed."""
+        consumed: set[str] = set()
+        columns = self.numeric_columns.get(role)
+        if columns is not None:
+            bank = self.numeric[role]
+            positions = [names.index(name) if name in names else -1 for name in bank.names]
+            if any(p >= 0 for p in positions):
+                ordered = np.full((matrix.shape[0], len(bank.names)), np.nan)
+                for j, p in enumerate(positions):
+                    if p >= 0:
+                        ordered[:, j] = matrix[:, p]
+                        consumed.add(bank.names[j])
+                bank.add(ordered, weight, now)
+        for name in names:
+            categorical = self.categorical.get((role, name))
+            if categorical is not None:
+                column = matrix[:, list(names).index(name)]
+                categorical.add([canonical_category(float(v)) for v in column], weight, now)
+                consumed.add(name)
+        return consumed
+
+    def add_columns(self, role: str, columns: Mapping[str, list[Value]], weight: int, now: float) -> set[str]:
+        """Add the general-path columns this state tracks; returns the names it consumed."""
+        consumed: set[str] = set()
+        numeric_names = [
+            n for n in columns if (role, n) in self.features and n in self.numeric_columns.get(role, {})
+        ]
+        if numeric_names:
+            rows = len(columns[numeric_names[0]])
+            matrix = np.full((rows, len(numeric_names)), np.nan)
+            for j, name in enumerate(numeric_names):
+                for i, value in enumerate(columns[name]):
+                    if isinstance(value, float):
+                        matrix[i, j] = value
+            consumed |= self.add_matrix(role, numeric_names, matrix, weight, now)
+        for name, values in columns.items():
+            categorical = self.categorical.get((role, name))
+            if categorical is not None:
+                categorical.add([canonical_category(v) for v in values], weight, now)
+                consumed.add(name)
+        return consumed
+
+    def scores(self, now: float) -> dict[tuple[str, str], FeatureScores]:
+        windows = {role: bank.window(now) for role, bank in self.numeric.items()}
+        monitored = len(self.features)
+        result: dict[tuple[str, str], FeatureScores] = {}
+        for (role, name), feature in self.features.items():
+            if feature.kind == "numeric":
+                bank = self.numeric[role]
+                j = self.numeric_columns[role][name]
+                fine, missing = bank.feature_counts(j, windows[role])
+                cumulative, _ = bank.feature_counts(j, bank.cumulative)
+                result[(role, name)] = self._numeric_scores(feature, fine, missing, cumulative, monitored)
+            else:
+                categorical = self.categorical[(role, name)]
+                result[(role, name)] = self._categorical_scores(
+                    feature, categorical.window(now), categorical.cumulative, monitored
+                )
+        return result
+
+    def _numeric_scores(
+        self,
+        feature: ReferenceFeature,
+        fine: np.ndarray,
+        missing: int,
+        cumulative: np.ndarray,
+        monitored: int,
+    ) -> FeatureScores:
+        reference = np.asarray(feature.counts, dtype=np.int64)
+        n_window = int(fine.sum())
+        psi_map = self._psi_maps[(feature.role, feature.name)]
+        coarse_ref = coarse_counts(reference, psi_map)
+        coarse_cur = coarse_counts(fine, psi_map)
+        psi_value = psi(coarse_ref, coarse_cur)
+        ks = ks_binned(reference, fine)
+        tau = psi_noise_floor(len(coarse_ref), int(reference.sum()), n_window, self.thresholds.alpha)
+        level = feature_level(psi_value, ks[1] if ks else None, n_window, tau, monitored, self.thresholds)
+        return FeatureScores(
+            window_count=n_window,
+            window_missing=missing,
+            window_out_of_range=int(fine[0] + fine[-1]) if len(fine) else 0,
+            psi=psi_value,
+            js=js_distance(coarse_ref, coarse_cur),
+            ks_statistic=ks[0] if ks else None,
+            ks_pvalue=ks[1] if ks else None,
+            chi2_pvalue=None,
+            level=level,
+            cumulative=tuple(int(c) for c in cumulative),
+            window=tuple(int(c) for c in fine),
+            reference=tuple(int(c) for c in reference),
+        )
+
+    def _categorical_scores(
+        self, feature: ReferenceFeature, window: np.ndarray, cumulative: np.ndarray, monitored: int
+    ) -> FeatureScores:
+        # Reference vector: vocabulary counts, __other__, then __missing__ (the same layout as the bank).
+        reference = np.asarray((*feature.counts, feature.missing or 0), dtype=np.int64)
+        psi_value = psi(reference, window)
+        chi2 = chi2_homogeneity(reference, window)
+        n_window = int(window[:-1].sum())
+        tau = psi_noise_floor(len(reference), int(reference.sum()), int(window.sum()), self.thresholds.alpha)
+        level = feature_level(psi_value, chi2[1] if chi2 else None, n_window, tau, monitored, self.thresholds)
+        return FeatureScores(
+            window_count=n_window,
+            window_missing=int(window[-1]),
+            window_out_of_range=int(window[-2]),
+            psi=psi_value,
+            js=js_distance(reference, window),
+            ks_statistic=None,
+            ks_pvalue=None,
+            chi2_pvalue=chi2[1] if chi2 else None,
+            level=level,
+            cumulative=tuple(int(c) for c in cumulative),
+            window=tuple(int(c) for c in window),
+            reference=tuple(int(c) for c in reference),
+        )
