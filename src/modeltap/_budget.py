@@ -1,7 +1,8 @@
 """The worker's CPU budget: keep modeltap cheap however much traffic arrives.
 
-The worker thread's own CPU time (`time.thread_time`) is compared with wall time over windows of
-about a second. While its share of one core stays above the budget, the share of exchanges whose
+The worker thread's CPU time spent on exchanges (`time.thread_time` around each micro-batch) is
+compared with wall time over windows of about a second. While its share of one core stays above
+the budget, the share of exchanges whose
 payloads are kept and decoded halves; once well below, it doubles back. Timing, status and counts
 are still taken for every exchange; payload statistics are weighted by the stride, so they stay
 unbiased. Short bursts do not trigger it: only a whole window over budget does.
@@ -33,8 +34,17 @@ class CpuBudget:
         self._clock = clock
         self._cpu_clock = cpu_clock  # CPU time of the calling (worker) thread
         self._window_start = clock()
-        self._cpu_start = cpu_clock()
+        self._charged = 0.0
         self.last_share = 0.0
+
+    def measure(self) -> float:
+        """Start timing per-exchange work; pass the result to `charge` when it is done."""
+        return self._cpu_clock()
+
+    def charge(self, started_cpu: float) -> None:
+        """Count the worker CPU spent since `measure()` (snapshots and scoring are not charged:
+        they do not grow with traffic)."""
+        self._charged += self._cpu_clock() - started_cpu
 
     def next_stride(self, stride: int) -> int:
         """The payload stride for the next window (unchanged until a window completes)."""
@@ -44,9 +54,8 @@ class CpuBudget:
         elapsed = now - self._window_start
         if elapsed < WINDOW_S:
             return stride
-        cpu = self._cpu_clock()
-        self.last_share = (cpu - self._cpu_start) / elapsed
-        self._window_start, self._cpu_start = now, cpu
+        self.last_share = self._charged / elapsed
+        self._window_start, self._charged = now, 0.0
         if self.last_share > self._share and stride < MAX_PAYLOAD_STRIDE:
             return stride * 2
         if self.last_share < self._share / 3 and stride > 1:

@@ -31,8 +31,6 @@ from modeltap.stats.reference import ReferenceProfile
 _log = logging.getLogger("modeltap")
 UNKNOWN = "unknown"
 _ROUTE_CACHE_LIMIT = 4096
-# What an exchange whose payload was not captured decodes to (never mutated).
-_NOTHING_DECODED = DecodedPayload()
 
 
 def route_template(scope: Any, route: object, root_path_at_start: str) -> str | None:
@@ -104,8 +102,8 @@ class BatchPipeline:
                 (scope, root_path_at_start, _start_ns, started, _first, ended, finished, status,
                  response_headers, request_parts, request_size, response_parts, response_size,
                  exception_type, disconnected, trace, weight, payload_weight) = raw  # fmt: skip
-                decoded = (
-                    self._decode(
+                if payload_weight:
+                    decoded = self._decode(
                         scope,
                         status,
                         response_headers,
@@ -114,9 +112,10 @@ class BatchPipeline:
                         response_parts,
                         response_size,
                     )
-                    if payload_weight
-                    else _NOTHING_DECODED
-                )
+                else:
+                    # Payload sampled out: the model identity still comes from the headers.
+                    decoded = DecodedPayload()
+                    self._identity_from_headers(scope, response_headers, decoded)
                 identity = (
                     fixed_name or decoded.model_name or default_model,
                     fixed_version or decoded.model_version or UNKNOWN,
@@ -247,23 +246,14 @@ class BatchPipeline:
         cap = self._config.max_body_bytes
         if request_size > cap or response_size > cap:
             return DecodedPayload(skipped="body_over_cap")
-        request_encoding = request_id = b""
+        request_encoding = b""
         for key, value in scope.get("headers") or ():
             if key == b"content-encoding":
                 request_encoding = value
-            elif key == self._request_id_header:
-                request_id = value
-        response_encoding = version = model_id = event_id = b""
+        response_encoding = b""
         for key, value in response_headers:
             if key == b"content-encoding":
                 response_encoding = value
-            elif key == self._version_header:
-                version = value
-            elif key[:3] == b"ce-":
-                if key == b"ce-modelid":
-                    model_id = value
-                elif key == b"ce-id":
-                    event_id = value
         decoded = decode_exchange(
             ExchangeBytes(
                 scope.get("method", "GET"),
@@ -277,13 +267,31 @@ class BatchPipeline:
             ),
             max_decoded_bytes=4 * cap + 1024,
         )
+        self._identity_from_headers(scope, response_headers, decoded)
+        return decoded
+
+    def _identity_from_headers(self, scope: Any, response_headers: Any, decoded: DecodedPayload) -> None:
+        """Model version, model name and request id from headers (PROTOCOLS.md section 7): the
+        version header wins over the payload; the others fill in what the payload lacked."""
+        request_id = b""
+        for key, value in scope.get("headers") or ():
+            if key == self._request_id_header:
+                request_id = value
+        version = model_id = event_id = b""
+        for key, value in response_headers:
+            if key == self._version_header:
+                version = value
+            elif key[:3] == b"ce-":
+                if key == b"ce-modelid":
+                    model_id = value
+                elif key == b"ce-id":
+                    event_id = value
         if version:
             decoded.model_version = sanitize(version.decode("latin-1")) or decoded.model_version
         if model_id and not decoded.model_name:
             decoded.model_name = sanitize(model_id.decode("latin-1"))
         if (request_id or event_id) and not decoded.request_id:
             decoded.request_id = sanitize((request_id or event_id).decode("latin-1"))
-        return decoded
 
     def _span(
         self, record: ExchangeRecord, decoded: DecodedPayload, model: Attributes

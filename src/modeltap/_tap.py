@@ -230,11 +230,15 @@ class Tap:
             with self._lock:
                 waiters, self._flush_waiters = self._flush_waiters, []
             try:
+                started_cpu = self._budget.measure()
                 self._drain_all()
+                self._budget.charge(started_cpu)
                 self._adjust_stride()
                 self.payload_stride = self._budget.next_stride(self.payload_stride)
                 now = time.monotonic()
                 if waiters or stopping or now - self._last_publish >= self.config.snapshot_interval_s:
+                    if waiters or stopping:
+                        self._stats.invalidate_scores()  # a flush wants current scores
                     self._publish()
                     self._last_publish = now
             except Exception:

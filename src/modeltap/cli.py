@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from modeltap._version import __version__
 from modeltap.errors import ModelTapError
@@ -30,6 +31,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _top_k(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= 50:
+        raise argparse.ArgumentTypeError(f"must be within 1..50, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modeltap",
@@ -48,7 +59,62 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_port, default=0, help="port on 127.0.0.1 (default: any free port)")
     demo.add_argument("--otlp-endpoint", default=None, help="also export OTLP to this collector URL")
     demo.add_argument("--workdir", default=None, help="where to write the reference profile")
+    profile = commands.add_parser(
+        "profile",
+        help="build a reference profile (reference.json) from training data",
+        description="Profile training data (CSV, or Parquet with pyarrow) into a reference profile: "
+        "per column its kind, missing rate, percentile edges and counts, or its top categories.",
+    )
+    profile.add_argument("data", metavar="DATA", help="a CSV file with a header row, or a .parquet file")
+    profile.add_argument("-o", "--output", required=True, help="where to write the profile (JSON)")
+    profile.add_argument("--target", default=None, metavar="COL", help="the label column (role label)")
+    profile.add_argument(
+        "--prediction",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="a model output column (role output); repeat for one column per class probability",
+    )
+    for flag, what in (
+        ("--exclude", "columns to leave out"),
+        ("--categorical", "columns to profile as categorical"),
+        ("--numeric", "columns to profile as numeric"),
+    ):
+        profile.add_argument(flag, nargs="+", action="extend", default=[], metavar="COL", help=what)
+    profile.add_argument("--model-name", default=None, metavar="NAME", help="the model's name")
+    profile.add_argument(
+        "--top-k", type=_top_k, default=50, help="categories kept per categorical column (1..50, default 50)"
+    )
     return parser
+
+
+def run_profile(args: argparse.Namespace, out: TextIO | None = None) -> None:
+    """`modeltap profile`: build, write, and print one line per feature and the id."""
+    out = out or sys.stdout
+    from modeltap.stats.profile_io import profile_table
+    from modeltap.stats.reference import write_profile
+
+    document = profile_table(
+        args.data,
+        target=args.target,
+        prediction=args.prediction,
+        exclude=args.exclude,
+        categorical=args.categorical,
+        numeric=args.numeric,
+        model_name=args.model_name,
+        top_k=args.top_k,
+    )
+    write_profile(document, args.output)
+    width = min(32, max(len(f["name"]) for f in [*document["features"], *document["ignored"]]))
+    for feature in document["features"]:
+        print(
+            f"{feature['name']:<{width}}  {feature['role']:<6}  {feature['kind']:<11}  "
+            f"n={feature['n']:<9} missing={feature['missing_rate']:.2%}",
+            file=out,
+        )
+    for ignored in document["ignored"]:
+        print(f"{ignored['name']:<{width}}  ignored ({ignored['reason']})", file=out)
+    print(f"{document['source']['rows']} rows; id {document['id']}; written to {args.output}", file=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,9 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        from modeltap.demo.runner import DemoOptions, run_demo
-
+        if args.command == "profile":
+            run_profile(args)
+            return 0
         if args.command == "demo":
+            from modeltap.demo.runner import DemoOptions, run_demo
+
             run_demo(
                 DemoOptions(
                     duration_s=args.duration,

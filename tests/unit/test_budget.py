@@ -25,19 +25,26 @@ def _budget(share: float | None, clocks: FakeClocks) -> CpuBudget:
     return CpuBudget(share, clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu)
 
 
+def _work(budget: CpuBudget, clocks: FakeClocks, wall_s: float, cpu_s: float) -> None:
+    """The worker spends `cpu_s` on exchanges while `wall_s` passes."""
+    started = budget.measure()
+    clocks.spend(wall_s, cpu_s)
+    budget.charge(started)
+
+
 def test_stride_doubles_per_window_over_budget_and_halves_back() -> None:
     clocks = FakeClocks()
     budget = _budget(0.05, clocks)
     stride = 1
     for expected in (2, 4, 8):
-        clocks.spend(WINDOW_S, 0.2 * WINDOW_S)  # 20 % of a core: over a 5 % budget
+        _work(budget, clocks, WINDOW_S, 0.2 * WINDOW_S)  # 20 % of a core: over a 5 % budget
         stride = budget.next_stride(stride)
         assert stride == expected
         assert budget.last_share == pytest.approx(0.2)
-    clocks.spend(WINDOW_S, 0.04 * WINDOW_S)  # between budget/3 and budget: hold
+    _work(budget, clocks, WINDOW_S, 0.04 * WINDOW_S)  # between budget/3 and budget: hold
     assert budget.next_stride(stride) == 8
     for expected in (4, 2, 1, 1):
-        clocks.spend(WINDOW_S, 0.001)
+        _work(budget, clocks, WINDOW_S, 0.001)
         stride = budget.next_stride(stride)
         assert stride == expected
 
@@ -45,18 +52,18 @@ def test_stride_doubles_per_window_over_budget_and_halves_back() -> None:
 def test_short_bursts_do_not_change_the_stride() -> None:
     clocks = FakeClocks()
     budget = _budget(0.05, clocks)
-    clocks.spend(WINDOW_S / 2, WINDOW_S / 2)  # 100 % of a core, but for half a window
+    _work(budget, clocks, WINDOW_S / 2, WINDOW_S / 2)  # 100 % of a core, but for half a window
     assert budget.next_stride(1) == 1
 
 
 def test_stride_is_capped_and_no_budget_means_no_sampling() -> None:
     clocks = FakeClocks()
     budget = _budget(0.05, clocks)
-    clocks.spend(WINDOW_S, WINDOW_S)
+    _work(budget, clocks, WINDOW_S, WINDOW_S)
     assert budget.next_stride(MAX_PAYLOAD_STRIDE) == MAX_PAYLOAD_STRIDE
     for off in (None, 0.0):
         unlimited = _budget(off, clocks)
-        clocks.spend(WINDOW_S, WINDOW_S)
+        _work(unlimited, clocks, WINDOW_S, WINDOW_S)
         assert unlimited.next_stride(8) == 1
 
 

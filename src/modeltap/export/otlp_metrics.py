@@ -25,6 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from modeltap._version import __version__
+from modeltap.export.drift_points import drift_points
 from modeltap.snapshot import Attributes, CounterPoint, Snapshot
 
 SCOPE = InstrumentationScope("modeltap", __version__)
@@ -97,6 +98,52 @@ def self_monitoring_metrics(snap: Snapshot) -> list[Metric]:
     return metrics
 
 
+def drift_metrics(snap: Snapshot) -> list[Metric]:
+    """Per-feature distributions, missing counters, window scores, p-values, levels and latency
+    quantiles, per model version (see `drift_points`)."""
+    points = drift_points(snap)
+    now = snap.taken_unix_ns
+    metrics: list[Metric] = []
+    if points.histograms:
+        metrics.append(
+            Metric(
+                name="modeltap.feature.values",
+                description="Distribution of each monitored numeric feature over its reference fine buckets.",
+                unit="1",
+                data=Histogram(
+                    data_points=[
+                        HistogramDataPoint(
+                            attributes=dict(p.attributes),
+                            start_time_unix_nano=snap.start_unix_ns,
+                            time_unix_nano=now,
+                            count=p.count,
+                            sum=None,  # type: ignore[arg-type]  # values can be negative: leave it unset
+                            bucket_counts=list(p.counts),
+                            explicit_bounds=list(p.bounds),
+                            min=None,  # type: ignore[arg-type]
+                            max=None,  # type: ignore[arg-type]
+                        )
+                        for p in points.histograms
+                    ],
+                    aggregation_temporality=CUMULATIVE,
+                ),
+            )
+        )
+    for name, description, unit, rows in points.gauges():
+        metrics.append(_gauge(name, description, unit, rows, now))
+    if points.missing:
+        metrics.append(
+            _counter(
+                "modeltap.feature.missing",
+                "Missing or non-finite feature values.",
+                "{value}",
+                points.missing,
+                snap,
+            )
+        )
+    return metrics
+
+
 def build_metrics_data(snap: Snapshot, resource: Resource) -> MetricsData:
     duration = Metric(
         name="http.server.request.duration",
@@ -139,6 +186,7 @@ def build_metrics_data(snap: Snapshot, resource: Resource) -> MetricsData:
             snap,
         )
     )
+    metrics.extend(drift_metrics(snap))
     metrics.extend(self_monitoring_metrics(snap))
     scope_metrics = ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url=HTTP_SCHEMA_URL)
     return MetricsData(

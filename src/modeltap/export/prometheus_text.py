@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from modeltap.snapshot import Attributes, AttributeValue, CounterPoint, Snapshot
+from modeltap.export.drift_points import drift_points
+from modeltap.snapshot import Attributes, AttributeValue, CounterPoint, HistogramPoint, Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -57,12 +58,10 @@ def _gauge(lines: list[str], name: str, help_text: str, rows: Iterable[tuple[Att
     lines.extend(f"{name}{_labels(a)} {_number(v)}" for a, v in rows)
 
 
-def render(snap: Snapshot) -> str:
-    lines: list[str] = []
-    name = "http_server_request_duration_seconds"
-    lines.append(f"# HELP {name} Duration of HTTP server requests.")
+def _histogram(lines: list[str], name: str, help_text: str, points: Iterable[HistogramPoint]) -> None:
+    lines.append(f"# HELP {name} {help_text}")
     lines.append(f"# TYPE {name} histogram")
-    for point in snap.duration:
+    for point in points:
         cumulative = 0
         for bound, count in zip((*point.bounds, math.inf), point.counts, strict=True):
             cumulative += count
@@ -70,6 +69,32 @@ def render(snap: Snapshot) -> str:
         if point.sum is not None:
             lines.append(f"{name}_sum{_labels(point.attributes)} {_number(point.sum)}")
         lines.append(f"{name}_count{_labels(point.attributes)} {point.count}")
+
+
+def _prometheus_name(otel_name: str, unit: str) -> str:
+    base = _name(otel_name)
+    return base + "_seconds" if unit == "s" else base
+
+
+def render(snap: Snapshot) -> str:
+    lines: list[str] = []
+    _histogram(
+        lines, "http_server_request_duration_seconds", "Duration of HTTP server requests.", snap.duration
+    )
+    drift = drift_points(snap)
+    if drift.histograms:
+        _histogram(
+            lines,
+            "modeltap_feature_values",
+            "Distribution of each monitored numeric feature over its reference fine buckets.",
+            drift.histograms,
+        )
+    if drift.missing:
+        _counter(
+            lines, "modeltap_feature_missing_total", "Missing or non-finite feature values.", drift.missing
+        )
+    for otel_name, help_text, unit, rows in drift.gauges():
+        _gauge(lines, _prometheus_name(otel_name, unit), help_text, rows)
     _counter(lines, "modeltap_capture_dropped_total", "Items modeltap dropped, by reason.", snap.dropped)
     _counter(
         lines,

@@ -18,6 +18,7 @@ from modeltap.snapshot import Attributes, CounterPoint, FeatureView, HistogramPo
 from modeltap.stats.drift_state import DriftState, FeatureScores, WindowConfig
 from modeltap.stats.feature_summary import FeatureSummary
 from modeltap.stats.histogram import ExplicitHistogram
+from modeltap.stats.latency_window import LatencyWindow
 from modeltap.stats.reference import ReferenceFeature, ReferenceProfile
 from modeltap.stats.scores import Level, Thresholds, overall_level
 from modeltap.stats.series import SeriesTable
@@ -37,11 +38,13 @@ class _ModelState:
         "latency_count",
         "latency_max",
         "latency_sum",
+        "latency_window",
         "requests",
     )
 
-    def __init__(self, drift: DriftState | None) -> None:
+    def __init__(self, drift: DriftState | None, latency_window: LatencyWindow) -> None:
         self.drift = drift
+        self.latency_window = latency_window
         self.requests = 0
         self.errors = 0
         self.decoded_rows = 0
@@ -89,7 +92,7 @@ class StatsAggregator:
         drift = None
         if self._reference is not None and any(f.has_distribution for f in self._reference.features):
             drift = DriftState(self._reference, self._window, self._thresholds)
-        return _ModelState(drift)
+        return _ModelState(drift, LatencyWindow(self._window.slots, self._window.slot_s))
 
     @property
     def window_s(self) -> float:
@@ -121,6 +124,7 @@ class StatsAggregator:
         state.requests += int(durations_s.size) * weight
         state.errors += errors * weight
         if finite.size:
+            state.latency_window.add(finite, weight, self._clock())
             state.latency_count += int(finite.size) * weight
             state.latency_sum += float(finite.sum()) * weight
             state.latency_max = max(state.latency_max, float(finite.max()))
@@ -267,6 +271,11 @@ class StatsAggregator:
     def drop_points(self) -> tuple[CounterPoint, ...]:
         return tuple(CounterPoint(attrs, float(v[0])) for attrs, v in self._drops.items())
 
+    def invalidate_scores(self) -> None:
+        for _, state in self._models.items():
+            if state.drift is not None:
+                state.drift.invalidate()
+
     def model_views(self) -> tuple[ModelView, ...]:
         now = self._clock()
         views = []
@@ -282,6 +291,7 @@ class StatsAggregator:
             for key, feature_scores in scores.items():
                 if key not in seen:
                     features.append(_feature_view(FeatureSummary(key[1], key[0]), feature_scores))
+            p50, p95, p99, window_max = state.latency_window.summary(now)
             views.append(
                 ModelView(
                     name=str(values.get(MODEL_NAME, "")),
@@ -293,6 +303,10 @@ class StatsAggregator:
                     latency_count=state.latency_count,
                     latency_sum_s=state.latency_sum,
                     latency_max_s=state.latency_max if state.latency_count else None,
+                    latency_p50_s=p50,
+                    latency_p95_s=p95,
+                    latency_p99_s=p99,
+                    latency_window_max_s=window_max,
                     level=int(overall_level(Level(f.level) for f in features)),
                 )
             )
@@ -318,4 +332,6 @@ def _feature_view(summary: FeatureSummary, scores: FeatureScores | None) -> Feat
         cumulative_counts=scores.cumulative,
         window_counts=scores.window,
         reference_counts=scores.reference,
+        bounds=scores.bounds,
+        categories=scores.categories,
     )

@@ -24,6 +24,9 @@ from modeltap.stats.scores import (
     psi_noise_floor,
 )
 
+# Scores are recomputed at most this often; snapshots in between reuse them.
+SCORE_INTERVAL_S = 5.0
+
 
 @dataclass(frozen=True)
 class WindowConfig:
@@ -47,6 +50,8 @@ class FeatureScores:
     cumulative: tuple[int, ...]
     window: tuple[int, ...]
     reference: tuple[int, ...]
+    bounds: tuple[float, ...] = ()  # numeric: the fine edges the counts are over
+    categories: tuple[str, ...] = ()  # categorical: vocabulary, __other__, __missing__
 
 
 class DriftState:
@@ -82,6 +87,8 @@ class DriftState:
                 self.categorical[(feature.role, feature.name)] = bank
             if feature.has_distribution:
                 self.features[(feature.role, feature.name)] = feature
+        self._cached: dict[tuple[str, str], FeatureScores] | None = None
+        self._cached_at = 0.0
         self._psi_maps = {
             key: np.asarray(f.psi_index, dtype=np.int64)
             for key, f in self.features.items()
@@ -137,6 +144,18 @@ class DriftState:
         return consumed
 
     def scores(self, now: float) -> dict[tuple[str, str], FeatureScores]:
+        """Window scores, recomputed at most every `SCORE_INTERVAL_S` (tests cost milliseconds)."""
+        if self._cached is not None and now - self._cached_at < SCORE_INTERVAL_S:
+            return self._cached
+        self._cached = self._compute(now)
+        self._cached_at = now
+        return self._cached
+
+    def invalidate(self) -> None:
+        """Forget cached scores (a flush wants current numbers)."""
+        self._cached = None
+
+    def _compute(self, now: float) -> dict[tuple[str, str], FeatureScores]:
         windows = {role: bank.window(now) for role, bank in self.numeric.items()}
         monitored = len(self.features)
         result: dict[tuple[str, str], FeatureScores] = {}
@@ -184,6 +203,7 @@ class DriftState:
             cumulative=tuple(int(c) for c in cumulative),
             window=tuple(int(c) for c in fine),
             reference=tuple(int(c) for c in reference),
+            bounds=feature.fine_edges,
         )
 
     def _categorical_scores(
@@ -209,4 +229,5 @@ class DriftState:
             cumulative=tuple(int(c) for c in cumulative),
             window=tuple(int(c) for c in window),
             reference=tuple(int(c) for c in reference),
+            categories=(*feature.vocabulary, "__other__", "__missing__"),
         )

@@ -1,0 +1,82 @@
+"""The drift numbers of a snapshot as metric points, shared by the OTLP and Prometheus views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from modeltap.snapshot import Attributes, CounterPoint, HistogramPoint, Snapshot
+
+Rows = list[tuple[Attributes, float]]
+
+
+@dataclass
+class DriftPoints:
+    histograms: list[HistogramPoint] = field(default_factory=list)
+    missing: list[CounterPoint] = field(default_factory=list)
+    scores: Rows = field(default_factory=list)
+    pvalues: Rows = field(default_factory=list)
+    levels: Rows = field(default_factory=list)
+    quantiles: Rows = field(default_factory=list)
+
+    def gauges(self) -> Iterator[tuple[str, str, str, Rows]]:
+        """(name, description, unit, rows) of every non-empty gauge."""
+        table = (
+            (
+                "modeltap.drift.score",
+                "Window drift score against the reference (per replica).",
+                "1",
+                self.scores,
+            ),
+            (
+                "modeltap.drift.pvalue",
+                "Window test p-value against the reference (per replica).",
+                "1",
+                self.pvalues,
+            ),
+            ("modeltap.drift.level", "Alert level: 0 OK, 1 INFO, 2 WARNING, 3 CRITICAL.", "1", self.levels),
+            ("modeltap.latency.quantile", "Window latency quantiles from a 1 % sketch.", "s", self.quantiles),
+        )
+        return (row for row in table if row[3])
+
+
+def drift_points(snap: Snapshot) -> DriftPoints:
+    points = DriftPoints()
+    reference: Attributes = (("modeltap.reference.id", snap.reference_id),) if snap.reference_id else ()
+    for model in snap.models:
+        model_attrs: Attributes = (
+            ("modeltap.model.name", model.name),
+            ("modeltap.model.version", model.version),
+        )
+        for quantile, value in (
+            ("0.5", model.latency_p50_s),
+            ("0.95", model.latency_p95_s),
+            ("0.99", model.latency_p99_s),
+        ):
+            if value is not None:
+                points.quantiles.append(((*model_attrs, ("modeltap.quantile", quantile)), value))
+        if any(f.monitored for f in model.features):
+            points.levels.append(((*model_attrs, *reference), float(model.level)))
+        for feature in model.features:
+            attrs: Attributes = (
+                *model_attrs,
+                ("modeltap.feature.name", feature.name),
+                ("modeltap.feature.role", feature.role),
+                *reference,
+            )
+            points.missing.append(CounterPoint(attrs, float(feature.missing)))
+            if not feature.monitored:
+                continue
+            points.levels.append((attrs, float(feature.level)))
+            if feature.bounds and feature.cumulative_counts:
+                counts = feature.cumulative_counts
+                points.histograms.append(
+                    HistogramPoint(attrs, feature.bounds, counts, sum(counts), None, None, None)
+                )
+            for method, value in (("psi", feature.psi), ("js", feature.js), ("ks", feature.ks_statistic)):
+                if value is not None:
+                    points.scores.append(((*attrs, ("modeltap.drift.method", method)), value))
+            for test, value in (("ks", feature.ks_pvalue), ("chi2", feature.chi2_pvalue)):
+                if value is not None:
+                    points.pvalues.append(((*attrs, ("modeltap.drift.test", test)), value))
+    return points

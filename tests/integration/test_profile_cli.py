@@ -1,0 +1,231 @@
+"""`modeltap profile DATA -o reference.json` end to end, and reading CSV (and Parquet) tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modeltap.cli import main
+from modeltap.stats.profile_builder import build_profile
+from modeltap.stats.profile_io import read_table
+from modeltap.stats.reference import load_reference
+
+
+def _training_csv(path: Path, rows: int = 300) -> Path:
+    rng = np.random.default_rng(21)
+    lines = ["customer_id,age,plan,monthly_charges,support_calls,notes,churn,score"]
+    for i in range(rows):
+        age = "" if i % 25 == 0 else f"{rng.normal(45, 12):.1f}"
+        plan = ["pro", "basic", "free"][int(rng.integers(0, 3))]
+        lines.append(
+            f"c{i:05d},{age},{plan},{rng.normal(70, 20):.2f},{rng.poisson(1.5)},"
+            f'"free text, quoted",{int(rng.integers(0, 2))},{rng.random():.4f}'
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_profile_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _training_csv(tmp_path / "train.csv")
+    output = tmp_path / "reference.json"
+    code = main(
+        [
+            "profile",
+            str(data),
+            "-o",
+            str(output),
+            "--target",
+            "churn",
+            "--prediction",
+            "score",
+            "--exclude",
+            "notes",
+            "--numeric",
+            "support_calls",
+            "--model-name",
+            "churn",
+            "--top-k",
+            "2",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err == ""
+    profile = load_reference(output)
+    assert profile.model_name == "churn"
+    assert profile.source_name == "train.csv"
+    assert profile.source_rows == 300
+    got = {(f.name, f.role, f.kind) for f in profile.features}
+    assert got == {
+        ("age", "input", "numeric"),
+        ("plan", "input", "categorical"),
+        ("monthly_charges", "input", "numeric"),
+        ("support_calls", "input", "numeric"),
+        ("churn", "label", "categorical"),
+        ("score", "output", "numeric"),
+    }
+    assert profile.input_names == ("age", "plan", "monthly_charges", "support_calls")
+    assert profile.ignored == ("customer_id", "notes")
+    age = profile.feature("input", "age")
+    assert age is not None
+    assert age.missing == 12
+    assert age.n == 288
+    assert sum(age.counts) == 288
+    plan = profile.feature("input", "plan")
+    assert plan is not None
+    assert len(plan.vocabulary) == 2
+    assert sum(plan.counts) == 300
+    lines = captured.out.splitlines()
+    assert re.search(r"^age\s+input\s+numeric\s+n=288\s+missing=4\.00%$", lines[0])
+    assert any(re.search(r"^churn\s+label\s+categorical\s+n=300\s+missing=0\.00%$", line) for line in lines)
+    assert any(re.search(r"^customer_id\s+ignored \(id-like", line) for line in lines)
+    assert any(re.search(r"^notes\s+ignored \(excluded\)", line) for line in lines)
+    assert profile.id in lines[-1]
+    assert "300 rows" in lines[-1]
+    # The same data gives the same id.
+    assert main(["profile", str(data), "-o", str(tmp_path / "again.json"), "--target", "churn",
+                 "--prediction", "score", "--exclude", "notes", "--numeric", "support_calls",
+                 "--top-k", "2"]) == 0  # fmt: skip
+    assert load_reference(tmp_path / "again.json").id == profile.id
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ("", [], "empty file: a header row of column names is needed"),
+        ("a,b\n", [], "no data rows after the header"),
+        ("a,b\n\n\n", [], "no data rows after the header"),
+        ("a,b\n1,\n2,\n", [], "column 'b' is all missing"),
+        ("a,b\n1,2\n3,x\n", ["--numeric", "b"], "column 'b' is numeric, but data row 2 holds 'x'"),
+        ("a,a\n1,2\n", [], "duplicate column name 'a' (columns 1 and 2)"),
+        ("a,\n1,2\n", [], "column 2 of the header has an empty name"),
+        ("a,b\n1,2\n\n3\n", [], "data row 2 (line 4) has 1 fields, the header has 2"),
+        ("a,b\n1,2\n3,4,5\n", [], "data row 2 (line 3) has 3 fields, the header has 2"),
+        ("a,b\n1,2\n", ["--target", "c"], "target column 'c' is not in the data (columns: a, b)"),
+        ("a,b\n1,2\n", ["--exclude", "a", "c"], "exclude column 'c' is not in the data"),
+        ("a,b\n1,2\n", ["--prediction", "z"], "prediction column 'z' is not in the data"),
+        ("a,b\n1,2\n", ["--categorical", "z"], "categorical column 'z' is not in the data"),
+        ("a,b\n1,2\n", ["--exclude", "a", "b"], "no column left to profile"),
+        ("a,b\n1,2\n", ["--target", "a", "--exclude", "a"], "column 'a' is given as both exclude and target"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, extra: list[str], message: str
+) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text(content, encoding="utf-8")
+    output = tmp_path / "reference.json"
+    assert main(["profile", str(data), "-o", str(output), *extra]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("modeltap: ")
+    assert captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err
+    assert message in captured.err
+    assert not output.exists()
+
+
+def test_unreadable_inputs_and_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "r.json")]) == 1
+    assert "missing.csv: cannot read the data" in capsys.readouterr().err
+    binary = tmp_path / "latin1.csv"
+    binary.write_bytes(b"name\n\xe9t\xe9\n")
+    assert main(["profile", str(binary), "-o", str(tmp_path / "r.json")]) == 1
+    assert "not UTF-8 text" in capsys.readouterr().err
+    good = tmp_path / "good.csv"
+    good.write_text("a\n1\n2\n", encoding="utf-8")
+    assert main(["profile", str(good), "-o", str(tmp_path / "nowhere" / "r.json")]) == 1
+    assert "cannot write the reference profile" in capsys.readouterr().err
+
+
+def test_argument_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["profile", "x.csv"], ["profile", "x.csv", "-o", "r.json", "--top-k", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+    assert "must be within 1..50" in capsys.readouterr().err
+
+
+def test_read_csv_types_columns(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbf num , text,mixed,empty,flags\r\n"
+        b'1.5,"a, b",1,,true\r\n'
+        b"\r\n"
+        b"nan, c,x,,false\r\n"
+        b" ,,2, ,\r\n"
+    )
+    names, columns = read_table(path)
+    assert names == ["num", "text", "mixed", "empty", "flags"]
+    assert columns[0].dtype == np.float64
+    assert columns[0][0] == 1.5
+    assert np.isnan(columns[0][1])
+    assert np.isnan(columns[0][2])
+    assert columns[1].tolist() == ["a, b", " c", None]  # strings as-is, blank cells missing
+    assert columns[2].tolist() == ["1", "x", "2"]
+    assert columns[3].tolist() == [None, None, None]
+    assert columns[4].tolist() == ["true", "false", None]
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("a\tb\n1\tx\n", encoding="utf-8")
+    assert read_table(tsv)[0] == ["a", "b"]
+
+
+def test_csv_profile_equals_the_array_profile(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    values = np.round(rng.normal(size=500), 6)
+    path = tmp_path / "x.csv"
+    path.write_text("x\n" + "\n".join(repr(float(v)) for v in values) + "\n", encoding="utf-8")
+    assert main(["profile", str(path), "-o", str(tmp_path / "r.json")]) == 0
+    from_file = load_reference(tmp_path / "r.json")
+    from_array = build_profile({"x": values})
+    assert from_file.id == from_array["id"]
+
+
+def test_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rng = np.random.default_rng(7)
+    table = pa.table(
+        {
+            "age": pa.array([None, *rng.normal(40, 10, 199).tolist()], type=pa.float64()),
+            "calls": pa.array(rng.integers(0, 100, 200), type=pa.int64()),
+            "plan": pa.array([None, *rng.choice(["pro", "basic"], 199).tolist()], type=pa.string()),
+            "flag": pa.array([True, False, None, True] * 50, type=pa.bool_()),
+            "label": pa.array([1, None, 0, 1] * 50, type=pa.int32()),
+        }
+    )
+    path = tmp_path / "train.parquet"
+    pq.write_table(table, path)
+    names, columns = read_table(path)
+    assert names == ["age", "calls", "plan", "flag", "label"]
+    assert np.isnan(columns[0][0])
+    assert columns[1].dtype.kind == "i"
+    assert columns[2][0] is None
+    output = tmp_path / "reference.json"
+    assert main(["profile", str(path), "-o", str(output), "--target", "label"]) == 0, capsys.readouterr().err
+    profile = load_reference(output)
+    got = {(f.name, f.role, f.kind, f.missing) for f in profile.features}
+    assert got == {
+        ("age", "input", "numeric", 1),
+        ("calls", "input", "numeric", 0),
+        ("plan", "input", "categorical", 1),
+        ("flag", "input", "categorical", 50),
+        ("label", "label", "categorical", 50),
+    }
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet")
+    assert main(["profile", str(broken), "-o", str(output)]) == 1
+    assert "cannot read the Parquet file" in capsys.readouterr().err
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if importlib.util.find_spec("pyarrow") is not None:
+        pytest.skip("pyarrow is installed")
+    path = tmp_path / "train.parquet"
+    path.write_bytes(b"PAR1")
+    assert main(["profile", str(path), "-o", str(tmp_path / "r.json")]) == 1
+    assert "reading Parquet needs pyarrow" in capsys.readouterr().err
