@@ -55,6 +55,9 @@ class FeatureView:
     chi2_pvalue: float | None = None
     level: int = 0  # 0 OK, 1 INFO, 2 WARNING, 3 CRITICAL
     monitored: bool = False  # has a reference distribution
+    missing_shift: float | None = None  # window missing rate minus the reference's
+    missing_pvalue: float | None = None
+    rolling_mean: float | None = None  # outputs: mean of the last 1000 values
     # Export of the distribution: cumulative counts over explicit bounds (numeric: the fine edges,
     # len(bounds) + 1 buckets) or over `categories` (categorical: vocabulary, __other__, __missing__).
     bounds: tuple[float, ...] = ()
@@ -95,7 +98,9 @@ class ModelView:
     latency_p95_s: float | None = None
     latency_p99_s: float | None = None
     latency_window_max_s: float | None = None
-    level: int = 0
+    latency_level: int = 0  # current slot's p99 against mu + k sigma of earlier slots
+    error_rate_level: int = 0  # likewise for the error rate
+    level: int = 0  # the highest of the feature, latency and error-rate levels
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ def feature_document(f: FeatureView) -> dict[str, Any]:
         "monitored": f.monitored,
         "window_count": f.window_count,
         "window_missing_rate": _finite(f.window_missing_rate),
+        "missing_rate_shift": _finite(f.missing_shift),
+        "missing_rate_pvalue": _finite(f.missing_pvalue),
         "out_of_range_rate": _finite(f.out_of_range_rate),
         "psi": _finite(f.psi),
         "js": _finite(f.js),
@@ -48,6 +50,7 @@ def feature_document(f: FeatureView) -> dict[str, Any]:
         "ks_pvalue": _finite(f.ks_pvalue),
         "chi2_pvalue": _finite(f.chi2_pvalue),
         "level": LEVEL_NAMES[f.level] if f.monitored else None,
+        "rolling_mean": _finite(f.rolling_mean),
     }
 
 
@@ -72,6 +75,8 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
                 "errors": view.errors,
                 "decoded_rows": view.decoded_rows,
                 "level": LEVEL_NAMES[view.level],
+                "latency_level": LEVEL_NAMES[view.latency_level],
+                "error_rate_level": LEVEL_NAMES[view.error_rate_level],
                 "latency_s": {
                     "p50": view.latency_p50_s,
                     "p95": view.latency_p95_s,

@@ -1,4 +1,5 @@
-"""Online statistics: numpy/scipy only, no I/O, no asyncio, no OpenTelemetry."""
+"""Online statistics: numpy/scipy only, no asyncio, no OpenTelemetry; file access only at the edge
+(`reference.py` reads and writes profiles, `profile_io.py` reads training tables)."""
 
 from modeltap.stats.aggregator import StatsAggregator
 

@@ -20,8 +20,10 @@ from modeltap.stats.feature_summary import FeatureSummary
 from modeltap.stats.histogram import ExplicitHistogram
 from modeltap.stats.latency_window import LatencyWindow
 from modeltap.stats.reference import ReferenceFeature, ReferenceProfile
+from modeltap.stats.rolling import MAX_TRACKED_OUTPUTS, RollingMean
 from modeltap.stats.scores import Level, Thresholds, overall_level
 from modeltap.stats.series import SeriesTable
+from modeltap.stats.slot_history import SlotHistory
 
 MODEL_NAME = "modeltap.model.name"
 MODEL_VERSION = "modeltap.model.version"
@@ -35,16 +37,20 @@ class _ModelState:
         "drift",
         "errors",
         "features",
+        "history",
         "latency_count",
         "latency_max",
         "latency_sum",
         "latency_window",
         "requests",
+        "rolling",
     )
 
-    def __init__(self, drift: DriftState | None, latency_window: LatencyWindow) -> None:
+    def __init__(self, drift: DriftState | None, latency_window: LatencyWindow, history: SlotHistory) -> None:
         self.drift = drift
         self.latency_window = latency_window
+        self.rolling: dict[str, RollingMean] = {}  # per numeric output: mean of the last w values
+        self.history = history
         self.requests = 0
         self.errors = 0
         self.decoded_rows = 0
@@ -92,7 +98,9 @@ class StatsAggregator:
         drift = None
         if self._reference is not None and any(f.has_distribution for f in self._reference.features):
             drift = DriftState(self._reference, self._window, self._thresholds)
-        return _ModelState(drift, LatencyWindow(self._window.slots, self._window.slot_s))
+        return _ModelState(
+            drift, LatencyWindow(self._window.slots, self._window.slot_s), SlotHistory(self._window.slot_s)
+        )
 
     @property
     def window_s(self) -> float:
@@ -123,6 +131,7 @@ class StatsAggregator:
         state = self._models.get(model)
         state.requests += int(durations_s.size) * weight
         state.errors += errors * weight
+        state.history.add(finite, errors, weight, self._clock())
         if finite.size:
             state.latency_window.add(finite, weight, self._clock())
             state.latency_count += int(finite.size) * weight
@@ -173,6 +182,13 @@ class StatsAggregator:
             state.decoded_rows += int(matrix.shape[0]) * weight
         if state.drift is not None:
             state.drift.add_matrix(role, names, matrix, weight, self._clock())
+        if role == "output":
+            for j, name in enumerate(names):
+                tail = state.rolling.get(name)
+                if tail is None and len(state.rolling) < MAX_TRACKED_OUTPUTS:
+                    tail = state.rolling[name] = RollingMean()
+                if tail is not None:
+                    tail.add(matrix[:, j])
         finite = np.isfinite(matrix)
         counts = finite.sum(axis=0)
         clean = np.where(finite, matrix, 0.0)
@@ -283,7 +299,9 @@ class StatsAggregator:
             values = dict(attrs)
             scores = state.drift.scores(now) if state.drift is not None else {}
             features = [
-                _feature_view(summary, scores.get((role, name)))
+                _feature_view(
+                    summary, scores.get((role, name)), state.rolling.get(name) if role == "output" else None
+                )
                 for (role, name), summary in list(state.features.items())
             ]
             # Reference features never seen in traffic are shown too (with zero counts).
@@ -292,6 +310,7 @@ class StatsAggregator:
                 if key not in seen:
                     features.append(_feature_view(FeatureSummary(key[1], key[0]), feature_scores))
             p50, p95, p99, window_max = state.latency_window.summary(now)
+            latency_level, error_level = state.history.levels(now, self._thresholds.sigma_k)
             views.append(
                 ModelView(
                     name=str(values.get(MODEL_NAME, "")),
@@ -307,14 +326,22 @@ class StatsAggregator:
                     latency_p95_s=p95,
                     latency_p99_s=p99,
                     latency_window_max_s=window_max,
-                    level=int(overall_level(Level(f.level) for f in features)),
+                    latency_level=int(latency_level),
+                    error_rate_level=int(error_level),
+                    level=int(
+                        overall_level([*(Level(f.level) for f in features), latency_level, error_level])
+                    ),
                 )
             )
         return tuple(views)
 
 
-def _feature_view(summary: FeatureSummary, scores: FeatureScores | None) -> FeatureView:
+def _feature_view(
+    summary: FeatureSummary, scores: FeatureScores | None, rolling: RollingMean | None = None
+) -> FeatureView:
     view = summary.view()
+    if rolling is not None:
+        view = dataclasses.replace(view, rolling_mean=rolling.mean)
     if scores is None:
         return view
     return dataclasses.replace(
@@ -329,6 +356,8 @@ def _feature_view(summary: FeatureSummary, scores: FeatureScores | None) -> Feat
         chi2_pvalue=scores.chi2_pvalue,
         level=int(scores.level),
         monitored=True,
+        missing_shift=scores.missing_shift,
+        missing_pvalue=scores.missing_pvalue,
         cumulative_counts=scores.cumulative,
         window_counts=scores.window,
         reference_counts=scores.reference,

@@ -20,6 +20,7 @@ from modeltap.stats.scores import (
     feature_level,
     js_distance,
     ks_binned,
+    missing_rate_test,
     psi,
     psi_noise_floor,
 )
@@ -47,6 +48,8 @@ class FeatureScores:
     ks_pvalue: float | None
     chi2_pvalue: float | None
     level: Level
+    missing_shift: float | None  # window missing rate minus the reference's
+    missing_pvalue: float | None  # two-proportion z-test of that shift
     cumulative: tuple[int, ...]
     window: tuple[int, ...]
     reference: tuple[int, ...]
@@ -190,6 +193,9 @@ class DriftState:
         ks = ks_binned(reference, fine)
         tau = psi_noise_floor(len(coarse_ref), int(reference.sum()), n_window, self.thresholds.alpha)
         level = feature_level(psi_value, ks[1] if ks else None, n_window, tau, monitored, self.thresholds)
+        missing_test = missing_rate_test(
+            feature.missing or 0, (feature.n or 0) + (feature.missing or 0), missing, n_window + missing
+        )
         return FeatureScores(
             window_count=n_window,
             window_missing=missing,
@@ -200,6 +206,8 @@ class DriftState:
             ks_pvalue=ks[1] if ks else None,
             chi2_pvalue=None,
             level=level,
+            missing_shift=missing_test[0] if missing_test else None,
+            missing_pvalue=missing_test[1] if missing_test else None,
             cumulative=tuple(int(c) for c in cumulative),
             window=tuple(int(c) for c in fine),
             reference=tuple(int(c) for c in reference),
@@ -216,6 +224,12 @@ class DriftState:
         n_window = int(window[:-1].sum())
         tau = psi_noise_floor(len(reference), int(reference.sum()), int(window.sum()), self.thresholds.alpha)
         level = feature_level(psi_value, chi2[1] if chi2 else None, n_window, tau, monitored, self.thresholds)
+        missing_test = missing_rate_test(
+            feature.missing or 0,
+            (feature.n or 0) + (feature.missing or 0),
+            int(window[-1]),
+            int(window.sum()),
+        )
         return FeatureScores(
             window_count=n_window,
             window_missing=int(window[-1]),
@@ -226,6 +240,8 @@ class DriftState:
             ks_pvalue=None,
             chi2_pvalue=chi2[1] if chi2 else None,
             level=level,
+            missing_shift=missing_test[0] if missing_test else None,
+            missing_pvalue=missing_test[1] if missing_test else None,
             cumulative=tuple(int(c) for c in cumulative),
             window=tuple(int(c) for c in window),
             reference=tuple(int(c) for c in reference),

@@ -35,7 +35,7 @@ from enum import IntEnum
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import chi2, chi2_contingency, kstwo, kstwobign
+from scipy.stats import chi2, chi2_contingency, kstwo, kstwobign, norm
 
 PSI_FLOOR = 1e-4
 """Proportion given to an empty PSI bucket (see `psi`)."""
@@ -254,6 +254,24 @@ def coarse_counts(
         return result
     summed: np.ndarray = np.bincount(index, weights=fine.astype(np.float64), minlength=size)
     return summed
+
+
+def missing_rate_test(
+    reference_missing: int, reference_total: int, window_missing: int, window_total: int
+) -> tuple[float, float] | None:
+    """Two-proportion z-test of the window's missing rate against the reference's:
+    `(rate shift, two-sided p-value)`, pooled standard error; None when either total is 0 or the
+    pooled rate is 0 or 1 (no variance: the rates are equal and nothing can be tested)."""
+    if reference_total <= 0 or window_total <= 0:
+        return None
+    p_ref = reference_missing / reference_total
+    p_win = window_missing / window_total
+    pooled = (reference_missing + window_missing) / (reference_total + window_total)
+    if pooled <= 0.0 or pooled >= 1.0:
+        return None
+    se = math.sqrt(pooled * (1 - pooled) * (1 / reference_total + 1 / window_total))
+    z = (p_win - p_ref) / se
+    return p_win - p_ref, float(2 * norm.sf(abs(z)))
 
 
 def psi_noise_floor(buckets: int, n_reference: int, n_current: int, alpha: float = 1e-3) -> float:
