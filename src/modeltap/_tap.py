@@ -33,7 +33,9 @@ from modeltap.export.spans import SpanOptions
 from modeltap.export.telemetry_thread import TelemetryExporter
 from modeltap.snapshot import Attributes, CounterPoint, SelfMonitoring, Snapshot
 from modeltap.stats import StatsAggregator
+from modeltap.stats.drift_state import WindowConfig
 from modeltap.stats.reference import ReferenceProfile, load_reference
+from modeltap.stats.scores import Thresholds
 
 _log = logging.getLogger("modeltap")
 # Records per micro-batch: large enough to amortise the per-group numpy calls, small enough
@@ -97,7 +99,19 @@ class Tap:
         self.payload_stride = 1
         self._payload_seq = 0
         self._budget = CpuBudget(config.worker_cpu_budget)
-        self._stats = StatsAggregator(config.series_limit, DEFAULT_DURATION_BUCKETS_S, self.reference)
+        self._stats = StatsAggregator(
+            config.series_limit,
+            DEFAULT_DURATION_BUCKETS_S,
+            self.reference,
+            window=WindowConfig(config.window_slots, config.window_slot_s),
+            thresholds=Thresholds(
+                psi_warning=config.psi_warning,
+                psi_critical=config.psi_critical,
+                alpha=config.drift_alpha,
+                min_samples=config.min_samples,
+                sigma_k=config.sigma_k,
+            ),
+        )
         self._start_unix_ns = time.time_ns()
         # The SDK names each process (`service.instance.id`, one per pid, renewed after a fork);
         # /status reports the same id so a reader can match a replica's page to its series.

@@ -232,6 +232,15 @@ class ModelTapConfig:
     # Share of one core the worker may use; above it, payloads are decoded for a weighted sample
     # of exchanges (timing and counts stay complete). None or 0 = no budget.
     worker_cpu_budget: float | None = 0.05
+    # Drift window: `window_slots` tumbling slots of `window_slot_s` seconds (STATS.md: 15 x 60 s).
+    window_slots: int = 15
+    window_slot_s: float = 60.0
+    # Alert thresholds (STATS.md "Alert levels").
+    psi_warning: float = 0.1
+    psi_critical: float = 0.2
+    drift_alpha: float = 1e-3
+    min_samples: int = 500
+    sigma_k: float = 3.0
     views_prefix: str | None = "/modeltap"  # None disables the local views
     views_token: str | None = None
     views_allow: tuple[str, ...] = ()  # CIDRs besides loopback allowed to read the views
@@ -249,6 +258,23 @@ class ModelTapConfig:
         for name in ("worker_interval_s", "snapshot_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}", name)
+        if self.window_slots < 1 or self.window_slots > 1440:
+            raise ConfigError(
+                f"window_slots must be within 1..1440, got {self.window_slots!r}", "window_slots"
+            )
+        if self.window_slot_s <= 0:
+            raise ConfigError(f"window_slot_s must be > 0, got {self.window_slot_s!r}", "window_slot_s")
+        if not 0 <= self.psi_warning <= self.psi_critical:
+            raise ConfigError(
+                f"need 0 <= psi_warning <= psi_critical, got {self.psi_warning!r} and {self.psi_critical!r}",
+                "psi_warning",
+            )
+        if not 0 < self.drift_alpha < 1:
+            raise ConfigError(f"drift_alpha must be within (0, 1), got {self.drift_alpha!r}", "drift_alpha")
+        if self.min_samples < 0:
+            raise ConfigError(f"min_samples must be >= 0, got {self.min_samples!r}", "min_samples")
+        if not self.sigma_k > 0:
+            raise ConfigError(f"sigma_k must be > 0, got {self.sigma_k!r}", "sigma_k")
         if self.worker_cpu_budget is not None and not 0.0 <= self.worker_cpu_budget <= 1.0:
             raise ConfigError(
                 f"worker_cpu_budget must be within [0, 1], got {self.worker_cpu_budget!r}",
@@ -316,6 +342,13 @@ class ModelTapConfig:
         take("MODELTAP_SERIES_LIMIT", "series_limit", _parse_int)
         take("MODELTAP_WORKER_CPU_BUDGET", "worker_cpu_budget", _parse_float)
         take("MODELTAP_WORKER_INTERVAL_S", "worker_interval_s", _parse_float)
+        take("MODELTAP_WINDOW_SLOTS", "window_slots", _parse_int)
+        take("MODELTAP_WINDOW_SLOT_S", "window_slot_s", _parse_float)
+        take("MODELTAP_PSI_WARNING", "psi_warning", _parse_float)
+        take("MODELTAP_PSI_CRITICAL", "psi_critical", _parse_float)
+        take("MODELTAP_DRIFT_ALPHA", "drift_alpha", _parse_float)
+        take("MODELTAP_MIN_SAMPLES", "min_samples", _parse_int)
+        take("MODELTAP_SIGMA_K", "sigma_k", _parse_float)
         take("MODELTAP_CAPTURE_PAYLOADS", "capture_payloads", _parse_bool)
         take(
             "MODELTAP_VIEWS_PREFIX",
