@@ -15,6 +15,9 @@ from collections.abc import Callable
 
 MAX_PAYLOAD_STRIDE = 256
 WINDOW_S = 1.0
+# Below this many exchanges per second sampling never starts: the worker's cost is then its
+# fixed per-batch work, which sampling payloads would not reduce.
+MIN_RATE_PER_S = 500.0
 
 
 class CpuBudget:
@@ -35,16 +38,18 @@ class CpuBudget:
         self._cpu_clock = cpu_clock  # CPU time of the calling (worker) thread
         self._window_start = clock()
         self._charged = 0.0
+        self._exchanges = 0
         self.last_share = 0.0
 
     def measure(self) -> float:
         """Start timing per-exchange work; pass the result to `charge` when it is done."""
         return self._cpu_clock()
 
-    def charge(self, started_cpu: float) -> None:
-        """Count the worker CPU spent since `measure()` (snapshots and scoring are not charged:
-        they do not grow with traffic)."""
+    def charge(self, started_cpu: float, exchanges: int = 0) -> None:
+        """Count the worker CPU spent since `measure()` on `exchanges` exchanges (snapshots and
+        scoring are not charged: they do not grow with traffic)."""
         self._charged += self._cpu_clock() - started_cpu
+        self._exchanges += exchanges
 
     def next_stride(self, stride: int) -> int:
         """The payload stride for the next window (unchanged until a window completes)."""
@@ -55,8 +60,9 @@ class CpuBudget:
         if elapsed < WINDOW_S:
             return stride
         self.last_share = self._charged / elapsed
-        self._window_start, self._charged = now, 0.0
-        if self.last_share > self._share and stride < MAX_PAYLOAD_STRIDE:
+        rate = self._exchanges / elapsed
+        self._window_start, self._charged, self._exchanges = now, 0.0, 0
+        if self.last_share > self._share and stride < MAX_PAYLOAD_STRIDE and rate >= MIN_RATE_PER_S:
             return stride * 2
         if self.last_share < self._share / 3 and stride > 1:
             return stride // 2

@@ -240,13 +240,14 @@ class Tap:
     def _run(self) -> None:
         interval = self.config.worker_interval_s
         while True:
+            processed_before = self._records_processed
             stopping = self._stop.is_set()
             with self._lock:
                 waiters, self._flush_waiters = self._flush_waiters, []
             try:
                 started_cpu = self._budget.measure()
-                self._drain_all()
-                self._budget.charge(started_cpu)
+                drained = self._drain_all()
+                self._budget.charge(started_cpu, drained)
                 self._adjust_stride()
                 self.payload_stride = self._budget.next_stride(self.payload_stride)
                 now = time.monotonic()
@@ -262,14 +263,18 @@ class Tap:
                 waiter.set()
             if stopping:
                 return
-            self._wake.wait(interval)
+            # Light traffic: wake less often (fixed per-batch costs); busy: drain every interval,
+            # so records do not live long enough to be promoted by the garbage collector.
+            self._wake.wait(interval if self._records_processed > processed_before + 32 else interval * 8)
             self._wake.clear()
 
-    def _drain_all(self) -> None:
+    def _drain_all(self) -> int:
+        drained = 0
         while True:
             batch = self.queue.drain(MAX_BATCH)
             if not batch:
-                return
+                return drained
+            drained += len(batch)
             spans = self._pipeline.process(batch)
             self._records_processed += len(batch)
             if spans:

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from modeltap._budget import MAX_PAYLOAD_STRIDE, WINDOW_S, CpuBudget
+from modeltap._budget import MAX_PAYLOAD_STRIDE, MIN_RATE_PER_S, WINDOW_S, CpuBudget
 from modeltap._tap import Tap
 from modeltap.config import ModelTapConfig
 
@@ -25,11 +25,11 @@ def _budget(share: float | None, clocks: FakeClocks) -> CpuBudget:
     return CpuBudget(share, clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu)
 
 
-def _work(budget: CpuBudget, clocks: FakeClocks, wall_s: float, cpu_s: float) -> None:
-    """The worker spends `cpu_s` on exchanges while `wall_s` passes."""
+def _work(budget: CpuBudget, clocks: FakeClocks, wall_s: float, cpu_s: float, rate: float = 5000.0) -> None:
+    """The worker spends `cpu_s` on `rate` exchanges per second while `wall_s` passes."""
     started = budget.measure()
     clocks.spend(wall_s, cpu_s)
-    budget.charge(started)
+    budget.charge(started, round(rate * wall_s))
 
 
 def test_stride_doubles_per_window_over_budget_and_halves_back() -> None:
@@ -47,6 +47,13 @@ def test_stride_doubles_per_window_over_budget_and_halves_back() -> None:
         _work(budget, clocks, WINDOW_S, 0.001)
         stride = budget.next_stride(stride)
         assert stride == expected
+
+
+def test_light_traffic_never_samples() -> None:
+    clocks = FakeClocks()
+    budget = _budget(0.05, clocks)
+    _work(budget, clocks, WINDOW_S, 0.5 * WINDOW_S, rate=MIN_RATE_PER_S / 2)  # costly, but few exchanges
+    assert budget.next_stride(1) == 1
 
 
 def test_short_bursts_do_not_change_the_stride() -> None:

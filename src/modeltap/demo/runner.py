@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import sys
@@ -23,8 +22,8 @@ from modeltap.export.status_json import status_document
 from modeltap.middleware import ModelTapMiddleware
 from modeltap.stats.reference import numeric_profile_document
 
-# A feature whose running mean moved this many reference standard deviations is reported.
-SHIFT_ALERT_SIGMA = 0.25
+# Levels at or above this one are reported as detected drift.
+ALERT_LEVELS = ("WARNING", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -45,37 +44,33 @@ def _bind(port: int) -> socket.socket:
     return sock
 
 
-def _shift_sigma(feature: dict[str, Any], reference: dict[str, dict[str, float]]) -> float | None:
-    ref = reference.get(feature["name"])
-    if ref is None or feature.get("mean") is None or not ref.get("std"):
-        return None
-    return float(abs(feature["mean"] - ref["mean"]) / ref["std"])
+def _number(value: float | None, width: int, digits: int = 3) -> str:
+    return f"{value:{width}.{digits}f}" if value is not None else " " * (width - 1) + "-"
 
 
-def render_table(document: dict[str, Any], reference: dict[str, dict[str, float]], phase: str) -> str:
+def render_table(document: dict[str, Any], phase: str) -> str:
+    latency = document["latency_s"]
     lines = [
-        f"phase: {phase:<18} requests: {document['requests']['total']:>6}  "
+        f"phase: {phase:<18} level: {document['level']:<9} requests: {document['requests']['total']:>6}  "
         f"errors: {document['requests']['errors']:>4}  dropped: {document['requests']['dropped']:>3}  "
         f"violations: {sum(document['violations'].values()):>4}",
     ]
-    latency = document["latency_s"]
-    if latency["mean"] is not None:
-        lines.append(f"latency mean {latency['mean'] * 1000:7.2f} ms   max {latency['max'] * 1000:7.2f} ms")
+    if latency["p50"] is not None:
+        lines.append(
+            f"latency p50 {latency['p50'] * 1000:6.2f} ms  p95 {latency['p95'] * 1000:6.2f} ms  "
+            f"p99 {latency['p99'] * 1000:6.2f} ms  max {latency['max'] * 1000:6.2f} ms   "
+            f"window {document['window_s']:g} s   model version {', '.join(document['model']['versions'])}"
+        )
     lines.append(
-        f"{'feature':<18}{'role':<8}{'count':>8}{'missing':>9}{'mean':>11}{'ref mean':>11}{'shift sd':>9}"
+        f"{'feature':<18}{'role':<8}{'window n':>9}{'mean':>10}{'PSI':>8}{'JS':>7}{'KS p':>10}  level"
     )
-    for model in document["models"]:
-        for feature in model["features"]:
-            shift = _shift_sigma(feature, reference)
-            mean = feature.get("mean")
-            ref_mean = reference.get(feature["name"], {}).get("mean")
-            lines.append(
-                f"{feature['name']:<18}{feature['role']:<8}{feature['count']:>8}{feature['missing']:>9}"
-                f"{'' if mean is None else f'{mean:11.3f}':>11}"
-                f"{'' if ref_mean is None else f'{ref_mean:11.3f}':>11}"
-                f"{'' if shift is None else f'{shift:9.2f}':>9}"
-                + ("  <- moved" if shift is not None and shift > SHIFT_ALERT_SIGMA else "")
-            )
+    for feature in document["features"]:
+        pvalue = feature["ks_pvalue"] if feature["ks_pvalue"] is not None else feature["chi2_pvalue"]
+        lines.append(
+            f"{feature['name']:<18}{feature['role']:<8}{feature['window_count']:>9}"
+            f"{_number(feature['mean'], 10)}{_number(feature['psi'], 8)}{_number(feature['js'], 7)}"
+            f"{(f'{pvalue:10.1e}' if pvalue is not None else ' ' * 9 + '-')}  {feature['level'] or '-'}"
+        )
     return "\n".join(lines)
 
 
@@ -88,13 +83,16 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, Any]:
     reference_doc = numeric_profile_document(FEATURES, x, model_name=MODEL_NAME)
     reference_path = workdir / "reference.json"
     reference_path.write_bytes(orjson.dumps(reference_doc, option=orjson.OPT_INDENT_2))
-    reference = {f["name"]: f for f in reference_doc["features"]}  # type: ignore[attr-defined]
 
     env = dict(os.environ)
     if options.otlp_endpoint:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = options.otlp_endpoint
         env.setdefault("OTEL_METRIC_EXPORT_INTERVAL", "5000")
-    config = ModelTapConfig.from_env(env, model_name=MODEL_NAME, reference=str(reference_path))
+    # A window of half the run, so the drifted phase is judged on its own.
+    slot_s = max(1.0, options.duration_s / 12)
+    config = ModelTapConfig.from_env(
+        env, model_name=MODEL_NAME, reference=str(reference_path), window_slots=6, window_slot_s=slot_s
+    )
     app = ModelTapMiddleware(build_app(model), config=config)
 
     sock = _bind(options.port)
@@ -117,7 +115,8 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, Any]:
     traffic = threading.Thread(
         target=run_traffic, args=(port, options.duration_s, options.rate_per_s, stop, stats), daemon=True
     )
-    snapshots: dict[str, dict[str, Any]] = {}
+    first_alert: dict[str, str] = {}
+    started = time.monotonic()
     interactive = out.isatty()
     try:
         traffic.start()
@@ -125,8 +124,12 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, Any]:
             traffic.join(options.refresh_s)
             app.tap.flush(2.0)
             document = status_document(app.tap.latest_snapshot(), MODEL_NAME)
-            snapshots[stats.phase] = document
-            table = render_table(document, reference, stats.phase)
+            for feature in document["features"]:
+                if feature["level"] in ALERT_LEVELS and feature["name"] not in first_alert:
+                    first_alert[feature["name"]] = (
+                        f"{feature['level']} at {time.monotonic() - started:.0f} s ({stats.phase})"
+                    )
+            table = render_table(document, stats.phase)
             if interactive:
                 out.write("\x1b[H\x1b[2J" + table + "\n")
             else:
@@ -143,23 +146,20 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, Any]:
         server_thread.join(10)
         sock.close()
         app.tap.shutdown()
-    print(summarize(final, reference, stats), file=out)
+    print(summarize(final, first_alert, stats), file=out)
     return final
 
 
-def summarize(document: dict[str, Any], reference: dict[str, dict[str, float]], stats: TrafficStats) -> str:
-    moved = []
-    for model in document["models"]:
-        for feature in model["features"]:
-            shift = _shift_sigma(feature, reference)
-            if shift is not None and shift > SHIFT_ALERT_SIGMA and not math.isnan(shift):
-                moved.append(f"{feature['name']} ({shift:.2f} sd)")
+def summarize(document: dict[str, Any], first_alert: dict[str, str], stats: TrafficStats) -> str:
+    drifted = [f["name"] for f in document["features"] if f["level"] in ALERT_LEVELS]
     lines = [
         "",
         "summary",
         f"  requests sent: {stats.sent}, failed to send: {stats.failed}, "
         f"seen by modeltap: {document['requests']['total']}",
         f"  data-quality violations: {document['violations'] or 'none'}",
-        f"  features whose mean moved > {SHIFT_ALERT_SIGMA} reference sd: {', '.join(moved) or 'none'}",
+        f"  drift at the end (WARNING or CRITICAL): {', '.join(drifted) or 'none'}",
     ]
+    for name, when in first_alert.items():
+        lines.append(f"    {name}: first flagged {when}")
     return "\n".join(lines)

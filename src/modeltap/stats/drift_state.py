@@ -24,6 +24,7 @@ from modeltap.stats.scores import (
     psi,
     psi_noise_floor,
 )
+from modeltap.stats.window import WindowRing
 
 # Scores are recomputed at most this often; snapshots in between reuse them.
 SCORE_INTERVAL_S = 5.0
@@ -90,6 +91,11 @@ class DriftState:
                 self.categorical[(feature.role, feature.name)] = bank
             if feature.has_distribution:
                 self.features[(feature.role, feature.name)] = feature
+        # Per role: [weighted rows, decoded rows] per slot. Under payload sampling every decoded
+        # row counts `weight` times (unbiased shares), but the tests must see the real sample size.
+        self._samples = {
+            role: WindowRing(window.slots, window.slot_s, 2) for role in ("input", "output", "label")
+        }
         self._cached: dict[tuple[str, str], FeatureScores] | None = None
         self._cached_at = 0.0
         self._psi_maps = {
@@ -105,6 +111,7 @@ class DriftState:
         self, role: str, names: Sequence[str], matrix: np.ndarray, weight: int, now: float
     ) -> set[str]:
         """Add the columns of `matrix` this state tracks; returns the names it consumed."""
+        self._samples[role].add(np.array([matrix.shape[0] * weight, matrix.shape[0]]), now)
         consumed: set[str] = set()
         columns = self.numeric_columns.get(role)
         if columns is not None:
@@ -128,6 +135,10 @@ class DriftState:
     def add_columns(self, role: str, columns: Mapping[str, list[Value]], weight: int, now: float) -> set[str]:
         """Add the general-path columns this state tracks; returns the names it consumed."""
         consumed: set[str] = set()
+        rows = len(next(iter(columns.values()))) if columns else 0
+        categorical_only = not any(n in self.numeric_columns.get(role, {}) for n in columns)
+        if categorical_only and rows:  # add_matrix counts the numeric case
+            self._samples[role].add(np.array([rows * weight, rows]), now)
         numeric_names = [
             n for n in columns if (role, n) in self.features and n in self.numeric_columns.get(role, {})
         ]
@@ -158,8 +169,13 @@ class DriftState:
         """Forget cached scores (a flush wants current numbers)."""
         self._cached = None
 
+    def _sample_fraction(self, role: str, now: float) -> float:
+        weighted, decoded = self._samples[role].window(now)
+        return float(decoded / weighted) if weighted > 0 else 1.0
+
     def _compute(self, now: float) -> dict[tuple[str, str], FeatureScores]:
         windows = {role: bank.window(now) for role, bank in self.numeric.items()}
+        fractions = {role: self._sample_fraction(role, now) for role in self._samples}
         monitored = len(self.features)
         result: dict[tuple[str, str], FeatureScores] = {}
         for (role, name), feature in self.features.items():
@@ -168,11 +184,13 @@ class DriftState:
                 j = self.numeric_columns[role][name]
                 fine, missing = bank.feature_counts(j, windows[role])
                 cumulative, _ = bank.feature_counts(j, bank.cumulative)
-                result[(role, name)] = self._numeric_scores(feature, fine, missing, cumulative, monitored)
+                result[(role, name)] = self._numeric_scores(
+                    feature, fine, missing, cumulative, monitored, fractions[role]
+                )
             else:
                 categorical = self.categorical[(role, name)]
                 result[(role, name)] = self._categorical_scores(
-                    feature, categorical.window(now), categorical.cumulative, monitored
+                    feature, categorical.window(now), categorical.cumulative, monitored, fractions[role]
                 )
         return result
 
@@ -183,16 +201,18 @@ class DriftState:
         missing: int,
         cumulative: np.ndarray,
         monitored: int,
+        fraction: float = 1.0,
     ) -> FeatureScores:
         reference = np.asarray(feature.counts, dtype=np.int64)
         n_window = int(fine.sum())
+        n_decoded = round(n_window * fraction)  # the real sample size behind weighted counts
         psi_map = self._psi_maps[(feature.role, feature.name)]
         coarse_ref = coarse_counts(reference, psi_map)
         coarse_cur = coarse_counts(fine, psi_map)
         psi_value = psi(coarse_ref, coarse_cur)
-        ks = ks_binned(reference, fine)
-        tau = psi_noise_floor(len(coarse_ref), int(reference.sum()), n_window, self.thresholds.alpha)
-        level = feature_level(psi_value, ks[1] if ks else None, n_window, tau, monitored, self.thresholds)
+        ks = ks_binned(reference, fine * fraction if fraction < 1.0 else fine)
+        tau = psi_noise_floor(len(coarse_ref), int(reference.sum()), n_decoded, self.thresholds.alpha)
+        level = feature_level(psi_value, ks[1] if ks else None, n_decoded, tau, monitored, self.thresholds)
         missing_test = missing_rate_test(
             feature.missing or 0, (feature.n or 0) + (feature.missing or 0), missing, n_window + missing
         )
@@ -215,15 +235,24 @@ class DriftState:
         )
 
     def _categorical_scores(
-        self, feature: ReferenceFeature, window: np.ndarray, cumulative: np.ndarray, monitored: int
+        self,
+        feature: ReferenceFeature,
+        window: np.ndarray,
+        cumulative: np.ndarray,
+        monitored: int,
+        fraction: float = 1.0,
     ) -> FeatureScores:
         # Reference vector: vocabulary counts, __other__, then __missing__ (the same layout as the bank).
         reference = np.asarray((*feature.counts, feature.missing or 0), dtype=np.int64)
         psi_value = psi(reference, window)
-        chi2 = chi2_homogeneity(reference, window)
+        chi2 = chi2_homogeneity(reference, window * fraction if fraction < 1.0 else window)
         n_window = int(window[:-1].sum())
-        tau = psi_noise_floor(len(reference), int(reference.sum()), int(window.sum()), self.thresholds.alpha)
-        level = feature_level(psi_value, chi2[1] if chi2 else None, n_window, tau, monitored, self.thresholds)
+        n_decoded = round(n_window * fraction)
+        total_decoded = round(int(window.sum()) * fraction)
+        tau = psi_noise_floor(len(reference), int(reference.sum()), total_decoded, self.thresholds.alpha)
+        level = feature_level(
+            psi_value, chi2[1] if chi2 else None, n_decoded, tau, monitored, self.thresholds
+        )
         missing_test = missing_rate_test(
             feature.missing or 0,
             (feature.n or 0) + (feature.missing or 0),

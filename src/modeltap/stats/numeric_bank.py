@@ -30,7 +30,7 @@ class NumericBank:
     """
 
     def __init__(
-        self, names: Sequence[str], edges: Sequence[Sequence[float]], slots: int, slot_s: float
+        self, names: Sequence[str], edges: Sequence[Sequence[float] | np.ndarray], slots: int, slot_s: float
     ) -> None:
         if len(names) != len(edges):
             raise ValueError("one edge list per feature")
