@@ -246,14 +246,20 @@ class BatchPipeline:
         cap = self._config.max_body_bytes
         if request_size > cap or response_size > cap:
             return DecodedPayload(skipped="body_over_cap")
-        request_encoding = b""
+        request_encoding = request_type = inference_header = b""
         for key, value in scope.get("headers") or ():
             if key == b"content-encoding":
                 request_encoding = value
-        response_encoding = b""
+            elif key == b"content-type":
+                request_type = value
+            elif key == b"inference-header-content-length":
+                inference_header = value
+        response_encoding = response_type = b""
         for key, value in response_headers:
             if key == b"content-encoding":
                 response_encoding = value
+            elif key == b"content-type":
+                response_type = value
         decoded = decode_exchange(
             ExchangeBytes(
                 scope.get("method", "GET"),
@@ -264,6 +270,9 @@ class BatchPipeline:
                 request_encoding.decode("latin-1"),
                 response_encoding.decode("latin-1"),
                 self._feature_names,
+                request_type.decode("latin-1"),
+                response_type.decode("latin-1"),
+                int(inference_header) if inference_header.strip().isdigit() else None,
             ),
             max_decoded_bytes=4 * cap + 1024,
         )

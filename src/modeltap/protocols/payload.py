@@ -22,6 +22,11 @@ class ExchangeBytes(NamedTuple):
     response_content_encoding: str = ""
     # Names for positional features, from the reference profile (else f0, f1, ...).
     feature_names: Sequence[str] = ()
+    request_content_type: str = ""
+    response_content_type: str = ""
+    # Open Inference Protocol binary extension: the JSON header's length in the request body
+    # (`Inference-Header-Content-Length`), None without the header.
+    inference_header_length: int | None = None
 
 
 class DecodedPayload:
