@@ -27,6 +27,9 @@ DEFAULT_DURATION_BUCKETS_S: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
 
+# Names of the payload decoders (protocols/detect.py), for protocol_routes.
+PROTOCOL_NAMES = ("kserve_v1", "tf_serving", "oip_v2", "seldon", "openai", "json", "mapping")
+
 _SAMPLERS = {
     "always_on",
     "always_off",
@@ -73,6 +76,20 @@ def _parse_key_values(name: str, raw: str) -> dict[str, str]:
             raise ConfigError(f"{name} must be a list of key=value pairs, got {raw!r}")
         result[unquote(key.strip())] = unquote(value.strip())
     return result
+
+
+def _parse_json_object(name: str, raw: str) -> dict[str, str]:
+    import json
+
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a JSON object of strings, got {raw!r}") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(f"{name} must be a JSON object of strings, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -222,6 +239,10 @@ class ModelTapConfig:
     max_payload_attribute_bytes: int = 64 * 1024
     capture_request_headers: tuple[str, ...] = ()  # allow-list exported as span attributes
     capture_response_headers: tuple[str, ...] = ()
+    # Pin a protocol for paths under a prefix ({"/v2/": "oip_v2"}); auto-detected elsewhere.
+    protocol_routes: Mapping[str, str] = field(default_factory=dict)
+    # Dotted paths with [*] for JSON no built-in decoder knows ({"features": "rows[*]", ...}).
+    payload_mapping: Mapping[str, str] | None = None
     version_header: str = "x-model-version"
     request_id_header: str = "x-request-id"
     queue_max_records: int = 10_000
@@ -292,6 +313,13 @@ class ModelTapConfig:
                 f"views_prefix must start with '/' and not end with '/', got {self.views_prefix!r}",
                 "views_prefix",
             )
+        for prefix, protocol in self.protocol_routes.items():
+            if not prefix.startswith("/") or protocol not in PROTOCOL_NAMES:
+                raise ConfigError(
+                    f"protocol_routes entries are '/prefix': one of {list(PROTOCOL_NAMES)}, "
+                    f"got {prefix!r}: {protocol!r}",
+                    "protocol_routes",
+                )
         for cidr in self.views_allow:
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -359,6 +387,8 @@ class ModelTapConfig:
         take("MODELTAP_VIEWS_ALLOW", "views_allow", split)
         take("MODELTAP_CAPTURE_REQUEST_HEADERS", "capture_request_headers", split)
         take("MODELTAP_CAPTURE_RESPONSE_HEADERS", "capture_response_headers", split)
+        take("MODELTAP_PROTOCOL_ROUTES", "protocol_routes", _parse_key_values)
+        take("MODELTAP_PAYLOAD_MAPPING", "payload_mapping", _parse_json_object)
         kwargs["export"] = ExportConfig.from_env(env)
         for name in overrides:
             sources.pop(name, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from modeltap._tap import Tap
@@ -52,6 +53,8 @@ class ModelTapMiddleware:
         max_payload_attribute_bytes: int | None = None,
         capture_request_headers: tuple[str, ...] | None = None,
         capture_response_headers: tuple[str, ...] | None = None,
+        protocol_routes: Mapping[str, str] | None = None,
+        payload_mapping: Mapping[str, str] | None = None,
         version_header: str | None = None,
         request_id_header: str | None = None,
         queue_max_records: int | None = None,
