@@ -18,10 +18,12 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 
 from modeltap.config import ModelTapConfig
+from modeltap.errors import ConfigError
 from modeltap.export.span_wire import SpanWireEncoder
 from modeltap.export.spans import KNOWN_METHODS, ExchangeIdentity, SpanOptions, build_span
 from modeltap.protocols import DecodedPayload, ExchangeBytes, decode_exchange
-from modeltap.protocols.detect import sanitize
+from modeltap.protocols.detect import DecodeOptions, sanitize
+from modeltap.protocols.mapping import FieldMapping
 from modeltap.protocols.tabular import rows_to_columns
 from modeltap.records import ExchangeRecord, RawRecord
 from modeltap.snapshot import Attributes
@@ -68,6 +70,13 @@ class BatchPipeline:
         self._resource = resource
         self._default_model = default_model_name
         self._feature_names = reference.input_names if reference is not None else ()
+        mapping = None
+        if config.payload_mapping:
+            try:
+                mapping = FieldMapping.parse(config.payload_mapping)
+            except ValueError as exc:  # a configuration error: raised at start-up, never later
+                raise ConfigError(str(exc), "payload_mapping") from None
+        self._decode_options = DecodeOptions(routes=dict(config.protocol_routes), mapping=mapping)
         # Header names arrive lower-cased from ASGI servers (the spec requires it).
         self._version_header = config.version_header.lower().encode()
         self._request_id_header = config.request_id_header.lower().encode()
@@ -275,6 +284,7 @@ class BatchPipeline:
                 int(inference_header) if inference_header.strip().isdigit() else None,
             ),
             max_decoded_bytes=4 * cap + 1024,
+            options=self._decode_options,
         )
         self._identity_from_headers(scope, response_headers, decoded)
         return decoded

@@ -44,13 +44,16 @@ def positional_names(width: int, names: tuple[str, ...], prefix: str = "f") -> t
     return tuple(positional_name(j, names, prefix) for j in range(width))
 
 
-def _put(columns: dict[str, Column], name: str, row: int, value: Value) -> None:
+def _put(columns: dict[str, Column], name: str, row: int, value: Value, violations: dict[str, int]) -> None:
     column = columns.get(name)
     if column is None:
         if len(columns) >= MAX_COLUMNS:
             return
         column = columns[name] = [None] * row
+        if row:
+            count(violations, "missing", row)  # earlier rows lacked this key
     elif len(column) < row:
+        count(violations, "missing", row - len(column))
         column.extend([None] * (row - len(column)))
     column.append(value)
 
@@ -65,11 +68,11 @@ def _put_field(
         and not isinstance(value[0], list)
     ):
         for j, item in enumerate(value):
-            _put(columns, f"{name}[{j}]", row, scalar(item, violations))
+            _put(columns, f"{name}[{j}]", row, scalar(item, violations), violations)
         return
     if isinstance(value, dict) and "b64" in value:
         return  # binary inputs are not features (their size is not a distribution worth tracking)
-    _put(columns, name, row, scalar(value, violations))
+    _put(columns, name, row, scalar(value, violations), violations)
 
 
 def rows_to_columns(
@@ -95,6 +98,7 @@ def rows_to_columns(
                 positional_name(0, names, prefix) if names else prefix + "0",
                 i,
                 scalar(row, violations),
+                violations,
             )
     n = len(rows)
     for column in columns.values():

@@ -1,0 +1,258 @@
+"""TF Serving REST beyond the row format (PROTOCOLS.md section 2, tensorflow/serving `g3doc/api_rest.md`).
+
+The row format (`{"instances": ...}` -> `{"predictions": ...}`) is kserve_v1's. This module reads
+
+- columnar predict: `{"inputs": {name: tensor, ...}}` or `{"inputs": <tensor>}` -> `{"outputs": ...}`
+  (an object when the model has several named outputs, else the single tensor);
+- `:classify` / `:regress`: `{"context": {...}, "examples": [{...}, ...]}` ->
+  `{"result": [[[label, score], ...], ...]}` / `{"result": [v1, v2, ...]}`.
+
+Rules:
+- A named tensor's 0-th dimension is the batch: row i holds `tensor[i]`; a per-row vector becomes
+  `name[j]` columns and a per-row matrix `name[j,k]` columns (up to 256 values per row; wider or
+  deeper values count as `type`). A scalar (rank-0) input applies to every row. Inputs may differ in
+  their 0-th dimension; rows beyond a shorter input are missing there (counted `missing`).
+- A single unnamed tensor reads like kserve_v1's `instances`: rows of `f{j}` (or the reference
+  profile's names); an unnamed output tensor is `prediction` (or `prediction{j}` per column).
+- Examples: each example is a row; `context` features apply to every example (an example's own
+  value wins and the overlap counts as `schema`: the API forbids it). A one-element list is the same
+  feature as its scalar (tf.Example features are lists), so `{"x": [1.0]}` and `{"x": 1.0}` are both
+  column `x`.
+- Classify: output columns `class` (the label with the highest score, categorical; an empty label,
+  which the API allows for models without labels, is replaced by the class's position as text) and
+  `score` (that score). Regress: output `prediction`.
+- The results key is `result` in the API document's format section and `results` in its example and
+  in the server (`kClassifyRegressResponseKey` in `util/json_tensor.cc`): both are read.
+- `{"b64": ...}` values are binary and not features. `signature_name` is ignored. An `{"error": ...}`
+  response has no outputs. Version: `/versions/{v}` or `/labels/{l}` in the URL.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from typing import Any
+
+from modeltap.protocols.payload import Column, DecodedPayload, ExchangeBytes, count
+from modeltap.protocols.tabular import MAX_VECTOR_COLUMNS, positional_names, rows_to_columns, scalar
+
+# /v1/models/{name}[/versions/{v}|/labels/{l}][:verb]
+_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/([^/:]+)|/labels/([^/:]+))?(?::(\w+))?/?$")
+_SKIP = object()
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_path(path: str) -> tuple[str, str | None, str | None] | None:
+    """(model name, version or label, verb) from a TF Serving URL, None for any other path."""
+    match = _PATH.search(path)
+    if match is None:
+        return None
+    return match.group(1), match.group(2) or match.group(3), match.group(4)
+
+
+def matches(exchange: ExchangeBytes, request: Any) -> bool:
+    """A `/v1/models/...` request in columnar (`inputs`) or classify/regress (`examples`) form.
+
+    Requests with `instances` are left to kserve_v1 (the API forbids `instances` with `inputs`).
+    """
+    if not isinstance(request, dict) or "instances" in request:
+        return False
+    if "inputs" not in request and not isinstance(request.get("examples"), list):
+        return False
+    return parse_path(exchange.path) is not None
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and "b64" in value
+
+
+def _field(value: Any) -> Any:
+    """A feature value as rows_to_columns takes it; _SKIP for binary values."""
+    if _is_b64(value) or (isinstance(value, list) and value and _is_b64(value[0])):
+        return _SKIP
+    return value
+
+
+def _put_row_value(row: dict[str, Any], name: str, value: Any, violations: dict[str, int]) -> None:
+    """Row i's value of a named tensor: scalars and vectors as they are, matrices as name[j,k]."""
+    value = _field(value)
+    if value is _SKIP:
+        return
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        width = sum(len(inner) if isinstance(inner, list) else 1 for inner in value)
+        if width > MAX_VECTOR_COLUMNS or not all(
+            isinstance(inner, list) and not any(isinstance(item, (list, dict)) for item in inner)
+            for inner in value
+        ):
+            count(violations, "type")
+            return
+        for j, inner in enumerate(value):
+            for k, item in enumerate(inner):
+                row[f"{name}[{j},{k}]"] = item
+        return
+    row[name] = value
+
+
+def _named_tensors(tensors: dict[str, Any], violations: dict[str, int]) -> tuple[dict[str, Column], int]:
+    """`{name: tensor}` (0-th dimension = batch) to columns."""
+    if not tensors:
+        return {}, 0
+    n = max((len(value) for value in tensors.values() if isinstance(value, list)), default=1)
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name, value in tensors.items():
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                _put_row_value(rows[i], name, item, violations)
+        else:
+            for row in rows:  # a rank-0 tensor: one value for the whole request
+                _put_row_value(row, name, value, violations)
+    return rows_to_columns(rows, (), violations)
+
+
+def _is_flat_row(row: Any) -> bool:
+    return isinstance(row, list) and bool(row) and not isinstance(row[0], (list, dict))
+
+
+def _inputs(exchange: ExchangeBytes, inputs: Any, out: DecodedPayload) -> None:
+    if isinstance(inputs, dict) and not _is_b64(inputs):
+        out.features, out.rows = _named_tensors(inputs, out.violations)
+        return
+    rows = inputs if isinstance(inputs, list) else [inputs]
+    if rows and _is_flat_row(rows[0]):
+        # Rows of scalars stay as parsed: the worker converts a whole batch at once (as kserve_v1).
+        out.matrix_rows = rows
+        out.matrix_names = positional_names(len(rows[0]), tuple(exchange.feature_names))
+        out.rows = len(rows)
+        return
+    rows = [{} if _is_b64(row) else row for row in rows]
+    out.features, out.rows = rows_to_columns(rows, exchange.feature_names, out.violations)
+
+
+def _unwrap(value: Any) -> Any:
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+def _examples(request: dict[str, Any], out: DecodedPayload) -> None:
+    examples = request["examples"]
+    if not isinstance(examples, list):
+        count(out.violations, "type")
+        return
+    context = request.get("context")
+    if context is None:
+        context = {}
+    elif not isinstance(context, dict):
+        count(out.violations, "type")
+        context = {}
+    shared = {name: _unwrap(value) for name, value in context.items() if _field(value) is not _SKIP}
+    rows: list[dict[str, Any]] = []
+    for example in examples:
+        if not isinstance(example, dict):
+            count(out.violations, "type")
+            rows.append({})
+            continue
+        row = dict(shared)
+        for name, value in example.items():
+            if name in context:
+                count(out.violations, "schema")
+            if _field(value) is not _SKIP:
+                row[name] = _unwrap(value)
+            else:
+                row.pop(name, None)
+        rows.append(row)
+    out.features, out.rows = rows_to_columns(rows, (), out.violations)
+
+
+def _single_output(columns: dict[str, Column]) -> dict[str, Column]:
+    if list(columns) == ["prediction0"]:
+        return {"prediction": columns["prediction0"]}
+    return columns
+
+
+def _outputs(value: Any, out: DecodedPayload) -> None:
+    if isinstance(value, dict) and not _is_b64(value):
+        out.outputs, _ = _named_tensors(value, out.violations)
+        return
+    rows = value if isinstance(value, list) else [value]
+    if rows and not isinstance(rows[0], (list, dict)):
+        out.output_values = rows
+        return
+    rows = [{} if _is_b64(row) else row for row in rows]
+    columns, _ = rows_to_columns(rows, (), out.violations, prefix="prediction")
+    out.outputs = _single_output(columns)
+
+
+def _top_class(classes: Any, violations: dict[str, int]) -> tuple[str | None, float | None]:
+    """The label with the highest finite score among `[[label, score], ...]`, and that score."""
+    if not isinstance(classes, list):
+        count(violations, "type")
+        return None, None
+    best: tuple[str, float] | None = None
+    for position, pair in enumerate(classes):
+        if not isinstance(pair, list) or len(pair) != 2:
+            count(violations, "type")
+            continue
+        label, score = pair
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            count(violations, "type" if score is not None else "missing")
+            continue
+        if not math.isfinite(score):
+            count(violations, "missing")
+            continue
+        if not isinstance(label, str):
+            count(violations, "type")
+            continue
+        if best is None or score > best[1]:
+            best = (label or str(position), float(score))
+    if best is None:
+        count(violations, "missing", 2)
+        return None, None
+    return best
+
+
+def _results(verb: str | None, response: dict[str, Any], out: DecodedPayload) -> None:
+    results = response["result"] if "result" in response else response["results"]
+    if not isinstance(results, list):
+        count(out.violations, "type")
+        return
+    if not results:
+        return
+    classify = verb == "classify" or (verb != "regress" and isinstance(results[0], list))
+    if not classify:
+        if results and not isinstance(results[0], (list, dict)):
+            out.output_values = results
+        else:
+            out.outputs = {"prediction": [scalar(value, out.violations) for value in results]}
+        return
+    labels: Column = []
+    scores: Column = []
+    for classes in results:
+        label, score = _top_class(classes, out.violations)
+        labels.append(label)
+        scores.append(score)
+    out.outputs = {"class": labels, "score": scores}
+
+
+def decode(exchange: ExchangeBytes, request: Any, response: Any, out: DecodedPayload) -> None:
+    out.protocol = "tf_serving"
+    parsed = parse_path(exchange.path)
+    verb = None
+    if parsed is not None:
+        out.model_name, out.model_version, verb = parsed
+    if isinstance(request, dict):
+        if "examples" in request:
+            _examples(request, out)
+        elif "inputs" in request:
+            _inputs(exchange, request["inputs"], out)
+        else:
+            count(out.violations, "schema")
+    elif request is not None:
+        count(out.violations, "type")
+    if isinstance(response, dict):
+        if "outputs" in response:
+            _outputs(response["outputs"], out)
+        elif "result" in response or "results" in response:
+            _results(verb, response, out)
+        elif "predictions" in response:
+            _outputs(response["predictions"], out)
+        # {"error": "..."} (and anything else) has no outputs
