@@ -35,6 +35,18 @@ UNKNOWN = "unknown"
 _ROUTE_CACHE_LIMIT = 4096
 
 
+def _stream_timings(decoded: DecodedPayload, first_byte_s: float, streaming_s: float, total_s: float) -> None:
+    """Latency measures of generative responses as outputs: time to first token (first body
+    byte), whole response duration, and completion tokens per second of streaming."""
+    if decoded.rows != 1:
+        return
+    decoded.outputs["time_to_first_token_s"] = [first_byte_s]
+    decoded.outputs["response_duration_s"] = [total_s]
+    tokens = decoded.outputs.get("completion_tokens", [None])[0]
+    rate = float(tokens) / streaming_s if isinstance(tokens, float) and streaming_s > 0 else None
+    decoded.outputs["tokens_per_second"] = [rate]
+
+
 def route_template(scope: Any, route: object, root_path_at_start: str) -> str | None:
     """The framework's route template (Starlette/FastAPI set `scope["route"]`), with the mount
     paths that routing appended to `root_path` in front of it."""
@@ -110,7 +122,7 @@ class BatchPipeline:
             try:
                 (scope, root_path_at_start, _start_ns, started, _first, ended, finished, status,
                  response_headers, request_parts, request_size, response_parts, response_size,
-                 exception_type, disconnected, trace, weight, payload_weight) = raw  # fmt: skip
+                 exception_type, disconnected, trace, weight, payload_weight, first_body) = raw  # fmt: skip
                 if payload_weight:
                     decoded = self._decode(
                         scope,
@@ -171,6 +183,8 @@ class BatchPipeline:
                 durations.append((ended if ended is not None else finished) - started)
                 if error is not None:
                     failed[key] += 1
+                if decoded.protocol == "openai" and first_body is not None and ended is not None:
+                    _stream_timings(decoded, first_body - started, ended - first_body, ended - started)
                 # Payload statistics count with the payload weight (bodies may be sampled).
                 if decoded.matrix_rows is not None:
                     inputs.setdefault((model, decoded.matrix_names, payload_weight), []).append(

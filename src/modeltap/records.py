@@ -53,6 +53,7 @@ class ExchangeRecord(NamedTuple):
     # Exchanges whose payloads this record's bodies stand for: 0 when only timing and status
     # were captured (payload sampling under the worker's CPU budget), else weight x stride.
     payload_weight: int
+    first_body: float | None  # the first non-empty response body chunk was sent
 
     @property
     def duration_s(self) -> float:

@@ -135,6 +135,7 @@ class ExchangeCapture:
         status = 0
         response_headers: Headers = _NO_HEADERS
         response_started: float | None = None
+        first_body: float | None = None
         ended: float | None = None
 
         async def tap_receive() -> Message:
@@ -158,12 +159,21 @@ class ExchangeCapture:
             return message
 
         async def tap_send(message: Message) -> None:
-            nonlocal response_left, response_size, status, response_headers, response_started, ended
+            nonlocal \
+                response_left, \
+                response_size, \
+                status, \
+                response_headers, \
+                response_started, \
+                ended, \
+                first_body
             kind = message["type"]
             if kind == "http.response.body":
                 body = message.get("body")
                 if body:
                     size = len(body)
+                    if not response_size:
+                        first_body = perf()  # time to first byte / first token of a stream
                     response_size += size
                     if response_left:
                         if size > response_left:
@@ -218,6 +228,7 @@ class ExchangeCapture:
                         ids,
                         weight,
                         payload_weight,
+                        first_body,
                     ),
                     2 * cap - request_left - response_left,
                 )

@@ -55,6 +55,7 @@ def _record(**changes: Any) -> ExchangeRecord:
         "trace": TraceIds(0x1234 << 64 | 0xABCD, 0x42, 0x99, True, True, "vendor=x", False),
         "weight": 1,
         "payload_weight": 1,
+        "first_body": 10.003,
     }
     fields.update(changes)
     return ExchangeRecord(**fields)
