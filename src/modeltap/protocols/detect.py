@@ -16,7 +16,7 @@ import orjson
 
 from modeltap.config import PROTOCOL_NAMES
 from modeltap.protocols import kserve_v1, oip_v2, openai_style, plain_json, seldon, tf_serving
-from modeltap.protocols.json_body import BodyError, decode_content, loads
+from modeltap.protocols.json_body import BodyError, loads, read_body
 from modeltap.protocols.mapping import FieldMapping
 from modeltap.protocols.payload import DecodedPayload, ExchangeBytes, count
 
@@ -61,13 +61,13 @@ def _json_or_none(body: bytes, encoding: str, limit: int, out: DecodedPayload) -
             return orjson.loads(body)  # the common case, without the layers below
         except orjson.JSONDecodeError:
             pass
+    decoded = read_body(body, encoding, limit, out)
+    if decoded is None:
+        return None
     try:
-        return loads(decode_content(body, encoding, limit))
+        return loads(decoded)
     except BodyError as exc:
-        if exc.reason == "body_too_large":
-            out.skipped = exc.reason
-        else:
-            count(out.violations, exc.reason)
+        count(out.violations, exc.reason)
         return None
 
 

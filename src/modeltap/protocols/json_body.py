@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from modeltap.protocols.payload import DecodedPayload, count
+
 _NOT_JSON = object()
 
 
@@ -49,3 +51,16 @@ def loads(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BodyError("decode_error") from None
+
+
+def read_body(body: bytes, encoding: str, limit: int, out: DecodedPayload) -> bytes | None:
+    """The body with its content-coding undone, or None: a body over the bound marks the
+    exchange skipped (not the payload's fault), an undecodable one counts a violation."""
+    try:
+        return decode_content(body, encoding, limit)
+    except BodyError as exc:
+        if exc.reason == "body_too_large":
+            out.skipped = exc.reason
+        else:
+            count(out.violations, exc.reason)
+        return None

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modeltap._types import Value
-from modeltap.protocols.json_body import BodyError, decode_content, loads
+from modeltap.protocols.json_body import BodyError, loads, read_body
 from modeltap.protocols.payload import Column, DecodedPayload, ExchangeBytes, count
 from modeltap.protocols.tabular import MAX_COLUMNS, MAX_VECTOR_COLUMNS
 
@@ -511,15 +511,7 @@ def _identity(document: dict[str, Any], out: DecodedPayload) -> None:
         out.request_id = _text(document.get("id"))
 
 
-def _body(body: bytes, encoding: str, limit: int, out: DecodedPayload) -> bytes | None:
-    try:
-        return decode_content(body, encoding, limit)
-    except BodyError as exc:
-        if exc.reason == "body_too_large":
-            out.skipped = exc.reason
-        else:
-            count(out.violations, exc.reason)
-        return None
+_body = read_body
 
 
 def _split_header(body: bytes, length: int, out: DecodedPayload) -> tuple[Any, _Binary] | None:

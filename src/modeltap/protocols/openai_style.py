@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from modeltap._types import Value
-from modeltap.protocols.json_body import BodyError, decode_content, loads
+from modeltap.protocols.json_body import BodyError, loads, read_body
 from modeltap.protocols.payload import Column, DecodedPayload, ExchangeBytes, count
 
 PROTOCOL = "openai"
@@ -90,15 +90,7 @@ def decode(exchange: ExchangeBytes, request: Any, out: DecodedPayload, max_decod
         out.model_name = _ident(request.get("model"), violations)
     body: bytes | None = None
     if 200 <= exchange.status < 300 and exchange.response_body:
-        try:
-            body = decode_content(
-                exchange.response_body, exchange.response_content_encoding, max_decoded_bytes
-            )
-        except BodyError as exc:
-            if exc.reason == "body_too_large":
-                out.skipped = exc.reason  # not the payload's fault
-            else:
-                count(violations, exc.reason)
+        body = read_body(exchange.response_body, exchange.response_content_encoding, max_decoded_bytes, out)
     if kind == EMBEDDINGS:
         _decode_embeddings(request, body, out)
         return
