@@ -43,7 +43,10 @@ def _stream_timings(decoded: DecodedPayload, first_byte_s: float, streaming_s: f
     decoded.outputs["time_to_first_token_s"] = [first_byte_s]
     decoded.outputs["response_duration_s"] = [total_s]
     tokens = decoded.outputs.get("completion_tokens", [None])[0]
-    rate = float(tokens) / streaming_s if isinstance(tokens, float) and streaming_s > 0 else None
+    chunks = decoded.outputs.get("stream_chunks", [None])[0]
+    # Only a stream has a generation rate to observe: a one-piece body is written in microseconds.
+    streamed = isinstance(chunks, float) and chunks > 0
+    rate = float(tokens) / streaming_s if streamed and isinstance(tokens, float) and streaming_s > 0 else None
     decoded.outputs["tokens_per_second"] = [rate]
 
 
@@ -241,8 +244,9 @@ class BatchPipeline:
             matrix = np.array(rows, dtype=np.float64)
             if matrix.ndim != 2 or matrix.shape[1] != len(names):
                 raise ValueError("ragged")
-        except (ValueError, TypeError):
-            # Strings, nested values or ragged rows: the general per-exchange path counts them.
+        except (ValueError, TypeError, OverflowError):
+            # Strings, nested values, ragged rows or integers beyond float range: the general
+            # per-exchange path counts them.
             for part in parts:
                 violations: dict[str, int] = {}
                 columns, _ = rows_to_columns(part, names if role == "input" else (), violations)

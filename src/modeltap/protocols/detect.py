@@ -71,6 +71,13 @@ def _json_or_none(body: bytes, encoding: str, limit: int, out: DecodedPayload) -
         return None
 
 
+def _path_identity(path: str) -> tuple[str | None, str | None]:
+    name, version = oip_v2.parse_path(path)
+    if name is None:
+        name, version = kserve_v1.parse_path(path)  # also TF Serving's /versions/ and /labels/
+    return name, version
+
+
 def _choose(exchange: ExchangeBytes, request: Any, options: DecodeOptions) -> str:
     pinned = options.pinned(exchange.path)
     if pinned is not None:
@@ -87,7 +94,7 @@ def _choose(exchange: ExchangeBytes, request: Any, options: DecodeOptions) -> st
         return "kserve_v1"
     if tf_serving.matches(exchange, request):
         return "tf_serving"
-    if options.mapping is not None:
+    if options.mapping is not None and options.mapping.matches(exchange, request):
         return "mapping"
     return "json"
 
@@ -100,6 +107,8 @@ def decode_exchange(
     """Decode one exchange; any failure becomes a counted violation on the result."""
     out = DecodedPayload()
     try:
+        # The URL names the model even when the body cannot be read (PROTOCOLS.md section 7).
+        out.model_name, out.model_version = _path_identity(exchange.path)
         binary = exchange.inference_header_length is not None
         request = (
             None
@@ -109,6 +118,8 @@ def decode_exchange(
             )
         )
         if request is None and not binary:
+            out.model_name = sanitize(out.model_name)
+            out.model_version = sanitize(out.model_version)
             return out
         protocol = _choose(exchange, request, options)
         ok = 200 <= exchange.status < 300

@@ -21,7 +21,10 @@ def scalar(value: Any, violations: dict[str, int]) -> Value:
     if isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
-        return float(value)
+        if -(2**1023) < value < 2**1023:
+            return float(value)
+        count(violations, "missing", 1)  # beyond float range: a non-finite number
+        return None
     if isinstance(value, float):
         if math.isfinite(value):
             return value
