@@ -56,10 +56,6 @@ class RecordQueue:
         self._bytes_out += freed
         return out
 
-    def clear(self) -> None:
-        """Forget everything queued (used in a forked child: the parent owns those records)."""
-        self.drain(len(self._items) + 1)
-
     @property
     def depth(self) -> int:
         return len(self._items)

@@ -105,6 +105,7 @@ class DriftState:
         }
 
     def tracks(self, role: str, name: str) -> bool:
+        """Whether the reference describes this feature (its distribution is monitored)."""
         return (role, name) in self.features
 
     def add_matrix(

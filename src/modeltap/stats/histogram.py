@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import math
 
 
@@ -22,14 +21,3 @@ class ExplicitHistogram:
         self.sum = 0.0
         self.min = math.inf
         self.max = -math.inf
-
-    def add(self, value: float, weight: int = 1) -> None:
-        if not math.isfinite(value):
-            return
-        self.counts[bisect.bisect_left(self.bounds, value)] += weight
-        self.count += weight
-        self.sum += value * weight
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
