@@ -17,12 +17,10 @@ tests share the server and do not depend on their order. A property test feeds r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import itertools
 import json
 import math
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -34,7 +32,6 @@ from unittest.mock import ANY
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -47,6 +44,7 @@ from modeltap.protocols.detect import DecodeOptions, decode_exchange
 from modeltap.protocols.mapping import FieldMapping
 from modeltap.protocols.payload import DecodedPayload, ExchangeBytes
 from tests.support.asgi_driver import ASGIApp, Receive, Scope, Send
+from tests.support.servers import serve
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -458,27 +456,6 @@ def dispatch(tapped: ASGIApp, bare: ASGIApp) -> ASGIApp:
             await tapped(scope, receive, send)
 
     return app
-
-
-@contextlib.contextmanager
-def serve(app: ASGIApp) -> Iterator[str]:
-    """Run `app` in a real uvicorn on 127.0.0.1 (an ephemeral port) in a background thread."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-protocols", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited during startup"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10.0)
-        assert not thread.is_alive(), "uvicorn did not shut down within 10 s"
 
 
 FeatureKey = tuple[str, str, str, str]  # model name, model version, role, feature name

@@ -7,13 +7,11 @@ removed from its middleware list, must answer identically.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import math
 import os
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +19,10 @@ from typing import Any, cast
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from modeltap import ModelTapMiddleware
+from tests.support.servers import serve
 from tests.support.tapping import PROMETHEUS_LABEL
 
 EXAMPLE_APP = Path(__file__).resolve().parents[2] / "examples" / "fastapi_app.py"
@@ -60,27 +58,6 @@ def without_modeltap(app: FastAPI) -> FastAPI:
     assert len(kept) == len(app.user_middleware) - 1, "the example no longer adds ModelTapMiddleware"
     app.user_middleware = kept
     return app
-
-
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run `app` in a real uvicorn on 127.0.0.1 (an ephemeral port) in a background thread."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-example", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited during startup"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10.0)
-        assert not thread.is_alive(), "uvicorn did not shut down within 10 s"
 
 
 @pytest.fixture

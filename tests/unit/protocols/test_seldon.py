@@ -13,9 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modeltap.protocols import seldon
-from modeltap.protocols.json_body import loads
-from modeltap.protocols.payload import Column, DecodedPayload, ExchangeBytes
-from modeltap.protocols.tabular import rows_to_columns, scalar
+from modeltap.protocols.payload import DecodedPayload, ExchangeBytes
+from tests.support.decoding import document, materialize
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "protocols" / "seldon"
 PREDICTIONS = "/api/v1.0/predictions"
@@ -29,26 +28,6 @@ def run(request: Any, response: Any = None, path: str = PREDICTIONS) -> DecodedP
     out = DecodedPayload()
     seldon.decode(exchange(path), request, response, out)
     return out
-
-
-def materialize(out: DecodedPayload) -> tuple[dict[str, Column], dict[str, Column], dict[str, int]]:
-    """Features, outputs and violations as the worker ends up with them: the fast-path rows
-    (`matrix_rows`, `output_values`) go through the same general conversion the worker falls back to."""
-    violations = dict(out.violations)
-    features = dict(out.features)
-    if out.matrix_rows is not None:
-        columns, _ = rows_to_columns(out.matrix_rows, out.matrix_names, violations)
-        features.update(columns)
-    outputs = dict(out.outputs)
-    if out.output_values is not None:
-        outputs["prediction"] = [scalar(value, violations) for value in out.output_values]
-    return features, outputs, violations
-
-
-def document(case: dict[str, Any], key: str) -> Any:
-    if f"{key}_text" in case:
-        return loads(case[f"{key}_text"].encode())
-    return case.get(key)
 
 
 # --- fixtures ------------------------------------------------------------------------------------
