@@ -64,8 +64,11 @@ def get(
     client: tuple[str, int] | None = LOOPBACK,
     headers: list[tuple[bytes, bytes]] | None = None,
     root_path: str = "",
+    query: bytes = b"",
 ) -> DriverResult:
-    scope = make_http_scope(method, path, headers=headers or [], client=client, root_path=root_path)
+    scope = make_http_scope(
+        method, path, headers=headers or [], client=client, root_path=root_path, query_string=query
+    )
     return run_asgi(middleware, scope)
 
 
@@ -178,12 +181,37 @@ def test_other_methods_get_405_with_allow(make_middleware: MakeMiddleware, metho
     assert b"GET" in allow
 
 
-@pytest.mark.parametrize("path", ["/modeltap/unknown", "/modeltap", "/modeltap/", "/modeltap/status/extra"])
+@pytest.mark.parametrize("path", ["/modeltap/unknown", "/modeltap/status/extra"])
 def test_unknown_subpaths_get_404(make_middleware: MakeMiddleware, path: str) -> None:
     result = get(make_middleware(model_app), path)
 
     assert result.status == 404
     assert served_by_views(result)
+
+
+@pytest.mark.parametrize("path", ["/modeltap", "/modeltap/"])
+def test_the_prefix_serves_the_self_contained_status_page(make_middleware: MakeMiddleware, path: str) -> None:
+    result = get(make_middleware(model_app), path)
+
+    assert result.status == 200
+    assert result.header(b"content-type") == b"text/html; charset=utf-8"
+    page = result.body.decode()
+    assert "<table" in page
+    assert "fetch(" in page
+    # Self-contained: no external scripts, styles or fonts.
+    assert "http://" not in page
+    assert "https://" not in page
+    assert "src=" not in page
+    policy = result.header(b"content-security-policy")
+    assert policy is not None
+    assert b"default-src 'none'" in policy
+
+
+def test_status_with_a_feature_adds_its_histogram(make_middleware: MakeMiddleware) -> None:
+    result = get(make_middleware(model_app), "/modeltap/status", query=b"feature=nope")
+
+    assert result.status == 200
+    assert json.loads(result.body)["histogram"] is None  # no reference: nothing to compare
 
 
 @pytest.mark.parametrize("path", ["/modeltapx/status", "/v1/modeltap/status", "/predict"])

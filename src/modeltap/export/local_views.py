@@ -6,16 +6,19 @@ the model's traffic. Served from the latest published snapshot, never computed o
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
 from modeltap._types import Receive, Scope, Send
 from modeltap.export import prometheus_text
-from modeltap.export.status_json import status_document
+from modeltap.export.status_json import feature_histogram, status_document
 from modeltap.snapshot import Snapshot
 
 
@@ -92,8 +95,21 @@ class LocalViews:
             )
             return
         head = scope.get("method") == "HEAD"
-        if sub in ("/status", "/status/"):
-            document: Any = status_document(self._snapshot(), self._model_name)
+        if sub in ("", "/"):
+            await _respond(
+                send,
+                200,
+                _page(),
+                "text/html; charset=utf-8",
+                [(b"content-security-policy", _PAGE_CSP)],
+                head=head,
+            )
+        elif sub in ("/status", "/status/"):
+            snapshot = self._snapshot()
+            document: Any = status_document(snapshot, self._model_name)
+            feature = _query_value(scope.get("query_string", b""), "feature")
+            if feature is not None:
+                document["histogram"] = feature_histogram(snapshot, feature)
             body = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
             await _respond(send, 200, body, "application/json", head=head)
         elif sub in ("/metrics", "/metrics/"):
@@ -101,6 +117,22 @@ class LocalViews:
             await _respond(send, 200, text, prometheus_text.CONTENT_TYPE, head=head)
         else:
             await _respond(send, 404, b"not found\n", "text/plain; charset=utf-8")
+
+
+# The page is one self-contained file: no external assets, and it may only talk to its own origin.
+_PAGE_CSP = b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"
+
+
+@functools.lru_cache(maxsize=1)
+def _page() -> bytes:
+    return resources.files("modeltap.export").joinpath("status_page.html").read_bytes()
+
+
+def _query_value(query: bytes, key: str) -> str | None:
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name == key:
+            return value
+    return None
 
 
 async def _respond(

@@ -129,3 +129,22 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             "last_export_unix_s": dict(mon.last_export_unix_s),
         },
     }
+
+
+def feature_histogram(snap: Snapshot, name: str) -> dict[str, Any] | None:
+    """Reference and window counts of one feature of the busiest model version, for the page:
+    numeric features over their fine buckets (`edges`), categorical ones over `categories`."""
+    primary = max(snap.models, key=lambda v: v.requests, default=None)
+    if primary is None:
+        return None
+    for feature in primary.features:
+        if feature.name == name and feature.monitored and feature.reference_counts:
+            return {
+                "name": feature.name,
+                "role": feature.role,
+                "edges": list(feature.bounds),
+                "categories": list(feature.categories),
+                "reference": list(feature.reference_counts),
+                "window": list(feature.window_counts),
+            }
+    return None
