@@ -28,3 +28,15 @@ def document(case: dict[str, Any], key: str) -> Any:
     if f"{key}_text" in case:
         return loads(case[f"{key}_text"].encode())
     return case.get(key)
+
+
+def assert_decoded_as_expected(out: DecodedPayload, expected: dict[str, Any]) -> None:
+    """A decoded fixture against its `expected` block: columns, rows, violations, identity."""
+    features, outputs, violations = materialize(out)
+    assert features == expected["features"]
+    assert outputs == expected.get("outputs", {})
+    assert out.rows == expected["rows"]
+    assert violations == expected["violations"]
+    for field in ("model_name", "model_version", "request_id"):
+        if field in expected:
+            assert getattr(out, field) == expected[field], field

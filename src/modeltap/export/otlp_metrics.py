@@ -26,7 +26,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from modeltap._version import __version__
 from modeltap.export.drift_points import drift_points
-from modeltap.snapshot import Attributes, CounterPoint, Snapshot
+from modeltap.snapshot import Attributes, CounterPoint, HistogramPoint, Snapshot
 
 SCOPE = InstrumentationScope("modeltap", __version__)
 HTTP_SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
@@ -47,6 +47,34 @@ def _counter(
             ],
             aggregation_temporality=CUMULATIVE,
             is_monotonic=True,
+        ),
+    )
+
+
+def _histogram(
+    name: str, description: str, unit: str, points: Sequence[HistogramPoint], snap: Snapshot
+) -> Metric:
+    return Metric(
+        name=name,
+        description=description,
+        unit=unit,
+        data=Histogram(
+            data_points=[
+                HistogramDataPoint(
+                    attributes=dict(p.attributes),
+                    start_time_unix_nano=snap.start_unix_ns,
+                    time_unix_nano=snap.taken_unix_ns,
+                    count=p.count,
+                    # None leaves the optional OTLP fields unset (a feature's values can be negative).
+                    sum=p.sum,  # type: ignore[arg-type]
+                    bucket_counts=list(p.counts),
+                    explicit_bounds=list(p.bounds),
+                    min=p.min,  # type: ignore[arg-type]
+                    max=p.max,  # type: ignore[arg-type]
+                )
+                for p in points
+            ],
+            aggregation_temporality=CUMULATIVE,
         ),
     )
 
@@ -106,27 +134,12 @@ def drift_metrics(snap: Snapshot) -> list[Metric]:
     metrics: list[Metric] = []
     if points.histograms:
         metrics.append(
-            Metric(
-                name="modeltap.feature.values",
-                description="Distribution of each monitored numeric feature over its reference fine buckets.",
-                unit="1",
-                data=Histogram(
-                    data_points=[
-                        HistogramDataPoint(
-                            attributes=dict(p.attributes),
-                            start_time_unix_nano=snap.start_unix_ns,
-                            time_unix_nano=now,
-                            count=p.count,
-                            sum=None,  # type: ignore[arg-type]  # values can be negative: leave it unset
-                            bucket_counts=list(p.counts),
-                            explicit_bounds=list(p.bounds),
-                            min=None,  # type: ignore[arg-type]
-                            max=None,  # type: ignore[arg-type]
-                        )
-                        for p in points.histograms
-                    ],
-                    aggregation_temporality=CUMULATIVE,
-                ),
+            _histogram(
+                "modeltap.feature.values",
+                "Distribution of each monitored numeric feature over its reference fine buckets.",
+                "1",
+                points.histograms,
+                snap,
             )
         )
     for name, description, unit, rows in points.gauges():
@@ -145,27 +158,8 @@ def drift_metrics(snap: Snapshot) -> list[Metric]:
 
 
 def build_metrics_data(snap: Snapshot, resource: Resource) -> MetricsData:
-    duration = Metric(
-        name="http.server.request.duration",
-        description="Duration of HTTP server requests.",
-        unit="s",
-        data=Histogram(
-            data_points=[
-                HistogramDataPoint(
-                    attributes=dict(p.attributes),
-                    start_time_unix_nano=snap.start_unix_ns,
-                    time_unix_nano=snap.taken_unix_ns,
-                    count=p.count,
-                    sum=p.sum,  # type: ignore[arg-type]  # None leaves the optional OTLP field unset
-                    bucket_counts=list(p.counts),
-                    explicit_bounds=list(p.bounds),
-                    min=p.min,  # type: ignore[arg-type]
-                    max=p.max,  # type: ignore[arg-type]
-                )
-                for p in snap.duration
-            ],
-            aggregation_temporality=CUMULATIVE,
-        ),
+    duration = _histogram(
+        "http.server.request.duration", "Duration of HTTP server requests.", "s", snap.duration, snap
     )
     metrics = [duration]
     metrics.append(

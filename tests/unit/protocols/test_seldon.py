@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from modeltap.protocols import seldon
 from modeltap.protocols.payload import DecodedPayload, ExchangeBytes
-from tests.support.decoding import document, materialize
+from tests.support.decoding import assert_decoded_as_expected, document, materialize
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "protocols" / "seldon"
 PREDICTIONS = "/api/v1.0/predictions"
@@ -43,15 +43,7 @@ def test_fixture(name: str) -> None:
     out = DecodedPayload()
     seldon.decode(ex, request, response, out)
     assert out.protocol == "seldon"
-    features, outputs, violations = materialize(out)
-    expected = case["expected"]
-    assert features == expected["features"]
-    assert outputs == expected.get("outputs", {})
-    assert out.rows == expected["rows"]
-    assert violations == expected["violations"]
-    for field in ("model_name", "model_version", "request_id"):
-        if field in expected:
-            assert getattr(out, field) == expected[field], field
+    assert_decoded_as_expected(out, case["expected"])
 
 
 def test_fixtures_exist() -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from modeltap.protocols import kserve_v1, tf_serving
 from modeltap.protocols.payload import DecodedPayload, ExchangeBytes
-from tests.support.decoding import document, materialize
+from tests.support.decoding import assert_decoded_as_expected, document, materialize
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "protocols" / "tf_serving"
 PREDICT = "/v1/models/m:predict"
@@ -51,15 +51,7 @@ def test_fixture(name: str) -> None:
     out = DecodedPayload()
     tf_serving.decode(ex, request, response, out)
     assert out.protocol == "tf_serving"
-    features, outputs, violations = materialize(out)
-    expected = case["expected"]
-    assert features == expected["features"]
-    assert outputs == expected.get("outputs", {})
-    assert out.rows == expected["rows"]
-    assert violations == expected["violations"]
-    for field in ("model_name", "model_version", "request_id"):
-        if field in expected:
-            assert getattr(out, field) == expected[field], field
+    assert_decoded_as_expected(out, case["expected"])
 
 
 def test_fixtures_exist() -> None:
