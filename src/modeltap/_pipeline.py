@@ -25,7 +25,7 @@ from modeltap.protocols import DecodedPayload, ExchangeBytes, decode_exchange
 from modeltap.protocols.detect import DecodeOptions, sanitize
 from modeltap.protocols.mapping import FieldMapping
 from modeltap.protocols.tabular import rows_to_columns
-from modeltap.records import ExchangeRecord, RawRecord
+from modeltap.records import PROXY_ERROR_KEY, ExchangeRecord, RawRecord
 from modeltap.snapshot import Attributes
 from modeltap.stats import StatsAggregator
 from modeltap.stats.reference import ReferenceProfile
@@ -152,7 +152,7 @@ class BatchPipeline:
                         ("modeltap.model.name", identity[0]),
                         ("modeltap.model.version", identity[1]),
                     )
-                error = exception_type
+                error = scope.get(PROXY_ERROR_KEY) or exception_type
                 if error is None and ended is None and disconnected:
                     error = "client_disconnected"
                 if not status and exception_type is not None:

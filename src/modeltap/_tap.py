@@ -119,6 +119,8 @@ class Tap:
         self._instance_id = str(detected) if detected else new_instance_id()
         self._records_processed = 0
         self._internal_errors: collections.Counter[str] = collections.Counter()
+        # The sidecar's own failures by code; None until a proxy reports (then always exported).
+        self._proxy_errors: collections.Counter[str] | None = None
         self._worker_errors: collections.Counter[str] = collections.Counter()
         self._latest: Snapshot | None = None
         self._last_publish = 0.0
@@ -162,6 +164,18 @@ class Tap:
 
     def note_internal_error(self, where: str) -> None:
         self._internal_errors[where] += 1
+
+    def enable_proxy_errors(self) -> None:
+        """Export `modeltap.proxy.errors` (the sidecar calls this; zero until something fails)."""
+        if self._proxy_errors is None:
+            self._proxy_errors = collections.Counter()
+
+    def note_proxy_error(self, code: str) -> None:
+        """Count one failure the sidecar answered or aborted itself (event-loop thread)."""
+        errors = self._proxy_errors
+        if errors is None:
+            errors = self._proxy_errors = collections.Counter()
+        errors[code] += 1
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -342,10 +356,20 @@ class Tap:
             duration=self._stats.duration_points(),
             dropped=(*self._stats.drop_points(), *self._capture_drops()),
             violations=self._stats.violation_points(),
+            proxy_errors=self._proxy_error_points(),
             models=self._stats.model_views(),
             monitoring=monitoring,
             reference_id=self.reference.id if self.reference is not None else None,
             window_s=self._stats.window_s,
+        )
+
+    def _proxy_error_points(self) -> tuple[CounterPoint, ...] | None:
+        errors = self._proxy_errors
+        if errors is None:
+            return None
+        return tuple(
+            CounterPoint((("modeltap.error.code", code),), float(count))
+            for code, count in sorted(dict(errors).items())
         )
 
     def latest_snapshot(self) -> Snapshot:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from modeltap._version import __version__
 from modeltap.errors import ModelTapError
@@ -85,7 +85,83 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument(
         "--top-k", type=_top_k, default=50, help="categories kept per categorical column (1..50, default 50)"
     )
+    _add_sidecar_parser(commands)
     return parser
+
+
+def _add_sidecar_parser(commands: Any) -> None:
+    from modeltap.sidecar.settings import FIELDS, HELP, env_name
+
+    sidecar = commands.add_parser(
+        "sidecar",
+        help="run a monitoring reverse proxy in front of a model server",
+        description="Forward every request to --upstream, unchanged, and monitor the exchanges: "
+        "drift against --reference, data quality, latency, errors; OpenTelemetry over OTLP "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT) and the admin port. Every option can also be set with the "
+        "MODELTAP_* variable shown, or in a TOML file under [sidecar] (monitoring settings under "
+        "[monitoring]); flags win over variables, variables over the file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sidecar.add_argument("--config", default=None, metavar="FILE", help="TOML config file (MODELTAP_CONFIG)")
+    for name, field in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        text = f"{HELP[name]} ({env_name(name)})"
+        if field.type == "bool":
+            sidecar.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+            continue
+        converter: Any = {"int": int, "float": float}.get(str(field.type), str)
+        if field.type == "tuple[str, ...]":
+            converter = _comma_list
+        sidecar.add_argument(
+            flag, type=converter, default=None, metavar=name.upper().removesuffix("_S"), help=text
+        )
+    monitoring = sidecar.add_argument_group("monitoring (any other setting: MODELTAP_* / OTEL_* variables)")
+    monitoring.add_argument(
+        "--reference",
+        default=None,
+        metavar="FILE",
+        help="reference profile from `modeltap profile` (MODELTAP_REFERENCE)",
+    )
+    monitoring.add_argument(
+        "--model-name", default=None, metavar="NAME", help="model name (MODELTAP_MODEL_NAME)"
+    )
+    monitoring.add_argument(
+        "--model-version", default=None, metavar="VERSION", help="model version (MODELTAP_MODEL_VERSION)"
+    )
+    monitoring.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        metavar="URL",
+        help="OTLP collector base URL, e.g. http://127.0.0.1:4318 (OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def run_sidecar_command(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from modeltap.sidecar.runner import run_sidecar
+    from modeltap.sidecar.settings import FIELDS, resolve
+
+    flags = {name: getattr(args, name) for name in FIELDS}
+    monitoring_flags = {
+        "reference": args.reference,
+        "model_name": args.model_name,
+        "model_version": args.model_version,
+    }
+    settings, monitoring = resolve(flags, monitoring_flags, args.config)
+    if args.otlp_endpoint:
+        monitoring = monitoring.replace(
+            export=dataclasses.replace(monitoring.export, endpoint=args.otlp_endpoint)
+        )
+    if monitoring.reference:
+        from modeltap.stats.reference import load_reference
+
+        load_reference(monitoring.reference)  # an unreadable reference fails here, before binding
+    run_sidecar(settings, monitoring)
 
 
 def run_profile(args: argparse.Namespace, out: TextIO | None = None) -> None:
@@ -126,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "profile":
             run_profile(args)
+            return 0
+        if args.command == "sidecar":
+            run_sidecar_command(args)
             return 0
         if args.command == "demo":
             from modeltap.demo.runner import DemoOptions, run_demo

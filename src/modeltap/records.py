@@ -13,6 +13,10 @@ from typing import Any, NamedTuple
 
 from modeltap._types import Headers, Scope
 
+# Scope key where the sidecar's proxy notes its own failure code for an exchange (the same code
+# as its `x-modeltap-error` header); it becomes the span's `error.type`.
+PROXY_ERROR_KEY = "modeltap.proxy_error"
+
 
 class TraceIds(NamedTuple):
     """Trace identity decided on the request path (ids as integers, as OpenTelemetry keeps them)."""
@@ -76,6 +80,9 @@ class ExchangeRecord(NamedTuple):
 
     @property
     def error_type(self) -> str | None:
+        proxy_error = self.scope.get(PROXY_ERROR_KEY)
+        if proxy_error is not None:
+            return str(proxy_error)
         if self.exception_type is not None:
             return self.exception_type
         if self.ended is None and self.disconnected:

@@ -130,6 +130,8 @@ class Snapshot:
     duration: tuple[HistogramPoint, ...] = ()
     dropped: tuple[CounterPoint, ...] = ()
     violations: tuple[CounterPoint, ...] = ()
+    # Sidecar only: its own failures by `modeltap.error.code` (None when not behind the sidecar).
+    proxy_errors: tuple[CounterPoint, ...] | None = None
     models: tuple[ModelView, ...] = ()
     monitoring: SelfMonitoring = field(default_factory=SelfMonitoring)
     reference_id: str | None = None

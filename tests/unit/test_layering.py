@@ -23,7 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "_tap": {"capture", "protocols", "stats", "export", "_pipeline", "_budget"},
     "middleware": {"capture", "protocols", "stats", "export", "_pipeline", "_tap"},
     "demo": {"capture", "protocols", "stats", "export", "_pipeline", "_tap", "middleware"},
-    "cli": {"demo", "middleware", "stats", "export"},
+    "sidecar": {"capture", "protocols", "stats", "export", "_pipeline", "_tap", "middleware"},
+    "cli": {"demo", "middleware", "stats", "export", "sidecar"},
     "__init__": {"middleware"},
 }
 

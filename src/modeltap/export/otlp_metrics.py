@@ -180,6 +180,16 @@ def build_metrics_data(snap: Snapshot, resource: Resource) -> MetricsData:
             snap,
         )
     )
+    if snap.proxy_errors is not None:
+        metrics.append(
+            _counter(
+                "modeltap.proxy.errors",
+                "Requests the sidecar answered or aborted itself, by error code (x-modeltap-error).",
+                "{request}",
+                snap.proxy_errors,
+                snap,
+            )
+        )
     metrics.extend(drift_metrics(snap))
     metrics.extend(self_monitoring_metrics(snap))
     scope_metrics = ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url=HTTP_SCHEMA_URL)

@@ -102,6 +102,13 @@ def render(snap: Snapshot) -> str:
         "Data-quality violations, by reason.",
         snap.violations,
     )
+    if snap.proxy_errors is not None:
+        _counter(
+            lines,
+            "modeltap_proxy_errors_total",
+            "Requests the sidecar answered or aborted itself, by error code.",
+            snap.proxy_errors,
+        )
     mon = snap.monitoring
     _gauge(
         lines, "modeltap_queue_depth", "Exchanges captured but not yet processed.", [((), mon.queue_depth)]

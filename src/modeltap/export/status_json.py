@@ -116,6 +116,9 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
         "models": models,
         "violations": _by_reason(snap.violations, "modeltap.violation.reason"),
         "dropped": dropped,
+        "proxy_errors": None
+        if snap.proxy_errors is None
+        else _by_reason(snap.proxy_errors, "modeltap.error.code"),
         "monitoring": {
             "queue_depth": mon.queue_depth,
             "queue_bytes": mon.queue_bytes,

@@ -1,0 +1,134 @@
+"""The admin port: health, readiness, and the local views. Never proxied, never captured.
+
+`/healthz` answers while the process runs. `/readyz` answers 200 only while the upstream accepts
+connections (probed in the background, so a probe is never slower than a dictionary lookup) and
+the sidecar is not draining. `/`, `/status` and `/metrics` are the page, the JSON and the
+Prometheus text of the latest snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from modeltap._types import Receive, Scope, Send
+from modeltap.export.local_views import LocalViews
+
+_log = logging.getLogger("modeltap.sidecar")
+
+
+class Readiness:
+    """Upstream reachability from periodic TCP connects, plus the draining flag."""
+
+    def __init__(
+        self, host: str, port: int, *, interval_s: float, failures_to_fail: int, timeout_s: float
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._interval_s = interval_s
+        self._failures_to_fail = failures_to_fail
+        self._timeout_s = timeout_s
+        self.upstream_ok = False
+        self.consecutive_failures = 0
+        self.draining = False
+        self.last_probe_unix_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.upstream_ok and not self.draining
+
+    def note_connect_failure(self) -> None:
+        """The proxy could not connect: counts like a failed probe."""
+        self._record(False)
+
+    def _record(self, ok: bool) -> None:
+        self.last_probe_unix_s = time.time()
+        if ok:
+            self.consecutive_failures = 0
+            self.upstream_ok = True
+        else:
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= self._failures_to_fail or not self.upstream_ok:
+                self.upstream_ok = False
+
+    async def probe_once(self) -> bool:
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self._host, self._port), self._timeout_s
+            )
+        except (OSError, asyncio.TimeoutError):
+            self._record(False)
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        self._record(True)
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.probe_once()
+            except Exception:
+                _log.exception("modeltap sidecar: readiness probe failed")
+            # Probe faster while not ready, so a starting upstream is noticed within ~100 ms.
+            await asyncio.sleep(self._interval_s if self.upstream_ok else min(self._interval_s, 0.1))
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+class AdminApp:
+    """ASGI app for the admin port."""
+
+    def __init__(self, views: LocalViews, readiness: Readiness) -> None:
+        self._views = views
+        self._readiness = readiness
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/healthz":
+            await _text(send, 200, b"ok\n")
+        elif path == "/readyz":
+            readiness = self._readiness
+            if readiness.ready:
+                await _text(send, 200, b"ready\n")
+            elif readiness.draining:
+                await _text(send, 503, b"draining\n")
+            else:
+                await _text(send, 503, b"upstream not reachable\n")
+        else:
+            await self._views(scope, receive, send)
+
+
+async def _text(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,293 @@
+"""The client side of the sidecar: uvicorn's httptools protocol with the limits a proxy needs.
+
+uvicorn's protocol has no header-size, header-count or header-read time limits and answers every
+parser error with the same 400 (DESIGN.md). This subclass adds them (414, 431, 408 for slowloris
+and slow bodies, 405 for CONNECT, 501 for upgrades and unknown transfer codings), answers each
+with an `x-modeltap-error` code and counts it. Everything it rejects is rejected before the
+request reaches the proxy app, so nothing malformed ever reaches the upstream.
+
+Per request the proxy app gets a `ConnectionHandle` in `scope["extensions"]`: it can abort the
+downstream connection (upstream failed mid-body: the client must see a failure, never a shorter
+body that looks complete) and be told when the client goes away (to cancel the upstream call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from modeltap.sidecar.codes import error_response
+
+_log = logging.getLogger("modeltap.sidecar")
+CONNECTION_EXTENSION = "modeltap.connection"
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+
+
+class _Rejected(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class ConnectionHandle:
+    """What the proxy app may do to its client connection (one per request)."""
+
+    __slots__ = ("_cycle", "_protocol", "on_lost")
+
+    def __init__(self, protocol: GuardedHttpToolsProtocol, cycle: RequestResponseCycle) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+        self.on_lost: Callable[[], None] | None = None
+
+    def abort(self) -> None:
+        """Close the client connection now, unfinished: the client sees an incomplete response."""
+        self._cycle.disconnected = True  # uvicorn then neither writes nor logs for this cycle
+        transport = self._protocol.transport
+        if not transport.is_closing():
+            transport.abort()
+
+    @property
+    def client_gone(self) -> bool:
+        return self._cycle.disconnected
+
+    @property
+    def answered(self) -> bool:
+        return self._cycle.response_complete
+
+
+def _classify(exc: httptools.HttpParserError) -> str:
+    cause = exc.__context__
+    if isinstance(cause, _Rejected):
+        return cause.code
+    text = str(exc).lower()
+    if "transfer-encoding" in text or "transfer encoding" in text:
+        return "unsupported_transfer_encoding"
+    return "invalid_request"
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus request limits; configure with `protocol_class()`."""
+
+    limits = ClientLimits()
+
+    @staticmethod
+    def count_error(code: str) -> None:  # replaced by protocol_class()
+        pass
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._awaiting_headers = True
+        self._head_bytes = 0
+        self._url_bytes = 0
+        self._header_count = 0
+        self._header_bytes = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._last_body = 0.0
+        # Handles of requests not yet answered (more than one only when pipelined).
+        self._handles: list[ConnectionHandle] = []
+
+    # ---- connection ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        handles, self._handles = self._handles, []
+        super().connection_lost(exc)
+        for handle in handles:
+            callback = handle.on_lost
+            if callback is not None:
+                handle.on_lost = None
+                try:
+                    callback()
+                except Exception:
+                    _log.exception("modeltap sidecar: disconnect callback failed")
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        if self._awaiting_headers:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject("upgrade_not_supported")
+            return
+        except httptools.HttpParserError as exc:
+            self._reject(_classify(exc))
+            return
+        if self._awaiting_headers:
+            # Still inside one request's head: bound what the parser buffers for it, so a
+            # header that never ends cannot grow memory.
+            if self._head_bytes > self.limits.max_header_bytes + self.limits.max_url_bytes:
+                self._reject("request_headers_too_large")
+        else:
+            cycle = self.cycle
+            if cycle is not None and cycle.more_body and not cycle.response_complete:
+                self._last_body = self.loop.time()
+                if self._body_timer is None:
+                    self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._on_body_timer)
+
+    # ---- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_headers = True
+        self._url_bytes = 0
+        self._header_count = 0
+        self._header_bytes = 0
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._url_bytes += len(url)
+        if self._url_bytes > self.limits.max_url_bytes:
+            raise _Rejected("uri_too_long")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_count > self.limits.max_headers or self._header_bytes > self.limits.max_header_bytes:
+            raise _Rejected("request_headers_too_large")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_headers = False
+        self._head_bytes = 0
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        if self.parser.get_method() == b"CONNECT":
+            raise _Rejected("method_not_allowed")
+        if self.parser.should_upgrade():
+            # Never half-upgraded: a proxied upgrade would need a tunnel, which is not offered.
+            raise _Rejected("upgrade_not_supported")
+        super().on_headers_complete()
+        handle = ConnectionHandle(self, self.cycle)
+        handles = self._handles
+        if handles:
+            handles[:] = [h for h in handles if not h.answered]
+        handles.append(handle)
+        self.scope["extensions"] = cast(Any, {CONNECTION_EXTENSION: handle})
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def shutdown(self) -> None:
+        self._cancel_timers()
+        super().shutdown()
+
+    # ---- limits ----------------------------------------------------------------------------
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._on_header_timer)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None
+
+    def _on_header_timer(self) -> None:
+        self._header_timer = None
+        if not self._awaiting_headers or self.transport.is_closing():
+            return
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if busy:
+            return  # a pipelined request is still being answered; its head is read after it
+        if self._head_bytes or self._url_bytes or self._header_count:
+            self._reject("request_header_timeout")
+        else:
+            self.transport.close()  # connected and silent: close without an answer, as nginx does
+
+    def _on_body_timer(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or cycle.response_complete or self.transport.is_closing():
+            return
+        quiet_s = self.loop.time() - self._last_body
+        if quiet_s < self.limits.body_timeout_s:
+            self._body_timer = self.loop.call_later(self.limits.body_timeout_s - quiet_s, self._on_body_timer)
+            return
+        self._reject("request_body_timeout")
+
+    def _reject(self, code: str) -> None:
+        """Answer `code` (unless a response is already under way) and close the connection."""
+        self.count_error(code)
+        self._cancel_timers()
+        cycle = self.cycle
+        in_flight = cycle is not None and not cycle.response_complete and not self._awaiting_headers
+        transport = self.transport
+        if in_flight and cycle is not None:
+            # The app is running for this request: it must stop waiting for a body that will
+            # not come, and the upstream call is cancelled through the handle's callback.
+            if not cycle.response_started and not transport.is_closing():
+                status, headers, body = error_response(code, _DETAIL[code], close=True)
+                transport.write(_encode(status, headers, body))
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if not transport.is_closing():
+                transport.close()
+            return
+        if cycle is not None and not cycle.response_complete:
+            # An earlier (pipelined) response is being written: never interleave another one.
+            transport.close()
+            return
+        if not transport.is_closing():
+            status, headers, body = error_response(code, _DETAIL[code], close=True)
+            transport.write(_encode(status, headers, body))
+            transport.close()
+
+
+_DETAIL = {
+    "invalid_request": "invalid HTTP request",
+    "unsupported_transfer_encoding": "unsupported transfer coding",
+    "method_not_allowed": "CONNECT is not supported",
+    "upgrade_not_supported": "protocol upgrades are not supported",
+    "request_header_timeout": "request headers not received in time",
+    "request_body_timeout": "request body not received in time",
+    "uri_too_long": "request target too long",
+    "request_headers_too_large": "request header fields too large",
+}
+
+
+def _encode(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    import http
+
+    reason = http.HTTPStatus(status).phrase.encode()
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
+    lines.append(b"\r\n")
+    lines.append(body)
+    return b"".join(lines)
+
+
+def protocol_class(
+    limits: ClientLimits, count_error: Callable[[str], None]
+) -> type[GuardedHttpToolsProtocol]:
+    """A protocol class for `uvicorn.Config(http=...)` with these limits and error counter."""
+    return type(
+        "SidecarHttpProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"limits": limits, "count_error": staticmethod(count_error)},
+    )

@@ -1,0 +1,331 @@
+"""The proxy itself: a pure-ASGI app that forwards each request to the one configured upstream.
+
+It is wrapped in `ModelTapMiddleware` like any user app, so the sidecar and the middleware share
+one capture path. Requests and responses stream both ways; small exchanges (the common case for
+inference) take a fast path of one write upstream and one body message downstream.
+
+Failure semantics (RELIABILITY.md A1-A15): connect failure, reset before headers and invalid
+responses answer 502, deadlines 504, overload 503 with Retry-After, each with an
+`x-modeltap-error` code; after the response started, the client connection is aborted. Nothing is
+retried except an idempotent request whose pooled connection died before answering.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace as otel_trace
+
+from modeltap._types import Message, Receive, Scope, Send
+from modeltap.records import PROXY_ERROR_KEY
+from modeltap.sidecar.codes import ProxyError, error_response
+from modeltap.sidecar.downstream import CONNECTION_EXTENSION, ConnectionHandle
+from modeltap.sidecar.headers import TrustedPeers, rewrite_request_headers, rewrite_response_headers
+from modeltap.sidecar.upstream import UpstreamConnection, UpstreamPool
+
+_log = logging.getLogger("modeltap.sidecar")
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    response_timeout_s: float = 60.0
+    idle_timeout_s: float = 30.0
+    max_request_body_bytes: int = 64 * 1024 * 1024
+    max_inflight: int = 1024
+    via: bytes | None = None
+
+
+class ProxyApp:
+    """Forward every HTTP request to `pool`'s upstream; see the module docstring.
+
+    Example::
+
+        pool = UpstreamPool("127.0.0.1", 8080, connect_timeout_s=5, keepalive_expiry_s=4,
+                            max_idle=256, max_header_bytes=64 * 1024)
+        app = ModelTapMiddleware(ProxyApp(pool, ProxyLimits(), TrustedPeers([]), counter))
+    """
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        limits: ProxyLimits,
+        trusted: TrustedPeers,
+        count_error: Callable[[str], None],
+    ) -> None:
+        self._pool = pool
+        self._limits = limits
+        self._trusted = trusted
+        self._count_error = count_error
+        self._default_host = f"{pool.host}:{pool.port}".encode()
+        self.inflight = 0
+        self.draining = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if self.inflight >= self._limits.max_inflight:
+                await self._answer_error(scope, send, ProxyError("overloaded", "too many requests in flight"))
+                return
+            self.inflight += 1
+            try:
+                await self._forward(scope, receive, send)
+            finally:
+                self.inflight -= 1
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self._pool.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ---- one request -----------------------------------------------------------------------
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        extensions = scope.get("extensions")
+        handle: ConnectionHandle | None = extensions.get(CONNECTION_EXTENSION) if extensions else None
+        if handle is not None and handle.client_gone:
+            return  # rejected by the protocol while this task was being scheduled
+        limits = self._limits
+        client = scope.get("client")
+        try:
+            head = rewrite_request_headers(
+                scope["headers"],
+                peer=client[0] if client else None,
+                scheme=scope.get("scheme", "http"),
+                trusted=self._trusted,
+                default_host=self._default_host,
+                via=limits.via,
+            )
+        except ValueError:
+            await self._answer_error(scope, send, ProxyError("invalid_request", "invalid Content-Length"))
+            return
+        if head.content_length is not None and head.content_length > limits.max_request_body_bytes:
+            # Before reading anything: with `Expect: 100-continue` the client never sends the body.
+            await self._answer_error(
+                scope, send, ProxyError("request_body_too_large", "request body too large")
+            )
+            return
+        _inject_traceparent(head.fields, head.traceparent_index)
+        method: str = scope["method"]
+        target: bytes = scope.get("raw_path") or scope["path"].encode()
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            target += b"?" + query
+        start_line = b"%s %s HTTP/1.1\r\n" % (method.encode(), target)
+
+        body = b""
+        more_body = False
+        if head.chunked or head.content_length:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._note(scope, "client_disconnected")
+                return
+            body = message.get("body", b"")
+            more_body = message.get("more_body", False)
+            if len(body) > limits.max_request_body_bytes:
+                await self._answer_error(
+                    scope, send, ProxyError("request_body_too_large", "request body too large")
+                )
+                return
+        if not more_body:
+            framing = (
+                b"content-length: %d\r\n\r\n" % len(body)
+                if body or head.content_length is not None
+                else b"\r\n"
+            )
+        elif head.content_length is not None:
+            framing = b"content-length: %d\r\n\r\n" % head.content_length
+        else:
+            framing = b"transfer-encoding: chunked\r\n\r\n"
+        request_head = start_line + b"".join(head.fields) + framing
+
+        conn: UpstreamConnection | None = None
+        try:
+            conn = await self._exchange(scope, receive, handle, request_head, body, more_body, head.chunked)
+            if conn is None:
+                return  # answered already (client gone, body too large)
+            await self._respond(scope, send, conn, handle)
+            conn = None
+        except ProxyError as error:
+            if conn is not None:
+                conn.abort()
+                self._pool.release(conn)
+                conn = None
+            await self._fail(scope, send, handle, error)
+        finally:
+            if conn is not None:  # cancelled (shutdown) or an unexpected error: never pool it
+                conn.abort()
+                self._pool.release(conn)
+
+    async def _exchange(
+        self,
+        scope: Scope,
+        receive: Receive,
+        handle: ConnectionHandle | None,
+        request_head: bytes,
+        body: bytes,
+        more_body: bool,
+        chunked: bool,
+    ) -> UpstreamConnection | None:
+        """Send the request and wait for the response headers; the connection is returned held."""
+        pool = self._pool
+        limits = self._limits
+        retry_stale = scope["method"] in _IDEMPOTENT and not more_body
+        while True:
+            conn, reused = await pool.acquire()
+            try:
+                if more_body:
+                    conn.send_request(request_head, b"", False)
+                    if not await self._stream_body(scope, receive, conn, body, chunked):
+                        pool.release(conn)
+                        return None
+                else:
+                    conn.send_request(request_head, body, scope["method"] == "HEAD")
+                if handle is not None:
+                    handle.on_lost = conn.abort_client_gone
+                try:
+                    await conn.response_headers(limits.response_timeout_s, limits.idle_timeout_s)
+                finally:
+                    if handle is not None:
+                        handle.on_lost = None
+                return conn
+            except ProxyError as error:
+                pool.release(conn)
+                if (
+                    reused
+                    and retry_stale
+                    and error.code == "upstream_reset_before_response_started"
+                    and not (handle is not None and handle.client_gone)
+                ):
+                    retry_stale = False  # once: a pooled connection the upstream had just closed
+                    continue
+                raise
+            except BaseException:
+                conn.abort()
+                pool.release(conn)
+                raise
+
+    async def _stream_body(
+        self, scope: Scope, receive: Receive, conn: UpstreamConnection, first: bytes, chunked: bool
+    ) -> bool:
+        """Forward a request body as it arrives; False if the exchange ended here (answered)."""
+        limit = self._limits.max_request_body_bytes
+        total = len(first)
+        if first:
+            conn.write(b"%x\r\n%s\r\n" % (len(first), first) if chunked else first)
+        more = True
+        while more:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                conn.abort()
+                self._note(scope, "client_disconnected")
+                return False
+            chunk: bytes = message.get("body", b"")
+            more = message.get("more_body", False)
+            total += len(chunk)
+            if total > limit:
+                conn.abort()
+                raise ProxyError("request_body_too_large", "request body too large")
+            if chunk:
+                conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await conn.drain()
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+        return True
+
+    async def _respond(
+        self, scope: Scope, send: Send, conn: UpstreamConnection, handle: ConnectionHandle | None
+    ) -> None:
+        headers = rewrite_response_headers(conn.headers, self._limits.via)
+        if self.draining:
+            headers.append((b"connection", b"close"))  # move keep-alive clients to other replicas
+        start = {"type": "http.response.start", "status": conn.status, "headers": headers}
+        pool = self._pool
+        if conn.complete:
+            body = conn.take_body() or b""
+            pool.release(conn)  # back in the pool before the client is written to
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        await send(start)
+        try:
+            if handle is not None:
+                handle.on_lost = conn.abort_client_gone
+            while True:
+                chunk = await conn.next_body()
+                if chunk is None:
+                    break
+                if handle is not None and handle.client_gone:
+                    conn.abort()
+                    self._note(scope, "client_disconnected")
+                    pool.release(conn)
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except ProxyError as error:
+            if error.code == "client_disconnected":
+                self._note(scope, "client_disconnected")
+                pool.release(conn)
+                return
+            pool.release(conn)
+            # Headers are out: the only honest signal left is an unfinished response.
+            code = (
+                error.code
+                if error.code == "upstream_idle_timeout"
+                else "upstream_reset_after_response_started"
+            )
+            self._note(scope, code)
+            if handle is not None:
+                handle.abort()
+                return
+            raise
+        finally:
+            if handle is not None:
+                handle.on_lost = None
+        pool.release(conn)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # ---- errors ----------------------------------------------------------------------------
+
+    def _note(self, scope: Scope, code: str) -> None:
+        scope[PROXY_ERROR_KEY] = code
+        self._count_error(code)
+
+    async def _fail(
+        self, scope: Scope, send: Send, handle: ConnectionHandle | None, error: ProxyError
+    ) -> None:
+        if error.code == "client_disconnected" or (handle is not None and handle.client_gone):
+            self._note(scope, "client_disconnected")
+            return
+        await self._answer_error(scope, send, error)
+
+    async def _answer_error(self, scope: Scope, send: Send, error: ProxyError) -> None:
+        self._note(scope, error.code)
+        close = error.code in ("request_body_too_large", "invalid_request") or self.draining
+        status, headers, body = error_response(error.code, str(error), close=close)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _inject_traceparent(fields: list[bytes], index: int) -> None:
+    """Continue the trace upstream: the exchange's span (when sampled) becomes the parent."""
+    span: Any = otel_trace.get_current_span()
+    context = span.get_span_context()
+    if not context.is_valid:
+        return  # not sampled: the client's own traceparent (if any) passes through unchanged
+    line = b"traceparent: 00-%032x-%016x-%02x\r\n" % (context.trace_id, context.span_id, context.trace_flags)
+    if index >= 0:
+        fields[index] = line
+    else:
+        fields.insert(0, line)

@@ -1,0 +1,277 @@
+"""Assemble and run the sidecar: proxy port and admin port on one event loop, graceful drain.
+
+SIGTERM (or Ctrl-C): readiness fails at once; requests are still served for `drain_delay_s`
+(with `Connection: close`, so keep-alive clients move on while the endpoint is removed); then the
+proxy port stops accepting and in-flight requests get `drain_timeout_s`; then telemetry is flushed
+within `export.shutdown_timeout_s`; then the process exits. A second signal skips the waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable, Generator
+from typing import Any
+
+import uvicorn
+
+from modeltap.config import ModelTapConfig
+from modeltap.errors import ConfigError
+from modeltap.export.local_views import LocalViews
+from modeltap.middleware.asgi import ModelTapMiddleware
+from modeltap.sidecar.admin import AdminApp, Readiness
+from modeltap.sidecar.downstream import ClientLimits, protocol_class
+from modeltap.sidecar.headers import TrustedPeers
+from modeltap.sidecar.proxy import ProxyApp, ProxyLimits
+from modeltap.sidecar.settings import SidecarSettings
+from modeltap.sidecar.upstream import UpstreamPool
+
+_log = logging.getLogger("modeltap.sidecar")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: the sidecar orchestrates shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def listen(host: str, port: int, what: str) -> socket.socket:
+    """Bind now, so a port in use is one clear error at start-up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}", what) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Sidecar:
+    """The assembled sidecar. `await sidecar.serve()` runs until `stop()` (or a signal)."""
+
+    def __init__(self, settings: SidecarSettings, monitoring: ModelTapConfig) -> None:
+        self.settings = settings
+        self.readiness = Readiness(
+            settings.upstream_host,
+            settings.upstream_port,
+            interval_s=settings.probe_interval_s,
+            failures_to_fail=settings.readiness_failures,
+            timeout_s=min(settings.connect_timeout_s, 1.0),
+        )
+        self.pool = UpstreamPool(
+            settings.upstream_host,
+            settings.upstream_port,
+            connect_timeout_s=settings.connect_timeout_s,
+            keepalive_expiry_s=settings.pool_keepalive_s,
+            max_idle=settings.pool_max_idle,
+            # Upstream responses may carry more header bytes than clients may send; still bounded.
+            max_header_bytes=max(64 * 1024, settings.max_header_bytes),
+        )
+        self.proxy = ProxyApp(
+            self.pool,
+            ProxyLimits(
+                response_timeout_s=settings.response_timeout_s,
+                idle_timeout_s=settings.idle_timeout_s,
+                max_request_body_bytes=settings.max_request_body_bytes,
+                max_inflight=settings.max_inflight,
+                via=b"1.1 modeltap" if settings.via else None,
+            ),
+            TrustedPeers(settings.trusted_proxies),
+            self._count_error,
+        )
+        self.middleware = ModelTapMiddleware(self.proxy, config=monitoring)
+        self.tap = self.middleware.tap
+        self.tap.enable_proxy_errors()
+        views = LocalViews(
+            "",
+            self.tap.latest_snapshot,
+            model_name=monitoring.model_name,
+            token=monitoring.views_token,
+            # The admin port is reachable by whoever can reach where it is bound (the operator
+            # chose that); a token, when set, is still required.
+            allow=("0.0.0.0/0", "::/0") if monitoring.views_token is None else monitoring.views_allow,
+        )
+        self.admin = AdminApp(views, self.readiness)
+        self._protocol = protocol_class(
+            ClientLimits(
+                max_url_bytes=settings.max_url_bytes,
+                max_header_bytes=settings.max_header_bytes,
+                max_headers=settings.max_headers,
+                header_timeout_s=settings.header_timeout_s,
+                body_timeout_s=settings.body_timeout_s,
+            ),
+            self._count_error,
+        )
+        self._stopping: asyncio.Event | None = None
+        self._force = False
+        self.proxy_server: _Server | None = None
+        self.admin_server: _Server | None = None
+        self.proxy_socket: socket.socket | None = None
+        self.admin_socket: socket.socket | None = None
+
+    def _count_error(self, code: str) -> None:
+        self.tap.note_proxy_error(code)
+        if code in ("upstream_connect_failure", "upstream_connect_timeout"):
+            self.readiness.note_connect_failure()
+
+    def bind(self) -> None:
+        settings = self.settings
+        self.proxy_socket = listen(settings.host, settings.port, "port")
+        try:
+            self.admin_socket = listen(settings.admin_host, settings.admin_port, "admin_port")
+        except ConfigError:
+            self.proxy_socket.close()
+            raise
+
+    @property
+    def port(self) -> int:
+        assert self.proxy_socket is not None
+        return int(self.proxy_socket.getsockname()[1])
+
+    @property
+    def admin_port(self) -> int:
+        assert self.admin_socket is not None
+        return int(self.admin_socket.getsockname()[1])
+
+    def stop(self, force: bool = False) -> None:
+        """Begin the drain (idempotent); `force` skips the delays."""
+        self._force = self._force or force
+        if self._stopping is not None:
+            self._stopping.set()
+        if force and self.proxy_server is not None:
+            self.proxy_server.force_exit = True
+
+    async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
+        if self.proxy_socket is None:
+            self.bind()
+        assert self.proxy_socket is not None
+        assert self.admin_socket is not None
+        settings = self.settings
+        self._stopping = asyncio.Event()
+        common: dict[str, Any] = {
+            "loop": "none",
+            "ws": "none",
+            "log_config": None,
+            "access_log": False,
+            "server_header": False,
+            "date_header": False,
+            "proxy_headers": False,  # the proxy writes X-Forwarded-* itself; never rewrite the peer
+        }
+        proxy_config = uvicorn.Config(
+            self.middleware,
+            http=self._protocol,
+            lifespan="on",
+            timeout_keep_alive=int(max(1, settings.keepalive_timeout_s)),
+            timeout_graceful_shutdown=int(max(1, round(settings.drain_timeout_s))),
+            backlog=2048,
+            **common,
+        )
+        proxy_config.timeout_keep_alive = settings.keepalive_timeout_s  # type: ignore[assignment]
+        admin_config = uvicorn.Config(self.admin, http="httptools", lifespan="off", **common)
+        self.proxy_server = _Server(proxy_config)
+        self.admin_server = _Server(admin_config)
+        admin_task = asyncio.ensure_future(self.admin_server.serve(sockets=[self.admin_socket]))
+        proxy_task = asyncio.ensure_future(self.proxy_server.serve(sockets=[self.proxy_socket]))
+        self.readiness.start()
+        while not (self.proxy_server.started and self.admin_server.started):
+            if proxy_task.done() or admin_task.done():
+                break
+            await asyncio.sleep(0.01)
+        if on_ready is not None:
+            on_ready()
+        stop_wait = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({stop_wait, proxy_task}, return_when=asyncio.FIRST_COMPLETED)
+        await self._drain(proxy_task)
+        self.admin_server.should_exit = True
+        with contextlib.suppress(Exception):
+            await admin_task
+        stop_wait.cancel()
+        # Whatever a forced exit left behind (uvicorn skips lifespan shutdown then) ends here,
+        # not at loop close.
+        current = asyncio.current_task()
+        leftovers = [task for task in asyncio.all_tasks() if task is not current]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        if self._force:
+            # The lifespan flush was skipped: flush telemetry here, still bounded.
+            await asyncio.get_running_loop().run_in_executor(None, self.tap.shutdown)
+
+    async def _drain(self, proxy_task: asyncio.Future[None]) -> None:
+        assert self.proxy_server is not None
+        self.readiness.draining = True
+        self.proxy.draining = True
+        if not self._force and not proxy_task.done():
+            _log.info(
+                "modeltap sidecar: draining (readiness failed; serving for %.1f s)",
+                self.settings.drain_delay_s,
+            )
+            with contextlib.suppress(asyncio.TimeoutError):
+                assert self._stopping is not None
+                self._stopping.clear()
+                await asyncio.wait_for(self._stopping.wait(), self.settings.drain_delay_s)
+        # uvicorn: stop accepting, close idle connections, let in-flight requests finish within
+        # timeout_graceful_shutdown, cancel the rest; then lifespan shutdown flushes telemetry.
+        self.proxy_server.should_exit = True
+        if self._force:
+            self.proxy_server.force_exit = True
+        with contextlib.suppress(Exception):
+            await proxy_task
+        self.readiness.stop()
+        self.pool.close()
+
+
+def install_signal_handlers(sidecar: Sidecar) -> None:
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        sidecar.stop(force=len(received) > 1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+def run_sidecar(settings: SidecarSettings, monitoring: ModelTapConfig) -> None:
+    """Run until SIGTERM/SIGINT; raises ConfigError for start-up problems (before serving)."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.log_level != "debug":
+        # Per-request parser warnings would let any client flood the log; they are counted instead.
+        logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
+    sidecar = Sidecar(settings, monitoring)
+    sidecar.bind()
+    try:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is part of uvicorn[standard]
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    def announce() -> None:
+        print(
+            f"modeltap sidecar: http://{settings.host}:{sidecar.port} -> {settings.upstream}; "
+            f"admin http://{settings.admin_host}:{sidecar.admin_port} (/healthz /readyz /status /metrics)",
+            flush=True,
+        )
+
+    async def main() -> None:
+        install_signal_handlers(sidecar)
+        await sidecar.serve(on_ready=announce)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

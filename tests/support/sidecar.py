@@ -1,0 +1,98 @@
+"""A real sidecar (proxy port + admin port, uvloop, the guarded httptools protocol) on 127.0.0.1
+in a background thread, for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import uvloop
+
+from modeltap.config import ModelTapConfig
+from modeltap.sidecar.runner import Sidecar
+from modeltap.sidecar.settings import SidecarSettings
+
+
+@dataclasses.dataclass
+class RunningSidecar:
+    sidecar: Sidecar
+    loop: asyncio.AbstractEventLoop
+    host: str
+    port: int
+    admin_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin_port}"
+
+    def proxy_errors(self) -> dict[str, int]:
+        """The sidecar's error counters right now (read on its loop, no snapshot delay)."""
+        counts = self.sidecar.tap._proxy_errors
+        return dict(counts) if counts else {}
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run `fn(*args)` on the sidecar's loop thread and return its result."""
+        future = asyncio.run_coroutine_threadsafe(_call(fn, *args), self.loop)
+        return future.result(10)
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+@contextlib.contextmanager
+def running_sidecar(
+    upstream: str,
+    monitoring: ModelTapConfig | None = None,
+    **settings: Any,
+) -> Iterator[RunningSidecar]:
+    """Start a sidecar in front of `upstream`; settings override SidecarSettings' defaults
+    (ports default to ephemeral, drain delay to 0). Stops it (bounded) on exit."""
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "admin_host": "127.0.0.1",
+        "admin_port": 0,
+        "drain_delay_s": 0.0,
+        "drain_timeout_s": 2.0,
+        "probe_interval_s": 0.2,
+    }
+    options.update(settings)
+    config = SidecarSettings(upstream=upstream, **options)
+    sidecar = Sidecar(config, monitoring or ModelTapConfig(views_prefix=None))
+    sidecar.bind()
+    loop = uvloop.new_event_loop()
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(sidecar.serve(on_ready=ready.set))
+        except BaseException as exc:  # reported to the test
+            failure.append(exc)
+            ready.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="modeltap-sidecar-test", daemon=True)
+    thread.start()
+    assert ready.wait(10), "sidecar did not start within 10 s"
+    assert not failure, f"sidecar failed to start: {failure[0]!r}"
+    try:
+        yield RunningSidecar(sidecar, loop, "127.0.0.1", sidecar.port, sidecar.admin_port)
+    finally:
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(sidecar.stop)
+        thread.join(15)
+        assert not thread.is_alive(), "sidecar did not stop within 15 s"
+        assert not failure, f"sidecar failed: {failure[0]!r}"
