@@ -12,6 +12,7 @@ retried except an idempotent request whose pooled connection died before answeri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,10 +153,12 @@ class ProxyApp:
         request_head = start_line + b"".join(head.fields) + framing
 
         conn: UpstreamConnection | None = None
+        responding = False
         try:
             conn = await self._exchange(scope, receive, handle, request_head, body, more_body, head.chunked)
             if conn is None:
                 return  # answered already (client gone, body too large)
+            responding = True
             await self._respond(scope, send, conn, handle)
             conn = None
         except ProxyError as error:
@@ -164,6 +167,17 @@ class ProxyApp:
                 self._pool.release(conn)
                 conn = None
             await self._fail(scope, send, handle, error)
+        except asyncio.CancelledError:
+            if not self.draining or handle is None:
+                raise
+            # The drain deadline passed with this request in flight (uvicorn cancels it): answer
+            # 503 draining if nothing was sent yet, else abort the client connection; never
+            # uvicorn's 500 and its traceback, never a shorter body that looks complete.
+            if responding:
+                self._note(scope, "draining")
+                handle.abort()
+            else:
+                await self._fail(scope, send, handle, ProxyError("draining", "shutting down: drain timeout"))
         finally:
             if conn is not None:  # cancelled (shutdown) or an unexpected error: never pool it
                 conn.abort()
@@ -249,6 +263,10 @@ class ProxyApp:
         self, scope: Scope, send: Send, conn: UpstreamConnection, handle: ConnectionHandle | None
     ) -> None:
         headers = rewrite_response_headers(conn.headers, self._limits.via)
+        if conn.status in (204, 304):
+            # No body follows, whatever Content-Length says (RFC 9110 8.6); uvicorn would raise
+            # "Response content shorter than Content-Length" and drop the connection.
+            headers = [(name, value) for name, value in headers if name != b"content-length"]
         if self.draining:
             headers.append((b"connection", b"close"))  # move keep-alive clients to other replicas
         start = {"type": "http.response.start", "status": conn.status, "headers": headers}

@@ -75,6 +75,10 @@ class Sidecar:
             max_idle=settings.pool_max_idle,
             # Upstream responses may carry more header bytes than clients may send; still bounded.
             max_header_bytes=max(64 * 1024, settings.max_header_bytes),
+            # Upstream deadlines fire within a tick of their bound.
+            deadline_tick_s=min(
+                0.25, max(0.01, min(settings.response_timeout_s, settings.idle_timeout_s) / 10)
+            ),
         )
         self.proxy = ProxyApp(
             self.pool,
@@ -108,6 +112,7 @@ class Sidecar:
                 max_headers=settings.max_headers,
                 header_timeout_s=settings.header_timeout_s,
                 body_timeout_s=settings.body_timeout_s,
+                keepalive_timeout_s=settings.keepalive_timeout_s,
             ),
             self._count_error,
         )
@@ -176,6 +181,8 @@ class Sidecar:
             **common,
         )
         proxy_config.timeout_keep_alive = settings.keepalive_timeout_s  # type: ignore[assignment]
+        # uvicorn takes whole seconds; the drain deadline is honoured as configured (0.5 s is 0.5 s).
+        proxy_config.timeout_graceful_shutdown = settings.drain_timeout_s  # type: ignore[assignment]
         admin_config = uvicorn.Config(self.admin, http="httptools", lifespan="off", **common)
         self.proxy_server = _Server(proxy_config)
         self.admin_server = _Server(admin_config)

@@ -62,16 +62,18 @@ class SidecarSettings:
         parts = urlsplit(self.upstream)
         if parts.scheme != "http" or not parts.hostname:
             raise ConfigError(f"upstream must be an http://host:port URL, got {self.upstream!r}", "upstream")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
             raise ConfigError(
                 f"upstream must be scheme://host:port only (no path, query or credentials), "
                 f"got {self.upstream!r}",
                 "upstream",
             )
         try:
-            parts.port  # noqa: B018 - raises on an invalid port
+            port = parts.port  # raises on an invalid port
         except ValueError:
-            raise ConfigError(f"upstream has an invalid port: {self.upstream!r}", "upstream") from None
+            port = 0
+        if port == 0:  # 0 is no port to connect to (and would silently mean 80)
+            raise ConfigError(f"upstream has an invalid port: {self.upstream!r}", "upstream")
         for name in ("port", "admin_port"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
@@ -80,7 +82,13 @@ class SidecarSettings:
             value = getattr(self, field.name)
             if field.name.endswith("_s") and not (isinstance(value, (int, float)) and value >= 0):
                 raise ConfigError(f"{field.name} must be a number >= 0, got {value!r}", field.name)
-        for name in ("connect_timeout_s", "response_timeout_s", "header_timeout_s", "body_timeout_s"):
+        for name in (
+            "connect_timeout_s",
+            "response_timeout_s",
+            "header_timeout_s",
+            "body_timeout_s",
+            "probe_interval_s",  # 0 would probe the upstream in a busy loop
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}", name)
         for name in (
@@ -200,13 +208,43 @@ def read_config_file(path: str) -> dict[str, Any]:
         )
     sidecar = document.get("sidecar", {})
     monitoring = document.get("monitoring", {})
+    for table, value in (("sidecar", sidecar), ("monitoring", monitoring)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config file {path}: {table} must be a table ([{table}])", "config")
     for key in sidecar:
         if key not in FIELDS:
             raise ConfigError(f"config file {path}: unknown [sidecar] setting {key!r}", key)
-    for key in monitoring:
+    for key, value in monitoring.items():
         if key not in MONITORING_FIELDS:
             raise ConfigError(f"config file {path}: unknown [monitoring] setting {key!r}", key)
+        monitoring[key] = _monitoring_value(key, value, path)
     return {"sidecar": sidecar, "monitoring": monitoring}
+
+
+_MONITORING_KINDS = {f.name: str(f.type).removesuffix(" | None") for f in dataclasses.fields(ModelTapConfig)}
+
+
+def _monitoring_value(name: str, value: Any, path: str) -> Any:
+    """A `[monitoring]` value checked against its `ModelTapConfig` field (TOML has types)."""
+    kind = _MONITORING_KINDS[name]
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "tuple[str, ...]":
+        ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        value = tuple(value) if ok else value
+    elif kind == "Mapping[str, str]":
+        ok = isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
+    else:
+        ok = True  # checked by ModelTapConfig itself
+    if not ok:
+        raise ConfigError(f"config file {path}: [monitoring] {name} must be {kind}, got {value!r}", name)
+    return value
 
 
 def resolve(
@@ -238,12 +276,8 @@ def resolve(
     overrides = {
         name: value for name, value in file["monitoring"].items() if not env.get(env_name(name), "").strip()
     }
-    if "views_allow" in overrides or "capture_request_headers" in overrides:
-        for name in ("views_allow", "capture_request_headers", "capture_response_headers"):
-            if isinstance(overrides.get(name), list):
-                overrides[name] = tuple(overrides[name])
     overrides.update({k: v for k, v in monitoring_flags.items() if v is not None})
     # The sidecar's port is the model's: nothing of it is intercepted (views are on the admin port).
-    overrides.setdefault("views_prefix", None)
+    overrides["views_prefix"] = None
     monitoring = ModelTapConfig.from_env(env, **overrides)
     return settings, monitoring

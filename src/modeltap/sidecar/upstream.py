@@ -58,9 +58,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._error: ProxyError | None = None
         self._headers_waiter: asyncio.Future[None] | None = None
         self._body_waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_kind = ""
+        # Deadlines, checked by the pool's sweep (see `check_deadline`).
+        self._response_timeout_s = 0.0
         self._idle_timeout_s = 0.0
+        self._waiting_since = 0.0
         self._last_activity = 0.0
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -87,6 +88,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(ProxyError("upstream_protocol_error", "upstream switched protocols"))
         except httptools.HttpParserError as exc:
             if self._error is None:
+                if isinstance(exc.__context__, ProxyError):  # raised by a callback below
+                    self._fail(exc.__context__)
+                    return
                 detail = f"invalid upstream response: {exc}"
                 self._fail(ProxyError("upstream_protocol_error", detail))
 
@@ -96,7 +100,6 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
-        self._cancel_timer()
         if self.headers_done and not self.complete and self._until_eof and self._error is None:
             # A response framed by the connection's end is complete when the upstream closes.
             self.complete = True
@@ -132,17 +135,24 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        if not 100 <= status <= 599:
+            # llhttp takes any three digits; no such status can be sent on to the client.
+            raise ProxyError("upstream_protocol_error", f"invalid upstream status {status}")
         if 100 <= status < 200:
             return  # interim responses (100 Continue, 103) are not forwarded; wait for the final one
         self.status = status
         self.headers_done = True
         chunked = False
         length = False
-        for name, _value in self.headers:
+        for name, value in self.headers:
             lowered = name.lower()
             if lowered == b"content-length":
                 length = True
             elif lowered == b"transfer-encoding":
+                if chunked or value.strip().lower() != b"chunked":
+                    # Only chunked is decoded here; another coding would reach the client with its
+                    # Transfer-Encoding header stripped, i.e. corrupted (nginx answers 502 too).
+                    raise ProxyError("upstream_protocol_error", "unsupported upstream transfer coding")
                 chunked = True
         self._until_eof = not chunked and not length and status not in (204, 304) and not self._head
         if self._head:
@@ -150,7 +160,7 @@ class UpstreamConnection(asyncio.Protocol):
             # the connection is not reused since the parser would expect a body on it.
             self.complete = True
             self.reusable = False
-        self._arm_idle()
+        self._last_activity = self._loop.time()
         waiter = self._headers_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -172,7 +182,6 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.complete = True
         self.reusable = self._parser.should_keep_alive() and not self._until_eof
-        self._cancel_timer()
         self._wake_body()
 
     # ---- one exchange ----------------------------------------------------------------------
@@ -192,6 +201,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self._chunks.clear()
         self._queued = 0
+        self._waiting_since = 0.0
         if body:
             self.transport.write(head + body)
         else:
@@ -212,12 +222,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def response_headers(self, response_timeout_s: float, idle_timeout_s: float) -> None:
         """Wait for the final response headers; raises `ProxyError` with the failure's code."""
+        self._response_timeout_s = response_timeout_s
         self._idle_timeout_s = idle_timeout_s
         if self._error is not None:
             raise self._error
         if self.headers_done:
             return
-        self._set_timer(response_timeout_s, "response")
+        self._waiting_since = self._loop.time()
         waiter = self._headers_waiter = self._loop.create_future()
         try:
             await waiter
@@ -277,7 +288,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self._error is None:
             self._error = error
         self.reusable = False
-        self._cancel_timer()
         waiter = self._headers_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -300,37 +310,18 @@ class UpstreamConnection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.close()
 
-    def _set_timer(self, delay_s: float, kind: str) -> None:
-        self._cancel_timer()
-        self._timer_kind = kind
-        self._timer = self._loop.call_later(delay_s, self._on_timer)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _arm_idle(self) -> None:
-        if self.complete:
-            self._cancel_timer()
-        elif self._idle_timeout_s > 0:
-            self._last_activity = self._loop.time()
-            self._set_timer(self._idle_timeout_s, "idle")
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self.complete or self.closed:
+    def check_deadline(self, now: float) -> None:
+        """Called by the pool's sweep: the response deadline until the headers, then the idle
+        timeout between bytes (not while the client is the slow side and reading is paused)."""
+        if self.complete or self.closed or self._error is not None or not self.in_exchange:
             return
-        if self._timer_kind == "idle":
-            quiet_s = self._loop.time() - self._last_activity
-            if quiet_s < self._idle_timeout_s:
-                # Bytes arrived since the timer was set: re-arm for the remainder (one timer per
-                # idle period, not one per chunk).
-                self._set_timer(self._idle_timeout_s - quiet_s, "idle")
-                return
+        if not self.headers_done:
+            if self._waiting_since and now - self._waiting_since >= self._response_timeout_s:
+                self._fail(ProxyError("upstream_response_timeout", "upstream did not respond in time"))
+        elif self._reading_paused or self._chunks:
+            self._last_activity = now
+        elif self._idle_timeout_s and now - self._last_activity >= self._idle_timeout_s:
             self._fail(ProxyError("upstream_idle_timeout", "upstream sent nothing within the idle timeout"))
-        else:
-            self._fail(ProxyError("upstream_response_timeout", "upstream did not respond in time"))
 
 
 class UpstreamPool:
@@ -346,6 +337,7 @@ class UpstreamPool:
         keepalive_expiry_s: float,
         max_idle: int,
         max_header_bytes: int,
+        deadline_tick_s: float = 0.1,
     ) -> None:
         self.host = host
         self.port = port
@@ -354,6 +346,9 @@ class UpstreamPool:
         self._max_idle = max_idle
         self._max_header_bytes = max_header_bytes
         self._idle: list[UpstreamConnection] = []
+        self._busy: set[UpstreamConnection] = set()
+        self._tick_s = deadline_tick_s
+        self._sweeping: asyncio.TimerHandle | None = None
         self.opened = 0
         self.active = 0
 
@@ -370,11 +365,15 @@ class UpstreamPool:
             if not conn.closed and now - conn.idle_since < self._expiry_s:
                 self.active += 1
                 conn.held = True
+                self._busy.add(conn)
                 return conn, True
             conn.abort()
         conn = await self.connect()
         self.active += 1
         conn.held = True
+        self._busy.add(conn)
+        if self._sweeping is None:
+            self._sweeping = asyncio.get_running_loop().call_later(self._tick_s, self._sweep)
         return conn, False
 
     async def connect(self) -> UpstreamConnection:
@@ -399,6 +398,7 @@ class UpstreamPool:
         if not conn.held:
             return  # released already
         conn.held = False
+        self._busy.discard(conn)
         self.active -= 1
         conn.in_exchange = False
         if conn.reusable and not conn.closed and conn.complete and len(self._idle) < self._max_idle:
@@ -407,7 +407,18 @@ class UpstreamPool:
         else:
             conn.abort()
 
+    def _sweep(self) -> None:
+        # One timer for all deadlines: a timer per request was a measurable cost.
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self._busy):
+            conn.check_deadline(now)
+        self._sweeping = loop.call_later(self._tick_s, self._sweep)
+
     def close(self) -> None:
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            self._sweeping = None
         for conn in self._idle:
             conn.abort()
         self._idle.clear()

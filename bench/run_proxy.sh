@@ -1,0 +1,28 @@
+#!/bin/bash
+# Sidecar throughput, side by side in one run: nginx proxy_pass vs the modeltap sidecar in front of
+# the same upstream (the bare app). Upstream and proxies share core 0; wrk and the OTLP sink run on
+# core 1. Variants: nginx (one worker, upstream keep-alive), `proxy` (the sidecar with monitoring
+# off: the data path alone), `sidecar` (full monitoring: reference profile, OTLP metrics every 5 s,
+# traces at the default 10 %), `sidecar_traced` (every request traced).
+# Needs Debian's wrk and nginx-light.   usage: PY=.venv/bin/python bench/run_proxy.sh
+# Env: ROUNDS (5), DUR (3 s), LUA=post30.lua for the 30-feature workload.
+set -eu
+cd "$(dirname "$0")"
+PY=${PY:-python3}
+BIN=$(dirname "$PY")
+tmp=$(mktemp -d)
+"$PY" make_reference.py "$tmp/reference.json" "${FEATURES:-10}" >/dev/null
+APP=bare taskset -c 0 "$PY" -m uvicorn apps:app --port 18099 --log-level error --no-access-log \
+  --loop uvloop --http httptools >/dev/null 2>&1 &
+upstream=$!
+taskset -c 1 "$PY" otlp_sink.py 18200 >/dev/null 2>&1 &
+sink=$!
+trap 'kill $upstream $sink 2>/dev/null; rm -rf "$tmp"' EXIT
+sleep 2
+S="taskset -c 0 $BIN/modeltap sidecar --upstream http://127.0.0.1:18099 --host 127.0.0.1 --port {port} --log-level warning"
+OTLP="OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18200 OTEL_METRIC_EXPORT_INTERVAL=5000"
+"$PY" abbench.py "nginx=./nginx-proxy.sh {port} 18099" \
+  "proxy=MODELTAP_ENABLED=false $S --admin-port 18301" \
+  "sidecar=$OTLP $S --admin-port 18302 --reference $tmp/reference.json --model-name bench" \
+  "sidecar_traced=$OTLP OTEL_TRACES_SAMPLER=always_on $S --admin-port 18303 --reference $tmp/reference.json --model-name bench" \
+  "$@"
