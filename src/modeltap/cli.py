@@ -100,12 +100,13 @@ def _add_sidecar_parser(commands: Any) -> None:
         "(OTEL_EXPORTER_OTLP_ENDPOINT) and the admin port. Every option can also be set with the "
         "MODELTAP_* variable shown, or in a TOML file under [sidecar] (monitoring settings under "
         "[monitoring]); flags win over variables, variables over the file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sidecar.add_argument("--config", default=None, metavar="FILE", help="TOML config file (MODELTAP_CONFIG)")
     for name, field in FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        text = f"{HELP[name]} ({env_name(name)})"
+        # The real default is SidecarSettings' (the flag's own is None: "not given").
+        default = ",".join(field.default) if isinstance(field.default, tuple) else field.default
+        text = f"{HELP[name]} ({env_name(name)}" + (f"; default {default})" if default != "" else ")")
         if field.type == "bool":
             sidecar.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
             continue

@@ -82,8 +82,16 @@ class UpstreamConnection(asyncio.Protocol):
             self._close_transport()
             return
         self._last_activity = self._loop.time()
+        if not self.headers_done:
+            self._header_bytes += len(data)
         try:
             self._parser.feed_data(data)
+            if not self.headers_done and self._header_bytes > self._max_header_bytes:
+                # Counted per read, not per header field: one check instead of one per field, and
+                # the parser never buffers more than one read beyond the limit.
+                raise ProxyError("upstream_protocol_error", "upstream response headers too large")
+        except ProxyError as error:
+            self._fail(error)
         except httptools.HttpParserUpgrade:
             self._fail(ProxyError("upstream_protocol_error", "upstream switched protocols"))
         except httptools.HttpParserError as exc:
@@ -123,14 +131,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---- httptools callbacks ---------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self._header_bytes = 0
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self._max_header_bytes:
-            raise ProxyError("upstream_protocol_error", "upstream response headers too large")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -139,7 +140,15 @@ class UpstreamConnection(asyncio.Protocol):
             # llhttp takes any three digits; no such status can be sent on to the client.
             raise ProxyError("upstream_protocol_error", f"invalid upstream status {status}")
         if 100 <= status < 200:
-            return  # interim responses (100 Continue, 103) are not forwarded; wait for the final one
+            # Interim responses (100 Continue, 103) are not forwarded; wait for the final one.
+            self.headers = []
+            self._header_bytes = 0
+            return
+        if self._header_bytes > self._max_header_bytes and (
+            sum(len(name) + len(value) + 4 for name, value in self.headers) > self._max_header_bytes
+        ):
+            # Exact count only when the reads so far could hold that much header.
+            raise ProxyError("upstream_protocol_error", "upstream response headers too large")
         self.status = status
         self.headers_done = True
         chunked = False
@@ -193,6 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.in_exchange = True
         self.status = 0
         self.headers = []
+        self._header_bytes = 0
         self.headers_done = False
         self.complete = False
         self._head = head_request
