@@ -152,9 +152,14 @@ def span_name(record: ExchangeRecord, route: str | None) -> str:
 
 
 def span_status(record: ExchangeRecord) -> tuple[bool, str | None]:
-    """(is_error, description): exceptions and 5xx responses are errors for a server span."""
+    """(is_error, description): exceptions, 5xx and unfinished responses are errors for a server
+    span; a complete 4xx answer is not (semantic conventions), even one the sidecar gave itself."""
     err = error_type(record)
-    return (err is not None and (record.error_type is not None or record.status >= 500)), err
+    if err is None:
+        return False, None
+    if 400 <= record.status < 500 and record.ended is not None and record.exception_type is None:
+        return False, err
+    return (record.error_type is not None or record.status >= 500), err
 
 
 def build_span(

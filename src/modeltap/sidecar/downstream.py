@@ -80,12 +80,15 @@ class _Rejected(Exception):
 class ConnectionHandle:
     """What the proxy app may do to its client connection (one per request)."""
 
-    __slots__ = ("_cycle", "_protocol", "on_lost")
+    __slots__ = ("_cycle", "_protocol", "on_lost", "rejected")
 
     def __init__(self, protocol: GuardedHttpToolsProtocol, cycle: RequestResponseCycle) -> None:
         self._protocol = protocol
         self._cycle = cycle
         self.on_lost: Callable[[], None] | None = None
+        # The code the protocol answered (and counted) when it cut this request off mid-body
+        # (408, 400, ...): the app then sees a disconnect that is not the client's doing.
+        self.rejected: str | None = None
 
     def abort(self) -> None:
         """Close the client connection now, unfinished: the client sees an incomplete response."""
@@ -295,6 +298,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if not cycle.response_started and not transport.is_closing():
                 status, headers, body = error_response(code, _DETAIL[code], close=True)
                 transport.write(_encode(status, headers, body))
+            for handle in self._handles:
+                if handle._cycle is cycle:
+                    handle.rejected = code
             cycle.disconnected = True
             cycle.message_event.set()
             if not transport.is_closing():

@@ -97,7 +97,9 @@ class ProxyApp:
         extensions = scope.get("extensions")
         handle: ConnectionHandle | None = extensions.get(CONNECTION_EXTENSION) if extensions else None
         if handle is not None and handle.client_gone:
-            return  # rejected by the protocol while this task was being scheduled
+            # Rejected by the protocol (or the client left) while this task was being scheduled.
+            self._note_client_gone(scope)
+            return
         limits = self._limits
         client = scope.get("client")
         try:
@@ -131,7 +133,7 @@ class ProxyApp:
         if head.chunked or head.content_length:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self._note(scope, "client_disconnected")
+                self._note_client_gone(scope)
                 return
             body = message.get("body", b"")
             more_body = message.get("more_body", False)
@@ -244,7 +246,7 @@ class ProxyApp:
             message: Message = await receive()
             if message["type"] == "http.disconnect":
                 conn.abort()
-                self._note(scope, "client_disconnected")
+                self._note_client_gone(scope)
                 return False
             chunk: bytes = message.get("body", b"")
             more = message.get("more_body", False)
@@ -287,13 +289,13 @@ class ProxyApp:
                     break
                 if handle is not None and handle.client_gone:
                     conn.abort()
-                    self._note(scope, "client_disconnected")
+                    self._note_client_gone(scope)
                     pool.release(conn)
                     return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except ProxyError as error:
             if error.code == "client_disconnected":
-                self._note(scope, "client_disconnected")
+                self._note_client_gone(scope)
                 pool.release(conn)
                 return
             pool.release(conn)
@@ -320,11 +322,21 @@ class ProxyApp:
         scope[PROXY_ERROR_KEY] = code
         self._count_error(code)
 
+    def _note_client_gone(self, scope: Scope) -> None:
+        extensions = scope.get("extensions")
+        handle: ConnectionHandle | None = extensions.get(CONNECTION_EXTENSION) if extensions else None
+        if handle is not None and handle.rejected is not None:
+            # The protocol cut the request off (e.g. 408 body timeout) and counted it already:
+            # one failure, one count, under its own code.
+            scope[PROXY_ERROR_KEY] = handle.rejected
+            return
+        self._note(scope, "client_disconnected")
+
     async def _fail(
         self, scope: Scope, send: Send, handle: ConnectionHandle | None, error: ProxyError
     ) -> None:
         if error.code == "client_disconnected" or (handle is not None and handle.client_gone):
-            self._note(scope, "client_disconnected")
+            self._note_client_gone(scope)
             return
         await self._answer_error(scope, send, error)
 

@@ -202,15 +202,23 @@ class Sidecar:
         with contextlib.suppress(Exception):
             await admin_task
         stop_wait.cancel()
-        # Whatever a forced exit left behind (uvicorn skips lifespan shutdown then) ends here,
-        # not at loop close.
+        if self._force and self.proxy_server.started:
+            # uvicorn skips the lifespan shutdown on a forced exit, and cancelling the lifespan
+            # task would log a traceback. Requests still in flight end first (503 draining, or
+            # aborted), so they are in the final flush; then the lifespan shutdown flushes (bounded).
+            requests = list(self.proxy_server.server_state.tasks)
+            for task in requests:
+                task.cancel()
+            await asyncio.gather(*requests, return_exceptions=True)
+            await self.proxy_server.lifespan.shutdown()
+        # Whatever a forced exit left behind ends here, not at loop close.
         current = asyncio.current_task()
         leftovers = [task for task in asyncio.all_tasks() if task is not current]
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
         if self._force:
-            # The lifespan flush was skipped: flush telemetry here, still bounded.
+            # Had the lifespan flush not run (it returns at once if it did): flush here, bounded.
             await asyncio.get_running_loop().run_in_executor(None, self.tap.shutdown)
 
     async def _drain(self, proxy_task: asyncio.Future[None]) -> None:
