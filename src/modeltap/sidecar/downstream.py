@@ -101,6 +101,17 @@ class ConnectionHandle:
     def client_gone(self) -> bool:
         return self._cycle.disconnected
 
+    def _abandon(self, code: str | None) -> None:
+        """The connection is ending: this request will not be answered (nor started, if it
+        has not been); `code` is the protocol's rejection it ends with, if any."""
+        cycle = self._cycle
+        if cycle.response_complete:
+            return
+        if code is not None and self.rejected is None:
+            self.rejected = code
+        cycle.disconnected = True
+        cycle.message_event.set()
+
     @property
     def answered(self) -> bool:
         return self._cycle.response_complete
@@ -167,6 +178,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         handles, self._handles = self._handles, []
         super().connection_lost(exc)
         for handle in handles:
+            # uvicorn marks only the newest cycle: an earlier pipelined one still being answered
+            # would write to the closed transport (uvloop raises) and keep its upstream call.
+            handle._abandon(None)
             callback = handle.on_lost
             if callback is not None:
                 handle.on_lost = None
@@ -290,7 +304,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.count_error(code)
         self._phase = _CLOSED
         cycle = self.cycle
-        in_flight = cycle is not None and not cycle.response_complete and not self._awaiting_headers
+        # Pipelined: the newest request may be queued behind an earlier one still being answered.
+        queued = bool(self.pipeline)
+        in_flight = (
+            cycle is not None and not cycle.response_complete and not self._awaiting_headers and not queued
+        )
         transport = self.transport
         if in_flight and cycle is not None:
             # The app is running for this request: it must stop waiting for a body that will
@@ -307,7 +325,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 transport.close()
             return
         if cycle is not None and not cycle.response_complete:
-            # An earlier (pipelined) response is being written: never interleave another one.
+            # An earlier (pipelined) response is still due: never interleave another one (the
+            # client would take it for the earlier request's answer), and do not start or finish
+            # requests whose answers can no longer be delivered.
+            for handle in self._handles:
+                handle._abandon(code)
+            self.pipeline.clear()
             transport.close()
             return
         if not transport.is_closing():
