@@ -334,6 +334,7 @@ class Tap:
         ]
 
     def _publish(self) -> None:
+        self._pipeline.flush_pending()  # grouped values not yet counted belong in this snapshot
         exporter = self._exporter
         internal = self._internal_errors + self._worker_errors + self._pipeline.errors
         monitoring = SelfMonitoring(
