@@ -1,7 +1,8 @@
 """A small FastAPI model server monitored by modeltap.
 
 Run it:  uvicorn examples.fastapi_app:app --port 8080
-Then:    curl -s localhost:8080/v1/models/churn:predict -d '{"instances": [[0.1, 2, 3.5, 1]]}'
+Then:    curl -s localhost:8080/v1/models/churn:predict -H 'content-type: application/json' \
+              -d '{"instances": [[0.1, 2, 3.5, 1]]}'
          curl -s localhost:8080/modeltap/status
 """
 

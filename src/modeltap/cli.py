@@ -50,15 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="run a model server behind modeltap with in-distribution then drifted traffic",
-        description="Train a small churn model, serve it behind modeltap on 127.0.0.1, send "
-        "baseline then covariate-shifted traffic, show a live table and a summary. Needs no backend.",
+        help="run a model server behind the modeltap sidecar with in-distribution then drifted traffic",
+        description="Train a small churn model, serve it on 127.0.0.1 with the modeltap sidecar in front "
+        "(reference profile from its training data), send baseline, covariate-shifted and prior-shifted "
+        "traffic with malformed requests throughout, show a live table and the status page's address, "
+        "then a summary of what was detected per phase. Needs no backend and no download.",
     )
     demo.add_argument("--duration", type=_positive, default=30.0, help="seconds of traffic (default 30)")
     demo.add_argument("--rate", type=_positive, default=100.0, help="requests per second (default 100)")
-    demo.add_argument("--port", type=_port, default=0, help="port on 127.0.0.1 (default: any free port)")
+    demo.add_argument(
+        "--port", type=_port, default=0, help="the sidecar's port on 127.0.0.1 (default: any free port)"
+    )
+    demo.add_argument(
+        "--admin-port",
+        type=_port,
+        default=0,
+        help="the sidecar's admin port (status page, /status, /metrics; default: any free port)",
+    )
     demo.add_argument("--otlp-endpoint", default=None, help="also export OTLP to this collector URL")
-    demo.add_argument("--workdir", default=None, help="where to write the reference profile")
+    demo.add_argument(
+        "--workdir",
+        default=None,
+        help="where to write the training data and reference profile (default: a temp dir)",
+    )
     profile = commands.add_parser(
         "profile",
         help="build a reference profile (reference.json) from training data",
@@ -210,16 +224,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from modeltap.demo.runner import DemoOptions, run_demo
 
-            run_demo(
+            result = run_demo(
                 DemoOptions(
                     duration_s=args.duration,
                     rate_per_s=args.rate,
                     port=args.port,
+                    admin_port=args.admin_port,
                     otlp_endpoint=args.otlp_endpoint,
                     workdir=args.workdir,
                 )
             )
-            return 0
+            return 130 if result.interrupted else 0
     except ModelTapError as exc:
         print(f"modeltap: {exc}", file=sys.stderr)
         return 1

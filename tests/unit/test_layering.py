@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "_pipeline": {"capture", "protocols", "stats", "export"},
     "_tap": {"capture", "protocols", "stats", "export", "_pipeline", "_budget"},
     "middleware": {"capture", "protocols", "stats", "export", "_pipeline", "_tap"},
-    "demo": {"capture", "protocols", "stats", "export", "_pipeline", "_tap", "middleware"},
+    "demo": {"capture", "protocols", "stats", "export", "_pipeline", "_tap", "middleware", "sidecar"},
     "sidecar": {"capture", "protocols", "stats", "export", "_pipeline", "_tap", "middleware"},
     "cli": {"demo", "middleware", "stats", "export", "sidecar"},
     "__init__": {"middleware"},

@@ -1,12 +1,17 @@
 """A small real model server for the demo: logistic regression trained at start-up.
 
 The data set is synthetic but shaped like a churn table (tenure, monthly charges, support calls,
-age, discount), generated with a fixed seed so every run trains the same model.
+age, discount; the label `churned`), generated with a fixed seed so every run trains the same
+model and nothing is downloaded. The server speaks KServe V1 (`POST /v1/models/churn:predict`
+with `{"instances": [[...5 numbers...]]}`, answering `{"predictions": [p, ...]}`, the churn
+probability per row) and names its version in the `x-model-version` header.
 """
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
@@ -15,8 +20,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 FEATURES = ("tenure_months", "monthly_charges", "support_calls", "age", "discount_pct")
+LABEL = "churned"
+# The KServe V1 decoder names a flat `predictions` list "prediction" (role output).
+PREDICTION = "prediction"
 MODEL_NAME = "churn"
 MODEL_VERSION = "1"
+PREDICT_PATH = f"/v1/models/{MODEL_NAME}:predict"
 
 
 def make_customers(rows: int, seed: int, *, shift: dict[str, float] | None = None) -> np.ndarray:
@@ -34,9 +43,10 @@ def make_customers(rows: int, seed: int, *, shift: dict[str, float] | None = Non
     return np.column_stack([columns[name] for name in FEATURES])
 
 
-def _churn_labels(x: np.ndarray, seed: int) -> np.ndarray:
+def churn_labels(x: np.ndarray, seed: int) -> np.ndarray:
+    """Who churns: a logistic function of the features plus noise (1.0 = churned)."""
     rng = np.random.default_rng(seed + 1)
-    logit = -1.0 - 0.06 * x[:, 0] + 0.03 * x[:, 1] + 0.5 * x[:, 2] - 0.01 * x[:, 3] - 0.05 * x[:, 4]
+    logit = -2.0 - 0.12 * x[:, 0] + 0.06 * x[:, 1] + 1.0 * x[:, 2] - 0.02 * x[:, 3] - 0.1 * x[:, 4]
     return (rng.random(len(x)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float64)
 
 
@@ -64,10 +74,34 @@ class ChurnModel:
         result: np.ndarray = 1.0 / (1.0 + np.exp(-(z @ self.weights + self.bias)))
         return result
 
+    def predict(self, x: np.ndarray) -> list[float]:
+        """What the server answers: probabilities rounded to 6 digits."""
+        return [round(float(s), 6) for s in self.predict_proba(x)]
+
 
 def training_data(rows: int = 5000, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     x = make_customers(rows, seed)
-    return x, _churn_labels(x, seed)
+    return x, churn_labels(x, seed)
+
+
+def write_training_csv(path: str | Path, x: np.ndarray, y: np.ndarray, predictions: list[float]) -> None:
+    """The training table as the model's owner would have it: features, label, the model's score."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*FEATURES, LABEL, PREDICTION])
+        for row, label, score in zip(x.tolist(), y.tolist(), predictions, strict=True):
+            tenure, charges, calls, age, discount = row
+            writer.writerow(
+                [
+                    f"{tenure:.2f}",
+                    f"{charges:.2f}",
+                    int(calls),
+                    f"{age:.1f}",
+                    f"{discount:.2f}",
+                    int(label),
+                    score,
+                ]
+            )
 
 
 def build_app(model: ChurnModel) -> Starlette:
@@ -83,11 +117,7 @@ def build_app(model: ChurnModel) -> Starlette:
             return JSONResponse(
                 {"error": str(exc)}, status_code=400, headers={"x-model-version": MODEL_VERSION}
             )
-        scores = model.predict_proba(x)
-        return JSONResponse(
-            {"predictions": [round(float(s), 6) for s in scores]},
-            headers={"x-model-version": MODEL_VERSION},
-        )
+        return JSONResponse({"predictions": model.predict(x)}, headers={"x-model-version": MODEL_VERSION})
 
     async def health(request: Request) -> Response:
         return Response("ok")
@@ -98,3 +128,35 @@ def build_app(model: ChurnModel) -> Starlette:
             Route("/health", health),
         ]
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m modeltap.demo.model_server`: the demo's model alone, to put a sidecar in front of."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(
+        prog="python -m modeltap.demo.model_server",
+        description="Train the demo's churn model and serve it (KServe V1) without monitoring.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument(
+        "--write-training-data",
+        metavar="CSV",
+        default=None,
+        help="also write the training table (features, churned, prediction) to this CSV file",
+    )
+    args = parser.parse_args(argv)
+    x, y = training_data()
+    model = ChurnModel.train(x, y)
+    if args.write_training_data:
+        write_training_csv(args.write_training_data, x, y, model.predict(x))
+        print(f"training data written to {args.write_training_data}", flush=True)
+    print(f"churn model: POST http://{args.host}:{args.port}{PREDICT_PATH}", flush=True)
+    uvicorn.run(build_app(model), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

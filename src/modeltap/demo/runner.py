@@ -1,165 +1,651 @@
-"""Run the demo: model server + modeltap + traffic, a live table, a summary, full clean-up."""
+"""Run the demo: a model server, the modeltap sidecar in front of it, traffic in phases, a live
+table, a per-phase summary, and full clean-up (also on Ctrl-C).
+
+Everything runs in this process on 127.0.0.1: the model server on its own uvicorn thread, the
+sidecar (`modeltap.sidecar.runner.Sidecar`, the same object `modeltap sidecar` runs) on its own
+event-loop thread, the traffic on a third. The traffic goes to the sidecar's port; the status
+page, `/status` and `/metrics` are on the sidecar's admin port.
+
+Each phase is judged on its own traffic: the drift window is `window_slots` tumbling slots whose
+total equals the phase length, and the verdict is read right after the phase's last request and
+before the next phase's first. The window then ends at that moment and reaches back at most one
+phase length, so it holds only the phase just finished.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-import socket
+import signal
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
-import orjson
 import uvicorn
 
 from modeltap.config import ModelTapConfig
-from modeltap.demo.model_server import FEATURES, MODEL_NAME, ChurnModel, build_app, training_data
-from modeltap.demo.traffic import PHASES, TrafficStats, run_traffic
+from modeltap.demo.model_server import (
+    LABEL,
+    MODEL_NAME,
+    PREDICTION,
+    ChurnModel,
+    build_app,
+    training_data,
+    write_training_csv,
+)
+from modeltap.demo.traffic import (
+    MALFORMED_EVERY,
+    PHASES,
+    ROWS_PER_REQUEST,
+    Phase,
+    PhaseTraffic,
+    TrafficGenerator,
+    TrafficStats,
+    describe,
+)
 from modeltap.export.status_json import status_document
-from modeltap.middleware import ModelTapMiddleware
-from modeltap.stats.reference import numeric_profile_document
+from modeltap.sidecar.runner import Sidecar, listen
+from modeltap.sidecar.settings import SidecarSettings
+from modeltap.stats.profile_io import profile_table
+from modeltap.stats.reference import write_profile
 
-# Levels at or above this one are reported as detected drift.
+# The levels reported as detected drift.
 ALERT_LEVELS = ("WARNING", "CRITICAL")
+# The `modeltap profile` command that builds the same reference from the demo's training table.
+PROFILE_COMMAND = (
+    "modeltap profile {csv} -o {reference} --prediction prediction --numeric support_calls --exclude churned"
+)
 
 
 @dataclass(frozen=True)
 class DemoOptions:
     duration_s: float = 30.0
     rate_per_s: float = 100.0
-    port: int = 0
+    port: int = 0  # the sidecar's proxy port (0: any free port)
+    admin_port: int = 0  # the sidecar's admin port: status page, /status, /metrics
     otlp_endpoint: str | None = None
-    refresh_s: float = 1.0
+    refresh_s: float | None = None  # live-table refresh; default: a fifth of a phase, at most 1 s
     workdir: str | None = None
+    phases: tuple[Phase, ...] = PHASES
+    window_slots: int = 5
 
 
-def _bind(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
-    return sock
+@dataclass(frozen=True)
+class Addresses:
+    proxy_url: str
+    admin_url: str
+    model_url: str
+
+    @property
+    def status_page(self) -> str:
+        return self.admin_url + "/"
+
+
+@dataclass
+class PhaseVerdict:
+    """One phase, judged on a window holding only its own traffic."""
+
+    phase: Phase
+    start_s: float  # seconds into the run
+    end_s: float
+    window_count: int  # input rows in the window at the verdict
+    levels: dict[str, str]  # input feature -> level at the end of the phase
+    psi: dict[str, float | None]  # input features and "prediction"
+    prediction_level: str | None
+    since: dict[str, float]  # flagged feature (or "prediction") -> flagged since (s into the run)
+    traffic: PhaseTraffic
+
+    @property
+    def flagged_inputs(self) -> frozenset[str]:
+        return frozenset(name for name, level in self.levels.items() if level in ALERT_LEVELS)
+
+    @property
+    def prediction_flagged(self) -> bool:
+        return self.prediction_level in ALERT_LEVELS
+
+    @property
+    def as_expected(self) -> bool:
+        """Covariate shift: exactly the shifted inputs flagged. Prior shift: the prediction
+        flagged. No shift: nothing flagged, the prediction included."""
+        phase = self.phase
+        if phase.judged_by_inputs and self.flagged_inputs != phase.expected_inputs:
+            return False
+        if phase.expects_prediction_drift and not self.prediction_flagged:
+            return False
+        return not (not phase.shift and phase.churn_share is None and self.prediction_flagged)
+
+
+@dataclass
+class DemoResult:
+    addresses: Addresses | None = None
+    workdir: Path | None = None
+    slot_s: float = 0.0
+    window_slots: int = 0
+    phases: list[PhaseVerdict] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)  # the last /status document
+    traffic: TrafficStats = field(default_factory=TrafficStats)
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+    leftovers: list[str] = field(default_factory=list)  # what did not stop (should stay empty)
+
+    @property
+    def window_s(self) -> float:
+        return self.slot_s * self.window_slots
 
 
 def _number(value: float | None, width: int, digits: int = 3) -> str:
     return f"{value:{width}.{digits}f}" if value is not None else " " * (width - 1) + "-"
 
 
-def render_table(document: dict[str, Any], phase: str) -> str:
+def _ms(value: float | None) -> str:
+    return f"{value * 1000:7.2f} ms" if value is not None else "      - ms"
+
+
+def render_table(
+    document: dict[str, Any],
+    *,
+    phase: str,
+    elapsed_s: float,
+    duration_s: float,
+    addresses: Addresses,
+    traffic: TrafficStats,
+    since: dict[str, float] | None = None,
+) -> str:
+    """The live table: one screen of what the sidecar's /status says right now."""
+    since = since or {}
     latency = document["latency_s"]
+    versions = ", ".join(document["model"]["versions"]) or "-"
+    client_4xx = sum(n for p in traffic.by_phase.values() for s, n in p.statuses.items() if 400 <= s < 500)
+    proxy_errors = sum((document.get("proxy_errors") or {}).values())
     lines = [
-        f"phase: {phase:<18} level: {document['level']:<9} requests: {document['requests']['total']:>6}  "
-        f"errors: {document['requests']['errors']:>4}  dropped: {document['requests']['dropped']:>3}  "
-        f"violations: {sum(document['violations'].values()):>4}",
+        f"modeltap demo  phase: {phase}  t = {elapsed_s:5.1f} s of {duration_s:g} s",
+        f"model {MODEL_NAME} version {versions}  "
+        f"sidecar {addresses.proxy_url} -> model {addresses.model_url}",
+        f"status page {addresses.status_page}   (JSON: {addresses.admin_url}/status)",
+        f"level {document['level']:<9} requests {document['requests']['total']:>6}  "
+        f"errors {document['requests']['errors']:>3}  model 4xx {client_4xx:>4}  "
+        f"violations {sum(document['violations'].values()):>4}  "
+        f"dropped {document['requests']['dropped']:>3}  "
+        f"proxy errors {proxy_errors:>3}",
+        f"latency p50 {_ms(latency['p50'])}  p95 {_ms(latency['p95'])}  p99 {_ms(latency['p99'])}  "
+        f"window {document['window_s']:g} s",
+        "",
+        f"{'feature':<17}{'role':<8}{'window n':>9}{'PSI':>8}{'JS':>7}{'KS p':>10}  "
+        f"{'level':<9} flagged since",
     ]
-    if latency["p50"] is not None:
-        lines.append(
-            f"latency p50 {latency['p50'] * 1000:6.2f} ms  p95 {latency['p95'] * 1000:6.2f} ms  "
-            f"p99 {latency['p99'] * 1000:6.2f} ms  max {latency['max'] * 1000:6.2f} ms   "
-            f"window {document['window_s']:g} s   model version {', '.join(document['model']['versions'])}"
-        )
-    lines.append(
-        f"{'feature':<18}{'role':<8}{'window n':>9}{'mean':>10}{'PSI':>8}{'JS':>7}{'KS p':>10}  level"
-    )
     for feature in document["features"]:
         pvalue = feature["ks_pvalue"] if feature["ks_pvalue"] is not None else feature["chi2_pvalue"]
+        flagged = f"{since[feature['name']]:.1f} s" if feature["name"] in since else ""
         lines.append(
-            f"{feature['name']:<18}{feature['role']:<8}{feature['window_count']:>9}"
-            f"{_number(feature['mean'], 10)}{_number(feature['psi'], 8)}{_number(feature['js'], 7)}"
-            f"{(f'{pvalue:10.1e}' if pvalue is not None else ' ' * 9 + '-')}  {feature['level'] or '-'}"
+            f"{feature['name']:<17}{feature['role']:<8}{feature['window_count']:>9}"
+            f"{_number(feature['psi'], 8)}{_number(feature['js'], 7)}"
+            f"{(f'{pvalue:10.1e}' if pvalue is not None else ' ' * 9 + '-')}  "
+            f"{feature['level'] or '-':<9} {flagged}"
         )
     return "\n".join(lines)
 
 
-def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, Any]:
-    """Run the whole demo; returns the final status document (also used by tests)."""
-    x, y = training_data()
-    model = ChurnModel.train(x, y)
-    workdir = Path(options.workdir or tempfile.mkdtemp(prefix="modeltap-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    reference_doc = numeric_profile_document(FEATURES, x, model_name=MODEL_NAME)
-    reference_path = workdir / "reference.json"
-    reference_path.write_bytes(orjson.dumps(reference_doc, option=orjson.OPT_INDENT_2))
+def _alerts(document: dict[str, Any]) -> dict[str, str]:
+    """Monitored inputs and the prediction -> level."""
+    return {
+        f["name"]: f["level"]
+        for f in document["features"]
+        if f["level"] is not None and (f["role"] == "input" or f["name"] == PREDICTION)
+    }
 
-    env = dict(os.environ)
-    if options.otlp_endpoint:
-        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = options.otlp_endpoint
-        env.setdefault("OTEL_METRIC_EXPORT_INTERVAL", "5000")
-    # A window of half the run, so the drifted phase is judged on its own.
-    slot_s = max(1.0, options.duration_s / 12)
-    config = ModelTapConfig.from_env(
-        env, model_name=MODEL_NAME, reference=str(reference_path), window_slots=6, window_slot_s=slot_s
-    )
-    app = ModelTapMiddleware(build_app(model), config=config)
 
-    sock = _bind(options.port)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    server_thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    server_thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    print(f"model server with modeltap on http://127.0.0.1:{port}", file=out)
-    print(f"  status JSON:  http://127.0.0.1:{port}/modeltap/status", file=out)
-    print(f"  Prometheus:   http://127.0.0.1:{port}/modeltap/metrics", file=out)
-    print(f"  reference:    {reference_path}", file=out)
-    phases = ", ".join(f"{p.name} ({p.share:.0%})" for p in PHASES)
-    print(f"sending {options.rate_per_s:g} req/s for {options.duration_s:g} s: {phases}\n", file=out)
+class _ThreadServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the demo's main thread owns Ctrl-C."""
 
-    stop = threading.Event()
-    stats = TrafficStats()
-    traffic = threading.Thread(
-        target=run_traffic, args=(port, options.duration_s, options.rate_per_s, stop, stats), daemon=True
-    )
-    first_alert: dict[str, str] = {}
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Demo:
+    """The running demo's parts; `close()` stops whatever was started, in reverse order."""
+
+    def __init__(self, options: DemoOptions) -> None:
+        self.options = options
+        shares = [p.share for p in options.phases]
+        self.phase_s = [options.duration_s * s / sum(shares) for s in shares]
+        # The window spans the shortest phase exactly, so a verdict sees only its own phase.
+        self.window_slots = options.window_slots
+        self.slot_s = min(self.phase_s) / self.window_slots
+        self.refresh_s = options.refresh_s or min(1.0, max(0.2, min(self.phase_s) / 5))
+        self.workdir = Path(options.workdir or tempfile.mkdtemp(prefix="modeltap-demo-"))
+        self.addresses: Addresses | None = None
+        self.sidecar: Sidecar | None = None
+        self._sidecar_loop: asyncio.AbstractEventLoop | None = None
+        self._sidecar_thread: threading.Thread | None = None
+        self._sidecar_failure: list[BaseException] = []
+        self._model_server: _ThreadServer | None = None
+        self._model_thread: threading.Thread | None = None
+        self._model_socket: Any = None
+        self.traffic: TrafficGenerator | None = None
+
+    # ---- start ----------------------------------------------------------------------------
+
+    def prepare(self) -> tuple[ChurnModel, Path]:
+        """Train the model and write the training table and its reference profile."""
+        x, y = training_data()
+        model = ChurnModel.train(x, y)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        csv_path = self.workdir / "train.csv"
+        write_training_csv(csv_path, x, y, model.predict(x))
+        # Exactly what `modeltap profile` does (PROFILE_COMMAND): the features and the model's
+        # output (role output, so the prediction's drift is monitored); the label is left out.
+        reference = profile_table(
+            csv_path,
+            prediction=[PREDICTION],
+            numeric=["support_calls"],
+            exclude=[LABEL],
+            model_name=MODEL_NAME,
+        )
+        reference_path = self.workdir / "reference.json"
+        write_profile(reference, reference_path)
+        return model, reference_path
+
+    def monitoring_config(self, reference_path: Path) -> ModelTapConfig:
+        env = dict(os.environ)
+        if self.options.otlp_endpoint:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.options.otlp_endpoint
+            env.setdefault("OTEL_METRIC_EXPORT_INTERVAL", "5000")
+            env.setdefault("OTEL_SERVICE_NAME", "modeltap-demo")
+        return ModelTapConfig.from_env(
+            env,
+            model_name=MODEL_NAME,
+            reference=str(reference_path),
+            window_slots=self.window_slots,
+            window_slot_s=self.slot_s,
+            views_prefix=None,  # the sidecar serves the views on its admin port
+            worker_cpu_budget=0.0,  # the demo owns the machine: decode every payload
+        )
+
+    def start(self, model: ChurnModel, reference_path: Path) -> None:
+        monitoring = self.monitoring_config(reference_path)
+        self._model_socket = listen("127.0.0.1", 0, "model port")
+        model_port = int(self._model_socket.getsockname()[1])
+        settings = SidecarSettings(
+            upstream=f"http://127.0.0.1:{model_port}",
+            host="127.0.0.1",
+            port=self.options.port,
+            admin_host="127.0.0.1",
+            admin_port=self.options.admin_port,
+            drain_delay_s=0.0,
+            drain_timeout_s=2.0,
+            probe_interval_s=0.5,
+            log_level="warning",
+        )
+        sidecar = Sidecar(settings, monitoring)
+        sidecar.bind()  # a port in use fails here, before anything runs
+        self.sidecar = sidecar
+        self.addresses = Addresses(
+            proxy_url=f"http://127.0.0.1:{sidecar.port}",
+            admin_url=f"http://127.0.0.1:{sidecar.admin_port}",
+            model_url=f"http://127.0.0.1:{model_port}",
+        )
+        self._start_model(model)
+        self._start_sidecar(sidecar)
+
+    def _start_model(self, model: ChurnModel) -> None:
+        config = uvicorn.Config(
+            build_app(model), log_level="warning", lifespan="off", access_log=False, timeout_keep_alive=30
+        )
+        server = _ThreadServer(config)
+        self._model_server = server
+        self._model_thread = threading.Thread(
+            target=server.run,
+            kwargs={"sockets": [self._model_socket]},
+            name="modeltap-demo-model",
+            daemon=True,
+        )
+        self._model_thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not self._model_thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the demo's model server did not start")
+            time.sleep(0.01)
+
+    def _start_sidecar(self, sidecar: Sidecar) -> None:
+        try:
+            import uvloop
+
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+            loop = asyncio.new_event_loop()
+        self._sidecar_loop = loop
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(sidecar.serve(on_ready=ready.set))
+                loop.run_until_complete(loop.shutdown_default_executor())
+            except BaseException as exc:  # reported by start() or close()
+                self._sidecar_failure.append(exc)
+                ready.set()
+            finally:
+                loop.close()
+
+        self._sidecar_thread = threading.Thread(target=run, name="modeltap-demo-sidecar", daemon=True)
+        self._sidecar_thread.start()
+        if not ready.wait(10) or self._sidecar_failure:
+            raise RuntimeError(f"the sidecar did not start: {self._sidecar_failure[:1]!r}")
+        deadline = time.monotonic() + 5  # the first requests should find the model reachable
+        while not sidecar.readiness.ready and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    # ---- run ------------------------------------------------------------------------------
+
+    def read(self, flush_timeout_s: float = 2.0) -> dict[str, Any]:
+        """The sidecar's /status document, with everything sent so far processed and scored."""
+        assert self.sidecar is not None
+        # A flush processes the queue and recomputes the scores (the snapshot is published
+        # before the export part, which may time out against a slow collector).
+        self.sidecar.tap.flush(flush_timeout_s)
+        return status_document(self.sidecar.tap.latest_snapshot(), MODEL_NAME)
+
+    def close(self) -> list[str]:
+        """Stop traffic, sidecar (drains, flushes telemetry) and model server; close every port.
+        Returns the names of threads that did not stop in time (none, normally)."""
+        if self.traffic is not None:
+            self.traffic.close()
+        if self._sidecar_thread is not None and self._sidecar_loop is not None and self.sidecar is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                self._sidecar_loop.call_soon_threadsafe(self.sidecar.stop)
+            self._sidecar_thread.join(15)
+        elif self.sidecar is not None:  # bound, never served
+            for sock in (self.sidecar.proxy_socket, self.sidecar.admin_socket):
+                if sock is not None:
+                    sock.close()
+        if self._model_server is not None and self._model_thread is not None:
+            self._model_server.should_exit = True
+            self._model_thread.join(10)
+        if self._model_socket is not None:
+            self._model_socket.close()
+        threads = (self._sidecar_thread, self._model_thread)
+        return [thread.name for thread in threads if thread is not None and thread.is_alive()]
+
+
+def _elapsed(started: float) -> float:
+    return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM cleans up like Ctrl-C (only the main thread can own signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(
+    options: DemoOptions,
+    out: TextIO = sys.stdout,
+    *,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[Addresses], None] | None = None,
+) -> DemoResult:
+    """Run the whole demo and print its summary; returns what was judged (also used by tests).
+
+    `stop` ends the run early (as Ctrl-C does); `on_ready` is called with the addresses once
+    the model server and the sidecar serve.
+    """
+    stop = stop or threading.Event()
+    demo = Demo(options)
+    result = DemoResult(workdir=demo.workdir, slot_s=demo.slot_s, window_slots=demo.window_slots)
     started = time.monotonic()
     interactive = out.isatty()
-    try:
-        traffic.start()
-        while traffic.is_alive():
-            traffic.join(options.refresh_s)
-            app.tap.flush(2.0)
-            document = status_document(app.tap.latest_snapshot(), MODEL_NAME)
-            for feature in document["features"]:
-                if feature["level"] in ALERT_LEVELS and feature["name"] not in first_alert:
-                    first_alert[feature["name"]] = (
-                        f"{feature['level']} at {time.monotonic() - started:.0f} s ({stats.phase})"
-                    )
-            table = render_table(document, stats.phase)
-            if interactive:
-                out.write("\x1b[H\x1b[2J" + table + "\n")
+    with _sigterm_as_interrupt():
+        try:
+            model, reference_path = demo.prepare()
+            demo.start(model, reference_path)
+            assert demo.addresses is not None
+            result.addresses = demo.addresses
+            _banner(out, demo, reference_path)
+            if on_ready is not None:
+                on_ready(demo.addresses)
+            started = time.monotonic()
+            demo.traffic = TrafficGenerator(
+                int(demo.addresses.proxy_url.rsplit(":", 1)[1]), options.rate_per_s, result.traffic
+            )
+            for index, (phase, phase_s) in enumerate(zip(options.phases, demo.phase_s, strict=True)):
+                if stop.is_set():
+                    break
+                label = f"{index + 1}/{len(options.phases)} {phase.name} ({describe(phase)})"
+                result.phases.append(
+                    _run_phase(demo, phase, phase_s, label, started, stop, result, out, interactive)
+                )
+        except KeyboardInterrupt:
+            result.interrupted = True
+            stop.set()
+            print(
+                "\ninterrupted: stopping the traffic, the sidecar and the model server", file=out, flush=True
+            )
+        finally:
+            stop.set()
+            try:
+                if demo.sidecar is not None and demo.sidecar.tap.started:
+                    result.final = demo.read()
+            finally:
+                result.elapsed_s = _elapsed(started)
+                result.leftovers = demo.close()
+    print(summarize(result), file=out, flush=True)
+    return result
+
+
+def _banner(out: TextIO, demo: Demo, reference_path: Path) -> None:
+    assert demo.addresses is not None
+    options = demo.options
+    a = demo.addresses
+    print(f"model server (churn, KServe V1)  {a.model_url}/v1/models/churn:predict", file=out)
+    print(f"modeltap sidecar in front of it  {a.proxy_url}/v1/models/churn:predict", file=out)
+    print(f"status page                      {a.status_page}", file=out)
+    print(f"  /status JSON, Prometheus text  {a.admin_url}/status  {a.admin_url}/metrics", file=out)
+    csv_path = demo.workdir / "train.csv"
+    print(f"training data                    {csv_path}", file=out)
+    print(f"reference profile                {reference_path}", file=out)
+    print(f"  (the same as: {PROFILE_COMMAND.format(csv=csv_path, reference=reference_path)})", file=out)
+    if options.otlp_endpoint:
+        print(f"OTLP export to                   {options.otlp_endpoint}", file=out)
+    print(
+        f"drift window: {demo.window_slots} slots of {demo.slot_s:.3g} s = one phase, "
+        "so each phase is judged on its own traffic",
+        file=out,
+    )
+    print(
+        f"traffic: {options.rate_per_s:g} requests/s, {ROWS_PER_REQUEST} customers each, "
+        f"for {options.duration_s:g} s:",
+        file=out,
+    )
+    for phase, phase_s in zip(options.phases, demo.phase_s, strict=True):
+        print(f"  {phase_s:5.1f} s  {phase.name:<16} {phase.note or describe(phase)}", file=out)
+    print(
+        f"  plus malformed requests throughout (1 in {MALFORMED_EVERY}): "
+        "truncated JSON, text for a number, a short row, NaN\n",
+        file=out,
+    )
+    out.flush()
+
+
+def _run_phase(
+    demo: Demo,
+    phase: Phase,
+    phase_s: float,
+    label: str,
+    started: float,
+    stop: threading.Event,
+    result: DemoResult,
+    out: TextIO,
+    interactive: bool,
+) -> PhaseVerdict:
+    assert demo.traffic is not None
+    assert demo.addresses is not None
+    start_s = _elapsed(started)
+    since: dict[str, float] = {}
+
+    def track(document: dict[str, Any]) -> None:
+        now = _elapsed(started)
+        for name, level in _alerts(document).items():
+            if level in ALERT_LEVELS:
+                since.setdefault(name, now)
             else:
-                out.write(table + "\n\n")
+                since.pop(name, None)
+
+    thread = threading.Thread(
+        target=demo.traffic.run_phase, args=(phase, phase_s, stop), name="modeltap-demo-traffic", daemon=True
+    )
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(demo.refresh_s)
+            document = demo.read(flush_timeout_s=min(0.5, demo.refresh_s))
+            track(document)
+            table = render_table(
+                document,
+                phase=label,
+                elapsed_s=_elapsed(started),
+                duration_s=demo.options.duration_s,
+                addresses=demo.addresses,
+                traffic=result.traffic,
+                since=since,
+            )
+            out.write(("\x1b[H\x1b[2J" + table + "\n") if interactive else table + "\n\n")
             out.flush()
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaning up", file=out)
     finally:
-        stop.set()
-        traffic.join(5)
-        app.tap.flush(2.0)
-        final = status_document(app.tap.latest_snapshot(), MODEL_NAME)
-        server.should_exit = True
-        server_thread.join(10)
-        sock.close()
-        app.tap.shutdown()
-    print(summarize(final, first_alert, stats), file=out)
-    return final
+        if thread.is_alive():  # interrupted
+            stop.set()
+            thread.join(5)
+    # The verdict: the phase's last request is in, the next phase has not begun.
+    end_s = _elapsed(started)
+    document = demo.read()
+    track(document)
+    alerts = _alerts(document)
+    features = {f["name"]: f for f in document["features"]}
+    return PhaseVerdict(
+        phase=phase,
+        start_s=start_s,
+        end_s=end_s,
+        window_count=max(
+            (f["window_count"] for f in document["features"] if f["role"] == "input"), default=0
+        ),
+        levels={name: level for name, level in alerts.items() if name != PREDICTION},
+        psi={name: features[name]["psi"] for name in alerts},
+        prediction_level=alerts.get(PREDICTION),
+        since={name: since.get(name, end_s) for name, level in alerts.items() if level in ALERT_LEVELS},
+        traffic=result.traffic.by_phase.get(phase.name, PhaseTraffic()),
+    )
 
 
-def summarize(document: dict[str, Any], first_alert: dict[str, str], stats: TrafficStats) -> str:
-    drifted = [f["name"] for f in document["features"] if f["level"] in ALERT_LEVELS]
-    lines = [
-        "",
-        "summary",
-        f"  requests sent: {stats.sent}, failed to send: {stats.failed}, "
-        f"seen by modeltap: {document['requests']['total']}",
-        f"  data-quality violations: {document['violations'] or 'none'}",
-        f"  drift at the end (WARNING or CRITICAL): {', '.join(drifted) or 'none'}",
-    ]
-    for name, when in first_alert.items():
-        lines.append(f"    {name}: first flagged {when}")
+def _when(verdict: PhaseVerdict, name: str) -> str:
+    at = verdict.since.get(name, verdict.end_s)
+    return f"detected at {at:.1f} s, {at - verdict.start_s:.1f} s into the phase"
+
+
+def _flagged(verdict: PhaseVerdict, names: frozenset[str] | set[str]) -> str:
+    if not names:
+        return "none"
+    return ", ".join(
+        f"{name} ({verdict.levels[name]}, PSI {verdict.psi.get(name) or 0:.2f}, {_when(verdict, name)})"
+        for name in sorted(names)
+    )
+
+
+def summarize(result: DemoResult) -> str:
+    lines = ["", "summary"]
+    if result.slot_s:
+        lines.append(
+            f"  each phase judged on its own window ({result.window_slots} slots of {result.slot_s:.3g} s "
+            f"= {result.window_s:.3g} s), read at the end of the phase"
+        )
+    baseline_share: float | None = None
+    for verdict in result.phases:
+        phase = verdict.phase
+        traffic = verdict.traffic
+        share = traffic.churn_share
+        mean = traffic.mean_prediction
+        if phase.name == "baseline":
+            baseline_share = share
+        lines.append(
+            f"  {phase.name} ({verdict.start_s:.1f}-{verdict.end_s:.1f} s, {traffic.sent} requests, "
+            f"{verdict.window_count} rows in the window): {describe(phase)}"
+        )
+        flagged = verdict.flagged_inputs
+        if phase.judged_by_inputs:
+            lines.append(f"    input drift: {_flagged(verdict, flagged)}")
+            expected = sorted(phase.expected_inputs) or ["none"]
+            lines.append(f"    expected:    {', '.join(expected)}")
+        else:
+            lines.append(
+                f"    inputs that moved with the class balance: {', '.join(sorted(flagged)) or 'none'} "
+                "(not judged: a prior shift moves every feature that carries class information)"
+            )
+        psi = verdict.psi.get(PREDICTION)
+        detail = f"PSI {psi:.2f}" if psi is not None else "PSI -"
+        if verdict.prediction_flagged:
+            detail += ", " + _when(verdict, PREDICTION)
+            if phase.shift:
+                detail += "; it follows the shifted inputs"
+        lines.append(f"    prediction drift: {verdict.prediction_level or '-'} ({detail})")
+        if share is not None and mean is not None:
+            change = (
+                f" (baseline {baseline_share:.0%})"
+                if baseline_share is not None and phase.name != "baseline"
+                else ""
+            )
+            lines.append(f"    churn share sent {share:.0%}{change}, mean predicted churn {mean:.2f}")
+        lines.append(f"    verdict: {'as expected' if verdict.as_expected else 'NOT as expected'}")
+    stats = result.traffic
+    final = result.final
+    if final:
+        sent_malformed = stats.malformed()
+        violations = final.get("violations", {})
+        lines.append(
+            f"  requests: {stats.total('sent')} sent, {stats.total('failed')} failed to send; "
+            f"seen by the sidecar: {final['requests']['total']}, dropped {final['requests']['dropped']}"
+        )
+        lines.append(
+            "  malformed requests sent: "
+            + (", ".join(f"{reason} {n}" for reason, n in sorted(sent_malformed.items())) or "none")
+        )
+        lines.append(
+            "  data-quality violations counted: "
+            + (", ".join(f"{reason} {n}" for reason, n in sorted(violations.items())) or "none")
+        )
+        proxy_errors = final.get("proxy_errors") or {}
+        lines.append(
+            "  sidecar errors: "
+            + (", ".join(f"{code} {n}" for code, n in sorted(proxy_errors.items())) or "none")
+        )
+        latency = final["latency_s"]
+        lines.append(
+            f"  latency through the sidecar (last window): p50 {_ms(latency['p50']).strip()}, "
+            f"p95 {_ms(latency['p95']).strip()}, p99 {_ms(latency['p99']).strip()}"
+        )
+    if result.interrupted:
+        lines.append("  interrupted before the end")
+    if result.leftovers:
+        lines.append(f"  still running after clean-up: {', '.join(result.leftovers)}")
+    else:
+        lines.append(
+            "  clean-up: the traffic, the sidecar and the model server stopped; their ports are closed"
+        )
+    lines.append(f"  training data and reference profile kept in {result.workdir}")
     return "\n".join(lines)

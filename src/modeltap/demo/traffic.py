@@ -1,8 +1,23 @@
-"""The demo's client: phases of in-distribution and drifted traffic, plus malformed requests."""
+"""The demo's client: phases of in-distribution and drifted traffic, with malformed requests
+spread through all of them.
+
+- **baseline**: customers drawn like the training data.
+- **covariate shift**: the same customers, but `monthly_charges` up by 1 standard deviation (a price
+  rise) and `support_calls` up by 1.5 (an outage); the other features are untouched. Exactly the
+  shifted features must be flagged; the prediction moves too, since it depends on them.
+- **recovery**: like the baseline again; once the window has turned over, nothing is flagged.
+- **prior shift**: the class balance changes, not the customers: rows are drawn conditioned on the
+  label so that the share of churners rises from the training set's ~40 % to 80 %. Every feature
+  that carries class information moves with it; the check is the prediction's drift.
+
+One request in `MALFORMED_EVERY` is malformed, cycling through four kinds the model answers 400
+(or, for a NaN token, 200): each must be counted as a data-quality violation of its reason.
+"""
 
 from __future__ import annotations
 
 import http.client
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -10,7 +25,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from modeltap.demo.model_server import make_customers
+from modeltap.demo.model_server import PREDICT_PATH, churn_labels, make_customers
+
+ROWS_PER_REQUEST = 8
+MALFORMED_EVERY = 20
+POOL_ROWS = 50_000
+
+# (violation reason modeltap counts it under, body)
+MALFORMED: tuple[tuple[str, bytes], ...] = (
+    ("decode_error", b'{"instances": [[12.0, 70.5, 1, 45.0'),  # truncated JSON
+    ("type", b'{"instances": [[12.0, "n/a", 1, 45.0, 5.0]]}'),  # text where a number belongs
+    ("schema", b'{"instances": [[12.0, 70.5, 1, 45.0]]}'),  # a row one feature short
+    ("missing", b'{"instances": [[12.0, NaN, 1, 45.0, 5.0]]}'),  # a NaN token: a missing value
+)
 
 
 @dataclass(frozen=True)
@@ -18,55 +45,169 @@ class Phase:
     name: str
     share: float  # of the run's duration
     shift: dict[str, float] = field(default_factory=dict)  # feature -> mean shift in std units
-    malformed_every: int = 0  # one malformed request in this many (0 = none)
+    churn_share: float | None = None  # sample conditioned on the label to this share of churners
+    note: str = ""
+
+    @property
+    def expected_inputs(self) -> frozenset[str]:
+        """The input features this phase must flag (a prior shift is judged by the prediction)."""
+        return frozenset(self.shift)
+
+    @property
+    def expects_prediction_drift(self) -> bool:
+        return self.churn_share is not None
+
+    @property
+    def judged_by_inputs(self) -> bool:
+        """A prior shift legitimately moves every class-informative feature: only its prediction
+        drift is judged (CLARIFICATIONS.md, issue 6)."""
+        return self.churn_share is None
 
 
 PHASES = (
-    Phase("baseline", 0.5),
-    Phase("covariate shift", 0.5, shift={"monthly_charges": 1.0, "support_calls": 1.5}, malformed_every=25),
+    Phase("baseline", 1 / 4, note="customers like the training data"),
+    Phase(
+        "covariate shift",
+        1 / 4,
+        shift={"monthly_charges": 1.0, "support_calls": 1.5},
+        note="price rise (+1 sd monthly_charges) and an outage (+1.5 sd support_calls)",
+    ),
+    Phase("recovery", 1 / 4, note="customers like the training data again: the window forgets"),
+    Phase("prior shift", 1 / 4, churn_share=0.8, note="the share of churners doubles, to 80 %"),
 )
 
 
 @dataclass
-class TrafficStats:
+class PhaseTraffic:
+    """What was sent in one phase, as the client saw it."""
+
     sent: int = 0
     failed: int = 0
+    rows: int = 0
+    churners: int = 0
+    malformed: dict[str, int] = field(default_factory=dict)
+    statuses: dict[int, int] = field(default_factory=dict)
+    prediction_sum: float = 0.0
+    predictions: int = 0
+
+    @property
+    def churn_share(self) -> float | None:
+        return self.churners / self.rows if self.rows else None
+
+    @property
+    def mean_prediction(self) -> float | None:
+        return self.prediction_sum / self.predictions if self.predictions else None
+
+
+@dataclass
+class TrafficStats:
     phase: str = ""
-    phase_started: dict[str, float] = field(default_factory=dict)
+    by_phase: dict[str, PhaseTraffic] = field(default_factory=dict)
+
+    def total(self, attribute: str) -> int:
+        return sum(int(getattr(p, attribute)) for p in self.by_phase.values())
+
+    def malformed(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for phase in self.by_phase.values():
+            for reason, count in phase.malformed.items():
+                out[reason] = out.get(reason, 0) + count
+        return out
 
 
-def run_traffic(
-    port: int, duration_s: float, rate_per_s: float, stop: threading.Event, stats: TrafficStats
-) -> None:
-    """Send requests at `rate_per_s` for `duration_s`, phase by phase, over one keep-alive connection."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    path = "/v1/models/churn:predict"
-    headers = {"content-type": "application/json"}
-    seed = 100
-    for phase in PHASES:
-        stats.phase = phase.name
-        stats.phase_started[phase.name] = time.time()
-        phase_end = time.monotonic() + duration_s * phase.share
-        pool = make_customers(4096, seed, shift=phase.shift)
-        seed += 1
-        i = 0
-        while time.monotonic() < phase_end and not stop.is_set():
-            started = time.monotonic()
-            if phase.malformed_every and i % phase.malformed_every == phase.malformed_every - 1:
-                body = b'{"instances": [[1.0, "n/a", 3.0'  # truncated JSON: a counted decode_error
+class CustomerSource:
+    """Rows for one phase: fresh draws from the phase's population (a large pre-drawn pool)."""
+
+    def __init__(self, phase: Phase, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        x = make_customers(POOL_ROWS, seed, shift=phase.shift)
+        y = churn_labels(x, seed)  # the same P(churn | customer) as in training
+        self._x, self._y = x, y
+        self._share = phase.churn_share
+        self._churners = np.flatnonzero(y == 1.0)
+        self._stayers = np.flatnonzero(y == 0.0)
+
+    def draw(self, rows: int) -> tuple[np.ndarray, int]:
+        """`rows` customers and how many of them churn."""
+        if self._share is None:
+            index = self._rng.integers(0, len(self._x), rows)
+        else:
+            churn = self._rng.random(rows) < self._share
+            index = np.where(
+                churn,
+                self._churners[self._rng.integers(0, len(self._churners), rows)],
+                self._stayers[self._rng.integers(0, len(self._stayers), rows)],
+            )
+        return self._x[index], int(self._y[index].sum())
+
+
+class TrafficGenerator:
+    """Sends one phase at a time at a steady rate over one keep-alive connection."""
+
+    def __init__(self, port: int, rate_per_s: float, stats: TrafficStats, seed: int = 100) -> None:
+        self._port = port
+        self._rate = rate_per_s
+        self._stats = stats
+        self._seed = seed
+        self._connection = self._connect()
+        self._requests = 0
+
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self._port, timeout=5)
+
+    def run_phase(self, phase: Phase, duration_s: float, stop: threading.Event) -> None:
+        stats = self._stats.by_phase.setdefault(phase.name, PhaseTraffic())
+        self._stats.phase = phase.name
+        source = CustomerSource(phase, self._seed)
+        self._seed += 1
+        headers = {"content-type": "application/json"}
+        interval = 1.0 / self._rate
+        started = time.monotonic()
+        end = started + duration_s
+        k = 0
+        while not stop.is_set():
+            due = started + k * interval  # a fixed schedule: no drift from per-request delays
+            now = time.monotonic()
+            if due >= end or now >= end:
+                break
+            if due > now and stop.wait(due - now):
+                break
+            k += 1
+            self._requests += 1
+            malformed: str | None = None
+            churners = 0
+            if self._requests % MALFORMED_EVERY == 0:
+                malformed, body = MALFORMED[(self._requests // MALFORMED_EVERY) % len(MALFORMED)]
             else:
-                rows = pool[np.random.default_rng(i).integers(0, len(pool), 4)]
-                body = orjson.dumps({"instances": rows.round(3).tolist()})
+                rows, churners = source.draw(ROWS_PER_REQUEST)
+                body = orjson.dumps({"instances": np.round(rows, 3).tolist()})
             try:
-                connection.request("POST", path, body=body, headers=headers)
-                connection.getresponse().read()
-                stats.sent += 1
+                self._connection.request("POST", PREDICT_PATH, body=body, headers=headers)
+                response = self._connection.getresponse()
+                payload = response.read()
             except (OSError, http.client.HTTPException):
                 stats.failed += 1
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            i += 1
-            delay = 1.0 / rate_per_s - (time.monotonic() - started)
-            if delay > 0:
-                stop.wait(delay)
-    connection.close()
+                self._connection.close()
+                self._connection = self._connect()
+                continue
+            stats.sent += 1
+            stats.statuses[response.status] = stats.statuses.get(response.status, 0) + 1
+            if malformed is not None:
+                stats.malformed[malformed] = stats.malformed.get(malformed, 0) + 1
+            elif response.status == 200:
+                stats.rows += ROWS_PER_REQUEST
+                stats.churners += churners
+                predictions = orjson.loads(payload).get("predictions", [])
+                stats.prediction_sum += math.fsum(float(p) for p in predictions)
+                stats.predictions += len(predictions)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def describe(phase: Phase) -> str:
+    if phase.shift:
+        return ", ".join(f"{name} {sigma:+g} sd" for name, sigma in phase.shift.items())
+    if phase.churn_share is not None:
+        return f"churn share -> {phase.churn_share:.0%}"
+    return "as in training"
