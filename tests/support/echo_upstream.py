@@ -33,11 +33,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from tests.support.servers import serve
 
 ECHO_MARK = (b"x-echo", b"1")
 RESPONSE_HEADER_REQUEST = "x-echo-response-header"
@@ -176,28 +177,12 @@ def serve_uvicorn(
     app: Any, *, proxy_headers: bool, forwarded_allow_ips: str, http: str = "h11", name: str = "echo-upstream"
 ) -> Iterator[str]:
     """`tests.support.servers.serve` with the X-Forwarded-* trust settings exposed."""
-    config = uvicorn.Config(
+    with serve(
         app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
+        name,
         lifespan="off",
         http=http,
         proxy_headers=proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=name, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited during startup"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10.0)
-        assert not thread.is_alive(), "uvicorn did not shut down within 10 s"
+    ) as url:
+        yield url

@@ -12,10 +12,11 @@ import uvicorn
 
 
 @contextlib.contextmanager
-def serve(app: Any, name: str = "uvicorn-test") -> Iterator[str]:
+def serve(app: Any, name: str = "uvicorn-test", **options: Any) -> Iterator[str]:
     """Run `app` in a real uvicorn on 127.0.0.1 (an ephemeral port) in a background thread;
-    yields the base URL and stops the server (bounded) on exit."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    yields the base URL and stops the server (bounded) on exit. `options` go to `uvicorn.Config`."""
+    settings: dict[str, Any] = {"log_level": "warning", "lifespan": "on", **options}
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, **settings)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()

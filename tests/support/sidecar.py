@@ -10,9 +10,11 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import uvloop
 
 from modeltap.config import ModelTapConfig
+from modeltap.records import ExchangeRecord, RawRecord
 from modeltap.sidecar.runner import Sidecar
 from modeltap.sidecar.settings import SidecarSettings
 
@@ -46,6 +48,28 @@ class RunningSidecar:
 
 async def _call(fn: Any, *args: Any) -> Any:
     return fn(*args)
+
+
+def record_exchanges(sidecar: RunningSidecar, monkeypatch: pytest.MonkeyPatch) -> list[ExchangeRecord]:
+    """Every exchange the sidecar's capture hands to its queue (call before the first request)."""
+    tap = sidecar.sidecar.tap
+    assert tap.capture is None, "record_exchanges() must come before the first proxied request"
+    records: list[ExchangeRecord] = []
+    offer = tap.queue.offer
+
+    def recording_offer(raw: RawRecord, kept_bytes: int) -> object:
+        records.append(ExchangeRecord._make(raw))
+        return offer(raw, kept_bytes)
+
+    monkeypatch.setattr(tap.queue, "offer", recording_offer)
+    return records
+
+
+def pool_state(sidecar: RunningSidecar) -> tuple[int, int]:
+    """(connections in use, idle pooled connections), read on the sidecar's loop."""
+    pool = sidecar.sidecar.pool
+    result: tuple[int, int] = sidecar.call(lambda: (pool.active, pool.idle_count))
+    return result
 
 
 @contextlib.contextmanager

@@ -24,9 +24,8 @@ import httpx
 import pytest
 
 from modeltap.config import ModelTapConfig
-from modeltap.records import ExchangeRecord, RawRecord
 from tests.support.raw_upstream import RawUpstream, body_blocks, body_bytes, body_sha256
-from tests.support.sidecar import RunningSidecar, running_sidecar
+from tests.support.sidecar import RunningSidecar, record_exchanges, running_sidecar
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -52,21 +51,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
             return False
         time.sleep(0.01)
     return True
-
-
-def record_exchanges(sidecar: RunningSidecar, monkeypatch: pytest.MonkeyPatch) -> list[ExchangeRecord]:
-    """Every exchange the sidecar's capture hands to its queue (call before the first request)."""
-    tap = sidecar.sidecar.tap
-    assert tap.capture is None, "record_exchanges() must come before the first proxied request"
-    records: list[ExchangeRecord] = []
-    offer = tap.queue.offer
-
-    def recording_offer(raw: RawRecord, kept_bytes: int) -> object:
-        records.append(ExchangeRecord._make(raw))
-        return offer(raw, kept_bytes)
-
-    monkeypatch.setattr(tap.queue, "offer", recording_offer)
-    return records
 
 
 # ---- A12: streaming ------------------------------------------------------------------------

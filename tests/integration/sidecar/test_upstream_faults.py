@@ -30,9 +30,8 @@ import httpx
 import pytest
 import uvicorn
 
-from modeltap.records import ExchangeRecord, RawRecord
 from tests.support.raw_upstream import RawUpstream, body_bytes, unused_port
-from tests.support.sidecar import RunningSidecar, running_sidecar
+from tests.support.sidecar import RunningSidecar, pool_state, record_exchanges, running_sidecar
 
 MARGIN_S = 1.0  # deadlines are asserted within their bound plus this
 ERROR = "x-modeltap-error"
@@ -80,28 +79,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
             return False
         time.sleep(0.01)
     return True
-
-
-def pool_state(sidecar: RunningSidecar) -> tuple[int, int]:
-    """(connections in use, idle pooled connections), read on the sidecar's loop."""
-    pool = sidecar.sidecar.pool
-    result: tuple[int, int] = sidecar.call(lambda: (pool.active, pool.idle_count))
-    return result
-
-
-def record_exchanges(sidecar: RunningSidecar, monkeypatch: pytest.MonkeyPatch) -> list[ExchangeRecord]:
-    """Every exchange the sidecar's capture hands to its queue (call before the first request)."""
-    tap = sidecar.sidecar.tap
-    assert tap.capture is None, "record_exchanges() must come before the first proxied request"
-    records: list[ExchangeRecord] = []
-    offer = tap.queue.offer
-
-    def recording_offer(raw: RawRecord, kept_bytes: int) -> object:
-        records.append(ExchangeRecord._make(raw))
-        return offer(raw, kept_bytes)
-
-    monkeypatch.setattr(tap.queue, "offer", recording_offer)
-    return records
 
 
 def timed_request(method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, float]:
