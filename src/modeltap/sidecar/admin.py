@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from modeltap._types import Receive, Scope, Send
 from modeltap.export.local_views import LocalViews
@@ -33,7 +32,6 @@ class Readiness:
         self.upstream_ok = False
         self.consecutive_failures = 0
         self.draining = False
-        self.last_probe_unix_s = 0.0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -45,7 +43,6 @@ class Readiness:
         self._record(False)
 
     def _record(self, ok: bool) -> None:
-        self.last_probe_unix_s = time.time()
         if ok:
             self.consecutive_failures = 0
             self.upstream_ok = True
@@ -94,15 +91,7 @@ class AdminApp:
         self._readiness = readiness
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # its server runs without lifespan
             return
         path = scope["path"]
         if path == "/healthz":

@@ -41,7 +41,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.reusable = False
         self.idle_since = 0.0
-        self.exchanges = 0
         self.in_exchange = False
         self.held = False
         # Per-exchange state.
@@ -198,7 +197,6 @@ class UpstreamConnection(asyncio.Protocol):
     def send_request(self, head: bytes, body: bytes, head_request: bool) -> None:
         """Write a request; the response is then awaited with `response_headers()`."""
         assert self.transport is not None
-        self.exchanges += 1
         self.in_exchange = True
         self.status = 0
         self.headers = []
