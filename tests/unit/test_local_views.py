@@ -105,7 +105,7 @@ def test_other_clients_are_forbidden(
     result = get(middleware, path, client=client)
 
     assert result.status == 403
-    assert result.body == b"forbidden\n"
+    assert result.body.startswith(b"forbidden")
 
 
 @pytest.mark.parametrize("scheme", [b"Bearer", b"bearer", b"BEARER"])
@@ -166,6 +166,49 @@ def test_allow_list_cidrs(make_middleware: MakeMiddleware, client: tuple[str, in
     result = get(middleware, "/modeltap/status", client=client)
 
     assert result.status == (200 if allowed else 403)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        (b"x-forwarded-for", b"127.0.0.1"),
+        (b"x-forwarded-host", b"localhost"),
+        (b"x-forwarded-proto", b"http"),
+        (b"x-real-ip", b"127.0.0.1"),
+        (b"forwarded", b"for=127.0.0.1"),
+        (b"via", b"1.1 edge"),
+    ],
+)
+def test_a_forwarded_loopback_request_is_not_local(
+    make_middleware: MakeMiddleware, header: tuple[bytes, bytes]
+) -> None:
+    """Behind a proxy on the same machine, or with the peer rewritten from X-Forwarded-For, the
+    loopback address is the proxy's (or the client's claim), not the reader's."""
+    result = get(make_middleware(model_app), "/modeltap/status", client=LOOPBACK, headers=[header])
+
+    assert result.status == 403
+    # The answer says how to grant access.
+    assert b"MODELTAP_VIEWS_TOKEN" in result.body
+    assert b"MODELTAP_VIEWS_ALLOW" in result.body
+    assert b"Authorization: Bearer" in result.body
+
+
+def test_a_forwarded_request_is_served_with_the_token_or_an_allowed_network(
+    make_middleware: MakeMiddleware,
+) -> None:
+    forwarded = (b"x-forwarded-for", b"127.0.0.1")
+    with_token = make_middleware(model_app, views_token="s3cret-token")
+    allowed = make_middleware(model_app, views_allow=("127.0.0.0/8",))
+
+    by_token = get(
+        with_token,
+        "/modeltap/status",
+        headers=[forwarded, (b"authorization", b"Bearer s3cret-token")],
+    )
+    by_network = get(allowed, "/modeltap/status", headers=[forwarded])
+
+    assert by_token.status == 200
+    assert by_network.status == 200
 
 
 # --- methods, paths, HEAD --------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """`GET {prefix}/status` and `{prefix}/metrics` on the application's own port.
 
 Loopback clients only unless a token or an allow-list says otherwise, since the numbers describe
-the model's traffic. Served from the latest published snapshot, never computed on request.
+the model's traffic; a request that carries a forwarding header is never taken for a loopback
+client, since it came through a proxy (whose peer address may be loopback, or rewritten from the
+header by the server). Served from the latest published snapshot, never computed on request.
 """
 
 from __future__ import annotations
@@ -76,9 +78,12 @@ class LocalViews:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped  # IPv4 clients of a dual-stack listener
-        if address.is_loopback:
+        if any(address in network for network in self._allow):
             return True
-        return any(address in network for network in self._allow)
+        # A loopback peer is the machine itself only when no proxy stands between: behind one (or
+        # under uvicorn's --forwarded-allow-ips, which rewrites the peer from X-Forwarded-For) a
+        # loopback address says nothing about who sent the request.
+        return address.is_loopback and not _forwarded(scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -87,7 +92,7 @@ class LocalViews:
             path = path[len(root) :]
         sub = path[len(self._prefix) :]
         if not self._allowed(scope):
-            await _respond(send, 403, b"forbidden\n", "text/plain; charset=utf-8")
+            await _respond(send, 403, _FORBIDDEN, "text/plain; charset=utf-8")
             return
         if scope.get("method") not in ("GET", "HEAD"):
             await _respond(
@@ -117,6 +122,40 @@ class LocalViews:
             await _respond(send, 200, text, prometheus_text.CONTENT_TYPE, head=head)
         else:
             await _respond(send, 404, b"not found\n", "text/plain; charset=utf-8")
+
+
+# Headers a proxy adds on the way in: any of them means the peer address is not the client's.
+FORWARDING_HEADERS = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-forwarded-server",
+        b"x-original-forwarded-for",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"via",
+    }
+)
+
+_FORBIDDEN = (
+    b"forbidden: these views answer loopback clients only, and only when the request carries no\n"
+    b"forwarding header (X-Forwarded-For, X-Real-IP, Forwarded, Via, ...).\n"
+    b"To grant access, set a token (views_token, variable MODELTAP_VIEWS_TOKEN) and send\n"
+    b"'Authorization: Bearer <token>', or allow the client's networks (views_allow, variable\n"
+    b"MODELTAP_VIEWS_ALLOW, comma-separated CIDRs).\n"
+)
+
+
+def _forwarded(scope: Scope) -> bool:
+    return any(key in FORWARDING_HEADERS for key, _ in scope.get("headers", ()))
 
 
 # The page is one self-contained file: no external assets, and it may only talk to its own origin.
