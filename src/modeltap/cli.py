@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, what in (
         ("--exclude", "columns to leave out"),
         ("--categorical", "columns to profile as categorical"),
-        ("--numeric", "columns to profile as numeric"),
+        ("--numeric", "columns to profile as numeric (values that are not numbers count as missing)"),
     ):
         profile.add_argument(flag, nargs="+", action="extend", default=[], metavar="COL", help=what)
     profile.add_argument("--model-name", default=None, metavar="NAME", help="the model's name")
@@ -180,22 +180,36 @@ def run_sidecar_command(args: argparse.Namespace) -> None:
 
 
 def run_profile(args: argparse.Namespace, out: TextIO | None = None) -> None:
-    """`modeltap profile`: build, write, and print one line per feature and the id."""
+    """`modeltap profile`: build, write, and print one line per feature and the id.
+
+    The builder's warnings (a small reference, values counted as missing) are printed as
+    ``modeltap: warning: ...`` on stderr once the profile is written.
+    """
     out = out or sys.stdout
+    import warnings
+
+    from modeltap.stats.profile_builder import ProfileWarning
     from modeltap.stats.profile_io import profile_table
     from modeltap.stats.reference import write_profile
 
-    document = profile_table(
-        args.data,
-        target=args.target,
-        prediction=args.prediction,
-        exclude=args.exclude,
-        categorical=args.categorical,
-        numeric=args.numeric,
-        model_name=args.model_name,
-        top_k=args.top_k,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProfileWarning)
+        document = profile_table(
+            args.data,
+            target=args.target,
+            prediction=args.prediction,
+            exclude=args.exclude,
+            categorical=args.categorical,
+            numeric=args.numeric,
+            model_name=args.model_name,
+            top_k=args.top_k,
+        )
     write_profile(document, args.output)
+    for warning in caught:
+        if issubclass(warning.category, ProfileWarning):
+            print(f"modeltap: warning: {warning.message}", file=sys.stderr)
+        else:  # not ours: given back to the warnings machinery as it came
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     width = min(32, max(len(f["name"]) for f in [*document["features"], *document["ignored"]]))
     for feature in document["features"]:
         print(

@@ -100,7 +100,12 @@ def test_profile_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         ("a,b\n", [], "no data rows after the header"),
         ("a,b\n\n\n", [], "no data rows after the header"),
         ("a,b\n1,\n2,\n", [], "column 'b' is all missing"),
-        ("a,b\n1,2\n3,x\n", ["--numeric", "b"], "column 'b' is numeric, but data row 2 holds 'x'"),
+        (
+            "a\n" + "1\n" * 19 + "x\n",
+            [],
+            "column 'a' is numeric (19 of its 20 non-missing values are numbers)",
+        ),
+        ("a\n" + "1\n" * 19 + "x\n", [], "but data row 20 holds 'x', which is not a number"),
         ("a,a\n1,2\n", [], "duplicate column name 'a' (columns 1 and 2)"),
         ("a,\n1,2\n", [], "column 2 of the header has an empty name"),
         ("a,b\n1,2\n\n3\n", [], "data row 2 (line 4) has 1 fields, the header has 2"),
@@ -127,6 +132,99 @@ def test_bad_input_is_one_line_on_stderr_and_exit_1(
     assert "Traceback" not in captured.err
     assert message in captured.err
     assert not output.exists()
+
+
+def _integers_with_a_word(path: Path, word: str = "oops", row: int = 123, rows: int = 500) -> Path:
+    rng = np.random.default_rng(22)
+    lines = ["age,calls"]
+    for i in range(1, rows + 1):
+        lines.append(f"{rng.normal(45, 12):.1f},{word if i == row else int(rng.integers(0, 1000))}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _profile(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["profile", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_one_word_among_500_integers_is_an_error_naming_the_column_and_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _integers_with_a_word(tmp_path / "train.csv")
+    output = tmp_path / "reference.json"
+    code, out, err = _profile([str(data), "-o", str(output)], capsys)
+    assert code == 1
+    assert out == ""
+    assert err.startswith("modeltap: train.csv: column 'calls' is numeric (499 of its 500 non-missing values")
+    assert "data row 123 holds 'oops', which is not a number" in err
+    assert "--categorical calls" in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+    assert not output.exists()
+
+
+def test_one_word_among_500_integers_with_categorical_is_categorical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _integers_with_a_word(tmp_path / "train.csv")
+    output = tmp_path / "reference.json"
+    code, out, err = _profile([str(data), "-o", str(output), "--categorical", "calls"], capsys)
+    assert (code, err) == (0, "")
+    calls = load_reference(output).feature("input", "calls")
+    assert calls is not None
+    assert calls.kind == "categorical"
+    assert calls.n == 500
+    assert re.search(r"^calls\s+input\s+categorical\s+n=500\s", out, re.MULTILINE)
+
+
+def test_one_word_among_500_integers_with_numeric_is_missing_and_said_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _integers_with_a_word(tmp_path / "train.csv", word="NA")
+    output = tmp_path / "reference.json"
+    code, out, err = _profile([str(data), "-o", str(output), "--numeric", "calls"], capsys)
+    assert code == 0
+    assert err == (
+        "modeltap: warning: train.csv: column 'calls' is profiled as numeric: 1 value that is not a "
+        "number counted as missing (the first: data row 123, 'NA')\n"
+    )
+    calls = load_reference(output).feature("input", "calls")
+    assert calls is not None
+    assert (calls.kind, calls.n, calls.missing) == ("numeric", 499, 1)
+    assert re.search(r"^calls\s+input\s+numeric\s+n=499\s+missing=0\.20%$", out, re.MULTILINE)
+
+
+def test_94_percent_numbers_is_categorical_without_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "train.csv"
+    cells = [str(i % 10) for i in range(470)] + ["unknown"] * 30  # 94 % numbers
+    data.write_text("x,code\n" + "".join(f"{i}.5,{c}\n" for i, c in enumerate(cells)), encoding="utf-8")
+    output = tmp_path / "reference.json"
+    code, _, err = _profile([str(data), "-o", str(output)], capsys)
+    assert (code, err) == (0, "")
+    code_feature = load_reference(output).feature("input", "code")
+    assert code_feature is not None
+    assert code_feature.kind == "categorical"
+    assert "unknown" in code_feature.vocabulary
+
+
+def test_fewer_than_100_rows_is_a_warning_on_stderr_and_a_valid_profile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _training_csv(tmp_path / "small.csv", rows=40)
+    output = tmp_path / "reference.json"
+    code, out, err = _profile([str(data), "-o", str(output), "--target", "churn"], capsys)
+    assert code == 0
+    assert err.count("\n") == 1
+    assert err.startswith("modeltap: warning: small.csv: the profile has only 40 rows: drift scores")
+    assert "noisy" in err
+    assert load_reference(output).source_rows == 40
+    assert out.splitlines()[-1].startswith("40 rows; id sha256:")
+    code, _, err = _profile([str(_training_csv(tmp_path / "big.csv", rows=100)), "-o", str(output)], capsys)
+    assert (code, err) == (0, "")
 
 
 def test_unreadable_inputs_and_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,14 +8,30 @@ Kind inference, per column (overridable with `numeric=`, `categorical=` and `exc
 - numbers are ``numeric``, but numbers with at most 20 distinct values are ``categorical``;
   for an output (prediction) column only integral ones are (class labels), so scores and
   class probabilities stay numeric;
-- strings and booleans are ``categorical``;
+- numbers with a few stray values: a column whose non-missing values are at least 95 % numbers
+  (number objects, or text that reads as a number as `parse_number` reads it: every cell of a
+  CSV is text) but not all of them is numeric with bad values, and building fails with a
+  `ReferenceProfileError` naming the column, the first data row that is not a number and its
+  value; nothing is dropped or turned into a missing value behind the user's back. Naming the
+  column in `categorical=` profiles every value as a category; naming it in `numeric=` counts
+  the values that are not numbers as missing, with a `NonNumericValuesWarning` saying how many;
+  `exclude=` leaves it out. Booleans among numbers count as values that are not numbers;
+- strings and booleans are ``categorical`` (a column of text that is under 95 % numbers
+  included; a column all of whose values are number-like strings, which only the in-memory API
+  can give, is text as the caller typed it, so it stays categorical too);
 - ``ignored`` (left out of the features, listed under ``"ignored"`` with the reason): id-like
   columns, i.e. strings that are all distinct (more than 20 of them), or a column named ``id`` or
   ``*_id`` whose values are all distinct; free text (mean string length > 64); values of
   another type (dates, lists, ...). The target and prediction columns are never ignored.
 
-Missing values are None, NaN, ±inf (and empty CSV cells, which `profile_io` reads as None).
+Missing values are None, NaN, ±inf (and empty CSV cells, which `profile_io` reads as None);
+text such as ``nan`` or a blank string is missing when the column is read as numbers.
 Row numbers in messages are 1-based data rows (a CSV's header is not counted).
+
+A profile of fewer than 100 rows (`MIN_ROWS`) is built and returned, with a
+`SmallReferenceWarning`: drift scores against so small a reference are noisy. Every warning the
+builder gives derives from `ProfileWarning` (a `UserWarning`); `modeltap profile` prints each one
+as ``modeltap: warning: ...`` on stderr.
 """
 
 from __future__ import annotations
@@ -24,6 +40,8 @@ import decimal
 import math
 import numbers
 import re
+import shlex
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,10 +63,37 @@ from modeltap.stats.reference import (
 CATEGORICAL_MAX_DISTINCT = 20
 # Strings longer than this on average are free text.
 FREE_TEXT_MEAN_LENGTH = 64
+# A column whose non-missing values are at least this many percent numbers is numeric.
+NUMERIC_MIN_PERCENT = 95
+# A profile of fewer rows than this gets a SmallReferenceWarning.
+MIN_ROWS = 100
 _ID_NAME = re.compile(r"(?:^|[_\-. ])id$", re.IGNORECASE)
 _MAX_NAMES_SHOWN = 20
+_MAX_VALUE_SHOWN = 40  # characters of a bad value quoted in a message
 
-__all__ = ["CATEGORICAL_MAX_DISTINCT", "FREE_TEXT_MEAN_LENGTH", "build_profile", "parse_number"]
+__all__ = [
+    "CATEGORICAL_MAX_DISTINCT",
+    "FREE_TEXT_MEAN_LENGTH",
+    "MIN_ROWS",
+    "NUMERIC_MIN_PERCENT",
+    "NonNumericValuesWarning",
+    "ProfileWarning",
+    "SmallReferenceWarning",
+    "build_profile",
+    "parse_number",
+]
+
+
+class ProfileWarning(UserWarning):
+    """Base class of the warnings `build_profile` gives; the profile is still built."""
+
+
+class SmallReferenceWarning(ProfileWarning):
+    """The profile has fewer than `MIN_ROWS` rows: drift scores against it are noisy."""
+
+
+class NonNumericValuesWarning(ProfileWarning):
+    """A column named in `numeric=` holds values that are not numbers; they count as missing."""
 
 
 def parse_number(text: str) -> float | None:
@@ -100,6 +145,40 @@ def _is_missing_object(value: object) -> bool:
 def _shown(names: Sequence[str]) -> str:
     listed = ", ".join(names[:_MAX_NAMES_SHOWN])
     return listed + (f", ... ({len(names)} in all)" if len(names) > _MAX_NAMES_SHOWN else "")
+
+
+def _value_shown(value: object) -> str:
+    """A value quoted for a one-line message: repr (control and format characters escaped),
+    at most `_MAX_VALUE_SHOWN` characters of it."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, str):
+        if len(value) > _MAX_VALUE_SHOWN:
+            return f"{value[:_MAX_VALUE_SHOWN]!r}... ({len(value)} characters)"
+        return repr(value)
+    shown = repr(value)
+    return shown if len(shown) <= _MAX_VALUE_SHOWN else shown[:_MAX_VALUE_SHOWN] + "..."
+
+
+def _command_line_word(name: str) -> str:
+    """`name` as one shell word for a flag in a message, or its repr where it holds a control
+    character (never written raw to a terminal)."""
+    quoted = shlex.quote(name)
+    return quoted if quoted.isprintable() else repr(name)
+
+
+def _text(value: str | bytes | bytearray) -> str:
+    return value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
+
+
+def _text_number(value: str | bytes | bytearray) -> float | None:
+    """The number a text value reads as (NaN for blank, ``nan`` and ``inf`` text: missing), or
+    None when it is not a number."""
+    try:
+        number = parse_number(_text(value))
+    except ValueError:
+        return None
+    return math.nan if number is None or not math.isfinite(number) else number
 
 
 # ---- input shapes ------------------------------------------------------------------------
@@ -187,7 +266,9 @@ class _Values:
     has_strings: bool
 
 
-def _sort_values(name: str, column: np.ndarray, options: _Options, forced_numeric: bool) -> _Values:
+def _sort_values(
+    name: str, column: np.ndarray, options: _Options, forced_numeric: bool, forced_categorical: bool
+) -> _Values:
     kind = column.dtype.kind
     if kind in "iuf":
         return _Values(column.astype(np.float64, copy=False), column, None, False)
@@ -199,6 +280,13 @@ def _sort_values(name: str, column: np.ndarray, options: _Options, forced_numeri
         raise _Ignore(f"unsupported type {column.dtype}")
     items = column.tolist()
     has_number = has_text = has_bool = False
+    numbers_seen = 0  # present values that are numbers or text that reads as one
+    strays = 0  # present values that are not numbers (text that does not read as one, booleans)
+    first_stray = -1
+    # Text is read as numbers only to tell a column of numbers with stray values; not for a column
+    # whose kind is given, and no more once the column cannot reach NUMERIC_MIN_PERCENT (present
+    # values are at most len(items)), so a text column costs few failed parses.
+    parse_text = not (forced_numeric or forced_categorical)
     for i, value in enumerate(items):
         if _is_missing_object(value):
             continue
@@ -206,29 +294,75 @@ def _sort_values(name: str, column: np.ndarray, options: _Options, forced_numeri
             has_bool = True
         elif isinstance(value, (numbers.Real, decimal.Decimal)):
             has_number = True
+            numbers_seen += 1
+            continue
         elif isinstance(value, (str, bytes, bytearray)):
             has_text = True
+            if not parse_text:
+                continue
+            number = _text_number(value)
+            if number is not None:
+                numbers_seen += not math.isnan(number)  # blank, nan and inf text are missing
+                continue
         else:
             raise _Ignore(f"unsupported value type {type(value).__name__} (data row {i + 1})")
+        strays += 1  # a boolean, or text that is not a number
+        if first_stray < 0:
+            first_stray = i
+        parse_text = parse_text and strays * 100 <= (100 - NUMERIC_MIN_PERCENT) * len(items)
+    present = numbers_seen + strays
+    if parse_text and strays > 0 and numbers_seen * 100 >= NUMERIC_MIN_PERCENT * present:
+        q = _command_line_word(name)
+        raise _error(
+            options,
+            f"column {name!r} is numeric ({numbers_seen} of its {present} non-missing values are "
+            f"numbers), but data row {first_stray + 1} holds {_value_shown(items[first_stray])}, "
+            f"which is not a number; clean the data, or profile the column as categorical "
+            f"(--categorical {q}), as numeric with the values that are not numbers counted as "
+            f"missing (--numeric {q}), or leave it out (--exclude {q})",
+        )
     if forced_numeric or (has_number and not has_text and not has_bool):
-        out = np.empty(len(items), dtype=np.float64)
-        for i, value in enumerate(items):
-            if _is_missing_object(value):
+        return _Values(_as_numbers(name, items, options), None, None, False)
+    return _Values(None, None, [canonical_category(v) for v in items], has_text)
+
+
+def _as_numbers(name: str, items: list[Any], options: _Options) -> np.ndarray:
+    """The column as float64 (NaN = missing); values that are not numbers count as missing,
+    with a NonNumericValuesWarning (only a column named in `numeric=` gets here with them)."""
+    out = np.empty(len(items), dtype=np.float64)
+    strays = 0
+    first_stray = -1
+    for i, value in enumerate(items):
+        if _is_missing_object(value):
+            out[i] = math.nan
+        elif isinstance(value, (str, bytes, bytearray)):
+            number = _text_number(value)
+            if number is None:
+                strays += 1
+                first_stray = i if first_stray < 0 else first_stray
                 out[i] = math.nan
-                continue
+            else:
+                out[i] = number
+        else:
             try:
-                if isinstance(value, (str, bytes, bytearray)):
-                    text = value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
-                    number = parse_number(text)
-                    out[i] = math.nan if number is None else number
-                else:
-                    out[i] = float(value)
+                out[i] = float(value)
             except (ValueError, OverflowError, decimal.InvalidOperation):
                 raise _error(
-                    options, f"column {name!r} is numeric, but data row {i + 1} holds {value!r}"
+                    options,
+                    f"column {name!r} is numeric, but data row {i + 1} holds "
+                    f"{_value_shown(value)}, which does not fit a float",
                 ) from None
-        return _Values(out, None, None, False)
-    return _Values(None, None, [canonical_category(v) for v in items], has_text)
+    if strays:
+        how_many = "1 value that is not a number" if strays == 1 else f"{strays} values that are not numbers"
+        warnings.warn(
+            NonNumericValuesWarning(
+                f"{options.prefix}column {name!r} is profiled as numeric: {how_many}"
+                f" counted as missing (the first: data row {first_stray + 1}, "
+                f"{_value_shown(items[first_stray])})"
+            ),
+            stacklevel=5,
+        )
+    return out
 
 
 def _numeric_feature(values: np.ndarray) -> dict[str, Any]:
@@ -280,7 +414,7 @@ def _profile_column(
     forced_categorical = name in options.categorical
     named = forced_numeric or forced_categorical or role != "input"
     try:
-        values = _sort_values(name, column, options, forced_numeric)
+        values = _sort_values(name, column, options, forced_numeric, forced_categorical)
     except _Ignore as ignored:
         if named:
             raise _error(options, f"column {name!r}: {ignored.reason}") from None
@@ -361,8 +495,10 @@ def build_profile(
     column name to a 1-D sequence or array, or a DataFrame (anything with ``.columns``).
     `target` is the label column (role ``label``), `prediction` the model output column(s)
     (role ``output``; one per class for class probabilities); `exclude`, `categorical` and
-    `numeric` override the inferred kinds. Every problem raises `ReferenceProfileError` naming
-    the column (and the 1-based data row where there is one).
+    `numeric` override the inferred kinds (a column in `numeric` counts its values that are not
+    numbers as missing). Every problem raises `ReferenceProfileError` naming the column (and the
+    1-based data row where there is one), a column of numbers with a few stray values included;
+    a profile of fewer than `MIN_ROWS` rows is returned with a `SmallReferenceWarning`.
 
     Example::
 
@@ -451,4 +587,13 @@ def build_profile(
         document["model"] = {"name": model_name}
     document["features"] = features
     document["ignored"] = ignored
+    if rows < MIN_ROWS:
+        warnings.warn(
+            SmallReferenceWarning(
+                f"{prefix}the profile has only {rows} row{'s' if rows > 1 else ''}: drift scores "
+                f"against a reference of fewer than {MIN_ROWS} rows are noisy (a few thousand "
+                "rows is better)"
+            ),
+            stacklevel=2,
+        )
     return document

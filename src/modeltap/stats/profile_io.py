@@ -6,7 +6,11 @@ Blank lines are skipped and not counted as data rows. Empty (or blank) cells are
 column whose every non-empty cell is a number (as `float` reads it, without ``_``) becomes a
 float64 array, NaN where missing (``nan`` and ``inf`` cells count as missing too); any other
 column stays text: an object array of str, None where missing. Other markers such as ``NA``
-or ``null`` are text.
+or ``null`` are text. `build_profile` then applies its kind rules to the text: a column whose
+non-empty cells are at least 95 % numbers, with a few cells that are not (a word, ``NA``), is
+an error naming the column, the first such data row and its value, unless the column is named
+categorical (its cells profiled as categories), numeric (those cells counted as missing) or
+excluded; under 95 % it is text (categorical, or ignored as id-like or free text).
 
 Parquet needs pyarrow (``pip install 'modeltap[parquet]'``): number columns become float64
 arrays (NaN for nulls), booleans and strings object arrays (None for nulls).

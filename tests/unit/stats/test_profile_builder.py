@@ -6,6 +6,7 @@ from __future__ import annotations
 import decimal
 import math
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -15,8 +16,16 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
 from modeltap.errors import ReferenceProfileError
-from modeltap.stats.profile_builder import build_profile, parse_number
+from modeltap.stats.profile_builder import (
+    NonNumericValuesWarning,
+    SmallReferenceWarning,
+    build_profile,
+    parse_number,
+)
 from modeltap.stats.reference import canonical_category, parse_reference, profile_id
+
+# Most tests here profile a few rows on purpose; the small-reference warning is tested on its own.
+pytestmark = pytest.mark.filterwarnings("ignore::modeltap.stats.profile_builder.SmallReferenceWarning")
 
 
 def _feature(document: dict[str, Any], name: str) -> dict[str, Any]:
@@ -326,6 +335,148 @@ def test_forced_numeric_reads_number_strings_and_booleans() -> None:
     assert (feature["n"], feature["missing"], feature["max"]) == (3, 2, 2.5)
 
 
+def test_forced_numeric_counts_values_that_are_not_numbers_as_missing_with_a_warning() -> None:
+    with pytest.warns(NonNumericValuesWarning) as caught:
+        document = build_profile({"a": ["1", "2", "x3", "NA", None]}, numeric=["a"], source_name="t.csv")
+    feature = _feature(document, "a")
+    assert (feature["kind"], feature["n"], feature["missing"]) == ("numeric", 2, 3)
+    messages = [str(w.message) for w in caught if w.category is NonNumericValuesWarning]
+    assert messages == [
+        "t.csv: column 'a' is profiled as numeric: 2 values that are not numbers counted as missing "
+        "(the first: data row 3, 'x3')"
+    ]
+
+
+# ---- numbers with stray values (at least 95 % numbers) -----------------------------------
+
+
+def _integers_with_a_word(rows: int = 500, row: int = 123, word: object = "oops") -> list[object]:
+    values: list[object] = [int(v) for v in np.random.default_rng(4).integers(0, 1000, rows)]
+    values[row - 1] = word
+    return values
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        _integers_with_a_word(),  # a list of int objects and one str
+        np.array(_integers_with_a_word(), dtype=object),  # an object array (a DataFrame's column)
+        [str(v) for v in _integers_with_a_word()],  # all text, as pandas.read_csv gives it
+        [None, *_integers_with_a_word()[1:]],  # missing values are not counted
+    ],
+    ids=["list", "object-array", "text", "with-missing"],
+)
+def test_one_word_among_500_integers_is_an_error_naming_the_column_and_row(column: Any) -> None:
+    with pytest.raises(ReferenceProfileError) as error:
+        build_profile({"x": np.arange(500.0), "calls": column}, source_name="train.csv")
+    message = str(error.value)
+    assert message.startswith("train.csv: column 'calls' is numeric (")
+    assert "non-missing values are numbers), but data row 123 holds 'oops', which is not a number" in message
+    assert "--categorical calls" in message
+    assert "--numeric calls" in message
+    assert "--exclude calls" in message
+    assert "\n" not in message
+
+
+def test_stray_words_with_categorical_profile_every_value_as_a_category() -> None:
+    values = [str(v % 7) for v in range(500)]
+    values[122] = "oops"
+    feature = _feature(build_profile({"calls": values}, categorical=["calls"]), "calls")
+    assert feature["kind"] == "categorical"
+    assert "oops" in feature["vocabulary"]
+    assert (feature["n"], feature["missing"]) == (500, 0)
+
+
+def test_stray_words_with_numeric_are_missing_and_the_rest_is_profiled() -> None:
+    values = _integers_with_a_word()
+    with pytest.warns(NonNumericValuesWarning, match=r"column 'calls' .* data row 123, 'oops'"):
+        feature = _feature(build_profile({"calls": values}, numeric=["calls"]), "calls")
+    assert (feature["kind"], feature["n"], feature["missing"]) == ("numeric", 499, 1)
+    finite = np.array([v for v in values if isinstance(v, int)], dtype=np.float64)
+    assert feature["fine_edges"] == _independent_edges(finite)[0]
+
+
+def test_stray_words_with_exclude_leave_the_column_out() -> None:
+    document = build_profile({"x": np.arange(500.0), "calls": _integers_with_a_word()}, exclude=["calls"])
+    assert document["ignored"] == [{"name": "calls", "reason": "excluded"}]
+
+
+@pytest.mark.parametrize(
+    ("numbers", "words", "error"),
+    [(94, 6, False), (95, 5, True), (190, 10, True), (189, 11, False), (99, 1, True)],
+)
+def test_95_percent_numbers_is_the_boundary(numbers: int, words: int, error: bool) -> None:
+    # Few distinct numbers, so the column is categorical (not id-like) below the boundary.
+    values = [str(i % 10) for i in range(numbers)] + ["n/a"] * words
+    if error:
+        with pytest.raises(ReferenceProfileError, match=rf"column 'a' is numeric \({numbers} of its"):
+            build_profile({"a": values})
+        return
+    feature = _feature(build_profile({"a": values}), "a")
+    assert feature["kind"] == "categorical"
+    assert "n/a" in feature["vocabulary"]
+    assert feature["n"] == numbers + words
+
+
+def test_stray_values_that_are_booleans_long_or_hostile_are_shown_safely() -> None:
+    with pytest.raises(ReferenceProfileError, match=r"data row 7 holds True, which is not a number"):
+        build_profile({"a": _integers_with_a_word(row=7, word=True)})
+    hostile = "\x1b[2J\u202e" + "z" * 200 + "\n"
+    with pytest.raises(ReferenceProfileError) as error:
+        build_profile({"a": _integers_with_a_word(row=9, word=hostile)})
+    message = str(error.value)
+    assert message.isprintable()
+    assert "data row 9 holds '\\x1b[2J\\u202ezzz" in message
+    assert f"... ({len(hostile)} characters)" in message
+    assert "z" * 50 not in message
+    with pytest.raises(ReferenceProfileError) as error:
+        build_profile({"a b\x1b": _integers_with_a_word()})
+    assert str(error.value).isprintable()
+    assert "--categorical 'a b\\x1b'" in str(error.value)
+    with pytest.raises(ReferenceProfileError, match="--categorical 'monthly charges'"):
+        build_profile({"monthly charges": _integers_with_a_word()})
+
+
+def test_text_missing_markers_are_not_numbers_but_blank_and_nan_text_are_missing() -> None:
+    values: list[object] = ["", " ", "nan", "inf", *[str(i) for i in range(96)], "NA"]
+    with pytest.raises(ReferenceProfileError, match=r"\(96 of its 97 non-missing .* data row 101 holds 'NA'"):
+        build_profile({"a": values})
+
+
+def test_all_text_or_mixed_columns_under_95_percent_numbers_keep_todays_kinds() -> None:
+    rows = 200
+    document = build_profile(
+        {
+            "codes": [f"{i % 30:03d}" for i in range(rows)],  # number-like text only: categorical
+            "mixed": [i % 5 if i % 2 else f"k{i % 5}" for i in range(rows)],  # half numbers
+            "email": [f"user{i}@example.org" for i in range(rows)],
+            "comment": ["a long free text comment, " * 4 + str(i) for i in range(rows)],
+            "amount": list(np.linspace(0.0, 1.0, rows)),
+        }
+    )
+    kinds = {f["name"]: f["kind"] for f in document["features"]}
+    assert kinds == {"codes": "categorical", "mixed": "categorical", "amount": "numeric"}
+    assert _feature(document, "codes")["vocabulary"][0] == "000"
+    reasons = {i["name"]: i["reason"].split(":")[0] for i in document["ignored"]}
+    assert reasons == {"email": "id-like", "comment": "free text"}
+
+
+# ---- small references ----------------------------------------------------------------------
+
+
+def test_fewer_than_100_rows_warns_and_still_builds_a_valid_profile() -> None:
+    with pytest.warns(SmallReferenceWarning) as caught:
+        document = build_profile({"x": np.arange(99.0), "plan": ["a", "b", "c"] * 33}, source_name="t.csv")
+    (warning,) = [w for w in caught if w.category is SmallReferenceWarning]
+    assert str(warning.message).startswith("t.csv: the profile has only 99 rows: drift scores")
+    assert "noisy" in str(warning.message)
+    assert warning.filename == __file__  # points at the caller
+    assert parse_reference(document).source_rows == 99
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_profile({"x": np.arange(100.0)})  # no warning at 100 rows
+
+
 def test_parse_number() -> None:
     assert parse_number(" 1e3 ") == 1000.0
     assert parse_number("  ") is None
@@ -344,7 +495,8 @@ def test_parse_number() -> None:
     [
         ({"a": [None, float("nan"), np.inf]}, {}, "column 'a' is all missing"),
         ({"a": [None, None], "b": [1.0, 2.0]}, {}, "column 'a' is all missing"),
-        ({"a": ["1", "2", "x3"]}, {"numeric": ["a"]}, "column 'a' is numeric, but data row 3 holds 'x3'"),
+        ({"a": [1, 10**400]}, {"numeric": ["a"]}, "column 'a' is numeric, but data row 2 holds 1000"),
+        ({"a": [*range(19), "x"]}, {}, "column 'a' is numeric (19 of its 20 non-missing values"),
         ({"a": [1.0, 2.0], "b": [1.0]}, {}, "column 'b' has 1 values, column 'a' has 2"),
         ({"a": []}, {}, "no data rows"),
         ({}, {}, "no columns"),
