@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--workdir",
         default=None,
-        help="where to write the training data and reference profile (default: a temp dir)",
+        help="where to write and keep the training data and reference profile "
+        "(default: a temporary directory, removed at the end)",
     )
     profile = commands.add_parser(
         "profile",

@@ -11,12 +11,14 @@ and on SIGTERM; a port in use is one clear error with nothing left behind.
 from __future__ import annotations
 
 import io
+import os
 import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ import pytest
 
 from modeltap.cli import main
 from modeltap.demo.model_server import FEATURES, PREDICTION
-from modeltap.demo.runner import Addresses, DemoOptions, run_demo
+from modeltap.demo.runner import Addresses, Demo, DemoOptions, run_demo
 from modeltap.demo.traffic import MALFORMED, PHASES
 from tests.support.otlp_receiver import OtlpHttpReceiver
 
@@ -208,6 +210,90 @@ def test_port_in_use_is_one_clear_error(
         code = main(["demo", "--duration", "1", "--port", str(port), "--workdir", str(tmp_path)])
     assert code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert _new_modeltap_threads(threads_before) == []
+
+
+# ---- nothing left in the temp directory without --workdir ----------------------------------------
+
+
+@pytest.fixture
+def private_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A TMPDIR of the test's own, for this process (tempfile caches its choice) and children."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return tmpdir
+
+
+def _demo_without_workdir(tmpdir: Path, *args: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "modeltap.cli", "demo", *args]
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+@pytest.mark.timeout(90)
+def test_a_finished_demo_leaves_nothing_in_the_temp_directory(private_tmpdir: Path) -> None:
+    process = _demo_without_workdir(private_tmpdir, "--duration", "2", "--rate", "50")
+    output, _ = process.communicate(timeout=80)
+
+    assert process.returncode == 0, output[-3000:]
+    assert "\nsummary\n" in output
+    assert "removed with their temporary directory" in output
+    assert list(private_tmpdir.iterdir()) == []
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_demo_leaves_nothing_in_the_temp_directory(private_tmpdir: Path, signum: int) -> None:
+    process = _demo_without_workdir(private_tmpdir, "--duration", "120", "--rate", "50")
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=_lines, args=(process.stdout, lines), daemon=True).start()
+        seen: list[str] = []
+        workdir = Path(_wait_for(lines, r"^training data\s+(\S+)/train\.csv", seen).group(1))
+        _wait_for(lines, r"^latency p50", seen)  # traffic flows
+        assert workdir.parent == private_tmpdir
+        assert (workdir / "reference.json").exists()  # written while it runs
+        process.send_signal(signum)
+        assert process.wait(30) == 130
+        _wait_for(lines, r"removed with their temporary directory", seen)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert list(private_tmpdir.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_start_leaves_nothing_in_the_temp_directory(
+    capsys: pytest.CaptureFixture[str], private_tmpdir: Path, threads_before: set[threading.Thread]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code = main(["demo", "--duration", "1", "--port", str(port)])
+
+    assert code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert list(private_tmpdir.iterdir()) == []
+    assert _new_modeltap_threads(threads_before) == []
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_during_start_up_leaves_nothing_in_the_temp_directory(
+    private_tmpdir: Path, monkeypatch: pytest.MonkeyPatch, threads_before: set[threading.Thread]
+) -> None:
+    def fail(demo: Demo, model: object) -> None:
+        raise RuntimeError("the model server could not start")
+
+    monkeypatch.setattr(Demo, "_start_model", fail)  # after the files were written
+
+    with pytest.raises(RuntimeError, match="could not start"):
+        run_demo(DemoOptions(duration_s=1.0, rate_per_s=50), out=io.StringIO())
+
+    assert list(private_tmpdir.iterdir()) == []
     assert _new_modeltap_threads(threads_before) == []
 
 

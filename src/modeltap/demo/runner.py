@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -134,6 +135,7 @@ class DemoResult:
     interrupted: bool = False
     elapsed_s: float = 0.0
     leftovers: list[str] = field(default_factory=list)  # what did not stop (should stay empty)
+    workdir_removed: bool = False  # the temporary directory (no workdir given) is gone
 
     @property
     def window_s(self) -> float:
@@ -220,7 +222,10 @@ class Demo:
         self.window_slots = options.window_slots
         self.slot_s = min(self.phase_s) / self.window_slots
         self.refresh_s = options.refresh_s or min(1.0, max(0.2, min(self.phase_s) / 5))
-        self.workdir = Path(options.workdir or tempfile.mkdtemp(prefix="modeltap-demo-"))
+        # Without a workdir the files go to a temporary directory made by prepare() and removed by
+        # run_demo whatever happens (failed start, exception, Ctrl-C, SIGTERM).
+        self.workdir: Path | None = Path(options.workdir) if options.workdir else None
+        self.temporary_workdir: Path | None = None
         self.addresses: Addresses | None = None
         self.sidecar: Sidecar | None = None
         self._sidecar_loop: asyncio.AbstractEventLoop | None = None
@@ -235,6 +240,9 @@ class Demo:
 
     def prepare(self) -> tuple[ChurnModel, Path]:
         """Train the model and write the training table and its reference profile."""
+        if self.workdir is None:
+            self.temporary_workdir = Path(tempfile.mkdtemp(prefix="modeltap-demo-"))
+            self.workdir = self.temporary_workdir
         x, y = training_data()
         model = ChurnModel.train(x, y)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -374,6 +382,16 @@ class Demo:
         threads = (self._sidecar_thread, self._model_thread)
         return [thread.name for thread in threads if thread is not None and thread.is_alive()]
 
+    def remove_temporary_workdir(self) -> bool:
+        """Remove the temporary directory, if prepare() made one; True when one was removed."""
+        path = self.temporary_workdir
+        if path is None:
+            return False
+        with _signals_deferred():  # a second Ctrl-C must not leave half a directory behind
+            shutil.rmtree(path, ignore_errors=True)
+        self.temporary_workdir = None
+        return not path.exists()
+
 
 def _elapsed(started: float) -> float:
     return time.monotonic() - started
@@ -396,6 +414,19 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done (they are delivered right after it)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def run_demo(
     options: DemoOptions,
     out: TextIO = sys.stdout,
@@ -411,44 +442,59 @@ def run_demo(
     stop = stop or threading.Event()
     demo = Demo(options)
     result = DemoResult(workdir=demo.workdir, slot_s=demo.slot_s, window_slots=demo.window_slots)
-    started = time.monotonic()
-    interactive = out.isatty()
     with _sigterm_as_interrupt():
         try:
-            model, reference_path = demo.prepare()
-            demo.start(model, reference_path)
-            assert demo.addresses is not None
-            result.addresses = demo.addresses
-            _banner(out, demo, reference_path)
-            if on_ready is not None:
-                on_ready(demo.addresses)
-            started = time.monotonic()
-            demo.traffic = TrafficGenerator(
-                int(demo.addresses.proxy_url.rsplit(":", 1)[1]), options.rate_per_s, result.traffic
-            )
-            for index, (phase, phase_s) in enumerate(zip(options.phases, demo.phase_s, strict=True)):
-                if stop.is_set():
-                    break
-                label = f"{index + 1}/{len(options.phases)} {phase.name} ({describe(phase)})"
-                result.phases.append(
-                    _run_phase(demo, phase, phase_s, label, started, stop, result, out, interactive)
-                )
-        except KeyboardInterrupt:
-            result.interrupted = True
-            stop.set()
-            print(
-                "\ninterrupted: stopping the traffic, the sidecar and the model server", file=out, flush=True
-            )
+            _run(demo, options, result, stop, out, on_ready)
         finally:
-            stop.set()
-            try:
-                if demo.sidecar is not None and demo.sidecar.tap.started:
-                    result.final = demo.read()
-            finally:
-                result.elapsed_s = _elapsed(started)
-                result.leftovers = demo.close()
+            # Also when start-up failed or a second signal cut the clean-up short.
+            result.workdir_removed = demo.remove_temporary_workdir()
     print(summarize(result), file=out, flush=True)
     return result
+
+
+def _run(
+    demo: Demo,
+    options: DemoOptions,
+    result: DemoResult,
+    stop: threading.Event,
+    out: TextIO,
+    on_ready: Callable[[Addresses], None] | None,
+) -> None:
+    """Prepare, start, run the phases; on any end, read the last /status and stop everything."""
+    started = time.monotonic()
+    interactive = out.isatty()
+    try:
+        model, reference_path = demo.prepare()
+        result.workdir = demo.workdir
+        demo.start(model, reference_path)
+        assert demo.addresses is not None
+        result.addresses = demo.addresses
+        _banner(out, demo, reference_path)
+        if on_ready is not None:
+            on_ready(demo.addresses)
+        started = time.monotonic()
+        demo.traffic = TrafficGenerator(
+            int(demo.addresses.proxy_url.rsplit(":", 1)[1]), options.rate_per_s, result.traffic
+        )
+        for index, (phase, phase_s) in enumerate(zip(options.phases, demo.phase_s, strict=True)):
+            if stop.is_set():
+                break
+            label = f"{index + 1}/{len(options.phases)} {phase.name} ({describe(phase)})"
+            result.phases.append(
+                _run_phase(demo, phase, phase_s, label, started, stop, result, out, interactive)
+            )
+    except KeyboardInterrupt:
+        result.interrupted = True
+        stop.set()
+        print("\ninterrupted: stopping the traffic, the sidecar and the model server", file=out, flush=True)
+    finally:
+        stop.set()
+        try:
+            if demo.sidecar is not None and demo.sidecar.tap.started:
+                result.final = demo.read()
+        finally:
+            result.elapsed_s = _elapsed(started)
+            result.leftovers = demo.close()
 
 
 def _banner(out: TextIO, demo: Demo, reference_path: Path) -> None:
@@ -459,7 +505,13 @@ def _banner(out: TextIO, demo: Demo, reference_path: Path) -> None:
     print(f"modeltap sidecar in front of it  {a.proxy_url}/v1/models/churn:predict", file=out)
     print(f"status page                      {a.status_page}", file=out)
     print(f"  /status JSON, Prometheus text  {a.admin_url}/status  {a.admin_url}/metrics", file=out)
+    assert demo.workdir is not None
     csv_path = demo.workdir / "train.csv"
+    if demo.temporary_workdir is not None:
+        print(
+            "training data and reference in a temporary directory, removed at the end (--workdir keeps them)",
+            file=out,
+        )
     print(f"training data                    {csv_path}", file=out)
     print(f"reference profile                {reference_path}", file=out)
     print(f"  (the same as: {PROFILE_COMMAND.format(csv=csv_path, reference=reference_path)})", file=out)
@@ -647,5 +699,9 @@ def summarize(result: DemoResult) -> str:
         lines.append(
             "  clean-up: the traffic, the sidecar and the model server stopped; their ports are closed"
         )
-    lines.append(f"  training data and reference profile kept in {result.workdir}")
+    if result.workdir_removed:
+        lines.append("  training data and reference profile removed with their temporary directory")
+        lines.append("  (run with --workdir DIR to keep them)")
+    elif result.workdir is not None:
+        lines.append(f"  training data and reference profile kept in {result.workdir}")
     return "\n".join(lines)
