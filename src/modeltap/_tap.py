@@ -121,6 +121,8 @@ class Tap:
         self._internal_errors: collections.Counter[str] = collections.Counter()
         # The sidecar's own failures by code; None until a proxy reports (then always exported).
         self._proxy_errors: collections.Counter[str] | None = None
+        # Requests the sidecar replayed on a new connection; None until a proxy reports.
+        self._proxy_retries: int | None = None
         self._worker_errors: collections.Counter[str] = collections.Counter()
         self._latest: Snapshot | None = None
         self._last_publish = 0.0
@@ -176,6 +178,15 @@ class Tap:
         if errors is None:
             errors = self._proxy_errors = collections.Counter()
         errors[code] += 1
+
+    def enable_proxy_retries(self) -> None:
+        """Export `modeltap.proxy.retries` (the sidecar calls this; zero until one happens)."""
+        if self._proxy_retries is None:
+            self._proxy_retries = 0
+
+    def note_proxy_retry(self) -> None:
+        """Count one request the sidecar replayed on a new connection (event-loop thread)."""
+        self._proxy_retries = (self._proxy_retries or 0) + 1
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -358,6 +369,7 @@ class Tap:
             dropped=(*self._stats.drop_points(), *self._capture_drops()),
             violations=self._stats.violation_points(),
             proxy_errors=self._proxy_error_points(),
+            proxy_retries=self._proxy_retries,
             models=self._stats.model_views(),
             monitoring=monitoring,
             reference_id=self.reference.id if self.reference is not None else None,

@@ -132,6 +132,8 @@ class Snapshot:
     violations: tuple[CounterPoint, ...] = ()
     # Sidecar only: its own failures by `modeltap.error.code` (None when not behind the sidecar).
     proxy_errors: tuple[CounterPoint, ...] | None = None
+    # Sidecar only: requests replayed on a new connection (None when not behind the sidecar).
+    proxy_retries: int | None = None
     models: tuple[ModelView, ...] = ()
     monitoring: SelfMonitoring = field(default_factory=SelfMonitoring)
     reference_id: str | None = None

@@ -170,6 +170,7 @@ class RawUpstream:
         self.connections_accepted = 0  # readiness probes included
         self.request_connections = 0  # connections that carried at least one request
         self.peer_closed = 0  # connections the peer closed while a behaviour waited on them
+        self.closed_after_answer = 0  # connections `/close-after-answer` closed (or reset)
         self._open: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -190,6 +191,8 @@ class RawUpstream:
             "/reset-before-headers": self.reset_before_headers,
             "/reset-mid-body": self.reset_mid_body,
             "/drop-on-reuse": self.drop_on_reuse,
+            "/close-after-answer": self.close_after_answer,
+            "/ok-with": self.ok_with,
             "/invalid": self.invalid,
             "/drip": self.drip,
             "/stream": self.stream,
@@ -426,6 +429,34 @@ class RawUpstream:
         if request.exchange:
             return False
         return self._send_ok(conn, b"first")
+
+    def close_after_answer(self, conn: Connection, request: Request) -> bool:
+        """200 "ok" framed for keep-alive, then, `after` s (0.05) later, a close while the
+        connection is idle: FIN, or a reset with `reset=1`. Counted in `closed_after_answer`."""
+        self.read_body(conn, request)
+        self._send_ok(conn, b"ok")
+        if self._stopping.wait(request.number("after", 0.05)):
+            return False
+        if request.integer("reset", 0):
+            conn.reset()
+        else:
+            conn.sock.close()
+        with self._lock:
+            self.closed_after_answer += 1
+        return False
+
+    def ok_with(self, conn: Connection, request: Request) -> bool:
+        """200 "ok" with status-line version `version` (1.1) and, if given, a `Connection`
+        header `connection`; the connection stays open whatever the header says."""
+        self.read_body(conn, request)
+        headers = [("Content-Length", "2")]
+        if "connection" in request.query:
+            headers.append(("Connection", request.query["connection"]))
+        version = request.query.get("version", "1.1")
+        conn.send(
+            self._response("200 OK", headers, b"ok").replace(b"HTTP/1.1", b"HTTP/" + version.encode(), 1)
+        )
+        return True
 
     INVALID: dict[str, bytes] = {
         "status-line": b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",

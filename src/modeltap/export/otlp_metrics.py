@@ -190,6 +190,16 @@ def build_metrics_data(snap: Snapshot, resource: Resource) -> MetricsData:
                 snap,
             )
         )
+    if snap.proxy_retries is not None:
+        metrics.append(
+            _counter(
+                "modeltap.proxy.retries",
+                "Requests the sidecar replayed on a new connection after a reused one closed unanswered.",
+                "{request}",
+                (CounterPoint((), float(snap.proxy_retries)),),
+                snap,
+            )
+        )
     metrics.extend(drift_metrics(snap))
     metrics.extend(self_monitoring_metrics(snap))
     scope_metrics = ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url=HTTP_SCHEMA_URL)

@@ -109,6 +109,13 @@ def render(snap: Snapshot) -> str:
             "Requests the sidecar answered or aborted itself, by error code.",
             snap.proxy_errors,
         )
+    if snap.proxy_retries is not None:
+        _counter(
+            lines,
+            "modeltap_proxy_retries_total",
+            "Requests the sidecar replayed on a new connection.",
+            (CounterPoint((), float(snap.proxy_retries)),),
+        )
     mon = snap.monitoring
     _gauge(
         lines, "modeltap_queue_depth", "Exchanges captured but not yet processed.", [((), mon.queue_depth)]

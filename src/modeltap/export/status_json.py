@@ -119,6 +119,7 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
         "proxy_errors": None
         if snap.proxy_errors is None
         else _by_reason(snap.proxy_errors, "modeltap.error.code"),
+        "proxy_retries": snap.proxy_retries,
         "monitoring": {
             "queue_depth": mon.queue_depth,
             "queue_bytes": mon.queue_bytes,

@@ -6,8 +6,13 @@ inference) take a fast path of one write upstream and one body message downstrea
 
 Failure semantics (RELIABILITY.md A1-A15): connect failure, reset before headers and invalid
 responses answer 502, deadlines 504, overload 503 with Retry-After, each with an
-`x-modeltap-error` code; after the response started, the client connection is aborted. Nothing is
-retried except an idempotent request whose pooled connection died before answering.
+`x-modeltap-error` code; after the response started, the client connection is aborted.
+
+Replays follow Go's net/http Transport (`shouldRetryRequest`): a request is sent once more, on a
+new connection, only when it went out on a reused connection that ended (EOF or reset) before a
+byte of a response came back, and either nothing of it was written or it is replayable: GET,
+HEAD, OPTIONS or TRACE, or an `Idempotency-Key` / `X-Idempotency-Key` header, with the body held
+in full (not streamed). PUT and DELETE without a key are not replayed. Each replay is counted.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from modeltap.sidecar.headers import TrustedPeers, rewrite_request_headers, rewr
 from modeltap.sidecar.upstream import UpstreamConnection, UpstreamPool
 
 _log = logging.getLogger("modeltap.sidecar")
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_IDEMPOTENCY_KEYS = frozenset({b"idempotency-key", b"x-idempotency-key"})
 
 
 @dataclass(frozen=True)
@@ -56,11 +62,13 @@ class ProxyApp:
         limits: ProxyLimits,
         trusted: TrustedPeers,
         count_error: Callable[[str], None],
+        count_retry: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
         self._limits = limits
         self._trusted = trusted
         self._count_error = count_error
+        self._count_retry = count_retry
         self._default_host = f"{pool.host}:{pool.port}".encode()
         self.inflight = 0
         self.draining = False
@@ -198,9 +206,9 @@ class ProxyApp:
         """Send the request and wait for the response headers; the connection is returned held."""
         pool = self._pool
         limits = self._limits
-        retry_stale = scope["method"] in _IDEMPOTENT and not more_body
+        replayed = False
         while True:
-            conn, reused = await pool.acquire()
+            conn, reused = await pool.acquire(fresh=replayed)
             try:
                 if more_body:
                     conn.send_request(request_head, b"", False)
@@ -220,12 +228,16 @@ class ProxyApp:
             except ProxyError as error:
                 pool.release(conn)
                 if (
-                    reused
-                    and retry_stale
+                    not replayed
+                    and reused
                     and error.code == "upstream_reset_before_response_started"
+                    and not conn.answered
+                    and (conn.unsent or (not more_body and _replayable(scope)))
                     and not (handle is not None and handle.client_gone)
                 ):
-                    retry_stale = False  # once: a pooled connection the upstream had just closed
+                    replayed = True  # once, on a new connection
+                    if self._count_retry is not None:
+                        self._count_retry()
                     continue
                 raise
             except BaseException:
@@ -346,6 +358,13 @@ class ProxyApp:
         status, headers, body = error_response(error.code, str(error), close=close)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _replayable(scope: Scope) -> bool:
+    """Go's `Request.isReplayable` (the body is held in full when this is asked)."""
+    if scope["method"] in _REPLAYABLE_METHODS:
+        return True
+    return any(name in _IDEMPOTENCY_KEYS for name, _ in scope["headers"])
 
 
 def _inject_traceparent(fields: list[bytes], index: int) -> None:

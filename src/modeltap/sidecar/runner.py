@@ -92,10 +92,12 @@ class Sidecar:
             ),
             TrustedPeers(settings.trusted_proxies),
             self._count_error,
+            self._count_retry,
         )
         self.middleware = ModelTapMiddleware(self.proxy, config=monitoring)
         self.tap = self.middleware.tap
         self.tap.enable_proxy_errors()
+        self.tap.enable_proxy_retries()
         views = LocalViews(
             "",
             self.tap.latest_snapshot,
@@ -128,6 +130,9 @@ class Sidecar:
         self.tap.note_proxy_error(code)
         if code in ("upstream_connect_failure", "upstream_connect_timeout"):
             self.readiness.note_connect_failure()
+
+    def _count_retry(self) -> None:
+        self.tap.note_proxy_retry()
 
     def bind(self) -> None:
         settings = self.settings

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import select
 import socket
 import time
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -43,12 +45,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.in_exchange = False
         self.held = False
+        # Set by the pool while the connection is idle in it: the upstream's close removes it.
+        self.on_idle_close: Callable[[UpstreamConnection], None] | None = None
+        self.fd = -1
         # Per-exchange state.
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self.headers_done = False
         self.complete = False
+        self.answered = False  # a byte of a response arrived
+        self.unsent = False  # nothing of the request was written: the connection was gone
         self._head = False
         self._until_eof = False
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -71,6 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            self.fd = sock.fileno()
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -80,6 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.reusable = False
             self._close_transport()
             return
+        self.answered = True
         self._last_activity = self._loop.time()
         if not self.headers_done:
             self._header_bytes += len(data)
@@ -107,6 +116,11 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
+        forget = self.on_idle_close
+        if forget is not None:
+            # Closed (or reset) while idle in the pool: out of it now, not at the next checkout.
+            self.on_idle_close = None
+            forget(self)
         if self.headers_done and not self.complete and self._until_eof and self._error is None:
             # A response framed by the connection's end is complete when the upstream closes.
             self.complete = True
@@ -189,20 +203,33 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head:
             return
         self.complete = True
-        self.reusable = self._parser.should_keep_alive() and not self._until_eof
+        # llhttp's keep-alive answer covers `Connection: close` and HTTP/1.0 without keep-alive.
+        # A 5xx is never reused: servers that answer an exception (uvicorn behind Starlette or
+        # FastAPI, MLServer) close the connection right after it, often once the next request
+        # has been written on it.
+        self.reusable = self._parser.should_keep_alive() and not self._until_eof and self.status < 500
         self._wake_body()
 
     # ---- one exchange ----------------------------------------------------------------------
 
     def send_request(self, head: bytes, body: bytes, head_request: bool) -> None:
-        """Write a request; the response is then awaited with `response_headers()`."""
-        assert self.transport is not None
+        """Write a request; the response is then awaited with `response_headers()`.
+
+        Raises `ProxyError` (reset before the response started) with `unsent` set when nothing
+        of the request can have left: the transport was closing before the write, or the write
+        itself failed (asyncio and uvloop try the socket at once; a send that fails sends
+        nothing, and the transport starts closing before `write` returns). Bytes the kernel
+        accepted count as written, even if the upstream never read them."""
+        transport = self.transport
+        assert transport is not None
         self.in_exchange = True
         self.status = 0
         self.headers = []
         self._header_bytes = 0
         self.headers_done = False
         self.complete = False
+        self.answered = False
+        self.unsent = self.closed or transport.is_closing()
         self._head = head_request
         self._until_eof = False
         self._error = None
@@ -210,10 +237,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunks.clear()
         self._queued = 0
         self._waiting_since = 0.0
-        if body:
-            self.transport.write(head + body)
-        else:
-            self.transport.write(head)
+        if not self.unsent:
+            transport.write(head + body if body else head)
+            self.unsent = transport.is_closing()
+        if self.unsent:
+            error = ProxyError("upstream_reset_before_response_started", "upstream closed before the request")
+            self._fail(error)
+            raise error
 
     def write(self, data: bytes) -> None:
         """More request body (streamed uploads)."""
@@ -334,7 +364,14 @@ class UpstreamConnection(asyncio.Protocol):
 
 class UpstreamPool:
     """Keep-alive connections to the one configured upstream (LIFO, expired before the upstream's
-    own keep-alive closes them, so a stale connection is never picked)."""
+    own keep-alive closes them, so a stale connection is never picked).
+
+    An upstream's close is never seen by another request: a connection is pooled only after a
+    complete response that let it live (not `Connection: close`, not HTTP/1.0 without
+    keep-alive, not framed by the close, not a 5xx); it leaves the pool as soon as the upstream
+    closes it; and at checkout the kernel is asked whether anything (an EOF, a reset, stray
+    bytes) is pending on it that the event loop has not yet read.
+    """
 
     def __init__(
         self,
@@ -357,6 +394,7 @@ class UpstreamPool:
         self._busy: set[UpstreamConnection] = set()
         self._tick_s = deadline_tick_s
         self._sweeping: asyncio.TimerHandle | None = None
+        self._poll = select.poll()
         self.opened = 0
         self.active = 0
 
@@ -364,13 +402,15 @@ class UpstreamPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
-    async def acquire(self) -> tuple[UpstreamConnection, bool]:
-        """A connection ready for a request, and whether it was reused from the pool."""
+    async def acquire(self, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
+        """A connection ready for a request, and whether it was reused from the pool (never,
+        with `fresh`: a replay goes on a new connection)."""
         idle = self._idle
         now = time.monotonic()
-        while idle:
+        while idle and not fresh:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self._expiry_s:
+            conn.on_idle_close = None
+            if now - conn.idle_since < self._expiry_s and self._quiet(conn):
                 self.active += 1
                 conn.held = True
                 self._busy.add(conn)
@@ -409,11 +449,40 @@ class UpstreamPool:
         self._busy.discard(conn)
         self.active -= 1
         conn.in_exchange = False
-        if conn.reusable and not conn.closed and conn.complete and len(self._idle) < self._max_idle:
+        if (
+            conn.reusable
+            and conn.complete
+            and not conn.closed
+            and len(self._idle) < self._max_idle
+            and conn.transport is not None
+            and not conn.transport.is_closing()
+            and not conn.transport.get_write_buffer_size()  # never a request's tail left to send
+        ):
             conn.idle_since = time.monotonic()
+            conn.on_idle_close = self._forget
             self._idle.append(conn)
         else:
             conn.abort()
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        with contextlib.suppress(ValueError):
+            self._idle.remove(conn)
+
+    def _quiet(self, conn: UpstreamConnection) -> bool:
+        """Whether an idle connection can carry a request: open, and nothing readable on its
+        socket. An idle connection has nothing to read, so any event (EOF, reset, bytes) means
+        the upstream is done with it, even if the loop has not polled since (one syscall)."""
+        transport = conn.transport
+        if conn.closed or transport is None or transport.is_closing():
+            return False
+        if conn.fd < 0:
+            return True  # no socket to ask (not a socket transport)
+        poll = self._poll
+        poll.register(conn.fd, select.POLLIN)
+        try:
+            return not poll.poll(0)
+        finally:
+            poll.unregister(conn.fd)
 
     def _sweep(self) -> None:
         # One timer for all deadlines: a timer per request was a measurable cost.
@@ -427,6 +496,7 @@ class UpstreamPool:
         if self._sweeping is not None:
             self._sweeping.cancel()
             self._sweeping = None
-        for conn in self._idle:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.on_idle_close = None
             conn.abort()
-        self._idle.clear()
