@@ -23,8 +23,9 @@ from modeltap.errors import ConfigError
 from modeltap.export.span_wire import SpanWireEncoder
 from modeltap.export.spans import KNOWN_METHODS, ExchangeIdentity, SpanOptions, build_span
 from modeltap.protocols import DecodedPayload, ExchangeBytes, decode_exchange
-from modeltap.protocols.detect import DecodeOptions, sanitize
+from modeltap.protocols.detect import DecodeOptions, path_identity, sanitize
 from modeltap.protocols.mapping import FieldMapping
+from modeltap.protocols.routes import protocol_route
 from modeltap.protocols.tabular import rows_to_columns
 from modeltap.records import PROXY_ERROR_KEY, ExchangeRecord, RawRecord
 from modeltap.snapshot import Attributes
@@ -36,7 +37,19 @@ UNKNOWN = "unknown"
 # The numpy step runs once this many records are grouped, or once the oldest is this old.
 FLUSH_RECORDS = 256
 FLUSH_AGE_S = 0.1
+# ... or once the decoded rows it holds are estimated above this share of the queue's byte bound.
+FLUSH_BYTES_SHARE = 8
+FLUSH_BYTES_MAX = 8 * 1024 * 1024
+# Estimated bytes of one parsed JSON number in a row list (a float object and its list slot).
+_ROW_BYTES = 32
+_LIST_BYTES = 64
 _ROUTE_CACHE_LIMIT = 4096
+
+
+def _rows_bytes(rows: list[Any]) -> int:
+    """Estimated memory of parsed row lists (Python objects, several times the JSON text)."""
+    width = len(rows[0]) if rows and isinstance(rows[0], list) else 1
+    return len(rows) * (width * _ROW_BYTES + _LIST_BYTES)
 
 
 def _stream_timings(decoded: DecodedPayload, first_byte_s: float, streaming_s: float, total_s: float) -> None:
@@ -105,9 +118,8 @@ class BatchPipeline:
         )
         self.errors: Counter[str] = Counter()
         self._wire = SpanWireEncoder(span_options)
-        # Per-exchange look-ups that repeat: the (name, version) attribute pairs and the route
-        # template of each framework route object (kept with the object, so a reused id misses).
-        self._model_attributes: dict[tuple[str, str], Attributes] = {}
+        # The route template of each framework route object (kept with the object, so a reused
+        # id misses).
         self._route_templates: dict[tuple[int, str, str], tuple[object, str | None]] = {}
         # True when spans go to the application's own TracerProvider (which needs SDK spans).
         self.sdk_spans = False
@@ -117,16 +129,22 @@ class BatchPipeline:
         # ~20 records, where the per-record cost was 3x that of a full batch (bench/README.md).
         self._latency: dict[tuple[Any, ...], list[float]] = {}
         self._failed: Counter[tuple[Any, ...]] = Counter()
-        self._inputs: dict[tuple[Attributes, tuple[str, ...], int], list[list[Any]]] = {}
-        self._outputs: dict[tuple[Attributes, int], list[list[Any]]] = {}
+        self._gone: Counter[tuple[Any, ...]] = Counter()
+        self._inputs: dict[tuple[Attributes, tuple[str, ...], int, bool], list[list[Any]]] = {}
+        self._outputs: dict[tuple[Attributes, int, bool], list[list[Any]]] = {}
         self._pending = 0
         self._pending_since = 0.0
+        # Estimated bytes of the decoded rows waiting for the numpy step (see RecordQueue).
+        self.pending_bytes = 0
+        self._flush_bytes = min(FLUSH_BYTES_MAX, config.queue_max_bytes // FLUSH_BYTES_SHARE)
 
     def process(self, raw_records: list[RawRecord]) -> list[Any]:
         """One micro-batch. Hot loop: unpack, decode, group; the numpy work per group happens in
-        `flush_pending`, once FLUSH_RECORDS records or FLUSH_AGE_S seconds have gathered."""
+        `flush_pending`, once FLUSH_RECORDS records or FLUSH_AGE_S seconds have gathered, or once
+        the decoded rows waiting for it exceed their share of the memory bound."""
         latency = self._latency
         failed = self._failed
+        gone = self._gone
         inputs = self._inputs
         outputs = self._outputs
         if not self._pending:
@@ -135,9 +153,7 @@ class BatchPipeline:
         spans: list[Any] = []
         stats = self._stats
         fixed_name = self._config.model_name
-        fixed_version = self._config.model_version
         default_model = self._default_model
-        models = self._model_attributes
         routes = self._route_templates
         for raw in raw_records:
             try:
@@ -155,28 +171,29 @@ class BatchPipeline:
                         response_size,
                     )
                 else:
-                    # Payload sampled out: the model identity still comes from the headers.
+                    # Payload sampled out: the model identity still comes from the URL and headers.
                     decoded = DecodedPayload()
+                    decoded.model_name, decoded.model_version = path_identity(scope.get("path", ""))
                     self._identity_from_headers(scope, response_headers, decoded)
-                identity = (
-                    fixed_name or decoded.model_name or default_model,
-                    fixed_version or decoded.model_version or UNKNOWN,
+                proxy_error = scope.get(PROXY_ERROR_KEY)
+                error = proxy_error or exception_type
+                # A client that left is not a model error: counted apart, outside the error rate.
+                client_gone = proxy_error == "client_disconnected" or (
+                    ended is None and disconnected and proxy_error is None
                 )
-                model = models.get(identity)
-                if model is None:
-                    if len(models) >= _ROUTE_CACHE_LIMIT:
-                        models.clear()  # versions come from payloads: keep the memo bounded
-                    model = models[identity] = (
-                        ("modeltap.model.name", identity[0]),
-                        ("modeltap.model.version", identity[1]),
-                    )
-                error = scope.get(PROXY_ERROR_KEY) or exception_type
-                if error is None and ended is None and disconnected:
+                if client_gone:
                     error = "client_disconnected"
-                if not status and exception_type is not None:
+                elif not status and exception_type is not None:
                     status = 500  # the server answers an exception before the response with a 500
                 elif error is None and status >= 500:
                     error = str(status)
+                # Only the model's 2xx answer vouches for the name and version it carries.
+                accepted = 200 <= status < 300
+                model = stats.identity(
+                    fixed_name or decoded.model_name or default_model,
+                    decoded.model_version,
+                    accepted=accepted,
+                )
                 route = scope.get("route")
                 template = None
                 if route is not None:
@@ -188,6 +205,9 @@ class BatchPipeline:
                         template = route_template(scope, route, root_path_at_start)
                         if len(routes) < _ROUTE_CACHE_LIMIT:
                             routes[(id(route), root_path, root_path_at_start)] = (route, template)
+                if template is None:
+                    known = protocol_route(scope.get("path", ""))
+                    template = known.template if known is not None else None
                 key = (
                     model,
                     weight,
@@ -202,28 +222,35 @@ class BatchPipeline:
                 if durations is None:
                     durations = latency[key] = []
                 durations.append((ended if ended is not None else finished) - started)
-                if error is not None:
+                if client_gone:
+                    gone[key] += 1
+                elif error is not None:
                     failed[key] += 1
                 if decoded.protocol == "openai" and first_body is not None and ended is not None:
                     _stream_timings(decoded, first_body - started, ended - first_body, ended - started)
                 # Payload statistics count with the payload weight (bodies may be sampled).
                 if decoded.matrix_rows is not None:
-                    inputs.setdefault((model, decoded.matrix_names, payload_weight), []).append(
-                        decoded.matrix_rows
+                    rows = decoded.matrix_rows
+                    inputs.setdefault((model, decoded.matrix_names, payload_weight, accepted), []).append(
+                        rows
                     )
+                    self.pending_bytes += _rows_bytes(rows)
                 elif decoded.features:
-                    stats.observe_columns(model, "input", decoded.features, payload_weight)
+                    stats.observe_columns(model, "input", decoded.features, payload_weight, accepted)
                 if decoded.output_values is not None:
-                    outputs.setdefault((model, payload_weight), []).append(decoded.output_values)
-                elif decoded.outputs:
-                    stats.observe_columns(model, "output", decoded.outputs, payload_weight)
+                    outputs.setdefault((model, payload_weight, accepted), []).append(decoded.output_values)
+                    self.pending_bytes += _ROW_BYTES * len(decoded.output_values)
+                if decoded.outputs:
+                    stats.observe_columns(model, "output", decoded.outputs, payload_weight, accepted)
                 if decoded.violations:
                     for reason, count in decoded.violations.items():
                         stats.count_violation(model, reason, count * payload_weight)
                 if decoded.skipped:
                     stats.count_drop(model, decoded.skipped, payload_weight)
                 if trace is not None:
-                    spans.append(self._span(ExchangeRecord._make(raw), decoded, model))
+                    spans.append(self._span(ExchangeRecord._make(raw), decoded, model, template))
+                if self.pending_bytes > self._flush_bytes:
+                    self.flush_pending()  # decoded rows are held against the memory bound
             except Exception:
                 self.errors["process"] += 1
                 _log.debug("processing an exchange failed", exc_info=True)
@@ -236,17 +263,27 @@ class BatchPipeline:
         if not self._pending:
             return
         stats = self._stats
-        latency, failed, inputs, outputs = self._latency, self._failed, self._inputs, self._outputs
-        self._latency, self._failed, self._inputs, self._outputs = {}, Counter(), {}, {}
+        latency, failed, gone = self._latency, self._failed, self._gone
+        inputs, outputs = self._inputs, self._outputs
+        self._latency, self._failed, self._gone, self._inputs, self._outputs = (
+            {},
+            Counter(),
+            Counter(),
+            {},
+            {},
+        )
         self._pending = 0
+        self.pending_bytes = 0
         for key, durations in latency.items():
             stats.observe_latency(
-                key[0], self._http_attributes(key), np.asarray(durations), key[1], failed[key]
+                key[0], self._http_attributes(key), np.asarray(durations), key[1], failed[key], gone[key]
             )
-        for (model, names, weight), parts in inputs.items():
-            self._observe_rows(model, "input", names, parts, weight)
-        for (model, weight), parts in outputs.items():
-            self._observe_rows(model, "output", ("prediction",), [[[v] for v in p] for p in parts], weight)
+        for (model, names, weight, accepted), parts in inputs.items():
+            self._observe_rows(model, "input", names, parts, weight, accepted)
+        for (model, weight, accepted), parts in outputs.items():
+            self._observe_rows(
+                model, "output", ("prediction",), [[[v] for v in p] for p in parts], weight, accepted
+            )
 
     @staticmethod
     def _http_attributes(key: tuple[Any, ...]) -> Attributes:
@@ -266,7 +303,13 @@ class BatchPipeline:
         return tuple(attrs)
 
     def _observe_rows(
-        self, model: Attributes, role: str, names: tuple[str, ...], parts: list[list[Any]], weight: int
+        self,
+        model: Attributes,
+        role: str,
+        names: tuple[str, ...],
+        parts: list[list[Any]],
+        weight: int,
+        accepted: bool,
     ) -> None:
         rows = list(chain.from_iterable(parts))
         try:
@@ -281,11 +324,11 @@ class BatchPipeline:
                 columns, _ = rows_to_columns(part, names if role == "input" else (), violations)
                 if role == "output" and list(columns) == ["f0"]:
                     columns = {"prediction": columns["f0"]}
-                self._stats.observe_columns(model, role, columns, weight)
+                self._stats.observe_columns(model, role, columns, weight, accepted)
                 for reason, count in violations.items():
                     self._stats.count_violation(model, reason, count * weight)
             return
-        self._stats.observe_matrix(model, role, names, matrix, weight, exchanges=len(parts))
+        self._stats.observe_matrix(model, role, names, matrix, weight, len(parts), accepted)
 
     def _decode(
         self,
@@ -297,8 +340,6 @@ class BatchPipeline:
         response_parts: list[bytes],
         response_size: int,
     ) -> DecodedPayload:
-        if not request_parts and not response_parts:
-            return DecodedPayload()
         cap = self._config.max_body_bytes
         if request_size > cap or response_size > cap:
             return DecodedPayload(skipped="body_over_cap")
@@ -360,11 +401,11 @@ class BatchPipeline:
             decoded.request_id = sanitize((request_id or event_id).decode("latin-1"))
 
     def _span(
-        self, record: ExchangeRecord, decoded: DecodedPayload, model: Attributes
+        self, record: ExchangeRecord, decoded: DecodedPayload, model: Attributes, route: str | None
     ) -> bytes | ReadableSpan:
         """Encoded OTLP bytes for modeltap's own exporter, or an SDK span for the app's provider."""
         identity = ExchangeIdentity(
-            route=route_template(record.scope, record.scope.get("route"), record.root_path_at_start),
+            route=route,
             model_name=str(model[0][1]),
             model_version=str(model[1][1]),
             request_id=decoded.request_id,

@@ -33,6 +33,7 @@ from modeltap.export.spans import SpanOptions
 from modeltap.export.telemetry_thread import TelemetryExporter
 from modeltap.snapshot import Attributes, CounterPoint, SelfMonitoring, Snapshot
 from modeltap.stats import StatsAggregator
+from modeltap.stats.aggregator import StateCaps
 from modeltap.stats.drift_state import WindowConfig
 from modeltap.stats.reference import ReferenceProfile, load_reference
 from modeltap.stats.scores import Thresholds
@@ -111,6 +112,15 @@ class Tap:
                 min_samples=config.min_samples,
                 sigma_k=config.sigma_k,
             ),
+            caps=StateCaps(
+                max_names=config.max_models,
+                max_versions=config.max_versions_per_model,
+                max_features=config.max_features,
+                max_outputs=config.max_outputs,
+                expose_values=config.expose_values,
+            ),
+            trusted_names=[config.model_name] if config.model_name else (),
+            fixed_version=config.model_version,
         )
         self._start_unix_ns = time.time_ns()
         # The SDK names each process (`service.instance.id`, one per pid, renewed after a fork);
@@ -118,6 +128,7 @@ class Tap:
         detected = Resource.create({}).attributes.get(SERVICE_INSTANCE_ID)
         self._instance_id = str(detected) if detected else new_instance_id()
         self._records_processed = 0
+        self._identities_expired = 0
         self._internal_errors: collections.Counter[str] = collections.Counter()
         # The sidecar's own failures by code; None until a proxy reports (then always exported).
         self._proxy_errors: collections.Counter[str] | None = None
@@ -296,12 +307,21 @@ class Tap:
     def _drain_all(self) -> int:
         drained = 0
         while True:
-            batch = self.queue.drain(MAX_BATCH)
+            queue = self.queue
+            batch = queue.drain(MAX_BATCH)
             if not batch:
                 return drained
-            drained += len(batch)
-            spans = self._pipeline.process(batch)
-            self._records_processed += len(batch)
+            count = len(batch)
+            drained += count
+            # The batch's raw bytes and the decoded rows the pipeline keeps stay charged to the
+            # queue's byte bound until they are let go, so memory is bounded by one number.
+            queue.worker_held_bytes = queue.drained_bytes + self._pipeline.pending_bytes
+            try:
+                spans = self._pipeline.process(batch)
+            finally:
+                del batch
+                queue.worker_held_bytes = self._pipeline.pending_bytes
+            self._records_processed += count
             if spans:
                 self._emit_spans(spans)
             time.sleep(0)  # let a waiting request run before the next batch
@@ -346,6 +366,8 @@ class Tap:
 
     def _publish(self) -> None:
         self._pipeline.flush_pending()  # grouped values not yet counted belong in this snapshot
+        self.queue.worker_held_bytes = 0
+        self._identities_expired += self._stats.expire()
         exporter = self._exporter
         internal = self._internal_errors + self._worker_errors + self._pipeline.errors
         monitoring = SelfMonitoring(
@@ -359,6 +381,8 @@ class Tap:
             export_failures=tuple(sorted(exporter.failures.items())) if exporter else (),
             last_export_unix_s=tuple(sorted(exporter.last_success_unix_s.items())) if exporter else (),
             spans_exported=exporter.spans_exported if exporter else 0,
+            identities_over_cap=self._stats.identities.over_cap,
+            identities_expired=self._identities_expired,
         )
         self._latest = Snapshot(
             taken_unix_ns=time.time_ns(),

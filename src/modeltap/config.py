@@ -266,6 +266,16 @@ class ModelTapConfig:
     views_token: str | None = None
     views_allow: tuple[str, ...] = ()  # CIDRs besides loopback allowed to read the views
     series_limit: int = 2000
+    # Bounded state (a client cannot create state by inventing names): model names and versions
+    # per name that may own statistics (beyond them: `unknown`), input features tracked per model
+    # version when no reference lists them, and outputs tracked besides the reference's.
+    max_models: int = 16
+    max_versions_per_model: int = 8
+    max_features: int = 256
+    max_outputs: int = 16
+    # Show categorical values that are not in the reference's vocabulary (a privacy risk: they
+    # are raw payload values, e.g. e-mail addresses). Off: they are counted, never shown.
+    expose_values: bool = False
     snapshot_interval_s: float = 0.5
     export: ExportConfig = field(default_factory=ExportConfig)
 
@@ -273,7 +283,15 @@ class ModelTapConfig:
         for name in ("max_body_bytes", "max_payload_attribute_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}", name)
-        for name in ("queue_max_records", "queue_max_bytes", "series_limit"):
+        for name in (
+            "queue_max_records",
+            "queue_max_bytes",
+            "series_limit",
+            "max_models",
+            "max_versions_per_model",
+            "max_features",
+            "max_outputs",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}", name)
         for name in ("worker_interval_s", "snapshot_interval_s"):
@@ -368,6 +386,11 @@ class ModelTapConfig:
         take("MODELTAP_QUEUE_MAX_RECORDS", "queue_max_records", _parse_int)
         take("MODELTAP_QUEUE_MAX_BYTES", "queue_max_bytes", _parse_int)
         take("MODELTAP_SERIES_LIMIT", "series_limit", _parse_int)
+        take("MODELTAP_MAX_MODELS", "max_models", _parse_int)
+        take("MODELTAP_MAX_VERSIONS_PER_MODEL", "max_versions_per_model", _parse_int)
+        take("MODELTAP_MAX_FEATURES", "max_features", _parse_int)
+        take("MODELTAP_MAX_OUTPUTS", "max_outputs", _parse_int)
+        take("MODELTAP_EXPOSE_VALUES", "expose_values", _parse_bool)
         take("MODELTAP_WORKER_CPU_BUDGET", "worker_cpu_budget", _parse_float)
         take("MODELTAP_WORKER_INTERVAL_S", "worker_interval_s", _parse_float)
         take("MODELTAP_WINDOW_SLOTS", "window_slots", _parse_int)

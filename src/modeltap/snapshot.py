@@ -22,12 +22,14 @@ class HistogramPoint:
     sum: float | None  # None when values can be negative (OTLP asks to leave it unset then)
     min: float | None
     max: float | None
+    start_unix_ns: int = 0  # when this series started counting (0: the snapshot's start)
 
 
 @dataclass(frozen=True)
 class CounterPoint:
     attributes: Attributes
     value: float
+    start_unix_ns: int = 0  # when this series started counting (0: the snapshot's start)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,14 @@ class FeatureView:
     std: float | None
     min: float | None
     max: float | None
+    # Categories shown by name: those of the reference's vocabulary.
     top_categories: tuple[tuple[str, int], ...] = ()
+    # Categorical values outside the vocabulary: rows, distinct values (exact below the cap), and
+    # only with `expose_values` the most frequent of them (truncated).
+    unlisted_values: int = 0
+    unlisted_distinct: int = 0
+    unlisted_distinct_capped: bool = False
+    unlisted_top: tuple[tuple[str, int], ...] = ()
     # Window scores against the reference (None when not computable: no reference, empty window).
     window_count: int = 0  # finite (numeric) or non-missing (categorical) values in the window
     window_missing: int = 0
@@ -65,7 +74,6 @@ class FeatureView:
     cumulative_counts: tuple[int, ...] = ()
     window_counts: tuple[int, ...] = ()
     reference_counts: tuple[int, ...] = ()
-    new_categories: tuple[tuple[str, int], ...] = ()
 
     @property
     def missing_rate(self) -> float | None:
@@ -82,17 +90,41 @@ class FeatureView:
         return None if self.window_count == 0 else self.window_out_of_range / self.window_count
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    """What a model version's view said at `unix_s`, the last snapshot of one history interval."""
+
+    unix_s: float
+    requests: int  # requests in this point's interval
+    error_rate: float | None  # errors / requests in this point's interval
+    latency_p50_s: float | None  # window quantiles at `unix_s`
+    latency_p95_s: float | None
+    latency_p99_s: float | None
+    psi: tuple[float | None, ...]  # psi[j] of HistoryView.features[j]; shorter: not yet tracked
+
+
+@dataclass(frozen=True)
+class HistoryView:
+    """A bounded history of what the status page plots, oldest point first; the last point is the
+    interval in progress. Features are monitored ones only (named by the reference)."""
+
+    interval_s: float
+    features: tuple[str, ...]
+    points: tuple[HistoryPoint, ...]
+
+
 @dataclass(frozen=True)
 class ModelView:
     name: str
     version: str
     requests: int
-    errors: int
+    errors: int  # 5xx answers and failures (a client that left is not counted here)
     decoded_rows: int
     features: tuple[FeatureView, ...]
     latency_count: int
     latency_sum_s: float
     latency_max_s: float | None
+    client_disconnected: int = 0  # exchanges the client abandoned before the response ended
     # Window latency quantiles from the sketch (seconds), None while empty.
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None
@@ -101,6 +133,7 @@ class ModelView:
     latency_level: int = 0  # current slot's p99 against mu + k sigma of earlier slots
     error_rate_level: int = 0  # likewise for the error rate
     level: int = 0  # the highest of the feature, latency and error-rate levels
+    history: HistoryView | None = None  # for the status page's plots
 
 
 @dataclass(frozen=True)
@@ -117,6 +150,9 @@ class SelfMonitoring:
     export_failures: tuple[tuple[str, int], ...] = ()  # by signal
     last_export_unix_s: tuple[tuple[str, float], ...] = ()  # by signal, successful exports only
     spans_exported: int = 0
+    # Answered model names or versions beyond the caps (their exchanges are filed under `unknown`).
+    identities_over_cap: int = 0
+    identities_expired: int = 0  # idle versions whose state was let go
 
 
 @dataclass(frozen=True)

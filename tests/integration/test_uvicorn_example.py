@@ -188,7 +188,7 @@ def test_status_view_counts_the_traffic(example_url: str) -> None:
         # Reading the views is not traffic: a second read counts the same.
         again = client.get("/modeltap/status").json()
 
-    assert status["requests"] == {"total": 8, "errors": 0, "dropped": 0}
+    assert status["requests"] == {"total": 8, "errors": 0, "client_disconnected": 0, "dropped": 0}
     assert again["requests"] == status["requests"]
     assert status["model"] == {"name": "churn", "versions": ["1"]}
     assert status["latency_s"]["count"] == 8

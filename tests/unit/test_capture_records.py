@@ -270,14 +270,20 @@ def test_body_over_the_decode_cap_is_skipped_and_counted(make_middleware: MakeMi
     assert document["models"][0]["features"] == []
 
 
-def test_error_response_bodies_are_not_decoded_as_predictions(make_middleware: MakeMiddleware) -> None:
+def test_rejected_exchanges_count_data_quality_but_feed_no_feature_state(
+    make_middleware: MakeMiddleware,
+) -> None:
+    # A 400 is the model refusing the input: its body is not a prediction, and its inputs are
+    # not part of the distribution the model serves; their violations still count.
     app = json_app(status=400, payload=b'{"error": "bad input"}')
     middleware = make_middleware(app, model_name="demo")
 
     run_asgi(middleware, predict_scope(), http_request_messages(KSERVE_BODY))
 
     document = status_document(middleware)
-    assert [f["role"] for m in document["models"] for f in m["features"]] == ["input", "input"]
+    assert [f for m in document["models"] for f in m["features"]] == []
+    assert document["violations"] == {"missing": 1}
+    assert document["requests"]["total"] == 1
 
 
 # --- E9: every status is captured -----------------------------------------------------------------

@@ -345,7 +345,7 @@ def test_status_document_names_the_process(make_middleware: MakeMiddleware) -> N
     assert document["process"]["pid"] == os.getpid()
     assert document["process"]["instance_id"]
     assert document["uptime_s"] >= 0
-    assert document["requests"] == {"total": 0, "errors": 0, "dropped": 0}
+    assert document["requests"] == {"total": 0, "errors": 0, "client_disconnected": 0, "dropped": 0}
     assert {"queue_depth", "worker_lag_s", "export_failures", "last_export_unix_s"} <= set(
         document["monitoring"]
     )

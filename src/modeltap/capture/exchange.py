@@ -127,9 +127,11 @@ class ExchangeCapture:
 
         request_parts: list[bytes] = []
         response_parts: list[bytes] = []
-        request_left = cap
+        # Payload sampled out: the body is not kept, but receive is still watched, since a client
+        # that leaves mid-upload is not a model error.
+        request_left = cap if payload_weight else 0
         request_size = 0
-        response_left = cap
+        response_left = cap if payload_weight else 0
         response_size = 0
         disconnected = False
         status = 0
@@ -196,7 +198,7 @@ class ExchangeCapture:
 
         exception_type: str | None = None
         try:
-            await self._app(scope, tap_receive if payload_weight else receive, tap_send)
+            await self._app(scope, tap_receive, tap_send)
         except BaseException as exc:
             exception_type = type(exc).__qualname__
             raise
@@ -230,7 +232,7 @@ class ExchangeCapture:
                         payload_weight,
                         first_body,
                     ),
-                    2 * cap - request_left - response_left,
+                    (2 * cap if payload_weight else 0) - request_left - response_left,
                 )
             except Exception:
                 self._sink.note_internal_error("capture")

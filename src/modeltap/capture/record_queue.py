@@ -30,6 +30,10 @@ class RecordQueue:
         self._items: collections.deque[tuple[RawRecord, int]] = collections.deque()
         self._bytes_in = 0
         self._bytes_out = 0
+        # What the worker still holds of what it drained (the raw batch being processed, decoded
+        # rows waiting for their numpy step): it counts against `max_bytes` too. Worker-owned.
+        self.worker_held_bytes = 0
+        self.drained_bytes = 0  # bytes of the last `drain`
         self.dropped_full = 0
         self.dropped_bytes = 0
 
@@ -38,7 +42,7 @@ class RecordQueue:
         if len(self._items) >= self.max_records:
             self.dropped_full += 1
             return False
-        if self._bytes_in - self._bytes_out + size > self.max_bytes:
+        if self._bytes_in - self._bytes_out + self.worker_held_bytes + size > self.max_bytes:
             self.dropped_bytes += 1
             return False
         self._bytes_in += size
@@ -54,6 +58,7 @@ class RecordQueue:
             out.append(record)
             freed += size
         self._bytes_out += freed
+        self.drained_bytes = freed
         return out
 
     @property
@@ -62,7 +67,8 @@ class RecordQueue:
 
     @property
     def pending_bytes(self) -> int:
-        return self._bytes_in - self._bytes_out
+        """Bytes queued plus those the worker still holds."""
+        return self._bytes_in - self._bytes_out + self.worker_held_bytes
 
     def oldest_age_s(self) -> float:
         """Seconds since the oldest queued exchange finished (the worker's lag)."""

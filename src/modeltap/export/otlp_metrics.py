@@ -42,7 +42,9 @@ def _counter(
         unit=unit,
         data=Sum(
             data_points=[
-                NumberDataPoint(dict(p.attributes), snap.start_unix_ns, snap.taken_unix_ns, int(p.value))
+                NumberDataPoint(
+                    dict(p.attributes), p.start_unix_ns or snap.start_unix_ns, snap.taken_unix_ns, int(p.value)
+                )
                 for p in points
             ],
             aggregation_temporality=CUMULATIVE,
@@ -62,7 +64,7 @@ def _histogram(
             data_points=[
                 HistogramDataPoint(
                     attributes=dict(p.attributes),
-                    start_time_unix_nano=snap.start_unix_ns,
+                    start_time_unix_nano=p.start_unix_ns or snap.start_unix_ns,
                     time_unix_nano=snap.taken_unix_ns,
                     count=p.count,
                     # None leaves the optional OTLP fields unset (a feature's values can be negative).

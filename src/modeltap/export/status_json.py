@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from modeltap._version import __version__
+from modeltap.export.history_json import history_document
 from modeltap.snapshot import CounterPoint, FeatureView, Snapshot
 
 
@@ -22,6 +23,9 @@ def _by_reason(points: tuple[CounterPoint, ...], key: str) -> dict[str, int]:
 
 
 LEVEL_NAMES = ("OK", "INFO", "WARNING", "CRITICAL", "EMERGENCY")
+# Drop reasons that lose a whole exchange, and those that lose only its span.
+EXCHANGE_DROPS = frozenset({"queue_full", "queue_bytes"})
+SPAN_DROPS = frozenset({"span_queue_full", "span_export_failed", "rejected"})
 
 
 def feature_document(f: FeatureView) -> dict[str, Any]:
@@ -38,6 +42,15 @@ def feature_document(f: FeatureView) -> dict[str, Any]:
         "min": _finite(f.min),
         "max": _finite(f.max),
         "top_categories": dict(f.top_categories),
+        # Values outside the reference's vocabulary are private: counted, named only if exposed.
+        "unlisted": {
+            "values": f.unlisted_values,
+            "distinct": f.unlisted_distinct,
+            "distinct_capped": f.unlisted_distinct_capped,
+            "top": dict(f.unlisted_top),
+        }
+        if f.kind == "categorical"
+        else None,
         "monitored": f.monitored,
         "window_count": f.window_count,
         "window_missing_rate": _finite(f.window_missing_rate),
@@ -56,13 +69,14 @@ def feature_document(f: FeatureView) -> dict[str, Any]:
 
 def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, Any]:
     models = []
-    total = errors = 0
+    total = errors = gone = 0
     latency_count = 0
     latency_sum = 0.0
     latency_max: float | None = None
     for view in snap.models:
         total += view.requests
         errors += view.errors
+        gone += view.client_disconnected
         latency_count += view.latency_count
         latency_sum += view.latency_sum_s
         if view.latency_max_s is not None:
@@ -73,6 +87,7 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
                 "version": view.version,
                 "requests": view.requests,
                 "errors": view.errors,
+                "client_disconnected": view.client_disconnected,
                 "decoded_rows": view.decoded_rows,
                 "level": LEVEL_NAMES[view.level],
                 "latency_level": LEVEL_NAMES[view.latency_level],
@@ -103,7 +118,13 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             "name": names[0] if len(names) == 1 else names,
             "versions": sorted({view.version for view in snap.models}),
         },
-        "requests": {"total": total, "errors": errors, "dropped": sum(dropped.values())},
+        "requests": {
+            "total": total,
+            "errors": errors,
+            "client_disconnected": gone,
+            # Exchanges lost before the statistics saw them; dropped spans are listed apart.
+            "dropped": sum(n for reason, n in dropped.items() if reason in EXCHANGE_DROPS),
+        },
         "latency_s": {
             "p50": primary.latency_p50_s if primary else None,
             "p95": primary.latency_p95_s if primary else None,
@@ -113,6 +134,7 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             "mean": latency_sum / latency_count if latency_count else None,
         },
         "features": [feature_document(f) for f in primary.features] if primary else [],
+        "history": history_document(primary),  # of the same version, for the page's plots
         "models": models,
         "violations": _by_reason(snap.violations, "modeltap.violation.reason"),
         "dropped": dropped,
@@ -128,6 +150,9 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             "payload_sampling_stride": mon.payload_sampling_stride,
             "records_processed": mon.records_processed,
             "spans_exported": mon.spans_exported,
+            "spans_dropped": sum(n for reason, n in dropped.items() if reason in SPAN_DROPS),
+            "identities_over_cap": mon.identities_over_cap,
+            "identities_expired": mon.identities_expired,
             "internal_errors": dict(mon.internal_errors),
             "export_failures": dict(mon.export_failures),
             "last_export_unix_s": dict(mon.last_export_unix_s),

@@ -73,6 +73,11 @@ class ModelTapMiddleware:
         views_token: str | None = None,
         views_allow: tuple[str, ...] | None = None,
         series_limit: int | None = None,
+        max_models: int | None = None,
+        max_versions_per_model: int | None = None,
+        max_features: int | None = None,
+        max_outputs: int | None = None,
+        expose_values: bool | None = None,
         snapshot_interval_s: float | None = None,
         export: ExportConfig | None = None,
     ) -> None:

@@ -19,6 +19,7 @@ from modeltap.protocols import kserve_v1, oip_v2, openai_style, plain_json, seld
 from modeltap.protocols.json_body import BodyError, loads, read_body
 from modeltap.protocols.mapping import FieldMapping
 from modeltap.protocols.payload import DecodedPayload, ExchangeBytes, count
+from modeltap.protocols.routes import protocol_route
 
 MAX_ID_CHARS = 128
 PROTOCOLS = PROTOCOL_NAMES
@@ -71,11 +72,22 @@ def _json_or_none(body: bytes, encoding: str, limit: int, out: DecodedPayload) -
         return None
 
 
-def _path_identity(path: str) -> tuple[str | None, str | None]:
+def path_identity(path: str) -> tuple[str | None, str | None]:
+    """The model name and version a URL names (a claim: see `stats.identities`)."""
     name, version = oip_v2.parse_path(path)
     if name is None:
         name, version = kserve_v1.parse_path(path)  # also TF Serving's /versions/ and /labels/
-    return name, version
+    return sanitize(name), sanitize(version)
+
+
+def _needs_body(exchange: ExchangeBytes, options: DecodeOptions) -> bool:
+    """A POST to a protocol's inference route (or a route pinned to a protocol) has a payload."""
+    if exchange.method != "POST":
+        return False
+    if options.pinned(exchange.path) is not None:
+        return True
+    route = protocol_route(exchange.path)
+    return route is not None and route.needs_body
 
 
 def _choose(exchange: ExchangeBytes, request: Any, options: DecodeOptions) -> str:
@@ -108,7 +120,7 @@ def decode_exchange(
     out = DecodedPayload()
     try:
         # The URL names the model even when the body cannot be read (PROTOCOLS.md section 7).
-        out.model_name, out.model_version = _path_identity(exchange.path)
+        out.model_name, out.model_version = path_identity(exchange.path)
         binary = exchange.inference_header_length is not None
         request = (
             None
@@ -118,6 +130,8 @@ def decode_exchange(
             )
         )
         if request is None and not binary:
+            if not out.violations and _needs_body(exchange, options):
+                count(out.violations, "decode_error")  # an inference call with an empty or null body
             out.model_name = sanitize(out.model_name)
             out.model_version = sanitize(out.model_version)
             return out

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,21 +19,39 @@ from modeltap.snapshot import Attributes, CounterPoint, FeatureView, HistogramPo
 from modeltap.stats.drift_state import DriftState, FeatureScores, WindowConfig
 from modeltap.stats.feature_summary import FeatureSummary
 from modeltap.stats.histogram import ExplicitHistogram
+from modeltap.stats.identities import IdentityBook
 from modeltap.stats.latency_window import LatencyWindow
 from modeltap.stats.reference import ReferenceFeature, ReferenceProfile
-from modeltap.stats.rolling import MAX_TRACKED_OUTPUTS, RollingMean
+from modeltap.stats.rolling import RollingMean
+from modeltap.stats.score_history import ScoreHistory
 from modeltap.stats.scores import Level, Thresholds, overall_level
 from modeltap.stats.series import SeriesTable
 from modeltap.stats.slot_history import SlotHistory
 
 MODEL_NAME = "modeltap.model.name"
 MODEL_VERSION = "modeltap.model.version"
-# Features tracked per model version; more distinct names than this are not a tabular model.
-MAX_FEATURES_PER_MODEL = 1024
+
+
+@dataclass(frozen=True)
+class StateCaps:
+    """Bounds on what traffic can make the statistics keep (DESIGN.md, "bounded state").
+
+    Inputs the reference lists are tracked; with a reference that lists inputs, any other input
+    name is a `schema` violation and creates no state. Without one, at most `max_features` input
+    names per model version are tracked. Outputs are named by the model's own answers and
+    tracked up to `max_outputs` per version besides those the reference lists.
+    """
+
+    max_names: int = 16
+    max_versions: int = 8
+    max_features: int = 256
+    max_outputs: int = 16
+    expose_values: bool = False
 
 
 class _ModelState:
     __slots__ = (
+        "client_disconnected",
         "decoded_rows",
         "drift",
         "errors",
@@ -44,6 +63,8 @@ class _ModelState:
         "latency_window",
         "requests",
         "rolling",
+        "score_history",
+        "unlisted",
     )
 
     def __init__(self, drift: DriftState | None, latency_window: LatencyWindow, history: SlotHistory) -> None:
@@ -51,13 +72,17 @@ class _ModelState:
         self.latency_window = latency_window
         self.rolling: dict[str, RollingMean] = {}  # per numeric output: mean of the last w values
         self.history = history
+        self.score_history = ScoreHistory(history.slot_s)  # what the status page plots
         self.requests = 0
         self.errors = 0
+        self.client_disconnected = 0
         self.decoded_rows = 0
         self.latency_count = 0
         self.latency_sum = 0.0
         self.latency_max = -math.inf
         self.features: dict[tuple[str, str], FeatureSummary] = {}
+        # Per role: features tracked that the reference does not list (bounded by StateCaps).
+        self.unlisted: dict[str, int] = {}
 
 
 class StatsAggregator:
@@ -66,7 +91,7 @@ class StatsAggregator:
     Example::
 
         stats = StatsAggregator(series_limit=2000, duration_bounds=(0.005, 0.01, 0.1, 1.0))
-        model = (("modeltap.model.name", "churn"), ("modeltap.model.version", "3"))
+        model = stats.identity("churn", "3", accepted=True)
         stats.observe_latency(model, (("http.request.method", "POST"),), np.array([0.004]), 1, 0)
         stats.observe_matrix(model, "input", ("age", "income"), np.array([[41.0, 5200.0]]), 1)
     """
@@ -79,13 +104,30 @@ class StatsAggregator:
         window: WindowConfig | None = None,
         thresholds: Thresholds | None = None,
         clock: Callable[[], float] = time.monotonic,
+        caps: StateCaps | None = None,
+        trusted_names: Iterable[str] = (),
+        fixed_version: str | None = None,
     ) -> None:
         self._window = window or WindowConfig()
         self._thresholds = thresholds or Thresholds()
         self._clock = clock
+        self._caps = caps or StateCaps()
         self._bounds = duration_bounds
         self._bounds_array = np.asarray(duration_bounds, dtype=np.float64)
         self._reference = reference
+        self._expected_by_role: dict[str, dict[str, ReferenceFeature]] = {
+            role: {f.name: f for f in reference.features if f.role == role} if reference else {}
+            for role in ("input", "output", "label")
+        }
+        # Idle versions expire after two windows: long enough that a quiet night does not lose a
+        # live version's window, short enough that rotating versions do not pile up.
+        self.identities = IdentityBook(
+            max_names=self._caps.max_names,
+            max_versions=self._caps.max_versions,
+            idle_expiry_s=2 * self.window_s,
+            trusted_names=[*trusted_names, *(reference.model_names() if reference else ())],
+            fixed_version=fixed_version,
+        )
         self._durations: SeriesTable[ExplicitHistogram] = SeriesTable(
             series_limit, lambda: ExplicitHistogram(duration_bounds)
         )
@@ -106,6 +148,24 @@ class StatsAggregator:
     def window_s(self) -> float:
         return self._window.slots * self._window.slot_s
 
+    # ---- identities ---------------------------------------------------------------------
+
+    def identity(self, name: str | None, version: str | None, *, accepted: bool) -> Attributes:
+        """The model attributes an exchange is filed under (see `IdentityBook.resolve`)."""
+        resolved = self.identities.resolve(name, version, accepted=accepted, now=self._clock())
+        return self.identities.attributes(resolved)
+
+    def expire(self) -> int:
+        """Drop the state and series of identities idle for two windows; returns how many."""
+        gone = self.identities.expire(self._clock())
+        if not gone:
+            return 0
+        doomed = set(gone)
+        for table in (self._durations, self._violations, self._drops):
+            table.remove_if(lambda key: any(_owned_by(key, model) for model in doomed))
+        self._models.remove_if(lambda key: key in doomed)
+        return len(gone)
+
     # ---- requests -----------------------------------------------------------------------
 
     def observe_latency(
@@ -115,8 +175,10 @@ class StatsAggregator:
         durations_s: np.ndarray,
         weight: int,
         errors: int,
+        client_gone: int = 0,
     ) -> None:
-        """One series' durations from a batch; `errors` of them failed (5xx or exception)."""
+        """One series' durations from a batch; `errors` of them failed (5xx or exception) and
+        `client_gone` ended because the client left (neither an error nor in the error rate)."""
         finite = durations_s[np.isfinite(durations_s)]
         histogram = self._durations.get(http_attributes + model)
         if finite.size:
@@ -131,6 +193,7 @@ class StatsAggregator:
         state = self._models.get(model)
         state.requests += int(durations_s.size) * weight
         state.errors += errors * weight
+        state.client_disconnected += client_gone * weight
         state.history.add(finite, errors, weight, self._clock())
         if finite.size:
             state.latency_window.add(finite, weight, self._clock())
@@ -141,28 +204,43 @@ class StatsAggregator:
     # ---- features -----------------------------------------------------------------------
 
     def _summary(self, state: _ModelState, role: str, name: str) -> FeatureSummary | None:
+        """The feature's summary, created within the caps; None = not tracked (see StateCaps)."""
         summary = state.features.get((role, name))
-        if summary is None:
-            if len(state.features) >= MAX_FEATURES_PER_MODEL:
+        if summary is not None:
+            return summary
+        expected = self._expected_by_role.get(role, {})
+        known = expected.get(name)
+        if known is None:
+            if expected and role == "input":
+                return None  # the reference lists the inputs: this one is a schema violation
+            cap = self._caps.max_features if role == "input" else self._caps.max_outputs
+            if state.unlisted.get(role, 0) >= cap:
                 return None
-            summary = state.features[(role, name)] = FeatureSummary(name, role)
-            known = self._reference.feature(role, name) if self._reference is not None else None
-            if known is not None:
-                summary.kind = known.kind
+            state.unlisted[role] = state.unlisted.get(role, 0) + 1
+        summary = state.features[(role, name)] = FeatureSummary(
+            name,
+            role,
+            kind=known.kind if known is not None else None,
+            vocabulary=known.vocabulary if known is not None and known.kind == "categorical" else (),
+            expose_values=self._caps.expose_values,
+        )
         return summary
 
-    def _expected(self, role: str) -> dict[str, ReferenceFeature]:
-        if self._reference is None:
-            return {}
-        return {f.name: f for f in self._reference.features if f.role == role}
-
     def _schema_violations(self, role: str, names: Sequence[str]) -> int:
-        """Names the reference does not know, plus reference names absent from the payload."""
-        expected = self._expected(role)
+        """Inputs the reference does not list, plus listed inputs or outputs absent from the
+        payload (an output the reference does not list is the model's own, not a violation)."""
+        expected = self._expected_by_role.get(role, {})
         if not expected or not names:
             return 0
         present = set(names)
-        return sum(1 for n in names if n not in expected) + sum(1 for n in expected if n not in present)
+        unknown = sum(1 for n in names if n not in expected) if role == "input" else 0
+        return unknown + sum(1 for n in expected if n not in present)
+
+    def _untracked(self, role: str, names: Iterable[str], tracked: int) -> int:
+        """Names beyond the caps where no reference lists the role (schema violations)."""
+        if self._expected_by_role.get(role) and role == "input":
+            return 0  # counted as unknown names by `_schema_violations`
+        return sum(1 for _ in names) - tracked
 
     def observe_matrix(
         self,
@@ -172,43 +250,21 @@ class StatsAggregator:
         matrix: np.ndarray,
         weight: int,
         exchanges: int = 1,
+        accepted: bool = True,
     ) -> None:
         """A rows-by-features float matrix (NaN/inf = missing) decoded from `exchanges` exchanges.
 
-        Moments are computed for all columns at once; only the hand-over is per feature.
+        Moments are computed for all columns at once; only the hand-over is per feature. An
+        exchange the model rejected (`accepted=False`: not a 2xx) has its data quality counted
+        but never feeds summaries or drift windows.
         """
-        state = self._models.get(model)
-        if role == "input":
-            state.decoded_rows += int(matrix.shape[0]) * weight
-        if state.drift is not None:
-            state.drift.add_matrix(role, names, matrix, weight, self._clock())
-        if role == "output":
-            for j, name in enumerate(names):
-                tail = state.rolling.get(name)
-                if tail is None and len(state.rolling) < MAX_TRACKED_OUTPUTS:
-                    tail = state.rolling[name] = RollingMean()
-                if tail is not None:
-                    tail.add(matrix[:, j])
+        expected = self._expected_by_role.get(role, {})
+        rows = int(matrix.shape[0])
         finite = np.isfinite(matrix)
         counts = finite.sum(axis=0)
-        clean = np.where(finite, matrix, 0.0)
-        sums = clean.sum(axis=0)
-        sums_sq = np.einsum("ij,ij->j", clean, clean)
-        lows = np.where(finite, matrix, np.inf).min(axis=0)
-        highs = np.where(finite, matrix, -np.inf).max(axis=0)
-        rows = int(matrix.shape[0])
         missing = rows * len(names) - int(counts.sum())
         out_of_range = 0
-        expected = self._expected(role)
         for j, name in enumerate(names):
-            summary = self._summary(state, role, name)
-            if summary is None:
-                self.count_violation(model, "schema", exchanges * weight)
-                continue
-            n = int(counts[j])
-            summary.add_moments(
-                n, rows - n, float(sums[j]), float(sums_sq[j]), float(lows[j]), float(highs[j]), weight
-            )
             feature = expected.get(name)
             if (
                 feature is not None
@@ -219,43 +275,120 @@ class StatsAggregator:
                 low = -math.inf if feature.min is None else feature.min
                 high = math.inf if feature.max is None else feature.max
                 out_of_range += int(np.count_nonzero((column < low) | (column > high)))
+        untracked = 0
+        if accepted:
+            untracked = self._add_matrix(model, role, names, matrix, weight, finite, counts)
         for reason, count in (
             ("missing", missing),
             ("out_of_range", out_of_range),
-            ("schema", self._schema_violations(role, names) * exchanges),
+            ("schema", (self._schema_violations(role, names) + untracked) * exchanges),
         ):
             if count:
                 self.count_violation(model, reason, count * weight)
 
-    def observe_columns(
-        self, model: Attributes, role: str, columns: Mapping[str, list[Value]], weight: int
-    ) -> None:
-        """The general path: columns of mixed Python values from one exchange."""
+    def _add_matrix(
+        self,
+        model: Attributes,
+        role: str,
+        names: tuple[str, ...],
+        matrix: np.ndarray,
+        weight: int,
+        finite: np.ndarray,
+        counts: np.ndarray,
+    ) -> int:
+        """Feed an accepted matrix to the state; returns the names beyond the caps."""
         state = self._models.get(model)
-        if role == "input" and columns:
-            state.decoded_rows += len(next(iter(columns.values()))) * weight
+        rows = int(matrix.shape[0])
+        if role == "input":
+            state.decoded_rows += rows * weight
         if state.drift is not None:
-            state.drift.add_columns(role, columns, weight, self._clock())
-        expected = self._expected(role)
-        wrong_type = out_of_range = 0
-        for name, values in columns.items():
+            state.drift.add_matrix(role, names, matrix, weight, self._clock())
+        clean = np.where(finite, matrix, 0.0)
+        sums = clean.sum(axis=0)
+        sums_sq = np.einsum("ij,ij->j", clean, clean)
+        lows = np.where(finite, matrix, np.inf).min(axis=0)
+        highs = np.where(finite, matrix, -np.inf).max(axis=0)
+        tracked = 0
+        for j, name in enumerate(names):
             summary = self._summary(state, role, name)
             if summary is None:
-                self.count_violation(model, "schema", weight)
                 continue
-            wrong_type += summary.add(values, weight)
+            tracked += 1
+            if summary.kind == "categorical":
+                # Class labels: numbers the reference lists as categories ("0", "1").
+                present = finite[:, j]
+                summary.add(
+                    [float(v) if ok else None for v, ok in zip(matrix[:, j], present, strict=True)], weight
+                )
+                continue
+            n = int(counts[j])
+            summary.add_moments(
+                n, rows - n, float(sums[j]), float(sums_sq[j]), float(lows[j]), float(highs[j]), weight
+            )
+            if role == "output":
+                self._rolling(state, name, matrix[:, j])
+        return self._untracked(role, names, tracked)
+
+    def _rolling(self, state: _ModelState, name: str, values: np.ndarray) -> None:
+        tail = state.rolling.get(name)
+        if tail is None:
+            tail = state.rolling[name] = RollingMean()  # outputs are capped, so is this
+        tail.add(values)
+
+    def observe_columns(
+        self,
+        model: Attributes,
+        role: str,
+        columns: Mapping[str, list[Value]],
+        weight: int,
+        accepted: bool = True,
+    ) -> None:
+        """The general path: columns of mixed Python values from one exchange (see
+        `observe_matrix` for `accepted`)."""
+        expected = self._expected_by_role.get(role, {})
+        wrong_type = out_of_range = untracked = 0
+        for name, values in columns.items():
             feature = expected.get(name)
             if feature is not None and feature.kind == "numeric":
                 low = -math.inf if feature.min is None else feature.min
                 high = math.inf if feature.max is None else feature.max
                 out_of_range += sum(1 for v in values if isinstance(v, float) and (v < low or v > high))
+        if accepted:
+            wrong_type, untracked = self._add_columns(model, role, columns, weight)
+        else:
+            # No state to learn a kind from: judge by what the reference says.
+            for name, values in columns.items():
+                feature = expected.get(name)
+                if feature is not None and feature.kind == "numeric":
+                    wrong_type += sum(1 for v in values if v is not None and not isinstance(v, float))
         for reason, count in (
             ("type", wrong_type),
             ("out_of_range", out_of_range),
-            ("schema", self._schema_violations(role, list(columns))),
+            ("schema", self._schema_violations(role, list(columns)) + untracked),
         ):
             if count:
                 self.count_violation(model, reason, count * weight)
+
+    def _add_columns(
+        self, model: Attributes, role: str, columns: Mapping[str, list[Value]], weight: int
+    ) -> tuple[int, int]:
+        """Feed accepted columns to the state; returns (type violations, names beyond the caps)."""
+        state = self._models.get(model)
+        if role == "input" and columns:
+            state.decoded_rows += len(next(iter(columns.values()))) * weight
+        if state.drift is not None:
+            state.drift.add_columns(role, columns, weight, self._clock())
+        wrong_type = tracked = 0
+        for name, values in columns.items():
+            summary = self._summary(state, role, name)
+            if summary is None:
+                continue
+            tracked += 1
+            wrong_type += summary.add(values, weight)
+            if role == "output" and summary.kind == "numeric":
+                numbers = np.array([v if isinstance(v, float) else np.nan for v in values], dtype=np.float64)
+                self._rolling(state, name, numbers)
+        return wrong_type, self._untracked(role, columns, tracked)
 
     # ---- counters -----------------------------------------------------------------------
 
@@ -277,15 +410,22 @@ class StatsAggregator:
                 sum=h.sum,
                 min=h.min if h.count else None,
                 max=h.max if h.count else None,
+                start_unix_ns=self._durations.created_unix_ns(attrs),
             )
             for attrs, h in self._durations.items()
         )
 
     def violation_points(self) -> tuple[CounterPoint, ...]:
-        return tuple(CounterPoint(attrs, float(v[0])) for attrs, v in self._violations.items())
+        table = self._violations
+        return tuple(
+            CounterPoint(attrs, float(v[0]), table.created_unix_ns(attrs)) for attrs, v in table.items()
+        )
 
     def drop_points(self) -> tuple[CounterPoint, ...]:
-        return tuple(CounterPoint(attrs, float(v[0])) for attrs, v in self._drops.items())
+        table = self._drops
+        return tuple(
+            CounterPoint(attrs, float(v[0]), table.created_unix_ns(attrs)) for attrs, v in table.items()
+        )
 
     def invalidate_scores(self) -> None:
         for _, state in self._models.items():
@@ -306,9 +446,11 @@ class StatsAggregator:
             ]
             # Reference features never seen in traffic are shown too (with zero counts).
             seen = set(state.features)
-            for key, feature_scores in scores.items():
-                if key not in seen:
-                    features.append(_feature_view(FeatureSummary(key[1], key[0]), feature_scores))
+            for (role, name), feature_scores in scores.items():
+                if (role, name) not in seen:
+                    known = self._expected_by_role[role][name]
+                    unseen = FeatureSummary(name, role, kind=known.kind)
+                    features.append(_feature_view(unseen, feature_scores))
             p50, p95, p99, window_max = state.latency_window.summary(now)
             latency_level, error_level = state.history.levels(now, self._thresholds.sigma_k)
             views.append(
@@ -317,6 +459,7 @@ class StatsAggregator:
                     version=str(values.get(MODEL_VERSION, "")),
                     requests=state.requests,
                     errors=state.errors,
+                    client_disconnected=state.client_disconnected,
                     decoded_rows=state.decoded_rows,
                     features=tuple(features),
                     latency_count=state.latency_count,
@@ -333,7 +476,13 @@ class StatsAggregator:
                     ),
                 )
             )
+            views[-1] = state.score_history.attach(views[-1], now)
         return tuple(views)
+
+
+def _owned_by(key: Attributes, model: Attributes) -> bool:
+    """Whether a series key carries both attributes of a model identity."""
+    return model[0] in key and model[1] in key
 
 
 def _feature_view(

@@ -1,8 +1,8 @@
 """Counts for one categorical feature: the reference vocabulary, `__other__` and `__missing__`.
 
-Categories outside the vocabulary are never labels: they count as `__other__`, and the most
-frequent of them are tracked in a small Space-Saving summary (Metwally, Agrawal, El Abbadi, 2005)
-of fixed capacity, so memory stays bounded with a million distinct values.
+Categories outside the vocabulary are never labels: they count as `__other__` and are not kept,
+so memory stays bounded with a million distinct values. `SpaceSaving` (Metwally, Agrawal,
+El Abbadi, 2005) tracks the most frequent of them where the user chose to expose values.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from modeltap.stats.window import WindowRing
-
-NEW_CATEGORY_CAPACITY = 32
 
 
 class SpaceSaving:
@@ -69,7 +67,6 @@ class CategoricalBank:
         self.missing = self.other + 1
         self.cumulative = np.zeros(self.missing + 1, dtype=np.int64)
         self.ring = WindowRing(slots, slot_s, self.missing + 1)
-        self.new_categories = SpaceSaving(NEW_CATEGORY_CAPACITY)
 
     def add(self, categories: Sequence[str | None], weight: int, now: float) -> tuple[int, int]:
         """Add canonical categories (None = missing); returns (missing, new) counts."""
@@ -83,7 +80,6 @@ class CategoricalBank:
             position = index.get(category)
             if position is None:
                 positions[i] = self.other
-                self.new_categories.add(category, weight)
                 new += 1
             else:
                 positions[i] = position

@@ -1,4 +1,10 @@
-"""A bounded running summary per feature (the statistics issue replaces it with drift state)."""
+"""A bounded running summary per feature: moments of numbers, or counts of categories.
+
+Categories are private by default. Values in the reference's vocabulary are shown by name (the
+reference vouches for them); any other value is only counted (rows, and distinct values up to a
+cap, by hash) and never kept as text, unless the user opted in to `expose_values`: then the most
+frequent of them are tracked by a bounded Space-Saving summary, truncated, and shown apart.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +13,72 @@ from collections import Counter
 
 from modeltap._types import Value
 from modeltap.snapshot import FeatureView
+from modeltap.stats.categorical_bank import SpaceSaving
+from modeltap.stats.reference import canonical_category
 
-# Distinct categories tracked by name; the rest are folded into one count.
-MAX_CATEGORIES = 64
-OTHER = "__other__"
+# Out-of-vocabulary values tracked by name, only with `expose_values`.
+MAX_EXPOSED_VALUES = 64
+# Distinct out-of-vocabulary values counted (by hash) before the count says "at least".
+MAX_DISTINCT = 1024
+# An exposed value is kept truncated to this many characters (payload values can be huge).
+MAX_VALUE_CHARS = 64
 
 
 class FeatureSummary:
     """Count, missing, mean, std, min and max of numbers, or bounded counts of categories.
 
-    The kind is fixed by the first value seen; a value of the other kind counts as a `type`
-    violation and is left out, so the summary is never poisoned by a schema change.
+    The kind comes from the reference when it describes the feature, else from the first value
+    seen; a value of the other kind counts as a `type` violation and is left out, so the summary
+    is never poisoned by a schema change. A categorical feature takes numbers as categories
+    (class labels 0/1 are the categories "0" and "1", as in the reference).
+
+    Example::
+
+        summary = FeatureSummary("plan", "input", kind="categorical", vocabulary=("basic", "pro"))
+        summary.add(["pro", "alice@example.com", None], weight=1)   # 0 type violations
+        summary.view().top_categories   # (("pro", 1),): the e-mail address is counted, not shown
     """
 
-    __slots__ = ("categories", "count", "kind", "max", "min", "missing", "name", "role", "sum", "sum_sq")
+    __slots__ = (
+        "_distinct",
+        "categories",
+        "count",
+        "exposed",
+        "kind",
+        "max",
+        "min",
+        "missing",
+        "name",
+        "other",
+        "role",
+        "sum",
+        "sum_sq",
+        "vocabulary",
+    )
 
-    def __init__(self, name: str, role: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        role: str,
+        *,
+        kind: str | None = None,
+        vocabulary: tuple[str, ...] = (),
+        expose_values: bool = False,
+    ) -> None:
         self.name = name
         self.role = role
-        self.kind: str | None = None
+        self.kind = kind
+        self.vocabulary = frozenset(vocabulary)
         self.count = 0
         self.missing = 0
         self.sum = 0.0
         self.sum_sq = 0.0
         self.min = math.inf
         self.max = -math.inf
-        self.categories: Counter[str] = Counter()
+        self.categories: Counter[str] = Counter()  # vocabulary values only
+        self.other = 0  # rows whose value is outside the vocabulary
+        self._distinct: set[int] = set()
+        self.exposed = SpaceSaving(MAX_EXPOSED_VALUES) if expose_values else None
 
     def add(self, values: list[Value], weight: int) -> int:
         """Add one column; returns the number of type violations found."""
@@ -41,14 +87,17 @@ class FeatureSummary:
             if value is None:
                 self.missing += weight
                 continue
+            if self.kind == "categorical":
+                self._add_category(value, weight)
+                continue
             kind = "numeric" if isinstance(value, float) else "categorical"
             if self.kind is None:
                 self.kind = kind
             elif kind != self.kind:
                 wrong_type += 1
                 continue
-            self.count += weight
             if isinstance(value, float):
+                self.count += weight
                 self.sum += value * weight
                 self.sum_sq += value * value * weight
                 if value < self.min:
@@ -56,12 +105,23 @@ class FeatureSummary:
                 if value > self.max:
                     self.max = value
             else:
-                category = ("true" if value else "false") if isinstance(value, bool) else value
-                if category in self.categories or len(self.categories) < MAX_CATEGORIES:
-                    self.categories[category] += weight
-                else:
-                    self.categories[OTHER] += weight
+                self._add_category(value, weight)
         return wrong_type
+
+    def _add_category(self, value: Value, weight: int) -> None:
+        category = canonical_category(value)
+        if category is None:
+            self.missing += weight
+            return
+        self.count += weight
+        if category in self.vocabulary:
+            self.categories[category] += weight
+            return
+        self.other += weight
+        if len(self._distinct) < MAX_DISTINCT:
+            self._distinct.add(hash(category))
+        if self.exposed is not None:
+            self.exposed.add(category[:MAX_VALUE_CHARS], weight)
 
     def add_moments(
         self, count: int, missing: int, total: float, total_sq: float, low: float, high: float, weight: int
@@ -94,4 +154,8 @@ class FeatureSummary:
             min=self.min if numeric else None,
             max=self.max if numeric else None,
             top_categories=tuple(self.categories.most_common(10)),
+            unlisted_values=self.other,
+            unlisted_distinct=len(self._distinct),
+            unlisted_distinct_capped=len(self._distinct) >= MAX_DISTINCT,
+            unlisted_top=tuple(self.exposed.top(10)) if self.exposed is not None else (),
         )

@@ -174,6 +174,10 @@ class ReferenceProfile:
     source_name: str | None = None
     ignored: tuple[str, ...] = ()
 
+    def model_names(self) -> tuple[str, ...]:
+        """The model names the profile vouches for (its `model.name`, if any)."""
+        return (self.model_name,) if self.model_name else ()
+
     @property
     def input_names(self) -> tuple[str, ...]:
         """Positional feature names: the reference's input columns in order."""

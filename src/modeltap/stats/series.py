@@ -3,6 +3,7 @@ then the number of series per instrument is capped, with one overflow series bey
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -27,6 +28,9 @@ class SeriesTable(Generic[T]):
         self._limit = limit
         self._factory = factory
         self._series: dict[Attributes, T] = {}
+        # When each series (re)started: a cumulative series removed and created again restarts
+        # from zero, and its exported start time must say so.
+        self._created: dict[Attributes, int] = {}
         self.overflowed = 0
 
     def get(self, key: Attributes) -> T:
@@ -40,7 +44,19 @@ class SeriesTable(Generic[T]):
             if state is not None:
                 return state
         state = self._series[key] = self._factory()
+        self._created[key] = time.time_ns()
         return state
+
+    def created_unix_ns(self, key: Attributes) -> int:
+        return self._created.get(key, 0)
+
+    def remove_if(self, doomed: Callable[[Attributes], bool]) -> int:
+        """Forget the series whose key `doomed` accepts; returns how many."""
+        keys = [key for key in self._series if doomed(key)]
+        for key in keys:
+            del self._series[key]
+            self._created.pop(key, None)
+        return len(keys)
 
     def items(self) -> Iterator[tuple[Attributes, T]]:
         return iter(list(self._series.items()))

@@ -1,6 +1,6 @@
 """Categorical counts (STATS.md "Runtime state"): vocabulary + `__other__` + `__missing__`, the
-shared canonicalisation of category values, and the bounded Space-Saving summary of new categories
-(memory stays bounded with 10^6 distinct values; the heavy new categories are found)."""
+shared canonicalisation of category values, memory bounded with 10^6 distinct values, and the
+Space-Saving summary that finds the heavy values where the user exposes them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeltap.stats.categorical_bank import NEW_CATEGORY_CAPACITY, CategoricalBank, SpaceSaving
+from modeltap.stats.categorical_bank import CategoricalBank, SpaceSaving
 from modeltap.stats.reference import canonical_category
 
 
@@ -46,7 +46,6 @@ def test_weight_multiplies_counts() -> None:
     bank.add(["a", "b", "b", "zz", None], 5, now=0.0)
     assert bank.cumulative.tolist() == [5, 10, 5, 5]
     assert bank.window(0.0).tolist() == [5, 10, 5, 5]
-    assert bank.new_categories.top(1) == [("zz", 5)]
 
 
 def test_window_forgets_old_slots_and_cumulative_keeps_them() -> None:
@@ -103,7 +102,7 @@ def test_canonical_category_merges_equal_numbers_strings_and_booleans() -> None:
     assert bank.cumulative.tolist() == [6, 3, 1, 1, 2, 3]
 
 
-def test_new_categories_summary_keeps_ten_to_the_sixth_distinct_values_bounded() -> None:
+def test_ten_to_the_sixth_new_categories_keep_memory_bounded() -> None:
     bank = CategoricalBank(("a", "b"), slots=15, slot_s=60.0)
     total = 10**6
     traced = 100_000  # the last part runs under tracemalloc (which slows Python code ~4x)
@@ -123,33 +122,28 @@ def test_new_categories_summary_keeps_ten_to_the_sixth_distinct_values_bounded()
     # 10^5 new distinct strings were seen under tracing: far less than one byte each is kept.
     assert grown < 32 * 1024
     assert bank.nbytes == nbytes
-    assert len(bank.new_categories.top(10 * NEW_CATEGORY_CAPACITY)) <= NEW_CATEGORY_CAPACITY
     assert bank.cumulative.tolist() == [0, 0, total, 0]
-    # Space-Saving keeps the total: the summary's counts add up to the stream length.
-    assert sum(count for _, count in bank.new_categories.top(NEW_CATEGORY_CAPACITY)) == total
 
 
-def test_top_new_categories_are_found_in_a_skewed_stream() -> None:
+def test_space_saving_finds_the_heavy_values_of_a_skewed_stream() -> None:
     rng = np.random.default_rng(42)
+    capacity = 32
     # Counts chosen so that Space-Saving guarantees the answer whatever the order: each gap between
     # neighbours exceeds N / capacity = 85 000 / 32 ~ 2656, the largest possible overcount.
     heavy = {"h-gold": 20_000, "h-silver": 12_000, "h-bronze": 8_000, "h-tin": 5_000}
     stream = [name for name, count in heavy.items() for _ in range(count)]
-    stream += [f"rare-{i}" for i in range(40_000)]  # 40 000 categories seen once
-    stream += ["basic"] * 3_000  # in the vocabulary: never a new category
+    stream += [f"rare-{i}" for i in range(40_000)]  # 40 000 values seen once
     order = rng.permutation(len(stream))
-    shuffled = [stream[i] for i in order]
-    bank = CategoricalBank(("basic", "pro"), slots=15, slot_s=60.0)
-    for start in range(0, len(shuffled), 4096):
-        bank.add(shuffled[start : start + 4096], 1, now=0.0)
-    assert bank.cumulative.tolist() == [3_000, 0, 85_000, 0]
-    top = bank.new_categories.top(4)
+    summary = SpaceSaving(capacity)
+    for i in order:
+        summary.add(stream[i])
+    top = summary.top(4)
     assert [name for name, _ in top] == ["h-gold", "h-silver", "h-bronze", "h-tin"]
     for name, estimate in top:
         # Space-Saving: estimate - error <= true count <= estimate, error <= N / capacity.
-        error = bank.new_categories.error(name)
+        error = summary.error(name)
         assert estimate - error <= heavy[name] <= estimate
-        assert error <= 85_000 // NEW_CATEGORY_CAPACITY
+        assert error <= 85_000 // capacity
 
 
 streams = st.lists(
