@@ -1,8 +1,10 @@
 """The status page in a real headless Chromium (Debian's `chromium`), against live servers: under
 the middleware's prefix on the application's port, and at `/` on the sidecar's admin port while
-`modeltap demo` runs. The table fills from /status with level colours, the plots draw, the
-histogram of a feature shows, and a screenshot is taken. CI installs Chromium (`.ci/run`);
-elsewhere the test is skipped without it."""
+`modeltap demo` runs. The table fills from /status with level colours, the plots draw (from the
+server's history, on the first load, over a wall-clock axis, with a legend naming each series),
+the histogram of a feature shows, proxy errors are listed, a banner says drift needs a reference
+when none is loaded, and a screenshot is taken. CI installs Chromium (`.ci/run`); elsewhere the
+test is skipped without it."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 import orjson
 import pytest
 
-from modeltap import ModelTapMiddleware
+from modeltap import ModelTapConfig, ModelTapMiddleware
 from modeltap.demo.model_server import (
     FEATURES,
     PREDICTION,
@@ -33,6 +35,7 @@ from modeltap.demo.runner import Addresses, DemoOptions, DemoResult, run_demo
 from modeltap.demo.traffic import PHASES
 from modeltap.stats.reference import numeric_profile_document
 from tests.support.servers import serve
+from tests.support.sidecar import running_sidecar
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None and os.environ.get("CI"):
@@ -58,6 +61,32 @@ def _chromium(tmp_path: Path, *args: str) -> str:
     done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+# The page polls every 2 s: a virtual-time budget below that lets it fetch /status once (virtual
+# time stands still while a fetch is pending), which is what a reader sees on opening the page.
+FIRST_LOAD = "--virtual-time-budget=1200"
+
+
+def _data(dom: str, element_id: str, name: str) -> str:
+    found = re.search(rf'id="{element_id}"[^>]*data-{name}="([^"]*)"', dom)
+    assert found is not None, (element_id, name)
+    return found.group(1)
+
+
+def _legend(dom: str, element_id: str) -> list[str]:
+    found = re.search(rf'<ul class="legend" id="{element_id}">(.*?)</ul>', dom)
+    assert found is not None, element_id
+    # Each entry is a colour swatch followed by the series name.
+    return re.findall(
+        r'<li><span class="swatch[^"]*" style="[^"]*background[^"]*"></span>([^<]+)</li>', found.group(1)
+    )
+
+
+def _banner_shown(dom: str) -> bool:
+    found = re.search(r'<div id="no-reference" class="banner"( hidden="")?>', dom)
+    assert found is not None
+    return found.group(1) is None
 
 
 @pytest.mark.timeout(180)
@@ -170,3 +199,92 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
     assert 'id="error"></span>' in dom  # the page read /status without an error
     assert screenshot.stat().st_size > 20_000
     _keep_screenshot(screenshot, "sidecar-status-page.png")
+
+
+@pytest.mark.timeout(180)
+def test_first_load_draws_the_servers_history_on_a_time_axis_with_legends(tmp_path: Path) -> None:
+    """Short history intervals (0.25 s slots), so the server has several points before the page
+    opens; the page draws all of them from its first /status."""
+    x, y = training_data()
+    reference = tmp_path / "reference.json"
+    reference.write_bytes(orjson.dumps(numeric_profile_document(FEATURES, x, model_name="churn")))
+    app = ModelTapMiddleware(
+        build_app(ChurnModel.train(x, y)),
+        config=ModelTapConfig.from_env({}),
+        model_name="churn",
+        reference=str(reference),
+        worker_cpu_budget=0,
+        window_slot_s=0.25,
+        window_slots=20,
+    )
+    customers = make_customers(4000, 7, shift={"monthly_charges": 1.0})
+    try:
+        with serve(app, "uvicorn-page-history") as url:
+            with httpx.Client(base_url=url, timeout=10.0) as client:
+                deadline = time.monotonic() + 60
+                start = 0
+                while True:
+                    rows = np.round(customers[start % 4000 : start % 4000 + 40], 3).tolist()
+                    assert (
+                        client.post("/v1/models/churn:predict", json={"instances": rows}).status_code == 200
+                    )
+                    start += 40
+                    assert app.tap.flush(5.0)
+                    history = client.get("/modeltap/status").json()["history"]
+                    if len(history["t"]) >= 6 and all(v is not None for v in history["psi"]["age"][-3:]):
+                        break
+                    assert time.monotonic() < deadline, history
+                    time.sleep(0.05)
+            dom = _chromium(tmp_path, FIRST_LOAD, "--dump-dom", f"{url}/modeltap/")
+            screenshot = tmp_path / "status-page-history.png"
+            _chromium(tmp_path, FIRST_LOAD, "--window-size=1280,1600", f"--screenshot={screenshot}",
+                      f"{url}/modeltap/")  # fmt: skip
+    finally:
+        app.tap.shutdown()
+
+    polls = re.search(r'<body[^>]*data-polls="(\d+)"', dom)
+    assert polls is not None
+    assert polls.group(1) == "1"  # one fetch of /status
+    # Every series has the server's points (at least the 6 seen above), not the one poll's.
+    assert int(_data(dom, "latency-plot", "points")) >= 3 * 6
+    assert int(_data(dom, "psi-plot", "points")) >= 3 * len(FEATURES)
+    assert int(_data(dom, "errors-plot", "points")) >= 6
+    # A wall-clock time axis: labels like 14:03:25 under each plot.
+    for plot in ("psi-plot", "latency-plot", "errors-plot"):
+        labels = _data(dom, plot, "xlabels").split()
+        assert labels
+        assert all(re.fullmatch(r"\d\d:\d\d(:\d\d)?", label) for label in labels), labels
+    # Legends name the series, each with its colour swatch.
+    assert set(FEATURES) <= set(_legend(dom, "psi-legend"))
+    assert _legend(dom, "latency-legend")[:3] == ["p50 (ms)", "p95 (ms)", "p99 (ms)"]
+    assert "error rate (%)" in _legend(dom, "errors-legend")
+    assert not _banner_shown(dom)  # a reference is loaded
+    assert 'id="error"></span>' in dom
+    _keep_screenshot(screenshot, "status-page-history.png")
+
+
+@pytest.mark.timeout(120)
+def test_admin_page_lists_proxy_errors_and_asks_for_a_reference(tmp_path: Path, unused_tcp_port: int) -> None:
+    """A sidecar with no reference in front of a model that is down: the page says drift needs a
+    reference (with the `modeltap profile` command) and lists the sidecar's own errors."""
+    monitoring = ModelTapConfig.from_env({}, model_name="churn", views_prefix=None)
+    with running_sidecar(f"http://127.0.0.1:{unused_tcp_port}", monitoring) as sidecar:
+        with httpx.Client(base_url=sidecar.url, timeout=10.0) as client:
+            for _ in range(3):
+                response = client.post("/v1/models/churn:predict", json={"instances": [[1, 2, 3, 4, 5]]})
+                assert response.status_code == 502
+                assert response.headers["x-modeltap-error"] == "upstream_connect_failure"
+        assert sidecar.sidecar.tap.flush(5.0)
+        dom = _chromium(tmp_path, FIRST_LOAD, "--dump-dom", f"{sidecar.admin_url}/")
+        screenshot = tmp_path / "sidecar-no-reference.png"
+        _chromium(tmp_path, FIRST_LOAD, "--window-size=1280,1200", f"--screenshot={screenshot}",
+                  f"{sidecar.admin_url}/")  # fmt: skip
+
+    assert re.search(r"<tr><td>proxy error</td><td>upstream_connect_failure</td><td>3</td></tr>", dom)
+    assert _banner_shown(dom)
+    banner = re.search(r'<div id="no-reference".*?</div>', dom, flags=re.DOTALL)
+    assert banner is not None
+    assert "modeltap profile train.csv -o reference.json --prediction prediction" in banner.group(0)
+    assert "--reference reference.json" in banner.group(0)
+    assert 'id="error"></span>' in dom
+    _keep_screenshot(screenshot, "sidecar-no-reference.png")
