@@ -11,6 +11,7 @@ import httpx
 from modeltap import ModelTapConfig, ModelTapMiddleware
 from tests.support.asgi_driver import Receive, Scope, Send
 from tests.support.servers import serve
+from tests.support.sidecar import running_sidecar
 
 TOKEN = "views-s3cret"
 
@@ -72,3 +73,25 @@ def test_without_a_token_a_forwarded_request_is_refused_and_told_what_to_set() -
     assert real_ip.status_code == 403
     assert "views_token" in forwarded.text
     assert plain_loopback.status_code == 200
+
+
+def test_the_sidecar_admin_port_with_a_token_applies_the_same_rule(unused_tcp_port: int) -> None:
+    """With `MODELTAP_VIEWS_TOKEN` set, the admin port's views answer plain loopback requests and
+    token holders; a forwarded request needs the token. The probes never need it."""
+    monitoring = ModelTapConfig.from_env({"MODELTAP_VIEWS_TOKEN": TOKEN}, views_prefix=None)
+    with (
+        running_sidecar(f"http://127.0.0.1:{unused_tcp_port}", monitoring) as sidecar,
+        httpx.Client(base_url=sidecar.admin_url, timeout=10.0) as client,
+    ):
+        forwarded = client.get("/status", headers={"X-Forwarded-For": "127.0.0.1"})
+        with_token = client.get(
+            "/status", headers={"X-Forwarded-For": "127.0.0.1", "Authorization": f"Bearer {TOKEN}"}
+        )
+        plain_loopback = client.get("/status")
+        probe = client.get("/healthz", headers={"X-Forwarded-For": "203.0.113.9"})
+
+    assert forwarded.status_code == 403
+    assert "MODELTAP_VIEWS_TOKEN" in forwarded.text
+    assert with_token.status_code == 200
+    assert plain_loopback.status_code == 200
+    assert probe.status_code == 200
