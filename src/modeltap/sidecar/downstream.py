@@ -72,9 +72,10 @@ class _Sweeper:
 
 
 class _Rejected(Exception):
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: str, detail: str | None = None) -> None:
         super().__init__(code)
         self.code = code
+        self.detail = detail
 
 
 class ConnectionHandle:
@@ -117,17 +118,18 @@ class ConnectionHandle:
         return self._cycle.response_complete
 
 
-def _classify(exc: httptools.HttpParserError) -> str:
+def _classify(exc: httptools.HttpParserError) -> tuple[str, str | None]:
+    """The code (and the answer's text, if not the code's usual one) for a refused head."""
     cause = exc.__context__
     if isinstance(cause, _Rejected):
-        return cause.code
+        return cause.code, cause.detail
     text = str(exc).lower()
     if "content-length" in text:
         # Content-Length with Transfer-Encoding is a smuggling shape, not an unknown coding: 400.
-        return "invalid_request"
+        return "invalid_request", None
     if "transfer-encoding" in text or "transfer encoding" in text:
-        return "unsupported_transfer_encoding"
-    return "invalid_request"
+        return "unsupported_transfer_encoding", None
+    return "invalid_request", None
 
 
 def _chunked_only(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -158,6 +160,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._url_bytes = 0
         self._header_count = 0
         self._header_bytes = 0
+        self._hosts = 0
         # Client deadlines are checked by one sweep per server (`_Sweeper`), not by a timer per
         # request: arming and cancelling timers was a measurable share of a proxied request.
         self._phase = _FRESH
@@ -201,7 +204,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._reject("upgrade_not_supported")
             return
         except httptools.HttpParserError as exc:
-            self._reject(_classify(exc))
+            self._reject(*_classify(exc))
             return
         if (
             self._awaiting_headers
@@ -219,6 +222,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._url_bytes = 0
         self._header_count = 0
         self._header_bytes = 0
+        self._hosts = 0
         self._phase = _HEAD
         self._phase_since = self.loop.time()
 
@@ -233,13 +237,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_count > self.limits.max_headers or self._header_bytes > self.limits.max_header_bytes:
             raise _Rejected("request_headers_too_large")
+        if len(name) == 4 and name.lower() == b"host":
+            self._hosts += 1
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._awaiting_headers = False
-        self._head_bytes = 0
-        self._phase = _BODY
-        self._phase_since = self.loop.time()
+        # Refusals first, while this request still counts as a head being read: behind a
+        # pipelined request not yet answered, `_reject` must close the connection rather than
+        # answer the earlier request with this one's error.
         if self.parser.get_method() == b"CONNECT":
             raise _Rejected("method_not_allowed")
         if self.parser.should_upgrade():
@@ -249,6 +254,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # llhttp frames `gzip, chunked` (or `gzip` and `chunked` in two fields) as chunked;
             # forwarding the de-chunked body without its other codings would corrupt it.
             raise _Rejected("unsupported_transfer_encoding")
+        if self._hosts > 1 or (self._hosts == 0 and self.parser.get_http_version() != "1.0"):
+            # RFC 9112 3.2: 400 for two Host fields (which one counts is ambiguous: a cache or
+            # router in front may have read the other) or none on HTTP/1.1; HTTP/1.0 may omit it.
+            raise _Rejected(
+                "invalid_request", "a request needs exactly one Host header (HTTP/1.0: at most one)"
+            )
+        self._awaiting_headers = False
+        self._head_bytes = 0
+        self._phase = _BODY
+        self._phase_since = self.loop.time()
         super().on_headers_complete()
         handle = ConnectionHandle(self, self.cycle)
         handles = self._handles
@@ -299,7 +314,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif waited_s >= (limits.header_timeout_s if phase == _FRESH else limits.keepalive_timeout_s):
             self.transport.close()  # connected and silent: close without an answer, as nginx does
 
-    def _reject(self, code: str) -> None:
+    def _reject(self, code: str, detail: str | None = None) -> None:
         """Answer `code` (unless a response is already under way) and close the connection."""
         self.count_error(code)
         self._phase = _CLOSED
@@ -314,7 +329,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # The app is running for this request: it must stop waiting for a body that will
             # not come, and the upstream call is cancelled through the handle's callback.
             if not cycle.response_started and not transport.is_closing():
-                status, headers, body = error_response(code, _DETAIL[code], close=True)
+                status, headers, body = error_response(code, detail or _DETAIL[code], close=True)
                 transport.write(_encode(status, headers, body))
             for handle in self._handles:
                 if handle._cycle is cycle:
@@ -334,7 +349,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
             return
         if not transport.is_closing():
-            status, headers, body = error_response(code, _DETAIL[code], close=True)
+            status, headers, body = error_response(code, detail or _DETAIL[code], close=True)
             transport.write(_encode(status, headers, body))
             transport.close()
 

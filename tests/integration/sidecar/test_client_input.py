@@ -146,6 +146,20 @@ MALFORMED: dict[str, Malformed] = {
         "B5", b"GET /x HTTP/1.1\r\nHost: model\r\nX-A: b\rc\r\n\r\n", 400, "invalid_request"
     ),
     "bare_lf_lines": Malformed("B5", b"GET /x HTTP/1.1\nHost: model\n\n", 400, "invalid_request"),
+    # RFC 9112 3.2: exactly one Host on HTTP/1.1 (the last one used to win and be forwarded).
+    "two_hosts": Malformed(
+        "B7", b"GET /x HTTP/1.1\r\nHost: model\r\nHost: evil.example\r\n\r\n", 400, "invalid_request"
+    ),
+    "two_equal_hosts": Malformed(
+        "B7", _post(b"Host: model\r\nContent-Length: 2\r\n", b"{}"), 400, "invalid_request"
+    ),
+    "no_host": Malformed("B7", b"GET /x HTTP/1.1\r\nX-A: b\r\n\r\n", 400, "invalid_request"),
+    "no_host_post": Malformed(
+        "B7", b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 400, "invalid_request"
+    ),
+    "two_hosts_http10": Malformed(
+        "B7", b"GET /x HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n", 400, "invalid_request"
+    ),
 }
 
 VALID_POST = _post(
@@ -379,8 +393,11 @@ def test_pipelined_requests_are_answered_in_order(stack: Stack) -> None:
         MALFORMED["cl_then_te"].data,  # refused while its head is parsed
         MALFORMED["chunk_data_garbage"].data,  # refused in its body, queued behind the first
         b"GET /\nTransfer-Encoding:chunked\r\n\r\n\x00",  # the same, as the fuzzer found it
+        # Refused once its head is complete (by the sidecar, not llhttp).
+        MALFORMED["two_hosts"].data,
+        b"CONNECT model:443 HTTP/1.1\r\nHost: model:443\r\n\r\n",
     ],
-    ids=["bad_head", "bad_body", "fuzz_found"],
+    ids=["bad_head", "bad_body", "fuzz_found", "two_hosts", "connect"],
 )
 @pytest.mark.usefixtures("no_error_logs")
 def test_a_bad_request_pipelined_behind_a_good_one_never_takes_its_answer(
@@ -445,6 +462,21 @@ def test_request_targets_never_choose_the_upstream(stack: Stack, evil: tuple[Ech
     time.sleep(0.05)
     assert stack.echo.count == 0
     assert evil_echo.count == 0
+
+
+def test_host_rules_say_why_and_http10_may_omit_it(stack: Stack) -> None:
+    """RFC 9112 3.2: the 400 for a missing or repeated Host says what is wrong; HTTP/1.0 without
+    Host is valid and reaches the upstream with the upstream's own authority."""
+    answer = exchange(stack.port, MALFORMED["two_hosts"].data, wait_close_s=2)
+    assert_rejected(answer, 400, "invalid_request")
+    assert b"Host" in answer.response.body
+    errors = ErrorCounts(stack.sidecar)
+    document = echo_json(exchange(stack.port, b"GET /old HTTP/1.0\r\n\r\n", wait_close_s=2))
+    hosts = [value for name, value in document["headers"] if name == "host"]
+    upstream_authority = stack.sidecar.sidecar.settings.upstream.removeprefix("http://")
+    assert (document["raw_path"], hosts) == ("/old", [upstream_authority])
+    assert stack.echo.count == 1
+    assert errors.new() == {}
 
 
 # ---- B8 -------------------------------------------------------------------------------------
