@@ -178,11 +178,14 @@ class BatchPipeline:
                 proxy_error = scope.get(PROXY_ERROR_KEY)
                 error = proxy_error or exception_type
                 # A client that left is not a model error: counted apart, outside the error rate.
+                # (Starlette answers the ClientDisconnect it raises with a 500 nobody receives.)
                 client_gone = proxy_error == "client_disconnected" or (
-                    ended is None and disconnected and proxy_error is None
+                    disconnected and proxy_error is None and (ended is None or exception_type is not None)
                 )
                 if client_gone:
                     error = "client_disconnected"
+                    if exception_type is not None:
+                        status = 0  # an error page for a client that was no longer there
                 elif not status and exception_type is not None:
                     status = 500  # the server answers an exception before the response with a 500
                 elif error is None and status >= 500:

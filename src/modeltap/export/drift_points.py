@@ -64,9 +64,10 @@ def drift_points(snap: Snapshot) -> DriftPoints:
                 ("modeltap.feature.role", feature.role),
                 *reference,
             )
-            points.missing.append(CounterPoint(attrs, float(feature.missing)))
             if not feature.monitored:
+                # A name no reference lists came from payloads: shown locally, never an attribute.
                 continue
+            points.missing.append(CounterPoint(attrs, float(feature.missing)))
             points.levels.append((attrs, float(feature.level)))
             if feature.bounds and feature.cumulative_counts:
                 counts = feature.cumulative_counts

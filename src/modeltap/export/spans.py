@@ -147,8 +147,9 @@ def span_attributes(
 
 
 def span_name(record: ExchangeRecord, route: str | None) -> str:
-    target = route or record.path
-    return f"{record.method} {target}" if target else record.method
+    """`{method} {route}`, or the method alone: a raw path is the client's, never a span name."""
+    method = record.method if record.method in KNOWN_METHODS else "HTTP"
+    return f"{method} {route}" if route else method
 
 
 def span_status(record: ExchangeRecord) -> tuple[bool, str | None]:

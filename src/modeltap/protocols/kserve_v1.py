@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from modeltap.protocols.payload import DecodedPayload, ExchangeBytes
-from modeltap.protocols.tabular import positional_names, rows_to_columns
+from modeltap.protocols.tabular import per_row_outputs, positional_names, rows_to_columns
 
 # /v1/models/{name}[/versions/{v}|/labels/{l}]:predict (TF Serving puts the version in the URL)
 _PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/([^/:]+)|/labels/([^/:]+))?(?::\w+)?/?$")
@@ -45,7 +45,10 @@ def decode(exchange: ExchangeBytes, request: Any, response: Any, out: DecodedPay
         if isinstance(predictions, list):
             if predictions and not isinstance(predictions[0], (list, dict)):
                 out.output_values = predictions
-                return
-            out.outputs, _ = rows_to_columns(predictions, (), out.violations, prefix="prediction")
-            if "prediction0" in out.outputs and len(out.outputs) == 1:
-                out.outputs = {"prediction": out.outputs.pop("prediction0")}
+            else:
+                out.outputs, _ = rows_to_columns(predictions, (), out.violations, prefix="prediction")
+                if "prediction0" in out.outputs and len(out.outputs) == 1:
+                    out.outputs = {"prediction": out.outputs.pop("prediction0")}
+        if len(response) > 1:
+            # Class probabilities, scores...: every per-row array the model answers is an output.
+            out.outputs.update(per_row_outputs(response, out.rows, out.violations, skip=("predictions",)))

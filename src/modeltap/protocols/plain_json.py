@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modeltap.protocols.payload import Column, DecodedPayload, ExchangeBytes, count
-from modeltap.protocols.tabular import rows_to_columns
+from modeltap.protocols.tabular import per_row_outputs, rows_to_columns
 
 _WRAPPERS = ("features", "inputs", "data", "records", "rows", "instances")
 _OUTPUT_KEYS = ("predictions", "prediction", "outputs", "output", "scores", "score", "result", "label")
@@ -27,15 +27,18 @@ def _rows(document: Any) -> list[Any] | None:
 
 def _outputs(document: Any, out: DecodedPayload) -> dict[str, Column]:
     if isinstance(document, dict):
-        for key in _OUTPUT_KEYS:
-            if key in document:
-                value = document[key]
-                rows = value if isinstance(value, list) else [value]
-                columns, _ = rows_to_columns(rows, (), out.violations, prefix="prediction")
-                if list(columns) == ["prediction0"]:
-                    return {"prediction": columns["prediction0"]}
-                return columns
-        return {}
+        columns: dict[str, Column] = {}
+        primary = next((key for key in _OUTPUT_KEYS if key in document), None)
+        if primary is not None:
+            value = document[primary]
+            rows = value if isinstance(value, list) else [value]
+            columns, _ = rows_to_columns(rows, (), out.violations, prefix="prediction")
+            if list(columns) == ["prediction0"]:
+                columns = {"prediction": columns["prediction0"]}
+        # Every other per-row array of the answer is an output too (probabilities, scores...).
+        skip = (primary,) if primary is not None else ()
+        columns.update(per_row_outputs(document, out.rows, out.violations, skip=skip))
+        return columns
     rows = document if isinstance(document, list) else [document]
     columns, _ = rows_to_columns(rows, (), out.violations, prefix="prediction")
     if list(columns) == ["prediction0"]:

@@ -110,3 +110,22 @@ def rows_to_columns(
             count(violations, "missing", n - len(column))
             column.extend([None] * (n - len(column)))
     return columns, n
+
+
+def per_row_outputs(
+    response: dict[str, Any], rows: int, violations: dict[str, int], skip: tuple[str, ...] = ()
+) -> dict[str, Column]:
+    """Every other per-row array of an answer as outputs named by its key (`probabilities`,
+    `probabilities[j]` for vectors): a list with one entry per input row (any non-empty list
+    when the row count is unknown). Keys come from the model's own answer."""
+    columns: dict[str, Column] = {}
+    for key, value in response.items():
+        if key in skip or not isinstance(value, list) or not value or (rows and len(value) != rows):
+            continue
+        if len(columns) >= MAX_COLUMNS:
+            break
+        found, _ = rows_to_columns([{key: item} for item in value], (), violations)
+        for name, column in found.items():
+            if len(columns) < MAX_COLUMNS:
+                columns[name] = column
+    return columns
