@@ -43,7 +43,10 @@ def _counter(
         data=Sum(
             data_points=[
                 NumberDataPoint(
-                    dict(p.attributes), p.start_unix_ns or snap.start_unix_ns, snap.taken_unix_ns, int(p.value)
+                    dict(p.attributes),
+                    p.start_unix_ns or snap.start_unix_ns,
+                    snap.taken_unix_ns,
+                    int(p.value),
                 )
                 for p in points
             ],
