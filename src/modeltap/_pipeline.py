@@ -149,13 +149,13 @@ class BatchPipeline:
         outputs = self._outputs
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending += len(raw_records)
         spans: list[Any] = []
         stats = self._stats
         fixed_name = self._config.model_name
         default_model = self._default_model
         routes = self._route_templates
         for raw in raw_records:
+            self._pending += 1
             try:
                 (scope, root_path_at_start, _start_ns, started, _first, ended, finished, status,
                  response_headers, request_parts, request_size, response_parts, response_size,
@@ -254,6 +254,9 @@ class BatchPipeline:
                     spans.append(self._span(ExchangeRecord._make(raw), decoded, model, template))
                 if self.pending_bytes > self._flush_bytes:
                     self.flush_pending()  # decoded rows are held against the memory bound
+                    latency, failed, gone = self._latency, self._failed, self._gone
+                    inputs, outputs = self._inputs, self._outputs
+                    self._pending_since = time.monotonic()
             except Exception:
                 self.errors["process"] += 1
                 _log.debug("processing an exchange failed", exc_info=True)
