@@ -296,16 +296,15 @@ def test_an_aborted_upload_through_the_middleware_is_no_500() -> None:
 
 
 def test_sidecar_span_names_and_routes_are_templates(upstream: str) -> None:
-    with OtlpHttpReceiver() as receiver:
-        with running_sidecar(upstream, monitoring(receiver)) as sidecar:
-            with httpx.Client(base_url=sidecar.url) as client:
-                assert client.post("/v2/models/iris/infer", json=oip(2)).status_code == 200
-                assert client.post("/v2/models/other-77/infer", json=oip(2)).status_code == 404
-                assert client.post("/customer/4711/score", json=[{"a": 1}]).status_code == 404
-            assert sidecar.sidecar.tap.flush(5.0)
-            receiver.wait_for(lambda r: len(r.spans()) >= 3, timeout=5.0, description="3 spans")
-            spans = receiver.spans()
-            durations = receiver.latest_points("http.server.request.duration")
+    with OtlpHttpReceiver() as receiver, running_sidecar(upstream, monitoring(receiver)) as sidecar:
+        with httpx.Client(base_url=sidecar.url) as client:
+            assert client.post("/v2/models/iris/infer", json=oip(2)).status_code == 200
+            assert client.post("/v2/models/other-77/infer", json=oip(2)).status_code == 404
+            assert client.post("/customer/4711/score", json=[{"a": 1}]).status_code == 404
+        assert sidecar.sidecar.tap.flush(5.0)
+        receiver.wait_for(lambda r: len(r.spans()) >= 3, timeout=5.0, description="3 spans")
+        spans = receiver.spans()
+        durations = receiver.latest_points("http.server.request.duration")
     assert sorted(span.name for span in spans) == [
         "POST",
         "POST /v2/models/{model}/infer",
