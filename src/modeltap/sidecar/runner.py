@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import signal
 import socket
+import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -25,12 +27,15 @@ from modeltap.export.local_views import LocalViews
 from modeltap.middleware.asgi import ModelTapMiddleware
 from modeltap.sidecar.admin import AdminApp, Readiness
 from modeltap.sidecar.downstream import ClientLimits, protocol_class
+from modeltap.sidecar.failure_log import FailureLog
 from modeltap.sidecar.headers import TrustedPeers
 from modeltap.sidecar.proxy import ProxyApp, ProxyLimits
 from modeltap.sidecar.settings import SidecarSettings
 from modeltap.sidecar.upstream import UpstreamPool
 
 _log = logging.getLogger("modeltap.sidecar")
+# Upstream failures are logged once per code per this many seconds (with their count).
+FAILURE_LOG_INTERVAL_S = 10.0
 
 
 class _Server(uvicorn.Server):
@@ -119,6 +124,8 @@ class Sidecar:
             ),
             self._count_error,
         )
+        self.failure_log = FailureLog(settings.upstream, FAILURE_LOG_INTERVAL_S)
+        self.resolve_check: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
         self._force = False
         self.proxy_server: _Server | None = None
@@ -128,6 +135,7 @@ class Sidecar:
 
     def _count_error(self, code: str) -> None:
         self.tap.note_proxy_error(code)
+        self.failure_log.note(code)
         if code in ("upstream_connect_failure", "upstream_connect_timeout"):
             self.readiness.note_connect_failure()
 
@@ -155,6 +163,8 @@ class Sidecar:
 
     def stop(self, force: bool = False) -> None:
         """Begin the drain (idempotent); `force` skips the delays."""
+        if force and not self._force:
+            _log.info("modeltap sidecar: stopping now, without waiting for requests in flight")
         self._force = self._force or force
         if self._stopping is not None:
             self._stopping.set()
@@ -195,6 +205,7 @@ class Sidecar:
         admin_task = asyncio.ensure_future(self.admin_server.serve(sockets=[self.admin_socket]))
         proxy_task = asyncio.ensure_future(self.proxy_server.serve(sockets=[self.proxy_socket]))
         self.readiness.start()
+        self.resolve_check = self.warn_if_upstream_does_not_resolve()
         while not (self.proxy_server.started and self.admin_server.started):
             if proxy_task.done() or admin_task.done():
                 break
@@ -208,6 +219,7 @@ class Sidecar:
         with contextlib.suppress(Exception):
             await admin_task
         stop_wait.cancel()
+        self.failure_log.flush()  # what the last interval counted, before the process ends
         if self._force and self.proxy_server.started:
             # uvicorn skips the lifespan shutdown on a forced exit, and cancelling the lifespan
             # task would log a traceback. Requests still in flight end first (503 draining, or
@@ -226,15 +238,46 @@ class Sidecar:
         if self._force:
             # Had the lifespan flush not run (it returns at once if it did): flush here, bounded.
             await asyncio.get_running_loop().run_in_executor(None, self.tap.shutdown)
+        _log.info("modeltap sidecar: shutdown complete")
+
+    def warn_if_upstream_does_not_resolve(self) -> threading.Thread | None:
+        """A start-up warning for an upstream name the resolver does not know (a typo, a
+        service not created yet): requests are answered 502 upstream_connect_failure until it
+        resolves. Looked up on a daemon thread, so a slow resolver delays neither the start
+        nor the exit; the thread is returned (None for an address: nothing to resolve)."""
+        host, port = self.settings.upstream_host, self.settings.upstream_port
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host)
+            return None
+
+        def lookup() -> None:
+            try:
+                socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+            except OSError as exc:  # socket.gaierror
+                _log.warning(
+                    "modeltap sidecar: the upstream host %r does not resolve (%s); requests will "
+                    "be answered 502 upstream_connect_failure until it does",
+                    host,
+                    exc.strerror or exc,
+                )
+
+        thread = threading.Thread(target=lookup, name="modeltap-resolve-upstream", daemon=True)
+        thread.start()
+        return thread
 
     async def _drain(self, proxy_task: asyncio.Future[None]) -> None:
         assert self.proxy_server is not None
         self.readiness.draining = True
         self.proxy.draining = True
+        settings = self.settings
         if not self._force and not proxy_task.done():
+            # Info, in words that do not read as a failure: this is the planned shutdown.
             _log.info(
-                "modeltap sidecar: draining (readiness failed; serving for %.1f s)",
-                self.settings.drain_delay_s,
+                "modeltap sidecar: shutting down gracefully: /readyz now answers 503 draining so "
+                "load balancers move away; requests are still served for %g s, then those in "
+                "flight get up to %g s to finish",
+                settings.drain_delay_s,
+                settings.drain_timeout_s,
             )
             with contextlib.suppress(asyncio.TimeoutError):
                 assert self._stopping is not None

@@ -78,6 +78,13 @@ class SidecarSettings:
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name} must be within 0..65535, got {value!r}", name)
+        if self.port == self.admin_port != 0 and _may_overlap(self.host, self.admin_host):
+            # Binding would fail with "address in use", which reads as another process's fault.
+            raise ConfigError(
+                f"port and admin_port are both {self.port} (on {self.host} and {self.admin_host}): "
+                "the proxy and the admin port need different ports (--port, --admin-port)",
+                "admin_port",
+            )
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name.endswith("_s") and not (isinstance(value, (int, float)) and value >= 0):
@@ -120,6 +127,14 @@ class SidecarSettings:
     @property
     def upstream_port(self) -> int:
         return urlsplit(self.upstream).port or 80
+
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def _may_overlap(host: str, other: str) -> bool:
+    """Whether two listen addresses can collide on one port: the same, or either is a wildcard."""
+    return host == other or host in _WILDCARDS or other in _WILDCARDS
 
 
 HELP: dict[str, str] = {

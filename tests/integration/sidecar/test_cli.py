@@ -117,6 +117,11 @@ def in_process_cases(s: Setup) -> list[Case]:
             "upstream port out of range", ("--upstream", "http://127.0.0.1:99999", *EPHEMERAL), says=("port",)
         ),
         Case(
+            "proxy and admin on one port",
+            (*UPSTREAM, "--host", "127.0.0.1", "--port", "9464", "--admin-port", "9464"),
+            says=("port and admin_port are both 9464", "--port", "--admin-port"),
+        ),
+        Case(
             "upstream with credentials",
             ("--upstream", "http://u:p@127.0.0.1:9", *EPHEMERAL),
             says=("credentials",),

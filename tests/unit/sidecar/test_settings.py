@@ -171,6 +171,20 @@ def test_ports_must_be_in_range(name: str, value: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("host", "admin_host"),
+    [("0.0.0.0", "127.0.0.1"), ("127.0.0.1", "127.0.0.1"), ("10.0.0.5", "::"), ("::", "::1")],
+)
+def test_the_proxy_and_the_admin_port_cannot_share_a_port(host: str, admin_host: str) -> None:
+    error = config_error("admin_port", host=host, admin_host=admin_host, port=9464, admin_port=9464)
+    assert "port and admin_port are both 9464" in str(error)
+
+
+def test_one_port_number_on_two_distinct_addresses_or_both_ephemeral_is_fine() -> None:
+    assert settings(host="127.0.0.1", admin_host="127.0.0.2", port=9000, admin_port=9000).port == 9000
+    assert settings(port=0, admin_port=0).admin_port == 0
+
+
+@pytest.mark.parametrize(
     "cidrs", [("10.0.0.0/33",), ("not-a-network",), ("",), ("10.0.0.0/8", "300.1.2.3"), ("::1/129",)]
 )
 def test_bad_trusted_proxies_are_rejected(cidrs: tuple[str, ...]) -> None:
