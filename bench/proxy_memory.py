@@ -21,20 +21,11 @@ import subprocess
 import sys
 import time
 
+from process_probes import free_port, rss_mib
+
 SIZE_MIB = int(os.environ.get("SIZE_MIB", "1024"))
 IDLE = int(os.environ.get("IDLE", "1000"))
 CHUNK = b"x" * 65536
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 async def generator_upstream(port: int) -> None:

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+from process_probes import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MINUTES = float(sys.argv[1]) if len(sys.argv) > 1 else 30.0
@@ -51,12 +52,6 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sample(pid: int) -> tuple[float, int, int]:

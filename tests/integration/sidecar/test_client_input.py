@@ -19,7 +19,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ import pytest
 
 from modeltap.config import ModelTapConfig
 from tests.support.echo_upstream import EchoUpstream
+from tests.support.polling import wait_until
 from tests.support.raw_client import RawClient, RawExchange, exchange
 from tests.support.sidecar import RunningSidecar, running_sidecar
 
@@ -188,7 +189,9 @@ def _stack(**settings: Any) -> Iterator[Stack]:
 
 
 def _fresh(stack: Stack) -> Stack:
-    assert wait_until(lambda: stack.sidecar.sidecar.proxy.inflight == 0), "a request is still in flight"
+    assert wait_until(lambda: stack.sidecar.sidecar.proxy.inflight == 0, timeout_s=3.0), (
+        "a request is still in flight"
+    )
     stack.echo.reset()
     return stack
 
@@ -225,15 +228,6 @@ def no_error_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     yield
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 class ErrorCounts:
@@ -411,7 +405,7 @@ def test_a_bad_request_pipelined_behind_a_good_one_never_takes_its_answer(
     answer = exchange(stack.port, b"POST /first HTTP/1.1\r\nHost: model\r\n\r\n" + second, responses=None)
     assert answer.closed
     assert [r.error_code for r in answer.responses] in ([], [None]), answer.summary()
-    assert wait_until(lambda: stack.sidecar.sidecar.proxy.inflight == 0)
+    assert wait_until(lambda: stack.sidecar.sidecar.proxy.inflight == 0, timeout_s=3.0)
     assert stack.echo.count == len(answer.responses)
     assert len(errors.new()) == 1
     assert set(errors.new().values()) == {1}
@@ -802,7 +796,7 @@ def test_chunked_body_crossing_the_limit_while_streaming_aborts_the_upstream_req
     assert errors.new() == {"request_body_too_large": 1}
     assert stack.echo.wait_for(lambda records: records[0].disconnected)
     assert not stack.echo.records[0].completed
-    assert wait_until(lambda: stack.sidecar.sidecar.pool.active == 0)
+    assert wait_until(lambda: stack.sidecar.sidecar.pool.active == 0, timeout_s=3.0)
 
 
 # ---- B17: a raw upstream that shows its own connection ---------------------------------------
@@ -919,7 +913,7 @@ def _assert_cancelled_upstream(upstream: RawUpstream, sidecar: RunningSidecar, e
         "the upstream connection was left open after the client went away"
     )
     assert len(upstream.logs()) == 1
-    assert wait_until(lambda: sidecar.sidecar.proxy.inflight == 0)
+    assert wait_until(lambda: sidecar.sidecar.proxy.inflight == 0, timeout_s=3.0)
     assert sidecar.sidecar.pool.active == 0
     assert sidecar.sidecar.pool.idle_count == 0  # a cancelled exchange's connection is not pooled
     assert errors.wait_for({"client_disconnected": 1}) == {"client_disconnected": 1}

@@ -8,14 +8,13 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from modeltap.sidecar import runner
+from tests.support.polling import wait_until
 from tests.support.raw_client import exchange
 from tests.support.raw_upstream import RawUpstream, unused_port
 from tests.support.sidecar import running_sidecar
@@ -23,15 +22,6 @@ from tests.support.sidecar import running_sidecar
 pytestmark = pytest.mark.timeout(60)
 SIDECAR_LOGGER = "modeltap.sidecar"
 INTERVAL_S = 3.0  # well above the time a few refused requests take, even on a busy machine
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def sidecar_lines(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> list[str]:
@@ -61,7 +51,7 @@ def test_upstream_failures_are_one_line_per_code_per_interval(
         big = exchange(sidecar.port, b"GET / HTTP/1.1\r\nHost: m\r\nX-Big: " + b"b" * 2048 + b"\r\n\r\n")
         assert big.response.status == 431
         assert failure_lines(caplog) == []  # nothing per request
-        assert wait_until(lambda: bool(failure_lines(caplog)))
+        assert wait_until(lambda: bool(failure_lines(caplog)), timeout_s=10.0)
         assert failure_lines(caplog) == [(5, "upstream_connect_failure")]
         (line,) = [m for m in sidecar_lines(caplog, logging.WARNING) if "upstream_connect_failure" in m]
         assert line == (
@@ -70,7 +60,7 @@ def test_upstream_failures_are_one_line_per_code_per_interval(
         )
         for _ in range(3):
             assert client.get(f"{sidecar.url}/again").status_code == 502
-        assert wait_until(lambda: len(failure_lines(caplog)) == 2)
+        assert wait_until(lambda: len(failure_lines(caplog)) == 2, timeout_s=10.0)
         assert failure_lines(caplog) == [(5, "upstream_connect_failure"), (3, "upstream_connect_failure")]
         assert sidecar.proxy_errors() == {"upstream_connect_failure": 8, "request_headers_too_large": 1}
 

@@ -18,12 +18,13 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from modeltap.config import ModelTapConfig
+from tests.support.polling import wait_until
 from tests.support.raw_upstream import RawUpstream, body_blocks, body_bytes, body_sha256
 from tests.support.sidecar import RunningSidecar, record_exchanges, running_sidecar
 
@@ -42,15 +43,6 @@ def new_client() -> httpx.Client:
 @functools.cache
 def expected_sha256(size: int) -> str:
     return body_sha256(size)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # ---- A12: streaming ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import h11
@@ -30,6 +30,7 @@ import httpx
 import pytest
 import uvicorn
 
+from tests.support.polling import wait_until
 from tests.support.raw_upstream import RawUpstream, body_bytes, unused_port
 from tests.support.sidecar import RunningSidecar, pool_state, record_exchanges, running_sidecar
 
@@ -70,15 +71,6 @@ class Since:
 
     def peer_closed(self) -> int:
         return self.upstream.peer_closed - self._peer_closed
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def timed_request(method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, float]:

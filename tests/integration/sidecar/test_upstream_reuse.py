@@ -27,21 +27,13 @@ from modeltap.sidecar.headers import TrustedPeers
 from modeltap.sidecar.proxy import ProxyApp, ProxyLimits
 from modeltap.sidecar.upstream import UpstreamConnection, UpstreamPool
 from tests.support.otlp_receiver import OtlpHttpReceiver
+from tests.support.polling import wait_until
 from tests.support.raw_upstream import RawUpstream
 from tests.support.servers import serve
 from tests.support.sidecar import pool_state, running_sidecar
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("clean_otel_env")]
 ERROR = "x-modeltap-error"
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def raising_app() -> FastAPI:
