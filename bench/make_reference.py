@@ -11,8 +11,8 @@ import sys
 
 import numpy as np
 
-from modeltap.stats.profile_builder import build_profile
-from modeltap.stats.reference import write_profile
+from modeltap.reference.builder import build_profile
+from modeltap.reference.document import write_profile
 
 
 def main() -> None:

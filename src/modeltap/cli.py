@@ -174,7 +174,7 @@ def run_sidecar_command(args: argparse.Namespace) -> None:
             export=dataclasses.replace(monitoring.export, endpoint=args.otlp_endpoint)
         )
     if monitoring.reference:
-        from modeltap.stats.reference import load_reference
+        from modeltap.reference.document import load_reference
 
         load_reference(monitoring.reference)  # an unreadable reference fails here, before binding
     run_sidecar(settings, monitoring)
@@ -189,9 +189,9 @@ def run_profile(args: argparse.Namespace, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     import warnings
 
-    from modeltap.stats.profile_builder import ProfileWarning
-    from modeltap.stats.profile_io import profile_table
-    from modeltap.stats.reference import write_profile
+    from modeltap.reference.builder import ProfileWarning
+    from modeltap.reference.document import write_profile
+    from modeltap.reference.tables import profile_table
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProfileWarning)

@@ -29,8 +29,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modeltap import ExportConfig, ModelTapConfig, ModelTapMiddleware
-from modeltap.stats.profile_builder import build_profile
-from modeltap.stats.reference import write_profile
+from modeltap.reference.builder import build_profile
+from modeltap.reference.document import write_profile
 from modeltap.stats.scores import coarse_counts, js_distance, ks_binned, psi
 from tests.support.otlp_receiver import MetricPoint, OtlpHttpReceiver, flatten_metrics
 from tests.support.tapping import PROMETHEUS_LABEL

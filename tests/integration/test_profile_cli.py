@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from modeltap.cli import main
-from modeltap.stats.profile_builder import build_profile
-from modeltap.stats.profile_io import read_table
-from modeltap.stats.reference import load_reference
+from modeltap.reference.builder import build_profile
+from modeltap.reference.document import load_reference
+from modeltap.reference.tables import read_table
 
 
 def _training_csv(path: Path, rows: int = 300) -> Path:

@@ -53,7 +53,7 @@ from modeltap.config import ModelTapConfig
 from modeltap.demo.model_server import FEATURES, ChurnModel, build_app, training_data
 from modeltap.export.status_json import status_document
 from modeltap.middleware import ModelTapMiddleware
-from modeltap.stats.reference import numeric_profile_document
+from modeltap.reference import numeric_profile_document
 from tests.support.servers import serve
 
 REPO = Path(__file__).resolve().parents[2]

@@ -33,7 +33,7 @@ from modeltap.demo.model_server import (
 )
 from modeltap.demo.runner import Addresses, DemoOptions, DemoResult, run_demo
 from modeltap.demo.traffic import PHASES
-from modeltap.stats.reference import numeric_profile_document
+from modeltap.reference import numeric_profile_document
 from tests.support.servers import serve
 from tests.support.sidecar import running_sidecar
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import types
 
+import pytest
+
 import modeltap
 
 
@@ -24,6 +26,9 @@ def test_public_names_are_the_intended_set() -> None:
         "ReferenceProfileError",
         "SamplerConfig",
         "__version__",
+        "build_profile",
+        "load_reference",
+        "write_profile",
     }
     public = {
         name
@@ -44,6 +49,8 @@ def test_public_names_are_the_intended_set() -> None:
             "stats",
             "records",
             "snapshot",
+            "reference",
+            "worker",
         }
     )
     assert not leaked, leaked
@@ -65,3 +72,24 @@ def test_middleware_keywords_match_config_fields() -> None:
     }
     fields = {field.name for field in dataclasses.fields(modeltap.ModelTapConfig)}
     assert keywords == fields | {"config", "tracer_provider"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("modeltap.stats.reference", "modeltap.reference.document"),
+        ("modeltap.stats.profile_builder", "modeltap.reference.builder"),
+        ("modeltap.stats.profile_io", "modeltap.reference.tables"),
+    ],
+)
+def test_moved_reference_modules_still_import_with_a_deprecation_warning(old: str, new: str) -> None:
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)
+    assert callable(
+        getattr(module, "build_profile", None) or getattr(module, "load_reference", None) or module.read_table
+    )

@@ -151,12 +151,12 @@ def test_an_aborted_upload_is_a_client_disconnect_not_a_500(
 ) -> None:
     middleware = make_middleware(body_reader())
     middleware.tap.start()
-    middleware.tap.payload_stride = payload_stride  # also when the payload is sampled out
+    middleware.tap.sampling.payload_stride = payload_stride  # also when the payload is sampled out
     messages = http_request_messages(b"x" * 4096, chunk_size=1024)
     for _ in range(payload_stride):
         result = run_asgi(middleware, make_http_scope("POST", "/predict"), messages, disconnect_at=2)
         assert result.exception is not None  # Starlette's ClientDisconnect, re-raised unchanged
-    middleware.tap.payload_stride = 1
+    middleware.tap.sampling.payload_stride = 1
     document = status_document(middleware)
     assert document["requests"]["client_disconnected"] == payload_stride
     assert document["requests"]["errors"] == 0

@@ -52,10 +52,10 @@ from modeltap.demo.traffic import (
     describe,
 )
 from modeltap.export.status_json import status_document
+from modeltap.reference.document import write_profile
+from modeltap.reference.tables import profile_table
 from modeltap.sidecar.runner import Sidecar, listen
 from modeltap.sidecar.settings import SidecarSettings
-from modeltap.stats.profile_io import profile_table
-from modeltap.stats.reference import write_profile
 
 # The levels reported as detected drift.
 ALERT_LEVELS = ("WARNING", "CRITICAL")

@@ -12,10 +12,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from modeltap._tap import Tap
 from modeltap._types import ASGIApp, Message, Receive, Scope, Send
 from modeltap.config import ExportConfig, ModelTapConfig
 from modeltap.export.local_views import LocalViews
+from modeltap.worker.tap import Tap
 
 _log = logging.getLogger("modeltap")
 _CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(ModelTapConfig))
@@ -120,10 +120,10 @@ class ModelTapMiddleware:
             capture = tap.capture
         if capture is None:
             await self.app(scope, receive, send)
-        elif tap.stride == 1 and tap.payload_stride == 1:
+        elif tap.sampling.takes_everything:
             await capture(scope, receive, send, 1, 1)  # the normal case: everything captured
         else:
-            weight, payload_weight = tap.admit()
+            weight, payload_weight = tap.sampling.admit()
             if weight:
                 await capture(scope, receive, send, weight, payload_weight)
             else:

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from modeltap._types import Value
+from modeltap.reference.document import ReferenceFeature, ReferenceProfile
 from modeltap.snapshot import Attributes, CounterPoint, FeatureView, HistogramPoint, ModelView
 from modeltap.stats.drift_state import DriftState, FeatureScores, WindowConfig
 from modeltap.stats.feature_summary import FeatureSummary
 from modeltap.stats.histogram import ExplicitHistogram
 from modeltap.stats.identities import IdentityBook
 from modeltap.stats.latency_window import LatencyWindow
-from modeltap.stats.reference import ReferenceFeature, ReferenceProfile
 from modeltap.stats.rolling import RollingMean
 from modeltap.stats.score_history import ScoreHistory
 from modeltap.stats.scores import Level, Thresholds, overall_level

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from modeltap._types import Value
+from modeltap.reference.document import ReferenceFeature, ReferenceProfile, canonical_category
 from modeltap.stats.categorical_bank import CategoricalBank
 from modeltap.stats.numeric_bank import NumericBank
-from modeltap.stats.reference import ReferenceFeature, ReferenceProfile, canonical_category
 from modeltap.stats.scores import (
     Level,
     Thresholds,

@@ -12,9 +12,9 @@ import math
 from collections import Counter
 
 from modeltap._types import Value
+from modeltap.reference.document import canonical_category
 from modeltap.snapshot import FeatureView
 from modeltap.stats.categorical_bank import SpaceSaving
-from modeltap.stats.reference import canonical_category
 
 # Out-of-vocabulary values tracked by name, only with `expose_values`.
 MAX_EXPOSED_VALUES = 64

@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 
 from modeltap import ExportConfig, ModelTapConfig, SamplerConfig
-from modeltap.stats.profile_builder import build_profile
-from modeltap.stats.reference import write_profile
+from modeltap.reference.builder import build_profile
+from modeltap.reference.document import write_profile
 from tests.support.asgi_driver import Receive, Scope, Send
 from tests.support.otlp_receiver import OtlpHttpReceiver, SpanRecord
 from tests.support.servers import serve

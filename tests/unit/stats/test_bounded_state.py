@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from modeltap._types import Value
+from modeltap.reference.builder import build_profile
+from modeltap.reference.document import ReferenceProfile, parse_reference
 from modeltap.snapshot import Attributes, FeatureView, ModelView
 from modeltap.stats.aggregator import StateCaps, StatsAggregator
 from modeltap.stats.feature_summary import MAX_DISTINCT
-from modeltap.stats.profile_builder import build_profile
-from modeltap.stats.reference import ReferenceProfile, parse_reference
 from modeltap.stats.scores import Level, Thresholds
 
 HTTP: Attributes = (("http.request.method", "POST"),)

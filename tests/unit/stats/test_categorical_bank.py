@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modeltap.reference.document import canonical_category
 from modeltap.stats.categorical_bank import CategoricalBank, SpaceSaving
-from modeltap.stats.reference import canonical_category
 
 
 def test_layout_is_vocabulary_then_other_then_missing() -> None:

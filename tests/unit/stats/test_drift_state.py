@@ -18,11 +18,11 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp, kstwo
 
+from modeltap.reference.builder import build_profile
+from modeltap.reference.document import ReferenceProfile, parse_reference
 from modeltap.snapshot import Attributes, FeatureView, ModelView
 from modeltap.stats.aggregator import MODEL_NAME, MODEL_VERSION, StatsAggregator
 from modeltap.stats.drift_state import SCORE_INTERVAL_S, DriftState, FeatureScores, WindowConfig
-from modeltap.stats.profile_builder import build_profile
-from modeltap.stats.reference import ReferenceProfile, parse_reference
 from modeltap.stats.scores import Level, Thresholds
 
 N_REFERENCE = 20_000

@@ -20,10 +20,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
+from modeltap.reference.builder import build_profile
+from modeltap.reference.document import ReferenceFeature, parse_reference
 from modeltap.stats.bucketing import MIN_GRID_VALUES, BucketIndex
 from modeltap.stats.numeric_bank import NumericBank
-from modeltap.stats.profile_builder import build_profile
-from modeltap.stats.reference import ReferenceFeature, parse_reference
 from modeltap.stats.scores import coarse_counts, js_distance, ks_binned, psi
 
 TINY = 5e-324  # the smallest positive (denormal) double

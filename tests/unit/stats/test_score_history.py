@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 
 from modeltap.export.history_json import history_document
+from modeltap.reference import numeric_profile_document, parse_reference
 from modeltap.snapshot import FeatureView, ModelView
 from modeltap.stats.aggregator import StatsAggregator
 from modeltap.stats.drift_state import WindowConfig
-from modeltap.stats.reference import numeric_profile_document, parse_reference
 from modeltap.stats.score_history import ScoreHistory
 
 HTTP = (("http.request.method", "POST"),)

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from modeltap._budget import MAX_PAYLOAD_STRIDE, MIN_RATE_PER_S, WINDOW_S, CpuBudget
-from modeltap._tap import Tap
 from modeltap.config import ModelTapConfig
+from modeltap.worker.budget import MAX_PAYLOAD_STRIDE, MIN_RATE_PER_S, WINDOW_S, CpuBudget
+from modeltap.worker.tap import Tap
 
 
 class FakeClocks:
@@ -81,8 +81,8 @@ async def _app(scope: object, receive: object, send: object) -> None:  # never c
 @pytest.mark.parametrize(("stride", "payload_stride"), [(1, 4), (2, 1), (2, 8)])
 def test_admission_weights_are_unbiased(stride: int, payload_stride: int) -> None:
     tap = Tap(_app, ModelTapConfig())
-    tap.stride, tap.payload_stride = stride, payload_stride
-    outcomes = Counter(tap.admit() for _ in range(1024 * 16))
+    tap.sampling.stride, tap.sampling.payload_stride = stride, payload_stride
+    outcomes = Counter(tap.sampling.admit() for _ in range(1024 * 16))
     captured = sum(n for (weight, _), n in outcomes.items() if weight)
     with_payload = sum(n for (_, payload), n in outcomes.items() if payload)
     # Every admitted exchange stands for `stride` exchanges; every payload for stride*payload_stride.
@@ -118,7 +118,7 @@ def test_payload_sampling_keeps_counts_exact_and_feature_counts_weighted() -> No
             assert middleware.tap.flush(5.0)
             # As the CPU budget would set it; a budget whose clock never moves keeps it there.
             middleware.tap._budget = CpuBudget(0.05, clock=lambda: 0.0, cpu_clock=lambda: 0.0)
-            middleware.tap.payload_stride = 4
+            middleware.tap.sampling.payload_stride = 4
             for i in range(40):
                 response = await client.post("/predict", json={"instances": [[float(i), 2.0]]})
                 assert response.status_code == 200

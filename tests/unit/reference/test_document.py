@@ -11,10 +11,9 @@ import orjson
 import pytest
 
 from modeltap.errors import ReferenceProfileError
-from modeltap.stats.profile_builder import build_profile
-from modeltap.stats.reference import (
+from modeltap.reference.builder import build_profile, numeric_profile_document
+from modeltap.reference.document import (
     load_reference,
-    numeric_profile_document,
     parse_reference,
     profile_id,
     write_profile,

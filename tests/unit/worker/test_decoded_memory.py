@@ -14,12 +14,12 @@ import orjson
 import pytest
 from opentelemetry.sdk.resources import Resource
 
-from modeltap._pipeline import BatchPipeline
 from modeltap.capture.record_queue import RecordQueue
 from modeltap.config import DEFAULT_DURATION_BUCKETS_S, ModelTapConfig
 from modeltap.export.spans import SpanOptions
 from modeltap.records import RawRecord
 from modeltap.stats import StatsAggregator
+from modeltap.worker.pipeline import BatchPipeline
 from tests.support.asgi_driver import make_http_scope
 
 BODY_TARGET = 965 * 1024

@@ -20,8 +20,6 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
-from modeltap._budget import CpuBudget
-from modeltap._pipeline import UNKNOWN, BatchPipeline
 from modeltap._types import ASGIApp
 from modeltap.capture.exchange import ExchangeCapture, TraceStarter
 from modeltap.capture.record_queue import RecordQueue
@@ -31,18 +29,20 @@ from modeltap.export.exporters import make_metric_exporter, make_span_exporter
 from modeltap.export.resource import SERVICE_INSTANCE_ID, build_resource, new_instance_id
 from modeltap.export.spans import SpanOptions
 from modeltap.export.telemetry_thread import TelemetryExporter
+from modeltap.reference.document import ReferenceProfile, load_reference
 from modeltap.snapshot import Attributes, CounterPoint, SelfMonitoring, Snapshot
 from modeltap.stats import StatsAggregator
 from modeltap.stats.aggregator import StateCaps
 from modeltap.stats.drift_state import WindowConfig
-from modeltap.stats.reference import ReferenceProfile, load_reference
 from modeltap.stats.scores import Thresholds
+from modeltap.worker.budget import CpuBudget
+from modeltap.worker.pipeline import UNKNOWN, BatchPipeline
+from modeltap.worker.sampling import Sampling
 
 _log = logging.getLogger("modeltap")
 # Records per micro-batch: large enough to amortise the per-group numpy calls, small enough
 # that the worker hands the GIL back to the event loop every millisecond or two.
 MAX_BATCH = 256
-MAX_STRIDE = 1024
 
 
 class Tap:
@@ -95,10 +95,7 @@ class Tap:
         self.queue = RecordQueue(config.queue_max_records, config.queue_max_bytes)
         self.capture: ExchangeCapture | None = None
         self.started = False
-        self.stride = 1
-        self._seq = 0
-        self.payload_stride = 1
-        self._payload_seq = 0
+        self.sampling = Sampling(config.overload_watermark)
         self._budget = CpuBudget(config.worker_cpu_budget)
         self._stats = StatsAggregator(
             config.series_limit,
@@ -154,26 +151,6 @@ class Tap:
         )
 
     # ---- request path -------------------------------------------------------------------
-
-    def admit(self) -> tuple[int, int]:
-        """(weight, payload_weight) for this exchange while the tap samples; (0, 0) = not captured.
-
-        Two independent strides, both counted on the request path (one writer, no lock):
-        `stride` (the queue is filling: capture 1 in N exchanges at all) and `payload_stride` (the
-        worker is over its CPU budget: keep bodies for 1 in N of the captured exchanges, time
-        and count all of them). Weights keep every statistic an unbiased estimate.
-        """
-        stride = self.stride
-        if stride > 1:
-            self._seq += 1
-            if self._seq % stride:
-                return 0, 0
-        payload_stride = self.payload_stride
-        if payload_stride > 1:
-            self._payload_seq += 1
-            if self._payload_seq % payload_stride:
-                return stride, 0
-        return stride, stride * payload_stride
 
     def note_internal_error(self, where: str) -> None:
         self._internal_errors[where] += 1
@@ -284,8 +261,11 @@ class Tap:
                 started_cpu = self._budget.measure()
                 drained = self._drain_all()
                 self._budget.charge(started_cpu, drained)
-                self._adjust_stride()
-                self.payload_stride = self._budget.next_stride(self.payload_stride)
+                queue = self.queue
+                self.sampling.follow_load(
+                    max(queue.depth / queue.max_records, queue.pending_bytes / queue.max_bytes)
+                )
+                self.sampling.follow_budget(self._budget)
                 now = time.monotonic()
                 if waiters or stopping or now - self._last_publish >= self.config.snapshot_interval_s:
                     if waiters or stopping:
@@ -336,17 +316,6 @@ class Tap:
         elif self._exporter is not None:
             self._exporter.offer_spans(spans)
 
-    def _adjust_stride(self) -> None:
-        """Sample before dropping: halve the captured share while the queue sits above the
-        watermark, restore it once the worker has caught up."""
-        queue = self.queue
-        mark = self.config.overload_watermark
-        load = max(queue.depth / queue.max_records, queue.pending_bytes / queue.max_bytes)
-        if load > mark and self.stride < MAX_STRIDE:
-            self.stride *= 2
-        elif load < mark / 8 and self.stride > 1:
-            self.stride //= 2
-
     # ---- snapshots ----------------------------------------------------------------------
 
     def _capture_drops(self) -> list[CounterPoint]:
@@ -374,8 +343,8 @@ class Tap:
             queue_depth=self.queue.depth,
             queue_bytes=self.queue.pending_bytes,
             worker_lag_s=self.queue.oldest_age_s(),
-            sampling_stride=self.stride,
-            payload_sampling_stride=self.payload_stride,
+            sampling_stride=self.sampling.stride,
+            payload_sampling_stride=self.sampling.payload_stride,
             records_processed=self._records_processed,
             internal_errors=tuple(sorted(internal.items())),
             export_failures=tuple(sorted(exporter.failures.items())) if exporter else (),

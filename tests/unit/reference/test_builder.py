@@ -16,16 +16,16 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
 from modeltap.errors import ReferenceProfileError
-from modeltap.stats.profile_builder import (
+from modeltap.reference.builder import (
     NonNumericValuesWarning,
     SmallReferenceWarning,
     build_profile,
     parse_number,
 )
-from modeltap.stats.reference import canonical_category, parse_reference, profile_id
+from modeltap.reference.document import canonical_category, parse_reference, profile_id
 
 # Most tests here profile a few rows on purpose; the small-reference warning is tested on its own.
-pytestmark = pytest.mark.filterwarnings("ignore::modeltap.stats.profile_builder.SmallReferenceWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::modeltap.reference.builder.SmallReferenceWarning")
 
 
 def _feature(document: dict[str, Any], name: str) -> dict[str, Any]:

@@ -28,9 +28,9 @@ from modeltap.protocols.mapping import FieldMapping
 from modeltap.protocols.routes import protocol_route
 from modeltap.protocols.tabular import rows_to_columns
 from modeltap.records import PROXY_ERROR_KEY, ExchangeRecord, RawRecord
+from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import Attributes
 from modeltap.stats import StatsAggregator
-from modeltap.stats.reference import ReferenceProfile
 
 _log = logging.getLogger("modeltap")
 UNKNOWN = "unknown"
