@@ -153,6 +153,27 @@ class SelfMonitoring:
     # Answered model names or versions beyond the caps (their exchanges are filed under `unknown`).
     identities_over_cap: int = 0
     identities_expired: int = 0  # idle versions whose state was let go
+    mode: str = "inline"  # where the analysis runs: "inline" (serving process) or "process" (monitor)
+    feeders: tuple[int, ...] = ()  # pids of the serving processes feeding these numbers
+    control: tuple[tuple[str, float], ...] = ()  # settings the monitor sent to the serving processes
+
+
+@dataclass(frozen=True)
+class ServingCounts:
+    """What the serving processes count themselves (the capture hand-off, capture's own errors, the
+    sidecar's failures), summed over the processes that feed one analysis."""
+
+    dropped: tuple[tuple[str, int], ...] = ()
+    internal_errors: tuple[tuple[str, int], ...] = ()
+    proxy_errors: tuple[tuple[str, int], ...] | None = None  # None: no sidecar among them
+    proxy_retries: int | None = None
+    queue_depth: int = 0
+    queue_bytes: int = 0
+    worker_lag_s: float = 0.0
+    sampling_stride: int = 1
+    payload_sampling_stride: int = 1
+    feeders: tuple[int, ...] = ()
+    control: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,235 @@
+"""The analysis of one server's exchanges: decode, statistics, spans, snapshots and OTLP export.
+
+It runs on a worker thread inside the serving process (inline mode) or in the monitor process
+beside it (process mode, the default); both feed it the same raw records and publish the same
+snapshots. What the serving processes count themselves (capture drops, the sidecar's failures)
+arrives as `ServingCounts` and is merged into each snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+
+from modeltap.config import DEFAULT_DURATION_BUCKETS_S, ModelTapConfig
+from modeltap.export.exporters import make_metric_exporter, make_span_exporter
+from modeltap.export.resource import SERVICE_INSTANCE_ID, build_resource, new_instance_id
+from modeltap.export.spans import SpanOptions
+from modeltap.export.telemetry_thread import TelemetryExporter
+from modeltap.records import RawRecord
+from modeltap.reference.document import ReferenceProfile
+from modeltap.snapshot import Attributes, CounterPoint, SelfMonitoring, ServingCounts, Snapshot
+from modeltap.stats import StatsAggregator
+from modeltap.stats.aggregator import StateCaps
+from modeltap.stats.drift_state import WindowConfig
+from modeltap.stats.scores import Thresholds
+from modeltap.worker.pipeline import UNKNOWN, BatchPipeline
+
+_log = logging.getLogger("modeltap")
+
+
+def span_options(config: ModelTapConfig) -> SpanOptions:
+    return SpanOptions(
+        capture_payloads=config.capture_payloads,
+        max_payload_bytes=config.max_payload_attribute_bytes,
+        request_headers=config.capture_request_headers,
+        response_headers=config.capture_response_headers,
+    )
+
+
+def statistics(config: ModelTapConfig, reference: ReferenceProfile | None) -> StatsAggregator:
+    """The statistics a configuration asks for."""
+    return StatsAggregator(
+        config.series_limit,
+        DEFAULT_DURATION_BUCKETS_S,
+        reference,
+        window=WindowConfig(config.window_slots, config.window_slot_s),
+        thresholds=Thresholds(
+            psi_warning=config.psi_warning,
+            psi_critical=config.psi_critical,
+            alpha=config.drift_alpha,
+            min_samples=config.min_samples,
+            sigma_k=config.sigma_k,
+        ),
+        caps=StateCaps(
+            max_names=config.max_models,
+            max_versions=config.max_versions_per_model,
+            max_features=config.max_features,
+            max_outputs=config.max_outputs,
+            expose_values=config.expose_values,
+        ),
+        trusted_names=[config.model_name] if config.model_name else (),
+        fixed_version=config.model_version,
+    )
+
+
+class Analyzer:
+    """Records in, snapshots and OTLP out. Not thread-safe: one thread calls `process` and
+    `publish`; `latest_snapshot` may be read from any thread.
+
+    Example::
+
+        analyzer = Analyzer(config, reference, mode="inline")
+        analyzer.start()
+        analyzer.process(raw_records)
+        analyzer.publish(ServingCounts(...))
+        analyzer.shutdown(5.0)
+    """
+
+    def __init__(self, config: ModelTapConfig, reference: ReferenceProfile | None, *, mode: str) -> None:
+        self.config = config
+        self.reference = reference
+        self.mode = mode
+        self.stats = statistics(config, reference)
+        self.start_unix_ns = time.time_ns()
+        # The SDK names each process (`service.instance.id`); a monitor names the server it serves.
+        detected = Resource.create({}).attributes.get(SERVICE_INSTANCE_ID)
+        self.instance_id = str(detected) if detected and mode == "inline" else new_instance_id()
+        self.resource = Resource.get_empty()
+        self.default_name = (
+            config.model_name or (reference.model_name if reference is not None else None) or UNKNOWN
+        )
+        self.model_attributes: Attributes = (
+            ("modeltap.model.name", self.default_name),
+            ("modeltap.model.version", config.model_version or UNKNOWN),
+        )
+        self.pipeline = BatchPipeline(
+            config, reference, self.stats, span_options(config), lambda: self.resource, self.default_name
+        )
+        self.exporter: TelemetryExporter | None = None
+        self._span_processor: Any = None
+        self.records_processed = 0
+        self.identities_expired = 0
+        self.errors: Counter[str] = Counter()
+        self._latest: Snapshot | None = None
+
+    @property
+    def traced(self) -> bool:
+        """Whether spans leave anywhere (the app's provider or modeltap's OTLP exporter)."""
+        return self._span_processor is not None or (self.exporter is not None and self.exporter.exports_spans)
+
+    def start(self, span_processor: Any = None, base_resource: Resource | None = None) -> None:
+        """Build the resource and start the export thread. `span_processor`: the application's own
+        SDK span processor, which then receives modeltap's spans instead of its exporter."""
+        export = self.config.export
+        self._span_processor = span_processor
+        self.resource = build_resource(
+            self.instance_id, export.service_name, export.resource_attributes, base=base_resource
+        )
+        if self.mode == "process":
+            # One resource per monitor: the server, not whichever worker started it.
+            self.resource = self.resource.merge(Resource({SERVICE_INSTANCE_ID: self.instance_id}))
+        self.instance_id = str(self.resource.attributes.get(SERVICE_INSTANCE_ID, self.instance_id))
+        span_exporter = make_span_exporter(export) if span_processor is None else None
+        self.pipeline.sdk_spans = span_processor is not None
+        self.exporter = TelemetryExporter(
+            export, self.resource, self.latest_snapshot, make_metric_exporter(export), span_exporter
+        )
+        self.exporter.start()
+
+    # ---- the worker's loop calls these ----------------------------------------------------------
+
+    def process(self, batch: list[RawRecord]) -> None:
+        spans = self.pipeline.process(batch)
+        self.records_processed += len(batch)
+        if not spans:
+            return
+        if self._span_processor is not None:
+            for span in spans:
+                try:
+                    self._span_processor.on_end(span)
+                except Exception:
+                    self.errors["span_processor"] += 1
+        elif self.exporter is not None:
+            self.exporter.offer_spans(spans)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Decoded rows held for the next numpy step (they count against the hand-off's bound)."""
+        return self.pipeline.pending_bytes
+
+    def publish(self, serving: ServingCounts, *, current_scores: bool = False) -> Snapshot:
+        """Fold what is pending into the statistics and publish a snapshot."""
+        self.pipeline.flush_pending()  # grouped values not yet counted belong in this snapshot
+        if current_scores:
+            self.stats.invalidate_scores()  # a flush wants scores as of now
+        self.identities_expired += self.stats.expire()
+        exporter = self.exporter
+        internal = Counter(dict(serving.internal_errors)) + self.errors + self.pipeline.errors
+        monitoring = SelfMonitoring(
+            queue_depth=serving.queue_depth,
+            queue_bytes=serving.queue_bytes,
+            worker_lag_s=serving.worker_lag_s,
+            sampling_stride=serving.sampling_stride,
+            payload_sampling_stride=serving.payload_sampling_stride,
+            records_processed=self.records_processed,
+            internal_errors=tuple(sorted(internal.items())),
+            export_failures=tuple(sorted(exporter.failures.items())) if exporter else (),
+            last_export_unix_s=tuple(sorted(exporter.last_success_unix_s.items())) if exporter else (),
+            spans_exported=exporter.spans_exported if exporter else 0,
+            identities_over_cap=self.stats.identities.over_cap,
+            identities_expired=self.identities_expired,
+            mode=self.mode,
+            feeders=serving.feeders,
+            control=serving.control,
+        )
+        self._latest = Snapshot(
+            taken_unix_ns=time.time_ns(),
+            start_unix_ns=self.start_unix_ns,
+            instance_id=self.instance_id,
+            pid=os.getpid(),
+            duration=self.stats.duration_points(),
+            dropped=(*self.stats.drop_points(), *self._serving_drops(serving)),
+            violations=self.stats.violation_points(),
+            proxy_errors=None
+            if serving.proxy_errors is None
+            else tuple(
+                CounterPoint((("modeltap.error.code", code),), float(count))
+                for code, count in sorted(serving.proxy_errors)
+            ),
+            proxy_retries=serving.proxy_retries,
+            models=self.stats.model_views(),
+            monitoring=monitoring,
+            reference_id=self.reference.id if self.reference is not None else None,
+            window_s=self.stats.window_s,
+        )
+        return self._latest
+
+    def _serving_drops(self, serving: ServingCounts) -> list[CounterPoint]:
+        """Drops counted outside the statistics (hand-off, span ring, export), with model attrs."""
+        counts = dict(serving.dropped)
+        exporter = self.exporter
+        if exporter is not None and exporter.exports_spans:
+            counts["span_queue_full"] = exporter.spans_dropped_queue_full
+            counts["span_export_failed"] = exporter.spans_dropped_export_failed
+            counts["rejected"] = exporter.spans_dropped_rejected
+        return [
+            CounterPoint((*self.model_attributes, ("modeltap.drop.reason", reason)), float(value))
+            for reason, value in counts.items()
+        ]
+
+    def latest_snapshot(self) -> Snapshot:
+        """The last published snapshot (an empty one before the first)."""
+        snap = self._latest
+        if snap is None:
+            return Snapshot(
+                taken_unix_ns=time.time_ns(),
+                start_unix_ns=self.start_unix_ns,
+                instance_id=self.instance_id,
+                pid=os.getpid(),
+            )
+        return snap
+
+    # ---- export ---------------------------------------------------------------------------------
+
+    def flush_export(self, timeout_s: float) -> bool:
+        return self.exporter.flush_now(timeout_s) if self.exporter is not None else True
+
+    def shutdown(self, timeout_s: float) -> None:
+        if self.exporter is not None:
+            self.exporter.shutdown(max(0.1, timeout_s))
