@@ -4,8 +4,12 @@ and middleware built from an empty environment."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,10 +60,22 @@ def make_middleware() -> Iterator[MakeMiddleware]:
 
     def make(app: ASGIApp, **options: Any) -> ModelTapMiddleware:
         options.setdefault("model_name", "demo")
-        middleware = ModelTapMiddleware(app, config=ModelTapConfig.from_env({}), **options)
+        middleware = ModelTapMiddleware(app, config=ModelTapConfig.from_env({}, monitor="inline"), **options)
         created.append(middleware)
         return middleware
 
     yield make
     for middleware in created:
         middleware.tap.shutdown()
+
+
+@pytest.fixture
+def own_monitor(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private run directory and monitor id for this test: apps it starts in process mode get a
+    monitor of their own (several apps in one test process would otherwise share one, as the
+    workers of one server do). Yields the run directory."""
+    directory = Path(tempfile.mkdtemp(prefix="mt-"))  # short: Unix socket paths are limited
+    monkeypatch.setenv("MODELTAP_RUN_DIR", str(directory))
+    monkeypatch.setenv("MODELTAP_MONITOR_ID", f"t{uuid.uuid4().hex[:12]}")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,9 @@ _FALSE = {"0", "false", "no", "off"}
 DEFAULT_DURATION_BUCKETS_S: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
+
+MONITOR_MODES = ("process", "inline")
+_MONITOR_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 # Names of the payload decoders (protocols/detect.py), for protocol_routes.
 PROTOCOL_NAMES = ("kserve_v1", "tf_serving", "oip_v2", "seldon", "openai", "json", "mapping")
@@ -277,6 +281,13 @@ class ModelTapConfig:
     # are raw payload values, e.g. e-mail addresses). Off: they are counted, never shown.
     expose_values: bool = False
     snapshot_interval_s: float = 0.5
+    # Where the analysis runs: "process" (a monitor process beside the server, shared by all its
+    # workers; the default) or "inline" (a thread in the serving process: tests, notebooks,
+    # platforms that cannot start processes). Process mode falls back to inline, with a log line,
+    # where a monitor cannot be started.
+    monitor: str = "process"
+    monitor_id: str | None = None  # names the server's monitor (default: the supervisor's pid)
+    monitor_memory_bytes: int = 512 * 1024 * 1024  # above it the monitor sheds, never grows
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
@@ -345,6 +356,20 @@ class ModelTapConfig:
                 raise ConfigError(
                     f"views_allow entries must be IP networks, got {cidr!r}", "views_allow"
                 ) from None
+        if self.monitor not in MONITOR_MODES:
+            raise ConfigError(
+                f"monitor must be one of {list(MONITOR_MODES)}, got {self.monitor!r}", "monitor"
+            )
+        if self.monitor_id is not None and not _MONITOR_ID.fullmatch(self.monitor_id):
+            raise ConfigError(
+                f"monitor_id must be 1-64 letters, digits, '.', '_' or '-', got {self.monitor_id!r}",
+                "monitor_id",
+            )
+        if self.monitor_memory_bytes < 64 * 1024 * 1024:
+            raise ConfigError(
+                f"monitor_memory_bytes must be >= 64 MiB, got {self.monitor_memory_bytes!r}",
+                "monitor_memory_bytes",
+            )
         for name in ("version_header", "request_id_header"):
             value = getattr(self, name)
             if not value or value != value.strip() or any(c in value for c in " :\r\n"):
@@ -412,9 +437,33 @@ class ModelTapConfig:
         take("MODELTAP_CAPTURE_RESPONSE_HEADERS", "capture_response_headers", split)
         take("MODELTAP_PROTOCOL_ROUTES", "protocol_routes", _parse_key_values)
         take("MODELTAP_PAYLOAD_MAPPING", "payload_mapping", _parse_json_object)
+        take("MODELTAP_MONITOR", "monitor", lambda v, r: r.lower())
+        take("MODELTAP_MONITOR_ID", "monitor_id")
+        take("MODELTAP_MONITOR_MEMORY_BYTES", "monitor_memory_bytes", _parse_int)
         kwargs["export"] = ExportConfig.from_env(env)
         for name in overrides:
             sources.pop(name, None)
         kwargs.update(overrides)
         config: ModelTapConfig = _construct(cls, kwargs, sources)
         return config
+
+
+def config_document(config: ModelTapConfig) -> dict[str, Any]:
+    """The configuration as plain JSON types (for the monitor process, which rebuilds it)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_document(document: Mapping[str, Any]) -> ModelTapConfig:
+    """Rebuild a configuration written by `config_document` (checked like any other)."""
+    values = dict(document)
+    export = dict(values.pop("export", {}))
+    export["sampler"] = SamplerConfig(**export.get("sampler", {}))
+    for name in _TUPLE_FIELDS:
+        if values.get(name) is not None:
+            values[name] = tuple(values[name])
+    return ModelTapConfig(**values, export=ExportConfig(**export))
+
+
+_TUPLE_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(ModelTapConfig) if str(f.type).startswith("tuple")
+)

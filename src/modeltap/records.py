@@ -16,6 +16,9 @@ from modeltap._types import Headers, Scope
 # Scope key where the sidecar's proxy notes its own failure code for an exchange (the same code
 # as its `x-modeltap-error` header); it becomes the span's `error.type`.
 PROXY_ERROR_KEY = "modeltap.proxy_error"
+# Scope key of a route template resolved before the record left the serving process (the
+# framework's route object does not cross to the monitor).
+ROUTE_TEMPLATE_KEY = "modeltap.route_template"
 
 
 class TraceIds(NamedTuple):

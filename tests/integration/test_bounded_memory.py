@@ -47,7 +47,7 @@ def test_memory_is_bounded_while_the_collector_hangs() -> None:
             metric_export_interval_s=0.2,
             sampler=SamplerConfig("always_on", 1.0),
         )
-        config = ModelTapConfig(model_name="m", export=export, worker_cpu_budget=0)
+        config = ModelTapConfig(monitor="inline", model_name="m", export=export, worker_cpu_budget=0)
         middleware = ModelTapMiddleware(
             Starlette(routes=[Route("/predict", _predict, methods=["POST"])]), config=config
         )

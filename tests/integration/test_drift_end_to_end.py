@@ -208,7 +208,7 @@ def run_traffic(reference: Reference, receiver: OtlpHttpReceiver) -> Iterator[Ru
         )
         middleware = ModelTapMiddleware(
             model_app(),
-            config=ModelTapConfig(export=export),
+            config=ModelTapConfig(monitor="inline", export=export),
             model_name=MODEL,
             reference=str(reference.path),
             worker_cpu_budget=0,

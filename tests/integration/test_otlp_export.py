@@ -157,7 +157,12 @@ def otlp(endpoint: str | None, protocol: str = "http/protobuf", **overrides: Any
 
 def monitored(export: ExportConfig, **overrides: Any) -> ModelTapConfig:
     return ModelTapConfig(
-        model_name="churn", model_version="3", snapshot_interval_s=0.05, export=export, **overrides
+        monitor="inline",
+        model_name="churn",
+        model_version="3",
+        snapshot_interval_s=0.05,
+        export=export,
+        **overrides,
     )
 
 
@@ -325,7 +330,7 @@ def test_environment_alone_configures_periodic_export(collector: tuple[str, Rece
         "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=staging,team=ml%20ops",
         "OTEL_TRACES_EXPORTER": "none",
     }
-    config = ModelTapConfig.from_env(environ, model_name="churn", model_version="3")
+    config = ModelTapConfig.from_env(environ, monitor="inline", model_name="churn", model_version="3")
     with tapped(config) as middleware:
         drive(middleware, [ok_call(i) for i in range(5)])
         # No flush: the periodic export (every 200 ms) must deliver on its own, more than once.
@@ -382,7 +387,7 @@ def _accepted_connections(listener: socket.socket) -> int:
 def test_no_endpoint_means_no_export_attempt() -> None:
     listeners = _listen_on_default_otlp_ports()
     try:
-        config = ModelTapConfig.from_env({}, model_name="churn", snapshot_interval_s=0.05)
+        config = ModelTapConfig.from_env({}, monitor="inline", model_name="churn", snapshot_interval_s=0.05)
         assert config.export.endpoint is None
         with tapped(config) as middleware:
             replies = drive(middleware, MIXED_TRAFFIC)
@@ -409,7 +414,9 @@ def test_otlp_timeout_from_the_environment_is_in_milliseconds() -> None:
             "OTEL_EXPORTER_OTLP_TIMEOUT": "300",
             "OTEL_TRACES_EXPORTER": "none",
         }
-        config = ModelTapConfig.from_env(environ, model_name="churn", snapshot_interval_s=0.05)
+        config = ModelTapConfig.from_env(
+            environ, monitor="inline", model_name="churn", snapshot_interval_s=0.05
+        )
         config = config.replace(
             export=dataclasses.replace(config.export, shutdown_timeout_s=SHUTDOWN_TIMEOUT_S)
         )

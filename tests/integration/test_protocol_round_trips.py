@@ -590,7 +590,9 @@ def server() -> Iterator[RoundTrip]:
     app = model_server(replies)
     middleware = ModelTapMiddleware(
         app,
-        config=ModelTapConfig.from_env({}),  # the runner's MODELTAP_*/OTEL_* variables stay out
+        config=ModelTapConfig.from_env(
+            {}, monitor="inline"
+        ),  # the runner's MODELTAP_*/OTEL_* variables stay out
         protocol_routes=PROTOCOL_ROUTES,
         payload_mapping=PAYLOAD_MAPPING,
         worker_cpu_budget=0,

@@ -210,7 +210,7 @@ def test_first_load_draws_the_servers_history_on_a_time_axis_with_legends(tmp_pa
     reference.write_bytes(orjson.dumps(numeric_profile_document(FEATURES, x, model_name="churn")))
     app = ModelTapMiddleware(
         build_app(ChurnModel.train(x, y)),
-        config=ModelTapConfig.from_env({}),
+        config=ModelTapConfig.from_env({}, monitor="inline"),
         model_name="churn",
         reference=str(reference),
         worker_cpu_budget=0,
@@ -267,7 +267,7 @@ def test_first_load_draws_the_servers_history_on_a_time_axis_with_legends(tmp_pa
 def test_admin_page_lists_proxy_errors_and_asks_for_a_reference(tmp_path: Path, unused_tcp_port: int) -> None:
     """A sidecar with no reference in front of a model that is down: the page says drift needs a
     reference (with the `modeltap profile` command) and lists the sidecar's own errors."""
-    monitoring = ModelTapConfig.from_env({}, model_name="churn", views_prefix=None)
+    monitoring = ModelTapConfig.from_env({}, monitor="inline", model_name="churn", views_prefix=None)
     with running_sidecar(f"http://127.0.0.1:{unused_tcp_port}", monitoring) as sidecar:
         with httpx.Client(base_url=sidecar.url, timeout=10.0) as client:
             for _ in range(3):

@@ -106,6 +106,7 @@ def config(endpoint: str | None, protocol: str = "http/protobuf", **overrides: A
     }
     export.update(overrides.pop("export", {}))
     return ModelTapConfig(
+        monitor="inline",
         model_name="churn",
         model_version="3",
         export=ExportConfig(endpoint=endpoint, protocol=protocol, **export),
@@ -230,7 +231,7 @@ def test_parentbased_ratio_zero_only_follows_sampled_parents(http_receiver: Otlp
 def test_default_sampler_keeps_a_tenth_of_new_traces(http_receiver: OtlpHttpReceiver) -> None:
     sent, ratio = 400, 0.1
     environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint, "OTEL_METRICS_EXPORTER": "none"}
-    settings = ModelTapConfig.from_env(environ, model_name="churn")
+    settings = ModelTapConfig.from_env(environ, monitor="inline", model_name="churn")
     assert (settings.export.sampler.name, settings.export.sampler.ratio) == (
         "parentbased_traceidratio",
         ratio,

@@ -95,7 +95,7 @@ def monitoring(receiver: OtlpHttpReceiver | None = None, **options: Any) -> Mode
         sampler=SamplerConfig("always_on", 1.0),
     )
     options.setdefault("worker_cpu_budget", 0)  # exact counts: every payload decoded
-    return ModelTapConfig(views_prefix=None, export=export, **options)
+    return ModelTapConfig(monitor="inline", views_prefix=None, export=export, **options)
 
 
 def admin(sidecar: RunningSidecar, path: str) -> httpx.Response:
@@ -269,7 +269,9 @@ def test_an_aborted_upload_through_the_middleware_is_no_500() -> None:
     async def upload(request: Request) -> Response:
         return JSONResponse({"size": len(await request.body())})
 
-    middleware = ModelTapMiddleware(app, config=ModelTapConfig.from_env({}), model_name="uploader")
+    middleware = ModelTapMiddleware(
+        app, config=ModelTapConfig.from_env({}, monitor="inline"), model_name="uploader"
+    )
     try:
         with serve(middleware, name="trust-middleware") as url:
             port = int(url.rsplit(":", 1)[1])

@@ -61,8 +61,9 @@ def without_modeltap(app: FastAPI) -> FastAPI:
 
 
 @pytest.fixture
-def example_env(clean_otel_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No OTLP endpoint, no reference, the example's default model version."""
+def example_env(clean_otel_env: None, monkeypatch: pytest.MonkeyPatch, own_monitor: Path) -> None:
+    """No OTLP endpoint, no reference, the example's default model version; the example runs as
+    users run it, with its monitor process (one of its own per test)."""
     monkeypatch.delenv("MODEL_VERSION", raising=False)
 
 
@@ -193,7 +194,10 @@ def test_status_view_counts_the_traffic(example_url: str) -> None:
     assert status["model"] == {"name": "churn", "versions": ["1"]}
     assert status["latency_s"]["count"] == 8
     assert status["latency_s"]["mean"] > 0
-    assert status["process"]["pid"] == os.getpid()
+    # The numbers come from the monitor process, fed by this (serving) process.
+    assert status["monitoring"]["mode"] == "process"
+    assert status["monitoring"]["feeders"] == [os.getpid()]
+    assert status["process"]["pid"] != os.getpid()
     assert status["violations"] == {"decode_error": 1, "missing": 1}
     (model,) = status["models"]
     assert (model["name"], model["version"], model["requests"], model["errors"]) == ("churn", "1", 8, 0)

@@ -27,7 +27,7 @@ async def model_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 def test_views_behind_a_forwarding_proxy_need_the_token() -> None:
     app = ModelTapMiddleware(
-        model_app, config=ModelTapConfig.from_env({}), model_name="churn", views_token=TOKEN
+        model_app, config=ModelTapConfig.from_env({}, monitor="inline"), model_name="churn", views_token=TOKEN
     )
     try:
         with (
@@ -57,7 +57,9 @@ def test_views_behind_a_forwarding_proxy_need_the_token() -> None:
 
 
 def test_without_a_token_a_forwarded_request_is_refused_and_told_what_to_set() -> None:
-    app = ModelTapMiddleware(model_app, config=ModelTapConfig.from_env({}), model_name="churn")
+    app = ModelTapMiddleware(
+        model_app, config=ModelTapConfig.from_env({}, monitor="inline"), model_name="churn"
+    )
     try:
         with (
             serve(app, "uvicorn-forwarded", forwarded_allow_ips="*", lifespan="off") as url,
@@ -78,7 +80,7 @@ def test_without_a_token_a_forwarded_request_is_refused_and_told_what_to_set() -
 def test_the_sidecar_admin_port_with_a_token_applies_the_same_rule(unused_tcp_port: int) -> None:
     """With `MODELTAP_VIEWS_TOKEN` set, the admin port's views answer plain loopback requests and
     token holders; a forwarded request needs the token. The probes never need it."""
-    monitoring = ModelTapConfig.from_env({"MODELTAP_VIEWS_TOKEN": TOKEN}, views_prefix=None)
+    monitoring = ModelTapConfig.from_env({"MODELTAP_VIEWS_TOKEN": TOKEN}, monitor="inline", views_prefix=None)
     with (
         running_sidecar(f"http://127.0.0.1:{unused_tcp_port}", monitoring) as sidecar,
         httpx.Client(base_url=sidecar.admin_url, timeout=10.0) as client,

@@ -91,7 +91,7 @@ def running_sidecar(
     }
     options.update(settings)
     config = SidecarSettings(upstream=upstream, **options)
-    sidecar = Sidecar(config, monitoring or ModelTapConfig(views_prefix=None))
+    sidecar = Sidecar(config, monitoring or ModelTapConfig(monitor="inline", views_prefix=None))
     sidecar.bind()
     loop = uvloop.new_event_loop()
     ready = threading.Event()

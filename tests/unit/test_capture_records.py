@@ -396,7 +396,7 @@ def find_tap_middleware(app: Starlette) -> ModelTapMiddleware:
 def starlette_with_tap(clean_otel_env: None) -> Iterator[Starlette]:
     """`add_middleware` reads the process environment, so it is emptied of MODELTAP_*/OTEL_* first."""
     app = build_starlette_app()
-    app.add_middleware(ModelTapMiddleware, model_name="demo")
+    app.add_middleware(ModelTapMiddleware, model_name="demo", monitor="inline")
     yield app
     if app.middleware_stack is not None:
         find_tap_middleware(app).tap.shutdown()

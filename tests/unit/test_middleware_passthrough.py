@@ -680,7 +680,7 @@ def worker_threads() -> int:
 )
 def test_disabled_by_environment_is_pure_passthrough(environ: dict[str, str]) -> None:
     threads_before = worker_threads()
-    config = ModelTapConfig.from_env(environ, model_name="demo")
+    config = ModelTapConfig.from_env(environ, monitor="inline", model_name="demo")
     assert config.enabled is False
     middleware = ModelTapMiddleware(ok_app, config=config)
     try:
@@ -706,7 +706,7 @@ def test_disabled_by_environment_is_pure_passthrough(environ: dict[str, str]) ->
 
 def test_disabled_from_process_environment(clean_otel_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELTAP_ENABLED", "false")
-    middleware = ModelTapMiddleware(ok_app, model_name="demo")
+    middleware = ModelTapMiddleware(ok_app, model_name="demo", monitor="inline")
     try:
         result = run_asgi(middleware, make_http_scope("GET", "/modeltap/status", headers=[]))
         assert json.loads(result.body) == {"path": "/modeltap/status", "received": 0}

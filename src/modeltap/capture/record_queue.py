@@ -36,14 +36,23 @@ class RecordQueue:
         self.drained_bytes = 0  # bytes of the last `drain`
         self.dropped_full = 0
         self.dropped_bytes = 0
+        # Set by the shipper while no monitor takes records: drops then have that reason.
+        self.unavailable = False
+        self.dropped_unavailable = 0
 
     def offer(self, record: RawRecord, kept_bytes: int) -> bool:
         size = kept_bytes + RECORD_OVERHEAD_BYTES
         if len(self._items) >= self.max_records:
-            self.dropped_full += 1
+            if self.unavailable:
+                self.dropped_unavailable += 1
+            else:
+                self.dropped_full += 1
             return False
         if self._bytes_in - self._bytes_out + self.worker_held_bytes + size > self.max_bytes:
-            self.dropped_bytes += 1
+            if self.unavailable:
+                self.dropped_unavailable += 1
+            else:
+                self.dropped_bytes += 1
             return False
         self._bytes_in += size
         self._items.append((record, size))

@@ -66,6 +66,10 @@ class TraceSampler:
             self._bound = round(config.ratio * _ID_LIMIT)
         self.never = self._bound == 0 and not self.parent_based
 
+    def set_ratio(self, ratio: float) -> None:
+        """Change the share of new traces kept (the monitor's control messages)."""
+        self._bound = round(min(1.0, max(0.0, ratio)) * _ID_LIMIT)
+
     def sample(self, trace_id: int, parent_sampled: bool | None) -> bool:
         if parent_sampled is not None and self.parent_based:
             return parent_sampled

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl
@@ -23,9 +23,18 @@ from modeltap.export import prometheus_text
 from modeltap.export.status_json import feature_histogram, status_document
 from modeltap.snapshot import Snapshot
 
+# (status, headers, body) of a view rendered elsewhere (the monitor process).
+ViewAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
+RemoteViews = Callable[[str, bytes], Awaitable[ViewAnswer]]
+
 
 class LocalViews:
     """An ASGI endpoint for the views under `prefix`.
+
+    The views are rendered from `snapshot` here, or, with `remote`, by the monitor process
+    (`remote(sub_path, query)` fetches them; nothing is rendered on this event loop). Access is
+    checked here either way; `trust_peer` skips the check where the transport itself is private
+    (the monitor's views socket in a 0700 directory).
 
     Example::
 
@@ -41,6 +50,9 @@ class LocalViews:
         model_name: str | None = None,
         token: str | None = None,
         allow: tuple[str, ...] = (),
+        *,
+        remote: RemoteViews | None = None,
+        trust_peer: bool = False,
     ) -> None:
         self._prefix = prefix
         self._slash_prefix = prefix + "/"
@@ -48,6 +60,8 @@ class LocalViews:
         self._model_name = model_name
         self._token = token.encode() if token else None
         self._allow = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in allow)
+        self.remote = remote
+        self._trust_peer = trust_peer
 
     def handles(self, scope: Scope) -> bool:
         path: str = scope["path"]
@@ -91,7 +105,7 @@ class LocalViews:
         if root and path.startswith(root):
             path = path[len(root) :]
         sub = path[len(self._prefix) :]
-        if not self._allowed(scope):
+        if not self._trust_peer and not self._allowed(scope):
             await _respond(send, 403, _FORBIDDEN, "text/plain; charset=utf-8")
             return
         if scope.get("method") not in ("GET", "HEAD"):
@@ -100,6 +114,12 @@ class LocalViews:
             )
             return
         head = scope.get("method") == "HEAD"
+        remote = self.remote
+        if remote is not None:
+            status, headers, body = await remote(sub, scope.get("query_string", b""))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if head else body})
+            return
         if sub in ("", "/"):
             await _respond(
                 send,

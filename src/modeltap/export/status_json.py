@@ -151,6 +151,10 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             "records_processed": mon.records_processed,
             "spans_exported": mon.spans_exported,
             "spans_dropped": sum(n for reason, n in dropped.items() if reason in SPAN_DROPS),
+            # Where the analysis runs, which serving processes feed it, and what it asked of them.
+            "mode": mon.mode,
+            "feeders": list(mon.feeders),
+            "control": dict(mon.control),
             "identities_over_cap": mon.identities_over_cap,
             "identities_expired": mon.identities_expired,
             "internal_errors": dict(mon.internal_errors),

@@ -15,6 +15,7 @@ from typing import Any
 from modeltap._types import ASGIApp, Message, Receive, Scope, Send
 from modeltap.config import ExportConfig, ModelTapConfig
 from modeltap.export.local_views import LocalViews
+from modeltap.handoff.views_client import MonitorViews
 from modeltap.worker.tap import Tap
 
 _log = logging.getLogger("modeltap")
@@ -79,6 +80,9 @@ class ModelTapMiddleware:
         max_outputs: int | None = None,
         expose_values: bool | None = None,
         snapshot_interval_s: float | None = None,
+        monitor: str | None = None,
+        monitor_id: str | None = None,
+        monitor_memory_bytes: int | None = None,
         export: ExportConfig | None = None,
     ) -> None:
         # Explicit keywords (not **options) so type checkers accept `app.add_middleware(...)`;
@@ -109,15 +113,15 @@ class ModelTapMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
+        tap = self.tap
+        capture = tap.capture
+        if capture is None:
+            self._start()  # first request in this process (also after a fork)
+            capture = tap.capture
         views = self._views
         if views is not None and views.handles(scope):
             await views(scope, receive, send)
             return
-        tap = self.tap
-        capture = tap.capture
-        if capture is None:
-            tap.start()  # first request in this process (also after a fork)
-            capture = tap.capture
         if capture is None:
             await self.app(scope, receive, send)
         elif tap.sampling.takes_everything:
@@ -128,6 +132,15 @@ class ModelTapMiddleware:
                 await capture(scope, receive, send, weight, payload_weight)
             else:
                 await self.app(scope, receive, send)
+
+    def _start(self) -> None:
+        tap = self.tap
+        tap.start()
+        views = self._views
+        if views is not None:
+            # Process mode: the monitor renders the views; this process only checks access.
+            place = tap.place
+            views.remote = MonitorViews(place.views_socket) if tap.mode == "process" and place else None
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through unchanged, flushing telemetry once the app has shut down."""

@@ -99,7 +99,9 @@ class Sidecar:
             self._count_error,
             self._count_retry,
         )
-        self.middleware = ModelTapMiddleware(self.proxy, config=monitoring)
+        # The admin port renders from this process's analysis (the two-process sidecar comes with
+        # its own monitor wiring).
+        self.middleware = ModelTapMiddleware(self.proxy, config=monitoring.replace(monitor="inline"))
         self.tap = self.middleware.tap
         self.tap.enable_proxy_errors()
         self.tap.enable_proxy_retries()

@@ -113,9 +113,12 @@ class Analyzer:
         """Whether spans leave anywhere (the app's provider or modeltap's OTLP exporter)."""
         return self._span_processor is not None or (self.exporter is not None and self.exporter.exports_spans)
 
-    def start(self, span_processor: Any = None, base_resource: Resource | None = None) -> None:
+    def start(
+        self, span_processor: Any = None, base_resource: Resource | None = None, *, build_spans: bool = True
+    ) -> None:
         """Build the resource and start the export thread. `span_processor`: the application's own
-        SDK span processor, which then receives modeltap's spans instead of its exporter."""
+        SDK span processor, which then receives modeltap's spans instead of its exporter;
+        `build_spans=False`: spans are built elsewhere (the serving process, for that processor)."""
         export = self.config.export
         self._span_processor = span_processor
         self.resource = build_resource(
@@ -125,8 +128,9 @@ class Analyzer:
             # One resource per monitor: the server, not whichever worker started it.
             self.resource = self.resource.merge(Resource({SERVICE_INSTANCE_ID: self.instance_id}))
         self.instance_id = str(self.resource.attributes.get(SERVICE_INSTANCE_ID, self.instance_id))
-        span_exporter = make_span_exporter(export) if span_processor is None else None
+        span_exporter = make_span_exporter(export) if span_processor is None and build_spans else None
         self.pipeline.sdk_spans = span_processor is not None
+        self.pipeline.build_spans = build_spans
         self.exporter = TelemetryExporter(
             export, self.resource, self.latest_snapshot, make_metric_exporter(export), span_exporter
         )

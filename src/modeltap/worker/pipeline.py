@@ -18,6 +18,7 @@ import numpy as np
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 
+from modeltap.capture.routes import RouteTemplates
 from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
 from modeltap.export.span_wire import SpanWireEncoder
@@ -43,7 +44,6 @@ FLUSH_BYTES_MAX = 8 * 1024 * 1024
 # Estimated bytes of one parsed JSON number in a row list (a float object and its list slot).
 _ROW_BYTES = 32
 _LIST_BYTES = 64
-_ROUTE_CACHE_LIMIT = 4096
 
 
 def _rows_bytes(rows: list[Any]) -> int:
@@ -65,16 +65,6 @@ def _stream_timings(decoded: DecodedPayload, first_byte_s: float, streaming_s: f
     streamed = isinstance(chunks, float) and chunks > 0
     rate = float(tokens) / streaming_s if streamed and isinstance(tokens, float) and streaming_s > 0 else None
     decoded.outputs["tokens_per_second"] = [rate]
-
-
-def route_template(scope: Any, route: object, root_path_at_start: str) -> str | None:
-    """The framework's route template (Starlette/FastAPI set `scope["route"]`), with the mount
-    paths that routing appended to `root_path` in front of it."""
-    template = getattr(route, "path", None)
-    if not isinstance(template, str):
-        return None
-    after: str = scope.get("root_path", "")
-    return after[len(root_path_at_start) :] + template if after.startswith(root_path_at_start) else template
 
 
 class BatchPipeline:
@@ -118,11 +108,11 @@ class BatchPipeline:
         )
         self.errors: Counter[str] = Counter()
         self._wire = SpanWireEncoder(span_options)
-        # The route template of each framework route object (kept with the object, so a reused
-        # id misses).
-        self._route_templates: dict[tuple[int, str, str], tuple[object, str | None]] = {}
+        self._route_templates = RouteTemplates()
         # True when spans go to the application's own TracerProvider (which needs SDK spans).
         self.sdk_spans = False
+        # False where spans are built elsewhere (the serving process, for the app's own provider).
+        self.build_spans = True
         # Grouped values waiting for their numpy step. The numpy work has a fixed cost per call
         # (about 0.5 ms per micro-batch with a reference loaded), so it runs once enough rows
         # have gathered, not once per wake-up: at a few thousand requests/s the worker wakes with
@@ -197,17 +187,7 @@ class BatchPipeline:
                     decoded.model_version,
                     accepted=accepted,
                 )
-                route = scope.get("route")
-                template = None
-                if route is not None:
-                    root_path = scope.get("root_path", "")
-                    cached = routes.get((id(route), root_path, root_path_at_start))
-                    if cached is not None and cached[0] is route:
-                        template = cached[1]
-                    else:
-                        template = route_template(scope, route, root_path_at_start)
-                        if len(routes) < _ROUTE_CACHE_LIMIT:
-                            routes[(id(route), root_path, root_path_at_start)] = (route, template)
+                template = routes.of(scope, root_path_at_start)
                 if template is None:
                     known = protocol_route(scope.get("path", ""))
                     template = known.template if known is not None else None
@@ -250,7 +230,7 @@ class BatchPipeline:
                         stats.count_violation(model, reason, count * payload_weight)
                 if decoded.skipped:
                     stats.count_drop(model, decoded.skipped, payload_weight)
-                if trace is not None:
+                if trace is not None and self.build_spans:
                     spans.append(self._span(ExchangeRecord._make(raw), decoded, model, template))
                 if self.pending_bytes > self._flush_bytes:
                     self.flush_pending()  # decoded rows are held against the memory bound

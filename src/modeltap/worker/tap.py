@@ -1,8 +1,10 @@
 """The tap: the composition root in the serving process.
 
 Request path: `sampling.admit()` and `capture` (O(1), see capture/) append one record to a
-bounded hand-off. Inline mode: a worker thread drains it into an `Analyzer` (decode, statistics,
-spans, export) in this process. Every buffer is bounded and every drop is counted.
+bounded hand-off queue. Process mode (the default): a shipper thread sends the records to the
+server's monitor process, which decodes, keeps the statistics, exports and serves the views
+(`modeltap.monitor`). Inline mode: a worker thread drains the queue into an `Analyzer` in this
+process. Every buffer is bounded and every drop is counted.
 """
 
 from __future__ import annotations
@@ -17,16 +19,24 @@ import weakref
 from typing import Any
 
 from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from modeltap._types import ASGIApp
 from modeltap.capture.exchange import ExchangeCapture, TraceStarter
 from modeltap.capture.record_queue import RecordQueue
+from modeltap.capture.routes import RouteTemplates
 from modeltap.capture.trace_context import TraceSampler
-from modeltap.config import ModelTapConfig, SamplerConfig
+from modeltap.config import ModelTapConfig, SamplerConfig, config_document
+from modeltap.export.spans import ExchangeIdentity, build_span
+from modeltap.handoff.framing import RecordEncoder
+from modeltap.handoff.rendezvous import Rendezvous, RendezvousError, run_directory
+from modeltap.handoff.shipper import Shipper
+from modeltap.protocols.detect import path_identity, sanitize
+from modeltap.records import ExchangeRecord, RawRecord
 from modeltap.reference.document import ReferenceProfile, load_reference
 from modeltap.snapshot import ServingCounts, Snapshot
-from modeltap.worker.analyzer import Analyzer
+from modeltap.worker.analyzer import Analyzer, span_options
 from modeltap.worker.budget import CpuBudget
 from modeltap.worker.sampling import Sampling
 
@@ -87,6 +97,14 @@ class Tap:
         self._wake = threading.Event()
         self._flush_waiters: list[threading.Event] = []
         self._worker: threading.Thread | None = None
+        # Process mode: where the monitor is, and the thread that ships records to it.
+        self.mode = "inline"
+        self.place: Rendezvous | None = None
+        self.shipper: Shipper | None = None
+        self._sampler: TraceSampler | None = None
+        self._local_spans: Any = None  # the app's span processor, fed here in process mode
+        self._local_resource = Resource.get_empty()
+        self._local_routes = RouteTemplates()
 
     # ---- request path -------------------------------------------------------------------
 
@@ -127,30 +145,82 @@ class Tap:
     def _start_locked(self) -> None:
         config = self.config
         provider = self._explicit_tracer_provider or otel_trace.get_tracer_provider()
-        if isinstance(provider, SdkTracerProvider):
-            # The app has its own tracing pipeline: spans join it, and metrics share its resource.
-            self.analyzer.start(
-                span_processor=provider._active_span_processor, base_resource=provider.resource
-            )
+        app_provider = provider if isinstance(provider, SdkTracerProvider) else None
+        if config.monitor == "process" and self._start_shipper(app_provider):
+            # Spans leave from the monitor, or through the app's own provider from here.
+            traced = app_provider is not None or config.export.traces_target is not None
         else:
-            self.analyzer.start()
-        sampler = TraceSampler(
-            config.export.sampler if self.analyzer.traced else SamplerConfig("always_off", 0.0)
+            if app_provider is not None:
+                # The app has its own tracing pipeline: spans join it, metrics share its resource.
+                self.analyzer.start(
+                    span_processor=app_provider._active_span_processor, base_resource=app_provider.resource
+                )
+            else:
+                self.analyzer.start()
+            traced = self.analyzer.traced
+            self._stop.clear()
+            self._worker = threading.Thread(target=self._run, name="modeltap-worker", daemon=True)
+            self._worker.start()
+        sampler = self._sampler = TraceSampler(
+            config.export.sampler if traced else SamplerConfig("always_off", 0.0)
         )
         enrich = {"modeltap.model.name": config.model_name} if config.model_name else {}
         self.capture = ExchangeCapture(
             self._app, self, self.queue.offer, config.max_body_bytes, TraceStarter(sampler, enrich)
         )
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._run, name="modeltap-worker", daemon=True)
-        self._worker.start()
         if not self._registered_exit:
             atexit.register(self.shutdown)
             self._registered_exit = True
 
+    def _start_shipper(self, app_provider: SdkTracerProvider | None) -> bool:
+        """Process mode: ship to the server's monitor (started if needed); False: stay inline."""
+        config = self.config
+        document: dict[str, Any] = {"config": config_document(config)}
+        if app_provider is not None:
+            # Metrics then carry the app's resource (the monitor adds its own instance id).
+            document["resource"] = {
+                k: v
+                for k, v in app_provider.resource.attributes.items()
+                if isinstance(v, (str, int, float, bool))
+            }
+            self._local_spans = app_provider._active_span_processor
+        try:
+            self.place = Rendezvous.for_server(run_directory(), config.monitor_id, document["config"])
+        except RendezvousError as exc:
+            _log.warning("modeltap: no monitor process (%s); analysing in this process instead", exc)
+            self._local_spans = None
+            return False
+        wanted_request = {
+            b"content-type",
+            b"content-encoding",
+            b"inference-header-content-length",
+            b"user-agent",
+        }
+        wanted_request.add(config.request_id_header.lower().encode())
+        wanted_request.update(h.lower().encode() for h in config.capture_request_headers)
+        wanted_response = {b"content-type", b"content-encoding", b"ce-modelid", b"ce-id"}
+        wanted_response.add(config.version_header.lower().encode())
+        wanted_response.update(h.lower().encode() for h in config.capture_response_headers)
+        self.shipper = Shipper(
+            self.place,
+            document,
+            self.queue,
+            RecordEncoder(wanted_request, wanted_response),
+            counts=self.counts_document,
+            on_control=self.apply_control,
+            before_batch=self._before_batch,
+        )
+        self.mode = "process"
+        self.shipper.start()
+        return True
+
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Process everything queued, publish a snapshot and export it; True if done in time."""
-        if not self.started or self._worker is None:
+        if not self.started:
+            return True
+        if self.shipper is not None:
+            return self.shipper.flush(timeout_s)
+        if self._worker is None:
             return True
         deadline = time.monotonic() + timeout_s
         done = threading.Event()
@@ -167,14 +237,89 @@ class Tap:
             if not self.started:
                 return
             self.started = False
-            worker = self._worker
+            worker, shipper = self._worker, self.shipper
         deadline = time.monotonic() + self.config.export.shutdown_timeout_s
+        if shipper is not None:
+            # What this process captured is processed and exported before it goes; the monitor
+            # itself exits once its last serving process has left.
+            shipper.flush(max(0.0, deadline - time.monotonic()))
+            shipper.stop(max(0.1, deadline - time.monotonic()))
+            return
         self._stop.set()
         self._wake.set()
         if worker is not None:
             # The worker drains a bounded queue; the exporter gets whatever time is left.
             worker.join(max(0.0, deadline - time.monotonic()) / 2)
         self.analyzer.shutdown(deadline - time.monotonic())
+
+    # ---- process mode ---------------------------------------------------------------------------
+
+    def counts_document(self) -> dict[str, Any]:
+        """What this process counted itself, cumulative, for the monitor (shipper thread)."""
+        queue = self.queue
+        lost = self.shipper.lost if self.shipper is not None else 0
+        errors = self._proxy_errors
+        return {
+            "dropped": {
+                "queue_full": queue.dropped_full,
+                "queue_bytes": queue.dropped_bytes,
+                "monitor_unavailable": queue.dropped_unavailable + lost,
+            },
+            "internal_errors": dict(self._internal_errors),
+            "proxy_errors": None if errors is None else dict(errors),
+            "proxy_retries": self._proxy_retries,
+            "queue_depth": queue.depth,
+            "queue_bytes": queue.pending_bytes,
+            "worker_lag_s": queue.oldest_age_s(),
+            "sampling_stride": self.sampling.stride,
+            "payload_sampling_stride": self.sampling.payload_stride,
+        }
+
+    def apply_control(self, control: dict[str, Any]) -> None:
+        """What the monitor asks of this process: how many payloads to send, how many traces."""
+        stride = control.get("payload_stride")
+        if isinstance(stride, (int, float)) and 1 <= stride <= 1 << 16:
+            self.sampling.payload_stride = int(stride)
+        ratio = control.get("trace_ratio")
+        if isinstance(ratio, (int, float)) and self._sampler is not None:
+            self._sampler.set_ratio(float(ratio))
+
+    def _before_batch(self, batch: list[RawRecord]) -> None:
+        """Shipper thread, before a batch leaves: sample harder while the queue fills, and give
+        traced exchanges to the app's own span processor when it has one."""
+        queue = self.queue
+        self.sampling.follow_load(max(queue.depth / queue.max_records, queue.pending_bytes / queue.max_bytes))
+        processor = self._local_spans
+        if processor is None:
+            return
+        for raw in batch:
+            if raw[15] is None:  # not traced
+                continue
+            try:
+                processor.on_end(self._local_span(ExchangeRecord._make(raw)))
+            except Exception:
+                self._internal_errors["span_processor"] += 1
+
+    def _local_span(self, record: ExchangeRecord) -> Any:
+        """The exchange's span built here, from what is known without decoding the payload."""
+        config = self.config
+        name, version = path_identity(record.path)
+        request_id = version_header = None
+        for key, value in record.request_headers:
+            if key == config.request_id_header.lower().encode():
+                request_id = sanitize(value.decode("latin-1"))
+        for key, value in record.response_headers:
+            if key == config.version_header.lower().encode():
+                version_header = sanitize(value.decode("latin-1"))
+        identity = ExchangeIdentity(
+            route=self._local_routes.of(record.scope, record.root_path_at_start),
+            model_name=config.model_name or name or self.analyzer.default_name,
+            model_version=config.model_version or version_header or version or "unknown",
+            request_id=request_id,
+            protocol="unknown",
+            violations={},
+        )
+        return build_span(record, identity, span_options(config), self._local_resource)
 
     # ---- worker thread ------------------------------------------------------------------
 

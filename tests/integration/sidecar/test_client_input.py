@@ -1046,7 +1046,9 @@ def test_model_version_with_crlf_never_becomes_a_header(body: bytes) -> None:
     request += b"Content-Length: %d\r\n\r\n" % len(payload) + payload
     with (
         RawUpstream("respond", response=_response(body)) as upstream,
-        running_sidecar(upstream.url, ModelTapConfig(views_prefix=None, model_name="m")) as sidecar,
+        running_sidecar(
+            upstream.url, ModelTapConfig(monitor="inline", views_prefix=None, model_name="m")
+        ) as sidecar,
     ):
         errors = ErrorCounts(sidecar)
         for _ in range(3):

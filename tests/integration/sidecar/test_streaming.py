@@ -50,7 +50,7 @@ def expected_sha256(size: int) -> str:
 
 def test_a12_stream_chunks_are_forwarded_as_the_upstream_sends_them(monkeypatch: pytest.MonkeyPatch) -> None:
     chunks, delay_s, size, cap = 100, 0.02, 32, 1024
-    monitoring = ModelTapConfig(views_prefix=None, max_body_bytes=cap)
+    monitoring = ModelTapConfig(monitor="inline", views_prefix=None, max_body_bytes=cap)
     with (
         RawUpstream() as upstream,
         running_sidecar(upstream.url, monitoring=monitoring, idle_timeout_s=2.0) as sidecar,

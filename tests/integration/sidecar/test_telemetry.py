@@ -129,7 +129,7 @@ def monitoring(
         sampler=sampler,
     )
     # The proxy port is the model's: no views on it (the sidecar's settings do the same).
-    return ModelTapConfig(model_name=MODEL, views_prefix=None, export=export, **options)
+    return ModelTapConfig(monitor="inline", model_name=MODEL, views_prefix=None, export=export, **options)
 
 
 @pytest.fixture

@@ -284,7 +284,7 @@ def monitoring(receiver: OtlpHttpReceiver) -> ModelTapConfig:
         service_name="sidecar-test",
         sampler=SamplerConfig("always_off", 0.0),
     )
-    return ModelTapConfig(model_name="m", views_prefix=None, export=export)
+    return ModelTapConfig(monitor="inline", model_name="m", views_prefix=None, export=export)
 
 
 # (method, headers, replayed): Go's isReplayable. PUT and DELETE are idempotent by RFC 9110 but

@@ -80,7 +80,7 @@ async def _app(scope: object, receive: object, send: object) -> None:  # never c
 
 @pytest.mark.parametrize(("stride", "payload_stride"), [(1, 4), (2, 1), (2, 8)])
 def test_admission_weights_are_unbiased(stride: int, payload_stride: int) -> None:
-    tap = Tap(_app, ModelTapConfig())
+    tap = Tap(_app, ModelTapConfig(monitor="inline"))
     tap.sampling.stride, tap.sampling.payload_stride = stride, payload_stride
     outcomes = Counter(tap.sampling.admit() for _ in range(1024 * 16))
     captured = sum(n for (weight, _), n in outcomes.items() if weight)
@@ -108,7 +108,10 @@ def test_payload_sampling_keeps_counts_exact_and_feature_counts_weighted() -> No
         return JSONResponse({"predictions": [sum(row) for row in body["instances"]]})
 
     middleware = ModelTapMiddleware(
-        Starlette(routes=[Route("/predict", predict, methods=["POST"])]), model_name="m", worker_cpu_budget=0
+        Starlette(routes=[Route("/predict", predict, methods=["POST"])]),
+        model_name="m",
+        worker_cpu_budget=0,
+        monitor="inline",
     )
 
     async def drive() -> None:

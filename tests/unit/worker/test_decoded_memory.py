@@ -53,7 +53,7 @@ def pipeline(config: ModelTapConfig) -> BatchPipeline:
 
 
 def test_a_batch_of_large_bodies_is_not_held_decoded_all_at_once() -> None:
-    config = ModelTapConfig(model_name="big")
+    config = ModelTapConfig(monitor="inline", model_name="big")
     bodies = [big_body(seed) for seed in range(3)]
     records = [raw_record(bodies[i % 3]) for i in range(24)]
     worker = pipeline(config)
@@ -91,7 +91,7 @@ def test_what_the_worker_holds_counts_against_the_queue_bound() -> None:
 
 @pytest.mark.parametrize("queue_mib", [4, 64])
 def test_the_flush_threshold_follows_the_queue_bound(queue_mib: int) -> None:
-    config = ModelTapConfig(model_name="big", queue_max_bytes=queue_mib * 1024 * 1024)
+    config = ModelTapConfig(monitor="inline", model_name="big", queue_max_bytes=queue_mib * 1024 * 1024)
     worker = pipeline(config)
     worker.process([raw_record(big_body(0))])
     assert worker.pending_bytes <= min(8, queue_mib / 8) * 1024 * 1024 + 3 * 1024 * 1024

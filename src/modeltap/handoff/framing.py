@@ -1,0 +1,293 @@
+"""The wire format between the serving processes and their monitor (a Unix stream socket).
+
+Every message is `[u32 length][u8 type][payload]` (little-endian; `length` counts the type byte
+and the payload). A batch of records is one RECORDS message; small messages (hello, counts,
+flush, control) carry a JSON object. No pickle: the monitor parses bytes it can bound and check.
+
+A record is the raw tuple the request path built (`modeltap.records.ExchangeRecord` order),
+flattened to what the analysis reads: fixed numbers in one struct, clock readings relative to the
+exchange's start (the two processes do not share `perf_counter`), the route template already
+resolved (a framework's route object does not cross), the headers the analysis and spans use,
+and the kept body bytes. The body bytes are not copied on the serving side: `encode` returns
+them as separate buffers for `socket.sendmsg`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from modeltap.capture.routes import RouteTemplates
+from modeltap.records import PROXY_ERROR_KEY, ROUTE_TEMPLATE_KEY, RawRecord, TraceIds
+
+HELLO, RECORDS, COUNTS, FLUSH, FLUSHED, CONTROL, BYE = 1, 2, 3, 4, 5, 6, 7
+FRAME = struct.Struct("<IB")
+COUNT = struct.Struct("<I")
+# A message larger than this is a broken peer, not a batch (records carry at most 2 x the decode
+# cap of body bytes, and a batch is cut well below this).
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+# start_unix_ns, response_started, ended, finished, first_body (relative seconds, NaN = none),
+# status, request_size, response_size, weight, payload_weight, flags, client_port, server_port
+_FIXED = struct.Struct("<q4diqqiiBii")
+_TRACE = struct.Struct("<QQQQ")  # trace id (high, low), span id, parent span id
+# Lengths of: method, scheme, http_version, path, query_string, route template, client host,
+# server host, exception type, proxy error, trace state, request headers, response headers,
+# request body, response body.
+_LENGTHS = struct.Struct("<15I")
+_NAN = math.nan
+
+_DISCONNECTED, _TRACED, _REMOTE_PARENT, _SAMPLED, _ENRICHED = 1, 2, 4, 8, 16
+_NO_PORT = -1
+
+
+def message(kind: int, payload: bytes) -> bytes:
+    return FRAME.pack(len(payload) + 1, kind) + payload
+
+
+def json_message(kind: int, document: Any) -> bytes:
+    return message(kind, orjson.dumps(document))
+
+
+def _absolute(offset: float) -> float | None:
+    return None if offset != offset else offset  # NaN: the reading was never taken
+
+
+def _headers(headers: Iterable[tuple[bytes, bytes]], wanted: frozenset[bytes]) -> bytes:
+    """`name:value` lines. Names are tokens (no colon); a value holding a line break cannot
+    come from an HTTP/1.1 parser, and is left out rather than escaped."""
+    return b"\n".join(
+        [name + b":" + value for name, value in headers if name in wanted and b"\n" not in value]
+    )
+
+
+def _parse_headers(blob: bytes) -> list[tuple[bytes, bytes]]:
+    if not blob:
+        return []
+    return [tuple(line.split(b":", 1)) for line in blob.split(b"\n")]  # type: ignore[misc]
+
+
+class RecordEncoder:
+    """Serving side: raw records to bytes. One thread uses an instance (the shipper's).
+
+    Example::
+
+        encoder = RecordEncoder(request_headers={b"content-type"}, response_headers={b"content-type"})
+        head, bodies = encoder.encode(raw_record)
+    """
+
+    def __init__(self, request_headers: Iterable[bytes], response_headers: Iterable[bytes]) -> None:
+        self._request_wanted = frozenset(request_headers)
+        self._response_wanted = frozenset(response_headers)
+        self._routes = RouteTemplates()
+        # Methods, schemes, versions and peer addresses repeat: encode each once (bounded).
+        self._texts: dict[str, bytes] = {}
+
+    def _text(self, value: Any) -> bytes:
+        texts = self._texts
+        encoded = texts.get(value)
+        if encoded is None:
+            encoded = str(value).encode("utf-8", "surrogateescape")
+            if len(texts) < 1024:
+                texts[value] = encoded
+        return encoded
+
+    def encode(self, raw: RawRecord) -> tuple[bytes, list[bytes]]:
+        """The record's bytes: everything but the bodies, then the kept body chunks."""
+        (scope, root_path_at_start, start_ns, started, response_started, ended, finished, status,
+         response_headers, request_parts, request_size, response_parts, response_size,
+         exception_type, disconnected, trace, weight, payload_weight, first_body) = raw  # fmt: skip
+        get = scope.get
+        text = self._text
+        client = get("client")
+        server = get("server")
+        flags = _DISCONNECTED if disconnected else 0
+        trace_part = trace_state = b""
+        if trace is not None:
+            flags |= _TRACED
+            if trace.parent_is_remote:
+                flags |= _REMOTE_PARENT
+            if trace.sampled:
+                flags |= _SAMPLED
+            if trace.enriched_local_span:
+                flags |= _ENRICHED
+            trace_part = _TRACE.pack(
+                trace.trace_id >> 64, trace.trace_id & 0xFFFFFFFFFFFFFFFF, trace.span_id, trace.parent_span_id
+            )
+            trace_state = trace.trace_state.encode("latin-1", "replace")
+        template = self._routes.of(scope, root_path_at_start)
+        proxy_error = get(PROXY_ERROR_KEY)
+        strings = (
+            text(get("method", "GET")),
+            text(get("scheme", "http")),
+            text(get("http_version", "1.1")),
+            get("path", "").encode("utf-8", "surrogateescape"),
+            bytes(get("query_string", b"")),
+            text(template) if template else b"",
+            text(client[0]) if client else b"",
+            text(server[0]) if server else b"",
+            text(exception_type) if exception_type else b"",
+            text(proxy_error) if proxy_error else b"",
+            trace_state,
+            _headers(get("headers") or (), self._request_wanted),
+            _headers(response_headers, self._response_wanted),
+        )
+        head = b"".join(
+            (
+                _FIXED.pack(
+                    start_ns,
+                    _NAN if response_started is None else response_started - started,
+                    _NAN if ended is None else ended - started,
+                    finished - started,
+                    _NAN if first_body is None else first_body - started,
+                    status,
+                    request_size,
+                    response_size,
+                    weight,
+                    payload_weight,
+                    flags,
+                    client[1] if client and client[1] is not None else _NO_PORT,
+                    server[1] if server and server[1] is not None else _NO_PORT,
+                ),
+                trace_part,
+                _LENGTHS.pack(
+                    *map(len, strings), sum(map(len, request_parts)), sum(map(len, response_parts))
+                ),
+                *strings,
+            )
+        )
+        return head, [*request_parts, *response_parts]
+
+
+def decode_records(payload: memoryview) -> list[RawRecord]:
+    """Monitor side: a RECORDS payload back to raw records (a synthetic scope per record).
+
+    Raises `ValueError` on a malformed payload; the caller drops the connection."""
+    try:
+        (count,) = COUNT.unpack_from(payload, 0)
+        position = COUNT.size
+        records: list[RawRecord] = []
+        for _ in range(count):
+            record, position = _decode_one(payload, position)
+            records.append(record)
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed record batch: {exc}") from None
+    if position != len(payload):
+        raise ValueError("trailing bytes after the record batch")
+    return records
+
+
+def _decode_one(payload: memoryview, position: int) -> tuple[RawRecord, int]:
+    fixed = _FIXED.unpack_from(payload, position)
+    (start_ns, response_started, ended, finished, first_body, status, request_size, response_size,
+     weight, payload_weight, flags, client_port, server_port) = fixed  # fmt: skip
+    position += _FIXED.size
+    trace = None
+    if flags & _TRACED:
+        high, low, span_id, parent_span_id = _TRACE.unpack_from(payload, position)
+        position += _TRACE.size
+        trace = TraceIds(
+            (high << 64) | low,
+            span_id,
+            parent_span_id,
+            bool(flags & _REMOTE_PARENT),
+            bool(flags & _SAMPLED),
+            "",  # filled below
+            bool(flags & _ENRICHED),
+        )
+    lengths = _LENGTHS.unpack_from(payload, position)
+    position += _LENGTHS.size
+    fields: list[bytes] = []
+    for length in lengths:
+        end = position + length
+        if end > len(payload):
+            raise ValueError("field beyond the end of the batch")
+        fields.append(bytes(payload[position:end]))
+        position = end
+    (method, scheme, http_version, path, query, template, client_host, server_host, exception_type,
+     proxy_error, trace_state, request_headers, response_headers, request_body,
+     response_body) = fields  # fmt: skip
+    if trace is not None:
+        trace = trace._replace(trace_state=trace_state.decode("latin-1"))
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": method.decode("latin-1"),
+        "scheme": scheme.decode("latin-1"),
+        "http_version": http_version.decode("latin-1"),
+        "path": path.decode("utf-8", "surrogateescape"),
+        "root_path": "",
+        "query_string": query,
+        "headers": _parse_headers(request_headers),
+        "client": (client_host.decode("utf-8"), client_port) if client_host else None,
+        "server": (server_host.decode("utf-8"), None if server_port == _NO_PORT else server_port)
+        if server_host
+        else None,
+    }
+    if template:
+        scope[ROUTE_TEMPLATE_KEY] = template.decode("utf-8", "surrogateescape")
+    if proxy_error:
+        scope[PROXY_ERROR_KEY] = proxy_error.decode("utf-8")
+    record = (
+        scope,
+        "",
+        start_ns,
+        0.0,
+        _absolute(response_started),
+        _absolute(ended),
+        finished,
+        status,
+        _parse_headers(response_headers),
+        [request_body] if request_body else [],
+        request_size,
+        [response_body] if response_body else [],
+        response_size,
+        exception_type.decode("utf-8") if exception_type else None,
+        bool(flags & _DISCONNECTED),
+        trace,
+        weight,
+        payload_weight,
+        _absolute(first_body),
+    )
+    return record, position
+
+
+class FrameReader:
+    """Splits a byte stream into (type, payload) messages.
+
+    Example::
+
+        reader = FrameReader()
+        for kind, payload in reader.feed(chunk):
+            ...
+    """
+
+    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_message_bytes
+
+    def feed(self, data: bytes) -> list[tuple[int, memoryview]]:
+        buffer = self._buffer
+        buffer += data
+        messages: list[tuple[int, memoryview]] = []
+        position = 0
+        size = FRAME.size
+        while len(buffer) - position >= size:
+            length, kind = FRAME.unpack_from(buffer, position)
+            if length < 1 or length > self._max:
+                raise ValueError(f"message length {length} out of bounds")
+            end = position + 4 + length
+            if end > len(buffer):
+                break
+            messages.append((kind, memoryview(bytes(buffer[position + size : end]))))
+            position = end
+        if position:
+            del buffer[:position]
+        return messages
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)

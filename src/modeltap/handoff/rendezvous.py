@@ -1,0 +1,164 @@
+"""How the serving processes of one server and their monitor find each other.
+
+A run directory private to the user (mode 0700, owned by them: `MODELTAP_RUN_DIR`, default
+`$TMPDIR/modeltap-<uid>`) holds, per server key, the monitor's ingest socket, its views socket,
+a lock file the live monitor holds, and the configuration it is started with (mode 0600: it may
+carry OTLP credentials). The key names the server: the supervisor's pid for uvicorn and gunicorn
+worker children, else the process's own pid, or an explicit `monitor_id`; a digest of the
+configuration is appended, so two differently configured apps in one process never share a
+monitor. Nothing in the directory is trusted blindly: a socket is live only if it accepts a
+connection, and the lock, not a pid file, says whether a monitor runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from modeltap.errors import ModelTapError
+
+# AF_UNIX paths are limited to 108 bytes on Linux (107 usable).
+MAX_SOCKET_PATH = 107
+SUPERVISORS = ("uvicorn", "gunicorn")
+
+
+class RendezvousError(ModelTapError):
+    """The run directory cannot be used safely (then the tap runs inline)."""
+
+
+def run_directory(environ: Any = None) -> Path:
+    """The private run directory, created if needed; refuses one that others could write."""
+    env = os.environ if environ is None else environ
+    configured = env.get("MODELTAP_RUN_DIR", "").strip()
+    path = Path(configured) if configured else Path(tempfile.gettempdir()) / f"modeltap-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, parents=bool(configured), exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        raise RendezvousError(f"cannot use the run directory {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise RendezvousError(f"the run directory {path} is not a directory")
+    if info.st_uid != os.getuid():
+        raise RendezvousError(f"the run directory {path} belongs to another user")
+    if info.st_mode & 0o077:
+        raise RendezvousError(
+            f"the run directory {path} is open to other users (mode {stat.S_IMODE(info.st_mode):o}); "
+            "it must be 0700"
+        )
+    return path
+
+
+def _command_line(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def server_pid() -> int:
+    """The supervisor's pid when this process is a uvicorn or gunicorn worker, else our own."""
+    parent = os.getppid()
+    words = _command_line(parent)[:3]
+    if any(Path(word).name.startswith(SUPERVISORS) or word in SUPERVISORS for word in words):
+        return parent
+    return os.getpid()
+
+
+def config_digest(document: Any) -> str:
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """The files of one server's monitor.
+
+    Example::
+
+        place = Rendezvous.for_server(run_directory(), monitor_id=None, config=document)
+        place.ingest_socket, place.views_socket, place.lock_file
+    """
+
+    directory: Path
+    key: str
+
+    @classmethod
+    def for_server(cls, directory: Path, monitor_id: str | None, config: Any) -> Rendezvous:
+        key = f"{monitor_id or server_pid()}-{config_digest(config)}"
+        place = cls(directory, key)
+        if len(str(place.views_socket).encode()) > MAX_SOCKET_PATH:
+            raise RendezvousError(
+                f"the run directory path is too long for a Unix socket ({place.views_socket}); "
+                "set MODELTAP_RUN_DIR to a shorter one"
+            )
+        return place
+
+    @property
+    def ingest_socket(self) -> Path:
+        return self.directory / f"{self.key}.sock"
+
+    @property
+    def views_socket(self) -> Path:
+        return self.directory / f"{self.key}.views"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.directory / f"{self.key}.lock"
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / f"{self.key}.json"
+
+    def write_config(self, document: Any) -> None:
+        """Atomically, readable by the user only (it may hold OTLP credentials)."""
+        data = orjson.dumps(document)
+        fd, temporary = tempfile.mkstemp(prefix=f".{self.key}.", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, self.config_file)
+        except OSError:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def monitor_alive(self) -> bool:
+        """Whether a monitor holds this server's lock (running, or starting up)."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    def read_config(self) -> Any:
+        return orjson.loads(self.config_file.read_bytes())
+
+    def spawn_monitor(self, document: Any) -> subprocess.Popen[bytes]:
+        """Start `python -m modeltap.monitor` for this server (a second one started by another
+        worker at the same moment finds the lock held and exits at once)."""
+        self.write_config(document)
+        environment = dict(os.environ)
+        # Our own interpreter and module, arguments from a private directory: no untrusted input.
+        return subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "modeltap.monitor", "--run-dir", str(self.directory), "--key", self.key],
+            stdin=subprocess.DEVNULL,
+            env=environment,
+            close_fds=True,
+        )

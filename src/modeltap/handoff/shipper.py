@@ -1,0 +1,379 @@
+"""The serving side of the hand-off: a thread that ships captured records to the monitor.
+
+The request path only appends to the bounded `RecordQueue` (full: drop and count, never wait).
+This thread drains it every millisecond or so while there is traffic, encodes a batch
+(`framing.RecordEncoder`, the body bytes are not copied) and writes it with one `sendmsg`. It
+also sends this process's own counts, asks for flushes, and applies the monitor's control
+messages. When no monitor answers it starts one (`Rendezvous.spawn_monitor`); records wait in
+the queue meanwhile, and those lost because the monitor went away (dropped while it was
+unreachable, or sent and never acknowledged) are counted as `monitor_unavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from modeltap._version import __version__
+from modeltap.capture.record_queue import RecordQueue
+from modeltap.handoff import framing
+from modeltap.handoff.rendezvous import Rendezvous
+
+_log = logging.getLogger("modeltap")
+BATCH_RECORDS = 256
+BATCH_BYTES = 4 * 1024 * 1024
+MAX_IOV = 1000  # below Linux's IOV_MAX (1024) buffers per sendmsg
+BUSY_WAIT_S = 0.001
+IDLE_WAIT_S = 0.02
+COUNTS_INTERVAL_S = 0.5
+SEND_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 1.0
+
+
+class Shipper:
+    """Example::
+
+    shipper = Shipper(place, document, queue, encoder, counts=tap.counts_document,
+                      on_control=tap.apply_control)
+    shipper.start()
+    shipper.flush(5.0)      # everything shipped, processed, published and exported
+    shipper.stop(5.0)
+    """
+
+    def __init__(
+        self,
+        place: Rendezvous,
+        config_document: Any,
+        queue: RecordQueue,
+        encoder: framing.RecordEncoder,
+        *,
+        counts: Callable[[], dict[str, Any]],
+        on_control: Callable[[dict[str, Any]], None],
+        hello: dict[str, Any] | None = None,
+        spawn: bool = True,
+        before_batch: Callable[[list[Any]], None] | None = None,
+    ) -> None:
+        self._place = place
+        self._document = config_document
+        self._queue = queue
+        self._encoder = encoder
+        self._counts = counts
+        self._on_control = on_control
+        self._hello = {"pid": os.getpid(), "version": __version__, **(hello or {})}
+        self._spawn = spawn
+        self._before_batch = before_batch
+        self._sock: socket.socket | None = None
+        self._reader = framing.FrameReader()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._flush_requests: list[tuple[int, threading.Event]] = []
+        self._flush_waiting: dict[int, threading.Event] = {}
+        self._flush_ids = 0
+        self._spawned: subprocess.Popen[bytes] | None = None
+        self._spawned_at = 0.0
+        self._next_connect = 0.0
+        self._last_counts = 0.0
+        # Records sent and acknowledged on the current connection (the rest die with it).
+        self._sent = 0
+        self._acked = 0
+        self.lost = 0  # records sent to a monitor that went away before processing them
+        self.connections = 0
+        self.control: dict[str, Any] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="modeltap-shipper", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def flush(self, timeout_s: float) -> bool:
+        """Ship everything queued, and wait until the monitor processed, published and exported it."""
+        done = threading.Event()
+        with self._lock:
+            self._flush_ids += 1
+            self._flush_requests.append((self._flush_ids, done))
+        self.wake()
+        return done.wait(timeout_s)
+
+    def stop(self, timeout_s: float) -> None:
+        """Ship what is queued (bounded by `timeout_s`), say goodbye and close."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        self.wake()
+        thread.join(max(0.0, timeout_s))
+        self._thread = None
+
+    # ---- the thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        busy = False
+        while True:
+            stopping = self._stop.is_set()
+            try:
+                if self._sock is None and not self._connect():
+                    if stopping:
+                        return
+                    self._wait(IDLE_WAIT_S)
+                    continue
+                busy = self._ship()
+                self._send_counts(force=stopping)
+                self._send_flushes()
+                if stopping:
+                    self._goodbye()
+                    return
+                self._wait(BUSY_WAIT_S if busy else IDLE_WAIT_S)
+            except Exception:
+                _log.exception("modeltap shipper iteration failed")
+                self._disconnect()
+                if stopping:
+                    return
+                self._wait(IDLE_WAIT_S)
+
+    def _wait(self, timeout_s: float) -> None:
+        """Sleep until the timeout, a wake-up, or a message from the monitor (read here)."""
+        sock = self._sock
+        watched = [self._wake_r] if sock is None else [self._wake_r, sock]
+        try:
+            readable, _, _ = select.select(watched, [], [], timeout_s)
+        except (OSError, ValueError):
+            self._disconnect()
+            return
+        if self._wake_r in readable:
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
+        if sock is not None and sock in readable:
+            self._receive()
+
+    # ---- connecting -----------------------------------------------------------------------------
+
+    def _connect(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_connect:
+            return False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(str(self._place.ingest_socket))
+        except OSError as exc:
+            sock.close()
+            self._queue.unavailable = True
+            self._maybe_spawn(exc)
+            self._next_connect = now + 0.05
+            return False
+        sock.settimeout(SEND_TIMEOUT_S)
+        self._sock = sock
+        self._reader = framing.FrameReader()
+        self._sent = self._acked = 0
+        self.connections += 1
+        self._queue.unavailable = False
+        try:
+            self._send([framing.json_message(framing.HELLO, self._hello)])
+        except OSError:
+            self._disconnect()
+            return False
+        self._last_counts = 0.0
+        return True
+
+    def _maybe_spawn(self, error: OSError) -> None:
+        """Start a monitor when none holds the server's lock (one that is starting holds it)."""
+        if not self._spawn or error.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+            return
+        spawned = self._spawned
+        if spawned is not None and spawned.poll() is not None:
+            self._spawned = None  # reap it: it exited (it lost the lock, or stopped)
+        if self._place.monitor_alive():
+            return
+        if time.monotonic() - self._spawned_at < 1.0:
+            return  # ours was started a moment ago and has not taken the lock yet
+        try:
+            self._spawned = self._place.spawn_monitor(self._document)
+            self._spawned_at = time.monotonic()
+        except OSError as exc:
+            _log.warning("modeltap: cannot start the monitor process: %s", exc)
+            self._spawned = None
+            self._next_connect = time.monotonic() + 1.0
+
+    def _disconnect(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        self._sock = None
+        self._queue.unavailable = True
+        self.lost += max(0, self._sent - self._acked)
+        self._sent = self._acked = 0
+        with contextlib.suppress(OSError):
+            sock.close()
+        # Waiting flushes will not be answered by this monitor: ask the next one.
+        with self._lock:
+            for ident, done in self._flush_waiting.items():
+                self._flush_requests.append((ident, done))
+            self._flush_waiting.clear()
+
+    # ---- sending --------------------------------------------------------------------------------
+
+    def _send(self, buffers: list[bytes]) -> None:
+        sock = self._sock
+        assert sock is not None
+        views = [memoryview(b) for b in buffers if b]
+        while views:
+            sent = sock.sendmsg(views[:MAX_IOV])
+            while sent:
+                first = views[0]
+                if sent >= len(first):
+                    sent -= len(first)
+                    views.pop(0)
+                else:
+                    views[0] = first[sent:]
+                    sent = 0
+
+    def _ship(self) -> bool:
+        """Send what is queued, in batches; True if anything was sent."""
+        queue = self._queue
+        shipped = False
+        while self._sock is not None:
+            batch = queue.drain(BATCH_RECORDS)
+            if not batch:
+                return shipped
+            queue.worker_held_bytes = queue.drained_bytes
+            if self._before_batch is not None:
+                self._before_batch(batch)
+            try:
+                buffers: list[bytes] = [b"", framing.COUNT.pack(len(batch))]
+                total = framing.COUNT.size
+                encode = self._encoder.encode
+                for raw in batch:
+                    head, bodies = encode(raw)
+                    buffers.append(head)
+                    total += len(head)
+                    for body in bodies:
+                        buffers.append(body)
+                        total += len(body)
+                buffers[0] = framing.FRAME.pack(total + 1, framing.RECORDS)
+                count = len(batch)
+                del batch
+                try:
+                    self._send(buffers)
+                except OSError:
+                    self.lost += count
+                    self._disconnect()
+                    return shipped
+                self._sent += count
+                shipped = True
+            finally:
+                queue.worker_held_bytes = 0
+        return shipped
+
+    def _send_counts(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._sock is None or (not force and now - self._last_counts < COUNTS_INTERVAL_S):
+            return
+        self._last_counts = now
+        try:
+            self._send([framing.json_message(framing.COUNTS, self._counts())])
+        except OSError:
+            self._disconnect()
+
+    def _send_flushes(self) -> None:
+        with self._lock:
+            requests, self._flush_requests = self._flush_requests, []
+        if not requests:
+            return
+        self._send_counts(force=True)
+        for ident, done in requests:
+            if self._sock is None:
+                with self._lock:
+                    self._flush_requests.append((ident, done))
+                continue
+            try:
+                self._send([framing.json_message(framing.FLUSH, {"id": ident})])
+            except OSError:
+                with self._lock:
+                    self._flush_requests.append((ident, done))
+                self._disconnect()
+                continue
+            with self._lock:
+                self._flush_waiting[ident] = done
+
+    def _goodbye(self) -> None:
+        if self._sock is None:
+            return
+        with contextlib.suppress(OSError):
+            self._send([framing.message(framing.BYE, b"")])
+            self._sock.shutdown(socket.SHUT_WR)
+            # Wait (briefly) for the monitor to read everything before the socket goes.
+            self._sock.settimeout(1.0)
+            while self._sock.recv(65536):
+                pass
+        self._disconnect()
+
+    # ---- receiving ------------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._disconnect()
+            return
+        if not data:
+            self._disconnect()
+            return
+        try:
+            messages = self._reader.feed(data)
+        except ValueError:
+            self._disconnect()
+            return
+        for kind, payload in messages:
+            self._handle(kind, payload)
+
+    def _handle(self, kind: int, payload: memoryview) -> None:
+        try:
+            document = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(document, dict):
+            return
+        if kind == framing.FLUSHED:
+            acked = document.get("records")
+            if isinstance(acked, int):
+                self._acked = max(self._acked, acked)
+            with self._lock:
+                done = self._flush_waiting.pop(document.get("id"), None)  # type: ignore[arg-type]
+            if done is not None:
+                done.set()
+        elif kind == framing.CONTROL:
+            acked = document.pop("records", None)
+            if isinstance(acked, int):
+                self._acked = max(self._acked, acked)
+            if document:
+                self.control = document
+                try:
+                    self._on_control(document)
+                except Exception:
+                    _log.exception("modeltap: applying a control message failed")

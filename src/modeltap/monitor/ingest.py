@@ -1,0 +1,258 @@
+"""The monitor's side of the hand-off: one asyncio protocol per serving process, and the sum of
+what the serving processes count themselves.
+
+Record batches go to the analysis inbox in arrival order, with flush requests between them so a
+flush covers exactly what was sent before it. When the inbox holds more than its byte bound, every
+connection stops reading: the serving processes' socket buffers fill, and their own bounded
+queues drop and count. Nothing here blocks or grows without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from modeltap.handoff import framing
+from modeltap.snapshot import ServingCounts
+
+_log = logging.getLogger("modeltap.monitor")
+
+
+@dataclass
+class Feeder:
+    """One serving process's connection and its latest cumulative counts."""
+
+    pid: int = 0
+    counts: dict[str, Any] = field(default_factory=dict)
+    received: int = 0  # records received on this connection
+    processed: int = 0  # records the analysis has processed (written by the analysis thread)
+    transport: asyncio.Transport | None = None
+    leaving: bool = False
+
+
+@dataclass(frozen=True)
+class Flush:
+    feeder: Feeder
+    ident: Any
+
+
+Item = tuple[Feeder, memoryview] | Flush
+
+
+class Inbox:
+    """Batches and flush markers for the analysis thread, bounded in bytes (back-pressure)."""
+
+    def __init__(self, max_bytes: int, pause: Callable[[bool], None]) -> None:
+        self._items: collections.deque[Item] = collections.deque()
+        self._bytes = 0
+        self._max = max_bytes
+        self._pause = pause
+        self._paused = False
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def put(self, item: Item) -> None:
+        """Event-loop thread."""
+        with self._lock:
+            self._items.append(item)
+            if not isinstance(item, Flush):
+                self._bytes += len(item[1])
+            over = self._bytes > self._max and not self._paused
+            if over:
+                self._paused = True
+        if over:
+            self._pause(True)
+        self.ready.set()
+
+    def take(self) -> Item | None:
+        """Analysis thread."""
+        with self._lock:
+            if not self._items:
+                self.ready.clear()
+                return None
+            item = self._items.popleft()
+            if not isinstance(item, Flush):
+                self._bytes -= len(item[1])
+            resume = self._paused and self._bytes < self._max // 2
+            if resume:
+                self._paused = False
+        if resume and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._pause, False)
+        return item
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Feeders:
+    """The live connections, and the last counts of every serving process that fed this monitor.
+
+    Counts are cumulative per process, so a process that left keeps contributing its last counts
+    (a counter never goes down when a worker exits), and one that reconnects replaces its own.
+    """
+
+    MAX_REMEMBERED = 1024
+
+    def __init__(self) -> None:
+        self.live: list[Feeder] = []
+        self._last: dict[Any, dict[str, Any]] = {}
+        self._forgotten: dict[str, Any] = {}  # sums of the oldest processes beyond the bound
+        self.ever_connected = False
+        # The event loop adds, removes and updates; the analysis thread reads.
+        self.lock = threading.Lock()
+
+    def add(self, feeder: Feeder) -> None:
+        with self.lock:
+            self.live.append(feeder)
+            self.ever_connected = True
+
+    def remove(self, feeder: Feeder) -> None:
+        with self.lock:
+            if feeder in self.live:
+                self.live.remove(feeder)
+            self._remember(feeder)
+
+    def update(self, feeder: Feeder, counts: dict[str, Any]) -> None:
+        with self.lock:
+            feeder.counts = counts
+
+    def snapshot_live(self) -> list[Feeder]:
+        with self.lock:
+            return list(self.live)
+
+    def _remember(self, feeder: Feeder) -> None:
+        key = feeder.pid or id(feeder)
+        self._last.pop(key, None)
+        self._last[key] = feeder.counts
+        if len(self._last) > self.MAX_REMEMBERED:
+            oldest = next(iter(self._last))
+            self._forgotten = _summed([self._forgotten, self._last.pop(oldest)])
+
+    def serving_counts(self, control: dict[str, float]) -> ServingCounts:
+        with self.lock:
+            for feeder in self.live:
+                self._remember(feeder)
+            total = _summed([self._forgotten, *self._last.values()])
+            live = [feeder.counts for feeder in self.live]
+            pids = tuple(sorted(f.pid for f in self.live if f.pid))
+        dropped = dict(total.get("dropped") or {})
+        dropped.setdefault("queue_full", 0)
+        dropped.setdefault("queue_bytes", 0)
+        return ServingCounts(
+            dropped=tuple(sorted(dropped.items())),
+            internal_errors=tuple(
+                sorted((k, v) for k, v in (total.get("internal_errors") or {}).items() if v)
+            ),
+            proxy_errors=None
+            if total.get("proxy_errors") is None
+            else tuple(sorted(total["proxy_errors"].items())),
+            proxy_retries=total.get("proxy_retries"),
+            queue_depth=sum(int(c.get("queue_depth", 0)) for c in live),
+            queue_bytes=sum(int(c.get("queue_bytes", 0)) for c in live),
+            worker_lag_s=max((float(c.get("worker_lag_s", 0.0)) for c in live), default=0.0),
+            sampling_stride=max((int(c.get("sampling_stride", 1)) for c in live), default=1),
+            payload_sampling_stride=max((int(c.get("payload_sampling_stride", 1)) for c in live), default=1),
+            feeders=pids,
+            control=tuple(sorted(control.items())),
+        )
+
+
+def _summed(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum count documents: counters by name, `proxy_errors` (None unless one has it), retries."""
+    dropped: collections.Counter[str] = collections.Counter()
+    internal: collections.Counter[str] = collections.Counter()
+    proxy: collections.Counter[str] | None = None
+    retries: int | None = None
+    for document in documents:
+        dropped.update({str(k): int(v) for k, v in (document.get("dropped") or {}).items()})
+        internal.update({str(k): int(v) for k, v in (document.get("internal_errors") or {}).items()})
+        if document.get("proxy_errors") is not None:
+            proxy = proxy if proxy is not None else collections.Counter()
+            proxy.update({str(k): int(v) for k, v in document["proxy_errors"].items()})
+        if document.get("proxy_retries") is not None:
+            retries = (retries or 0) + int(document["proxy_retries"])
+    return {
+        "dropped": dict(dropped),
+        "internal_errors": dict(internal),
+        "proxy_errors": None if proxy is None else dict(proxy),
+        "proxy_retries": retries,
+    }
+
+
+class TapConnection(asyncio.Protocol):
+    """One serving process's connection to the monitor."""
+
+    def __init__(self, feeders: Feeders, inbox: Inbox, on_change: Callable[[], None]) -> None:
+        self._feeders = feeders
+        self._inbox = inbox
+        self._on_change = on_change
+        self._reader = framing.FrameReader()
+        self.feeder = Feeder()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.feeder.transport = transport  # type: ignore[assignment]
+        self._feeders.add(self.feeder)
+        self._on_change()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._reader.feed(data)
+        except ValueError as exc:
+            _log.warning("modeltap monitor: dropping a connection that broke the framing: %s", exc)
+            self._close()
+            return
+        feeder = self.feeder
+        for kind, payload in messages:
+            if kind == framing.RECORDS:
+                feeder.received += framing.COUNT.unpack_from(payload)[0] if len(payload) >= 4 else 0
+                self._inbox.put((feeder, payload))
+            elif kind == framing.COUNTS:
+                document = _json(payload)
+                if document is not None:
+                    self._feeders.update(feeder, document)
+            elif kind == framing.FLUSH:
+                document = _json(payload)
+                if document is not None:
+                    self._inbox.put(Flush(feeder, document.get("id")))
+            elif kind == framing.HELLO:
+                document = _json(payload)
+                if document is not None and isinstance(document.get("pid"), int):
+                    feeder.pid = document["pid"]
+            elif kind == framing.BYE:
+                # Everything it sent is in the inbox already: let it go now.
+                feeder.leaving = True
+                self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        feeder = self.feeder
+        self._feeders.remove(feeder)
+        feeder.transport = None
+        self._on_change()
+
+    def _close(self) -> None:
+        transport = self.feeder.transport
+        if transport is not None:
+            transport.close()
+
+
+def _json(payload: memoryview) -> dict[str, Any] | None:
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return document if isinstance(document, dict) else None

@@ -1,0 +1,298 @@
+"""The monitor process: one per server, beside it, doing everything but capture.
+
+It holds the server's lock (one monitor per key), listens on the ingest socket for the serving
+processes' record batches and on the views socket for `/status`, `/metrics` and the page,
+analyses on a thread of its own (decode, statistics, spans, OTLP export), and tells the serving
+processes how much to sample. It runs at a lower CPU priority, optionally pinned
+(`MODELTAP_MONITOR_CPUS`), and sheds work rather than grow past its memory budget.
+
+Lifetime: it exits (after a bounded flush) about a second after its last serving process left,
+or if none connects within `FIRST_FEEDER_WAIT_S`. SIGTERM or SIGINT (the server's process group
+being stopped) make it wait for the serving processes to leave, bounded, so their last records
+are flushed once; a second signal stops it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+from opentelemetry.sdk.resources import Resource
+
+from modeltap.config import ModelTapConfig
+from modeltap.export.local_views import LocalViews
+from modeltap.handoff import framing
+from modeltap.handoff.rendezvous import Rendezvous
+from modeltap.monitor.ingest import Feeder, Feeders, Flush, Inbox, TapConnection
+from modeltap.monitor.resources import MemoryGuard, lower_priority
+from modeltap.reference.document import load_reference
+from modeltap.snapshot import ServingCounts
+from modeltap.worker.analyzer import Analyzer
+from modeltap.worker.budget import CpuBudget
+
+_log = logging.getLogger("modeltap.monitor")
+LINGER_S = 1.0
+FIRST_FEEDER_WAIT_S = 30.0
+DRAIN_S = 20.0  # after SIGTERM, the longest wait for the serving processes to leave
+CONTROL_INTERVAL_S = 0.2
+BATCH = 256
+INBOX_BYTES = 64 * 1024 * 1024
+
+
+class _ViewsServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the monitor decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Monitor:
+    """Example::
+
+    place = Rendezvous(Path(run_dir), key)
+    document = place.read_config()
+    sys.exit(Monitor(place, document).run())
+    """
+
+    def __init__(self, place: Rendezvous, document: dict[str, Any], lock_fd: int = -1) -> None:
+        from modeltap.config import config_from_document
+
+        self.place = place
+        self.config: ModelTapConfig = config_from_document(document["config"])
+        self._document = document
+        self.feeders = Feeders()
+        self.inbox = Inbox(min(INBOX_BYTES, self.config.queue_max_bytes), self._pause_reading)
+        self.control: dict[str, float] = {}
+        self._budget = CpuBudget(self.config.worker_cpu_budget)
+        self._payload_stride = 1
+        self._memory = MemoryGuard(self.config.monitor_memory_bytes)
+        self._stopping = threading.Event()
+        self._terminating_at: float | None = None
+        self._connections: list[TapConnection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.analyzer: Analyzer | None = None
+        self._lock_fd = lock_fd  # taken already by the entry point, or by `run`
+
+    # ---- entry point ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if self._lock_fd < 0 and not self._take_lock():
+            return 0  # another monitor serves this key
+        lower_priority()
+        config = self.config
+        reference = load_reference(config.reference) if config.reference else None
+        self.analyzer = Analyzer(config, reference, mode="process")
+        resource = self._document.get("resource")
+        self.analyzer.start(
+            base_resource=Resource(resource) if isinstance(resource, dict) else None,
+            # With the app's own tracer provider, spans are built and sent in the serving process.
+            build_spans=not self._document.get("local_spans", False),
+        )
+        try:
+            asyncio.run(self._serve())
+        finally:
+            self._unlink_sockets()
+        return 0
+
+    def _take_lock(self) -> bool:
+        fd = os.open(self.place.lock_file, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd  # held until the process exits
+        return True
+
+    def _unlink_sockets(self) -> None:
+        # Only while holding the lock: the sockets are this monitor's, not a successor's.
+        for path in (self.place.ingest_socket, self.place.views_socket):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    # ---- the event loop -------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.inbox.bind(loop)
+        self._unlink_sockets()  # stale ones from a monitor that died (we hold the lock now)
+        previous = os.umask(0o077)
+        try:
+            ingest = await loop.create_unix_server(self._connection, path=str(self.place.ingest_socket))
+            views = self._views_server()
+            views_task = loop.create_task(views.serve())
+        finally:
+            os.umask(previous)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._terminate)
+        analysis = threading.Thread(target=self._analyze, name="modeltap-monitor-analysis", daemon=True)
+        analysis.start()
+        try:
+            await self._lifetime()
+        finally:
+            ingest.close()
+            views.should_exit = True
+            for connection in list(self._connections):
+                if connection.feeder.transport is not None:
+                    connection.feeder.transport.close()
+            self._stopping.set()
+            self.inbox.ready.set()
+            deadline = time.monotonic() + self.config.export.shutdown_timeout_s
+            await loop.run_in_executor(None, analysis.join, self.config.export.shutdown_timeout_s)
+            assert self.analyzer is not None
+            await loop.run_in_executor(None, self.analyzer.shutdown, deadline - time.monotonic())
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(views_task, 2.0)
+
+    def _views_server(self) -> _ViewsServer:
+        assert self.analyzer is not None
+        config = self.config
+        app = LocalViews("", self.analyzer.latest_snapshot, model_name=config.model_name, trust_peer=True)
+        settings = uvicorn.Config(
+            app,
+            uds=str(self.place.views_socket),
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            loop="asyncio",
+            http="h11",
+        )
+        return _ViewsServer(settings)
+
+    def _connection(self) -> TapConnection:
+        connection = TapConnection(self.feeders, self.inbox, self._feeders_changed)
+        self._connections.append(connection)
+        return connection
+
+    def _feeders_changed(self) -> None:
+        self._connections = [c for c in self._connections if c.feeder.transport is not None]
+
+    def _pause_reading(self, pause: bool) -> None:
+        for connection in self._connections:
+            transport = connection.feeder.transport
+            if transport is not None:
+                with contextlib.suppress(RuntimeError):
+                    transport.pause_reading() if pause else transport.resume_reading()
+
+    def _terminate(self) -> None:
+        if self._terminating_at is not None:
+            self._terminating_at = -DRAIN_S  # a second signal: stop now
+            return
+        self._terminating_at = time.monotonic()
+        _log.info("modeltap monitor: stopping once the serving processes have left (at most %.0f s)", DRAIN_S)
+
+    async def _lifetime(self) -> None:
+        started = time.monotonic()
+        empty_since: float | None = None
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            live = len(self.feeders.live)
+            if live:
+                empty_since = None
+            elif empty_since is None:
+                empty_since = now
+            if empty_since is not None:
+                if self.feeders.ever_connected and now - empty_since >= LINGER_S:
+                    return
+                if not self.feeders.ever_connected and now - started >= FIRST_FEEDER_WAIT_S:
+                    return
+            if self._terminating_at is not None and (live == 0 or now - self._terminating_at >= DRAIN_S):
+                return
+            self._memory.check(now)
+
+    # ---- the analysis thread --------------------------------------------------------------------
+
+    def _analyze(self) -> None:
+        analyzer = self.analyzer
+        assert analyzer is not None
+        interval = self.config.snapshot_interval_s
+        next_publish = next_control = 0.0
+        while True:
+            item = self.inbox.take()
+            now = time.monotonic()
+            try:
+                if item is None:
+                    if self._stopping.is_set():
+                        break
+                    self.inbox.ready.wait(min(interval, CONTROL_INTERVAL_S))
+                elif isinstance(item, Flush):
+                    self._flush(item)
+                else:
+                    self._process(*item)
+                if now >= next_publish:
+                    analyzer.publish(self._serving_counts())
+                    next_publish = now + interval
+                if now >= next_control:
+                    self._send_control()
+                    next_control = now + CONTROL_INTERVAL_S
+            except Exception:
+                analyzer.errors["monitor"] += 1
+                _log.exception("modeltap monitor: analysis step failed")
+        analyzer.publish(self._serving_counts(), current_scores=True)
+
+    def _serving_counts(self) -> ServingCounts:
+        counts = self.feeders.serving_counts(self.control)
+        if self._memory.shed_records:
+            dropped = {**dict(counts.dropped), "monitor_memory": self._memory.shed_records}
+            counts = dataclasses.replace(counts, dropped=tuple(sorted(dropped.items())))
+        return counts
+
+    def _process(self, feeder: Feeder, payload: memoryview) -> None:
+        analyzer = self.analyzer
+        assert analyzer is not None
+        started = self._budget.measure()
+        try:
+            records = framing.decode_records(payload)
+        except ValueError:
+            analyzer.errors["decode_batch"] += 1
+            return
+        if self._memory.shedding:
+            records = self._memory.shed(records)
+        for start in range(0, len(records), BATCH):
+            analyzer.process(records[start : start + BATCH])
+        feeder.processed += len(records)
+        self._budget.charge(started, len(records))
+        self._payload_stride = self._budget.next_stride(self._payload_stride)
+
+    def _flush(self, flush: Flush) -> None:
+        analyzer = self.analyzer
+        assert analyzer is not None
+        analyzer.publish(self._serving_counts(), current_scores=True)
+        ok = analyzer.flush_export(self.config.export.timeout_s)
+        reply = framing.json_message(
+            framing.FLUSHED, {"id": flush.ident, "records": flush.feeder.processed, "ok": ok}
+        )
+        self._write(flush.feeder, reply)
+
+    def _send_control(self) -> None:
+        stride = self._payload_stride * (4 if self._memory.shedding else 1)
+        self.control = {"payload_stride": float(stride)} if stride > 1 else {}
+        for feeder in self.feeders.snapshot_live():
+            document: dict[str, Any] = {"records": feeder.processed, "payload_stride": stride}
+            self._write(feeder, framing.json_message(framing.CONTROL, document))
+
+    def _write(self, feeder: Feeder, data: bytes) -> None:
+        loop = self._loop
+        transport = feeder.transport
+        if loop is None or transport is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_write_if_open, transport, data)
+
+
+def _write_if_open(transport: asyncio.Transport, data: bytes) -> None:
+    if not transport.is_closing():
+        transport.write(data)
