@@ -454,14 +454,23 @@ def config_document(config: ModelTapConfig) -> dict[str, Any]:
 
 
 def config_from_document(document: Mapping[str, Any]) -> ModelTapConfig:
-    """Rebuild a configuration written by `config_document` (checked like any other)."""
-    values = dict(document)
-    export = dict(values.pop("export", {}))
-    export["sampler"] = SamplerConfig(**export.get("sampler", {}))
-    for name in _TUPLE_FIELDS:
-        if values.get(name) is not None:
-            values[name] = tuple(values[name])
-    return ModelTapConfig(**values, export=ExportConfig(**export))
+    """Rebuild a configuration written by `config_document` (checked like any other; a malformed
+    document raises `ConfigError` too)."""
+    try:
+        values = dict(document)
+        export = dict(values.pop("export", {}))
+        export["sampler"] = SamplerConfig(**export.get("sampler", {}))
+        for name in _TUPLE_FIELDS:
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        return ModelTapConfig(**values, export=ExportConfig(**export))
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AttributeError) as exc:
+        # Not an object, an unknown setting, or a value the checks cannot even compare: the
+        # monitor must report a configuration error, not crash on a TypeError. (Types are not
+        # checked beyond what the constructors check: both modes accept the same configs.)
+        raise ConfigError(f"malformed configuration document: {exc}") from None
 
 
 _TUPLE_FIELDS = frozenset(

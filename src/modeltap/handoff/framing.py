@@ -68,7 +68,18 @@ def _headers(headers: Iterable[tuple[bytes, bytes]], wanted: frozenset[bytes]) -
 def _parse_headers(blob: bytes) -> list[tuple[bytes, bytes]]:
     if not blob:
         return []
-    return [tuple(line.split(b":", 1)) for line in blob.split(b"\n")]  # type: ignore[misc]
+    headers = [tuple(line.split(b":", 1)) for line in blob.split(b"\n")]
+    # Every line the encoder writes has a colon; one without would reach the analysis as a
+    # 1-tuple and break it there, far from the cause: the batch is malformed.
+    if any(len(pair) != 2 for pair in headers):
+        raise ValueError("a header line without a colon")
+    return headers  # type: ignore[return-value]
+
+
+def _text_of(field: bytes) -> str:
+    # The inverse of `RecordEncoder._text`: host names (a Unix socket path is one), exception
+    # types and error codes may hold surrogate escapes, which a strict decode refuses.
+    return field.decode("utf-8", "surrogateescape")
 
 
 class RecordEncoder:
@@ -215,22 +226,22 @@ def _decode_one(payload: memoryview, position: int) -> tuple[RawRecord, int]:
         trace = trace._replace(trace_state=trace_state.decode("latin-1"))
     scope: dict[str, Any] = {
         "type": "http",
-        "method": method.decode("latin-1"),
-        "scheme": scheme.decode("latin-1"),
-        "http_version": http_version.decode("latin-1"),
-        "path": path.decode("utf-8", "surrogateescape"),
+        "method": _text_of(method),
+        "scheme": _text_of(scheme),
+        "http_version": _text_of(http_version),
+        "path": _text_of(path),
         "root_path": "",
         "query_string": query,
         "headers": _parse_headers(request_headers),
-        "client": (client_host.decode("utf-8"), client_port) if client_host else None,
-        "server": (server_host.decode("utf-8"), None if server_port == _NO_PORT else server_port)
+        "client": (_text_of(client_host), client_port) if client_host else None,
+        "server": (_text_of(server_host), None if server_port == _NO_PORT else server_port)
         if server_host
         else None,
     }
     if template:
-        scope[ROUTE_TEMPLATE_KEY] = template.decode("utf-8", "surrogateescape")
+        scope[ROUTE_TEMPLATE_KEY] = _text_of(template)
     if proxy_error:
-        scope[PROXY_ERROR_KEY] = proxy_error.decode("utf-8")
+        scope[PROXY_ERROR_KEY] = _text_of(proxy_error)
     record = (
         scope,
         "",
@@ -245,7 +256,7 @@ def _decode_one(payload: memoryview, position: int) -> tuple[RawRecord, int]:
         request_size,
         [response_body] if response_body else [],
         response_size,
-        exception_type.decode("utf-8") if exception_type else None,
+        _text_of(exception_type) if exception_type else None,
         bool(flags & _DISCONNECTED),
         trace,
         weight,

@@ -84,7 +84,9 @@ class Inbox:
             item = self._items.popleft()
             if not isinstance(item, Flush):
                 self._bytes -= len(item[1])
-            resume = self._paused and self._bytes < self._max // 2
+            # Below half the bound, or empty: with a bound under 2 bytes half of it is 0, and an
+            # empty inbox must not stay paused for good.
+            resume = self._paused and (self._bytes < self._max // 2 or not self._bytes)
             if resume:
                 self._paused = False
         if resume and self._loop is not None:
@@ -137,11 +139,19 @@ class Feeders:
 
     def _remember(self, feeder: Feeder) -> None:
         key = feeder.pid or id(feeder)
+        if not feeder.counts:
+            # Nothing reported yet (just connected, or back after a reconnect): its earlier counts
+            # are cumulative and still stand; replacing them with nothing would dip the totals.
+            return
         self._last.pop(key, None)
         self._last[key] = feeder.counts
         if len(self._last) > self.MAX_REMEMBERED:
-            oldest = next(iter(self._last))
-            self._forgotten = _summed([self._forgotten, self._last.pop(oldest)])
+            # Fold the oldest departed process; never a live one, which is remembered again at
+            # the next read and would then be counted twice.
+            live = {f.pid or id(f) for f in self.live}
+            oldest = next((k for k in self._last if k not in live), None)
+            if oldest is not None:
+                self._forgotten = _summed([self._forgotten, self._last.pop(oldest)])
 
     def serving_counts(self, control: dict[str, float]) -> ServingCounts:
         with self.lock:

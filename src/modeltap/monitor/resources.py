@@ -12,6 +12,9 @@ from modeltap.records import RawRecord
 _log = logging.getLogger("modeltap.monitor")
 NICE_INCREMENT = 10
 CHECK_INTERVAL_S = 1.0
+# Above any CPU number Linux supports (NR_CPUS <= 8192): a typo such as `0-4000000000` is refused
+# rather than expanded into billions of numbers in the monitor's own memory.
+MAX_CPU = 65535
 
 
 def parse_cpu_list(text: str) -> set[int]:
@@ -23,7 +26,7 @@ def parse_cpu_list(text: str) -> set[int]:
             continue
         low, sep, high = part.partition("-")
         first, last = int(low), int(high) if sep else int(low)
-        if first < 0 or last < first:
+        if first < 0 or last < first or last > MAX_CPU:
             raise ValueError(f"not a CPU range: {part!r}")
         cpus.update(range(first, last + 1))
     if not cpus:
