@@ -72,7 +72,24 @@ def server_pid() -> int:
     words = _command_line(parent)[:3]
     if any(Path(word).name.startswith(SUPERVISORS) or word in SUPERVISORS for word in words):
         return parent
+    if _started_by_uvicorn_supervisor(parent):
+        return parent
     return os.getpid()
+
+
+def _started_by_uvicorn_supervisor(parent: int) -> bool:
+    """Whether uvicorn's own supervisor started this process as a worker, whatever its command
+    line says: `uvicorn.run(app, workers=N)` in a script, `fastapi run --workers N`. Its workers
+    are multiprocessing children whose target is uvicorn's subprocess entry point (a plain
+    multiprocessing child is no server's worker: it keeps its own pid)."""
+    multiprocessing = sys.modules.get("multiprocessing")  # imported in every such worker
+    if multiprocessing is None:
+        return False
+    mp_parent = multiprocessing.parent_process()
+    if mp_parent is None or mp_parent.pid != parent:
+        return False
+    target = getattr(multiprocessing.current_process(), "_target", None)
+    return str(getattr(target, "__module__", "")).startswith("uvicorn.")
 
 
 def config_digest(document: Any) -> str:

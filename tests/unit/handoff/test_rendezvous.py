@@ -5,6 +5,7 @@ file and the lock that says whether a monitor runs."""
 from __future__ import annotations
 
 import fcntl
+import multiprocessing
 import os
 import shutil
 import socket
@@ -14,6 +15,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -154,6 +157,36 @@ def test_server_pid_reads_the_parents_command_line(monkeypatch: pytest.MonkeyPat
     for words, is_worker in lines.items():
         monkeypatch.setattr(rendezvous, "_command_line", lambda pid, w=words: list(w))
         assert server_pid() == (os.getppid() if is_worker else os.getpid()), words
+
+
+def test_server_pid_is_the_parents_for_a_worker_of_uvicorns_own_supervisor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`uvicorn.run(app, workers=N)` in a script (or `fastapi run --workers N`): the parent's
+    command line names no supervisor, but the worker is a multiprocessing child of it whose target
+    is uvicorn's subprocess entry point."""
+    from uvicorn._subprocess import subprocess_started
+
+    monkeypatch.setattr(rendezvous, "_command_line", lambda pid: ["/usr/bin/python3", "serve.py"])
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: SimpleNamespace(pid=os.getppid()))
+    worker = SimpleNamespace(_target=subprocess_started)
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: worker)
+    assert server_pid() == os.getppid()
+
+
+def report_server_pid(results: Any) -> None:
+    results.put((server_pid(), os.getppid(), os.getpid()))
+
+
+def test_server_pid_is_our_own_in_any_other_multiprocessing_child() -> None:
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=report_server_pid, args=(results,))
+    child.start()
+    reported, parent, own = results.get(timeout=30)
+    child.join(30)
+    assert parent == os.getpid()
+    assert reported == own != parent
 
 
 # ---- Rendezvous -----------------------------------------------------------------------------------
