@@ -58,11 +58,13 @@ class RecordQueue:
         self._items.append((record, size))
         return True
 
-    def drain(self, limit: int) -> list[RawRecord]:
+    def drain(self, limit: int, max_bytes: int | None = None) -> list[RawRecord]:
+        """Up to `limit` records, oldest first; with `max_bytes`, stop once that many bytes are
+        taken (at least one record is)."""
         items = self._items
         out: list[RawRecord] = []
         freed = 0
-        while items and len(out) < limit:
+        while items and len(out) < limit and (max_bytes is None or freed < max_bytes):
             record, size = items.popleft()
             out.append(record)
             freed += size

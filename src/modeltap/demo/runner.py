@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,7 +295,12 @@ class Demo:
             probe_interval_s=0.5,
             log_level="warning",
         )
-        sidecar = Sidecar(settings, monitoring)
+        # The monitor's sockets live in the temporary directory too, so nothing is left behind.
+        run_directory = None
+        if self.temporary_workdir is not None:
+            run_directory = self.temporary_workdir / "run"
+            run_directory.mkdir(mode=0o700)
+        sidecar = Sidecar(settings, monitoring, run_directory)
         sidecar.bind()  # a port in use fails here, before anything runs
         self.sidecar = sidecar
         self.addresses = Addresses(
@@ -347,9 +355,11 @@ class Demo:
         self._sidecar_thread.start()
         if not ready.wait(10) or self._sidecar_failure:
             raise RuntimeError(f"the sidecar did not start: {self._sidecar_failure[:1]!r}")
-        deadline = time.monotonic() + 5  # the first requests should find the model reachable
-        while not sidecar.readiness.ready and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # The first requests should find the model reachable, and the monitor process (which
+        # serves the admin port) up: asked as a load balancer would.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self._admin_get("/readyz")[0] != 200:
+            time.sleep(0.05)
 
     # ---- run ------------------------------------------------------------------------------
 
@@ -359,7 +369,24 @@ class Demo:
         # A flush processes the queue and recomputes the scores (the snapshot is published
         # before the export part, which may time out against a slow collector).
         self.sidecar.tap.flush(flush_timeout_s)
-        return status_document(self.sidecar.tap.latest_snapshot(), MODEL_NAME)
+        if not self.sidecar.process_mode:
+            return status_document(self.sidecar.tap.latest_snapshot(), MODEL_NAME)
+        status, body = self._admin_get("/status")
+        if status != 200:
+            raise RuntimeError(f"the sidecar's /status answered {status}")
+        document: dict[str, Any] = json.loads(body)
+        return document
+
+    def _admin_get(self, path: str) -> tuple[int, bytes]:
+        """GET from the admin port (served by the monitor process); (0, b"") when unreachable."""
+        assert self.addresses is not None
+        try:
+            with urllib.request.urlopen(self.addresses.admin_url + path, timeout=5) as response:  # noqa: S310
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as error:
+            return int(error.code), error.read()
+        except OSError:
+            return 0, b""
 
     def close(self) -> list[str]:
         """Stop traffic, sidecar (drains, flushes telemetry) and model server; close every port.

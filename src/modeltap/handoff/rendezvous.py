@@ -167,15 +167,18 @@ class Rendezvous:
     def read_config(self) -> Any:
         return orjson.loads(self.config_file.read_bytes())
 
-    def spawn_monitor(self, document: Any) -> subprocess.Popen[bytes]:
+    def spawn_monitor(self, document: Any, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         """Start `python -m modeltap.monitor` for this server (a second one started by another
-        worker at the same moment finds the lock held and exits at once)."""
+        worker at the same moment finds the lock held and exits at once). `pass_fds`: listening
+        sockets the monitor serves (the sidecar's admin port)."""
         self.write_config(document)
         environment = dict(os.environ)
         # Our own interpreter and module, arguments from a private directory: no untrusted input.
         return subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "modeltap.monitor", "--run-dir", str(self.directory), "--key", self.key],
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # its logs go to stderr; our stdout may be a pipe someone reads to EOF
             env=environment,
             close_fds=True,
+            pass_fds=pass_fds,
         )

@@ -36,6 +36,9 @@ BATCH_BYTES = 4 * 1024 * 1024
 MAX_IOV = 1000  # below Linux's IOV_MAX (1024) buffers per sendmsg
 BUSY_WAIT_S = 0.001
 IDLE_WAIT_S = 0.02
+# Shipping per turn of the thread's loop: under sustained load the queue never empties, and each
+# turn must still send the counts and flush requests and read the monitor's control messages.
+TURN_S = 0.05
 COUNTS_INTERVAL_S = 0.5
 SEND_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 1.0
@@ -63,6 +66,8 @@ class Shipper:
         hello: dict[str, Any] | None = None,
         spawn: bool = True,
         before_batch: Callable[[list[Any]], None] | None = None,
+        after_ship: Callable[[], None] | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self._place = place
         self._document = config_document
@@ -73,12 +78,15 @@ class Shipper:
         self._hello = {"pid": os.getpid(), "version": __version__, **(hello or {})}
         self._spawn = spawn
         self._before_batch = before_batch
+        self._after_ship = after_ship  # once per turn, after shipping (the tap's overload sampling)
+        self._pass_fds = pass_fds
         self._sock: socket.socket | None = None
         self._reader = framing.FrameReader()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stop = threading.Event()
+        self._stop_deadline = 0.0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._flush_requests: list[tuple[int, threading.Event]] = []
@@ -107,6 +115,22 @@ class Shipper:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
+    def push_counts(self) -> None:
+        """Send this process's counts now (a state the monitor must see at once: draining)."""
+        self._last_counts = 0.0
+        self.wake()
+
+    def wait_for_monitor(self, timeout_s: float) -> bool:
+        """Wait for the monitor this process started (if it did) to exit; True if it has."""
+        spawned = self._spawned
+        if spawned is None:
+            return True
+        try:
+            spawned.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def flush(self, timeout_s: float) -> bool:
         """Ship everything queued, and wait until the monitor processed, published and exported it."""
         done = threading.Event()
@@ -121,9 +145,10 @@ class Shipper:
         thread = self._thread
         if thread is None:
             return
+        self._stop_deadline = time.monotonic() + max(0.0, timeout_s)
         self._stop.set()
         self.wake()
-        thread.join(max(0.0, timeout_s))
+        thread.join(max(0.0, timeout_s) + 0.5)
         self._thread = None
 
     # ---- the thread -----------------------------------------------------------------------------
@@ -134,14 +159,20 @@ class Shipper:
             stopping = self._stop.is_set()
             try:
                 if self._sock is None and not self._connect():
-                    if stopping:
+                    # Stopping with records still queued: a monitor that is starting gets them,
+                    # within the stop's bound.
+                    if stopping and (not self._queue.depth or time.monotonic() >= self._stop_deadline):
                         return
                     self._wait(IDLE_WAIT_S)
                     continue
                 busy = self._ship()
+                if self._after_ship is not None:
+                    self._after_ship()
                 self._send_counts(force=stopping)
                 self._send_flushes()
                 if stopping:
+                    if self._queue.depth and busy:
+                        continue  # more than a turn's batches queued: all of them go before goodbye
                     self._goodbye()
                     return
                 self._wait(BUSY_WAIT_S if busy else IDLE_WAIT_S)
@@ -209,7 +240,7 @@ class Shipper:
         if time.monotonic() - self._spawned_at < 1.0:
             return  # ours was started a moment ago and has not taken the lock yet
         try:
-            self._spawned = self._place.spawn_monitor(self._document)
+            self._spawned = self._place.spawn_monitor(self._document, self._pass_fds)
             self._spawned_at = time.monotonic()
         except OSError as exc:
             _log.warning("modeltap: cannot start the monitor process: %s", exc)
@@ -250,11 +281,13 @@ class Shipper:
                     sent = 0
 
     def _ship(self) -> bool:
-        """Send what is queued, in batches; True if anything was sent."""
+        """Send what is queued, in batches, for at most TURN_S; True if anything was sent."""
         queue = self._queue
         shipped = False
-        while self._sock is not None:
-            batch = queue.drain(BATCH_RECORDS)
+        turn_ends = time.monotonic() + TURN_S
+        while self._sock is not None and time.monotonic() < turn_ends:
+            # Bounded in bytes too: a batch of large bodies to a slow monitor is one long send.
+            batch = queue.drain(BATCH_RECORDS, BATCH_BYTES)
             if not batch:
                 return shipped
             queue.worker_held_bytes = queue.drained_bytes
@@ -321,7 +354,9 @@ class Shipper:
         if self._sock is None:
             return
         with contextlib.suppress(OSError):
-            self._send([framing.message(framing.BYE, b"")])
+            # How long the monitor may take to export what this process sent (its exit is bounded).
+            within = max(0.0, self._stop_deadline - time.monotonic())
+            self._send([framing.json_message(framing.BYE, {"within_s": within})])
             self._sock.shutdown(socket.SHUT_WR)
             # Wait (briefly) for the monitor to read everything before the socket goes.
             self._sock.settimeout(1.0)

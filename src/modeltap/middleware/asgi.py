@@ -116,7 +116,7 @@ class ModelTapMiddleware:
         tap = self.tap
         capture = tap.capture
         if capture is None:
-            self._start()  # first request in this process (also after a fork)
+            self.start()  # first request in this process (also after a fork)
             capture = tap.capture
         views = self._views
         if views is not None and views.handles(scope):
@@ -133,7 +133,9 @@ class ModelTapMiddleware:
             else:
                 await self.app(scope, receive, send)
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start capturing now (else on the first request): the tap's threads and, in process
+        mode, the connection to the server's monitor (started if none runs)."""
         tap = self.tap
         tap.start()
         views = self._views

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +116,9 @@ class Feeders:
         self._last: dict[Any, dict[str, Any]] = {}
         self._forgotten: dict[str, Any] = {}  # sums of the oldest processes beyond the bound
         self.ever_connected = False
+        self.last_left_cleanly = False
+        # The earliest time a departed serving process needs its data exported by (monotonic).
+        self.export_deadline: float | None = None
         # The event loop adds, removes and updates; the analysis thread reads.
         self.lock = threading.Lock()
 
@@ -128,10 +132,29 @@ class Feeders:
             if feeder in self.live:
                 self.live.remove(feeder)
             self._remember(feeder)
+            self.last_left_cleanly = feeder.leaving
 
     def update(self, feeder: Feeder, counts: dict[str, Any]) -> None:
         with self.lock:
             feeder.counts = counts
+
+    def note_deadline(self, deadline: float) -> None:
+        with self.lock:
+            if self.export_deadline is None or deadline < self.export_deadline:
+                self.export_deadline = deadline
+
+    def any_live(self, key: str) -> bool:
+        """Whether a live serving process reports `key` as true (e.g. `draining`)."""
+        with self.lock:
+            return any(bool(feeder.counts.get(key)) for feeder in self.live)
+
+    def total(self, key: str) -> int:
+        """A cumulative per-process number summed over every process seen (live or gone)."""
+        with self.lock:
+            for feeder in self.live:
+                self._remember(feeder)
+            values = [self._forgotten.get(key, 0), *(doc.get(key, 0) for doc in self._last.values())]
+        return sum(int(v) for v in values if isinstance(v, (int, float)))
 
     def snapshot_live(self) -> list[Feeder]:
         with self.lock:
@@ -244,8 +267,13 @@ class TapConnection(asyncio.Protocol):
                 if document is not None and isinstance(document.get("pid"), int):
                     feeder.pid = document["pid"]
             elif kind == framing.BYE:
-                # Everything it sent is in the inbox already: let it go now.
+                # Everything it sent is in the inbox already: let it go now, and export it within
+                # the time it has left (a server bounds its exit).
                 feeder.leaving = True
+                document = _json(payload)
+                within = document.get("within_s") if document is not None else None
+                if isinstance(within, (int, float)):
+                    self._feeders.note_deadline(time.monotonic() + float(within))
                 self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -6,8 +6,8 @@ analyses on a thread of its own (decode, statistics, spans, OTLP export), and te
 processes how much to sample. It runs at a lower CPU priority, optionally pinned
 (`MODELTAP_MONITOR_CPUS`), and sheds work rather than grow past its memory budget.
 
-Lifetime: it exits (after a bounded flush) about a second after its last serving process left,
-or if none connects within `FIRST_FEEDER_WAIT_S`. SIGTERM or SIGINT (the server's process group
+Lifetime: it exits (after a flush bounded by `shutdown_timeout_s`) shortly after its last serving
+process left, or if none connects within `FIRST_FEEDER_WAIT_S`. SIGTERM or SIGINT (the server's process group
 being stopped) make it wait for the serving processes to leave, bounded, so their last records
 are flushed once; a second signal stops it at once.
 """
@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Generator
@@ -33,6 +34,7 @@ from modeltap.config import ModelTapConfig
 from modeltap.export.local_views import LocalViews
 from modeltap.handoff import framing
 from modeltap.handoff.rendezvous import Rendezvous
+from modeltap.monitor.admin import MAX_NOTED_FAILURES, AdminApp, Readiness
 from modeltap.monitor.ingest import Feeder, Feeders, Flush, Inbox, TapConnection
 from modeltap.monitor.resources import MemoryGuard, lower_priority
 from modeltap.reference.document import load_reference
@@ -41,7 +43,12 @@ from modeltap.worker.analyzer import Analyzer
 from modeltap.worker.budget import CpuBudget
 
 _log = logging.getLogger("modeltap.monitor")
-LINGER_S = 1.0
+# After the last serving process left: cleanly (it said goodbye: a stop, or a worker restart
+# that other workers survive), or abruptly (a crash its supervisor may repair in a moment).
+LINGER_AFTER_GOODBYE_S = 0.25
+LINGER_AFTER_LOSS_S = 2.0
+# A flush a serving process asked for waits at most this long for the collector.
+FLUSH_EXPORT_S = 5.0
 FIRST_FEEDER_WAIT_S = 30.0
 DRAIN_S = 20.0  # after SIGTERM, the longest wait for the serving processes to leave
 CONTROL_INTERVAL_S = 0.2
@@ -82,6 +89,8 @@ class Monitor:
         self._connections: list[TapConnection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.analyzer: Analyzer | None = None
+        self.readiness: Readiness | None = None
+        self._connect_failures = 0
         self._lock_fd = lock_fd  # taken already by the entry point, or by `run`
 
     # ---- entry point ----------------------------------------------------------------------------
@@ -102,7 +111,7 @@ class Monitor:
         try:
             asyncio.run(self._serve())
         finally:
-            self._unlink_sockets()
+            self._remove_files()
         return 0
 
     def _take_lock(self) -> bool:
@@ -121,6 +130,15 @@ class Monitor:
             with contextlib.suppress(OSError):
                 path.unlink()
 
+    def _remove_files(self) -> None:
+        """At exit, still holding the lock: nothing of this server is left in the run directory.
+        (A successor that opened the lock file just before it went finds the lock held, exits,
+        and its serving process starts another: a moment's delay, never two monitors.)"""
+        self._unlink_sockets()
+        for path in (self.place.config_file, self.place.lock_file):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
     # ---- the event loop -------------------------------------------------------------------------
 
     async def _serve(self) -> None:
@@ -135,6 +153,11 @@ class Monitor:
             views_task = loop.create_task(views.serve())
         finally:
             os.umask(previous)
+        admin = self._admin_server()
+        admin_task = None
+        if admin is not None:
+            server, sock = admin
+            admin_task = loop.create_task(server.serve(sockets=[sock]))
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._terminate)
         analysis = threading.Thread(target=self._analyze, name="modeltap-monitor-analysis", daemon=True)
@@ -144,17 +167,26 @@ class Monitor:
         finally:
             ingest.close()
             views.should_exit = True
+            if admin is not None:
+                admin[0].should_exit = True
+            if self.readiness is not None:
+                self.readiness.stop()
             for connection in list(self._connections):
                 if connection.feeder.transport is not None:
                     connection.feeder.transport.close()
             self._stopping.set()
             self.inbox.ready.set()
             deadline = time.monotonic() + self.config.export.shutdown_timeout_s
-            await loop.run_in_executor(None, analysis.join, self.config.export.shutdown_timeout_s)
+            if self.feeders.export_deadline is not None:
+                # A serving process that left is bounding its own exit: finish within its time.
+                deadline = min(deadline, max(self.feeders.export_deadline, time.monotonic() + 0.5))
+            await loop.run_in_executor(None, analysis.join, max(0.1, deadline - time.monotonic()))
             assert self.analyzer is not None
             await loop.run_in_executor(None, self.analyzer.shutdown, deadline - time.monotonic())
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(views_task, 2.0)
+            for task in (views_task, admin_task):
+                if task is not None:
+                    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                        await asyncio.wait_for(task, 2.0)
 
     def _views_server(self) -> _ViewsServer:
         assert self.analyzer is not None
@@ -170,6 +202,57 @@ class Monitor:
             http="h11",
         )
         return _ViewsServer(settings)
+
+    def _admin_server(self) -> tuple[_ViewsServer, socket.socket] | None:
+        """The sidecar's admin port, when the sidecar passed its listening socket to us."""
+        admin = self._document.get("admin")
+        if not isinstance(admin, dict):
+            return None
+        assert self.analyzer is not None
+        config = self.config
+        try:
+            sock = socket.socket(fileno=int(admin["fd"]))
+        except (KeyError, ValueError, OSError) as exc:
+            _log.error("modeltap monitor: the admin port was not handed over: %s", exc)
+            return None
+        readiness = self.readiness = Readiness(
+            str(admin["upstream_host"]),
+            int(admin["upstream_port"]),
+            interval_s=float(admin["probe_interval_s"]),
+            failures_to_fail=int(admin["readiness_failures"]),
+            timeout_s=float(admin["probe_timeout_s"]),
+        )
+        readiness.start()
+        views = LocalViews(
+            "",
+            self.analyzer.latest_snapshot,
+            model_name=config.model_name,
+            token=config.views_token,
+            # Reachable by whoever can reach where it is bound (the operator chose that); a token,
+            # when set, is still required.
+            allow=("0.0.0.0/0", "::/0") if config.views_token is None else config.views_allow,
+        )
+        settings = uvicorn.Config(
+            AdminApp(views, readiness),
+            http="httptools",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            loop="none",
+        )
+        return _ViewsServer(settings), sock
+
+    def _follow_serving(self) -> None:
+        """Readiness from what the serving processes report: draining, and connect failures."""
+        readiness = self.readiness
+        if readiness is None:
+            return
+        readiness.draining = self.feeders.any_live("draining")
+        failures = self.feeders.total("connect_failures")
+        for _ in range(min(MAX_NOTED_FAILURES, failures - self._connect_failures)):
+            readiness.note_connect_failure()
+        self._connect_failures = max(self._connect_failures, failures)
 
     def _connection(self) -> TapConnection:
         connection = TapConnection(self.feeders, self.inbox, self._feeders_changed)
@@ -205,13 +288,15 @@ class Monitor:
             elif empty_since is None:
                 empty_since = now
             if empty_since is not None:
-                if self.feeders.ever_connected and now - empty_since >= LINGER_S:
+                linger = LINGER_AFTER_GOODBYE_S if self.feeders.last_left_cleanly else LINGER_AFTER_LOSS_S
+                if self.feeders.ever_connected and now - empty_since >= linger:
                     return
                 if not self.feeders.ever_connected and now - started >= FIRST_FEEDER_WAIT_S:
                     return
             if self._terminating_at is not None and (live == 0 or now - self._terminating_at >= DRAIN_S):
                 return
             self._memory.check(now)
+            self._follow_serving()
 
     # ---- the analysis thread --------------------------------------------------------------------
 
@@ -271,7 +356,7 @@ class Monitor:
         analyzer = self.analyzer
         assert analyzer is not None
         analyzer.publish(self._serving_counts(), current_scores=True)
-        ok = analyzer.flush_export(self.config.export.timeout_s)
+        ok = analyzer.flush_export(min(self.config.export.timeout_s, FLUSH_EXPORT_S))
         reply = framing.json_message(
             framing.FLUSHED, {"id": flush.ident, "records": flush.feeder.processed, "ok": ok}
         )

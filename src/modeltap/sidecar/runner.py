@@ -13,10 +13,13 @@ import contextlib
 import gc
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -25,7 +28,7 @@ from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
 from modeltap.export.local_views import LocalViews
 from modeltap.middleware.asgi import ModelTapMiddleware
-from modeltap.sidecar.admin import AdminApp, Readiness
+from modeltap.monitor.admin import AdminApp, Readiness
 from modeltap.sidecar.downstream import ClientLimits, protocol_class
 from modeltap.sidecar.failure_log import FailureLog
 from modeltap.sidecar.headers import TrustedPeers
@@ -34,6 +37,9 @@ from modeltap.sidecar.settings import SidecarSettings
 from modeltap.sidecar.upstream import UpstreamPool
 
 _log = logging.getLogger("modeltap.sidecar")
+# After the proxy stopped, its exit waits for the monitor's final flush until the flush bound it
+# gave the monitor, and this much more (the monitor's own start and stop).
+MONITOR_EXIT_MARGIN_S = 0.5
 # Upstream failures are logged once per code per this many seconds (with their count).
 FAILURE_LOG_INTERVAL_S = 10.0
 
@@ -64,7 +70,9 @@ def listen(host: str, port: int, what: str) -> socket.socket:
 class Sidecar:
     """The assembled sidecar. `await sidecar.serve()` runs until `stop()` (or a signal)."""
 
-    def __init__(self, settings: SidecarSettings, monitoring: ModelTapConfig) -> None:
+    def __init__(
+        self, settings: SidecarSettings, monitoring: ModelTapConfig, run_directory: Path | None = None
+    ) -> None:
         self.settings = settings
         self.readiness = Readiness(
             settings.upstream_host,
@@ -99,10 +107,14 @@ class Sidecar:
             self._count_error,
             self._count_retry,
         )
-        # The admin port renders from this process's analysis (the two-process sidecar comes with
-        # its own monitor wiring).
-        self.middleware = ModelTapMiddleware(self.proxy, config=monitoring.replace(monitor="inline"))
+        # Process mode (the default): the monitor process analyses and serves the admin port, so
+        # nothing but proxying and capture runs on this event loop. Inline: both run here.
+        self.process_mode = monitoring.monitor == "process"
+        if self.process_mode and monitoring.monitor_id is None:
+            monitoring = monitoring.replace(monitor_id=f"sidecar-{os.getpid()}")
+        self.middleware = ModelTapMiddleware(self.proxy, config=monitoring)
         self.tap = self.middleware.tap
+        self.tap.run_directory = run_directory
         self.tap.enable_proxy_errors()
         self.tap.enable_proxy_retries()
         views = LocalViews(
@@ -127,6 +139,7 @@ class Sidecar:
             self._count_error,
         )
         self.failure_log = FailureLog(settings.upstream, FAILURE_LOG_INTERVAL_S)
+        self._connect_failures = 0
         self.resolve_check: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
         self._force = False
@@ -140,6 +153,9 @@ class Sidecar:
         self.failure_log.note(code)
         if code in ("upstream_connect_failure", "upstream_connect_timeout"):
             self.readiness.note_connect_failure()
+            self._connect_failures += 1
+            if self.process_mode:
+                self.tap.report("connect_failures", self._connect_failures)
 
     def _count_retry(self) -> None:
         self.tap.note_proxy_retry()
@@ -201,15 +217,22 @@ class Sidecar:
         proxy_config.timeout_keep_alive = settings.keepalive_timeout_s  # type: ignore[assignment]
         # uvicorn takes whole seconds; the drain deadline is honoured as configured (0.5 s is 0.5 s).
         proxy_config.timeout_graceful_shutdown = settings.drain_timeout_s  # type: ignore[assignment]
-        admin_config = uvicorn.Config(self.admin, http="httptools", lifespan="off", **common)
         self.proxy_server = _Server(proxy_config)
-        self.admin_server = _Server(admin_config)
-        admin_task = asyncio.ensure_future(self.admin_server.serve(sockets=[self.admin_socket]))
+        admin_task: asyncio.Future[None] | None = None
+        if self.process_mode:
+            self._hand_admin_port_to_the_monitor()
+            # No monitor could be started (the run directory is unusable): serve it all here.
+            self.process_mode = self.tap.mode == "process"
+        if not self.process_mode:
+            admin_config = uvicorn.Config(self.admin, http="httptools", lifespan="off", **common)
+            self.admin_server = _Server(admin_config)
+            admin_task = asyncio.ensure_future(self.admin_server.serve(sockets=[self.admin_socket]))
+            self.readiness.start()
         proxy_task = asyncio.ensure_future(self.proxy_server.serve(sockets=[self.proxy_socket]))
-        self.readiness.start()
         self.resolve_check = self.warn_if_upstream_does_not_resolve()
-        while not (self.proxy_server.started and self.admin_server.started):
-            if proxy_task.done() or admin_task.done():
+        admin_server = self.admin_server
+        while not (self.proxy_server.started and (admin_server is None or admin_server.started)):
+            if proxy_task.done() or (admin_task is not None and admin_task.done()):
                 break
             await asyncio.sleep(0.01)
         if on_ready is not None:
@@ -217,9 +240,10 @@ class Sidecar:
         stop_wait = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait({stop_wait, proxy_task}, return_when=asyncio.FIRST_COMPLETED)
         await self._drain(proxy_task)
-        self.admin_server.should_exit = True
-        with contextlib.suppress(Exception):
-            await admin_task
+        if self.admin_server is not None and admin_task is not None:
+            self.admin_server.should_exit = True
+            with contextlib.suppress(Exception):
+                await admin_task
         stop_wait.cancel()
         self.failure_log.flush()  # what the last interval counted, before the process ends
         if self._force and self.proxy_server.started:
@@ -240,7 +264,37 @@ class Sidecar:
         if self._force:
             # Had the lifespan flush not run (it returns at once if it did): flush here, bounded.
             await asyncio.get_running_loop().run_in_executor(None, self.tap.shutdown)
+        shipper = self.tap.shipper
+        if shipper is not None:
+            # The monitor exits once this process has left; the container must not end first.
+            await asyncio.get_running_loop().run_in_executor(
+                None,
+                shipper.wait_for_monitor,
+                max(0.0, self.tap.shutdown_deadline - time.monotonic()) + MONITOR_EXIT_MARGIN_S,
+            )
+        if self.process_mode and self.admin_socket is not None:
+            self.admin_socket.close()  # held for the monitor, which is gone now
         _log.info("modeltap sidecar: shutdown complete")
+
+    def _hand_admin_port_to_the_monitor(self) -> None:
+        """Process mode: the monitor serves the admin port on the socket bound here (kept open
+        here, never accepted on, so a restarted monitor gets it again; meanwhile connections wait
+        in its backlog instead of being refused)."""
+        assert self.admin_socket is not None
+        settings = self.settings
+        tap = self.tap
+        tap.monitor_extras = {
+            "admin": {
+                "fd": self.admin_socket.fileno(),
+                "upstream_host": settings.upstream_host,
+                "upstream_port": settings.upstream_port,
+                "probe_interval_s": settings.probe_interval_s,
+                "readiness_failures": settings.readiness_failures,
+                "probe_timeout_s": min(settings.connect_timeout_s, 1.0),
+            }
+        }
+        tap.monitor_pass_fds = (self.admin_socket.fileno(),)
+        self.middleware.start()
 
     def warn_if_upstream_does_not_resolve(self) -> threading.Thread | None:
         """A start-up warning for an upstream name the resolver does not know (a typo, a
@@ -270,6 +324,8 @@ class Sidecar:
     async def _drain(self, proxy_task: asyncio.Future[None]) -> None:
         assert self.proxy_server is not None
         self.readiness.draining = True
+        if self.process_mode:
+            self.tap.report("draining", True)
         self.proxy.draining = True
         settings = self.settings
         if not self._force and not proxy_task.done():

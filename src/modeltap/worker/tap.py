@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace as otel_trace
@@ -105,6 +106,13 @@ class Tap:
         self._local_spans: Any = None  # the app's span processor, fed here in process mode
         self._local_resource = Resource.get_empty()
         self._local_routes = RouteTemplates()
+        # What an embedding adapter adds: to the monitor's start document (the sidecar's admin
+        # port), the file descriptors the monitor inherits, and this process's counts.
+        self.monitor_extras: dict[str, Any] = {}
+        self.run_directory: Path | None = None  # else MODELTAP_RUN_DIR or the default
+        self.shutdown_deadline = 0.0  # when `shutdown` must be done by (monotonic)
+        self.monitor_pass_fds: tuple[int, ...] = ()
+        self.extra_counts: dict[str, Any] = {}
 
     # ---- request path -------------------------------------------------------------------
 
@@ -175,7 +183,7 @@ class Tap:
     def _start_shipper(self, app_provider: SdkTracerProvider | None) -> bool:
         """Process mode: ship to the server's monitor (started if needed); False: stay inline."""
         config = self.config
-        document: dict[str, Any] = {"config": config_document(config)}
+        document: dict[str, Any] = {"config": config_document(config), **self.monitor_extras}
         if app_provider is not None:
             # Metrics then carry the app's resource (the monitor adds its own instance id).
             document["resource"] = {
@@ -185,7 +193,8 @@ class Tap:
             }
             self._local_spans = app_provider._active_span_processor
         try:
-            self.place = Rendezvous.for_server(run_directory(), config.monitor_id, document["config"])
+            directory = self.run_directory or run_directory()
+            self.place = Rendezvous.for_server(directory, config.monitor_id, document["config"])
         except RendezvousError as exc:
             _log.warning("modeltap: no monitor process (%s); analysing in this process instead", exc)
             self._local_spans = None
@@ -209,6 +218,8 @@ class Tap:
             counts=self.counts_document,
             on_control=self.apply_control,
             before_batch=self._before_batch,
+            after_ship=self._follow_load,
+            pass_fds=self.monitor_pass_fds,
         )
         self.mode = "process"
         self.shipper.start()
@@ -238,11 +249,11 @@ class Tap:
                 return
             self.started = False
             worker, shipper = self._worker, self.shipper
-        deadline = time.monotonic() + self.config.export.shutdown_timeout_s
+        deadline = self.shutdown_deadline = time.monotonic() + self.config.export.shutdown_timeout_s
         if shipper is not None:
-            # What this process captured is processed and exported before it goes; the monitor
-            # itself exits once its last serving process has left.
-            shipper.flush(max(0.0, deadline - time.monotonic()))
+            # What is queued is shipped; the monitor processes it, and exports it with its own
+            # bounded flush when this was its last serving process (a waiting round trip here
+            # would add the collector's timeout to the server's exit).
             shipper.stop(max(0.1, deadline - time.monotonic()))
             return
         self._stop.set()
@@ -273,7 +284,14 @@ class Tap:
             "worker_lag_s": queue.oldest_age_s(),
             "sampling_stride": self.sampling.stride,
             "payload_sampling_stride": self.sampling.payload_stride,
+            **self.extra_counts,
         }
+
+    def report(self, key: str, value: Any) -> None:
+        """Set a count or state the monitor should know at once (the sidecar: draining)."""
+        self.extra_counts[key] = value
+        if self.shipper is not None:
+            self.shipper.push_counts()
 
     def apply_control(self, control: dict[str, Any]) -> None:
         """What the monitor asks of this process: how many payloads to send, how many traces."""
@@ -284,11 +302,17 @@ class Tap:
         if isinstance(ratio, (int, float)) and self._sampler is not None:
             self._sampler.set_ratio(float(ratio))
 
-    def _before_batch(self, batch: list[RawRecord]) -> None:
-        """Shipper thread, before a batch leaves: sample harder while the queue fills, and give
-        traced exchanges to the app's own span processor when it has one."""
+    def _follow_load(self) -> None:
+        """Shipper thread, once per turn after shipping (as the inline worker does once per
+        iteration after draining): sample harder while the queue stays full, less as it empties.
+        Not per batch: the draining of a backlog would double the stride at every batch, and an
+        idle process, which ships no batch, would keep a high stride for its next requests."""
         queue = self.queue
         self.sampling.follow_load(max(queue.depth / queue.max_records, queue.pending_bytes / queue.max_bytes))
+
+    def _before_batch(self, batch: list[RawRecord]) -> None:
+        """Shipper thread, before a batch leaves: give traced exchanges to the app's own span
+        processor when it has one."""
         processor = self._local_spans
         if processor is None:
             return

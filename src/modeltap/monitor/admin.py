@@ -1,9 +1,10 @@
-"""The admin port: health, readiness, and the local views. Never proxied, never captured.
+"""The sidecar's admin port: health, readiness, and the views. Never proxied, never captured.
 
-`/healthz` answers while the process runs. `/readyz` answers 200 only while the upstream accepts
-connections (probed in the background, so a probe is never slower than a dictionary lookup) and
-the sidecar is not draining. `/`, `/status` and `/metrics` are the page, the JSON and the
-Prometheus text of the latest snapshot.
+Served by the sidecar's monitor process (or, inline, by the sidecar itself). `/healthz` answers
+while the process runs. `/readyz` answers 200 only while the upstream accepts connections
+(probed in the background, so a probe is never slower than a dictionary lookup) and the sidecar
+is not draining. `/`, `/status` and `/metrics` are the page, the JSON and the Prometheus text of
+the latest snapshot.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from modeltap._types import Receive, Scope, Send
 from modeltap.export.local_views import LocalViews
 
 _log = logging.getLogger("modeltap.sidecar")
+# Connect failures the proxy reports between probes count as failed probes, up to this many.
+MAX_NOTED_FAILURES = 16
 
 
 class Readiness:
