@@ -270,7 +270,15 @@ class Shipper:
         assert sock is not None
         views = [memoryview(b) for b in buffers if b]
         while views:
-            sent = sock.sendmsg(views[:MAX_IOV])
+            try:
+                sent = sock.sendmsg(views[:MAX_IOV])
+            except TimeoutError:
+                # A monitor that still holds its lock is slow (back-pressure, or paused by its
+                # host), not gone: wait on. Dropping the connection would count as lost the
+                # records it has yet to process, and then process them (counted twice).
+                if self._place.monitor_alive():
+                    continue
+                raise
             while sent:
                 first = views[0]
                 if sent >= len(first):
