@@ -96,6 +96,10 @@ class Shipper:
         self._spawned_at = 0.0
         self._next_connect = 0.0
         self._last_counts = 0.0
+        # Cumulative counts as last reported, and as the previous monitor last knew them: each
+        # monitor's series counts from where the one before it stopped (see `since`).
+        self._reported: dict[str, Any] = {}
+        self._baseline: dict[str, Any] = {}
         # Records sent and acknowledged on the current connection (the rest die with it).
         self._sent = 0
         self._acked = 0
@@ -253,6 +257,9 @@ class Shipper:
             return
         self._sock = None
         self._queue.unavailable = True
+        # What the monitor that went away had been told dies with its series; the next monitor's
+        # series starts from here, and counts the loss (records sent, never processed) below.
+        self._baseline = self._reported
         self.lost += max(0, self._sent - self._acked)
         self._sent = self._acked = 0
         with contextlib.suppress(OSError):
@@ -332,10 +339,13 @@ class Shipper:
         if self._sock is None or (not force and now - self._last_counts < COUNTS_INTERVAL_S):
             return
         self._last_counts = now
+        counts = self._counts()
         try:
-            self._send([framing.json_message(framing.COUNTS, self._counts())])
+            self._send([framing.json_message(framing.COUNTS, since(counts, self._baseline))])
         except OSError:
             self._disconnect()
+            return
+        self._reported = counts
 
     def _send_flushes(self) -> None:
         with self._lock:
@@ -420,3 +430,24 @@ class Shipper:
                     self._on_control(document)
                 except Exception:
                     _log.exception("modeltap: applying a control message failed")
+
+
+def since(counts: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Cumulative counts relative to what an earlier monitor was told: counters (numbers, and
+    numbers by reason) are reduced by the baseline; everything else (gauges, flags) is as is."""
+    if not baseline:
+        return counts
+    relative: dict[str, Any] = {}
+    for key, value in counts.items():
+        before = baseline.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            relative[key] = {k: v - before.get(k, 0) for k, v in value.items()}
+        elif key in _COUNTERS and isinstance(value, int) and isinstance(before, int):
+            relative[key] = value - before
+        else:
+            relative[key] = value
+    return relative
+
+
+# Cumulative numbers of a serving process's counts (the others are gauges or flags).
+_COUNTERS = frozenset({"proxy_retries", "connect_failures"})

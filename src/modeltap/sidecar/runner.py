@@ -37,6 +37,8 @@ from modeltap.sidecar.settings import SidecarSettings
 from modeltap.sidecar.upstream import UpstreamPool
 
 _log = logging.getLogger("modeltap.sidecar")
+# Set by the supervisor for the data planes it starts: "proxy_fd,admin_fd" they inherit.
+WORKER_SOCKETS_VARIABLE = "MODELTAP_SIDECAR_WORKER_SOCKETS"
 # After the proxy stopped, its exit waits for the monitor's final flush until the flush bound it
 # gave the monitor, and this much more (the monitor's own start and stop).
 MONITOR_EXIT_MARGIN_S = 0.5
@@ -52,11 +54,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-def listen(host: str, port: int, what: str) -> socket.socket:
-    """Bind now, so a port in use is one clear error at start-up."""
+def listen(host: str, port: int, what: str, *, reuse_port: bool = False) -> socket.socket:
+    """Bind now, so a port in use is one clear error at start-up. `reuse_port`: one of several
+    sockets on the port, the kernel spreading connections over them (several data planes)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -159,6 +164,10 @@ class Sidecar:
 
     def _count_retry(self) -> None:
         self.tap.note_proxy_retry()
+
+    def adopt(self, proxy_socket: socket.socket, admin_socket: socket.socket) -> None:
+        """Serve sockets bound by a supervisor (`--workers N`) instead of binding."""
+        self.proxy_socket, self.admin_socket = proxy_socket, admin_socket
 
     def bind(self) -> None:
         settings = self.settings
@@ -372,8 +381,19 @@ def run_sidecar(settings: SidecarSettings, monitoring: ModelTapConfig) -> None:
     if settings.log_level != "debug":
         # Per-request parser warnings would let any client flood the log; they are counted instead.
         logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
+    inherited = os.environ.get(WORKER_SOCKETS_VARIABLE, "").strip()
+    if settings.workers > 1 and not inherited:
+        from modeltap.sidecar.supervisor import run_supervisor
+
+        run_supervisor(settings, monitoring)
+        return
     sidecar = Sidecar(settings, monitoring)
-    sidecar.bind()
+    if inherited:
+        # A data plane started by the supervisor: its sockets are inherited, its monitor shared.
+        proxy_fd, admin_fd = (int(part) for part in inherited.split(","))
+        sidecar.adopt(socket.socket(fileno=proxy_fd), socket.socket(fileno=admin_fd))
+    else:
+        sidecar.bind()
     try:
         import uvloop
 
@@ -389,6 +409,8 @@ def run_sidecar(settings: SidecarSettings, monitoring: ModelTapConfig) -> None:
         # were tens of ms of p99). Not done by `Sidecar.serve`, which may run inside a host process.
         gc.collect()
         gc.freeze()
+        if inherited:
+            return  # the supervisor announced the sidecar
         print(
             f"modeltap sidecar: http://{settings.host}:{sidecar.port} -> {settings.upstream}; "
             f"admin http://{settings.admin_host}:{sidecar.admin_port} (/healthz /readyz /status /metrics)",

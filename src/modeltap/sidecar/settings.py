@@ -55,6 +55,8 @@ class SidecarSettings:
     readiness_failures: int = 3  # consecutive failed upstream probes before /readyz fails
     probe_interval_s: float = 1.0
     log_level: str = "info"
+    # Data-plane processes sharing the proxy port (SO_REUSEPORT), all feeding one monitor.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.upstream:
@@ -105,6 +107,7 @@ class SidecarSettings:
             "max_request_body_bytes",
             "max_inflight",
             "readiness_failures",
+            "workers",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}", name)
@@ -163,6 +166,7 @@ HELP: dict[str, str] = {
     "readiness_failures": "consecutive failed upstream probes before /readyz fails",
     "probe_interval_s": "seconds between upstream reachability probes",
     "log_level": "critical, error, warning, info or debug",
+    "workers": "data-plane processes sharing the proxy port (SO_REUSEPORT), one monitor for all",
 }
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(SidecarSettings)}

@@ -20,16 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
-import selectors
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +36,13 @@ import uvicorn
 from modeltap.config import ExportConfig
 from tests.support.asgi_driver import Receive, Scope, Send
 from tests.support.otlp_receiver import OtlpHttpReceiver
+from tests.support.sidecar_process import (
+    STARTUP_TIMEOUT_S,
+    SidecarProcess,
+    sidecar_process,
+)
 
-MODELTAP = Path(sys.executable).with_name("modeltap")
 # Interpreter start-up and imports; generous, since the machine may be busy.
-STARTUP_TIMEOUT_S = 30.0
 # The final telemetry flush is bounded by export.shutdown_timeout_s (no variable sets it).
 FLUSH_S = ExportConfig().shutdown_timeout_s
 # "Within its bound plus a generous margin" (CLARIFICATIONS.md, timing in tests).
@@ -149,116 +146,6 @@ def upstream_server(app: Upstream) -> Iterator[UpstreamServer]:
 
 
 # ---- the sidecar process ---------------------------------------------------------------------------
-
-
-def modeltap_command() -> list[str]:
-    if MODELTAP.exists():
-        return [str(MODELTAP)]
-    return [sys.executable, "-m", "modeltap.cli"]
-
-
-def clean_environ(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELTAP_", "OTEL_"))}
-    env.update(extra)
-    return env
-
-
-@dataclass
-class SidecarProcess:
-    process: subprocess.Popen[str]
-    url: str
-    admin_url: str
-    startup_s: float
-    stderr_path: Path
-    terminated_at: float = 0.0
-
-    def terminate(self) -> float:
-        """SIGTERM, as the kubelet sends it; returns when it was sent."""
-        self.terminated_at = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        return self.terminated_at
-
-    def wait_exit(self, bound_s: float) -> tuple[int, float]:
-        """Exit code and seconds from SIGTERM to exit; fails if not exited within `bound_s`."""
-        try:
-            code = self.process.wait(bound_s + 5.0)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"sidecar still running {bound_s + 5.0:.1f} s after SIGTERM\n{self.stderr}")
-        return code, time.monotonic() - self.terminated_at
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    def assert_clean_exit(self, bound_s: float) -> float:
-        code, elapsed = self.wait_exit(bound_s)
-        stderr = self.stderr
-        assert code == 0, stderr
-        assert "Traceback" not in stderr, stderr
-        assert elapsed <= bound_s, f"exited {elapsed:.2f} s after SIGTERM, bound {bound_s:.2f} s\n{stderr}"
-        return elapsed
-
-
-ANNOUNCE = re.compile(r"http://127\.0\.0\.1:(\d+) -> \S+; admin http://127\.0\.0\.1:(\d+) ")
-
-
-@contextlib.contextmanager
-def sidecar_process(
-    upstream: str, tmp_path: Path, *args: str, env: Mapping[str, str] | None = None
-) -> Iterator[SidecarProcess]:
-    """`modeltap sidecar` on ephemeral loopback ports; killed (never left behind) on exit."""
-    command = [
-        *modeltap_command(),
-        "sidecar",
-        "--upstream",
-        upstream,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--admin-host",
-        "127.0.0.1",
-        "--admin-port",
-        "0",
-        *args,
-    ]
-    stderr_path = tmp_path / "sidecar.stderr"
-    with stderr_path.open("w", encoding="utf-8") as stderr:
-        spawned = time.monotonic()
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=clean_environ(env or {})
-        )
-        try:
-            assert process.stdout is not None
-            line = _read_line(process, STARTUP_TIMEOUT_S)
-            match = ANNOUNCE.search(line)
-            assert match, f"no announcement: {line!r}\n{stderr_path.read_text()}"
-            yield SidecarProcess(
-                process,
-                f"http://127.0.0.1:{match.group(1)}",
-                f"http://127.0.0.1:{match.group(2)}",
-                time.monotonic() - spawned,
-                stderr_path,
-            )
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
-            if process.stdout is not None:
-                process.stdout.close()
-
-
-def _read_line(process: subprocess.Popen[str], timeout_s: float) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if selector.select(timeout=0.1):
-                return process.stdout.readline()
-            if process.poll() is not None:
-                return ""
-    return ""
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
