@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from modeltap._types import Receive, Scope, Send
+from modeltap.config import ModelTapConfig
 from modeltap.export.local_views import LocalViews
+from modeltap.snapshot import Snapshot
 
 _log = logging.getLogger("modeltap.sidecar")
 # Connect failures the proxy reports between probes count as failed probes, up to this many.
@@ -84,6 +87,18 @@ class Readiness:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+def admin_views(snapshot: Callable[[], Snapshot], config: ModelTapConfig) -> LocalViews:
+    """The views of the admin port: reachable by whoever can reach where it is bound (the
+    operator chose that); a token, when set, is still required."""
+    return LocalViews(
+        "",
+        snapshot,
+        model_name=config.model_name,
+        token=config.views_token,
+        allow=("0.0.0.0/0", "::/0") if config.views_token is None else config.views_allow,
+    )
 
 
 class AdminApp:

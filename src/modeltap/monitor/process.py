@@ -34,7 +34,7 @@ from modeltap.config import ModelTapConfig
 from modeltap.export.local_views import LocalViews
 from modeltap.handoff import framing
 from modeltap.handoff.rendezvous import Rendezvous
-from modeltap.monitor.admin import MAX_NOTED_FAILURES, AdminApp, Readiness
+from modeltap.monitor.admin import MAX_NOTED_FAILURES, AdminApp, Readiness, admin_views
 from modeltap.monitor.ingest import Feeder, Feeders, Flush, Inbox, TapConnection
 from modeltap.monitor.resources import MemoryGuard, lower_priority
 from modeltap.reference.document import load_reference
@@ -223,17 +223,8 @@ class Monitor:
             timeout_s=float(admin["probe_timeout_s"]),
         )
         readiness.start()
-        views = LocalViews(
-            "",
-            self.analyzer.latest_snapshot,
-            model_name=config.model_name,
-            token=config.views_token,
-            # Reachable by whoever can reach where it is bound (the operator chose that); a token,
-            # when set, is still required.
-            allow=("0.0.0.0/0", "::/0") if config.views_token is None else config.views_allow,
-        )
         settings = uvicorn.Config(
-            AdminApp(views, readiness),
+            AdminApp(admin_views(self.analyzer.latest_snapshot, config), readiness),
             http="httptools",
             lifespan="off",
             log_config=None,

@@ -26,9 +26,8 @@ import uvicorn
 
 from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
-from modeltap.export.local_views import LocalViews
 from modeltap.middleware.asgi import ModelTapMiddleware
-from modeltap.monitor.admin import AdminApp, Readiness
+from modeltap.monitor.admin import AdminApp, Readiness, admin_views
 from modeltap.sidecar.downstream import ClientLimits, protocol_class
 from modeltap.sidecar.failure_log import FailureLog
 from modeltap.sidecar.headers import TrustedPeers
@@ -122,16 +121,7 @@ class Sidecar:
         self.tap.run_directory = run_directory
         self.tap.enable_proxy_errors()
         self.tap.enable_proxy_retries()
-        views = LocalViews(
-            "",
-            self.tap.latest_snapshot,
-            model_name=monitoring.model_name,
-            token=monitoring.views_token,
-            # The admin port is reachable by whoever can reach where it is bound (the operator
-            # chose that); a token, when set, is still required.
-            allow=("0.0.0.0/0", "::/0") if monitoring.views_token is None else monitoring.views_allow,
-        )
-        self.admin = AdminApp(views, self.readiness)
+        self.admin = AdminApp(admin_views(self.tap.latest_snapshot, monitoring), self.readiness)
         self._protocol = protocol_class(
             ClientLimits(
                 max_url_bytes=settings.max_url_bytes,

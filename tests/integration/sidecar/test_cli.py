@@ -13,11 +13,9 @@ module; the wider table of bad values runs through the same `main()` in this pro
 from __future__ import annotations
 
 import logging
-import os
 import re
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,23 +24,17 @@ import pytest
 
 from modeltap.cli import main
 from modeltap.sidecar.settings import FIELDS, SidecarSettings, env_name
+from tests.support import sidecar_process
+from tests.support.sidecar_process import modeltap_command
 
-MODELTAP = Path(sys.executable).with_name("modeltap")
 RUN_TIMEOUT_S = 60.0
 UPSTREAM = ("--upstream", "http://127.0.0.1:9")
 EPHEMERAL = ("--host", "127.0.0.1", "--port", "0", "--admin-port", "0")
 
 
-def modeltap_command() -> list[str]:
-    """The installed console script, or the module when the script is not installed."""
-    if MODELTAP.exists():
-        return [str(MODELTAP)]
-    return [sys.executable, "-m", "modeltap.cli"]
-
-
 def clean_environ(extra: Mapping[str, str]) -> dict[str, str]:
     """The test process's environment without MODELTAP_* / OTEL_* (they would change the outcome)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELTAP_", "OTEL_"))}
+    env = sidecar_process.clean_environ({})
     env["COLUMNS"] = "200"  # argparse wraps help to the terminal width
     env.update(extra)
     return env
