@@ -10,6 +10,10 @@ wrapped by peers, selected with the APP environment variable:
   promexp  starlette-exporter's Prometheus middleware
   otel     opentelemetry-instrumentation-asgi with the OpenTelemetry SDK (spans + metrics,
            batch processor, exporters that discard)
+  modeltap         modeltap with full monitoring, its analysis in the monitor process (the
+                   default; MODELTAP_MONITOR_CPUS pins the monitor)
+  modeltap_inline  the same, analysis on a thread in the serving process (monitor="inline")
+  modeltap_traced  the monitor process, every request traced
 
 Run with: uvicorn apps:app --loop uvloop --http httptools (see run_middleware.sh).
 """
@@ -114,7 +118,7 @@ elif mode == "capture":
             )
         )
 
-elif mode in ("modeltap", "modeltap_traced"):
+elif mode in ("modeltap", "modeltap_inline", "modeltap_traced"):
     # Full monitoring: capture, decoding, statistics, OTLP metrics to the bench's local sink
     # (MODELTAP_BENCH_OTLP), traces sampled at 10 % (or every request for modeltap_traced).
     from modeltap import ModelTapMiddleware
@@ -128,4 +132,5 @@ elif mode in ("modeltap", "modeltap_traced"):
         ModelTapMiddleware,
         model_name="bench",
         reference=os.environ.get("MODELTAP_BENCH_REFERENCE") or None,
+        monitor="inline" if mode == "modeltap_inline" else "process",
     )
