@@ -283,6 +283,7 @@ def test_kill_9_of_the_monitor_under_load_fails_no_request_and_counts_the_gap(
             assert wait_until(lambda: load.answered >= 300, 30), load.failures
             old = server.monitor_pid()
             load.pause()
+            assert load.failures == []
             before = load.answered
             old_status = settled_status(server, lambda d: accounted(d) == before)
             assert old_status["process"]["pid"] == old

@@ -100,6 +100,9 @@ class Shipper:
         # monitor's series counts from where the one before it stopped (see `since`).
         self._reported: dict[str, Any] = {}
         self._baseline: dict[str, Any] = {}
+        # Counts written on this connection that the monitor has not answered since: a monitor
+        # killed (or paused) before reading them never knew them.
+        self._written: dict[str, Any] | None = None
         # Records sent and acknowledged on the current connection (the rest die with it).
         self._sent = 0
         self._acked = 0
@@ -260,6 +263,7 @@ class Shipper:
         # What the monitor that went away had been told dies with its series; the next monitor's
         # series starts from here, and counts the loss (records sent, never processed) below.
         self._baseline = self._reported
+        self._written = None
         self.lost += max(0, self._sent - self._acked)
         self._sent = self._acked = 0
         with contextlib.suppress(OSError):
@@ -345,7 +349,7 @@ class Shipper:
         except OSError:
             self._disconnect()
             return
-        self._reported = counts
+        self._written = counts  # reported once the monitor answers (see `_handle`)
 
     def _send_flushes(self) -> None:
         with self._lock:
@@ -406,6 +410,12 @@ class Shipper:
             self._handle(kind, payload)
 
     def _handle(self, kind: int, payload: memoryview) -> None:
+        # The monitor answered after the last counts were written: it has read them. Counts only
+        # written never become the next monitor's baseline: a connection that a dying monitor's
+        # listener accepted, or a monitor paused and then killed, would otherwise take with it
+        # increments (the loss of its death among them) that no monitor ever counted.
+        if self._written is not None:
+            self._reported, self._written = self._written, None
         try:
             document = orjson.loads(payload)
         except orjson.JSONDecodeError:
