@@ -1,9 +1,11 @@
 #!/bin/bash
 # Sidecar throughput, side by side in one run: nginx proxy_pass vs the modeltap sidecar in front of
-# the same upstream (the bare app). Upstream and proxies share core 0; wrk and the OTLP sink run on
-# core 1. Variants: nginx (one worker, upstream keep-alive), `proxy` (the sidecar with monitoring
-# off: the data path alone), `sidecar` (full monitoring: reference profile, OTLP metrics every 5 s,
-# traces at the default 10 %), `sidecar_traced` (every request traced).
+# the same upstream (the bare app). Upstream and proxies share core 0; wrk, the OTLP sink and the
+# sidecar's monitor process (MODELTAP_MONITOR_CPUS=1) run on core 1. Variants: nginx (one worker,
+# upstream keep-alive), `proxy` (the sidecar with monitoring off: the data path alone), `sidecar`
+# (full monitoring: reference profile, OTLP metrics every 5 s, traces at the default 10 %),
+# `sidecar_inline` (the same, analysis inside the data plane), `sidecar_traced` (every request
+# traced).
 # Needs Debian's wrk and nginx-light.   usage: PY=.venv/bin/python bench/run_proxy.sh
 # Env: ROUNDS (5), DUR (3 s), LUA=post30.lua for the 30-feature workload.
 set -eu
@@ -11,6 +13,7 @@ cd "$(dirname "$0")"
 PY=${PY:-python3}
 BIN=$(dirname "$PY")
 tmp=$(mktemp -d)
+export MODELTAP_MONITOR_CPUS=1 MODELTAP_RUN_DIR="$tmp"
 "$PY" make_reference.py "$tmp/reference.json" "${FEATURES:-10}" >/dev/null
 APP=bare taskset -c 0 "$PY" -m uvicorn apps:app --port 18099 --log-level error --no-access-log \
   --loop uvloop --http httptools >/dev/null 2>&1 &
@@ -24,5 +27,6 @@ OTLP="OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18200 OTEL_METRIC_EXPORT_INTE
 "$PY" abbench.py "nginx=./nginx-proxy.sh {port} 18099" \
   "proxy=MODELTAP_ENABLED=false $S --admin-port 18301" \
   "sidecar=$OTLP $S --admin-port 18302 --reference $tmp/reference.json --model-name bench" \
+  "sidecar_inline=$OTLP MODELTAP_MONITOR=inline $S --admin-port 18304 --reference $tmp/reference.json --model-name bench" \
   "sidecar_traced=$OTLP OTEL_TRACES_SAMPLER=always_on $S --admin-port 18303 --reference $tmp/reference.json --model-name bench" \
   "$@"

@@ -35,10 +35,10 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # status, request_size, response_size, weight, payload_weight, flags, client_port, server_port
 _FIXED = struct.Struct("<q4diqqiiBii")
 _TRACE = struct.Struct("<QQQQ")  # trace id (high, low), span id, parent span id
-# Lengths of: method, scheme, http_version, path, query_string, route template, client host,
-# server host, exception type, proxy error, trace state, request headers, response headers,
+# Lengths of: method NUL scheme NUL http_version, path, query_string, route template, client host
+# NUL server host, exception type, proxy error, trace state, request headers, response headers,
 # request body, response body.
-_LENGTHS = struct.Struct("<15I")
+_LENGTHS = struct.Struct("<12I")
 _NAN = math.nan
 
 _DISCONNECTED, _TRACED, _REMOTE_PARENT, _SAMPLED, _ENRICHED = 1, 2, 4, 8, 16
@@ -63,6 +63,24 @@ def _headers(headers: Iterable[tuple[bytes, bytes]], wanted: frozenset[bytes]) -
     return b"\n".join(
         [name + b":" + value for name, value in headers if name in wanted and b"\n" not in value]
     )
+
+
+def _joined(parts: list[bytes]) -> bytes:
+    """Several short texts as one field: their u16 lengths, then the texts (each cut at 64 KiB)."""
+    parts = [part[:65535] for part in parts]
+    return struct.pack(f"<{len(parts)}H", *map(len, parts)) + b"".join(parts)
+
+
+def _split(blob: bytes, count: int) -> list[bytes]:
+    lengths = struct.unpack_from(f"<{count}H", blob)
+    position = 2 * count
+    if position + sum(lengths) != len(blob):
+        raise ValueError("malformed joined field")
+    parts = []
+    for length in lengths:
+        parts.append(blob[position : position + length])
+        position += length
+    return parts
 
 
 def _parse_headers(blob: bytes) -> list[tuple[bytes, bytes]]:
@@ -97,6 +115,8 @@ class RecordEncoder:
         self._routes = RouteTemplates()
         # Methods, schemes, versions and peer addresses repeat: encode each once (bounded).
         self._texts: dict[str, bytes] = {}
+        self._protocols: dict[tuple[Any, Any, Any], bytes] = {}
+        self._peer_texts: dict[tuple[Any, Any], bytes] = {}
 
     def _text(self, value: Any) -> bytes:
         texts = self._texts
@@ -107,8 +127,25 @@ class RecordEncoder:
                 texts[value] = encoded
         return encoded
 
+    def _protocol(self, method: Any, scheme: Any, version: Any) -> bytes:
+        """Method, scheme and HTTP version as one field (they repeat: encoded once each)."""
+        key = (method, scheme, version)
+        encoded = self._protocols.get(key)
+        if encoded is None:
+            encoded = _joined([self._text(v) for v in key])
+            if len(self._protocols) < 256:
+                self._protocols[key] = encoded
+        return encoded
+
     def encode(self, raw: RawRecord) -> tuple[bytes, list[bytes]]:
         """The record's bytes: everything but the bodies, then the kept body chunks."""
+        out: list[bytes] = []
+        self.encode_into(raw, out)
+        return out[0], out[1:]
+
+    def encode_into(self, raw: RawRecord, out: list[bytes]) -> int:
+        """Append the record's buffers to `out` (the kept body chunks as they are, not copied);
+        returns how many bytes were appended. The shipper's hot loop: one call per exchange."""
         (scope, root_path_at_start, start_ns, started, response_started, ended, finished, status,
          response_headers, request_parts, request_size, response_parts, response_size,
          exception_type, disconnected, trace, weight, payload_weight, first_body) = raw  # fmt: skip
@@ -132,21 +169,22 @@ class RecordEncoder:
             trace_state = trace.trace_state.encode("latin-1", "replace")
         template = self._routes.of(scope, root_path_at_start)
         proxy_error = get(PROXY_ERROR_KEY)
-        strings = (
-            text(get("method", "GET")),
-            text(get("scheme", "http")),
-            text(get("http_version", "1.1")),
-            get("path", "").encode("utf-8", "surrogateescape"),
-            bytes(get("query_string", b"")),
-            text(template) if template else b"",
-            text(client[0]) if client else b"",
-            text(server[0]) if server else b"",
-            text(exception_type) if exception_type else b"",
-            text(proxy_error) if proxy_error else b"",
-            trace_state,
-            _headers(get("headers") or (), self._request_wanted),
-            _headers(response_headers, self._response_wanted),
-        )
+        protocol = self._protocol(get("method", "GET"), get("scheme", "http"), get("http_version", "1.1"))
+        path = get("path", "").encode("utf-8", "surrogateescape")
+        query = get("query_string", b"")
+        if type(query) is not bytes:
+            query = bytes(query)
+        route = text(template) if template else b""
+        peers = self._peers(client, server)
+        failure = text(exception_type) if exception_type else b""
+        proxy = text(proxy_error) if proxy_error else b""
+        request_headers = _headers(get("headers") or (), self._request_wanted)
+        answer_headers = _headers(response_headers, self._response_wanted)
+        request_length = response_length = 0
+        for part in request_parts:
+            request_length += len(part)
+        for part in response_parts:
+            response_length += len(part)
         head = b"".join(
             (
                 _FIXED.pack(
@@ -166,12 +204,45 @@ class RecordEncoder:
                 ),
                 trace_part,
                 _LENGTHS.pack(
-                    *map(len, strings), sum(map(len, request_parts)), sum(map(len, response_parts))
+                    len(protocol),
+                    len(path),
+                    len(query),
+                    len(route),
+                    len(peers),
+                    len(failure),
+                    len(proxy),
+                    len(trace_state),
+                    len(request_headers),
+                    len(answer_headers),
+                    request_length,
+                    response_length,
                 ),
-                *strings,
+                protocol,
+                path,
+                query,
+                route,
+                peers,
+                failure,
+                proxy,
+                trace_state,
+                request_headers,
+                answer_headers,
             )
         )
-        return head, [*request_parts, *response_parts]
+        out.append(head)
+        out.extend(request_parts)
+        out.extend(response_parts)
+        return len(head) + request_length + response_length
+
+    def _peers(self, client: Any, server: Any) -> bytes:
+        """Client and server host as one field (a host of None is an empty part)."""
+        key = (client[0] if client else None, server[0] if server else None)
+        encoded = self._peer_texts.get(key)
+        if encoded is None:
+            encoded = _joined([self._text(v) if v is not None else b"" for v in key])
+            if len(self._peer_texts) < 1024:
+                self._peer_texts[key] = encoded
+        return encoded
 
 
 def decode_records(payload: memoryview) -> list[RawRecord]:
@@ -219,9 +290,10 @@ def _decode_one(payload: memoryview, position: int) -> tuple[RawRecord, int]:
             raise ValueError("field beyond the end of the batch")
         fields.append(bytes(payload[position:end]))
         position = end
-    (method, scheme, http_version, path, query, template, client_host, server_host, exception_type,
-     proxy_error, trace_state, request_headers, response_headers, request_body,
-     response_body) = fields  # fmt: skip
+    (protocol, path, query, template, peers, exception_type, proxy_error, trace_state,
+     request_headers, response_headers, request_body, response_body) = fields  # fmt: skip
+    method, scheme, http_version = _split(protocol, 3)
+    client_host, server_host = _split(peers, 2)
     if trace is not None:
         trace = trace._replace(trace_state=trace_state.decode("latin-1"))
     scope: dict[str, Any] = {

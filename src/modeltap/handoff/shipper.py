@@ -34,7 +34,7 @@ _log = logging.getLogger("modeltap")
 BATCH_RECORDS = 256
 BATCH_BYTES = 4 * 1024 * 1024
 MAX_IOV = 1000  # below Linux's IOV_MAX (1024) buffers per sendmsg
-BUSY_WAIT_S = 0.001
+BUSY_WAIT_S = 0.005
 IDLE_WAIT_S = 0.02
 # Shipping per turn of the thread's loop: under sustained load the queue never empties, and each
 # turn must still send the counts and flush requests and read the monitor's control messages.
@@ -276,13 +276,20 @@ class Shipper:
 
     # ---- sending --------------------------------------------------------------------------------
 
-    def _send(self, buffers: list[bytes]) -> None:
+    def _send(self, buffers: list[bytes], total: int = -1) -> None:
+        """Write all of `buffers` (`total`: their size, if known); one `sendmsg` in the usual case."""
         sock = self._sock
         assert sock is not None
-        views = [memoryview(b) for b in buffers if b]
-        while views:
+        if total < 0:
+            total = sum(map(len, buffers))
+        start = 0  # buffers[:start] are written; `offset` bytes of buffers[start] too
+        offset = 0
+        while total > 0:
+            chunk: list[Any] = buffers[start : start + MAX_IOV]
+            if offset:
+                chunk[0] = memoryview(chunk[0])[offset:]
             try:
-                sent = sock.sendmsg(views[:MAX_IOV])
+                sent = sock.sendmsg(chunk)
             except TimeoutError:
                 # A monitor that still holds its lock is slow (back-pressure, or paused by its
                 # host), not gone: wait on. Dropping the connection would count as lost the
@@ -290,14 +297,14 @@ class Shipper:
                 if self._place.monitor_alive():
                     continue
                 raise
-            while sent:
-                first = views[0]
-                if sent >= len(first):
-                    sent -= len(first)
-                    views.pop(0)
-                else:
-                    views[0] = first[sent:]
-                    sent = 0
+            total -= sent
+            # Skip the buffers written in full; a partial one continues at its offset.
+            sent += offset
+            offset = 0
+            while start < len(buffers) and sent >= len(buffers[start]):
+                sent -= len(buffers[start])
+                start += 1
+            offset = sent
 
     def _ship(self) -> bool:
         """Send what is queued, in batches, for at most TURN_S; True if anything was sent."""
@@ -315,19 +322,15 @@ class Shipper:
             try:
                 buffers: list[bytes] = [b"", framing.COUNT.pack(len(batch))]
                 total = framing.COUNT.size
-                encode = self._encoder.encode
+                encode_into = self._encoder.encode_into
                 for raw in batch:
-                    head, bodies = encode(raw)
-                    buffers.append(head)
-                    total += len(head)
-                    for body in bodies:
-                        buffers.append(body)
-                        total += len(body)
+                    total += encode_into(raw, buffers)
                 buffers[0] = framing.FRAME.pack(total + 1, framing.RECORDS)
+                total += framing.FRAME.size
                 count = len(batch)
                 del batch
                 try:
-                    self._send(buffers)
+                    self._send(buffers, total)
                 except OSError:
                     self.lost += count
                     self._disconnect()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from modeltap.capture.routes import RouteTemplates
 from modeltap.handoff.framing import (
+    _LENGTHS,
     COUNT,
     FRAME,
     RECORDS,
@@ -389,9 +390,9 @@ def test_a_field_length_past_the_end_raises_value_error() -> None:
     scope = {"type": "http", "path": "/p", "headers": []}
     raw = record_of(scope, request_parts=[b"body"], request_size=4)
     payload = bytearray(payload_of([raw]))
-    # The lengths table follows the fixed part (no trace); the 4th length is the path's.
+    # The lengths table follows the fixed part (no trace): one length per variable field.
     lengths_at = COUNT.size + struct.calcsize("<q4diqqiiBii")
-    for index in range(15):
+    for index in range(_LENGTHS.size // 4):
         broken = bytearray(payload)
         struct.pack_into("<I", broken, lengths_at + 4 * index, 2**32 - 1)
         with pytest.raises(ValueError, match="beyond the end"):
