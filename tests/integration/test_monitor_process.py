@@ -158,6 +158,8 @@ def accounted(document: dict[str, Any]) -> int:
 def check_one_monitor_for_all_workers(server: RunningServer) -> int:
     """N requests spread over the workers; every worker's views give the totals of all of them.
     Returns the monitor's pid."""
+    # The server answers once its first worker is up; gunicorn forks the others a little later.
+    assert wait_until(lambda: len(server.worker_pids()) == WORKERS, timeout_s=20.0), server.describe()
     load = PipelinedLoad(server.port, connections=3, reconnect=True)
     load.run(requests=N)
     assert load.failures == []
@@ -181,10 +183,12 @@ def check_one_monitor_for_all_workers(server: RunningServer) -> int:
     assert len({d["process"]["instance_id"] for d in documents.values()}) == 1
 
     # Successive scrapes, answered by any worker, never alternate between workers' counters.
+    # (Which worker accepts a connection is the kernel's choice: on a busy machine one may take
+    # none of them, so two different workers are enough to show it.)
     scrapes: list[tuple[int, int]] = []
     with fresh_client(server) as client:
-        while len(scrapes) < 10 or len({worker for worker, _ in scrapes}) < WORKERS:
-            assert len(scrapes) < 100, f"scrapes never reached every worker: {scrapes}"
+        while len(scrapes) < 10 or len({worker for worker, _ in scrapes}) < 2:
+            assert len(scrapes) < 300, f"scrapes never reached two workers: {scrapes}"
             response = client.get("/modeltap/metrics")
             assert response.status_code == 200
             scrapes.append((int(response.headers["x-worker-pid"]), requests_in_metrics(response.text)))
@@ -301,18 +305,20 @@ def test_kill_9_of_the_monitor_under_load_fails_no_request_and_counts_the_gap(
             killed_at = load.answered
 
             assert wait_until(lambda: server.monitor_pids() not in ([], [old]), 20), server.describe()
-            new = server.monitor_pid()
-            assert new != old
             assert wait_until(lambda: load.answered >= killed_at + 300, 20), load.failures
         finally:
             load.stop()
         assert load.failures == []
         answered = load.answered
 
+        # Several serving processes may each start a monitor; the first to take the lock is the
+        # one that serves, which is not necessarily the first started: read it from /status.
         final = settled_status(
-            server, lambda d: d["process"]["pid"] == new and counted_by_old + accounted(d) == answered
+            server, lambda d: d["process"]["pid"] != old and counted_by_old + accounted(d) == answered
         )
-    assert final["process"]["pid"] == new
+        new = final["process"]["pid"]
+        assert new != old
+        assert server.monitor_pid() == new, server.describe()
     assert final["monitoring"]["mode"] == "process"
     dropped = final["dropped"]
     print(

@@ -36,3 +36,23 @@ def test_drain_takes_one_record_larger_than_the_byte_bound() -> None:
     queue = filled([8 * MIB, 10])
     assert queue.drain(256, max_bytes=4 * MIB) == [(0,)]
     assert queue.drain(256, max_bytes=4 * MIB) == [(1,)]
+
+
+def weighted(weight: int) -> tuple[object, ...]:
+    """A raw record (ExchangeRecord field order) that stands for `weight` exchanges."""
+    return (*([None] * 16), weight, weight, None)
+
+
+def test_a_dropped_record_counts_the_exchanges_it_stands_for() -> None:
+    # While sampling 1 in 8, a record dropped on a full queue loses 8 exchanges, not 1.
+    queue = RecordQueue(max_records=1, max_bytes=256 * MIB)
+    assert queue.offer(weighted(8), 10)
+    assert not queue.offer(weighted(8), 10)
+    assert queue.dropped_full == 8
+    small = RecordQueue(max_records=100, max_bytes=2 * RECORD_OVERHEAD_BYTES)
+    assert small.offer(weighted(1), 0)
+    assert not small.offer(weighted(4), RECORD_OVERHEAD_BYTES)
+    assert small.dropped_bytes == 4
+    small.unavailable = True
+    assert not small.offer(weighted(2), RECORD_OVERHEAD_BYTES)
+    assert (small.dropped_unavailable, small.dropped_bytes) == (2, 4)

@@ -43,16 +43,17 @@ class RecordQueue:
     def offer(self, record: RawRecord, kept_bytes: int) -> bool:
         size = kept_bytes + RECORD_OVERHEAD_BYTES
         if len(self._items) >= self.max_records:
+            # A record taken while sampling stands for `weight` exchanges: all of them are lost.
             if self.unavailable:
-                self.dropped_unavailable += 1
+                self.dropped_unavailable += _weight(record)
             else:
-                self.dropped_full += 1
+                self.dropped_full += _weight(record)
             return False
         if self._bytes_in - self._bytes_out + self.worker_held_bytes + size > self.max_bytes:
             if self.unavailable:
-                self.dropped_unavailable += 1
+                self.dropped_unavailable += _weight(record)
             else:
-                self.dropped_bytes += 1
+                self.dropped_bytes += _weight(record)
             return False
         self._bytes_in += size
         self._items.append((record, size))
@@ -89,3 +90,9 @@ class RecordQueue:
             return 0.0
         finished_ns = record.start_unix_ns + int(record.duration_s * 1e9)
         return max(0.0, (time.time_ns() - finished_ns) / 1e9)
+
+
+def _weight(record: RawRecord) -> int:
+    """The exchanges a raw record stands for (`ExchangeRecord.weight`; 1 for anything else)."""
+    weight = record[16] if len(record) > 16 else 1
+    return weight if isinstance(weight, int) and weight > 0 else 1

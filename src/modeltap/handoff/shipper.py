@@ -41,6 +41,8 @@ IDLE_WAIT_S = 0.02
 TURN_S = 0.05
 COUNTS_INTERVAL_S = 0.5
 SEND_TIMEOUT_S = 5.0
+# Monitors that exit with an error before one ever took a connection: then analyse inline.
+MAX_FAILED_STARTS = 3
 CONNECT_TIMEOUT_S = 1.0
 
 
@@ -66,6 +68,7 @@ class Shipper:
         hello: dict[str, Any] | None = None,
         spawn: bool = True,
         before_batch: Callable[[list[Any]], None] | None = None,
+        on_give_up: Callable[[str], None] | None = None,
         after_ship: Callable[[], None] | None = None,
         pass_fds: tuple[int, ...] = (),
     ) -> None:
@@ -78,6 +81,9 @@ class Shipper:
         self._hello = {"pid": os.getpid(), "version": __version__, **(hello or {})}
         self._spawn = spawn
         self._before_batch = before_batch
+        self._on_give_up = on_give_up
+        self.gave_up: str | None = None
+        self._failed_starts = 0
         self._after_ship = after_ship  # once per turn, after shipping (the tap's overload sampling)
         self._pass_fds = pass_fds
         self._sock: socket.socket | None = None
@@ -209,7 +215,7 @@ class Shipper:
 
     def _connect(self) -> bool:
         now = time.monotonic()
-        if now < self._next_connect:
+        if now < self._next_connect or self.gave_up is not None:
             return False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT_S)
@@ -242,6 +248,11 @@ class Shipper:
         spawned = self._spawned
         if spawned is not None and spawned.poll() is not None:
             self._spawned = None  # reap it: it exited (it lost the lock, or stopped)
+            if spawned.returncode != 0 and not self.connections:
+                self._failed_starts += 1
+                if self._failed_starts >= MAX_FAILED_STARTS:
+                    self._give_up(f"the monitor process exited with status {spawned.returncode} at start-up")
+                    return
         if self._place.monitor_alive():
             return
         if time.monotonic() - self._spawned_at < 1.0:
@@ -250,9 +261,22 @@ class Shipper:
             self._spawned = self._place.spawn_monitor(self._document, self._pass_fds)
             self._spawned_at = time.monotonic()
         except OSError as exc:
-            _log.warning("modeltap: cannot start the monitor process: %s", exc)
             self._spawned = None
-            self._next_connect = time.monotonic() + 1.0
+            self._give_up(f"cannot start the monitor process: {exc}")
+
+    def _give_up(self, reason: str) -> None:
+        """No monitor can run here: the tap analyses in its own process from now on."""
+        self.gave_up = reason
+        self._stop.set()
+        with self._lock:  # no monitor will answer these
+            for _, done in self._flush_requests:
+                done.set()
+            self._flush_requests.clear()
+        if self._on_give_up is not None:
+            try:
+                self._on_give_up(reason)
+            except Exception:
+                _log.exception("modeltap: falling back to the inline analysis failed")
 
     def _disconnect(self) -> None:
         sock = self._sock

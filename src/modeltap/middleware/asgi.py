@@ -120,6 +120,8 @@ class ModelTapMiddleware:
             capture = tap.capture
         views = self._views
         if views is not None and views.handles(scope):
+            if views.remote is not None and tap.mode != "process":
+                views.remote = None  # the tap fell back to analysing in this process
             await views(scope, receive, send)
             return
         if capture is None:

@@ -52,6 +52,7 @@ class Inbox:
 
     def __init__(self, max_bytes: int, pause: Callable[[bool], None]) -> None:
         self._items: collections.deque[Item] = collections.deque()
+        self._arrivals: collections.deque[float] = collections.deque()  # monotonic, per item
         self._bytes = 0
         self._max = max_bytes
         self._pause = pause
@@ -67,6 +68,7 @@ class Inbox:
         """Event-loop thread."""
         with self._lock:
             self._items.append(item)
+            self._arrivals.append(time.monotonic())
             if not isinstance(item, Flush):
                 self._bytes += len(item[1])
             over = self._bytes > self._max and not self._paused
@@ -83,6 +85,7 @@ class Inbox:
                 self.ready.clear()
                 return None
             item = self._items.popleft()
+            self._arrivals.popleft()
             if not isinstance(item, Flush):
                 self._bytes -= len(item[1])
             # Below half the bound, or empty: with a bound under 2 bytes half of it is 0, and an
@@ -97,6 +100,11 @@ class Inbox:
     @property
     def pending_bytes(self) -> int:
         return self._bytes
+
+    def oldest_age_s(self) -> float:
+        """How long the oldest item has waited for the analysis (the monitor's own lag)."""
+        with self._lock:
+            return time.monotonic() - self._arrivals[0] if self._arrivals else 0.0
 
     def __len__(self) -> int:
         return len(self._items)

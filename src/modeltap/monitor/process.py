@@ -321,6 +321,13 @@ class Monitor:
 
     def _serving_counts(self) -> ServingCounts:
         counts = self.feeders.serving_counts(self.control)
+        # The backlog is the serving processes' queues and this monitor's inbox together: a
+        # monitor that falls behind shows it in `queue_bytes` and `worker_lag_s`.
+        counts = dataclasses.replace(
+            counts,
+            queue_bytes=counts.queue_bytes + self.inbox.pending_bytes,
+            worker_lag_s=max(counts.worker_lag_s, self.inbox.oldest_age_s()),
+        )
         if self._memory.shed_records:
             dropped = {**dict(counts.dropped), "monitor_memory": self._memory.shed_records}
             counts = dataclasses.replace(counts, dropped=tuple(sorted(dropped.items())))

@@ -140,6 +140,8 @@ class Sidecar:
         self._force = False
         self.proxy_server: _Server | None = None
         self.admin_server: _Server | None = None
+        self._admin_task: asyncio.Future[None] | None = None
+        self._common: dict[str, Any] = {}
         self.proxy_socket: socket.socket | None = None
         self.admin_socket: socket.socket | None = None
 
@@ -204,6 +206,7 @@ class Sidecar:
             "date_header": False,
             "proxy_headers": False,  # the proxy writes X-Forwarded-* itself; never rewrite the peer
         }
+        self._common = common
         proxy_config = uvicorn.Config(
             self.middleware,
             http=self._protocol,
@@ -217,16 +220,16 @@ class Sidecar:
         # uvicorn takes whole seconds; the drain deadline is honoured as configured (0.5 s is 0.5 s).
         proxy_config.timeout_graceful_shutdown = settings.drain_timeout_s  # type: ignore[assignment]
         self.proxy_server = _Server(proxy_config)
-        admin_task: asyncio.Future[None] | None = None
         if self.process_mode:
+            loop = asyncio.get_running_loop()
+            # A monitor that cannot run here after all: the admin port is served here then.
+            self.tap.on_fallback = lambda: loop.call_soon_threadsafe(self._serve_admin_here)
             self._hand_admin_port_to_the_monitor()
             # No monitor could be started (the run directory is unusable): serve it all here.
             self.process_mode = self.tap.mode == "process"
         if not self.process_mode:
-            admin_config = uvicorn.Config(self.admin, http="httptools", lifespan="off", **common)
-            self.admin_server = _Server(admin_config)
-            admin_task = asyncio.ensure_future(self.admin_server.serve(sockets=[self.admin_socket]))
-            self.readiness.start()
+            self._serve_admin_here()
+        admin_task = self._admin_task
         proxy_task = asyncio.ensure_future(self.proxy_server.serve(sockets=[self.proxy_socket]))
         self.resolve_check = self.warn_if_upstream_does_not_resolve()
         admin_server = self.admin_server
@@ -239,10 +242,10 @@ class Sidecar:
         stop_wait = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait({stop_wait, proxy_task}, return_when=asyncio.FIRST_COMPLETED)
         await self._drain(proxy_task)
-        if self.admin_server is not None and admin_task is not None:
+        if self.admin_server is not None and self._admin_task is not None:
             self.admin_server.should_exit = True
             with contextlib.suppress(Exception):
-                await admin_task
+                await self._admin_task
         stop_wait.cancel()
         self.failure_log.flush()  # what the last interval counted, before the process ends
         if self._force and self.proxy_server.started:
@@ -274,6 +277,16 @@ class Sidecar:
         if self.process_mode and self.admin_socket is not None:
             self.admin_socket.close()  # held for the monitor, which is gone now
         _log.info("modeltap sidecar: shutdown complete")
+
+    def _serve_admin_here(self) -> None:
+        """The admin port from this process (inline mode, or the monitor process fell through)."""
+        if self._admin_task is not None or self.admin_socket is None:
+            return
+        self.process_mode = False
+        config = uvicorn.Config(self.admin, http="httptools", lifespan="off", **self._common)
+        self.admin_server = _Server(config)
+        self._admin_task = asyncio.ensure_future(self.admin_server.serve(sockets=[self.admin_socket]))
+        self.readiness.start()
 
     def _hand_admin_port_to_the_monitor(self) -> None:
         """Process mode: the monitor serves the admin port on the socket bound here (kept open

@@ -111,6 +111,7 @@ class Tap:
         self.monitor_extras: dict[str, Any] = {}
         self.run_directory: Path | None = None  # else MODELTAP_RUN_DIR or the default
         self.shutdown_deadline = 0.0  # when `shutdown` must be done by (monotonic)
+        self.on_fallback: Any = None  # called once process mode fell back to inline
         self.monitor_pass_fds: tuple[int, ...] = ()
         self.extra_counts: dict[str, Any] = {}
 
@@ -180,6 +181,28 @@ class Tap:
             atexit.register(self.shutdown)
             self._registered_exit = True
 
+    def _fall_back_inline(self, reason: str) -> None:
+        """No monitor process can run here (shipper thread): analyse in this process from now on,
+        on the same queue, so nothing captured so far is lost."""
+        _log.warning("modeltap: %s; analysing in this process instead", reason)
+        with self._lock:
+            if self.mode != "process":
+                return
+            processor = self._local_spans
+            if processor is not None:
+                self.analyzer.start(span_processor=processor, base_resource=self._local_resource)
+            else:
+                self.analyzer.start()
+            self._local_spans = None
+            self.queue.unavailable = False
+            self.shipper = None
+            self.mode = "inline"
+            self._stop.clear()
+            self._worker = threading.Thread(target=self._run, name="modeltap-worker", daemon=True)
+            self._worker.start()
+        if self.on_fallback is not None:
+            self.on_fallback()
+
     def _start_shipper(self, app_provider: SdkTracerProvider | None) -> bool:
         """Process mode: ship to the server's monitor (started if needed); False: stay inline."""
         config = self.config
@@ -220,6 +243,7 @@ class Tap:
             before_batch=self._before_batch,
             after_ship=self._follow_load,
             pass_fds=self.monitor_pass_fds,
+            on_give_up=self._fall_back_inline,
         )
         self.mode = "process"
         self.shipper.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -462,3 +463,17 @@ def test_a_hello_without_an_integer_pid_is_ignored() -> None:
         await until(lambda: session.connection.feeder.transport is None)
 
     asyncio.run(main())
+
+
+def test_the_inbox_says_how_long_its_oldest_batch_has_waited() -> None:
+    paused: list[bool] = []
+    inbox = Inbox(1 << 20, paused.append)
+    assert inbox.oldest_age_s() == 0.0
+    inbox.put((Feeder(), memoryview(b"abc")))
+    time.sleep(0.05)
+    inbox.put((Feeder(), memoryview(b"def")))
+    assert inbox.oldest_age_s() >= 0.05
+    inbox.take()
+    assert inbox.oldest_age_s() < 0.05
+    inbox.take()
+    assert inbox.oldest_age_s() == 0.0
