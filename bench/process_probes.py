@@ -20,6 +20,24 @@ def rss_mib(pid: int) -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def children_running(parent: int, needle: str) -> list[int]:
+    """Pids of `parent`'s children whose command line contains `needle`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ppid == parent and needle in command:
+            found.append(int(entry))
+    return found
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as handle:

@@ -5,8 +5,9 @@
 # Needs: pip install -e '.[bench]' and Debian's wrk.  usage: PY=.venv/bin/python bench/run_middleware.sh
 # Env: ROUNDS (5), DUR (3 s), LUA=post30.lua for the 30-feature workload.
 set -eu
-cd "$(dirname "$0")"
 PY=${PY:-python3}
+case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac  # the script works from bench/
+cd "$(dirname "$0")"
 taskset -c 1 "$PY" otlp_sink.py 18200 >/dev/null 2>&1 &
 sink=$!
 trap 'kill $sink 2>/dev/null' EXIT

@@ -4,11 +4,12 @@
 # (MODELTAP_MONITOR_CPUS=1) on core 1. Two workloads: the shared reference app (16 connections)
 # and a scikit-learn logistic regression on 30 features, 8 rows a request, with a reference
 # profile (16 connections, then 1 connection for p99).
-# Needs: pip install -e '.[bench]' scikit-learn, Debian's wrk.  usage: PY=.venv/bin/python bench/run_monitor.sh
+# Needs: pip install -e '.[bench]', Debian's wrk.  usage: PY=$PWD/.venv/bin/python bench/run_monitor.sh
 # Env: ROUNDS (5), DUR (3 s).
 set -eu
-cd "$(dirname "$0")"
 PY=${PY:-python3}
+case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac  # the script works from bench/
+cd "$(dirname "$0")"
 export MODELTAP_MONITOR_CPUS=1
 export MODELTAP_RUN_DIR=${MODELTAP_RUN_DIR:-$(mktemp -d /tmp/mt-bench.XXXX)}
 taskset -c 1 "$PY" otlp_sink.py 18200 >/dev/null 2>&1 &

@@ -9,8 +9,9 @@
 # Needs Debian's wrk and nginx-light.   usage: PY=.venv/bin/python bench/run_proxy.sh
 # Env: ROUNDS (5), DUR (3 s), LUA=post30.lua for the 30-feature workload.
 set -eu
-cd "$(dirname "$0")"
 PY=${PY:-python3}
+case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac  # the script works from bench/
+cd "$(dirname "$0")"
 BIN=$(dirname "$PY")
 tmp=$(mktemp -d)
 export MODELTAP_MONITOR_CPUS=1 MODELTAP_RUN_DIR="$tmp"
@@ -24,9 +25,14 @@ trap 'kill $upstream $sink 2>/dev/null; rm -rf "$tmp"' EXIT
 sleep 2
 S="taskset -c 0 $BIN/modeltap sidecar --upstream http://127.0.0.1:18099 --host 127.0.0.1 --port {port} --log-level warning"
 OTLP="OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18200 OTEL_METRIC_EXPORT_INTERVAL=5000"
+echo "== 16 connections"
 "$PY" abbench.py "nginx=./nginx-proxy.sh {port} 18099" \
   "proxy=MODELTAP_ENABLED=false $S --admin-port 18301" \
   "sidecar=$OTLP $S --admin-port 18302 --reference $tmp/reference.json --model-name bench" \
   "sidecar_inline=$OTLP MODELTAP_MONITOR=inline $S --admin-port 18304 --reference $tmp/reference.json --model-name bench" \
   "sidecar_traced=$OTLP OTEL_TRACES_SAMPLER=always_on $S --admin-port 18303 --reference $tmp/reference.json --model-name bench" \
   "$@"
+echo "== 1 connection (p99)"
+CONN=1 "$PY" abbench.py "nginx=./nginx-proxy.sh {port} 18099" \
+  "sidecar=$OTLP $S --admin-port 18305 --reference $tmp/reference.json --model-name bench" \
+  "sidecar_inline=$OTLP MODELTAP_MONITOR=inline $S --admin-port 18306 --reference $tmp/reference.json --model-name bench"

@@ -3,8 +3,9 @@
 # nginx, the sidecar's data path alone, and the sidecar with full monitoring; twice in rotation.
 # usage: PY=.venv/bin/python bench/run_proxy_cpu.sh
 set -eu
-cd "$(dirname "$0")"
 PY=${PY:-python3}
+case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac  # the script works from bench/
+cd "$(dirname "$0")"
 BIN=$(dirname "$PY")
 tmp=$(mktemp -d)
 "$PY" make_reference.py "$tmp/reference.json" 10 >/dev/null
