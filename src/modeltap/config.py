@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -260,6 +262,10 @@ class ModelTapConfig:
     # Drift window: `window_slots` tumbling slots of `window_slot_s` seconds (STATS.md: 15 x 60 s).
     window_slots: int = 15
     window_slot_s: float = 60.0
+    # Bounds of the request-duration histogram (seconds). The defaults are the semantic
+    # conventions'; their lowest bound is 5 ms, so percentiles a backend computes from them
+    # cannot tell 1 ms from 4 ms: give finer bounds for fast models (docs/backends.md).
+    duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS_S
     # Alert thresholds (STATS.md "Alert levels").
     psi_warning: float = 0.1
     psi_critical: float = 0.2
@@ -311,6 +317,16 @@ class ModelTapConfig:
         if self.window_slots < 1 or self.window_slots > 1440:
             raise ConfigError(
                 f"window_slots must be within 1..1440, got {self.window_slots!r}", "window_slots"
+            )
+        buckets = self.duration_buckets
+        if not (
+            1 <= len(buckets) <= 64
+            and all(isinstance(b, (int, float)) and 0 < b < math.inf for b in buckets)
+            and all(a < b for a, b in itertools.pairwise(buckets))
+        ):
+            raise ConfigError(
+                f"duration_buckets must be 1 to 64 increasing finite bounds > 0 (seconds), got {buckets!r}",
+                "duration_buckets",
             )
         if self.window_slot_s <= 0:
             raise ConfigError(f"window_slot_s must be > 0, got {self.window_slot_s!r}", "window_slot_s")
@@ -435,6 +451,11 @@ class ModelTapConfig:
         take("MODELTAP_VIEWS_ALLOW", "views_allow", split)
         take("MODELTAP_CAPTURE_REQUEST_HEADERS", "capture_request_headers", split)
         take("MODELTAP_CAPTURE_RESPONSE_HEADERS", "capture_response_headers", split)
+        take(
+            "MODELTAP_DURATION_BUCKETS",
+            "duration_buckets",
+            lambda v, r: tuple(_parse_float(v, x.strip()) for x in r.split(",") if x.strip()),
+        )
         take("MODELTAP_PROTOCOL_ROUTES", "protocol_routes", _parse_key_values)
         take("MODELTAP_PAYLOAD_MAPPING", "payload_mapping", _parse_json_object)
         take("MODELTAP_MONITOR", "monitor", lambda v, r: r.lower())

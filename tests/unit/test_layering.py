@@ -18,6 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "protocols": set(),
     "reference": set(),
     "stats": {"reference"},
+    "fleet": {"reference", "stats", "export"},
     "export": set(),
     "handoff": {"capture", "export"},
     "worker": {"capture", "protocols", "reference", "stats", "export", "handoff"},
@@ -35,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
         "middleware",
         "monitor",
     },
-    "cli": {"demo", "middleware", "reference", "stats", "export", "sidecar", "monitor"},
+    "cli": {"demo", "middleware", "reference", "stats", "export", "sidecar", "monitor", "fleet"},
     "__init__": {"middleware", "reference"},
 }
 

@@ -14,6 +14,7 @@ Rows = list[tuple[Attributes, float]]
 class DriftPoints:
     histograms: list[HistogramPoint] = field(default_factory=list)
     missing: list[CounterPoint] = field(default_factory=list)
+    categories: list[CounterPoint] = field(default_factory=list)
     scores: Rows = field(default_factory=list)
     pvalues: Rows = field(default_factory=list)
     levels: Rows = field(default_factory=list)
@@ -73,6 +74,13 @@ def drift_points(snap: Snapshot) -> DriftPoints:
                 counts = feature.cumulative_counts
                 points.histograms.append(
                     HistogramPoint(attrs, feature.bounds, counts, sum(counts), None, None, None)
+                )
+            elif feature.categories and len(feature.cumulative_counts) == len(feature.categories):
+                # The reference vocabulary plus __other__ and __missing__: values the reference
+                # vouches for, so they may be attributes (a backend sums them across replicas).
+                points.categories.extend(
+                    CounterPoint((*attrs, ("modeltap.feature.category", category)), float(count))
+                    for category, count in zip(feature.categories, feature.cumulative_counts, strict=True)
                 )
             for method, value in (("psi", feature.psi), ("js", feature.js), ("ks", feature.ks_statistic)):
                 if value is not None:

@@ -147,6 +147,17 @@ def drift_metrics(snap: Snapshot) -> list[Metric]:
                 snap,
             )
         )
+    if points.categories:
+        metrics.append(
+            _counter(
+                "modeltap.feature.categories",
+                "Values of each monitored categorical feature by reference category "
+                "(the vocabulary, __other__, __missing__).",
+                "{value}",
+                points.categories,
+                snap,
+            )
+        )
     for name, description, unit, rows in points.gauges():
         metrics.append(_gauge(name, description, unit, rows, now))
     if points.missing:

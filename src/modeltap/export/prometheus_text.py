@@ -7,6 +7,7 @@ every replica, because PromQL joins histogram buckets on that exact string.
 
 from __future__ import annotations
 
+import decimal
 import math
 from collections.abc import Iterable
 
@@ -26,10 +27,34 @@ def _escape(value: AttributeValue) -> str:
 
 
 def format_le(bound: float) -> str:
-    """The `le` label: `+Inf`, or the shortest round-trip repr, as Prometheus clients write it."""
-    if math.isinf(bound):
-        return "+Inf"
-    return repr(float(bound))
+    """The `le` label exactly as Go's Prometheus client writes it (`strconv.FormatFloat(b, 'g',
+    -1, 64)`): the OpenTelemetry Collector's Prometheus exporter serves bounds that way, and
+    Prometheus 2 matches `le` byte for byte, so the rules `modeltap rules` generates work on this
+    endpoint and on the Collector's alike. Shortest round-trip digits, exponent form below 1e-4
+    and from 1e6 on with at least two exponent digits (`1e-05`, `2.5e+06`), `+Inf`."""
+    value = float(bound)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "0"
+    sign, digits, exponent = decimal.Decimal(repr(value)).as_tuple()
+    text = "".join(map(str, digits)).rstrip("0") or "0"
+    # The decimal point sits after `point` digits of `text` (Python's repr is shortest round-trip,
+    # like Go's; only the layout differs).
+    point = len(digits) + int(exponent)
+    power = point - 1
+    if power < -4 or power >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        body = f"{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
+    elif point <= 0:
+        body = "0." + "0" * -point + text
+    elif point >= len(text):
+        body = text + "0" * (point - len(text))
+    else:
+        body = text[:point] + "." + text[point:]
+    return ("-" if sign else "") + body
 
 
 def _labels(attributes: Attributes, extra: Iterable[tuple[str, str]] = ()) -> str:
@@ -88,6 +113,13 @@ def render(snap: Snapshot) -> str:
             "modeltap_feature_values",
             "Distribution of each monitored numeric feature over its reference fine buckets.",
             drift.histograms,
+        )
+    if drift.categories:
+        _counter(
+            lines,
+            "modeltap_feature_categories_total",
+            "Values of each monitored categorical feature by reference category.",
+            drift.categories,
         )
     if drift.missing:
         _counter(

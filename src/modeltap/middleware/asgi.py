@@ -65,6 +65,7 @@ class ModelTapMiddleware:
         worker_cpu_budget: float | None = None,
         window_slots: int | None = None,
         window_slot_s: float | None = None,
+        duration_buckets: tuple[float, ...] | None = None,
         psi_warning: float | None = None,
         psi_critical: float | None = None,
         drift_alpha: float | None = None,

@@ -257,6 +257,11 @@ def _monitoring_value(name: str, value: Any, path: str) -> Any:
     elif kind == "tuple[str, ...]":
         ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
         value = tuple(value) if ok else value
+    elif kind == "tuple[float, ...]":
+        ok = isinstance(value, list) and all(
+            isinstance(item, (int, float)) and not isinstance(item, bool) for item in value
+        )
+        value = tuple(float(item) for item in value) if ok else value
     elif kind == "Mapping[str, str]":
         ok = isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
     else:

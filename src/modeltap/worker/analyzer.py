@@ -16,7 +16,7 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 
-from modeltap.config import DEFAULT_DURATION_BUCKETS_S, ModelTapConfig
+from modeltap.config import ModelTapConfig
 from modeltap.export.exporters import make_metric_exporter, make_span_exporter
 from modeltap.export.resource import SERVICE_INSTANCE_ID, build_resource, new_instance_id
 from modeltap.export.spans import SpanOptions
@@ -46,7 +46,7 @@ def statistics(config: ModelTapConfig, reference: ReferenceProfile | None) -> St
     """The statistics a configuration asks for."""
     return StatsAggregator(
         config.series_limit,
-        DEFAULT_DURATION_BUCKETS_S,
+        tuple(float(b) for b in config.duration_buckets),
         reference,
         window=WindowConfig(config.window_slots, config.window_slot_s),
         thresholds=Thresholds(
