@@ -8,7 +8,8 @@
 #                                          OTLP_ENDPOINT=, PROMETHEUS_URL=, JAEGER_URL=
 #   scripts/backends.sh down               stop what `up` started
 #
-# Variables: MODELTAP_BACKENDS_DIR (default .backends), MODELTAP_BACKENDS_PORT_BASE (default
+# Variables: MODELTAP_BACKENDS_DIR (default .backends), MODELTAP_BACKENDS_RUN (where `up` keeps
+# configuration, data, logs and pids; default .backends/run), MODELTAP_BACKENDS_PORT_BASE (default
 # 14000: OTLP gRPC base+317, OTLP/HTTP base+318, the Collector's Prometheus exporter base+889,
 # Jaeger base+686, Prometheus base+90), MODELTAP_BACKENDS_INTERVAL (scrape and rule evaluation
 # interval, default 1s: these backends are for tests and for looking; production uses its own).
@@ -16,7 +17,7 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${MODELTAP_BACKENDS_DIR:-$root/.backends}
 bin=$dir/bin
-run=$dir/run
+run=${MODELTAP_BACKENDS_RUN:-$dir/run}
 base=${MODELTAP_BACKENDS_PORT_BASE:-14000}
 interval=${MODELTAP_BACKENDS_INTERVAL:-1s}
 sources=$root/scripts/backends

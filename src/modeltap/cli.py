@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=_top_k, default=50, help="categories kept per categorical column (1..50, default 50)"
     )
     _add_sidecar_parser(commands)
+    from modeltap.fleet.commands import add_parsers
+
+    add_parsers(commands)
     return parser
 
 
@@ -235,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "sidecar":
             run_sidecar_command(args)
+            return 0
+        if args.command in ("rules", "dashboard"):
+            from modeltap.fleet.commands import run_dashboard, run_rules
+
+            (run_rules if args.command == "rules" else run_dashboard)(args)
             return 0
         if args.command == "demo":
             from modeltap.demo.runner import DemoOptions, run_demo

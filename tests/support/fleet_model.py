@@ -85,7 +85,16 @@ async def predict(request: Request) -> JSONResponse:
         return JSONResponse({"predictions": [decide(row) for row in rows]})
 
 
-app = Starlette(routes=[Route("/v1/models/loans:predict", predict, methods=["POST"])])
+async def ready(request: Request) -> JSONResponse:
+    return JSONResponse({"ready": True})
+
+
+app = Starlette(
+    routes=[
+        Route("/v1/models/loans:predict", predict, methods=["POST"]),
+        Route("/_ready", ready),
+    ]
+)
 
 
 def monitored_app() -> Any:

@@ -1,0 +1,241 @@
+"""`modeltap rules`: the document, `promtool check rules`, and `promtool test rules` with fixed
+series from two replicas, where the recorded PSI, Jensen-Shannon and level must equal modeltap's
+own functions on the summed counts, and the drift alert must fire for the shifted features only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import chi2
+
+from modeltap.cli import main as modeltap_main
+from modeltap.export.prometheus_text import format_le
+from modeltap.fleet import names
+from modeltap.fleet import rules as r
+from modeltap.fleet.reference_series import feature_constants
+from modeltap.reference import build_profile
+from modeltap.reference.document import ReferenceFeature, ReferenceProfile, parse_reference, write_profile
+from modeltap.stats.scores import Thresholds, coarse_counts, js_distance, psi, psi_noise_floor
+
+RNG = np.random.default_rng(20261205)
+CATEGORIES = ("a", "b", "c", "d")
+
+
+DOCUMENT = build_profile(
+    {
+        "x": RNG.normal(0.0, 1.0, 4000),
+        "y": RNG.normal(5.0, 2.0, 4000),
+        "c": RNG.choice(CATEGORIES, 4000, p=(0.4, 0.3, 0.2, 0.1)),
+    },
+    model_name="m",
+)
+PROFILE = parse_reference(DOCUMENT)
+
+
+def _replica(seed: int, size: int) -> dict[str, np.ndarray]:
+    """One replica's values: x shifted by 0.6 sigma, y as in the reference, c's mix changed."""
+    rng = np.random.default_rng(seed)
+    return {
+        "x": rng.normal(0.6, 1.0, size),
+        "y": rng.normal(5.0, 2.0, size),
+        "c": rng.choice((*CATEGORIES, "zz"), size, p=(0.1, 0.2, 0.3, 0.3, 0.1)),
+    }
+
+
+REPLICAS = {"r1": _replica(1, 700), "r2": _replica(2, 450)}
+
+
+def _fine_counts(feature: ReferenceFeature, values: np.ndarray) -> np.ndarray:
+    edges = np.asarray(feature.fine_edges)
+    return np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+
+
+def _category_counts(feature: ReferenceFeature, values: np.ndarray) -> np.ndarray:
+    index = {v: i for i, v in enumerate(feature.vocabulary)}
+    other = len(feature.vocabulary)
+    return np.bincount([index.get(str(v), other) for v in values], minlength=other + 2)
+
+
+def _expected(feature: ReferenceFeature) -> tuple[float, float, int]:
+    """PSI, JS and level of the replicas' summed counts, by modeltap's functions (as DriftState)."""
+    current: np.ndarray
+    if feature.kind == "numeric":
+        current = np.sum([_fine_counts(feature, v[feature.name]) for v in REPLICAS.values()], axis=0)
+        index = np.asarray(feature.psi_index)
+        reference = coarse_counts(np.asarray(feature.counts), index)
+        current = coarse_counts(np.asarray(current), index)
+        window_values = int(current.sum())
+    else:
+        current = np.sum([_category_counts(feature, v[feature.name]) for v in REPLICAS.values()], axis=0)
+        reference = np.asarray((*feature.counts, feature.missing or 0))
+        window_values = int(current[:-1].sum())
+    p, j = psi(reference, current), js_distance(reference, current)
+    assert p is not None
+    assert j is not None
+    tau = psi_noise_floor(len(reference), int(reference.sum()), int(current.sum()))
+    t = Thresholds()
+    level = (
+        0
+        if window_values < t.min_samples
+        else 3
+        if p > max(t.psi_critical, tau)
+        else 2
+        if p > max(t.psi_warning, tau)
+        else 0
+    )
+    return p, j, level
+
+
+def _series(cumulative: bool) -> list[dict[str, str]]:
+    """Input series of both replicas. Cumulative: the counts, constant. Windowed: counters that
+    grow by the counts every minute (samples every 15 s), so increase over 1m gives the counts."""
+    out = []
+    base = {names.MODEL: "m", names.VERSION: "1", names.REFERENCE: PROFILE.id}
+
+    def add(metric: str, labels: dict[str, str], count: int) -> None:
+        text = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+        values = f"{count}+0x40" if cumulative else f"0+{count / 4!r}x40"
+        out.append({"series": f"{metric}{{{text}}}", "values": values})
+
+    for instance, values in REPLICAS.items():
+        for feature in PROFILE.features:
+            labels = {**base, names.ROLE: feature.role, names.FEATURE: feature.name, "instance": instance}
+            if feature.kind == "numeric":
+                cumulative_counts = np.cumsum(_fine_counts(feature, values[feature.name]))
+                bounds = [format_le(b) for b in feature.fine_edges] + ["+Inf"]
+                for le, count in zip(bounds, cumulative_counts, strict=True):
+                    add(names.FEATURE_BUCKET, {**labels, "le": le}, int(count))
+            else:
+                counts = _category_counts(feature, values[feature.name])
+                for category, count in zip(
+                    (*feature.vocabulary, "__other__", "__missing__"), counts, strict=True
+                ):
+                    add(names.FEATURE_CATEGORIES, {**labels, names.CATEGORY: category}, int(count))
+    return out
+
+
+def _require_promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        reason = "promtool (Debian's prometheus package) is needed to check the generated rules"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return found
+
+
+def test_constants_follow_the_reference() -> None:
+    constants = {c.name: c for c in feature_constants(PROFILE, 1e-3)}
+    assert set(constants) == {"x", "y", "c"}
+    for feature in PROFILE.features:
+        c = constants[feature.name]
+        assert sum(b.share for b in c.bins) == pytest.approx(1.0, abs=1e-12)
+        assert c.noise_factor == pytest.approx(float(chi2.ppf(1 - 1e-3, len(c.bins) - 1)), rel=1e-15)
+        if feature.kind == "numeric":
+            assert [b.le for b in c.bins] == [format_le(e) for e in feature.psi_edges] + ["+Inf"]
+            assert [b.prev_le for b in c.bins] == ["", *(b.le for b in c.bins[:-1])]
+            assert c.size == sum(feature.counts)
+        else:
+            assert [b.category for b in c.bins] == [*feature.vocabulary, "__other__", "__missing__"]
+            assert c.size == sum(feature.counts) + (feature.missing or 0)
+
+
+def _generate(tmp_path: Path, *extra: str) -> dict[str, Any]:
+    reference = tmp_path / "reference.json"
+    write_profile(DOCUMENT, reference)
+    output = tmp_path / "rules.yml"
+    assert modeltap_main(["rules", "--reference", str(reference), "-o", str(output), *extra]) == 0
+    document: dict[str, Any] = yaml.safe_load(output.read_text())
+    return document
+
+
+def test_the_rule_file_has_the_groups_records_and_alerts_users_expect(tmp_path: Path) -> None:
+    document = _generate(tmp_path, "--window", "5m")
+    groups = {g["name"]: g["rules"] for g in document["groups"]}
+    assert list(groups) == ["modeltap-reference", "modeltap-fleet", "modeltap-alerts"]
+    records = {rule["record"] for rule in groups["modeltap-fleet"]}
+    for name in (r.PSI, r.JS, r.LEVEL, r.ERROR_RATIO, r.DROP_RATE, r.VIOLATION_RATE,
+                 *(r.LATENCY.format(q) for q in ("50", "95", "99"))):  # fmt: skip
+        assert name in records
+    assert all("[5m]" in rule["expr"] for rule in groups["modeltap-fleet"] if "rate(" in rule["expr"])
+    alerts = groups["modeltap-alerts"]
+    assert [a["alert"] for a in alerts] == [
+        "ModelTapFeatureDrift", "ModelTapFeatureDrift", "ModelTapLatencyHigh",
+        "ModelTapErrorRateHigh", "ModelTapTelemetryDropping",
+    ]  # fmt: skip
+    assert [a["labels"]["severity"] for a in alerts[:2]] == ["critical", "warning"]
+    for alert in alerts:
+        assert alert["for"]
+        assert alert["annotations"]["summary"]
+        assert alert["annotations"]["runbook_url"].startswith("https://")
+        assert "#" + alert["alert"].lower() in alert["annotations"]["runbook_url"]
+
+
+@pytest.mark.parametrize("variant", ["cumulative", "window"])
+def test_promtool_checks_and_evaluates_the_rules_like_modeltap(tmp_path: Path, variant: str) -> None:
+    promtool = _require_promtool()
+    extra = ["--cumulative"] if variant == "cumulative" else []
+    _generate(tmp_path, "--window", "1m", "--for", "1m", *extra)
+    checked = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    tests: list[dict[str, Any]] = []
+    levels = {}
+    for feature in PROFILE.features:
+        expected_psi, expected_js, level = _expected(feature)
+        levels[feature.name] = level
+        key = (f'{names.MODEL}="m", {names.VERSION}="1", {names.REFERENCE}="{PROFILE.id}", '
+               f'{names.ROLE}="{feature.role}", {names.FEATURE}="{feature.name}"')  # fmt: skip
+        for record, value in ((r.PSI, expected_psi), (r.JS, expected_js)):
+            tests.append(
+                {
+                    "expr": f"abs({record}{{{key}}} - {value!r}) < bool 1e-9",
+                    "eval_time": "5m",
+                    "exp_samples": [{"labels": "{" + key + "}", "value": 1}],
+                }
+            )
+        tests.append(
+            {
+                "expr": f"{r.LEVEL}{{{key}}}",
+                "eval_time": "5m",
+                "exp_samples": [{"labels": f"{r.LEVEL}{{{key}}}", "value": level}],
+            }
+        )
+    assert levels == {"x": 3, "y": 0, "c": 3}, levels  # the data shift what they are meant to
+    firing = sorted(name for name, level in levels.items() if level >= 2)
+    tests.append(
+        {
+            "expr": "count by (modeltap_feature_name, severity) "
+            '(ALERTS{alertname="ModelTapFeatureDrift", alertstate="firing"})',
+            "eval_time": "5m",
+            "exp_samples": [
+                {"labels": f'{{modeltap_feature_name="{name}", severity="critical"}}', "value": 1}
+                for name in firing
+            ],
+        }
+    )
+    unit = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "15s",
+        "tests": [
+            {"interval": "15s", "input_series": _series(variant == "cumulative"), "promql_expr_test": tests}
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(unit), encoding="utf-8")
+    tested = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path,
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert tested.returncode == 0, (tested.stdout + tested.stderr)[-6000:]
+
+
+def test_features_without_a_distribution_get_no_constants() -> None:
+    legacy = ReferenceFeature(name="old", role="input", kind="numeric", min=0.0, max=1.0)
+    profile = ReferenceProfile(id="sha256:" + "0" * 64, features=(legacy, *PROFILE.features))
+    assert [c.name for c in feature_constants(profile, 1e-3)] == ["x", "y", "c"]
