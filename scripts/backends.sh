@@ -14,7 +14,7 @@
 # Jaeger base+686, Prometheus base+90), MODELTAP_BACKENDS_INTERVAL (scrape and rule evaluation
 # interval, default 1s: these backends are for tests and for looking; production uses its own).
 set -eu
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd -P "$(dirname "$0")/.." && pwd)
 dir=${MODELTAP_BACKENDS_DIR:-$root/.backends}
 bin=$dir/bin
 run=${MODELTAP_BACKENDS_RUN:-$dir/run}

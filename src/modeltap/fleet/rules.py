@@ -147,8 +147,17 @@ def reference_rules(profile: ReferenceProfile, constants: Sequence[FeatureConsta
 
 
 def _source(metric: str, selector: str, options: RuleOptions) -> str:
+    """The counts of the window (or all of them, cumulative) of each replica's series.
+
+    `increase()` alone loses a series' first sample: a replica (or a new model version) that
+    appears within the window starts with its first export's counts, and `increase()` counts only
+    what came after. Series absent one window ago are taken whole instead (everything they
+    counted falls within the window); older ones by `increase()`, which extrapolates to the
+    window's edges as Prometheus does."""
     series = f"{metric}{selector}"
-    return series if options.cumulative else f"increase({series}[{options.window}])"
+    if options.cumulative:
+        return series
+    return f"(increase({series}[{options.window}]) and {series} offset {options.window}) or {series}"
 
 
 def fleet_rules(profile: ReferenceProfile, options: RuleOptions) -> list[dict[str, Any]]:

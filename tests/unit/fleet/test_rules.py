@@ -49,7 +49,8 @@ def _replica(seed: int, size: int) -> dict[str, np.ndarray]:
     }
 
 
-REPLICAS = {"r1": _replica(1, 700), "r2": _replica(2, 450)}
+REPLICAS = {"r1": _replica(1, 700), "r2": _replica(2, 450), "r3": _replica(3, 300)}
+YOUNG = "r3"  # starts 4m15s-4m30s into the test, inside the window read at 5m
 
 
 def _fine_counts(feature: ReferenceFeature, values: np.ndarray) -> np.ndarray:
@@ -94,14 +95,19 @@ def _expected(feature: ReferenceFeature) -> tuple[float, float, int]:
 
 
 def _series(cumulative: bool) -> list[dict[str, str]]:
-    """Input series of both replicas. Cumulative: the counts, constant. Windowed: counters that
-    grow by the counts every minute (samples every 15 s), so increase over 1m gives the counts."""
+    """Input series of the replicas. Cumulative: the counts, constant. Windowed: counters that
+    grow by the counts every minute (samples every 15 s), so increase over 1m gives the counts;
+    the young replica's series appear inside the window with their counts, which must count whole
+    (increase() alone would lose them)."""
     out = []
     base = {names.MODEL: "m", names.VERSION: "1", names.REFERENCE: PROFILE.id}
 
     def add(metric: str, labels: dict[str, str], count: int) -> None:
         text = ", ".join(f'{k}="{v}"' for k, v in labels.items())
-        values = f"{count}+0x40" if cumulative else f"0+{count / 4!r}x40"
+        if labels["instance"] == YOUNG:  # absent one window before the evaluation: taken whole
+            values = f"_x17 {count}+0x22"
+        else:
+            values = f"{count}+0x40" if cumulative else f"0+{count / 4!r}x40"
         out.append({"series": f"{metric}{{{text}}}", "values": values})
 
     for instance, values in REPLICAS.items():
