@@ -160,9 +160,24 @@ def _source(metric: str, selector: str, options: RuleOptions) -> str:
     return f"(increase({series}[{options.window}]) and {series} offset {options.window}) or {series}"
 
 
+def _regex_literal(text: str) -> str:
+    """`text` as an RE2 pattern matching only itself."""
+    return "".join("\\" + c if c in ".+*?()[]{}|^$\\" else c for c in text)
+
+
+def _psi_bounds(constants: Sequence[FeatureConstants]) -> tuple[str, ...]:
+    return tuple(sorted({b.le for c in constants for b in c.bins if b.le}))
+
+
 def fleet_rules(profile: ReferenceProfile, options: RuleOptions) -> list[dict[str, Any]]:
     model = {n.MODEL: options.model_name} if options.model_name else {}
     drift_selector = _selector({n.REFERENCE: profile.id, **model})
+    # Only the PSI buckets' bounds are summed (about 12 of a numeric feature's ~100 fine
+    # buckets): an index-level pre-filter, exact filtering happens in the join with the reference.
+    bounds = "|".join(
+        _regex_literal(le) for le in _psi_bounds(feature_constants(profile, options.thresholds.alpha))
+    )
+    bucket_selector = _selector({n.REFERENCE: profile.id, **model}, ("le", "=~", bounds))
     ref = _selector({n.REFERENCE: profile.id})
     ref_prev = _selector({n.REFERENCE: profile.id}, ("prev_le", "!=", ""))
     ref_lowest = _selector({n.REFERENCE: profile.id, "prev_le": ""}, ("le", "!=", ""))
@@ -174,10 +189,10 @@ def fleet_rules(profile: ReferenceProfile, options: RuleOptions) -> list[dict[st
     window = options.window
     requests = _selector(model)
     rules = [
-        # Cumulative buckets summed over replicas (job and instance dropped).
+        # Cumulative buckets at the PSI bounds, summed over replicas (job and instance dropped).
         _rule(
             BUCKET_SUM,
-            f"sum by ({series}, le) ({_source(n.FEATURE_BUCKET, drift_selector, options)})",
+            f"sum by ({series}, le) ({_source(n.FEATURE_BUCKET, bucket_selector, options)})",
         ),
         # Count of each PSI bucket: C(le) - C(prev_le), the lowest bucket is C(le) itself; and
         # the count of each category (one rule: promtool rejects a record name used twice).
