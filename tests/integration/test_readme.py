@@ -248,6 +248,10 @@ def _curl(words: list[str], env: dict[str, str], cwd: Path) -> str:
         assert "# TYPE " in body, body[:300]
     elif path.endswith(":predict"):
         assert isinstance(orjson.loads(body)["predictions"], list), body[:300]
+    elif path.endswith("/api/v1/query"):  # Prometheus: the query must find something
+        answer = orjson.loads(body)
+        assert answer["status"] == "success", body[:300]
+        assert answer["data"]["result"], f"{url}: no series yet"
     return body
 
 
@@ -489,3 +493,10 @@ def test_status_fields_table_matches_a_real_document(tmp_path: Path) -> None:
     model_keys = set(document["models"][0])
     assert model_keys <= set(_ticked(rows["models"]))
     assert set(document["models"][0]["latency_s"]) <= set(_ticked(rows["models"]))
+
+
+def test_the_collector_configuration_shown_is_the_one_the_tests_run() -> None:
+    shown = [b.code for b in BLOCKS if b.language == "yaml" and "receivers:" in b.code]
+    config = (REPO / "examples" / "backends" / "otelcol.yaml").read_text(encoding="utf-8")
+    run = "\n".join(line for line in config.splitlines() if not line.startswith("#")).strip("\n")
+    assert shown == [run]

@@ -160,6 +160,19 @@ def _source(metric: str, selector: str, options: RuleOptions) -> str:
     return f"(increase({series}[{options.window}]) and {series} offset {options.window}) or {series}"
 
 
+def _rate(metric: str, selector: str, options: RuleOptions) -> str:
+    """Per-second rate over the window, with series younger than the window taken whole (as in
+    `_source`) and spread over it: `rate()` needs two samples and misses the first export."""
+    series = f"{metric}{selector}"
+    seconds = _number(_seconds(options.window))
+    return f"(rate({series}[{options.window}]) and {series} offset {options.window}) or {series} / {seconds}"
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    return sum(float(value) * units[unit] for value, unit in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", duration))
+
+
 def _regex_literal(text: str) -> str:
     """`text` as an RE2 pattern matching only itself."""
     return "".join("\\" + c if c in ".+*?()[]{}|^$\\" else c for c in text)
@@ -186,7 +199,6 @@ def fleet_rules(profile: ReferenceProfile, options: RuleOptions) -> list[dict[st
     own = _selector({n.REFERENCE: profile.id})
     t = options.thresholds
     floor = _number(PSI_FLOOR)
-    window = options.window
     requests = _selector(model)
     rules = [
         # Cumulative buckets at the PSI bounds, summed over replicas (job and instance dropped).
@@ -281,23 +293,23 @@ or
             _rule(
                 LATENCY.format(q),
                 f"histogram_quantile(0.{q}, sum by ({by_model}, le) "
-                f"(rate({n.DURATION_BUCKET}{requests}[{window}])))",
+                f"({_rate(n.DURATION_BUCKET, requests, options)}))",
             )
         )
     rules += [
-        _rule(REQUEST_RATE, f"sum by ({by_model}) (rate({n.DURATION_COUNT}{requests}[{window}]))"),
+        _rule(REQUEST_RATE, f"sum by ({by_model}) ({_rate(n.DURATION_COUNT, requests, options)})"),
         _rule(
             ERROR_RATIO,
             f"""(
-  sum by ({by_model}) (rate({n.DURATION_COUNT}{_selector(model, (n.STATUS, "=~", "5.."))}[{window}]))
+  sum by ({by_model}) ({_rate(n.DURATION_COUNT, _selector(model, (n.STATUS, "=~", "5..")), options)})
   or 0 * {REQUEST_RATE}{requests}
 )
 / ({REQUEST_RATE}{requests} > 0)""",
         ),
-        _rule(DROP_RATE, f"sum by (job, {n.DROP_REASON}) (rate({n.DROPPED}[{window}]))"),
+        _rule(DROP_RATE, f"sum by (job, {n.DROP_REASON}) ({_rate(n.DROPPED, '', options)})"),
         _rule(
             VIOLATION_RATE,
-            f"sum by ({by_model}, {n.VIOLATION_REASON}) (rate({n.VIOLATIONS}{requests}[{window}]))",
+            f"sum by ({by_model}, {n.VIOLATION_REASON}) ({_rate(n.VIOLATIONS, requests, options)})",
         ),
     ]
     return rules

@@ -51,6 +51,8 @@ def _replica(seed: int, size: int) -> dict[str, np.ndarray]:
 
 REPLICAS = {"r1": _replica(1, 700), "r2": _replica(2, 450), "r3": _replica(3, 300)}
 YOUNG = "r3"  # starts 4m15s-4m30s into the test, inside the window read at 5m
+# Requests per minute (answered 200, answered 503) of each replica; the young one's in its life.
+REQUESTS = {"r1": (120, 6), "r2": (80, 0), "r3": (40, 2)}
 
 
 def _fine_counts(feature: ReferenceFeature, values: np.ndarray) -> np.ndarray:
@@ -110,6 +112,12 @@ def _series(cumulative: bool) -> list[dict[str, str]]:
             values = f"{count}+0x40" if cumulative else f"0+{count / 4!r}x40"
         out.append({"series": f"{metric}{{{text}}}", "values": values})
 
+    for instance, (ok, failed) in REQUESTS.items():
+        for status, count in (("200", ok), ("503", failed)):
+            labels = {names.MODEL: "m", names.VERSION: "1", names.STATUS: status, "instance": instance}
+            text = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+            values = f"_x17 {count}+0x22" if instance == YOUNG else f"0+{count / 4!r}x40"
+            out.append({"series": f"{names.DURATION_COUNT}{{{text}}}", "values": values})
     for instance, values in REPLICAS.items():
         for feature in PROFILE.features:
             labels = {**base, names.ROLE: feature.role, names.FEATURE: feature.name, "instance": instance}
@@ -216,6 +224,17 @@ def test_promtool_checks_and_evaluates_the_rules_like_modeltap(tmp_path: Path, v
             }
         )
     assert levels == {"x": 3, "y": 0, "c": 3}, levels  # the data shift what they are meant to
+    requests = sum(ok + failed for ok, failed in REQUESTS.values())
+    failed = sum(f for _, f in REQUESTS.values())
+    model = f'{names.MODEL}="m", {names.VERSION}="1"'
+    for expr, value in ((r.REQUEST_RATE, requests / 60), (r.ERROR_RATIO, failed / requests)):
+        tests.append(
+            {
+                "expr": f"abs({expr}{{{model}}} - {value!r}) < bool 1e-9",
+                "eval_time": "5m",
+                "exp_samples": [{"labels": "{" + model + "}", "value": 1}],
+            }
+        )
     firing = sorted(name for name, level in levels.items() if level >= 2)
     tests.append(
         {
