@@ -116,8 +116,8 @@ def _series(cumulative: bool) -> list[dict[str, str]]:
         for status, count in (("200", ok), ("503", failed)):
             labels = {names.MODEL: "m", names.VERSION: "1", names.STATUS: status, "instance": instance}
             text = ", ".join(f'{k}="{v}"' for k, v in labels.items())
-            values = f"_x17 {count}+0x22" if instance == YOUNG else f"0+{count / 4!r}x40"
-            out.append({"series": f"{names.DURATION_COUNT}{{{text}}}", "values": values})
+            shape = f"_x17 {count}+0x22" if instance == YOUNG else f"0+{count / 4!r}x40"
+            out.append({"series": f"{names.DURATION_COUNT}{{{text}}}", "values": shape})
     for instance, values in REPLICAS.items():
         for feature in PROFILE.features:
             labels = {**base, names.ROLE: feature.role, names.FEATURE: feature.name, "instance": instance}
