@@ -61,6 +61,7 @@ DRIFT_PVALUE = "modeltap.drift.pvalue"
 DRIFT_LEVEL = "modeltap.drift.level"
 LATENCY_QUANTILE = "modeltap.latency.quantile"
 FEATURE_MISSING = "modeltap.feature.missing"
+FEATURE_CATEGORIES = "modeltap.feature.categories"
 LEVEL_NAMES = ("OK", "INFO", "WARNING", "CRITICAL", "EMERGENCY")
 
 Row = dict[str, float | str | None]
@@ -451,6 +452,26 @@ def test_otlp_export_carries_histograms_scores_levels_and_counters(
         assert point.is_monotonic is True
         assert point.value == NULLS[name], name
         assert point.attributes["modeltap.reference.id"] == reference.id
+
+    # Categorical counts: exactly the reference's vocabulary, __other__ and __missing__, so a
+    # backend can sum replicas and recompute categorical drift (never a raw payload value).
+    categories = exported(receiver, FEATURE_CATEGORIES)
+    vocabulary = reference.feature("plan")["vocabulary"]
+    plans = [row["plan"] for row in rows]
+    expected = {category: plans.count(category) for category in vocabulary}
+    expected["__other__"] = sum(1 for plan in plans if plan is not None and plan not in vocabulary)
+    expected["__missing__"] = plans.count(None)
+    assert {p.attributes["modeltap.feature.category"]: p.value for p in categories} == expected
+    for point in categories:
+        assert point.kind == "sum"
+        assert point.temporality == CUMULATIVE
+        assert point.is_monotonic is True
+        assert {k: v for k, v in point.attributes.items() if k != "modeltap.feature.category"} == {
+            **model_attrs,
+            "modeltap.feature.name": "plan",
+            "modeltap.feature.role": "input",
+            "modeltap.reference.id": reference.id,
+        }
 
 
 # ---- 4. mergeable export: scores recomputed from the exported buckets ----------------------------
