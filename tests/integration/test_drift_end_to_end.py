@@ -458,10 +458,10 @@ def test_otlp_export_carries_histograms_scores_levels_and_counters(
     categories = exported(receiver, FEATURE_CATEGORIES)
     vocabulary = reference.feature("plan")["vocabulary"]
     plans = [row["plan"] for row in rows]
-    expected = {category: plans.count(category) for category in vocabulary}
-    expected["__other__"] = sum(1 for plan in plans if plan is not None and plan not in vocabulary)
-    expected["__missing__"] = plans.count(None)
-    assert {p.attributes["modeltap.feature.category"]: p.value for p in categories} == expected
+    counted = {category: plans.count(category) for category in vocabulary}
+    counted["__other__"] = sum(1 for plan in plans if plan is not None and plan not in vocabulary)
+    counted["__missing__"] = plans.count(None)
+    assert {p.attributes["modeltap.feature.category"]: p.value for p in categories} == counted
     for point in categories:
         assert point.kind == "sum"
         assert point.temporality == CUMULATIVE

@@ -277,8 +277,19 @@ def compose() -> dict[str, Any]:
     return document
 
 
+COLLECTOR_CONFIG = REPO / "examples" / "backends" / "otelcol.yaml"
+
+
 def collector_config() -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load((EXAMPLES / "otel-collector.yaml").read_text())
+    """The Collector configuration compose mounts (the one the backend tests run), with its
+    `${env:NAME:-default}` endpoints resolved from the compose service's environment."""
+    env = compose_env(compose()["services"]["otel-collector"])
+
+    def resolve(match: re.Match[str]) -> str:
+        return env.get(match[1], match[2])
+
+    text = re.sub(r"\$\{env:(\w+):-([^}]*)\}", resolve, COLLECTOR_CONFIG.read_text())
+    document: dict[str, Any] = yaml.safe_load(text)
     return document
 
 
@@ -606,7 +617,7 @@ def test_the_kubernetes_sidecar_is_locked_down_and_reads_only_known_variables(tm
 def test_compose_builds_the_sidecar_from_the_repository_and_wires_model_and_collector() -> None:
     document = compose()
     services = document["services"]
-    assert {"model", "modeltap", "otel-collector", "traffic"} == set(services)
+    assert {"model", "modeltap", "otel-collector", "jaeger", "traffic"} == set(services)
     sidecar = services["modeltap"]
     assert (EXAMPLES / sidecar["build"]["context"]).resolve() == REPO
     assert (REPO / sidecar["build"]["dockerfile"]).is_file()
@@ -657,18 +668,20 @@ def test_compose_scripts_are_valid_python_importing_what_exists() -> None:
     assert services["traffic"]["depends_on"]["modeltap"]["condition"] == "service_healthy"
 
 
-def test_the_collector_receives_otlp_and_exposes_prometheus_and_debug() -> None:
+def test_the_collector_is_the_tested_configuration_open_to_the_other_containers() -> None:
     config = collector_config()
-    collector = compose()["services"]["otel-collector"]
-    assert collector["image"].startswith("otel/opentelemetry-collector-contrib:")
+    services = compose()["services"]
+    collector = services["otel-collector"]
+    assert collector["image"].startswith("otel/opentelemetry-collector-contrib:0.165.")
     source, target, mode = collector["volumes"][0].split(":")
-    assert (EXAMPLES / source).resolve() == EXAMPLES / "otel-collector.yaml"
+    assert (EXAMPLES / source).resolve() == COLLECTOR_CONFIG
     assert collector["command"] == [f"--config={target}"]
     assert mode == "ro"
     protocols = config["receivers"]["otlp"]["protocols"]
-    assert endpoint_port(protocols["grpc"]["endpoint"]) == 4317
-    assert endpoint_port(protocols["http"]["endpoint"]) == 4318
-    assert set(config["exporters"]) == {"prometheus", "debug"}
+    assert protocols["grpc"]["endpoint"] == "0.0.0.0:4317"
+    assert protocols["http"]["endpoint"] == "0.0.0.0:4318"
+    assert config["exporters"]["prometheus"]["endpoint"] == "0.0.0.0:8889"
+    assert set(config["exporters"]) == {"prometheus", "otlp_http/jaeger", "debug"}
     pipelines = config["service"]["pipelines"]
     assert set(pipelines) == {"metrics", "traces"}
     for pipeline in pipelines.values():
@@ -677,11 +690,13 @@ def test_the_collector_receives_otlp_and_exposes_prometheus_and_debug() -> None:
         assert set(pipeline["exporters"]) <= set(config["exporters"])
         assert set(pipeline.get("processors", [])) <= set(config.get("processors", {}))
     assert "prometheus" in pipelines["metrics"]["exporters"]
-    assert set(published(collector)) == {
-        4317,
-        4318,
-        endpoint_port(config["exporters"]["prometheus"]["endpoint"]),
-    }
+    assert pipelines["traces"]["exporters"] == ["otlp_http/jaeger"]
+    # Traces go to the jaeger service, on the OTLP/HTTP port its image listens on.
+    jaeger = urlsplit(config["exporters"]["otlp_http/jaeger"]["endpoint"])
+    assert (jaeger.hostname, jaeger.port) == ("jaeger", 4318)
+    assert services["jaeger"]["image"].startswith("jaegertracing/jaeger:2.")
+    assert set(published(collector)) == {4317, 4318, 8889}
+    assert set(published(services["jaeger"])) == {16686}
 
 
 # ---- tests: the example TOML file ----------------------------------------------------------------
