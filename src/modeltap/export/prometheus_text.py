@@ -26,12 +26,15 @@ def _escape(value: AttributeValue) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def format_le(bound: float) -> str:
+def format_le(bound: float, plain: bool = False) -> str:
     """The `le` label exactly as Go's Prometheus client writes it (`strconv.FormatFloat(b, 'g',
     -1, 64)`): the OpenTelemetry Collector's Prometheus exporter serves bounds that way, and
     Prometheus 2 matches `le` byte for byte, so the rules `modeltap rules` generates work on this
     endpoint and on the Collector's alike. Shortest round-trip digits, exponent form below 1e-4
-    and from 1e6 on with at least two exponent digits (`1e-05`, `2.5e+06`), `+Inf`."""
+    and from 1e6 on with at least two exponent digits (`1e-05`, `2.5e+06`), `+Inf`.
+
+    `plain=True` never uses the exponent form (`FormatFloat(b, 'f', -1, 64)`: `0.00001`,
+    `2500000`), as the Collector's Prometheus remote-write exporter writes bounds."""
     value = float(bound)
     if math.isnan(value):
         return "NaN"
@@ -45,7 +48,7 @@ def format_le(bound: float) -> str:
     # like Go's; only the layout differs).
     point = len(digits) + int(exponent)
     power = point - 1
-    if power < -4 or power >= 6:
+    if not plain and (power < -4 or power >= 6):
         mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
         body = f"{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
     elif point <= 0:

@@ -71,6 +71,14 @@ def add_parsers(commands: Any) -> None:
     rules.add_argument("--latency-p99", type=_float, default=1.0, metavar="SECONDS", help="default 1.0")
     rules.add_argument("--error-ratio", type=_float, default=0.05, metavar="RATIO", help="default 0.05")
     rules.add_argument("--runbook-url", default=None, metavar="URL", help="base URL of the runbooks")
+    rules.add_argument(
+        "--le-format",
+        choices=("scrape", "remote-write"),
+        default="scrape",
+        help="how bucket bounds are spelled where Prometheus gets the series: scrape (the "
+        "Collector's Prometheus exporter or modeltap's /metrics; default) or remote-write (the "
+        "Collector's remote-write exporter); they differ only for bounds below 1e-4 or from 1e6",
+    )
 
     board = commands.add_parser(
         "dashboard",
@@ -122,6 +130,7 @@ def run_rules(args: argparse.Namespace) -> None:
             dropping_for=every or "10m",
             latency_p99_s=args.latency_p99,
             error_ratio=args.error_ratio,
+            le_format=args.le_format,
             **({"runbook": args.runbook_url.rstrip("/")} if args.runbook_url else {}),
         )
     except ValueError as exc:

@@ -39,12 +39,12 @@ class FeatureConstants:
     noise_factor: float  # chi2.ppf(1 - alpha, B - 1)
 
 
-def _numeric(feature: ReferenceFeature) -> tuple[tuple[ReferenceBin, ...], int]:
+def _numeric(feature: ReferenceFeature, plain: bool) -> tuple[tuple[ReferenceBin, ...], int]:
     # PSI buckets: (-inf, lo], (lo, p10], ..., (p90, max], (max, +inf); their counts are unions of
     # fine buckets, and their bounds are fine bounds, so `le` matches the exported series.
     counts = coarse_counts(np.asarray(feature.counts, dtype=np.int64), np.asarray(feature.psi_index))
     total = int(counts.sum())
-    bounds = [format_le(edge) for edge in feature.psi_edges] + ["+Inf"]
+    bounds = [format_le(edge, plain) for edge in feature.psi_edges] + ["+Inf"]
     bins = tuple(
         ReferenceBin(share=int(count) / total, le=le, prev_le=bounds[i - 1] if i else "")
         for i, (le, count) in enumerate(zip(bounds, counts, strict=True))
@@ -61,8 +61,11 @@ def _categorical(feature: ReferenceFeature) -> tuple[tuple[ReferenceBin, ...], i
     return bins, total
 
 
-def feature_constants(profile: ReferenceProfile, alpha: float) -> list[FeatureConstants]:
-    """The constants of every feature the profile can score (those with a distribution)."""
+def feature_constants(
+    profile: ReferenceProfile, alpha: float, plain_le: bool = False
+) -> list[FeatureConstants]:
+    """The constants of every feature the profile can score (those with a distribution);
+    `plain_le` spells bounds as remote write does (see `format_le`)."""
     out: list[FeatureConstants] = []
     for feature in profile.features:
         if not feature.has_distribution:
@@ -70,7 +73,7 @@ def feature_constants(profile: ReferenceProfile, alpha: float) -> list[FeatureCo
         if feature.kind == "numeric":
             if len(feature.counts) != len(feature.fine_edges) + 1 or not feature.psi_edges:
                 continue
-            bins, total = _numeric(feature)
+            bins, total = _numeric(feature, plain_le)
         else:
             bins, total = _categorical(feature)
         if total <= 0 or len(bins) < 2:

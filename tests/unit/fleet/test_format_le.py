@@ -51,3 +51,29 @@ def test_negative_zero_is_written_as_zero() -> None:
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_every_bound_reads_back_as_the_same_float(value: float) -> None:
     assert float(format_le(value)) == value
+
+
+# Go's FormatFloat(b, 'f', -1, 64), as the Collector's remote-write exporter writes bounds.
+GO_PLAIN = {
+    0.005: "0.005",
+    10.0: "10",
+    1e6: "1000000",
+    1234567.0: "1234567",
+    1e-05: "0.00001",
+    2.5e-07: "0.00000025",
+    1e21: "1000000000000000000000",
+    -3.25: "-3.25",
+    0.1 + 0.2: "0.30000000000000004",
+}
+
+
+@pytest.mark.parametrize(("value", "text"), GO_PLAIN.items(), ids=[repr(v) for v in GO_PLAIN])
+def test_plain_bounds_are_written_as_remote_write_writes_them(value: float, text: str) -> None:
+    assert format_le(value, plain=True) == text
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_plain_bounds_read_back_and_never_use_an_exponent(value: float) -> None:
+    text = format_le(value, plain=True)
+    assert float(text) == value
+    assert "e" not in text

@@ -264,3 +264,23 @@ def test_features_without_a_distribution_get_no_constants() -> None:
     legacy = ReferenceFeature(name="old", role="input", kind="numeric", min=0.0, max=1.0)
     profile = ReferenceProfile(id="sha256:" + "0" * 64, features=(legacy, *PROFILE.features))
     assert [c.name for c in feature_constants(profile, 1e-3)] == ["x", "y", "c"]
+
+
+def test_remote_write_spelling_of_bounds_reaches_every_rule(tmp_path: Path) -> None:
+    large = build_profile({"amount": RNG.lognormal(14.0, 1.0, 2000)})  # bounds around 1e6
+    reference = tmp_path / "large.json"
+    write_profile(large, reference)
+    texts = {}
+    for spelling in ("scrape", "remote-write"):
+        output = tmp_path / f"{spelling}.yml"
+        argv = ["rules", "--reference", str(reference), "--le-format", spelling, "-o", str(output)]
+        assert modeltap_main(argv) == 0
+        texts[spelling] = output.read_text()
+    edges = parse_reference(large).features[0].psi_edges
+    big = [e for e in edges if e >= 1e6]
+    assert big, "the data must have PSI bounds from 1e6 on"
+    for edge in big:
+        assert format_le(edge) in texts["scrape"]
+        assert format_le(edge, plain=True) in texts["remote-write"]
+        assert format_le(edge, plain=True) not in texts["scrape"]
+        assert format_le(edge) not in texts["remote-write"]
