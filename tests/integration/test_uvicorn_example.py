@@ -31,8 +31,9 @@ PREDICT_PATH = "/v1/models/churn:predict"
 # The example's documented model: a logistic regression over four features, missing values as 0.0.
 WEIGHTS = (0.8, -0.4, 0.25, 1.1)
 BIAS = -0.3
-SEMCONV_LE = ["0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.25", "0.5", "0.75", "1.0", "2.5", "5.0"]
-SEMCONV_LE += ["7.5", "10.0", "+Inf"]
+# As Go's Prometheus client writes them ("1", not "1.0"): the Collector's exporter does the same.
+SEMCONV_LE = ["0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.25", "0.5", "0.75", "1", "2.5", "5"]
+SEMCONV_LE += ["7.5", "10", "+Inf"]
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

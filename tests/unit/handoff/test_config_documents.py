@@ -64,6 +64,7 @@ EVERYTHING = ModelTapConfig(
     monitor="inline",
     monitor_id="srv-1",
     monitor_memory_bytes=128 * 1024 * 1024,
+    duration_buckets=(0.001, 0.01, 0.1),
     export=ExportConfig(
         endpoint="http://collector:4318",
         metrics_endpoint="https://metrics.example/v1/metrics",
