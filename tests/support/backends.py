@@ -43,6 +43,17 @@ def require_tools() -> None:
         pytest.skip(reason)
 
 
+def require_promtool() -> str:
+    """promtool's path; skips the test without it (fails it when CI is set)."""
+    found = shutil.which("promtool")
+    if found is None:
+        reason = "promtool (Debian's prometheus package) is needed to check Prometheus files"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return found
+
+
 def _free_base() -> int:
     for base in range(20000, 60000, 1000):
         try:

@@ -3,18 +3,17 @@ scrapes the port the Collector configuration exports on."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from modeltap.cli import main as modeltap_main
 from modeltap.reference import build_profile
 from modeltap.reference.document import write_profile
+from tests.support.backends import require_promtool
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "backends"
 
@@ -31,12 +30,7 @@ def test_prometheus_scrapes_the_collectors_exporter_with_the_replicas_labels() -
 
 
 def test_promtool_accepts_the_configuration_with_generated_rules(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        message = "promtool (Debian's prometheus package) checks the example configuration"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    promtool = require_promtool()
     shutil.copy(EXAMPLES / "prometheus.yml", tmp_path / "prometheus.yml")
     write_profile(build_profile({"x": [float(i % 50) for i in range(300)]}), tmp_path / "reference.json")
     argv = ["rules", "--reference", str(tmp_path / "reference.json"), "-o", str(tmp_path / "rules.yml")]

@@ -4,8 +4,6 @@ own functions on the summed counts, and the drift alert must fire for the shifte
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from modeltap.fleet.reference_series import feature_constants
 from modeltap.reference import build_profile
 from modeltap.reference.document import ReferenceFeature, ReferenceProfile, parse_reference, write_profile
 from modeltap.stats.scores import Thresholds, coarse_counts, js_distance, psi, psi_noise_floor
+from tests.support.backends import require_promtool
 
 RNG = np.random.default_rng(20261205)
 CATEGORIES = ("a", "b", "c", "d")
@@ -135,16 +134,6 @@ def _series(cumulative: bool) -> list[dict[str, str]]:
     return out
 
 
-def _require_promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        reason = "promtool (Debian's prometheus package) is needed to check the generated rules"
-        if os.environ.get("CI"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return found
-
-
 def test_constants_follow_the_reference() -> None:
     constants = {c.name: c for c in feature_constants(PROFILE, 1e-3)}
     assert set(constants) == {"x", "y", "c"}
@@ -194,7 +183,7 @@ def test_the_rule_file_has_the_groups_records_and_alerts_users_expect(tmp_path: 
 
 @pytest.mark.parametrize("variant", ["cumulative", "window"])
 def test_promtool_checks_and_evaluates_the_rules_like_modeltap(tmp_path: Path, variant: str) -> None:
-    promtool = _require_promtool()
+    promtool = require_promtool()
     extra = ["--cumulative"] if variant == "cumulative" else []
     _generate(tmp_path, "--window", "1m", "--for", "1m", *extra)
     checked = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")],
