@@ -294,6 +294,13 @@ class ModelTapConfig:
     monitor: str = "process"
     monitor_id: str | None = None  # names the server's monitor (default: the supervisor's pid)
     monitor_memory_bytes: int = 512 * 1024 * 1024  # above it the monitor sheds, never grows
+    # Ground truth: labels fed back to `{views_prefix}/feedback` join predictions by request id
+    # and row, or by this input column (a business key such as a transaction id). Predictions
+    # wait for their labels `label_ttl_s` (a day: most labels that come at all come within it),
+    # in a store of at most `label_store_bytes` (64 MiB, about 250 000 predictions).
+    label_key: str | None = None
+    label_ttl_s: float = 24 * 3600.0
+    label_store_bytes: int = 64 * 1024 * 1024
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
@@ -381,6 +388,12 @@ class ModelTapConfig:
                 f"monitor_id must be 1-64 letters, digits, '.', '_' or '-', got {self.monitor_id!r}",
                 "monitor_id",
             )
+        if not self.label_ttl_s > 0:
+            raise ConfigError(f"label_ttl_s must be > 0, got {self.label_ttl_s!r}", "label_ttl_s")
+        if self.label_store_bytes < 1024 * 1024:
+            raise ConfigError(
+                f"label_store_bytes must be >= 1 MiB, got {self.label_store_bytes!r}", "label_store_bytes"
+            )
         if self.monitor_memory_bytes < 64 * 1024 * 1024:
             raise ConfigError(
                 f"monitor_memory_bytes must be >= 64 MiB, got {self.monitor_memory_bytes!r}",
@@ -461,6 +474,9 @@ class ModelTapConfig:
         take("MODELTAP_MONITOR", "monitor", lambda v, r: r.lower())
         take("MODELTAP_MONITOR_ID", "monitor_id")
         take("MODELTAP_MONITOR_MEMORY_BYTES", "monitor_memory_bytes", _parse_int)
+        take("MODELTAP_LABEL_KEY", "label_key")
+        take("MODELTAP_LABEL_TTL_S", "label_ttl_s", _parse_float)
+        take("MODELTAP_LABEL_STORE_BYTES", "label_store_bytes", _parse_int)
         kwargs["export"] = ExportConfig.from_env(env)
         for name in overrides:
             sources.pop(name, None)

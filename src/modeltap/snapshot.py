@@ -177,6 +177,22 @@ class ServingCounts:
 
 
 @dataclass(frozen=True)
+class PerformanceSummary:
+    """One model version's realised performance from joined labels, over the window and since
+    start: metric name -> value (None where undefined), per-class numbers of the window."""
+
+    model: str
+    version: str
+    kind: str  # classification | regression
+    window_labels: int
+    total_labels: int
+    window: tuple[tuple[str, float | None], ...] = ()
+    total: tuple[tuple[str, float | None], ...] = ()
+    per_class: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    label_delay_p50_s: float | None = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything exported at one instant; counts are cumulative since `start_unix_ns`."""
 
@@ -195,3 +211,7 @@ class Snapshot:
     monitoring: SelfMonitoring = field(default_factory=SelfMonitoring)
     reference_id: str | None = None
     window_s: float = 0.0
+    performance: tuple[PerformanceSummary, ...] = ()
+    # What became of the labels fed back (joined, duplicate, conflict, early, unmatched, expired,
+    # evicted) and of predictions without a join key; empty when ground truth is off.
+    labels: tuple[tuple[str, int], ...] = ()

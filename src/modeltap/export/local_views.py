@@ -8,12 +8,13 @@ header by the server). Served from the latest published snapshot, never computed
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import orjson
@@ -25,7 +26,17 @@ from modeltap.snapshot import Snapshot
 
 # (status, headers, body) of a view rendered elsewhere (the monitor process).
 ViewAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
-RemoteViews = Callable[[str, bytes], Awaitable[ViewAnswer]]
+# Labels in: (body, content type) -> (status, JSON answer); runs on a thread of its own.
+FeedbackEndpoint = Callable[[bytes, str], tuple[int, bytes]]
+MAX_FEEDBACK_BYTES = 1024 * 1024
+
+
+class RemoteViews(Protocol):
+    """Fetches a view from the monitor process (`handoff.views_client.MonitorViews`)."""
+
+    def __call__(
+        self, sub: str, query: bytes, method: str = "GET", body: bytes = b"", content_type: str = ""
+    ) -> Awaitable[ViewAnswer]: ...
 
 
 class LocalViews:
@@ -53,6 +64,7 @@ class LocalViews:
         *,
         remote: RemoteViews | None = None,
         trust_peer: bool = False,
+        feedback: FeedbackEndpoint | None = None,
     ) -> None:
         self._prefix = prefix
         self._slash_prefix = prefix + "/"
@@ -62,6 +74,7 @@ class LocalViews:
         self._allow = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in allow)
         self.remote = remote
         self._trust_peer = trust_peer
+        self.feedback = feedback
 
     def handles(self, scope: Scope) -> bool:
         path: str = scope["path"]
@@ -99,12 +112,35 @@ class LocalViews:
         # loopback address says nothing about who sent the request.
         return address.is_loopback and not _forwarded(scope)
 
+    def _write_allowed(self, scope: Scope) -> bool:
+        """Write endpoints: the token, or a loopback peer with no proxy between; an allow-list
+        grants reading only (CLARIFICATIONS: writes never depend on forwarding headers)."""
+        if self._token is not None:
+            for key, value in scope.get("headers", ()):
+                if (
+                    key == b"authorization"
+                    and value[:7].lower() == b"bearer "
+                    and hmac.compare_digest(value[7:].strip(), self._token)
+                ):
+                    return True
+        client = scope.get("client")
+        try:
+            address = ipaddress.ip_address(client[0]) if client else None
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return address is not None and address.is_loopback and not _forwarded(scope)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
         sub = path[len(self._prefix) :]
+        if sub in ("/feedback", "/feedback/"):
+            await self._feedback(scope, receive, send, sub)
+            return
         if not self._trust_peer and not self._allowed(scope):
             await _respond(send, 403, _FORBIDDEN, "text/plain; charset=utf-8")
             return
@@ -143,6 +179,48 @@ class LocalViews:
         else:
             await _respond(send, 404, b"not found\n", "text/plain; charset=utf-8")
 
+    async def _feedback(self, scope: Scope, receive: Receive, send: Send, sub: str) -> None:
+        text = "text/plain; charset=utf-8"
+        if scope.get("method") != "POST":
+            await _respond(send, 405, b"method not allowed: POST labels here\n", text, [(b"allow", b"POST")])
+            return
+        if not self._trust_peer and not self._write_allowed(scope):
+            await _respond(send, 403, _FORBIDDEN_WRITE, text)
+            return
+        content_type = ""
+        declared = None
+        for key, value in scope.get("headers", ()):
+            if key == b"content-type":
+                content_type = value.decode("latin-1")
+            elif key == b"content-length" and value.strip().isdigit():
+                declared = int(value)
+        too_large = f"feedback bodies are limited to {MAX_FEEDBACK_BYTES} bytes; send several\n".encode()
+        if declared is not None and declared > MAX_FEEDBACK_BYTES:
+            await _respond(send, 413, too_large, text)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_FEEDBACK_BYTES:
+                await _respond(send, 413, too_large, text)
+                return
+            if not message.get("more_body"):
+                break
+        if self.remote is not None:
+            status, headers, answer = await self.remote(sub, b"", "POST", bytes(body), content_type)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": answer})
+            return
+        if self.feedback is None:
+            await _respond(send, 404, b"feedback is not served here\n", text)
+            return
+        loop = asyncio.get_running_loop()
+        status, answer = await loop.run_in_executor(None, self.feedback, bytes(body), content_type)
+        await _respond(send, status, answer, "application/json")
+
 
 # Headers a proxy adds on the way in: any of them means the peer address is not the client's.
 FORWARDING_HEADERS = frozenset(
@@ -171,6 +249,13 @@ _FORBIDDEN = (
     b"To grant access, set a token (views_token, variable MODELTAP_VIEWS_TOKEN) and send\n"
     b"'Authorization: Bearer <token>', or allow the client's networks (views_allow, variable\n"
     b"MODELTAP_VIEWS_ALLOW, comma-separated CIDRs).\n"
+)
+
+
+_FORBIDDEN_WRITE = (
+    b"forbidden: feedback is accepted from loopback clients (with no forwarding header) or with\n"
+    b"'Authorization: Bearer <token>' (views_token, variable MODELTAP_VIEWS_TOKEN); an allow-list\n"
+    b"grants reading the views only.\n"
 )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from modeltap._version import __version__
 from modeltap.export.history_json import history_document
-from modeltap.snapshot import CounterPoint, FeatureView, Snapshot
+from modeltap.snapshot import CounterPoint, FeatureView, PerformanceSummary, Snapshot
 
 
 def _finite(value: float | None) -> float | None:
@@ -142,6 +142,9 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
         if snap.proxy_errors is None
         else _by_reason(snap.proxy_errors, "modeltap.error.code"),
         "proxy_retries": snap.proxy_retries,
+        # Realised performance from labels fed back (POST …/feedback), per model version.
+        "performance": [performance_document(p) for p in snap.performance],
+        "labels": dict(snap.labels),
         "monitoring": {
             "queue_depth": mon.queue_depth,
             "queue_bytes": mon.queue_bytes,
@@ -161,6 +164,18 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             "export_failures": dict(mon.export_failures),
             "last_export_unix_s": dict(mon.last_export_unix_s),
         },
+    }
+
+
+def performance_document(summary: PerformanceSummary) -> dict[str, Any]:
+    return {
+        "model": summary.model,
+        "version": summary.version,
+        "kind": summary.kind,
+        "window": {"labels": summary.window_labels, **dict(summary.window)},
+        "total": {"labels": summary.total_labels, **dict(summary.total)},
+        "per_class": {name: dict(numbers) for name, numbers in summary.per_class},
+        "label_delay_p50_s": summary.label_delay_p50_s,
     }
 
 

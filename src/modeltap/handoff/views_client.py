@@ -45,13 +45,20 @@ class MonitorViews:
         self._path = str(socket_path)
         self._timeout_s = timeout_s
 
-    async def __call__(self, sub: str, query: bytes) -> ViewAnswer:
+    async def __call__(
+        self, sub: str, query: bytes, method: str = "GET", body: bytes = b"", content_type: str = ""
+    ) -> ViewAnswer:
         # The client's path and query are quoted: nothing it sends can change the request line.
         target = quote(sub or "/", safe="/")
         if query:
             target += "?" + quote(query.decode("latin-1"), safe="=&")
+        verb = "POST" if method == "POST" else "GET"
+        head = f"{verb} {target} HTTP/1.1\r\nhost: monitor\r\nconnection: close\r\n"
+        if method == "POST":
+            kind = "".join(c for c in content_type if c.isprintable() and c not in "\r\n")[:200]
+            head += f"content-type: {kind or 'application/json'}\r\ncontent-length: {len(body)}\r\n"
         try:
-            return await asyncio.wait_for(self._fetch(target), self._timeout_s)
+            return await asyncio.wait_for(self._fetch(head.encode() + b"\r\n" + body), self._timeout_s)
         except asyncio.TimeoutError:
             return _unavailable("timed out")
         except OSError as exc:
@@ -69,10 +76,10 @@ class MonitorViews:
                     raise
                 await asyncio.sleep(0.05)
 
-    async def _fetch(self, target: str) -> ViewAnswer:
+    async def _fetch(self, request: bytes) -> ViewAnswer:
         reader, writer = await self._connect()
         try:
-            writer.write(f"GET {target} HTTP/1.1\r\nhost: monitor\r\nconnection: close\r\n\r\n".encode())
+            writer.write(request)
             await writer.drain()
             data = await reader.read(MAX_VIEW_BYTES + 1)
             while True:

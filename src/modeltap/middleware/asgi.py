@@ -84,6 +84,9 @@ class ModelTapMiddleware:
         monitor: str | None = None,
         monitor_id: str | None = None,
         monitor_memory_bytes: int | None = None,
+        label_key: str | None = None,
+        label_ttl_s: float | None = None,
+        label_store_bytes: int | None = None,
         export: ExportConfig | None = None,
     ) -> None:
         # Explicit keywords (not **options) so type checkers accept `app.add_middleware(...)`;
@@ -146,6 +149,7 @@ class ModelTapMiddleware:
             # Process mode: the monitor renders the views; this process only checks access.
             place = tap.place
             views.remote = MonitorViews(place.views_socket) if tap.mode == "process" and place else None
+            views.feedback = tap.analyzer.feedback  # inline: labels join here
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through unchanged, flushing telemetry once the app has shut down."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from modeltap._types import Receive, Scope, Send
 from modeltap.config import ModelTapConfig
-from modeltap.export.local_views import LocalViews
+from modeltap.export.local_views import FeedbackEndpoint, LocalViews
 from modeltap.snapshot import Snapshot
 
 _log = logging.getLogger("modeltap.sidecar")
@@ -89,15 +89,19 @@ class Readiness:
             self._task = None
 
 
-def admin_views(snapshot: Callable[[], Snapshot], config: ModelTapConfig) -> LocalViews:
+def admin_views(
+    snapshot: Callable[[], Snapshot], config: ModelTapConfig, feedback: FeedbackEndpoint | None = None
+) -> LocalViews:
     """The views of the admin port: reachable by whoever can reach where it is bound (the
-    operator chose that); a token, when set, is still required."""
+    operator chose that); a token, when set, is still required. `POST /feedback` (labels in)
+    answers loopback clients, or any client with the token."""
     return LocalViews(
         "",
         snapshot,
         model_name=config.model_name,
         token=config.views_token,
         allow=("0.0.0.0/0", "::/0") if config.views_token is None else config.views_allow,
+        feedback=feedback,
     )
 
 

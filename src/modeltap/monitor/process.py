@@ -191,7 +191,13 @@ class Monitor:
     def _views_server(self) -> _ViewsServer:
         assert self.analyzer is not None
         config = self.config
-        app = LocalViews("", self.analyzer.latest_snapshot, model_name=config.model_name, trust_peer=True)
+        app = LocalViews(
+            "",
+            self.analyzer.latest_snapshot,
+            model_name=config.model_name,
+            trust_peer=True,
+            feedback=self.analyzer.feedback,
+        )
         settings = uvicorn.Config(
             app,
             uds=str(self.place.views_socket),
@@ -224,7 +230,7 @@ class Monitor:
         )
         readiness.start()
         settings = uvicorn.Config(
-            AdminApp(admin_views(self.analyzer.latest_snapshot, config), readiness),
+            AdminApp(admin_views(self.analyzer.latest_snapshot, config, self.analyzer.feedback), readiness),
             http="httptools",
             lifespan="off",
             log_config=None,

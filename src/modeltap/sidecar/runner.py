@@ -121,7 +121,9 @@ class Sidecar:
         self.tap.run_directory = run_directory
         self.tap.enable_proxy_errors()
         self.tap.enable_proxy_retries()
-        self.admin = AdminApp(admin_views(self.tap.latest_snapshot, monitoring), self.readiness)
+        self.admin = AdminApp(
+            admin_views(self.tap.latest_snapshot, monitoring, self.tap.analyzer.feedback), self.readiness
+        )
         self._protocol = protocol_class(
             ClientLimits(
                 max_url_bytes=settings.max_url_bytes,

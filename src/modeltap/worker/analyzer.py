@@ -27,7 +27,10 @@ from modeltap.snapshot import Attributes, CounterPoint, SelfMonitoring, ServingC
 from modeltap.stats import StatsAggregator
 from modeltap.stats.aggregator import StateCaps
 from modeltap.stats.drift_state import WindowConfig
+from modeltap.stats.ground_truth import GroundTruth
+from modeltap.stats.join_store import JoinStore
 from modeltap.stats.scores import Thresholds
+from modeltap.worker.feedback import feedback_endpoint
 from modeltap.worker.pipeline import UNKNOWN, BatchPipeline
 
 _log = logging.getLogger("modeltap")
@@ -101,6 +104,18 @@ class Analyzer:
         self.pipeline = BatchPipeline(
             config, reference, self.stats, span_options(config), lambda: self.resource, self.default_name
         )
+        self.truth = GroundTruth(
+            reference,
+            slots=config.window_slots,
+            slot_s=config.window_slot_s,
+            store=JoinStore(max_bytes=config.label_store_bytes, ttl_s=config.label_ttl_s),
+            max_versions=config.max_models * config.max_versions_per_model,
+            default_model=config.model_name or (reference.model_name if reference is not None else None),
+        )
+        if self.truth.enabled:
+            self.pipeline.truth = self.truth
+        # `POST …/feedback` (the views call it on a thread of their own).
+        self.feedback = feedback_endpoint(self.truth, config.label_key)
         self.exporter: TelemetryExporter | None = None
         self._span_processor: Any = None
         self.records_processed = 0
@@ -201,6 +216,8 @@ class Analyzer:
             monitoring=monitoring,
             reference_id=self.reference.id if self.reference is not None else None,
             window_s=self.stats.window_s,
+            performance=self.truth.views(time.monotonic()) if self.truth.enabled else (),
+            labels=tuple(sorted(self.truth.label_counts().items())) if self.truth.enabled else (),
         )
         return self._latest
 

@@ -32,6 +32,8 @@ from modeltap.records import PROXY_ERROR_KEY, ExchangeRecord, RawRecord
 from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import Attributes
 from modeltap.stats import StatsAggregator
+from modeltap.stats.ground_truth import GroundTruth
+from modeltap.worker.feedback import join_key
 
 _log = logging.getLogger("modeltap")
 UNKNOWN = "unknown"
@@ -107,6 +109,10 @@ class BatchPipeline:
             {b"content-encoding", self._version_header, b"ce-modelid", b"ce-id"}
         )
         self.errors: Counter[str] = Counter()
+        # Ground truth (set by the analyzer when the reference has something to judge): each
+        # answered row's prediction waits there for its label.
+        self.truth: GroundTruth | None = None
+        self._label_key = config.label_key
         self._wire = SpanWireEncoder(span_options)
         self._route_templates = RouteTemplates()
         # True when spans go to the application's own TracerProvider (which needs SDK spans).
@@ -225,6 +231,8 @@ class BatchPipeline:
                     self.pending_bytes += _ROW_BYTES * len(decoded.output_values)
                 if decoded.outputs:
                     stats.observe_columns(model, "output", decoded.outputs, payload_weight, accepted)
+                if self.truth is not None and accepted and payload_weight:
+                    self._keep_predictions(model, decoded)
                 if decoded.violations:
                     for reason, count in decoded.violations.items():
                         stats.count_violation(model, reason, count * payload_weight)
@@ -243,6 +251,32 @@ class BatchPipeline:
         if self._pending >= FLUSH_RECORDS or time.monotonic() - self._pending_since >= FLUSH_AGE_S:
             self.flush_pending()
         return spans
+
+    def _keep_predictions(self, model: Attributes, decoded: DecodedPayload) -> None:
+        """Hand the exchange's predictions, row by row, to the ground truth with their join keys."""
+        truth = self.truth
+        assert truth is not None
+        predictions: list[Any] | None = decoded.output_values
+        if predictions is None and decoded.outputs:
+            name = truth.prediction_output
+            predictions = decoded.outputs.get(name) if name else None
+            if predictions is None:
+                predictions = decoded.outputs.get("prediction")
+        if not predictions:
+            return
+        key_values: list[Any] = [None] * len(predictions)
+        label_key = self._label_key
+        if label_key is not None:
+            if decoded.matrix_rows is not None and label_key in decoded.matrix_names:
+                column = decoded.matrix_names.index(label_key)
+                key_values = [row[column] for row in decoded.matrix_rows]
+            elif decoded.features and label_key in decoded.features:
+                key_values = list(decoded.features[label_key])
+        keys = [
+            join_key(label_key, decoded.request_id, row, key_values[row] if row < len(key_values) else None)
+            for row in range(len(predictions))
+        ]
+        truth.add_predictions(str(model[0][1]), str(model[1][1]), keys, predictions, time.monotonic())
 
     def flush_pending(self) -> None:
         """Hand every grouped value to the statistics (before a snapshot, and from `process`)."""

@@ -1,0 +1,296 @@
+"""Ground truth: predictions joined to the labels fed back later, and the performance they give.
+
+The worker hands each answered row's prediction here with its join key (the request id and the
+row, or the value of the `label_key` input column); a feedback request hands labels. A label
+meets its prediction in the `JoinStore`; the pair lands in the performance counts of the model
+version that made the prediction, over the drift window (tumbling slots) and cumulatively.
+
+What is a class and what is a number comes from the reference, never from the client: the
+label feature (role `label`, `modeltap profile --target`) or else the prediction output says
+whether the model classifies (the vocabularies are the classes; anything else is `__other__`)
+or regresses. Without either there is nothing to judge, and feedback is refused.
+
+Thread-safe: the worker adds predictions while feedback requests add labels from the server's
+event loop; one lock guards the store and the counts (held for microseconds per call).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeltap.reference.document import ReferenceProfile, canonical_category
+from modeltap.snapshot import PerformanceSummary
+from modeltap.stats.join_store import Joined, JoinStore, Prediction
+from modeltap.stats.performance import (
+    ClassificationMetrics,
+    ConfusionCounts,
+    RegressionCounts,
+    RegressionMetrics,
+    classification_metrics,
+    regression_metrics,
+)
+
+Value = str | float | int | bool | None
+
+
+@dataclass(frozen=True)
+class LabelOutcome:
+    """What became of one label: `joined`, `waiting` (its prediction has not come yet),
+    `duplicate`, or a rejection reason (`conflict`, `bad_label`)."""
+
+    status: str
+
+
+def _kind(reference: ReferenceProfile | None) -> tuple[str | None, tuple[str, ...], str | None]:
+    """(kind, classes, the output that is the prediction) from the reference."""
+    if reference is None:
+        return None, (), None
+    labels = [f for f in reference.features if f.role == "label"]
+    outputs = [f for f in reference.features if f.role == "output"]
+    prediction = next((f for f in outputs if f.name == "prediction"), outputs[0] if outputs else None)
+    source = labels[0] if labels else prediction
+    if source is None:
+        return None, (), None
+    if source.kind == "categorical":
+        classes = list(source.vocabulary)
+        if prediction is not None and prediction.kind == "categorical":
+            classes += [c for c in prediction.vocabulary if c not in classes]
+        return "classification", tuple(classes), prediction.name if prediction else None
+    return "regression", (), prediction.name if prediction else None
+
+
+class _Slots:
+    """Per-slot performance counts over a tumbling window, plus the cumulative counts."""
+
+    def __init__(self, kind: str, classes: tuple[str, ...], slots: int, slot_s: float) -> None:
+        self.kind = kind
+        self.classes = classes
+        self.slots = slots
+        self.slot_s = slot_s
+        self.ring: dict[int, ConfusionCounts | RegressionCounts] = {}
+        self.total = self._new()
+        self.delays: list[float] = []
+
+    def _new(self) -> ConfusionCounts | RegressionCounts:
+        return ConfusionCounts(self.classes) if self.kind == "classification" else RegressionCounts()
+
+    def add(self, joined: Joined, now: float) -> bool:
+        slot = int(now // self.slot_s)
+        for old in [s for s in self.ring if s <= slot - self.slots]:
+            del self.ring[old]
+        current = self.ring.get(slot)
+        if current is None:
+            current = self.ring[slot] = self._new()
+        if isinstance(current, ConfusionCounts):
+            true = canonical_category(joined.label)
+            predicted = canonical_category(joined.prediction.predicted)
+            if true is None or predicted is None:
+                return False
+            for counts in (current, self.total):
+                assert isinstance(counts, ConfusionCounts)
+                counts.add([true], [predicted])
+        else:
+            label, predicted_value = _number(joined.label), _number(joined.prediction.predicted)
+            if label is None or predicted_value is None:
+                return False
+            for counts in (current, self.total):
+                assert isinstance(counts, RegressionCounts)
+                counts.add(np.array([label]), np.array([predicted_value]))
+        self.delays.append(joined.delay_s)
+        if len(self.delays) > 2048:
+            del self.delays[:1024]
+        return True
+
+    def window(self, now: float) -> ConfusionCounts | RegressionCounts:
+        slot = int(now // self.slot_s)
+        merged = self._new()
+        for index, counts in self.ring.items():
+            if index > slot - self.slots:
+                # Two branches, so the type checker knows each merge's types.
+                if isinstance(merged, ConfusionCounts) and isinstance(counts, ConfusionCounts):  # noqa: SIM114
+                    merged.merge(counts)
+                elif isinstance(merged, RegressionCounts) and isinstance(counts, RegressionCounts):
+                    merged.merge(counts)
+        return merged
+
+
+def _number(value: Value) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+class GroundTruth:
+    """Join and performance state for every model version. See the module notes."""
+
+    def __init__(
+        self,
+        reference: ReferenceProfile | None,
+        *,
+        slots: int,
+        slot_s: float,
+        store: JoinStore | None = None,
+        max_versions: int = 64,
+        default_model: str | None = None,
+    ) -> None:
+        self.kind, self.classes, self.prediction_output = _kind(reference)
+        self.slots = slots
+        self.slot_s = slot_s
+        self.store = store or JoinStore()
+        self.max_versions = max_versions
+        # The model a label without `model_name` belongs to: the configured (or only) model.
+        self.default_model = default_model
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._versions: dict[tuple[str, str], _Slots] = {}
+        self._models: set[str] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind is not None
+
+    def add_predictions(
+        self,
+        model: str,
+        version: str,
+        keys: Sequence[Hashable | None],
+        predictions: Sequence[Value],
+        now: float,
+    ) -> None:
+        """One exchange's rows: `keys[i]` joins row i (None: it cannot be joined, counted)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            self._models.add(model)
+            for key, predicted in zip(keys, predictions, strict=False):
+                if key is None:
+                    self.counts["no_join_key"] += 1
+                    continue
+                value = predicted if isinstance(predicted, (str, float, int)) else None
+                joined = self.store.add_prediction(
+                    (model, key), Prediction(model, version, value, created_s=now), now
+                )
+                if joined is not None:
+                    self._record(joined, now)
+
+    def add_label(self, model: str | None, key: Hashable, label: Value, now: float) -> LabelOutcome:
+        if not self.enabled:
+            return LabelOutcome("not_enabled")
+        if label is None or (self.kind == "regression" and _number(label) is None):
+            return LabelOutcome("bad_label")
+        with self._lock:
+            name = model if model is not None else self._only_model()
+            if name is None:
+                return LabelOutcome("unknown_model")
+            before = Counter(self.store.counts)
+            joined = self.store.add_label((name, key), label, now)
+            after = self.store.counts
+            if joined is not None:
+                self._record(joined, now)
+                return LabelOutcome("joined")
+            for reason in ("duplicate", "conflict"):
+                if after[reason] > before[reason]:
+                    return LabelOutcome(reason)
+            return LabelOutcome("waiting")
+
+    def _only_model(self) -> str | None:
+        if self.default_model is not None:
+            return self.default_model
+        return next(iter(self._models)) if len(self._models) == 1 else None
+
+    def _record(self, joined: Joined, now: float) -> None:
+        key = (joined.prediction.model, joined.prediction.version)
+        slots = self._versions.get(key)
+        if slots is None:
+            if len(self._versions) >= self.max_versions:
+                self.counts["over_version_cap"] += 1
+                return
+            assert self.kind is not None
+            slots = self._versions[key] = _Slots(self.kind, self.classes, self.slots, self.slot_s)
+        if not slots.add(joined, now):
+            self.counts["unusable_label"] += 1
+
+    def views(self, now: float) -> tuple[PerformanceSummary, ...]:
+        with self._lock:
+            self.store.expire(now)
+            out = []
+            for (model, version), slots in sorted(self._versions.items()):
+                window = slots.window(now)
+                delay = float(np.median(slots.delays)) if slots.delays else None
+                if isinstance(window, ConfusionCounts) and isinstance(slots.total, ConfusionCounts):
+                    current = classification_metrics(window)
+                    out.append(
+                        PerformanceSummary(
+                            model, version, "classification", window.total, slots.total.total,
+                            window=_classification_numbers(current),
+                            total=_classification_numbers(classification_metrics(slots.total)),
+                            per_class=_per_class(current),
+                            label_delay_p50_s=delay,
+                        )
+                    )  # fmt: skip
+                elif isinstance(window, RegressionCounts) and isinstance(slots.total, RegressionCounts):
+                    out.append(
+                        PerformanceSummary(
+                            model, version, "regression", window.count, slots.total.count,
+                            window=_regression_numbers(regression_metrics(window)),
+                            total=_regression_numbers(regression_metrics(slots.total)),
+                            label_delay_p50_s=delay,
+                        )
+                    )  # fmt: skip
+            return tuple(out)
+
+    def counts_rejected(self, count: int) -> None:
+        """Labels a feedback request rejected before any join (bad items, unknown keys)."""
+        if count:
+            with self._lock:
+                self.counts["rejected"] += count
+
+    def label_counts(self) -> dict[str, int]:
+        """Every label's fate so far (joined, duplicate, conflict, early, unmatched, expired,
+        evicted) and the predictions that could not be joined (`no_join_key`)."""
+        with self._lock:
+            return dict(self.store.counts + self.counts)
+
+
+def _classification_numbers(metrics: ClassificationMetrics | None) -> tuple[tuple[str, float | None], ...]:
+    if metrics is None:
+        return ()
+    return (
+        ("accuracy", metrics.accuracy),
+        ("macro_precision", metrics.macro_precision),
+        ("macro_recall", metrics.macro_recall),
+        ("macro_f1", metrics.macro_f1),
+    )
+
+
+def _per_class(
+    metrics: ClassificationMetrics | None,
+) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...]:
+    if metrics is None:
+        return ()
+    return tuple(
+        (
+            name,
+            (("precision", m.precision), ("recall", m.recall), ("f1", m.f1), ("support", float(m.support))),
+        )
+        for name, m in metrics.per_class.items()
+    )
+
+
+def _regression_numbers(metrics: RegressionMetrics | None) -> tuple[tuple[str, float | None], ...]:
+    if metrics is None:
+        return ()
+    return (("mae", metrics.mae), ("rmse", metrics.rmse), ("r2", metrics.r2))

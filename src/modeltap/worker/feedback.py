@@ -1,0 +1,88 @@
+"""`POST …/feedback`: labels in, joined to their predictions by the ground-truth state.
+
+Runs off the serving event loop (the views hand it to a thread): parsing a 1 MiB body takes
+milliseconds. The answer says what became of every item:
+`{"accepted": n, "duplicates": n, "rejected": [{"index": i, "reason": "…"}]}`; accepted labels
+joined their prediction or wait (briefly, bounded) for a prediction that has not been seen yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import orjson
+
+from modeltap.protocols.feedback import FeedbackBodyError, parse_feedback
+from modeltap.reference.document import canonical_category
+from modeltap.stats.ground_truth import GroundTruth
+
+MAX_FEEDBACK_BYTES = 1024 * 1024
+
+FeedbackEndpoint = Callable[[bytes, str], tuple[int, bytes]]
+
+
+def _error(status: int, message: str) -> tuple[int, bytes]:
+    return status, orjson.dumps({"error": message})
+
+
+def join_key(
+    label_key: str | None, request_id: str | None, row: int, key_value: object
+) -> tuple[str, ...] | None:
+    """The key a prediction row and its label share: the label-key column's value, canonical (so
+    1, 1.0 and "1" meet), or the request id and the row."""
+    if label_key is not None:
+        value = canonical_category(key_value)
+        return ("key", value) if value is not None else None
+    if request_id:
+        return ("id", request_id, str(row))
+    return None
+
+
+def feedback_endpoint(
+    truth: GroundTruth, label_key: str | None, clock: Callable[[], float] = time.monotonic
+) -> FeedbackEndpoint:
+    def handle(body: bytes, content_type: str) -> tuple[int, bytes]:
+        if not truth.enabled:
+            return _error(
+                422,
+                "no ground truth: the reference profile names no label or prediction to judge "
+                "(profile with --target COL --prediction COL)",
+            )
+        try:
+            batch = parse_feedback(body, content_type)
+        except FeedbackBodyError as exc:
+            return _error(400, str(exc))
+        now = clock()
+        accepted = duplicates = 0
+        rejected = list(batch.rejected)
+        for item in batch.items:
+            if item.key is not None:
+                if label_key is None or item.key[0] != label_key:
+                    rejected.append((item.index, "unknown_key"))
+                    continue
+                key = join_key(label_key, None, 0, item.key[1])
+            elif label_key is not None:
+                rejected.append((item.index, "key_required"))  # predictions are kept by key
+                continue
+            else:
+                key = join_key(None, item.request_id, item.row, None)
+            if key is None:
+                rejected.append((item.index, "bad_key"))
+                continue
+            outcome = truth.add_label(item.model_name, key, item.label, now).status
+            if outcome in ("joined", "waiting"):
+                accepted += 1
+            elif outcome == "duplicate":
+                duplicates += 1
+            else:
+                rejected.append((item.index, outcome))
+        truth.counts_rejected(len(rejected))
+        answer = {
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "rejected": [{"index": i, "reason": r} for i, r in sorted(rejected)],
+        }
+        return 200, orjson.dumps(answer)
+
+    return handle

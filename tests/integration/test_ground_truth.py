@@ -1,0 +1,183 @@
+"""Labels fed back over HTTP join their predictions, on real servers: a uvicorn app with the
+middleware (analysis inline and in the monitor process) and the sidecar (labels to its admin
+port). The realised accuracy and F1 in /status equal scikit-learn's on the same joined rows;
+duplicates, conflicts and unknown ids are answered and counted; access and size are enforced."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from modeltap.cli import main as modeltap_main
+from tests.support.backends import ROOT, wait_for
+from tests.support.fleet_model import FEATURES, decide, drifted_rows, training_rows
+from tests.support.server_process import free_port, running_server, server_environment
+from tests.support.sidecar_process import sidecar_process
+
+pytestmark = pytest.mark.timeout(120)
+
+PREDICT = "/v1/models/loans:predict"
+UVICORN = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "--app-dir",
+    str(ROOT),
+    "--host",
+    "127.0.0.1",
+    "--log-level",
+    "warning",
+]
+REQUESTS = 120
+
+
+def _outcome(row: dict[str, Any], rng: random.Random) -> str:
+    """What really happened: usually what the model decided, sometimes not."""
+    return decide(row) if rng.random() < 0.75 else rng.choice(("approve", "review", "deny"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("truth")
+    table = directory / "validation.csv"
+    rng = random.Random(5)
+    with table.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*FEATURES, "prediction", "outcome"])
+        for row in training_rows(2000, seed=21):
+            writer.writerow([row["amount"], row["income"], row["country"], decide(row), _outcome(row, rng)])
+    path = directory / "reference.json"
+    argv = ["profile", str(table), "-o", str(path), "--prediction", "prediction", "--target", "outcome"]
+    assert modeltap_main([*argv, "--model-name", "loans"]) == 0
+    return path
+
+
+@contextlib.contextmanager
+def _app(reference: Path, tmp_path: Path, monitor: str) -> Iterator[tuple[str, str]]:
+    """A middleware app; yields (its base URL, its feedback URL)."""
+    port = free_port()
+    command = [*UVICORN, "--factory", "tests.support.fleet_model:monitored_app", "--port", str(port)]
+    env = server_environment(
+        tmp_path / "run",
+        MODELTAP_REFERENCE=str(reference),
+        MODELTAP_MODEL_NAME="loans",
+        MODELTAP_MONITOR=monitor,
+    )
+    with running_server(command, env, port, tmp_path / "app.log") as server:
+        yield server.url, server.url + "/modeltap/feedback"
+
+
+@contextlib.contextmanager
+def _sidecar(reference: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    port = free_port()
+    command = [*UVICORN, "tests.support.fleet_model:app", "--port", str(port)]
+    with (
+        running_server(
+            command, server_environment(tmp_path / "model-run"), port, tmp_path / "model.log"
+        ) as model,
+        sidecar_process(
+            model.url, tmp_path, "--reference", str(reference), "--model-name", "loans"
+        ) as sidecar,
+    ):
+        yield sidecar.url, sidecar.admin_url + "/feedback"
+
+
+def _status(feedback_url: str) -> dict[str, Any]:
+    status: dict[str, Any] = httpx.get(feedback_url.removesuffix("/feedback") + "/status", timeout=10).json()
+    return status
+
+
+def _exercise(url: str, feedback_url: str) -> None:
+    rng = random.Random(11)
+    rows_sent: list[tuple[str, int, dict[str, Any]]] = []
+    with httpx.Client(timeout=10) as client:
+        for i in range(REQUESTS):
+            rows = drifted_rows(1 + i % 3, seed=i)
+            answer = client.post(
+                url + PREDICT, json={"instances": rows}, headers={"x-request-id": f"req-{i}"}
+            )
+            assert answer.status_code == 200
+            assert "x-request-id" not in answer.headers  # modeltap adds nothing to responses
+            rows_sent += [(f"req-{i}", r, row) for r, row in enumerate(rows)]
+        truth = {(rid, r): _outcome(row, rng) for rid, r, row in rows_sent}
+        labelled = rows_sent[: len(rows_sent) - 10]  # the last ten rows never get a label
+        items = [{"request_id": rid, "row": r, "label": truth[(rid, r)]} for rid, r, _ in labelled]
+        rng.shuffle(items)  # out of order
+        half = len(items) // 2
+        first = client.post(feedback_url, json=items[:half])
+        assert first.status_code == 200, first.text
+        assert first.json() == {"accepted": half, "duplicates": 0, "rejected": []}
+        again = items[:5]  # duplicates
+        conflict = {**items[5], "label": "approve" if items[5]["label"] != "approve" else "deny"}
+        extra = [
+            *items[half:],
+            *again,
+            conflict,
+            {"request_id": "never-sent", "label": "deny"},
+            {"label": "x"},
+        ]
+        ndjson = "\n".join(httpx.Response(200, json=i).text for i in extra).encode()
+        second = client.post(feedback_url, content=ndjson, headers={"content-type": "application/x-ndjson"})
+        assert second.status_code == 200, second.text
+        n_rest = len(items) - half
+        assert second.json() == {
+            "accepted": n_rest + 1,  # the rest, and the unknown id (it waits for a prediction)
+            "duplicates": 5,
+            "rejected": [
+                {"index": n_rest + 5, "reason": "conflict"},
+                {"index": n_rest + 7, "reason": "no_join_key"},
+            ],
+        }
+
+        expected_true = [truth[(rid, r)] for rid, r, _ in labelled]
+        expected_pred = [decide(row) for _, _, row in labelled]
+
+        def joined() -> bool:
+            performance = _status(feedback_url)["performance"]
+            return bool(performance) and performance[0]["total"]["labels"] == len(labelled)
+
+        assert wait_for(joined, 30), _status(feedback_url)
+        status = _status(feedback_url)
+        [performance] = status["performance"]
+        assert performance["model"] == "loans"
+        assert performance["kind"] == "classification"
+        assert performance["total"]["accuracy"] == accuracy_score(expected_true, expected_pred)
+        assert performance["total"]["macro_f1"] == f1_score(expected_true, expected_pred, average="macro")
+        assert performance["window"]["labels"] == len(labelled)
+        assert status["labels"]["joined"] == len(labelled)
+        assert status["labels"]["duplicate"] == 5
+        assert status["labels"]["conflict"] == 1
+        assert status["labels"]["early"] >= 1  # at least the unknown id waited
+
+        # Access and limits.
+        forwarded = client.post(feedback_url, json=[], headers={"x-forwarded-for": "203.0.113.9"})
+        assert forwarded.status_code == 403
+        assert "Bearer" in forwarded.text
+        assert client.get(feedback_url).status_code == 405
+        big = client.post(feedback_url, content=b"[" + b" " * (1024 * 1024) + b"]")
+        assert big.status_code == 413
+        assert client.post(feedback_url, content=b"{not json").status_code == 400
+
+
+@pytest.mark.parametrize("monitor", ["inline", "process"])
+def test_labels_fed_to_the_middleware_give_scikit_learns_numbers(
+    reference: Path, tmp_path: Path, monitor: str
+) -> None:
+    with _app(reference, tmp_path, monitor) as (url, feedback_url):
+        _exercise(url, feedback_url)
+
+
+def test_labels_fed_to_the_sidecars_admin_port_give_scikit_learns_numbers(
+    reference: Path, tmp_path: Path
+) -> None:
+    with _sidecar(reference, tmp_path) as (url, feedback_url):
+        _exercise(url, feedback_url)
