@@ -190,6 +190,10 @@ class PerformanceSummary:
     total: tuple[tuple[str, float | None], ...] = ()
     per_class: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
     label_delay_p50_s: float | None = None
+    level: int = 0  # of the window's accuracy against the baseline (classification)
+    baseline_source: str = "none"  # reference | first_labels | none (not enough labels yet)
+    baseline_accuracy: float | None = None
+    baseline_labels: int = 0
 
 
 @dataclass(frozen=True)

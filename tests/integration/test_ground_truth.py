@@ -181,3 +181,37 @@ def test_labels_fed_to_the_sidecars_admin_port_give_scikit_learns_numbers(
 ) -> None:
     with _sidecar(reference, tmp_path) as (url, feedback_url):
         _exercise(url, feedback_url)
+
+
+def test_a_drop_in_realised_accuracy_is_critical_against_the_reference_baseline(
+    reference: Path, tmp_path: Path
+) -> None:
+    """Concept drift: inputs as usual, but the outcomes no longer follow the model's decisions.
+    Input drift cannot see it; the realised accuracy against the profile's baseline does."""
+    with _app(reference, tmp_path, "inline") as (url, feedback_url), httpx.Client(timeout=10) as client:
+        rng = random.Random(3)
+        items = []
+        for i in range(150):
+            rows = training_rows(2, seed=1000 + i)  # in distribution
+            request_id = {"x-request-id": f"c-{i}"}
+            assert client.post(url + PREDICT, json={"instances": rows}, headers=request_id).status_code == 200
+            for r, row in enumerate(rows):
+                wrong = [c for c in ("approve", "review", "deny") if c != decide(row)]
+                label = decide(row) if rng.random() < 0.45 else rng.choice(wrong)
+                items.append({"request_id": f"c-{i}", "row": r, "label": label})
+        assert client.post(feedback_url, json=items).json()["accepted"] == 300
+
+        def judged() -> bool:
+            performance = _status(feedback_url)["performance"]
+            return bool(performance) and performance[0]["window"]["labels"] == 300
+
+        assert wait_for(judged, 30), _status(feedback_url)
+        status = _status(feedback_url)
+        [performance] = status["performance"]
+        assert performance["baseline"]["source"] == "reference"
+        assert performance["baseline"]["labels"] == 2000
+        assert performance["baseline"]["accuracy"] > 0.8
+        assert performance["window"]["accuracy"] < 0.55
+        assert performance["level"] == "CRITICAL"
+        assert status["level"] == "CRITICAL"
+        assert all(f["level"] in ("OK", "INFO") for f in status["features"] if f["role"] == "input")

@@ -110,7 +110,10 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
         "modeltap_version": __version__,
         "reference": {"id": snap.reference_id},
         "window_s": snap.window_s,
-        "level": LEVEL_NAMES[max((v.level for v in snap.models), default=0)],
+        # The highest of every model version's drift level and realised-performance level.
+        "level": LEVEL_NAMES[
+            max((*(v.level for v in snap.models), *(p.level for p in snap.performance)), default=0)
+        ],
         "process": {"pid": snap.pid, "instance_id": snap.instance_id},
         "taken_unix_s": snap.taken_unix_ns / 1e9,
         "uptime_s": (snap.taken_unix_ns - snap.start_unix_ns) / 1e9,
@@ -176,6 +179,12 @@ def performance_document(summary: PerformanceSummary) -> dict[str, Any]:
         "total": {"labels": summary.total_labels, **dict(summary.total)},
         "per_class": {name: dict(numbers) for name, numbers in summary.per_class},
         "label_delay_p50_s": summary.label_delay_p50_s,
+        "level": LEVEL_NAMES[summary.level],
+        "baseline": {
+            "source": summary.baseline_source,
+            "accuracy": summary.baseline_accuracy,
+            "labels": summary.baseline_labels,
+        },
     }
 
 

@@ -588,6 +588,16 @@ def build_profile(
         document["model"] = {"name": model_name}
     document["features"] = features
     document["ignored"] = ignored
+    labelled = {f["name"]: f for f in features if f["role"] in ("label", "output")}
+    predictions = [n for n in column_names if n in options.prediction and n in labelled]
+    if target is not None and target in labelled and len(predictions) == 1:
+        performance = baseline_performance(
+            columns[column_names.index(target)],
+            columns[column_names.index(predictions[0])],
+            labelled[target]["kind"],
+        )
+        if performance is not None:
+            document["performance"] = performance
     if rows < MIN_ROWS:
         warnings.warn(
             SmallReferenceWarning(
@@ -598,6 +608,46 @@ def build_profile(
             stacklevel=2,
         )
     return document
+
+
+def baseline_performance(
+    labels: Iterable[Any], predictions: Iterable[Any], kind: str
+) -> dict[str, Any] | None:
+    """The model's performance on the profiled (validation) rows that have both a label and a
+    prediction: the baseline realised performance is judged against. Classification: the
+    accuracy, as hits of how many labels; regression: MAE, RMSE and R². None without such rows."""
+    if kind == "categorical":
+        pairs = [
+            (canonical_category(y), canonical_category(p)) for y, p in zip(labels, predictions, strict=True)
+        ]
+        kept = [(y, p) for y, p in pairs if y is not None and p is not None]
+        if not kept:
+            return None
+        hits = sum(1 for y, p in kept if y == p)
+        return {"kind": "classification", "labels": len(kept), "hits": hits, "accuracy": hits / len(kept)}
+    y = np.array([_finite(v) for v in labels], dtype=np.float64)
+    p = np.array([_finite(v) for v in predictions], dtype=np.float64)
+    keep = np.isfinite(y) & np.isfinite(p)
+    if not keep.any():
+        return None
+    y, p = y[keep], p[keep]
+    error = y - p
+    spread = float(np.sum((y - y.mean()) ** 2))
+    return {
+        "kind": "regression",
+        "labels": int(y.size),
+        "mae": float(np.mean(np.abs(error))),
+        "rmse": float(np.sqrt(np.mean(error * error))),
+        "r2": 1.0 - float(np.sum(error * error)) / spread if spread > 0 else None,
+    }
+
+
+def _finite(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
 
 
 def numeric_profile_document(

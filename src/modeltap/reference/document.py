@@ -164,6 +164,20 @@ class ReferenceFeature:
 
 
 @dataclass(frozen=True)
+class ReferencePerformance:
+    """The model's performance on the profiled rows (profile a validation set, not the training
+    set: a model scores better on the rows it was fitted to). Classification: `labels` rows,
+    `hits` right; regression: `mae`, `rmse`, `r2`."""
+
+    kind: str  # classification | regression
+    labels: int
+    hits: int | None = None
+    mae: float | None = None
+    rmse: float | None = None
+    r2: float | None = None
+
+
+@dataclass(frozen=True)
 class ReferenceProfile:
     id: str
     features: tuple[ReferenceFeature, ...]
@@ -173,6 +187,7 @@ class ReferenceProfile:
     source_rows: int | None = None
     source_name: str | None = None
     ignored: tuple[str, ...] = ()
+    performance: ReferencePerformance | None = None
 
     def model_names(self) -> tuple[str, ...]:
         """The model names the profile vouches for (its `model.name`, if any)."""
@@ -374,6 +389,7 @@ def parse_reference(document: Any, path: str = "<reference>") -> ReferenceProfil
         ignored.append(raw["name"])
     model = document.get("model")
     model_name = model.get("name") if isinstance(model, dict) and isinstance(model.get("name"), str) else None
+    performance = _parse_performance(path, document.get("performance"))
     return ReferenceProfile(
         id=ref_id,
         features=tuple(features),
@@ -383,6 +399,29 @@ def parse_reference(document: Any, path: str = "<reference>") -> ReferenceProfil
         source_rows=source_rows,
         source_name=source_name,
         ignored=tuple(ignored),
+        performance=performance,
+    )
+
+
+def _parse_performance(path: str, raw: Any) -> ReferencePerformance | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("kind") not in ("classification", "regression"):
+        raise _fail(path, '"performance" needs "kind": "classification" or "regression"')
+    labels = _count(path, '"performance"', raw.get("labels"))
+    if not labels:
+        raise _fail(path, '"performance" needs a positive "labels" count')
+    if raw["kind"] == "classification":
+        hits = _count(path, '"performance"', raw.get("hits"))
+        if hits is None or hits > labels:
+            raise _fail(path, '"performance" needs "hits" between 0 and "labels"')
+        return ReferencePerformance("classification", labels, hits=hits)
+    return ReferencePerformance(
+        "regression",
+        labels,
+        mae=_number(path, '"performance"', raw.get("mae")),
+        rmse=_number(path, '"performance"', raw.get("rmse")),
+        r2=_number(path, '"performance"', raw.get("r2")),
     )
 
 

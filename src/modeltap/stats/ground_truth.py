@@ -35,8 +35,11 @@ from modeltap.stats.performance import (
     classification_metrics,
     regression_metrics,
 )
+from modeltap.stats.performance_level import PerformanceThresholds, performance_level
 
 Value = str | float | int | bool | None
+FIRST_LABELS_BASELINE = 100
+"""Without a reference baseline, the accuracy of this many first joined labels is the baseline."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class _Slots:
         self.ring: dict[int, ConfusionCounts | RegressionCounts] = {}
         self.total = self._new()
         self.delays: list[float] = []
+        # Without a reference baseline, the first labels joined are the baseline.
+        self.first_hits = 0
+        self.first_labels = 0
 
     def _new(self) -> ConfusionCounts | RegressionCounts:
         return ConfusionCounts(self.classes) if self.kind == "classification" else RegressionCounts()
@@ -95,6 +101,9 @@ class _Slots:
             for counts in (current, self.total):
                 assert isinstance(counts, ConfusionCounts)
                 counts.add([true], [predicted])
+            if self.first_labels < FIRST_LABELS_BASELINE:
+                self.first_labels += 1
+                self.first_hits += int(true == predicted)
         else:
             label, predicted_value = _number(joined.label), _number(joined.prediction.predicted)
             if label is None or predicted_value is None:
@@ -147,6 +156,16 @@ class GroundTruth:
         default_model: str | None = None,
     ) -> None:
         self.kind, self.classes, self.prediction_output = _kind(reference)
+        performance = reference.performance if reference is not None else None
+        # The reference's accuracy on its (validation) rows, when it has one.
+        self.baseline = (
+            (performance.hits, performance.labels)
+            if performance is not None
+            and performance.kind == "classification"
+            and performance.hits is not None
+            else None
+        )
+        self.thresholds = PerformanceThresholds()
         self.slots = slots
         self.slot_s = slot_s
         self.store = store or JoinStore()
@@ -232,6 +251,14 @@ class GroundTruth:
                 delay = float(np.median(slots.delays)) if slots.delays else None
                 if isinstance(window, ConfusionCounts) and isinstance(slots.total, ConfusionCounts):
                     current = classification_metrics(window)
+                    source, (base_hits, base_n) = self._baseline(slots)
+                    level = (
+                        performance_level(
+                            base_hits, base_n, int(np.trace(window.matrix)), window.total, self.thresholds
+                        )
+                        if source != "none"
+                        else 0
+                    )
                     out.append(
                         PerformanceSummary(
                             model, version, "classification", window.total, slots.total.total,
@@ -239,6 +266,10 @@ class GroundTruth:
                             total=_classification_numbers(classification_metrics(slots.total)),
                             per_class=_per_class(current),
                             label_delay_p50_s=delay,
+                            level=int(level),
+                            baseline_source=source,
+                            baseline_accuracy=base_hits / base_n if base_n else None,
+                            baseline_labels=base_n,
                         )
                     )  # fmt: skip
                 elif isinstance(window, RegressionCounts) and isinstance(slots.total, RegressionCounts):
@@ -251,6 +282,13 @@ class GroundTruth:
                         )
                     )  # fmt: skip
             return tuple(out)
+
+    def _baseline(self, slots: _Slots) -> tuple[str, tuple[int, int]]:
+        if self.baseline is not None:
+            return "reference", self.baseline
+        if slots.first_labels >= FIRST_LABELS_BASELINE:
+            return "first_labels", (slots.first_hits, slots.first_labels)
+        return "none", (0, 0)
 
     def counts_rejected(self, count: int) -> None:
         """Labels a feedback request rejected before any join (bad items, unknown keys)."""
