@@ -215,3 +215,24 @@ def test_a_drop_in_realised_accuracy_is_critical_against_the_reference_baseline(
         assert performance["level"] == "CRITICAL"
         assert status["level"] == "CRITICAL"
         assert all(f["level"] in ("OK", "INFO") for f in status["features"] if f["role"] == "input")
+
+
+@pytest.mark.parametrize("monitor", ["inline", "process"])
+def test_modeltap_feedback_from_code_in_the_server_joins_like_the_endpoint(
+    reference: Path, tmp_path: Path, monitor: str
+) -> None:
+    with _app(reference, tmp_path, monitor) as (url, feedback_url), httpx.Client(timeout=10) as client:
+        rows = drifted_rows(1, seed=4)
+        assert client.post(
+            url + PREDICT, json={"instances": rows}, headers={"x-request-id": "api-1"}
+        ).is_success
+        answer = client.post(url + "/outcome", json={"request_id": "api-1", "label": decide(rows[0])})
+        assert answer.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+        again = client.post(url + "/outcome", json={"request_id": "api-1", "label": decide(rows[0])})
+        assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
+
+        def joined() -> bool:
+            return bool(_status(feedback_url)["labels"].get("joined") == 1)
+
+        assert wait_for(joined, 30), _status(feedback_url)
+        assert _status(feedback_url)["performance"][0]["total"]["accuracy"] == 1.0

@@ -97,7 +97,19 @@ app = Starlette(
 )
 
 
+async def outcome(request: Request) -> JSONResponse:
+    """An in-process label producer: hands the outcome it is told to `modeltap.feedback`."""
+    import asyncio
+
+    import modeltap
+
+    body = await request.json()
+    answer = await asyncio.to_thread(modeltap.feedback, request_id=body["request_id"], label=body["label"])
+    return JSONResponse(answer)
+
+
 def monitored_app() -> Any:
     from modeltap import ModelTapMiddleware
 
-    return ModelTapMiddleware(Starlette(routes=list(app.routes)), model_name="loans")
+    routes = [*app.routes, Route("/outcome", outcome, methods=["POST"])]
+    return ModelTapMiddleware(Starlette(routes=routes), model_name="loans")

@@ -27,6 +27,7 @@ def test_public_names_are_the_intended_set() -> None:
         "SamplerConfig",
         "__version__",
         "build_profile",
+        "feedback",
         "load_reference",
         "write_profile",
     }

@@ -16,6 +16,7 @@ from modeltap._types import ASGIApp, Message, Receive, Scope, Send
 from modeltap.config import ExportConfig, ModelTapConfig
 from modeltap.export.local_views import LocalViews
 from modeltap.handoff.views_client import MonitorViews
+from modeltap.middleware.feedback_api import register as register_for_feedback
 from modeltap.worker.tap import Tap
 
 _log = logging.getLogger("modeltap")
@@ -100,6 +101,7 @@ class ModelTapMiddleware:
         self.config = config.replace(**given) if config is not None else ModelTapConfig.from_env(**given)
         self.enabled = self.config.enabled
         self.tap = Tap(app, self.config, tracer_provider=tracer_provider)
+        register_for_feedback(self)  # `modeltap.feedback(...)` finds it
         self._views: LocalViews | None = None
         if self.config.views_prefix is not None:
             self._views = LocalViews(

@@ -1,0 +1,107 @@
+"""`modeltap.feedback(...)`: labels from code running in the same process as the middleware.
+
+Joins exactly like `POST {views_prefix}/feedback`: handed to the analysis directly when it runs in
+this process, sent over the monitor's private views socket when the monitor process analyses.
+Synchronous (milliseconds); from async code call it with `await asyncio.to_thread(...)`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from modeltap.errors import ModelTapError
+
+if TYPE_CHECKING:
+    from modeltap.middleware.asgi import ModelTapMiddleware
+
+STARTING_WAIT_S = 5.0
+_active: weakref.WeakSet[ModelTapMiddleware] = weakref.WeakSet()
+_lock = threading.Lock()
+
+
+def register(middleware: ModelTapMiddleware) -> None:
+    with _lock:
+        _active.add(middleware)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("monitor", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        # A monitor that is starting (imports take a second or two) is waited for.
+        deadline = time.monotonic() + STARTING_WAIT_S
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self._path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+                continue
+            self.sock = sock
+            return
+
+
+def feedback(
+    request_id: str | None = None,
+    label: Any = None,
+    row: int = 0,
+    model_name: str | None = None,
+    *,
+    key: dict[str, Any] | None = None,
+    timeout_s: float = 10.0,
+) -> dict[str, Any]:
+    """Send one label; returns the answer (`{"accepted": …, "duplicates": …, "rejected": […]}`).
+
+    Join by `request_id` (the `x-request-id` the client sent, or the protocol's id) and `row`, or
+    by `key={"transaction_id": "T-1042"}` when `label_key` is configured. Raises ModelTapError
+    when no started middleware runs in this process, or the answer is not a 200.
+
+    Example::
+
+        modeltap.feedback(request_id="req-17", label="churned")
+    """
+    item: dict[str, Any] = {"label": label}
+    if key is not None:
+        item["key"] = key
+    else:
+        item.update(request_id=request_id, row=row)
+    if model_name is not None:
+        item["model_name"] = model_name
+    with _lock:
+        candidates = [m for m in _active if m.tap.capture is not None]
+    if len(candidates) != 1:
+        raise ModelTapError(
+            "modeltap.feedback needs exactly one started ModelTapMiddleware in this process "
+            f"(found {len(candidates)}); post to {{views_prefix}}/feedback instead"
+        )
+    tap = candidates[0].tap
+    body = orjson.dumps([item])
+    if tap.mode == "process" and tap.place is not None:
+        connection = _UnixConnection(str(tap.place.views_socket), timeout_s)
+        try:
+            connection.request("POST", "/feedback", body, {"content-type": "application/json"})
+            response = connection.getresponse()
+            status, answer = response.status, response.read()
+        except OSError as exc:
+            raise ModelTapError(f"the modeltap monitor did not take the label: {exc}") from None
+        finally:
+            connection.close()
+    else:
+        status, answer = tap.analyzer.feedback(body, "application/json")
+    if status != 200:
+        raise ModelTapError(f"feedback refused ({status}): {answer.decode(errors='replace').strip()}")
+    result: dict[str, Any] = orjson.loads(answer)
+    return result
