@@ -104,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     from modeltap.fleet.commands import add_parsers
 
     add_parsers(commands)
+    upload = commands.add_parser(
+        "feedback",
+        help="upload labels (ground truth) from a CSV file to a running modeltap",
+        description="Post the labels of a CSV file (header: request_id, optional row, label, "
+        "optional model_name; or --key COLUMN and label) to a feedback endpoint: "
+        "http://HOST:PORT/modeltap/feedback on a server with the middleware, "
+        "http://HOST:ADMIN_PORT/feedback on the sidecar.",
+    )
+    upload.add_argument("labels", metavar="CSV", help="the labels")
+    upload.add_argument("--url", required=True, help="the feedback endpoint")
+    upload.add_argument("--key", default=None, metavar="COLUMN", help="join by this key column (label_key)")
+    upload.add_argument(
+        "--token", default=None, help="bearer token for non-loopback endpoints (MODELTAP_VIEWS_TOKEN)"
+    )
     return parser
 
 
@@ -239,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sidecar":
             run_sidecar_command(args)
             return 0
+        if args.command == "feedback":
+            from modeltap.client.feedback_upload import run_upload
+
+            return run_upload(args)
         if args.command in ("rules", "dashboard"):
             from modeltap.fleet.commands import run_dashboard, run_rules
 

@@ -236,3 +236,36 @@ def test_modeltap_feedback_from_code_in_the_server_joins_like_the_endpoint(
 
         assert wait_for(joined, 30), _status(feedback_url)
         assert _status(feedback_url)["performance"][0]["total"]["accuracy"] == 1.0
+
+
+def test_modeltap_feedback_uploads_a_csv_and_reports_rejections_by_line(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _app(reference, tmp_path, "process") as (url, feedback_url), httpx.Client(timeout=10) as client:
+        expected_true, expected_pred = [], []
+        labels = tmp_path / "labels.csv"
+        rng = random.Random(8)
+        with labels.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["request_id", "row", "label"])
+            for i in range(400):
+                rows = drifted_rows(1, seed=5000 + i)
+                request_id = {"x-request-id": f"csv-{i}"}
+                assert client.post(url + PREDICT, json={"instances": rows}, headers=request_id).is_success
+                label = _outcome(rows[0], rng)
+                writer.writerow([f"csv-{i}", 0, label])
+                expected_true.append(label)
+                expected_pred.append(decide(rows[0]))
+            writer.writerow(["", 0, "deny"])  # line 402: no request id
+        assert modeltap_main(["feedback", str(labels), "--url", feedback_url]) == 0
+        printed = capsys.readouterr().out
+        assert "sent 401 labels: 400 accepted, 0 duplicates, 1 rejected" in printed
+        assert "line 402: bad_request_id" in printed
+
+        def joined() -> bool:
+            return bool(_status(feedback_url)["labels"].get("joined") == 400)
+
+        assert wait_for(joined, 30), _status(feedback_url)
+        accuracy = _status(feedback_url)["performance"][0]["total"]["accuracy"]
+        assert accuracy == accuracy_score(expected_true, expected_pred)
+    assert modeltap_main(["feedback", str(labels), "--url", "file:///etc/passwd"]) == 1

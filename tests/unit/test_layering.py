@@ -19,6 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "reference": set(),
     "stats": {"reference"},
     "fleet": {"reference", "stats", "export"},
+    "client": set(),
     "export": set(),
     "handoff": {"capture", "export"},
     "worker": {"capture", "protocols", "reference", "stats", "export", "handoff"},
@@ -36,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
         "middleware",
         "monitor",
     },
-    "cli": {"demo", "middleware", "reference", "stats", "export", "sidecar", "monitor", "fleet"},
+    "cli": {"demo", "middleware", "reference", "stats", "export", "sidecar", "monitor", "fleet", "client"},
     "__init__": {"middleware", "reference"},
 }
 

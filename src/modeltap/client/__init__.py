@@ -1,0 +1,1 @@
+"""Talking to a running modeltap from outside it (uploading labels)."""
