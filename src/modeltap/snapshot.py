@@ -194,6 +194,10 @@ class PerformanceSummary:
     baseline_source: str = "none"  # reference | first_labels | none (not enough labels yet)
     baseline_accuracy: float | None = None
     baseline_labels: int = 0
+    # Cumulative, mergeable counts for a backend: confusion cells (true, predicted, count) of a
+    # classifier; (labels, sum |error|, sum error², sum label, sum label²) of a regressor.
+    confusion: tuple[tuple[str, str, int], ...] = ()
+    regression_sums: tuple[float, float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)

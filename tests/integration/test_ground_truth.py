@@ -9,6 +9,7 @@ import contextlib
 import csv
 import random
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from modeltap.cli import main as modeltap_main
 from tests.support.backends import ROOT, wait_for
 from tests.support.fleet_model import FEATURES, decide, drifted_rows, training_rows
-from tests.support.server_process import free_port, running_server, server_environment
+from tests.support.otlp_receiver import OtlpHttpReceiver
+from tests.support.server_process import free_port, otlp_settings, running_server, server_environment
 from tests.support.sidecar_process import sidecar_process
 
 pytestmark = pytest.mark.timeout(120)
@@ -269,3 +271,54 @@ def test_modeltap_feedback_uploads_a_csv_and_reports_rejections_by_line(
         accuracy = _status(feedback_url)["performance"][0]["total"]["accuracy"]
         assert accuracy == accuracy_score(expected_true, expected_pred)
     assert modeltap_main(["feedback", str(labels), "--url", "file:///etc/passwd"]) == 1
+
+
+def test_confusion_counts_and_label_outcomes_reach_a_real_otlp_receiver(
+    reference: Path, tmp_path: Path, http_receiver: OtlpHttpReceiver
+) -> None:
+    port = free_port()
+    command = [*UVICORN, "--factory", "tests.support.fleet_model:monitored_app", "--port", str(port)]
+    env = server_environment(
+        tmp_path / "run",
+        MODELTAP_REFERENCE=str(reference),
+        MODELTAP_MODEL_NAME="loans",
+        **otlp_settings(http_receiver.endpoint, export_interval_ms=300),
+    )
+    with (
+        running_server(command, env, port, tmp_path / "app.log") as server,
+        httpx.Client(timeout=10) as client,
+    ):
+        rng = random.Random(2)
+        cells: Counter[tuple[str, str]] = Counter()
+        items = []
+        for i in range(60):
+            rows = drifted_rows(2, seed=7000 + i)
+            headers = {"x-request-id": f"o-{i}"}
+            assert client.post(server.url + PREDICT, json={"instances": rows}, headers=headers).is_success
+            for r, row in enumerate(rows):
+                label = _outcome(row, rng)
+                cells[(label, decide(row))] += 1
+                items.append({"request_id": f"o-{i}", "row": r, "label": label})
+        items.append(dict(items[0]))  # one duplicate
+        feedback_url = server.url + "/modeltap/feedback"
+        assert client.post(feedback_url, json=items).json()["duplicates"] == 1
+
+        def exported_cells() -> dict[tuple[str, str], float]:
+            return {
+                (
+                    str(p.attributes["modeltap.label.true"]),
+                    str(p.attributes["modeltap.label.predicted"]),
+                ): float(p.value or 0)
+                for p in http_receiver.latest_points("modeltap.performance.confusion", accepted_only=True)
+            }
+
+        assert wait_for(lambda: exported_cells() == dict(cells), 30), (exported_cells(), cells)
+        point = http_receiver.latest_points("modeltap.performance.confusion", accepted_only=True)[0]
+        assert point.attributes["modeltap.model.name"] == "loans"
+        assert point.is_monotonic is True
+        outcomes = {
+            str(p.attributes["modeltap.label.outcome"]): p.value
+            for p in http_receiver.latest_points("modeltap.labels", accepted_only=True)
+        }
+        assert outcomes["joined"] == 120
+        assert outcomes["duplicate"] == 1

@@ -15,6 +15,11 @@ class DriftPoints:
     histograms: list[HistogramPoint] = field(default_factory=list)
     missing: list[CounterPoint] = field(default_factory=list)
     categories: list[CounterPoint] = field(default_factory=list)
+    confusion: list[CounterPoint] = field(default_factory=list)
+    regression: list[CounterPoint] = field(default_factory=list)
+    labels: list[CounterPoint] = field(default_factory=list)
+    performance_levels: Rows = field(default_factory=list)
+    accuracy: Rows = field(default_factory=list)
     scores: Rows = field(default_factory=list)
     pvalues: Rows = field(default_factory=list)
     levels: Rows = field(default_factory=list)
@@ -37,6 +42,18 @@ class DriftPoints:
             ),
             ("modeltap.drift.level", "Alert level: 0 OK, 1 INFO, 2 WARNING, 3 CRITICAL.", "1", self.levels),
             ("modeltap.latency.quantile", "Window latency quantiles from a 1 % sketch.", "s", self.quantiles),
+            (
+                "modeltap.performance.level",
+                "Realised-performance level against the baseline: 0 OK, 2 WARNING, 3 CRITICAL.",
+                "{level}",
+                self.performance_levels,
+            ),
+            (
+                "modeltap.performance.accuracy",
+                "Window accuracy of joined labels (per replica; sum the confusion counts for the fleet).",
+                "1",
+                self.accuracy,
+            ),
         )
         return (row for row in table if row[3])
 
@@ -88,4 +105,26 @@ def drift_points(snap: Snapshot) -> DriftPoints:
             for test, value in (("ks", feature.ks_pvalue), ("chi2", feature.chi2_pvalue)):
                 if value is not None:
                     points.pvalues.append(((*attrs, ("modeltap.drift.test", test)), value))
+    for summary in snap.performance:
+        attrs = (("modeltap.model.name", summary.model), ("modeltap.model.version", summary.version))
+        for true, predicted, count in summary.confusion:
+            points.confusion.append(
+                CounterPoint(
+                    (*attrs, ("modeltap.label.true", true), ("modeltap.label.predicted", predicted)), count
+                )
+            )
+        if summary.regression_sums is not None:
+            for name, value in zip(REGRESSION_SUMS, summary.regression_sums, strict=True):
+                points.regression.append(CounterPoint((*attrs, ("modeltap.performance.sum", name)), value))
+        if summary.kind == "classification":
+            points.performance_levels.append((attrs, float(summary.level)))
+            accuracy = dict(summary.window).get("accuracy")
+            if accuracy is not None:
+                points.accuracy.append((attrs, accuracy))
+    for outcome, count in snap.labels:
+        points.labels.append(CounterPoint((("modeltap.label.outcome", outcome),), float(count)))
     return points
+
+
+# Names of `PerformanceSummary.regression_sums`, in order.
+REGRESSION_SUMS = ("labels", "abs_error", "squared_error", "label", "label_squared")

@@ -34,7 +34,12 @@ CUMULATIVE = AggregationTemporality.CUMULATIVE
 
 
 def _counter(
-    name: str, description: str, unit: str, points: Sequence[CounterPoint], snap: Snapshot
+    name: str,
+    description: str,
+    unit: str,
+    points: Sequence[CounterPoint],
+    snap: Snapshot,
+    monotonic: bool = True,
 ) -> Metric:
     return Metric(
         name=name,
@@ -51,7 +56,7 @@ def _counter(
                 for p in points
             ],
             aggregation_temporality=CUMULATIVE,
-            is_monotonic=True,
+            is_monotonic=monotonic,
         ),
     )
 
@@ -155,6 +160,40 @@ def drift_metrics(snap: Snapshot) -> list[Metric]:
                 "(the vocabulary, __other__, __missing__).",
                 "{value}",
                 points.categories,
+                snap,
+            )
+        )
+    if points.confusion:
+        metrics.append(
+            _counter(
+                "modeltap.performance.confusion",
+                "Joined labels by true and predicted class (a classifier's confusion matrix, "
+                "summable across replicas).",
+                "{label}",
+                points.confusion,
+                snap,
+            )
+        )
+    if points.regression:
+        metrics.append(
+            _counter(
+                "modeltap.performance.regression",
+                "A regressor's joined labels and sums (labels, abs_error, squared_error, label, "
+                "label_squared): MAE, RMSE and R2 of any set of replicas follow from their sums.",
+                "1",
+                points.regression,
+                snap,
+                monotonic=False,  # the sum of the labels can go down
+            )
+        )
+    if points.labels:
+        metrics.append(
+            _counter(
+                "modeltap.labels",
+                "Labels fed back, by what became of them (joined, duplicate, conflict, early, "
+                "unmatched, expired, evicted, rejected; no_join_key counts predictions).",
+                "{label}",
+                points.labels,
                 snap,
             )
         )

@@ -124,6 +124,22 @@ def render(snap: Snapshot) -> str:
             "Values of each monitored categorical feature by reference category.",
             drift.categories,
         )
+    if drift.confusion:
+        _counter(
+            lines,
+            "modeltap_performance_confusion_total",
+            "Joined labels by true and predicted class.",
+            drift.confusion,
+        )
+    if drift.regression:
+        _gauge(
+            lines,
+            "modeltap_performance_regression",
+            "A regressor's joined labels and sums (cumulative; the label sum can go down).",
+            [(p.attributes, p.value) for p in drift.regression],
+        )
+    if drift.labels:
+        _counter(lines, "modeltap_labels_total", "Labels fed back, by outcome.", drift.labels)
     if drift.missing:
         _counter(
             lines, "modeltap_feature_missing_total", "Missing or non-finite feature values.", drift.missing

@@ -270,6 +270,7 @@ class GroundTruth:
                             baseline_source=source,
                             baseline_accuracy=base_hits / base_n if base_n else None,
                             baseline_labels=base_n,
+                            confusion=_cells(slots.total),
                         )
                     )  # fmt: skip
                 elif isinstance(window, RegressionCounts) and isinstance(slots.total, RegressionCounts):
@@ -279,6 +280,7 @@ class GroundTruth:
                             window=_regression_numbers(regression_metrics(window)),
                             total=_regression_numbers(regression_metrics(slots.total)),
                             label_delay_p50_s=delay,
+                            regression_sums=_sums(slots.total),
                         )
                     )  # fmt: skip
             return tuple(out)
@@ -332,3 +334,23 @@ def _regression_numbers(metrics: RegressionMetrics | None) -> tuple[tuple[str, f
     if metrics is None:
         return ()
     return (("mae", metrics.mae), ("rmse", metrics.rmse), ("r2", metrics.r2))
+
+
+def _cells(counts: ConfusionCounts) -> tuple[tuple[str, str, int], ...]:
+    rows, cols = np.nonzero(counts.matrix)
+    return tuple(
+        (counts.classes[r], counts.classes[c], int(counts.matrix[r, c]))
+        for r, c in zip(rows, cols, strict=True)
+    )
+
+
+def _sums(counts: RegressionCounts) -> tuple[float, float, float, float, float]:
+    n = counts.count
+    label_sum = counts.label_mean * n
+    return (
+        float(n),
+        counts.abs_error_sum,
+        counts.sq_error_sum,
+        label_sum,
+        counts.label_m2 + n * counts.label_mean * counts.label_mean,
+    )
