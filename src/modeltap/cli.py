@@ -98,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         profile.add_argument(flag, nargs="+", action="extend", default=[], metavar="COL", help=what)
     profile.add_argument("--model-name", default=None, metavar="NAME", help="the model's name")
     profile.add_argument(
+        "--score",
+        default=None,
+        metavar="COL",
+        help="a binary classifier's probability of the positive class (with --target and "
+        "--prediction): stores the calibration that estimates performance before labels arrive",
+    )
+    profile.add_argument(
+        "--positive-class", default=None, metavar="VALUE", help="the class --score is the probability of"
+    )
+    profile.add_argument(
         "--top-k", type=_top_k, default=50, help="categories kept per categorical column (1..50, default 50)"
     )
     _add_sidecar_parser(commands)
@@ -221,6 +231,8 @@ def run_profile(args: argparse.Namespace, out: TextIO | None = None) -> None:
             numeric=args.numeric,
             model_name=args.model_name,
             top_k=args.top_k,
+            score=args.score,
+            positive_class=args.positive_class,
         )
     write_profile(document, args.output)
     for warning in caught:

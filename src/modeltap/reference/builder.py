@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from modeltap.errors import ReferenceProfileError
+from modeltap.reference.calibration import CALIBRATION_BINS, fit_calibration
 from modeltap.reference.document import (
     FORMAT,
     MAX_TOP_K,
@@ -489,6 +490,8 @@ def build_profile(
     model_name: str | None = None,
     top_k: int = MAX_TOP_K,
     source_name: str = "array",
+    score: str | None = None,
+    positive_class: str | None = None,
 ) -> dict[str, Any]:
     """Profile training data; returns the reference document (see `modeltap.reference.document`).
 
@@ -497,9 +500,13 @@ def build_profile(
     `target` is the label column (role ``label``), `prediction` the model output column(s)
     (role ``output``; one per class for class probabilities); `exclude`, `categorical` and
     `numeric` override the inferred kinds (a column in `numeric` counts its values that are not
-    numbers as missing). Every problem raises `ReferenceProfileError` naming the column (and the
-    1-based data row where there is one), a column of numbers with a few stray values included;
-    a profile of fewer than `MIN_ROWS` rows is returned with a `SmallReferenceWarning`.
+    numbers as missing). `score` is a binary classifier's probability of the positive class
+    (profiled as an output too): with `target` and one `prediction`, the profile then stores the
+    calibration that estimates performance before labels arrive; `positive_class` names the
+    class it is the probability of (inferred for labels 0/1 and false/true). Every problem raises
+    `ReferenceProfileError` naming the column (and the 1-based data row where there is one), a
+    column of numbers with a few stray values included; a profile of fewer than `MIN_ROWS` rows
+    is returned with a `SmallReferenceWarning`.
 
     Example::
 
@@ -515,6 +522,12 @@ def build_profile(
         raise ReferenceProfileError(f"{prefix}target: a column name is a string, got {target!r}")
     column_names, columns = _columns(data, names, prefix)
     known = set(column_names)
+    if score is not None:
+        if target is None or prediction is None:
+            raise ReferenceProfileError(f"{prefix}score needs target and prediction columns too")
+        if score not in known:
+            raise ReferenceProfileError(f"{prefix}score column {score!r} is not in the data")
+        prediction = [*_name_list("prediction", prediction, prefix), score]
     lists = {
         "target": _name_list("target", target, prefix),
         "prediction": _name_list("prediction", prediction, prefix),
@@ -589,13 +602,22 @@ def build_profile(
     document["features"] = features
     document["ignored"] = ignored
     labelled = {f["name"]: f for f in features if f["role"] in ("label", "output")}
-    predictions = [n for n in column_names if n in options.prediction and n in labelled]
+    predictions = [n for n in column_names if n in options.prediction and n in labelled and n != score]
     if target is not None and target in labelled and len(predictions) == 1:
         performance = baseline_performance(
             columns[column_names.index(target)],
             columns[column_names.index(predictions[0])],
             labelled[target]["kind"],
         )
+        if performance is not None and score is not None:
+            performance["score"] = score_calibration(
+                columns[column_names.index(target)],
+                columns[column_names.index(score)],
+                score,
+                positive_class,
+                labelled[target],
+                prefix,
+            )
         if performance is not None:
             document["performance"] = performance
     if rows < MIN_ROWS:
@@ -639,6 +661,42 @@ def baseline_performance(
         "mae": float(np.mean(np.abs(error))),
         "rmse": float(np.sqrt(np.mean(error * error))),
         "r2": 1.0 - float(np.sum(error * error)) / spread if spread > 0 else None,
+    }
+
+
+def score_calibration(
+    labels: Iterable[Any],
+    scores: Iterable[Any],
+    column: str,
+    positive_class: str | None,
+    label_feature: dict[str, Any],
+    prefix: str,
+) -> dict[str, Any]:
+    """The score column, its positive class and the calibration fitted on the labelled rows."""
+    classes = [str(c) for c in label_feature.get("vocabulary", [])]
+    if label_feature["kind"] != "categorical" or len(classes) != 2:
+        raise ReferenceProfileError(f"{prefix}score needs a binary (two-class) target, got {classes}")
+    positive = positive_class
+    if positive is None:
+        for candidate in ("1", "true", "yes"):
+            if candidate in classes:
+                positive = candidate
+        if positive is None:
+            raise ReferenceProfileError(
+                f"{prefix}which class is the score the probability of? give positive_class "
+                f"(--positive-class), one of {classes}"
+            )
+    if positive not in classes:
+        raise ReferenceProfileError(f"{prefix}positive class {positive!r} is not one of {classes}")
+    pairs = [(canonical_category(y), _finite(p)) for y, p in zip(labels, scores, strict=True)]
+    kept = [(y == positive, p) for y, p in pairs if y is not None and math.isfinite(p) and 0.0 <= p <= 1.0]
+    if len(kept) < CALIBRATION_BINS:
+        raise ReferenceProfileError(f"{prefix}score: too few labelled rows with a score in [0, 1]")
+    calibration = fit_calibration(np.array([p for _, p in kept]), np.array([int(y) for y, _ in kept]))
+    return {
+        "column": column,
+        "positive_class": positive,
+        "calibration": {"edges": list(calibration.edges), "rates": list(calibration.rates)},
     }
 
 

@@ -175,6 +175,12 @@ class ReferencePerformance:
     mae: float | None = None
     rmse: float | None = None
     r2: float | None = None
+    # A binary classifier's score: its column, the class it is the probability of, and the
+    # calibration (inner bin edges, positive rates) that estimates performance before labels.
+    score_column: str | None = None
+    positive_class: str | None = None
+    calibration_edges: tuple[float, ...] = ()
+    calibration_rates: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -415,7 +421,33 @@ def _parse_performance(path: str, raw: Any) -> ReferencePerformance | None:
         hits = _count(path, '"performance"', raw.get("hits"))
         if hits is None or hits > labels:
             raise _fail(path, '"performance" needs "hits" between 0 and "labels"')
-        return ReferencePerformance("classification", labels, hits=hits)
+        score = raw.get("score")
+        if score is None:
+            return ReferencePerformance("classification", labels, hits=hits)
+        calibration = score.get("calibration") if isinstance(score, dict) else None
+        if (
+            not isinstance(score, dict)
+            or not isinstance(score.get("column"), str)
+            or not isinstance(score.get("positive_class"), str)
+            or not isinstance(calibration, dict)
+        ):
+            raise _fail(path, '"performance.score" needs "column", "positive_class" and "calibration"')
+        edges = _edges(path, '"performance.score.calibration.edges"', calibration.get("edges"))
+        rates = [
+            _number(path, '"performance.score.calibration.rates"', r)
+            for r in _list(path, "rates", calibration.get("rates"))
+        ]
+        if len(rates) != len(edges) + 1 or any(r is None or not 0 <= r <= 1 for r in rates):
+            raise _fail(path, '"performance.score.calibration" needs one rate in [0, 1] per bin')
+        return ReferencePerformance(
+            "classification",
+            labels,
+            hits=hits,
+            score_column=score["column"],
+            positive_class=score["positive_class"],
+            calibration_edges=edges,
+            calibration_rates=tuple(float(r) for r in rates if r is not None),
+        )
     return ReferencePerformance(
         "regression",
         labels,

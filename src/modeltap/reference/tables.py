@@ -54,6 +54,8 @@ def profile_table(
     numeric: Sequence[str] = (),
     model_name: str | None = None,
     top_k: int = MAX_TOP_K,
+    score: str | None = None,
+    positive_class: str | None = None,
 ) -> dict[str, Any]:
     """`read_table` then `build_profile`; the source name (and error prefix) is the file name."""
     names, columns = read_table(path)
@@ -67,6 +69,8 @@ def profile_table(
         model_name=model_name,
         top_k=top_k,
         source_name=Path(path).name,
+        score=score,
+        positive_class=positive_class,
     )
 
 
