@@ -16,9 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, roc_auc_score
 
 from modeltap.cli import main as modeltap_main
+from tests.support import binary_model
 from tests.support.backends import ROOT, wait_for
 from tests.support.fleet_model import FEATURES, decide, drifted_rows, training_rows
 from tests.support.otlp_receiver import OtlpHttpReceiver
@@ -322,3 +323,72 @@ def test_confusion_counts_and_label_outcomes_reach_a_real_otlp_receiver(
         }
         assert outcomes["joined"] == 120
         assert outcomes["duplicate"] == 1
+
+
+def test_scores_give_auc_log_loss_brier_and_an_estimate_before_the_labels(tmp_path: Path) -> None:
+    """A covariate shift of a calibrated model: CBPE's estimate, there before any label, is
+    within 0.02 of the accuracy the 5000 labels then give; AUC is within its stated bound of
+    scikit-learn's, log loss and Brier equal it."""
+    table = tmp_path / "validation.csv"
+    validation = binary_model.rows(5000, (0.0, 0.0), seed=1)
+    outcomes = binary_model.labels(validation, seed=2)
+    with table.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["x1", "x2", "prediction", "scores", "outcome"])
+        for row, outcome in zip(validation, outcomes, strict=True):
+            p = round(binary_model.probability(row), 6)
+            writer.writerow([row["x1"], row["x2"], "1" if p > 0.5 else "0", p, outcome])
+    reference = tmp_path / "reference.json"
+    argv = ["profile", str(table), "-o", str(reference), "--target", "outcome", "--prediction", "prediction"]
+    assert modeltap_main([*argv, "--score", "scores", "--model-name", "risk"]) == 0
+
+    port = free_port()
+    command = [*UVICORN, "--factory", "tests.support.binary_model:monitored_app", "--port", str(port)]
+    env = server_environment(tmp_path / "run", MODELTAP_REFERENCE=str(reference), MODELTAP_MODEL_NAME="risk")
+    shifted = binary_model.rows(5000, (1.0, 0.5), seed=3)
+    truth = binary_model.labels(shifted, seed=4)
+    with (
+        running_server(command, env, port, tmp_path / "app.log") as server,
+        httpx.Client(timeout=10) as client,
+    ):
+        predicted: list[str] = []
+        scores: list[float] = []
+        for i in range(0, 5000, 50):
+            answer = client.post(
+                server.url + "/v1/models/risk:predict",
+                json={"instances": shifted[i : i + 50]},
+                headers={"x-request-id": f"s-{i}"},
+            ).json()
+            predicted += answer["predictions"]
+            scores += answer["scores"]
+        status_url = server.url + "/modeltap/status"
+
+        def estimated() -> dict[str, Any]:
+            performance = httpx.get(status_url, timeout=10).json()["performance"]
+            return performance[0]["estimated"] if performance else {}
+
+        assert wait_for(lambda: estimated().get("predictions") == 5000, 30), estimated()
+        before = estimated()
+        items = [
+            {"request_id": f"s-{i - i % 50}", "row": i % 50, "label": label} for i, label in enumerate(truth)
+        ]
+        for i in range(0, 5000, 1000):
+            assert (
+                client.post(server.url + "/modeltap/feedback", json=items[i : i + 1000]).json()["accepted"]
+                == 1000
+            )
+
+        def joined() -> bool:
+            performance = httpx.get(status_url, timeout=10).json()["performance"]
+            return bool(performance) and performance[0]["window"]["labels"] == 5000
+
+        assert wait_for(joined, 30)
+        [performance] = httpx.get(status_url, timeout=10).json()["performance"]
+    window = performance["window"]
+    realised = accuracy_score(truth, predicted)
+    assert window["accuracy"] == realised
+    assert abs(before["accuracy"] - realised) <= 0.02, (before, realised)
+    positive = [t == "1" for t in truth]
+    assert abs(window["auc"] - roc_auc_score(positive, scores)) <= window["auc_bound"] + 1e-12
+    assert window["log_loss"] == pytest.approx(log_loss(positive, scores), rel=1e-9)
+    assert window["brier"] == pytest.approx(brier_score_loss(positive, scores), rel=1e-9)

@@ -19,24 +19,30 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
+from modeltap.reference.calibration import Calibration
 from modeltap.reference.document import ReferenceProfile, canonical_category
 from modeltap.snapshot import PerformanceSummary
+from modeltap.stats.cbpe import ExpectedConfusion, estimated_metrics
 from modeltap.stats.join_store import Joined, JoinStore, Prediction
 from modeltap.stats.performance import (
+    BinaryScores,
     ClassificationMetrics,
     ConfusionCounts,
     RegressionCounts,
     RegressionMetrics,
+    binary_score_metrics,
     classification_metrics,
     regression_metrics,
 )
 from modeltap.stats.performance_level import PerformanceThresholds, performance_level
 
+T = TypeVar("T")
 Value = str | float | int | bool | None
 FIRST_LABELS_BASELINE = 100
 """Without a reference baseline, the accuracy of this many first joined labels is the baseline."""
@@ -55,7 +61,8 @@ def _kind(reference: ReferenceProfile | None) -> tuple[str | None, tuple[str, ..
     if reference is None:
         return None, (), None
     labels = [f for f in reference.features if f.role == "label"]
-    outputs = [f for f in reference.features if f.role == "output"]
+    score = reference.performance.score_column if reference.performance is not None else None
+    outputs = [f for f in reference.features if f.role == "output" and f.name != score]
     prediction = next((f for f in outputs if f.name == "prediction"), outputs[0] if outputs else None)
     source = labels[0] if labels else prediction
     if source is None:
@@ -68,16 +75,50 @@ def _kind(reference: ReferenceProfile | None) -> tuple[str | None, tuple[str, ..
     return "regression", (), prediction.name if prediction else None
 
 
+class _Ring(Generic[T]):
+    """Per-slot values over a tumbling window of `slots` slots of `slot_s` seconds."""
+
+    def __init__(self, factory: Callable[[], T], slots: int, slot_s: float) -> None:
+        self.factory = factory
+        self.slots = slots
+        self.slot_s = slot_s
+        self.ring: dict[int, T] = {}
+
+    def current(self, now: float) -> T:
+        slot = int(now // self.slot_s)
+        for old in [s for s in self.ring if s <= slot - self.slots]:
+            del self.ring[old]
+        value = self.ring.get(slot)
+        if value is None:
+            value = self.ring[slot] = self.factory()
+        return value
+
+    def window(self, now: float, merge: Callable[[T, T], None]) -> T:
+        slot = int(now // self.slot_s)
+        merged = self.factory()
+        for index, value in self.ring.items():
+            if index > slot - self.slots:
+                merge(merged, value)
+        return merged
+
+
 class _Slots:
     """Per-slot performance counts over a tumbling window, plus the cumulative counts."""
 
-    def __init__(self, kind: str, classes: tuple[str, ...], slots: int, slot_s: float) -> None:
+    def __init__(
+        self, kind: str, classes: tuple[str, ...], slots: int, slot_s: float, positive: str | None = None
+    ) -> None:
         self.kind = kind
         self.classes = classes
         self.slots = slots
         self.slot_s = slot_s
+        self.positive = positive  # the class a score is the probability of (binary scores)
         self.ring: dict[int, ConfusionCounts | RegressionCounts] = {}
         self.total = self._new()
+        self.scores = _Ring(BinaryScores, slots, slot_s)
+        self.scores_total = BinaryScores()
+        # Expected confusion (CBPE) of every scored prediction, labelled or not.
+        self.expected = _Ring(ExpectedConfusion, slots, slot_s)
         self.delays: list[float] = []
         # Without a reference baseline, the first labels joined are the baseline.
         self.first_hits = 0
@@ -104,6 +145,10 @@ class _Slots:
             if self.first_labels < FIRST_LABELS_BASELINE:
                 self.first_labels += 1
                 self.first_hits += int(true == predicted)
+            score = joined.prediction.score
+            if score is not None and self.positive is not None:
+                for scores in (self.scores.current(now), self.scores_total):
+                    scores.add(np.array([true == self.positive]), np.array([score]))
         else:
             label, predicted_value = _number(joined.label), _number(joined.prediction.predicted)
             if label is None or predicted_value is None:
@@ -166,6 +211,16 @@ class GroundTruth:
             else None
         )
         self.thresholds = PerformanceThresholds()
+        # A binary classifier's score (profiled with --score): its output, positive class and
+        # calibration, for AUC, log loss, Brier and the estimate before labels (CBPE).
+        has_score = performance is not None and performance.score_column is not None
+        self.score_output = performance.score_column if has_score and performance else None
+        self.positive_class = performance.positive_class if has_score and performance else None
+        self.calibration = (
+            Calibration(performance.calibration_edges, performance.calibration_rates)
+            if has_score and performance
+            else None
+        )
         self.slots = slots
         self.slot_s = slot_s
         self.store = store or JoinStore()
@@ -188,19 +243,28 @@ class GroundTruth:
         keys: Sequence[Hashable | None],
         predictions: Sequence[Value],
         now: float,
+        scores: Sequence[Value] | None = None,
     ) -> None:
-        """One exchange's rows: `keys[i]` joins row i (None: it cannot be joined, counted)."""
+        """One exchange's rows: `keys[i]` joins row i (None: it cannot be joined, counted);
+        `scores[i]`, when the model answers one, is row i's positive-class probability."""
         if not self.enabled:
             return
         with self._lock:
             self._models.add(model)
-            for key, predicted in zip(keys, predictions, strict=False):
+            for row, (key, predicted) in enumerate(zip(keys, predictions, strict=False)):
+                value = predicted if isinstance(predicted, (str, float, int)) else None
+                score = _probability(scores[row]) if scores is not None and row < len(scores) else None
+                if score is not None and self.calibration is not None and value is not None:
+                    slots = self._slots(model, version)
+                    if slots is not None:
+                        calibrated = self.calibration.apply(np.array([score]))
+                        positive = np.array([canonical_category(value) == self.positive_class])
+                        slots.expected.current(now).add(calibrated, positive)
                 if key is None:
                     self.counts["no_join_key"] += 1
                     continue
-                value = predicted if isinstance(predicted, (str, float, int)) else None
                 joined = self.store.add_prediction(
-                    (model, key), Prediction(model, version, value, created_s=now), now
+                    (model, key), Prediction(model, version, value, score=score, created_s=now), now
                 )
                 if joined is not None:
                     self._record(joined, now)
@@ -230,16 +294,20 @@ class GroundTruth:
             return self.default_model
         return next(iter(self._models)) if len(self._models) == 1 else None
 
-    def _record(self, joined: Joined, now: float) -> None:
-        key = (joined.prediction.model, joined.prediction.version)
-        slots = self._versions.get(key)
+    def _slots(self, model: str, version: str) -> _Slots | None:
+        slots = self._versions.get((model, version))
         if slots is None:
             if len(self._versions) >= self.max_versions:
                 self.counts["over_version_cap"] += 1
-                return
+                return None
             assert self.kind is not None
-            slots = self._versions[key] = _Slots(self.kind, self.classes, self.slots, self.slot_s)
-        if not slots.add(joined, now):
+            slots = _Slots(self.kind, self.classes, self.slots, self.slot_s, self.positive_class)
+            self._versions[(model, version)] = slots
+        return slots
+
+    def _record(self, joined: Joined, now: float) -> None:
+        slots = self._slots(joined.prediction.model, joined.prediction.version)
+        if slots is not None and not slots.add(joined, now):
             self.counts["unusable_label"] += 1
 
     def views(self, now: float) -> tuple[PerformanceSummary, ...]:
@@ -262,8 +330,15 @@ class GroundTruth:
                     out.append(
                         PerformanceSummary(
                             model, version, "classification", window.total, slots.total.total,
-                            window=_classification_numbers(current),
-                            total=_classification_numbers(classification_metrics(slots.total)),
+                            window=(
+                                *_classification_numbers(current),
+                                *_score_numbers(slots.scores.window(now, BinaryScores.merge)),
+                            ),
+                            total=(
+                                *_classification_numbers(classification_metrics(slots.total)),
+                                *_score_numbers(slots.scores_total),
+                            ),
+                            estimated=_estimated(slots.expected.window(now, ExpectedConfusion.merge)),
                             per_class=_per_class(current),
                             label_delay_p50_s=delay,
                             level=int(level),
@@ -353,4 +428,33 @@ def _sums(counts: RegressionCounts) -> tuple[float, float, float, float, float]:
         counts.sq_error_sum,
         label_sum,
         counts.label_m2 + n * counts.label_mean * counts.label_mean,
+    )
+
+
+def _probability(value: Value) -> float | None:
+    number = _number(value)
+    return number if number is not None and 0.0 <= number <= 1.0 else None
+
+
+def _score_numbers(scores: BinaryScores) -> tuple[tuple[str, float | None], ...]:
+    metrics = binary_score_metrics(scores)
+    if metrics is None:
+        return ()
+    return (
+        ("auc", metrics.auc),
+        ("auc_bound", metrics.auc_bound),
+        ("log_loss", metrics.log_loss),
+        ("brier", metrics.brier),
+    )
+
+
+def _estimated(expected: ExpectedConfusion) -> tuple[tuple[str, float | None], ...]:
+    metrics = estimated_metrics(expected)
+    if metrics is None:
+        return ()
+    return (
+        ("predictions", float(metrics.count)),
+        ("accuracy", metrics.accuracy),
+        ("precision", metrics.precision),
+        ("recall", metrics.recall),
     )

@@ -276,7 +276,10 @@ class BatchPipeline:
             join_key(label_key, decoded.request_id, row, key_values[row] if row < len(key_values) else None)
             for row in range(len(predictions))
         ]
-        truth.add_predictions(str(model[0][1]), str(model[1][1]), keys, predictions, time.monotonic())
+        scores = decoded.outputs.get(truth.score_output) if truth.score_output and decoded.outputs else None
+        truth.add_predictions(
+            str(model[0][1]), str(model[1][1]), keys, predictions, time.monotonic(), scores=scores
+        )
 
     def flush_pending(self) -> None:
         """Hand every grouped value to the statistics (before a snapshot, and from `process`)."""
