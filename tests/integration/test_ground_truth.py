@@ -219,6 +219,17 @@ def test_a_drop_in_realised_accuracy_is_critical_against_the_reference_baseline(
         assert status["level"] == "CRITICAL"
         assert all(f["level"] in ("OK", "INFO") for f in status["features"] if f["role"] == "input")
 
+        # The labels themselves are compared with the reference's outcome distribution (prior
+        # shift): scored like any feature, from the joined labels.
+        def outcome() -> dict[str, Any]:
+            features: list[dict[str, Any]] = _status(feedback_url)["features"]
+            [feature] = [f for f in features if f["role"] == "label"]
+            return feature
+
+        assert wait_for(lambda: outcome()["window_count"] == 300, 15), outcome()  # scores every 5 s
+        assert outcome()["name"] == "outcome"
+        assert outcome()["psi"] is not None
+
 
 @pytest.mark.parametrize("monitor", ["inline", "process"])
 def test_modeltap_feedback_from_code_in_the_server_joins_like_the_endpoint(

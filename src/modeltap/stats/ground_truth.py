@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -44,6 +44,7 @@ from modeltap.stats.performance_level import PerformanceThresholds, performance_
 
 T = TypeVar("T")
 Value = str | float | int | bool | None
+MAX_PENDING_LABELS = 100_000
 FIRST_LABELS_BASELINE = 100
 """Without a reference baseline, the accuracy of this many first joined labels is the baseline."""
 
@@ -231,6 +232,14 @@ class GroundTruth:
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, str], _Slots] = {}
         self._models: set[str] = set()
+        # Joined labels for the label distribution's drift (prior shift), handed to the worker
+        # that owns the drift state; bounded (older ones dropped, counted) if it falls behind.
+        self.label_feature = (
+            next((f.name for f in reference.features if f.role == "label"), None)
+            if reference is not None
+            else None
+        )
+        self._for_drift: deque[tuple[str, str, Value]] = deque()
 
     @property
     def enabled(self) -> bool:
@@ -309,6 +318,20 @@ class GroundTruth:
         slots = self._slots(joined.prediction.model, joined.prediction.version)
         if slots is not None and not slots.add(joined, now):
             self.counts["unusable_label"] += 1
+        if self.label_feature is not None:
+            if len(self._for_drift) >= MAX_PENDING_LABELS:
+                self._for_drift.popleft()
+                self.counts["label_drift_dropped"] += 1
+            self._for_drift.append((joined.prediction.model, joined.prediction.version, joined.label))
+
+    def drain_labels(self) -> dict[tuple[str, str], list[Value]]:
+        """Joined labels since the last call, by model and version (for the drift state)."""
+        with self._lock:
+            pending, self._for_drift = self._for_drift, deque()
+        grouped: dict[tuple[str, str], list[Value]] = {}
+        for model, version, label in pending:
+            grouped.setdefault((model, version), []).append(label)
+        return grouped
 
     def views(self, now: float) -> tuple[PerformanceSummary, ...]:
         with self._lock:

@@ -252,6 +252,16 @@ class BatchPipeline:
             self.flush_pending()
         return spans
 
+    def _observe_labels(self) -> None:
+        """Joined labels against the reference's target distribution (prior shift)."""
+        truth = self.truth
+        if truth is None or truth.label_feature is None:
+            return
+        for (name, version), labels in truth.drain_labels().items():
+            identity = self._stats.identity(name, version, accepted=True)
+            values = [_label_value(label) for label in labels]
+            self._stats.observe_columns(identity, "label", {truth.label_feature: values}, 1, True)
+
     def _keep_predictions(self, model: Attributes, decoded: DecodedPayload) -> None:
         """Hand the exchange's predictions, row by row, to the ground truth with their join keys."""
         truth = self.truth
@@ -283,6 +293,7 @@ class BatchPipeline:
 
     def flush_pending(self) -> None:
         """Hand every grouped value to the statistics (before a snapshot, and from `process`)."""
+        self._observe_labels()
         if not self._pending:
             return
         stats = self._stats
@@ -438,3 +449,10 @@ class BatchPipeline:
         if self.sdk_spans:
             return build_span(record, identity, self._span_options, self._resource())
         return self._wire.encode(record, identity)
+
+
+def _label_value(label: Any) -> Any:
+    """A label as the drift state takes values: numbers as floats, anything else as given."""
+    if isinstance(label, (int, float)) and not isinstance(label, bool):
+        return float(label)
+    return label
