@@ -299,6 +299,9 @@ class ModelTapConfig:
     # wait for their labels `label_ttl_s` (a day: most labels that come at all come within it),
     # in a store of at most `label_store_bytes` (64 MiB, about 250 000 predictions).
     label_key: str | None = None
+    # Performance per segment: a categorical input the reference profiles (its vocabulary are
+    # the segments; other values count as __other__, absent ones as __missing__).
+    segment_feature: str | None = None
     label_ttl_s: float = 24 * 3600.0
     label_store_bytes: int = 64 * 1024 * 1024
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -475,6 +478,7 @@ class ModelTapConfig:
         take("MODELTAP_MONITOR_ID", "monitor_id")
         take("MODELTAP_MONITOR_MEMORY_BYTES", "monitor_memory_bytes", _parse_int)
         take("MODELTAP_LABEL_KEY", "label_key")
+        take("MODELTAP_SEGMENT_FEATURE", "segment_feature")
         take("MODELTAP_LABEL_TTL_S", "label_ttl_s", _parse_float)
         take("MODELTAP_LABEL_STORE_BYTES", "label_store_bytes", _parse_int)
         kwargs["export"] = ExportConfig.from_env(env)

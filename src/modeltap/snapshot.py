@@ -192,6 +192,8 @@ class PerformanceSummary:
     label_delay_p50_s: float | None = None
     # Estimated from the scores before labels arrive (CBPE, window): blind to concept drift.
     estimated: tuple[tuple[str, float | None], ...] = ()
+    # Window numbers per segment (segment_feature): (segment, ((metric, value), ...)).
+    segments: tuple[tuple[str, tuple[tuple[str, float | None], ...]], ...] = ()
     level: int = 0  # of the window's accuracy against the baseline (classification)
     baseline_source: str = "none"  # reference | first_labels | none (not enough labels yet)
     baseline_accuracy: float | None = None

@@ -180,6 +180,7 @@ def performance_document(summary: PerformanceSummary) -> dict[str, Any]:
         "per_class": {name: dict(numbers) for name, numbers in summary.per_class},
         "label_delay_p50_s": summary.label_delay_p50_s,
         "estimated": dict(summary.estimated),
+        "segments": {name: dict(numbers) for name, numbers in summary.segments},
         "level": LEVEL_NAMES[summary.level],
         "baseline": {
             "source": summary.baseline_source,

@@ -86,6 +86,7 @@ class ModelTapMiddleware:
         monitor_id: str | None = None,
         monitor_memory_bytes: int | None = None,
         label_key: str | None = None,
+        segment_feature: str | None = None,
         label_ttl_s: float | None = None,
         label_store_bytes: int | None = None,
         export: ExportConfig | None = None,

@@ -107,7 +107,13 @@ class _Slots:
     """Per-slot performance counts over a tumbling window, plus the cumulative counts."""
 
     def __init__(
-        self, kind: str, classes: tuple[str, ...], slots: int, slot_s: float, positive: str | None = None
+        self,
+        kind: str,
+        classes: tuple[str, ...],
+        slots: int,
+        slot_s: float,
+        positive: str | None = None,
+        segmented: bool = True,
     ) -> None:
         self.kind = kind
         self.classes = classes
@@ -120,6 +126,9 @@ class _Slots:
         self.scores_total = BinaryScores()
         # Expected confusion (CBPE) of every scored prediction, labelled or not.
         self.expected = _Ring(ExpectedConfusion, slots, slot_s)
+        # Per segment (bounded by the reference's vocabulary); a segment's own counts are not split.
+        self.segmented = segmented
+        self.segments: dict[str, _Slots] = {}
         self.delays: list[float] = []
         # Without a reference baseline, the first labels joined are the baseline.
         self.first_hits = 0
@@ -129,6 +138,13 @@ class _Slots:
         return ConfusionCounts(self.classes) if self.kind == "classification" else RegressionCounts()
 
     def add(self, joined: Joined, now: float) -> bool:
+        segment = joined.prediction.segment
+        if segment is not None and self.segmented:
+            inner = self.segments.get(segment)
+            if inner is None:
+                inner = _Slots(self.kind, self.classes, self.slots, self.slot_s, segmented=False)
+                self.segments[segment] = inner
+            inner.add(joined, now)
         slot = int(now // self.slot_s)
         for old in [s for s in self.ring if s <= slot - self.slots]:
             del self.ring[old]
@@ -200,6 +216,7 @@ class GroundTruth:
         store: JoinStore | None = None,
         max_versions: int = 64,
         default_model: str | None = None,
+        segment_feature: str | None = None,
     ) -> None:
         self.kind, self.classes, self.prediction_output = _kind(reference)
         performance = reference.performance if reference is not None else None
@@ -240,6 +257,10 @@ class GroundTruth:
             else None
         )
         self._for_drift: deque[tuple[str, str, Value]] = deque()
+        # Segments come from the reference's vocabulary of a categorical input only.
+        segment = reference.feature("input", segment_feature) if reference and segment_feature else None
+        self.segment_feature = segment.name if segment is not None and segment.kind == "categorical" else None
+        self.segment_values = frozenset(segment.vocabulary) if segment is not None else frozenset()
 
     @property
     def enabled(self) -> bool:
@@ -253,6 +274,7 @@ class GroundTruth:
         predictions: Sequence[Value],
         now: float,
         scores: Sequence[Value] | None = None,
+        segments: Sequence[Value] | None = None,
     ) -> None:
         """One exchange's rows: `keys[i]` joins row i (None: it cannot be joined, counted);
         `scores[i]`, when the model answers one, is row i's positive-class probability."""
@@ -272,8 +294,13 @@ class GroundTruth:
                 if key is None:
                     self.counts["no_join_key"] += 1
                     continue
+                segment = self._segment(
+                    segments[row] if segments is not None and row < len(segments) else None
+                )
                 joined = self.store.add_prediction(
-                    (model, key), Prediction(model, version, value, score=score, created_s=now), now
+                    (model, key),
+                    Prediction(model, version, value, score=score, segment=segment, created_s=now),
+                    now,
                 )
                 if joined is not None:
                     self._record(joined, now)
@@ -302,6 +329,14 @@ class GroundTruth:
         if self.default_model is not None:
             return self.default_model
         return next(iter(self._models)) if len(self._models) == 1 else None
+
+    def _segment(self, value: Value) -> str | None:
+        if self.segment_feature is None:
+            return None
+        text = canonical_category(value)
+        if text is None:
+            return "__missing__"
+        return text if text in self.segment_values else "__other__"
 
     def _slots(self, model: str, version: str) -> _Slots | None:
         slots = self._versions.get((model, version))
@@ -362,6 +397,7 @@ class GroundTruth:
                                 *_score_numbers(slots.scores_total),
                             ),
                             estimated=_estimated(slots.expected.window(now, ExpectedConfusion.merge)),
+                            segments=_segment_numbers(slots, now),
                             per_class=_per_class(current),
                             label_delay_p50_s=delay,
                             level=int(level),
@@ -379,6 +415,7 @@ class GroundTruth:
                             total=_regression_numbers(regression_metrics(slots.total)),
                             label_delay_p50_s=delay,
                             regression_sums=_sums(slots.total),
+                            segments=_segment_numbers(slots, now),
                         )
                     )  # fmt: skip
             return tuple(out)
@@ -481,3 +518,19 @@ def _estimated(expected: ExpectedConfusion) -> tuple[tuple[str, float | None], .
         ("precision", metrics.precision),
         ("recall", metrics.recall),
     )
+
+
+def _segment_numbers(
+    slots: _Slots, now: float
+) -> tuple[tuple[str, tuple[tuple[str, float | None], ...]], ...]:
+    out = []
+    for name, inner in sorted(slots.segments.items()):
+        window = inner.window(now)
+        if isinstance(window, ConfusionCounts):
+            numbers = _classification_numbers(classification_metrics(window))
+            out.append((name, (("labels", float(window.total)), *numbers)))
+        else:
+            out.append(
+                (name, (("labels", float(window.count)), *_regression_numbers(regression_metrics(window))))
+            )
+    return tuple(out)

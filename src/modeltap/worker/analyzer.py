@@ -111,6 +111,7 @@ class Analyzer:
             store=JoinStore(max_bytes=config.label_store_bytes, ttl_s=config.label_ttl_s),
             max_versions=config.max_models * config.max_versions_per_model,
             default_model=config.model_name or (reference.model_name if reference is not None else None),
+            segment_feature=config.segment_feature,
         )
         if self.truth.enabled:
             self.pipeline.truth = self.truth

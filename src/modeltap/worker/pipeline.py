@@ -274,21 +274,24 @@ class BatchPipeline:
                 predictions = decoded.outputs.get("prediction")
         if not predictions:
             return
-        key_values: list[Any] = [None] * len(predictions)
         label_key = self._label_key
-        if label_key is not None:
-            if decoded.matrix_rows is not None and label_key in decoded.matrix_names:
-                column = decoded.matrix_names.index(label_key)
-                key_values = [row[column] for row in decoded.matrix_rows]
-            elif decoded.features and label_key in decoded.features:
-                key_values = list(decoded.features[label_key])
+        key_values = _column(decoded, label_key, len(predictions)) if label_key else [None] * len(predictions)
+        segments = (
+            _column(decoded, truth.segment_feature, len(predictions)) if truth.segment_feature else None
+        )
         keys = [
             join_key(label_key, decoded.request_id, row, key_values[row] if row < len(key_values) else None)
             for row in range(len(predictions))
         ]
         scores = decoded.outputs.get(truth.score_output) if truth.score_output and decoded.outputs else None
         truth.add_predictions(
-            str(model[0][1]), str(model[1][1]), keys, predictions, time.monotonic(), scores=scores
+            str(model[0][1]),
+            str(model[1][1]),
+            keys,
+            predictions,
+            time.monotonic(),
+            scores=scores,
+            segments=segments,
         )
 
     def flush_pending(self) -> None:
@@ -456,3 +459,13 @@ def _label_value(label: Any) -> Any:
     if isinstance(label, (int, float)) and not isinstance(label, bool):
         return float(label)
     return label
+
+
+def _column(decoded: DecodedPayload, name: str, rows: int) -> list[Any]:
+    """An input column's values for each row of the exchange (None where it is absent)."""
+    if decoded.matrix_rows is not None and name in decoded.matrix_names:
+        index = decoded.matrix_names.index(name)
+        return [row[index] for row in decoded.matrix_rows]
+    if decoded.features and name in decoded.features:
+        return list(decoded.features[name])
+    return [None] * rows

@@ -66,6 +66,7 @@ EVERYTHING = ModelTapConfig(
     monitor_memory_bytes=128 * 1024 * 1024,
     duration_buckets=(0.001, 0.01, 0.1),
     label_key="transaction_id",
+    segment_feature="region",
     label_ttl_s=600.0,
     label_store_bytes=8 * 1024 * 1024,
     export=ExportConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 from sklearn.metrics import mean_absolute_error, r2_score
@@ -83,3 +84,36 @@ def test_the_window_forgets_old_labels_and_the_total_keeps_them() -> None:
     clock.now += 15 * 60.0 + 1
     [view] = truth.views(clock.now)
     assert (view.window_labels, view.total_labels) == (0, 1)
+
+
+def test_performance_per_segment_uses_the_reference_vocabulary_only() -> None:
+    rng = np.random.default_rng(9)
+    n = 300
+    region = rng.choice(["north", "south"], n).tolist()
+    truth_column = rng.choice(["a", "b"], n).tolist()
+    profile = parse_reference(
+        build_profile(
+            {"x": rng.normal(size=n), "region": region, "y": truth_column, "p": truth_column},
+            target="y",
+            prediction="p",
+            model_name="m",
+        )
+    )
+    truth = GroundTruth(profile, slots=15, slot_s=60.0, default_model="m", segment_feature="region")
+    clock = Clock()
+    endpoint = feedback_endpoint(truth, None, clock)
+    segments = ["north", "north", "south", "mars", None]
+    predicted = ["a", "a", "b", "a", "b"]
+    labels = ["a", "b", "b", "a", "a"]
+    keys = [join_key(None, "r", row, None) for row in range(5)]
+    truth.add_predictions("m", "1", keys, predicted, clock.now, segments=segments)
+    body = [{"request_id": "r", "row": row, "label": label} for row, label in enumerate(labels)]
+    assert orjson.loads(endpoint(orjson.dumps(body), "application/json")[1])["accepted"] == 5
+    [view] = truth.views(clock.now)
+    by_segment = {name: dict(numbers) for name, numbers in view.segments}
+    assert set(by_segment) == {"north", "south", "__other__", "__missing__"}  # "mars" is no segment
+    assert by_segment["north"]["labels"] == 2
+    assert by_segment["north"]["accuracy"] == 0.5
+    assert by_segment["south"]["accuracy"] == 1.0
+    assert by_segment["__other__"]["accuracy"] == 1.0
+    assert by_segment["__missing__"]["accuracy"] == 0.0
