@@ -23,7 +23,13 @@ from tests.support import binary_model
 from tests.support.backends import ROOT, wait_for
 from tests.support.fleet_model import FEATURES, decide, drifted_rows, training_rows
 from tests.support.otlp_receiver import OtlpHttpReceiver
-from tests.support.server_process import free_port, otlp_settings, running_server, server_environment
+from tests.support.server_process import (
+    free_port,
+    otlp_settings,
+    rss_bytes,
+    running_server,
+    server_environment,
+)
 from tests.support.sidecar_process import sidecar_process
 
 pytestmark = pytest.mark.timeout(120)
@@ -403,3 +409,35 @@ def test_scores_give_auc_log_loss_brier_and_an_estimate_before_the_labels(tmp_pa
     assert abs(window["auc"] - roc_auc_score(positive, scores)) <= window["auc_bound"] + 1e-12
     assert window["log_loss"] == pytest.approx(log_loss(positive, scores), rel=1e-9)
     assert window["brier"] == pytest.approx(brier_score_loss(positive, scores), rel=1e-9)
+
+
+def test_a_flood_of_labels_for_unknown_ids_keeps_memory_bounded_and_counts_every_one(
+    reference: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    command = [*UVICORN, "--factory", "tests.support.fleet_model:monitored_app", "--port", str(port)]
+    env = server_environment(
+        tmp_path / "run",
+        MODELTAP_REFERENCE=str(reference),
+        MODELTAP_MODEL_NAME="loans",
+        MODELTAP_MONITOR="inline",
+    )
+    log = tmp_path / "app.log"
+    with running_server(command, env, port, log) as server, httpx.Client(timeout=30) as client:
+        feedback_url = server.url + "/modeltap/feedback"
+        assert client.post(server.url + PREDICT, json={"instances": drifted_rows(1, seed=1)}).is_success
+        before = rss_bytes(server.pid)
+        sent = 0
+        for batch in range(12):
+            lines = [b'{"request_id":"flood-%d-%d","label":"deny"}' % (batch, i) for i in range(20_000)]
+            answer = client.post(
+                feedback_url, content=b"\n".join(lines), headers={"content-type": "application/x-ndjson"}
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["accepted"] == 20_000
+            sent += 20_000
+        grown = rss_bytes(server.pid) - before
+        assert wait_for(lambda: _status(feedback_url)["labels"]["early"] == sent, 10)  # snapshots lag
+        labels = _status(feedback_url)["labels"]
+    assert labels["early"] - labels.get("unmatched", 0) <= 10_000  # at most this many wait
+    assert grown < 40 * 1024 * 1024, f"RSS grew {grown / 2**20:.1f} MiB for {sent} labels"
