@@ -202,6 +202,10 @@ class PerformanceSummary:
     # classifier; (labels, sum |error|, sum error², sum label, sum label²) of a regressor.
     confusion: tuple[tuple[str, str, int], ...] = ()
     regression_sums: tuple[float, float, float, float, float] | None = None
+    # A binary classifier's scores since start, per bucket over `score_bounds`, for labels of
+    # the positive class ("true") and the others ("false"): AUC of any set of replicas follows.
+    score_bounds: tuple[float, ...] = ()
+    score_counts: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import random
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, roc_auc_score
 
 from modeltap.cli import main as modeltap_main
+from modeltap.stats.performance import auc_from_histograms
 from tests.support import binary_model
 from tests.support.backends import ROOT, wait_for
 from tests.support.fleet_model import FEATURES, decide, drifted_rows, training_rows
@@ -401,6 +404,19 @@ def test_scores_give_auc_log_loss_brier_and_an_estimate_before_the_labels(tmp_pa
 
         assert wait_for(joined, 30)
         [performance] = httpx.get(status_url, timeout=10).json()["performance"]
+        exposition = httpx.get(server.url + "/modeltap/metrics", timeout=10).text
+    # The exported score histograms give the same AUC (a backend can sum replicas' buckets).
+    cumulative: dict[str, list[float]] = {"true": [], "false": []}
+    for line in exposition.splitlines():
+        if line.startswith("modeltap_performance_scores_bucket{"):
+            side = re.search(r'modeltap_label_positive="(true|false)"', line)
+            assert side is not None
+            cumulative[side[1]].append(float(line.rsplit(" ", 1)[1]))
+    per_bin = {k: np.diff(np.concatenate(([0.0], v))) for k, v in cumulative.items()}
+    assert len(per_bin["true"]) == 100
+    recomputed = auc_from_histograms(per_bin["true"], per_bin["false"])
+    assert recomputed is not None
+    assert recomputed[0] == pytest.approx(performance["total"]["auc"], abs=1e-12)
     window = performance["window"]
     realised = accuracy_score(truth, predicted)
     assert window["accuracy"] == realised

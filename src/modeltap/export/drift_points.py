@@ -16,6 +16,7 @@ class DriftPoints:
     missing: list[CounterPoint] = field(default_factory=list)
     categories: list[CounterPoint] = field(default_factory=list)
     confusion: list[CounterPoint] = field(default_factory=list)
+    score_histograms: list[HistogramPoint] = field(default_factory=list)
     regression: list[CounterPoint] = field(default_factory=list)
     labels: list[CounterPoint] = field(default_factory=list)
     performance_levels: Rows = field(default_factory=list)
@@ -111,6 +112,18 @@ def drift_points(snap: Snapshot) -> DriftPoints:
             points.confusion.append(
                 CounterPoint(
                     (*attrs, ("modeltap.label.true", true), ("modeltap.label.predicted", predicted)), count
+                )
+            )
+        for positive, counts in summary.score_counts:
+            points.score_histograms.append(
+                HistogramPoint(
+                    (*attrs, ("modeltap.label.positive", positive)),
+                    summary.score_bounds,
+                    counts,
+                    sum(counts),
+                    None,
+                    None,
+                    None,
                 )
             )
         if summary.regression_sums is not None:

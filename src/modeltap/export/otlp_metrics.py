@@ -174,6 +174,17 @@ def drift_metrics(snap: Snapshot) -> list[Metric]:
                 snap,
             )
         )
+    if points.score_histograms:
+        metrics.append(
+            _histogram(
+                "modeltap.performance.scores",
+                "A binary classifier's positive-class scores of joined labels, for labels of the "
+                "positive class (true) and the others (false): ROC AUC of any set of replicas.",
+                "1",
+                points.score_histograms,
+                snap,
+            )
+        )
     if points.regression:
         metrics.append(
             _counter(

@@ -131,6 +131,13 @@ def render(snap: Snapshot) -> str:
             "Joined labels by true and predicted class.",
             drift.confusion,
         )
+    if drift.score_histograms:
+        _histogram(
+            lines,
+            "modeltap_performance_scores",
+            "Positive-class scores of joined labels, by whether the label is the positive class.",
+            drift.score_histograms,
+        )
     if drift.regression:
         _gauge(
             lines,

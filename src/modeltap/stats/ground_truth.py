@@ -405,6 +405,15 @@ class GroundTruth:
                             baseline_accuracy=base_hits / base_n if base_n else None,
                             baseline_labels=base_n,
                             confusion=_cells(slots.total),
+                            score_bounds=tuple(float(b) for b in slots.scores_total.edges)
+                            if slots.scores_total.count
+                            else (),
+                            score_counts=(
+                                ("true", tuple(int(c) for c in slots.scores_total.positive)),
+                                ("false", tuple(int(c) for c in slots.scores_total.negative)),
+                            )
+                            if slots.scores_total.count
+                            else (),
                         )
                     )  # fmt: skip
                 elif isinstance(window, RegressionCounts) and isinstance(slots.total, RegressionCounts):

@@ -30,6 +30,13 @@ SCORE_BINS = 100
 """Equal-width bins of the positive-class score for AUC: the bound below is then at most half
 the share of positive-negative pairs that fall in the same bin."""
 
+
+def score_edges(bins: int = SCORE_BINS) -> np.ndarray:
+    """Inner bounds of the score bins, upper-inclusive like OpenTelemetry explicit buckets:
+    (-inf, 1/B], (1/B, 2/B], ..., ((B-1)/B, +inf), so exported histograms carry these bounds."""
+    return np.arange(1, bins) / bins
+
+
 LOG_LOSS_EPS = float(np.finfo(np.float64).eps)
 """Probabilities are clipped to [eps, 1 - eps] before the logarithm, as scikit-learn does."""
 
@@ -130,6 +137,7 @@ class BinaryScores:
         if bins < 1:
             raise ValueError("at least one score bin")
         self.bins = bins
+        self.edges = score_edges(bins)
         self.positive = np.zeros(bins, dtype=np.int64)  # scores of rows whose label is positive
         self.negative = np.zeros(bins, dtype=np.int64)
         self.log_loss_sum = 0.0
@@ -145,7 +153,7 @@ class BinaryScores:
         valid = np.isfinite(p) & (p >= 0.0) & (p <= 1.0)
         self.out_of_range += int(np.count_nonzero(~valid))
         labels, p = labels[valid], p[valid]
-        index = np.minimum((p * self.bins).astype(np.intp), self.bins - 1)
+        index = np.searchsorted(self.edges, p, side="left")
         self.positive += np.bincount(index[labels], minlength=self.bins)
         self.negative += np.bincount(index[~labels], minlength=self.bins)
         clipped = np.clip(p, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS)
