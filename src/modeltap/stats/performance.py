@@ -276,3 +276,58 @@ def regression_metrics(counts: RegressionCounts) -> RegressionMetrics | None:
         rmse=math.sqrt(counts.sq_error_sum / counts.count),
         r2=1.0 - counts.sq_error_sum / counts.label_m2 if counts.label_m2 > 0 else None,
     )
+
+
+class RankingCounts:
+    """Sums for MRR and NDCG@K over queries whose answer is a ranked list of items and whose
+    label is the relevant item (or items: binary relevance). Mergeable: plain sums."""
+
+    def __init__(self, k: int = 10) -> None:
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        self.k = k
+        self.queries = 0
+        self.reciprocal_rank_sum = 0.0
+        self.ndcg_sum = 0.0
+
+    def add(self, ranked: Sequence[str], relevant: Sequence[str]) -> None:
+        """One query: `ranked` best first; `relevant` the items the label names."""
+        wanted = set(relevant)
+        if not wanted:
+            return
+        self.queries += 1
+        for position, item in enumerate(ranked, start=1):
+            if item in wanted:
+                self.reciprocal_rank_sum += 1.0 / position
+                break
+        dcg = sum(
+            1.0 / math.log2(i + 1) for i, item in enumerate(ranked[: self.k], start=1) if item in wanted
+        )
+        ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(self.k, len(wanted)) + 1))
+        self.ndcg_sum += dcg / ideal
+
+    def merge(self, other: RankingCounts) -> None:
+        if other.k != self.k:
+            raise ValueError("ranking counts at different k cannot be merged")
+        self.queries += other.queries
+        self.reciprocal_rank_sum += other.reciprocal_rank_sum
+        self.ndcg_sum += other.ndcg_sum
+
+
+@dataclass(frozen=True)
+class RankingMetrics:
+    queries: int
+    k: int
+    mrr: float
+    ndcg: float  # NDCG@k, binary relevance
+
+
+def ranking_metrics(counts: RankingCounts) -> RankingMetrics | None:
+    if counts.queries == 0:
+        return None
+    return RankingMetrics(
+        counts.queries,
+        counts.k,
+        counts.reciprocal_rank_sum / counts.queries,
+        counts.ndcg_sum / counts.queries,
+    )

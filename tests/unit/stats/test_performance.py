@@ -10,6 +10,7 @@ from sklearn.metrics import (
     confusion_matrix,
     log_loss,
     mean_absolute_error,
+    ndcg_score,
     precision_recall_fscore_support,
     r2_score,
     roc_auc_score,
@@ -20,10 +21,12 @@ from modeltap.stats.performance import (
     OTHER,
     BinaryScores,
     ConfusionCounts,
+    RankingCounts,
     RegressionCounts,
     auc_from_histograms,
     binary_score_metrics,
     classification_metrics,
+    ranking_metrics,
     regression_metrics,
 )
 
@@ -159,3 +162,34 @@ def test_regression_without_label_spread_has_no_r2() -> None:
     assert metrics.count == 2
     assert metrics.r2 is None
     assert metrics.mae == 1.0
+
+
+def test_mrr_and_ndcg_equal_scikit_learn_and_the_textbook_definitions() -> None:
+    rng = np.random.default_rng(12)
+    items = [f"item-{i}" for i in range(30)]
+    counts = RankingCounts(k=10)
+    reciprocal, ndcgs = [], []
+    for _ in range(200):
+        ranked = list(rng.permutation(items)[:20])
+        relevant = list(rng.choice(items, size=int(rng.integers(1, 4)), replace=False))
+        counts.add(ranked, relevant)
+        hits = [i for i, item in enumerate(ranked, start=1) if item in relevant]
+        reciprocal.append(1.0 / hits[0] if hits else 0.0)
+        # scikit-learn's ndcg_score on binary relevance: true relevance per ranked position,
+        # scores decreasing with rank; the ideal ranking has every relevant item on top.
+        true = np.array(
+            [[1.0 if item in relevant else 0.0 for item in ranked] + [1.0] * (len(relevant) - len(hits))]
+        )
+        scores = np.array(
+            [[float(len(ranked) - i) for i in range(len(ranked))] + [-1.0] * (len(relevant) - len(hits))]
+        )
+        ndcgs.append(ndcg_score(true, scores, k=10))
+    metrics = ranking_metrics(counts)
+    assert metrics is not None
+    assert metrics.queries == 200
+    assert metrics.mrr == pytest.approx(np.mean(reciprocal), rel=1e-12)
+    assert metrics.ndcg == pytest.approx(np.mean(ndcgs), rel=1e-9)
+    halves = RankingCounts(k=10), RankingCounts(k=10)
+    assert ranking_metrics(halves[0]) is None
+    halves[0].merge(counts)
+    assert ranking_metrics(halves[0]) == metrics
