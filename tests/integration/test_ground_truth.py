@@ -421,6 +421,7 @@ def test_scores_give_auc_log_loss_brier_and_an_estimate_before_the_labels(tmp_pa
     realised = accuracy_score(truth, predicted)
     assert window["accuracy"] == realised
     assert abs(before["accuracy"] - realised) <= 0.02, (before, realised)
+    assert abs(before["auc"] - roc_auc_score([t == "1" for t in truth], scores)) <= 0.03
     positive = [t == "1" for t in truth]
     assert abs(window["auc"] - roc_auc_score(positive, scores)) <= window["auc_bound"] + 1e-12
     assert window["log_loss"] == pytest.approx(log_loss(positive, scores), rel=1e-9)

@@ -696,7 +696,11 @@ def score_calibration(
     return {
         "column": column,
         "positive_class": positive,
-        "calibration": {"edges": list(calibration.edges), "rates": list(calibration.rates)},
+        "calibration": {
+            "edges": list(calibration.edges),
+            "rates": list(calibration.rates),
+            "centers": list(calibration.centers),
+        },
     }
 
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import decimal
 import hashlib
+import itertools
 import math
 import numbers
 import os
@@ -181,6 +182,7 @@ class ReferencePerformance:
     positive_class: str | None = None
     calibration_edges: tuple[float, ...] = ()
     calibration_rates: tuple[float, ...] = ()
+    calibration_centers: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -447,6 +449,7 @@ def _parse_performance(path: str, raw: Any) -> ReferencePerformance | None:
             positive_class=score["positive_class"],
             calibration_edges=edges,
             calibration_rates=tuple(float(r) for r in rates if r is not None),
+            calibration_centers=_centers(path, calibration.get("centers"), len(rates)),
         )
     return ReferencePerformance(
         "regression",
@@ -455,6 +458,19 @@ def _parse_performance(path: str, raw: Any) -> ReferencePerformance | None:
         rmse=_number(path, '"performance"', raw.get("rmse")),
         r2=_number(path, '"performance"', raw.get("r2")),
     )
+
+
+def _centers(path: str, raw: Any, bins: int) -> tuple[float, ...]:
+    """The calibration bins' mean scores: increasing, one per bin (absent in older profiles)."""
+    if raw is None:
+        return ()
+    values = [
+        _number(path, '"performance.score.calibration.centers"', c) for c in _list(path, "centers", raw)
+    ]
+    centers = tuple(float(c) for c in values if c is not None)
+    if len(centers) != bins or any(b <= a for a, b in itertools.pairwise(centers)):
+        raise _fail(path, '"performance.score.calibration.centers" needs one increasing mean per bin')
+    return centers
 
 
 def load_reference(path: str | Path) -> ReferenceProfile:

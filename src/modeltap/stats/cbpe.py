@@ -15,37 +15,53 @@ which is what it is for. Reported as `estimated`, next to the realised metrics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from modeltap.reference.calibration import Calibration, fit_calibration
+from modeltap.stats.performance import SCORE_BINS, auc_from_histograms, score_edges
 
 __all__ = ["Calibration", "EstimatedMetrics", "ExpectedConfusion", "estimated_metrics", "fit_calibration"]
 
 
 @dataclass
 class ExpectedConfusion:
-    """Sums of the expected confusion matrix; mergeable like the realised counts."""
+    """Sums of the expected confusion matrix, and per score bin the expected positives and
+    negatives (for the expected ROC AUC); mergeable like the realised counts."""
 
     tp: float = 0.0
     fp: float = 0.0
     fn: float = 0.0
     tn: float = 0.0
+    positives: np.ndarray = field(default_factory=lambda: np.zeros(SCORE_BINS))
+    negatives: np.ndarray = field(default_factory=lambda: np.zeros(SCORE_BINS))
 
-    def add(self, calibrated: np.ndarray, predicted_positive: np.ndarray) -> None:
+    def add(
+        self, calibrated: np.ndarray, predicted_positive: np.ndarray, scores: np.ndarray | None = None
+    ) -> None:
+        """`calibrated`: P(y = 1) of each prediction; `scores`: the model's own scores, which
+        order the predictions for the AUC (bins as the realised score histograms)."""
         p = np.asarray(calibrated, dtype=np.float64)
         positive = np.asarray(predicted_positive, dtype=bool)
         self.tp += float(np.sum(p[positive]))
         self.fp += float(np.sum(1.0 - p[positive]))
         self.fn += float(np.sum(p[~positive]))
         self.tn += float(np.sum(1.0 - p[~positive]))
+        if scores is not None:
+            index = np.searchsorted(
+                score_edges(SCORE_BINS), np.asarray(scores, dtype=np.float64), side="left"
+            )
+            self.positives += np.bincount(index, weights=p, minlength=SCORE_BINS)
+            self.negatives += np.bincount(index, weights=1.0 - p, minlength=SCORE_BINS)
 
     def merge(self, other: ExpectedConfusion) -> None:
         self.tp += other.tp
         self.fp += other.fp
         self.fn += other.fn
         self.tn += other.tn
+        self.positives = self.positives + other.positives
+        self.negatives = self.negatives + other.negatives
 
     @property
     def count(self) -> float:
@@ -58,6 +74,7 @@ class EstimatedMetrics:
     accuracy: float
     precision: float
     recall: float
+    auc: float | None = None  # expected ROC AUC, within the same binning bound as the realised one
 
 
 def estimated_metrics(expected: ExpectedConfusion) -> EstimatedMetrics | None:
@@ -66,9 +83,11 @@ def estimated_metrics(expected: ExpectedConfusion) -> EstimatedMetrics | None:
         return None
     predicted = expected.tp + expected.fp
     actual = expected.tp + expected.fn
+    auc = auc_from_histograms(expected.positives, expected.negatives)
     return EstimatedMetrics(
         count=round(total),
         accuracy=(expected.tp + expected.tn) / total,
         precision=expected.tp / predicted if predicted else 0.0,
         recall=expected.tp / actual if actual else 0.0,
+        auc=auc[0] if auc else None,
     )

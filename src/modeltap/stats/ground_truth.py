@@ -235,7 +235,9 @@ class GroundTruth:
         self.score_output = performance.score_column if has_score and performance else None
         self.positive_class = performance.positive_class if has_score and performance else None
         self.calibration = (
-            Calibration(performance.calibration_edges, performance.calibration_rates)
+            Calibration(
+                performance.calibration_edges, performance.calibration_rates, performance.calibration_centers
+            )
             if has_score and performance
             else None
         )
@@ -290,7 +292,7 @@ class GroundTruth:
                     if slots is not None:
                         calibrated = self.calibration.apply(np.array([score]))
                         positive = np.array([canonical_category(value) == self.positive_class])
-                        slots.expected.current(now).add(calibrated, positive)
+                        slots.expected.current(now).add(calibrated, positive, np.array([score]))
                 if key is None:
                     self.counts["no_join_key"] += 1
                     continue
@@ -526,6 +528,7 @@ def _estimated(expected: ExpectedConfusion) -> tuple[tuple[str, float | None], .
         ("accuracy", metrics.accuracy),
         ("precision", metrics.precision),
         ("recall", metrics.recall),
+        ("auc", metrics.auc),
     )
 
 

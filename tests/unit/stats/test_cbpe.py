@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from modeltap.stats.cbpe import ExpectedConfusion, estimated_metrics, fit_calibration
+from modeltap.stats.performance import BinaryScores, auc_from_histograms
 
 WEIGHTS = np.array([1.5, -1.0])
 BIAS = -0.2
@@ -28,9 +30,19 @@ def test_the_estimate_is_within_two_points_of_the_realised_accuracy_under_covari
         scores, labels = _data(rng, 5000, mean)
         predicted = scores > 0.5
         expected = ExpectedConfusion()
-        expected.add(calibration.apply(scores), predicted)
+        expected.add(calibration.apply(scores), predicted, scores)
         estimate = estimated_metrics(expected)
         assert estimate is not None
+        assert estimate.auc is not None
+        # Against the realised AUC over the same 100 score bins (both carry the binning bound).
+        realised_scores = BinaryScores()
+        realised_scores.add(labels == 1, scores)
+        realised_auc = auc_from_histograms(realised_scores.positive, realised_scores.negative)
+        assert realised_auc is not None
+        assert abs(realised_auc[0] - roc_auc_score(labels, scores)) <= realised_auc[1]
+        # Looser than accuracy: the AUC of 5000 rows moves by ~0.01 by sampling alone, and the
+        # calibration's error adds to it (see modeltap.reference.calibration).
+        assert abs(estimate.auc - realised_auc[0]) <= 0.03, (mean, estimate.auc, realised_auc)
         realised = float(np.mean(predicted == (labels == 1)))
         assert abs(estimate.accuracy - realised) <= 0.02, (mean, estimate.accuracy, realised)
         tp = float(np.sum(predicted & (labels == 1)))
