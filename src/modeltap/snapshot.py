@@ -206,6 +206,9 @@ class PerformanceSummary:
     # the positive class ("true") and the others ("false"): AUC of any set of replicas follows.
     score_bounds: tuple[float, ...] = ()
     score_counts: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # A regressor's residuals (label - prediction) since start over `residual_bounds`.
+    residual_bounds: tuple[float, ...] = ()
+    residual_counts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

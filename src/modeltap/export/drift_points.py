@@ -17,6 +17,7 @@ class DriftPoints:
     categories: list[CounterPoint] = field(default_factory=list)
     confusion: list[CounterPoint] = field(default_factory=list)
     score_histograms: list[HistogramPoint] = field(default_factory=list)
+    residuals: list[HistogramPoint] = field(default_factory=list)
     regression: list[CounterPoint] = field(default_factory=list)
     labels: list[CounterPoint] = field(default_factory=list)
     performance_levels: Rows = field(default_factory=list)
@@ -125,6 +126,11 @@ def drift_points(snap: Snapshot) -> DriftPoints:
                     None,
                     None,
                 )
+            )
+        if summary.residual_bounds and summary.residual_counts:
+            counts = summary.residual_counts
+            points.residuals.append(
+                HistogramPoint(attrs, summary.residual_bounds, counts, sum(counts), None, None, None)
             )
         if summary.regression_sums is not None:
             for name, value in zip(REGRESSION_SUMS, summary.regression_sums, strict=True):

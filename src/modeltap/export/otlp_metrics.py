@@ -185,6 +185,17 @@ def drift_metrics(snap: Snapshot) -> list[Metric]:
                 snap,
             )
         )
+    if points.residuals:
+        metrics.append(
+            _histogram(
+                "modeltap.performance.residuals",
+                "A regressor's residuals (label - prediction) of joined labels; bounds in steps of "
+                "the reference label's standard deviation.",
+                "1",
+                points.residuals,
+                snap,
+            )
+        )
     if points.regression:
         metrics.append(
             _counter(

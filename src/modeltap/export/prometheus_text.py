@@ -138,6 +138,13 @@ def render(snap: Snapshot) -> str:
             "Positive-class scores of joined labels, by whether the label is the positive class.",
             drift.score_histograms,
         )
+    if drift.residuals:
+        _histogram(
+            lines,
+            "modeltap_performance_residuals",
+            "A regressor's residuals of joined labels.",
+            drift.residuals,
+        )
     if drift.regression:
         _gauge(
             lines,

@@ -39,6 +39,7 @@ from modeltap.stats.performance import (
     binary_score_metrics,
     classification_metrics,
     regression_metrics,
+    residual_bounds,
 )
 from modeltap.stats.performance_level import PerformanceThresholds, performance_level
 
@@ -114,12 +115,14 @@ class _Slots:
         slot_s: float,
         positive: str | None = None,
         segmented: bool = True,
+        residual_bounds: tuple[float, ...] = (),
     ) -> None:
         self.kind = kind
         self.classes = classes
         self.slots = slots
         self.slot_s = slot_s
         self.positive = positive  # the class a score is the probability of (binary scores)
+        self.residual_bounds = residual_bounds
         self.ring: dict[int, ConfusionCounts | RegressionCounts] = {}
         self.total = self._new()
         self.scores = _Ring(BinaryScores, slots, slot_s)
@@ -135,7 +138,9 @@ class _Slots:
         self.first_labels = 0
 
     def _new(self) -> ConfusionCounts | RegressionCounts:
-        return ConfusionCounts(self.classes) if self.kind == "classification" else RegressionCounts()
+        if self.kind == "classification":
+            return ConfusionCounts(self.classes)
+        return RegressionCounts(self.residual_bounds)
 
     def add(self, joined: Joined, now: float) -> bool:
         segment = joined.prediction.segment
@@ -218,6 +223,7 @@ class GroundTruth:
         default_model: str | None = None,
         segment_feature: str | None = None,
     ) -> None:
+        self.reference = reference
         self.kind, self.classes, self.prediction_output = _kind(reference)
         performance = reference.performance if reference is not None else None
         # The reference's accuracy on its (validation) rows, when it has one.
@@ -229,6 +235,10 @@ class GroundTruth:
             else None
         )
         self.thresholds = PerformanceThresholds()
+        label = next((f for f in reference.features if f.role == "label"), None) if reference else None
+        self.residual_bounds = residual_bounds(
+            label.std if label is not None and label.kind == "numeric" else None
+        )
         # A binary classifier's score (profiled with --score): its output, positive class and
         # calibration, for AUC, log loss, Brier and the estimate before labels (CBPE).
         has_score = performance is not None and performance.score_column is not None
@@ -347,7 +357,14 @@ class GroundTruth:
                 self.counts["over_version_cap"] += 1
                 return None
             assert self.kind is not None
-            slots = _Slots(self.kind, self.classes, self.slots, self.slot_s, self.positive_class)
+            slots = _Slots(
+                self.kind,
+                self.classes,
+                self.slots,
+                self.slot_s,
+                self.positive_class,
+                residual_bounds=self.residual_bounds,
+            )
             self._versions[(model, version)] = slots
         return slots
 
@@ -426,6 +443,8 @@ class GroundTruth:
                             total=_regression_numbers(regression_metrics(slots.total)),
                             label_delay_p50_s=delay,
                             regression_sums=_sums(slots.total),
+                            residual_bounds=slots.total.bounds,
+                            residual_counts=tuple(int(c) for c in slots.total.residuals),
                             segments=_segment_numbers(slots, now),
                         )
                     )  # fmt: skip

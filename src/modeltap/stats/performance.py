@@ -217,11 +217,25 @@ def binary_score_metrics(scores: BinaryScores) -> BinaryScoreMetrics | None:
     )
 
 
+RESIDUAL_STEPS = (-3.0, -2.0, -1.5, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+"""Bounds of the residual histogram, in units of the reference label's standard deviation."""
+
+
+def residual_bounds(label_std: float | None) -> tuple[float, ...]:
+    """Residual (label - prediction) histogram bounds for a label of this spread; () without one."""
+    if label_std is None or not math.isfinite(label_std) or label_std <= 0:
+        return ()
+    return tuple(step * label_std for step in RESIDUAL_STEPS)
+
+
 class RegressionCounts:
     """Sums for MAE, RMSE and R², mergeable: errors as plain sums, the label's spread with
-    Chan's parallel update (no catastrophic cancellation in R²'s denominator)."""
+    Chan's parallel update (no catastrophic cancellation in R²'s denominator); with `bounds`, a
+    histogram of the residuals (label - prediction, upper-inclusive buckets)."""
 
-    def __init__(self) -> None:
+    def __init__(self, bounds: tuple[float, ...] = ()) -> None:
+        self.bounds = bounds
+        self.residuals = np.zeros(len(bounds) + 1 if bounds else 0, dtype=np.int64)
         self.count = 0
         self.abs_error_sum = 0.0
         self.sq_error_sum = 0.0
@@ -238,6 +252,10 @@ class RegressionCounts:
         if not y.size:
             return
         error = y - yhat
+        if self.bounds:
+            self.residuals += np.bincount(
+                np.searchsorted(np.asarray(self.bounds), error, side="left"), minlength=len(self.bounds) + 1
+            )
         batch = RegressionCounts()
         batch.count = int(y.size)
         batch.abs_error_sum = float(np.sum(np.abs(error)))

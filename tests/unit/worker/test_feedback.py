@@ -8,8 +8,9 @@ import pytest
 from sklearn.metrics import mean_absolute_error, r2_score
 
 from modeltap.reference import build_profile
-from modeltap.reference.document import parse_reference
+from modeltap.reference.document import ReferenceFeature, parse_reference
 from modeltap.stats.ground_truth import GroundTruth
+from modeltap.stats.performance import RESIDUAL_STEPS
 from modeltap.worker.feedback import feedback_endpoint, join_key
 
 
@@ -19,6 +20,11 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def truth_profile_features(truth: GroundTruth) -> tuple[ReferenceFeature, ...]:
+    assert truth.reference is not None
+    return truth.reference.features
 
 
 def _regression_truth() -> GroundTruth:
@@ -65,6 +71,12 @@ def test_labels_join_by_a_key_column_whatever_its_spelling() -> None:
     assert numbers["mae"] == pytest.approx(mean_absolute_error([12, 18, 33], [10, 20, 30]), rel=1e-12)
     assert numbers["r2"] == pytest.approx(r2_score([12, 18, 33], [10, 20, 30]), rel=1e-12)
     assert truth.label_counts()["rejected"] == 3
+    # Residuals (2, -2, 3) over bounds in steps of the reference label's standard deviation.
+    label_std = next(f.std for f in truth_profile_features(truth) if f.role == "label")
+    assert label_std is not None
+    assert view.residual_bounds == tuple(step * label_std for step in RESIDUAL_STEPS)
+    expected = np.bincount(np.searchsorted(view.residual_bounds, [2.0, -2.0, 3.0], side="left"), minlength=16)
+    assert view.residual_counts == tuple(int(c) for c in expected)
 
 
 def test_without_anything_to_judge_feedback_is_refused_with_the_reason() -> None:
