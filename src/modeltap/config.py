@@ -302,6 +302,9 @@ class ModelTapConfig:
     # Performance per segment: a categorical input the reference profiles (its vocabulary are
     # the segments; other values count as __other__, absent ones as __missing__).
     segment_feature: str | None = None
+    # The model ranks: each answered row is a ranked list of items and its label the relevant
+    # item(s); performance is MRR and NDCG at this cut-off.
+    ranking_k: int | None = None
     label_ttl_s: float = 24 * 3600.0
     label_store_bytes: int = 64 * 1024 * 1024
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -391,6 +394,8 @@ class ModelTapConfig:
                 f"monitor_id must be 1-64 letters, digits, '.', '_' or '-', got {self.monitor_id!r}",
                 "monitor_id",
             )
+        if self.ranking_k is not None and not 1 <= self.ranking_k <= 1000:
+            raise ConfigError(f"ranking_k must be within 1..1000, got {self.ranking_k!r}", "ranking_k")
         if not self.label_ttl_s > 0:
             raise ConfigError(f"label_ttl_s must be > 0, got {self.label_ttl_s!r}", "label_ttl_s")
         if self.label_store_bytes < 1024 * 1024:
@@ -479,6 +484,7 @@ class ModelTapConfig:
         take("MODELTAP_MONITOR_MEMORY_BYTES", "monitor_memory_bytes", _parse_int)
         take("MODELTAP_LABEL_KEY", "label_key")
         take("MODELTAP_SEGMENT_FEATURE", "segment_feature")
+        take("MODELTAP_RANKING_K", "ranking_k", _parse_int)
         take("MODELTAP_LABEL_TTL_S", "label_ttl_s", _parse_float)
         take("MODELTAP_LABEL_STORE_BYTES", "label_store_bytes", _parse_int)
         kwargs["export"] = ExportConfig.from_env(env)

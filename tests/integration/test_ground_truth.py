@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import random
 import re
 import sys
@@ -22,7 +23,7 @@ from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss
 
 from modeltap.cli import main as modeltap_main
 from modeltap.stats.performance import auc_from_histograms
-from tests.support import binary_model
+from tests.support import binary_model, ranker_model
 from tests.support.backends import ROOT, wait_for
 from tests.support.fleet_model import FEATURES, decide, drifted_rows, training_rows
 from tests.support.otlp_receiver import OtlpHttpReceiver
@@ -458,3 +459,48 @@ def test_a_flood_of_labels_for_unknown_ids_keeps_memory_bounded_and_counts_every
         labels = _status(feedback_url)["labels"]
     assert labels["early"] - labels.get("unmatched", 0) <= 10_000  # at most this many wait
     assert grown < 40 * 1024 * 1024, f"RSS grew {grown / 2**20:.1f} MiB for {sent} labels"
+
+
+def test_a_rankers_mrr_and_ndcg_from_relevant_items_fed_back(tmp_path: Path) -> None:
+    port = free_port()
+    command = [*UVICORN, "--factory", "tests.support.ranker_model:monitored_app", "--port", str(port)]
+    env = server_environment(tmp_path / "run", MODELTAP_MODEL_NAME="recs", MODELTAP_RANKING_K="3")
+    rng = random.Random(6)
+    reciprocal: list[float] = []
+    ndcgs: list[float] = []
+    items = []
+    log = tmp_path / "app.log"
+    with running_server(command, env, port, log) as server, httpx.Client(timeout=10) as client:
+        for i in range(40):
+            users = [f"user-{i}-{j}" for j in range(3)]
+            answer = client.post(
+                server.url + "/v1/models/recs:predict",
+                json={"instances": [{"user": u} for u in users]},
+                headers={"x-request-id": f"q-{i}"},
+            ).json()
+            for row, ranked in enumerate(answer["predictions"]):
+                relevant = rng.sample(ranker_model.ITEMS, k=rng.choice((1, 2)))
+                items.append(
+                    {
+                        "request_id": f"q-{i}",
+                        "row": row,
+                        "label": relevant if len(relevant) > 1 else relevant[0],
+                    }
+                )
+                hits = [p for p, item in enumerate(ranked, start=1) if item in relevant]
+                reciprocal.append(1.0 / hits[0] if hits else 0.0)
+                dcg = sum(1.0 / math.log2(p + 1) for p in hits if p <= 3)
+                ideal = sum(1.0 / math.log2(p + 1) for p in range(1, min(3, len(relevant)) + 1))
+                ndcgs.append(dcg / ideal)
+        assert client.post(server.url + "/modeltap/feedback", json=items).json()["accepted"] == 120
+
+        def joined() -> bool:
+            performance = _status(server.url + "/modeltap/feedback")["performance"]
+            return bool(performance) and performance[0]["total"]["labels"] == 120
+
+        assert wait_for(joined, 30)
+        [performance] = _status(server.url + "/modeltap/feedback")["performance"]
+    assert performance["kind"] == "ranking"
+    assert performance["total"]["mrr"] == pytest.approx(sum(reciprocal) / 120, rel=1e-12)
+    assert performance["total"]["ndcg"] == pytest.approx(sum(ndcgs) / 120, rel=1e-12)
+    assert performance["total"]["k"] == 3

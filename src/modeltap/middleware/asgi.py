@@ -87,6 +87,7 @@ class ModelTapMiddleware:
         monitor_memory_bytes: int | None = None,
         label_key: str | None = None,
         segment_feature: str | None = None,
+        ranking_k: int | None = None,
         label_ttl_s: float | None = None,
         label_store_bytes: int | None = None,
         export: ExportConfig | None = None,

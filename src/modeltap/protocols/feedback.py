@@ -27,7 +27,8 @@ import orjson
 MAX_ID_LENGTH = 256
 MAX_ROW = 1_000_000
 
-Label = str | float | bool
+Label = str | float | bool | tuple[str | float, ...]  # a list: the relevant items of a ranking
+MAX_RELEVANT = 100
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,13 @@ def _text(value: Any) -> str | None:
 
 
 def _label(value: Any) -> Label | None:
+    if isinstance(value, list):
+        if not 0 < len(value) <= MAX_RELEVANT:
+            return None
+        items = [_label(item) for item in value]
+        if any(item is None or isinstance(item, (bool, tuple)) for item in items):
+            return None
+        return tuple(item for item in items if isinstance(item, (str, float)))
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)):

@@ -34,17 +34,20 @@ from modeltap.stats.performance import (
     BinaryScores,
     ClassificationMetrics,
     ConfusionCounts,
+    RankingCounts,
+    RankingMetrics,
     RegressionCounts,
     RegressionMetrics,
     binary_score_metrics,
     classification_metrics,
+    ranking_metrics,
     regression_metrics,
     residual_bounds,
 )
 from modeltap.stats.performance_level import PerformanceThresholds, performance_level
 
 T = TypeVar("T")
-Value = str | float | int | bool | None
+Value = str | float | int | bool | None | tuple[str | float, ...]
 MAX_PENDING_LABELS = 100_000
 FIRST_LABELS_BASELINE = 100
 """Without a reference baseline, the accuracy of this many first joined labels is the baseline."""
@@ -116,6 +119,7 @@ class _Slots:
         positive: str | None = None,
         segmented: bool = True,
         residual_bounds: tuple[float, ...] = (),
+        ranking_k: int = 10,
     ) -> None:
         self.kind = kind
         self.classes = classes
@@ -123,7 +127,8 @@ class _Slots:
         self.slot_s = slot_s
         self.positive = positive  # the class a score is the probability of (binary scores)
         self.residual_bounds = residual_bounds
-        self.ring: dict[int, ConfusionCounts | RegressionCounts] = {}
+        self.ranking_k = ranking_k
+        self.ring: dict[int, ConfusionCounts | RegressionCounts | RankingCounts] = {}
         self.total = self._new()
         self.scores = _Ring(BinaryScores, slots, slot_s)
         self.scores_total = BinaryScores()
@@ -137,9 +142,11 @@ class _Slots:
         self.first_hits = 0
         self.first_labels = 0
 
-    def _new(self) -> ConfusionCounts | RegressionCounts:
+    def _new(self) -> ConfusionCounts | RegressionCounts | RankingCounts:
         if self.kind == "classification":
             return ConfusionCounts(self.classes)
+        if self.kind == "ranking":
+            return RankingCounts(self.ranking_k)
         return RegressionCounts(self.residual_bounds)
 
     def add(self, joined: Joined, now: float) -> bool:
@@ -156,7 +163,15 @@ class _Slots:
         current = self.ring.get(slot)
         if current is None:
             current = self.ring[slot] = self._new()
-        if isinstance(current, ConfusionCounts):
+        if isinstance(current, RankingCounts):
+            ranked = joined.prediction.predicted
+            relevant = _relevant(joined.label)
+            if not isinstance(ranked, tuple) or not relevant:
+                return False
+            for counts in (current, self.total):
+                assert isinstance(counts, RankingCounts)
+                counts.add(ranked, relevant)
+        elif isinstance(current, ConfusionCounts):
             true = canonical_category(joined.label)
             predicted = canonical_category(joined.prediction.predicted)
             if true is None or predicted is None:
@@ -183,7 +198,7 @@ class _Slots:
             del self.delays[:1024]
         return True
 
-    def window(self, now: float) -> ConfusionCounts | RegressionCounts:
+    def window(self, now: float) -> ConfusionCounts | RegressionCounts | RankingCounts:
         slot = int(now // self.slot_s)
         merged = self._new()
         for index, counts in self.ring.items():
@@ -191,13 +206,15 @@ class _Slots:
                 # Two branches, so the type checker knows each merge's types.
                 if isinstance(merged, ConfusionCounts) and isinstance(counts, ConfusionCounts):  # noqa: SIM114
                     merged.merge(counts)
-                elif isinstance(merged, RegressionCounts) and isinstance(counts, RegressionCounts):
+                elif isinstance(merged, RegressionCounts) and isinstance(counts, RegressionCounts):  # noqa: SIM114
+                    merged.merge(counts)
+                elif isinstance(merged, RankingCounts) and isinstance(counts, RankingCounts):
                     merged.merge(counts)
         return merged
 
 
 def _number(value: Value) -> float | None:
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, (bool, tuple)) or value is None:
         return None
     if isinstance(value, (int, float)):
         number = float(value)
@@ -222,9 +239,13 @@ class GroundTruth:
         max_versions: int = 64,
         default_model: str | None = None,
         segment_feature: str | None = None,
+        ranking_k: int | None = None,
     ) -> None:
         self.reference = reference
         self.kind, self.classes, self.prediction_output = _kind(reference)
+        self.ranking_k = ranking_k or 10
+        if ranking_k is not None:  # a ranker: each answer is a ranked list, whatever the reference
+            self.kind, self.classes = "ranking", ()
         performance = reference.performance if reference is not None else None
         # The reference's accuracy on its (validation) rows, when it has one.
         self.baseline = (
@@ -295,7 +316,13 @@ class GroundTruth:
         with self._lock:
             self._models.add(model)
             for row, (key, predicted) in enumerate(zip(keys, predictions, strict=False)):
-                value = predicted if isinstance(predicted, (str, float, int)) else None
+                value: str | float | int | tuple[str, ...] | None
+                if isinstance(predicted, (list, tuple)):
+                    value = tuple(
+                        c for c in (canonical_category(item) for item in predicted) if c is not None
+                    )
+                else:
+                    value = predicted if isinstance(predicted, (str, float, int)) else None
                 score = _probability(scores[row]) if scores is not None and row < len(scores) else None
                 if score is not None and self.calibration is not None and value is not None:
                     slots = self._slots(model, version)
@@ -320,6 +347,8 @@ class GroundTruth:
     def add_label(self, model: str | None, key: Hashable, label: Value, now: float) -> LabelOutcome:
         if not self.enabled:
             return LabelOutcome("not_enabled")
+        if isinstance(label, tuple) and self.kind != "ranking":
+            return LabelOutcome("bad_label")  # a list of relevant items is a ranker's label
         if label is None or (self.kind == "regression" and _number(label) is None):
             return LabelOutcome("bad_label")
         with self._lock:
@@ -327,7 +356,8 @@ class GroundTruth:
             if name is None:
                 return LabelOutcome("unknown_model")
             before = Counter(self.store.counts)
-            joined = self.store.add_label((name, key), label, now)
+            stored = _stored_label(label)
+            joined = self.store.add_label((name, key), stored, now)
             after = self.store.counts
             if joined is not None:
                 self._record(joined, now)
@@ -364,6 +394,7 @@ class GroundTruth:
                 self.slot_s,
                 self.positive_class,
                 residual_bounds=self.residual_bounds,
+                ranking_k=self.ranking_k,
             )
             self._versions[(model, version)] = slots
         return slots
@@ -433,6 +464,15 @@ class GroundTruth:
                             )
                             if slots.scores_total.count
                             else (),
+                        )
+                    )  # fmt: skip
+                elif isinstance(window, RankingCounts) and isinstance(slots.total, RankingCounts):
+                    out.append(
+                        PerformanceSummary(
+                            model, version, "ranking", window.queries, slots.total.queries,
+                            window=_ranking_numbers(ranking_metrics(window)),
+                            total=_ranking_numbers(ranking_metrics(slots.total)),
+                            label_delay_p50_s=delay,
                         )
                     )  # fmt: skip
                 elif isinstance(window, RegressionCounts) and isinstance(slots.total, RegressionCounts):
@@ -560,8 +600,34 @@ def _segment_numbers(
         if isinstance(window, ConfusionCounts):
             numbers = _classification_numbers(classification_metrics(window))
             out.append((name, (("labels", float(window.total)), *numbers)))
+        elif isinstance(window, RegressionCounts):
+            numbers = _regression_numbers(regression_metrics(window))
+            out.append((name, (("labels", float(window.count)), *numbers)))
         else:
             out.append(
-                (name, (("labels", float(window.count)), *_regression_numbers(regression_metrics(window))))
+                (name, (("labels", float(window.queries)), *_ranking_numbers(ranking_metrics(window))))
             )
     return tuple(out)
+
+
+def _relevant(label: object) -> tuple[str, ...]:
+    items = label if isinstance(label, (list, tuple)) else (label,)
+    return tuple(c for c in (canonical_category(item) for item in items) if c is not None)
+
+
+def _ranking_numbers(metrics: RankingMetrics | None) -> tuple[tuple[str, float | None], ...]:
+    if metrics is None:
+        return ()
+    return (("mrr", metrics.mrr), ("ndcg", metrics.ndcg), ("k", float(metrics.k)))
+
+
+def _stored_label(label: Value) -> str | float | tuple[str, ...]:
+    """A label as the join store keeps it: relevant items of a ranking as canonical texts,
+    booleans as their category ("true"/"false"), numbers as floats."""
+    if isinstance(label, tuple):
+        return _relevant(label)
+    if isinstance(label, bool) or label is None:
+        return canonical_category(label) or ""
+    if isinstance(label, int):
+        return float(label)
+    return label

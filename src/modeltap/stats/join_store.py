@@ -26,7 +26,7 @@ from dataclasses import dataclass
 # Bytes charged per entry besides its strings: the key tuple, the record, the dict slot.
 ENTRY_OVERHEAD_BYTES = 240
 
-Label = str | float
+Label = str | float | tuple[str, ...]  # a class or value; a ranked list of items (rankers)
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ def _size(key: Hashable, prediction: Prediction) -> int:
     strings = [prediction.model, prediction.version, prediction.segment or ""]
     if isinstance(prediction.predicted, str):
         strings.append(prediction.predicted)
+    elif isinstance(prediction.predicted, tuple):
+        strings.extend(prediction.predicted)
     key_bytes = sum(len(str(part)) for part in key) if isinstance(key, tuple) else len(str(key))
     return ENTRY_OVERHEAD_BYTES + key_bytes + sum(len(s) for s in strings)
 

@@ -112,6 +112,7 @@ class Analyzer:
             max_versions=config.max_models * config.max_versions_per_model,
             default_model=config.model_name or (reference.model_name if reference is not None else None),
             segment_feature=config.segment_feature,
+            ranking_k=config.ranking_k,
         )
         if self.truth.enabled:
             self.pipeline.truth = self.truth

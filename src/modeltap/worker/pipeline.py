@@ -267,7 +267,9 @@ class BatchPipeline:
         truth = self.truth
         assert truth is not None
         predictions: list[Any] | None = decoded.output_values
-        if predictions is None and decoded.outputs:
+        if truth.kind == "ranking":
+            predictions = _ranked_rows(decoded)
+        elif predictions is None and decoded.outputs:
             name = truth.prediction_output
             predictions = decoded.outputs.get(name) if name else None
             if predictions is None:
@@ -469,3 +471,23 @@ def _column(decoded: DecodedPayload, name: str, rows: int) -> list[Any]:
     if decoded.features and name in decoded.features:
         return list(decoded.features[name])
     return [None] * rows
+
+
+def _ranked_rows(decoded: DecodedPayload) -> list[Any] | None:
+    """A ranker's answers, one ranked list per row: rows of lists decode as positional outputs
+    `prediction0`, `prediction1`, … (capped like every output: `max_outputs` items per list)."""
+    if not decoded.outputs:
+        return None
+    positions = sorted(
+        (int(name[10:]), column)
+        for name, column in decoded.outputs.items()
+        if name.startswith("prediction") and name[10:].isdigit()
+    )
+    if not positions:
+        single = decoded.outputs.get("prediction")  # one-item lists decode under this name
+        return [[] if value is None else [value] for value in single] if single is not None else None
+    rows = len(positions[0][1])
+    return [
+        [column[row] for _, column in positions if row < len(column) and column[row] is not None]
+        for row in range(rows)
+    ]

@@ -67,6 +67,7 @@ EVERYTHING = ModelTapConfig(
     duration_buckets=(0.001, 0.01, 0.1),
     label_key="transaction_id",
     segment_feature="region",
+    ranking_k=5,
     label_ttl_s=600.0,
     label_store_bytes=8 * 1024 * 1024,
     export=ExportConfig(
