@@ -20,6 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "stats": {"reference"},
     "fleet": {"reference", "stats", "export"},
     "client": set(),
+    "alerts": {"stats", "reference"},
     "export": set(),
     "handoff": {"capture", "export"},
     "worker": {"capture", "protocols", "reference", "stats", "export", "handoff"},

@@ -1,0 +1,1 @@
+"""Alerts: levels held long enough become alerts, alerts become notifications (issue: alerts)."""
