@@ -305,6 +305,15 @@ class ModelTapConfig:
     # The model ranks: each answered row is a ranked list of items and its label the relevant
     # item(s); performance is MRR and NDCG at this cut-off.
     ranking_k: int | None = None
+    # Alerts: a level held `alert_for_s` fires; alerts of one version starting within
+    # `alert_group_wait_s` go out together; a firing alert is repeated every `alert_repeat_s`
+    # and resolves once below its level for `alert_resolve_s`. Notifications go to every
+    # `alert_webhooks` URL (JSON; README "Alerts").
+    alert_webhooks: tuple[str, ...] = ()
+    alert_for_s: float = 30.0
+    alert_group_wait_s: float = 10.0
+    alert_repeat_s: float = 4 * 3600.0
+    alert_resolve_s: float = 30.0
     label_ttl_s: float = 24 * 3600.0
     label_store_bytes: int = 64 * 1024 * 1024
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -394,6 +403,15 @@ class ModelTapConfig:
                 f"monitor_id must be 1-64 letters, digits, '.', '_' or '-', got {self.monitor_id!r}",
                 "monitor_id",
             )
+        for name in ("alert_for_s", "alert_group_wait_s", "alert_resolve_s"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}", name)
+        if not self.alert_repeat_s > 0:
+            raise ConfigError(f"alert_repeat_s must be > 0, got {self.alert_repeat_s!r}", "alert_repeat_s")
+        for url in self.alert_webhooks:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"alert webhooks must be http(s) URLs, got {url!r}", "alert_webhooks")
         if self.ranking_k is not None and not 1 <= self.ranking_k <= 1000:
             raise ConfigError(f"ranking_k must be within 1..1000, got {self.ranking_k!r}", "ranking_k")
         if not self.label_ttl_s > 0:
@@ -485,6 +503,11 @@ class ModelTapConfig:
         take("MODELTAP_LABEL_KEY", "label_key")
         take("MODELTAP_SEGMENT_FEATURE", "segment_feature")
         take("MODELTAP_RANKING_K", "ranking_k", _parse_int)
+        take("MODELTAP_ALERT_WEBHOOK", "alert_webhooks", split)
+        take("MODELTAP_ALERT_FOR_S", "alert_for_s", _parse_float)
+        take("MODELTAP_ALERT_GROUP_WAIT_S", "alert_group_wait_s", _parse_float)
+        take("MODELTAP_ALERT_REPEAT_S", "alert_repeat_s", _parse_float)
+        take("MODELTAP_ALERT_RESOLVE_S", "alert_resolve_s", _parse_float)
         take("MODELTAP_LABEL_TTL_S", "label_ttl_s", _parse_float)
         take("MODELTAP_LABEL_STORE_BYTES", "label_store_bytes", _parse_int)
         kwargs["export"] = ExportConfig.from_env(env)

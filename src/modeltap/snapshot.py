@@ -212,6 +212,21 @@ class PerformanceSummary:
 
 
 @dataclass(frozen=True)
+class AlertView:
+    """A pending or firing alert (see `modeltap.alerts.state`)."""
+
+    model: str
+    version: str
+    subject: str
+    state: str  # pending | firing
+    severity: str  # warning | critical | emergency
+    level: int
+    score: float | None
+    threshold: float | None
+    since_unix_s: float
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything exported at one instant; counts are cumulative since `start_unix_ns`."""
 
@@ -234,3 +249,6 @@ class Snapshot:
     # What became of the labels fed back (joined, duplicate, conflict, early, unmatched, expired,
     # evicted) and of predictions without a join key; empty when ground truth is off.
     labels: tuple[tuple[str, int], ...] = ()
+    alerts: tuple[AlertView, ...] = ()
+    # Notifications: sent, failed (every attempt refused), dropped (queue overflow).
+    notifications: tuple[tuple[str, int], ...] = ()

@@ -113,3 +113,32 @@ def monitored_app() -> Any:
 
     routes = [*app.routes, Route("/outcome", outcome, methods=["POST"])]
     return ModelTapMiddleware(Starlette(routes=routes), model_name="loans")
+
+
+def write_reference(directory: Any) -> Any:
+    """Profile the training table (inputs and the model's decision) into `directory`/reference.json."""
+    import csv
+    from pathlib import Path
+
+    from modeltap.cli import main as modeltap_main
+
+    folder = Path(directory)
+    table = folder / "train.csv"
+    with table.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*FEATURES, "prediction"])
+        for row in training_rows(5000):
+            writer.writerow([row["amount"], row["income"], row["country"], decide(row)])
+    reference = folder / "reference.json"
+    argv = [
+        "profile",
+        str(table),
+        "-o",
+        str(reference),
+        "--prediction",
+        "prediction",
+        "--model-name",
+        "loans",
+    ]
+    assert modeltap_main(argv) == 0
+    return reference

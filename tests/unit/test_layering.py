@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "alerts": {"stats", "reference"},
     "export": set(),
     "handoff": {"capture", "export"},
-    "worker": {"capture", "protocols", "reference", "stats", "export", "handoff"},
+    "worker": {"capture", "protocols", "reference", "stats", "export", "handoff", "alerts"},
     "monitor": {"capture", "protocols", "reference", "stats", "export", "handoff", "worker"},
     "middleware": {"capture", "protocols", "reference", "stats", "export", "handoff", "worker"},
     "demo": {"capture", "protocols", "reference", "stats", "export", "worker", "middleware", "sidecar"},

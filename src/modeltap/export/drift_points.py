@@ -22,6 +22,7 @@ class DriftPoints:
     labels: list[CounterPoint] = field(default_factory=list)
     performance_levels: Rows = field(default_factory=list)
     accuracy: Rows = field(default_factory=list)
+    alerts: Rows = field(default_factory=list)
     scores: Rows = field(default_factory=list)
     pvalues: Rows = field(default_factory=list)
     levels: Rows = field(default_factory=list)
@@ -49,6 +50,12 @@ class DriftPoints:
                 "Realised-performance level against the baseline: 0 OK, 2 WARNING, 3 CRITICAL.",
                 "{level}",
                 self.performance_levels,
+            ),
+            (
+                "modeltap.alerts.firing",
+                "Firing alerts, by severity and subject (1 while firing).",
+                "{alert}",
+                self.alerts,
             ),
             (
                 "modeltap.performance.accuracy",
@@ -140,6 +147,19 @@ def drift_points(snap: Snapshot) -> DriftPoints:
             accuracy = dict(summary.window).get("accuracy")
             if accuracy is not None:
                 points.accuracy.append((attrs, accuracy))
+    for alert in snap.alerts:
+        if alert.state == "firing":
+            points.alerts.append(
+                (
+                    (
+                        ("modeltap.model.name", alert.model),
+                        ("modeltap.model.version", alert.version),
+                        ("modeltap.alert.severity", alert.severity),
+                        ("modeltap.alert.subject", alert.subject),
+                    ),
+                    1.0,
+                )
+            )
     for outcome, count in snap.labels:
         points.labels.append(CounterPoint((("modeltap.label.outcome", outcome),), float(count)))
     return points

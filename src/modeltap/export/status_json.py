@@ -148,6 +148,22 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
         # Realised performance from labels fed back (POST …/feedback), per model version.
         "performance": [performance_document(p) for p in snap.performance],
         "labels": dict(snap.labels),
+        # Pending and firing alerts; notifications sent, failed and dropped (with webhooks).
+        "alerts": [
+            {
+                "model": a.model,
+                "version": a.version,
+                "subject": a.subject,
+                "state": a.state,
+                "severity": a.severity,
+                "level": LEVEL_NAMES[a.level],
+                "score": a.score,
+                "threshold": a.threshold,
+                "since_unix_s": a.since_unix_s,
+            }
+            for a in snap.alerts
+        ],
+        "notifications": dict(snap.notifications),
         "monitoring": {
             "queue_depth": mon.queue_depth,
             "queue_bytes": mon.queue_bytes,

@@ -8,6 +8,7 @@ arrives as `ServingCounts` and is merged into each snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -16,6 +17,9 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 
+from modeltap.alerts.observations import observations
+from modeltap.alerts.state import AlertBook
+from modeltap.alerts.webhook import WebhookSender, notification_document
 from modeltap.config import ModelTapConfig
 from modeltap.export.exporters import make_metric_exporter, make_span_exporter
 from modeltap.export.resource import SERVICE_INSTANCE_ID, build_resource, new_instance_id
@@ -23,7 +27,7 @@ from modeltap.export.spans import SpanOptions
 from modeltap.export.telemetry_thread import TelemetryExporter
 from modeltap.records import RawRecord
 from modeltap.reference.document import ReferenceProfile
-from modeltap.snapshot import Attributes, CounterPoint, SelfMonitoring, ServingCounts, Snapshot
+from modeltap.snapshot import AlertView, Attributes, CounterPoint, SelfMonitoring, ServingCounts, Snapshot
 from modeltap.stats import StatsAggregator
 from modeltap.stats.aggregator import StateCaps
 from modeltap.stats.drift_state import WindowConfig
@@ -118,6 +122,14 @@ class Analyzer:
             self.pipeline.truth = self.truth
         # `POST …/feedback` (the views call it on a thread of their own).
         self.feedback = feedback_endpoint(self.truth, config.label_key)
+        # Levels held long enough become alerts; notifications leave from a thread of their own.
+        self.alert_book = AlertBook(
+            for_s=config.alert_for_s,
+            resolve_s=config.alert_resolve_s,
+            repeat_s=config.alert_repeat_s,
+            group_wait_s=config.alert_group_wait_s,
+        )
+        self.webhooks = WebhookSender(tuple(config.alert_webhooks))
         self.exporter: TelemetryExporter | None = None
         self._span_processor: Any = None
         self.records_processed = 0
@@ -199,7 +211,7 @@ class Analyzer:
             feeders=serving.feeders,
             control=serving.control,
         )
-        self._latest = Snapshot(
+        snapshot = Snapshot(
             taken_unix_ns=time.time_ns(),
             start_unix_ns=self.start_unix_ns,
             instance_id=self.instance_id,
@@ -221,7 +233,36 @@ class Analyzer:
             performance=self.truth.views(time.monotonic()) if self.truth.enabled else (),
             labels=tuple(sorted(self.truth.label_counts().items())) if self.truth.enabled else (),
         )
+        self._latest = self._alerts(snapshot)
         return self._latest
+
+    def _alerts(self, snapshot: Snapshot) -> Snapshot:
+        """Evaluate the alerts on this snapshot, send what is due, and attach their state."""
+        now = time.monotonic()
+        offset = time.time() - now  # monotonic -> unix seconds
+        config = self.config
+        due = self.alert_book.evaluate(observations(snapshot, config.psi_warning, config.psi_critical), now)
+        for notification in due:
+            _log.log(
+                logging.WARNING if notification.kind != "resolved" else logging.INFO,
+                "modeltap alert %s: %s %s version %s: %s",
+                notification.kind,
+                notification.severity,
+                notification.model,
+                notification.version,
+                ", ".join(a.key.subject for a in notification.alerts),
+            )
+            self.webhooks.offer(notification_document(notification, lambda t: t + offset))
+        views = tuple(
+            AlertView(
+                a.key.model, a.key.version, a.key.subject, a.state, a.severity, int(a.level),
+                a.score, a.threshold, a.since_s + offset,
+            )
+            for a in self.alert_book.alerts()
+        )  # fmt: skip
+        webhooks = self.webhooks
+        counts = (("dropped", webhooks.dropped), ("failed", webhooks.failed), ("sent", webhooks.sent))
+        return dataclasses.replace(snapshot, alerts=views, notifications=counts if webhooks.urls else ())
 
     def _serving_drops(self, serving: ServingCounts) -> list[CounterPoint]:
         """Drops counted outside the statistics (hand-off, span ring, export), with model attrs."""
@@ -254,5 +295,6 @@ class Analyzer:
         return self.exporter.flush_now(timeout_s) if self.exporter is not None else True
 
     def shutdown(self, timeout_s: float) -> None:
+        self.webhooks.close(min(2.0, max(0.1, timeout_s / 2)))
         if self.exporter is not None:
             self.exporter.shutdown(max(0.1, timeout_s))

@@ -1,0 +1,45 @@
+"""What the alert book evaluates: every subject's level in a snapshot."""
+
+from __future__ import annotations
+
+from modeltap.alerts.state import AlertKey, Observation
+from modeltap.snapshot import Snapshot
+from modeltap.stats.scores import Level
+
+
+def observations(snap: Snapshot, psi_warning: float, psi_critical: float) -> list[Observation]:
+    """Features and outputs (PSI), latency (p99), error rate and realised performance (accuracy),
+    per model version; INFO and OK levels are observations too (they resolve alerts)."""
+    out: list[Observation] = []
+    for model in snap.models:
+        for feature in model.features:
+            if not feature.monitored:
+                continue
+            subject = feature.name if feature.role == "input" else f"{feature.role}:{feature.name}"
+            level = Level(min(feature.level, Level.EMERGENCY))
+            threshold = psi_critical if level >= Level.CRITICAL else psi_warning
+            out.append(
+                Observation(AlertKey(model.name, model.version, subject), level, feature.psi, threshold)
+            )
+        out.append(
+            Observation(
+                AlertKey(model.name, model.version, "latency"),
+                Level(model.latency_level),
+                model.latency_p99_s,
+            )
+        )
+        out.append(
+            Observation(AlertKey(model.name, model.version, "error_rate"), Level(model.error_rate_level))
+        )
+    for performance in snap.performance:
+        accuracy = dict(performance.window).get("accuracy")
+        baseline = performance.baseline_accuracy
+        out.append(
+            Observation(
+                AlertKey(performance.model, performance.version, "performance"),
+                Level(performance.level),
+                accuracy,
+                baseline - 0.05 if baseline is not None else None,
+            )
+        )
+    return out

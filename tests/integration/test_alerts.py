@@ -1,0 +1,178 @@
+"""Drifted traffic through a real sidecar fires one grouped CRITICAL notification at a local
+webhook, and a resolution once the traffic is back to normal; a receiver that hangs costs the
+data path nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.backends import ROOT
+from tests.support.fleet_model import drifted_rows, training_rows, write_reference
+from tests.support.server_process import free_port, running_server, server_environment
+from tests.support.sidecar_process import SidecarProcess, sidecar_process
+
+pytestmark = pytest.mark.timeout(120)
+PREDICT = "/v1/models/loans:predict"
+
+
+class _Webhook(http.server.ThreadingHTTPServer):
+    def __init__(self, hang_s: float = 0.0) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.received: list[dict[str, Any]] = []
+        self.hang_s = hang_s
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Webhook
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.server.hang_s:
+            time.sleep(self.server.hang_s)
+        self.server.received.append(json.loads(body))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _webhook(hang_s: float = 0.0) -> Iterator[_Webhook]:
+    server = _Webhook(hang_s)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _send(client: httpx.Client, url: str, rows: list[dict[str, Any]], seconds: float) -> int:
+    """Requests of 10 rows for `seconds`; returns how many failed."""
+    failed = 0
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        batch = rows[(i * 10) % len(rows) : (i * 10) % len(rows) + 10]
+        if client.post(url + PREDICT, json={"instances": batch}).status_code != 200:
+            failed += 1
+        i += 1
+        time.sleep(0.01)
+    return failed
+
+
+@contextlib.contextmanager
+def _fleet(tmp_path: Path, webhook_url: str) -> Iterator[SidecarProcess]:
+    reference = write_reference(tmp_path)
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "tests.support.fleet_model:app", "--app-dir", str(ROOT),
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    env = {
+        "MODELTAP_MODEL_NAME": "loans",
+        "MODELTAP_WINDOW_SLOTS": "3",
+        "MODELTAP_WINDOW_SLOT_S": "1",
+        "MODELTAP_MIN_SAMPLES": "100",
+        "MODELTAP_ALERT_WEBHOOK": webhook_url,
+        "MODELTAP_ALERT_FOR_S": "1",
+        "MODELTAP_ALERT_GROUP_WAIT_S": "3",
+        "MODELTAP_ALERT_RESOLVE_S": "2",
+    }
+    with (
+        running_server(command, server_environment(tmp_path / "m"), port, tmp_path / "model.log") as model,
+        sidecar_process(
+            model.url, tmp_path, "--reference", str(reference), "--model-name", "loans", env=env
+        ) as sidecar,
+    ):
+        yield sidecar
+
+
+def _until(client: httpx.Client, url: str, rows: list[dict[str, Any]], done: Any, timeout_s: float) -> int:
+    """Send requests of 10 rows until `done()` (or the timeout); returns how many failed."""
+    failed = 0
+    deadline = time.monotonic() + timeout_s
+    i = 0
+    while time.monotonic() < deadline and not done():
+        batch = rows[(i * 10) % len(rows) : (i * 10) % len(rows) + 10]
+        if client.post(url + PREDICT, json={"instances": batch}).status_code != 200:
+            failed += 1
+        i += 1
+        time.sleep(0.01)
+    return failed
+
+
+def test_drift_fires_one_grouped_critical_notification_and_resolves_after_recovery(tmp_path: Path) -> None:
+    with _webhook() as hook, _fleet(tmp_path, hook.url) as sidecar, httpx.Client(timeout=10) as client:
+        url = sidecar.url
+        assert _send(client, url, training_rows(3000, seed=40), 3.0) == 0
+
+        def firing() -> list[dict[str, Any]]:
+            return [n for n in hook.received if n["kind"] == "firing" and n["severity"] == "critical"]
+
+        assert _until(client, url, drifted_rows(3000, seed=41), firing, 40.0) == 0
+        assert firing(), httpx.get(sidecar.admin_url + "/status", timeout=10).json()["alerts"]
+        # Companions that went critical within the group wait came in the same notification.
+        assert _send(client, url, drifted_rows(3000, seed=45), 4.0) == 0
+        assert len(firing()) == 1, hook.received
+        subjects = {a["subject"] for a in firing()[0]["alerts"]}
+        assert {"amount", "country"} <= subjects
+        assert "income" not in subjects
+        for alert in firing()[0]["alerts"]:
+            assert alert["state"] == "firing"
+            assert alert["runbook_url"].startswith("https://")
+        assert firing()[0]["model"] == "loans"
+        assert firing()[0]["drill"] is False
+
+        def resolved() -> set[str]:
+            return {a["subject"] for n in hook.received if n["kind"] == "resolved" for a in n["alerts"]}
+
+        assert (
+            _until(
+                client, url, training_rows(3000, seed=42), lambda: {"amount", "country"} <= resolved(), 40.0
+            )
+            == 0
+        )
+        assert {"amount", "country"} <= resolved(), hook.received
+        # Not re-sent while firing within the repeat interval (4 h by default).
+        assert [n["kind"] for n in hook.received].count("repeat") == 0
+
+
+def test_a_hanging_receiver_costs_the_data_path_nothing(tmp_path: Path) -> None:
+    with (
+        _webhook(hang_s=30.0) as hook,
+        _fleet(tmp_path, hook.url) as sidecar,
+        httpx.Client(timeout=10) as client,
+    ):
+
+        def fired() -> bool:
+            alerts = httpx.get(sidecar.admin_url + "/status", timeout=10).json()["alerts"]
+            return any(a["state"] == "firing" for a in alerts)
+
+        assert _until(client, sidecar.url, drifted_rows(3000, seed=43), fired, 40.0) == 0
+        assert fired()
+        time.sleep(4.0)  # the group wait: the notification is now stuck in the hanging receiver
+        assert hook.received == []
+        latencies = []
+        for i in range(50):
+            started = time.monotonic()
+            rows = drifted_rows(10, seed=100 + i)
+            assert client.post(sidecar.url + PREDICT, json={"instances": rows}).status_code == 200
+            latencies.append(time.monotonic() - started)
+        assert max(latencies) < 1.0, max(latencies)
