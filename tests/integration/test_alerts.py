@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.alertmanager import alertmanager
 from tests.support.backends import ROOT
 from tests.support.fleet_model import drifted_rows, training_rows, write_reference
 from tests.support.server_process import free_port, running_server, server_environment
@@ -80,7 +81,9 @@ def _send(client: httpx.Client, url: str, rows: list[dict[str, Any]], seconds: f
 
 
 @contextlib.contextmanager
-def _fleet(tmp_path: Path, webhook_url: str) -> Iterator[SidecarProcess]:
+def _fleet(
+    tmp_path: Path, webhook_url: str | None, extra: dict[str, str] | None = None
+) -> Iterator[SidecarProcess]:
     reference = write_reference(tmp_path)
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "tests.support.fleet_model:app", "--app-dir", str(ROOT),
@@ -90,7 +93,8 @@ def _fleet(tmp_path: Path, webhook_url: str) -> Iterator[SidecarProcess]:
         "MODELTAP_WINDOW_SLOTS": "3",
         "MODELTAP_WINDOW_SLOT_S": "1",
         "MODELTAP_MIN_SAMPLES": "100",
-        "MODELTAP_ALERT_WEBHOOK": webhook_url,
+        **({"MODELTAP_ALERT_WEBHOOK": webhook_url} if webhook_url else {}),
+        **(extra or {}),
         "MODELTAP_ALERT_FOR_S": "1",
         "MODELTAP_ALERT_GROUP_WAIT_S": "3",
         "MODELTAP_ALERT_RESOLVE_S": "2",
@@ -176,3 +180,40 @@ def test_a_hanging_receiver_costs_the_data_path_nothing(tmp_path: Path) -> None:
             assert client.post(sidecar.url + PREDICT, json={"instances": rows}).status_code == 200
             latencies.append(time.monotonic() - started)
         assert max(latencies) < 1.0, max(latencies)
+
+
+def test_a_real_alertmanager_gets_the_alert_with_the_rules_labels_and_its_resolution(tmp_path: Path) -> None:
+    with _webhook() as hook, alertmanager(tmp_path, hook.url) as am_url:
+        env_extra = {"MODELTAP_ALERTMANAGER": am_url}
+        with _fleet(tmp_path, None, env_extra) as sidecar, httpx.Client(timeout=10) as client:
+
+            def delivered(status: str) -> list[dict[str, Any]]:
+                return [
+                    alert
+                    for message in hook.received
+                    for alert in message.get("alerts", [])
+                    if alert["status"] == status and alert["labels"].get("severity") == "critical"
+                ]
+
+            url = sidecar.url
+            assert _until(client, url, drifted_rows(3000, seed=51), lambda: delivered("firing"), 60.0) == 0
+            firing = delivered("firing")
+            assert firing, hook.received
+            names = {a["labels"].get("modeltap_feature_name") for a in firing}
+            assert {"amount", "country"} <= names
+            for alert in firing:
+                labels = alert["labels"]
+                assert labels["alertname"] == "ModelTapFeatureDrift"
+                assert labels["modeltap_model_name"] == "loans"
+                assert labels["modeltap_reference_id"].startswith("sha256:")
+                assert alert["annotations"]["runbook_url"].startswith("https://")
+            active = httpx.get(am_url + "/api/v2/alerts", timeout=10).json()
+            assert {a["labels"].get("modeltap_feature_name") for a in active} >= {"amount", "country"}
+
+            def resolved() -> bool:
+                return {"amount", "country"} <= {
+                    a["labels"].get("modeltap_feature_name") for a in delivered("resolved")
+                }
+
+            assert _until(client, url, training_rows(3000, seed=52), resolved, 60.0) == 0
+            assert resolved(), hook.received

@@ -90,12 +90,12 @@ class WebhookSender:
         self.sent = 0
         self.failed = 0
         self.dropped = 0
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._queue: collections.deque[Any] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def offer(self, document: dict[str, Any]) -> None:
+    def offer(self, document: Any) -> None:
         """Queue one notification (never blocks; the oldest is dropped when full)."""
         if not self.urls:
             return

@@ -17,6 +17,7 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 
+from modeltap.alerts.alertmanager import AlertmanagerSender
 from modeltap.alerts.observations import observations
 from modeltap.alerts.state import AlertBook
 from modeltap.alerts.webhook import WebhookSender, notification_document
@@ -130,6 +131,7 @@ class Analyzer:
             group_wait_s=config.alert_group_wait_s,
         )
         self.webhooks = WebhookSender(tuple(config.alert_webhooks))
+        self.alertmanager = AlertmanagerSender(tuple(config.alertmanagers))
         self.exporter: TelemetryExporter | None = None
         self._span_processor: Any = None
         self.records_processed = 0
@@ -253,6 +255,8 @@ class Analyzer:
                 ", ".join(a.key.subject for a in notification.alerts),
             )
             self.webhooks.offer(notification_document(notification, lambda t: t + offset))
+            self.alertmanager.notify(notification, now, lambda t: t + offset, snapshot.reference_id)
+        self.alertmanager.tick(now, lambda t: t + offset)
         views = tuple(
             AlertView(
                 a.key.model, a.key.version, a.key.subject, a.state, a.severity, int(a.level),
@@ -260,9 +264,12 @@ class Analyzer:
             )
             for a in self.alert_book.alerts()
         )  # fmt: skip
-        webhooks = self.webhooks
-        counts = (("dropped", webhooks.dropped), ("failed", webhooks.failed), ("sent", webhooks.sent))
-        return dataclasses.replace(snapshot, alerts=views, notifications=counts if webhooks.urls else ())
+        senders = (self.webhooks, self.alertmanager.poster)
+        counts = tuple(
+            (name, sum(getattr(sender, name) for sender in senders)) for name in ("dropped", "failed", "sent")
+        )
+        configured = any(sender.urls for sender in senders)
+        return dataclasses.replace(snapshot, alerts=views, notifications=counts if configured else ())
 
     def _serving_drops(self, serving: ServingCounts) -> list[CounterPoint]:
         """Drops counted outside the statistics (hand-off, span ring, export), with model attrs."""
@@ -296,5 +303,6 @@ class Analyzer:
 
     def shutdown(self, timeout_s: float) -> None:
         self.webhooks.close(min(2.0, max(0.1, timeout_s / 2)))
+        self.alertmanager.close(min(2.0, max(0.1, timeout_s / 2)))
         if self.exporter is not None:
             self.exporter.shutdown(max(0.1, timeout_s))

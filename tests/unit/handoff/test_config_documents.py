@@ -69,6 +69,7 @@ EVERYTHING = ModelTapConfig(
     segment_feature="region",
     ranking_k=5,
     alert_webhooks=("http://hooks.example/a",),
+    alertmanagers=("http://am.example:9093",),
     alert_for_s=5.0,
     alert_group_wait_s=2.0,
     alert_repeat_s=60.0,

@@ -1,0 +1,114 @@
+"""Alerts to a Prometheus Alertmanager (`POST /api/v2/alerts`).
+
+Each alert goes with the labels `modeltap rules` gives the same alert in Prometheus
+(`alertname`, `severity`, `modeltap_model_name`, `modeltap_model_version`, and for feature
+drift `modeltap_reference_id`, `modeltap_feature_role`, `modeltap_feature_name`), so an
+Alertmanager that receives both paths deduplicates them, and its routing and inhibition rules
+can use them. Alertmanager resolves an alert it stops hearing about after its `resolve_timeout`
+(5 minutes by default), so firing alerts are re-sent every `RESEND_S` with `endsAt` a few resends
+ahead; a resolution is sent with `endsAt` now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from modeltap.alerts.state import Alert, AlertKey, Notification
+from modeltap.alerts.webhook import RUNBOOK, RUNBOOK_ANCHORS, WebhookSender
+
+RESEND_S = 60.0
+ALERT_NAMES = {
+    "latency": "ModelTapLatencyHigh",
+    "error_rate": "ModelTapErrorRateHigh",
+    "performance": "ModelTapPerformanceDrop",
+    "telemetry": "ModelTapTelemetryDropping",
+}
+
+
+def _time(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def alert_labels(key: AlertKey, severity: str, reference_id: str | None) -> dict[str, str]:
+    labels = {
+        "alertname": ALERT_NAMES.get(key.subject, "ModelTapFeatureDrift"),
+        "severity": severity,
+        "modeltap_model_name": key.model,
+        "modeltap_model_version": key.version,
+    }
+    if key.subject not in ALERT_NAMES:
+        role, _, name = key.subject.rpartition(":")
+        labels["modeltap_feature_role"] = role or "input"
+        labels["modeltap_feature_name"] = name
+        if reference_id:
+            labels["modeltap_reference_id"] = reference_id
+    return labels
+
+
+class AlertmanagerSender:
+    """Translates notifications into Alertmanager's API and keeps firing alerts alive there."""
+
+    def __init__(self, urls: tuple[str, ...], status_url: str | None = None) -> None:
+        self.poster = WebhookSender(tuple(url.rstrip("/") + "/api/v2/alerts" for url in urls))
+        self.status_url = status_url
+        self._firing: dict[AlertKey, dict[str, Any]] = {}
+        self._last_resend = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.poster.urls)
+
+    def _document(
+        self, alert: Alert, to_unix: Callable[[float], float], reference_id: str | None, ends_unix: float
+    ) -> dict[str, Any]:
+        anchor = RUNBOOK_ANCHORS.get(alert.key.subject, "modeltapfeaturedrift")
+        score = f"{alert.score:.3f}" if alert.score is not None else "-"
+        threshold = f"{alert.threshold:.3f}" if alert.threshold is not None else "-"
+        document: dict[str, Any] = {
+            "labels": alert_labels(alert.key, alert.severity, reference_id),
+            "annotations": {
+                "summary": f"{alert.key.subject} of {alert.key.model} version {alert.key.version}: "
+                f"{alert.severity} (score {score}, threshold {threshold})",
+                "runbook_url": f"{RUNBOOK}#{anchor}",
+            },
+            "startsAt": _time(to_unix(alert.since_s)),
+            "endsAt": _time(ends_unix),
+        }
+        if self.status_url:
+            document["generatorURL"] = self.status_url
+        return document
+
+    def notify(
+        self,
+        notification: Notification,
+        now: float,
+        to_unix: Callable[[float], float],
+        reference_id: str | None,
+    ) -> None:
+        if not self.enabled:
+            return
+        batch = []
+        for alert in notification.alerts:
+            if notification.kind == "resolved":
+                self._firing.pop(alert.key, None)
+                batch.append(self._document(alert, to_unix, reference_id, to_unix(now)))
+            else:
+                document = self._document(alert, to_unix, reference_id, to_unix(now + 4 * RESEND_S))
+                self._firing[alert.key] = document
+                batch.append(document)
+        if batch:
+            self.poster.offer(batch)
+
+    def tick(self, now: float, to_unix: Callable[[float], float]) -> None:
+        """Re-send what is firing every RESEND_S, so Alertmanager keeps it active."""
+        if not self.enabled or not self._firing or now - self._last_resend < RESEND_S:
+            return
+        self._last_resend = now
+        ends = _time(to_unix(now + 4 * RESEND_S))
+        batch = [{**document, "endsAt": ends} for document in self._firing.values()]
+        self.poster.offer(batch)
+
+    def close(self, timeout_s: float) -> None:
+        self.poster.close(timeout_s)
