@@ -311,6 +311,7 @@ class ModelTapConfig:
     # `alert_webhooks` URL (JSON; README "Alerts").
     alert_webhooks: tuple[str, ...] = ()
     alertmanagers: tuple[str, ...] = ()  # Alertmanager base URLs (POST /api/v2/alerts)
+    alert_slack_webhooks: tuple[str, ...] = ()  # Slack-style incoming webhooks ({"text": …})
     alert_for_s: float = 30.0
     alert_group_wait_s: float = 10.0
     alert_repeat_s: float = 4 * 3600.0
@@ -409,7 +410,7 @@ class ModelTapConfig:
                 raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}", name)
         if not self.alert_repeat_s > 0:
             raise ConfigError(f"alert_repeat_s must be > 0, got {self.alert_repeat_s!r}", "alert_repeat_s")
-        for url in (*self.alert_webhooks, *self.alertmanagers):
+        for url in (*self.alert_webhooks, *self.alertmanagers, *self.alert_slack_webhooks):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigError(f"alert webhooks must be http(s) URLs, got {url!r}", "alert_webhooks")
@@ -506,6 +507,7 @@ class ModelTapConfig:
         take("MODELTAP_RANKING_K", "ranking_k", _parse_int)
         take("MODELTAP_ALERT_WEBHOOK", "alert_webhooks", split)
         take("MODELTAP_ALERTMANAGER", "alertmanagers", split)
+        take("MODELTAP_ALERT_SLACK_WEBHOOK", "alert_slack_webhooks", split)
         take("MODELTAP_ALERT_FOR_S", "alert_for_s", _parse_float)
         take("MODELTAP_ALERT_GROUP_WAIT_S", "alert_group_wait_s", _parse_float)
         take("MODELTAP_ALERT_REPEAT_S", "alert_repeat_s", _parse_float)

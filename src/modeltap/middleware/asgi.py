@@ -90,6 +90,7 @@ class ModelTapMiddleware:
         ranking_k: int | None = None,
         alert_webhooks: tuple[str, ...] | None = None,
         alertmanagers: tuple[str, ...] | None = None,
+        alert_slack_webhooks: tuple[str, ...] | None = None,
         alert_for_s: float | None = None,
         alert_group_wait_s: float | None = None,
         alert_repeat_s: float | None = None,

@@ -19,7 +19,8 @@ from opentelemetry.sdk.resources import Resource
 
 from modeltap.alerts.alertmanager import AlertmanagerSender
 from modeltap.alerts.observations import observations
-from modeltap.alerts.state import AlertBook
+from modeltap.alerts.slack import slack_message
+from modeltap.alerts.state import AlertBook, Observation
 from modeltap.alerts.webhook import WebhookSender, notification_document
 from modeltap.config import ModelTapConfig
 from modeltap.export.exporters import make_metric_exporter, make_span_exporter
@@ -34,7 +35,7 @@ from modeltap.stats.aggregator import StateCaps
 from modeltap.stats.drift_state import WindowConfig
 from modeltap.stats.ground_truth import GroundTruth
 from modeltap.stats.join_store import JoinStore
-from modeltap.stats.scores import Thresholds
+from modeltap.stats.scores import Level, Thresholds
 from modeltap.worker.feedback import feedback_endpoint
 from modeltap.worker.pipeline import UNKNOWN, BatchPipeline
 
@@ -132,6 +133,8 @@ class Analyzer:
         )
         self.webhooks = WebhookSender(tuple(config.alert_webhooks))
         self.alertmanager = AlertmanagerSender(tuple(config.alertmanagers))
+        self.slack = WebhookSender(tuple(config.alert_slack_webhooks))
+        self._info: set[tuple[str, str, str]] = set()  # subjects at INFO: logged once on entry
         self.exporter: TelemetryExporter | None = None
         self._span_processor: Any = None
         self.records_processed = 0
@@ -243,7 +246,9 @@ class Analyzer:
         now = time.monotonic()
         offset = time.time() - now  # monotonic -> unix seconds
         config = self.config
-        due = self.alert_book.evaluate(observations(snapshot, config.psi_warning, config.psi_critical), now)
+        observed = observations(snapshot, config.psi_warning, config.psi_critical)
+        due = self.alert_book.evaluate(observed, now)
+        self._log_info(observed)
         for notification in due:
             _log.log(
                 logging.WARNING if notification.kind != "resolved" else logging.INFO,
@@ -255,6 +260,7 @@ class Analyzer:
                 ", ".join(a.key.subject for a in notification.alerts),
             )
             self.webhooks.offer(notification_document(notification, lambda t: t + offset))
+            self.slack.offer(slack_message(notification, lambda t: t + offset))
             self.alertmanager.notify(notification, now, lambda t: t + offset, snapshot.reference_id)
         self.alertmanager.tick(now, lambda t: t + offset)
         views = tuple(
@@ -264,12 +270,28 @@ class Analyzer:
             )
             for a in self.alert_book.alerts()
         )  # fmt: skip
-        senders = (self.webhooks, self.alertmanager.poster)
+        senders = (self.webhooks, self.alertmanager.poster, self.slack)
         counts = tuple(
             (name, sum(getattr(sender, name) for sender in senders)) for name in ("dropped", "failed", "sent")
         )
         configured = any(sender.urls for sender in senders)
         return dataclasses.replace(snapshot, alerts=views, notifications=counts if configured else ())
+
+    def _log_info(self, observed: list[Observation]) -> None:
+        """INFO (a significant test, a small magnitude): one structured line when a subject
+        enters it, none while it stays; no alert, no notification."""
+        now_info = set()
+        for observation in observed:
+            key = observation.key
+            if observation.level == Level.INFO:
+                now_info.add((key.model, key.version, key.subject))
+                if (key.model, key.version, key.subject) not in self._info:
+                    _log.info(
+                        "modeltap level INFO: model=%s version=%s subject=%s score=%s",
+                        key.model, key.version, key.subject,
+                        f"{observation.score:.4f}" if observation.score is not None else "-",
+                    )  # fmt: skip
+        self._info = now_info
 
     def _serving_drops(self, serving: ServingCounts) -> list[CounterPoint]:
         """Drops counted outside the statistics (hand-off, span ring, export), with model attrs."""
@@ -304,5 +326,6 @@ class Analyzer:
     def shutdown(self, timeout_s: float) -> None:
         self.webhooks.close(min(2.0, max(0.1, timeout_s / 2)))
         self.alertmanager.close(min(2.0, max(0.1, timeout_s / 2)))
+        self.slack.close(min(2.0, max(0.1, timeout_s / 2)))
         if self.exporter is not None:
             self.exporter.shutdown(max(0.1, timeout_s))

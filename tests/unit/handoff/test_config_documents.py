@@ -70,6 +70,7 @@ EVERYTHING = ModelTapConfig(
     ranking_k=5,
     alert_webhooks=("http://hooks.example/a",),
     alertmanagers=("http://am.example:9093",),
+    alert_slack_webhooks=("https://hooks.slack.example/x",),
     alert_for_s=5.0,
     alert_group_wait_s=2.0,
     alert_repeat_s=60.0,

@@ -1,0 +1,31 @@
+"""Notifications as Slack-style incoming-webhook messages (`{"text": …}`, mrkdwn)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from modeltap.alerts.state import Notification
+from modeltap.alerts.webhook import RUNBOOK, RUNBOOK_ANCHORS
+
+ICONS = {"firing": ":rotating_light:", "repeat": ":rotating_light:", "resolved": ":white_check_mark:"}
+
+
+def slack_message(
+    notification: Notification, to_unix: Callable[[float], float], runbook: str = RUNBOOK
+) -> dict[str, Any]:
+    """One message: a headline, then a line per alert with its score, threshold and runbook."""
+    head = (
+        f"{ICONS.get(notification.kind, '')} *modeltap {notification.kind}: {notification.severity}* "
+        f"— {notification.model} version {notification.version}"
+    )
+    lines = [head.strip()]
+    for alert in notification.alerts:
+        score = f"{alert.score:.3f}" if alert.score is not None else "-"
+        threshold = f"{alert.threshold:.3f}" if alert.threshold is not None else "-"
+        anchor = RUNBOOK_ANCHORS.get(alert.key.subject, "modeltapfeaturedrift")
+        lines.append(
+            f"• `{alert.key.subject}` {alert.severity}: score {score} (threshold {threshold}) "
+            f"<{runbook}#{anchor}|runbook>"
+        )
+    return {"text": "\n".join(lines)}
