@@ -31,11 +31,12 @@ from modeltap.alerts.state import Alert, Notification
 
 _log = logging.getLogger("modeltap.alerts")
 LEVEL_NAMES = ("OK", "INFO", "WARNING", "CRITICAL", "EMERGENCY")
-RUNBOOK = "https://github.com/modeltap/modeltap/blob/main/docs/backends.md"
+RUNBOOK = "https://github.com/modeltap/modeltap/blob/main/docs/runbooks.md"
 RUNBOOK_ANCHORS = {
     "latency": "modeltaplatencyhigh",
     "error_rate": "modeltaperrorratehigh",
     "telemetry": "modeltaptelemetrydropping",
+    "performance": "modeltapperformancedrop",
 }
 QUEUE_MAX = 256
 ATTEMPTS = 3

@@ -33,7 +33,7 @@ from modeltap.fleet.yaml_text import dump
 from modeltap.reference.document import ReferenceProfile
 from modeltap.stats.scores import PSI_FLOOR, Thresholds
 
-RUNBOOK = "https://github.com/modeltap/modeltap/blob/main/docs/backends.md"
+RUNBOOK = "https://github.com/modeltap/modeltap/blob/main/docs/runbooks.md"
 LN2 = "0.6931471805599453"
 LE_FORMATS = ("scrape", "remote-write")
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
