@@ -91,6 +91,14 @@ def test_short_demo_judges_each_phase_on_its_own(
         r"prior shift .*\n.*\n    prediction drift: (WARNING|CRITICAL) \(PSI [\d.]+, detected at", summary
     )
     assert summary.count("verdict: as expected") == 4
+    # The alerts each phase set off are listed: the shifted features' in the covariate phase, the
+    # prediction's in the prior shift, none in the baseline (recovery: at most the same subjects
+    # again, never another).
+    assert summary.count("    alerts fired: ") == 4
+    assert baseline.alerts == {}
+    assert SHIFTED <= set(covariate.alerts)
+    assert "output:prediction" in prior.alerts
+    assert set(recovery.alerts) <= SHIFTED | {"output:prediction"}
 
     # Malformed requests never crash anything and each is counted under its reason.
     final = result.final

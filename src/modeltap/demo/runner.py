@@ -105,6 +105,7 @@ class PhaseVerdict:
     prediction_level: str | None
     since: dict[str, float]  # flagged feature (or "prediction") -> flagged since (s into the run)
     traffic: PhaseTraffic
+    alerts: dict[str, str] = field(default_factory=dict)  # subject -> severity, fired in this phase
 
     @property
     def flagged_inputs(self) -> frozenset[str]:
@@ -278,6 +279,11 @@ class Demo:
             window_slot_s=self.slot_s,
             views_prefix=None,  # the sidecar serves the views on its admin port
             worker_cpu_budget=0.0,  # the demo owns the machine: decode every payload
+            # Alerts within the phase: fire on the first CRITICAL or WARNING snapshot, resolve once
+            # a slot has passed below it (production defaults: 30 s and 30 s).
+            alert_for_s=0.0,
+            alert_group_wait_s=0.0,
+            alert_resolve_s=self.slot_s,
         )
 
     def start(self, model: ChurnModel, reference_path: Path) -> None:
@@ -578,7 +584,9 @@ def _run_phase(
     assert demo.traffic is not None
     assert demo.addresses is not None
     start_s = _elapsed(started)
+    phase_start_unix = time.time()
     since: dict[str, float] = {}
+    fired: dict[str, str] = {}
 
     def track(document: dict[str, Any]) -> None:
         now = _elapsed(started)
@@ -587,6 +595,10 @@ def _run_phase(
                 since.setdefault(name, now)
             else:
                 since.pop(name, None)
+        for alert in document.get("alerts", []):
+            # Alerts this phase set off (not those still firing from the phase before).
+            if alert["state"] == "firing" and alert["since_unix_s"] >= phase_start_unix:
+                fired[alert["subject"]] = alert["severity"]
 
     thread = threading.Thread(
         target=demo.traffic.run_phase, args=(phase, phase_s, stop), name="modeltap-demo-traffic", daemon=True
@@ -630,6 +642,7 @@ def _run_phase(
         prediction_level=alerts.get(PREDICTION),
         since={name: since.get(name, end_s) for name, level in alerts.items() if level in ALERT_LEVELS},
         traffic=result.traffic.by_phase.get(phase.name, PhaseTraffic()),
+        alerts=dict(fired),
     )
 
 
@@ -690,6 +703,8 @@ def summarize(result: DemoResult) -> str:
                 else ""
             )
             lines.append(f"    churn share sent {share:.0%}{change}, mean predicted churn {mean:.2f}")
+        fired = ", ".join(f"{subject} ({severity})" for subject, severity in sorted(verdict.alerts.items()))
+        lines.append(f"    alerts fired: {fired or 'none'}")
         lines.append(f"    verdict: {'as expected' if verdict.as_expected else 'NOT as expected'}")
     stats = result.traffic
     final = result.final
