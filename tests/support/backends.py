@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,7 +127,8 @@ class Backends:
 def wait_for(condition: Callable[[], Any], timeout_s: float, interval_s: float = 0.25) -> bool:
     deadline = time.monotonic() + timeout_s
     while True:
-        with contextlib.suppress(OSError, KeyError, ValueError, AssertionError):
+        # A server not up yet: connection errors (urllib's OSError, httpx's HTTPError) mean "not yet".
+        with contextlib.suppress(OSError, KeyError, ValueError, AssertionError, httpx.HTTPError):
             if condition():
                 return True
         if time.monotonic() >= deadline:
