@@ -177,6 +177,29 @@ def _add_sidecar_parser(commands: Any) -> None:
         metavar="URL",
         help="OTLP collector base URL, e.g. http://127.0.0.1:4318 (OTEL_EXPORTER_OTLP_ENDPOINT)",
     )
+    for flag, destination, variable, what in (
+        (
+            "--alert-webhook",
+            "alert_webhooks",
+            "MODELTAP_ALERT_WEBHOOK",
+            "a URL that receives alert notifications (JSON)",
+        ),
+        ("--alertmanager", "alertmanagers", "MODELTAP_ALERTMANAGER", "an Alertmanager base URL"),
+        (
+            "--alert-slack-webhook",
+            "alert_slack_webhooks",
+            "MODELTAP_ALERT_SLACK_WEBHOOK",
+            "a Slack-style incoming webhook",
+        ),
+    ):
+        monitoring.add_argument(
+            flag,
+            dest=destination,
+            action="append",
+            default=None,
+            metavar="URL",
+            help=f"{what}; repeatable ({variable})",
+        )
 
 
 def _comma_list(text: str) -> tuple[str, ...]:
@@ -194,6 +217,12 @@ def run_sidecar_command(args: argparse.Namespace) -> None:
         "reference": args.reference,
         "model_name": args.model_name,
         "model_version": args.model_version,
+        # Repeatable alert receivers: the flags replace the variable's list when given.
+        **{
+            name: tuple(getattr(args, name))
+            for name in ("alert_webhooks", "alertmanagers", "alert_slack_webhooks")
+            if getattr(args, name)
+        },
     }
     settings, monitoring = resolve(flags, monitoring_flags, args.config)
     if args.otlp_endpoint:

@@ -85,6 +85,7 @@ def _fleet(
     tmp_path: Path, webhook_url: str | None, extra: dict[str, str] | None = None
 ) -> Iterator[SidecarProcess]:
     reference = write_reference(tmp_path)
+    hook_flags = ("--alert-webhook", webhook_url) if webhook_url else ()
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "tests.support.fleet_model:app", "--app-dir", str(ROOT),
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
@@ -93,7 +94,6 @@ def _fleet(
         "MODELTAP_WINDOW_SLOTS": "3",
         "MODELTAP_WINDOW_SLOT_S": "1",
         "MODELTAP_MIN_SAMPLES": "100",
-        **({"MODELTAP_ALERT_WEBHOOK": webhook_url} if webhook_url else {}),
         **(extra or {}),
         "MODELTAP_ALERT_FOR_S": "1",
         "MODELTAP_ALERT_GROUP_WAIT_S": "3",
@@ -101,9 +101,8 @@ def _fleet(
     }
     with (
         running_server(command, server_environment(tmp_path / "m"), port, tmp_path / "model.log") as model,
-        sidecar_process(
-            model.url, tmp_path, "--reference", str(reference), "--model-name", "loans", env=env
-        ) as sidecar,
+        # The webhook as the repeatable flag (the variable MODELTAP_ALERT_WEBHOOK works alike).
+        sidecar_process(model.url, tmp_path, "--reference", str(reference), *hook_flags, env=env) as sidecar,
     ):
         yield sidecar
 
