@@ -178,21 +178,21 @@ class _Slots:
                 return False
             for counts in (current, self.total):
                 assert isinstance(counts, ConfusionCounts)
-                counts.add([true], [predicted])
+                counts.add_one(true, predicted)
             if self.first_labels < FIRST_LABELS_BASELINE:
                 self.first_labels += 1
                 self.first_hits += int(true == predicted)
             score = joined.prediction.score
             if score is not None and self.positive is not None:
                 for scores in (self.scores.current(now), self.scores_total):
-                    scores.add(np.array([true == self.positive]), np.array([score]))
+                    scores.add_one(true == self.positive, score)
         else:
             label, predicted_value = _number(joined.label), _number(joined.prediction.predicted)
             if label is None or predicted_value is None:
                 return False
             for counts in (current, self.total):
                 assert isinstance(counts, RegressionCounts)
-                counts.add(np.array([label]), np.array([predicted_value]))
+                counts.add_one(label, predicted_value)
         self.delays.append(joined.delay_s)
         if len(self.delays) > 2048:
             del self.delays[:1024]
@@ -315,27 +315,23 @@ class GroundTruth:
             return
         with self._lock:
             self._models.add(model)
+            positive: list[bool] = []
+            raw_scores: list[float] = []
             for row, (key, predicted) in enumerate(zip(keys, predictions, strict=False)):
                 value: str | float | int | tuple[str, ...] | None
                 if isinstance(predicted, (list, tuple)):
-                    value = tuple(
-                        c for c in (canonical_category(item) for item in predicted) if c is not None
-                    )
+                    value = _relevant(predicted)
                 else:
                     value = predicted if isinstance(predicted, (str, float, int)) else None
                 score = _probability(scores[row]) if scores is not None and row < len(scores) else None
                 if score is not None and self.calibration is not None and value is not None:
-                    slots = self._slots(model, version)
-                    if slots is not None:
-                        calibrated = self.calibration.apply(np.array([score]))
-                        positive = np.array([canonical_category(value) == self.positive_class])
-                        slots.expected.current(now).add(calibrated, positive, np.array([score]))
+                    raw_scores.append(score)
+                    positive.append(canonical_category(value) == self.positive_class)
+                raw_segment = segments[row] if segments is not None and row < len(segments) else None
+                segment = self._segment(raw_segment)
                 if key is None:
                     self.counts["no_join_key"] += 1
                     continue
-                segment = self._segment(
-                    segments[row] if segments is not None and row < len(segments) else None
-                )
                 joined = self.store.add_prediction(
                     (model, key),
                     Prediction(model, version, value, score=score, segment=segment, created_s=now),
@@ -343,6 +339,13 @@ class GroundTruth:
                 )
                 if joined is not None:
                     self._record(joined, now)
+            if raw_scores and self.calibration is not None:
+                # The expected confusion (CBPE) of the exchange's scored rows, in one numpy step.
+                slots = self._slots(model, version)
+                if slots is not None:
+                    values = np.asarray(raw_scores)
+                    calibrated_values = self.calibration.apply(values)
+                    slots.expected.current(now).add(calibrated_values, np.asarray(positive), values)
 
     def add_label(self, model: str | None, key: Hashable, label: Value, now: float) -> LabelOutcome:
         if not self.enabled:

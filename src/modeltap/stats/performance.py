@@ -19,6 +19,7 @@ No I/O, no clocks: the callers own the windows (one instance per slot) and the j
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ class ConfusionCounts:
         rows = np.fromiter((self.index(t) for t in true), dtype=np.intp, count=len(true))
         cols = np.fromiter((self.index(p) for p in predicted), dtype=np.intp, count=len(predicted))
         np.add.at(self.matrix, (rows, cols), 1)
+
+    def add_one(self, true: str, predicted: str) -> None:
+        """One joined label (labels arrive one by one: no array round trip)."""
+        self.matrix[self.index(true), self.index(predicted)] += 1
 
     def merge(self, other: ConfusionCounts) -> None:
         if other.classes != self.classes:
@@ -138,6 +143,7 @@ class BinaryScores:
             raise ValueError("at least one score bin")
         self.bins = bins
         self.edges = score_edges(bins)
+        self._edge_list = [float(e) for e in self.edges]
         self.positive = np.zeros(bins, dtype=np.int64)  # scores of rows whose label is positive
         self.negative = np.zeros(bins, dtype=np.int64)
         self.log_loss_sum = 0.0
@@ -159,6 +165,20 @@ class BinaryScores:
         clipped = np.clip(p, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS)
         self.log_loss_sum += float(-np.sum(np.where(labels, np.log(clipped), np.log1p(-clipped))))
         self.brier_sum += float(np.sum((p - labels) ** 2))
+
+    def add_one(self, positive: bool, score: float) -> None:
+        """One joined label: the same bins and sums as `add`, without numpy's per-call cost."""
+        if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+            self.out_of_range += 1
+            return
+        index = bisect.bisect_left(self._edge_list, score)
+        if positive:
+            self.positive[index] += 1
+        else:
+            self.negative[index] += 1
+        clipped = min(max(score, LOG_LOSS_EPS), 1.0 - LOG_LOSS_EPS)
+        self.log_loss_sum -= math.log(clipped) if positive else math.log1p(-clipped)
+        self.brier_sum += (score - (1.0 if positive else 0.0)) ** 2
 
     def merge(self, other: BinaryScores) -> None:
         if other.bins != self.bins:
@@ -263,6 +283,20 @@ class RegressionCounts:
         batch.label_mean = float(np.mean(y))
         batch.label_m2 = float(np.sum((y - batch.label_mean) ** 2))
         self.merge(batch)
+
+    def add_one(self, label: float, prediction: float) -> None:
+        """One joined label (Welford's update: the same numbers as `add` up to rounding)."""
+        if not (math.isfinite(label) and math.isfinite(prediction)):
+            return
+        error = label - prediction
+        if self.bounds:
+            self.residuals[bisect.bisect_left(self.bounds, error)] += 1
+        self.count += 1
+        self.abs_error_sum += abs(error)
+        self.sq_error_sum += error * error
+        delta = label - self.label_mean
+        self.label_mean += delta / self.count
+        self.label_m2 += delta * (label - self.label_mean)
 
     def merge(self, other: RegressionCounts) -> None:
         if other.count == 0:

@@ -193,3 +193,37 @@ def test_mrr_and_ndcg_equal_scikit_learn_and_the_textbook_definitions() -> None:
     assert ranking_metrics(halves[0]) is None
     halves[0].merge(counts)
     assert ranking_metrics(halves[0]) == metrics
+
+
+def test_one_at_a_time_equals_the_array_path() -> None:
+    rng = np.random.default_rng(21)
+    positive = rng.random(500) < 0.4
+    scores = rng.random(500)
+    scores[:5] = [0.0, 1.0, 0.01, 0.5, float("nan")]
+    batch, single = BinaryScores(), BinaryScores()
+    batch.add(positive, scores)
+    for p, s in zip(positive, scores, strict=True):
+        single.add_one(bool(p), float(s))
+    assert np.array_equal(batch.positive, single.positive)
+    assert np.array_equal(batch.negative, single.negative)
+    assert batch.out_of_range == single.out_of_range == 1
+    assert single.log_loss_sum == pytest.approx(batch.log_loss_sum, rel=1e-12)
+    assert single.brier_sum == pytest.approx(batch.brier_sum, rel=1e-12)
+    y = rng.normal(50.0, 5.0, 500)
+    yhat = y + rng.normal(0.0, 1.0, 500)
+    bounds = (-2.0, -1.0, 0.0, 1.0, 2.0)
+    batch_r, single_r = RegressionCounts(bounds), RegressionCounts(bounds)
+    batch_r.add(y, yhat)
+    for a, b in zip(y, yhat, strict=True):
+        single_r.add_one(float(a), float(b))
+    assert np.array_equal(batch_r.residuals, single_r.residuals)
+    one, many = regression_metrics(single_r), regression_metrics(batch_r)
+    assert one is not None
+    assert many is not None
+    assert one.r2 == pytest.approx(many.r2, rel=1e-12)
+    assert one.mae == pytest.approx(many.mae, rel=1e-12)
+    counts = ConfusionCounts(CLASSES)
+    counts.add_one("approve", "deny")
+    counts.add_one("surprise", "approve")
+    assert counts.matrix[counts.index("approve"), counts.index("deny")] == 1
+    assert counts.matrix[counts.index(OTHER), counts.index("approve")] == 1
