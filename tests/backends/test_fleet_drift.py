@@ -8,7 +8,6 @@ of `modeltap dashboard` must find data."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import re
 import sys
@@ -26,7 +25,7 @@ from modeltap.fleet import rules as recorded
 from modeltap.fleet.dashboard import panel_queries
 from modeltap.reference.document import load_reference
 from tests.support.backends import ROOT, Backends, wait_for
-from tests.support.fleet_model import FEATURES, decide, drifted_rows, training_rows
+from tests.support.fleet_model import drifted_rows, write_reference
 from tests.support.server_process import free_port, otlp_settings, running_server, server_environment
 from tests.support.sidecar_process import sidecar_process
 
@@ -49,28 +48,6 @@ class Fleet:
     replicas: dict[str, str]  # base URL per replica
 
 
-def _write_reference(directory: Path) -> Path:
-    table = directory / "train.csv"
-    with table.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*FEATURES, "prediction"])
-        for row in training_rows(5000):
-            writer.writerow([row["amount"], row["income"], row["country"], decide(row)])
-    reference = directory / "reference.json"
-    argv = [
-        "profile",
-        str(table),
-        "-o",
-        str(reference),
-        "--prediction",
-        "prediction",
-        "--model-name",
-        "loans",
-    ]
-    assert modeltap_main(argv) == 0
-    return reference
-
-
 def _uvicorn(target: str, port: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "uvicorn", target, "--app-dir", str(ROOT), "--host", "127.0.0.1",
             "--port", str(port), "--log-level", "warning", *extra]  # fmt: skip
@@ -85,7 +62,7 @@ def _features(status_url: str) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def fleet(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     directory = tmp_path_factory.mktemp("fleet")
-    reference = _write_reference(directory)
+    reference = write_reference(directory)
     rules = directory / "rules.yml"
     argv = ["rules", "--reference", str(reference), "--cumulative", "--window", "30s", "--for", "1s",
             "-o", str(rules)]  # fmt: skip

@@ -68,16 +68,7 @@ def _webhook(hang_s: float = 0.0) -> Iterator[_Webhook]:
 
 def _send(client: httpx.Client, url: str, rows: list[dict[str, Any]], seconds: float) -> int:
     """Requests of 10 rows for `seconds`; returns how many failed."""
-    failed = 0
-    end = time.monotonic() + seconds
-    i = 0
-    while time.monotonic() < end:
-        batch = rows[(i * 10) % len(rows) : (i * 10) % len(rows) + 10]
-        if client.post(url + PREDICT, json={"instances": batch}).status_code != 200:
-            failed += 1
-        i += 1
-        time.sleep(0.01)
-    return failed
+    return _until(client, url, rows, lambda: False, seconds)
 
 
 @contextlib.contextmanager

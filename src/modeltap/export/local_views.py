@@ -86,16 +86,22 @@ class LocalViews:
             return path == self._prefix or path.startswith(self._slash_prefix)
         return False
 
+    def _has_token(self, scope: Scope) -> bool:
+        if self._token is None:
+            return False
+        for key, value in scope.get("headers", ()):
+            # The scheme name is case-insensitive (RFC 9110 §11.1); the token is not.
+            if (
+                key == b"authorization"
+                and value[:7].lower() == b"bearer "
+                and hmac.compare_digest(value[7:].strip(), self._token)
+            ):
+                return True
+        return False
+
     def _allowed(self, scope: Scope) -> bool:
-        if self._token is not None:
-            for key, value in scope.get("headers", ()):
-                # The scheme name is case-insensitive (RFC 9110 §11.1); the token is not.
-                if (
-                    key == b"authorization"
-                    and value[:7].lower() == b"bearer "
-                    and hmac.compare_digest(value[7:].strip(), self._token)
-                ):
-                    return True
+        if self._has_token(scope):
+            return True
         client = scope.get("client")
         if not client:
             return False
@@ -115,14 +121,8 @@ class LocalViews:
     def _write_allowed(self, scope: Scope) -> bool:
         """Write endpoints: the token, or a loopback peer with no proxy between; an allow-list
         grants reading only (CLARIFICATIONS: writes never depend on forwarding headers)."""
-        if self._token is not None:
-            for key, value in scope.get("headers", ()):
-                if (
-                    key == b"authorization"
-                    and value[:7].lower() == b"bearer "
-                    and hmac.compare_digest(value[7:].strip(), self._token)
-                ):
-                    return True
+        if self._has_token(scope):
+            return True
         client = scope.get("client")
         try:
             address = ipaddress.ip_address(client[0]) if client else None
