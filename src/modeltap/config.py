@@ -316,6 +316,9 @@ class ModelTapConfig:
     alert_group_wait_s: float = 10.0
     alert_repeat_s: float = 4 * 3600.0
     alert_resolve_s: float = 30.0
+    # WARNING's response: for this long after a warning fires, monitor the model harder (payload
+    # decoding at up to twice the CPU budget, trace sampling doubled, snapshots twice as often).
+    alert_boost_s: float = 600.0
     label_ttl_s: float = 24 * 3600.0
     label_store_bytes: int = 64 * 1024 * 1024
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -404,6 +407,10 @@ class ModelTapConfig:
             raise ConfigError(
                 f"monitor_id must be 1-64 letters, digits, '.', '_' or '-', got {self.monitor_id!r}",
                 "monitor_id",
+            )
+        if not 0 <= self.alert_boost_s <= 600:
+            raise ConfigError(
+                f"alert_boost_s must be within 0..600 s, got {self.alert_boost_s!r}", "alert_boost_s"
             )
         for name in ("alert_for_s", "alert_group_wait_s", "alert_resolve_s"):
             if not getattr(self, name) >= 0:
@@ -512,6 +519,7 @@ class ModelTapConfig:
         take("MODELTAP_ALERT_GROUP_WAIT_S", "alert_group_wait_s", _parse_float)
         take("MODELTAP_ALERT_REPEAT_S", "alert_repeat_s", _parse_float)
         take("MODELTAP_ALERT_RESOLVE_S", "alert_resolve_s", _parse_float)
+        take("MODELTAP_ALERT_BOOST_S", "alert_boost_s", _parse_float)
         take("MODELTAP_LABEL_TTL_S", "label_ttl_s", _parse_float)
         take("MODELTAP_LABEL_STORE_BYTES", "label_store_bytes", _parse_int)
         kwargs["export"] = ExportConfig.from_env(env)

@@ -252,3 +252,5 @@ class Snapshot:
     alerts: tuple[AlertView, ...] = ()
     # Notifications: sent, failed (every attempt refused), dropped (queue overflow).
     notifications: tuple[tuple[str, int], ...] = ()
+    # WARNING's response in effect: (until, unix seconds; why), or None.
+    boost: tuple[float, str] | None = None

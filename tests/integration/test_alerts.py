@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.support.alertmanager import alertmanager
-from tests.support.backends import ROOT
+from tests.support.backends import ROOT, wait_for
 from tests.support.fleet_model import drifted_rows, training_rows, write_reference
 from tests.support.server_process import free_port, running_server, server_environment
 from tests.support.sidecar_process import SidecarProcess, sidecar_process
@@ -207,3 +207,35 @@ def test_a_real_alertmanager_gets_the_alert_with_the_rules_labels_and_its_resolu
 
             assert _until(client, url, training_rows(3000, seed=52), resolved, 60.0) == 0
             assert resolved(), hook.received
+
+
+def test_a_warning_raises_monitoring_for_a_bounded_time(tmp_path: Path) -> None:
+    """WARNING's response: trace sampling doubled (0.1 -> 0.2, sent to the serving processes as a
+    control message), payload decoding and snapshots up, said in /status, for alert_boost_s."""
+    extra = {
+        "MODELTAP_PSI_CRITICAL": "50",  # drift reaches WARNING only
+        "MODELTAP_ALERT_BOOST_S": "60",
+        "OTEL_TRACES_SAMPLER": "traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    }
+    with (
+        _webhook() as hook,
+        _fleet(tmp_path, hook.url, extra) as sidecar,
+        httpx.Client(timeout=10) as client,
+    ):
+
+        def status() -> dict[str, Any]:
+            document: dict[str, Any] = httpx.get(sidecar.admin_url + "/status", timeout=10).json()
+            return document
+
+        def boosted() -> bool:
+            return status()["monitoring"]["boost"] is not None
+
+        assert status()["monitoring"]["boost"] is None
+        assert _until(client, sidecar.url, drifted_rows(3000, seed=61), boosted, 40.0) == 0
+        monitoring = status()["monitoring"]
+        assert "amount" in monitoring["boost"]["reason"]
+        assert 0 < monitoring["boost"]["until_unix_s"] - time.time() <= 60
+        # The control message follows within a control interval (0.2 s) of the boost.
+        assert wait_for(lambda: status()["monitoring"]["control"].get("trace_ratio") == 0.2, 5), status()
+        assert {n["severity"] for n in hook.received if n["kind"] == "firing"} == {"warning"}

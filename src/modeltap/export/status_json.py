@@ -182,6 +182,8 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             "internal_errors": dict(mon.internal_errors),
             "export_failures": dict(mon.export_failures),
             "last_export_unix_s": dict(mon.last_export_unix_s),
+            # WARNING's response in effect: monitoring raised until `until_unix_s`, and why.
+            "boost": {"until_unix_s": snap.boost[0], "reason": snap.boost[1]} if snap.boost else None,
         },
     }
 

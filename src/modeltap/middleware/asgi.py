@@ -95,6 +95,7 @@ class ModelTapMiddleware:
         alert_group_wait_s: float | None = None,
         alert_repeat_s: float | None = None,
         alert_resolve_s: float | None = None,
+        alert_boost_s: float | None = None,
         label_ttl_s: float | None = None,
         label_store_bytes: int | None = None,
         export: ExportConfig | None = None,

@@ -135,6 +135,9 @@ class Analyzer:
         self.alertmanager = AlertmanagerSender(tuple(config.alertmanagers))
         self.slack = WebhookSender(tuple(config.alert_slack_webhooks))
         self._info: set[tuple[str, str, str]] = set()  # subjects at INFO: logged once on entry
+        # WARNING's response: monitoring raised until this monotonic time (0: not raised).
+        self.boost_until = 0.0
+        self.boost_reason = ""
         self.exporter: TelemetryExporter | None = None
         self._span_processor: Any = None
         self.records_processed = 0
@@ -250,6 +253,14 @@ class Analyzer:
         due = self.alert_book.evaluate(observed, now)
         self._log_info(observed)
         for notification in due:
+            if (
+                notification.kind == "firing"
+                and notification.severity == "warning"
+                and config.alert_boost_s > 0
+            ):
+                self.boost_until = max(self.boost_until, now + config.alert_boost_s)
+                subjects = ", ".join(a.key.subject for a in notification.alerts)
+                self.boost_reason = f"warning on {notification.model} {notification.version}: {subjects}"
             _log.log(
                 logging.WARNING if notification.kind != "resolved" else logging.INFO,
                 "modeltap alert %s: %s %s version %s: %s",
@@ -275,7 +286,21 @@ class Analyzer:
             (name, sum(getattr(sender, name) for sender in senders)) for name in ("dropped", "failed", "sent")
         )
         configured = any(sender.urls for sender in senders)
-        return dataclasses.replace(snapshot, alerts=views, notifications=counts if configured else ())
+        boost = (self.boost_until + offset, self.boost_reason) if self.boosted(now) else None
+        return dataclasses.replace(
+            snapshot, alerts=views, notifications=counts if configured else (), boost=boost
+        )
+
+    def boosted(self, now: float) -> bool:
+        """Whether WARNING's raised monitoring is in effect."""
+        return now < self.boost_until
+
+    def boost_trace_ratio(self, now: float) -> float | None:
+        """The trace ratio to apply now (doubled while boosted), or None for other samplers."""
+        sampler = self.config.export.sampler
+        if sampler.name not in ("traceidratio", "parentbased_traceidratio"):
+            return None
+        return min(1.0, 2 * sampler.ratio) if self.boosted(now) else sampler.ratio
 
     def _log_info(self, observed: list[Observation]) -> None:
         """INFO (a significant test, a small magnitude): one structured line when a subject

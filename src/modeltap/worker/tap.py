@@ -389,7 +389,14 @@ class Tap:
                 )
                 self.sampling.follow_budget(self._budget)
                 now = time.monotonic()
-                if waiters or stopping or now - self._last_publish >= self.config.snapshot_interval_s:
+                boosted = analyzer.boosted(now)
+                if boosted:  # WARNING: decode up to twice as many payloads, trace twice as many
+                    self.sampling.payload_stride = max(1, self.sampling.payload_stride // 2)
+                ratio = analyzer.boost_trace_ratio(now)
+                if ratio is not None and self._sampler is not None:
+                    self._sampler.set_ratio(ratio)
+                period = self.config.snapshot_interval_s / (2 if boosted else 1)
+                if waiters or stopping or now - self._last_publish >= period:
                     analyzer.publish(self.serving_counts(), current_scores=bool(waiters or stopping))
                     self.queue.worker_held_bytes = 0
                     self._last_publish = now

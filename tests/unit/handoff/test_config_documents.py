@@ -75,6 +75,7 @@ EVERYTHING = ModelTapConfig(
     alert_group_wait_s=2.0,
     alert_repeat_s=60.0,
     alert_resolve_s=7.0,
+    alert_boost_s=120.0,
     label_ttl_s=600.0,
     label_store_bytes=8 * 1024 * 1024,
     export=ExportConfig(
