@@ -21,7 +21,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -47,6 +47,8 @@ from modeltap.stats.performance import (
 from modeltap.stats.performance_level import PerformanceThresholds, performance_level
 
 T = TypeVar("T")
+Counts = ConfusionCounts | RegressionCounts | RankingCounts
+Numbers = tuple[tuple[str, float | None], ...]  # metric name -> value
 Value = str | float | int | bool | None | tuple[str | float, ...]
 MAX_PENDING_LABELS = 100_000
 FIRST_LABELS_BASELINE = 100
@@ -128,7 +130,7 @@ class _Slots:
         self.positive = positive  # the class a score is the probability of (binary scores)
         self.residual_bounds = residual_bounds
         self.ranking_k = ranking_k
-        self.ring: dict[int, ConfusionCounts | RegressionCounts | RankingCounts] = {}
+        self.ring: _Ring[Counts] = _Ring(self._new, slots, slot_s)
         self.total = self._new()
         self.scores = _Ring(BinaryScores, slots, slot_s)
         self.scores_total = BinaryScores()
@@ -142,7 +144,7 @@ class _Slots:
         self.first_hits = 0
         self.first_labels = 0
 
-    def _new(self) -> ConfusionCounts | RegressionCounts | RankingCounts:
+    def _new(self) -> Counts:
         if self.kind == "classification":
             return ConfusionCounts(self.classes)
         if self.kind == "ranking":
@@ -157,12 +159,7 @@ class _Slots:
                 inner = _Slots(self.kind, self.classes, self.slots, self.slot_s, segmented=False)
                 self.segments[segment] = inner
             inner.add(joined, now)
-        slot = int(now // self.slot_s)
-        for old in [s for s in self.ring if s <= slot - self.slots]:
-            del self.ring[old]
-        current = self.ring.get(slot)
-        if current is None:
-            current = self.ring[slot] = self._new()
+        current = self.ring.current(now)
         if isinstance(current, RankingCounts):
             ranked = joined.prediction.predicted
             relevant = _relevant(joined.label)
@@ -198,19 +195,8 @@ class _Slots:
             del self.delays[:1024]
         return True
 
-    def window(self, now: float) -> ConfusionCounts | RegressionCounts | RankingCounts:
-        slot = int(now // self.slot_s)
-        merged = self._new()
-        for index, counts in self.ring.items():
-            if index > slot - self.slots:
-                # Two branches, so the type checker knows each merge's types.
-                if isinstance(merged, ConfusionCounts) and isinstance(counts, ConfusionCounts):  # noqa: SIM114
-                    merged.merge(counts)
-                elif isinstance(merged, RegressionCounts) and isinstance(counts, RegressionCounts):  # noqa: SIM114
-                    merged.merge(counts)
-                elif isinstance(merged, RankingCounts) and isinstance(counts, RankingCounts):
-                    merged.merge(counts)
-        return merged
+    def window(self, now: float) -> Counts:
+        return self.ring.window(now, _merge_counts)
 
 
 def _number(value: Value) -> float | None:
@@ -424,74 +410,62 @@ class GroundTruth:
     def views(self, now: float) -> tuple[PerformanceSummary, ...]:
         with self._lock:
             self.store.expire(now)
-            out = []
-            for (model, version), slots in sorted(self._versions.items()):
-                window = slots.window(now)
-                delay = float(np.median(slots.delays)) if slots.delays else None
-                if isinstance(window, ConfusionCounts) and isinstance(slots.total, ConfusionCounts):
-                    current = classification_metrics(window)
-                    source, (base_hits, base_n) = self._baseline(slots)
-                    level = (
-                        performance_level(
-                            base_hits, base_n, int(np.trace(window.matrix)), window.total, self.thresholds
-                        )
-                        if source != "none"
-                        else 0
-                    )
-                    out.append(
-                        PerformanceSummary(
-                            model, version, "classification", window.total, slots.total.total,
-                            window=(
-                                *_classification_numbers(current),
-                                *_score_numbers(slots.scores.window(now, BinaryScores.merge)),
-                            ),
-                            total=(
-                                *_classification_numbers(classification_metrics(slots.total)),
-                                *_score_numbers(slots.scores_total),
-                            ),
-                            estimated=_estimated(slots.expected.window(now, ExpectedConfusion.merge)),
-                            segments=_segment_numbers(slots, now),
-                            per_class=_per_class(current),
-                            label_delay_p50_s=delay,
-                            level=int(level),
-                            baseline_source=source,
-                            baseline_accuracy=base_hits / base_n if base_n else None,
-                            baseline_labels=base_n,
-                            confusion=_cells(slots.total),
-                            score_bounds=tuple(float(b) for b in slots.scores_total.edges)
-                            if slots.scores_total.count
-                            else (),
-                            score_counts=(
-                                ("true", tuple(int(c) for c in slots.scores_total.positive)),
-                                ("false", tuple(int(c) for c in slots.scores_total.negative)),
-                            )
-                            if slots.scores_total.count
-                            else (),
-                        )
-                    )  # fmt: skip
-                elif isinstance(window, RankingCounts) and isinstance(slots.total, RankingCounts):
-                    out.append(
-                        PerformanceSummary(
-                            model, version, "ranking", window.queries, slots.total.queries,
-                            window=_ranking_numbers(ranking_metrics(window)),
-                            total=_ranking_numbers(ranking_metrics(slots.total)),
-                            label_delay_p50_s=delay,
-                        )
-                    )  # fmt: skip
-                elif isinstance(window, RegressionCounts) and isinstance(slots.total, RegressionCounts):
-                    out.append(
-                        PerformanceSummary(
-                            model, version, "regression", window.count, slots.total.count,
-                            window=_regression_numbers(regression_metrics(window)),
-                            total=_regression_numbers(regression_metrics(slots.total)),
-                            label_delay_p50_s=delay,
-                            regression_sums=_sums(slots.total),
-                            residual_bounds=slots.total.bounds,
-                            residual_counts=tuple(int(c) for c in slots.total.residuals),
-                            segments=_segment_numbers(slots, now),
-                        )
-                    )  # fmt: skip
-            return tuple(out)
+            return tuple(
+                self._view(model, version, slots, now)
+                for (model, version), slots in sorted(self._versions.items())
+            )
+
+    def _view(self, model: str, version: str, slots: _Slots, now: float) -> PerformanceSummary:
+        window = slots.window(now)
+        total = slots.total
+        window_labels, window_numbers = _labels_and_numbers(window)
+        total_labels, total_numbers = _labels_and_numbers(total)
+        extra: dict[str, Any] = {}
+        if isinstance(window, ConfusionCounts) and isinstance(total, ConfusionCounts):
+            source, (base_hits, base_n) = self._baseline(slots)
+            level = (
+                performance_level(
+                    base_hits, base_n, int(np.trace(window.matrix)), window.total, self.thresholds
+                )
+                if source != "none"
+                else 0
+            )
+            scores = slots.scores_total
+            window_numbers += _score_numbers(slots.scores.window(now, BinaryScores.merge))
+            total_numbers += _score_numbers(scores)
+            extra = {
+                "estimated": _estimated(slots.expected.window(now, ExpectedConfusion.merge)),
+                "per_class": _per_class(classification_metrics(window)),
+                "level": int(level),
+                "baseline_source": source,
+                "baseline_accuracy": base_hits / base_n if base_n else None,
+                "baseline_labels": base_n,
+                "confusion": _cells(total),
+            }
+            if scores.count:
+                extra["score_bounds"] = tuple(float(b) for b in scores.edges)
+                extra["score_counts"] = (
+                    ("true", tuple(int(c) for c in scores.positive)),
+                    ("false", tuple(int(c) for c in scores.negative)),
+                )
+        elif isinstance(total, RegressionCounts):
+            extra = {
+                "regression_sums": _sums(total),
+                "residual_bounds": total.bounds,
+                "residual_counts": tuple(int(c) for c in total.residuals),
+            }
+        return PerformanceSummary(
+            model,
+            version,
+            slots.kind,
+            window_labels,
+            total_labels,
+            window=window_numbers,
+            total=total_numbers,
+            segments=_segment_numbers(slots, now),
+            label_delay_p50_s=float(np.median(slots.delays)) if slots.delays else None,
+            **extra,
+        )
 
     def _baseline(self, slots: _Slots) -> tuple[str, tuple[int, int]]:
         if self.baseline is not None:
@@ -513,7 +487,7 @@ class GroundTruth:
             return dict(self.store.counts + self.counts)
 
 
-def _classification_numbers(metrics: ClassificationMetrics | None) -> tuple[tuple[str, float | None], ...]:
+def _classification_numbers(metrics: ClassificationMetrics | None) -> Numbers:
     if metrics is None:
         return ()
     return (
@@ -538,7 +512,7 @@ def _per_class(
     )
 
 
-def _regression_numbers(metrics: RegressionMetrics | None) -> tuple[tuple[str, float | None], ...]:
+def _regression_numbers(metrics: RegressionMetrics | None) -> Numbers:
     if metrics is None:
         return ()
     return (("mae", metrics.mae), ("rmse", metrics.rmse), ("r2", metrics.r2))
@@ -569,7 +543,7 @@ def _probability(value: Value) -> float | None:
     return number if number is not None and 0.0 <= number <= 1.0 else None
 
 
-def _score_numbers(scores: BinaryScores) -> tuple[tuple[str, float | None], ...]:
+def _score_numbers(scores: BinaryScores) -> Numbers:
     metrics = binary_score_metrics(scores)
     if metrics is None:
         return ()
@@ -581,7 +555,7 @@ def _score_numbers(scores: BinaryScores) -> tuple[tuple[str, float | None], ...]
     )
 
 
-def _estimated(expected: ExpectedConfusion) -> tuple[tuple[str, float | None], ...]:
+def _estimated(expected: ExpectedConfusion) -> Numbers:
     metrics = estimated_metrics(expected)
     if metrics is None:
         return ()
@@ -594,22 +568,20 @@ def _estimated(expected: ExpectedConfusion) -> tuple[tuple[str, float | None], .
     )
 
 
-def _segment_numbers(
-    slots: _Slots, now: float
-) -> tuple[tuple[str, tuple[tuple[str, float | None], ...]], ...]:
-    out = []
+def _labels_and_numbers(counts: Counts) -> tuple[int, Numbers]:
+    """How many labels the counts hold, and their metrics (by the model's kind)."""
+    if isinstance(counts, ConfusionCounts):
+        return counts.total, _classification_numbers(classification_metrics(counts))
+    if isinstance(counts, RankingCounts):
+        return counts.queries, _ranking_numbers(ranking_metrics(counts))
+    return counts.count, _regression_numbers(regression_metrics(counts))
+
+
+def _segment_numbers(slots: _Slots, now: float) -> tuple[tuple[str, Numbers], ...]:
+    out: list[tuple[str, Numbers]] = []
     for name, inner in sorted(slots.segments.items()):
-        window = inner.window(now)
-        if isinstance(window, ConfusionCounts):
-            numbers = _classification_numbers(classification_metrics(window))
-            out.append((name, (("labels", float(window.total)), *numbers)))
-        elif isinstance(window, RegressionCounts):
-            numbers = _regression_numbers(regression_metrics(window))
-            out.append((name, (("labels", float(window.count)), *numbers)))
-        else:
-            out.append(
-                (name, (("labels", float(window.queries)), *_ranking_numbers(ranking_metrics(window))))
-            )
+        labels, numbers = _labels_and_numbers(inner.window(now))
+        out.append((name, (("labels", float(labels)), *numbers)))
     return tuple(out)
 
 
@@ -618,7 +590,7 @@ def _relevant(label: object) -> tuple[str, ...]:
     return tuple(c for c in (canonical_category(item) for item in items) if c is not None)
 
 
-def _ranking_numbers(metrics: RankingMetrics | None) -> tuple[tuple[str, float | None], ...]:
+def _ranking_numbers(metrics: RankingMetrics | None) -> Numbers:
     if metrics is None:
         return ()
     return (("mrr", metrics.mrr), ("ndcg", metrics.ndcg), ("k", float(metrics.k)))
@@ -634,3 +606,14 @@ def _stored_label(label: Value) -> str | float | tuple[str, ...]:
     if isinstance(label, int):
         return float(label)
     return label
+
+
+def _merge_counts(into: Counts, other: Counts) -> None:
+    """Add `other` to `into` (of one kind: a version's slots all hold the same kind)."""
+    # One branch per kind, so the type checker knows each merge's types.
+    if isinstance(into, ConfusionCounts) and isinstance(other, ConfusionCounts):  # noqa: SIM114
+        into.merge(other)
+    elif isinstance(into, RegressionCounts) and isinstance(other, RegressionCounts):  # noqa: SIM114
+        into.merge(other)
+    elif isinstance(into, RankingCounts) and isinstance(other, RankingCounts):
+        into.merge(other)

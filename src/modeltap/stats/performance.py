@@ -309,6 +309,8 @@ class RegressionCounts:
         self.count = n
         self.abs_error_sum += other.abs_error_sum
         self.sq_error_sum += other.sq_error_sum
+        if self.bounds == other.bounds and self.bounds:
+            self.residuals += other.residuals
 
 
 @dataclass(frozen=True)
