@@ -344,17 +344,11 @@ class GroundTruth:
             name = model if model is not None else self._only_model()
             if name is None:
                 return LabelOutcome("unknown_model")
-            before = Counter(self.store.counts)
-            stored = _stored_label(label)
-            joined = self.store.add_label((name, key), stored, now)
-            after = self.store.counts
-            if joined is not None:
-                self._record(joined, now)
-                return LabelOutcome("joined")
-            for reason in ("duplicate", "conflict"):
-                if after[reason] > before[reason]:
-                    return LabelOutcome(reason)
-            return LabelOutcome("waiting")
+            joined = self.store.add_label((name, key), _stored_label(label), now)
+            if isinstance(joined, str):  # early labels wait for their prediction
+                return LabelOutcome("waiting" if joined == "early" else joined)
+            self._record(joined, now)
+            return LabelOutcome("joined")
 
     def _only_model(self) -> str | None:
         if self.default_model is not None:

@@ -112,24 +112,25 @@ class JoinStore:
             self.counts["evicted"] += 1
         return None
 
-    def add_label(self, key: Hashable, label: Label, now: float) -> Joined | None:
-        """Join `label` to its prediction; returns the join, or None (counted by reason)."""
+    def add_label(self, key: Hashable, label: Label, now: float) -> Joined | str:
+        """Join `label` to its prediction: the join, or what became of the label instead
+        (`duplicate`, `conflict`, or `early`: it waits for its prediction), counted."""
         self.expire(now)
         done = self._joined.get(key)
+        if done is None and key in self._early:
+            done = self._early[key]
         if done is not None:
-            self.counts["duplicate" if done[0] == label else "conflict"] += 1
-            return None
+            outcome = "duplicate" if done[0] == label else "conflict"
+            self.counts[outcome] += 1
+            return outcome
         pending = self._pending.pop(key, None)
         if pending is None:
-            if key in self._early:
-                self.counts["duplicate" if self._early[key][0] == label else "conflict"] += 1
-                return None
             self._early[key] = (label, now)
             self.counts["early"] += 1
             while len(self._early) > self.max_early:
                 self._early.popitem(last=False)
                 self.counts["unmatched"] += 1
-            return None
+            return "early"
         self._bytes -= pending[1]
         return self._join(key, pending[0], label, now)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from modeltap.stats.join_store import ENTRY_OVERHEAD_BYTES, JoinStore, Prediction
+from modeltap.stats.join_store import ENTRY_OVERHEAD_BYTES, Joined, JoinStore, Prediction
 
 
 def _prediction(i: int, now: float) -> Prediction:
@@ -18,10 +18,11 @@ def test_labels_in_any_order_join_their_own_predictions_once() -> None:
     order = list(range(100))
     random.Random(3).shuffle(order)
     joined = [store.add_label(("r", i), f"label-{i}", now=200.0) for i in order]
-    assert all(j is not None for j in joined)
-    assert [j.label for j in joined if j] == [f"label-{i}" for i in order]
-    assert [j.prediction.predicted for j in joined if j] == ["yes" if i % 2 else "no" for i in order]
-    assert [j.delay_s for j in joined if j] == [200.0 - i for i in order]
+    assert all(isinstance(j, Joined) for j in joined)
+    joins = [j for j in joined if isinstance(j, Joined)]
+    assert [j.label for j in joins] == [f"label-{i}" for i in order]
+    assert [j.prediction.predicted for j in joins] == ["yes" if i % 2 else "no" for i in order]
+    assert [j.delay_s for j in joins] == [200.0 - i for i in order]
     assert store.counts == {"joined": 100}
     assert store.entries == 0
     assert store.bytes == 0
@@ -31,20 +32,20 @@ def test_duplicates_count_once_and_a_different_label_is_a_conflict_the_first_win
     store = JoinStore()
     store.add_prediction("a", _prediction(1, 0.0), 0.0)
     first = store.add_label("a", "yes", 1.0)
-    assert first is not None
+    assert isinstance(first, Joined)
     assert first.label == "yes"
-    assert store.add_label("a", "yes", 2.0) is None
-    assert store.add_label("a", "no", 3.0) is None
+    assert store.add_label("a", "yes", 2.0) == "duplicate"
+    assert store.add_label("a", "no", 3.0) == "conflict"
     assert store.counts == {"joined": 1, "duplicate": 1, "conflict": 1}
 
 
 def test_a_label_before_its_prediction_waits_briefly_then_counts_as_unmatched() -> None:
     store = JoinStore(early_ttl_s=60.0)
-    assert store.add_label("early", "yes", 0.0) is None
+    assert store.add_label("early", "yes", 0.0) == "early"
     joined = store.add_prediction("early", _prediction(1, 5.0), 5.0)
     assert joined is not None
     assert joined.label == "yes"
-    assert store.add_label("unknown", "no", 10.0) is None
+    assert store.add_label("unknown", "no", 10.0) == "early"
     store.expire(71.0)
     assert store.counts == {"early": 2, "joined": 1, "unmatched": 1}
 
@@ -52,7 +53,7 @@ def test_a_label_before_its_prediction_waits_briefly_then_counts_as_unmatched() 
 def test_a_label_after_the_ttl_finds_nothing_and_both_sides_are_counted() -> None:
     store = JoinStore(ttl_s=100.0, early_ttl_s=10.0)
     store.add_prediction("late", _prediction(1, 0.0), 0.0)
-    assert store.add_label("late", "yes", 150.0) is None  # the prediction expired at 100 s
+    assert store.add_label("late", "yes", 150.0) == "early"  # the prediction expired at 100 s
     store.expire(200.0)
     assert store.counts == {"expired": 1, "early": 1, "unmatched": 1}
     assert store.entries == 0
@@ -79,5 +80,5 @@ def test_the_byte_bound_evicts_oldest_first() -> None:
         store.add_prediction(f"k{i}", Prediction("m", "1", "yes", created_s=float(i)), float(i))
     assert store.entries == 3
     assert store.counts["evicted"] == 2
-    assert store.add_label("k0", "yes", 10.0) is None  # evicted: the label waits as early
-    assert store.add_label("k4", "yes", 10.0) is not None
+    assert store.add_label("k0", "yes", 10.0) == "early"  # evicted: the label waits as early
+    assert isinstance(store.add_label("k4", "yes", 10.0), Joined)
