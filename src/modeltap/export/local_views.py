@@ -100,37 +100,21 @@ class LocalViews:
         return False
 
     def _allowed(self, scope: Scope) -> bool:
+        """Reading the views: the token, an allow-listed peer, or the machine itself."""
         if self._has_token(scope):
             return True
-        client = scope.get("client")
-        if not client:
+        address = _peer(scope)
+        if address is None:
             return False
-        try:
-            address = ipaddress.ip_address(client[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # IPv4 clients of a dual-stack listener
-        if any(address in network for network in self._allow):
-            return True
-        # A loopback peer is the machine itself only when no proxy stands between: behind one (or
-        # under uvicorn's --forwarded-allow-ips, which rewrites the peer from X-Forwarded-For) a
-        # loopback address says nothing about who sent the request.
-        return address.is_loopback and not _forwarded(scope)
+        return any(address in network for network in self._allow) or _local(address, scope)
 
     def _write_allowed(self, scope: Scope) -> bool:
-        """Write endpoints: the token, or a loopback peer with no proxy between; an allow-list
-        grants reading only (CLARIFICATIONS: writes never depend on forwarding headers)."""
+        """Write endpoints: the token, or the machine itself; an allow-list grants reading only
+        (CLARIFICATIONS: writes never depend on forwarding headers)."""
         if self._has_token(scope):
             return True
-        client = scope.get("client")
-        try:
-            address = ipaddress.ip_address(client[0]) if client else None
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return address is not None and address.is_loopback and not _forwarded(scope)
+        address = _peer(scope)
+        return address is not None and _local(address, scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -257,6 +241,27 @@ _FORBIDDEN_WRITE = (
     b"'Authorization: Bearer <token>' (views_token, variable MODELTAP_VIEWS_TOKEN); an allow-list\n"
     b"grants reading the views only.\n"
 )
+
+
+def _peer(scope: Scope) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The peer's address (IPv4 clients of a dual-stack listener as IPv4), or None."""
+    client = scope.get("client")
+    if not client:
+        return None
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _local(address: ipaddress.IPv4Address | ipaddress.IPv6Address, scope: Scope) -> bool:
+    """A loopback peer is the machine itself only when no proxy stands between: behind one (or
+    under uvicorn's --forwarded-allow-ips, which rewrites the peer from X-Forwarded-For) a
+    loopback address says nothing about who sent the request."""
+    return address.is_loopback and not _forwarded(scope)
 
 
 def _forwarded(scope: Scope) -> bool:
