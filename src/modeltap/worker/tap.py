@@ -374,6 +374,7 @@ class Tap:
     def _run(self) -> None:
         interval = self.config.worker_interval_s
         analyzer = self.analyzer
+        applied_ratio: float | None = None  # the trace ratio last set by the WARNING boost
         while True:
             processed_before = analyzer.records_processed
             stopping = self._stop.is_set()
@@ -393,8 +394,9 @@ class Tap:
                 if boosted:  # WARNING: decode up to twice as many payloads, trace twice as many
                     self.sampling.payload_stride = max(1, self.sampling.payload_stride // 2)
                 ratio = analyzer.boost_trace_ratio(now)
-                if ratio is not None and self._sampler is not None:
-                    self._sampler.set_ratio(ratio)
+                if ratio is not None and self._sampler is not None and ratio != applied_ratio:
+                    self._sampler.set_ratio(ratio)  # only when the boost starts or ends
+                    applied_ratio = ratio
                 period = self.config.snapshot_interval_s / (2 if boosted else 1)
                 if waiters or stopping or now - self._last_publish >= period:
                     analyzer.publish(self.serving_counts(), current_scores=bool(waiters or stopping))
