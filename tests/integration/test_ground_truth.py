@@ -28,6 +28,7 @@ from tests.support.backends import ROOT, wait_for
 from tests.support.fleet_model import FEATURES, decide, drifted_rows, training_rows
 from tests.support.otlp_receiver import OtlpHttpReceiver
 from tests.support.server_process import (
+    RunningServer,
     free_port,
     otlp_settings,
     rss_bytes,
@@ -39,6 +40,7 @@ from tests.support.sidecar_process import sidecar_process
 pytestmark = pytest.mark.timeout(120)
 
 PREDICT = "/v1/models/loans:predict"
+LOANS = "tests.support.fleet_model:monitored_app"
 UVICORN = [
     sys.executable,
     "-m",
@@ -75,17 +77,25 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def _app(reference: Path, tmp_path: Path, monitor: str) -> Iterator[tuple[str, str]]:
-    """A middleware app; yields (its base URL, its feedback URL)."""
+def _server(tmp_path: Path, factory: str, **settings: str) -> Iterator[RunningServer]:
+    """`factory` (a monitored app of tests.support) under uvicorn, with these variables."""
     port = free_port()
-    command = [*UVICORN, "--factory", "tests.support.fleet_model:monitored_app", "--port", str(port)]
-    env = server_environment(
-        tmp_path / "run",
+    command = [*UVICORN, "--factory", factory, "--port", str(port)]
+    env = server_environment(tmp_path / "run", **settings)
+    with running_server(command, env, port, tmp_path / "app.log") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _app(reference: Path, tmp_path: Path, monitor: str) -> Iterator[tuple[str, str]]:
+    """The loans model with the middleware; yields (its base URL, its feedback URL)."""
+    with _server(
+        tmp_path,
+        LOANS,
         MODELTAP_REFERENCE=str(reference),
         MODELTAP_MODEL_NAME="loans",
         MODELTAP_MONITOR=monitor,
-    )
-    with running_server(command, env, port, tmp_path / "app.log") as server:
+    ) as server:
         yield server.url, server.url + "/modeltap/feedback"
 
 
@@ -298,16 +308,11 @@ def test_modeltap_feedback_uploads_a_csv_and_reports_rejections_by_line(
 def test_confusion_counts_and_label_outcomes_reach_a_real_otlp_receiver(
     reference: Path, tmp_path: Path, http_receiver: OtlpHttpReceiver
 ) -> None:
-    port = free_port()
-    command = [*UVICORN, "--factory", "tests.support.fleet_model:monitored_app", "--port", str(port)]
-    env = server_environment(
-        tmp_path / "run",
-        MODELTAP_REFERENCE=str(reference),
-        MODELTAP_MODEL_NAME="loans",
-        **otlp_settings(http_receiver.endpoint, export_interval_ms=300),
-    )
+    otlp = otlp_settings(http_receiver.endpoint, export_interval_ms=300)
     with (
-        running_server(command, env, port, tmp_path / "app.log") as server,
+        _server(
+            tmp_path, LOANS, MODELTAP_REFERENCE=str(reference), MODELTAP_MODEL_NAME="loans", **otlp
+        ) as server,
         httpx.Client(timeout=10) as client,
     ):
         rng = random.Random(2)
@@ -363,13 +368,11 @@ def test_scores_give_auc_log_loss_brier_and_an_estimate_before_the_labels(tmp_pa
     argv = ["profile", str(table), "-o", str(reference), "--target", "outcome", "--prediction", "prediction"]
     assert modeltap_main([*argv, "--score", "scores", "--model-name", "risk"]) == 0
 
-    port = free_port()
-    command = [*UVICORN, "--factory", "tests.support.binary_model:monitored_app", "--port", str(port)]
-    env = server_environment(tmp_path / "run", MODELTAP_REFERENCE=str(reference), MODELTAP_MODEL_NAME="risk")
     shifted = binary_model.rows(5000, (1.0, 0.5), seed=3)
     truth = binary_model.labels(shifted, seed=4)
+    settings = {"MODELTAP_REFERENCE": str(reference), "MODELTAP_MODEL_NAME": "risk"}
     with (
-        running_server(command, env, port, tmp_path / "app.log") as server,
+        _server(tmp_path, "tests.support.binary_model:monitored_app", **settings) as server,
         httpx.Client(timeout=10) as client,
     ):
         predicted: list[str] = []
@@ -432,16 +435,12 @@ def test_scores_give_auc_log_loss_brier_and_an_estimate_before_the_labels(tmp_pa
 def test_a_flood_of_labels_for_unknown_ids_keeps_memory_bounded_and_counts_every_one(
     reference: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    command = [*UVICORN, "--factory", "tests.support.fleet_model:monitored_app", "--port", str(port)]
-    env = server_environment(
-        tmp_path / "run",
-        MODELTAP_REFERENCE=str(reference),
-        MODELTAP_MODEL_NAME="loans",
-        MODELTAP_MONITOR="inline",
-    )
-    log = tmp_path / "app.log"
-    with running_server(command, env, port, log) as server, httpx.Client(timeout=30) as client:
+    settings = {
+        "MODELTAP_REFERENCE": str(reference),
+        "MODELTAP_MODEL_NAME": "loans",
+        "MODELTAP_MONITOR": "inline",
+    }
+    with _server(tmp_path, LOANS, **settings) as server, httpx.Client(timeout=30) as client:
         feedback_url = server.url + "/modeltap/feedback"
         assert client.post(server.url + PREDICT, json={"instances": drifted_rows(1, seed=1)}).is_success
         before = rss_bytes(server.pid)
@@ -462,15 +461,15 @@ def test_a_flood_of_labels_for_unknown_ids_keeps_memory_bounded_and_counts_every
 
 
 def test_a_rankers_mrr_and_ndcg_from_relevant_items_fed_back(tmp_path: Path) -> None:
-    port = free_port()
-    command = [*UVICORN, "--factory", "tests.support.ranker_model:monitored_app", "--port", str(port)]
-    env = server_environment(tmp_path / "run", MODELTAP_MODEL_NAME="recs", MODELTAP_RANKING_K="3")
     rng = random.Random(6)
     reciprocal: list[float] = []
     ndcgs: list[float] = []
     items = []
-    log = tmp_path / "app.log"
-    with running_server(command, env, port, log) as server, httpx.Client(timeout=10) as client:
+    ranker = "tests.support.ranker_model:monitored_app"
+    with (
+        _server(tmp_path, ranker, MODELTAP_MODEL_NAME="recs", MODELTAP_RANKING_K="3") as server,
+        httpx.Client(timeout=10) as client,
+    ):
         for i in range(40):
             users = [f"user-{i}-{j}" for j in range(3)]
             answer = client.post(
