@@ -14,7 +14,7 @@ from modeltap.errors import ConfigError
 from modeltap.fleet.dashboard import dashboard_text
 from modeltap.fleet.rules import RuleOptions, check_duration, duration_text, rules_text
 from modeltap.reference.document import load_reference
-from modeltap.stats.scores import Thresholds
+from modeltap.stats.scores import thresholds_of
 
 
 def _duration(text: str) -> str:
@@ -118,12 +118,7 @@ def run_rules(args: argparse.Namespace) -> None:
             window=window,
             cumulative=args.cumulative,
             model_name=args.model_name,
-            thresholds=Thresholds(
-                psi_warning=config.psi_warning,
-                psi_critical=config.psi_critical,
-                alpha=config.drift_alpha,
-                min_samples=config.min_samples,
-            ),
+            thresholds=thresholds_of(config),
             drift_for=every or "10m",
             latency_for=every or "10m",
             errors_for=every or "5m",

@@ -37,6 +37,8 @@ import numpy as np
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2, chi2_contingency, kstwo, kstwobign, norm
 
+from modeltap.config import ModelTapConfig
+
 PSI_FLOOR = 1e-4
 """Proportion given to an empty PSI bucket (see `psi`)."""
 
@@ -341,6 +343,17 @@ class Thresholds:
 
 
 DEFAULT_THRESHOLDS = Thresholds()
+
+
+def thresholds_of(config: ModelTapConfig) -> Thresholds:
+    """The thresholds a configuration sets (the monitor's levels and the generated rules)."""
+    return Thresholds(
+        psi_warning=config.psi_warning,
+        psi_critical=config.psi_critical,
+        alpha=config.drift_alpha,
+        min_samples=config.min_samples,
+        sigma_k=config.sigma_k,
+    )
 
 
 def _usable(value: float | None) -> float | None:

@@ -35,7 +35,7 @@ from modeltap.stats.aggregator import StateCaps
 from modeltap.stats.drift_state import WindowConfig
 from modeltap.stats.ground_truth import GroundTruth
 from modeltap.stats.join_store import JoinStore
-from modeltap.stats.scores import Level, Thresholds
+from modeltap.stats.scores import Level, thresholds_of
 from modeltap.worker.feedback import feedback_endpoint
 from modeltap.worker.pipeline import UNKNOWN, BatchPipeline
 
@@ -58,13 +58,7 @@ def statistics(config: ModelTapConfig, reference: ReferenceProfile | None) -> St
         tuple(float(b) for b in config.duration_buckets),
         reference,
         window=WindowConfig(config.window_slots, config.window_slot_s),
-        thresholds=Thresholds(
-            psi_warning=config.psi_warning,
-            psi_critical=config.psi_critical,
-            alpha=config.drift_alpha,
-            min_samples=config.min_samples,
-            sigma_k=config.sigma_k,
-        ),
+        thresholds=thresholds_of(config),
         caps=StateCaps(
             max_names=config.max_models,
             max_versions=config.max_versions_per_model,
