@@ -106,10 +106,6 @@ class Backends:
             30,
         ), self.log("prometheus")
 
-    def rule_groups(self) -> list[dict[str, Any]]:
-        groups: list[dict[str, Any]] = self.get_json(f"{self.prometheus_url}/api/v1/rules")["data"]["groups"]
-        return groups
-
     def alerts(self) -> list[dict[str, Any]]:
         alerts: list[dict[str, Any]] = self.get_json(f"{self.prometheus_url}/api/v1/alerts")["data"]["alerts"]
         return alerts

@@ -11,7 +11,6 @@ DURATION_BUCKET = "http_server_request_duration_seconds_bucket"
 DURATION_COUNT = "http_server_request_duration_seconds_count"
 DROPPED = "modeltap_capture_dropped_total"
 VIOLATIONS = "modeltap_data_quality_violations_total"
-PROXY_ERRORS = "modeltap_proxy_errors_total"
 
 MODEL = "modeltap_model_name"
 VERSION = "modeltap_model_version"
