@@ -5,6 +5,7 @@ apart from errors (11), route templates for span names and an empty inference bo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from starlette.routing import Route
 
 from modeltap import ExportConfig, SamplerConfig
 from modeltap._types import Receive, Scope, Send
+from modeltap.reference import build_profile, write_profile
 from tests.support.asgi_driver import ASGIApp, http_request_messages, make_http_scope, run_asgi
 from tests.support.tapping import BODY, START, MakeMiddleware, status_document
 
@@ -125,6 +127,40 @@ def test_every_per_row_array_of_an_answer_is_an_output(make_middleware: MakeMidd
     assert outputs["scores"]["rolling_mean"] == pytest.approx(0.5)
     assert outputs["probabilities[1]"]["rolling_mean"] == pytest.approx(0.5)
     assert outputs["prediction"]["rolling_mean"] == pytest.approx(2 / 3)
+
+
+def test_a_flat_prediction_beside_per_row_arrays_is_no_schema_violation(
+    make_middleware: MakeMiddleware, tmp_path: Path
+) -> None:
+    """The reference lists both outputs of a classifier (its class and its score): an answer that
+    carries both is complete, one that lacks the score misses one output."""
+    reference = tmp_path / "reference.json"
+    profile = build_profile(
+        {
+            "x": [float(i % 7) for i in range(200)],
+            "outcome": [i % 2 for i in range(200)],
+            "prediction": [(i // 2) % 2 for i in range(200)],
+            "scores": [0.25 + 0.5 * ((i // 2) % 2) for i in range(200)],
+        },
+        target="outcome",
+        prediction=["prediction"],
+        score="scores",
+        model_name="demo",
+    )
+    write_profile(profile, reference)
+    middleware = make_middleware(
+        answering(200, {"predictions": [0, 1], "scores": [0.3, 0.7]}), reference=str(reference)
+    )
+    for _ in range(3):
+        call(middleware, "/v1/models/demo:predict", b'{"instances": [[1.0], [2.0]]}')
+    document = status_document(middleware)
+    assert document["violations"] == {}
+    outputs = {f["name"]: f for f in document["features"] if f["role"] == "output"}
+    assert (outputs["prediction"]["window_count"], outputs["scores"]["window_count"]) == (6, 6)
+
+    lacking = make_middleware(answering(200, {"predictions": [0, 1]}), reference=str(reference))
+    call(lacking, "/v1/models/demo:predict", b'{"instances": [[1.0], [2.0]]}')
+    assert status_document(lacking)["violations"] == {"schema": 1}
 
 
 def test_plain_json_answers_get_a_rolling_mean_too(make_middleware: MakeMiddleware) -> None:

@@ -693,15 +693,10 @@ def score_calibration(
     if len(kept) < CALIBRATION_BINS:
         raise ReferenceProfileError(f"{prefix}score: too few labelled rows with a score in [0, 1]")
     calibration = fit_calibration(np.array([p for _, p in kept]), np.array([int(y) for y, _ in kept]))
-    return {
-        "column": column,
-        "positive_class": positive,
-        "calibration": {
-            "edges": list(calibration.edges),
-            "rates": list(calibration.rates),
-            "centers": list(calibration.centers),
-        },
-    }
+    fitted: dict[str, Any] = {"edges": list(calibration.edges), "rates": list(calibration.rates)}
+    if calibration.centers:  # none when a bin is empty (a score of few distinct values): one rate per bin
+        fitted["centers"] = list(calibration.centers)
+    return {"column": column, "positive_class": positive, "calibration": fitted}
 
 
 def _finite(value: Any) -> float:

@@ -226,11 +226,19 @@ class BatchPipeline:
                     self.pending_bytes += _rows_bytes(rows)
                 elif decoded.features:
                     stats.observe_columns(model, "input", decoded.features, payload_weight, accepted)
-                if decoded.output_values is not None:
+                if decoded.output_values is not None and not decoded.outputs:
                     outputs.setdefault((model, payload_weight, accepted), []).append(decoded.output_values)
                     self.pending_bytes += _ROW_BYTES * len(decoded.output_values)
-                if decoded.outputs:
-                    stats.observe_columns(model, "output", decoded.outputs, payload_weight, accepted)
+                elif decoded.outputs:
+                    # Every output of the exchange in one call: the schema check counts the
+                    # reference's outputs missing from the answer, so it must see them together.
+                    columns = decoded.outputs
+                    if decoded.output_values is not None:
+                        flat, _ = rows_to_columns(
+                            [[v] for v in decoded.output_values], (), decoded.violations
+                        )
+                        columns = {"prediction": flat.get("f0", []), **columns}
+                    stats.observe_columns(model, "output", columns, payload_weight, accepted)
                 if self.truth is not None and accepted and payload_weight:
                     self._keep_predictions(model, decoded)
                 if decoded.violations:

@@ -578,3 +578,26 @@ def test_pandas_dataframe() -> None:
     assert _feature(document, "flag")["vocabulary"] == ["false", "true"]
     with pytest.raises(ReferenceProfileError, match="duplicate column name 'a'"):
         build_profile(pd.DataFrame([[1.0, 2.0]], columns=["a", "a"]))
+
+
+def test_a_score_of_few_distinct_values_gives_a_profile_that_loads() -> None:
+    """Equal-frequency bins of a score with two values leave bins empty: the calibration keeps one
+    rate per bin (no means), and the profile parses."""
+    rows = 200
+    document = build_profile(
+        {
+            "x": [float(i % 7) for i in range(rows)],
+            "outcome": [i % 2 for i in range(rows)],
+            "prediction": [(i // 2) % 2 for i in range(rows)],
+            "scores": [0.25 + 0.5 * ((i // 2) % 2) for i in range(rows)],
+        },
+        target="outcome",
+        prediction=["prediction"],
+        score="scores",
+    )
+    calibration = document["performance"]["score"]["calibration"]
+    assert "centers" not in calibration
+    assert len(calibration["rates"]) == len(calibration["edges"]) + 1
+    reference = parse_reference(document)
+    assert reference.performance is not None
+    assert reference.performance.calibration_centers == ()
