@@ -1,11 +1,13 @@
 """`modeltap demo` end to end in a short run: the model server and the real sidecar on 127.0.0.1,
-real traffic in three phases, malformed requests throughout.
+real traffic in five phases, malformed requests throughout, labels fed back after each phase.
 
 What is checked (issue 6, CLARIFICATIONS.md: each phase judged on its own): the baseline and the
-recovery flag nothing; the covariate-shift phase flags exactly the shifted input features; the
-prior-shift phase flags the prediction; every malformed request is counted under its violation
-reason; OTLP export with `--otlp-endpoint`; clean-up of every thread and port at the end, on Ctrl-C
-and on SIGTERM; a port in use is one clear error with nothing left behind.
+recovery flag nothing; the covariate-shift phase flags exactly the shifted input features and moves
+the performance estimate before any label; the concept-drift phase flags no drift and leaves the
+estimate where it was, and only the realised performance goes CRITICAL; the prior-shift phase flags
+the prediction; every malformed request is counted under its violation reason; OTLP export with
+`--otlp-endpoint`; clean-up of every thread and port at the end, on Ctrl-C and on SIGTERM; a port in
+use is one clear error with nothing left behind.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import orjson
 import pytest
 
 from modeltap.cli import main
-from modeltap.demo.model_server import FEATURES, PREDICTION
+from modeltap.demo.model_server import FEATURES, LABEL, PREDICTION, SCORE
 from modeltap.demo.runner import Addresses, Demo, DemoOptions, run_demo
 from modeltap.demo.traffic import MALFORMED, PHASES
 from tests.support.otlp_receiver import OtlpHttpReceiver
@@ -65,11 +67,33 @@ def test_short_demo_judges_each_phase_on_its_own(
     out = io.StringIO()
     result = run_demo(DemoOptions(duration_s=6.0, rate_per_s=200, workdir=str(tmp_path)), out=out)
 
-    assert [v.phase.name for v in result.phases] == ["baseline", "covariate shift", "recovery", "prior shift"]
-    baseline, covariate, recovery, prior = result.phases
-    for quiet in (baseline, recovery):
+    assert [v.phase.name for v in result.phases] == [
+        "baseline",
+        "covariate shift",
+        "recovery",
+        "concept drift",
+        "prior shift",
+    ]
+    baseline, covariate, recovery, concept, prior = result.phases
+    for quiet in (baseline, recovery, concept):
         assert quiet.flagged_inputs == frozenset()
         assert not quiet.prediction_flagged
+    # Performance: every answered row's label joined; the estimate from the scores moved with the
+    # covariate shift before any of its labels, and stayed put under concept drift, where only
+    # the realised accuracy fell (CRITICAL: more than 5 points below the reference's).
+    for verdict in result.phases:
+        assert verdict.window_labels == verdict.traffic.rows, verdict.phase.name
+        assert verdict.traffic.labels_accepted == verdict.traffic.labels_sent == verdict.traffic.rows
+    assert covariate.baseline_accuracy is not None
+    assert covariate.estimated_accuracy is not None
+    assert covariate.estimated_accuracy - covariate.baseline_accuracy >= 0.02
+    for quiet in (baseline, recovery):
+        assert quiet.performance_level in ("OK", "INFO")
+    assert concept.estimate_moved is False
+    assert concept.performance_level == "CRITICAL"
+    assert concept.realised_accuracy is not None
+    assert concept.realised_accuracy < concept.baseline_accuracy - 0.05  # type: ignore[operator]
+    assert concept.alerts == {"performance": "critical"}
     assert covariate.flagged_inputs == SHIFTED  # exactly the shifted features
     # Detected during the phase, not before it.
     assert all(covariate.start_s <= covariate.since[name] <= covariate.end_s for name in SHIFTED)
@@ -90,15 +114,26 @@ def test_short_demo_judges_each_phase_on_its_own(
     assert re.search(
         r"prior shift .*\n.*\n    prediction drift: (WARNING|CRITICAL) \(PSI [\d.]+, detected at", summary
     )
-    assert summary.count("verdict: as expected") == 4
+    assert summary.count("verdict: as expected") == 5
+    concept_lines = re.search(r"  concept drift .*?\n(.*?)\n    verdict", summary, flags=re.DOTALL)
+    assert concept_lines is not None
+    assert "    input drift: none\n" in concept_lines.group(1)
+    assert re.search(
+        r"accuracy estimated from the scores before any label: 0\.\d+ \(baseline 0\.\d+: unchanged\)",
+        concept_lines.group(1),
+    )
+    assert re.search(
+        r"accuracy realised from \d+ labels fed back after the phase: 0\.\d+ \(CRITICAL\)",
+        concept_lines.group(1),
+    )
     # The alerts each phase set off are listed: the shifted features' in the covariate phase, the
     # prediction's in the prior shift, none in the baseline (recovery: at most the same subjects
     # again, never another).
-    assert summary.count("    alerts fired: ") == 4
+    assert summary.count("    alerts fired: ") == 5
     assert baseline.alerts == {}
     assert set(covariate.alerts) >= SHIFTED
     assert "output:prediction" in prior.alerts
-    assert set(recovery.alerts) <= SHIFTED | {"output:prediction"}
+    assert set(recovery.alerts) <= SHIFTED | {"output:prediction", "output:scores", f"label:{LABEL}"}
 
     # Malformed requests never crash anything and each is counted under its reason.
     final = result.final
@@ -112,17 +147,21 @@ def test_short_demo_judges_each_phase_on_its_own(
     assert final["proxy_errors"] == {}
     assert final["model"]["versions"] == ["1"]
 
-    # The reference is the training data's, prediction included.
+    # The reference is the validation data's: inputs, both outputs, the label and the baseline.
     reference = orjson.loads((tmp_path / "reference.json").read_bytes())
     assert final["reference"]["id"] == reference["id"]
     assert {(f["name"], f["role"]) for f in reference["features"]} == {
         *((name, "input") for name in FEATURES),
         (PREDICTION, "output"),
+        (SCORE, "output"),
+        (LABEL, "label"),
     }
-    assert (tmp_path / "train.csv").read_text().splitlines()[0].split(",") == [
+    assert reference["performance"]["score"]["column"] == SCORE
+    assert (tmp_path / "validation.csv").read_text().splitlines()[0].split(",") == [
         *FEATURES,
-        "churned",
+        LABEL,
         PREDICTION,
+        SCORE,
     ]
 
     assert result.addresses is not None
@@ -133,8 +172,10 @@ def test_short_demo_judges_each_phase_on_its_own(
 
 @pytest.mark.timeout(60)
 def test_otlp_endpoint_receives_the_demo_telemetry(
-    tmp_path: Path, threads_before: set[threading.Thread]
+    tmp_path: Path, threads_before: set[threading.Thread], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Exports every half second: the phases' windows (0.6 s each) are each seen by some export.
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "500")
     with OtlpHttpReceiver() as receiver:
         result = run_demo(
             DemoOptions(
@@ -143,9 +184,9 @@ def test_otlp_endpoint_receives_the_demo_telemetry(
             out=io.StringIO(),
         )
         # The final export happened while the sidecar shut down.
-        drift = receiver.latest_points("modeltap.drift.score")
+        drift = receiver.points("modeltap.drift.score")
         violations = receiver.latest_points("modeltap.data_quality.violations")
-    assert {p.attributes["modeltap.feature.name"] for p in drift} == {*FEATURES, PREDICTION}
+    assert {p.attributes["modeltap.feature.name"] for p in drift} == {*FEATURES, PREDICTION, SCORE, LABEL}
     exported = {str(p.attributes["modeltap.violation.reason"]): p.value for p in violations}
     for reason, count in result.traffic.malformed().items():
         assert exported[reason] == count
@@ -259,7 +300,9 @@ def test_an_interrupted_demo_leaves_nothing_in_the_temp_directory(private_tmpdir
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=_lines, args=(process.stdout, lines), daemon=True).start()
         seen: list[str] = []
-        workdir = Path(_wait_for(lines, r"^training data\s+(\S+)/train\.csv", seen).group(1))
+        workdir = Path(
+            _wait_for(lines, r"^validation data \(labelled\)\s+(\S+)/validation\.csv", seen).group(1)
+        )
         _wait_for(lines, r"^latency p50", seen)  # traffic flows
         assert workdir.parent == private_tmpdir
         assert (workdir / "reference.json").exists()  # written while it runs
@@ -317,4 +360,8 @@ def test_phases_describe_what_the_summary_judges() -> None:
     """The covariate phase shifts real features; the prior phase changes the class balance only."""
     assert SHIFTED
     assert set(FEATURES) >= SHIFTED
-    assert [p.churn_share is not None for p in PHASES] == [False, False, False, True]
+    assert [p.churn_share is not None for p in PHASES] == [False, False, False, False, True]
+    assert [p.concept is not None for p in PHASES] == [False, False, False, True, False]
+    concept = next(p for p in PHASES if p.concept)
+    assert concept.concept is not None
+    assert concept.concept[0] in FEATURES

@@ -26,6 +26,7 @@ from modeltap import ModelTapConfig, ModelTapMiddleware
 from modeltap.demo.model_server import (
     FEATURES,
     PREDICTION,
+    SCORE,
     ChurnModel,
     build_app,
     make_customers,
@@ -162,6 +163,12 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
                     break
                 assert time.monotonic() < deadline, f"no drift flagged in time: {levels}"
                 time.sleep(0.2)
+            # Outcomes for the first requests' rows (the demo names them demo-1, demo-2, ...; the
+            # first malformed one is the 20th): the performance table gets realised numbers.
+            labels = [
+                {"request_id": f"demo-{i}", "row": row, "label": 1} for i in range(1, 20) for row in range(8)
+            ]
+            assert client.post("/feedback", json=labels).json()["accepted"] == len(labels)
             assert client.get("/").headers["content-type"].startswith("text/html")
         page = f"{admin}/"
         dom = _chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", page)
@@ -177,7 +184,7 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
 
     rows = re.findall(r"<tr[^>]*><td>([^<]+)</td><td>(input|output)</td>(.*?)</tr>", dom)
     roles = {name: role for name, role, _ in rows}
-    assert roles == {**dict.fromkeys(FEATURES, "input"), PREDICTION: "output"}
+    assert roles == {**dict.fromkeys(FEATURES, "input"), PREDICTION: "output", SCORE: "output"}
     levels = {name: re.findall(r'class="cell-(\w+)"', cells) for name, _, cells in rows}
     for name in FEATURES:
         expected = (["WARNING"], ["CRITICAL"]) if name in covariate.shift else (["OK"], ["INFO"])
@@ -194,6 +201,21 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
     bars = re.search(r'id="histogram-plot"[^>]*data-bars="(\d+)"', dom)
     assert bars is not None
     assert int(bars.group(1)) == buckets[selected.group(1)]
+    # The shifted features' alerts fire (the demo fires on the first flagged snapshot).
+    alerts = re.findall(
+        r'<tr><td>(\w+)</td><td>churn · 1</td><td class="cell-(\w+)">(\w+)</td><td>(\w+)</td>', dom
+    )
+    firing = {subject: (level, severity) for subject, level, severity, state in alerts if state == "firing"}
+    assert set(firing) >= set(covariate.shift), alerts
+    assert all(firing[name] in (("WARNING", "warning"), ("CRITICAL", "critical")) for name in covariate.shift)
+    # Performance: the 152 labels joined, the estimate from the scores, the reference's baseline.
+    performance = re.search(r'<table id="performance">.*?<tbody><tr>(.*?)</tr>', dom, flags=re.DOTALL)
+    assert performance is not None
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", performance.group(1))
+    assert cells[:3] == ["churn · 1", "classification", "152"]
+    assert re.fullmatch(r"accuracy [01]\.\d{3}", cells[3]), cells  # one class sent: no AUC
+    assert re.fullmatch(r"accuracy 0\.\d{3}", cells[4]), cells
+    assert re.fullmatch(r"0\.\d{3} \(reference\)", cells[5]), cells
     # The malformed requests show up in the counters table.
     assert re.search(r"<tr><td>violation</td><td>decode_error</td><td>[1-9]\d*</td></tr>", dom)
     assert 'id="error"></span>' in dom  # the page read /status without an error

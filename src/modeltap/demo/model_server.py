@@ -3,8 +3,9 @@
 The data set is synthetic but shaped like a churn table (tenure, monthly charges, support calls,
 age, discount; the label `churned`), generated with a fixed seed so every run trains the same
 model and nothing is downloaded. The server speaks KServe V1 (`POST /v1/models/churn:predict`
-with `{"instances": [[...5 numbers...]]}`, answering `{"predictions": [p, ...]}`, the churn
-probability per row) and names its version in the `x-model-version` header.
+with `{"instances": [[...5 numbers...]]}`, answering `{"predictions": [1, 0, ...], "scores": [p,
+...]}`: per row the class it predicts (1 = churns, when p > 0.5) and the churn probability p) and
+names its version in the `x-model-version` header.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from starlette.routing import Route
 
 FEATURES = ("tenure_months", "monthly_charges", "support_calls", "age", "discount_pct")
 LABEL = "churned"
-# The KServe V1 decoder names a flat `predictions` list "prediction" (role output).
+# The KServe V1 decoder names a flat `predictions` list "prediction" (role output) and a per-row
+# array beside it by its key: the predicted class and the churn probability.
 PREDICTION = "prediction"
+SCORE = "scores"
 MODEL_NAME = "churn"
 MODEL_VERSION = "1"
 PREDICT_PATH = f"/v1/models/{MODEL_NAME}:predict"
@@ -74,9 +77,14 @@ class ChurnModel:
         result: np.ndarray = 1.0 / (1.0 + np.exp(-(z @ self.weights + self.bias)))
         return result
 
-    def predict(self, x: np.ndarray) -> list[float]:
-        """What the server answers: probabilities rounded to 6 digits."""
+    def scores(self, x: np.ndarray) -> list[float]:
+        """The churn probabilities the server answers, rounded to 6 digits."""
         return [round(float(s), 6) for s in self.predict_proba(x)]
+
+    def answer(self, x: np.ndarray) -> dict[str, list[int] | list[float]]:
+        """The response body: the predicted class (1 = churns) and its probability, per row."""
+        scores = self.scores(x)
+        return {"predictions": [int(s > 0.5) for s in scores], "scores": scores}
 
 
 def training_data(rows: int = 5000, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -84,12 +92,22 @@ def training_data(rows: int = 5000, seed: int = 7) -> tuple[np.ndarray, np.ndarr
     return x, churn_labels(x, seed)
 
 
-def write_training_csv(path: str | Path, x: np.ndarray, y: np.ndarray, predictions: list[float]) -> None:
-    """The training table as the model's owner would have it: features, label, the model's score."""
+def validation_data(rows: int = 5000, seed: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Customers held out of training, from the same population: the reference profile's rows
+    (the model's accuracy on them is the baseline; on its training rows it would look better)."""
+    return training_data(rows, seed)
+
+
+def write_training_csv(path: str | Path, x: np.ndarray, y: np.ndarray, model: ChurnModel) -> None:
+    """A labelled table as the model's owner would have it: features, label, and the model's
+    answer (its predicted class and churn probability)."""
+    answer = model.answer(x)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow([*FEATURES, LABEL, PREDICTION])
-        for row, label, score in zip(x.tolist(), y.tolist(), predictions, strict=True):
+        writer.writerow([*FEATURES, LABEL, PREDICTION, SCORE])
+        for row, label, predicted, score in zip(
+            x.tolist(), y.tolist(), answer["predictions"], answer["scores"], strict=True
+        ):
             tenure, charges, calls, age, discount = row
             writer.writerow(
                 [
@@ -99,6 +117,7 @@ def write_training_csv(path: str | Path, x: np.ndarray, y: np.ndarray, predictio
                     f"{age:.1f}",
                     f"{discount:.2f}",
                     int(label),
+                    predicted,
                     score,
                 ]
             )
@@ -117,7 +136,7 @@ def build_app(model: ChurnModel) -> Starlette:
             return JSONResponse(
                 {"error": str(exc)}, status_code=400, headers={"x-model-version": MODEL_VERSION}
             )
-        return JSONResponse({"predictions": model.predict(x)}, headers={"x-model-version": MODEL_VERSION})
+        return JSONResponse(model.answer(x), headers={"x-model-version": MODEL_VERSION})
 
     async def health(request: Request) -> Response:
         return Response("ok")
@@ -146,13 +165,13 @@ def main(argv: list[str] | None = None) -> None:
         "--write-training-data",
         metavar="CSV",
         default=None,
-        help="also write the training table (features, churned, prediction) to this CSV file",
+        help="also write the training table (features, churned, prediction, scores) to this CSV file",
     )
     args = parser.parse_args(argv)
     x, y = training_data()
     model = ChurnModel.train(x, y)
     if args.write_training_data:
-        write_training_csv(args.write_training_data, x, y, model.predict(x))
+        write_training_csv(args.write_training_data, x, y, model)
         print(f"training data written to {args.write_training_data}", flush=True)
     print(f"churn model: POST http://{args.host}:{args.port}{PREDICT_PATH}", flush=True)
     uvicorn.run(build_app(model), host=args.host, port=args.port, log_level="warning")

@@ -9,7 +9,9 @@ page, `/status` and `/metrics` are on the sidecar's admin port.
 Each phase is judged on its own traffic: the drift window is `window_slots` tumbling slots whose
 total equals the phase length, and the verdict is read right after the phase's last request and
 before the next phase's first. The window then ends at that moment and reaches back at most one
-phase length, so it holds only the phase just finished.
+phase length, so it holds only the phase just finished. The phase's labels (the real outcomes) are
+fed back between the two reads of a verdict: the first sees the performance estimated from the
+scores before any label, the second the realised performance.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from modeltap.demo.model_server import (
     LABEL,
     MODEL_NAME,
     PREDICTION,
+    SCORE,
     ChurnModel,
     build_app,
     training_data,
+    validation_data,
     write_training_csv,
 )
 from modeltap.demo.traffic import (
@@ -62,10 +66,14 @@ from modeltap.sidecar.settings import SidecarSettings
 
 # The levels reported as detected drift.
 ALERT_LEVELS = ("WARNING", "CRITICAL")
-# The `modeltap profile` command that builds the same reference from the demo's training table.
+# The `modeltap profile` command that builds the same reference from the demo's validation table.
 PROFILE_COMMAND = (
-    "modeltap profile {csv} -o {reference} --prediction prediction --numeric support_calls --exclude churned"
+    "modeltap profile {csv} -o {reference} --target churned --prediction prediction --score scores "
+    "--numeric support_calls"
 )
+# How far the accuracy estimated from the scores (before any label) must be from the baseline to
+# count as moved: the covariate shift moves it about 5 points, in-distribution traffic well under 1.
+ESTIMATE_MOVES = 0.02
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,14 @@ class PhaseVerdict:
     since: dict[str, float]  # flagged feature (or "prediction") -> flagged since (s into the run)
     traffic: PhaseTraffic
     alerts: dict[str, str] = field(default_factory=dict)  # subject -> severity, fired in this phase
+    # Performance: estimated from the scores before the phase's labels, realised after them.
+    estimated_accuracy: float | None = None
+    realised_accuracy: float | None = None
+    window_labels: int = 0
+    performance_level: str | None = None
+    baseline_accuracy: float | None = None
+    label_level: str | None = None  # the label distribution's drift (prior shift)
+    label_psi: float | None = None
 
     @property
     def flagged_inputs(self) -> frozenset[str]:
@@ -116,15 +132,35 @@ class PhaseVerdict:
         return self.prediction_level in ALERT_LEVELS
 
     @property
+    def performance_flagged(self) -> bool:
+        return self.performance_level in ALERT_LEVELS
+
+    @property
+    def estimate_moved(self) -> bool | None:
+        if self.estimated_accuracy is None or self.baseline_accuracy is None:
+            return None
+        return abs(self.estimated_accuracy - self.baseline_accuracy) >= ESTIMATE_MOVES
+
+    @property
     def as_expected(self) -> bool:
-        """Covariate shift: exactly the shifted inputs flagged. Prior shift: the prediction
-        flagged. No shift: nothing flagged, the prediction included."""
+        """Covariate shift: exactly the shifted inputs flagged, and the estimate moved before any
+        label. Prior shift: the prediction flagged. Concept drift: no drift, an estimate that
+        did not move, and the realised performance CRITICAL. No shift: nothing flagged."""
         phase = self.phase
         if phase.judged_by_inputs and self.flagged_inputs != phase.expected_inputs:
             return False
         if phase.expects_prediction_drift and not self.prediction_flagged:
             return False
-        return not (not phase.shift and phase.churn_share is None and self.prediction_flagged)
+        if phase.shift and self.estimate_moved is not True:
+            return False
+        if phase.expects_performance_drop:
+            return (
+                not self.prediction_flagged
+                and self.estimate_moved is False
+                and self.performance_level == "CRITICAL"
+            )
+        quiet = not phase.shift and phase.churn_share is None
+        return not (quiet and (self.prediction_flagged or self.performance_flagged))
 
 
 @dataclass
@@ -182,6 +218,17 @@ def render_table(
         f"proxy errors {proxy_errors:>3}",
         f"latency p50 {_ms(latency['p50'])}  p95 {_ms(latency['p95'])}  p99 {_ms(latency['p99'])}  "
         f"window {document['window_s']:g} s",
+    ]
+    performance = _performance(document)
+    if performance is not None:
+        window = performance["window"]
+        lines.append(
+            f"accuracy: realised {_number(_accuracy(window), 5)} from {window['labels']:>5} labels "
+            f"({performance['level']}), "
+            f"estimated from the scores {_number(_accuracy(performance['estimated']), 5)}, "
+            f"baseline {_number(performance['baseline']['accuracy'], 5)}"
+        )
+    lines += [
         "",
         f"{'feature':<17}{'role':<8}{'window n':>9}{'PSI':>8}{'JS':>7}{'KS p':>10}  "
         f"{'level':<9} flagged since",
@@ -196,6 +243,16 @@ def render_table(
             f"{feature['level'] or '-':<9} {flagged}"
         )
     return "\n".join(lines)
+
+
+def _performance(document: dict[str, Any]) -> dict[str, Any] | None:
+    """The demo model's performance entry in /status (one model, one version)."""
+    return next((p for p in document.get("performance", []) if p["model"] == MODEL_NAME), None)
+
+
+def _accuracy(numbers: dict[str, Any] | None) -> float | None:
+    value = (numbers or {}).get("accuracy")
+    return float(value) if value is not None else None
 
 
 def _alerts(document: dict[str, Any]) -> dict[str, str]:
@@ -243,22 +300,24 @@ class Demo:
     # ---- start ----------------------------------------------------------------------------
 
     def prepare(self) -> tuple[ChurnModel, Path]:
-        """Train the model and write the training table and its reference profile."""
+        """Train the model and write a labelled validation table and its reference profile."""
         if self.workdir is None:
             self.temporary_workdir = Path(tempfile.mkdtemp(prefix="modeltap-demo-"))
             self.workdir = self.temporary_workdir
         x, y = training_data()
         model = ChurnModel.train(x, y)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        csv_path = self.workdir / "train.csv"
-        write_training_csv(csv_path, x, y, model.predict(x))
-        # Exactly what `modeltap profile` does (PROFILE_COMMAND): the features and the model's
-        # output (role output, so the prediction's drift is monitored); the label is left out.
+        csv_path = self.workdir / "validation.csv"
+        write_training_csv(csv_path, *validation_data(), model)
+        # Exactly what `modeltap profile` does (PROFILE_COMMAND): the features, the model's answer
+        # (role output, so the prediction's drift is monitored), the label (for label drift and
+        # the baseline accuracy) and the score's calibration (for the estimate before labels).
         reference = profile_table(
             csv_path,
+            target=LABEL,
             prediction=[PREDICTION],
+            score=SCORE,
             numeric=["support_calls"],
-            exclude=[LABEL],
             model_name=MODEL_NAME,
         )
         reference_path = self.workdir / "reference.json"
@@ -507,7 +566,10 @@ def _run(
             on_ready(demo.addresses)
         started = time.monotonic()
         demo.traffic = TrafficGenerator(
-            int(demo.addresses.proxy_url.rsplit(":", 1)[1]), options.rate_per_s, result.traffic
+            int(demo.addresses.proxy_url.rsplit(":", 1)[1]),
+            options.rate_per_s,
+            result.traffic,
+            admin_port=int(demo.addresses.admin_url.rsplit(":", 1)[1]),
         )
         for index, (phase, phase_s) in enumerate(zip(options.phases, demo.phase_s, strict=True)):
             if stop.is_set():
@@ -539,13 +601,14 @@ def _banner(out: TextIO, demo: Demo, reference_path: Path) -> None:
     print(f"status page                      {a.status_page}", file=out)
     print(f"  /status JSON, Prometheus text  {a.admin_url}/status  {a.admin_url}/metrics", file=out)
     assert demo.workdir is not None
-    csv_path = demo.workdir / "train.csv"
+    csv_path = demo.workdir / "validation.csv"
     if demo.temporary_workdir is not None:
         print(
-            "training data and reference in a temporary directory, removed at the end (--workdir keeps them)",
+            "validation data and reference in a temporary directory, removed at the end "
+            "(--workdir keeps them)",
             file=out,
         )
-    print(f"training data                    {csv_path}", file=out)
+    print(f"validation data (labelled)       {csv_path}", file=out)
     print(f"reference profile                {reference_path}", file=out)
     print(f"  (the same as: {PROFILE_COMMAND.format(csv=csv_path, reference=reference_path)})", file=out)
     if options.otlp_endpoint:
@@ -564,7 +627,11 @@ def _banner(out: TextIO, demo: Demo, reference_path: Path) -> None:
         print(f"  {phase_s:5.1f} s  {phase.name:<16} {phase.note or describe(phase)}", file=out)
     print(
         f"  plus malformed requests throughout (1 in {MALFORMED_EVERY}): "
-        "truncated JSON, text for a number, a short row, NaN\n",
+        "truncated JSON, text for a number, a short row, NaN",
+        file=out,
+    )
+    print(
+        f"  each request has an x-request-id; after each phase its outcomes go to {a.admin_url}/feedback\n",
         file=out,
     )
     out.flush()
@@ -624,12 +691,21 @@ def _run_phase(
         if thread.is_alive():  # interrupted
             stop.set()
             thread.join(5)
-    # The verdict: the phase's last request is in, the next phase has not begun.
+    # The verdict: the phase's last request is in, the next phase has not begun. First what the
+    # phase's predictions say before any of its labels, then the labels (the real outcomes) are
+    # fed back and the realised performance read.
     end_s = _elapsed(started)
+    before = demo.read()
+    track(before)
+    estimated = _performance(before)
+    if not stop.is_set():
+        demo.traffic.feed_labels(phase)
     document = demo.read()
     track(document)
     alerts = _alerts(document)
     features = {f["name"]: f for f in document["features"]}
+    performance = _performance(document)
+    label_drift = next((f for f in document["features"] if f["role"] == "label"), None)
     return PhaseVerdict(
         phase=phase,
         start_s=start_s,
@@ -643,6 +719,13 @@ def _run_phase(
         since={name: since.get(name, end_s) for name, level in alerts.items() if level in ALERT_LEVELS},
         traffic=result.traffic.by_phase.get(phase.name, PhaseTraffic()),
         alerts=dict(fired),
+        estimated_accuracy=_accuracy(estimated["estimated"]) if estimated else None,
+        realised_accuracy=_accuracy(performance["window"]) if performance else None,
+        window_labels=int(performance["window"]["labels"]) if performance else 0,
+        performance_level=performance["level"] if performance else None,
+        baseline_accuracy=performance["baseline"]["accuracy"] if performance else None,
+        label_level=label_drift["level"] if label_drift else None,
+        label_psi=label_drift["psi"] if label_drift else None,
     )
 
 
@@ -658,6 +741,26 @@ def _flagged(verdict: PhaseVerdict, names: frozenset[str] | set[str]) -> str:
         f"{name} ({verdict.levels[name]}, PSI {verdict.psi.get(name) or 0:.2f}, {_when(verdict, name)})"
         for name in sorted(names)
     )
+
+
+def _performance_lines(verdict: PhaseVerdict) -> list[str]:
+    """The estimate before the phase's labels, the realised accuracy after them, label drift."""
+    lines: list[str] = []
+    base = verdict.baseline_accuracy
+    if verdict.estimated_accuracy is not None:
+        moved = verdict.estimate_moved
+        change = f" (baseline {base:.3f}: {'moved' if moved else 'unchanged'})" if base is not None else ""
+        estimated = verdict.estimated_accuracy
+        lines.append(f"    accuracy estimated from the scores before any label: {estimated:.3f}{change}")
+    if verdict.realised_accuracy is not None:
+        lines.append(
+            f"    accuracy realised from {verdict.window_labels} labels fed back after the phase: "
+            f"{verdict.realised_accuracy:.3f} ({verdict.performance_level})"
+        )
+    if verdict.label_level is not None:
+        psi = f"PSI {verdict.label_psi:.2f}" if verdict.label_psi is not None else "PSI -"
+        lines.append(f"    label drift ({LABEL}): {verdict.label_level} ({psi})")
+    return lines
 
 
 def summarize(result: DemoResult) -> str:
@@ -703,6 +806,7 @@ def summarize(result: DemoResult) -> str:
                 else ""
             )
             lines.append(f"    churn share sent {share:.0%}{change}, mean predicted churn {mean:.2f}")
+        lines += _performance_lines(verdict)
         fired = ", ".join(f"{subject} ({severity})" for subject, severity in sorted(verdict.alerts.items()))
         lines.append(f"    alerts fired: {fired or 'none'}")
         lines.append(f"    verdict: {'as expected' if verdict.as_expected else 'NOT as expected'}")
@@ -714,6 +818,12 @@ def summarize(result: DemoResult) -> str:
         lines.append(
             f"  requests: {stats.total('sent')} sent, {stats.total('failed')} failed to send; "
             f"seen by the sidecar: {final['requests']['total']}, dropped {final['requests']['dropped']}"
+        )
+        labels = final.get("labels") or {}
+        lines.append(
+            f"  labels fed back: {stats.total('labels_sent')}, accepted {stats.total('labels_accepted')}; "
+            "counted by the monitor: "
+            + (", ".join(f"{reason} {n}" for reason, n in sorted(labels.items())) or "none")
         )
         lines.append(
             "  malformed requests sent: "
@@ -742,8 +852,8 @@ def summarize(result: DemoResult) -> str:
             "  clean-up: the traffic, the sidecar and the model server stopped; their ports are closed"
         )
     if result.workdir_removed:
-        lines.append("  training data and reference profile removed with their temporary directory")
+        lines.append("  validation data and reference profile removed with their temporary directory")
         lines.append("  (run with --workdir DIR to keep them)")
     elif result.workdir is not None:
-        lines.append(f"  training data and reference profile kept in {result.workdir}")
+        lines.append(f"  validation data and reference profile kept in {result.workdir}")
     return "\n".join(lines)

@@ -6,9 +6,17 @@ spread through all of them.
   rise) and `support_calls` up by 1.5 (an outage); the other features are untouched. Exactly the
   shifted features must be flagged; the prediction moves too, since it depends on them.
 - **recovery**: like the baseline again; once the window has turned over, nothing is flagged.
+- **concept drift**: the customers are drawn exactly as in training, but who churns changed: for
+  customers paying over 90 a month (about 16 %) the outcome is the opposite of what it used to be.
+  The inputs, the prediction and the estimate from the scores cannot see it; only the labels can.
 - **prior shift**: the class balance changes, not the customers: rows are drawn conditioned on the
   label so that the share of churners rises from the training set's ~40 % to 80 %. Every feature
   that carries class information moves with it; the check is the prediction's drift.
+
+Every request carries an `x-request-id`; the real outcome of every answered row is fed back to the
+sidecar's `/feedback` after the phase's traffic (labels arrive later than predictions), so each
+phase is judged twice: before its labels (drift, and the performance estimated from the scores)
+and after (the realised performance).
 
 One request in `MALFORMED_EVERY` is malformed, cycling through four kinds the model answers 400
 (or, for a NaN token, 200): each must be counted as a data-quality violation of its reason.
@@ -25,11 +33,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from modeltap.demo.model_server import PREDICT_PATH, churn_labels, make_customers
+from modeltap.demo.model_server import FEATURES, PREDICT_PATH, churn_labels, make_customers
 
 ROWS_PER_REQUEST = 8
 MALFORMED_EVERY = 20
 POOL_ROWS = 50_000
+LABELS_PER_POST = 1000  # well under the feedback endpoint's 1 MiB body limit
 
 # (violation reason modeltap counts it under, body)
 MALFORMED: tuple[tuple[str, bytes], ...] = (
@@ -46,6 +55,8 @@ class Phase:
     share: float  # of the run's duration
     shift: dict[str, float] = field(default_factory=dict)  # feature -> mean shift in std units
     churn_share: float | None = None  # sample conditioned on the label to this share of churners
+    # Concept drift: the outcome flips for customers whose feature is above this value.
+    concept: tuple[str, float] | None = None
     note: str = ""
 
     @property
@@ -58,6 +69,11 @@ class Phase:
         return self.churn_share is not None
 
     @property
+    def expects_performance_drop(self) -> bool:
+        """Concept drift: only the realised performance may show it."""
+        return self.concept is not None
+
+    @property
     def judged_by_inputs(self) -> bool:
         """A prior shift legitimately moves every class-informative feature: only its prediction
         drift is judged (CLARIFICATIONS.md, issue 6)."""
@@ -65,15 +81,22 @@ class Phase:
 
 
 PHASES = (
-    Phase("baseline", 1 / 4, note="customers like the training data"),
+    Phase("baseline", 1 / 5, note="customers like the training data"),
     Phase(
         "covariate shift",
-        1 / 4,
+        1 / 5,
         shift={"monthly_charges": 1.0, "support_calls": 1.5},
         note="price rise (+1 sd monthly_charges) and an outage (+1.5 sd support_calls)",
     ),
-    Phase("recovery", 1 / 4, note="customers like the training data again: the window forgets"),
-    Phase("prior shift", 1 / 4, churn_share=0.8, note="the share of churners doubles, to 80 %"),
+    Phase("recovery", 1 / 5, note="customers like the training data again: the window forgets"),
+    Phase(
+        "concept drift",
+        1 / 5,
+        concept=("monthly_charges", 90.0),
+        note="customers like the training data, but a rival's offer reverses who leaves among "
+        "those paying over 90 a month",
+    ),
+    Phase("prior shift", 1 / 5, churn_share=0.8, note="the share of churners doubles, to 80 %"),
 )
 
 
@@ -87,8 +110,11 @@ class PhaseTraffic:
     churners: int = 0
     malformed: dict[str, int] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
-    prediction_sum: float = 0.0
+    prediction_sum: float = 0.0  # of the churn probabilities answered
     predictions: int = 0
+    labels_sent: int = 0
+    labels_accepted: int = 0
+    labels_rejected: int = 0
 
     @property
     def churn_share(self) -> float | None:
@@ -121,14 +147,18 @@ class CustomerSource:
     def __init__(self, phase: Phase, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
         x = make_customers(POOL_ROWS, seed, shift=phase.shift)
-        y = churn_labels(x, seed)  # the same P(churn | customer) as in training
+        y = churn_labels(x, seed)  # the same P(churn | customer) as in training...
+        if phase.concept is not None:  # ...except where the concept changed
+            feature, above = phase.concept
+            flipped = x[:, FEATURES.index(feature)] > above
+            y = np.where(flipped, 1.0 - y, y)
         self._x, self._y = x, y
         self._share = phase.churn_share
         self._churners = np.flatnonzero(y == 1.0)
         self._stayers = np.flatnonzero(y == 0.0)
 
-    def draw(self, rows: int) -> tuple[np.ndarray, int]:
-        """`rows` customers and how many of them churn."""
+    def draw(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """`rows` customers and whether each churns (1.0) or stays (0.0)."""
         if self._share is None:
             index = self._rng.integers(0, len(self._x), rows)
         else:
@@ -138,19 +168,30 @@ class CustomerSource:
                 self._churners[self._rng.integers(0, len(self._churners), rows)],
                 self._stayers[self._rng.integers(0, len(self._stayers), rows)],
             )
-        return self._x[index], int(self._y[index].sum())
+        return self._x[index], self._y[index]
 
 
 class TrafficGenerator:
-    """Sends one phase at a time at a steady rate over one keep-alive connection."""
+    """Sends one phase at a time at a steady rate over one keep-alive connection, then feeds the
+    phase's real outcomes back to the sidecar's admin port (`/feedback`)."""
 
-    def __init__(self, port: int, rate_per_s: float, stats: TrafficStats, seed: int = 100) -> None:
+    def __init__(
+        self,
+        port: int,
+        rate_per_s: float,
+        stats: TrafficStats,
+        seed: int = 100,
+        admin_port: int | None = None,
+    ) -> None:
         self._port = port
+        self._admin_port = admin_port
         self._rate = rate_per_s
         self._stats = stats
         self._seed = seed
         self._connection = self._connect()
         self._requests = 0
+        # The outcomes of the phase's answered rows, keyed by the request id the client sent.
+        self._labels: list[dict[str, object]] = []
 
     def _connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self._port, timeout=5)
@@ -160,7 +201,6 @@ class TrafficGenerator:
         self._stats.phase = phase.name
         source = CustomerSource(phase, self._seed)
         self._seed += 1
-        headers = {"content-type": "application/json"}
         interval = 1.0 / self._rate
         started = time.monotonic()
         end = started + duration_s
@@ -174,12 +214,14 @@ class TrafficGenerator:
                 break
             k += 1
             self._requests += 1
+            request_id = f"demo-{self._requests}"
+            headers = {"content-type": "application/json", "x-request-id": request_id}
             malformed: str | None = None
-            churners = 0
+            outcomes = np.empty(0)
             if self._requests % MALFORMED_EVERY == 0:
                 malformed, body = MALFORMED[(self._requests // MALFORMED_EVERY) % len(MALFORMED)]
             else:
-                rows, churners = source.draw(ROWS_PER_REQUEST)
+                rows, outcomes = source.draw(ROWS_PER_REQUEST)
                 body = orjson.dumps({"instances": np.round(rows, 3).tolist()})
             try:
                 self._connection.request("POST", PREDICT_PATH, body=body, headers=headers)
@@ -196,10 +238,43 @@ class TrafficGenerator:
                 stats.malformed[malformed] = stats.malformed.get(malformed, 0) + 1
             elif response.status == 200:
                 stats.rows += ROWS_PER_REQUEST
-                stats.churners += churners
-                predictions = orjson.loads(payload).get("predictions", [])
-                stats.prediction_sum += math.fsum(float(p) for p in predictions)
-                stats.predictions += len(predictions)
+                stats.churners += int(outcomes.sum())
+                scores = orjson.loads(payload).get("scores", [])
+                stats.prediction_sum += math.fsum(float(p) for p in scores)
+                stats.predictions += len(scores)
+                self._labels.extend(
+                    {"request_id": request_id, "row": row, "label": int(outcome)}
+                    for row, outcome in enumerate(outcomes.tolist())
+                )
+
+    def feed_labels(self, phase: Phase) -> None:
+        """Send the phase's outcomes to the sidecar's `/feedback`, as a labelling job would later."""
+        stats = self._stats.by_phase.setdefault(phase.name, PhaseTraffic())
+        labels, self._labels = self._labels, []
+        if self._admin_port is None or not labels:
+            return
+        connection = http.client.HTTPConnection("127.0.0.1", self._admin_port, timeout=10)
+        try:
+            for start in range(0, len(labels), LABELS_PER_POST):
+                chunk = labels[start : start + LABELS_PER_POST]
+                stats.labels_sent += len(chunk)
+                try:
+                    connection.request(
+                        "POST",
+                        "/feedback",
+                        body=orjson.dumps(chunk),
+                        headers={"content-type": "application/json"},
+                    )
+                    response = connection.getresponse()
+                    answer = orjson.loads(response.read()) if response.status == 200 else {}
+                except (OSError, http.client.HTTPException, orjson.JSONDecodeError):
+                    connection.close()
+                    answer = {}
+                accepted = int(answer.get("accepted", 0)) + int(answer.get("duplicates", 0))
+                stats.labels_accepted += accepted
+                stats.labels_rejected += len(chunk) - accepted
+        finally:
+            connection.close()
 
     def close(self) -> None:
         self._connection.close()
@@ -210,4 +285,7 @@ def describe(phase: Phase) -> str:
         return ", ".join(f"{name} {sigma:+g} sd" for name, sigma in phase.shift.items())
     if phase.churn_share is not None:
         return f"churn share -> {phase.churn_share:.0%}"
+    if phase.concept is not None:
+        feature, above = phase.concept
+        return f"inputs as in training, outcome flipped where {feature} > {above:g}"
     return "as in training"
