@@ -174,6 +174,25 @@ class ServingCounts:
     payload_sampling_stride: int = 1
     feeders: tuple[int, ...] = ()
     control: tuple[tuple[str, float], ...] = ()
+    # The rollback switch as the data planes report it: (processes, on the fallback, cause, by,
+    # since); None where no process has one.
+    route: tuple[int, int, str, str, float | None] | None = None
+
+
+@dataclass(frozen=True)
+class RollbackView:
+    """The sidecar's rollback switch: where new requests go, why, since when, and in how many of
+    its data-plane processes; `requested` is what was last asked of them."""
+
+    fallback_upstream: str
+    auto: str  # off | emergency
+    active: bool
+    processes: int
+    on_fallback: int
+    cause: str
+    by: str  # operator | auto
+    since_unix_s: float | None
+    requested: str | None  # primary | fallback | None (nothing asked since the monitor started)
 
 
 @dataclass(frozen=True)
@@ -254,3 +273,5 @@ class Snapshot:
     notifications: tuple[tuple[str, int], ...] = ()
     # WARNING's response in effect: (until, unix seconds; why), or None.
     boost: tuple[float, str] | None = None
+    # The sidecar's rollback switch, when it has a fallback upstream.
+    rollback: RollbackView | None = None

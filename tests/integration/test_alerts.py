@@ -5,10 +5,7 @@ data path nothing."""
 from __future__ import annotations
 
 import contextlib
-import http.server
-import json
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,48 +19,10 @@ from tests.support.backends import ROOT, wait_for
 from tests.support.fleet_model import drifted_rows, training_rows, write_reference
 from tests.support.server_process import free_port, running_server, server_environment
 from tests.support.sidecar_process import SidecarProcess, sidecar_process
+from tests.support.webhook import webhook
 
 pytestmark = pytest.mark.timeout(120)
 PREDICT = "/v1/models/loans:predict"
-
-
-class _Webhook(http.server.ThreadingHTTPServer):
-    def __init__(self, hang_s: float = 0.0) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.received: list[dict[str, Any]] = []
-        self.hang_s = hang_s
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Webhook
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        if self.server.hang_s:
-            time.sleep(self.server.hang_s)
-        self.server.received.append(json.loads(body))
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _webhook(hang_s: float = 0.0) -> Iterator[_Webhook]:
-    server = _Webhook(hang_s)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _send(client: httpx.Client, url: str, rows: list[dict[str, Any]], seconds: float) -> int:
@@ -113,7 +72,7 @@ def _until(client: httpx.Client, url: str, rows: list[dict[str, Any]], done: Any
 
 
 def test_drift_fires_one_grouped_critical_notification_and_resolves_after_recovery(tmp_path: Path) -> None:
-    with _webhook() as hook, _fleet(tmp_path, hook.url) as sidecar, httpx.Client(timeout=10) as client:
+    with webhook() as hook, _fleet(tmp_path, hook.url) as sidecar, httpx.Client(timeout=10) as client:
         url = sidecar.url
         assert _send(client, url, training_rows(3000, seed=40), 3.0) == 0
 
@@ -150,7 +109,7 @@ def test_drift_fires_one_grouped_critical_notification_and_resolves_after_recove
 
 def test_a_hanging_receiver_costs_the_data_path_nothing(tmp_path: Path) -> None:
     with (
-        _webhook(hang_s=30.0) as hook,
+        webhook(hang_s=30.0) as hook,
         _fleet(tmp_path, hook.url) as sidecar,
         httpx.Client(timeout=10) as client,
     ):
@@ -173,7 +132,7 @@ def test_a_hanging_receiver_costs_the_data_path_nothing(tmp_path: Path) -> None:
 
 
 def test_a_real_alertmanager_gets_the_alert_with_the_rules_labels_and_its_resolution(tmp_path: Path) -> None:
-    with _webhook() as hook, alertmanager(tmp_path, hook.url) as am_url:
+    with webhook() as hook, alertmanager(tmp_path, hook.url) as am_url:
         env_extra = {"MODELTAP_ALERTMANAGER": am_url}
         with _fleet(tmp_path, None, env_extra) as sidecar, httpx.Client(timeout=10) as client:
 
@@ -219,7 +178,7 @@ def test_a_warning_raises_monitoring_for_a_bounded_time(tmp_path: Path) -> None:
         "OTEL_TRACES_SAMPLER_ARG": "0.1",
     }
     with (
-        _webhook() as hook,
+        webhook() as hook,
         _fleet(tmp_path, hook.url, extra) as sidecar,
         httpx.Client(timeout=10) as client,
     ):

@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "export": set(),
     "handoff": {"capture", "export"},
     "worker": {"capture", "protocols", "reference", "stats", "export", "handoff", "alerts"},
-    "monitor": {"capture", "protocols", "reference", "stats", "export", "handoff", "worker"},
+    "monitor": {"capture", "protocols", "reference", "stats", "export", "handoff", "worker", "alerts"},
     "middleware": {"capture", "protocols", "reference", "stats", "export", "handoff", "worker"},
     "demo": {"capture", "protocols", "reference", "stats", "export", "worker", "middleware", "sidecar"},
     "sidecar": {
@@ -37,6 +37,7 @@ ALLOWED: dict[str, set[str]] = {
         "worker",
         "middleware",
         "monitor",
+        "alerts",
     },
     "cli": {"demo", "middleware", "reference", "stats", "export", "sidecar", "monitor", "fleet", "client"},
     "__init__": {"middleware", "reference"},

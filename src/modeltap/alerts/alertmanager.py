@@ -27,6 +27,11 @@ ALERT_NAMES = {
 }
 
 
+def format_time(unix_s: float) -> str:
+    """Alertmanager's timestamps: RFC 3339 in UTC."""
+    return _time(unix_s)
+
+
 def _time(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s, timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -109,6 +114,22 @@ class AlertmanagerSender:
         ends = _time(to_unix(now + 4 * RESEND_S))
         batch = [{**document, "endsAt": ends} for document in self._firing.values()]
         self.poster.offer(batch)
+
+    def hold(
+        self, key: AlertKey, document: dict[str, Any], now: float, to_unix: Callable[[float], float]
+    ) -> None:
+        """An alert of modeltap's own (the rollback switch): sent now and kept alive until `drop`."""
+        if not self.enabled:
+            return
+        document = {**document, "endsAt": _time(to_unix(now + 4 * RESEND_S))}
+        self._firing[key] = document
+        self.poster.offer([document])
+
+    def drop(self, key: AlertKey, now: float, to_unix: Callable[[float], float]) -> None:
+        """End what `hold` keeps alive (sent once more, with `endsAt` now)."""
+        document = self._firing.pop(key, None)
+        if document is not None and self.enabled:
+            self.poster.offer([{**document, "endsAt": _time(to_unix(now))}])
 
     def close(self, timeout_s: float) -> None:
         self.poster.close(timeout_s)

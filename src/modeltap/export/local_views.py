@@ -28,7 +28,14 @@ from modeltap.snapshot import Snapshot
 ViewAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
 # Labels in: (body, content type) -> (status, JSON answer); runs on a thread of its own.
 FeedbackEndpoint = Callable[[bytes, str], tuple[int, bytes]]
+# Any write endpoint (POST): the same shape. A read endpoint (GET): () -> (status, JSON answer).
+WriteEndpoint = FeedbackEndpoint
+ReadEndpoint = Callable[[], tuple[int, bytes]]
 MAX_FEEDBACK_BYTES = 1024 * 1024
+# POST endpoints (write access: the token, or the machine itself): labels in, a fire drill, the
+# sidecar's rollback switch. GET endpoints beside the views: the last fire drill's report.
+WRITE_PATHS = frozenset({"/feedback", "/drill", "/rollback", "/rollback/cancel"})
+READ_PATHS = frozenset({"/drill"})
 
 
 class RemoteViews(Protocol):
@@ -65,6 +72,8 @@ class LocalViews:
         remote: RemoteViews | None = None,
         trust_peer: bool = False,
         feedback: FeedbackEndpoint | None = None,
+        writes: dict[str, WriteEndpoint] | None = None,
+        reads: dict[str, ReadEndpoint] | None = None,
     ) -> None:
         self._prefix = prefix
         self._slash_prefix = prefix + "/"
@@ -74,7 +83,25 @@ class LocalViews:
         self._allow = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in allow)
         self.remote = remote
         self._trust_peer = trust_peer
-        self.feedback = feedback
+        self.writes: dict[str, WriteEndpoint] = dict(writes or {})
+        self.reads: dict[str, ReadEndpoint] = dict(reads or {})
+        if feedback is not None:
+            self.writes["/feedback"] = feedback
+
+    @property
+    def feedback(self) -> FeedbackEndpoint | None:
+        return self.writes.get("/feedback")
+
+    @feedback.setter
+    def feedback(self, endpoint: FeedbackEndpoint | None) -> None:
+        if endpoint is None:
+            self.writes.pop("/feedback", None)
+        else:
+            self.writes["/feedback"] = endpoint
+
+    def write_allowed(self, scope: Scope) -> bool:
+        """Whether this client may use the write endpoints (see `_write_allowed`)."""
+        return self._trust_peer or self._write_allowed(scope)
 
     def handles(self, scope: Scope) -> bool:
         path: str = scope["path"]
@@ -122,8 +149,10 @@ class LocalViews:
         if root and path.startswith(root):
             path = path[len(root) :]
         sub = path[len(self._prefix) :]
-        if sub in ("/feedback", "/feedback/"):
-            await self._feedback(scope, receive, send, sub)
+        endpoint = sub.rstrip("/") if sub != "/" else sub
+        method = scope.get("method")
+        if endpoint in WRITE_PATHS and not (method in ("GET", "HEAD") and endpoint in READ_PATHS):
+            await self._write(scope, receive, send, endpoint)
             return
         if not self._trust_peer and not self._allowed(scope):
             await _respond(send, 403, _FORBIDDEN, "text/plain; charset=utf-8")
@@ -139,6 +168,14 @@ class LocalViews:
             status, headers, body = await remote(sub, scope.get("query_string", b""))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": b"" if head else body})
+            return
+        if endpoint in READ_PATHS:
+            read = self.reads.get(endpoint)
+            if read is None:
+                await _respond(send, 404, b"not served here\n", "text/plain; charset=utf-8")
+                return
+            status, answer = read()
+            await _respond(send, status, answer, "application/json", head=head)
             return
         if sub in ("", "/"):
             await _respond(
@@ -163,10 +200,11 @@ class LocalViews:
         else:
             await _respond(send, 404, b"not found\n", "text/plain; charset=utf-8")
 
-    async def _feedback(self, scope: Scope, receive: Receive, send: Send, sub: str) -> None:
+    async def _write(self, scope: Scope, receive: Receive, send: Send, sub: str) -> None:
         text = "text/plain; charset=utf-8"
         if scope.get("method") != "POST":
-            await _respond(send, 405, b"method not allowed: POST labels here\n", text, [(b"allow", b"POST")])
+            what = b"POST labels here" if sub == "/feedback" else b"POST here"
+            await _respond(send, 405, b"method not allowed: " + what + b"\n", text, [(b"allow", b"POST")])
             return
         if not self._trust_peer and not self._write_allowed(scope):
             await _respond(send, 403, _FORBIDDEN_WRITE, text)
@@ -198,11 +236,12 @@ class LocalViews:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": answer})
             return
-        if self.feedback is None:
-            await _respond(send, 404, b"feedback is not served here\n", text)
+        endpoint = self.writes.get(sub)
+        if endpoint is None:
+            await _respond(send, 404, f"{sub.lstrip('/')} is not served here\n".encode(), text)
             return
         loop = asyncio.get_running_loop()
-        status, answer = await loop.run_in_executor(None, self.feedback, bytes(body), content_type)
+        status, answer = await loop.run_in_executor(None, endpoint, bytes(body), content_type)
         await _respond(send, status, answer, "application/json")
 
 

@@ -164,6 +164,8 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             for a in snap.alerts
         ],
         "notifications": dict(snap.notifications),
+        # The sidecar's rollback switch (null without --fallback-upstream).
+        "rollback": rollback_document(snap),
         "monitoring": {
             "queue_depth": mon.queue_depth,
             "queue_bytes": mon.queue_bytes,
@@ -185,6 +187,23 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             # WARNING's response in effect: monitoring raised until `until_unix_s`, and why.
             "boost": {"until_unix_s": snap.boost[0], "reason": snap.boost[1]} if snap.boost else None,
         },
+    }
+
+
+def rollback_document(snap: Snapshot) -> dict[str, Any] | None:
+    view = snap.rollback
+    if view is None:
+        return None
+    return {
+        "fallback_upstream": view.fallback_upstream,
+        "auto": view.auto,
+        "active": view.active,
+        "processes": view.processes,
+        "on_fallback": view.on_fallback,
+        "cause": view.cause or None,
+        "by": view.by or None,
+        "since_unix_s": view.since_unix_s,
+        "requested": view.requested,
     }
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from modeltap._types import Receive, Scope, Send
 from modeltap.config import ModelTapConfig
-from modeltap.export.local_views import FeedbackEndpoint, LocalViews
+from modeltap.export.local_views import FeedbackEndpoint, LocalViews, ReadEndpoint, WriteEndpoint
 from modeltap.snapshot import Snapshot
 
 _log = logging.getLogger("modeltap.sidecar")
@@ -25,13 +25,23 @@ MAX_NOTED_FAILURES = 16
 
 
 class Readiness:
-    """Upstream reachability from periodic TCP connects, plus the draining flag."""
+    """Upstream reachability from periodic TCP connects, plus the draining flag. After a rollback
+    (`use_fallback`) the fallback upstream is the one probed: it is where requests go."""
 
     def __init__(
-        self, host: str, port: int, *, interval_s: float, failures_to_fail: int, timeout_s: float
+        self,
+        host: str,
+        port: int,
+        *,
+        interval_s: float,
+        failures_to_fail: int,
+        timeout_s: float,
+        fallback: tuple[str, int] | None = None,
     ) -> None:
         self._host = host
         self._port = port
+        self._fallback = fallback
+        self.use_fallback = False
         self._interval_s = interval_s
         self._failures_to_fail = failures_to_fail
         self._timeout_s = timeout_s
@@ -58,10 +68,11 @@ class Readiness:
                 self.upstream_ok = False
 
     async def probe_once(self) -> bool:
+        host, port = self._host, self._port
+        if self.use_fallback and self._fallback is not None:
+            host, port = self._fallback
         try:
-            _reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port), self._timeout_s
-            )
+            _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self._timeout_s)
         except (OSError, asyncio.TimeoutError):
             self._record(False)
             return False
@@ -90,11 +101,16 @@ class Readiness:
 
 
 def admin_views(
-    snapshot: Callable[[], Snapshot], config: ModelTapConfig, feedback: FeedbackEndpoint | None = None
+    snapshot: Callable[[], Snapshot],
+    config: ModelTapConfig,
+    feedback: FeedbackEndpoint | None = None,
+    writes: dict[str, WriteEndpoint] | None = None,
+    reads: dict[str, ReadEndpoint] | None = None,
 ) -> LocalViews:
     """The views of the admin port: reachable by whoever can reach where it is bound (the
-    operator chose that); a token, when set, is still required. `POST /feedback` (labels in)
-    answers loopback clients, or any client with the token."""
+    operator chose that); a token, when set, is still required. The write endpoints (`POST
+    /feedback`, `/drill`, `/rollback`, `/rollback/cancel`) answer loopback clients, or any client
+    with the token."""
     return LocalViews(
         "",
         snapshot,
@@ -102,6 +118,8 @@ def admin_views(
         token=config.views_token,
         allow=("0.0.0.0/0", "::/0") if config.views_token is None else config.views_allow,
         feedback=feedback,
+        writes=writes,
+        reads=reads,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from modeltap.alerts.rollback import RouteReport, route_report
 from modeltap.handoff import framing
 from modeltap.snapshot import ServingCounts
 
@@ -164,6 +165,11 @@ class Feeders:
             values = [self._forgotten.get(key, 0), *(doc.get(key, 0) for doc in self._last.values())]
         return sum(int(v) for v in values if isinstance(v, (int, float)))
 
+    def route_report(self) -> RouteReport | None:
+        """The rollback switch as the live data planes report it (None: none has one)."""
+        with self.lock:
+            return route_report([feeder.counts for feeder in self.live])
+
     def snapshot_live(self) -> list[Feeder]:
         with self.lock:
             return list(self.live)
@@ -210,6 +216,7 @@ class Feeders:
             payload_sampling_stride=max((int(c.get("payload_sampling_stride", 1)) for c in live), default=1),
             feeders=pids,
             control=tuple(sorted(control.items())),
+            route=_route(live),
         )
 
 
@@ -302,3 +309,11 @@ def _json(payload: memoryview) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return document if isinstance(document, dict) else None
+
+
+def _route(live: list[dict[str, Any]]) -> tuple[int, int, str, str, float | None] | None:
+    """The rollback switch as the live data planes report it."""
+    report = route_report(live)
+    if report is None:
+        return None
+    return report.processes, report.on_fallback, report.cause, report.by, report.since_unix_s

@@ -30,6 +30,7 @@ from typing import Any
 import uvicorn
 from opentelemetry.sdk.resources import Resource
 
+from modeltap.alerts.rollback import FALLBACK, PRIMARY, rollback_endpoint
 from modeltap.config import ModelTapConfig
 from modeltap.export.local_views import LocalViews
 from modeltap.handoff import framing
@@ -102,6 +103,11 @@ class Monitor:
         config = self.config
         reference = load_reference(config.reference) if config.reference else None
         self.analyzer = Analyzer(config, reference, mode="process")
+        admin = self._document.get("admin")
+        if isinstance(admin, dict) and isinstance(admin.get("fallback_upstream"), str):
+            # A sidecar with a rollback switch: this monitor asks its data planes to turn it.
+            auto = str(admin.get("auto_rollback", "off"))
+            self.analyzer.rollback.configure(admin["fallback_upstream"], auto)
         resource = self._document.get("resource")
         self.analyzer.start(
             base_resource=Resource(resource) if isinstance(resource, dict) else None,
@@ -197,6 +203,8 @@ class Monitor:
             model_name=config.model_name,
             trust_peer=True,
             feedback=self.analyzer.feedback,
+            writes=self.analyzer.writes(),
+            reads=self.analyzer.reads(),
         )
         settings = uvicorn.Config(
             app,
@@ -221,16 +229,25 @@ class Monitor:
         except (KeyError, ValueError, OSError) as exc:
             _log.error("modeltap monitor: the admin port was not handed over: %s", exc)
             return None
+        fallback = admin.get("fallback_address")
         readiness = self.readiness = Readiness(
             str(admin["upstream_host"]),
             int(admin["upstream_port"]),
             interval_s=float(admin["probe_interval_s"]),
             failures_to_fail=int(admin["readiness_failures"]),
             timeout_s=float(admin["probe_timeout_s"]),
+            fallback=(str(fallback[0]), int(fallback[1])) if isinstance(fallback, list) else None,
         )
         readiness.start()
+        analyzer = self.analyzer
+        views = admin_views(
+            analyzer.latest_snapshot, config, analyzer.feedback, analyzer.writes(), analyzer.reads()
+        )
+        report = self.feeders.route_report
+        views.writes["/rollback"] = rollback_endpoint(analyzer.rollback, FALLBACK, report)
+        views.writes["/rollback/cancel"] = rollback_endpoint(analyzer.rollback, PRIMARY, report)
         settings = uvicorn.Config(
-            AdminApp(admin_views(self.analyzer.latest_snapshot, config, self.analyzer.feedback), readiness),
+            AdminApp(views, readiness),
             http="httptools",
             lifespan="off",
             log_config=None,
@@ -246,6 +263,8 @@ class Monitor:
         if readiness is None:
             return
         readiness.draining = self.feeders.any_live("draining")
+        route = self.feeders.route_report()
+        readiness.use_fallback = route is not None and route.active
         failures = self.feeders.total("connect_failures")
         for _ in range(min(MAX_NOTED_FAILURES, failures - self._connect_failures)):
             readiness.note_connect_failure()
@@ -377,10 +396,15 @@ class Monitor:
         self.control = {"payload_stride": float(stride)} if stride > 1 else {}
         if boosted and ratio is not None:
             self.control["trace_ratio"] = ratio
+        rollback = self.analyzer.rollback if self.analyzer is not None else None
         for feeder in self.feeders.snapshot_live():
             document: dict[str, Any] = {"records": feeder.processed, "payload_stride": stride}
             if ratio is not None:
                 document["trace_ratio"] = ratio
+            # The rollback switch, to each data plane that does not follow the last request yet.
+            route = rollback.pending_for(feeder.counts.get("route")) if rollback is not None else None
+            if route is not None:
+                document["route"] = route
             self._write(feeder, framing.json_message(framing.CONTROL, document))
 
     def _write(self, feeder: Feeder, data: bytes) -> None:

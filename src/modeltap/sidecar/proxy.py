@@ -30,6 +30,7 @@ from modeltap.records import PROXY_ERROR_KEY
 from modeltap.sidecar.codes import ProxyError, error_response
 from modeltap.sidecar.downstream import CONNECTION_EXTENSION, ConnectionHandle
 from modeltap.sidecar.headers import TrustedPeers, rewrite_request_headers, rewrite_response_headers
+from modeltap.sidecar.route import UpstreamRoute
 from modeltap.sidecar.upstream import UpstreamConnection, UpstreamPool
 
 _log = logging.getLogger("modeltap.sidecar")
@@ -47,7 +48,8 @@ class ProxyLimits:
 
 
 class ProxyApp:
-    """Forward every HTTP request to `pool`'s upstream; see the module docstring.
+    """Forward every HTTP request to the upstream of `pool` (or of a route: the upstream or, after
+    a rollback, the fallback); see the module docstring.
 
     Example::
 
@@ -58,18 +60,17 @@ class ProxyApp:
 
     def __init__(
         self,
-        pool: UpstreamPool,
+        pool: UpstreamPool | UpstreamRoute,
         limits: ProxyLimits,
         trusted: TrustedPeers,
         count_error: Callable[[str], None],
         count_retry: Callable[[], None] | None = None,
     ) -> None:
-        self._pool = pool
+        self.route = pool if isinstance(pool, UpstreamRoute) else UpstreamRoute(pool)
         self._limits = limits
         self._trusted = trusted
         self._count_error = count_error
         self._count_retry = count_retry
-        self._default_host = f"{pool.host}:{pool.port}".encode()
         self.inflight = 0
         self.draining = False
 
@@ -95,7 +96,7 @@ class ProxyApp:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self._pool.close()
+                self.route.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -110,13 +111,16 @@ class ProxyApp:
             return
         limits = self._limits
         client = scope.get("client")
+        # The request stays with the upstream current now, whatever the route does meanwhile.
+        route = self.route
+        pool, default_host = route.pool, route.default_host
         try:
             head = rewrite_request_headers(
                 scope["headers"],
                 peer=client[0] if client else None,
                 scheme=scope.get("scheme", "http"),
                 trusted=self._trusted,
-                default_host=self._default_host,
+                default_host=default_host,
                 via=limits.via,
             )
         except ValueError:
@@ -165,16 +169,18 @@ class ProxyApp:
         conn: UpstreamConnection | None = None
         responding = False
         try:
-            conn = await self._exchange(scope, receive, handle, request_head, body, more_body, head.chunked)
+            conn = await self._exchange(
+                scope, receive, handle, pool, request_head, body, more_body, head.chunked
+            )
             if conn is None:
                 return  # answered already (client gone, body too large)
             responding = True
-            await self._respond(scope, send, conn, handle)
+            await self._respond(scope, send, pool, conn, handle)
             conn = None
         except ProxyError as error:
             if conn is not None:
                 conn.abort()
-                self._pool.release(conn)
+                pool.release(conn)
                 conn = None
             await self._fail(scope, send, handle, error)
         except asyncio.CancelledError:
@@ -191,20 +197,20 @@ class ProxyApp:
         finally:
             if conn is not None:  # cancelled (shutdown) or an unexpected error: never pool it
                 conn.abort()
-                self._pool.release(conn)
+                pool.release(conn)
 
     async def _exchange(
         self,
         scope: Scope,
         receive: Receive,
         handle: ConnectionHandle | None,
+        pool: UpstreamPool,
         request_head: bytes,
         body: bytes,
         more_body: bool,
         chunked: bool,
     ) -> UpstreamConnection | None:
         """Send the request and wait for the response headers; the connection is returned held."""
-        pool = self._pool
         limits = self._limits
         replayed = False
         while True:
@@ -274,7 +280,12 @@ class ProxyApp:
         return True
 
     async def _respond(
-        self, scope: Scope, send: Send, conn: UpstreamConnection, handle: ConnectionHandle | None
+        self,
+        scope: Scope,
+        send: Send,
+        pool: UpstreamPool,
+        conn: UpstreamConnection,
+        handle: ConnectionHandle | None,
     ) -> None:
         headers = rewrite_response_headers(conn.headers, self._limits.via)
         if conn.status in (204, 304):
@@ -284,7 +295,6 @@ class ProxyApp:
         if self.draining:
             headers.append((b"connection", b"close"))  # move keep-alive clients to other replicas
         start = {"type": "http.response.start", "status": conn.status, "headers": headers}
-        pool = self._pool
         if conn.complete:
             body = conn.take_body() or b""
             pool.release(conn)  # back in the pool before the client is written to

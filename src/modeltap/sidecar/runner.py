@@ -24,6 +24,7 @@ from typing import Any
 
 import uvicorn
 
+from modeltap.alerts.rollback import RouteCommand, RouteReport, rollback_endpoint, route_report
 from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
 from modeltap.middleware.asgi import ModelTapMiddleware
@@ -32,6 +33,7 @@ from modeltap.sidecar.downstream import ClientLimits, protocol_class
 from modeltap.sidecar.failure_log import FailureLog
 from modeltap.sidecar.headers import TrustedPeers
 from modeltap.sidecar.proxy import ProxyApp, ProxyLimits
+from modeltap.sidecar.route import FALLBACK, PRIMARY, RouteState, UpstreamRoute
 from modeltap.sidecar.settings import SidecarSettings
 from modeltap.sidecar.upstream import UpstreamPool
 
@@ -84,22 +86,16 @@ class Sidecar:
             interval_s=settings.probe_interval_s,
             failures_to_fail=settings.readiness_failures,
             timeout_s=min(settings.connect_timeout_s, 1.0),
+            fallback=settings.fallback_address,
         )
-        self.pool = UpstreamPool(
-            settings.upstream_host,
-            settings.upstream_port,
-            connect_timeout_s=settings.connect_timeout_s,
-            keepalive_expiry_s=settings.pool_keepalive_s,
-            max_idle=settings.pool_max_idle,
-            # Upstream responses may carry more header bytes than clients may send; still bounded.
-            max_header_bytes=max(64 * 1024, settings.max_header_bytes),
-            # Upstream deadlines fire within a tick of their bound.
-            deadline_tick_s=min(
-                0.25, max(0.01, min(settings.response_timeout_s, settings.idle_timeout_s) / 10)
-            ),
+        self.pool = self._pool(settings.upstream_host, settings.upstream_port)
+        fallback = settings.fallback_address
+        # The rollback switch (opt-in): new requests go to the fallback once it is turned.
+        self.route = UpstreamRoute(
+            self.pool, self._pool(*fallback) if fallback else None, on_change=self._route_changed
         )
         self.proxy = ProxyApp(
-            self.pool,
+            self.route,
             ProxyLimits(
                 response_timeout_s=settings.response_timeout_s,
                 idle_timeout_s=settings.idle_timeout_s,
@@ -121,9 +117,18 @@ class Sidecar:
         self.tap.run_directory = run_directory
         self.tap.enable_proxy_errors()
         self.tap.enable_proxy_retries()
-        self.admin = AdminApp(
-            admin_views(self.tap.latest_snapshot, monitoring, self.tap.analyzer.feedback), self.readiness
+        analyzer = self.tap.analyzer
+        views = admin_views(
+            self.tap.latest_snapshot, monitoring, analyzer.feedback, analyzer.writes(), analyzer.reads()
         )
+        if self.route.available:
+            # Inline mode's switch: the analysis here asks this event loop directly.
+            analyzer.rollback.configure(settings.fallback_upstream, settings.auto_rollback)
+            report = self._route_report
+            views.writes["/rollback"] = rollback_endpoint(analyzer.rollback, FALLBACK, report)
+            views.writes["/rollback/cancel"] = rollback_endpoint(analyzer.rollback, PRIMARY, report)
+            self.tap.report_all(self.route.state.report())  # the monitor learns there is a switch
+        self.admin = AdminApp(views, self.readiness)
         self._protocol = protocol_class(
             ClientLimits(
                 max_url_bytes=settings.max_url_bytes,
@@ -158,6 +163,37 @@ class Sidecar:
 
     def _count_retry(self) -> None:
         self.tap.note_proxy_retry()
+
+    def _pool(self, host: str, port: int) -> UpstreamPool:
+        settings = self.settings
+        return UpstreamPool(
+            host,
+            port,
+            connect_timeout_s=settings.connect_timeout_s,
+            keepalive_expiry_s=settings.pool_keepalive_s,
+            max_idle=settings.pool_max_idle,
+            # Upstream responses may carry more header bytes than clients may send; still bounded.
+            max_header_bytes=max(64 * 1024, settings.max_header_bytes),
+            # Upstream deadlines fire within a tick of their bound.
+            deadline_tick_s=min(
+                0.25, max(0.01, min(settings.response_timeout_s, settings.idle_timeout_s) / 10)
+            ),
+        )
+
+    # ---- the rollback switch ---------------------------------------------------------------
+
+    def _follow_route(self, command: dict[str, Any]) -> None:
+        """On the event loop: turn the switch as the monitor (or the analysis here) asks."""
+        target, cause, by = command.get("target"), command.get("cause"), command.get("by")
+        if isinstance(target, str):
+            self.route.switch(target, str(cause or ""), str(by or "operator"))
+
+    def _route_changed(self, state: RouteState) -> None:
+        self.readiness.use_fallback = state.target == FALLBACK
+        self.tap.report_all(state.report())  # the monitor (and /status) learns at once
+
+    def _route_report(self) -> RouteReport | None:
+        return route_report([self.route.state.report()])
 
     def adopt(self, proxy_socket: socket.socket, admin_socket: socket.socket) -> None:
         """Serve sockets bound by a supervisor (`--workers N`) instead of binding."""
@@ -222,8 +258,20 @@ class Sidecar:
         # uvicorn takes whole seconds; the drain deadline is honoured as configured (0.5 s is 0.5 s).
         proxy_config.timeout_graceful_shutdown = settings.drain_timeout_s  # type: ignore[assignment]
         self.proxy_server = _Server(proxy_config)
+        loop = asyncio.get_running_loop()
+        if self.route.available:
+            # The switch is turned on this loop, whoever asks: the monitor's control messages
+            # (shipper thread) or, inline, the analysis (its own thread) or the admin endpoint.
+
+            def from_monitor(command: dict[str, Any]) -> None:
+                loop.call_soon_threadsafe(self._follow_route, command)
+
+            def from_analysis(command: RouteCommand) -> None:
+                loop.call_soon_threadsafe(self._follow_route, command.document())
+
+            self.tap.on_route = from_monitor
+            self.tap.analyzer.rollback.apply = from_analysis
         if self.process_mode:
-            loop = asyncio.get_running_loop()
             # A monitor that cannot run here after all: the admin port is served here then.
             self.tap.on_fallback = lambda: loop.call_soon_threadsafe(self._serve_admin_here)
             self._hand_admin_port_to_the_monitor()
@@ -307,6 +355,15 @@ class Sidecar:
                 "probe_timeout_s": min(settings.connect_timeout_s, 1.0),
             }
         }
+        fallback = settings.fallback_address
+        if fallback is not None:
+            tap.monitor_extras["admin"].update(
+                {
+                    "fallback_upstream": settings.fallback_upstream,
+                    "fallback_address": list(fallback),
+                    "auto_rollback": settings.auto_rollback,
+                }
+            )
         tap.monitor_pass_fds = (self.admin_socket.fileno(),)
         self.middleware.start()
 
@@ -363,7 +420,7 @@ class Sidecar:
         with contextlib.suppress(Exception):
             await proxy_task
         self.readiness.stop()
-        self.pool.close()
+        self.route.close()
 
 
 def install_signal_handlers(sidecar: Sidecar) -> None:

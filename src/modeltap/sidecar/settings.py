@@ -57,25 +57,31 @@ class SidecarSettings:
     log_level: str = "info"
     # Data-plane processes sharing the proxy port (SO_REUSEPORT), all feeding one monitor.
     workers: int = 1
+    # The rollback switch (opt-in): the previous model version's server, where the operator
+    # (admin POST /rollback) or, with auto_rollback "emergency", an EMERGENCY alert sends traffic.
+    fallback_upstream: str = ""
+    auto_rollback: str = "off"
 
     def __post_init__(self) -> None:
         if not self.upstream:
             raise ConfigError("an upstream is required (--upstream or MODELTAP_UPSTREAM)", "upstream")
-        parts = urlsplit(self.upstream)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ConfigError(f"upstream must be an http://host:port URL, got {self.upstream!r}", "upstream")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        _check_upstream("upstream", self.upstream)
+        if self.fallback_upstream:
+            _check_upstream("fallback_upstream", self.fallback_upstream)
+            if _address(self.fallback_upstream) == _address(self.upstream):
+                raise ConfigError(
+                    f"fallback_upstream must be another server than upstream, got {self.fallback_upstream!r}",
+                    "fallback_upstream",
+                )
+        if self.auto_rollback not in ("off", "emergency"):
             raise ConfigError(
-                f"upstream must be scheme://host:port only (no path, query or credentials), "
-                f"got {self.upstream!r}",
-                "upstream",
+                f"auto_rollback must be off or emergency, got {self.auto_rollback!r}", "auto_rollback"
             )
-        try:
-            port = parts.port  # raises on an invalid port
-        except ValueError:
-            port = 0
-        if port == 0:  # 0 is no port to connect to (and would silently mean 80)
-            raise ConfigError(f"upstream has an invalid port: {self.upstream!r}", "upstream")
+        if self.auto_rollback != "off" and not self.fallback_upstream:
+            raise ConfigError(
+                "auto_rollback needs a fallback_upstream (--fallback-upstream) to roll back to",
+                "auto_rollback",
+            )
         for name in ("port", "admin_port"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
@@ -131,6 +137,32 @@ class SidecarSettings:
     def upstream_port(self) -> int:
         return urlsplit(self.upstream).port or 80
 
+    @property
+    def fallback_address(self) -> tuple[str, int] | None:
+        return _address(self.fallback_upstream) if self.fallback_upstream else None
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or 80
+
+
+def _check_upstream(name: str, url: str) -> None:
+    """An upstream is http://host:port and nothing else."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(f"{name} must be an http://host:port URL, got {url!r}", name)
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ConfigError(
+            f"{name} must be scheme://host:port only (no path, query or credentials), got {url!r}", name
+        )
+    try:
+        port = parts.port  # raises on an invalid port
+    except ValueError:
+        port = 0
+    if port == 0:  # 0 is no port to connect to (and would silently mean 80)
+        raise ConfigError(f"{name} has an invalid port: {url!r}", name)
+
 
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 
@@ -167,6 +199,9 @@ HELP: dict[str, str] = {
     "probe_interval_s": "seconds between upstream reachability probes",
     "log_level": "critical, error, warning, info or debug",
     "workers": "data-plane processes sharing the proxy port (SO_REUSEPORT), one monitor for all",
+    "fallback_upstream": "the previous model version's server, http://host:port: admin POST /rollback "
+    "sends new requests there until POST /rollback/cancel",
+    "auto_rollback": "off, or emergency: an EMERGENCY alert rolls back to fallback_upstream by itself",
 }
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(SidecarSettings)}

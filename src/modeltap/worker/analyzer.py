@@ -17,19 +17,36 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 
-from modeltap.alerts.alertmanager import AlertmanagerSender
+from modeltap.alerts.alertmanager import AlertmanagerSender, format_time
 from modeltap.alerts.observations import observations
+from modeltap.alerts.rollback import (
+    FALLBACK,
+    RollbackControl,
+    RouteCommand,
+    rollback_alert,
+    rollback_notification,
+    rollback_slack,
+)
 from modeltap.alerts.slack import slack_message
-from modeltap.alerts.state import AlertBook, Observation
+from modeltap.alerts.state import AlertBook, AlertKey, Observation
 from modeltap.alerts.webhook import WebhookSender, notification_document
 from modeltap.config import ModelTapConfig
 from modeltap.export.exporters import make_metric_exporter, make_span_exporter
+from modeltap.export.local_views import ReadEndpoint, WriteEndpoint
 from modeltap.export.resource import SERVICE_INSTANCE_ID, build_resource, new_instance_id
 from modeltap.export.spans import SpanOptions
 from modeltap.export.telemetry_thread import TelemetryExporter
 from modeltap.records import RawRecord
 from modeltap.reference.document import ReferenceProfile
-from modeltap.snapshot import AlertView, Attributes, CounterPoint, SelfMonitoring, ServingCounts, Snapshot
+from modeltap.snapshot import (
+    AlertView,
+    Attributes,
+    CounterPoint,
+    RollbackView,
+    SelfMonitoring,
+    ServingCounts,
+    Snapshot,
+)
 from modeltap.stats import StatsAggregator
 from modeltap.stats.aggregator import StateCaps
 from modeltap.stats.drift_state import WindowConfig
@@ -129,6 +146,8 @@ class Analyzer:
         self.alertmanager = AlertmanagerSender(tuple(config.alertmanagers))
         self.slack = WebhookSender(tuple(config.alert_slack_webhooks))
         self._info: set[tuple[str, str, str]] = set()  # subjects at INFO: logged once on entry
+        # The sidecar's rollback switch (configured by a sidecar with a fallback upstream).
+        self.rollback = RollbackControl()
         # WARNING's response: monitoring raised until this monotonic time (0: not raised).
         self.boost_until = 0.0
         self.boost_reason = ""
@@ -235,7 +254,9 @@ class Analyzer:
             performance=self.truth.views(time.monotonic()) if self.truth.enabled else (),
             labels=tuple(sorted(self.truth.label_counts().items())) if self.truth.enabled else (),
         )
-        self._latest = self._alerts(snapshot)
+        snapshot = self._alerts(snapshot)
+        # After the alerts: an EMERGENCY they raised may have asked for the rollback just now.
+        self._latest = dataclasses.replace(snapshot, rollback=self._rollback_view(serving))
         return self._latest
 
     def _alerts(self, snapshot: Snapshot) -> Snapshot:
@@ -247,6 +268,11 @@ class Analyzer:
         due = self.alert_book.evaluate(observed, now)
         self._log_info(observed)
         for notification in due:
+            if notification.kind == "firing" and notification.severity == "emergency":
+                # EMERGENCY's response: roll back, where the user enabled it (the events below
+                # log and notify it).
+                emergency = [a.key.subject for a in notification.alerts]
+                self.rollback.on_emergency(notification.model, notification.version, emergency)
             if (
                 notification.kind == "firing"
                 and notification.severity == "warning"
@@ -267,6 +293,8 @@ class Analyzer:
             self.webhooks.offer(notification_document(notification, lambda t: t + offset))
             self.slack.offer(slack_message(notification, lambda t: t + offset))
             self.alertmanager.notify(notification, now, lambda t: t + offset, snapshot.reference_id)
+        for command in self.rollback.drain_events():
+            self._announce_rollback(command, now, offset)
         self.alertmanager.tick(now, lambda t: t + offset)
         views = tuple(
             AlertView(
@@ -284,6 +312,54 @@ class Analyzer:
         return dataclasses.replace(
             snapshot, alerts=views, notifications=counts if configured else (), boost=boost
         )
+
+    def _rollback_view(self, serving: ServingCounts) -> RollbackView | None:
+        control = self.rollback
+        if control.fallback is None:
+            return None
+        processes, on_fallback, cause, by, since = serving.route or (0, 0, "", "", None)
+        return RollbackView(
+            fallback_upstream=control.fallback,
+            auto=control.auto,
+            active=on_fallback > 0,
+            processes=processes,
+            on_fallback=on_fallback,
+            cause=cause,
+            by=by,
+            since_unix_s=since,
+            requested=control.command.target if control.command is not None else None,
+        )
+
+    def _announce_rollback(self, command: RouteCommand, now: float, offset: float) -> None:
+        """A switch of the rollback: a log line and a notification to every receiver."""
+        fallback = self.rollback.fallback or ""
+        rolled_back = command.target == FALLBACK
+        _log.warning(
+            "modeltap rollback %s: new requests go to %s (by %s): %s",
+            "on" if rolled_back else "cancelled",
+            fallback if rolled_back else "the upstream",
+            command.by,
+            command.cause or "no cause given",
+        )
+        model, version = self.default_name, self.config.model_version or UNKNOWN
+        document = rollback_notification(command, fallback, model, version, now + offset)
+        self.webhooks.offer(document)
+        self.slack.offer(rollback_slack(document))
+        key = AlertKey(model, "", "rollback")
+        to_unix = lambda t: t + offset  # noqa: E731
+        if rolled_back:
+            alert = rollback_alert(document, format_time(now + offset), format_time(now + offset))
+            self.alertmanager.hold(key, alert, now, to_unix)
+        else:
+            self.alertmanager.drop(key, now, to_unix)
+
+    def writes(self) -> dict[str, WriteEndpoint]:
+        """The POST endpoints this analysis serves beside `/feedback` (a fire drill)."""
+        return {}
+
+    def reads(self) -> dict[str, ReadEndpoint]:
+        """The GET endpoints this analysis serves beside the views (the last drill's report)."""
+        return {}
 
     def boosted(self, now: float) -> bool:
         """Whether WARNING's raised monitoring is in effect."""

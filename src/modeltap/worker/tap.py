@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from modeltap._types import ASGIApp
+from modeltap.alerts.rollback import route_report
 from modeltap.capture.exchange import ExchangeCapture, TraceStarter
 from modeltap.capture.record_queue import RecordQueue
 from modeltap.capture.routes import RouteTemplates
@@ -114,6 +116,8 @@ class Tap:
         self.on_fallback: Any = None  # called once process mode fell back to inline
         self.monitor_pass_fds: tuple[int, ...] = ()
         self.extra_counts: dict[str, Any] = {}
+        # The sidecar's rollback switch: called (on the shipper thread) with a route command.
+        self.on_route: Callable[[dict[str, Any]], None] | None = None
 
     # ---- request path -------------------------------------------------------------------
 
@@ -313,7 +317,11 @@ class Tap:
 
     def report(self, key: str, value: Any) -> None:
         """Set a count or state the monitor should know at once (the sidecar: draining)."""
-        self.extra_counts[key] = value
+        self.report_all({key: value})
+
+    def report_all(self, values: dict[str, Any]) -> None:
+        """Several at once (the sidecar's rollback switch: where, why, by whom, since when)."""
+        self.extra_counts.update(values)
         if self.shipper is not None:
             self.shipper.push_counts()
 
@@ -325,6 +333,9 @@ class Tap:
         ratio = control.get("trace_ratio")
         if isinstance(ratio, (int, float)) and self._sampler is not None:
             self._sampler.set_ratio(float(ratio))
+        route = control.get("route")
+        if isinstance(route, dict) and self.on_route is not None:
+            self.on_route(route)  # the sidecar's rollback switch
 
     def _follow_load(self) -> None:
         """Shipper thread, once per turn after shipping (as the inline worker does once per
@@ -451,8 +462,17 @@ class Tap:
             sampling_stride=self.sampling.stride,
             payload_sampling_stride=self.sampling.payload_stride,
             feeders=(os.getpid(),),
+            route=_route(self.extra_counts),
         )
 
     def latest_snapshot(self) -> Snapshot:
         """The last published snapshot (at most `snapshot_interval_s` old while running)."""
         return self.analyzer.latest_snapshot()
+
+
+def _route(counts: dict[str, Any]) -> tuple[int, int, str, str, float | None] | None:
+    """This process's rollback switch (a sidecar's), as its counts report it."""
+    report = route_report([counts])
+    if report is None:
+        return None
+    return report.processes, report.on_fallback, report.cause, report.by, report.since_unix_s

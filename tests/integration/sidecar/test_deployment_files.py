@@ -347,6 +347,8 @@ def format_default(name: str, value: Any) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, tuple):
         return "none" if not value else "`" + ",".join(value) + "`"
+    if value == "":
+        return "none"
     if isinstance(value, float):
         return f"{value:g} s"
     if isinstance(value, int) and name.endswith("_bytes"):

@@ -1,0 +1,181 @@
+"""The sidecar's rollback switch (issue "alerts that act", item 4), with real processes: the
+operator's `POST /rollback` moves traffic to the fallback upstream under load with no failed
+request, a request in flight finishes where it started, the switch and its cause are in
+`/status`, the log and a notification, it survives the monitor's death, and `POST
+/rollback/cancel` moves traffic back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from tests.support.backends import wait_for
+from tests.support.servers import serve
+from tests.support.sidecar_process import sidecar_process
+from tests.support.webhook import webhook
+
+pytestmark = pytest.mark.timeout(120)
+PREDICT = "/v1/models/churn:predict"
+
+
+def model_server(name: str, version: str) -> Starlette:
+    """A model server that says who answered; `/slow` answers after 1.5 s."""
+
+    async def predict(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"served_by": name}, headers={"x-model-version": version})
+
+    async def slow(request: Request) -> JSONResponse:
+        await asyncio.sleep(1.5)
+        return JSONResponse({"served_by": name}, headers={"x-model-version": version})
+
+    return Starlette(routes=[Route(PREDICT, predict, methods=["POST"]), Route("/slow", slow)])
+
+
+class Load:
+    """Two clients sending requests back to back until stopped; every answer is kept."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.answers: list[tuple[float, int, str]] = []  # (monotonic time sent, status, served_by)
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    response = client.post(self.url + PREDICT, json={"instances": [[1.0, 2.0]]})
+                except httpx.HTTPError as exc:
+                    self.errors.append(repr(exc))
+                    continue
+                self.answers.append((sent, response.status_code, response.json().get("served_by", "")))
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+
+def _status(admin: str) -> dict[str, Any]:
+    return httpx.get(admin + "/status", timeout=5).json()  # type: ignore[no-any-return]
+
+
+def test_the_operators_rollback_moves_traffic_with_no_failed_request(tmp_path: Path) -> None:
+    with (
+        webhook() as hook,
+        serve(model_server("primary", "2"), "uvicorn-primary") as primary,
+        serve(model_server("fallback", "1"), "uvicorn-fallback") as fallback,
+        sidecar_process(
+            primary,
+            tmp_path,
+            "--fallback-upstream",
+            fallback,
+            "--alert-webhook",
+            hook.url,
+            env={"MODELTAP_MODEL_NAME": "churn"},
+        ) as sidecar,  # fmt: skip
+        Load(sidecar.url) as load,
+    ):
+        admin = sidecar.admin_url
+        assert wait_for(lambda: len(load.answers) >= 200, 20)
+        assert wait_for(lambda: (_status(admin)["rollback"] or {}).get("active") is False, 10)
+        # A request in flight when the switch turns finishes where it started.
+        slow: list[httpx.Response] = []
+        in_flight = threading.Thread(target=lambda: slow.append(httpx.get(sidecar.url + "/slow", timeout=10)))
+        in_flight.start()
+        time.sleep(0.3)
+
+        rolling = time.monotonic()
+        answer = httpx.post(admin + "/rollback", json={"cause": "version 2 misbehaves"}, timeout=10)
+        switched = time.monotonic()
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {
+            "target": "fallback",
+            "fallback_upstream": fallback,
+            "cause": "version 2 misbehaves",
+            "by": "operator",
+            "applied": True,
+            "processes": 1,
+            "on_fallback": 1,
+        }
+        assert wait_for(lambda: sum(1 for sent, _, _ in load.answers if sent > switched) >= 200, 20)
+        in_flight.join(10)
+        assert [(r.status_code, r.json()["served_by"]) for r in slow] == [(200, "primary")]
+
+        status = _status(admin)["rollback"]
+        assert status["active"] is True
+        assert (status["cause"], status["by"], status["requested"]) == (
+            "version 2 misbehaves",
+            "operator",
+            "fallback",
+        )
+        assert status["since_unix_s"] == pytest.approx(time.time(), abs=30)
+
+        # The monitor dies: the switch stays where it is (the data plane owns it).
+        monitor = int(_status(admin)["process"]["pid"])
+        os.kill(monitor, signal.SIGKILL)
+
+        def restarted_and_rolled_back() -> bool:
+            document = _status(admin)
+            return (
+                document["process"]["pid"] != monitor and (document["rollback"] or {}).get("active") is True
+            )
+
+        assert wait_for(restarted_and_rolled_back, 30)
+        assert _status(admin)["rollback"]["requested"] is None  # nothing asked of the new monitor
+
+        cancelling = time.monotonic()
+        cancelled = httpx.post(admin + "/rollback/cancel", timeout=10)
+        back = time.monotonic()
+        assert cancelled.status_code == 200, cancelled.text
+        assert (cancelled.json()["target"], cancelled.json()["on_fallback"]) == ("primary", 0)
+        assert wait_for(lambda: sum(1 for sent, _, _ in load.answers if sent > back) >= 100, 20)
+
+    # Not one failed request; before the switch only the primary answered, after it only the
+    # fallback, after the cancel only the primary again.
+    assert load.errors == []
+    assert Counter(status for _, status, _ in load.answers) == {200: len(load.answers)}
+    assert {who for sent, _, who in load.answers if sent < rolling} == {"primary"}
+    assert {who for sent, _, who in load.answers if switched < sent < cancelling} == {"fallback"}
+    assert {who for sent, _, who in load.answers if sent > back} == {"primary"}
+    # The log and the notifications say so.
+    assert "rolled back: new requests go to" in sidecar.stderr
+    kinds = [(n["kind"], n["rollback"]["cause"]) for n in hook.received if "rollback" in n]
+    assert kinds == [
+        ("rollback", "version 2 misbehaves"),
+        ("rollback_cancelled", "cancelled by the operator"),
+    ]
+
+
+def test_without_a_fallback_the_switch_is_refused(tmp_path: Path) -> None:
+    with serve(model_server("primary", "2")) as primary, sidecar_process(primary, tmp_path) as sidecar:
+        answer = httpx.post(sidecar.admin_url + "/rollback", timeout=10)
+        assert answer.status_code == 409
+        assert "--fallback-upstream" in answer.json()["error"]
+        assert _status(sidecar.admin_url)["rollback"] is None
+        # Write endpoints: from the machine itself (no forwarding header) or with the token.
+        forwarded = httpx.post(
+            sidecar.admin_url + "/rollback", headers={"x-forwarded-for": "203.0.113.7"}, timeout=10
+        )
+        assert forwarded.status_code == 403
