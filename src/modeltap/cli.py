@@ -128,6 +128,37 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument(
         "--token", default=None, help="bearer token for non-loopback endpoints (MODELTAP_VIEWS_TOKEN)"
     )
+    fire = commands.add_parser(
+        "drill",
+        help="fire drill: check that alerts fire, reach every receiver and resolve",
+        description="Make a running monitor inject synthetic exchanges into a shadow of the model's "
+        "state (never the real windows), check that each expected alert fires, that every configured "
+        "receiver acknowledges the notification (marked drill: true), and that the alerts resolve. "
+        "Prints what fired, where and how long it took; exit status 0 only if every path worked.",
+    )
+    fire.add_argument(
+        "--admin",
+        required=True,
+        metavar="URL",
+        help="the sidecar's admin port (http://127.0.0.1:9464) or a server's views prefix with the "
+        "middleware (http://127.0.0.1:8080/modeltap)",
+    )
+    fire.add_argument(
+        "--scenario",
+        choices=("all", "covariate", "prediction", "latency", "errors"),
+        default="all",
+        help="what goes wrong (default all)",
+    )
+    fire.add_argument(
+        "--timeout",
+        type=_positive,
+        default=120.0,
+        metavar="S",
+        help="seconds the drill may take (default 120)",
+    )
+    fire.add_argument(
+        "--token", default=None, help="bearer token for non-loopback endpoints (MODELTAP_VIEWS_TOKEN)"
+    )
     return parser
 
 
@@ -298,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from modeltap.client.feedback_upload import run_upload
 
             return run_upload(args)
+        if args.command == "drill":
+            from modeltap.client.drill import run_drill
+
+            return run_drill(args)
         if args.command in ("rules", "dashboard"):
             from modeltap.fleet.commands import run_dashboard, run_rules
 

@@ -55,9 +55,12 @@ def alert_labels(key: AlertKey, severity: str, reference_id: str | None) -> dict
 class AlertmanagerSender:
     """Translates notifications into Alertmanager's API and keeps firing alerts alive there."""
 
-    def __init__(self, urls: tuple[str, ...], status_url: str | None = None) -> None:
+    def __init__(self, urls: tuple[str, ...], status_url: str | None = None, drill: bool = False) -> None:
         self.poster = WebhookSender(tuple(url.rstrip("/") + "/api/v2/alerts" for url in urls))
         self.status_url = status_url
+        # A fire drill's alerts carry `modeltap_drill="true"`: a label set of their own, so they
+        # never merge with (or resolve) a real alert, and routes can send them elsewhere.
+        self.drill = drill
         self._firing: dict[AlertKey, dict[str, Any]] = {}
         self._last_resend = 0.0
 
@@ -71,11 +74,14 @@ class AlertmanagerSender:
         anchor = RUNBOOK_ANCHORS.get(alert.key.subject, "modeltapfeaturedrift")
         score = f"{alert.score:.3f}" if alert.score is not None else "-"
         threshold = f"{alert.threshold:.3f}" if alert.threshold is not None else "-"
+        labels = alert_labels(alert.key, alert.severity, reference_id)
+        if self.drill:
+            labels["modeltap_drill"] = "true"
         document: dict[str, Any] = {
-            "labels": alert_labels(alert.key, alert.severity, reference_id),
+            "labels": labels,
             "annotations": {
-                "summary": f"{alert.key.subject} of {alert.key.model} version {alert.key.version}: "
-                f"{alert.severity} (score {score}, threshold {threshold})",
+                "summary": f"{'[drill] ' if self.drill else ''}{alert.key.subject} of {alert.key.model} "
+                f"version {alert.key.version}: {alert.severity} (score {score}, threshold {threshold})",
                 "runbook_url": f"{RUNBOOK}#{anchor}",
             },
             "startsAt": _time(to_unix(alert.since_s)),
@@ -91,6 +97,7 @@ class AlertmanagerSender:
         now: float,
         to_unix: Callable[[float], float],
         reference_id: str | None,
+        tag: str | None = None,
     ) -> None:
         if not self.enabled:
             return
@@ -104,7 +111,7 @@ class AlertmanagerSender:
                 self._firing[alert.key] = document
                 batch.append(document)
         if batch:
-            self.poster.offer(batch)
+            self.poster.offer(batch, tag)
 
     def tick(self, now: float, to_unix: Callable[[float], float]) -> None:
         """Re-send what is firing every RESEND_S, so Alertmanager keeps it active."""

@@ -12,11 +12,12 @@ ICONS = {"firing": ":rotating_light:", "repeat": ":rotating_light:", "resolved":
 
 
 def slack_message(
-    notification: Notification, to_unix: Callable[[float], float], runbook: str = RUNBOOK
+    notification: Notification, to_unix: Callable[[float], float], runbook: str = RUNBOOK, drill: bool = False
 ) -> dict[str, Any]:
     """One message: a headline, then a line per alert with its score, threshold and runbook."""
     head = (
-        f"{ICONS.get(notification.kind, '')} *modeltap {notification.kind}: {notification.severity}* "
+        f"{ICONS.get(notification.kind, '')} {'[drill] ' if drill else ''}"
+        f"*modeltap {notification.kind}: {notification.severity}* "
         f"— {notification.model} version {notification.version}"
     )
     lines = [head.strip()]

@@ -91,12 +91,15 @@ class WebhookSender:
         self.sent = 0
         self.failed = 0
         self.dropped = 0
-        self._queue: collections.deque[Any] = collections.deque()
+        # Told of each post's outcome: (url, the tag given to `offer`, acknowledged); a drill
+        # checks with it that every receiver acknowledged its notifications.
+        self.on_result: Callable[[str, str | None, bool], None] | None = None
+        self._queue: collections.deque[tuple[Any, str | None]] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def offer(self, document: Any) -> None:
+    def offer(self, document: Any, tag: str | None = None) -> None:
         """Queue one notification (never blocks; the oldest is dropped when full)."""
         if not self.urls:
             return
@@ -104,7 +107,7 @@ class WebhookSender:
             if len(self._queue) >= QUEUE_MAX:
                 self._queue.popleft()
                 self.dropped += 1
-            self._queue.append(document)
+            self._queue.append((document, tag))
             self._wake.notify()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="modeltap-alerts", daemon=True)
@@ -117,13 +120,16 @@ class WebhookSender:
                     self._wake.wait()
                 if not self._queue:
                     return
-                document = self._queue.popleft()
+                document, tag = self._queue.popleft()
             body = json.dumps(document).encode()
             for url in self.urls:
-                if self._post(url, body):
+                ok = self._post(url, body)
+                if ok:
                     self.sent += 1
                 else:
                     self.failed += 1
+                if self.on_result is not None:
+                    self.on_result(url, tag, ok)
 
     def _post(self, url: str, body: bytes) -> bool:
         delay = self.backoff_s

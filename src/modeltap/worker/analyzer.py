@@ -13,11 +13,13 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 
 from modeltap.alerts.alertmanager import AlertmanagerSender, format_time
+from modeltap.alerts.drill import DrillDesk, DrillSettings
 from modeltap.alerts.observations import observations
 from modeltap.alerts.rollback import (
     FALLBACK,
@@ -68,8 +70,10 @@ def span_options(config: ModelTapConfig) -> SpanOptions:
     )
 
 
-def statistics(config: ModelTapConfig, reference: ReferenceProfile | None) -> StatsAggregator:
-    """The statistics a configuration asks for."""
+def statistics(
+    config: ModelTapConfig, reference: ReferenceProfile | None, clock: Callable[[], float] = time.monotonic
+) -> StatsAggregator:
+    """The statistics a configuration asks for (`clock`: a fire drill's shadow runs on its own)."""
     return StatsAggregator(
         config.series_limit,
         tuple(float(b) for b in config.duration_buckets),
@@ -85,6 +89,7 @@ def statistics(config: ModelTapConfig, reference: ReferenceProfile | None) -> St
         ),
         trusted_names=[config.model_name] if config.model_name else (),
         fixed_version=config.model_version,
+        clock=clock,
     )
 
 
@@ -148,6 +153,10 @@ class Analyzer:
         self._info: set[tuple[str, str, str]] = set()  # subjects at INFO: logged once on entry
         # The sidecar's rollback switch (configured by a sidecar with a fallback upstream).
         self.rollback = RollbackControl()
+        # Fire drills: a shadow of these statistics, this configuration's alert path.
+        self.drills = DrillDesk(
+            self._drill_settings, reference, lambda clock: statistics(config, reference, clock)
+        )
         # WARNING's response: monitoring raised until this monotonic time (0: not raised).
         self.boost_until = 0.0
         self.boost_reason = ""
@@ -355,11 +364,31 @@ class Analyzer:
 
     def writes(self) -> dict[str, WriteEndpoint]:
         """The POST endpoints this analysis serves beside `/feedback` (a fire drill)."""
-        return {}
+        return {"/drill": self.drills.start}
 
     def reads(self) -> dict[str, ReadEndpoint]:
         """The GET endpoints this analysis serves beside the views (the last drill's report)."""
-        return {}
+        return {"/drill": self.drills.status}
+
+    def _drill_settings(self) -> DrillSettings:
+        """The drill's copy of this configuration; its model version is the busiest one seen."""
+        config = self.config
+        busiest = max(self.latest_snapshot().models, key=lambda m: m.requests, default=None)
+        return DrillSettings(
+            model=self.default_name,
+            version=busiest.version if busiest is not None else config.model_version or UNKNOWN,
+            window_slots=config.window_slots,
+            window_slot_s=config.window_slot_s,
+            min_samples=config.min_samples,
+            psi_warning=config.psi_warning,
+            psi_critical=config.psi_critical,
+            for_s=config.alert_for_s,
+            group_wait_s=config.alert_group_wait_s,
+            resolve_s=config.alert_resolve_s,
+            webhooks=tuple(config.alert_webhooks),
+            alertmanagers=tuple(config.alertmanagers),
+            slack_webhooks=tuple(config.alert_slack_webhooks),
+        )
 
     def boosted(self, now: float) -> bool:
         """Whether WARNING's raised monitoring is in effect."""
