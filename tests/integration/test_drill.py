@@ -52,12 +52,13 @@ def _model_command(port: int) -> list[str]:
 
 @contextlib.contextmanager
 def _sidecar(tmp_path: Path, *receivers: str) -> Iterator[Any]:
-    reference = write_reference(tmp_path)
+    reference = str(write_reference(tmp_path))
     port = free_port()
+    environment = server_environment(tmp_path / "m")
     with (
-        running_server(_model_command(port), server_environment(tmp_path / "m"), port, tmp_path / "m.log") as model,
-        sidecar_process(model.url, tmp_path, "--reference", str(reference), *receivers, env=TIMINGS) as sidecar,
-    ):  # fmt: skip
+        running_server(_model_command(port), environment, port, tmp_path / "m.log") as model,
+        sidecar_process(model.url, tmp_path, "--reference", reference, *receivers, env=TIMINGS) as sidecar,
+    ):
         yield sidecar
 
 
