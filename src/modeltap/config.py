@@ -69,6 +69,13 @@ def _parse_int(name: str, raw: str) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _http_url(value: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _parse_key_values(name: str, raw: str) -> dict[str, str]:
     """Parse the W3C-baggage-like `k1=v1,k2=v2` lists the OTEL_* variables use."""
     from urllib.parse import unquote
@@ -319,6 +326,12 @@ class ModelTapConfig:
     # WARNING's response: for this long after a warning fires, monitor the model harder (payload
     # decoding at up to twice the CPU budget, trace sampling doubled, snapshots twice as often).
     alert_boost_s: float = 600.0
+    # Where notifications send people: the status page as they reach it (the sidecar's admin
+    # page by default), and runbooks: per subject or kind (`latency=https://…`), else the
+    # section of `alert_runbook_url` (default: modeltap's docs/runbooks.md) for the alert's kind.
+    alert_status_url: str | None = None
+    alert_runbook_url: str | None = None
+    alert_runbooks: Mapping[str, str] = field(default_factory=dict)
     label_ttl_s: float = 24 * 3600.0
     label_store_bytes: int = 64 * 1024 * 1024
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -417,6 +430,15 @@ class ModelTapConfig:
                 raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}", name)
         if not self.alert_repeat_s > 0:
             raise ConfigError(f"alert_repeat_s must be > 0, got {self.alert_repeat_s!r}", "alert_repeat_s")
+        for name in ("alert_status_url", "alert_runbook_url"):
+            value = getattr(self, name)
+            if value is not None and not _http_url(value):
+                raise ConfigError(f"{name} must be an http(s) URL, got {value!r}", name)
+        for subject, url in self.alert_runbooks.items():
+            if not _http_url(url):
+                raise ConfigError(
+                    f"alert_runbooks: {subject} must be an http(s) URL, got {url!r}", "alert_runbooks"
+                )
         for url in (*self.alert_webhooks, *self.alertmanagers, *self.alert_slack_webhooks):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -520,6 +542,9 @@ class ModelTapConfig:
         take("MODELTAP_ALERT_REPEAT_S", "alert_repeat_s", _parse_float)
         take("MODELTAP_ALERT_RESOLVE_S", "alert_resolve_s", _parse_float)
         take("MODELTAP_ALERT_BOOST_S", "alert_boost_s", _parse_float)
+        take("MODELTAP_ALERT_STATUS_URL", "alert_status_url")
+        take("MODELTAP_ALERT_RUNBOOK_URL", "alert_runbook_url")
+        take("MODELTAP_ALERT_RUNBOOKS", "alert_runbooks", _parse_key_values)
         take("MODELTAP_LABEL_TTL_S", "label_ttl_s", _parse_float)
         take("MODELTAP_LABEL_STORE_BYTES", "label_store_bytes", _parse_int)
         kwargs["export"] = ExportConfig.from_env(env)

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks
 from modeltap.alerts.state import Alert, AlertKey, Notification
-from modeltap.alerts.webhook import RUNBOOK, RUNBOOK_ANCHORS, WebhookSender
+from modeltap.alerts.webhook import WebhookSender
 
 RESEND_S = 60.0
 ALERT_NAMES = {
@@ -55,9 +56,16 @@ def alert_labels(key: AlertKey, severity: str, reference_id: str | None) -> dict
 class AlertmanagerSender:
     """Translates notifications into Alertmanager's API and keeps firing alerts alive there."""
 
-    def __init__(self, urls: tuple[str, ...], status_url: str | None = None, drill: bool = False) -> None:
+    def __init__(
+        self,
+        urls: tuple[str, ...],
+        status_url: str | None = None,
+        drill: bool = False,
+        runbooks: Runbooks = DEFAULT_RUNBOOKS,
+    ) -> None:
         self.poster = WebhookSender(tuple(url.rstrip("/") + "/api/v2/alerts" for url in urls))
         self.status_url = status_url
+        self.runbooks = runbooks
         # A fire drill's alerts carry `modeltap_drill="true"`: a label set of their own, so they
         # never merge with (or resolve) a real alert, and routes can send them elsewhere.
         self.drill = drill
@@ -71,7 +79,6 @@ class AlertmanagerSender:
     def _document(
         self, alert: Alert, to_unix: Callable[[float], float], reference_id: str | None, ends_unix: float
     ) -> dict[str, Any]:
-        anchor = RUNBOOK_ANCHORS.get(alert.key.subject, "modeltapfeaturedrift")
         score = f"{alert.score:.3f}" if alert.score is not None else "-"
         threshold = f"{alert.threshold:.3f}" if alert.threshold is not None else "-"
         labels = alert_labels(alert.key, alert.severity, reference_id)
@@ -82,7 +89,7 @@ class AlertmanagerSender:
             "annotations": {
                 "summary": f"{'[drill] ' if self.drill else ''}{alert.key.subject} of {alert.key.model} "
                 f"version {alert.key.version}: {alert.severity} (score {score}, threshold {threshold})",
-                "runbook_url": f"{RUNBOOK}#{anchor}",
+                "runbook_url": self.runbooks.url(alert.key.subject),
             },
             "startsAt": _time(to_unix(alert.since_s)),
             "endsAt": _time(ends_unix),

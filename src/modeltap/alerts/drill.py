@@ -37,6 +37,7 @@ import numpy as np
 
 from modeltap.alerts.alertmanager import AlertmanagerSender
 from modeltap.alerts.observations import observations
+from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks
 from modeltap.alerts.slack import slack_message
 from modeltap.alerts.state import AlertBook, Notification
 from modeltap.alerts.webhook import WebhookSender, notification_document
@@ -70,6 +71,7 @@ class DrillSettings:
     alertmanagers: tuple[str, ...] = ()
     slack_webhooks: tuple[str, ...] = ()
     status_url: str | None = None
+    runbooks: Runbooks = DEFAULT_RUNBOOKS
 
 
 @dataclass
@@ -132,7 +134,9 @@ class Drill:
         self._plan(scenarios)
         self.webhooks = self._sender("webhook", settings.webhooks)
         self.slack = self._sender("slack", settings.slack_webhooks)
-        self.alertmanager = AlertmanagerSender(settings.alertmanagers, settings.status_url, drill=True)
+        self.alertmanager = AlertmanagerSender(
+            settings.alertmanagers, settings.status_url, drill=True, runbooks=settings.runbooks
+        )
         self._watch(self.alertmanager.poster, "alertmanager", settings.alertmanagers)
 
     # ---- plan -----------------------------------------------------------------------------------
@@ -299,9 +303,16 @@ class Drill:
         offset = time.time() - now
         to_unix: Callable[[float], float] = lambda t: t + offset  # noqa: E731
         tag = "resolved" if notification.kind == "resolved" else "firing"
-        document = notification_document(notification, to_unix, self.settings.status_url, drill=True)
+        settings = self.settings
+        window_s = settings.window_slots * settings.window_slot_s
+        document = notification_document(
+            notification, to_unix, settings.status_url, settings.runbooks, drill=True, window_s=window_s
+        )
         self.webhooks.offer(document, tag)
-        self.slack.offer(slack_message(notification, to_unix, drill=True), tag)
+        slack = slack_message(
+            notification, to_unix, settings.runbooks, drill=True, status_url=settings.status_url
+        )
+        self.slack.offer(slack, tag)
         self.alertmanager.notify(notification, now, to_unix, None, tag)
 
     # ---- synthetic traffic ----------------------------------------------------------------------

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS
+
 PRIMARY, FALLBACK = "primary", "fallback"
 MAX_CAUSE_CHARS = 500
 
@@ -182,7 +184,7 @@ def rollback_alert(document: dict[str, Any], ends_at: str, starts_at: str) -> di
         "annotations": {
             "summary": f"{document['model']}: traffic rolled back to {switch['fallback_upstream']} "
             f"by {switch['by']}: {switch['cause']}",
-            "runbook_url": "https://github.com/modeltap/modeltap/blob/main/docs/runbooks.md#modeltaprollback",
+            "runbook_url": DEFAULT_RUNBOOKS.url("rollback"),
         },
         "startsAt": starts_at,
         "endsAt": ends_at,

@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks
 from modeltap.alerts.state import Notification
-from modeltap.alerts.webhook import RUNBOOK, RUNBOOK_ANCHORS
 
 ICONS = {"firing": ":rotating_light:", "repeat": ":rotating_light:", "resolved": ":white_check_mark:"}
 
 
 def slack_message(
-    notification: Notification, to_unix: Callable[[float], float], runbook: str = RUNBOOK, drill: bool = False
+    notification: Notification,
+    to_unix: Callable[[float], float],
+    runbooks: Runbooks = DEFAULT_RUNBOOKS,
+    drill: bool = False,
+    status_url: str | None = None,
 ) -> dict[str, Any]:
     """One message: a headline, then a line per alert with its score, threshold and runbook."""
     head = (
@@ -24,9 +28,10 @@ def slack_message(
     for alert in notification.alerts:
         score = f"{alert.score:.3f}" if alert.score is not None else "-"
         threshold = f"{alert.threshold:.3f}" if alert.threshold is not None else "-"
-        anchor = RUNBOOK_ANCHORS.get(alert.key.subject, "modeltapfeaturedrift")
         lines.append(
             f"• `{alert.key.subject}` {alert.severity}: score {score} (threshold {threshold}) "
-            f"<{runbook}#{anchor}|runbook>"
+            f"<{runbooks.url(alert.key.subject)}|runbook>"
         )
+    if status_url:
+        lines.append(f"<{status_url}|status page>")
     return {"text": "\n".join(lines)}

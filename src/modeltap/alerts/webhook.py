@@ -8,7 +8,8 @@ what failed. Nothing here ever touches the data path.
 The document (also in the README, "Alerts")::
 
     {"source": "modeltap", "kind": "firing" | "resolved" | "repeat", "severity": "critical",
-     "model": "churn", "version": "1", "drill": false, "status_url": "http://…/status",
+     "model": "churn", "version": "1", "drill": false, "status_url": "http://…/",
+     "window_s": 300.0,
      "alerts": [{"subject": "monthly_charges", "state": "firing", "severity": "critical",
                  "level": "CRITICAL", "score": 0.93, "threshold": 0.2,
                  "since_unix_s": 1796500000.0, "runbook_url": "https://…#modeltapfeaturedrift"}]}
@@ -27,24 +28,17 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks
 from modeltap.alerts.state import Alert, Notification
 
 _log = logging.getLogger("modeltap.alerts")
 LEVEL_NAMES = ("OK", "INFO", "WARNING", "CRITICAL", "EMERGENCY")
-RUNBOOK = "https://github.com/modeltap/modeltap/blob/main/docs/runbooks.md"
-RUNBOOK_ANCHORS = {
-    "latency": "modeltaplatencyhigh",
-    "error_rate": "modeltaperrorratehigh",
-    "telemetry": "modeltaptelemetrydropping",
-    "performance": "modeltapperformancedrop",
-}
 QUEUE_MAX = 256
 ATTEMPTS = 3
 TIMEOUT_S = 5.0
 
 
-def _alert_document(alert: Alert, to_unix: Callable[[float], float], runbook: str) -> dict[str, Any]:
-    anchor = RUNBOOK_ANCHORS.get(alert.key.subject, "modeltapfeaturedrift")
+def _alert_document(alert: Alert, to_unix: Callable[[float], float], runbooks: Runbooks) -> dict[str, Any]:
     return {
         "subject": alert.key.subject,
         "state": alert.state,
@@ -53,7 +47,7 @@ def _alert_document(alert: Alert, to_unix: Callable[[float], float], runbook: st
         "score": alert.score,
         "threshold": alert.threshold,
         "since_unix_s": to_unix(alert.since_s),
-        "runbook_url": f"{runbook}#{anchor}",
+        "runbook_url": runbooks.url(alert.key.subject),
     }
 
 
@@ -61,8 +55,9 @@ def notification_document(
     notification: Notification,
     to_unix: Callable[[float], float],
     status_url: str | None = None,
-    runbook: str = RUNBOOK,
+    runbooks: Runbooks = DEFAULT_RUNBOOKS,
     drill: bool = False,
+    window_s: float | None = None,
 ) -> dict[str, Any]:
     return {
         "source": "modeltap",
@@ -72,7 +67,8 @@ def notification_document(
         "version": notification.version,
         "drill": drill,
         "status_url": status_url,
-        "alerts": [_alert_document(a, to_unix, runbook) for a in notification.alerts],
+        "window_s": window_s,
+        "alerts": [_alert_document(a, to_unix, runbooks) for a in notification.alerts],
     }
 
 

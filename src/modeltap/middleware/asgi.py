@@ -96,6 +96,9 @@ class ModelTapMiddleware:
         alert_repeat_s: float | None = None,
         alert_resolve_s: float | None = None,
         alert_boost_s: float | None = None,
+        alert_status_url: str | None = None,
+        alert_runbook_url: str | None = None,
+        alert_runbooks: Mapping[str, str] | None = None,
         label_ttl_s: float | None = None,
         label_store_bytes: int | None = None,
         export: ExportConfig | None = None,
@@ -161,7 +164,9 @@ class ModelTapMiddleware:
             # Process mode: the monitor renders the views; this process only checks access.
             place = tap.place
             views.remote = MonitorViews(place.views_socket) if tap.mode == "process" and place else None
-            views.feedback = tap.analyzer.feedback  # inline: labels join here
+            views.feedback = tap.analyzer.feedback  # inline: labels join here, drills run here
+            views.writes.update(tap.analyzer.writes())
+            views.reads.update(tap.analyzer.reads())
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through unchanged, flushing telemetry once the app has shut down."""

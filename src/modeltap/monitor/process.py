@@ -104,6 +104,8 @@ class Monitor:
         reference = load_reference(config.reference) if config.reference else None
         self.analyzer = Analyzer(config, reference, mode="process")
         admin = self._document.get("admin")
+        if isinstance(admin, dict) and isinstance(admin.get("status_url"), str):
+            self.analyzer.status_url = self.analyzer.alertmanager.status_url = admin["status_url"]
         if isinstance(admin, dict) and isinstance(admin.get("fallback_upstream"), str):
             # A sidecar with a rollback switch: this monitor asks its data planes to turn it.
             auto = str(admin.get("auto_rollback", "off"))

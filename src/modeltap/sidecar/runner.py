@@ -192,6 +192,18 @@ class Sidecar:
         self.readiness.use_fallback = state.target == FALLBACK
         self.tap.report_all(state.report())  # the monitor (and /status) learns at once
 
+    def _status_url(self) -> str:
+        """Where notifications point people: the configured page, else this admin port's."""
+        configured = self.tap.config.alert_status_url
+        if configured:
+            return configured
+        host = self.settings.admin_host
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.admin_port}/"
+
     def _route_report(self) -> RouteReport | None:
         return route_report([self.route.state.report()])
 
@@ -259,6 +271,8 @@ class Sidecar:
         proxy_config.timeout_graceful_shutdown = settings.drain_timeout_s  # type: ignore[assignment]
         self.proxy_server = _Server(proxy_config)
         loop = asyncio.get_running_loop()
+        self.status_url = self._status_url()
+        self.tap.analyzer.status_url = self.status_url  # inline; the monitor is told below
         if self.route.available:
             # The switch is turned on this loop, whoever asks: the monitor's control messages
             # (shipper thread) or, inline, the analysis (its own thread) or the admin endpoint.
@@ -353,6 +367,7 @@ class Sidecar:
                 "probe_interval_s": settings.probe_interval_s,
                 "readiness_failures": settings.readiness_failures,
                 "probe_timeout_s": min(settings.connect_timeout_s, 1.0),
+                "status_url": self.status_url,
             }
         }
         fallback = settings.fallback_address

@@ -29,6 +29,7 @@ from modeltap.alerts.rollback import (
     rollback_notification,
     rollback_slack,
 )
+from modeltap.alerts.runbooks import Runbooks
 from modeltap.alerts.slack import slack_message
 from modeltap.alerts.state import AlertBook, AlertKey, Observation
 from modeltap.alerts.webhook import WebhookSender, notification_document
@@ -147,8 +148,13 @@ class Analyzer:
             repeat_s=config.alert_repeat_s,
             group_wait_s=config.alert_group_wait_s,
         )
+        self.runbooks = Runbooks(config.alert_runbooks, config.alert_runbook_url)
+        # The status page as people reach it (the sidecar sets its admin page when not configured).
+        self.status_url = config.alert_status_url
         self.webhooks = WebhookSender(tuple(config.alert_webhooks))
-        self.alertmanager = AlertmanagerSender(tuple(config.alertmanagers))
+        self.alertmanager = AlertmanagerSender(
+            tuple(config.alertmanagers), config.alert_status_url, runbooks=self.runbooks
+        )
         self.slack = WebhookSender(tuple(config.alert_slack_webhooks))
         self._info: set[tuple[str, str, str]] = set()  # subjects at INFO: logged once on entry
         # The sidecar's rollback switch (configured by a sidecar with a fallback upstream).
@@ -299,8 +305,13 @@ class Analyzer:
                 notification.version,
                 ", ".join(a.key.subject for a in notification.alerts),
             )
-            self.webhooks.offer(notification_document(notification, lambda t: t + offset))
-            self.slack.offer(slack_message(notification, lambda t: t + offset))
+            to_unix = lambda t: t + offset  # noqa: E731
+            self.webhooks.offer(
+                notification_document(
+                    notification, to_unix, self.status_url, self.runbooks, window_s=self.stats.window_s
+                )
+            )
+            self.slack.offer(slack_message(notification, to_unix, self.runbooks, status_url=self.status_url))
             self.alertmanager.notify(notification, now, lambda t: t + offset, snapshot.reference_id)
         for command in self.rollback.drain_events():
             self._announce_rollback(command, now, offset)
@@ -352,12 +363,14 @@ class Analyzer:
         )
         model, version = self.default_name, self.config.model_version or UNKNOWN
         document = rollback_notification(command, fallback, model, version, now + offset)
+        document["status_url"] = self.status_url
         self.webhooks.offer(document)
         self.slack.offer(rollback_slack(document))
         key = AlertKey(model, "", "rollback")
         to_unix = lambda t: t + offset  # noqa: E731
         if rolled_back:
             alert = rollback_alert(document, format_time(now + offset), format_time(now + offset))
+            alert["annotations"]["runbook_url"] = self.runbooks.url("rollback")
             self.alertmanager.hold(key, alert, now, to_unix)
         else:
             self.alertmanager.drop(key, now, to_unix)
@@ -388,6 +401,8 @@ class Analyzer:
             webhooks=tuple(config.alert_webhooks),
             alertmanagers=tuple(config.alertmanagers),
             slack_webhooks=tuple(config.alert_slack_webhooks),
+            status_url=self.status_url,
+            runbooks=self.runbooks,
         )
 
     def boosted(self, now: float) -> bool:

@@ -15,7 +15,9 @@ from modeltap.config import ModelTapConfig
 from modeltap.reference.document import load_reference
 from modeltap.snapshot import ServingCounts
 from modeltap.worker.analyzer import Analyzer
+from tests.support.asgi_driver import http_request_messages, make_http_scope, run_asgi
 from tests.support.fleet_model import write_reference
+from tests.support.tapping import MakeMiddleware
 from tests.support.webhook import webhook
 
 QUICK = {"alert_for_s": 0.5, "alert_group_wait_s": 0.2, "alert_resolve_s": 0.5}
@@ -102,3 +104,18 @@ def test_the_drill_endpoint_checks_its_body() -> None:
 def test_receivers_are_reported_without_their_secrets() -> None:
     assert redact_url("https://hooks.slack.com/services/T000/B000/XXXX") == "https://hooks.slack.com/…"
     assert redact_url("http://alertmanager:9093") == "http://alertmanager:9093"
+
+
+def test_an_inline_middleware_serves_the_drill_endpoints(make_middleware: MakeMiddleware) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # never called: the views answer
+        raise AssertionError("the drill endpoints must not reach the app")
+
+    middleware = make_middleware(app)
+    middleware.start()
+    body = json.dumps({"scenario": "errors", "timeout_s": 5}).encode()
+    started = run_asgi(middleware, make_http_scope("POST", "/modeltap/drill"), http_request_messages(body))
+    assert started.status == 202
+    assert json.loads(started.body)["alerts"][0]["subject"] == "error_rate"
+    report = run_asgi(middleware, make_http_scope("GET", "/modeltap/drill", headers=[]))
+    assert report.status == 200
+    assert json.loads(report.body)["id"] == 1

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from modeltap.alerts.alertmanager import alert_labels
+from modeltap.alerts.runbooks import Runbooks
 from modeltap.alerts.slack import slack_message
 from modeltap.alerts.state import Alert, AlertKey, Notification
 from modeltap.alerts.webhook import QUEUE_MAX, WebhookSender, notification_document
@@ -101,3 +102,15 @@ def test_the_slack_text_names_the_model_the_subject_the_numbers_and_the_runbook(
     assert "churn version 1" in text
     assert "`monthly_charges` critical: score 0.930 (threshold 0.200)" in text
     assert "|runbook>" in text
+
+
+def test_runbooks_per_subject_then_kind_then_the_docs_section() -> None:
+    runbooks = Runbooks({"latency": "https://wiki/latency", "monthly_charges": "https://wiki/pricing"},
+                        "https://docs.example.com/runbooks.md")  # fmt: skip
+    assert runbooks.url("monthly_charges") == "https://wiki/pricing"
+    assert runbooks.url("latency") == "https://wiki/latency"
+    assert runbooks.url("output:prediction") == "https://docs.example.com/runbooks.md#modeltapfeaturedrift"
+    assert runbooks.url("performance") == "https://docs.example.com/runbooks.md#modeltapperformancedrop"
+    assert Runbooks().url("error_rate") == (
+        "https://github.com/modeltap/modeltap/blob/main/docs/runbooks.md#modeltaperrorratehigh"
+    )
