@@ -203,6 +203,13 @@ def _add_sidecar_parser(commands: Any) -> None:
         "--model-version", default=None, metavar="VERSION", help="model version (MODELTAP_MODEL_VERSION)"
     )
     monitoring.add_argument(
+        "--expected-model-version",
+        default=None,
+        metavar="VERSION",
+        help="the version that should be serving: WARNING while the answers carry another "
+        "(MODELTAP_EXPECTED_MODEL_VERSION)",
+    )
+    monitoring.add_argument(
         "--otlp-endpoint",
         default=None,
         metavar="URL",
@@ -248,6 +255,7 @@ def run_sidecar_command(args: argparse.Namespace) -> None:
         "reference": args.reference,
         "model_name": args.model_name,
         "model_version": args.model_version,
+        "expected_model_version": args.expected_model_version,
         # Repeatable alert receivers: the flags replace the variable's list when given.
         **{
             name: tuple(getattr(args, name))

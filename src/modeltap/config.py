@@ -330,6 +330,8 @@ class ModelTapConfig:
     # page by default), and runbooks: per subject or kind (`latency=https://…`), else the
     # section of `alert_runbook_url` (default: modeltap's docs/runbooks.md) for the alert's kind.
     alert_status_url: str | None = None
+    # The version that should be serving: WARNING while the answers carry another one.
+    expected_model_version: str | None = None
     alert_runbook_url: str | None = None
     alert_runbooks: Mapping[str, str] = field(default_factory=dict)
     label_ttl_s: float = 24 * 3600.0
@@ -543,6 +545,7 @@ class ModelTapConfig:
         take("MODELTAP_ALERT_RESOLVE_S", "alert_resolve_s", _parse_float)
         take("MODELTAP_ALERT_BOOST_S", "alert_boost_s", _parse_float)
         take("MODELTAP_ALERT_STATUS_URL", "alert_status_url")
+        take("MODELTAP_EXPECTED_MODEL_VERSION", "expected_model_version")
         take("MODELTAP_ALERT_RUNBOOK_URL", "alert_runbook_url")
         take("MODELTAP_ALERT_RUNBOOKS", "alert_runbooks", _parse_key_values)
         take("MODELTAP_LABEL_TTL_S", "label_ttl_s", _parse_float)

@@ -275,3 +275,7 @@ class Snapshot:
     boost: tuple[float, str] | None = None
     # The sidecar's rollback switch, when it has a fallback upstream.
     rollback: RollbackView | None = None
+    # The versions the answers carry: (model, version, first answered, last answered; unix s).
+    versions_seen: tuple[tuple[str, str, float, float], ...] = ()
+    # With an expected version: (model, expected, versions answered within the window, level).
+    version_mismatch: tuple[str, str, tuple[str, ...], int] | None = None

@@ -25,6 +25,7 @@ ALERT_NAMES = {
     "error_rate": "ModelTapErrorRateHigh",
     "performance": "ModelTapPerformanceDrop",
     "telemetry": "ModelTapTelemetryDropping",
+    "version": "ModelTapVersionMismatch",
 }
 
 

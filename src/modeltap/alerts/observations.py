@@ -9,7 +9,8 @@ from modeltap.stats.scores import Level
 
 def observations(snap: Snapshot, psi_warning: float, psi_critical: float) -> list[Observation]:
     """Features and outputs (PSI), latency (p99), error rate and realised performance (accuracy),
-    per model version; INFO and OK levels are observations too (they resolve alerts)."""
+    per model version, and a served version other than the expected one; INFO and OK levels are
+    observations too (they resolve alerts)."""
     out: list[Observation] = []
     for model in snap.models:
         for feature in model.features:
@@ -31,6 +32,10 @@ def observations(snap: Snapshot, psi_warning: float, psi_critical: float) -> lis
         out.append(
             Observation(AlertKey(model.name, model.version, "error_rate"), Level(model.error_rate_level))
         )
+    if snap.version_mismatch is not None:
+        name, expected, served, mismatch = snap.version_mismatch
+        version = next((v for v in served if v != expected), expected)
+        out.append(Observation(AlertKey(name, version, "version"), Level(mismatch)))
     for performance in snap.performance:
         accuracy = dict(performance.window).get("accuracy")
         baseline = performance.baseline_accuracy

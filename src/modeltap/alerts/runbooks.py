@@ -2,7 +2,7 @@
 
 Each alert links to its runbook: a URL configured for its subject (`alert_runbooks`, e.g.
 `monthly_charges=https://wiki/churn-pricing`) or for its kind (`feature`, `latency`,
-`error_rate`, `performance`, `telemetry`, `rollback`), else the section of `alert_runbook_url`
+`error_rate`, `performance`, `telemetry`, `rollback`, `version`), else the section of `alert_runbook_url`
 (default: this project's docs/runbooks.md) that says what to check for that kind of alert.
 """
 
@@ -18,6 +18,7 @@ ANCHORS = {
     "telemetry": "modeltaptelemetrydropping",
     "performance": "modeltapperformancedrop",
     "rollback": "modeltaprollback",
+    "version": "modeltapversionmismatch",
 }
 
 

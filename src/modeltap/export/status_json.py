@@ -166,6 +166,19 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
         "notifications": dict(snap.notifications),
         # The sidecar's rollback switch (null without --fallback-upstream).
         "rollback": rollback_document(snap),
+        # The versions the answers carry, and the one expected (null without expected_model_version).
+        "versions_seen": [
+            {"model": name, "version": version, "first_seen_unix_s": first, "last_seen_unix_s": last}
+            for name, version, first, last in snap.versions_seen
+        ],
+        "version_mismatch": None
+        if snap.version_mismatch is None
+        else {
+            "model": snap.version_mismatch[0],
+            "expected": snap.version_mismatch[1],
+            "served": list(snap.version_mismatch[2]),
+            "level": LEVEL_NAMES[snap.version_mismatch[3]],
+        },
         "monitoring": {
             "queue_depth": mon.queue_depth,
             "queue_bytes": mon.queue_bytes,

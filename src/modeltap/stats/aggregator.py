@@ -20,12 +20,13 @@ from modeltap.snapshot import Attributes, CounterPoint, FeatureView, HistogramPo
 from modeltap.stats.drift_state import DriftState, FeatureScores, WindowConfig
 from modeltap.stats.feature_summary import FeatureSummary
 from modeltap.stats.histogram import ExplicitHistogram
-from modeltap.stats.identities import IdentityBook
+from modeltap.stats.identities import UNKNOWN, IdentityBook
 from modeltap.stats.latency_window import LatencyWindow
 from modeltap.stats.rolling import RollingMean
 from modeltap.stats.score_history import ScoreHistory
 from modeltap.stats.scores import Level, Thresholds, overall_level
 from modeltap.stats.series import SeriesTable
+from modeltap.stats.served_versions import ServedVersions
 from modeltap.stats.slot_history import SlotHistory
 
 MODEL_NAME = "modeltap.model.name"
@@ -128,6 +129,8 @@ class StatsAggregator:
             trusted_names=[*trusted_names, *(reference.model_names() if reference else ())],
             fixed_version=fixed_version,
         )
+        # The versions the answers carry (not the configured one), for version mismatches.
+        self.served = ServedVersions(self._caps.max_versions)
         self._durations: SeriesTable[ExplicitHistogram] = SeriesTable(
             series_limit, lambda: ExplicitHistogram(duration_bounds)
         )
@@ -152,7 +155,11 @@ class StatsAggregator:
 
     def identity(self, name: str | None, version: str | None, *, accepted: bool) -> Attributes:
         """The model attributes an exchange is filed under (see `IdentityBook.resolve`)."""
-        resolved = self.identities.resolve(name, version, accepted=accepted, now=self._clock())
+        now = self._clock()
+        resolved = self.identities.resolve(name, version, accepted=accepted, now=now)
+        if accepted and version and resolved[0] != UNKNOWN:
+            # A vouched model's own 2xx answer names the version it is.
+            self.served.observe(resolved[0], version, now)
         return self.identities.attributes(resolved)
 
     def expire(self) -> int:

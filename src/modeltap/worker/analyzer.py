@@ -157,6 +157,7 @@ class Analyzer:
         )
         self.slack = WebhookSender(tuple(config.alert_slack_webhooks))
         self._info: set[tuple[str, str, str]] = set()  # subjects at INFO: logged once on entry
+        self._versions_logged: set[tuple[str, str]] = set()
         # The sidecar's rollback switch (configured by a sidecar with a fallback upstream).
         self.rollback = RollbackControl()
         # Fire drills: a shadow of these statistics, this configuration's alert path.
@@ -269,6 +270,7 @@ class Analyzer:
             performance=self.truth.views(time.monotonic()) if self.truth.enabled else (),
             labels=tuple(sorted(self.truth.label_counts().items())) if self.truth.enabled else (),
         )
+        snapshot = self._versions(snapshot)
         snapshot = self._alerts(snapshot)
         # After the alerts: an EMERGENCY they raised may have asked for the rollback just now.
         self._latest = dataclasses.replace(snapshot, rollback=self._rollback_view(serving))
@@ -332,6 +334,32 @@ class Analyzer:
         return dataclasses.replace(
             snapshot, alerts=views, notifications=counts if configured else (), boost=boost
         )
+
+    def _versions(self, snapshot: Snapshot) -> Snapshot:
+        """The versions the answers carry, each new one logged once (INFO, with its time), and
+        the mismatch with `expected_model_version` (WARNING while the answers carry another)."""
+        now = time.monotonic()
+        offset = time.time() - now
+        served = self.stats.served
+        seen = tuple(
+            (name, version, s.first_s + offset, s.last_s + offset) for name, version, s in served.seen()
+        )
+        for name, version, first, _ in seen:
+            if (name, version) not in self._versions_logged and len(self._versions_logged) < 4096:
+                self._versions_logged.add((name, version))
+                _log.info(
+                    "modeltap: model %s answers as version %s (first at %s)",
+                    name,
+                    version,
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first)),
+                )
+        expected = self.config.expected_model_version
+        mismatch = None
+        if expected is not None:
+            current = served.current(self.default_name, now, self.stats.window_s)
+            level = Level.WARNING if any(v != expected for v in current) else Level.OK
+            mismatch = (self.default_name, expected, current, int(level))
+        return dataclasses.replace(snapshot, versions_seen=seen, version_mismatch=mismatch)
 
     def _rollback_view(self, serving: ServingCounts) -> RollbackView | None:
         control = self.rollback

@@ -77,6 +77,7 @@ EVERYTHING = ModelTapConfig(
     alert_resolve_s=7.0,
     alert_boost_s=120.0,
     alert_status_url="https://models.example.com/churn/modeltap/",
+    expected_model_version="7",
     alert_runbook_url="https://wiki.example.com/runbooks",
     alert_runbooks={"latency": "https://wiki.example.com/latency"},
     label_ttl_s=600.0,
