@@ -332,6 +332,9 @@ class ModelTapConfig:
     alert_status_url: str | None = None
     # The version that should be serving: WARNING while the answers carry another one.
     expected_model_version: str | None = None
+    # A serving process's first exchanges are its cold start: their latency is reported apart
+    # and kept out of the steady-state percentiles and the latency baseline.
+    cold_start_requests: int = 20
     alert_runbook_url: str | None = None
     alert_runbooks: Mapping[str, str] = field(default_factory=dict)
     label_ttl_s: float = 24 * 3600.0
@@ -430,6 +433,11 @@ class ModelTapConfig:
         for name in ("alert_for_s", "alert_group_wait_s", "alert_resolve_s"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}", name)
+        if not 0 <= self.cold_start_requests <= 10_000:
+            raise ConfigError(
+                f"cold_start_requests must be within 0..10000, got {self.cold_start_requests!r}",
+                "cold_start_requests",
+            )
         if not self.alert_repeat_s > 0:
             raise ConfigError(f"alert_repeat_s must be > 0, got {self.alert_repeat_s!r}", "alert_repeat_s")
         for name in ("alert_status_url", "alert_runbook_url"):
@@ -546,6 +554,7 @@ class ModelTapConfig:
         take("MODELTAP_ALERT_BOOST_S", "alert_boost_s", _parse_float)
         take("MODELTAP_ALERT_STATUS_URL", "alert_status_url")
         take("MODELTAP_EXPECTED_MODEL_VERSION", "expected_model_version")
+        take("MODELTAP_COLD_START_REQUESTS", "cold_start_requests", _parse_int)
         take("MODELTAP_ALERT_RUNBOOK_URL", "alert_runbook_url")
         take("MODELTAP_ALERT_RUNBOOKS", "alert_runbooks", _parse_key_values)
         take("MODELTAP_LABEL_TTL_S", "label_ttl_s", _parse_float)

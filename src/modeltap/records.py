@@ -19,6 +19,9 @@ PROXY_ERROR_KEY = "modeltap.proxy_error"
 # Scope key of a route template resolved before the record left the serving process (the
 # framework's route object does not cross to the monitor).
 ROUTE_TEMPLATE_KEY = "modeltap.route_template"
+# Set on the first `cold_start_requests` exchanges of a serving process: their latency is the
+# cold start's, kept out of the steady-state latency and its baseline.
+COLD_START_KEY = "modeltap.cold_start"
 
 
 class TraceIds(NamedTuple):

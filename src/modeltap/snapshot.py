@@ -134,6 +134,9 @@ class ModelView:
     error_rate_level: int = 0  # likewise for the error rate
     level: int = 0  # the highest of the feature, latency and error-rate levels
     history: HistoryView | None = None  # for the status page's plots
+    requests_per_s: float | None = None  # over the window
+    cold_requests: int = 0  # the serving processes' first exchanges (cold_start_requests each)
+    cold_latency_p50_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,8 @@ class ServingCounts:
     # The rollback switch as the data planes report it: (processes, on the fallback, cause, by,
     # since); None where no process has one.
     route: tuple[int, int, str, str, float | None] | None = None
+    # Each serving process that answered: (pid, process start, first answer), unix seconds.
+    cold_starts: tuple[tuple[int, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,8 @@ class Snapshot:
     boost: tuple[float, str] | None = None
     # The sidecar's rollback switch, when it has a fallback upstream.
     rollback: RollbackView | None = None
+    # Each serving process that answered: (pid, process start, first answer), unix seconds.
+    cold_starts: tuple[tuple[int, float, float], ...] = ()
     # The versions the answers carry: (model, version, first answered, last answered; unix s).
     versions_seen: tuple[tuple[str, str, float, float], ...] = ()
     # With an expected version: (model, expected, versions answered within the window, level).

@@ -238,6 +238,7 @@ def test_first_load_draws_the_servers_history_on_a_time_axis_with_legends(tmp_pa
         worker_cpu_budget=0,
         window_slot_s=0.25,
         window_slots=20,
+        cold_start_requests=0,  # every request's latency in the plot from the first slot on
     )
     customers = make_customers(4000, 7, shift={"monthly_charges": 1.0})
     try:

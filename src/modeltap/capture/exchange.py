@@ -18,7 +18,7 @@ from opentelemetry import trace as otel_trace
 
 from modeltap._types import ASGIApp, Headers, Message, Receive, Scope, Send
 from modeltap.capture.trace_context import TraceSampler, new_span_id, new_trace_id, parse_traceparent
-from modeltap.records import RawRecord, TraceIds
+from modeltap.records import COLD_START_KEY, RawRecord, TraceIds
 
 _log = logging.getLogger("modeltap")
 _NO_HEADERS: Headers = []
@@ -29,6 +29,8 @@ class CaptureSink(Protocol):
     """Who hears about capture's own failures (the tap); must never raise."""
 
     def note_internal_error(self, where: str) -> None: ...
+
+    def note_first_answer(self, unix_ns: int) -> None: ...
 
 
 def _header(headers: Headers, name: bytes) -> bytes | None:
@@ -99,6 +101,7 @@ class ExchangeCapture:
         offer: Callable[[RawRecord, int], object],
         max_body_bytes: int,
         traces: TraceStarter,
+        cold_start_requests: int = 0,
     ) -> None:
         self._app = app
         self._sink = sink
@@ -106,6 +109,8 @@ class ExchangeCapture:
         self._cap = max_body_bytes
         self._traces = traces
         self._tracing = traces.enabled
+        self._cold_left = cold_start_requests  # exchanges still marked as the cold start
+        self._answered = False
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, weight: int, payload_weight: int
@@ -208,6 +213,12 @@ class ExchangeCapture:
                     otel_context.detach(token)  # type: ignore[arg-type]
                 except Exception:
                     self._sink.note_internal_error("trace_detach")
+            if self._cold_left:
+                self._cold_left -= 1
+                scope[COLD_START_KEY] = True
+            if status and not self._answered:
+                self._answered = True
+                self._sink.note_first_answer(time.time_ns())
             try:
                 # A plain tuple in ExchangeRecord field order: naming it is the worker's job.
                 self._offer(

@@ -98,6 +98,9 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
                     "p99": view.latency_p99_s,
                     "max": view.latency_window_max_s,
                 },
+                "requests_per_s": view.requests_per_s,
+                # The first exchanges of the serving processes, kept out of `latency_s`.
+                "cold_start": {"requests": view.cold_requests, "latency_p50_s": view.cold_latency_p50_s},
                 "features": [feature_document(f) for f in view.features],
             }
         )
@@ -164,6 +167,11 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             for a in snap.alerts
         ],
         "notifications": dict(snap.notifications),
+        # Each serving process: when it started and how long until it answered first.
+        "cold_starts": [
+            {"pid": pid, "process_start_unix_s": start, "first_answer_after_s": first - start}
+            for pid, start, first in snap.cold_starts
+        ],
         # The sidecar's rollback switch (null without --fallback-upstream).
         "rollback": rollback_document(snap),
         # The versions the answers carry, and the one expected (null without expected_model_version).

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from modeltap.capture.routes import RouteTemplates
-from modeltap.records import PROXY_ERROR_KEY, ROUTE_TEMPLATE_KEY, RawRecord, TraceIds
+from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ROUTE_TEMPLATE_KEY, RawRecord, TraceIds
 
 HELLO, RECORDS, COUNTS, FLUSH, FLUSHED, CONTROL, BYE = 1, 2, 3, 4, 5, 6, 7
 FRAME = struct.Struct("<IB")
@@ -41,7 +41,7 @@ _TRACE = struct.Struct("<QQQQ")  # trace id (high, low), span id, parent span id
 _LENGTHS = struct.Struct("<12I")
 _NAN = math.nan
 
-_DISCONNECTED, _TRACED, _REMOTE_PARENT, _SAMPLED, _ENRICHED = 1, 2, 4, 8, 16
+_DISCONNECTED, _TRACED, _REMOTE_PARENT, _SAMPLED, _ENRICHED, _COLD = 1, 2, 4, 8, 16, 32
 _NO_PORT = -1
 
 
@@ -154,6 +154,8 @@ class RecordEncoder:
         client = get("client")
         server = get("server")
         flags = _DISCONNECTED if disconnected else 0
+        if get(COLD_START_KEY):
+            flags |= _COLD
         trace_part = trace_state = b""
         if trace is not None:
             flags |= _TRACED
@@ -314,6 +316,8 @@ def _decode_one(payload: memoryview, position: int) -> tuple[RawRecord, int]:
         scope[ROUTE_TEMPLATE_KEY] = _text_of(template)
     if proxy_error:
         scope[PROXY_ERROR_KEY] = _text_of(proxy_error)
+    if flags & _COLD:
+        scope[COLD_START_KEY] = True
     record = (
         scope,
         "",

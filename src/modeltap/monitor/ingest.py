@@ -23,6 +23,7 @@ import orjson
 from modeltap.alerts.rollback import RouteReport, route_report
 from modeltap.handoff import framing
 from modeltap.snapshot import ServingCounts
+from modeltap.worker.tap import cold_starts
 
 _log = logging.getLogger("modeltap.monitor")
 
@@ -197,6 +198,7 @@ class Feeders:
             total = _summed([self._forgotten, *self._last.values()])
             live = [feeder.counts for feeder in self.live]
             pids = tuple(sorted(f.pid for f in self.live if f.pid))
+            started = cold_starts([{**feeder.counts, "pid": feeder.pid} for feeder in self.live])
         dropped = dict(total.get("dropped") or {})
         dropped.setdefault("queue_full", 0)
         dropped.setdefault("queue_bytes", 0)
@@ -217,6 +219,7 @@ class Feeders:
             feeders=pids,
             control=tuple(sorted(control.items())),
             route=_route(live),
+            cold_starts=started,
         )
 
 

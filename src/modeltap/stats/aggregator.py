@@ -21,12 +21,13 @@ from modeltap.stats.drift_state import DriftState, FeatureScores, WindowConfig
 from modeltap.stats.feature_summary import FeatureSummary
 from modeltap.stats.histogram import ExplicitHistogram
 from modeltap.stats.identities import UNKNOWN, IdentityBook
-from modeltap.stats.latency_window import LatencyWindow
+from modeltap.stats.latency_window import LatencyWindow, RateWindow
 from modeltap.stats.rolling import RollingMean
 from modeltap.stats.score_history import ScoreHistory
 from modeltap.stats.scores import Level, Thresholds, overall_level
 from modeltap.stats.series import SeriesTable
 from modeltap.stats.served_versions import ServedVersions
+from modeltap.stats.sketch import QuantileSketch
 from modeltap.stats.slot_history import SlotHistory
 
 MODEL_NAME = "modeltap.model.name"
@@ -53,6 +54,8 @@ class StateCaps:
 class _ModelState:
     __slots__ = (
         "client_disconnected",
+        "cold_latency",
+        "cold_requests",
         "decoded_rows",
         "drift",
         "errors",
@@ -62,6 +65,7 @@ class _ModelState:
         "latency_max",
         "latency_sum",
         "latency_window",
+        "rate",
         "requests",
         "rolling",
         "score_history",
@@ -82,6 +86,10 @@ class _ModelState:
         self.latency_sum = 0.0
         self.latency_max = -math.inf
         self.features: dict[tuple[str, str], FeatureSummary] = {}
+        # Throughput over the window, and the cold start's latency, kept apart from the steady state.
+        self.rate = RateWindow(latency_window.slots, latency_window.slot_s)
+        self.cold_latency = QuantileSketch()
+        self.cold_requests = 0
         # Per role: features tracked that the reference does not list (bounded by StateCaps).
         self.unlisted: dict[str, int] = {}
 
@@ -183,9 +191,12 @@ class StatsAggregator:
         weight: int,
         errors: int,
         client_gone: int = 0,
+        cold: bool = False,
     ) -> None:
         """One series' durations from a batch; `errors` of them failed (5xx or exception) and
-        `client_gone` ended because the client left (neither an error nor in the error rate)."""
+        `client_gone` ended because the client left (neither an error nor in the error rate).
+        `cold`: a serving process's first exchanges, counted and exported like any, but their
+        latency is reported apart and kept out of the window's percentiles and the baseline."""
         finite = durations_s[np.isfinite(durations_s)]
         histogram = self._durations.get(http_attributes + model)
         if finite.size:
@@ -201,9 +212,15 @@ class StatsAggregator:
         state.requests += int(durations_s.size) * weight
         state.errors += errors * weight
         state.client_disconnected += client_gone * weight
-        state.history.add(finite, errors, weight, self._clock())
+        state.rate.add(int(durations_s.size) * weight, self._clock())
+        if cold:
+            state.cold_requests += int(durations_s.size) * weight
+            state.cold_latency.add_many(finite, weight)
+        else:
+            state.history.add(finite, errors, weight, self._clock())
+            if finite.size:
+                state.latency_window.add(finite, weight, self._clock())
         if finite.size:
-            state.latency_window.add(finite, weight, self._clock())
             state.latency_count += int(finite.size) * weight
             state.latency_sum += float(finite.sum()) * weight
             state.latency_max = max(state.latency_max, float(finite.max()))
@@ -478,6 +495,11 @@ class StatsAggregator:
                     latency_window_max_s=window_max,
                     latency_level=int(latency_level),
                     error_rate_level=int(error_level),
+                    requests_per_s=state.rate.rate(now),
+                    cold_requests=state.cold_requests,
+                    cold_latency_p50_s=state.cold_latency.quantiles((0.5,))[0]
+                    if state.cold_requests
+                    else None,
                     level=int(
                         overall_level([*(Level(f.level) for f in features), latency_level, error_level])
                     ),

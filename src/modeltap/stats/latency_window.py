@@ -46,3 +46,39 @@ class LatencyWindow:
         sketch = self.merged(now)
         p50, p95, p99 = sketch.quantiles(QUANTILES)
         return p50, p95, p99, sketch.max
+
+
+class RateWindow:
+    """Requests per second over the sliding window (tumbling slots, like `LatencyWindow`); while
+    the series is younger than the window, over the time since its first request."""
+
+    def __init__(self, slots: int, slot_s: float) -> None:
+        self.slots = slots
+        self.slot_s = slot_s
+        self._counts: list[int] = [0] * slots
+        self._numbers: list[int] = [-1] * slots
+        self._first: float | None = None
+
+    def add(self, requests: int, now: float) -> None:
+        if self._first is None:
+            self._first = now
+        number = int(now // self.slot_s)
+        position = number % self.slots
+        if self._numbers[position] != number:
+            self._counts[position] = 0
+            self._numbers[position] = number
+        self._counts[position] += requests
+
+    def rate(self, now: float) -> float | None:
+        """Requests per second; None before the first request."""
+        if self._first is None:
+            return None
+        newest = int(now // self.slot_s)
+        total = sum(
+            count
+            for count, number in zip(self._counts, self._numbers, strict=True)
+            if newest - self.slots < number <= newest
+        )
+        window_start = (newest - self.slots + 1) * self.slot_s
+        covered = now - max(window_start, self._first)
+        return total / max(covered, self.slot_s / 10)

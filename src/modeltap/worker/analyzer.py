@@ -269,6 +269,7 @@ class Analyzer:
             window_s=self.stats.window_s,
             performance=self.truth.views(time.monotonic()) if self.truth.enabled else (),
             labels=tuple(sorted(self.truth.label_counts().items())) if self.truth.enabled else (),
+            cold_starts=serving.cold_starts,
         )
         snapshot = self._versions(snapshot)
         snapshot = self._alerts(snapshot)

@@ -28,7 +28,7 @@ from modeltap.protocols.detect import DecodeOptions, path_identity, sanitize
 from modeltap.protocols.mapping import FieldMapping
 from modeltap.protocols.routes import protocol_route
 from modeltap.protocols.tabular import rows_to_columns
-from modeltap.records import PROXY_ERROR_KEY, ExchangeRecord, RawRecord
+from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ExchangeRecord, RawRecord
 from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import Attributes
 from modeltap.stats import StatsAggregator
@@ -206,6 +206,7 @@ class BatchPipeline:
                     scope.get("scheme", "http"),
                     scope.get("http_version", "1.1"),
                     error,
+                    bool(scope.get(COLD_START_KEY)),
                 )
                 durations = latency.get(key)
                 if durations is None:
@@ -323,7 +324,13 @@ class BatchPipeline:
         self.pending_bytes = 0
         for key, durations in latency.items():
             stats.observe_latency(
-                key[0], self._http_attributes(key), np.asarray(durations), key[1], failed[key], gone[key]
+                key[0],
+                self._http_attributes(key),
+                np.asarray(durations),
+                key[1],
+                failed[key],
+                gone[key],
+                cold=key[8],
             )
         for (model, names, weight, accepted), parts in inputs.items():
             self._observe_rows(model, "input", names, parts, weight, accepted)
@@ -334,7 +341,7 @@ class BatchPipeline:
 
     @staticmethod
     def _http_attributes(key: tuple[Any, ...]) -> Attributes:
-        _model, _weight, method, route, status, scheme, version, error = key
+        _model, _weight, method, route, status, scheme, version, error, _cold = key
         attrs: list[tuple[str, str | int]] = [
             ("http.request.method", method if method in KNOWN_METHODS else "_OTHER"),
         ]

@@ -124,6 +124,10 @@ class Tap:
     def note_internal_error(self, where: str) -> None:
         self._internal_errors[where] += 1
 
+    def note_first_answer(self, unix_ns: int) -> None:
+        """The first exchange this process answered: its cold start is over (told to the monitor)."""
+        self.report_all({"process_start_unix_s": PROCESS_START_UNIX_S, "first_answer_unix_s": unix_ns / 1e9})
+
     def enable_proxy_errors(self) -> None:
         """Export `modeltap.proxy.errors` (the sidecar calls this; zero until something fails)."""
         if self._proxy_errors is None:
@@ -179,7 +183,12 @@ class Tap:
         )
         enrich = {"modeltap.model.name": config.model_name} if config.model_name else {}
         self.capture = ExchangeCapture(
-            self._app, self, self.queue.offer, config.max_body_bytes, TraceStarter(sampler, enrich)
+            self._app,
+            self,
+            self.queue.offer,
+            config.max_body_bytes,
+            TraceStarter(sampler, enrich),
+            cold_start_requests=config.cold_start_requests,
         )
         if not self._registered_exit:
             atexit.register(self.shutdown)
@@ -463,6 +472,7 @@ class Tap:
             payload_sampling_stride=self.sampling.payload_stride,
             feeders=(os.getpid(),),
             route=_route(self.extra_counts),
+            cold_starts=cold_starts([{**self.extra_counts, "pid": os.getpid()}]),
         )
 
     def latest_snapshot(self) -> Snapshot:
@@ -476,3 +486,29 @@ def _route(counts: dict[str, Any]) -> tuple[int, int, str, str, float | None] | 
     if report is None:
         return None
     return report.processes, report.on_fallback, report.cause, report.by, report.since_unix_s
+
+
+def _process_start_unix_s() -> float:
+    """When this process started, from the kernel (Linux), else now (at import)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22, starttime, counted after the command name
+        with open("/proc/stat", encoding="ascii") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+PROCESS_START_UNIX_S = _process_start_unix_s()
+
+
+def cold_starts(counts: list[dict[str, Any]]) -> tuple[tuple[int, float, float], ...]:
+    """(pid, process start, first answer) of each serving process that answered (unix seconds)."""
+    out = []
+    for c in counts:
+        start, first, pid = c.get("process_start_unix_s"), c.get("first_answer_unix_s"), c.get("pid")
+        if isinstance(start, (int, float)) and isinstance(first, (int, float)) and isinstance(pid, int):
+            out.append((pid, float(start), float(first)))
+    return tuple(sorted(out))

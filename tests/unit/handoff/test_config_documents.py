@@ -78,6 +78,7 @@ EVERYTHING = ModelTapConfig(
     alert_boost_s=120.0,
     alert_status_url="https://models.example.com/churn/modeltap/",
     expected_model_version="7",
+    cold_start_requests=5,
     alert_runbook_url="https://wiki.example.com/runbooks",
     alert_runbooks={"latency": "https://wiki.example.com/latency"},
     label_ttl_s=600.0,

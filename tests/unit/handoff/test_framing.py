@@ -24,7 +24,7 @@ from modeltap.handoff.framing import (
     json_message,
     message,
 )
-from modeltap.records import PROXY_ERROR_KEY, ExchangeRecord, RawRecord, TraceIds
+from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ExchangeRecord, RawRecord, TraceIds
 
 REQUEST_WANTED = (b"content-type", b"x-request-id", b"x-model-version", b"traceparent")
 RESPONSE_WANTED = (b"content-type", b"x-model-version")
@@ -130,6 +130,8 @@ def raw_records(draw: st.DrawFn) -> RawRecord:
         scope["route"] = Route(draw(st.text(TEXT, max_size=20).map(lambda s: "/{model}" + s)))
     if draw(st.booleans()):
         scope[PROXY_ERROR_KEY] = draw(st.sampled_from(["upstream_timeout", "upstream_refused", "ünïcode"]))
+    if draw(st.booleans()):
+        scope[COLD_START_KEY] = True
     request_size = draw(st.integers(-1, 2**40))
     return (
         scope,
@@ -177,6 +179,7 @@ def view(raw: RawRecord) -> dict[str, Any]:
         "payload_weight": record.payload_weight,
         "exception_type": record.exception_type,
         "proxy_error": record.scope.get(PROXY_ERROR_KEY),
+        "cold_start": bool(record.scope.get(COLD_START_KEY)),
         "error_type": record.error_type,
         "outcome": record.outcome,
         "disconnected": record.disconnected,
@@ -303,6 +306,7 @@ def test_readings_never_taken_stay_none() -> None:
     assert record.request_parts == []
     assert record.response_parts == []
     assert PROXY_ERROR_KEY not in record.scope
+    assert COLD_START_KEY not in record.scope
     assert RouteTemplates().of(record.scope, record.root_path_at_start) is None
 
 
