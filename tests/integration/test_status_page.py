@@ -201,6 +201,10 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
     bars = re.search(r'id="histogram-plot"[^>]*data-bars="(\d+)"', dom)
     assert bars is not None
     assert int(bars.group(1)) == buckets[selected.group(1)]
+    # Operations: the requests per second, the cold start's p50 and its count, the served version.
+    assert re.search(r'id="rps">\d+\.\d</b>', dom)
+    assert re.search(r'id="cold">\d+\.\d ms \(20\)</b>', dom)
+    assert re.search(r'id="served" class="">1</b>', dom)
     # The shifted features' alerts fire (the demo fires on the first flagged snapshot).
     alerts = re.findall(
         r'<tr><td>(\w+)</td><td>churn · 1</td><td class="cell-(\w+)">(\w+)</td><td>(\w+)</td>', dom

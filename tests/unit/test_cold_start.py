@@ -11,9 +11,12 @@ import subprocess
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 
 from modeltap._types import Receive, Scope, Send
+from modeltap.stats import StatsAggregator
+from modeltap.stats.drift_state import WindowConfig
 from modeltap.stats.latency_window import RateWindow
 from modeltap.worker.tap import PROCESS_START_UNIX_S
 from tests.support.asgi_driver import http_request_messages, make_http_scope, run_asgi
@@ -90,3 +93,20 @@ def test_requests_per_second_over_the_window() -> None:
     rate.add(50, now=1060.0)
     # The window (slots 102..106, from 1020 s) holds only the last 50.
     assert rate.rate(1069.0) == pytest.approx(50 / (1069.0 - 1020.0))
+
+
+def test_cold_start_errors_still_count_in_the_error_rate() -> None:
+    """A crash-looping deployment answers mostly 5xx within its cold start: the error-rate level
+    must see them (only the latency is set apart)."""
+    clock = [0.0]
+    stats = StatsAggregator(8, (0.01, 0.1, 1.0), None, window=WindowConfig(5, 1.0), clock=lambda: clock[0])
+    model = stats.identity("churn", "1", accepted=True)
+    http = (("http.request.method", "POST"),)
+    rng = np.random.default_rng(3)
+    for _ in range(40):  # history: 60 requests a slot, about 1 % errors
+        stats.observe_latency(model, http, np.full(60, 0.01), 1, int(rng.binomial(60, 0.01)))
+        clock[0] += 1.0
+    stats.observe_latency(model, http, np.full(60, 0.01), 1, 60, cold=True)  # all failed, all cold
+    [view] = stats.model_views()
+    assert view.error_rate_level == 3  # CRITICAL
+    assert view.cold_requests == 60

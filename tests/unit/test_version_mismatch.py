@@ -107,3 +107,31 @@ def test_served_versions_are_bounded_and_windowed() -> None:
     assert served.observe("churn", "3", now=20.0) is True  # the one answered longest ago goes
     assert {v for _, v, _ in served.seen()} == {"2", "3"}
     assert served.over_cap == 1
+
+
+def test_a_version_only_the_request_names_is_not_served(make_middleware: MakeMiddleware) -> None:
+    """A 2xx answer to a URL that names version 9, carrying no version itself: 9 is the client's
+    word, not the model's."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        body = json.dumps(
+            {"outputs": [{"name": "y", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    middleware = make_middleware(app, model_name="churn", expected_model_version="1")
+    request = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    scope = make_http_scope("POST", "/v2/models/churn/versions/9/infer")
+    run_asgi(middleware, scope, http_request_messages(json.dumps(request).encode()))
+    document = status_document(middleware)
+    assert document["versions_seen"] == []
+    assert document["version_mismatch"]["level"] == "OK"

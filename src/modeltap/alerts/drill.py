@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -131,6 +131,7 @@ class Drill:
         self.receivers: list[_Receiver] = []
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._book: AlertBook | None = None
         self._plan(scenarios)
         self.webhooks = self._sender("webhook", settings.webhooks)
         self.slack = self._sender("slack", settings.slack_webhooks)
@@ -211,16 +212,32 @@ class Drill:
         except Exception as exc:  # the drill reports what broke; the monitor goes on
             self.problems.append(f"the drill itself failed: {type(exc).__name__}: {exc}")
         finally:
+            self._resolve_leftovers()
             for sender in (self.webhooks, self.slack, self.alertmanager.poster):
                 sender.close(2.0)
             self._finish()
+
+    def _resolve_leftovers(self) -> None:
+        """A drill that ended early (timed out, failed) resolves what it fired, so no receiver
+        keeps a drill incident open."""
+        book = self._book
+        if book is None:
+            return
+        firing = [alert for alert in book.alerts() if alert.state == "firing"]
+        now = time.monotonic()
+        groups: dict[tuple[str, str, str], list[Any]] = {}
+        for alert in firing:
+            groups.setdefault((alert.severity, alert.key.model, alert.key.version), []).append(alert)
+        for (severity, model, version), alerts in groups.items():
+            resolved = tuple(replace(a, state="resolved", since_s=now) for a in alerts)
+            self._notify(Notification("resolved", severity, model, version, resolved), now)
 
     def _drill(self) -> None:
         settings = self.settings
         rng = np.random.default_rng(self.ident)
         stats = self._new_stats(lambda: self._clock_s)
         identity = stats.identity(settings.model, settings.version, accepted=True)
-        book = AlertBook(
+        book = self._book = AlertBook(
             for_s=settings.for_s,
             resolve_s=settings.resolve_s,
             repeat_s=math.inf,

@@ -55,7 +55,8 @@ class RouteReport:
 
 
 def route_report(counts: list[dict[str, Any]]) -> RouteReport | None:
-    """The data planes' reports (`route`, `route_cause`, ...) in one; None when none has a switch."""
+    """The data planes' reports (`route`, `route_cause`, ...) in one; None when none has a switch.
+    `processes` counts every data plane, those that have not reported yet (just started) too."""
     reporting = [c for c in counts if c.get("route") in (PRIMARY, FALLBACK)]
     if not reporting:
         return None
@@ -63,7 +64,7 @@ def route_report(counts: list[dict[str, Any]]) -> RouteReport | None:
     latest = max(reporting, key=lambda c: float(c.get("route_since_unix_s") or 0.0))
     since = latest.get("route_since_unix_s")
     return RouteReport(
-        processes=len(reporting),
+        processes=len(counts),
         on_fallback=len(moved),
         cause=str(latest.get("route_cause") or ""),
         by=str(latest.get("route_by") or ""),
@@ -87,6 +88,9 @@ class RollbackControl:
         self.command: RouteCommand | None = None
         # Applied at once where the switch lives in this process (inline mode), else None.
         self.apply: Callable[[RouteCommand], None] | None = None
+        # Told of each request at once (the monitor sends it to its data planes without waiting
+        # for the next control message).
+        self.on_request: Callable[[], None] | None = None
         self._ids = 0
         self._lock = threading.Lock()
         self._events: collections.deque[RouteCommand] = collections.deque(maxlen=64)
@@ -112,7 +116,18 @@ class RollbackControl:
                 self._events.append(command)
         if self.apply is not None:
             self.apply(command)
+        if self.on_request is not None:
+            self.on_request()
         return command
+
+    def adopt(self, report: RouteReport) -> RouteCommand | None:
+        """A monitor that (re)started finds its data planes rolled back: it takes their state as
+        its own request (no new event), so a data plane that restarts follows it too."""
+        if self.command is not None or not report.active or not self.available:
+            return None
+        with self._lock:
+            self.command = RouteCommand(FALLBACK, report.cause, report.by or "operator", 0)
+        return self.command
 
     def on_emergency(self, model: str, version: str, subjects: list[str]) -> RouteCommand | None:
         """An EMERGENCY alert fired: roll back by itself when the user enabled it."""

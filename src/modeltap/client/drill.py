@@ -34,7 +34,14 @@ def _call(url: str, token: str | None, body: bytes | None = None) -> tuple[int, 
     request = urllib.request.Request(url, data=body, headers=headers, method=method)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310
-            return int(response.status), json.loads(response.read())
+            raw = response.read()
+            try:
+                document = json.loads(raw)
+            except ValueError:
+                raise ModelTapError(
+                    f"{url} answered something else than a drill report: is --admin right?"
+                ) from None
+            return int(response.status), document
     except urllib.error.HTTPError as exc:
         raw = exc.read()
         try:

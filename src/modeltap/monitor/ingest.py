@@ -169,7 +169,7 @@ class Feeders:
     def route_report(self) -> RouteReport | None:
         """The rollback switch as the live data planes report it (None: none has one)."""
         with self.lock:
-            return route_report([feeder.counts for feeder in self.live])
+            return route_report([feeder.counts or {} for feeder in self.live])
 
     def snapshot_live(self) -> list[Feeder]:
         with self.lock:

@@ -110,6 +110,8 @@ class Monitor:
             # A sidecar with a rollback switch: this monitor asks its data planes to turn it.
             auto = str(admin.get("auto_rollback", "off"))
             self.analyzer.rollback.configure(admin["fallback_upstream"], auto)
+            # A request goes to the data planes at once, not at the next control message.
+            self.analyzer.rollback.on_request = self._send_control
         resource = self._document.get("resource")
         self.analyzer.start(
             base_resource=Resource(resource) if isinstance(resource, dict) else None,

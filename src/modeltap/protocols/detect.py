@@ -160,11 +160,13 @@ def decode_exchange(
             else:
                 plain_json.decode(exchange, request, response, out)
             if type(response) is dict:
+                out.answer_version = out.answer_version or response.get("model_version")
                 out.model_version = out.model_version or response.get("model_version")
                 out.model_name = out.model_name or response.get("model_name")
                 if out.request_id is None and "id" in response:
                     out.request_id = response["id"]
         out.model_version = sanitize(out.model_version)
+        out.answer_version = sanitize(out.answer_version)
         out.model_name = sanitize(out.model_name)
         out.request_id = sanitize(out.request_id)
     except Exception:

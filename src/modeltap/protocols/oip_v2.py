@@ -505,8 +505,9 @@ def _identity(document: dict[str, Any], out: DecodedPayload) -> None:
     """Model name/version and request id from a response (after the URL; detect.py sanitises)."""
     if out.model_name is None:
         out.model_name = _text(document.get("model_name"))
+    out.answer_version = _text(document.get("model_version"))
     if out.model_version is None:
-        out.model_version = _text(document.get("model_version"))
+        out.model_version = out.answer_version
     if out.request_id is None:
         out.request_id = _text(document.get("id"))
 

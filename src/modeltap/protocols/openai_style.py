@@ -341,7 +341,7 @@ def _response_outputs(kind: str, document: Any, out: DecodedPayload) -> dict[str
         count(violations, "type")
         return {}
     out.request_id = _ident(document.get("id"), violations)
-    out.model_version = _ident(document.get("model"), violations)
+    out.model_version = out.answer_version = _ident(document.get("model"), violations)
     usage = _usage(document.get("usage"), violations)
     chars: Value = None
     finish_reason: Value = None
@@ -436,7 +436,7 @@ def _stream_outputs(kind: str, body: bytes, out: DecodedPayload) -> dict[str, Co
         if out.request_id is None:
             out.request_id = _ident(chunk.get("id"), violations)
         if out.model_version is None:
-            out.model_version = _ident(chunk.get("model"), violations)
+            out.model_version = out.answer_version = _ident(chunk.get("model"), violations)
         if chunk.get("usage") is not None:
             usage = _usage(chunk["usage"], violations)
         choices = chunk.get("choices")
@@ -519,7 +519,7 @@ def _decode_embeddings(request: dict[str, Any] | None, body: bytes | None, out: 
             count(violations, exc.reason)
             document = None
         if isinstance(document, dict):
-            out.model_version = _ident(document.get("model"), violations)
+            out.model_version = out.answer_version = _ident(document.get("model"), violations)
             out.request_id = _ident(document.get("id"), violations)
             usage = _usage(document.get("usage"), violations)
             found = document.get("data")

@@ -37,6 +37,7 @@ class DecodedPayload:
     """
 
     __slots__ = (
+        "answer_version",
         "features",
         "matrix_names",
         "matrix_rows",
@@ -58,6 +59,9 @@ class DecodedPayload:
         self.rows = 0
         self.model_name: str | None = None
         self.model_version: str | None = None
+        # The version the response itself carries (a header or a field of its body), never the
+        # request's URL or payload: what `versions_seen` and a version mismatch go by.
+        self.answer_version: str | None = None
         self.request_id: str | None = None
         # Counted violations by reason: decode_error, missing, type, schema, out_of_range.
         self.violations: dict[str, int] = {}

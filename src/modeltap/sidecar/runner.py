@@ -278,10 +278,12 @@ class Sidecar:
             # (shipper thread) or, inline, the analysis (its own thread) or the admin endpoint.
 
             def from_monitor(command: dict[str, Any]) -> None:
-                loop.call_soon_threadsafe(self._follow_route, command)
+                with contextlib.suppress(RuntimeError):  # the loop closed: the sidecar is gone
+                    loop.call_soon_threadsafe(self._follow_route, command)
 
             def from_analysis(command: RouteCommand) -> None:
-                loop.call_soon_threadsafe(self._follow_route, command.document())
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._follow_route, command.document())
 
             self.tap.on_route = from_monitor
             self.tap.analyzer.rollback.apply = from_analysis

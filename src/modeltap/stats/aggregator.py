@@ -163,12 +163,14 @@ class StatsAggregator:
 
     def identity(self, name: str | None, version: str | None, *, accepted: bool) -> Attributes:
         """The model attributes an exchange is filed under (see `IdentityBook.resolve`)."""
-        now = self._clock()
-        resolved = self.identities.resolve(name, version, accepted=accepted, now=now)
-        if accepted and version and resolved[0] != UNKNOWN:
-            # A vouched model's own 2xx answer names the version it is.
-            self.served.observe(resolved[0], version, now)
+        resolved = self.identities.resolve(name, version, accepted=accepted, now=self._clock())
         return self.identities.attributes(resolved)
+
+    def note_served(self, model: Attributes, version: str) -> None:
+        """A 2xx answer of `model` carried `version` (its header or its body): the version serving."""
+        name = dict(model).get(MODEL_NAME)
+        if isinstance(name, str) and name != UNKNOWN:
+            self.served.observe(name, version, self._clock())
 
     def expire(self) -> int:
         """Drop the state and series of identities idle for two windows; returns how many."""
@@ -196,7 +198,8 @@ class StatsAggregator:
         """One series' durations from a batch; `errors` of them failed (5xx or exception) and
         `client_gone` ended because the client left (neither an error nor in the error rate).
         `cold`: a serving process's first exchanges, counted and exported like any, but their
-        latency is reported apart and kept out of the window's percentiles and the baseline."""
+        latency is reported apart and kept out of the window's percentiles and the baseline (their
+        requests and errors still count in the error rate)."""
         finite = durations_s[np.isfinite(durations_s)]
         histogram = self._durations.get(http_attributes + model)
         if finite.size:
@@ -214,8 +217,10 @@ class StatsAggregator:
         state.client_disconnected += client_gone * weight
         state.rate.add(int(durations_s.size) * weight, self._clock())
         if cold:
+            # Errors still count in the error rate; only the latency is set apart.
             state.cold_requests += int(durations_s.size) * weight
             state.cold_latency.add_many(finite, weight)
+            state.history.add_counts(int(durations_s.size), errors, weight, self._clock())
         else:
             state.history.add(finite, errors, weight, self._clock())
             if finite.size:

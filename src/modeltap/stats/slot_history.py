@@ -53,6 +53,12 @@ class SlotHistory:
         self._requests += int(durations_s.size) * weight
         self._errors += errors * weight
 
+    def add_counts(self, requests: int, errors: int, weight: int, now: float) -> None:
+        """Requests and errors without their latency (a serving process's cold start)."""
+        self._roll(now)
+        self._requests += requests * weight
+        self._errors += errors * weight
+
     def levels(self, now: float, k: float) -> tuple[Level, Level]:
         """(latency level, error-rate level) of the current slot against the history."""
         self._roll(now)

@@ -25,6 +25,7 @@ from modeltap.alerts.rollback import (
     FALLBACK,
     RollbackControl,
     RouteCommand,
+    RouteReport,
     rollback_alert,
     rollback_notification,
     rollback_slack,
@@ -367,6 +368,12 @@ class Analyzer:
         if control.fallback is None:
             return None
         processes, on_fallback, cause, by, since = serving.route or (0, 0, "", "", None)
+        adopted = control.adopt(RouteReport(processes, on_fallback, cause, by, since))
+        if adopted is not None:
+            # Rolled back before this monitor started: keep the Alertmanager alert alive again.
+            now = time.monotonic()
+            offset = time.time() - now
+            self._hold_rollback_alert(adopted, now, offset)
         return RollbackView(
             fallback_upstream=control.fallback,
             auto=control.auto,
@@ -395,9 +402,17 @@ class Analyzer:
         document["status_url"] = self.status_url
         self.webhooks.offer(document)
         self.slack.offer(rollback_slack(document))
+        self._hold_rollback_alert(command, now, offset)
+
+    def _hold_rollback_alert(self, command: RouteCommand, now: float, offset: float) -> None:
+        """`ModelTapRollback` in Alertmanager: active while rolled back, ended by the cancel."""
+        model, version = self.default_name, self.config.model_version or UNKNOWN
         key = AlertKey(model, "", "rollback")
         to_unix = lambda t: t + offset  # noqa: E731
-        if rolled_back:
+        if command.target == FALLBACK:
+            document = rollback_notification(
+                command, self.rollback.fallback or "", model, version, now + offset
+            )
             alert = rollback_alert(document, format_time(now + offset), format_time(now + offset))
             alert["annotations"]["runbook_url"] = self.runbooks.url("rollback")
             self.alertmanager.hold(key, alert, now, to_unix)

@@ -193,6 +193,8 @@ class BatchPipeline:
                     decoded.model_version,
                     accepted=accepted,
                 )
+                if accepted and decoded.answer_version:
+                    stats.note_served(model, decoded.answer_version)
                 template = routes.of(scope, root_path_at_start)
                 if template is None:
                     known = protocol_route(scope.get("path", ""))
@@ -449,6 +451,7 @@ class BatchPipeline:
                     event_id = value
         if version:
             decoded.model_version = sanitize(version.decode("latin-1")) or decoded.model_version
+            decoded.answer_version = decoded.model_version
         if model_id and not decoded.model_name:
             decoded.model_name = sanitize(model_id.decode("latin-1"))
         if (request_id or event_id) and not decoded.request_id:

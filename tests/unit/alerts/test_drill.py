@@ -119,3 +119,21 @@ def test_an_inline_middleware_serves_the_drill_endpoints(make_middleware: MakeMi
     report = run_asgi(middleware, make_http_scope("GET", "/modeltap/drill", headers=[]))
     assert report.status == 200
     assert json.loads(report.body)["id"] == 1
+
+
+def test_a_drill_that_times_out_resolves_what_it_fired(reference: Path) -> None:
+    with webhook() as hook:
+        config = ModelTapConfig.from_env(
+            {}, model_name="loans", alert_webhooks=(hook.url,), alert_for_s=0.2, alert_group_wait_s=0.0,
+            alert_resolve_s=600.0,  # the alerts cannot resolve within the drill's time
+        )  # fmt: skip
+        analyzer = Analyzer(config, load_reference(reference), mode="inline")
+        report = _run(analyzer, {"scenario": "latency", "timeout_s": 3})
+        analyzer.shutdown(1.0)
+    assert report["state"] == "failed"
+    assert report["problems"][0] == "not resolved within 3 s: latency"
+    # The receiver got the firing notification and then the resolution: no drill incident left open.
+    assert [(d["kind"], [a["subject"] for a in d["alerts"]]) for d in hook.received] == [
+        ("firing", ["latency"]),
+        ("resolved", ["latency"]),
+    ]

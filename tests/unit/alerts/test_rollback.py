@@ -76,8 +76,9 @@ def test_the_data_planes_reports_sum_up() -> None:
         {"route": "fallback", "route_cause": "old", "route_by": "operator", "route_since_unix_s": 10.0},
         {"route": "fallback", "route_cause": "new", "route_by": "auto", "route_since_unix_s": 20.0},
         {"route": "primary", "route_cause": "", "route_by": "", "route_since_unix_s": None},
+        {},  # a data plane that has not reported yet still counts as one to follow
     ]
-    assert route_report(reports) == RouteReport(3, 2, "new", "auto", 20.0)
+    assert route_report(reports) == RouteReport(4, 2, "new", "auto", 20.0)
 
 
 def test_an_operators_cause_is_bounded_and_printable() -> None:
@@ -146,4 +147,29 @@ def test_an_emergency_alert_rolls_back_logs_and_notifies(monkeypatch: pytest.Mon
     }
     assert snapshot.rollback is not None
     assert snapshot.rollback.requested == FALLBACK
+    analyzer.shutdown(1.0)
+
+
+def test_a_restarted_monitor_adopts_the_data_planes_rollback(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = ModelTapConfig.from_env({}, model_name="churn")
+    analyzer = Analyzer(config, None, mode="process")
+    analyzer.rollback.configure(FALLBACK_URL)
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(analyzer.webhooks, "offer", sent.append)
+    held: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        analyzer.alertmanager, "hold", lambda key, document, now, to_unix: held.append(document)
+    )
+    snapshot = analyzer.publish(ServingCounts(route=(2, 1, "version 2 misbehaves", "operator", 100.0)))
+    assert snapshot.rollback is not None
+    assert (snapshot.rollback.active, snapshot.rollback.requested) == (True, FALLBACK)
+    # A data plane that restarts (on the upstream) is asked to follow; nothing is announced again.
+    assert analyzer.rollback.pending_for(PRIMARY) == {
+        "target": "fallback",
+        "cause": "version 2 misbehaves",
+        "by": "operator",
+        "id": 0,
+    }
+    assert sent == []
+    assert [d["labels"]["alertname"] for d in held] == ["ModelTapRollback"]
     analyzer.shutdown(1.0)
