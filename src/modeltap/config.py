@@ -335,6 +335,11 @@ class ModelTapConfig:
     # A serving process's first exchanges are its cold start: their latency is reported apart
     # and kept out of the steady-state percentiles and the latency baseline.
     cold_start_requests: int = 20
+    # Data freshness: an input column holding each row's event time (epoch seconds or RFC 3339),
+    # kept out of drift and schema checks; its age at the exchange is measured, and its p95 over
+    # the window is WARNING above `freshness_max_age_s` (CRITICAL above twice that).
+    freshness_key: str | None = None
+    freshness_max_age_s: float | None = None
     alert_runbook_url: str | None = None
     alert_runbooks: Mapping[str, str] = field(default_factory=dict)
     label_ttl_s: float = 24 * 3600.0
@@ -433,6 +438,11 @@ class ModelTapConfig:
         for name in ("alert_for_s", "alert_group_wait_s", "alert_resolve_s"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}", name)
+        if self.freshness_max_age_s is not None and not self.freshness_max_age_s > 0:
+            raise ConfigError(
+                f"freshness_max_age_s must be > 0 seconds, got {self.freshness_max_age_s!r}",
+                "freshness_max_age_s",
+            )
         if not 0 <= self.cold_start_requests <= 10_000:
             raise ConfigError(
                 f"cold_start_requests must be within 0..10000, got {self.cold_start_requests!r}",
@@ -555,6 +565,8 @@ class ModelTapConfig:
         take("MODELTAP_ALERT_STATUS_URL", "alert_status_url")
         take("MODELTAP_EXPECTED_MODEL_VERSION", "expected_model_version")
         take("MODELTAP_COLD_START_REQUESTS", "cold_start_requests", _parse_int)
+        take("MODELTAP_FRESHNESS_KEY", "freshness_key")
+        take("MODELTAP_FRESHNESS_MAX_AGE_S", "freshness_max_age_s", _parse_float)
         take("MODELTAP_ALERT_RUNBOOK_URL", "alert_runbook_url")
         take("MODELTAP_ALERT_RUNBOOKS", "alert_runbooks", _parse_key_values)
         take("MODELTAP_LABEL_TTL_S", "label_ttl_s", _parse_float)

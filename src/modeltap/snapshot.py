@@ -135,6 +135,9 @@ class ModelView:
     level: int = 0  # the highest of the feature, latency and error-rate levels
     history: HistoryView | None = None  # for the status page's plots
     requests_per_s: float | None = None  # over the window
+    # Ages of the `freshness_key` event times over the window: (rows, p50, p95, max, rows with an
+    # event time in the future, level); None without such a column.
+    freshness: tuple[int, float | None, float | None, float | None, int, int] | None = None
     cold_requests: int = 0  # the serving processes' first exchanges (cold_start_requests each)
     cold_latency_p50_s: float | None = None
 

@@ -26,6 +26,7 @@ ALERT_NAMES = {
     "performance": "ModelTapPerformanceDrop",
     "telemetry": "ModelTapTelemetryDropping",
     "version": "ModelTapVersionMismatch",
+    "freshness": "ModelTapDataStale",
 }
 
 

@@ -32,6 +32,9 @@ def observations(snap: Snapshot, psi_warning: float, psi_critical: float) -> lis
         out.append(
             Observation(AlertKey(model.name, model.version, "error_rate"), Level(model.error_rate_level))
         )
+        if model.freshness is not None:
+            _rows, _p50, p95, _max, _future, stale = model.freshness
+            out.append(Observation(AlertKey(model.name, model.version, "freshness"), Level(stale), p95))
     if snap.version_mismatch is not None:
         name, expected, served, mismatch = snap.version_mismatch
         version = next((v for v in served if v != expected), expected)

@@ -2,8 +2,9 @@
 
 Each alert links to its runbook: a URL configured for its subject (`alert_runbooks`, e.g.
 `monthly_charges=https://wiki/churn-pricing`) or for its kind (`feature`, `latency`,
-`error_rate`, `performance`, `telemetry`, `rollback`, `version`), else the section of `alert_runbook_url`
-(default: this project's docs/runbooks.md) that says what to check for that kind of alert.
+`error_rate`, `performance`, `telemetry`, `rollback`, `version`, `freshness`), else the section
+of `alert_runbook_url` (default: this project's docs/runbooks.md) that says what to check for
+that kind of alert.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ ANCHORS = {
     "performance": "modeltapperformancedrop",
     "rollback": "modeltaprollback",
     "version": "modeltapversionmismatch",
+    "freshness": "modeltapdatastale",
 }
 
 

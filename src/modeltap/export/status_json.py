@@ -99,6 +99,7 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
                     "max": view.latency_window_max_s,
                 },
                 "requests_per_s": view.requests_per_s,
+                "freshness": freshness_document(view.freshness),
                 # The first exchanges of the serving processes, kept out of `latency_s`.
                 "cold_start": {"requests": view.cold_requests, "latency_p50_s": view.cold_latency_p50_s},
                 "features": [feature_document(f) for f in view.features],
@@ -208,6 +209,23 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             # WARNING's response in effect: monitoring raised until `until_unix_s`, and why.
             "boost": {"until_unix_s": snap.boost[0], "reason": snap.boost[1]} if snap.boost else None,
         },
+    }
+
+
+def freshness_document(
+    freshness: tuple[int, float | None, float | None, float | None, int, int] | None,
+) -> dict[str, Any] | None:
+    """The ages of the `freshness_key` event times over the window (null without that column)."""
+    if freshness is None:
+        return None
+    rows, p50, p95, oldest, future, level = freshness
+    return {
+        "rows": rows,
+        "age_p50_s": p50,
+        "age_p95_s": p95,
+        "age_max_s": oldest,
+        "future_rows": future,
+        "level": LEVEL_NAMES[level],
     }
 
 

@@ -99,6 +99,8 @@ class ModelTapMiddleware:
         alert_status_url: str | None = None,
         expected_model_version: str | None = None,
         cold_start_requests: int | None = None,
+        freshness_key: str | None = None,
+        freshness_max_age_s: float | None = None,
         alert_runbook_url: str | None = None,
         alert_runbooks: Mapping[str, str] | None = None,
         label_ttl_s: float | None = None,

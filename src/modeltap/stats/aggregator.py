@@ -19,6 +19,7 @@ from modeltap.reference.document import ReferenceFeature, ReferenceProfile
 from modeltap.snapshot import Attributes, CounterPoint, FeatureView, HistogramPoint, ModelView
 from modeltap.stats.drift_state import DriftState, FeatureScores, WindowConfig
 from modeltap.stats.feature_summary import FeatureSummary
+from modeltap.stats.freshness import freshness_level
 from modeltap.stats.histogram import ExplicitHistogram
 from modeltap.stats.identities import UNKNOWN, IdentityBook
 from modeltap.stats.latency_window import LatencyWindow, RateWindow
@@ -60,6 +61,8 @@ class _ModelState:
         "drift",
         "errors",
         "features",
+        "freshness",
+        "freshness_future",
         "history",
         "latency_count",
         "latency_max",
@@ -90,6 +93,9 @@ class _ModelState:
         self.rate = RateWindow(latency_window.slots, latency_window.slot_s)
         self.cold_latency = QuantileSketch()
         self.cold_requests = 0
+        # Ages of the event times in `freshness_key` over the window; those in the future.
+        self.freshness = LatencyWindow(latency_window.slots, latency_window.slot_s)
+        self.freshness_future = 0
         # Per role: features tracked that the reference does not list (bounded by StateCaps).
         self.unlisted: dict[str, int] = {}
 
@@ -116,8 +122,10 @@ class StatsAggregator:
         caps: StateCaps | None = None,
         trusted_names: Iterable[str] = (),
         fixed_version: str | None = None,
+        freshness_max_age_s: float | None = None,
     ) -> None:
         self._window = window or WindowConfig()
+        self._freshness_bound = freshness_max_age_s
         self._thresholds = thresholds or Thresholds()
         self._clock = clock
         self._caps = caps or StateCaps()
@@ -229,6 +237,16 @@ class StatsAggregator:
             state.latency_count += int(finite.size) * weight
             state.latency_sum += float(finite.sum()) * weight
             state.latency_max = max(state.latency_max, float(finite.max()))
+
+    def observe_freshness(self, model: Attributes, ages_s: np.ndarray, weight: int) -> None:
+        """The ages (seconds) of one exchange's event times; negative ones (the future) count as 0."""
+        state = self._models.get(model)
+        future = int(np.count_nonzero(ages_s < 0))
+        if future:
+            state.freshness_future += future * weight
+            ages_s = np.maximum(ages_s, 0.0)
+        if ages_s.size:
+            state.freshness.add(ages_s, weight, self._clock())
 
     # ---- features -----------------------------------------------------------------------
 
@@ -456,6 +474,17 @@ class StatsAggregator:
             CounterPoint(attrs, float(v[0]), table.created_unix_ns(attrs)) for attrs, v in table.items()
         )
 
+    def _freshness(
+        self, state: _ModelState, now: float
+    ) -> tuple[int, float | None, float | None, float | None, int, int] | None:
+        """(rows, p50, p95, max, rows in the future, level) of the window's event-time ages."""
+        sketch = state.freshness.merged(now)
+        if not sketch.count and not state.freshness_future:
+            return None
+        p50, p95 = sketch.quantiles((0.5, 0.95))
+        level = freshness_level(p95, self._freshness_bound)
+        return int(sketch.count), p50, p95, sketch.max, state.freshness_future, int(level)
+
     def invalidate_scores(self) -> None:
         for _, state in self._models.items():
             if state.drift is not None:
@@ -482,6 +511,8 @@ class StatsAggregator:
                     features.append(_feature_view(unseen, feature_scores))
             p50, p95, p99, window_max = state.latency_window.summary(now)
             latency_level, error_level = state.history.levels(now, self._thresholds.sigma_k)
+            freshness = self._freshness(state, now)
+            stale = Level(freshness[5]) if freshness is not None else Level.OK
             views.append(
                 ModelView(
                     name=str(values.get(MODEL_NAME, "")),
@@ -501,12 +532,15 @@ class StatsAggregator:
                     latency_level=int(latency_level),
                     error_rate_level=int(error_level),
                     requests_per_s=state.rate.rate(now),
+                    freshness=freshness,
                     cold_requests=state.cold_requests,
                     cold_latency_p50_s=state.cold_latency.quantiles((0.5,))[0]
                     if state.cold_requests
                     else None,
                     level=int(
-                        overall_level([*(Level(f.level) for f in features), latency_level, error_level])
+                        overall_level(
+                            [*(Level(f.level) for f in features), latency_level, error_level, stale]
+                        )
                     ),
                 )
             )

@@ -76,6 +76,12 @@ def statistics(
     config: ModelTapConfig, reference: ReferenceProfile | None, clock: Callable[[], float] = time.monotonic
 ) -> StatsAggregator:
     """The statistics a configuration asks for (`clock`: a fire drill's shadow runs on its own)."""
+    key = config.freshness_key
+    if reference is not None and key is not None:
+        # The event-time column is measured for freshness, never scored for drift or schema
+        # (the decoders keep the full reference: positional rows still name their columns).
+        kept = tuple(f for f in reference.features if not (f.role == "input" and f.name == key))
+        reference = dataclasses.replace(reference, features=kept)
     return StatsAggregator(
         config.series_limit,
         tuple(float(b) for b in config.duration_buckets),
@@ -92,6 +98,7 @@ def statistics(
         trusted_names=[config.model_name] if config.model_name else (),
         fixed_version=config.model_version,
         clock=clock,
+        freshness_max_age_s=config.freshness_max_age_s,
     )
 
 

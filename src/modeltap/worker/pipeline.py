@@ -32,6 +32,7 @@ from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ExchangeRecord, Ra
 from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import Attributes
 from modeltap.stats import StatsAggregator
+from modeltap.stats.freshness import event_seconds
 from modeltap.stats.ground_truth import GroundTruth
 from modeltap.worker.feedback import join_key
 
@@ -88,6 +89,7 @@ class BatchPipeline:
         default_model_name: str,
     ) -> None:
         self._config = config
+        self._freshness_key = config.freshness_key
         self._reference = reference
         self._stats = stats
         self._span_options = span_options
@@ -153,7 +155,7 @@ class BatchPipeline:
         for raw in raw_records:
             self._pending += 1
             try:
-                (scope, root_path_at_start, _start_ns, started, _first, ended, finished, status,
+                (scope, root_path_at_start, start_ns, started, _first, ended, finished, status,
                  response_headers, request_parts, request_size, response_parts, response_size,
                  exception_type, disconnected, trace, weight, payload_weight, first_body) = raw  # fmt: skip
                 if payload_weight:
@@ -220,6 +222,8 @@ class BatchPipeline:
                     failed[key] += 1
                 if decoded.protocol == "openai" and first_body is not None and ended is not None:
                     _stream_timings(decoded, first_body - started, ended - first_body, ended - started)
+                if self._freshness_key is not None:
+                    self._freshness(model, decoded, start_ns / 1e9, payload_weight)
                 # Payload statistics count with the payload weight (bodies may be sampled).
                 if decoded.matrix_rows is not None:
                     rows = decoded.matrix_rows
@@ -306,6 +310,29 @@ class BatchPipeline:
             scores=scores,
             segments=segments,
         )
+
+    def _freshness(self, model: Attributes, decoded: DecodedPayload, start_s: float, weight: int) -> None:
+        """Take the event-time column out of the inputs (no drift, no schema check for it) and
+        measure how old each row's event was when the exchange started."""
+        key = self._freshness_key
+        values: list[Any] | None = None
+        if decoded.features and key in decoded.features:
+            values = list(decoded.features.pop(key))
+        elif decoded.matrix_rows is not None and key in decoded.matrix_names:
+            j = decoded.matrix_names.index(key)
+            rows = decoded.matrix_rows
+            values = [row[j] if isinstance(row, list) and len(row) > j else None for row in rows]
+            decoded.matrix_rows = [row[:j] + row[j + 1 :] if isinstance(row, list) else row for row in rows]
+            decoded.matrix_names = decoded.matrix_names[:j] + decoded.matrix_names[j + 1 :]
+        if not values or not weight:
+            return
+        seconds = [event_seconds(v) for v in values]
+        times = [t for t in seconds if t is not None]
+        bad = sum(1 for v, t in zip(values, seconds, strict=True) if t is None and v is not None)
+        if bad:
+            self._stats.count_violation(model, "type", bad * weight)
+        if times:
+            self._stats.observe_freshness(model, start_s - np.asarray(times), weight)
 
     def flush_pending(self) -> None:
         """Hand every grouped value to the statistics (before a snapshot, and from `process`)."""
