@@ -185,6 +185,24 @@ class ServingCounts:
     route: tuple[int, int, str, str, float | None] | None = None
     # Each serving process that answered: (pid, process start, first answer), unix seconds.
     cold_starts: tuple[tuple[int, float, float], ...] = ()
+    # What each serving process (and, in process mode, the monitor) costs.
+    resources: tuple[ProcessResources, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProcessResources:
+    """One process's cost (`modeltap.operations.process_resources`): `role` serving or monitor."""
+
+    pid: int
+    role: str
+    cpu_user_s: float
+    cpu_system_s: float
+    cpu_utilization: float | None  # share of one CPU since the previous sample
+    memory_rss_bytes: int
+    threads: int
+    open_fds: int | None
+    gc_collections: tuple[int, ...]  # per generation, since the process started
+    gc_pause_s: float  # time spent in garbage collections since modeltap started watching
 
 
 @dataclass(frozen=True)
@@ -285,6 +303,8 @@ class Snapshot:
     rollback: RollbackView | None = None
     # Each serving process that answered: (pid, process start, first answer), unix seconds.
     cold_starts: tuple[tuple[int, float, float], ...] = ()
+    # What each serving process (and, in process mode, the monitor) costs.
+    resources: tuple[ProcessResources, ...] = ()
     # The versions the answers carry: (model, version, first answered, last answered; unix s).
     versions_seen: tuple[tuple[str, str, float, float], ...] = ()
     # With an expected version: (model, expected, versions answered within the window, level).

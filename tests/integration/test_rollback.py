@@ -100,6 +100,13 @@ def test_the_operators_rollback_moves_traffic_with_no_failed_request(tmp_path: P
         admin = sidecar.admin_url
         assert wait_for(lambda: len(load.answers) >= 200, 20)
         assert wait_for(lambda: (_status(admin)["rollback"] or {}).get("active") is False, 10)
+
+        # What each process costs: the sidecar's data plane (its counts) and its monitor (itself).
+        def roles() -> dict[str, int]:
+            return {r["role"]: r["pid"] for r in _status(admin)["resources"]}
+
+        assert wait_for(lambda: set(roles()) == {"serving", "monitor"}, 10), roles()
+        assert roles() == {"serving": sidecar.process.pid, "monitor": _status(admin)["process"]["pid"]}
         # A request in flight when the switch turns finishes where it started.
         slow: list[httpx.Response] = []
         in_flight = threading.Thread(target=lambda: slow.append(httpx.get(sidecar.url + "/slow", timeout=10)))
@@ -153,6 +160,8 @@ def test_the_operators_rollback_moves_traffic_with_no_failed_request(tmp_path: P
         assert cancelled.status_code == 200, cancelled.text
         assert (cancelled.json()["target"], cancelled.json()["on_fallback"]) == ("primary", 0)
         assert wait_for(lambda: sum(1 for sent, _, _ in load.answers if sent > back) >= 100, 20)
+        # The notification of the cancel leaves from the monitor's sender thread: let it arrive.
+        assert wait_for(lambda: any(n.get("kind") == "rollback_cancelled" for n in hook.received), 10)
 
     # Not one failed request; before the switch only the primary answered, after it only the
     # fallback, after the cancel only the primary again.

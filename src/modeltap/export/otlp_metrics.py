@@ -136,6 +136,89 @@ def self_monitoring_metrics(snap: Snapshot) -> list[Metric]:
     return metrics
 
 
+def _float_sum(
+    name: str, description: str, unit: str, points: list[tuple[Attributes, float]], snap: Snapshot
+) -> Metric:
+    return Metric(
+        name=name,
+        description=description,
+        unit=unit,
+        data=Sum(
+            data_points=[
+                NumberDataPoint(dict(a), snap.start_unix_ns, snap.taken_unix_ns, v) for a, v in points
+            ],
+            aggregation_temporality=CUMULATIVE,
+            is_monotonic=True,
+        ),
+    )
+
+
+def resource_metrics(snap: Snapshot) -> list[Metric]:
+    """What each process costs, under the OpenTelemetry semantic-convention names (`process.*`,
+    `cpython.gc.collections`) where one exists, `modeltap.gc.pause` where none does; each point
+    names its process (`process.pid`, and `modeltap.process.role`: serving or monitor)."""
+    if not snap.resources:
+        return []
+    now = snap.taken_unix_ns
+    cpu: list[tuple[Attributes, float]] = []
+    utilization: list[tuple[Attributes, float]] = []
+    memory: list[tuple[Attributes, float]] = []
+    threads: list[tuple[Attributes, float]] = []
+    files: list[tuple[Attributes, float]] = []
+    collections: list[tuple[Attributes, float]] = []
+    pauses: list[tuple[Attributes, float]] = []
+    for r in snap.resources:
+        who: Attributes = (("process.pid", r.pid), ("modeltap.process.role", r.role))
+        cpu += [
+            ((*who, ("cpu.mode", "user")), r.cpu_user_s),
+            ((*who, ("cpu.mode", "system")), r.cpu_system_s),
+        ]
+        if r.cpu_utilization is not None:
+            utilization.append((who, r.cpu_utilization))
+        memory.append((who, float(r.memory_rss_bytes)))
+        threads.append((who, float(r.threads)))
+        if r.open_fds is not None:
+            files.append((who, float(r.open_fds)))
+        collections += [
+            ((*who, ("cpython.gc.generation", g)), float(n)) for g, n in enumerate(r.gc_collections)
+        ]
+        pauses.append((who, r.gc_pause_s))
+    metrics = [
+        _float_sum("process.cpu.time", "CPU seconds used by the process.", "s", cpu, snap),
+        _gauge("process.memory.usage", "Resident memory of the process.", "By", memory, now),
+        _gauge("process.thread.count", "Threads of the process.", "{thread}", threads, now),
+        _float_sum(
+            "cpython.gc.collections",
+            "Garbage collections, per generation.",
+            "{collection}",
+            collections,
+            snap,
+        ),
+        _float_sum("modeltap.gc.pause", "Time spent in garbage collections.", "s", pauses, snap),
+    ]
+    if utilization:
+        metrics.append(
+            _gauge(
+                "process.cpu.utilization",
+                "Share of one CPU used since the previous sample.",
+                "1",
+                utilization,
+                now,
+            )
+        )
+    if files:
+        metrics.append(
+            _gauge(
+                "process.unix.file_descriptor.count",
+                "Open file descriptors.",
+                "{file_descriptor}",
+                files,
+                now,
+            )
+        )
+    return metrics
+
+
 def drift_metrics(snap: Snapshot) -> list[Metric]:
     """Per-feature distributions, missing counters, window scores, p-values, levels and latency
     quantiles, per model version (see `drift_points`)."""
@@ -279,6 +362,7 @@ def build_metrics_data(snap: Snapshot, resource: Resource) -> MetricsData:
         )
     metrics.extend(drift_metrics(snap))
     metrics.extend(self_monitoring_metrics(snap))
+    metrics.extend(resource_metrics(snap))
     scope_metrics = ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url=HTTP_SCHEMA_URL)
     return MetricsData(
         resource_metrics=[ResourceMetrics(resource=resource, scope_metrics=[scope_metrics], schema_url="")]

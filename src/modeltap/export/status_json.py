@@ -168,6 +168,21 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             for a in snap.alerts
         ],
         "notifications": dict(snap.notifications),
+        # What each process costs: the serving processes and, in process mode, the monitor.
+        "resources": [
+            {
+                "pid": r.pid,
+                "role": r.role,
+                "cpu_time_s": {"user": r.cpu_user_s, "system": r.cpu_system_s},
+                "cpu_utilization": r.cpu_utilization,
+                "memory_rss_bytes": r.memory_rss_bytes,
+                "threads": r.threads,
+                "open_fds": r.open_fds,
+                "gc_collections": list(r.gc_collections),
+                "gc_pause_s": r.gc_pause_s,
+            }
+            for r in snap.resources
+        ],
         # Each serving process: when it started and how long until it answered first.
         "cold_starts": [
             {"pid": pid, "process_start_unix_s": start, "first_answer_after_s": first - start}

@@ -22,6 +22,7 @@ import orjson
 
 from modeltap.alerts.rollback import RouteReport, route_report
 from modeltap.handoff import framing
+from modeltap.operations.process_resources import from_counts
 from modeltap.snapshot import ServingCounts
 from modeltap.worker.tap import cold_starts
 
@@ -199,6 +200,7 @@ class Feeders:
             live = [feeder.counts for feeder in self.live]
             pids = tuple(sorted(f.pid for f in self.live if f.pid))
             started = cold_starts([{**feeder.counts, "pid": feeder.pid} for feeder in self.live])
+            costs = [from_counts(feeder.pid, feeder.counts) for feeder in self.live if feeder.counts]
         dropped = dict(total.get("dropped") or {})
         dropped.setdefault("queue_full", 0)
         dropped.setdefault("queue_bytes", 0)
@@ -220,6 +222,7 @@ class Feeders:
             control=tuple(sorted(control.items())),
             route=_route(live),
             cold_starts=started,
+            resources=tuple(cost for cost in costs if cost is not None),
         )
 
 

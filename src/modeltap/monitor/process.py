@@ -38,6 +38,7 @@ from modeltap.handoff.rendezvous import Rendezvous
 from modeltap.monitor.admin import MAX_NOTED_FAILURES, AdminApp, Readiness, admin_views
 from modeltap.monitor.ingest import Feeder, Feeders, Flush, Inbox, TapConnection
 from modeltap.monitor.resources import MemoryGuard, lower_priority
+from modeltap.operations.process_resources import ResourceSampler
 from modeltap.reference.document import load_reference
 from modeltap.snapshot import ServingCounts
 from modeltap.worker.analyzer import Analyzer
@@ -85,6 +86,7 @@ class Monitor:
         self._budget = CpuBudget(self.config.worker_cpu_budget)
         self._payload_stride = 1
         self._memory = MemoryGuard(self.config.monitor_memory_bytes)
+        self._resources = ResourceSampler("monitor")
         self._stopping = threading.Event()
         self._terminating_at: float | None = None
         self._connections: list[TapConnection] = []
@@ -361,7 +363,8 @@ class Monitor:
         if self._memory.shed_records:
             dropped = {**dict(counts.dropped), "monitor_memory": self._memory.shed_records}
             counts = dataclasses.replace(counts, dropped=tuple(sorted(dropped.items())))
-        return counts
+        # What the monitor itself costs, beside what the serving processes report.
+        return dataclasses.replace(counts, resources=(*counts.resources, self._resources.sample()))
 
     def _process(self, feeder: Feeder, payload: memoryview) -> None:
         analyzer = self.analyzer

@@ -278,6 +278,7 @@ class Analyzer:
             performance=self.truth.views(time.monotonic()) if self.truth.enabled else (),
             labels=tuple(sorted(self.truth.label_counts().items())) if self.truth.enabled else (),
             cold_starts=serving.cold_starts,
+            resources=serving.resources,
         )
         snapshot = self._versions(snapshot)
         snapshot = self._alerts(snapshot)

@@ -35,6 +35,7 @@ from modeltap.export.spans import ExchangeIdentity, build_span
 from modeltap.handoff.framing import RecordEncoder
 from modeltap.handoff.rendezvous import Rendezvous, RendezvousError, run_directory
 from modeltap.handoff.shipper import Shipper
+from modeltap.operations.process_resources import ResourceSampler, as_counts
 from modeltap.protocols.detect import path_identity, sanitize
 from modeltap.records import ExchangeRecord, RawRecord
 from modeltap.reference.document import ReferenceProfile, load_reference
@@ -116,6 +117,8 @@ class Tap:
         self.on_fallback: Any = None  # called once process mode fell back to inline
         self.monitor_pass_fds: tuple[int, ...] = ()
         self.extra_counts: dict[str, Any] = {}
+        # What this process costs (CPU, memory, threads, files, garbage collection).
+        self.resources = ResourceSampler("serving")
         # The sidecar's rollback switch: called (on the shipper thread) with a route command.
         self.on_route: Callable[[dict[str, Any]], None] | None = None
 
@@ -321,6 +324,7 @@ class Tap:
             "worker_lag_s": queue.oldest_age_s(),
             "sampling_stride": self.sampling.stride,
             "payload_sampling_stride": self.sampling.payload_stride,
+            **as_counts(self.resources.sample()),
             **self.extra_counts,
         }
 
@@ -473,6 +477,7 @@ class Tap:
             feeders=(os.getpid(),),
             route=_route(self.extra_counts),
             cold_starts=cold_starts([{**self.extra_counts, "pid": os.getpid()}]),
+            resources=(self.resources.sample(),),
         )
 
     def latest_snapshot(self) -> Snapshot:

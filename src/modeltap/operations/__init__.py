@@ -1,0 +1,1 @@
+"""Operational measurements of the processes modeltap runs in (resources)."""
