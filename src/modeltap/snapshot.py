@@ -206,6 +206,23 @@ class ProcessResources:
 
 
 @dataclass(frozen=True)
+class ContainerResources:
+    """The container's cgroup v2 figures (`modeltap.operations.cgroup`); None where not given."""
+
+    cpu_periods: int | None
+    cpu_throttled_periods: int | None
+    cpu_throttled_s: float | None
+    memory_bytes: int | None
+    memory_limit_bytes: int | None  # None: no limit
+
+    @property
+    def memory_limit_use(self) -> float | None:
+        if self.memory_bytes is None or not self.memory_limit_bytes:
+            return None
+        return self.memory_bytes / self.memory_limit_bytes
+
+
+@dataclass(frozen=True)
 class RollbackView:
     """The sidecar's rollback switch: where new requests go, why, since when, and in how many of
     its data-plane processes; `requested` is what was last asked of them."""
@@ -305,6 +322,8 @@ class Snapshot:
     cold_starts: tuple[tuple[int, float, float], ...] = ()
     # What each serving process (and, in process mode, the monitor) costs.
     resources: tuple[ProcessResources, ...] = ()
+    # The container's CPU throttling and memory against its limit (cgroup v2), where there is one.
+    container: ContainerResources | None = None
     # The versions the answers carry: (model, version, first answered, last answered; unix s).
     versions_seen: tuple[tuple[str, str, float, float], ...] = ()
     # With an expected version: (model, expected, versions answered within the window, level).

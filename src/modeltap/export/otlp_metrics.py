@@ -157,9 +157,10 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
     """What each process costs, under the OpenTelemetry semantic-convention names (`process.*`,
     `cpython.gc.collections`) where one exists, `modeltap.gc.pause` where none does; each point
     names its process (`process.pid`, and `modeltap.process.role`: serving or monitor)."""
-    if not snap.resources:
-        return []
     now = snap.taken_unix_ns
+    metrics = _container_metrics(snap)
+    if not snap.resources:
+        return metrics
     cpu: list[tuple[Attributes, float]] = []
     utilization: list[tuple[Attributes, float]] = []
     memory: list[tuple[Attributes, float]] = []
@@ -183,7 +184,7 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
             ((*who, ("cpython.gc.generation", g)), float(n)) for g, n in enumerate(r.gc_collections)
         ]
         pauses.append((who, r.gc_pause_s))
-    metrics = [
+    metrics += [
         _float_sum("process.cpu.time", "CPU seconds used by the process.", "s", cpu, snap),
         _gauge("process.memory.usage", "Resident memory of the process.", "By", memory, now),
         _gauge("process.thread.count", "Threads of the process.", "{thread}", threads, now),
@@ -213,6 +214,42 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
                 "Open file descriptors.",
                 "{file_descriptor}",
                 files,
+                now,
+            )
+        )
+    return metrics
+
+
+def _container_metrics(snap: Snapshot) -> list[Metric]:
+    """The container's cgroup v2 figures: throttled CPU time, memory and its limit."""
+    container = snap.container
+    if container is None:
+        return []
+    metrics: list[Metric] = []
+    if container.cpu_throttled_s is not None:
+        metrics.append(
+            _float_sum(
+                "modeltap.container.cpu.throttled_time",
+                "Time the container's threads waited for CPU quota (cgroup v2 throttled_usec).",
+                "s",
+                [((), container.cpu_throttled_s)],
+                snap,
+            )
+        )
+    now = snap.taken_unix_ns
+    if container.memory_bytes is not None:
+        usage = "The container's memory (cgroup v2 memory.current)."
+        metrics.append(
+            _gauge("modeltap.container.memory.usage", usage, "By", [((), float(container.memory_bytes))], now)
+        )
+    if container.memory_limit_bytes is not None:
+        limit = "The container's memory limit (cgroup v2 memory.max)."
+        metrics.append(
+            _gauge(
+                "modeltap.container.memory.limit",
+                limit,
+                "By",
+                [((), float(container.memory_limit_bytes))],
                 now,
             )
         )

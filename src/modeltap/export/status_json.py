@@ -183,6 +183,17 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             }
             for r in snap.resources
         ],
+        # The container's CPU throttling and memory against its limit (cgroup v2; null elsewhere).
+        "container": None
+        if snap.container is None
+        else {
+            "cpu_periods": snap.container.cpu_periods,
+            "cpu_throttled_periods": snap.container.cpu_throttled_periods,
+            "cpu_throttled_s": snap.container.cpu_throttled_s,
+            "memory_bytes": snap.container.memory_bytes,
+            "memory_limit_bytes": snap.container.memory_limit_bytes,
+            "memory_limit_use": snap.container.memory_limit_use,
+        },
         # Each serving process: when it started and how long until it answered first.
         "cold_starts": [
             {"pid": pid, "process_start_unix_s": start, "first_answer_after_s": first - start}

@@ -40,6 +40,7 @@ from modeltap.export.local_views import ReadEndpoint, WriteEndpoint
 from modeltap.export.resource import SERVICE_INSTANCE_ID, build_resource, new_instance_id
 from modeltap.export.spans import SpanOptions
 from modeltap.export.telemetry_thread import TelemetryExporter
+from modeltap.operations.cgroup import ContainerSampler
 from modeltap.records import RawRecord
 from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import (
@@ -166,6 +167,8 @@ class Analyzer:
         self.slack = WebhookSender(tuple(config.alert_slack_webhooks))
         self._info: set[tuple[str, str, str]] = set()  # subjects at INFO: logged once on entry
         self._versions_logged: set[tuple[str, str]] = set()
+        # The container this analysis runs in (the serving processes' too): cgroup v2 figures.
+        self.container = ContainerSampler()
         # The sidecar's rollback switch (configured by a sidecar with a fallback upstream).
         self.rollback = RollbackControl()
         # Fire drills: a shadow of these statistics, this configuration's alert path.
@@ -279,6 +282,7 @@ class Analyzer:
             labels=tuple(sorted(self.truth.label_counts().items())) if self.truth.enabled else (),
             cold_starts=serving.cold_starts,
             resources=serving.resources,
+            container=self.container.sample(),
         )
         snapshot = self._versions(snapshot)
         snapshot = self._alerts(snapshot)
