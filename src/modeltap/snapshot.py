@@ -165,6 +165,21 @@ class SelfMonitoring:
 
 
 @dataclass(frozen=True)
+class RouteReport:
+    """The sidecar's rollback switch as its data planes report it (summed over them)."""
+
+    processes: int = 0
+    on_fallback: int = 0
+    cause: str = ""
+    by: str = ""
+    since_unix_s: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.on_fallback > 0
+
+
+@dataclass(frozen=True)
 class ServingCounts:
     """What the serving processes count themselves (the capture hand-off, capture's own errors, the
     sidecar's failures), summed over the processes that feed one analysis."""
@@ -180,9 +195,8 @@ class ServingCounts:
     payload_sampling_stride: int = 1
     feeders: tuple[int, ...] = ()
     control: tuple[tuple[str, float], ...] = ()
-    # The rollback switch as the data planes report it: (processes, on the fallback, cause, by,
-    # since); None where no process has one.
-    route: tuple[int, int, str, str, float | None] | None = None
+    # The rollback switch as the data planes report it; None where no process has one.
+    route: RouteReport | None = None
     # Each serving process that answered: (pid, process start, first answer), unix seconds.
     cold_starts: tuple[tuple[int, float, float], ...] = ()
     # What each serving process (and, in process mode, the monitor) costs.

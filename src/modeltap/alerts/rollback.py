@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS
+from modeltap.snapshot import RouteReport
 
 PRIMARY, FALLBACK = "primary", "fallback"
 MAX_CAUSE_CHARS = 500
@@ -37,21 +38,6 @@ class RouteCommand:
 
     def document(self) -> dict[str, Any]:
         return {"target": self.target, "cause": self.cause, "by": self.by, "id": self.ident}
-
-
-@dataclass(frozen=True)
-class RouteReport:
-    """The switch as the data planes report it (summed over them)."""
-
-    processes: int = 0
-    on_fallback: int = 0
-    cause: str = ""
-    by: str = ""
-    since_unix_s: float | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.on_fallback > 0
 
 
 def route_report(counts: list[dict[str, Any]]) -> RouteReport | None:

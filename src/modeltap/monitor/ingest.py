@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from modeltap.alerts.rollback import RouteReport, route_report
+from modeltap.alerts.rollback import route_report
 from modeltap.handoff import framing
 from modeltap.operations.process_resources import from_counts
-from modeltap.snapshot import ServingCounts
+from modeltap.snapshot import RouteReport, ServingCounts
 from modeltap.worker.tap import cold_starts
 
 _log = logging.getLogger("modeltap.monitor")
@@ -220,7 +220,7 @@ class Feeders:
             payload_sampling_stride=max((int(c.get("payload_sampling_stride", 1)) for c in live), default=1),
             feeders=pids,
             control=tuple(sorted(control.items())),
-            route=_route(live),
+            route=route_report(live),
             cold_starts=started,
             resources=tuple(cost for cost in costs if cost is not None),
         )
@@ -315,11 +315,3 @@ def _json(payload: memoryview) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return document if isinstance(document, dict) else None
-
-
-def _route(live: list[dict[str, Any]]) -> tuple[int, int, str, str, float | None] | None:
-    """The rollback switch as the live data planes report it."""
-    report = route_report(live)
-    if report is None:
-        return None
-    return report.processes, report.on_fallback, report.cause, report.by, report.since_unix_s

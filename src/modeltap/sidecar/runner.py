@@ -24,7 +24,7 @@ from typing import Any
 
 import uvicorn
 
-from modeltap.alerts.rollback import RouteCommand, RouteReport, rollback_endpoint, route_report
+from modeltap.alerts.rollback import RouteCommand, rollback_endpoint, route_report
 from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
 from modeltap.middleware.asgi import ModelTapMiddleware
@@ -36,6 +36,7 @@ from modeltap.sidecar.proxy import ProxyApp, ProxyLimits
 from modeltap.sidecar.route import FALLBACK, PRIMARY, RouteState, UpstreamRoute
 from modeltap.sidecar.settings import SidecarSettings
 from modeltap.sidecar.upstream import UpstreamPool
+from modeltap.snapshot import RouteReport
 
 _log = logging.getLogger("modeltap.sidecar")
 # Set by the supervisor for the data planes it starts: "proxy_fd,admin_fd" they inherit.

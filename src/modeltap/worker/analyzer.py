@@ -25,7 +25,6 @@ from modeltap.alerts.rollback import (
     FALLBACK,
     RollbackControl,
     RouteCommand,
-    RouteReport,
     rollback_alert,
     rollback_notification,
     rollback_slack,
@@ -48,6 +47,7 @@ from modeltap.snapshot import (
     Attributes,
     CounterPoint,
     RollbackView,
+    RouteReport,
     SelfMonitoring,
     ServingCounts,
     Snapshot,
@@ -379,8 +379,8 @@ class Analyzer:
         control = self.rollback
         if control.fallback is None:
             return None
-        processes, on_fallback, cause, by, since = serving.route or (0, 0, "", "", None)
-        adopted = control.adopt(RouteReport(processes, on_fallback, cause, by, since))
+        route = serving.route or RouteReport()
+        adopted = control.adopt(route)
         if adopted is not None:
             # Rolled back before this monitor started: keep the Alertmanager alert alive again.
             now = time.monotonic()
@@ -389,12 +389,12 @@ class Analyzer:
         return RollbackView(
             fallback_upstream=control.fallback,
             auto=control.auto,
-            active=on_fallback > 0,
-            processes=processes,
-            on_fallback=on_fallback,
-            cause=cause,
-            by=by,
-            since_unix_s=since,
+            active=route.active,
+            processes=route.processes,
+            on_fallback=route.on_fallback,
+            cause=route.cause,
+            by=route.by,
+            since_unix_s=route.since_unix_s,
             requested=control.command.target if control.command is not None else None,
         )
 

@@ -475,7 +475,7 @@ class Tap:
             sampling_stride=self.sampling.stride,
             payload_sampling_stride=self.sampling.payload_stride,
             feeders=(os.getpid(),),
-            route=_route(self.extra_counts),
+            route=route_report([self.extra_counts]),
             cold_starts=cold_starts([{**self.extra_counts, "pid": os.getpid()}]),
             resources=(self.resources.sample(),),
         )
@@ -483,14 +483,6 @@ class Tap:
     def latest_snapshot(self) -> Snapshot:
         """The last published snapshot (at most `snapshot_interval_s` old while running)."""
         return self.analyzer.latest_snapshot()
-
-
-def _route(counts: dict[str, Any]) -> tuple[int, int, str, str, float | None] | None:
-    """This process's rollback switch (a sidecar's), as its counts report it."""
-    report = route_report([counts])
-    if report is None:
-        return None
-    return report.processes, report.on_fallback, report.cause, report.by, report.since_unix_s
 
 
 def _process_start_unix_s() -> float:

@@ -13,14 +13,13 @@ from modeltap.alerts.rollback import (
     FALLBACK,
     PRIMARY,
     RollbackControl,
-    RouteReport,
     clean_cause,
     rollback_endpoint,
     route_report,
 )
 from modeltap.alerts.state import AlertKey, Observation
 from modeltap.config import ModelTapConfig
-from modeltap.snapshot import ServingCounts
+from modeltap.snapshot import RouteReport, ServingCounts
 from modeltap.stats.scores import Level
 from modeltap.worker import analyzer as analyzer_module
 from modeltap.worker.analyzer import Analyzer
@@ -133,7 +132,7 @@ def test_an_emergency_alert_rolls_back_logs_and_notifies(monkeypatch: pytest.Mon
     monkeypatch.setattr(analyzer.webhooks, "offer", sent.append)
     emergency = [Observation(AlertKey("churn", "2", "revenue"), Level.EMERGENCY, 0.3, 0.5)]
     monkeypatch.setattr(analyzer_module, "observations", lambda *args: emergency)
-    snapshot = analyzer.publish(ServingCounts(route=(1, 0, "", "", None)))
+    snapshot = analyzer.publish(ServingCounts(route=RouteReport(1, 0)))
     assert applied == [FALLBACK]
     rollback = [d for d in sent if d["kind"] == "rollback"]
     assert len(rollback) == 1
@@ -160,7 +159,9 @@ def test_a_restarted_monitor_adopts_the_data_planes_rollback(monkeypatch: pytest
     monkeypatch.setattr(
         analyzer.alertmanager, "hold", lambda key, document, now, to_unix: held.append(document)
     )
-    snapshot = analyzer.publish(ServingCounts(route=(2, 1, "version 2 misbehaves", "operator", 100.0)))
+    snapshot = analyzer.publish(
+        ServingCounts(route=RouteReport(2, 1, "version 2 misbehaves", "operator", 100.0))
+    )
     assert snapshot.rollback is not None
     assert (snapshot.rollback.active, snapshot.rollback.requested) == (True, FALLBACK)
     # A data plane that restarts (on the upstream) is asked to follow; nothing is announced again.
