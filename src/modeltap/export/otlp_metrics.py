@@ -40,7 +40,9 @@ def _counter(
     points: Sequence[CounterPoint],
     snap: Snapshot,
     monotonic: bool = True,
+    whole: bool = True,
 ) -> Metric:
+    """A cumulative sum; `whole`: counts (integers), else seconds and the like (floats)."""
     return Metric(
         name=name,
         description=description,
@@ -51,7 +53,7 @@ def _counter(
                     dict(p.attributes),
                     p.start_unix_ns or snap.start_unix_ns,
                     snap.taken_unix_ns,
-                    int(p.value),
+                    int(p.value) if whole else p.value,
                 )
                 for p in points
             ],
@@ -136,23 +138,6 @@ def self_monitoring_metrics(snap: Snapshot) -> list[Metric]:
     return metrics
 
 
-def _float_sum(
-    name: str, description: str, unit: str, points: list[tuple[Attributes, float]], snap: Snapshot
-) -> Metric:
-    return Metric(
-        name=name,
-        description=description,
-        unit=unit,
-        data=Sum(
-            data_points=[
-                NumberDataPoint(dict(a), snap.start_unix_ns, snap.taken_unix_ns, v) for a, v in points
-            ],
-            aggregation_temporality=CUMULATIVE,
-            is_monotonic=True,
-        ),
-    )
-
-
 def resource_metrics(snap: Snapshot) -> list[Metric]:
     """What each process costs, under the OpenTelemetry semantic-convention names (`process.*`,
     `cpython.gc.collections`) where one exists, `modeltap.gc.pause` where none does; each point
@@ -161,18 +146,18 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
     metrics = _container_metrics(snap)
     if not snap.resources:
         return metrics
-    cpu: list[tuple[Attributes, float]] = []
+    cpu: list[CounterPoint] = []
     utilization: list[tuple[Attributes, float]] = []
     memory: list[tuple[Attributes, float]] = []
     threads: list[tuple[Attributes, float]] = []
     files: list[tuple[Attributes, float]] = []
-    collections: list[tuple[Attributes, float]] = []
-    pauses: list[tuple[Attributes, float]] = []
+    collections: list[CounterPoint] = []
+    pauses: list[CounterPoint] = []
     for r in snap.resources:
         who: Attributes = (("process.pid", r.pid), ("modeltap.process.role", r.role))
         cpu += [
-            ((*who, ("cpu.mode", "user")), r.cpu_user_s),
-            ((*who, ("cpu.mode", "system")), r.cpu_system_s),
+            CounterPoint((*who, ("cpu.mode", "user")), r.cpu_user_s),
+            CounterPoint((*who, ("cpu.mode", "system")), r.cpu_system_s),
         ]
         if r.cpu_utilization is not None:
             utilization.append((who, r.cpu_utilization))
@@ -181,21 +166,21 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
         if r.open_fds is not None:
             files.append((who, float(r.open_fds)))
         collections += [
-            ((*who, ("cpython.gc.generation", g)), float(n)) for g, n in enumerate(r.gc_collections)
+            CounterPoint((*who, ("cpython.gc.generation", g)), n) for g, n in enumerate(r.gc_collections)
         ]
-        pauses.append((who, r.gc_pause_s))
+        pauses.append(CounterPoint(who, r.gc_pause_s))
     metrics += [
-        _float_sum("process.cpu.time", "CPU seconds used by the process.", "s", cpu, snap),
+        _counter("process.cpu.time", "CPU seconds used by the process.", "s", cpu, snap, whole=False),
         _gauge("process.memory.usage", "Resident memory of the process.", "By", memory, now),
         _gauge("process.thread.count", "Threads of the process.", "{thread}", threads, now),
-        _float_sum(
+        _counter(
             "cpython.gc.collections",
             "Garbage collections, per generation.",
             "{collection}",
             collections,
             snap,
         ),
-        _float_sum("modeltap.gc.pause", "Time spent in garbage collections.", "s", pauses, snap),
+        _counter("modeltap.gc.pause", "Time spent in garbage collections.", "s", pauses, snap, whole=False),
     ]
     if utilization:
         metrics.append(
@@ -228,12 +213,13 @@ def _container_metrics(snap: Snapshot) -> list[Metric]:
     metrics: list[Metric] = []
     if container.cpu_throttled_s is not None:
         metrics.append(
-            _float_sum(
+            _counter(
                 "modeltap.container.cpu.throttled_time",
                 "Time the container's threads waited for CPU quota (cgroup v2 throttled_usec).",
                 "s",
-                [((), container.cpu_throttled_s)],
+                [CounterPoint((), container.cpu_throttled_s)],
                 snap,
+                whole=False,
             )
         )
     now = snap.taken_unix_ns
