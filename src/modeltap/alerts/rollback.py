@@ -246,5 +246,15 @@ def rollback_endpoint(
     return handle
 
 
+def rollback_endpoints(
+    control: RollbackControl, report: Callable[[], RouteReport | None]
+) -> dict[str, Callable[[bytes, str], tuple[int, bytes]]]:
+    """The admin port's `/rollback` and `/rollback/cancel`, for the views' write endpoints."""
+    return {
+        "/rollback": rollback_endpoint(control, FALLBACK, report),
+        "/rollback/cancel": rollback_endpoint(control, PRIMARY, report),
+    }
+
+
 def _answer(status: int, document: dict[str, Any]) -> tuple[int, bytes]:
     return status, json.dumps(document).encode() + b"\n"

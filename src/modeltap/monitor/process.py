@@ -30,7 +30,7 @@ from typing import Any
 import uvicorn
 from opentelemetry.sdk.resources import Resource
 
-from modeltap.alerts.rollback import FALLBACK, PRIMARY, rollback_endpoint
+from modeltap.alerts.rollback import rollback_endpoints
 from modeltap.config import ModelTapConfig
 from modeltap.export.local_views import LocalViews
 from modeltap.handoff import framing
@@ -249,9 +249,7 @@ class Monitor:
         views = admin_views(
             analyzer.latest_snapshot, config, analyzer.feedback, analyzer.writes(), analyzer.reads()
         )
-        report = self.feeders.route_report
-        views.writes["/rollback"] = rollback_endpoint(analyzer.rollback, FALLBACK, report)
-        views.writes["/rollback/cancel"] = rollback_endpoint(analyzer.rollback, PRIMARY, report)
+        views.writes.update(rollback_endpoints(analyzer.rollback, self.feeders.route_report))
         settings = uvicorn.Config(
             AdminApp(views, readiness),
             http="httptools",

@@ -24,7 +24,7 @@ from typing import Any
 
 import uvicorn
 
-from modeltap.alerts.rollback import RouteCommand, rollback_endpoint, route_report
+from modeltap.alerts.rollback import RouteCommand, rollback_endpoints, route_report
 from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
 from modeltap.middleware.asgi import ModelTapMiddleware
@@ -33,7 +33,7 @@ from modeltap.sidecar.downstream import ClientLimits, protocol_class
 from modeltap.sidecar.failure_log import FailureLog
 from modeltap.sidecar.headers import TrustedPeers
 from modeltap.sidecar.proxy import ProxyApp, ProxyLimits
-from modeltap.sidecar.route import FALLBACK, PRIMARY, RouteState, UpstreamRoute
+from modeltap.sidecar.route import FALLBACK, RouteState, UpstreamRoute
 from modeltap.sidecar.settings import SidecarSettings
 from modeltap.sidecar.upstream import UpstreamPool
 from modeltap.snapshot import RouteReport
@@ -125,9 +125,7 @@ class Sidecar:
         if self.route.available:
             # Inline mode's switch: the analysis here asks this event loop directly.
             analyzer.rollback.configure(settings.fallback_upstream, settings.auto_rollback)
-            report = self._route_report
-            views.writes["/rollback"] = rollback_endpoint(analyzer.rollback, FALLBACK, report)
-            views.writes["/rollback/cancel"] = rollback_endpoint(analyzer.rollback, PRIMARY, report)
+            views.writes.update(rollback_endpoints(analyzer.rollback, self._route_report))
             self.tap.report_all(self.route.state.report())  # the monitor learns there is a switch
         self.admin = AdminApp(views, self.readiness)
         self._protocol = protocol_class(
