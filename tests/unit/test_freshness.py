@@ -38,6 +38,16 @@ def send_rows(middleware: Any, rows: list[dict[str, Any]]) -> None:
     run_asgi(middleware, make_http_scope("POST", "/v1/models/churn:predict"), http_request_messages(body))
 
 
+def monitored(make_middleware: MakeMiddleware, reference: Path, max_age_s: float) -> Any:
+    return make_middleware(
+        model,
+        model_name="churn",
+        reference=str(reference),
+        freshness_key="event_time",
+        freshness_max_age_s=max_age_s,
+    )
+
+
 @pytest.fixture
 def reference(tmp_path: Path) -> Path:
     """A profile whose inputs include the event-time column, as a training table would."""
@@ -55,13 +65,7 @@ def reference(tmp_path: Path) -> Path:
 def test_ages_from_epoch_and_rfc3339_and_the_column_is_out_of_drift_and_schema(
     make_middleware: MakeMiddleware, reference: Path
 ) -> None:
-    middleware = make_middleware(
-        model,
-        model_name="churn",
-        reference=str(reference),
-        freshness_key="event_time",
-        freshness_max_age_s=3600.0,
-    )
+    middleware = monitored(make_middleware, reference, max_age_s=3600.0)
     now = time.time()
     rows: list[dict[str, Any]] = [{"amount": 10.0, "event_time": now - 60} for _ in range(96)]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 7200))
@@ -82,13 +86,7 @@ def test_ages_from_epoch_and_rfc3339_and_the_column_is_out_of_drift_and_schema(
 def test_a_stale_p95_is_a_warning_then_critical_and_bad_times_are_type_violations(
     make_middleware: MakeMiddleware, reference: Path
 ) -> None:
-    middleware = make_middleware(
-        model,
-        model_name="churn",
-        reference=str(reference),
-        freshness_key="event_time",
-        freshness_max_age_s=600.0,
-    )
+    middleware = monitored(make_middleware, reference, max_age_s=600.0)
     now = time.time()
     send_rows(
         middleware,
