@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS
 from modeltap.snapshot import RouteReport
 
 PRIMARY, FALLBACK = "primary", "fallback"
@@ -173,8 +172,9 @@ def rollback_slack(document: dict[str, Any]) -> dict[str, Any]:
     return {"text": f"{head}\n• {line}"}
 
 
-def rollback_alert(document: dict[str, Any], ends_at: str, starts_at: str) -> dict[str, Any]:
-    """The switch as an Alertmanager alert, `ModelTapRollback`: active while rolled back."""
+def rollback_alert(document: dict[str, Any], starts_at: str, runbook_url: str) -> dict[str, Any]:
+    """The switch as an Alertmanager alert, `ModelTapRollback`: active while rolled back (its
+    `endsAt` is set by `AlertmanagerSender.hold`, which keeps it alive)."""
     switch = document["rollback"]
     return {
         "labels": {
@@ -185,10 +185,9 @@ def rollback_alert(document: dict[str, Any], ends_at: str, starts_at: str) -> di
         "annotations": {
             "summary": f"{document['model']}: traffic rolled back to {switch['fallback_upstream']} "
             f"by {switch['by']}: {switch['cause']}",
-            "runbook_url": DEFAULT_RUNBOOKS.url("rollback"),
+            "runbook_url": runbook_url,
         },
         "startsAt": starts_at,
-        "endsAt": ends_at,
     }
 
 

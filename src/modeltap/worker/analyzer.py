@@ -425,8 +425,7 @@ class Analyzer:
             document = rollback_notification(
                 command, self.rollback.fallback or "", model, version, now + offset
             )
-            alert = rollback_alert(document, format_time(now + offset), format_time(now + offset))
-            alert["annotations"]["runbook_url"] = self.runbooks.url("rollback")
+            alert = rollback_alert(document, format_time(now + offset), self.runbooks.url("rollback"))
             self.alertmanager.hold(key, alert, now, to_unix)
         else:
             self.alertmanager.drop(key, now, to_unix)
