@@ -237,6 +237,16 @@ class ContainerResources:
 
 
 @dataclass(frozen=True)
+class VersionMismatch:
+    """The versions answered within the window against `expected_model_version`."""
+
+    model: str
+    expected: str
+    served: tuple[str, ...]
+    level: int  # WARNING while any served version differs from the expected one
+
+
+@dataclass(frozen=True)
 class RollbackView:
     """The sidecar's rollback switch: where new requests go, why, since when, and in how many of
     its data-plane processes; `requested` is what was last asked of them."""
@@ -341,4 +351,4 @@ class Snapshot:
     # The versions the answers carry: (model, version, first answered, last answered; unix s).
     versions_seen: tuple[tuple[str, str, float, float], ...] = ()
     # With an expected version: (model, expected, versions answered within the window, level).
-    version_mismatch: tuple[str, str, tuple[str, ...], int] | None = None
+    version_mismatch: VersionMismatch | None = None

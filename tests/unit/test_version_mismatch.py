@@ -13,7 +13,7 @@ import pytest
 
 from modeltap._types import Receive, Scope, Send
 from modeltap.alerts.observations import observations
-from modeltap.snapshot import Snapshot
+from modeltap.snapshot import Snapshot, VersionMismatch
 from modeltap.stats.served_versions import ServedVersions
 from tests.support.asgi_driver import http_request_messages, make_http_scope, run_asgi
 from tests.support.tapping import MakeMiddleware, status_document
@@ -86,7 +86,11 @@ def test_without_an_expected_version_there_is_no_mismatch(make_middleware: MakeM
 
 def test_a_mismatch_is_a_version_alert_on_the_served_version() -> None:
     snapshot = Snapshot(
-        taken_unix_ns=0, start_unix_ns=0, instance_id="x", pid=1, version_mismatch=("churn", "1", ("2",), 2)
+        taken_unix_ns=0,
+        start_unix_ns=0,
+        instance_id="x",
+        pid=1,
+        version_mismatch=VersionMismatch("churn", "1", ("2",), 2),
     )
     [observation] = observations(snapshot, 0.1, 0.2)
     assert (observation.key.model, observation.key.version, observation.key.subject) == (

@@ -35,10 +35,10 @@ def observations(snap: Snapshot, psi_warning: float, psi_critical: float) -> lis
         if model.freshness is not None:
             _rows, _p50, p95, _max, _future, stale = model.freshness
             out.append(Observation(AlertKey(model.name, model.version, "freshness"), Level(stale), p95))
-    if snap.version_mismatch is not None:
-        name, expected, served, mismatch = snap.version_mismatch
-        version = next((v for v in served if v != expected), expected)
-        out.append(Observation(AlertKey(name, version, "version"), Level(mismatch)))
+    mismatch = snap.version_mismatch
+    if mismatch is not None:
+        version = next((v for v in mismatch.served if v != mismatch.expected), mismatch.expected)
+        out.append(Observation(AlertKey(mismatch.model, version, "version"), Level(mismatch.level)))
     for performance in snap.performance:
         accuracy = dict(performance.window).get("accuracy")
         baseline = performance.baseline_accuracy

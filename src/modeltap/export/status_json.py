@@ -209,10 +209,10 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
         "version_mismatch": None
         if snap.version_mismatch is None
         else {
-            "model": snap.version_mismatch[0],
-            "expected": snap.version_mismatch[1],
-            "served": list(snap.version_mismatch[2]),
-            "level": LEVEL_NAMES[snap.version_mismatch[3]],
+            "model": snap.version_mismatch.model,
+            "expected": snap.version_mismatch.expected,
+            "served": list(snap.version_mismatch.served),
+            "level": LEVEL_NAMES[snap.version_mismatch.level],
         },
         "monitoring": {
             "queue_depth": mon.queue_depth,

@@ -51,6 +51,7 @@ from modeltap.snapshot import (
     SelfMonitoring,
     ServingCounts,
     Snapshot,
+    VersionMismatch,
 )
 from modeltap.stats import StatsAggregator
 from modeltap.stats.aggregator import StateCaps
@@ -372,7 +373,7 @@ class Analyzer:
         if expected is not None:
             current = served.current(self.default_name, now, self.stats.window_s)
             level = Level.WARNING if any(v != expected for v in current) else Level.OK
-            mismatch = (self.default_name, expected, current, int(level))
+            mismatch = VersionMismatch(self.default_name, expected, current, int(level))
         return dataclasses.replace(snapshot, versions_seen=seen, version_mismatch=mismatch)
 
     def _rollback_view(self, serving: ServingCounts) -> RollbackView | None:
