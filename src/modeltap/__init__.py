@@ -4,7 +4,7 @@ Public API::
 
     from modeltap import ModelTapMiddleware, ModelTapConfig
     from modeltap import build_profile, write_profile, load_reference   # reference profiles
-    from modeltap import feedback                                       # labels, in process
+    from modeltap import feedback, outcome                              # labels, outcomes
 
 The middleware and the profile functions are imported on first use: `import modeltap` stays
 cheap for processes that need only part of it (the monitor process takes its lock first).
@@ -19,12 +19,13 @@ from modeltap.errors import ConfigError, ModelTapError, ReferenceProfileError
 
 if _typing.TYPE_CHECKING:
     from modeltap.middleware import ModelTapMiddleware
-    from modeltap.middleware.feedback_api import feedback
+    from modeltap.middleware.feedback_api import feedback, outcome
     from modeltap.reference import build_profile, load_reference, write_profile
 
 _LAZY = {
     "ModelTapMiddleware": "modeltap.middleware",
     "feedback": "modeltap.middleware.feedback_api",
+    "outcome": "modeltap.middleware.feedback_api",
     "build_profile": "modeltap.reference",
     "load_reference": "modeltap.reference",
     "write_profile": "modeltap.reference",
@@ -42,6 +43,7 @@ __all__ = [
     "build_profile",
     "feedback",
     "load_reference",
+    "outcome",
     "write_profile",
 ]
 

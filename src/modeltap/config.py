@@ -32,6 +32,9 @@ DEFAULT_DURATION_BUCKETS_S: tuple[float, ...] = (
 
 MONITOR_MODES = ("process", "inline")
 _MONITOR_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_OUTCOME_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+# The figures a business level can judge (modeltap.stats.business.METRICS).
+BUSINESS_METRICS = ("conversion_rate", "average_order_value", "revenue_per_prediction")
 
 # Names of the payload decoders (protocols/detect.py), for protocol_routes.
 PROTOCOL_NAMES = ("kserve_v1", "tf_serving", "oip_v2", "seldon", "openai", "json", "mapping")
@@ -342,6 +345,19 @@ class ModelTapConfig:
     freshness_max_age_s: float | None = None
     alert_runbook_url: str | None = None
     alert_runbooks: Mapping[str, str] = field(default_factory=dict)
+    # Business outcomes fed back to `{views_prefix}/outcome` (the sidecar's admin `/outcome`):
+    # the names taken (`conversion` is 0/1 per answered row, `order_value` a number; any other
+    # name is refused, never created), the figure judged (conversion_rate, average_order_value,
+    # revenue_per_prediction), and EMERGENCY: the window's figure below `business_floor` (else
+    # more than `business_max_drop` below the baseline's) and significantly below it (one-sided
+    # p < `business_alpha`). The baseline is `business_baseline_version`, else the model's first
+    # version, and for that version its own history before the window.
+    outcome_names: tuple[str, ...] = ("conversion", "order_value")
+    business_metric: str = "conversion_rate"
+    business_floor: float | None = None
+    business_max_drop: float = 0.10
+    business_alpha: float = 0.01
+    business_baseline_version: str | None = None
     label_ttl_s: float = 24 * 3600.0
     label_store_bytes: int = 64 * 1024 * 1024
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -465,6 +481,28 @@ class ModelTapConfig:
                 raise ConfigError(f"alert webhooks must be http(s) URLs, got {url!r}", "alert_webhooks")
         if self.ranking_k is not None and not 1 <= self.ranking_k <= 1000:
             raise ConfigError(f"ranking_k must be within 1..1000, got {self.ranking_k!r}", "ranking_k")
+        if self.business_metric not in BUSINESS_METRICS:
+            raise ConfigError(
+                f"business_metric must be one of {list(BUSINESS_METRICS)}, got {self.business_metric!r}",
+                "business_metric",
+            )
+        if not 0 < self.business_max_drop < 1:
+            raise ConfigError(
+                f"business_max_drop must be within (0, 1), got {self.business_max_drop!r}",
+                "business_max_drop",
+            )
+        if not 0 < self.business_alpha < 1:
+            raise ConfigError(
+                f"business_alpha must be within (0, 1), got {self.business_alpha!r}", "business_alpha"
+            )
+        if self.business_floor is not None and not math.isfinite(self.business_floor):
+            raise ConfigError(f"business_floor must be finite, got {self.business_floor!r}", "business_floor")
+        if len(self.outcome_names) > 32 or not all(_OUTCOME_NAME.fullmatch(n) for n in self.outcome_names):
+            raise ConfigError(
+                "outcome_names must be at most 32 names of 1-64 letters, digits or '_', "
+                f"got {self.outcome_names!r}",
+                "outcome_names",
+            )
         if not self.label_ttl_s > 0:
             raise ConfigError(f"label_ttl_s must be > 0, got {self.label_ttl_s!r}", "label_ttl_s")
         if self.label_store_bytes < 1024 * 1024:
@@ -569,6 +607,12 @@ class ModelTapConfig:
         take("MODELTAP_FRESHNESS_MAX_AGE_S", "freshness_max_age_s", _parse_float)
         take("MODELTAP_ALERT_RUNBOOK_URL", "alert_runbook_url")
         take("MODELTAP_ALERT_RUNBOOKS", "alert_runbooks", _parse_key_values)
+        take("MODELTAP_OUTCOME_NAMES", "outcome_names", split)
+        take("MODELTAP_BUSINESS_METRIC", "business_metric")
+        take("MODELTAP_BUSINESS_FLOOR", "business_floor", _parse_float)
+        take("MODELTAP_BUSINESS_MAX_DROP", "business_max_drop", _parse_float)
+        take("MODELTAP_BUSINESS_ALPHA", "business_alpha", _parse_float)
+        take("MODELTAP_BUSINESS_BASELINE_VERSION", "business_baseline_version")
         take("MODELTAP_LABEL_TTL_S", "label_ttl_s", _parse_float)
         take("MODELTAP_LABEL_STORE_BYTES", "label_store_bytes", _parse_int)
         kwargs["export"] = ExportConfig.from_env(env)

@@ -263,6 +263,55 @@ class RollbackView:
 
 
 @dataclass(frozen=True)
+class OutcomeTally:
+    """The counts behind one model version's business figures over a span of time."""
+
+    requests: int = 0  # exchanges whose rows outcomes can join
+    exposures: int = 0  # answered rows with a join key (a conversion rate's denominator)
+    outcomes: int = 0  # outcomes joined
+    # Per configured outcome name: (name, outcomes joined, sum of values, sum of squared values).
+    sums: tuple[tuple[str, int, float, float], ...] = ()
+
+    def sum_of(self, name: str) -> tuple[int, float, float]:
+        return next(((n, s, q) for o, n, s, q in self.sums if o == name), (0, 0.0, 0.0))
+
+
+@dataclass(frozen=True)
+class RevenueImpact:
+    """`ΔConversion * Traffic * AOV` over the window against the baseline, with its 95 %
+    interval (delta method)."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    traffic: int  # the version's exposures in the window
+    delta_conversion: float
+    average_order_value: float
+
+
+@dataclass(frozen=True)
+class BusinessSummary:
+    """One model version's business outcomes (`modeltap.stats.business`): its window and
+    cumulative counts and figures, the baseline it is judged against, and the level."""
+
+    model: str
+    version: str
+    window: OutcomeTally
+    total: OutcomeTally
+    # conversion_rate, average_order_value, revenue_per_prediction, outcomes_per_request.
+    window_figures: tuple[tuple[str, float | None], ...] = ()
+    total_figures: tuple[tuple[str, float | None], ...] = ()
+    baseline_source: str = "none"  # version (another version's totals) | history | none
+    baseline_version: str | None = None
+    baseline_figures: tuple[tuple[str, float | None], ...] = ()
+    revenue_impact: RevenueImpact | None = None
+    metric: str = "conversion_rate"  # the figure the level judges
+    threshold: float | None = None  # below it (and significantly below the baseline): EMERGENCY
+    p_value: float | None = None  # one-sided: the window's figure is below the baseline's
+    level: int = 0  # OK, or EMERGENCY
+
+
+@dataclass(frozen=True)
 class PerformanceSummary:
     """One model version's realised performance from joined labels, over the window and since
     start: metric name -> value (None where undefined), per-class numbers of the window."""
@@ -352,3 +401,6 @@ class Snapshot:
     versions_seen: tuple[tuple[str, str, float, float], ...] = ()
     # With an expected version: (model, expected, versions answered within the window, level).
     version_mismatch: VersionMismatch | None = None
+    # Business outcomes per model version, and what became of the outcomes fed back.
+    business: tuple[BusinessSummary, ...] = ()
+    outcomes: tuple[tuple[str, int], ...] = ()

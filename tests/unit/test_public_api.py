@@ -29,6 +29,7 @@ def test_public_names_are_the_intended_set() -> None:
         "build_profile",
         "feedback",
         "load_reference",
+        "outcome",
         "write_profile",
     }
     public = {

@@ -9,7 +9,8 @@ from modeltap.stats.scores import Level
 
 def observations(snap: Snapshot, psi_warning: float, psi_critical: float) -> list[Observation]:
     """Features and outputs (PSI), latency (p99), error rate and realised performance (accuracy),
-    per model version, and a served version other than the expected one; INFO and OK levels are
+    per model version, a served version other than the expected one, and the business figure
+    (EMERGENCY); INFO and OK levels are
     observations too (they resolve alerts)."""
     out: list[Observation] = []
     for model in snap.models:
@@ -48,6 +49,16 @@ def observations(snap: Snapshot, psi_warning: float, psi_critical: float) -> lis
                 Level(performance.level),
                 accuracy,
                 baseline - 0.05 if baseline is not None else None,
+            )
+        )
+    for business in snap.business:
+        figure = dict(business.window_figures).get(business.metric)
+        out.append(
+            Observation(
+                AlertKey(business.model, business.version, f"business:{business.metric}"),
+                Level(business.level),
+                figure,
+                business.threshold,
             )
         )
     return out

@@ -32,9 +32,9 @@ FeedbackEndpoint = Callable[[bytes, str], tuple[int, bytes]]
 WriteEndpoint = FeedbackEndpoint
 ReadEndpoint = Callable[[], tuple[int, bytes]]
 MAX_FEEDBACK_BYTES = 1024 * 1024
-# POST endpoints (write access: the token, or the machine itself): labels in, a fire drill, the
+# POST endpoints (write access: the token, or the machine itself): labels and outcomes in, a fire drill, the
 # sidecar's rollback switch. GET endpoints beside the views: the last fire drill's report.
-WRITE_PATHS = frozenset({"/feedback", "/drill", "/rollback", "/rollback/cancel"})
+WRITE_PATHS = frozenset({"/feedback", "/outcome", "/drill", "/rollback", "/rollback/cancel"})
 READ_PATHS = frozenset({"/drill"})
 
 

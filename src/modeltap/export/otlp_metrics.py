@@ -25,6 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from modeltap._version import __version__
+from modeltap.export.business_points import business_counters, business_gauges
 from modeltap.export.drift_points import drift_points
 from modeltap.snapshot import Attributes, CounterPoint, HistogramPoint, Snapshot
 
@@ -384,6 +385,20 @@ def build_metrics_data(snap: Snapshot, resource: Resource) -> MetricsData:
             )
         )
     metrics.extend(drift_metrics(snap))
+    for series in business_counters(snap):
+        metrics.append(
+            _counter(
+                series.name,
+                series.description,
+                series.unit,
+                series.points,
+                snap,
+                monotonic=series.monotonic,
+                whole=series.whole,
+            )
+        )
+    for name, description, unit, rows in business_gauges(snap):
+        metrics.append(_gauge(name, description, unit, rows, snap.taken_unix_ns))
     metrics.extend(self_monitoring_metrics(snap))
     metrics.extend(resource_metrics(snap))
     scope_metrics = ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url=HTTP_SCHEMA_URL)

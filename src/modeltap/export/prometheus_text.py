@@ -11,6 +11,7 @@ import decimal
 import math
 from collections.abc import Iterable
 
+from modeltap.export.business_points import business_counters, business_gauges
 from modeltap.export.drift_points import drift_points
 from modeltap.snapshot import Attributes, AttributeValue, CounterPoint, HistogramPoint, Snapshot
 
@@ -159,6 +160,18 @@ def render(snap: Snapshot) -> str:
             lines, "modeltap_feature_missing_total", "Missing or non-finite feature values.", drift.missing
         )
     for otel_name, help_text, unit, rows in drift.gauges():
+        _gauge(lines, _prometheus_name(otel_name, unit), help_text, rows)
+    for series in business_counters(snap):
+        if series.monotonic:
+            _counter(lines, _name(series.name) + "_total", series.description, series.points)
+        else:  # a sum that can go down is a gauge to Prometheus
+            _gauge(
+                lines,
+                _name(series.name),
+                series.description,
+                [(p.attributes, p.value) for p in series.points],
+            )
+    for otel_name, help_text, unit, rows in business_gauges(snap):
         _gauge(lines, _prometheus_name(otel_name, unit), help_text, rows)
     _counter(lines, "modeltap_capture_dropped_total", "Items modeltap dropped, by reason.", snap.dropped)
     _counter(

@@ -7,7 +7,14 @@ from typing import Any
 
 from modeltap._version import __version__
 from modeltap.export.history_json import history_document
-from modeltap.snapshot import CounterPoint, FeatureView, PerformanceSummary, Snapshot
+from modeltap.snapshot import (
+    BusinessSummary,
+    CounterPoint,
+    FeatureView,
+    OutcomeTally,
+    PerformanceSummary,
+    Snapshot,
+)
 
 
 def _finite(value: float | None) -> float | None:
@@ -114,9 +121,16 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
         "modeltap_version": __version__,
         "reference": {"id": snap.reference_id},
         "window_s": snap.window_s,
-        # The highest of every model version's drift level and realised-performance level.
+        # The highest of every model version's drift, realised-performance and business level.
         "level": LEVEL_NAMES[
-            max((*(v.level for v in snap.models), *(p.level for p in snap.performance)), default=0)
+            max(
+                (
+                    *(v.level for v in snap.models),
+                    *(p.level for p in snap.performance),
+                    *(b.level for b in snap.business),
+                ),
+                default=0,
+            )
         ],
         "process": {"pid": snap.pid, "instance_id": snap.instance_id},
         "taken_unix_s": snap.taken_unix_ns / 1e9,
@@ -152,6 +166,9 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
         # Realised performance from labels fed back (POST …/feedback), per model version.
         "performance": [performance_document(p) for p in snap.performance],
         "labels": dict(snap.labels),
+        # Business outcomes (POST …/outcome) per model version, and what became of them.
+        "business": [business_document(b) for b in snap.business],
+        "outcomes": dict(snap.outcomes),
         # Pending and firing alerts; notifications sent, failed and dropped (with webhooks).
         "alerts": [
             {
@@ -289,6 +306,45 @@ def performance_document(summary: PerformanceSummary) -> dict[str, Any]:
             "accuracy": summary.baseline_accuracy,
             "labels": summary.baseline_labels,
         },
+    }
+
+
+def _tally(tally: OutcomeTally, numbers: tuple[tuple[str, float | None], ...]) -> dict[str, Any]:
+    return {
+        "requests": tally.requests,
+        "exposures": tally.exposures,
+        "outcomes": tally.outcomes,
+        **{name: _finite(value) for name, value in numbers},
+        "sums": {name: {"count": n, "sum": total} for name, n, total, _ in tally.sums},
+    }
+
+
+def business_document(summary: BusinessSummary) -> dict[str, Any]:
+    impact = summary.revenue_impact
+    return {
+        "model": summary.model,
+        "version": summary.version,
+        "window": _tally(summary.window, summary.window_figures),
+        "total": _tally(summary.total, summary.total_figures),
+        "baseline": {
+            "source": summary.baseline_source,
+            "version": summary.baseline_version,
+            **{name: _finite(value) for name, value in summary.baseline_figures},
+        },
+        "revenue_impact": None
+        if impact is None
+        else {
+            "value": impact.value,
+            "ci_low": impact.ci_low,
+            "ci_high": impact.ci_high,
+            "traffic": impact.traffic,
+            "delta_conversion": impact.delta_conversion,
+            "average_order_value": impact.average_order_value,
+        },
+        "metric": summary.metric,
+        "threshold": summary.threshold,
+        "p_value": summary.p_value,
+        "level": LEVEL_NAMES[summary.level],
     }
 
 

@@ -1,7 +1,9 @@
-"""`modeltap.feedback(...)`: labels from code running in the same process as the middleware.
+"""`modeltap.feedback(...)` and `modeltap.outcome(...)`: labels and business outcomes from code
+running in the same process as the middleware.
 
-Joins exactly like `POST {views_prefix}/feedback`: handed to the analysis directly when it runs in
-this process, sent over the monitor's private views socket when the monitor process analyses.
+Joins exactly like `POST {views_prefix}/feedback` (`/outcome`): handed to the analysis directly
+when it runs in this process, sent over the monitor's private views socket when the monitor
+process analyses.
 Synchronous (milliseconds); from async code call it with `await asyncio.to_thread(...)`.
 """
 
@@ -80,28 +82,66 @@ def feedback(
         item.update(request_id=request_id, row=row)
     if model_name is not None:
         item["model_name"] = model_name
+    return _send("/feedback", item, timeout_s)
+
+
+def outcome(
+    request_id: str | None = None,
+    name: str = "conversion",
+    value: float | bool = 1,
+    row: int = 0,
+    model_name: str | None = None,
+    *,
+    key: dict[str, Any] | None = None,
+    timeout_s: float = 10.0,
+) -> dict[str, Any]:
+    """Send one business outcome; answered like `feedback` (`{"accepted": …, …}`).
+
+    `name` is one of the configured `outcome_names` (`conversion`: 1/0 or True/False, did the
+    answered row lead to a conversion; `order_value`: its amount). Joined like a label: by
+    `request_id` and `row`, or by `key={"transaction_id": "T-1042"}` when `label_key` is set.
+
+    Example::
+
+        modeltap.outcome(request_id="req-17", name="conversion", value=1)
+        modeltap.outcome(request_id="req-17", name="order_value", value=42.5)
+    """
+    item: dict[str, Any] = {"name": name, "value": value}
+    if key is not None:
+        item["key"] = key
+    else:
+        item.update(request_id=request_id, row=row)
+    if model_name is not None:
+        item["model_name"] = model_name
+    return _send("/outcome", item, timeout_s)
+
+
+def _send(path: str, item: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Post one item to the analysis (in this process, or the monitor's views socket)."""
+    what = "feedback" if path == "/feedback" else "outcome"
     with _lock:
         candidates = [m for m in _active if m.tap.capture is not None]
     if len(candidates) != 1:
         raise ModelTapError(
-            "modeltap.feedback needs exactly one started ModelTapMiddleware in this process "
-            f"(found {len(candidates)}); post to {{views_prefix}}/feedback instead"
+            f"modeltap.{what} needs exactly one started ModelTapMiddleware in this process "
+            f"(found {len(candidates)}); post to {{views_prefix}}{path} instead"
         )
     tap = candidates[0].tap
     body = orjson.dumps([item])
     if tap.mode == "process" and tap.place is not None:
         connection = _UnixConnection(str(tap.place.views_socket), timeout_s)
         try:
-            connection.request("POST", "/feedback", body, {"content-type": "application/json"})
+            connection.request("POST", path, body, {"content-type": "application/json"})
             response = connection.getresponse()
             status, answer = response.status, response.read()
         except OSError as exc:
-            raise ModelTapError(f"the modeltap monitor did not take the label: {exc}") from None
+            raise ModelTapError(f"the modeltap monitor did not take the {what}: {exc}") from None
         finally:
             connection.close()
     else:
-        status, answer = tap.analyzer.feedback(body, "application/json")
+        endpoint = tap.analyzer.feedback if path == "/feedback" else tap.analyzer.outcome
+        status, answer = endpoint(body, "application/json")
     if status != 200:
-        raise ModelTapError(f"feedback refused ({status}): {answer.decode(errors='replace').strip()}")
+        raise ModelTapError(f"{what} refused ({status}): {answer.decode(errors='replace').strip()}")
     result: dict[str, Any] = orjson.loads(answer)
     return result

@@ -29,6 +29,7 @@ MAX_ROW = 1_000_000
 
 Label = str | float | bool | tuple[str | float, ...]  # a list: the relevant items of a ranking
 MAX_RELEVANT = 100
+CONVERSION = "conversion"  # the outcome whose rate is the conversion rate (values 0/1)
 
 
 @dataclass(frozen=True)
@@ -82,15 +83,9 @@ def _label(value: Any) -> Label | None:
     return None
 
 
-def _item(index: int, raw: Any) -> FeedbackItem | str:
-    """The item, or the reason it is rejected."""
-    if not isinstance(raw, dict):
-        return "not_an_object"
-    if "label" not in raw:
-        return "no_label"
-    label = _label(raw["label"])
-    if label is None:
-        return "bad_label"
+def _join_fields(raw: dict[str, Any]) -> tuple[str | None, int, tuple[str, str] | None, str | None] | str:
+    """(request id, row, key, model name) naming the prediction an item belongs to, or the reason
+    the item is rejected."""
     model_name = None
     if raw.get("model_name") is not None:
         model_name = _text(raw["model_name"])
@@ -104,7 +99,7 @@ def _item(index: int, raw: Any) -> FeedbackItem | str:
         column_text, value_text = _text(column), _text(value)
         if column_text is None or value_text is None:
             return "bad_key"
-        return FeedbackItem(index, label, key=(column_text, value_text), model_name=model_name)
+        return None, 0, (column_text, value_text), model_name
     if raw.get("request_id") is None:
         return "no_join_key"
     request_id = _text(raw["request_id"])
@@ -113,11 +108,27 @@ def _item(index: int, raw: Any) -> FeedbackItem | str:
     row = raw.get("row", 0)
     if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row <= MAX_ROW:
         return "bad_row"
-    return FeedbackItem(index, label, request_id=request_id, row=row, model_name=model_name)
+    return request_id, row, None, model_name
 
 
-def parse_feedback(body: bytes, content_type: str = "application/json") -> FeedbackBatch:
-    """Items and rejections of a feedback body; `FeedbackBodyError` if it cannot be read at all."""
+def _item(index: int, raw: Any) -> FeedbackItem | str:
+    """The item, or the reason it is rejected."""
+    if not isinstance(raw, dict):
+        return "not_an_object"
+    if "label" not in raw:
+        return "no_label"
+    label = _label(raw["label"])
+    if label is None:
+        return "bad_label"
+    fields = _join_fields(raw)
+    if isinstance(fields, str):
+        return fields
+    request_id, row, key, model_name = fields
+    return FeedbackItem(index, label, request_id=request_id, row=row, key=key, model_name=model_name)
+
+
+def _documents(body: bytes, content_type: str) -> list[Any]:
+    """The items of a body: one JSON object, an array of them, or NDJSON lines."""
     raws: list[Any]
     if content_type.split(";")[0].strip().lower() in ("application/x-ndjson", "application/jsonl"):
         raws = []
@@ -128,23 +139,81 @@ def parse_feedback(body: bytes, content_type: str = "application/json") -> Feedb
                 raws.append(orjson.loads(line))
             except orjson.JSONDecodeError:
                 raise FeedbackBodyError(f"line {number} is not JSON") from None
-    else:
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise FeedbackBodyError("the body is not JSON") from None
-        if isinstance(document, dict):
-            raws = [document]
-        elif isinstance(document, list):
-            raws = document
-        else:
-            raise FeedbackBodyError("the body must be an object, an array of objects or NDJSON")
+        return raws
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise FeedbackBodyError("the body is not JSON") from None
+    if isinstance(document, dict):
+        return [document]
+    if isinstance(document, list):
+        return document
+    raise FeedbackBodyError("the body must be an object, an array of objects or NDJSON")
+
+
+def parse_feedback(body: bytes, content_type: str = "application/json") -> FeedbackBatch:
+    """Items and rejections of a feedback body; `FeedbackBodyError` if it cannot be read at all."""
     items: list[FeedbackItem] = []
     rejected: list[tuple[int, str]] = []
-    for index, raw in enumerate(raws):
+    for index, raw in enumerate(_documents(body, content_type)):
         parsed = _item(index, raw)
         if isinstance(parsed, str):
             rejected.append((index, parsed))
         else:
             items.append(parsed)
     return FeedbackBatch(tuple(items), tuple(rejected))
+
+
+@dataclass(frozen=True)
+class OutcomeItem:
+    """A business outcome of one answered row: `{"request_id": …, "row": 0, "name":
+    "conversion", "value": 1}` (or `"key": {column: value}` instead of the id and row)."""
+
+    index: int
+    name: str
+    value: float
+    request_id: str | None = None
+    row: int = 0
+    key: tuple[str, str] | None = None
+    model_name: str | None = None
+
+
+@dataclass(frozen=True)
+class OutcomeBatch:
+    items: tuple[OutcomeItem, ...]
+    rejected: tuple[tuple[int, str], ...]  # (index, reason)
+
+
+def _outcome(index: int, raw: Any, names: frozenset[str]) -> OutcomeItem | str:
+    if not isinstance(raw, dict):
+        return "not_an_object"
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        return "no_name"
+    if name not in names:
+        return "unknown_name"  # names come from the configuration, never from the client
+    value = raw.get("value")
+    if not isinstance(value, (int, float)) or not math.isfinite(float(value)):  # true/false: 1/0
+        return "bad_value"
+    number = float(value)
+    if name == CONVERSION and number not in (0.0, 1.0):
+        return "bad_value"  # a conversion happened (1, true) or did not (0, false)
+    fields = _join_fields(raw)
+    if isinstance(fields, str):
+        return fields
+    request_id, row, key, model_name = fields
+    return OutcomeItem(index, name, number, request_id=request_id, row=row, key=key, model_name=model_name)
+
+
+def parse_outcomes(body: bytes, content_type: str, names: frozenset[str]) -> OutcomeBatch:
+    """Outcomes and rejections of an outcome body (framed like feedback); `names` are the
+    configured outcome names. `FeedbackBodyError` if the body cannot be read at all."""
+    items: list[OutcomeItem] = []
+    rejected: list[tuple[int, str]] = []
+    for index, raw in enumerate(_documents(body, content_type)):
+        parsed = _outcome(index, raw, names)
+        if isinstance(parsed, str):
+            rejected.append((index, parsed))
+        else:
+            items.append(parsed)
+    return OutcomeBatch(tuple(items), tuple(rejected))

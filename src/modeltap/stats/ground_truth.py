@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +45,8 @@ from modeltap.stats.performance import (
     residual_bounds,
 )
 from modeltap.stats.performance_level import PerformanceThresholds, performance_level
+from modeltap.stats.slot_ring import SlotRing
 
-T = TypeVar("T")
 Counts = ConfusionCounts | RegressionCounts | RankingCounts
 Numbers = tuple[tuple[str, float | None], ...]  # metric name -> value
 Value = str | float | int | bool | None | tuple[str | float, ...]
@@ -82,33 +82,6 @@ def _kind(reference: ReferenceProfile | None) -> tuple[str | None, tuple[str, ..
     return "regression", (), prediction.name if prediction else None
 
 
-class _Ring(Generic[T]):
-    """Per-slot values over a tumbling window of `slots` slots of `slot_s` seconds."""
-
-    def __init__(self, factory: Callable[[], T], slots: int, slot_s: float) -> None:
-        self.factory = factory
-        self.slots = slots
-        self.slot_s = slot_s
-        self.ring: dict[int, T] = {}
-
-    def current(self, now: float) -> T:
-        slot = int(now // self.slot_s)
-        for old in [s for s in self.ring if s <= slot - self.slots]:
-            del self.ring[old]
-        value = self.ring.get(slot)
-        if value is None:
-            value = self.ring[slot] = self.factory()
-        return value
-
-    def window(self, now: float, merge: Callable[[T, T], None]) -> T:
-        slot = int(now // self.slot_s)
-        merged = self.factory()
-        for index, value in self.ring.items():
-            if index > slot - self.slots:
-                merge(merged, value)
-        return merged
-
-
 class _Slots:
     """Per-slot performance counts over a tumbling window, plus the cumulative counts."""
 
@@ -130,12 +103,12 @@ class _Slots:
         self.positive = positive  # the class a score is the probability of (binary scores)
         self.residual_bounds = residual_bounds
         self.ranking_k = ranking_k
-        self.ring: _Ring[Counts] = _Ring(self._new, slots, slot_s)
+        self.ring: SlotRing[Counts] = SlotRing(self._new, slots, slot_s)
         self.total = self._new()
-        self.scores = _Ring(BinaryScores, slots, slot_s)
+        self.scores = SlotRing(BinaryScores, slots, slot_s)
         self.scores_total = BinaryScores()
         # Expected confusion (CBPE) of every scored prediction, labelled or not.
-        self.expected = _Ring(ExpectedConfusion, slots, slot_s)
+        self.expected = SlotRing(ExpectedConfusion, slots, slot_s)
         # Per segment (bounded by the reference's vocabulary); a segment's own counts are not split.
         self.segmented = segmented
         self.segments: dict[str, _Slots] = {}

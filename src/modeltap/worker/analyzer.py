@@ -55,14 +55,18 @@ from modeltap.snapshot import (
 )
 from modeltap.stats import StatsAggregator
 from modeltap.stats.aggregator import StateCaps
+from modeltap.stats.business import BusinessOutcomes, BusinessSettings
 from modeltap.stats.drift_state import WindowConfig
 from modeltap.stats.ground_truth import GroundTruth
 from modeltap.stats.join_store import JoinStore
 from modeltap.stats.scores import Level, thresholds_of
-from modeltap.worker.feedback import feedback_endpoint
+from modeltap.worker.feedback import feedback_endpoint, outcome_endpoint
 from modeltap.worker.pipeline import UNKNOWN, BatchPipeline
 
 _log = logging.getLogger("modeltap")
+# What one kept exposure costs (its key, record and dict slots), to size the store from the
+# label store's byte budget.
+EXPOSURE_BYTES = 256
 
 
 def span_options(config: ModelTapConfig) -> SpanOptions:
@@ -151,6 +155,26 @@ class Analyzer:
             self.pipeline.truth = self.truth
         # `POST …/feedback` (the views call it on a thread of their own).
         self.feedback = feedback_endpoint(self.truth, config.label_key)
+        # Business outcomes joined to the answered rows (`POST …/outcome`).
+        self.business = BusinessOutcomes(
+            slots=config.window_slots,
+            slot_s=config.window_slot_s,
+            settings=BusinessSettings(
+                metric=config.business_metric,
+                floor=config.business_floor,
+                max_drop=config.business_max_drop,
+                alpha=config.business_alpha,
+                min_samples=config.min_samples,
+                baseline_version=config.business_baseline_version,
+            ),
+            max_exposures=config.label_store_bytes // EXPOSURE_BYTES,
+            ttl_s=config.label_ttl_s,
+            max_versions=config.max_models * config.max_versions_per_model,
+            default_model=config.model_name or (reference.model_name if reference is not None else None),
+        )
+        if config.outcome_names:
+            self.pipeline.business = self.business
+        self.outcome = outcome_endpoint(self.business, config.label_key, config.outcome_names)
         # Levels held long enough become alerts; notifications leave from a thread of their own.
         self.alert_book = AlertBook(
             for_s=config.alert_for_s,
@@ -281,6 +305,8 @@ class Analyzer:
             window_s=self.stats.window_s,
             performance=self.truth.views(time.monotonic()) if self.truth.enabled else (),
             labels=tuple(sorted(self.truth.label_counts().items())) if self.truth.enabled else (),
+            business=self.business.views(time.monotonic()) if self.config.outcome_names else (),
+            outcomes=tuple(sorted(self.business.outcome_counts().items())),
             cold_starts=serving.cold_starts,
             resources=serving.resources,
             container=self.container.sample(),
@@ -432,8 +458,8 @@ class Analyzer:
             self.alertmanager.drop(key, now, to_unix)
 
     def writes(self) -> dict[str, WriteEndpoint]:
-        """The POST endpoints this analysis serves beside `/feedback` (a fire drill)."""
-        return {"/drill": self.drills.start}
+        """The POST endpoints this analysis serves beside `/feedback` (a fire drill, outcomes)."""
+        return {"/drill": self.drills.start, "/outcome": self.outcome}
 
     def reads(self) -> dict[str, ReadEndpoint]:
         """The GET endpoints this analysis serves beside the views (the last drill's report)."""

@@ -1,8 +1,9 @@
-"""`POST …/feedback`: labels in, joined to their predictions by the ground-truth state.
+"""`POST …/feedback` and `POST …/outcome`: labels and business outcomes in, joined to their
+predictions by the ground-truth state and the business outcomes.
 
 Runs off the serving event loop (the views hand it to a thread): parsing a 1 MiB body takes
 milliseconds. The answer says what became of every item:
-`{"accepted": n, "duplicates": n, "rejected": [{"index": i, "reason": "…"}]}`; accepted labels
+`{"accepted": n, "duplicates": n, "rejected": [{"index": i, "reason": "…"}]}`; accepted items
 joined their prediction or wait (briefly, bounded) for a prediction that has not been seen yet.
 """
 
@@ -13,8 +14,9 @@ from collections.abc import Callable
 
 import orjson
 
-from modeltap.protocols.feedback import FeedbackBodyError, parse_feedback
+from modeltap.protocols.feedback import FeedbackBodyError, parse_feedback, parse_outcomes
 from modeltap.reference.document import canonical_category
+from modeltap.stats.business import BusinessOutcomes
 from modeltap.stats.ground_truth import GroundTruth
 
 MAX_FEEDBACK_BYTES = 1024 * 1024
@@ -78,6 +80,58 @@ def feedback_endpoint(
             else:
                 rejected.append((item.index, outcome))
         truth.counts_rejected(len(rejected))
+        answer = {
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "rejected": [{"index": i, "reason": r} for i, r in sorted(rejected)],
+        }
+        return 200, orjson.dumps(answer)
+
+    return handle
+
+
+def outcome_endpoint(
+    business: BusinessOutcomes,
+    label_key: str | None,
+    names: tuple[str, ...],
+    clock: Callable[[], float] = time.monotonic,
+) -> FeedbackEndpoint:
+    """`POST …/outcome`: business outcomes in, joined to their answered rows like labels, and
+    answered like feedback."""
+    allowed = frozenset(names)
+
+    def handle(body: bytes, content_type: str) -> tuple[int, bytes]:
+        if not allowed:
+            return _error(422, "no business outcomes: outcome_names is empty")
+        try:
+            batch = parse_outcomes(body, content_type, allowed)
+        except FeedbackBodyError as exc:
+            return _error(400, str(exc))
+        now = clock()
+        accepted = duplicates = 0
+        rejected = list(batch.rejected)
+        for item in batch.items:
+            if item.key is not None:
+                if label_key is None or item.key[0] != label_key:
+                    rejected.append((item.index, "unknown_key"))
+                    continue
+                key = join_key(label_key, None, 0, item.key[1])
+            elif label_key is not None:
+                rejected.append((item.index, "key_required"))  # rows are kept by key
+                continue
+            else:
+                key = join_key(None, item.request_id, item.row, None)
+            if key is None:
+                rejected.append((item.index, "bad_key"))
+                continue
+            outcome = business.add_outcome(item.model_name, key, item.name, item.value, now)
+            if outcome in ("joined", "waiting"):
+                accepted += 1
+            elif outcome == "duplicate":
+                duplicates += 1
+            else:
+                rejected.append((item.index, outcome))
+        business.counts_rejected(len(rejected))
         answer = {
             "accepted": accepted,
             "duplicates": duplicates,

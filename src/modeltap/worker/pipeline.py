@@ -32,6 +32,7 @@ from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ExchangeRecord, Ra
 from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import Attributes
 from modeltap.stats import StatsAggregator
+from modeltap.stats.business import BusinessOutcomes
 from modeltap.stats.freshness import event_seconds
 from modeltap.stats.ground_truth import GroundTruth
 from modeltap.worker.feedback import join_key
@@ -114,6 +115,8 @@ class BatchPipeline:
         # Ground truth (set by the analyzer when the reference has something to judge): each
         # answered row's prediction waits there for its label.
         self.truth: GroundTruth | None = None
+        # Business outcomes (set by the analyzer): each answered row is an exposure outcomes join.
+        self.business: BusinessOutcomes | None = None
         self._label_key = config.label_key
         self._wire = SpanWireEncoder(span_options)
         self._route_templates = RouteTemplates()
@@ -248,6 +251,8 @@ class BatchPipeline:
                     stats.observe_columns(model, "output", columns, payload_weight, accepted)
                 if self.truth is not None and accepted and payload_weight:
                     self._keep_predictions(model, decoded)
+                if self.business is not None and accepted and payload_weight and decoded.rows:
+                    self._keep_exposures(model, decoded)
                 if decoded.violations:
                     for reason, count in decoded.violations.items():
                         stats.count_violation(model, reason, count * payload_weight)
@@ -310,6 +315,18 @@ class BatchPipeline:
             scores=scores,
             segments=segments,
         )
+
+    def _keep_exposures(self, model: Attributes, decoded: DecodedPayload) -> None:
+        """Hand the exchange's answered rows to the business outcomes with their join keys."""
+        business = self.business
+        assert business is not None
+        rows, label_key = decoded.rows, self._label_key
+        values = _column(decoded, label_key, rows) if label_key else [None] * rows
+        keys = [
+            join_key(label_key, decoded.request_id, row, values[row] if row < len(values) else None)
+            for row in range(rows)
+        ]
+        business.add_exposures(str(model[0][1]), str(model[1][1]), keys, time.monotonic())
 
     def _freshness(self, model: Attributes, decoded: DecodedPayload, start_s: float, weight: int) -> None:
         """Take the event-time column out of the inputs (no drift, no schema check for it) and
