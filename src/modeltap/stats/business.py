@@ -262,7 +262,8 @@ class BusinessOutcomes:
             if counts is None:
                 return
             joinable = [key for key in keys if key is not None]
-            self.counts["no_join_key"] += len(keys) - len(joinable)
+            if len(joinable) < len(keys):
+                self.counts["no_join_key"] += len(keys) - len(joinable)
             if not joinable:
                 return
             current, total = counts
