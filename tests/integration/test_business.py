@@ -142,7 +142,8 @@ def test_outcomes_join_exactly_and_only_a_significant_drop_is_an_emergency(tmp_p
 
         document = status()
         v1, v2 = _business(document, "1"), _business(document, "2")
-        assert v1["total"]["exposures"] == 600 and v1["total"]["requests"] == 600
+        assert v1["total"]["exposures"] == 600
+        assert v1["total"]["requests"] == 600
         assert v1["total"]["sums"] == {
             "conversion": {"count": 60, "sum": 60.0},
             "order_value": {"count": 60, "sum": 30 * 40.0 + 30 * 60.0},

@@ -2,7 +2,7 @@
 
 Each alert links to its runbook: a URL configured for its subject (`alert_runbooks`, e.g.
 `monthly_charges=https://wiki/churn-pricing`) or for its kind (`feature`, `latency`,
-`error_rate`, `performance`, `telemetry`, `rollback`, `version`, `freshness`), else the section
+`error_rate`, `performance`, `telemetry`, `rollback`, `version`, `freshness`, `business`), else the section
 of `alert_runbook_url` (default: this project's docs/runbooks.md) that says what to check for
 that kind of alert.
 """
@@ -21,11 +21,15 @@ ANCHORS = {
     "rollback": "modeltaprollback",
     "version": "modeltapversionmismatch",
     "freshness": "modeltapdatastale",
+    "business": "modeltapbusinessdrop",
 }
 
 
 def kind_of(subject: str) -> str:
-    """An alert's kind from its subject: the named ones, else a feature (input, output, label)."""
+    """An alert's kind from its subject: the named ones, a business figure (`business:…`), else a
+    feature (input, output, label)."""
+    if subject.startswith("business:"):
+        return "business"
     return subject if subject in ANCHORS else "feature"
 
 
