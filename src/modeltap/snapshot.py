@@ -217,6 +217,10 @@ class ProcessResources:
     open_fds: int | None
     gc_collections: tuple[int, ...]  # per generation, since the process started
     gc_pause_s: float  # time spent in garbage collections since modeltap started watching
+    # How late the serving event loop runs what is due (`modeltap.operations.loop_lag`), over
+    # the last minute: largest and 99th percentile; None where no loop is probed (the monitor).
+    loop_lag_max_s: float | None = None
+    loop_lag_p99_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -140,8 +140,9 @@ def self_monitoring_metrics(snap: Snapshot) -> list[Metric]:
 
 def resource_metrics(snap: Snapshot) -> list[Metric]:
     """What each process costs, under the OpenTelemetry semantic-convention names (`process.*`,
-    `cpython.gc.collections`) where one exists, `modeltap.gc.pause` where none does; each point
-    names its process (`process.pid`, and `modeltap.process.role`: serving or monitor)."""
+    `cpython.gc.collections`) where one exists, `modeltap.gc.pause` and `modeltap.event_loop.lag`
+    where none does; each point names its process (`process.pid`, and `modeltap.process.role`:
+    serving or monitor)."""
     now = snap.taken_unix_ns
     metrics = _container_metrics(snap)
     if not snap.resources:
@@ -153,6 +154,7 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
     files: list[tuple[Attributes, float]] = []
     collections: list[CounterPoint] = []
     pauses: list[CounterPoint] = []
+    loop_lag: list[tuple[Attributes, float]] = []
     for r in snap.resources:
         who: Attributes = (("process.pid", r.pid), ("modeltap.process.role", r.role))
         cpu += [
@@ -169,6 +171,10 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
             CounterPoint((*who, ("cpython.gc.generation", g)), n) for g, n in enumerate(r.gc_collections)
         ]
         pauses.append(CounterPoint(who, r.gc_pause_s))
+        # As `modeltap.latency.quantile`: the 99th percentile, and the largest as quantile 1.
+        for quantile, lag in (("0.99", r.loop_lag_p99_s), ("1", r.loop_lag_max_s)):
+            if lag is not None:
+                loop_lag.append(((*who, ("modeltap.quantile", quantile)), lag))
     metrics += [
         _counter("process.cpu.time", "CPU seconds used by the process.", "s", cpu, snap, whole=False),
         _gauge("process.memory.usage", "Resident memory of the process.", "By", memory, now),
@@ -189,6 +195,16 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
                 "Share of one CPU used since the previous sample.",
                 "1",
                 utilization,
+                now,
+            )
+        )
+    if loop_lag:
+        metrics.append(
+            _gauge(
+                "modeltap.event_loop.lag",
+                "How late the serving event loop ran a probe due every 0.5 s, over the last minute.",
+                "s",
+                loop_lag,
                 now,
             )
         )

@@ -180,6 +180,9 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
                 "open_fds": r.open_fds,
                 "gc_collections": list(r.gc_collections),
                 "gc_pause_s": r.gc_pause_s,
+                # The serving event loop's lag over the last minute (null: no loop probed).
+                "event_loop_lag_max_s": r.loop_lag_max_s,
+                "event_loop_lag_p99_s": r.loop_lag_p99_s,
             }
             for r in snap.resources
         ],

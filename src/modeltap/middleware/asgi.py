@@ -163,6 +163,7 @@ class ModelTapMiddleware:
         mode, the connection to the server's monitor (started if none runs)."""
         tap = self.tap
         tap.start()
+        tap.watch_event_loop()  # the serving loop's lag, when started on it (a request, the sidecar)
         views = self._views
         if views is not None:
             # Process mode: the monitor renders the views; this process only checks access.
@@ -174,6 +175,7 @@ class ModelTapMiddleware:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through unchanged, flushing telemetry once the app has shut down."""
+        self.tap.watch_event_loop()  # lifespan runs on the serving loop before any request
 
         async def observe_send(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":
