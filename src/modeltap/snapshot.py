@@ -241,6 +241,30 @@ class ContainerResources:
 
 
 @dataclass(frozen=True)
+class GpuDevice:
+    """One GPU as NVML reports it (`modeltap.operations.gpu`); `level` of its memory use."""
+
+    index: int
+    uuid: str
+    name: str
+    memory_used_bytes: int
+    memory_total_bytes: int
+    utilization: float | None  # share of the driver's last sample period a kernel ran
+    level: int = 0  # WARNING above gpu_memory_warning, CRITICAL above gpu_memory_critical
+
+    @property
+    def hw_id(self) -> str:
+        """The OpenTelemetry `hw.id`: the UUID, stable across reboots and index reorderings."""
+        return self.uuid or f"gpu{self.index}"
+
+    @property
+    def memory_use(self) -> float | None:
+        if not self.memory_total_bytes:
+            return None
+        return self.memory_used_bytes / self.memory_total_bytes
+
+
+@dataclass(frozen=True)
 class VersionMismatch:
     """The versions answered within the window against `expected_model_version`."""
 
@@ -356,3 +380,5 @@ class Snapshot:
     versions_seen: tuple[tuple[str, str, float, float], ...] = ()
     # With an expected version: (model, expected, versions answered within the window, level).
     version_mismatch: VersionMismatch | None = None
+    # Each GPU the analysis's process sees through NVML (none without a GPU or nvidia-ml-py).
+    gpus: tuple[GpuDevice, ...] = ()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks
+from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks, kind_of
 from modeltap.alerts.state import Alert, AlertKey, Notification
 from modeltap.alerts.webhook import WebhookSender
 
@@ -27,6 +27,7 @@ ALERT_NAMES = {
     "telemetry": "ModelTapTelemetryDropping",
     "version": "ModelTapVersionMismatch",
     "freshness": "ModelTapDataStale",
+    "gpu_memory": "ModelTapGpuMemoryHigh",
 }
 
 
@@ -40,13 +41,16 @@ def _time(unix_s: float) -> str:
 
 
 def alert_labels(key: AlertKey, severity: str, reference_id: str | None) -> dict[str, str]:
+    kind = kind_of(key.subject)
     labels = {
-        "alertname": ALERT_NAMES.get(key.subject, "ModelTapFeatureDrift"),
+        "alertname": ALERT_NAMES.get(kind, "ModelTapFeatureDrift"),
         "severity": severity,
         "modeltap_model_name": key.model,
         "modeltap_model_version": key.version,
     }
-    if key.subject not in ALERT_NAMES:
+    if kind == "gpu_memory":
+        labels["hw_id"] = key.subject.partition(":")[2]  # one alert per device
+    elif kind not in ALERT_NAMES:
         role, _, name = key.subject.rpartition(":")
         labels["modeltap_feature_role"] = role or "input"
         labels["modeltap_feature_name"] = name

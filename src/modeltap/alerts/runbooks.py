@@ -2,9 +2,9 @@
 
 Each alert links to its runbook: a URL configured for its subject (`alert_runbooks`, e.g.
 `monthly_charges=https://wiki/churn-pricing`) or for its kind (`feature`, `latency`,
-`error_rate`, `performance`, `telemetry`, `rollback`, `version`, `freshness`), else the section
-of `alert_runbook_url` (default: this project's docs/runbooks.md) that says what to check for
-that kind of alert.
+`error_rate`, `performance`, `telemetry`, `rollback`, `version`, `freshness`, `gpu_memory`), else
+the section of `alert_runbook_url` (default: this project's docs/runbooks.md) that says what to
+check for that kind of alert.
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ ANCHORS = {
     "rollback": "modeltaprollback",
     "version": "modeltapversionmismatch",
     "freshness": "modeltapdatastale",
+    "gpu_memory": "modeltapgpumemoryhigh",
 }
 
 
 def kind_of(subject: str) -> str:
-    """An alert's kind from its subject: the named ones, else a feature (input, output, label)."""
+    """An alert's kind from its subject: the named ones, one per GPU (`gpu_memory:<hw.id>`), else
+    a feature (input, output, label)."""
+    if subject.startswith("gpu_memory:"):
+        return "gpu_memory"
     return subject if subject in ANCHORS else "feature"
 
 

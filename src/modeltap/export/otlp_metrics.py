@@ -144,7 +144,7 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
     where none does; each point names its process (`process.pid`, and `modeltap.process.role`:
     serving or monitor)."""
     now = snap.taken_unix_ns
-    metrics = _container_metrics(snap)
+    metrics = [*_container_metrics(snap), *gpu_metrics(snap)]
     if not snap.resources:
         return metrics
     cpu: list[CounterPoint] = []
@@ -218,6 +218,45 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
                 now,
             )
         )
+    return metrics
+
+
+def gpu_metrics(snap: Snapshot) -> list[Metric]:
+    """Each GPU under the OpenTelemetry hardware semantic conventions (`hw.gpu.*`, development
+    status): memory in use and its size as UpDownCounters (non-monotonic sums) in bytes, memory
+    use and utilisation as gauges of fractions; `hw.id` is the device's UUID."""
+    if not snap.gpus:
+        return []
+    now = snap.taken_unix_ns
+    used: list[CounterPoint] = []
+    total: list[CounterPoint] = []
+    memory_use: list[tuple[Attributes, float]] = []
+    utilization: list[tuple[Attributes, float]] = []
+    for gpu in snap.gpus:
+        device: Attributes = (
+            ("hw.id", gpu.hw_id),
+            ("hw.name", f"gpu{gpu.index}"),  # nvidia-smi's index
+            ("hw.model", gpu.name),
+            ("hw.vendor", "NVIDIA"),
+            ("hw.type", "gpu"),
+        )
+        used.append(CounterPoint(device, float(gpu.memory_used_bytes)))
+        total.append(CounterPoint(device, float(gpu.memory_total_bytes)))
+        if gpu.memory_use is not None:
+            memory_use.append((device, gpu.memory_use))
+        if gpu.utilization is not None:
+            utilization.append(((*device, ("hw.gpu.task", "general")), gpu.utilization))
+    metrics = [
+        _counter("hw.gpu.memory.usage", "GPU memory used.", "By", used, snap, monotonic=False),
+        _counter("hw.gpu.memory.limit", "Size of the GPU memory.", "By", total, snap, monotonic=False),
+    ]
+    if memory_use:
+        metrics.append(
+            _gauge("hw.gpu.memory.utilization", "Fraction of GPU memory used.", "1", memory_use, now)
+        )
+    if utilization:
+        description = "Fraction of time a kernel ran, over the driver's last sample period."
+        metrics.append(_gauge("hw.gpu.utilization", description, "1", utilization, now))
     return metrics
 
 

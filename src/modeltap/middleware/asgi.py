@@ -105,6 +105,8 @@ class ModelTapMiddleware:
         alert_runbooks: Mapping[str, str] | None = None,
         label_ttl_s: float | None = None,
         label_store_bytes: int | None = None,
+        gpu_memory_warning: float | None = None,
+        gpu_memory_critical: float | None = None,
         export: ExportConfig | None = None,
     ) -> None:
         # Explicit keywords (not **options) so type checkers accept `app.add_middleware(...)`;
