@@ -360,6 +360,10 @@ class ModelTapConfig:
     business_baseline_version: str | None = None
     label_ttl_s: float = 24 * 3600.0
     label_store_bytes: int = 64 * 1024 * 1024
+    # A GPU's memory in use against its total (through NVML, `modeltap[gpu]`): WARNING above the
+    # first share, CRITICAL above the second (a CUDA out-of-memory error is close there).
+    gpu_memory_warning: float = 0.90
+    gpu_memory_critical: float = 0.97
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
@@ -514,6 +518,12 @@ class ModelTapConfig:
                 f"monitor_memory_bytes must be >= 64 MiB, got {self.monitor_memory_bytes!r}",
                 "monitor_memory_bytes",
             )
+        if not 0 < self.gpu_memory_warning <= self.gpu_memory_critical <= 1:
+            raise ConfigError(
+                "need 0 < gpu_memory_warning <= gpu_memory_critical <= 1, got "
+                f"{self.gpu_memory_warning!r} and {self.gpu_memory_critical!r}",
+                "gpu_memory_warning",
+            )
         for name in ("version_header", "request_id_header"):
             value = getattr(self, name)
             if not value or value != value.strip() or any(c in value for c in " :\r\n"):
@@ -615,6 +625,8 @@ class ModelTapConfig:
         take("MODELTAP_BUSINESS_BASELINE_VERSION", "business_baseline_version")
         take("MODELTAP_LABEL_TTL_S", "label_ttl_s", _parse_float)
         take("MODELTAP_LABEL_STORE_BYTES", "label_store_bytes", _parse_int)
+        take("MODELTAP_GPU_MEMORY_WARNING", "gpu_memory_warning", _parse_float)
+        take("MODELTAP_GPU_MEMORY_CRITICAL", "gpu_memory_critical", _parse_float)
         kwargs["export"] = ExportConfig.from_env(env)
         for name in overrides:
             sources.pop(name, None)

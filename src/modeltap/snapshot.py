@@ -217,6 +217,10 @@ class ProcessResources:
     open_fds: int | None
     gc_collections: tuple[int, ...]  # per generation, since the process started
     gc_pause_s: float  # time spent in garbage collections since modeltap started watching
+    # How late the serving event loop runs what is due (`modeltap.operations.loop_lag`), over
+    # the last minute: largest and 99th percentile; None where no loop is probed (the monitor).
+    loop_lag_max_s: float | None = None
+    loop_lag_p99_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,30 @@ class ContainerResources:
         if self.memory_bytes is None or not self.memory_limit_bytes:
             return None
         return self.memory_bytes / self.memory_limit_bytes
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    """One GPU as NVML reports it (`modeltap.operations.gpu`); `level` of its memory use."""
+
+    index: int
+    uuid: str
+    name: str
+    memory_used_bytes: int
+    memory_total_bytes: int
+    utilization: float | None  # share of the driver's last sample period a kernel ran
+    level: int = 0  # WARNING above gpu_memory_warning, CRITICAL above gpu_memory_critical
+
+    @property
+    def hw_id(self) -> str:
+        """The OpenTelemetry `hw.id`: the UUID, stable across reboots and index reorderings."""
+        return self.uuid or f"gpu{self.index}"
+
+    @property
+    def memory_use(self) -> float | None:
+        if not self.memory_total_bytes:
+            return None
+        return self.memory_used_bytes / self.memory_total_bytes
 
 
 @dataclass(frozen=True)
@@ -404,3 +432,5 @@ class Snapshot:
     # Business outcomes per model version, and what became of the outcomes fed back.
     business: tuple[BusinessSummary, ...] = ()
     outcomes: tuple[tuple[str, int], ...] = ()
+    # Each GPU the analysis's process sees through NVML (none without a GPU or nvidia-ml-py).
+    gpus: tuple[GpuDevice, ...] = ()

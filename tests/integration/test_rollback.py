@@ -107,6 +107,14 @@ def test_the_operators_rollback_moves_traffic_with_no_failed_request(tmp_path: P
 
         assert wait_for(lambda: set(roles()) == {"serving", "monitor"}, 10), roles()
         assert roles() == {"serving": sidecar.process.pid, "monitor": _status(admin)["process"]["pid"]}
+
+        # The data plane probes its event loop (the lag travels with its counts); the monitor
+        # serves no requests, so it has no loop lag.
+        def loop_lag() -> dict[str, float | None]:
+            return {r["role"]: r["event_loop_lag_max_s"] for r in _status(admin)["resources"]}
+
+        assert wait_for(lambda: loop_lag().get("serving") is not None, 10), loop_lag()
+        assert loop_lag()["monitor"] is None
         # A request in flight when the switch turns finishes where it started.
         slow: list[httpx.Response] = []
         in_flight = threading.Thread(target=lambda: slow.append(httpx.get(sidecar.url + "/slow", timeout=10)))

@@ -28,6 +28,7 @@ ALERT_NAMES = {
     "version": "ModelTapVersionMismatch",
     "freshness": "ModelTapDataStale",
     "business": "ModelTapBusinessDrop",
+    "gpu_memory": "ModelTapGpuMemoryHigh",
 }
 
 
@@ -50,6 +51,8 @@ def alert_labels(key: AlertKey, severity: str, reference_id: str | None) -> dict
     }
     if kind == "business":
         labels["modeltap_business_metric"] = key.subject.removeprefix("business:")
+    elif kind == "gpu_memory":
+        labels["hw_id"] = key.subject.partition(":")[2]  # one alert per device
     elif kind not in ALERT_NAMES:
         role, _, name = key.subject.rpartition(":")
         labels["modeltap_feature_role"] = role or "input"

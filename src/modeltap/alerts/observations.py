@@ -6,12 +6,17 @@ from modeltap.alerts.state import AlertKey, Observation
 from modeltap.snapshot import Snapshot
 from modeltap.stats.scores import Level
 
+GPU_MEMORY = "gpu_memory"  # the subject's kind: `gpu_memory:<hw.id>`
 
-def observations(snap: Snapshot, psi_warning: float, psi_critical: float) -> list[Observation]:
-    """Features and outputs (PSI), latency (p99), error rate and realised performance (accuracy),
-    per model version, a served version other than the expected one, and the business figure
-    (EMERGENCY); INFO and OK levels are
-    observations too (they resolve alerts)."""
+
+def observations(
+    snap: Snapshot, psi_warning: float, psi_critical: float, default_model: str = ""
+) -> list[Observation]:
+    """Features and outputs (PSI), latency (p99), error rate, realised performance (accuracy)
+    and the business figure (EMERGENCY) per model version, a served version other than the
+    expected one, and each GPU's memory use (`gpu_memory:<hw.id>`, filed under `default_model`
+    with no version: the device serves whatever runs on it); INFO and OK levels are observations
+    too (they resolve alerts)."""
     out: list[Observation] = []
     for model in snap.models:
         for feature in model.features:
@@ -40,6 +45,14 @@ def observations(snap: Snapshot, psi_warning: float, psi_critical: float) -> lis
     if mismatch is not None:
         version = next((v for v in mismatch.served if v != mismatch.expected), mismatch.expected)
         out.append(Observation(AlertKey(mismatch.model, version, "version"), Level(mismatch.level)))
+    for gpu in snap.gpus:
+        out.append(
+            Observation(
+                AlertKey(default_model, "", f"{GPU_MEMORY}:{gpu.hw_id}"),
+                Level(gpu.level),
+                gpu.memory_use,
+            )
+        )
     for performance in snap.performance:
         accuracy = dict(performance.window).get("accuracy")
         baseline = performance.baseline_accuracy

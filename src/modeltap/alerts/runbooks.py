@@ -2,9 +2,9 @@
 
 Each alert links to its runbook: a URL configured for its subject (`alert_runbooks`, e.g.
 `monthly_charges=https://wiki/churn-pricing`) or for its kind (`feature`, `latency`,
-`error_rate`, `performance`, `telemetry`, `rollback`, `version`, `freshness`, `business`), else the section
-of `alert_runbook_url` (default: this project's docs/runbooks.md) that says what to check for
-that kind of alert.
+`error_rate`, `performance`, `telemetry`, `rollback`, `version`, `freshness`, `business`,
+`gpu_memory`), else the section of `alert_runbook_url` (default: this project's
+docs/runbooks.md) that says what to check for that kind of alert.
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ ANCHORS = {
     "version": "modeltapversionmismatch",
     "freshness": "modeltapdatastale",
     "business": "modeltapbusinessdrop",
+    "gpu_memory": "modeltapgpumemoryhigh",
 }
 
 
 def kind_of(subject: str) -> str:
-    """An alert's kind from its subject: the named ones, a business figure (`business:…`), else a
-    feature (input, output, label)."""
+    """An alert's kind from its subject: the named ones, a business figure (`business:…`), one
+    per GPU (`gpu_memory:<hw.id>`), else a feature (input, output, label)."""
     if subject.startswith("business:"):
         return "business"
+    if subject.startswith("gpu_memory:"):
+        return "gpu_memory"
     return subject if subject in ANCHORS else "feature"
 
 

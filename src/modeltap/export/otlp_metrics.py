@@ -141,10 +141,11 @@ def self_monitoring_metrics(snap: Snapshot) -> list[Metric]:
 
 def resource_metrics(snap: Snapshot) -> list[Metric]:
     """What each process costs, under the OpenTelemetry semantic-convention names (`process.*`,
-    `cpython.gc.collections`) where one exists, `modeltap.gc.pause` where none does; each point
-    names its process (`process.pid`, and `modeltap.process.role`: serving or monitor)."""
+    `cpython.gc.collections`) where one exists, `modeltap.gc.pause` and `modeltap.event_loop.lag`
+    where none does; each point names its process (`process.pid`, and `modeltap.process.role`:
+    serving or monitor)."""
     now = snap.taken_unix_ns
-    metrics = _container_metrics(snap)
+    metrics = [*_container_metrics(snap), *gpu_metrics(snap)]
     if not snap.resources:
         return metrics
     cpu: list[CounterPoint] = []
@@ -154,6 +155,7 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
     files: list[tuple[Attributes, float]] = []
     collections: list[CounterPoint] = []
     pauses: list[CounterPoint] = []
+    loop_lag: list[tuple[Attributes, float]] = []
     for r in snap.resources:
         who: Attributes = (("process.pid", r.pid), ("modeltap.process.role", r.role))
         cpu += [
@@ -170,6 +172,10 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
             CounterPoint((*who, ("cpython.gc.generation", g)), n) for g, n in enumerate(r.gc_collections)
         ]
         pauses.append(CounterPoint(who, r.gc_pause_s))
+        # As `modeltap.latency.quantile`: the 99th percentile, and the largest as quantile 1.
+        for quantile, lag in (("0.99", r.loop_lag_p99_s), ("1", r.loop_lag_max_s)):
+            if lag is not None:
+                loop_lag.append(((*who, ("modeltap.quantile", quantile)), lag))
     metrics += [
         _counter("process.cpu.time", "CPU seconds used by the process.", "s", cpu, snap, whole=False),
         _gauge("process.memory.usage", "Resident memory of the process.", "By", memory, now),
@@ -193,6 +199,16 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
                 now,
             )
         )
+    if loop_lag:
+        metrics.append(
+            _gauge(
+                "modeltap.event_loop.lag",
+                "How late the serving event loop ran a probe due every 0.5 s, over the last minute.",
+                "s",
+                loop_lag,
+                now,
+            )
+        )
     if files:
         metrics.append(
             _gauge(
@@ -203,6 +219,45 @@ def resource_metrics(snap: Snapshot) -> list[Metric]:
                 now,
             )
         )
+    return metrics
+
+
+def gpu_metrics(snap: Snapshot) -> list[Metric]:
+    """Each GPU under the OpenTelemetry hardware semantic conventions (`hw.gpu.*`, development
+    status): memory in use and its size as UpDownCounters (non-monotonic sums) in bytes, memory
+    use and utilisation as gauges of fractions; `hw.id` is the device's UUID."""
+    if not snap.gpus:
+        return []
+    now = snap.taken_unix_ns
+    used: list[CounterPoint] = []
+    total: list[CounterPoint] = []
+    memory_use: list[tuple[Attributes, float]] = []
+    utilization: list[tuple[Attributes, float]] = []
+    for gpu in snap.gpus:
+        device: Attributes = (
+            ("hw.id", gpu.hw_id),
+            ("hw.name", f"gpu{gpu.index}"),  # nvidia-smi's index
+            ("hw.model", gpu.name),
+            ("hw.vendor", "NVIDIA"),
+            ("hw.type", "gpu"),
+        )
+        used.append(CounterPoint(device, float(gpu.memory_used_bytes)))
+        total.append(CounterPoint(device, float(gpu.memory_total_bytes)))
+        if gpu.memory_use is not None:
+            memory_use.append((device, gpu.memory_use))
+        if gpu.utilization is not None:
+            utilization.append(((*device, ("hw.gpu.task", "general")), gpu.utilization))
+    metrics = [
+        _counter("hw.gpu.memory.usage", "GPU memory used.", "By", used, snap, monotonic=False),
+        _counter("hw.gpu.memory.limit", "Size of the GPU memory.", "By", total, snap, monotonic=False),
+    ]
+    if memory_use:
+        metrics.append(
+            _gauge("hw.gpu.memory.utilization", "Fraction of GPU memory used.", "1", memory_use, now)
+        )
+    if utilization:
+        description = "Fraction of time a kernel ran, over the driver's last sample period."
+        metrics.append(_gauge("hw.gpu.utilization", description, "1", utilization, now))
     return metrics
 
 

@@ -197,6 +197,9 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
                 "open_fds": r.open_fds,
                 "gc_collections": list(r.gc_collections),
                 "gc_pause_s": r.gc_pause_s,
+                # The serving event loop's lag over the last minute (null: no loop probed).
+                "event_loop_lag_max_s": r.loop_lag_max_s,
+                "event_loop_lag_p99_s": r.loop_lag_p99_s,
             }
             for r in snap.resources
         ],
@@ -211,6 +214,20 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
             "memory_limit_bytes": snap.container.memory_limit_bytes,
             "memory_limit_use": snap.container.memory_limit_use,
         },
+        # Each GPU the analysis's process sees through NVML (empty without one or nvidia-ml-py).
+        "gpus": [
+            {
+                "index": g.index,
+                "hw_id": g.hw_id,
+                "name": g.name,
+                "memory_used_bytes": g.memory_used_bytes,
+                "memory_total_bytes": g.memory_total_bytes,
+                "memory_use": g.memory_use,
+                "utilization": g.utilization,
+                "level": LEVEL_NAMES[g.level],
+            }
+            for g in snap.gpus
+        ],
         # Each serving process: when it started and how long until it answered first.
         "cold_starts": [
             {"pid": pid, "process_start_unix_s": start, "first_answer_after_s": first - start}

@@ -111,6 +111,8 @@ class ModelTapMiddleware:
         business_baseline_version: str | None = None,
         label_ttl_s: float | None = None,
         label_store_bytes: int | None = None,
+        gpu_memory_warning: float | None = None,
+        gpu_memory_critical: float | None = None,
         export: ExportConfig | None = None,
     ) -> None:
         # Explicit keywords (not **options) so type checkers accept `app.add_middleware(...)`;
@@ -169,6 +171,7 @@ class ModelTapMiddleware:
         mode, the connection to the server's monitor (started if none runs)."""
         tap = self.tap
         tap.start()
+        tap.watch_event_loop()  # the serving loop's lag, when started on it (a request, the sidecar)
         views = self._views
         if views is not None:
             # Process mode: the monitor renders the views; this process only checks access.
@@ -180,6 +183,7 @@ class ModelTapMiddleware:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through unchanged, flushing telemetry once the app has shut down."""
+        self.tap.watch_event_loop()  # lifespan runs on the serving loop before any request
 
         async def observe_send(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":

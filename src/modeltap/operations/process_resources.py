@@ -1,5 +1,6 @@
 """What a process costs: CPU time and utilisation, resident memory, threads, open file
-descriptors, and Python's garbage collector (collections per generation, time spent in them).
+descriptors, Python's garbage collector (collections per generation, time spent in them) and,
+in a serving process, the lag of its event loop (`loop_lag`).
 
 Read from Linux's /proc for the process itself (`getrusage` and the thread count elsewhere), and
 from `gc` (a callback times each collection: two clock reads per collection). Each serving process
@@ -16,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from modeltap.operations.loop_lag import LoopLagProbe
 from modeltap.snapshot import ProcessResources
 
 MIN_INTERVAL_S = 1.0
@@ -79,12 +81,13 @@ def _open_fds() -> int | None:
 class ResourceSampler:
     """Example::
 
-    sampler = ResourceSampler("serving")
+    sampler = ResourceSampler("serving", LoopLagProbe())
     sampler.sample().memory_rss_bytes
     """
 
-    def __init__(self, role: str) -> None:
+    def __init__(self, role: str, loop_lag: LoopLagProbe | None = None) -> None:
         self.role = role
+        self.loop_lag = loop_lag  # the serving event loop's probe; None: no loop (the monitor)
         self._gc = gc_clock()
         self._last: ProcessResources | None = None
         self._last_at = 0.0
@@ -105,6 +108,7 @@ class ResourceSampler:
             utilization = max(0.0, (user + system - self._previous_cpu[0]) / (now - self._previous_cpu[1]))
         self._previous_cpu = (user + system, now)
         stats = gc.get_stats()
+        lag = self.loop_lag.lag() if self.loop_lag is not None else None
         self._last = ProcessResources(
             pid=os.getpid(),
             role=self.role,
@@ -116,6 +120,8 @@ class ResourceSampler:
             open_fds=_open_fds(),
             gc_collections=tuple(int(s.get("collections", 0)) for s in stats[:3]),
             gc_pause_s=self._gc.pause_s,
+            loop_lag_max_s=lag.max_s if lag is not None else None,
+            loop_lag_p99_s=lag.p99_s if lag is not None else None,
         )
         self._last_at = now
         return self._last
@@ -133,6 +139,8 @@ def as_counts(sample: ProcessResources) -> dict[str, Any]:
         "res_open_fds": sample.open_fds,
         "res_gc_collections": list(sample.gc_collections),
         "res_gc_pause_s": sample.gc_pause_s,
+        "res_loop_lag_max_s": sample.loop_lag_max_s,
+        "res_loop_lag_p99_s": sample.loop_lag_p99_s,
     }
 
 
@@ -154,4 +162,10 @@ def from_counts(pid: int, counts: dict[str, Any]) -> ProcessResources | None:
         open_fds=int(fds) if isinstance(fds, int) else None,
         gc_collections=tuple(int(c) for c in collections[:3]) if isinstance(collections, list) else (),
         gc_pause_s=float(counts.get("res_gc_pause_s") or 0.0),
+        loop_lag_max_s=_seconds(counts.get("res_loop_lag_max_s")),
+        loop_lag_p99_s=_seconds(counts.get("res_loop_lag_p99_s")),
     )
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -40,12 +40,14 @@ from modeltap.export.resource import SERVICE_INSTANCE_ID, build_resource, new_in
 from modeltap.export.spans import SpanOptions
 from modeltap.export.telemetry_thread import TelemetryExporter
 from modeltap.operations.cgroup import ContainerSampler
+from modeltap.operations.gpu import GpuSampler
 from modeltap.records import RawRecord
 from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import (
     AlertView,
     Attributes,
     CounterPoint,
+    GpuDevice,
     RollbackView,
     RouteReport,
     SelfMonitoring,
@@ -194,6 +196,8 @@ class Analyzer:
         self._versions_logged: set[tuple[str, str]] = set()
         # The container this analysis runs in (the serving processes' too): cgroup v2 figures.
         self.container = ContainerSampler()
+        # The GPUs this analysis's process sees (NVML, `modeltap[gpu]`; started on first use).
+        self.gpu = GpuSampler()
         # The sidecar's rollback switch (configured by a sidecar with a fallback upstream).
         self.rollback = RollbackControl()
         # Fire drills: a shadow of these statistics, this configuration's alert path.
@@ -267,6 +271,9 @@ class Analyzer:
         self.identities_expired += self.stats.expire()
         exporter = self.exporter
         internal = Counter(dict(serving.internal_errors)) + self.errors + self.pipeline.errors
+        gpus = self._gpus()
+        if self.gpu.errors:
+            internal["nvml"] += self.gpu.errors
         monitoring = SelfMonitoring(
             queue_depth=serving.queue_depth,
             queue_bytes=serving.queue_bytes,
@@ -310,6 +317,7 @@ class Analyzer:
             cold_starts=serving.cold_starts,
             resources=serving.resources,
             container=self.container.sample(),
+            gpus=gpus,
         )
         snapshot = self._versions(snapshot)
         snapshot = self._alerts(snapshot)
@@ -317,12 +325,27 @@ class Analyzer:
         self._latest = dataclasses.replace(snapshot, rollback=self._rollback_view(serving))
         return self._latest
 
+    def _gpus(self) -> tuple[GpuDevice, ...]:
+        """Each GPU with the level of its memory use: WARNING above `gpu_memory_warning`,
+        CRITICAL above `gpu_memory_critical`."""
+        config = self.config
+        judged = []
+        for device in self.gpu.sample():
+            use = device.memory_use or 0.0
+            level = Level.OK
+            if use > config.gpu_memory_critical:
+                level = Level.CRITICAL
+            elif use > config.gpu_memory_warning:
+                level = Level.WARNING
+            judged.append(dataclasses.replace(device, level=int(level)))
+        return tuple(judged)
+
     def _alerts(self, snapshot: Snapshot) -> Snapshot:
         """Evaluate the alerts on this snapshot, send what is due, and attach their state."""
         now = time.monotonic()
         offset = time.time() - now  # monotonic -> unix seconds
         config = self.config
-        observed = observations(snapshot, config.psi_warning, config.psi_critical)
+        observed = observations(snapshot, config.psi_warning, config.psi_critical, self.default_name)
         due = self.alert_book.evaluate(observed, now)
         self._log_info(observed)
         for notification in due:
@@ -545,6 +568,7 @@ class Analyzer:
         return self.exporter.flush_now(timeout_s) if self.exporter is not None else True
 
     def shutdown(self, timeout_s: float) -> None:
+        self.gpu.close()
         self.webhooks.close(min(2.0, max(0.1, timeout_s / 2)))
         self.alertmanager.close(min(2.0, max(0.1, timeout_s / 2)))
         self.slack.close(min(2.0, max(0.1, timeout_s / 2)))

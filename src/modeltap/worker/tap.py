@@ -9,6 +9,7 @@ process. Every buffer is bounded and every drop is counted.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import collections
 import logging
@@ -35,6 +36,7 @@ from modeltap.export.spans import ExchangeIdentity, build_span
 from modeltap.handoff.framing import RecordEncoder
 from modeltap.handoff.rendezvous import Rendezvous, RendezvousError, run_directory
 from modeltap.handoff.shipper import Shipper
+from modeltap.operations.loop_lag import LoopLagProbe
 from modeltap.operations.process_resources import ResourceSampler, as_counts
 from modeltap.protocols.detect import path_identity, sanitize
 from modeltap.records import ExchangeRecord, RawRecord
@@ -117,10 +119,21 @@ class Tap:
         self.on_fallback: Any = None  # called once process mode fell back to inline
         self.monitor_pass_fds: tuple[int, ...] = ()
         self.extra_counts: dict[str, Any] = {}
-        # What this process costs (CPU, memory, threads, files, garbage collection).
-        self.resources = ResourceSampler("serving")
+        # What this process costs (CPU, memory, threads, files, garbage collection), and how late
+        # its event loop runs (probed once `watch_event_loop` is called on that loop).
+        self.loop_lag = LoopLagProbe()
+        self.resources = ResourceSampler("serving", self.loop_lag)
         # The sidecar's rollback switch: called (on the shipper thread) with a route command.
         self.on_route: Callable[[dict[str, Any]], None] | None = None
+
+    def watch_event_loop(self) -> None:
+        """Probe the lag of the event loop running this call (none running: nothing to do). The
+        middleware calls it on its first request and at lifespan start; repeated calls are free."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.loop_lag.watch(loop)
 
     # ---- request path -------------------------------------------------------------------
 
