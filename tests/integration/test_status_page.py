@@ -220,6 +220,13 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
     assert re.fullmatch(r"accuracy [01]\.\d{3}", cells[3]), cells  # one class sent: no AUC
     assert re.fullmatch(r"accuracy 0\.\d{3}", cells[4]), cells
     assert re.fullmatch(r"0\.\d{3} \(reference\)", cells[5]), cells
+    # Operations: what the sidecar's data plane and its monitor cost, each on a row of its own.
+    operations = re.search(r'<table id="operations">.*?<tbody>(.*?)</tbody>', dom, flags=re.DOTALL)
+    assert operations is not None
+    processes = re.findall(
+        r"<tr><td>(serving|monitor) \d+</td><td>[\d.]+%</td><td>\d+ MiB</td>", operations.group(1)
+    )
+    assert sorted(processes) == ["monitor", "serving"], operations.group(1)
     # The malformed requests show up in the counters table.
     assert re.search(r"<tr><td>violation</td><td>decode_error</td><td>[1-9]\d*</td></tr>", dom)
     assert 'id="error"></span>' in dom  # the page read /status without an error
