@@ -68,12 +68,14 @@ def _post(client: httpx.Client, url: str, items: list[dict[str, Any]]) -> dict[s
     return result
 
 
-def _conversions(ids: range, every: int, order_value: float) -> list[dict[str, Any]]:
-    """A conversion (with its order value) for one request in `every`, none for the others."""
+def _results(ids: range, converted: dict[int, float]) -> list[dict[str, Any]]:
+    """Every request's result: a conversion (1, with its order value) for the ids in `converted`,
+    0 for the others."""
     items: list[dict[str, Any]] = []
-    for i in ids[::every]:
-        items.append({"request_id": f"q{i}", "name": "conversion", "value": 1})
-        items.append({"request_id": f"q{i}", "name": "order_value", "value": order_value})
+    for i in ids:
+        items.append({"request_id": f"q{i}", "name": "conversion", "value": int(i in converted)})
+        if i in converted:
+            items.append({"request_id": f"q{i}", "name": "order_value", "value": converted[i]})
     return items
 
 
@@ -95,13 +97,17 @@ def _emergencies(hook: Webhook) -> list[dict[str, Any]]:
 def test_outcomes_join_exactly_and_only_a_significant_drop_is_an_emergency(tmp_path: Path) -> None:
     with webhook() as hook, _shop(tmp_path, hook) as server, httpx.Client(timeout=10) as client:
         url, outcome = server.url, server.url + "/modeltap/outcome"
-        status = lambda: httpx.get(url + "/modeltap/status", timeout=10).json()  # noqa: E731
+
+        def status() -> dict[str, Any]:
+            document: dict[str, Any] = httpx.get(url + "/modeltap/status", timeout=10).json()
+            return document
+
         # Version 1 serves 600 rows; one in 10 converts, orders of 40 and 60 alternately.
         _send(client, url, "1", range(600))
         assert wait_for(lambda: _exposures(status(), "1") == 600, 20)  # the monitor has them all
-        items = _conversions(range(0, 600, 20), 1, 40.0) + _conversions(range(10, 600, 20), 1, 60.0)
-        answer = _post(client, outcome, items)
-        assert answer == {"accepted": 120, "duplicates": 0, "rejected": []}
+        converted = {i: 40.0 if i % 20 == 0 else 60.0 for i in range(0, 600, 10)}
+        answer = _post(client, outcome, _results(range(600), converted))
+        assert answer == {"accepted": 660, "duplicates": 0, "rejected": []}
         # Repeats, a conflict, unknown names and ids: answered and counted, never joined twice.
         answer = _post(
             client,
@@ -122,8 +128,9 @@ def test_outcomes_join_exactly_and_only_a_significant_drop_is_an_emergency(tmp_p
         # Version 2: 300 rows, 8 % convert (below 9 %, but p ≈ 0.16): no EMERGENCY.
         _send(client, url, "2", range(1000, 1300))
         assert wait_for(lambda: _exposures(status(), "2") == 300, 10), status()["business"]
-        items = _conversions(range(1000, 1300, 25), 1, 50.0) + _conversions(range(1012, 1300, 25), 1, 50.0)
-        assert _post(client, outcome, items)["accepted"] == 48  # 24 conversions, 24 order values
+        converted = dict.fromkeys([*range(1000, 1300, 25), *range(1012, 1300, 25)], 50.0)
+        assert len(converted) == 24
+        assert _post(client, outcome, _results(range(1000, 1300), converted))["accepted"] == 324
         time.sleep(2.5)  # longer than alert_for_s plus a snapshot: it would have fired by now
         quiet = _business(status(), "2")
         assert quiet["window"]["conversion_rate"] == pytest.approx(24 / 300)
@@ -135,8 +142,9 @@ def test_outcomes_join_exactly_and_only_a_significant_drop_is_an_emergency(tmp_p
         # 600 more rows at 3 %: 42 of 900 against 60 of 600, z ≈ -3.8: EMERGENCY.
         _send(client, url, "2", range(1300, 1900))
         assert wait_for(lambda: _exposures(status(), "2") == 900, 10)
-        items = _conversions(range(1300, 1900, 50), 1, 50.0) + _conversions(range(1325, 1900, 100), 1, 50.0)
-        assert _post(client, outcome, items)["accepted"] == 36  # 18 conversions
+        converted = dict.fromkeys([*range(1300, 1900, 50), *range(1325, 1900, 100)], 50.0)
+        assert len(converted) == 18
+        assert _post(client, outcome, _results(range(1300, 1900), converted))["accepted"] == 618
         assert wait_for(lambda: _business(status(), "2")["level"] == "EMERGENCY", 10)
         assert wait_for(lambda: _emergencies(hook), 10)
 
@@ -145,7 +153,7 @@ def test_outcomes_join_exactly_and_only_a_significant_drop_is_an_emergency(tmp_p
         assert v1["total"]["exposures"] == 600
         assert v1["total"]["requests"] == 600
         assert v1["total"]["sums"] == {
-            "conversion": {"count": 60, "sum": 60.0},
+            "conversion": {"count": 600, "sum": 60.0},
             "order_value": {"count": 60, "sum": 30 * 40.0 + 30 * 60.0},
         }
         assert v1["total"]["conversion_rate"] == pytest.approx(0.1)
@@ -156,7 +164,7 @@ def test_outcomes_join_exactly_and_only_a_significant_drop_is_an_emergency(tmp_p
             "conversion_rate": pytest.approx(0.1),
             "average_order_value": pytest.approx(50.0),
             "revenue_per_prediction": pytest.approx(5.0),
-            "outcomes_per_request": pytest.approx(0.2),
+            "outcomes_per_request": pytest.approx(1.1),
         }
         assert v2["window"]["exposures"] == 900
         assert v2["window"]["conversion_rate"] == pytest.approx(42 / 900)
@@ -169,7 +177,7 @@ def test_outcomes_join_exactly_and_only_a_significant_drop_is_an_emergency(tmp_p
         assert impact["ci_low"] == pytest.approx(impact["value"] - 1.959964 * se, rel=1e-4)
         assert impact["ci_high"] == pytest.approx(impact["value"] + 1.959964 * se, rel=1e-4)
         assert document["level"] == "EMERGENCY"
-        assert document["outcomes"]["joined"] == 120 + 48 + 36
+        assert document["outcomes"]["joined"] == 660 + 324 + 618
         assert (document["outcomes"]["duplicate"], document["outcomes"]["conflict"]) == (1, 1)
 
         [firing] = _emergencies(hook)
@@ -215,10 +223,14 @@ def test_an_emergency_on_the_business_metric_rolls_the_sidecar_back(tmp_path: Pa
             )
             assert answer.json()["served_by"] == "primary"
         # 2 % of the primary's answers convert, against a floor of 8 %: EMERGENCY, rollback.
-        conversions = [{"request_id": f"q{i}", "name": "conversion", "value": 1} for i in ids[::50]]
-        status = lambda: httpx.get(admin + "/status", timeout=10).json()  # noqa: E731
+        conversions = [{"request_id": f"q{i}", "name": "conversion", "value": int(i % 50 == 0)} for i in ids]
+
+        def status() -> dict[str, Any]:
+            document: dict[str, Any] = httpx.get(admin + "/status", timeout=10).json()
+            return document
+
         assert wait_for(lambda: _exposures(status(), "2") == 400, 20)
-        assert _post(client, admin + "/outcome", conversions)["accepted"] == 8
+        assert _post(client, admin + "/outcome", conversions)["accepted"] == 400
 
         def rolled_back() -> bool:
             rollback = httpx.get(admin + "/status", timeout=10).json()["rollback"]

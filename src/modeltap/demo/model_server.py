@@ -28,6 +28,8 @@ PREDICTION = "prediction"
 SCORE = "scores"
 MODEL_NAME = "churn"
 MODEL_VERSION = "1"
+NEW_VERSION = "2"
+ROUTE_HEADER = "x-route-version"  # the demo's stand-in for a canary router
 PREDICT_PATH = f"/v1/models/{MODEL_NAME}:predict"
 
 
@@ -136,7 +138,10 @@ def build_app(model: ChurnModel) -> Starlette:
             return JSONResponse(
                 {"error": str(exc)}, status_code=400, headers={"x-model-version": MODEL_VERSION}
             )
-        return JSONResponse(model.answer(x), headers={"x-model-version": MODEL_VERSION})
+        # Two versions behind one route, as a canary router would place them: the request says
+        # which one answers (version 2 is a new release with the same decisions).
+        version = NEW_VERSION if request.headers.get(ROUTE_HEADER) == NEW_VERSION else MODEL_VERSION
+        return JSONResponse(model.answer(x), headers={"x-model-version": version})
 
     async def health(request: Request) -> Response:
         return Response("ok")

@@ -12,6 +12,13 @@ spread through all of them.
 - **prior shift**: the class balance changes, not the customers: rows are drawn conditioned on the
   label so that the share of churners rises from the training set's ~40 % to 80 %. Every feature
   that carries class information moves with it; the check is the prediction's drift.
+- **new version**: version 2 goes live for every customer. Customers, inputs and decisions are as
+  before, but its retention offers are accepted less often (5 % instead of 12 %): only the
+  business outcomes can see it, an EMERGENCY.
+
+Each answered row is a customer shown a retention offer; whether they accepted it (a conversion,
+with a year of their monthly charges as its order value) is posted to the sidecar's `/outcome`
+after the phase, as a billing system would report it.
 
 Every request carries an `x-request-id`; the real outcome of every answered row is fed back to the
 sidecar's `/feedback` after the phase's traffic (labels arrive later than predictions), so each
@@ -33,11 +40,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from modeltap.demo.model_server import FEATURES, PREDICT_PATH, churn_labels, make_customers
+from modeltap.demo.model_server import (
+    FEATURES,
+    MODEL_VERSION,
+    NEW_VERSION,
+    PREDICT_PATH,
+    ROUTE_HEADER,
+    churn_labels,
+    make_customers,
+)
 
 ROWS_PER_REQUEST = 8
 MALFORMED_EVERY = 20
 POOL_ROWS = 50_000
+# The share of customers shown an offer who accept it, per model version, and the order value of
+# an acceptance: a year of the customer's monthly charges.
+CONVERSION_RATES = {MODEL_VERSION: 0.12, NEW_VERSION: 0.05}
+ORDER_MONTHS = 12
 LABELS_PER_POST = 1000  # well under the feedback endpoint's 1 MiB body limit
 
 # (violation reason modeltap counts it under, body)
@@ -57,7 +76,13 @@ class Phase:
     churn_share: float | None = None  # sample conditioned on the label to this share of churners
     # Concept drift: the outcome flips for customers whose feature is above this value.
     concept: tuple[str, float] | None = None
+    version: str = MODEL_VERSION  # the version the traffic is routed to
     note: str = ""
+
+    @property
+    def expects_business_drop(self) -> bool:
+        """A new version that converts worse: only the business outcomes may show it."""
+        return CONVERSION_RATES[self.version] < CONVERSION_RATES[MODEL_VERSION]
 
     @property
     def expected_inputs(self) -> frozenset[str]:
@@ -97,6 +122,13 @@ PHASES = (
         "those paying over 90 a month",
     ),
     Phase("prior shift", 1 / 5, churn_share=0.8, note="the share of churners doubles, to 80 %"),
+    Phase(
+        "new version",
+        1 / 5,
+        version=NEW_VERSION,
+        note="version 2 goes live: customers and decisions as before, but its offers convert at "
+        "5 % instead of 12 %",
+    ),
 )
 
 
@@ -115,6 +147,13 @@ class PhaseTraffic:
     labels_sent: int = 0
     labels_accepted: int = 0
     labels_rejected: int = 0
+    conversions: int = 0  # offers accepted, among `rows`
+    outcomes_sent: int = 0
+    outcomes_accepted: int = 0
+
+    @property
+    def conversion_rate(self) -> float | None:
+        return self.conversions / self.rows if self.rows else None
 
     @property
     def churn_share(self) -> float | None:
@@ -190,8 +229,11 @@ class TrafficGenerator:
         self._seed = seed
         self._connection = self._connect()
         self._requests = 0
-        # The outcomes of the phase's answered rows, keyed by the request id the client sent.
+        # The outcomes of the phase's answered rows, keyed by the request id the client sent:
+        # whether each customer churned (labels), and the offers accepted (business outcomes).
         self._labels: list[dict[str, object]] = []
+        self._outcomes: list[dict[str, object]] = []
+        self._offers = np.random.default_rng(seed + 7)
 
     def _connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self._port, timeout=5)
@@ -215,7 +257,12 @@ class TrafficGenerator:
             k += 1
             self._requests += 1
             request_id = f"demo-{self._requests}"
-            headers = {"content-type": "application/json", "x-request-id": request_id}
+            headers = {
+                "content-type": "application/json",
+                "x-request-id": request_id,
+                ROUTE_HEADER: phase.version,
+            }
+            rows = np.empty((0, len(FEATURES)))
             malformed: str | None = None
             outcomes = np.empty(0)
             if self._requests % MALFORMED_EVERY == 0:
@@ -246,35 +293,54 @@ class TrafficGenerator:
                     {"request_id": request_id, "row": row, "label": int(outcome)}
                     for row, outcome in enumerate(outcomes.tolist())
                 )
+                # Every row's result is reported (1 or 0), and an accepted offer's value.
+                accepted = self._offers.random(len(rows)) < CONVERSION_RATES[phase.version]
+                charges = rows[:, FEATURES.index("monthly_charges")]
+                for row, converted in enumerate(accepted.tolist()):
+                    item = {"request_id": request_id, "row": row}
+                    self._outcomes.append({**item, "name": "conversion", "value": int(converted)})
+                    if converted:
+                        stats.conversions += 1
+                        value = round(float(charges[row]) * ORDER_MONTHS, 2)
+                        self._outcomes.append({**item, "name": "order_value", "value": value})
 
     def feed_labels(self, phase: Phase) -> None:
-        """Send the phase's outcomes to the sidecar's `/feedback`, as a labelling job would later."""
+        """Send the phase's outcomes to the sidecar's `/feedback` (whether each customer churned,
+        as a labelling job would later) and `/outcome` (the offers accepted, as billing would)."""
         stats = self._stats.by_phase.setdefault(phase.name, PhaseTraffic())
         labels, self._labels = self._labels, []
-        if self._admin_port is None or not labels:
-            return
+        outcomes, self._outcomes = self._outcomes, []
+        sent, accepted = self._post("/feedback", labels)
+        stats.labels_sent += sent
+        stats.labels_accepted += accepted
+        stats.labels_rejected += sent - accepted
+        sent, accepted = self._post("/outcome", outcomes)
+        stats.outcomes_sent += sent
+        stats.outcomes_accepted += accepted
+
+    def _post(self, path: str, items: list[dict[str, object]]) -> tuple[int, int]:
+        """(items sent, items accepted) of `items` posted to the admin port in chunks."""
+        if self._admin_port is None or not items:
+            return 0, 0
+        sent = accepted = 0
         connection = http.client.HTTPConnection("127.0.0.1", self._admin_port, timeout=10)
         try:
-            for start in range(0, len(labels), LABELS_PER_POST):
-                chunk = labels[start : start + LABELS_PER_POST]
-                stats.labels_sent += len(chunk)
+            for start in range(0, len(items), LABELS_PER_POST):
+                chunk = items[start : start + LABELS_PER_POST]
+                sent += len(chunk)
                 try:
                     connection.request(
-                        "POST",
-                        "/feedback",
-                        body=orjson.dumps(chunk),
-                        headers={"content-type": "application/json"},
+                        "POST", path, body=orjson.dumps(chunk), headers={"content-type": "application/json"}
                     )
                     response = connection.getresponse()
                     answer = orjson.loads(response.read()) if response.status == 200 else {}
                 except (OSError, http.client.HTTPException, orjson.JSONDecodeError):
                     connection.close()
                     answer = {}
-                accepted = int(answer.get("accepted", 0)) + int(answer.get("duplicates", 0))
-                stats.labels_accepted += accepted
-                stats.labels_rejected += len(chunk) - accepted
+                accepted += int(answer.get("accepted", 0)) + int(answer.get("duplicates", 0))
         finally:
             connection.close()
+        return sent, accepted
 
     def close(self) -> None:
         self._connection.close()
@@ -288,4 +354,6 @@ def describe(phase: Phase) -> str:
     if phase.concept is not None:
         feature, above = phase.concept
         return f"inputs as in training, outcome flipped where {feature} > {above:g}"
+    if phase.version != MODEL_VERSION:
+        return f"as in training, answered by version {phase.version}"
     return "as in training"

@@ -6,11 +6,13 @@ Every answered row with a join key (the request id and the row, or the `label_ke
 (`{"request_id": …, "row": 0, "name": "conversion", "value": 1}`) joins its exposure once per
 name; the first value wins (`duplicate`, `conflict` otherwise, counted), and an outcome that
 comes before its exposure waits, bounded, as labels do. Counts land in the slot of the exposure's
-time, so a window's rate divides the conversions of its exposures by those exposures:
+time, so a window's figures are those of its own exposures:
 
-- `conversion_rate` = conversions / exposures (the rate of 0/1 `conversion` outcomes per row);
+- `conversion_rate` = the mean of the 0/1 `conversion` outcomes: over the rows whose result is
+  known, since outcomes come late (a row still waiting for its outcome is not a row that did not
+  convert, so the result of every row is posted, 0 or 1);
 - `average_order_value` = mean `order_value` over the order values joined;
-- `revenue_per_prediction` = sum of order values / exposures;
+- `revenue_per_prediction` = sum of order values / rows whose conversion is known;
 - `outcomes_per_request` = outcomes joined / requests.
 
 A version is judged against a baseline: the configured baseline version's cumulative counts, else
@@ -119,31 +121,26 @@ class Moments:
         return cls(int(n), mean, variance)
 
 
-def moments(tally: OutcomeTally, metric: str, rates_known: bool = True) -> Moments | None:
-    """The per-row values behind `metric` in `tally` (None where it has none)."""
+def moments(tally: OutcomeTally, metric: str) -> Moments | None:
+    """The per-row values behind `metric` in `tally` (None where it has none). A rate is over
+    the rows whose conversion is known (a `conversion` outcome posted, 1 or 0): rows still waiting
+    for theirs are not counted as rows that did not convert."""
+    conversions = tally.sum_of(CONVERSION)[0]
+    n, s, q = tally.sum_of(ORDER_VALUE)
     if metric == "conversion_rate":
-        n, s, q = tally.sum_of(CONVERSION)
-        return Moments.of(tally.exposures, s, q) if rates_known else None
+        return Moments.of(*tally.sum_of(CONVERSION))
     if metric == "revenue_per_prediction":
-        n, s, q = tally.sum_of(ORDER_VALUE)
-        return Moments.of(tally.exposures, s, q) if rates_known else None
+        return Moments.of(conversions, s, q)
     if metric == "average_order_value":
-        n, s, q = tally.sum_of(ORDER_VALUE)
         return Moments.of(n, s, q)
     raise ValueError(f"unknown business metric {metric!r}")
 
 
-def _outcome_of(metric: str) -> str:
-    return CONVERSION if metric == "conversion_rate" else ORDER_VALUE
-
-
-def figures(tally: OutcomeTally, known: frozenset[str]) -> tuple[tuple[str, float | None], ...]:
-    """The figures of `tally`. A rate needs an outcome of its kind joined for the model at all
-    (`known`, its names): a model whose conversions are never posted has no conversion rate, not
-    a rate of 0, while a version none of whose rows converts has a rate of 0."""
+def figures(tally: OutcomeTally) -> tuple[tuple[str, float | None], ...]:
+    """The figures of `tally`."""
     out: list[tuple[str, float | None]] = []
     for metric in METRICS:
-        m = moments(tally, metric, rates_known=_outcome_of(metric) in known)
+        m = moments(tally, metric)
         out.append((metric, m.mean if m is not None else None))
     out.append(("outcomes_per_request", tally.outcomes / tally.requests if tally.requests else None))
     return tuple(out)
@@ -171,12 +168,10 @@ def revenue_impact(
     current: OutcomeTally, baseline: OutcomeTally, aov_of: OutcomeTally
 ) -> RevenueImpact | None:
     """`ΔConversion * Traffic * AOV` of `current` (the window) against `baseline`, the AOV taken
-    from `aov_of`; None without conversions on both sides or without any order value."""
+    from `aov_of`; None without known conversions on both sides or without any order value."""
     rate, base = moments(current, "conversion_rate"), moments(baseline, "conversion_rate")
     aov = moments(aov_of, "average_order_value")
     if rate is None or base is None or aov is None:
-        return None
-    if current.sum_of(CONVERSION)[0] == 0 and baseline.sum_of(CONVERSION)[0] == 0:
         return None
     traffic = current.exposures
     delta = rate.mean - base.mean
@@ -391,9 +386,6 @@ class BusinessOutcomes:
         tallies: dict[tuple[str, str], tuple[OutcomeTally, OutcomeTally, float]],
     ) -> BusinessSummary:
         window, total, _ = tallies[(model, version)]
-        known = frozenset(
-            name for (m, _), (_, t, _) in tallies.items() if m == model for name, n, _, _ in t.sums if n
-        )
         baseline_version = self._baseline_version(model, tallies)
         if baseline_version is not None and baseline_version != version:
             source, baseline = "version", tallies[(model, baseline_version)][1]
@@ -403,22 +395,20 @@ class BusinessOutcomes:
         if baseline.exposures == 0:
             source, baseline = "none", OutcomeTally()
             baseline_version = None
-        window_figures = figures(window, known)
-        baseline_figures = figures(baseline, known) if source != "none" else ()
+        window_figures = figures(window)
+        baseline_figures = figures(baseline) if source != "none" else ()
         aov_of = (
             window if window.sum_of(ORDER_VALUE)[0] else total if total.sum_of(ORDER_VALUE)[0] else baseline
         )
-        impact = (
-            revenue_impact(window, baseline, aov_of) if source != "none" and CONVERSION in known else None
-        )
-        threshold, p_value, level = self._judge(window, baseline, known, source)
+        impact = revenue_impact(window, baseline, aov_of) if source != "none" else None
+        threshold, p_value, level = self._judge(window, baseline, source)
         return BusinessSummary(
             model,
             version,
             window,
             total,
             window_figures=window_figures,
-            total_figures=figures(total, known),
+            total_figures=figures(total),
             baseline_source=source,
             baseline_version=baseline_version,
             baseline_figures=baseline_figures,
@@ -433,15 +423,13 @@ class BusinessOutcomes:
         self,
         window: OutcomeTally,
         baseline: OutcomeTally,
-        known: frozenset[str],
         source: str,
     ) -> tuple[float | None, float | None, Level]:
         """(threshold, p-value, level) of the judged figure in the window."""
         settings = self.settings
         metric = settings.metric
-        rates_known = _outcome_of(metric) in known
-        current = moments(window, metric, rates_known)
-        base = moments(baseline, metric, rates_known) if source != "none" else None
+        current = moments(window, metric)
+        base = moments(baseline, metric) if source != "none" else None
         # The configured floor, else the baseline less the drop that matters.
         threshold = (
             settings.floor

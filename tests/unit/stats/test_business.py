@@ -40,12 +40,13 @@ def _serve(
     now: float,
 ) -> None:
     """`count` single-row requests of `version`; the first `conversions` of them convert, each
-    with `order_value` when given."""
+    with `order_value` when given, and the others' results are reported as 0."""
     for i in range(first, first + count):
         business.add_exposures("shop", version, [_key(i)], now)
-    for i in range(first, first + conversions):
-        assert business.add_outcome("shop", _key(i), "conversion", 1.0, now) == "joined"
-        if order_value is not None:
+    for i in range(first, first + count):
+        converted = i < first + conversions
+        assert business.add_outcome("shop", _key(i), "conversion", float(converted), now) == "joined"
+        if converted and order_value is not None:
             assert business.add_outcome("shop", _key(i), "order_value", order_value, now) == "joined"
 
 
