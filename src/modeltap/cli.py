@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "traffic with malformed requests throughout, show a live table and the status page's address, "
         "then a summary of what was detected per phase. Needs no backend and no download.",
     )
-    demo.add_argument("--duration", type=_positive, default=30.0, help="seconds of traffic (default 30)")
+    demo.add_argument("--duration", type=_positive, default=36.0, help="seconds of traffic (default 36)")
     demo.add_argument("--rate", type=_positive, default=100.0, help="requests per second (default 100)")
     demo.add_argument(
         "--port", type=_port, default=0, help="the sidecar's port on 127.0.0.1 (default: any free port)"

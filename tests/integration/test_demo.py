@@ -1,11 +1,12 @@
 """`modeltap demo` end to end in a short run: the model server and the real sidecar on 127.0.0.1,
-real traffic in five phases, malformed requests throughout, labels fed back after each phase.
+real traffic in six phases, malformed requests throughout, labels fed back after each phase.
 
 What is checked (issue 6, CLARIFICATIONS.md: each phase judged on its own): the baseline and the
 recovery flag nothing; the covariate-shift phase flags exactly the shifted input features and moves
 the performance estimate before any label; the concept-drift phase flags no drift and leaves the
 estimate where it was, and only the realised performance goes CRITICAL; the prior-shift phase flags
-the prediction; every malformed request is counted under its violation reason; OTLP export with
+the prediction; the new-version phase flags nothing but its business outcomes (EMERGENCY, against
+version 1); every malformed request is counted under its violation reason; OTLP export with
 `--otlp-endpoint`; clean-up of every thread and port at the end, on Ctrl-C and on SIGTERM; a port in
 use is one clear error with nothing left behind.
 """
@@ -65,7 +66,7 @@ def test_short_demo_judges_each_phase_on_its_own(
     tmp_path: Path, threads_before: set[threading.Thread]
 ) -> None:
     out = io.StringIO()
-    result = run_demo(DemoOptions(duration_s=6.0, rate_per_s=200, workdir=str(tmp_path)), out=out)
+    result = run_demo(DemoOptions(duration_s=7.2, rate_per_s=200, workdir=str(tmp_path)), out=out)
 
     assert [v.phase.name for v in result.phases] == [
         "baseline",
@@ -73,11 +74,26 @@ def test_short_demo_judges_each_phase_on_its_own(
         "recovery",
         "concept drift",
         "prior shift",
+        "new version",
     ]
-    baseline, covariate, recovery, concept, prior = result.phases
-    for quiet in (baseline, recovery, concept):
+    baseline, covariate, recovery, concept, prior, new_version = result.phases
+    for quiet in (baseline, recovery, concept, new_version):
         assert quiet.flagged_inputs == frozenset()
         assert not quiet.prediction_flagged
+    # Business: every offer's result joined; version 1 stays OK against its own history in every
+    # phase; version 2 converts worse with nothing else moving: EMERGENCY, against version 1.
+    for verdict in result.phases:
+        traffic = verdict.traffic
+        assert traffic.outcomes_accepted == traffic.outcomes_sent == traffic.rows + traffic.conversions
+        assert verdict.business_level == ("EMERGENCY" if verdict is new_version else "OK"), verdict.phase.name
+    assert new_version.baseline_source == "version"
+    assert new_version.conversion_rate is not None
+    assert new_version.conversion_rate == pytest.approx(new_version.traffic.conversion_rate, abs=0.01)
+    assert new_version.conversion_rate < 0.08 < 0.10 < (new_version.baseline_conversion_rate or 0)
+    assert new_version.revenue_impact is not None
+    assert new_version.revenue_impact["ci_high"] < 0
+    assert new_version.alerts == {"business:conversion_rate": "emergency"}
+    assert new_version.performance_level in ("OK", "INFO")
     # Performance: every answered row's label joined; the estimate from the scores moved with the
     # covariate shift before any of its labels, and stayed put under concept drift, where only
     # the realised accuracy fell (CRITICAL: more than 5 points below the reference's).
@@ -114,7 +130,12 @@ def test_short_demo_judges_each_phase_on_its_own(
     assert re.search(
         r"prior shift .*\n.*\n    prediction drift: (WARNING|CRITICAL) \(PSI [\d.]+, detected at", summary
     )
-    assert summary.count("verdict: as expected") == 5
+    assert summary.count("verdict: as expected") == 6
+    assert re.search(
+        r"new version .*\n(?:.*\n)*?    business: offers accepted \d+\.\d% against \d+\.\d% \(version 1\), "
+        r"revenue impact -[\d,]+ over the window \(95 % -[\d,]+ to -[\d,]+\) \(EMERGENCY\)",
+        summary,
+    )
     concept_lines = re.search(r"  concept drift .*?\n(.*?)\n    verdict", summary, flags=re.DOTALL)
     assert concept_lines is not None
     assert "    input drift: none\n" in concept_lines.group(1)
@@ -129,7 +150,7 @@ def test_short_demo_judges_each_phase_on_its_own(
     # The alerts each phase set off are listed: the shifted features' in the covariate phase, the
     # prediction's in the prior shift, none in the baseline (recovery: at most the same subjects
     # again, never another).
-    assert summary.count("    alerts fired: ") == 5
+    assert summary.count("    alerts fired: ") == 6
     assert baseline.alerts == {}
     assert set(covariate.alerts) >= SHIFTED
     assert "output:prediction" in prior.alerts
@@ -145,7 +166,7 @@ def test_short_demo_judges_each_phase_on_its_own(
     assert final["requests"]["total"] == result.traffic.total("sent")
     assert result.traffic.total("failed") == 0
     assert final["proxy_errors"] == {}
-    assert final["model"]["versions"] == ["1"]
+    assert final["model"]["versions"] == ["1", "2"]
 
     # The reference is the validation data's: inputs, both outputs, the label and the baseline.
     reference = orjson.loads((tmp_path / "reference.json").read_bytes())
@@ -360,8 +381,9 @@ def test_phases_describe_what_the_summary_judges() -> None:
     """The covariate phase shifts real features; the prior phase changes the class balance only."""
     assert SHIFTED
     assert set(FEATURES) >= SHIFTED
-    assert [p.churn_share is not None for p in PHASES] == [False, False, False, False, True]
-    assert [p.concept is not None for p in PHASES] == [False, False, False, True, False]
+    assert [p.churn_share is not None for p in PHASES] == [False, False, False, False, True, False]
+    assert [p.concept is not None for p in PHASES] == [False, False, False, True, False, False]
+    assert [p.expects_business_drop for p in PHASES] == [False, False, False, False, False, True]
     concept = next(p for p in PHASES if p.concept)
     assert concept.concept is not None
     assert concept.concept[0] in FEATURES

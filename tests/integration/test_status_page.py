@@ -169,6 +169,13 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
                 {"request_id": f"demo-{i}", "row": row, "label": 1} for i in range(1, 20) for row in range(8)
             ]
             assert client.post("/feedback", json=labels).json()["accepted"] == len(labels)
+            # And their offers' results, one row in four accepted: the business table's row.
+            offers = [
+                {"request_id": f"demo-{i}", "row": row, "name": "conversion", "value": int(row % 4 == 0)}
+                for i in range(1, 20)
+                for row in range(8)
+            ]
+            assert client.post("/outcome", json=offers).json()["accepted"] == len(offers)
             assert client.get("/").headers["content-type"].startswith("text/html")
         page = f"{admin}/"
         dom = _chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", page)
@@ -220,6 +227,14 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
     assert re.fullmatch(r"accuracy [01]\.\d{3}", cells[3]), cells  # one class sent: no AUC
     assert re.fullmatch(r"accuracy 0\.\d{3}", cells[4]), cells
     assert re.fullmatch(r"0\.\d{3} \(reference\)", cells[5]), cells
+    # Business: version 1's exposures so far, the 25 % of the results fed back, its level.
+    business = re.search(r'<table id="business">.*?<tbody><tr>(.*?)</tr>', dom, flags=re.DOTALL)
+    assert business is not None
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", business.group(1))
+    assert cells[0] == "churn · 1"
+    assert int(cells[1]) >= 152
+    assert cells[2] == "25.0%"
+    assert cells[-1] in ("OK", "EMERGENCY")
     # Operations: what the sidecar's data plane and its monitor cost, each on a row of its own.
     operations = re.search(r'<table id="operations">.*?<tbody>(.*?)</tbody>', dom, flags=re.DOTALL)
     assert operations is not None

@@ -40,6 +40,7 @@ from modeltap.config import ModelTapConfig
 from modeltap.demo.model_server import (
     LABEL,
     MODEL_NAME,
+    MODEL_VERSION,
     PREDICTION,
     SCORE,
     ChurnModel,
@@ -78,7 +79,7 @@ ESTIMATE_MOVES = 0.02
 
 @dataclass(frozen=True)
 class DemoOptions:
-    duration_s: float = 30.0
+    duration_s: float = 36.0
     rate_per_s: float = 100.0
     port: int = 0  # the sidecar's proxy port (0: any free port)
     admin_port: int = 0  # the sidecar's admin port: status page, /status, /metrics
@@ -122,6 +123,12 @@ class PhaseVerdict:
     baseline_accuracy: float | None = None
     label_level: str | None = None  # the label distribution's drift (prior shift)
     label_psi: float | None = None
+    # Business outcomes of the version the phase was routed to, after the phase's outcomes.
+    conversion_rate: float | None = None
+    baseline_conversion_rate: float | None = None
+    baseline_source: str | None = None
+    revenue_impact: dict[str, Any] | None = None
+    business_level: str | None = None
 
     @property
     def flagged_inputs(self) -> frozenset[str]:
@@ -145,8 +152,11 @@ class PhaseVerdict:
     def as_expected(self) -> bool:
         """Covariate shift: exactly the shifted inputs flagged, and the estimate moved before any
         label. Prior shift: the prediction flagged. Concept drift: no drift, an estimate that
-        did not move, and the realised performance CRITICAL. No shift: nothing flagged."""
+        did not move, and the realised performance CRITICAL. A new version that converts worse:
+        no drift, the business level EMERGENCY. No shift: nothing flagged."""
         phase = self.phase
+        if (self.business_level == "EMERGENCY") != phase.expects_business_drop:
+            return False
         if phase.judged_by_inputs and self.flagged_inputs != phase.expected_inputs:
             return False
         if phase.expects_prediction_drift and not self.prediction_flagged:
@@ -219,7 +229,7 @@ def render_table(
         f"latency p50 {_ms(latency['p50'])}  p95 {_ms(latency['p95'])}  p99 {_ms(latency['p99'])}  "
         f"window {document['window_s']:g} s",
     ]
-    performance = _performance(document)
+    performance = _performance(document, MODEL_VERSION)
     if performance is not None:
         window = performance["window"]
         lines.append(
@@ -227,6 +237,12 @@ def render_table(
             f"({performance['level']}), "
             f"estimated from the scores {_number(_accuracy(performance['estimated']), 5)}, "
             f"baseline {_number(performance['baseline']['accuracy'], 5)}"
+        )
+    for business in document.get("business", []):
+        rate = business["window"]["conversion_rate"]
+        lines.append(
+            f"business: version {business['version']} offers accepted "
+            f"{'-' if rate is None else f'{rate:.1%}'} in the window ({business['level']})"
         )
     lines += [
         "",
@@ -245,9 +261,26 @@ def render_table(
     return "\n".join(lines)
 
 
-def _performance(document: dict[str, Any]) -> dict[str, Any] | None:
-    """The demo model's performance entry in /status (one model, one version)."""
-    return next((p for p in document.get("performance", []) if p["model"] == MODEL_NAME), None)
+def _performance(document: dict[str, Any], version: str) -> dict[str, Any] | None:
+    """The demo model's performance entry in /status for `version`."""
+    return next(
+        (p for p in document.get("performance", []) if p["model"] == MODEL_NAME and p["version"] == version),
+        None,
+    )
+
+
+def _business(document: dict[str, Any], version: str) -> dict[str, Any] | None:
+    return next((b for b in document.get("business", []) if b["version"] == version), None)
+
+
+def _features(document: dict[str, Any], version: str) -> list[dict[str, Any]]:
+    """The features of `version` (the top level has the busiest version's)."""
+    for model in document.get("models", []):
+        if model["name"] == MODEL_NAME and model["version"] == version:
+            features: list[dict[str, Any]] = model["features"]
+            return features
+    top: list[dict[str, Any]] = document["features"]
+    return top
 
 
 def _accuracy(numbers: dict[str, Any] | None) -> float | None:
@@ -255,11 +288,11 @@ def _accuracy(numbers: dict[str, Any] | None) -> float | None:
     return float(value) if value is not None else None
 
 
-def _alerts(document: dict[str, Any]) -> dict[str, str]:
-    """Monitored inputs and the prediction -> level."""
+def _alerts(document: dict[str, Any], version: str = MODEL_VERSION) -> dict[str, str]:
+    """Monitored inputs and the prediction of `version` -> level."""
     return {
         f["name"]: f["level"]
-        for f in document["features"]
+        for f in _features(document, version)
         if f["level"] is not None and (f["role"] == "input" or f["name"] == PREDICTION)
     }
 
@@ -343,6 +376,10 @@ class Demo:
             alert_for_s=0.0,
             alert_group_wait_s=0.0,
             alert_resolve_s=self.slot_s,
+            # The business level is judged on every snapshot, dozens of looks a phase: a strict
+            # significance keeps chance dips of the baseline version quiet (version 2's drop is
+            # some 10 standard errors).
+            business_alpha=1e-4,
         )
 
     def start(self, model: ChurnModel, reference_path: Path) -> None:
@@ -657,14 +694,19 @@ def _run_phase(
 
     def track(document: dict[str, Any]) -> None:
         now = _elapsed(started)
-        for name, level in _alerts(document).items():
+        for name, level in _alerts(document, phase.version).items():
             if level in ALERT_LEVELS:
                 since.setdefault(name, now)
             else:
                 since.pop(name, None)
         for alert in document.get("alerts", []):
-            # Alerts this phase set off (not those still firing from the phase before).
-            if alert["state"] == "firing" and alert["since_unix_s"] >= phase_start_unix:
+            # Alerts this phase set off on the version it was routed to (not those still firing
+            # from the phase before, nor the tail of the previous phase on another version).
+            if (
+                alert["state"] == "firing"
+                and alert["since_unix_s"] >= phase_start_unix
+                and alert["version"] == phase.version
+            ):
                 fired[alert["subject"]] = alert["severity"]
 
     thread = threading.Thread(
@@ -697,22 +739,22 @@ def _run_phase(
     end_s = _elapsed(started)
     before = demo.read()
     track(before)
-    estimated = _performance(before)
+    estimated = _performance(before, phase.version)
     if not stop.is_set():
         demo.traffic.feed_labels(phase)
     document = demo.read()
     track(document)
-    alerts = _alerts(document)
-    features = {f["name"]: f for f in document["features"]}
-    performance = _performance(document)
-    label_drift = next((f for f in document["features"] if f["role"] == "label"), None)
+    alerts = _alerts(document, phase.version)
+    version_features = _features(document, phase.version)
+    features = {f["name"]: f for f in version_features}
+    performance = _performance(document, phase.version)
+    business = _business(document, phase.version)
+    label_drift = next((f for f in version_features if f["role"] == "label"), None)
     return PhaseVerdict(
         phase=phase,
         start_s=start_s,
         end_s=end_s,
-        window_count=max(
-            (f["window_count"] for f in document["features"] if f["role"] == "input"), default=0
-        ),
+        window_count=max((f["window_count"] for f in version_features if f["role"] == "input"), default=0),
         levels={name: level for name, level in alerts.items() if name != PREDICTION},
         psi={name: features[name]["psi"] for name in alerts},
         prediction_level=alerts.get(PREDICTION),
@@ -726,6 +768,11 @@ def _run_phase(
         baseline_accuracy=performance["baseline"]["accuracy"] if performance else None,
         label_level=label_drift["level"] if label_drift else None,
         label_psi=label_drift["psi"] if label_drift else None,
+        conversion_rate=business["window"]["conversion_rate"] if business else None,
+        baseline_conversion_rate=business["baseline"].get("conversion_rate") if business else None,
+        baseline_source=business["baseline"]["source"] if business else None,
+        revenue_impact=business["revenue_impact"] if business else None,
+        business_level=business["level"] if business else None,
     )
 
 
@@ -761,6 +808,24 @@ def _performance_lines(verdict: PhaseVerdict) -> list[str]:
         psi = f"PSI {verdict.label_psi:.2f}" if verdict.label_psi is not None else "PSI -"
         lines.append(f"    label drift ({LABEL}): {verdict.label_level} ({psi})")
     return lines
+
+
+def _business_lines(verdict: PhaseVerdict) -> list[str]:
+    """The offers accepted in the phase's window against the baseline, and what it costs."""
+    rate = verdict.conversion_rate
+    if rate is None:
+        return []
+    base = verdict.baseline_conversion_rate
+    source = f"version {MODEL_VERSION}" if verdict.baseline_source == "version" else "its history"
+    against = f" against {base:.1%} ({source})" if base is not None else ""
+    line = f"    business: offers accepted {rate:.1%}{against}"
+    impact = verdict.revenue_impact
+    if impact is not None and verdict.baseline_source == "version":
+        line += (
+            f", revenue impact {impact['value']:+,.0f} over the window "
+            f"(95 % {impact['ci_low']:+,.0f} to {impact['ci_high']:+,.0f})"
+        )
+    return [f"{line} ({verdict.business_level})"]
 
 
 def summarize(result: DemoResult) -> str:
@@ -807,6 +872,7 @@ def summarize(result: DemoResult) -> str:
             )
             lines.append(f"    churn share sent {share:.0%}{change}, mean predicted churn {mean:.2f}")
         lines += _performance_lines(verdict)
+        lines += _business_lines(verdict)
         fired = ", ".join(f"{subject} ({severity})" for subject, severity in sorted(verdict.alerts.items()))
         lines.append(f"    alerts fired: {fired or 'none'}")
         lines.append(f"    verdict: {'as expected' if verdict.as_expected else 'NOT as expected'}")
@@ -824,6 +890,12 @@ def summarize(result: DemoResult) -> str:
             f"  labels fed back: {stats.total('labels_sent')}, accepted {stats.total('labels_accepted')}; "
             "counted by the monitor: "
             + (", ".join(f"{reason} {n}" for reason, n in sorted(labels.items())) or "none")
+        )
+        outcomes = final.get("outcomes") or {}
+        lines.append(
+            f"  business outcomes fed back: {stats.total('outcomes_sent')}, accepted "
+            f"{stats.total('outcomes_accepted')}; counted by the monitor: "
+            + (", ".join(f"{reason} {n}" for reason, n in sorted(outcomes.items())) or "none")
         )
         lines.append(
             "  malformed requests sent: "
