@@ -347,12 +347,13 @@ class ModelTapConfig:
     alert_runbooks: Mapping[str, str] = field(default_factory=dict)
     # Business outcomes fed back to `{views_prefix}/outcome` (the sidecar's admin `/outcome`):
     # the names taken (`conversion` is 0/1 per answered row, `order_value` a number; any other
-    # name is refused, never created), the figure judged (conversion_rate, average_order_value,
-    # revenue_per_prediction), and EMERGENCY: the window's figure below `business_floor` (else
-    # more than `business_max_drop` below the baseline's) and significantly below it (one-sided
-    # p < `business_alpha`). The baseline is `business_baseline_version`, else the model's first
-    # version, and for that version its own history before the window.
-    outcome_names: tuple[str, ...] = ("conversion", "order_value")
+    # name is refused, never created; none, the default: off, and no answered row is kept), the
+    # figure judged (conversion_rate, average_order_value, revenue_per_prediction), and
+    # EMERGENCY: the window's figure below `business_floor` (else more than `business_max_drop`
+    # below the baseline's) and significantly below it (one-sided p < `business_alpha`). The
+    # baseline is `business_baseline_version`, else the model's first version, and for that
+    # version its own history before the window.
+    outcome_names: tuple[str, ...] = ()
     business_metric: str = "conversion_rate"
     business_floor: float | None = None
     business_max_drop: float = 0.10

@@ -31,13 +31,14 @@ FAST_ALERTS = {
     "MODELTAP_ALERT_FOR_S": "1",
     "MODELTAP_ALERT_GROUP_WAIT_S": "0",
     "MODELTAP_MIN_SAMPLES": "300",
+    "MODELTAP_OUTCOME_NAMES": "conversion,order_value",
     # Every payload decoded (no sampling under load): the counts below are exact.
     "MODELTAP_WORKER_CPU_BUDGET": "1.0",
 }
 
 
 @contextlib.contextmanager
-def _shop(tmp_path: Path, hook: Webhook) -> Iterator[RunningServer]:
+def _shop(tmp_path: Path, hook: Webhook, **settings: str) -> Iterator[RunningServer]:
     port = free_port()
     command = [
         sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT), "--host", "127.0.0.1",
@@ -45,7 +46,11 @@ def _shop(tmp_path: Path, hook: Webhook) -> Iterator[RunningServer]:
         "--port", str(port),
     ]  # fmt: skip
     env = server_environment(
-        tmp_path / "run", MODELTAP_MODEL_NAME="shop", MODELTAP_ALERT_WEBHOOK=hook.url, **FAST_ALERTS
+        tmp_path / "run",
+        MODELTAP_MODEL_NAME="shop",
+        MODELTAP_ALERT_WEBHOOK=hook.url,
+        **FAST_ALERTS,
+        **settings,
     )
     with running_server(command, env, port, tmp_path / "app.log") as server:
         yield server
@@ -192,6 +197,32 @@ def test_outcomes_join_exactly_and_only_a_significant_drop_is_an_emergency(tmp_p
             in text
         )
         assert 'modeltap_business_level{modeltap_model_name="shop",modeltap_model_version="2"} 4' in text
+
+
+@pytest.mark.parametrize("monitor", ["process", "inline"])
+def test_modeltap_outcome_from_code_in_the_server_joins_like_the_endpoint(
+    tmp_path: Path, monitor: str
+) -> None:
+    with (
+        webhook() as hook,
+        _shop(tmp_path, hook, MODELTAP_MONITOR=monitor) as server,
+        httpx.Client(timeout=10) as client,
+    ):
+        _send(client, server.url, "1", range(3))
+        answer = client.post(server.url + "/checkout", json={"request_id": "q1", "amount": 42.5})
+        ok = {"accepted": 1, "duplicates": 0, "rejected": []}
+        assert answer.json() == [ok, ok]
+
+        def joined() -> dict[str, Any]:
+            document: dict[str, Any] = httpx.get(server.url + "/modeltap/status", timeout=10).json()
+            total: dict[str, Any] = _business(document, "1").get("total", {})
+            return total
+
+        assert wait_for(lambda: joined().get("exposures") == 3, 30), joined()
+        assert joined()["sums"] == {
+            "conversion": {"count": 1, "sum": 1.0},
+            "order_value": {"count": 1, "sum": 42.5},
+        }
 
 
 def test_an_emergency_on_the_business_metric_rolls_the_sidecar_back(tmp_path: Path) -> None:

@@ -166,7 +166,11 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
             # Outcomes for the first requests' rows (the demo names them demo-1, demo-2, ...; the
             # first malformed one is the 20th): the performance table gets realised numbers.
             labels = [
-                {"request_id": f"demo-{i}", "row": row, "label": 1} for i in range(1, 20) for row in range(8)
+                # A third churn, as in training: the label's own drift stays small, so the page
+                # still opens on the most drifted input.
+                {"request_id": f"demo-{i}", "row": row, "label": int(row % 3 == 0)}
+                for i in range(1, 20)
+                for row in range(8)
             ]
             assert client.post("/feedback", json=labels).json()["accepted"] == len(labels)
             # And their offers' results, one row in four accepted: the business table's row.
@@ -224,7 +228,7 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
     assert performance is not None
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", performance.group(1))
     assert cells[:3] == ["churn · 1", "classification", "152"]
-    assert re.fullmatch(r"accuracy [01]\.\d{3}", cells[3]), cells  # one class sent: no AUC
+    assert re.fullmatch(r"accuracy [01]\.\d{3} · AUC 0\.\d{3} ±0\.\d{3}", cells[3]), cells
     assert re.fullmatch(r"accuracy 0\.\d{3}", cells[4]), cells
     assert re.fullmatch(r"0\.\d{3} \(reference\)", cells[5]), cells
     # Business: version 1's exposures so far, the 25 % of the results fed back, its level.

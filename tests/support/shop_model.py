@@ -1,7 +1,8 @@
 """A recommender endpoint for the business-outcome tests: `POST /v1/models/shop:predict` answers
 one offer per instance, as the version the client asks for (`x-route-version`, standing in for a
 canary router) says in its `x-model-version` header. `monitored_app` wraps it with the middleware
-(settings from the environment)."""
+(settings from the environment) and adds `POST /checkout`, which reports an order through
+`modeltap.outcome` from inside the server."""
 
 from __future__ import annotations
 
@@ -22,6 +23,21 @@ async def predict(request: Request) -> JSONResponse:
     return JSONResponse({"predictions": offers}, headers={"x-model-version": version})
 
 
+async def checkout(request: Request) -> JSONResponse:
+    """An in-process outcome producer (a checkout handler): hands the order to `modeltap.outcome`."""
+    import asyncio
+
+    import modeltap
+
+    body = await request.json()
+    answers = []
+    for name, value in (("conversion", 1), ("order_value", body["amount"])):
+        answers.append(
+            await asyncio.to_thread(modeltap.outcome, request_id=body["request_id"], name=name, value=value)
+        )
+    return JSONResponse(answers)
+
+
 async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": True})
 
@@ -32,4 +48,5 @@ app = Starlette(routes=[Route(PREDICT, predict, methods=["POST"]), Route("/_read
 def monitored_app() -> Any:
     from modeltap import ModelTapMiddleware
 
-    return ModelTapMiddleware(app, model_name="shop")
+    routes = [*app.routes, Route("/checkout", checkout, methods=["POST"])]
+    return ModelTapMiddleware(Starlette(routes=routes), model_name="shop")

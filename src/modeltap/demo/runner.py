@@ -380,6 +380,7 @@ class Demo:
             # significance keeps chance dips of the baseline version quiet (version 2's drop is
             # some 10 standard errors).
             business_alpha=1e-4,
+            outcome_names=("conversion", "order_value"),  # the offers' results, fed to /outcome
         )
 
     def start(self, model: ChurnModel, reference_path: Path) -> None:

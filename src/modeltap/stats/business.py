@@ -87,7 +87,7 @@ class _Counts:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Exposure:
     model: str
     version: str

@@ -66,9 +66,9 @@ from modeltap.worker.feedback import feedback_endpoint, outcome_endpoint
 from modeltap.worker.pipeline import UNKNOWN, BatchPipeline
 
 _log = logging.getLogger("modeltap")
-# What one kept exposure costs (its key, record and dict slots), to size the store from the
-# label store's byte budget.
-EXPOSURE_BYTES = 256
+# What one kept exposure may cost (its key, record and dict slots: about 400 bytes measured with
+# a 20-character request id), to size the store from the label store's byte budget.
+EXPOSURE_BYTES = 512
 
 
 def span_options(config: ModelTapConfig) -> SpanOptions:

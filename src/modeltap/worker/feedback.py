@@ -102,7 +102,11 @@ def outcome_endpoint(
 
     def handle(body: bytes, content_type: str) -> tuple[int, bytes]:
         if not allowed:
-            return _error(422, "no business outcomes: outcome_names is empty")
+            return _error(
+                422,
+                "business outcomes are off: name the outcomes to take with outcome_names "
+                "(MODELTAP_OUTCOME_NAMES=conversion,order_value)",
+            )
         try:
             batch = parse_outcomes(body, content_type, allowed)
         except FeedbackBodyError as exc:
