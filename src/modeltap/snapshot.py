@@ -295,7 +295,7 @@ class OutcomeTally:
     """The counts behind one model version's business figures over a span of time."""
 
     requests: int = 0  # exchanges whose rows outcomes can join
-    exposures: int = 0  # answered rows with a join key (a conversion rate's denominator)
+    exposures: int = 0  # answered rows with a join key (the traffic of the revenue impact)
     outcomes: int = 0  # outcomes joined
     # Per configured outcome name: (name, outcomes joined, sum of values, sum of squared values).
     sums: tuple[tuple[str, int, float, float], ...] = ()

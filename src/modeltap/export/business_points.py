@@ -44,7 +44,7 @@ def business_counters(snap: Snapshot) -> list[CounterSeries]:
     series = [
         CounterSeries(
             "modeltap.business.exposures",
-            "Answered rows business outcomes can join (a conversion rate's denominator).",
+            "Answered rows business outcomes can join (the traffic of the revenue impact).",
             "{row}",
             tuple(exposures),
         ),

@@ -127,7 +127,10 @@ def _send(path: str, item: dict[str, Any], timeout_s: float) -> dict[str, Any]:
             f"(found {len(candidates)}); post to {{views_prefix}}{path} instead"
         )
     tap = candidates[0].tap
-    body = orjson.dumps([item])
+    try:
+        body = orjson.dumps([item])
+    except TypeError as exc:  # orjson.JSONEncodeError: a value JSON cannot hold
+        raise ModelTapError(f"the {what} cannot be sent as JSON: {exc}") from None
     if tap.mode == "process" and tap.place is not None:
         connection = _UnixConnection(str(tap.place.views_socket), timeout_s)
         try:

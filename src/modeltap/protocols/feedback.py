@@ -30,6 +30,9 @@ MAX_ROW = 1_000_000
 Label = str | float | bool | tuple[str | float, ...]  # a list: the relevant items of a ranking
 MAX_RELEVANT = 100
 CONVERSION = "conversion"  # the outcome whose rate is the conversion rate (values 0/1)
+# An outcome's magnitude (an order value of a trillion is a mistake or an attack): sums of
+# squares of values under it stay finite and exact enough in float64.
+MAX_OUTCOME_VALUE = 1e12
 
 
 @dataclass(frozen=True)
@@ -193,8 +196,8 @@ def _outcome(index: int, raw: Any, names: frozenset[str]) -> OutcomeItem | str:
     if name not in names:
         return "unknown_name"  # names come from the configuration, never from the client
     value = raw.get("value")
-    if not isinstance(value, (int, float)) or not math.isfinite(float(value)):  # true/false: 1/0
-        return "bad_value"
+    if not isinstance(value, (int, float)) or not abs(float(value)) <= MAX_OUTCOME_VALUE:  # true/false: 1/0
+        return "bad_value"  # (NaN fails the comparison too)
     number = float(value)
     if name == CONVERSION and number not in (0.0, 1.0):
         return "bad_value"  # a conversion happened (1, true) or did not (0, false)

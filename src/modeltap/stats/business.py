@@ -17,10 +17,17 @@ time, so a window's figures are those of its own exposures:
 
 A version is judged against a baseline: the configured baseline version's cumulative counts, else
 the model's first version seen, and for that version itself its own history before the window
-(the reference period). `revenue_impact` = (CR_v - CR_b) * N_v * AOV with N_v the version's
-exposures in the window and AOV its average order value (the baseline's while it has none); the
-95 % interval comes from the delta method over the two rates and the AOV, taken as independent:
+(the reference period); a baseline needs `min_samples` values of the judged figure.
+`revenue_impact` = (CR_v - CR_b) * N_v * AOV with N_v the version's exposures in the window and
+AOV its average order value (the baseline's while it has none); the 95 % interval comes from the
+delta method over the two rates and the AOV, taken as independent:
 Var = (N·AOV)²·(s²_v/n_v + s²_b/n_b) + (N·Δ)²·s²_AOV/n_AOV.
+
+Outcomes count in the window only while their exposure's slot is in it: results must come back
+within the window (`window_slots` * `window_slot_s`) to be compared like with like, since the
+baseline's totals hold every result, however late. Every snapshot tests the window again, so
+`alpha` is per look, not per incident: `alert_for_s` (how long a level must hold) is what keeps
+a chance dip from firing.
 
 EMERGENCY, the business level, needs all of: at least `min_samples` window values of the judged
 figure; the figure below its threshold (below `floor`, or more than `max_drop` below the baseline
@@ -87,11 +94,14 @@ class _Counts:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Exposure:
     model: str
     version: str
     created_s: float
+    # The outcomes joined so far, by name (kept with the exposure, so a repeat is a duplicate or
+    # a conflict for exactly as long as the exposure itself is kept).
+    joined: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,20 +127,24 @@ class Moments:
         if n <= 0:
             return None
         mean = total / n
-        variance = max(0.0, (squares - total * mean) / (n - 1)) if n > 1 else 0.0
-        return cls(int(n), mean, variance)
+        spread = (squares - total * mean) / (n - 1) if n > 1 else 0.0
+        if not (math.isfinite(mean) and math.isfinite(spread)):
+            return None  # values too large to square (the parser caps them; sums may still add up)
+        return cls(int(n), mean, max(0.0, spread))
 
 
 def moments(tally: OutcomeTally, metric: str) -> Moments | None:
     """The per-row values behind `metric` in `tally` (None where it has none). A rate is over
     the rows whose conversion is known (a `conversion` outcome posted, 1 or 0): rows still waiting
     for theirs are not counted as rows that did not convert."""
-    conversions = tally.sum_of(CONVERSION)[0]
+    known, converted, _ = tally.sum_of(CONVERSION)
     n, s, q = tally.sum_of(ORDER_VALUE)
     if metric == "conversion_rate":
         return Moments.of(*tally.sum_of(CONVERSION))
     if metric == "revenue_per_prediction":
-        return Moments.of(conversions, s, q)
+        if converted and not n:
+            return None  # conversions without their order values: no revenue to speak of
+        return Moments.of(known, s, q)
     if metric == "average_order_value":
         return Moments.of(n, s, q)
     raise ValueError(f"unknown business metric {metric!r}")
@@ -176,9 +190,12 @@ def revenue_impact(
     traffic = current.exposures
     delta = rate.mean - base.mean
     value = delta * traffic * aov.mean
-    variance = (traffic * aov.mean) ** 2 * (rate.variance / rate.n + base.variance / base.n) + (
-        traffic * delta
-    ) ** 2 * (aov.variance / aov.n)
+    scale, shift = traffic * aov.mean, traffic * delta
+    variance = scale * scale * (rate.variance / rate.n + base.variance / base.n) + shift * shift * (
+        aov.variance / aov.n
+    )
+    if not (math.isfinite(value) and math.isfinite(variance)):
+        return None
     half = Z_95 * math.sqrt(variance)
     return RevenueImpact(value, value - half, value + half, traffic, delta, aov.mean)
 
@@ -204,6 +221,7 @@ class _Version:
         self.ring: SlotRing[_Counts] = SlotRing(_Counts, slots, slot_s)
         self.total = _Counts()
         self.first_s = first_s
+        self.last_s = first_s
 
 
 class BusinessOutcomes:
@@ -244,13 +262,15 @@ class BusinessOutcomes:
         self._exposures: OrderedDict[tuple[str, Hashable], _Exposure] = OrderedDict()
         # Outcomes waiting for their exposure: (model, key) -> name -> (value, arrival).
         self._early: OrderedDict[tuple[str, Hashable], dict[str, tuple[float, float]]] = OrderedDict()
-        # (model, key, name) already joined, with the value: a repeat is a duplicate or a conflict.
-        self._joined: OrderedDict[tuple[str, Hashable, str], float] = OrderedDict()
         self._versions: dict[tuple[str, str], _Version] = {}
         self._models: set[str] = set()
 
-    def add_exposures(self, model: str, version: str, keys: Sequence[Hashable | None], now: float) -> None:
-        """One exchange's answered rows: `keys[i]` joins row i's outcomes (None: it cannot)."""
+    def add_exposures(
+        self, model: str, version: str, keys: Sequence[Hashable | None], now: float, weight: int = 1
+    ) -> None:
+        """One exchange's answered rows: `keys[i]` joins row i's outcomes (None: it cannot).
+        `weight`: the exchanges it stands for when payloads are sampled (the traffic counts them
+        all; only the decoded ones can be joined)."""
         with self._lock:
             self._models.add(model)
             counts = self._counts(model, version, now)
@@ -262,10 +282,10 @@ class BusinessOutcomes:
             if not joinable:
                 return
             current, total = counts
-            current.requests += 1
-            total.requests += 1
-            current.exposures += len(joinable)
-            total.exposures += len(joinable)
+            current.requests += weight
+            total.requests += weight
+            current.exposures += len(joinable) * weight
+            total.exposures += len(joinable) * weight
             self._expire(now)
             for key in joinable:
                 exposure = _Exposure(model, version, now)
@@ -287,15 +307,15 @@ class BusinessOutcomes:
                 self.counts["unknown_model"] += 1
                 return "unknown_model"
             self._expire(now)
-            done = self._joined.get((model, key, name))
+            exposure = self._exposures.get((model, key))
             waiting = self._early.get((model, key))
+            done = exposure.joined.get(name) if exposure is not None and exposure.joined else None
             if done is None and waiting is not None and name in waiting:
                 done = waiting[name][0]
             if done is not None:
                 outcome = "duplicate" if done == value else "conflict"
                 self.counts[outcome] += 1
                 return outcome
-            exposure = self._exposures.get((model, key))
             if exposure is None:
                 if waiting is None:
                     waiting = self._early[(model, key)] = {}
@@ -309,9 +329,9 @@ class BusinessOutcomes:
             return "joined"
 
     def _join(self, exposure: _Exposure, key: Hashable, name: str, value: float, now: float) -> None:
-        self._joined[(exposure.model, key, name)] = value
-        while len(self._joined) > self.max_exposures:
-            self._joined.popitem(last=False)
+        if exposure.joined is None:
+            exposure.joined = {}
+        exposure.joined[name] = value
         self.counts["joined"] += 1
         version = self._versions.get((exposure.model, exposure.version))
         if version is None:
@@ -324,11 +344,28 @@ class BusinessOutcomes:
     def _counts(self, model: str, version: str, now: float) -> tuple[_Counts, _Counts] | None:
         entry = self._versions.get((model, version))
         if entry is None:
-            if len(self._versions) >= self.max_versions:
+            if len(self._versions) >= self.max_versions and not self._retire_one(now):
                 self.counts["over_version_cap"] += 1
                 return None
             entry = self._versions[(model, version)] = _Version(self.slots, self.slot_s, now)
+        entry.last_s = now
         return entry.ring.current(now), entry.total
+
+    def _retire_one(self, now: float) -> bool:
+        """Make room for a new version: forget the one answered longest ago, if that was more than
+        two windows ago and it is not the configured baseline (a sidecar outliving many deploys
+        keeps watching new ones)."""
+        idle_s = 2 * self.slots * self.slot_s
+        candidates = [
+            (entry.last_s, identity)
+            for identity, entry in self._versions.items()
+            if now - entry.last_s > idle_s and identity[1] != self.settings.baseline_version
+        ]
+        if not candidates:
+            return False
+        del self._versions[min(candidates)[1]]
+        self.counts["versions_retired"] += 1
+        return True
 
     def _only_model(self) -> str | None:
         if self.default_model is not None:
@@ -392,7 +429,9 @@ class BusinessOutcomes:
         else:
             source, baseline = "history", _minus(total, window)
             baseline_version = version
-        if baseline.exposures == 0:
+        judged = moments(baseline, self.settings.metric)
+        if judged is None or judged.n < self.settings.min_samples:
+            # A baseline of a handful of rows would make any window look significant.
             source, baseline = "none", OutcomeTally()
             baseline_version = None
         window_figures = figures(window)

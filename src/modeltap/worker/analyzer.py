@@ -46,6 +46,7 @@ from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import (
     AlertView,
     Attributes,
+    BusinessSummary,
     CounterPoint,
     GpuDevice,
     RollbackView,
@@ -312,7 +313,7 @@ class Analyzer:
             window_s=self.stats.window_s,
             performance=self.truth.views(time.monotonic()) if self.truth.enabled else (),
             labels=tuple(sorted(self.truth.label_counts().items())) if self.truth.enabled else (),
-            business=self.business.views(time.monotonic()) if self.config.outcome_names else (),
+            business=self._business_views(),
             outcomes=tuple(sorted(self.business.outcome_counts().items())),
             cold_starts=serving.cold_starts,
             resources=serving.resources,
@@ -339,6 +340,18 @@ class Analyzer:
                 level = Level.WARNING
             judged.append(dataclasses.replace(device, level=int(level)))
         return tuple(judged)
+
+    def _business_views(self) -> tuple[BusinessSummary, ...]:
+        """The business figures, or none this time (counted) if they cannot be computed: the
+        snapshot, and everything else it carries, is published regardless."""
+        if not self.config.outcome_names:
+            return ()
+        try:
+            return self.business.views(time.monotonic())
+        except Exception:
+            self.errors["business"] += 1
+            _log.debug("computing the business figures failed", exc_info=True)
+            return ()
 
     def _alerts(self, snapshot: Snapshot) -> Snapshot:
         """Evaluate the alerts on this snapshot, send what is due, and attach their state."""

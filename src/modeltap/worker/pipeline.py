@@ -25,6 +25,7 @@ from modeltap.export.span_wire import SpanWireEncoder
 from modeltap.export.spans import KNOWN_METHODS, ExchangeIdentity, SpanOptions, build_span
 from modeltap.protocols import DecodedPayload, ExchangeBytes, decode_exchange
 from modeltap.protocols.detect import DecodeOptions, path_identity, sanitize
+from modeltap.protocols.feedback import MAX_ID_LENGTH
 from modeltap.protocols.mapping import FieldMapping
 from modeltap.protocols.routes import protocol_route
 from modeltap.protocols.tabular import rows_to_columns
@@ -252,7 +253,7 @@ class BatchPipeline:
                 if self.truth is not None and accepted and payload_weight:
                     self._keep_predictions(model, decoded)
                 if self.business is not None and accepted and payload_weight and decoded.rows:
-                    self._keep_exposures(model, decoded)
+                    self._keep_exposures(model, decoded, payload_weight)
                 if decoded.violations:
                     for reason, count in decoded.violations.items():
                         stats.count_violation(model, reason, count * payload_weight)
@@ -316,17 +317,18 @@ class BatchPipeline:
             segments=segments,
         )
 
-    def _keep_exposures(self, model: Attributes, decoded: DecodedPayload) -> None:
-        """Hand the exchange's answered rows to the business outcomes with their join keys."""
+    def _keep_exposures(self, model: Attributes, decoded: DecodedPayload, weight: int) -> None:
+        """Hand the exchange's answered rows to the business outcomes with their join keys (a key
+        longer than an outcome may name is no key: it could never be joined, only stored)."""
         business = self.business
         assert business is not None
         rows, label_key = decoded.rows, self._label_key
         values = _column(decoded, label_key, rows) if label_key else [None] * rows
-        keys = [
-            join_key(label_key, decoded.request_id, row, values[row] if row < len(values) else None)
-            for row in range(rows)
-        ]
-        business.add_exposures(str(model[0][1]), str(model[1][1]), keys, time.monotonic())
+        keys: list[tuple[str, ...] | None] = []
+        for row in range(rows):
+            key = join_key(label_key, decoded.request_id, row, values[row] if row < len(values) else None)
+            keys.append(key if key is not None and len(key[1]) <= MAX_ID_LENGTH else None)
+        business.add_exposures(str(model[0][1]), str(model[1][1]), keys, time.monotonic(), weight)
 
     def _freshness(self, model: Attributes, decoded: DecodedPayload, start_s: float, weight: int) -> None:
         """Take the event-time column out of the inputs (no drift, no schema check for it) and

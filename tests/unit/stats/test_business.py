@@ -252,3 +252,83 @@ def test_a_configured_baseline_version_wins() -> None:
 def test_revenue_impact_needs_conversions_and_an_order_value() -> None:
     tally = OutcomeTally(requests=10, exposures=10, outcomes=1, sums=(("conversion", 1, 1.0, 1.0),))
     assert revenue_impact(tally, tally, tally) is None  # no order value anywhere
+
+
+def test_a_repeat_stays_a_duplicate_for_as_long_as_its_row_is_kept() -> None:
+    """Two outcome names per row, the store at its bound: a retried delivery never counts twice."""
+    business = BusinessOutcomes(slots=10, slot_s=SLOT_S, max_exposures=4)
+    for i in range(4):
+        business.add_exposures("shop", "1", [_key(i)], 0.0)
+        assert business.add_outcome("shop", _key(i), "conversion", 1.0, 0.0) == "joined"
+        assert business.add_outcome("shop", _key(i), "order_value", 10.0, 0.0) == "joined"
+    for i in range(4):
+        assert business.add_outcome("shop", _key(i), "conversion", 1.0, 1.0) == "duplicate"
+    assert _view(business, "1", 1.0).total.sum_of("conversion") == (4, 4.0, 4.0)
+
+
+def test_figures_too_large_to_square_give_no_figure_and_never_raise() -> None:
+    business = _business(min_samples=1)
+    business.add_exposures("shop", "1", [_key(1), _key(2)], 0.0)
+    for key in (_key(1), _key(2)):
+        business.add_outcome("shop", key, "conversion", 1.0, 0.0)
+        business.add_outcome("shop", key, "order_value", 1e200, 0.0)  # past the parser's cap
+    view = _view(business, "1", 0.0)
+    assert dict(view.window_figures)["average_order_value"] is None
+    assert view.revenue_impact is None
+
+
+def test_a_baseline_of_a_handful_of_rows_is_no_baseline() -> None:
+    business = _business(min_samples=500)
+    _serve(business, "1", 0, 3, 3, None, 0.0)  # 3 rows, all converted
+    _serve(business, "2", 10_000, 600, 300, None, 1.0)  # 50 % on 600 rows
+    view = _view(business, "2", 2.0)
+    assert view.baseline_source == "none"
+    assert view.level == Level.OK
+
+
+def test_a_version_idle_for_two_windows_makes_room_for_a_new_one() -> None:
+    business = BusinessOutcomes(slots=10, slot_s=SLOT_S, max_versions=2)
+    business.add_exposures("shop", "1", [_key(1)], 0.0)
+    business.add_exposures("shop", "2", [_key(2)], 0.0)
+    business.add_exposures("shop", "3", [_key(3)], 10 * SLOT_S)  # both still within two windows
+    assert business.outcome_counts()["over_version_cap"] == 1
+    business.add_exposures("shop", "2", [_key(4)], 15 * SLOT_S)
+    business.add_exposures("shop", "3", [_key(5)], 21 * SLOT_S)  # version 1 idle for 21 slots
+    assert business.outcome_counts()["versions_retired"] == 1
+    assert [v.version for v in business.views(21 * SLOT_S)] == ["2", "3"]
+
+
+def test_sampled_exchanges_count_in_the_traffic_with_their_weight() -> None:
+    business = _business()
+    business.add_exposures("shop", "1", [_key(1, 0), _key(1, 1)], 0.0, weight=4)
+    view = _view(business, "1", 0.0)
+    assert (view.window.requests, view.window.exposures) == (4, 8)
+
+
+def test_the_revenue_impact_interval_covers_the_true_impact_95_percent_of_the_time() -> None:
+    """Monte Carlo: 2000 draws of two versions' conversions and order values with known rates and
+    mean order value; the delta-method interval must hold the true impact in 93-97 % of them."""
+    rng = np.random.default_rng(2026)
+    p_v, p_b, traffic, n_b, aov = 0.07, 0.10, 2000, 5000, 50.0
+    truth = (p_v - p_b) * traffic * aov
+    covered = 0
+    runs = 2000
+    for _ in range(runs):
+        converted_v = int(rng.binomial(traffic, p_v))
+        converted_b = int(rng.binomial(n_b, p_b))
+        values = rng.gamma(4.0, aov / 4.0, converted_v)  # skewed order values, mean 50
+        current = OutcomeTally(
+            requests=traffic,
+            exposures=traffic,
+            sums=(
+                ("conversion", traffic, float(converted_v), float(converted_v)),
+                ("order_value", converted_v, float(values.sum()), float((values * values).sum())),
+            ),
+        )
+        baseline = OutcomeTally(
+            exposures=n_b, sums=(("conversion", n_b, float(converted_b), float(converted_b)),)
+        )
+        impact = revenue_impact(current, baseline, current)
+        assert impact is not None
+        covered += impact.ci_low <= truth <= impact.ci_high
+    assert 0.93 <= covered / runs <= 0.97, covered / runs

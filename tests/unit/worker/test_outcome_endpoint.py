@@ -81,3 +81,21 @@ def test_no_outcome_names_is_a_422() -> None:
     status, answer = outcome_endpoint(business, None, ())(b"[]", "application/json")
     assert status == 422
     assert b"outcome_names" in answer
+
+
+def test_values_beyond_the_cap_are_refused() -> None:
+    business, handle = _endpoint()
+    business.add_exposures("shop", "1", [("id", "a", "0")], 5.0)
+    body = orjson.dumps(
+        [
+            {"request_id": "a", "name": "order_value", "value": 1e160},
+            {"request_id": "a", "name": "order_value", "value": -2e12},
+            {"request_id": "a", "name": "order_value", "value": 99.5},
+        ]
+    )
+    status, answer = handle(body, "application/json")
+    assert status == 200
+    assert orjson.loads(answer)["rejected"] == [
+        {"index": 0, "reason": "bad_value"},
+        {"index": 1, "reason": "bad_value"},
+    ]
