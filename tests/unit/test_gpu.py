@@ -29,7 +29,7 @@ from modeltap.alerts.alertmanager import alert_labels
 from modeltap.alerts.observations import observations
 from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS
 from modeltap.alerts.state import AlertKey
-from modeltap.config import ExportConfig, ModelTapConfig
+from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
 from modeltap.export.status_json import status_document as status_document_of
 from modeltap.operations import gpu as gpu_module
@@ -38,6 +38,7 @@ from modeltap.snapshot import GpuDevice, ServingCounts, Snapshot
 from modeltap.stats.scores import Level
 from modeltap.worker.analyzer import Analyzer
 from tests.support.asgi_driver import http_request_messages, make_http_scope, run_asgi
+from tests.support.inline_tap import empty_json_app, inline_config
 from tests.support.otlp_receiver import OtlpHttpReceiver
 from tests.support.tapping import status_document
 
@@ -298,20 +299,8 @@ def test_without_the_library_nothing_is_reported_and_nothing_fails(
 
 @pytest.fixture
 def gpu_middleware(http_receiver: OtlpHttpReceiver) -> Iterator[ModelTapMiddleware]:
-    async def app(scope: object, receive: object, send: object) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
-        await send({"type": "http.response.body", "body": b"{}"})  # type: ignore[operator]
-
-    export = ExportConfig(
-        endpoint=http_receiver.endpoint,
-        timeout_s=2.0,
-        shutdown_timeout_s=1.0,
-        metric_export_interval_s=60.0,
-        span_export_interval_s=60.0,
-        traces_enabled=False,
-    )
-    config = ModelTapConfig(monitor="inline", model_name="churn", snapshot_interval_s=0.05, export=export)
-    middleware = ModelTapMiddleware(app, config=config)
+    config = inline_config(http_receiver.endpoint)
+    middleware = ModelTapMiddleware(empty_json_app, config=config)
     middleware.tap.analyzer.gpu = GpuSampler(FakeNVML(used=[round(0.95 * 80 * GIB), 8 * GIB], busy=[87, 3]))
     try:
         yield middleware

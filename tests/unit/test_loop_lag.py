@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from modeltap import ModelTapMiddleware
-from modeltap.config import ExportConfig, ModelTapConfig
 from modeltap.operations.loop_lag import LoopLagProbe
 from modeltap.operations.process_resources import ResourceSampler, as_counts, from_counts
+from tests.support.inline_tap import empty_json_app, inline_config
 from tests.support.otlp_receiver import OtlpHttpReceiver
 from tests.support.tapping import status_document
 
@@ -123,20 +123,8 @@ def test_the_lag_survives_the_trip_to_the_monitor() -> None:
 def test_the_middleware_probes_its_serving_loop_into_status_and_otlp(
     http_receiver: OtlpHttpReceiver,
 ) -> None:
-    async def app(scope: object, receive: object, send: object) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
-        await send({"type": "http.response.body", "body": b"{}"})  # type: ignore[operator]
-
-    export = ExportConfig(
-        endpoint=http_receiver.endpoint,
-        timeout_s=2.0,
-        shutdown_timeout_s=1.0,
-        metric_export_interval_s=60.0,
-        span_export_interval_s=60.0,
-        traces_enabled=False,
-    )
-    config = ModelTapConfig(monitor="inline", model_name="churn", snapshot_interval_s=0.05, export=export)
-    middleware = ModelTapMiddleware(app, config=config)
+    config = inline_config(http_receiver.endpoint)
+    middleware = ModelTapMiddleware(empty_json_app, config=config)
     middleware.tap.loop_lag.interval_s = INTERVAL_S
 
     async def serve() -> None:

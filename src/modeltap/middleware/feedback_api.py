@@ -75,14 +75,7 @@ def feedback(
 
         modeltap.feedback(request_id="req-17", label="churned")
     """
-    item: dict[str, Any] = {"label": label}
-    if key is not None:
-        item["key"] = key
-    else:
-        item.update(request_id=request_id, row=row)
-    if model_name is not None:
-        item["model_name"] = model_name
-    return _send("/feedback", item, timeout_s)
+    return _send("/feedback", _naming({"label": label}, request_id, row, model_name, key), timeout_s)
 
 
 def outcome(
@@ -106,14 +99,25 @@ def outcome(
         modeltap.outcome(request_id="req-17", name="conversion", value=1)
         modeltap.outcome(request_id="req-17", name="order_value", value=42.5)
     """
-    item: dict[str, Any] = {"name": name, "value": value}
+    item = _naming({"name": name, "value": value}, request_id, row, model_name, key)
+    return _send("/outcome", item, timeout_s)
+
+
+def _naming(
+    item: dict[str, Any],
+    request_id: str | None,
+    row: int,
+    model_name: str | None,
+    key: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """`item` with what names its row: the key, or the request id and the row; and the model."""
     if key is not None:
         item["key"] = key
     else:
         item.update(request_id=request_id, row=row)
     if model_name is not None:
         item["model_name"] = model_name
-    return _send("/outcome", item, timeout_s)
+    return item
 
 
 def _send(path: str, item: dict[str, Any], timeout_s: float) -> dict[str, Any]:

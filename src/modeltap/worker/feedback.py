@@ -10,7 +10,8 @@ joined their prediction or wait (briefly, bounded) for a prediction that has not
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import orjson
 
@@ -22,6 +23,7 @@ from modeltap.stats.ground_truth import GroundTruth
 MAX_FEEDBACK_BYTES = 1024 * 1024
 
 FeedbackEndpoint = Callable[[bytes, str], tuple[int, bytes]]
+T = TypeVar("T", bound="_Item")
 
 
 def _error(status: int, message: str) -> tuple[int, bytes]:
@@ -41,6 +43,61 @@ def join_key(
     return None
 
 
+class _Item(Protocol):
+    """What a feedback or outcome item names its row by."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def key(self) -> tuple[str, str] | None: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def row(self) -> int: ...
+
+
+def _item_key(item: _Item, label_key: str | None) -> tuple[str, ...] | str:
+    """The join key an item names, or why it cannot name one."""
+    if item.key is not None:
+        if label_key is None or item.key[0] != label_key:
+            return "unknown_key"
+        key = join_key(label_key, None, 0, item.key[1])
+    elif label_key is not None:
+        return "key_required"  # rows are kept by key
+    else:
+        key = join_key(None, item.request_id, item.row, None)
+    return key if key is not None else "bad_key"
+
+
+def _join_all(
+    items: Sequence[T], label_key: str | None, join: Callable[[T, tuple[str, ...]], str]
+) -> tuple[int, int, list[tuple[int, str]]]:
+    """(accepted, duplicates, rejected) of joining each item with `join` (which says what became
+    of it: joined or waiting are accepted, duplicate is a duplicate, anything else a rejection)."""
+    accepted = duplicates = 0
+    rejected: list[tuple[int, str]] = []
+    for item in items:
+        key = _item_key(item, label_key)
+        outcome = key if isinstance(key, str) else join(item, key)
+        if outcome in ("joined", "waiting"):
+            accepted += 1
+        elif outcome == "duplicate":
+            duplicates += 1
+        else:
+            rejected.append((item.index, outcome))
+    return accepted, duplicates, rejected
+
+
+def _answer(accepted: int, duplicates: int, rejected: list[tuple[int, str]]) -> tuple[int, bytes]:
+    return 200, orjson.dumps(
+        {
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "rejected": [{"index": i, "reason": r} for i, r in sorted(rejected)],
+        }
+    )
+
+
 def feedback_endpoint(
     truth: GroundTruth, label_key: str | None, clock: Callable[[], float] = time.monotonic
 ) -> FeedbackEndpoint:
@@ -56,36 +113,14 @@ def feedback_endpoint(
         except FeedbackBodyError as exc:
             return _error(400, str(exc))
         now = clock()
-        accepted = duplicates = 0
-        rejected = list(batch.rejected)
-        for item in batch.items:
-            if item.key is not None:
-                if label_key is None or item.key[0] != label_key:
-                    rejected.append((item.index, "unknown_key"))
-                    continue
-                key = join_key(label_key, None, 0, item.key[1])
-            elif label_key is not None:
-                rejected.append((item.index, "key_required"))  # predictions are kept by key
-                continue
-            else:
-                key = join_key(None, item.request_id, item.row, None)
-            if key is None:
-                rejected.append((item.index, "bad_key"))
-                continue
-            outcome = truth.add_label(item.model_name, key, item.label, now).status
-            if outcome in ("joined", "waiting"):
-                accepted += 1
-            elif outcome == "duplicate":
-                duplicates += 1
-            else:
-                rejected.append((item.index, outcome))
+        accepted, duplicates, rejected = _join_all(
+            batch.items,
+            label_key,
+            lambda item, key: truth.add_label(item.model_name, key, item.label, now).status,
+        )
+        rejected += batch.rejected
         truth.counts_rejected(len(rejected))
-        answer = {
-            "accepted": accepted,
-            "duplicates": duplicates,
-            "rejected": [{"index": i, "reason": r} for i, r in sorted(rejected)],
-        }
-        return 200, orjson.dumps(answer)
+        return _answer(accepted, duplicates, rejected)
 
     return handle
 
@@ -112,35 +147,13 @@ def outcome_endpoint(
         except FeedbackBodyError as exc:
             return _error(400, str(exc))
         now = clock()
-        accepted = duplicates = 0
-        rejected = list(batch.rejected)
-        for item in batch.items:
-            if item.key is not None:
-                if label_key is None or item.key[0] != label_key:
-                    rejected.append((item.index, "unknown_key"))
-                    continue
-                key = join_key(label_key, None, 0, item.key[1])
-            elif label_key is not None:
-                rejected.append((item.index, "key_required"))  # rows are kept by key
-                continue
-            else:
-                key = join_key(None, item.request_id, item.row, None)
-            if key is None:
-                rejected.append((item.index, "bad_key"))
-                continue
-            outcome = business.add_outcome(item.model_name, key, item.name, item.value, now)
-            if outcome in ("joined", "waiting"):
-                accepted += 1
-            elif outcome == "duplicate":
-                duplicates += 1
-            else:
-                rejected.append((item.index, outcome))
+        accepted, duplicates, rejected = _join_all(
+            batch.items,
+            label_key,
+            lambda item, key: business.add_outcome(item.model_name, key, item.name, item.value, now),
+        )
+        rejected += batch.rejected
         business.counts_rejected(len(rejected))
-        answer = {
-            "accepted": accepted,
-            "duplicates": duplicates,
-            "rejected": [{"index": i, "reason": r} for i, r in sorted(rejected)],
-        }
-        return 200, orjson.dumps(answer)
+        return _answer(accepted, duplicates, rejected)
 
     return handle
