@@ -15,7 +15,13 @@ from typing import Protocol, TypeVar
 
 import orjson
 
-from modeltap.protocols.feedback import FeedbackBodyError, parse_feedback, parse_outcomes
+from modeltap.protocols.feedback import (
+    FeedbackBodyError,
+    FeedbackItem,
+    OutcomeItem,
+    parse_feedback,
+    parse_outcomes,
+)
 from modeltap.reference.document import canonical_category
 from modeltap.stats.business import BusinessOutcomes
 from modeltap.stats.ground_truth import GroundTruth
@@ -98,31 +104,54 @@ def _answer(accepted: int, duplicates: int, rejected: list[tuple[int, str]]) -> 
     )
 
 
-def feedback_endpoint(
-    truth: GroundTruth, label_key: str | None, clock: Callable[[], float] = time.monotonic
+def _items_endpoint(
+    refusal: str | None,
+    parse: Callable[[bytes, str], tuple[Sequence[T], tuple[tuple[int, str], ...]]],
+    label_key: str | None,
+    join: Callable[[T, tuple[str, ...], float], str],
+    counts_rejected: Callable[[int], None],
+    clock: Callable[[], float],
 ) -> FeedbackEndpoint:
+    """A write endpoint for items that name their rows (labels, outcomes): refused with 422 and
+    `refusal` when set, 400 for a body that cannot be read, else every item joined or rejected,
+    rejections counted, answered with what became of each."""
+
     def handle(body: bytes, content_type: str) -> tuple[int, bytes]:
-        if not truth.enabled:
-            return _error(
-                422,
-                "no ground truth: the reference profile names no label or prediction to judge "
-                "(profile with --target COL --prediction COL)",
-            )
+        if refusal is not None:
+            return _error(422, refusal)
         try:
-            batch = parse_feedback(body, content_type)
+            items, rejected_early = parse(body, content_type)
         except FeedbackBodyError as exc:
             return _error(400, str(exc))
         now = clock()
-        accepted, duplicates, rejected = _join_all(
-            batch.items,
-            label_key,
-            lambda item, key: truth.add_label(item.model_name, key, item.label, now).status,
-        )
-        rejected += batch.rejected
-        truth.counts_rejected(len(rejected))
+        accepted, duplicates, rejected = _join_all(items, label_key, lambda item, key: join(item, key, now))
+        rejected += rejected_early
+        counts_rejected(len(rejected))
         return _answer(accepted, duplicates, rejected)
 
     return handle
+
+
+def feedback_endpoint(
+    truth: GroundTruth, label_key: str | None, clock: Callable[[], float] = time.monotonic
+) -> FeedbackEndpoint:
+    """`POST …/feedback`: labels in, joined to their predictions by the ground-truth state."""
+
+    def parse(body: bytes, content_type: str) -> tuple[Sequence[FeedbackItem], tuple[tuple[int, str], ...]]:
+        batch = parse_feedback(body, content_type)
+        return batch.items, batch.rejected
+
+    return _items_endpoint(
+        None
+        if truth.enabled
+        else "no ground truth: the reference profile names no label or prediction to judge "
+        "(profile with --target COL --prediction COL)",
+        parse,
+        label_key,
+        lambda item, key, now: truth.add_label(item.model_name, key, item.label, now).status,
+        truth.counts_rejected,
+        clock,
+    )
 
 
 def outcome_endpoint(
@@ -135,25 +164,18 @@ def outcome_endpoint(
     answered like feedback."""
     allowed = frozenset(names)
 
-    def handle(body: bytes, content_type: str) -> tuple[int, bytes]:
-        if not allowed:
-            return _error(
-                422,
-                "business outcomes are off: name the outcomes to take with outcome_names "
-                "(MODELTAP_OUTCOME_NAMES=conversion,order_value)",
-            )
-        try:
-            batch = parse_outcomes(body, content_type, allowed)
-        except FeedbackBodyError as exc:
-            return _error(400, str(exc))
-        now = clock()
-        accepted, duplicates, rejected = _join_all(
-            batch.items,
-            label_key,
-            lambda item, key: business.add_outcome(item.model_name, key, item.name, item.value, now),
-        )
-        rejected += batch.rejected
-        business.counts_rejected(len(rejected))
-        return _answer(accepted, duplicates, rejected)
+    def parse(body: bytes, content_type: str) -> tuple[Sequence[OutcomeItem], tuple[tuple[int, str], ...]]:
+        batch = parse_outcomes(body, content_type, allowed)
+        return batch.items, batch.rejected
 
-    return handle
+    return _items_endpoint(
+        None
+        if allowed
+        else "business outcomes are off: name the outcomes to take with outcome_names "
+        "(MODELTAP_OUTCOME_NAMES=conversion,order_value)",
+        parse,
+        label_key,
+        lambda item, key, now: business.add_outcome(item.model_name, key, item.name, item.value, now),
+        business.counts_rejected,
+        clock,
+    )
