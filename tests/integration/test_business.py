@@ -17,12 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_rollback import Load, model_server
+from tests.integration.test_rollback import Load, sidecar_with_fallback
 from tests.support.backends import ROOT, wait_for
 from tests.support.server_process import RunningServer, free_port, running_server, server_environment
-from tests.support.servers import serve
 from tests.support.shop_model import PREDICT
-from tests.support.sidecar_process import sidecar_process
 from tests.support.webhook import Webhook, webhook
 
 pytestmark = pytest.mark.timeout(120)
@@ -228,20 +226,7 @@ def test_modeltap_outcome_from_code_in_the_server_joins_like_the_endpoint(
 def test_an_emergency_on_the_business_metric_rolls_the_sidecar_back(tmp_path: Path) -> None:
     env = {"MODELTAP_MODEL_NAME": "shop", "MODELTAP_BUSINESS_FLOOR": "0.08", **FAST_ALERTS}
     with (
-        webhook() as hook,
-        serve(model_server("primary", "2"), "uvicorn-primary") as primary,
-        serve(model_server("fallback", "1"), "uvicorn-fallback") as fallback,
-        sidecar_process(
-            primary,
-            tmp_path,
-            "--fallback-upstream",
-            fallback,
-            "--auto-rollback",
-            "emergency",
-            "--alert-webhook",
-            hook.url,
-            env=env,
-        ) as sidecar,  # fmt: skip
+        sidecar_with_fallback(tmp_path, "--auto-rollback", "emergency", env=env) as (hook, sidecar, _),
         httpx.Client(timeout=10) as client,
     ):
         admin = sidecar.admin_url

@@ -7,11 +7,13 @@ request, a request in flight finishes where it started, the switch and its cause
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,8 @@ from starlette.routing import Route
 
 from tests.support.backends import wait_for
 from tests.support.servers import serve
-from tests.support.sidecar_process import sidecar_process
-from tests.support.webhook import webhook
+from tests.support.sidecar_process import SidecarProcess, sidecar_process
+from tests.support.webhook import Webhook, webhook
 
 pytestmark = pytest.mark.timeout(120)
 PREDICT = "/v1/models/churn:predict"
@@ -77,11 +79,12 @@ class Load:
             thread.join(10)
 
 
-def _status(admin: str) -> dict[str, Any]:
-    return httpx.get(admin + "/status", timeout=5).json()  # type: ignore[no-any-return]
-
-
-def test_the_operators_rollback_moves_traffic_with_no_failed_request(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def sidecar_with_fallback(
+    tmp_path: Path, *args: str, env: dict[str, str]
+) -> Iterator[tuple[Webhook, SidecarProcess, str]]:
+    """(a webhook receiver, the sidecar, the fallback's URL): the sidecar in front of a primary
+    answering as version 2, with a fallback answering as version 1, notifying the receiver."""
     with (
         webhook() as hook,
         serve(model_server("primary", "2"), "uvicorn-primary") as primary,
@@ -93,8 +96,20 @@ def test_the_operators_rollback_moves_traffic_with_no_failed_request(tmp_path: P
             fallback,
             "--alert-webhook",
             hook.url,
-            env={"MODELTAP_MODEL_NAME": "churn"},
+            *args,
+            env=env,
         ) as sidecar,  # fmt: skip
+    ):
+        yield hook, sidecar, fallback
+
+
+def _status(admin: str) -> dict[str, Any]:
+    return httpx.get(admin + "/status", timeout=5).json()  # type: ignore[no-any-return]
+
+
+def test_the_operators_rollback_moves_traffic_with_no_failed_request(tmp_path: Path) -> None:
+    with (
+        sidecar_with_fallback(tmp_path, env={"MODELTAP_MODEL_NAME": "churn"}) as (hook, sidecar, fallback),
         Load(sidecar.url) as load,
     ):
         admin = sidecar.admin_url
