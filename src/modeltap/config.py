@@ -33,8 +33,10 @@ DEFAULT_DURATION_BUCKETS_S: tuple[float, ...] = (
 MONITOR_MODES = ("process", "inline")
 _MONITOR_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _OUTCOME_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
-# The figures a business level can judge (modeltap.stats.business.METRICS).
+# The figures a business level can judge (modeltap.stats.business computes them), and the
+# outcome whose 0/1 values make the conversion rate.
 BUSINESS_METRICS = ("conversion_rate", "average_order_value", "revenue_per_prediction")
+CONVERSION = "conversion"
 
 # Names of the payload decoders (protocols/detect.py), for protocol_routes.
 PROTOCOL_NAMES = ("kserve_v1", "tf_serving", "oip_v2", "seldon", "openai", "json", "mapping")

@@ -24,12 +24,13 @@ from typing import Any
 
 import orjson
 
+from modeltap.config import CONVERSION  # the outcome whose rate is the conversion rate (0/1)
+
 MAX_ID_LENGTH = 256
 MAX_ROW = 1_000_000
 
 Label = str | float | bool | tuple[str | float, ...]  # a list: the relevant items of a ranking
 MAX_RELEVANT = 100
-CONVERSION = "conversion"  # the outcome whose rate is the conversion rate (values 0/1)
 # An outcome's magnitude (an order value of a trillion is a mistake or an attack): sums of
 # squares of values under it stay finite and exact enough in float64.
 MAX_OUTCOME_VALUE = 1e12

@@ -49,13 +49,12 @@ from dataclasses import dataclass, field
 
 from scipy import stats as scipy_stats
 
+from modeltap.config import BUSINESS_METRICS, CONVERSION
 from modeltap.snapshot import BusinessSummary, OutcomeTally, RevenueImpact
 from modeltap.stats.scores import Level
 from modeltap.stats.slot_ring import SlotRing
 
-CONVERSION = "conversion"
 ORDER_VALUE = "order_value"
-METRICS = ("conversion_rate", "average_order_value", "revenue_per_prediction")
 Z_95 = 1.959963984540054
 
 
@@ -153,7 +152,7 @@ def moments(tally: OutcomeTally, metric: str) -> Moments | None:
 def figures(tally: OutcomeTally) -> tuple[tuple[str, float | None], ...]:
     """The figures of `tally`."""
     out: list[tuple[str, float | None]] = []
-    for metric in METRICS:
+    for metric in BUSINESS_METRICS:
         m = moments(tally, metric)
         out.append((metric, m.mean if m is not None else None))
     out.append(("outcomes_per_request", tally.outcomes / tally.requests if tally.requests else None))
