@@ -26,13 +26,16 @@ ANCHORS = {
 }
 
 
+# Kinds whose subjects name one of several things: `business:<figure>`, `gpu_memory:<hw.id>`.
+PREFIXED_KINDS = frozenset({"business", "gpu_memory"})
+
+
 def kind_of(subject: str) -> str:
-    """An alert's kind from its subject: the named ones, a business figure (`business:…`), one
-    per GPU (`gpu_memory:<hw.id>`), else a feature (input, output, label)."""
-    if subject.startswith("business:"):
-        return "business"
-    if subject.startswith("gpu_memory:"):
-        return "gpu_memory"
+    """An alert's kind from its subject: the named ones, a prefixed kind (`business:…`,
+    `gpu_memory:…`), else a feature (input, output, label)."""
+    prefix, colon, _ = subject.partition(":")
+    if colon and prefix in PREFIXED_KINDS:
+        return prefix
     return subject if subject in ANCHORS else "feature"
 
 
