@@ -17,12 +17,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
 from modeltap._types import ASGIApp, Headers, Message, Receive, Scope, Send
-from modeltap.capture.trace_context import TraceSampler, new_span_id, new_trace_id, parse_traceparent
+from modeltap.capture.trace_context import TraceSampler, new_span_id, parse_traceparent
 from modeltap.records import COLD_START_KEY, RawRecord, TraceIds
 
 _log = logging.getLogger("modeltap")
 _NO_HEADERS: Headers = []
 _SAMPLED = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
+_NO_SPAN = otel_trace.INVALID_SPAN
+_current_context = otel_context.get_current
 
 
 class CaptureSink(Protocol):
@@ -49,7 +51,10 @@ class TraceStarter:
         self.enabled = not sampler.never
 
     def start(self, headers: Headers) -> TraceIds | None:
-        current = otel_trace.get_current_span()
+        # Most requests arrive with an empty OpenTelemetry context: no other instrumentation's
+        # span to join. Reading the context once is cheaper than asking for the current span.
+        context = _current_context()
+        current = otel_trace.get_current_span(context) if context else _NO_SPAN
         if current.is_recording():
             # Another instrumentation already opened a span: join it, never duplicate the server span.
             ctx = current.get_span_context()
@@ -61,8 +66,8 @@ class TraceStarter:
         raw = _header(headers, b"traceparent")
         parent = parse_traceparent(raw) if raw is not None else None
         if parent is None:
-            trace_id = new_trace_id()
-            if not self._sampler.sample(trace_id, None):
+            trace_id = self._sampler.new_sampled_trace_id()
+            if trace_id is None:
                 return None
             return TraceIds(trace_id, new_span_id(), 0, False, True, "", False)
         trace_id, parent_span_id, parent_sampled = parent

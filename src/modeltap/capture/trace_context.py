@@ -74,3 +74,14 @@ class TraceSampler:
         if parent_sampled is not None and self.parent_based:
             return parent_sampled
         return (trace_id & (_ID_LIMIT - 1)) < self._bound
+
+    def new_sampled_trace_id(self) -> int | None:
+        """A new root trace's id, or None when the ratio drops it. The low 64 bits (the ones the
+        ratio tests) are drawn first, so the nine in ten dropped traces cost one draw."""
+        low = random.getrandbits(64)
+        if low >= self._bound:
+            return None
+        while True:
+            trace_id = (random.getrandbits(64) << 64) | low
+            if trace_id:
+                return trace_id
