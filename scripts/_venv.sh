@@ -9,7 +9,10 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 stamp="$venv/.modeltap-installed${1:-}"
-if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+# Reinstalled when the build inputs change: the metadata, or the compiled extension's source
+# (an editable install builds modeltap._speedups in place; a stale one would be imported).
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/setup.py" -nt "$stamp" ] \
+  || [ "$root/src/modeltap/_speedups.c" -nt "$stamp" ]; then
   echo "installing modeltap${1:-} into $venv" >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null
   "$venv/bin/python" -m pip install --quiet -e "$root${1:-}"

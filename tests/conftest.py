@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from modeltap import ModelTapConfig, ModelTapMiddleware
+from modeltap.capture import compiled
 from tests.support.asgi_driver import ASGIApp
 from tests.support.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
 from tests.support.tapping import MakeMiddleware
@@ -27,6 +28,20 @@ def clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("OTEL_", "MODELTAP_")):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(params=["compiled", "pure-python"])
+def each_capture_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs twice: with the compiled capture (`modeltap._speedups`) and with the
+    pure-Python one, which must behave the same. Where the extension was not built the compiled
+    run is skipped, except under CI (`MODELTAP_REQUIRE_SPEEDUPS`), where that is a failure."""
+    form: str = request.param
+    if form == "compiled" and not compiled.AVAILABLE:
+        if os.environ.get("MODELTAP_REQUIRE_SPEEDUPS"):
+            pytest.fail("modeltap._speedups was not built, and MODELTAP_REQUIRE_SPEEDUPS is set")
+        pytest.skip("modeltap._speedups is not built here")
+    monkeypatch.setattr(compiled, "wanted", lambda: form == "compiled")
+    return form
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ the app has returned.
 
 from __future__ import annotations
 
+import math
+import struct
 from typing import Any, NamedTuple
 
 from modeltap._types import Headers, Scope
@@ -36,8 +38,37 @@ class TraceIds(NamedTuple):
     enriched_local_span: bool  # another instrumentation's span was the parent
 
 
-# What the request path hands over: the fields of ExchangeRecord, in order, unnamed.
+# What the request path hands over: the fields of ExchangeRecord, in order, unnamed; or, from
+# the compiled capture in process mode, the record already encoded for the monitor (bytes, in
+# `modeltap.handoff.framing`'s record layout), which starts with this fixed head:
+# start_unix_ns, response_started, ended, finished, first_body (seconds after the start, NaN =
+# none), status, request_size, response_size, weight, payload_weight, flags, client_port,
+# server_port.
 RawRecord = tuple[Any, ...]
+QueuedRecord = RawRecord | bytes
+ENCODED_HEAD = struct.Struct("<q4diqqiiBii")
+_WEIGHT_AT = struct.calcsize("<q4diqq")
+_WEIGHT = struct.Struct("<i")
+_TIMES = struct.Struct("<q3d")
+
+
+def weight_of(record: QueuedRecord) -> int:
+    """The exchanges a record stands for (`ExchangeRecord.weight`; 1 for anything unexpected)."""
+    if isinstance(record, bytes):
+        weight: Any = _WEIGHT.unpack_from(record, _WEIGHT_AT)[0] if len(record) >= ENCODED_HEAD.size else 1
+    else:
+        weight = record[16] if len(record) > 16 else 1
+    return weight if isinstance(weight, int) and weight > 0 else 1
+
+
+def ended_unix_ns(record: QueuedRecord) -> int:
+    """When the exchange ended (its last byte, else when the app returned), wall-clock ns."""
+    if isinstance(record, bytes):
+        start_ns, _, ended, finished = _TIMES.unpack_from(record, 0)
+        duration = finished if math.isnan(ended) else ended
+        return int(start_ns + duration * 1e9)
+    named = ExchangeRecord._make(record)
+    return named.start_unix_ns + int(named.duration_s * 1e9)
 
 
 class ExchangeRecord(NamedTuple):

@@ -39,6 +39,9 @@ from tests.support.asgi_driver import (
 )
 from tests.support.tapping import BODY, PROMETHEUS_LABEL, START, MakeMiddleware, status_document
 
+# Every test here runs with the compiled capture and with the pure-Python one.
+pytestmark = pytest.mark.usefixtures("each_capture_form")
+
 MIB = 1024 * 1024
 KSERVE_BODY = b'{"instances": [[1, 2], [3, null]]}'
 

@@ -22,6 +22,9 @@ from modeltap.worker.tap import PROCESS_START_UNIX_S
 from tests.support.asgi_driver import http_request_messages, make_http_scope, run_asgi
 from tests.support.tapping import MakeMiddleware, status_document
 
+# Every test here runs with the compiled capture and with the pure-Python one.
+pytestmark = pytest.mark.usefixtures("each_capture_form")
+
 SLOW_S, FAST_S = 0.06, 0.001
 
 

@@ -43,6 +43,9 @@ from tests.support.asgi_driver import (
 )
 from tests.support.tapping import BODY, START, MakeMiddleware, status_document
 
+# Every test here runs with the compiled capture and with the pure-Python one.
+pytestmark = pytest.mark.usefixtures("each_capture_form")
+
 KIB = 1024
 MIB = 1024 * KIB
 

@@ -4,19 +4,27 @@ The app receives the very message objects the server produced and the server rec
 messages the app sent; capture only keeps references to body chunks (up to the decode cap),
 notes times and status, and hands one immutable record to the sink in `finally`. No parsing,
 no numpy and no OpenTelemetry SDK calls happen here (see DESIGN.md, measured costs).
+
+Two forms with one behaviour: `PyExchangeCapture` below, and the compiled `modeltap._speedups`
+`Capture` (built on Linux at install time), which spends about a fifth of the interpreter time
+per exchange. `exchange_capture` picks the compiled one where it was built, unless
+`MODELTAP_PURE_PYTHON=1`; the tests run the capture suite against both.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import random
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
 from modeltap._types import ASGIApp, Headers, Message, Receive, Scope, Send
+from modeltap.capture import compiled as _compiled
 from modeltap.capture.trace_context import TraceSampler, new_span_id, parse_traceparent
 from modeltap.records import COLD_START_KEY, RawRecord, TraceIds
 
@@ -46,7 +54,7 @@ class TraceStarter:
     """Decides trace identity at request start: continue, enrich, or begin a trace."""
 
     def __init__(self, sampler: TraceSampler, server_span_attributes: dict[str, str]) -> None:
-        self._sampler = sampler
+        self.sampler = sampler
         self._enrich = server_span_attributes
         self.enabled = not sampler.never
 
@@ -66,12 +74,12 @@ class TraceStarter:
         raw = _header(headers, b"traceparent")
         parent = parse_traceparent(raw) if raw is not None else None
         if parent is None:
-            trace_id = self._sampler.new_sampled_trace_id()
+            trace_id = self.sampler.new_sampled_trace_id()
             if trace_id is None:
                 return None
             return TraceIds(trace_id, new_span_id(), 0, False, True, "", False)
         trace_id, parent_span_id, parent_sampled = parent
-        if not self._sampler.sample(trace_id, parent_sampled):
+        if not self.sampler.sample(trace_id, parent_sampled):
             return None
         state = _header(headers, b"tracestate")
         trace_state = state.decode("latin-1") if state else ""
@@ -85,13 +93,67 @@ def _attach(ids: TraceIds) -> object:
     return otel_context.attach(otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(span_context)))
 
 
-class ExchangeCapture:
+# `await capture(scope, receive, send, weight, payload_weight)`: either form below.
+Capture = Callable[[Scope, Receive, Send, int, int], Awaitable[None]]
+
+
+def exchange_capture(
+    app: ASGIApp,
+    sink: CaptureSink,
+    offer: Callable[[RawRecord, int], object],
+    max_body_bytes: int,
+    traces: TraceStarter,
+    cold_start_requests: int = 0,
+    *,
+    compiled: bool | None = None,
+    encoder: Any = None,
+) -> Capture:
+    """The capture for `app`: compiled where built (and not turned off), else pure Python.
+
+    `compiled=None` decides from the environment; True insists (ImportError if not built).
+    `encoder` (`framing.compiled_encoder`, compiled form only): offer each record already
+    encoded for the monitor, as bytes, instead of the raw tuple."""
+    if compiled is None:
+        compiled = _compiled.wanted()
+    if not compiled:
+        return PyExchangeCapture(app, sink, offer, max_body_bytes, traces, cold_start_requests)
+    if not _compiled.AVAILABLE:
+        raise ImportError("modeltap._speedups was not built for this interpreter")
+    # New root traces are decided in C when OpenTelemetry keeps its context in the default
+    # context variable (its runtime context is configurable: anything else asks `traces.start`).
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    context_var = getattr(runtime, "_current_context", None)
+    fast = traces.enabled and isinstance(context_var, contextvars.ContextVar)
+    return _compiled._speedups.Capture(
+        app,
+        sink,
+        offer,
+        max_body_bytes,
+        traces.start if traces.enabled else None,
+        _attach,
+        otel_context.detach,
+        COLD_START_KEY,
+        cold_start_requests,
+        encoder,
+        context_var if fast else None,
+        traces.sampler if fast else None,
+        TraceIds if fast else None,
+        random.getrandbits if fast else None,
+    )
+
+
+def uses_compiled(capture: Capture) -> bool:
+    """True for the compiled form (what `/status` reports as the capture's implementation)."""
+    return _compiled.AVAILABLE and isinstance(capture, _compiled._speedups.Capture)
+
+
+class PyExchangeCapture:
     """Wraps an ASGI app; each call captures one HTTP request and offers its record.
 
     Example::
 
-        capture = ExchangeCapture(app, sink=tap, offer=tap.queue.offer, max_body_bytes=1 << 20,
-                                  traces=starter)
+        capture = PyExchangeCapture(app, sink=tap, offer=tap.queue.offer, max_body_bytes=1 << 20,
+                                    traces=starter)
         await capture(scope, receive, send, 1)
 
     `offer(raw_record, kept_bytes)` must never block or raise (see `RecordQueue.offer`).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import time
 
-from modeltap.records import ExchangeRecord, RawRecord
+from modeltap.records import QueuedRecord, ended_unix_ns, weight_of
 
 # Fixed per-record overhead charged against the byte bound (headers, tuple, scope refs).
 RECORD_OVERHEAD_BYTES = 1024
@@ -27,7 +27,7 @@ class RecordQueue:
     def __init__(self, max_records: int, max_bytes: int) -> None:
         self.max_records = max_records
         self.max_bytes = max_bytes
-        self._items: collections.deque[tuple[RawRecord, int]] = collections.deque()
+        self._items: collections.deque[tuple[QueuedRecord, int]] = collections.deque()
         self._bytes_in = 0
         self._bytes_out = 0
         # What the worker still holds of what it drained (the raw batch being processed, decoded
@@ -40,30 +40,30 @@ class RecordQueue:
         self.unavailable = False
         self.dropped_unavailable = 0
 
-    def offer(self, record: RawRecord, kept_bytes: int) -> bool:
+    def offer(self, record: QueuedRecord, kept_bytes: int) -> bool:
         size = kept_bytes + RECORD_OVERHEAD_BYTES
         if len(self._items) >= self.max_records:
             # A record taken while sampling stands for `weight` exchanges: all of them are lost.
             if self.unavailable:
-                self.dropped_unavailable += _weight(record)
+                self.dropped_unavailable += weight_of(record)
             else:
-                self.dropped_full += _weight(record)
+                self.dropped_full += weight_of(record)
             return False
         if self._bytes_in - self._bytes_out + self.worker_held_bytes + size > self.max_bytes:
             if self.unavailable:
-                self.dropped_unavailable += _weight(record)
+                self.dropped_unavailable += weight_of(record)
             else:
-                self.dropped_bytes += _weight(record)
+                self.dropped_bytes += weight_of(record)
             return False
         self._bytes_in += size
         self._items.append((record, size))
         return True
 
-    def drain(self, limit: int, max_bytes: int | None = None) -> list[RawRecord]:
+    def drain(self, limit: int, max_bytes: int | None = None) -> list[QueuedRecord]:
         """Up to `limit` records, oldest first; with `max_bytes`, stop once that many bytes are
         taken (at least one record is)."""
         items = self._items
-        out: list[RawRecord] = []
+        out: list[QueuedRecord] = []
         freed = 0
         while items and len(out) < limit and (max_bytes is None or freed < max_bytes):
             record, size = items.popleft()
@@ -85,14 +85,7 @@ class RecordQueue:
     def oldest_age_s(self) -> float:
         """Seconds since the oldest queued exchange finished (the worker's lag)."""
         try:
-            record = ExchangeRecord._make(self._items[0][0])
+            record = self._items[0][0]
         except IndexError:
             return 0.0
-        finished_ns = record.start_unix_ns + int(record.duration_s * 1e9)
-        return max(0.0, (time.time_ns() - finished_ns) / 1e9)
-
-
-def _weight(record: RawRecord) -> int:
-    """The exchanges a raw record stands for (`ExchangeRecord.weight`; 1 for anything else)."""
-    weight = record[16] if len(record) > 16 else 1
-    return weight if isinstance(weight, int) and weight > 0 else 1
+        return max(0.0, (time.time_ns() - ended_unix_ns(record)) / 1e9)

@@ -9,7 +9,9 @@ flattened to what the analysis reads: fixed numbers in one struct, clock reading
 exchange's start (the two processes do not share `perf_counter`), the route template already
 resolved (a framework's route object does not cross), the headers the analysis and spans use,
 and the kept body bytes. The body bytes are not copied on the serving side: `encode` returns
-them as separate buffers for `socket.sendmsg`.
+them as separate buffers for `socket.sendmsg`. The compiled capture (`modeltap._speedups`)
+writes the same bytes itself, bodies included, when the exchange ends (`compiled_encoder`): the
+queue then holds bytes, which pass through here unchanged.
 """
 
 from __future__ import annotations
@@ -21,8 +23,17 @@ from typing import Any
 
 import orjson
 
+from modeltap.capture import compiled
 from modeltap.capture.routes import RouteTemplates
-from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ROUTE_TEMPLATE_KEY, RawRecord, TraceIds
+from modeltap.records import (
+    COLD_START_KEY,
+    ENCODED_HEAD,
+    PROXY_ERROR_KEY,
+    ROUTE_TEMPLATE_KEY,
+    QueuedRecord,
+    RawRecord,
+    TraceIds,
+)
 
 HELLO, RECORDS, COUNTS, FLUSH, FLUSHED, CONTROL, BYE = 1, 2, 3, 4, 5, 6, 7
 FRAME = struct.Struct("<IB")
@@ -33,7 +44,7 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 # start_unix_ns, response_started, ended, finished, first_body (relative seconds, NaN = none),
 # status, request_size, response_size, weight, payload_weight, flags, client_port, server_port
-_FIXED = struct.Struct("<q4diqqiiBii")
+_FIXED = ENCODED_HEAD
 _TRACE = struct.Struct("<QQQQ")  # trace id (high, low), span id, parent span id
 # Lengths of: method NUL scheme NUL http_version, path, query_string, route template, client host
 # NUL server host, exception type, proxy error, trace state, request headers, response headers,
@@ -143,9 +154,13 @@ class RecordEncoder:
         self.encode_into(raw, out)
         return out[0], out[1:]
 
-    def encode_into(self, raw: RawRecord, out: list[bytes]) -> int:
+    def encode_into(self, raw: QueuedRecord, out: list[bytes]) -> int:
         """Append the record's buffers to `out` (the kept body chunks as they are, not copied);
-        returns how many bytes were appended. The shipper's hot loop: one call per exchange."""
+        returns how many bytes were appended. The shipper's hot loop: one call per exchange.
+        A record the compiled capture already encoded is appended as it is."""
+        if isinstance(raw, bytes):
+            out.append(raw)
+            return len(raw)
         (scope, root_path_at_start, start_ns, started, response_started, ended, finished, status,
          response_headers, request_parts, request_size, response_parts, response_size,
          exception_type, disconnected, trace, weight, payload_weight, first_body) = raw  # fmt: skip
@@ -245,6 +260,34 @@ class RecordEncoder:
             if len(self._peer_texts) < 1024:
                 self._peer_texts[key] = encoded
         return encoded
+
+
+def compiled_encoder(request_headers: Iterable[bytes], response_headers: Iterable[bytes]) -> Any:
+    """The compiled capture's encoder for these header choices (`RecordEncoder`'s bytes), or
+    None where `modeltap._speedups` was not built (or is turned off)."""
+    if not compiled.wanted():
+        return None
+    return compiled._speedups.Encoder(
+        frozenset(request_headers),
+        frozenset(response_headers),
+        RouteTemplates().of,
+        "route",
+        ROUTE_TEMPLATE_KEY,
+        PROXY_ERROR_KEY,
+        COLD_START_KEY,
+    )
+
+
+def decode_record(data: bytes) -> RawRecord:
+    """One encoded record (as the compiled capture queues it) back to a raw record: what the
+    analysis takes when the tap falls back to analysing in its own process."""
+    try:
+        record, position = _decode_one(memoryview(data), 0)
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed record: {exc}") from None
+    if position != len(data):
+        raise ValueError("trailing bytes after the record")
+    return record
 
 
 def decode_records(payload: memoryview) -> list[RawRecord]:

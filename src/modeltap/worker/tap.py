@@ -27,19 +27,19 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from modeltap._types import ASGIApp
 from modeltap.alerts.rollback import route_report
-from modeltap.capture.exchange import ExchangeCapture, TraceStarter
+from modeltap.capture.exchange import Capture, TraceStarter, exchange_capture
 from modeltap.capture.record_queue import RecordQueue
 from modeltap.capture.routes import RouteTemplates
 from modeltap.capture.trace_context import TraceSampler
 from modeltap.config import ModelTapConfig, SamplerConfig, config_document
 from modeltap.export.spans import ExchangeIdentity, build_span
-from modeltap.handoff.framing import RecordEncoder
+from modeltap.handoff.framing import RecordEncoder, compiled_encoder, decode_record
 from modeltap.handoff.rendezvous import Rendezvous, RendezvousError, run_directory
 from modeltap.handoff.shipper import Shipper
 from modeltap.operations.loop_lag import LoopLagProbe
 from modeltap.operations.process_resources import ResourceSampler, as_counts
 from modeltap.protocols.detect import path_identity, sanitize
-from modeltap.records import ExchangeRecord, RawRecord
+from modeltap.records import ExchangeRecord, QueuedRecord, RawRecord
 from modeltap.reference.document import ReferenceProfile, load_reference
 from modeltap.snapshot import ServingCounts, Snapshot
 from modeltap.worker.analyzer import Analyzer, span_options
@@ -88,7 +88,7 @@ class Tap:
         # New lock too: in a forked child another thread of the parent may have held the old one.
         self._lock = threading.Lock()
         self.queue = RecordQueue(config.queue_max_records, config.queue_max_bytes)
-        self.capture: ExchangeCapture | None = None
+        self.capture: Capture | None = None
         self.started = False
         self.sampling = Sampling(config.overload_watermark)
         self._budget = CpuBudget(config.worker_cpu_budget)
@@ -106,6 +106,7 @@ class Tap:
         # Process mode: where the monitor is, and the thread that ships records to it.
         self.mode = "inline"
         self.place: Rendezvous | None = None
+        self._wanted_headers: tuple[frozenset[bytes], frozenset[bytes]] = (frozenset(), frozenset())
         self.shipper: Shipper | None = None
         self._sampler: TraceSampler | None = None
         self._local_spans: Any = None  # the app's span processor, fed here in process mode
@@ -198,13 +199,21 @@ class Tap:
             config.export.sampler if traced else SamplerConfig("always_off", 0.0)
         )
         enrich = {"modeltap.model.name": config.model_name} if config.model_name else {}
-        self.capture = ExchangeCapture(
+        # Process mode, no span built here: the compiled capture encodes each record for the
+        # monitor as the exchange ends (bytes in the queue; nothing for the collector to visit).
+        encoder = (
+            compiled_encoder(*self._wanted_headers)
+            if self.mode == "process" and self._local_spans is None
+            else None
+        )
+        self.capture = exchange_capture(
             self._app,
             self,
             self.queue.offer,
             config.max_body_bytes,
             TraceStarter(sampler, enrich),
             cold_start_requests=config.cold_start_requests,
+            encoder=encoder,
         )
         if not self._registered_exit:
             atexit.register(self.shutdown)
@@ -226,6 +235,8 @@ class Tap:
             self.queue.unavailable = False
             self.shipper = None
             self.mode = "inline"
+            if self.capture is not None and hasattr(self.capture, "encoder"):
+                self.capture.encoder = None  # raw records again (those queued are decoded)
             self._stop.clear()
             self._worker = threading.Thread(target=self._run, name="modeltap-worker", daemon=True)
             self._worker.start()
@@ -262,6 +273,7 @@ class Tap:
         wanted_response = {b"content-type", b"content-encoding", b"ce-modelid", b"ce-id"}
         wanted_response.add(config.version_header.lower().encode())
         wanted_response.update(h.lower().encode() for h in config.capture_response_headers)
+        self._wanted_headers = (frozenset(wanted_request), frozenset(wanted_response))
         self.shipper = Shipper(
             self.place,
             document,
@@ -371,14 +383,14 @@ class Tap:
         queue = self.queue
         self.sampling.follow_load(max(queue.depth / queue.max_records, queue.pending_bytes / queue.max_bytes))
 
-    def _before_batch(self, batch: list[RawRecord]) -> None:
+    def _before_batch(self, batch: list[QueuedRecord]) -> None:
         """Shipper thread, before a batch leaves: give traced exchanges to the app's own span
         processor when it has one."""
         processor = self._local_spans
         if processor is None:
             return
         for raw in batch:
-            if raw[15] is None:  # not traced
+            if isinstance(raw, bytes) or raw[15] is None:  # encoded (no local spans then), untraced
                 continue
             try:
                 processor.on_end(self._local_span(ExchangeRecord._make(raw)))
@@ -457,10 +469,12 @@ class Tap:
         analyzer = self.analyzer
         queue = self.queue
         while True:
-            batch = queue.drain(MAX_BATCH)
-            if not batch:
+            queued = queue.drain(MAX_BATCH)
+            if not queued:
                 return drained
-            drained += len(batch)
+            drained += len(queued)
+            batch = [_raw(record) for record in queued]
+            del queued
             # The batch's raw bytes and the decoded rows the pipeline keeps stay charged to the
             # queue's byte bound until they are let go, so memory is bounded by one number.
             queue.worker_held_bytes = queue.drained_bytes + analyzer.pending_bytes
@@ -522,3 +536,9 @@ def cold_starts(counts: list[dict[str, Any]]) -> tuple[tuple[int, float, float],
         if isinstance(start, (int, float)) and isinstance(first, (int, float)) and isinstance(pid, int):
             out.append((pid, float(start), float(first)))
     return tuple(sorted(out))
+
+
+def _raw(record: QueuedRecord) -> RawRecord:
+    """A queued record as the analysis takes it: one the compiled capture encoded for a monitor
+    (queued before the fall-back to this process) is decoded."""
+    return decode_record(record) if isinstance(record, bytes) else record

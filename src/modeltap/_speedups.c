@@ -1,0 +1,2183 @@
+/* The request path of capture, compiled: the same behaviour as the pure-Python
+ * `modeltap.capture.exchange.PyExchangeCapture`, for a fraction of its interpreter time.
+ *
+ * `Capture(app, sink, offer, max_body_bytes, start_trace, attach, detach, cold_start_requests)`
+ * is called like the Python class: `await capture(scope, receive, send, weight, payload_weight)`.
+ * The call returns an awaitable (`Exchange`) that drives the app's coroutine itself, so no
+ * Python frame runs per exchange besides the app's: the receive wrapper returns an awaitable
+ * that looks at the message the server produced, the send wrapper looks at the app's message
+ * and returns the server's own awaitable untouched. When the app returns or raises, the record
+ * (the same 19-tuple, `modeltap.records.ExchangeRecord` order) is offered.
+ *
+ * Nothing here raises into the app: a failure of capture's own bookkeeping is reported to the
+ * sink (`note_internal_error`) and the message passes on unchanged.
+ *
+ * Reference cycles: the app's coroutine holds the wrappers, the wrappers hold the per-exchange
+ * `State`, and the `Exchange` holds both; `State` holds nothing that leads back, but the scope
+ * may (an app can keep anything in it), so every type takes part in garbage collection.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <time.h>
+
+#if PY_VERSION_HEX < 0x030A0000
+#error "modeltap._speedups needs Python 3.10 or later (PyIter_Send, am_send)"
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Clocks: time.perf_counter() and time.time_ns() are CLOCK_MONOTONIC and CLOCK_REALTIME on   */
+/* the platforms this module is built for (setup.py builds it on Linux only).                 */
+
+static double perf_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static long long wall_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + (long long)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Interned strings                                                                           */
+
+static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_headers, *s_more_trailers;
+static PyObject *s_root_path, *s_http_request, *s_http_disconnect, *s_response_body;
+static PyObject *s_response_start, *s_response_pathsend, *s_response_trailers, *s_empty;
+static PyObject *s_throw, *s_close, *s_qualname, *s_capture, *s_trace_start, *s_trace_detach;
+static PyObject *s_note_internal_error, *s_note_first_answer;
+static PyObject *no_headers;  /* the shared empty header list, as the Python form's _NO_HEADERS */
+static PyObject *bits_64, *zero_int, *s_bound;
+
+/* `mapping[key]`, or NULL without an error when the key is absent (any mapping). */
+static PyObject *lookup(PyObject *mapping, PyObject *key) {
+    if (PyDict_CheckExact(mapping)) {
+        PyObject *value = PyDict_GetItemWithError(mapping, key);
+        Py_XINCREF(value);
+        return value;
+    }
+    PyObject *value = PyObject_GetItem(mapping, key);
+    if (value == NULL && PyErr_ExceptionMatches(PyExc_KeyError)) {
+        PyErr_Clear();
+    }
+    return value;
+}
+
+/* The exception being raised, normalised and taken (the error indicator is cleared). */
+static PyObject *take_exception(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (value != NULL && traceback != NULL) {
+        PyException_SetTraceback(value, traceback);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    return value;
+#endif
+}
+
+static void restore_exception(PyObject *exception) {
+    if (exception == NULL) {
+        return;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exception);
+#else
+    PyObject *type = (PyObject *)Py_TYPE(exception);
+    Py_INCREF(type);
+    PyErr_Restore(type, exception, PyException_GetTraceback(exception));
+#endif
+}
+
+/* Raise StopIteration(value): how an iterator's send/throw says "returned value". */
+static void set_stop_iteration(PyObject *value) {
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (stop != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+}
+
+/* The iterator behind an awaitable: a coroutine is its own, else `__await__()`. */
+static PyObject *awaitable_iterator(PyObject *awaitable) {
+    if (PyCoro_CheckExact(awaitable)) {
+        Py_INCREF(awaitable);
+        return awaitable;
+    }
+    PyAsyncMethods *am = Py_TYPE(awaitable)->tp_as_async;
+    if (am == NULL || am->am_await == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                     Py_TYPE(awaitable)->tp_name);
+        return NULL;
+    }
+    PyObject *iterator = am->am_await(awaitable);
+    if (iterator != NULL && !PyIter_Check(iterator)) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
+                     Py_TYPE(iterator)->tp_name);
+        Py_CLEAR(iterator);
+    }
+    return iterator;
+}
+
+/* Raise what `throw(type[, value[, traceback]])` was given, as a finished coroutine does. */
+static PyObject *raise_thrown(PyObject *args) {
+    PyObject *type = PyTuple_GET_SIZE(args) > 0 ? PyTuple_GET_ITEM(args, 0) : Py_None;
+    PyObject *value = PyTuple_GET_SIZE(args) > 1 ? PyTuple_GET_ITEM(args, 1) : Py_None;
+    if (PyExceptionInstance_Check(type)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(type), type);
+    } else if (PyExceptionClass_Check(type)) {
+        PyErr_SetObject(type, value != Py_None ? value : NULL);
+    } else {
+        PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving from BaseException");
+    }
+    return NULL;
+}
+
+
+/* ------------------------------------------------------------------------------------------ */
+/* Encoder: one record to the hand-off's bytes (`modeltap.handoff.framing`, RECORDS payload)   */
+/*                                                                                            */
+/* Byte for byte what `framing.RecordEncoder.encode` writes (its head, then the kept body     */
+/* chunks), as one bytes object: the request path of process mode then hands over bytes, which */
+/* the garbage collector never visits, and the scope is let go when the exchange ends.        */
+
+#define FIXED_SIZE 77   /* <q4diqqiiBii */
+#define TRACE_SIZE 32   /* <QQQQ */
+#define LENGTHS_SIZE 48 /* <12I */
+#define F_DISCONNECTED 1
+#define F_TRACED 2
+#define F_REMOTE_PARENT 4
+#define F_SAMPLED 8
+#define F_ENRICHED 16
+#define F_COLD 32
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *request_wanted;   /* frozenset of bytes */
+    PyObject *response_wanted;  /* frozenset of bytes */
+    PyObject *route_of;         /* route_of(scope, root_path_at_start) -> str | None */
+    PyObject *route_key, *template_key, *proxy_error_key, *cold_start_key;
+} EncoderObject;
+
+static PyTypeObject EncoderType;
+
+static PyObject *s_method, *s_scheme, *s_http_version, *s_path, *s_query_string, *s_client;
+static PyObject *s_server, *s_GET, *s_http, *s_1_1;
+
+typedef struct {
+    PyObject *scope;
+    PyObject *root_path_at_start;
+    long long start_ns;
+    double response_started, ended, finished, first_body;  /* relative to the start; NaN: none */
+    long long status, request_size, response_size, weight, payload_weight;
+    int disconnected;
+    PyObject *response_headers;
+    PyObject *request_parts, *response_parts;
+    PyObject *exception_type;  /* str or None */
+    PyObject *ids;             /* TraceIds or None */
+} RecordFields;
+
+/* Pieces of the output: pointers into objects kept alive in `owners` until the copy. */
+typedef struct {
+    const char *data;
+    Py_ssize_t size;
+} Piece;
+
+typedef struct {
+    Piece *pieces;
+    Py_ssize_t count, capacity;
+    PyObject *owners;  /* list */
+    Py_ssize_t total;
+    int on_heap;
+} Pieces;
+
+static int pieces_add(Pieces *out, const char *data, Py_ssize_t size) {
+    if (out->count == out->capacity) {
+        Py_ssize_t capacity = out->capacity * 2;
+        Piece *grown;
+        if (out->on_heap) {
+            grown = PyMem_Realloc(out->pieces, capacity * sizeof(Piece));
+        } else {
+            grown = PyMem_Malloc(capacity * sizeof(Piece));  /* the first ones were on the stack */
+            if (grown != NULL) {
+                memcpy(grown, out->pieces, out->count * sizeof(Piece));
+            }
+        }
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        out->pieces = grown;
+        out->capacity = capacity;
+        out->on_heap = 1;
+    }
+    out->pieces[out->count].data = data;
+    out->pieces[out->count].size = size;
+    out->count++;
+    out->total += size;
+    return 0;
+}
+
+static int pieces_own(Pieces *out, PyObject *owner) {
+    /* Steals `owner`. */
+    int failed = PyList_Append(out->owners, owner);
+    Py_DECREF(owner);
+    return failed;
+}
+
+/* UTF-8 bytes of `str(value)` with surrogate escapes (the Python encoder's `_text`). */
+static int text_of(Pieces *out, PyObject *value, const char **data, Py_ssize_t *size) {
+    PyObject *text;
+    if (PyUnicode_Check(value)) {
+        Py_INCREF(value);
+        text = value;
+    } else {
+        text = PyObject_Str(value);
+        if (text == NULL) {
+            return -1;
+        }
+    }
+    *data = PyUnicode_AsUTF8AndSize(text, size);
+    if (*data == NULL) {
+        /* Lone surrogates: the strict (cached) form refuses them. */
+        PyErr_Clear();
+        PyObject *encoded = PyUnicode_AsEncodedString(text, "utf-8", "surrogateescape");
+        Py_DECREF(text);
+        if (encoded == NULL) {
+            return -1;
+        }
+        *data = PyBytes_AS_STRING(encoded);
+        *size = PyBytes_GET_SIZE(encoded);
+        return pieces_own(out, encoded);
+    }
+    return pieces_own(out, text);  /* the UTF-8 form is cached in the str: keep it alive */
+}
+
+static void put_u16(unsigned char *at, Py_ssize_t value) {
+    at[0] = (unsigned char)(value & 0xFF);
+    at[1] = (unsigned char)((value >> 8) & 0xFF);
+}
+
+static void put_u32(unsigned char *at, unsigned long long value) {
+    for (int i = 0; i < 4; i++) {
+        at[i] = (unsigned char)((value >> (8 * i)) & 0xFF);
+    }
+}
+
+static void put_u64(unsigned char *at, unsigned long long value) {
+    for (int i = 0; i < 8; i++) {
+        at[i] = (unsigned char)((value >> (8 * i)) & 0xFF);
+    }
+}
+
+static void put_f64(unsigned char *at, double value) {
+    unsigned long long bits;
+    memcpy(&bits, &value, sizeof(bits));
+    put_u64(at, bits);
+}
+
+/* The scope's value for `key`, or `fallback` (borrowed; NULL with an error on failure). A new
+ * reference is returned in every success case. */
+static PyObject *scope_get(PyObject *scope, PyObject *key, PyObject *fallback) {
+    PyObject *value = lookup(scope, key);
+    if (value == NULL && !PyErr_Occurred()) {
+        Py_XINCREF(fallback);
+        return fallback;
+    }
+    return value;
+}
+
+/* A joined field: `count` u16 lengths, then the texts (each cut at 64 KiB). `lengths` is
+ * caller storage that outlives the pieces. */
+static int joined(Pieces *out, PyObject **values, int count, unsigned char *lengths, int none_is_empty) {
+    const char *data[3];
+    Py_ssize_t size[3];
+    for (int i = 0; i < count; i++) {
+        if (values[i] == NULL || (none_is_empty && values[i] == Py_None)) {
+            data[i] = "";
+            size[i] = 0;
+        } else if (text_of(out, values[i], &data[i], &size[i]) < 0) {
+            return -1;
+        }
+        if (size[i] > 65535) {
+            size[i] = 65535;
+        }
+        put_u16(lengths + 2 * i, size[i]);
+    }
+    Py_ssize_t start = out->total;
+    if (pieces_add(out, (const char *)lengths, 2 * count) < 0) {
+        return -1;
+    }
+    for (int i = 0; i < count; i++) {
+        if (size[i] && pieces_add(out, data[i], size[i]) < 0) {
+            return -1;
+        }
+    }
+    return (int)(out->total - start);
+}
+
+/* `name:value` lines of the wanted headers, joined by newlines (the Python `_headers`). */
+static Py_ssize_t header_lines(Pieces *out, PyObject *headers, PyObject *wanted) {
+    Py_ssize_t start = out->total;
+    if (headers == NULL || headers == Py_None) {
+        return 0;
+    }
+    PyObject *iterator = PyObject_GetIter(headers);
+    if (iterator == NULL) {
+        return -1;
+    }
+    int first = 1;
+    PyObject *pair;
+    while ((pair = PyIter_Next(iterator)) != NULL) {
+        PyObject *name, *value;
+        if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
+            name = PyTuple_GET_ITEM(pair, 0);
+            value = PyTuple_GET_ITEM(pair, 1);
+            Py_INCREF(name);
+            Py_INCREF(value);
+        } else {
+            PyObject *items = PySequence_Tuple(pair);
+            if (items == NULL || PyTuple_GET_SIZE(items) != 2) {
+                if (items != NULL) {
+                    PyErr_SetString(PyExc_ValueError, "a header is not a (name, value) pair");
+                }
+                Py_XDECREF(items);
+                Py_DECREF(pair);
+                Py_DECREF(iterator);
+                return -1;
+            }
+            name = PyTuple_GET_ITEM(items, 0);
+            value = PyTuple_GET_ITEM(items, 1);
+            Py_INCREF(name);
+            Py_INCREF(value);
+            Py_DECREF(items);
+        }
+        Py_DECREF(pair);
+        int keep = PySet_Contains(wanted, name);
+        if (keep > 0) {
+            /* Both as bytes (a bytearray is copied), the value without a line break. */
+            PyObject *name_bytes = PyBytes_CheckExact(name) ? (Py_INCREF(name), name) : PyBytes_FromObject(name);
+            PyObject *value_bytes = name_bytes == NULL ? NULL
+                                    : PyBytes_CheckExact(value) ? (Py_INCREF(value), value)
+                                                                 : PyBytes_FromObject(value);
+            if (value_bytes == NULL) {
+                Py_XDECREF(name_bytes);
+                keep = -1;
+            } else if (memchr(PyBytes_AS_STRING(value_bytes), '\n', PyBytes_GET_SIZE(value_bytes)) != NULL) {
+                Py_DECREF(name_bytes);
+                Py_DECREF(value_bytes);
+            } else {
+                const char *n = PyBytes_AS_STRING(name_bytes);
+                Py_ssize_t nn = PyBytes_GET_SIZE(name_bytes);
+                const char *v = PyBytes_AS_STRING(value_bytes);
+                Py_ssize_t vn = PyBytes_GET_SIZE(value_bytes);
+                int owned = pieces_own(out, name_bytes);
+                owned = pieces_own(out, value_bytes) < 0 ? -1 : owned;
+                if (owned < 0 || (!first && pieces_add(out, "\n", 1) < 0) || pieces_add(out, n, nn) < 0 ||
+                    pieces_add(out, ":", 1) < 0 || pieces_add(out, v, vn) < 0) {
+                    keep = -1;
+                }
+                first = 0;
+            }
+        }
+        Py_DECREF(name);
+        Py_DECREF(value);
+        if (keep < 0) {
+            Py_DECREF(iterator);
+            return -1;
+        }
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    return out->total - start;
+}
+
+static Py_ssize_t body_parts(Pieces *out, PyObject *parts) {
+    Py_ssize_t start = out->total;
+    Py_ssize_t count = PyList_GET_SIZE(parts);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *part = PyList_GET_ITEM(parts, i);
+        if (!PyBytes_Check(part)) {
+            PyErr_SetString(PyExc_TypeError, "a kept body chunk is not bytes");
+            return -1;
+        }
+        Py_INCREF(part);
+        if (pieces_own(out, part) < 0 || pieces_add(out, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part)) < 0) {
+            return -1;
+        }
+    }
+    return out->total - start;
+}
+
+static int is_true_in(PyObject *scope, PyObject *key) {
+    PyObject *value = lookup(scope, key);
+    if (value == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+/* The route template (`RouteTemplates.of`): computed here for the usual case (no mount moved
+ * root_path during the request), else asked of the Python form. New reference or None. */
+static PyObject *route_template_of(EncoderObject *encoder, PyObject *scope, PyObject *root_at_start) {
+    PyObject *route = lookup(scope, encoder->route_key);
+    if (route == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        PyObject *template = lookup(scope, encoder->template_key);
+        if (template == NULL && !PyErr_Occurred()) {
+            Py_RETURN_NONE;
+        }
+        return template;
+    }
+    if (route == Py_None) {
+        Py_DECREF(route);
+        PyObject *template = lookup(scope, encoder->template_key);
+        if (template == NULL && !PyErr_Occurred()) {
+            Py_RETURN_NONE;
+        }
+        return template;
+    }
+    PyObject *root = lookup(scope, s_root_path);
+    if (root == NULL && PyErr_Occurred()) {
+        Py_DECREF(route);
+        return NULL;
+    }
+    int same_root = root == NULL ? PyUnicode_Check(root_at_start) && PyUnicode_GET_LENGTH(root_at_start) == 0
+                                 : (root == root_at_start ||
+                                    (PyUnicode_Check(root) && PyUnicode_Check(root_at_start) &&
+                                     PyUnicode_Compare(root, root_at_start) == 0));
+    Py_XDECREF(root);
+    if (same_root) {
+        PyObject *template = PyObject_GetAttr(route, s_path);
+        Py_DECREF(route);
+        if (template == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        if (!PyUnicode_Check(template)) {
+            Py_DECREF(template);
+            Py_RETURN_NONE;
+        }
+        return template;
+    }
+    Py_DECREF(route);
+    return PyObject_CallFunctionObjArgs(encoder->route_of, scope, root_at_start, NULL);
+}
+
+static int check_int32(long long value, const char *what) {
+    if (value < INT32_MIN || value > INT32_MAX) {
+        PyErr_Format(PyExc_OverflowError, "%s out of range for the record format", what);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *encode_fields(EncoderObject *encoder, RecordFields *r) {
+    unsigned char fixed[FIXED_SIZE], trace[TRACE_SIZE], lengths[LENGTHS_SIZE];
+    unsigned char protocol_lengths[6], peer_lengths[4];
+    Piece initial[48];
+    Pieces out = {initial, 0, 48, NULL, 0, 0};
+    PyObject *result = NULL;
+    PyObject *client = NULL, *server = NULL, *method = NULL, *scheme = NULL, *version = NULL;
+    PyObject *path = NULL, *query = NULL, *template = NULL, *proxy_error = NULL;
+    PyObject *scope_headers = NULL;
+    long long field_length[12];
+    out.owners = PyList_New(0);
+    if (out.owners == NULL) {
+        return NULL;
+    }
+#define CHECK(x) if ((x) < 0) goto fail
+    PyObject *scope = r->scope;
+    int flags = r->disconnected ? F_DISCONNECTED : 0;
+    int cold = is_true_in(scope, encoder->cold_start_key);
+    CHECK(cold);
+    if (cold) {
+        flags |= F_COLD;
+    }
+    client = scope_get(scope, s_client, Py_None);
+    server = scope_get(scope, s_server, Py_None);
+    if (client == NULL || server == NULL) goto fail;
+    long long client_port = -1, server_port = -1;
+    PyObject *client_host = NULL, *server_host = NULL;
+    /* (host, port) pairs; an empty one counts as none, as `if client` does. */
+    int has_client = PyObject_IsTrue(client);
+    int has_server = PyObject_IsTrue(server);
+    CHECK(has_client);
+    CHECK(has_server);
+    if (has_client) {
+        PyObject *items = PySequence_Fast(client, "client is not a sequence");
+        if (items == NULL || PySequence_Fast_GET_SIZE(items) < 2) {
+            if (items != NULL) PyErr_SetString(PyExc_ValueError, "client is not a (host, port) pair");
+            Py_XDECREF(items);
+            goto fail;
+        }
+        client_host = PySequence_Fast_GET_ITEM(items, 0);
+        PyObject *port = PySequence_Fast_GET_ITEM(items, 1);
+        if (port != Py_None) {
+            client_port = PyLong_AsLongLong(port);
+            if (client_port == -1 && PyErr_Occurred()) { Py_DECREF(items); goto fail; }
+        }
+        Py_INCREF(client_host);
+        Py_SETREF(client, items);
+        CHECK(pieces_own(&out, client_host));  /* kept alive with the pieces */
+    }
+    if (has_server) {
+        PyObject *items = PySequence_Fast(server, "server is not a sequence");
+        if (items == NULL || PySequence_Fast_GET_SIZE(items) < 2) {
+            if (items != NULL) PyErr_SetString(PyExc_ValueError, "server is not a (host, port) pair");
+            Py_XDECREF(items);
+            goto fail;
+        }
+        server_host = PySequence_Fast_GET_ITEM(items, 0);
+        PyObject *port = PySequence_Fast_GET_ITEM(items, 1);
+        if (port != Py_None) {
+            server_port = PyLong_AsLongLong(port);
+            if (server_port == -1 && PyErr_Occurred()) { Py_DECREF(items); goto fail; }
+        }
+        Py_INCREF(server_host);
+        Py_SETREF(server, items);
+        CHECK(pieces_own(&out, server_host));
+    }
+    CHECK(check_int32(client_port, "client port"));
+    CHECK(check_int32(server_port, "server port"));
+    CHECK(check_int32(r->status, "status"));
+    CHECK(check_int32(r->weight, "weight"));
+    CHECK(check_int32(r->payload_weight, "payload weight"));
+
+    /* Trace identity. */
+    unsigned long long trace_high = 0, trace_low = 0, span_id = 0, parent_id = 0;
+    PyObject *trace_state = NULL;
+    if (r->ids != NULL && r->ids != Py_None) {
+        if (!PyTuple_Check(r->ids) || PyTuple_GET_SIZE(r->ids) < 7) {
+            PyErr_SetString(PyExc_TypeError, "trace ids are not a TraceIds");
+            goto fail;
+        }
+        flags |= F_TRACED;
+        PyObject *ids = r->ids;
+        int remote = PyObject_IsTrue(PyTuple_GET_ITEM(ids, 3));
+        int sampled = PyObject_IsTrue(PyTuple_GET_ITEM(ids, 4));
+        int enriched = PyObject_IsTrue(PyTuple_GET_ITEM(ids, 6));
+        CHECK(remote);
+        CHECK(sampled);
+        CHECK(enriched);
+        flags |= (remote ? F_REMOTE_PARENT : 0) | (sampled ? F_SAMPLED : 0) | (enriched ? F_ENRICHED : 0);
+        PyObject *trace_id = PyTuple_GET_ITEM(ids, 0);
+        unsigned char id_bytes[16];
+#if PY_VERSION_HEX >= 0x030D0000
+        Py_ssize_t needed = PyLong_AsNativeBytes(trace_id, id_bytes, 16,
+                                                 Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER |
+                                                     Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+        if (needed < 0) goto fail;
+        if (needed > 16) {
+            PyErr_SetString(PyExc_OverflowError, "trace id over 128 bits");
+            goto fail;
+        }
+#else
+        if (_PyLong_AsByteArray((PyLongObject *)trace_id, id_bytes, 16, 1, 0) < 0) goto fail;
+#endif
+        memcpy(&trace_low, id_bytes, 8);
+        memcpy(&trace_high, id_bytes + 8, 8);
+        span_id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(ids, 1));
+        if (span_id == (unsigned long long)-1 && PyErr_Occurred()) goto fail;
+        parent_id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(ids, 2));
+        if (parent_id == (unsigned long long)-1 && PyErr_Occurred()) goto fail;
+        trace_state = PyUnicode_AsEncodedString(PyTuple_GET_ITEM(ids, 5), "latin-1", "replace");
+        if (trace_state == NULL) goto fail;
+        CHECK(pieces_own(&out, trace_state));
+    }
+
+    /* The fixed part. */
+    unsigned char *at = fixed;
+    put_u64(at, (unsigned long long)r->start_ns); at += 8;
+    put_f64(at, r->response_started); at += 8;
+    put_f64(at, r->ended); at += 8;
+    put_f64(at, r->finished); at += 8;
+    put_f64(at, r->first_body); at += 8;
+    put_u32(at, (unsigned long long)(long long)r->status); at += 4;
+    put_u64(at, (unsigned long long)r->request_size); at += 8;
+    put_u64(at, (unsigned long long)r->response_size); at += 8;
+    put_u32(at, (unsigned long long)r->weight); at += 4;
+    put_u32(at, (unsigned long long)r->payload_weight); at += 4;
+    *at++ = (unsigned char)flags;
+    put_u32(at, (unsigned long long)client_port); at += 4;
+    put_u32(at, (unsigned long long)server_port); at += 4;
+    CHECK(pieces_add(&out, (const char *)fixed, FIXED_SIZE));
+    if (flags & F_TRACED) {
+        put_u64(trace, trace_high);
+        put_u64(trace + 8, trace_low);
+        put_u64(trace + 16, span_id);
+        put_u64(trace + 24, parent_id);
+        CHECK(pieces_add(&out, (const char *)trace, TRACE_SIZE));
+    }
+    CHECK(pieces_add(&out, (const char *)lengths, LENGTHS_SIZE));  /* filled below */
+
+    /* The variable fields, in order. */
+    method = scope_get(scope, s_method, s_GET);
+    scheme = method ? scope_get(scope, s_scheme, s_http) : NULL;
+    version = scheme ? scope_get(scope, s_http_version, s_1_1) : NULL;
+    if (version == NULL) goto fail;
+    PyObject *protocol[3] = {method, scheme, version};
+    int n = joined(&out, protocol, 3, protocol_lengths, 0);
+    CHECK(n);
+    field_length[0] = n;
+
+    path = scope_get(scope, s_path, s_empty);
+    if (path == NULL) goto fail;
+    if (!PyUnicode_Check(path)) {
+        PyErr_SetString(PyExc_TypeError, "scope path is not a str");
+        goto fail;
+    }
+    {
+        const char *data;
+        Py_ssize_t size;
+        CHECK(text_of(&out, path, &data, &size));  /* keeps its own reference */
+        CHECK(pieces_add(&out, data, size));
+        field_length[1] = size;
+    }
+
+    query = scope_get(scope, s_query_string, NULL);
+    if (query == NULL && PyErr_Occurred()) goto fail;
+    if (query != NULL && !PyBytes_CheckExact(query)) {
+        Py_SETREF(query, PyBytes_FromObject(query));
+        if (query == NULL) goto fail;
+    }
+    if (query != NULL) {
+        Py_INCREF(query);
+        CHECK(pieces_own(&out, query));
+        CHECK(pieces_add(&out, PyBytes_AS_STRING(query), PyBytes_GET_SIZE(query)));
+        field_length[2] = PyBytes_GET_SIZE(query);
+    } else {
+        field_length[2] = 0;
+    }
+
+    template = route_template_of(encoder, scope, r->root_path_at_start);
+    if (template == NULL) goto fail;
+    field_length[3] = 0;
+    {
+        int truth = PyObject_IsTrue(template);
+        CHECK(truth);
+        if (truth) {
+            const char *data;
+            Py_ssize_t size;
+            CHECK(text_of(&out, template, &data, &size));
+            CHECK(pieces_add(&out, data, size));
+            field_length[3] = size;
+        }
+    }
+
+    PyObject *peers[2] = {client_host, server_host};
+    n = joined(&out, peers, 2, peer_lengths, 1);
+    CHECK(n);
+    field_length[4] = n;
+
+    field_length[5] = 0;
+    if (r->exception_type != NULL && r->exception_type != Py_None) {
+        int truth = PyObject_IsTrue(r->exception_type);
+        CHECK(truth);
+        if (truth) {
+            const char *data;
+            Py_ssize_t size;
+            CHECK(text_of(&out, r->exception_type, &data, &size));
+            CHECK(pieces_add(&out, data, size));
+            field_length[5] = size;
+        }
+    }
+
+    proxy_error = scope_get(scope, encoder->proxy_error_key, Py_None);
+    if (proxy_error == NULL) goto fail;
+    field_length[6] = 0;
+    {
+        int truth = PyObject_IsTrue(proxy_error);
+        CHECK(truth);
+        if (truth) {
+            const char *data;
+            Py_ssize_t size;
+            CHECK(text_of(&out, proxy_error, &data, &size));
+            CHECK(pieces_add(&out, data, size));
+            field_length[6] = size;
+        }
+    }
+
+    field_length[7] = 0;
+    if (trace_state != NULL) {
+        CHECK(pieces_add(&out, PyBytes_AS_STRING(trace_state), PyBytes_GET_SIZE(trace_state)));
+        field_length[7] = PyBytes_GET_SIZE(trace_state);
+    }
+
+    scope_headers = scope_get(scope, s_headers, Py_None);
+    if (scope_headers == NULL) goto fail;
+    Py_ssize_t size = header_lines(&out, scope_headers, encoder->request_wanted);
+    CHECK(size);
+    field_length[8] = size;
+    size = header_lines(&out, r->response_headers, encoder->response_wanted);
+    CHECK(size);
+    field_length[9] = size;
+    size = body_parts(&out, r->request_parts);
+    CHECK(size);
+    field_length[10] = size;
+    size = body_parts(&out, r->response_parts);
+    CHECK(size);
+    field_length[11] = size;
+    for (int i = 0; i < 12; i++) {
+        if (field_length[i] > UINT32_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "a record field is over 4 GiB");
+            goto fail;
+        }
+        put_u32(lengths + 4 * i, (unsigned long long)field_length[i]);
+    }
+
+    result = PyBytes_FromStringAndSize(NULL, out.total);
+    if (result != NULL) {
+        char *write = PyBytes_AS_STRING(result);
+        for (Py_ssize_t i = 0; i < out.count; i++) {
+            memcpy(write, out.pieces[i].data, out.pieces[i].size);
+            write += out.pieces[i].size;
+        }
+    }
+fail:
+#undef CHECK
+    if (out.on_heap) {
+        PyMem_Free(out.pieces);
+    }
+    Py_XDECREF(out.owners);
+    Py_XDECREF(client);
+    Py_XDECREF(server);
+    Py_XDECREF(method);
+    Py_XDECREF(scheme);
+    Py_XDECREF(version);
+    Py_XDECREF(path);
+    Py_XDECREF(query);
+    Py_XDECREF(template);
+    Py_XDECREF(proxy_error);
+    Py_XDECREF(scope_headers);
+    return result;
+}
+
+
+static double relative(PyObject *reading, double started) {
+    /* A clock reading relative to the start; NaN when it was never taken (None). */
+    if (reading == Py_None) {
+        return Py_NAN;
+    }
+    return PyFloat_AsDouble(reading) - started;
+}
+
+/* Encoder.encode(raw): a raw record tuple (ExchangeRecord order) to its bytes. */
+static PyObject *encoder_encode(EncoderObject *self, PyObject *raw) {
+    if (!PyTuple_Check(raw) || PyTuple_GET_SIZE(raw) != 19) {
+        PyErr_SetString(PyExc_TypeError, "a raw record is a tuple of 19 fields");
+        return NULL;
+    }
+#define F(i) PyTuple_GET_ITEM(raw, i)
+    RecordFields r;
+    r.scope = F(0);
+    r.root_path_at_start = F(1);
+    r.start_ns = PyLong_AsLongLong(F(2));
+    double started = PyFloat_AsDouble(F(3));
+    r.response_started = relative(F(4), started);
+    r.ended = relative(F(5), started);
+    r.finished = PyFloat_AsDouble(F(6)) - started;
+    r.first_body = relative(F(18), started);
+    r.status = PyLong_AsLongLong(F(7));
+    r.response_headers = F(8);
+    r.request_parts = F(9);
+    r.request_size = PyLong_AsLongLong(F(10));
+    r.response_parts = F(11);
+    r.response_size = PyLong_AsLongLong(F(12));
+    r.exception_type = F(13);
+    r.disconnected = PyObject_IsTrue(F(14));
+    r.ids = F(15);
+    r.weight = PyLong_AsLongLong(F(16));
+    r.payload_weight = PyLong_AsLongLong(F(17));
+#undef F
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyList_Check(r.request_parts) || !PyList_Check(r.response_parts)) {
+        PyErr_SetString(PyExc_TypeError, "body chunks are not lists");
+        return NULL;
+    }
+    return encode_fields(self, &r);
+}
+
+static int encoder_init(EncoderObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"request_headers", "response_headers", "route_of", "route_key",
+                               "template_key", "proxy_error_key", "cold_start_key", NULL};
+    PyObject *request, *response, *route_of, *route_key, *template_key, *proxy_error_key, *cold_start_key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOUUUU:Encoder", keywords, &request, &response, &route_of,
+                                     &route_key, &template_key, &proxy_error_key, &cold_start_key)) {
+        return -1;
+    }
+    PyObject *request_set = PyFrozenSet_New(request);
+    PyObject *response_set = request_set ? PyFrozenSet_New(response) : NULL;
+    if (response_set == NULL) {
+        Py_XDECREF(request_set);
+        return -1;
+    }
+    Py_XSETREF(self->request_wanted, request_set);
+    Py_XSETREF(self->response_wanted, response_set);
+    Py_INCREF(route_of);
+    Py_XSETREF(self->route_of, route_of);
+    Py_INCREF(route_key);
+    Py_XSETREF(self->route_key, route_key);
+    Py_INCREF(template_key);
+    Py_XSETREF(self->template_key, template_key);
+    Py_INCREF(proxy_error_key);
+    Py_XSETREF(self->proxy_error_key, proxy_error_key);
+    Py_INCREF(cold_start_key);
+    Py_XSETREF(self->cold_start_key, cold_start_key);
+    return 0;
+}
+
+static int encoder_traverse(EncoderObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->request_wanted);
+    Py_VISIT(self->response_wanted);
+    Py_VISIT(self->route_of);
+    return 0;
+}
+
+static int encoder_clear(EncoderObject *self) {
+    Py_CLEAR(self->request_wanted);
+    Py_CLEAR(self->response_wanted);
+    Py_CLEAR(self->route_of);
+    Py_CLEAR(self->route_key);
+    Py_CLEAR(self->template_key);
+    Py_CLEAR(self->proxy_error_key);
+    Py_CLEAR(self->cold_start_key);
+    return 0;
+}
+
+static void encoder_dealloc(EncoderObject *self) {
+    PyObject_GC_UnTrack(self);
+    encoder_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef encoder_methods[] = {
+    {"encode", (PyCFunction)encoder_encode, METH_O,
+     "encode(raw) -> bytes: the record's RECORDS-payload bytes, bodies included."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "modeltap._speedups.Encoder",
+    .tp_basicsize = sizeof(EncoderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Encoder(request_headers, response_headers, route_of, route_key, template_key, "
+              "proxy_error_key, cold_start_key): records to the hand-off's bytes.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)encoder_init,
+    .tp_methods = encoder_methods,
+    .tp_traverse = (traverseproc)encoder_traverse,
+    .tp_clear = (inquiry)encoder_clear,
+    .tp_dealloc = (destructor)encoder_dealloc,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Capture: the per-app configuration, one per tap                                            */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *app;
+    PyObject *sink;
+    PyObject *offer;
+    PyObject *start_trace;  /* None: tracing is off */
+    PyObject *attach;
+    PyObject *detach;
+    PyObject *cold_start_key;
+    PyObject *encoder;  /* an Encoder: offer bytes (process mode); None: offer the raw tuple */
+    /* The root-trace fast path (all NULL: always ask `start_trace`): OpenTelemetry's context
+     * variable, the TraceSampler (its `_bound` is read per request: the monitor may change the
+     * ratio), the TraceIds class and random.getrandbits. */
+    PyObject *context_var, *sampler, *trace_ids, *getrandbits;
+    Py_ssize_t cap;
+    Py_ssize_t cold_left;
+    int answered;
+} CaptureObject;
+
+static void note_error(CaptureObject *capture, PyObject *where) {
+    /* Capture's own failure: counted by the sink, never raised. Keeps a pending exception. */
+    PyObject *pending = PyErr_Occurred() ? take_exception() : NULL;
+    PyObject *result = PyObject_CallMethodOneArg(capture->sink, s_note_internal_error, where);
+    if (result == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(result);
+    if (pending != NULL) {
+        restore_exception(pending);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* State: what one exchange has seen so far (shared by the wrappers and the Exchange)         */
+
+typedef struct {
+    PyObject_HEAD
+    CaptureObject *capture;
+    PyObject *send;
+    PyObject *request_parts;   /* list of bytes */
+    PyObject *response_parts;  /* list of bytes */
+    PyObject *response_headers;
+    Py_ssize_t request_left, request_size, response_left, response_size;
+    double response_started, first_body, ended;  /* < 0: not yet */
+    long status;
+    int disconnected;
+} StateObject;
+
+static PyTypeObject StateType;
+
+/* Keep a reference to a body chunk, up to what is left of the cap. */
+static int keep_part(PyObject *parts, PyObject *body, Py_ssize_t size, Py_ssize_t *left) {
+    PyObject *kept;
+    if (size > *left) {
+        kept = PySequence_GetSlice(body, 0, *left);
+        if (kept == NULL) {
+            return -1;
+        }
+    } else {
+        Py_INCREF(body);
+        kept = body;
+    }
+    if (!PyBytes_CheckExact(kept)) {
+        /* A bytearray or memoryview could change under us: copy it. */
+        PyObject *copy = PyBytes_FromObject(kept);
+        Py_DECREF(kept);
+        if (copy == NULL) {
+            return -1;
+        }
+        kept = copy;
+    }
+    int failed = PyList_Append(parts, kept);
+    *left -= PyBytes_GET_SIZE(kept);
+    Py_DECREF(kept);
+    return failed;
+}
+
+static int is_true_value(PyObject *mapping, PyObject *key) {
+    PyObject *value = lookup(mapping, key);
+    if (value == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+static int equals(PyObject *kind, PyObject *interned) {
+    return kind == interned || PyUnicode_Compare(kind, interned) == 0;
+}
+
+/* The server's message to the app. Returns -1 with an exception on a bookkeeping failure. */
+static int watch_received(StateObject *state, PyObject *message) {
+    if (!PyDict_Check(message) && !PyMapping_Check(message)) {
+        return 0;
+    }
+    PyObject *kind = lookup(message, s_type);
+    if (kind == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    int result = 0;
+    if (!PyUnicode_Check(kind)) {
+        goto done;
+    }
+    if (equals(kind, s_http_request)) {
+        PyObject *body = lookup(message, s_body);
+        if (body == NULL) {
+            result = PyErr_Occurred() ? -1 : 0;
+            goto done;
+        }
+        Py_ssize_t size = PyObject_Length(body);
+        if (size < 0) {
+            result = -1;
+        } else if (size > 0) {
+            state->request_size += size;
+            if (state->request_left > 0) {
+                result = keep_part(state->request_parts, body, size, &state->request_left);
+            }
+        }
+        Py_DECREF(body);
+    } else if (equals(kind, s_http_disconnect)) {
+        state->disconnected = 1;
+    }
+done:
+    Py_DECREF(kind);
+    return result;
+}
+
+/* The app's message to the server. */
+static int watch_sent(StateObject *state, PyObject *message) {
+    if (!PyDict_Check(message) && !PyMapping_Check(message)) {
+        return 0;
+    }
+    PyObject *kind = lookup(message, s_type);
+    if (kind == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    int result = 0;
+    if (!PyUnicode_Check(kind)) {
+        goto done;
+    }
+    if (equals(kind, s_response_body)) {
+        PyObject *body = lookup(message, s_body);
+        if (body != NULL) {
+            Py_ssize_t size = PyObject_Length(body);
+            if (size < 0) {
+                result = -1;
+            } else if (size > 0) {
+                if (state->response_size == 0) {
+                    state->first_body = perf_now();  /* time to first byte or token */
+                }
+                state->response_size += size;
+                if (state->response_left > 0) {
+                    result = keep_part(state->response_parts, body, size, &state->response_left);
+                }
+            }
+            Py_DECREF(body);
+        } else if (PyErr_Occurred()) {
+            result = -1;
+        }
+        if (result == 0 && state->ended < 0) {
+            int more = is_true_value(message, s_more_body);
+            if (more < 0) {
+                result = -1;
+            } else if (!more) {
+                state->ended = perf_now();
+            }
+        }
+    } else if (equals(kind, s_response_start)) {
+        PyObject *status = lookup(message, s_status);
+        if (status == NULL) {
+            result = PyErr_Occurred() ? -1 : 0;
+            goto done;
+        }
+        long value = PyLong_AsLong(status);
+        Py_DECREF(status);
+        if (value == -1 && PyErr_Occurred()) {
+            result = -1;
+            goto done;
+        }
+        state->status = value;
+        PyObject *headers = lookup(message, s_headers);
+        if (headers == NULL && PyErr_Occurred()) {
+            result = -1;
+            goto done;
+        }
+        if (headers != NULL) {
+            int truth = PyObject_IsTrue(headers);
+            if (truth > 0) {
+                Py_XSETREF(state->response_headers, headers);
+                headers = NULL;
+            }
+            Py_XDECREF(headers);
+            if (truth < 0) {
+                result = -1;
+                goto done;
+            }
+        }
+        state->response_started = perf_now();
+    } else if (equals(kind, s_response_pathsend)) {
+        state->ended = perf_now();
+    } else if (equals(kind, s_response_trailers)) {
+        int more = is_true_value(message, s_more_trailers);
+        if (more < 0) {
+            result = -1;
+        } else if (!more) {
+            state->ended = perf_now();
+        }
+    }
+done:
+    Py_DECREF(kind);
+    return result;
+}
+
+/* The wrapped `send`: note the message, then hand the server's own awaitable back. */
+static PyObject *state_call(StateObject *self, PyObject *args, PyObject *kwargs) {
+    PyObject *message;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        return PyObject_Call(self->send, args, kwargs);
+    }
+    if (!PyArg_UnpackTuple(args, "send", 1, 1, &message)) {
+        return NULL;
+    }
+    if (watch_sent(self, message) < 0) {
+        PyErr_Clear();
+        note_error(self->capture, s_capture);
+    }
+    return PyObject_CallOneArg(self->send, message);
+}
+
+static int state_traverse(StateObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->capture);
+    Py_VISIT(self->send);
+    Py_VISIT(self->request_parts);
+    Py_VISIT(self->response_parts);
+    Py_VISIT(self->response_headers);
+    return 0;
+}
+
+static int state_clear(StateObject *self) {
+    Py_CLEAR(self->capture);
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->request_parts);
+    Py_CLEAR(self->response_parts);
+    Py_CLEAR(self->response_headers);
+    return 0;
+}
+
+static void state_dealloc(StateObject *self) {
+    PyObject_GC_UnTrack(self);
+    state_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject StateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "modeltap._speedups.TapSend",
+    .tp_basicsize = sizeof(StateObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The app's send, watched by capture.",
+    .tp_call = (ternaryfunc)state_call,
+    .tp_traverse = (traverseproc)state_traverse,
+    .tp_clear = (inquiry)state_clear,
+    .tp_dealloc = (destructor)state_dealloc,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* ReceiveTap: the wrapped `receive`; each call returns a ReceiveAwait                        */
+
+typedef struct {
+    PyObject_HEAD
+    StateObject *state;
+    PyObject *receive;
+} ReceiveTapObject;
+
+typedef struct {
+    PyObject_HEAD
+    StateObject *state;
+    PyObject *inner;  /* the server's receive awaitable's iterator; NULL once done */
+} ReceiveAwaitObject;
+
+static PyTypeObject ReceiveTapType, ReceiveAwaitType;
+
+static PyObject *receive_tap_call(ReceiveTapObject *self, PyObject *args, PyObject *kwargs) {
+    PyObject *awaitable = PyObject_Call(self->receive, args, kwargs);
+    if (awaitable == NULL) {
+        return NULL;
+    }
+    PyObject *inner = awaitable_iterator(awaitable);
+    Py_DECREF(awaitable);
+    if (inner == NULL) {
+        return NULL;
+    }
+    ReceiveAwaitObject *waiting = PyObject_GC_New(ReceiveAwaitObject, &ReceiveAwaitType);
+    if (waiting == NULL) {
+        Py_DECREF(inner);
+        return NULL;
+    }
+    Py_INCREF(self->state);
+    waiting->state = self->state;
+    waiting->inner = inner;
+    PyObject_GC_Track(waiting);
+    return (PyObject *)waiting;
+}
+
+static int receive_tap_traverse(ReceiveTapObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->state);
+    Py_VISIT(self->receive);
+    return 0;
+}
+
+static int receive_tap_clear(ReceiveTapObject *self) {
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->receive);
+    return 0;
+}
+
+static void receive_tap_dealloc(ReceiveTapObject *self) {
+    PyObject_GC_UnTrack(self);
+    receive_tap_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ReceiveTapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "modeltap._speedups.TapReceive",
+    .tp_basicsize = sizeof(ReceiveTapObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The app's receive, watched by capture.",
+    .tp_call = (ternaryfunc)receive_tap_call,
+    .tp_traverse = (traverseproc)receive_tap_traverse,
+    .tp_clear = (inquiry)receive_tap_clear,
+    .tp_dealloc = (destructor)receive_tap_dealloc,
+};
+
+/* The server's message arrived: note it (never failing the app) and pass it on. */
+static void receive_arrived(ReceiveAwaitObject *self, PyObject *message) {
+    Py_CLEAR(self->inner);
+    if (watch_received(self->state, message) < 0) {
+        PyErr_Clear();
+        note_error(self->state->capture, s_capture);
+    }
+}
+
+static PySendResult receive_await_send(ReceiveAwaitObject *self, PyObject *arg, PyObject **result) {
+    if (self->inner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited receive");
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    PySendResult status = PyIter_Send(self->inner, arg, result);
+    if (status == PYGEN_RETURN) {
+        receive_arrived(self, *result);
+    } else if (status == PYGEN_ERROR) {
+        Py_CLEAR(self->inner);
+    }
+    return status;
+}
+
+/* Shared by the awaitables: a send result as an iterator's return (StopIteration on return). */
+static PyObject *as_iterator_result(PySendResult status, PyObject *result) {
+    if (status == PYGEN_RETURN) {
+        if (result == Py_None) {
+            Py_DECREF(result);
+            PyErr_SetNone(PyExc_StopIteration);
+        } else {
+            set_stop_iteration(result);
+            Py_DECREF(result);
+        }
+        return NULL;
+    }
+    return result;  /* yielded, or NULL with the error set */
+}
+
+static PyObject *receive_await_iternext(ReceiveAwaitObject *self) {
+    PyObject *result;
+    PySendResult status = receive_await_send(self, Py_None, &result);
+    if (status == PYGEN_RETURN && result == Py_None) {
+        Py_DECREF(result);
+        return NULL;  /* exhausted iterator: StopIteration without a value */
+    }
+    return as_iterator_result(status, result);
+}
+
+static PyObject *receive_await_send_method(ReceiveAwaitObject *self, PyObject *arg) {
+    PyObject *result;
+    PySendResult status = receive_await_send(self, arg, &result);
+    return as_iterator_result(status, result);
+}
+
+/* After `inner.throw(...)` or a method that may end the iterator: StopIteration means returned. */
+static PyObject *receive_after_throw(ReceiveAwaitObject *self, PyObject *result) {
+    if (result != NULL) {
+        return result;  /* the inner awaitable yielded again */
+    }
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyObject *stop = take_exception();
+        PyObject *value = PyObject_GetAttrString(stop, "value");
+        if (value == NULL) {
+            Py_DECREF(stop);
+            Py_CLEAR(self->inner);
+            return NULL;
+        }
+        receive_arrived(self, value);
+        Py_DECREF(value);
+        restore_exception(stop);
+    } else {
+        Py_CLEAR(self->inner);
+    }
+    return NULL;
+}
+
+static PyObject *receive_await_throw(ReceiveAwaitObject *self, PyObject *args) {
+    if (self->inner == NULL) {
+        return raise_thrown(args);
+    }
+    PyObject *throw = PyObject_GetAttr(self->inner, s_throw);
+    if (throw == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_Call(throw, args, NULL);
+    Py_DECREF(throw);
+    return receive_after_throw(self, result);
+}
+
+static PyObject *close_iterator(PyObject *inner) {
+    PyObject *close = PyObject_GetAttr(inner, s_close);
+    if (close == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        Py_RETURN_NONE;  /* an iterator without close(): nothing to close */
+    }
+    PyObject *result = PyObject_CallNoArgs(close);
+    Py_DECREF(close);
+    return result;
+}
+
+static PyObject *receive_await_close(ReceiveAwaitObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->inner == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *inner = self->inner;
+    self->inner = NULL;
+    PyObject *result = close_iterator(inner);
+    Py_DECREF(inner);
+    return result;
+}
+
+static PyObject *self_await(PyObject *self) {
+    Py_INCREF(self);
+    return self;
+}
+
+static int receive_await_traverse(ReceiveAwaitObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->state);
+    Py_VISIT(self->inner);
+    return 0;
+}
+
+static int receive_await_clear(ReceiveAwaitObject *self) {
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->inner);
+    return 0;
+}
+
+static void receive_await_dealloc(ReceiveAwaitObject *self) {
+    PyObject_GC_UnTrack(self);
+    receive_await_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyAsyncMethods receive_await_async = {
+    .am_await = self_await,
+    .am_send = (sendfunc)receive_await_send,
+};
+
+static PyMethodDef receive_await_methods[] = {
+    {"send", (PyCFunction)receive_await_send_method, METH_O, NULL},
+    {"throw", (PyCFunction)receive_await_throw, METH_VARARGS, NULL},
+    {"close", (PyCFunction)receive_await_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReceiveAwaitType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "modeltap._speedups.TapReceiveAwaitable",
+    .tp_basicsize = sizeof(ReceiveAwaitObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_as_async = &receive_await_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)receive_await_iternext,
+    .tp_methods = receive_await_methods,
+    .tp_traverse = (traverseproc)receive_await_traverse,
+    .tp_clear = (inquiry)receive_await_clear,
+    .tp_dealloc = (destructor)receive_await_dealloc,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Exchange: the awaitable one capture call returns; it runs the app                          */
+
+typedef struct {
+    PyObject_HEAD
+    CaptureObject *capture;
+    PyObject *scope, *receive, *send;
+    StateObject *state;
+    PyObject *inner;  /* the app's awaitable's iterator while it runs */
+    PyObject *root_path_at_start;
+    PyObject *ids;    /* TraceIds or NULL */
+    PyObject *token;  /* the attached context's token or NULL */
+    long long start_ns;
+    double started;
+    long weight, payload_weight;
+    int phase;        /* 0 not started, 1 running, 2 done */
+} ExchangeObject;
+
+static PyTypeObject ExchangeType;
+
+static PyObject *double_or_none(double value) {
+    if (value < 0) {
+        Py_RETURN_NONE;
+    }
+    return PyFloat_FromDouble(value);
+}
+
+/* The app returned or raised (`exception` is borrowed, or NULL): offer the record. Never
+ * raises; any pending exception is kept. */
+static void exchange_finish(ExchangeObject *self, PyObject *exception) {
+    CaptureObject *capture = self->capture;
+    StateObject *state = self->state;
+    self->phase = 2;
+    Py_CLEAR(self->inner);
+    PyObject *pending = PyErr_Occurred() ? take_exception() : NULL;
+    if (self->token != NULL) {
+        PyObject *done = PyObject_CallOneArg(capture->detach, self->token);
+        if (done == NULL) {
+            PyErr_Clear();
+            note_error(capture, s_trace_detach);
+        }
+        Py_XDECREF(done);
+        Py_CLEAR(self->token);
+    }
+    if (capture->cold_left > 0) {
+        capture->cold_left -= 1;
+        if (PyObject_SetItem(self->scope, capture->cold_start_key, Py_True) < 0) {
+            PyErr_Clear();
+            note_error(capture, s_capture);
+        }
+    }
+    if (state == NULL) {  /* the app was never called: nothing to offer */
+        if (pending != NULL) {
+            restore_exception(pending);
+        }
+        return;
+    }
+    if (state->status && !capture->answered) {
+        capture->answered = 1;
+        PyObject *when = PyLong_FromLongLong(wall_ns());
+        PyObject *done = when ? PyObject_CallMethodOneArg(capture->sink, s_note_first_answer, when) : NULL;
+        if (done == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(done);
+        Py_XDECREF(when);
+    }
+    PyObject *exception_type = Py_None;
+    Py_INCREF(exception_type);
+    if (exception != NULL) {
+        PyObject *name = PyObject_GetAttr((PyObject *)Py_TYPE(exception), s_qualname);
+        if (name == NULL) {
+            PyErr_Clear();
+        } else {
+            Py_SETREF(exception_type, name);
+        }
+    }
+    Py_ssize_t cap = capture->cap;
+    Py_ssize_t kept = (self->payload_weight ? 2 * cap : 0) - state->request_left - state->response_left;
+    PyObject *headers = state->response_headers != NULL ? state->response_headers : no_headers;
+    double finished = perf_now();
+    PyObject *record;
+    if (capture->encoder != Py_None) {
+        /* Process mode: the record leaves as bytes now; the scope is let go with the exchange. */
+        RecordFields fields = {
+            .scope = self->scope,
+            .root_path_at_start = self->root_path_at_start,
+            .start_ns = self->start_ns,
+            .response_started = state->response_started < 0 ? Py_NAN : state->response_started - self->started,
+            .ended = state->ended < 0 ? Py_NAN : state->ended - self->started,
+            .finished = finished - self->started,
+            .first_body = state->first_body < 0 ? Py_NAN : state->first_body - self->started,
+            .status = state->status,
+            .request_size = self->payload_weight ? state->request_size : -1,
+            .response_size = state->response_size,
+            .weight = self->weight,
+            .payload_weight = self->payload_weight,
+            .disconnected = state->disconnected,
+            .response_headers = headers,
+            .request_parts = state->request_parts,
+            .response_parts = state->response_parts,
+            .exception_type = exception_type,
+            .ids = self->ids != NULL ? self->ids : Py_None,
+        };
+        record = encode_fields((EncoderObject *)capture->encoder, &fields);
+    } else {
+        record = PyTuple_New(19);
+        if (record != NULL) {
+            PyObject *items[19] = {
+                self->scope,
+                self->root_path_at_start,
+                PyLong_FromLongLong(self->start_ns),
+                PyFloat_FromDouble(self->started),
+                double_or_none(state->response_started),
+                double_or_none(state->ended),
+                PyFloat_FromDouble(finished),
+                PyLong_FromLong(state->status),
+                headers,
+                state->request_parts,
+                PyLong_FromSsize_t(self->payload_weight ? state->request_size : (Py_ssize_t)-1),
+                state->response_parts,
+                PyLong_FromSsize_t(state->response_size),
+                exception_type,
+                PyBool_FromLong(state->disconnected),
+                self->ids != NULL ? self->ids : Py_None,
+                PyLong_FromLong(self->weight),
+                PyLong_FromLong(self->payload_weight),
+                double_or_none(state->first_body),
+            };
+            /* Borrowed ones get a reference of their own; new ones are given to the tuple. */
+            static const int borrowed[19] = {1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 0, 0};
+            int complete = 1;
+            for (int i = 0; i < 19; i++) {
+                if (items[i] == NULL) {
+                    complete = 0;
+                    continue;
+                }
+                if (borrowed[i]) {
+                    Py_INCREF(items[i]);
+                }
+                PyTuple_SET_ITEM(record, i, items[i]);
+            }
+            if (!complete) {
+                Py_CLEAR(record);  /* the tuple's NULL slots are skipped by its dealloc */
+            }
+        }
+    }
+    Py_DECREF(exception_type);
+    if (record == NULL) {
+        PyErr_Clear();
+        note_error(capture, s_capture);
+    } else {
+        PyObject *size = PyLong_FromSsize_t(kept);
+        PyObject *offered = NULL;
+        if (size != NULL) {
+            PyObject *call_args[2] = {record, size};
+            offered = PyObject_Vectorcall(capture->offer, call_args, 2, NULL);
+        }
+        if (offered == NULL) {
+            PyErr_Clear();
+            note_error(capture, s_capture);
+        }
+        Py_XDECREF(offered);
+        Py_XDECREF(size);
+        Py_DECREF(record);
+    }
+    if (pending != NULL) {
+        restore_exception(pending);
+    }
+}
+
+/* 1: a new root trace was decided here (`*ids` None or new TraceIds); 0: ask `start_trace`
+ * (a current OpenTelemetry context, or a `traceparent` header, needs the Python form); -1: error.
+ * The same draws as `TraceSampler.new_sampled_trace_id`: the ratio-tested low half first. */
+static int new_root_trace(CaptureObject *capture, PyObject *headers, PyObject **ids) {
+    PyObject *context = NULL;
+    if (PyContextVar_Get(capture->context_var, NULL, &context) < 0) {
+        return -1;
+    }
+    int empty = context == NULL || (PyDict_Check(context) && PyDict_GET_SIZE(context) == 0);
+    Py_XDECREF(context);
+    if (!empty) {
+        return 0;
+    }
+    if (headers != NULL) {
+        if (!PyList_CheckExact(headers)) {
+            return 0;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+            PyObject *pair = PyList_GET_ITEM(headers, i);
+            if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+                return 0;
+            }
+            PyObject *name = PyTuple_GET_ITEM(pair, 0);
+            if (!PyBytes_CheckExact(name)) {
+                return 0;
+            }
+            if (PyBytes_GET_SIZE(name) == 11 && memcmp(PyBytes_AS_STRING(name), "traceparent", 11) == 0) {
+                return 0;
+            }
+        }
+    }
+    PyObject *bound_object = PyObject_GetAttr(capture->sampler, s_bound);
+    if (bound_object == NULL) {
+        return -1;
+    }
+    int everything = 0;
+    unsigned long long bound = PyLong_AsUnsignedLongLong(bound_object);
+    Py_DECREF(bound_object);
+    if (bound == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        everything = 1;  /* 2**64: every trace */
+    }
+    PyObject *call_args[1] = {bits_64};
+    PyObject *low = PyObject_Vectorcall(capture->getrandbits, call_args, 1, NULL);
+    if (low == NULL) {
+        return -1;
+    }
+    unsigned long long low_value = PyLong_AsUnsignedLongLong(low);
+    if (low_value == (unsigned long long)-1 && PyErr_Occurred()) {
+        Py_DECREF(low);
+        return -1;
+    }
+    if (!everything && low_value >= bound) {
+        Py_DECREF(low);
+        Py_INCREF(Py_None);
+        *ids = Py_None;
+        return 1;
+    }
+    PyObject *trace_id = NULL, *span_id = NULL;
+    while (trace_id == NULL) {
+        PyObject *high = PyObject_Vectorcall(capture->getrandbits, call_args, 1, NULL);
+        PyObject *shifted = high ? PyNumber_Lshift(high, bits_64) : NULL;
+        PyObject *combined = shifted ? PyNumber_Or(shifted, low) : NULL;
+        Py_XDECREF(high);
+        Py_XDECREF(shifted);
+        if (combined == NULL) {
+            Py_DECREF(low);
+            return -1;
+        }
+        int zero = PyObject_Not(combined);
+        if (zero) {
+            Py_DECREF(combined);
+            if (zero < 0) {
+                Py_DECREF(low);
+                return -1;
+            }
+        } else {
+            trace_id = combined;
+        }
+    }
+    Py_DECREF(low);
+    while (span_id == NULL) {
+        PyObject *drawn = PyObject_Vectorcall(capture->getrandbits, call_args, 1, NULL);
+        if (drawn == NULL) {
+            Py_DECREF(trace_id);
+            return -1;
+        }
+        int zero = PyObject_Not(drawn);
+        if (zero) {
+            Py_DECREF(drawn);
+            if (zero < 0) {
+                Py_DECREF(trace_id);
+                return -1;
+            }
+        } else {
+            span_id = drawn;
+        }
+    }
+    PyObject *fields[7] = {trace_id, span_id, zero_int, Py_False, Py_True, s_empty, Py_False};
+    *ids = PyObject_Vectorcall(capture->trace_ids, fields, 7, NULL);
+    Py_DECREF(trace_id);
+    Py_DECREF(span_id);
+    return *ids == NULL ? -1 : 1;
+}
+
+/* Start: trace identity, the wrappers, the app's coroutine. Returns -1 with an exception
+ * raised by the app's call itself (the record is then offered with it). */
+static int exchange_start(ExchangeObject *self) {
+    CaptureObject *capture = self->capture;
+    self->phase = 1;
+    self->started = perf_now();
+    self->start_ns = wall_ns();
+    PyObject *root = lookup(self->scope, s_root_path);
+    if (root == NULL) {
+        PyErr_Clear();
+        Py_INCREF(s_empty);
+        root = s_empty;
+    }
+    self->root_path_at_start = root;
+    if (capture->start_trace != Py_None) {
+        PyObject *headers = lookup(self->scope, s_headers);
+        if (headers == NULL) {
+            PyErr_Clear();
+        }
+        PyObject *ids = NULL;
+        int truth = headers != NULL ? PyObject_IsTrue(headers) : 0;
+        if (truth < 0) {
+            PyErr_Clear();
+            truth = 0;
+        }
+        int decided = capture->context_var != NULL ? new_root_trace(capture, truth ? headers : NULL, &ids) : 0;
+        if (decided < 0) {
+            PyErr_Clear();  /* the Python form decides instead */
+            decided = 0;
+        }
+        if (!decided) {
+            ids = PyObject_CallOneArg(capture->start_trace, truth ? headers : no_headers);
+        }
+        Py_XDECREF(headers);
+        if (ids == NULL) {
+            PyErr_Clear();
+            note_error(capture, s_trace_start);
+        } else if (ids != Py_None) {
+            self->ids = ids;
+            ids = NULL;
+            /* enriched_local_span (field 6): another instrumentation's span stays current. */
+            PyObject *enriched = PyTuple_Check(self->ids) && PyTuple_GET_SIZE(self->ids) > 6
+                                     ? PyTuple_GET_ITEM(self->ids, 6)
+                                     : Py_True;
+            if (!PyObject_IsTrue(enriched)) {
+                self->token = PyObject_CallOneArg(capture->attach, self->ids);
+                if (self->token == NULL) {
+                    PyErr_Clear();
+                    note_error(capture, s_trace_start);
+                }
+            }
+        }
+        Py_XDECREF(ids);
+    }
+    StateObject *state = PyObject_GC_New(StateObject, &StateType);
+    if (state == NULL) {
+        return -1;
+    }
+    Py_INCREF(capture);
+    state->capture = capture;
+    Py_INCREF(self->send);
+    state->send = self->send;
+    state->request_parts = PyList_New(0);
+    state->response_parts = PyList_New(0);
+    state->response_headers = NULL;
+    Py_ssize_t left = self->payload_weight ? capture->cap : 0;
+    state->request_left = state->response_left = left;
+    state->request_size = state->response_size = 0;
+    state->response_started = state->first_body = state->ended = -1.0;
+    state->status = 0;
+    state->disconnected = 0;
+    PyObject_GC_Track(state);
+    self->state = state;
+    if (state->request_parts == NULL || state->response_parts == NULL) {
+        return -1;
+    }
+    ReceiveTapObject *receive = PyObject_GC_New(ReceiveTapObject, &ReceiveTapType);
+    if (receive == NULL) {
+        return -1;
+    }
+    Py_INCREF(state);
+    receive->state = state;
+    Py_INCREF(self->receive);
+    receive->receive = self->receive;
+    PyObject_GC_Track(receive);
+    PyObject *awaitable = PyObject_CallFunctionObjArgs(capture->app, self->scope, (PyObject *)receive,
+                                                       (PyObject *)state, NULL);
+    Py_DECREF(receive);
+    if (awaitable == NULL) {
+        return -1;
+    }
+    self->inner = awaitable_iterator(awaitable);
+    Py_DECREF(awaitable);
+    return self->inner == NULL ? -1 : 0;
+}
+
+/* The app's iterator reported `status`: finish on return or error. */
+static PySendResult exchange_after(ExchangeObject *self, PySendResult status) {
+    if (status == PYGEN_RETURN) {
+        exchange_finish(self, NULL);
+    } else if (status == PYGEN_ERROR) {
+        PyObject *exception = take_exception();
+        exchange_finish(self, exception);
+        restore_exception(exception);
+    }
+    return status;
+}
+
+static PySendResult exchange_send(ExchangeObject *self, PyObject *arg, PyObject **result) {
+    if (self->phase == 0) {
+        if (exchange_start(self) < 0) {
+            *result = NULL;
+            return exchange_after(self, PYGEN_ERROR);
+        }
+    } else if (self->phase == 2) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    return exchange_after(self, PyIter_Send(self->inner, arg, result));
+}
+
+static PyObject *exchange_iternext(ExchangeObject *self) {
+    PyObject *result;
+    PySendResult status = exchange_send(self, Py_None, &result);
+    if (status == PYGEN_RETURN && result == Py_None) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return as_iterator_result(status, result);
+}
+
+static PyObject *exchange_send_method(ExchangeObject *self, PyObject *arg) {
+    PyObject *result;
+    PySendResult status = exchange_send(self, arg, &result);
+    return as_iterator_result(status, result);
+}
+
+static PyObject *exchange_throw(ExchangeObject *self, PyObject *args) {
+    if (self->phase != 1) {
+        /* Not running: raise the exception here, as an unstarted coroutine does. */
+        self->phase = 2;
+        return raise_thrown(args);
+    }
+    PyObject *throw = PyObject_GetAttr(self->inner, s_throw);
+    PyObject *result = throw != NULL ? PyObject_Call(throw, args, NULL) : NULL;
+    Py_XDECREF(throw);
+    if (result != NULL) {
+        return result;  /* the app caught it and awaits again */
+    }
+    PyObject *exception = take_exception();
+    if (PyErr_GivenExceptionMatches(exception, PyExc_StopIteration)) {
+        exchange_finish(self, NULL);  /* the app caught it and returned */
+    } else {
+        exchange_finish(self, exception);
+    }
+    restore_exception(exception);
+    return NULL;
+}
+
+static PyObject *exchange_close(ExchangeObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->phase != 1) {
+        self->phase = 2;
+        Py_RETURN_NONE;
+    }
+    PyObject *result = close_iterator(self->inner);
+    /* As the coroutine form records it: the exchange ended by GeneratorExit. */
+    PyObject *exit = PyObject_CallNoArgs(PyExc_GeneratorExit);
+    if (exit == NULL) {
+        PyErr_Clear();
+    }
+    exchange_finish(self, exit);
+    Py_XDECREF(exit);
+    return result;
+}
+
+static void exchange_finalize(ExchangeObject *self) {
+    if (self->phase != 1) {
+        return;
+    }
+    PyObject *pending = PyErr_Occurred() ? take_exception() : NULL;
+    PyObject *result = exchange_close(self, NULL);
+    if (result == NULL) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    Py_XDECREF(result);
+    if (pending != NULL) {
+        restore_exception(pending);
+    }
+}
+
+static int exchange_traverse(ExchangeObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->capture);
+    Py_VISIT(self->scope);
+    Py_VISIT(self->receive);
+    Py_VISIT(self->send);
+    Py_VISIT(self->state);
+    Py_VISIT(self->inner);
+    Py_VISIT(self->root_path_at_start);
+    Py_VISIT(self->ids);
+    Py_VISIT(self->token);
+    return 0;
+}
+
+static int exchange_clear(ExchangeObject *self) {
+    Py_CLEAR(self->capture);
+    Py_CLEAR(self->scope);
+    Py_CLEAR(self->receive);
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->inner);
+    Py_CLEAR(self->root_path_at_start);
+    Py_CLEAR(self->ids);
+    Py_CLEAR(self->token);
+    return 0;
+}
+
+static void exchange_dealloc(ExchangeObject *self) {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;  /* resurrected */
+    }
+    PyObject_GC_UnTrack(self);
+    exchange_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyAsyncMethods exchange_async = {
+    .am_await = self_await,
+    .am_send = (sendfunc)exchange_send,
+};
+
+static PyMethodDef exchange_methods[] = {
+    {"send", (PyCFunction)exchange_send_method, METH_O, NULL},
+    {"throw", (PyCFunction)exchange_throw, METH_VARARGS, NULL},
+    {"close", (PyCFunction)exchange_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ExchangeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "modeltap._speedups.Exchange",
+    .tp_basicsize = sizeof(ExchangeObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One captured exchange: awaiting it runs the app.",
+    .tp_as_async = &exchange_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)exchange_iternext,
+    .tp_methods = exchange_methods,
+    .tp_traverse = (traverseproc)exchange_traverse,
+    .tp_clear = (inquiry)exchange_clear,
+    .tp_dealloc = (destructor)exchange_dealloc,
+    .tp_finalize = (destructor)exchange_finalize,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Capture type                                                                               */
+
+static PyObject *capture_call(CaptureObject *self, PyObject *args, PyObject *kwargs) {
+    PyObject *scope, *receive, *send;
+    long weight, payload_weight;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Capture() takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOll:Capture", &scope, &receive, &send, &weight, &payload_weight)) {
+        return NULL;
+    }
+    ExchangeObject *exchange = PyObject_GC_New(ExchangeObject, &ExchangeType);
+    if (exchange == NULL) {
+        return NULL;
+    }
+    Py_INCREF(self);
+    exchange->capture = self;
+    Py_INCREF(scope);
+    exchange->scope = scope;
+    Py_INCREF(receive);
+    exchange->receive = receive;
+    Py_INCREF(send);
+    exchange->send = send;
+    exchange->state = NULL;
+    exchange->inner = NULL;
+    exchange->root_path_at_start = NULL;
+    exchange->ids = NULL;
+    exchange->token = NULL;
+    exchange->start_ns = 0;
+    exchange->started = 0.0;
+    exchange->weight = weight;
+    exchange->payload_weight = payload_weight;
+    exchange->phase = 0;
+    PyObject_GC_Track(exchange);
+    return (PyObject *)exchange;
+}
+
+static int capture_init(CaptureObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"app", "sink", "offer", "max_body_bytes", "start_trace", "attach",
+                               "detach", "cold_start_key", "cold_start_requests", "encoder",
+                               "context_var", "sampler", "trace_ids", "getrandbits", NULL};
+    PyObject *app, *sink, *offer, *start_trace, *attach, *detach, *cold_start_key, *encoder = Py_None;
+    PyObject *context_var = Py_None, *sampler = Py_None, *trace_ids = Py_None, *getrandbits = Py_None;
+    Py_ssize_t cap, cold = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnOOOU|nOOOOO:Capture", keywords, &app, &sink, &offer,
+                                     &cap, &start_trace, &attach, &detach, &cold_start_key, &cold, &encoder,
+                                     &context_var, &sampler, &trace_ids, &getrandbits)) {
+        return -1;
+    }
+    if (context_var != Py_None) {
+        if (!PyContextVar_CheckExact(context_var) || sampler == Py_None || !PyCallable_Check(trace_ids) ||
+            !PyCallable_Check(getrandbits)) {
+            PyErr_SetString(PyExc_TypeError,
+                            "context_var needs a ContextVar, with sampler, trace_ids and getrandbits");
+            return -1;
+        }
+        Py_INCREF(context_var);
+        Py_XSETREF(self->context_var, context_var);
+        Py_INCREF(sampler);
+        Py_XSETREF(self->sampler, sampler);
+        Py_INCREF(trace_ids);
+        Py_XSETREF(self->trace_ids, trace_ids);
+        Py_INCREF(getrandbits);
+        Py_XSETREF(self->getrandbits, getrandbits);
+    } else {
+        Py_CLEAR(self->context_var);
+        Py_CLEAR(self->sampler);
+        Py_CLEAR(self->trace_ids);
+        Py_CLEAR(self->getrandbits);
+    }
+    if (encoder != Py_None && !PyObject_TypeCheck(encoder, &EncoderType)) {
+        PyErr_SetString(PyExc_TypeError, "encoder must be an Encoder or None");
+        return -1;
+    }
+    Py_INCREF(encoder);
+    Py_XSETREF(self->encoder, encoder);
+    if (cap < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_body_bytes must not be negative");
+        return -1;
+    }
+    Py_INCREF(app);
+    Py_XSETREF(self->app, app);
+    Py_INCREF(sink);
+    Py_XSETREF(self->sink, sink);
+    Py_INCREF(offer);
+    Py_XSETREF(self->offer, offer);
+    Py_INCREF(start_trace);
+    Py_XSETREF(self->start_trace, start_trace);
+    Py_INCREF(attach);
+    Py_XSETREF(self->attach, attach);
+    Py_INCREF(detach);
+    Py_XSETREF(self->detach, detach);
+    Py_INCREF(cold_start_key);
+    Py_XSETREF(self->cold_start_key, cold_start_key);
+    self->cap = cap;
+    self->cold_left = cold > 0 ? cold : 0;
+    self->answered = 0;
+    return 0;
+}
+
+static int capture_traverse(CaptureObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->app);
+    Py_VISIT(self->sink);
+    Py_VISIT(self->offer);
+    Py_VISIT(self->start_trace);
+    Py_VISIT(self->attach);
+    Py_VISIT(self->detach);
+    Py_VISIT(self->cold_start_key);
+    Py_VISIT(self->encoder);
+    Py_VISIT(self->context_var);
+    Py_VISIT(self->sampler);
+    Py_VISIT(self->trace_ids);
+    Py_VISIT(self->getrandbits);
+    return 0;
+}
+
+static int capture_clear(CaptureObject *self) {
+    Py_CLEAR(self->app);
+    Py_CLEAR(self->sink);
+    Py_CLEAR(self->offer);
+    Py_CLEAR(self->start_trace);
+    Py_CLEAR(self->attach);
+    Py_CLEAR(self->detach);
+    Py_CLEAR(self->cold_start_key);
+    Py_CLEAR(self->encoder);
+    Py_CLEAR(self->context_var);
+    Py_CLEAR(self->sampler);
+    Py_CLEAR(self->trace_ids);
+    Py_CLEAR(self->getrandbits);
+    return 0;
+}
+
+static void capture_dealloc(CaptureObject *self) {
+    PyObject_GC_UnTrack(self);
+    capture_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *capture_get_cold_left(CaptureObject *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromSsize_t(self->cold_left);
+}
+
+static PyObject *capture_get_encoder(CaptureObject *self, void *Py_UNUSED(closure)) {
+    PyObject *encoder = self->encoder != NULL ? self->encoder : Py_None;
+    Py_INCREF(encoder);
+    return encoder;
+}
+
+static int capture_set_encoder(CaptureObject *self, PyObject *value, void *Py_UNUSED(closure)) {
+    if (value == NULL || (value != Py_None && !PyObject_TypeCheck(value, &EncoderType))) {
+        PyErr_SetString(PyExc_TypeError, "encoder must be an Encoder or None");
+        return -1;
+    }
+    Py_INCREF(value);
+    Py_XSETREF(self->encoder, value);
+    return 0;
+}
+
+static PyGetSetDef capture_getset[] = {
+    {"cold_left", (getter)capture_get_cold_left, NULL, "exchanges still marked as the cold start", NULL},
+    {"encoder", (getter)capture_get_encoder, (setter)capture_set_encoder,
+     "Encoder: records are offered as bytes; None: as the raw tuple", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CaptureType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "modeltap._speedups.Capture",
+    .tp_basicsize = sizeof(CaptureObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Capture(app, sink, offer, max_body_bytes, start_trace, attach, detach, cold_start_key, "
+              "cold_start_requests=0): the compiled request path of modeltap's capture.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)capture_init,
+    .tp_call = (ternaryfunc)capture_call,
+    .tp_getset = capture_getset,
+    .tp_traverse = (traverseproc)capture_traverse,
+    .tp_clear = (inquiry)capture_clear,
+    .tp_dealloc = (destructor)capture_dealloc,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Module                                                                                     */
+
+static int intern_all(void) {
+#define INTERN(var, text) \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
+    INTERN(s_type, "type");
+    INTERN(s_body, "body");
+    INTERN(s_more_body, "more_body");
+    INTERN(s_status, "status");
+    INTERN(s_headers, "headers");
+    INTERN(s_more_trailers, "more_trailers");
+    INTERN(s_root_path, "root_path");
+    INTERN(s_http_request, "http.request");
+    INTERN(s_http_disconnect, "http.disconnect");
+    INTERN(s_response_body, "http.response.body");
+    INTERN(s_response_start, "http.response.start");
+    INTERN(s_response_pathsend, "http.response.pathsend");
+    INTERN(s_response_trailers, "http.response.trailers");
+    INTERN(s_empty, "");
+    INTERN(s_throw, "throw");
+    INTERN(s_close, "close");
+    INTERN(s_qualname, "__qualname__");
+    INTERN(s_capture, "capture");
+    INTERN(s_trace_start, "trace_start");
+    INTERN(s_trace_detach, "trace_detach");
+    INTERN(s_note_internal_error, "note_internal_error");
+    INTERN(s_note_first_answer, "note_first_answer");
+    INTERN(s_method, "method");
+    INTERN(s_scheme, "scheme");
+    INTERN(s_http_version, "http_version");
+    INTERN(s_path, "path");
+    INTERN(s_query_string, "query_string");
+    INTERN(s_client, "client");
+    INTERN(s_server, "server");
+    INTERN(s_GET, "GET");
+    INTERN(s_http, "http");
+    INTERN(s_1_1, "1.1");
+    INTERN(s_bound, "_bound");
+#undef INTERN
+    no_headers = PyList_New(0);
+    bits_64 = PyLong_FromLong(64);
+    zero_int = PyLong_FromLong(0);
+    return no_headers == NULL || bits_64 == NULL || zero_int == NULL ? -1 : 0;
+}
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "modeltap._speedups",
+    .m_doc = "modeltap's request path in compiled code (optional; pure-Python fallbacks exist).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    if (intern_all() < 0) {
+        return NULL;
+    }
+    PyTypeObject *types[] = {&StateType, &ReceiveTapType, &ReceiveAwaitType, &ExchangeType, &CaptureType,
+                             &EncoderType};
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        if (PyType_Ready(types[i]) < 0) {
+            return NULL;
+        }
+    }
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddType(module, &CaptureType) < 0 || PyModule_AddType(module, &EncoderType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

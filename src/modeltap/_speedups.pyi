@@ -1,0 +1,41 @@
+"""The compiled request path (see `_speedups.c`); optional, with pure-Python equivalents."""
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+class Capture:
+    cold_left: int
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        sink: Any,
+        offer: Callable[[tuple[Any, ...], int], object],
+        max_body_bytes: int,
+        start_trace: Callable[[Any], Any] | None,
+        attach: Callable[[Any], object],
+        detach: Callable[[Any], object],
+        cold_start_key: str,
+        cold_start_requests: int = 0,
+        encoder: Encoder | None = None,
+        context_var: Any = None,
+        sampler: Any = None,
+        trace_ids: Callable[..., Any] | None = None,
+        getrandbits: Callable[[int], int] | None = None,
+    ) -> None: ...
+    encoder: Encoder | None
+    def __call__(
+        self, scope: Any, receive: Any, send: Any, weight: int, payload_weight: int, /
+    ) -> Awaitable[None]: ...
+
+class Encoder:
+    def __init__(
+        self,
+        request_headers: frozenset[bytes],
+        response_headers: frozenset[bytes],
+        route_of: Callable[[Any, str], str | None],
+        route_key: str,
+        template_key: str,
+        proxy_error_key: str,
+        cold_start_key: str,
+    ) -> None: ...
+    def encode(self, raw: tuple[Any, ...], /) -> bytes: ...
