@@ -28,9 +28,10 @@ from opentelemetry import trace as otel_trace
 from modeltap.capture import compiled
 from modeltap.capture.exchange import PyExchangeCapture, TraceStarter, exchange_capture
 from modeltap.capture.trace_context import TraceSampler
-from modeltap.config import SamplerConfig
+from modeltap.config import ModelTapConfig, SamplerConfig
 from modeltap.handoff.framing import compiled_encoder, decode_record
 from modeltap.records import COLD_START_KEY, ExchangeRecord, RawRecord
+from modeltap.worker.tap import Tap
 from tests.unit.handoff.test_framing import (
     FAST,
     REQUEST_WANTED,
@@ -512,3 +513,21 @@ def test_the_python_form_is_what_the_environment_switch_selects(monkeypatch: pyt
     assert compiled_encoder(REQUEST_WANTED, RESPONSE_WANTED) is None
     monkeypatch.setenv(compiled.PURE_PYTHON_ENV, "0")
     assert not isinstance(chosen(), PyExchangeCapture)
+
+
+def test_records_queued_encoded_are_analysed_after_a_fall_back_to_inline(clean_otel_env: None) -> None:
+    """A tap that falls back to analysing in its own process may find records the compiled
+    capture already encoded for a monitor in its queue: they are decoded, not lost."""
+    tap = Tap(echo, ModelTapConfig.from_env(model_name="m", monitor="inline", views_prefix=None))
+    tap.start()
+    try:
+        request = REQUESTS["one body"]
+        raw = run_form("python", echo, request)[0]
+        native = compiled_encoder(REQUEST_WANTED, RESPONSE_WANTED)
+        assert tap.queue.offer(native.encode(raw), 10)
+        assert tap.queue.offer(raw, 10)
+        assert tap.flush(5.0)
+        assert tap.analyzer.records_processed == 2
+        assert sum(point.count for point in tap.latest_snapshot().duration) == 2
+    finally:
+        tap.shutdown()

@@ -1,8 +1,12 @@
-"""RecordQueue.drain: bounded in records, and in bytes when asked (the shipper's batches)."""
+"""RecordQueue: drains bounded in records, and in bytes when asked (the shipper's batches); drops
+counted by the exchanges a record stands for, raw or encoded."""
 
 from __future__ import annotations
 
+import time
+
 from modeltap.capture.record_queue import RECORD_OVERHEAD_BYTES, RecordQueue
+from modeltap.records import ENCODED_HEAD, weight_of
 
 MIB = 1024 * 1024
 
@@ -56,3 +60,27 @@ def test_a_dropped_record_counts_the_exchanges_it_stands_for() -> None:
     small.unavailable = True
     assert not small.offer(weighted(2), RECORD_OVERHEAD_BYTES)
     assert (small.dropped_unavailable, small.dropped_bytes) == (2, 4)
+
+
+def test_a_batch_that_fits_the_byte_bound_is_taken_whole_up_to_the_limit() -> None:
+    queue = filled([100] * 300)
+    assert queue.drain(256, max_bytes=4 * MIB) == [(i,) for i in range(256)]
+    assert queue.drained_bytes == 256 * (100 + RECORD_OVERHEAD_BYTES)
+    assert queue.drain(256, max_bytes=4 * MIB) == [(i,) for i in range(256, 300)]
+    assert queue.pending_bytes == 0
+
+
+def encoded(weight: int, start_ns: int = 0, ended_s: float = 0.5) -> bytes:
+    """An encoded record's head (what the compiled capture queues), as `framing` lays it out."""
+    nan = float("nan")
+    return ENCODED_HEAD.pack(start_ns, nan, ended_s, 1.0, nan, 200, 0, 0, weight, weight, 0, -1, -1)
+
+
+def test_an_encoded_record_counts_its_weight_when_dropped_and_its_age_from_its_end() -> None:
+    queue = RecordQueue(max_records=1, max_bytes=256 * MIB)
+    started = time.time_ns() - 10 * 10**9
+    assert queue.offer(encoded(1, started, ended_s=2.0), 0)
+    assert not queue.offer(encoded(16), 0)
+    assert queue.dropped_full == 16
+    assert 7.5 < queue.oldest_age_s() < 9.0  # ended 2 s after a start 10 s ago
+    assert weight_of(b"short") == 1

@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from modeltap._types import ASGIApp
 from modeltap.alerts.rollback import route_report
+from modeltap.capture import compiled
 from modeltap.capture.exchange import Capture, TraceStarter, exchange_capture
 from modeltap.capture.record_queue import RecordQueue
 from modeltap.capture.routes import RouteTemplates
@@ -206,6 +207,11 @@ class Tap:
             if self.mode == "process" and self._local_spans is None
             else None
         )
+        if not compiled.AVAILABLE:
+            _log.info(
+                "modeltap: the compiled capture (modeltap._speedups) is not built here; "
+                "capturing in pure Python (same records, more CPU on the serving core)"
+            )
         self.capture = exchange_capture(
             self._app,
             self,
