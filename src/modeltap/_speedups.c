@@ -1266,9 +1266,10 @@ static PyObject *as_iterator_result(PySendResult status, PyObject *result) {
     return result;  /* yielded, or NULL with the error set */
 }
 
-static PyObject *receive_await_iternext(ReceiveAwaitObject *self) {
+/* The iterator protocol of both awaitables, from their `am_send`. */
+static PyObject *next_by(sendfunc send, PyObject *self) {
     PyObject *result;
-    PySendResult status = receive_await_send(self, Py_None, &result);
+    PySendResult status = send(self, Py_None, &result);
     if (status == PYGEN_RETURN && result == Py_None) {
         Py_DECREF(result);
         return NULL;  /* exhausted iterator: StopIteration without a value */
@@ -1276,10 +1277,18 @@ static PyObject *receive_await_iternext(ReceiveAwaitObject *self) {
     return as_iterator_result(status, result);
 }
 
-static PyObject *receive_await_send_method(ReceiveAwaitObject *self, PyObject *arg) {
+static PyObject *send_by(sendfunc send, PyObject *self, PyObject *arg) {
     PyObject *result;
-    PySendResult status = receive_await_send(self, arg, &result);
+    PySendResult status = send(self, arg, &result);
     return as_iterator_result(status, result);
+}
+
+static PyObject *receive_await_iternext(PyObject *self) {
+    return next_by((sendfunc)receive_await_send, self);
+}
+
+static PyObject *receive_await_send_method(PyObject *self, PyObject *arg) {
+    return send_by((sendfunc)receive_await_send, self, arg);
 }
 
 /* After `inner.throw(...)` or a method that may end the iterator: StopIteration means returned. */
@@ -1792,20 +1801,12 @@ static PySendResult exchange_send(ExchangeObject *self, PyObject *arg, PyObject 
     return exchange_after(self, PyIter_Send(self->inner, arg, result));
 }
 
-static PyObject *exchange_iternext(ExchangeObject *self) {
-    PyObject *result;
-    PySendResult status = exchange_send(self, Py_None, &result);
-    if (status == PYGEN_RETURN && result == Py_None) {
-        Py_DECREF(result);
-        return NULL;
-    }
-    return as_iterator_result(status, result);
+static PyObject *exchange_iternext(PyObject *self) {
+    return next_by((sendfunc)exchange_send, self);
 }
 
-static PyObject *exchange_send_method(ExchangeObject *self, PyObject *arg) {
-    PyObject *result;
-    PySendResult status = exchange_send(self, arg, &result);
-    return as_iterator_result(status, result);
+static PyObject *exchange_send_method(PyObject *self, PyObject *arg) {
+    return send_by((sendfunc)exchange_send, self, arg);
 }
 
 static PyObject *exchange_throw(ExchangeObject *self, PyObject *args) {

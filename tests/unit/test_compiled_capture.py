@@ -384,6 +384,21 @@ def test_malformed_messages_pass_through_untouched_and_are_counted() -> None:
     assert len(records) == 1
 
 
+def cancel_inside(capture: Any) -> None:
+    """Run one exchange as a task and cancel it once the app sets `scope["entered"]`; what the
+    task raises is raised here."""
+
+    async def main() -> None:
+        entered = asyncio.Event()
+        server = Server()
+        task = asyncio.ensure_future(capture(scope_of(entered=entered), server.receive, server.send, 1, 1))
+        await entered.wait()
+        task.cancel()
+        await task
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_a_cancelled_exchange_is_recorded_and_the_cancellation_propagates(form: str) -> None:
     records: list[Any] = []
@@ -392,18 +407,8 @@ def test_a_cancelled_exchange_is_recorded_and_the_cancellation_propagates(form: 
         scope["entered"].set()
         await asyncio.sleep(10)
 
-    capture = recording(app, form, records)
-
-    async def main() -> None:
-        entered = asyncio.Event()
-        server = Server()
-        task = asyncio.ensure_future(capture(scope_of(entered=entered), server.receive, server.send, 1, 1))
-        await entered.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    with pytest.raises(asyncio.CancelledError):
+        cancel_inside(recording(app, form, records))
     assert [ExchangeRecord._make(r).exception_type for r in records] == ["CancelledError"]
 
 
@@ -418,17 +423,7 @@ def test_an_app_that_handles_the_cancellation_and_answers_is_a_complete_exchange
         except asyncio.CancelledError:
             await answer(send, 503, b"shutting down")
 
-    capture = recording(app, form, records)
-
-    async def main() -> None:
-        entered = asyncio.Event()
-        server = Server()
-        task = asyncio.ensure_future(capture(scope_of(entered=entered), server.receive, server.send, 1, 1))
-        await entered.wait()
-        task.cancel()
-        await task
-
-    asyncio.run(main())
+    cancel_inside(recording(app, form, records))
     record = ExchangeRecord._make(records[0])
     assert (record.status, record.exception_type, record.outcome) == (503, None, "complete")
 
