@@ -6,9 +6,9 @@ notes times and status, and hands one immutable record to the sink in `finally`.
 no numpy and no OpenTelemetry SDK calls happen here (see DESIGN.md, measured costs).
 
 Two forms with one behaviour: `PyExchangeCapture` below, and the compiled `modeltap._speedups`
-`Capture` (built on Linux at install time), which spends about a fifth of the interpreter time
-per exchange. `exchange_capture` picks the compiled one where it was built, unless
-`MODELTAP_PURE_PYTHON=1`; the tests run the capture suite against both.
+`Capture` (built on Linux at install time), which spends less than half the interpreter time
+per exchange (bench/README.md). `exchange_capture` picks the compiled one where it was built,
+unless `MODELTAP_PURE_PYTHON=1`; the tests run the capture suite against both.
 """
 
 from __future__ import annotations
@@ -140,11 +140,6 @@ def exchange_capture(
         TraceIds if fast else None,
         random.getrandbits if fast else None,
     )
-
-
-def uses_compiled(capture: Capture) -> bool:
-    """True for the compiled form (what `/status` reports as the capture's implementation)."""
-    return _compiled.AVAILABLE and isinstance(capture, _compiled._speedups.Capture)
 
 
 class PyExchangeCapture:
