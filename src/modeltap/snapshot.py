@@ -221,6 +221,8 @@ class ProcessResources:
     # the last minute: largest and 99th percentile; None where no loop is probed (the monitor).
     loop_lag_max_s: float | None = None
     loop_lag_p99_s: float | None = None
+    # A serving process's capture: "compiled" (modeltap._speedups) or "python"; None: the monitor.
+    capture: str | None = None
 
 
 @dataclass(frozen=True)

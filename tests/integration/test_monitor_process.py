@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 import pytest
 
+from modeltap.capture import compiled
 from modeltap.handoff.shipper import SEND_TIMEOUT_S
 from tests.support.otlp_receiver import OtlpHttpReceiver
 from tests.support.polling import wait_until
@@ -180,6 +181,9 @@ def check_one_monitor_for_all_workers(server: RunningServer) -> int:
         assert sorted(document["monitoring"]["feeders"]) == sorted(workers)
         assert document["monitoring"]["mode"] == "process"
         assert document["process"]["pid"] == monitor
+        # Each worker says how it captures: with the compiled request path where it was built.
+        serving = {r["pid"]: r["capture"] for r in document["resources"] if r["role"] == "serving"}
+        assert serving == dict.fromkeys(workers, "compiled" if compiled.AVAILABLE else "python")
     assert len({d["process"]["instance_id"] for d in documents.values()}) == 1
 
     # Successive scrapes, answered by any worker, never alternate between workers' counters.

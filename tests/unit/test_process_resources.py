@@ -65,9 +65,21 @@ def test_a_serving_processs_sample_survives_the_trip_to_its_monitor() -> None:
     back = from_counts(sample.pid, as_counts(sample))
     assert back == dataclasses.replace(sample, role="serving")
     assert from_counts(1, {"queue_depth": 0}) is None
+    compiled = dataclasses.replace(sample, capture="compiled")
+    assert from_counts(sample.pid, as_counts(compiled)) == compiled
 
 
-def test_the_status_lists_the_serving_process(make_middleware: MakeMiddleware) -> None:
+@pytest.mark.parametrize("claimed", ["<script>", "x" * 10_000, 3, ["compiled"]])
+def test_a_capture_form_the_monitor_does_not_know_is_not_published(claimed: object) -> None:
+    counts = {**as_counts(ResourceSampler("serving").sample()), "res_capture": claimed}
+    back = from_counts(1, counts)
+    assert back is not None
+    assert back.capture is None
+
+
+def test_the_status_lists_the_serving_process(
+    make_middleware: MakeMiddleware, each_capture_form: str
+) -> None:
     async def app(scope: object, receive: object, send: object) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": b"{}"})  # type: ignore[operator]
@@ -78,6 +90,7 @@ def test_the_status_lists_the_serving_process(make_middleware: MakeMiddleware) -
     assert (process["pid"], process["role"]) == (os.getpid(), "serving")
     assert process["memory_rss_bytes"] > 0
     assert set(process["cpu_time_s"]) == {"user", "system"}
+    assert process["capture"] == ("compiled" if each_capture_form == "compiled" else "python")
 
 
 def test_otlp_carries_the_semantic_convention_names() -> None:

@@ -200,6 +200,8 @@ def status_document(snap: Snapshot, configured_model: str | None) -> dict[str, A
                 # The serving event loop's lag over the last minute (null: no loop probed).
                 "event_loop_lag_max_s": r.loop_lag_max_s,
                 "event_loop_lag_p99_s": r.loop_lag_p99_s,
+                # A serving process's capture: compiled or pure Python (null: the monitor).
+                "capture": r.capture,
             }
             for r in snap.resources
         ],

@@ -24,6 +24,9 @@ MIN_INTERVAL_S = 1.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
+# How a serving process captures (what `/status.resources[].capture` may say).
+CAPTURE_FORMS = frozenset({"compiled", "python"})
+
 
 class _GcClock:
     """Total seconds spent in garbage collections since it was installed (once per process)."""
@@ -141,6 +144,7 @@ def as_counts(sample: ProcessResources) -> dict[str, Any]:
         "res_gc_pause_s": sample.gc_pause_s,
         "res_loop_lag_max_s": sample.loop_lag_max_s,
         "res_loop_lag_p99_s": sample.loop_lag_p99_s,
+        "res_capture": sample.capture,
     }
 
 
@@ -151,6 +155,7 @@ def from_counts(pid: int, counts: dict[str, Any]) -> ProcessResources | None:
     collections = counts.get("res_gc_collections") or []
     utilization = counts.get("res_cpu_utilization")
     fds = counts.get("res_open_fds")
+    capture = counts.get("res_capture")
     return ProcessResources(
         pid=pid,
         role="serving",
@@ -164,6 +169,7 @@ def from_counts(pid: int, counts: dict[str, Any]) -> ProcessResources | None:
         gc_pause_s=float(counts.get("res_gc_pause_s") or 0.0),
         loop_lag_max_s=_seconds(counts.get("res_loop_lag_max_s")),
         loop_lag_p99_s=_seconds(counts.get("res_loop_lag_p99_s")),
+        capture=capture if isinstance(capture, str) and capture in CAPTURE_FORMS else None,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -28,7 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from modeltap._types import ASGIApp
 from modeltap.alerts.rollback import route_report
 from modeltap.capture import compiled
-from modeltap.capture.exchange import Capture, TraceStarter, exchange_capture
+from modeltap.capture.exchange import Capture, PyExchangeCapture, TraceStarter, exchange_capture
 from modeltap.capture.record_queue import RecordQueue
 from modeltap.capture.routes import RouteTemplates
 from modeltap.capture.trace_context import TraceSampler
@@ -42,7 +43,7 @@ from modeltap.operations.process_resources import ResourceSampler, as_counts
 from modeltap.protocols.detect import path_identity, sanitize
 from modeltap.records import ExchangeRecord, QueuedRecord, RawRecord
 from modeltap.reference.document import ReferenceProfile, load_reference
-from modeltap.snapshot import ServingCounts, Snapshot
+from modeltap.snapshot import ProcessResources, ServingCounts, Snapshot
 from modeltap.worker.analyzer import Analyzer, span_options
 from modeltap.worker.budget import CpuBudget
 from modeltap.worker.sampling import Sampling
@@ -355,9 +356,18 @@ class Tap:
             "worker_lag_s": queue.oldest_age_s(),
             "sampling_stride": self.sampling.stride,
             "payload_sampling_stride": self.sampling.payload_stride,
-            **as_counts(self.resources.sample()),
+            **as_counts(self._own_resources()),
             **self.extra_counts,
         }
+
+    def _own_resources(self) -> ProcessResources:
+        """This process's resources, with which capture it runs (once it has one)."""
+        sample = self.resources.sample()
+        capture = self.capture
+        if capture is None:
+            return sample
+        form = "python" if isinstance(capture, PyExchangeCapture) else "compiled"
+        return dataclasses.replace(sample, capture=form)
 
     def report(self, key: str, value: Any) -> None:
         """Set a count or state the monitor should know at once (the sidecar: draining)."""
@@ -510,7 +520,7 @@ class Tap:
             feeders=(os.getpid(),),
             route=route_report([self.extra_counts]),
             cold_starts=cold_starts([{**self.extra_counts, "pid": os.getpid()}]),
-            resources=(self.resources.sample(),),
+            resources=(self._own_resources(),),
         )
 
     def latest_snapshot(self) -> Snapshot:
