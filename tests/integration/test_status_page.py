@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from modeltap import ModelTapConfig, ModelTapMiddleware
+from modeltap.capture import compiled
 from modeltap.demo.model_server import (
     FEATURES,
     PREDICTION,
@@ -242,10 +243,12 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
     # Operations: what the sidecar's data plane and its monitor cost, each on a row of its own.
     operations = re.search(r'<table id="operations">.*?<tbody>(.*?)</tbody>', dom, flags=re.DOTALL)
     assert operations is not None
-    processes = re.findall(
-        r"<tr><td>(serving|monitor) \d+</td><td>[\d.]+%</td><td>\d+ MiB</td>", operations.group(1)
-    )
-    assert sorted(processes) == ["monitor", "serving"], operations.group(1)
+    process = r"serving \d+ \((?:compiled|python) capture\)|monitor \d+"
+    processes = re.findall(rf"<tr><td>({process})</td><td>[\d.]+%</td><td>\d+ MiB</td>", operations.group(1))
+    assert sorted(p.split()[0] for p in processes) == ["monitor", "serving"], operations.group(1)
+    # The data plane says how it captures (compiled where the extension is built, as in CI).
+    form = "compiled" if compiled.AVAILABLE else "python"
+    assert any(p.endswith(f"({form} capture)") for p in processes), processes
     # The malformed requests show up in the counters table.
     assert re.search(r"<tr><td>violation</td><td>decode_error</td><td>[1-9]\d*</td></tr>", dom)
     assert 'id="error"></span>' in dom  # the page read /status without an error
