@@ -65,6 +65,17 @@ static PyObject *lookup(PyObject *mapping, PyObject *key) {
     return value;
 }
 
+/* Whether `mapping[key]` is true (absent: false); -1 with an exception on failure. */
+static int is_true_value(PyObject *mapping, PyObject *key) {
+    PyObject *value = lookup(mapping, key);
+    if (value == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
 /* The exception being raised, normalised and taken (the error indicator is cleared). */
 static PyObject *take_exception(void) {
 #if PY_VERSION_HEX >= 0x030C0000
@@ -417,16 +428,6 @@ static Py_ssize_t body_parts(Pieces *out, PyObject *parts) {
     return out->total - start;
 }
 
-static int is_true_in(PyObject *scope, PyObject *key) {
-    PyObject *value = lookup(scope, key);
-    if (value == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    int truth = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    return truth;
-}
-
 /* The route template (`RouteTemplates.of`): computed here for the usual case (no mount moved
  * root_path during the request), else asked of the Python form. New reference or None. */
 static PyObject *route_template_of(EncoderObject *encoder, PyObject *scope, PyObject *root_at_start) {
@@ -504,7 +505,7 @@ static PyObject *encode_fields(EncoderObject *encoder, RecordFields *r) {
 #define CHECK(x) if ((x) < 0) goto fail
     PyObject *scope = r->scope;
     int flags = r->disconnected ? F_DISCONNECTED : 0;
-    int cold = is_true_in(scope, encoder->cold_start_key);
+    int cold = is_true_value(scope, encoder->cold_start_key);
     CHECK(cold);
     if (cold) {
         flags |= F_COLD;
@@ -969,33 +970,30 @@ static int keep_part(PyObject *parts, PyObject *body, Py_ssize_t size, Py_ssize_
     return failed;
 }
 
-static int is_true_value(PyObject *mapping, PyObject *key) {
-    PyObject *value = lookup(mapping, key);
-    if (value == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    int truth = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    return truth;
-}
-
 static int equals(PyObject *kind, PyObject *interned) {
     return kind == interned || PyUnicode_Compare(kind, interned) == 0;
 }
 
-/* The server's message to the app. Returns -1 with an exception on a bookkeeping failure. */
-static int watch_received(StateObject *state, PyObject *message) {
+/* A message's `type` (a new reference), or NULL: no type to watch (not a mapping, absent, not a
+ * str), with an exception only when looking it up failed. */
+static PyObject *message_kind(PyObject *message) {
     if (!PyDict_Check(message) && !PyMapping_Check(message)) {
-        return 0;
+        return NULL;
     }
     PyObject *kind = lookup(message, s_type);
+    if (kind != NULL && !PyUnicode_Check(kind)) {
+        Py_CLEAR(kind);
+    }
+    return kind;
+}
+
+/* The server's message to the app. Returns -1 with an exception on a bookkeeping failure. */
+static int watch_received(StateObject *state, PyObject *message) {
+    PyObject *kind = message_kind(message);
     if (kind == NULL) {
         return PyErr_Occurred() ? -1 : 0;
     }
     int result = 0;
-    if (!PyUnicode_Check(kind)) {
-        goto done;
-    }
     if (equals(kind, s_http_request)) {
         PyObject *body = lookup(message, s_body);
         if (body == NULL) {
@@ -1022,17 +1020,11 @@ done:
 
 /* The app's message to the server. */
 static int watch_sent(StateObject *state, PyObject *message) {
-    if (!PyDict_Check(message) && !PyMapping_Check(message)) {
-        return 0;
-    }
-    PyObject *kind = lookup(message, s_type);
+    PyObject *kind = message_kind(message);
     if (kind == NULL) {
         return PyErr_Occurred() ? -1 : 0;
     }
     int result = 0;
-    if (!PyUnicode_Check(kind)) {
-        goto done;
-    }
     if (equals(kind, s_response_body)) {
         PyObject *body = lookup(message, s_body);
         if (body != NULL) {
@@ -2065,10 +2057,6 @@ static void capture_dealloc(CaptureObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *capture_get_cold_left(CaptureObject *self, void *Py_UNUSED(closure)) {
-    return PyLong_FromSsize_t(self->cold_left);
-}
-
 static PyObject *capture_get_encoder(CaptureObject *self, void *Py_UNUSED(closure)) {
     PyObject *encoder = self->encoder != NULL ? self->encoder : Py_None;
     Py_INCREF(encoder);
@@ -2086,7 +2074,6 @@ static int capture_set_encoder(CaptureObject *self, PyObject *value, void *Py_UN
 }
 
 static PyGetSetDef capture_getset[] = {
-    {"cold_left", (getter)capture_get_cold_left, NULL, "exchanges still marked as the cold start", NULL},
     {"encoder", (getter)capture_get_encoder, (setter)capture_set_encoder,
      "Encoder: records are offered as bytes; None: as the raw tuple", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -4,7 +4,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 class Capture:
-    cold_left: int
     def __init__(
         self,
         app: Callable[..., Any],
