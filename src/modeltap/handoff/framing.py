@@ -154,6 +154,17 @@ class RecordEncoder:
         self.encode_into(raw, out)
         return out[0], out[1:]
 
+    def encode_batch(self, batch: list[QueuedRecord], out: list[bytes]) -> int:
+        """Append a batch's buffers to `out`; returns how many bytes were appended. When the
+        compiled capture encoded all of them already, no Python step runs per record."""
+        if all(type(raw) is bytes for raw in batch):
+            out.extend(batch)  # type: ignore[arg-type]
+            return sum(map(len, batch))
+        total = 0
+        for raw in batch:
+            total += self.encode_into(raw, out)
+        return total
+
     def encode_into(self, raw: QueuedRecord, out: list[bytes]) -> int:
         """Append the record's buffers to `out` (the kept body chunks as they are, not copied);
         returns how many bytes were appended. The shipper's hot loop: one call per exchange.

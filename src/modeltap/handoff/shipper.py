@@ -346,14 +346,7 @@ class Shipper:
             try:
                 buffers: list[bytes] = [b"", framing.COUNT.pack(len(batch))]
                 total = framing.COUNT.size
-                if all(type(raw) is bytes for raw in batch):
-                    # Encoded by the compiled capture already: no Python step per record.
-                    buffers.extend(batch)  # type: ignore[arg-type]
-                    total += sum(map(len, batch))
-                else:
-                    encode_into = self._encoder.encode_into
-                    for raw in batch:
-                        total += encode_into(raw, buffers)
+                total += self._encoder.encode_batch(batch, buffers)
                 buffers[0] = framing.FRAME.pack(total + 1, framing.RECORDS)
                 total += framing.FRAME.size
                 count = len(batch)

@@ -508,3 +508,22 @@ def test_frame_reader_rejects_the_default_maximum_before_buffering() -> None:
     reader = FrameReader()
     with pytest.raises(ValueError, match="out of bounds"):
         reader.feed(FRAME.pack(2**32 - 1, RECORDS) + b"abc")
+
+
+@FAST
+@given(st.lists(raw_records(), min_size=1, max_size=4), st.lists(st.booleans(), min_size=4, max_size=4))
+def test_a_batch_with_records_already_encoded_is_the_same_bytes(
+    records: list[RawRecord], encoded: list[bool]
+) -> None:
+    """What the shipper writes for a batch, records encoded by the compiled capture (bytes) mixed
+    with raw ones or not: the records' bytes one after another, either way."""
+    expected = [b"".join([head, *bodies]) for head, bodies in map(encoder().encode, records)]
+    batch: list[Any] = [
+        data if flag else raw for data, raw, flag in zip(expected, records, encoded, strict=False)
+    ]
+    out: list[bytes] = []
+    assert encoder().encode_batch(batch, out) == sum(map(len, expected))
+    assert b"".join(out) == b"".join(expected)
+    only_bytes: list[bytes] = []
+    assert encoder().encode_batch(list(expected), only_bytes) == sum(map(len, expected))
+    assert only_bytes == expected
