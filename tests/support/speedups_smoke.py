@@ -48,11 +48,10 @@ context.set({})  # OpenTelemetry's empty context: new root traces are decided in
 encoder = _speedups.Encoder(
     frozenset({b"content-type"}), frozenset({b"content-type"}), lambda s, r: None, "route", "t", "p", "cold"
 )
-offer = records.append
 
 
-def keep(record: Any, kept: int) -> None:
-    offer(record)
+def keep(record: Any, kept_bytes: int) -> None:
+    records.append(record)
 
 
 traced = _speedups.Capture(
