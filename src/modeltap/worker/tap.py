@@ -108,7 +108,9 @@ class Tap:
         # Process mode: where the monitor is, and the thread that ships records to it.
         self.mode = "inline"
         self.place: Rendezvous | None = None
-        self._wanted_headers: tuple[frozenset[bytes], frozenset[bytes]] = (frozenset(), frozenset())
+        # Process mode: the compiled capture's encoder for the headers the monitor reads (None
+        # where the extension is not built, or inline).
+        self._compiled_encoder: Any = None
         self.shipper: Shipper | None = None
         self._sampler: TraceSampler | None = None
         self._local_spans: Any = None  # the app's span processor, fed here in process mode
@@ -203,11 +205,7 @@ class Tap:
         enrich = {"modeltap.model.name": config.model_name} if config.model_name else {}
         # Process mode, no span built here: the compiled capture encodes each record for the
         # monitor as the exchange ends (bytes in the queue; nothing for the collector to visit).
-        encoder = (
-            compiled_encoder(*self._wanted_headers)
-            if self.mode == "process" and self._local_spans is None
-            else None
-        )
+        encoder = self._compiled_encoder if self.mode == "process" and self._local_spans is None else None
         if not compiled.AVAILABLE:
             _log.info(
                 "modeltap: the compiled capture (modeltap._speedups) is not built here; "
@@ -280,7 +278,7 @@ class Tap:
         wanted_response = {b"content-type", b"content-encoding", b"ce-modelid", b"ce-id"}
         wanted_response.add(config.version_header.lower().encode())
         wanted_response.update(h.lower().encode() for h in config.capture_response_headers)
-        self._wanted_headers = (frozenset(wanted_request), frozenset(wanted_response))
+        self._compiled_encoder = compiled_encoder(wanted_request, wanted_response)
         self.shipper = Shipper(
             self.place,
             document,
