@@ -206,6 +206,17 @@ def session_processes(session: int) -> dict[int, str]:
     return found
 
 
+def flock_holders() -> set[int]:
+    """Pids holding a flock(2) lock anywhere (/proc/locks: `1: FLOCK ADVISORY WRITE PID ...`)."""
+    holders = set()
+    with open("/proc/locks") as handle:
+        for line in handle:
+            fields = line.split()
+            if len(fields) > 4 and fields[1] == "FLOCK" and fields[4].isdigit():
+                holders.add(int(fields[4]))
+    return holders
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -232,9 +243,17 @@ class RunningServer:
         return [pid for pid, command in self.processes().items() if "modeltap.monitor" in command]
 
     def monitor_pid(self, timeout_s: float = 10.0) -> int:
-        """The one monitor of this server (waits for it to be started)."""
-        assert wait_until(lambda: len(self.monitor_pids()) == 1, timeout_s), self.describe()
-        return self.monitor_pids()[0]
+        """The one monitor of this server: the monitor process holding the server's lock (waits
+        for it to be started). Counting monitor processes alone is not enough: when two workers
+        start one at the same moment, the one that loses the lock lives for a few milliseconds,
+        and the winner may not have exec'd yet (its command line still the worker's)."""
+
+        def holders() -> list[int]:
+            locked = flock_holders()
+            return [pid for pid in self.monitor_pids() if pid in locked]
+
+        assert wait_until(lambda: len(holders()) == 1, timeout_s), self.describe()
+        return holders()[0]
 
     def worker_pids(self) -> set[int]:
         """Children of the supervisor that serve requests (not multiprocessing's resource tracker)."""
