@@ -38,6 +38,12 @@ class ClientLimits:
     keepalive_timeout_s: float = 5.0
 
 
+# Request fields the protocol looks at as they arrive (the `Expect` value is uvicorn's concern).
+_NOTED = frozenset({b"host", b"transfer-encoding", b"expect"})
+
+# Requests a connection may have in flight (pipelined) before answered handles are swept out.
+_HANDLES_PRUNED_AT = 8
+
 # Where a client connection is, for the deadline sweep.
 _FRESH, _IDLE, _HEAD, _BODY, _BUSY, _CLOSED = range(6)
 
@@ -148,6 +154,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus request limits; configure with `protocol_class()`."""
 
     limits = ClientLimits()
+    # The limits read per header, as class attributes (one lookup each); set with `limits`.
+    _max_url_bytes = limits.max_url_bytes
+    _max_headers = limits.max_headers
+    _max_header_bytes = limits.max_header_bytes
 
     @staticmethod
     def count_error(code: str) -> None:  # replaced by protocol_class()
@@ -161,6 +171,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._header_bytes = 0
         self._hosts = 0
+        self._codings = False  # a Transfer-Encoding field came (its codings are checked at the end)
         # Client deadlines are checked by one sweep per server (`_Sweeper`), not by a timer per
         # request: arming and cancelling timers was a measurable share of a proxied request.
         self._phase = _FRESH
@@ -223,23 +234,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._header_bytes = 0
         self._hosts = 0
+        self._codings = False
         self._phase = _HEAD
         self._phase_since = self.loop.time()
 
+    # `on_url` and `on_header` do uvicorn's part themselves (the URL and the lower-cased field
+    # list it builds the scope from): called per header, a second Python frame each was a
+    # measurable share of a proxied request.
+
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
-        if self._url_bytes > self.limits.max_url_bytes:
+        if self._url_bytes > self._max_url_bytes:
             raise _Rejected("uri_too_long")
-        super().on_url(url)
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_count > self.limits.max_headers or self._header_bytes > self.limits.max_header_bytes:
+        if self._header_count > self._max_headers or self._header_bytes > self._max_header_bytes:
             raise _Rejected("request_headers_too_large")
-        if len(name) == 4 and name.lower() == b"host":
-            self._hosts += 1
-        super().on_header(name, value)
+        name = name.lower()
+        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace (RFC 9110 5.5 excludes it)
+        if name in _NOTED:
+            if name == b"host":
+                self._hosts += 1
+            elif name == b"transfer-encoding":
+                self._codings = True
+            elif value.lower() == b"100-continue":
+                self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         # Refusals first, while this request still counts as a head being read: behind a
@@ -250,7 +273,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.parser.should_upgrade():
             # Never half-upgraded: a proxied upgrade would need a tunnel, which is not offered.
             raise _Rejected("upgrade_not_supported")
-        if not _chunked_only(self.headers):
+        if self._codings and not _chunked_only(self.headers):
             # llhttp frames `gzip, chunked` (or `gzip` and `chunked` in two fields) as chunked;
             # forwarding the de-chunked body without its other codings would corrupt it.
             raise _Rejected("unsupported_transfer_encoding")
@@ -267,7 +290,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         handle = ConnectionHandle(self, self.cycle)
         handles = self._handles
-        if handles:
+        if len(handles) >= _HANDLES_PRUNED_AT:
+            # Answered ones leave as their responses complete; this bounds any left behind.
             handles[:] = [h for h in handles if not h.answered]
         handles.append(handle)
         self.scope["extensions"] = cast(Any, {CONNECTION_EXTENSION: handle})
@@ -279,6 +303,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         # uvicorn's version, with the keep-alive deadline left to the sweep instead of a timer.
+        handles = self._handles
+        if handles and handles[0]._cycle.response_complete:
+            del handles[0]  # the oldest request is the one answered (pipelined ones in order)
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
@@ -384,5 +411,11 @@ def protocol_class(
     return type(
         "SidecarHttpProtocol",
         (GuardedHttpToolsProtocol,),
-        {"limits": limits, "count_error": staticmethod(count_error)},
+        {
+            "limits": limits,
+            "_max_url_bytes": limits.max_url_bytes,
+            "_max_headers": limits.max_headers,
+            "_max_header_bytes": limits.max_header_bytes,
+            "count_error": staticmethod(count_error),
+        },
     )

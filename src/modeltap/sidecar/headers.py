@@ -32,6 +32,9 @@ _REQUEST_OWN = frozenset(
     {b"expect", b"content-length", b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 )
 
+# Every request field the loop below does more with than pass on.
+_REQUEST_NOTED = HOP_BY_HOP | _REQUEST_OWN | {b"traceparent"}
+
 
 def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
     """Field names listed in `Connection` headers (lower-cased), besides the option keywords."""
@@ -92,25 +95,26 @@ def rewrite_request_headers(
     forwarded_host: bytes | None = None
     connection: list[bytes] | None = None
     for name, value in headers:
-        if name in HOP_BY_HOP or name in _REQUEST_OWN:
-            if name == b"content-length":
-                head.content_length = _content_length(value)
-            elif name == b"host":
-                head.host = value
-            elif name == b"transfer-encoding":
-                head.chunked = True
-            elif name == b"x-forwarded-for":
-                forwarded_for.append(value)
-            elif name == b"x-forwarded-proto":
-                forwarded_proto = value
-            elif name == b"x-forwarded-host":
-                forwarded_host = value
-            elif name == b"connection":
-                connection = [*(connection or ()), value]
+        if name not in _REQUEST_NOTED:  # most fields: one set lookup, passed on as they are
+            fields.append(name + b": " + value + b"\r\n")
             continue
-        if name == b"traceparent":
+        if name == b"content-length":
+            head.content_length = _content_length(value)
+        elif name == b"host":
+            head.host = value
+        elif name == b"traceparent":
             head.traceparent_index = len(fields)
-        fields.append(b"%s: %s\r\n" % (name, value))
+            fields.append(name + b": " + value + b"\r\n")
+        elif name == b"transfer-encoding":
+            head.chunked = True
+        elif name == b"x-forwarded-for":
+            forwarded_for.append(value)
+        elif name == b"x-forwarded-proto":
+            forwarded_proto = value
+        elif name == b"x-forwarded-host":
+            forwarded_host = value
+        elif name == b"connection":
+            connection = [*(connection or ()), value]
     if connection is not None:
         named = connection_tokens((b"connection", v) for v in connection)
         if named:
@@ -129,19 +133,19 @@ def rewrite_request_headers(
             if b"x-forwarded-host" in named:
                 forwarded_host = None
     host = head.host if head.host else default_host
-    fields.append(b"host: %s\r\n" % host)
+    fields.append(b"host: " + host + b"\r\n")
     if peer is not None:
         forwarded_for.append(peer.encode("latin-1"))
     if forwarded_for:
-        fields.append(b"x-forwarded-for: %s\r\n" % b", ".join(forwarded_for))
+        fields.append(b"x-forwarded-for: " + b", ".join(forwarded_for) + b"\r\n")
     peer_trusted = peer is not None and peer in trusted
     if not (peer_trusted and forwarded_proto):
         forwarded_proto = scheme.encode("latin-1")
-    fields.append(b"x-forwarded-proto: %s\r\n" % forwarded_proto)
+    fields.append(b"x-forwarded-proto: " + forwarded_proto + b"\r\n")
     if not (peer_trusted and forwarded_host):
         forwarded_host = head.host
     if forwarded_host:
-        fields.append(b"x-forwarded-host: %s\r\n" % forwarded_host)
+        fields.append(b"x-forwarded-host: " + forwarded_host + b"\r\n")
     if via is not None:
         fields.append(b"via: " + via + b"\r\n")
     return head

@@ -18,11 +18,13 @@ in full (not streamed). PUT and DELETE without a key are not replayed. Each repl
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
 from modeltap._types import Message, Receive, Scope, Send
@@ -34,6 +36,13 @@ from modeltap.sidecar.route import UpstreamRoute
 from modeltap.sidecar.upstream import UpstreamConnection, UpstreamPool
 
 _log = logging.getLogger("modeltap.sidecar")
+# Where OpenTelemetry keeps the current context by default (its runtime context is configurable:
+# with another one, the span is asked for through the API each time).
+_CONTEXT_VAR: contextvars.ContextVar[Any] | None = getattr(
+    getattr(otel_context, "_RUNTIME_CONTEXT", None), "_current_context", None
+)
+if not isinstance(_CONTEXT_VAR, contextvars.ContextVar):
+    _CONTEXT_VAR = None
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _IDEMPOTENCY_KEYS = frozenset({b"idempotency-key", b"x-idempotency-key"})
 
@@ -214,7 +223,11 @@ class ProxyApp:
         limits = self._limits
         replayed = False
         while True:
-            conn, reused = await pool.acquire(fresh=replayed)
+            # A pooled connection without a coroutine step (the usual case), else a new one.
+            conn = None if replayed else pool.take_idle()
+            reused = conn is not None
+            if conn is None:
+                conn = await pool.open_held()
             try:
                 if more_body:
                     conn.send_request(request_head, b"", False)
@@ -287,7 +300,9 @@ class ProxyApp:
         conn: UpstreamConnection,
         handle: ConnectionHandle | None,
     ) -> None:
-        headers = rewrite_response_headers(conn.headers, self._limits.via)
+        via = self._limits.via
+        # Names come lower-cased from the connection; most responses have nothing to rewrite.
+        headers = rewrite_response_headers(conn.headers, via) if conn.hop_by_hop or via else conn.headers
         if conn.status in (204, 304):
             # No body follows, whatever Content-Length says (RFC 9110 8.6); uvicorn would raise
             # "Response content shorter than Content-Length" and drop the connection.
@@ -379,6 +394,8 @@ def _replayable(scope: Scope) -> bool:
 
 def _inject_traceparent(fields: list[bytes], index: int) -> None:
     """Continue the trace upstream: the exchange's span (when sampled) becomes the parent."""
+    if _CONTEXT_VAR is not None and not _CONTEXT_VAR.get():
+        return  # an empty context (no span: this exchange is not sampled), read without a call
     span: Any = otel_trace.get_current_span()
     context = span.get_span_context()
     if not context.is_valid:

@@ -25,11 +25,14 @@ from typing import cast
 import httptools
 
 from modeltap.sidecar.codes import ProxyError
+from modeltap.sidecar.headers import HOP_BY_HOP
 
 # Response bodies queued above this are back-pressured: the upstream socket stops being read
 # until the client has taken them, so a 1 GiB stream is forwarded in constant memory.
 BODY_HIGH_WATER = 256 * 1024
 BODY_LOW_WATER = 64 * 1024
+# Response fields `on_header` notes: framing, and the hop-by-hop ones the client must not get.
+_RESPONSE_NOTED = HOP_BY_HOP | {b"content-length"}
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -48,9 +51,15 @@ class UpstreamConnection(asyncio.Protocol):
         # Set by the pool while the connection is idle in it: the upstream's close removes it.
         self.on_idle_close: Callable[[UpstreamConnection], None] | None = None
         self.fd = -1
+        self.poll: select.poll | None = None  # asks the kernel whether the socket has news
         # Per-exchange state.
         self.status = 0
+        # Response fields with lower-cased names (as the client gets them), and what the
+        # response path needs to know of them without another pass over the list.
         self.headers: list[tuple[bytes, bytes]] = []
+        self.hop_by_hop = False  # a hop-by-hop field came: the list needs rewriting for the client
+        self._length = False
+        self._codings: list[bytes] | None = None
         self._header_bytes = 0
         self.headers_done = False
         self.complete = False
@@ -79,6 +88,8 @@ class UpstreamConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.fd = sock.fileno()
+            self.poll = select.poll()
+            self.poll.register(self.fd, select.POLLIN)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -145,6 +156,15 @@ class UpstreamConnection(asyncio.Protocol):
     # ---- httptools callbacks ---------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in _RESPONSE_NOTED:
+            if name == b"content-length":
+                self._length = True
+            elif name == b"transfer-encoding":
+                self._codings = [*(self._codings or ()), value]
+                self.hop_by_hop = True
+            else:
+                self.hop_by_hop = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -155,6 +175,8 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200:
             # Interim responses (100 Continue, 103) are not forwarded; wait for the final one.
             self.headers = []
+            self.hop_by_hop = self._length = False
+            self._codings = None
             self._header_bytes = 0
             return
         if self._header_bytes > self._max_header_bytes and (
@@ -165,17 +187,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = status
         self.headers_done = True
         chunked = False
-        length = False
-        for name, value in self.headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                length = True
-            elif lowered == b"transfer-encoding":
-                if chunked or value.strip().lower() != b"chunked":
-                    # Only chunked is decoded here; another coding would reach the client with its
-                    # Transfer-Encoding header stripped, i.e. corrupted (nginx answers 502 too).
-                    raise ProxyError("upstream_protocol_error", "unsupported upstream transfer coding")
-                chunked = True
+        length = self._length
+        for value in self._codings or ():
+            if chunked or value.strip().lower() != b"chunked":
+                # Only chunked is decoded here; another coding would reach the client with its
+                # Transfer-Encoding header stripped, i.e. corrupted (nginx answers 502 too).
+                raise ProxyError("upstream_protocol_error", "unsupported upstream transfer coding")
+            chunked = True
         self._until_eof = not chunked and not length and status not in (204, 304) and not self._head
         if self._head:
             # llhttp cannot be told the request was HEAD: the response ends with its headers, and
@@ -225,6 +243,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.in_exchange = True
         self.status = 0
         self.headers = []
+        self.hop_by_hop = self._length = False
+        self._codings = None
         self._header_bytes = 0
         self.headers_done = False
         self.complete = False
@@ -394,7 +414,6 @@ class UpstreamPool:
         self._busy: set[UpstreamConnection] = set()
         self._tick_s = deadline_tick_s
         self._sweeping: asyncio.TimerHandle | None = None
-        self._poll = select.poll()
         self.opened = 0
         self.active = 0
 
@@ -402,27 +421,41 @@ class UpstreamPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
-    async def acquire(self, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
-        """A connection ready for a request, and whether it was reused from the pool (never,
-        with `fresh`: a replay goes on a new connection)."""
+    def take_idle(self) -> UpstreamConnection | None:
+        """A pooled connection ready for a request (held from now on), or None if none is."""
         idle = self._idle
+        if not idle:
+            return None
         now = time.monotonic()
-        while idle and not fresh:
+        while idle:
             conn = idle.pop()
             conn.on_idle_close = None
             if now - conn.idle_since < self._expiry_s and self._quiet(conn):
                 self.active += 1
                 conn.held = True
                 self._busy.add(conn)
-                return conn, True
+                return conn
             conn.abort()
+        return None
+
+    async def acquire(self, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
+        """A connection ready for a request, and whether it was reused from the pool (never,
+        with `fresh`: a replay goes on a new connection)."""
+        if not fresh:
+            conn = self.take_idle()
+            if conn is not None:
+                return conn, True
+        return await self.open_held(), False
+
+    async def open_held(self) -> UpstreamConnection:
+        """A new connection, held for a request."""
         conn = await self.connect()
         self.active += 1
         conn.held = True
         self._busy.add(conn)
         if self._sweeping is None:
             self._sweeping = asyncio.get_running_loop().call_later(self._tick_s, self._sweep)
-        return conn, False
+        return conn
 
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -475,14 +508,10 @@ class UpstreamPool:
         transport = conn.transport
         if conn.closed or transport is None or transport.is_closing():
             return False
-        if conn.fd < 0:
+        poll = conn.poll
+        if poll is None:
             return True  # no socket to ask (not a socket transport)
-        poll = self._poll
-        poll.register(conn.fd, select.POLLIN)
-        try:
-            return not poll.poll(0)
-        finally:
-            poll.unregister(conn.fd)
+        return not poll.poll(0)
 
     def _sweep(self) -> None:
         # One timer for all deadlines: a timer per request was a measurable cost.
