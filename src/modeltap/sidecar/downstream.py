@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -85,13 +86,19 @@ class _Rejected(Exception):
 
 
 class ConnectionHandle:
-    """What the proxy app may do to its client connection (one per request)."""
+    """What the proxy app may do to its client connection (one per request).
+
+    It lives in the request's scope, which uvicorn's cycle holds: a strong reference back to the
+    cycle would make every request a reference cycle (scope, handle, cycle), freed only by the
+    garbage collector, about ten objects a request. The cycle is held weakly; it lives as long
+    as the request is being served (its task holds it), and once it is gone the request is over.
+    """
 
     __slots__ = ("_cycle", "_protocol", "on_lost", "rejected")
 
     def __init__(self, protocol: GuardedHttpToolsProtocol, cycle: RequestResponseCycle) -> None:
         self._protocol = protocol
-        self._cycle = cycle
+        self._cycle = weakref.ref(cycle)
         self.on_lost: Callable[[], None] | None = None
         # The code the protocol answered (and counted) when it cut this request off mid-body
         # (408, 400, ...): the app then sees a disconnect that is not the client's doing.
@@ -99,20 +106,23 @@ class ConnectionHandle:
 
     def abort(self) -> None:
         """Close the client connection now, unfinished: the client sees an incomplete response."""
-        self._cycle.disconnected = True  # uvicorn then neither writes nor logs for this cycle
+        cycle = self._cycle()
+        if cycle is not None:
+            cycle.disconnected = True  # uvicorn then neither writes nor logs for this cycle
         transport = self._protocol.transport
         if not transport.is_closing():
             transport.abort()
 
     @property
     def client_gone(self) -> bool:
-        return self._cycle.disconnected
+        cycle = self._cycle()
+        return cycle is None or cycle.disconnected
 
     def _abandon(self, code: str | None) -> None:
         """The connection is ending: this request will not be answered (nor started, if it
         has not been); `code` is the protocol's rejection it ends with, if any."""
-        cycle = self._cycle
-        if cycle.response_complete:
+        cycle = self._cycle()
+        if cycle is None or cycle.response_complete:
             return
         if code is not None and self.rejected is None:
             self.rejected = code
@@ -121,7 +131,11 @@ class ConnectionHandle:
 
     @property
     def answered(self) -> bool:
-        return self._cycle.response_complete
+        cycle = self._cycle()
+        return cycle is None or cycle.response_complete
+
+    def serves(self, cycle: RequestResponseCycle) -> bool:
+        return self._cycle() is cycle
 
 
 def _classify(exc: httptools.HttpParserError) -> tuple[str, str | None]:
@@ -304,7 +318,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         # uvicorn's version, with the keep-alive deadline left to the sweep instead of a timer.
         handles = self._handles
-        if handles and handles[0]._cycle.response_complete:
+        if handles and handles[0].answered:
             del handles[0]  # the oldest request is the one answered (pipelined ones in order)
         self.server_state.total_requests += 1
         if self.transport.is_closing():
@@ -359,7 +373,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 status, headers, body = error_response(code, detail or _DETAIL[code], close=True)
                 transport.write(_encode(status, headers, body))
             for handle in self._handles:
-                if handle._cycle is cycle:
+                if handle.serves(cycle):
                     handle.rejected = code
             cycle.disconnected = True
             cycle.message_event.set()
