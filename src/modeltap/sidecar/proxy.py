@@ -394,7 +394,7 @@ def _replayable(scope: Scope) -> bool:
 
 def _inject_traceparent(fields: list[bytes], index: int) -> None:
     """Continue the trace upstream: the exchange's span (when sampled) becomes the parent."""
-    if _CONTEXT_VAR is not None and not _CONTEXT_VAR.get():
+    if _CONTEXT_VAR is not None and not _CONTEXT_VAR.get(None):
         return  # an empty context (no span: this exchange is not sampled), read without a call
     span: Any = otel_trace.get_current_span()
     context = span.get_span_context()

@@ -438,15 +438,6 @@ class UpstreamPool:
             conn.abort()
         return None
 
-    async def acquire(self, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
-        """A connection ready for a request, and whether it was reused from the pool (never,
-        with `fresh`: a replay goes on a new connection)."""
-        if not fresh:
-            conn = self.take_idle()
-            if conn is not None:
-                return conn, True
-        return await self.open_held(), False
-
     async def open_held(self) -> UpstreamConnection:
         """A new connection, held for a request."""
         conn = await self.connect()
