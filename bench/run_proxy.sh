@@ -8,23 +8,7 @@
 # traced).
 # Needs Debian's wrk and nginx-light.   usage: PY=.venv/bin/python bench/run_proxy.sh
 # Env: ROUNDS (5), DUR (3 s), LUA=post30.lua for the 30-feature workload.
-set -eu
-PY=${PY:-python3}
-case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac  # the script works from bench/
-cd "$(dirname "$0")"
-BIN=$(dirname "$PY")
-tmp=$(mktemp -d)
-export MODELTAP_MONITOR_CPUS=1 MODELTAP_RUN_DIR="$tmp"
-"$PY" make_reference.py "$tmp/reference.json" "${FEATURES:-10}" >/dev/null
-APP=bare taskset -c 0 "$PY" -m uvicorn apps:app --port 18099 --log-level error --no-access-log \
-  --loop uvloop --http httptools >/dev/null 2>&1 &
-upstream=$!
-taskset -c 1 "$PY" otlp_sink.py 18200 >/dev/null 2>&1 &
-sink=$!
-trap 'kill $upstream $sink 2>/dev/null; rm -rf "$tmp"' EXIT
-sleep 2
-S="taskset -c 0 $BIN/modeltap sidecar --upstream http://127.0.0.1:18099 --host 127.0.0.1 --port {port} --log-level warning"
-OTLP="OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18200 OTEL_METRIC_EXPORT_INTERVAL=5000"
+. "$(dirname "$0")/proxy_setup.sh"
 echo "== 16 connections"
 "$PY" abbench.py "nginx=./nginx-proxy.sh {port} 18099" \
   "proxy=MODELTAP_ENABLED=false $S --admin-port 18301" \
