@@ -1,4 +1,4 @@
-# Sourced by run_proxy.sh and run_sidecar_layers.sh: the upstream (the bare app) on core 0, the
+# Sourced by run_proxy.sh, run_proxy_cpu.sh and run_sidecar_layers.sh: the upstream (the bare app) on core 0, the
 # OTLP sink on core 1, a 10-feature reference profile (FEATURES to change it), the sidecar's
 # monitor pinned to core 1; sets PY, BIN, tmp, S (the sidecar command, with {port}) and OTLP.
 set -eu
