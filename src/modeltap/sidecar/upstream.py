@@ -50,7 +50,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.held = False
         # Set by the pool while the connection is idle in it: the upstream's close removes it.
         self.on_idle_close: Callable[[UpstreamConnection], None] | None = None
-        self.fd = -1
         self.poll: select.poll | None = None  # asks the kernel whether the socket has news
         # Per-exchange state.
         self.status = 0
@@ -87,9 +86,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            self.fd = sock.fileno()
             self.poll = select.poll()
-            self.poll.register(self.fd, select.POLLIN)
+            self.poll.register(sock.fileno(), select.POLLIN)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
