@@ -172,7 +172,13 @@ def check_one_monitor_for_all_workers(server: RunningServer) -> int:
     assert monitor not in workers
 
     def complete(document: dict[str, Any]) -> bool:
-        return document["requests"]["total"] == N and set(document["monitoring"]["feeders"]) == workers
+        # A feeder's resources arrive with its counts, a moment after its first records.
+        reported = {r["pid"] for r in document["resources"] if r["role"] == "serving"}
+        return (
+            document["requests"]["total"] == N
+            and set(document["monitoring"]["feeders"]) == workers
+            and reported == workers
+        )
 
     documents = statuses_by_worker(server, workers, complete)
     assert set(documents) == workers, f"answered by {set(documents)}, workers {workers}"

@@ -9,14 +9,20 @@ import gc
 import os
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics.export import NumberDataPoint
 from opentelemetry.sdk.resources import Resource
 
+from modeltap.config import ModelTapConfig
 from modeltap.export.otlp_metrics import build_metrics_data
+from modeltap.middleware.asgi import ModelTapMiddleware
 from modeltap.operations.process_resources import ResourceSampler, as_counts, from_counts
 from modeltap.snapshot import Snapshot
+from modeltap.worker import tap as tap_module
 from tests.support.asgi_driver import http_request_messages, make_http_scope, run_asgi
 from tests.support.tapping import MakeMiddleware, status_document
 
@@ -91,6 +97,46 @@ def test_the_status_lists_the_serving_process(
     assert process["memory_rss_bytes"] > 0
     assert set(process["cpu_time_s"]) == {"user", "system"}
     assert process["capture"] == ("compiled" if each_capture_form == "compiled" else "python")
+
+
+def test_the_first_counts_a_serving_process_ships_say_how_it_captures(
+    monkeypatch: pytest.MonkeyPatch, own_monitor: Path, each_capture_form: str
+) -> None:
+    """The shipper may send its first counts the moment it starts (a monitor already running
+    takes the connection at once); they must not describe a serving process without its capture."""
+    first_counts: list[dict[str, Any]] = []
+
+    class CountsAtStart:
+        """Stands in for the shipper: reads the counts as its first turn would, ships nothing."""
+
+        lost = 0
+
+        def __init__(self, *args: object, counts: Callable[[], dict[str, Any]], **options: object) -> None:
+            self._counts = counts
+
+        def start(self) -> None:
+            first_counts.append(self._counts())
+
+        def flush(self, timeout_s: float) -> bool:
+            return True
+
+        def stop(self, timeout_s: float) -> None:
+            pass
+
+    monkeypatch.setattr(tap_module, "Shipper", CountsAtStart)
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"{}"})  # type: ignore[operator]
+
+    middleware = ModelTapMiddleware(app, config=ModelTapConfig.from_env({}, monitor="process"))
+    try:
+        middleware.start()
+        assert middleware.tap.mode == "process"
+        [counts] = first_counts
+        assert counts["res_capture"] == ("compiled" if each_capture_form == "compiled" else "python")
+    finally:
+        middleware.tap.shutdown()
 
 
 def test_otlp_carries_the_semantic_convention_names() -> None:

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from modeltap._types import ASGIApp
 from modeltap.alerts.rollback import route_report
 from modeltap.capture import compiled
-from modeltap.capture.exchange import Capture, PyExchangeCapture, TraceStarter, exchange_capture
+from modeltap.capture.exchange import Capture, TraceStarter, exchange_capture
 from modeltap.capture.record_queue import RecordQueue
 from modeltap.capture.routes import RouteTemplates
 from modeltap.capture.trace_context import TraceSampler
@@ -91,6 +91,9 @@ class Tap:
         self._lock = threading.Lock()
         self.queue = RecordQueue(config.queue_max_records, config.queue_max_bytes)
         self.capture: Capture | None = None
+        # Which capture this process runs ("compiled" or "python"), decided before the shipper's
+        # first counts leave so that the monitor never records a serving process without it.
+        self.capture_form: str | None = None
         self.started = False
         self.sampling = Sampling(config.overload_watermark)
         self._budget = CpuBudget(config.worker_cpu_budget)
@@ -182,6 +185,8 @@ class Tap:
 
     def _start_locked(self) -> None:
         config = self.config
+        compiled_capture = compiled.wanted()
+        self.capture_form = "compiled" if compiled_capture else "python"
         provider = self._explicit_tracer_provider or otel_trace.get_tracer_provider()
         app_provider = provider if isinstance(provider, SdkTracerProvider) else None
         if config.monitor == "process" and self._start_shipper(app_provider):
@@ -218,6 +223,7 @@ class Tap:
             config.max_body_bytes,
             TraceStarter(sampler, enrich),
             cold_start_requests=config.cold_start_requests,
+            compiled=compiled_capture,
             encoder=encoder,
         )
         if not self._registered_exit:
@@ -361,11 +367,8 @@ class Tap:
     def _own_resources(self) -> ProcessResources:
         """This process's resources, with which capture it runs (once it has one)."""
         sample = self.resources.sample()
-        capture = self.capture
-        if capture is None:
-            return sample
-        form = "python" if isinstance(capture, PyExchangeCapture) else "compiled"
-        return dataclasses.replace(sample, capture=form)
+        form = self.capture_form
+        return sample if form is None else dataclasses.replace(sample, capture=form)
 
     def report(self, key: str, value: Any) -> None:
         """Set a count or state the monitor should know at once (the sidecar: draining)."""
