@@ -1920,6 +1920,9 @@ static PyTypeObject ExchangeType = {
 /* ------------------------------------------------------------------------------------------ */
 /* Capture type                                                                               */
 
+static PyObject *capture_exchange(CaptureObject *self, PyObject *scope, PyObject *receive, PyObject *send,
+                                  long weight, long payload_weight);
+
 static PyObject *capture_call(CaptureObject *self, PyObject *args, PyObject *kwargs) {
     PyObject *scope, *receive, *send;
     long weight, payload_weight;
@@ -1930,6 +1933,12 @@ static PyObject *capture_call(CaptureObject *self, PyObject *args, PyObject *kwa
     if (!PyArg_ParseTuple(args, "OOOll:Capture", &scope, &receive, &send, &weight, &payload_weight)) {
         return NULL;
     }
+    return capture_exchange(self, scope, receive, send, weight, payload_weight);
+}
+
+/* The awaitable of one exchange (what `await capture(...)` drives). */
+static PyObject *capture_exchange(CaptureObject *self, PyObject *scope, PyObject *receive, PyObject *send,
+                                  long weight, long payload_weight) {
     ExchangeObject *exchange = PyObject_GC_New(ExchangeObject, &ExchangeType);
     if (exchange == NULL) {
         return NULL;
@@ -2096,6 +2105,174 @@ static PyTypeObject CaptureType = {
 };
 
 /* ------------------------------------------------------------------------------------------ */
+/* Dispatch: the base class of ModelTapMiddleware where this module is built                  */
+/*                                                                                            */
+/* The middleware's per-request decision, made without a Python frame in the normal case: an  */
+/* HTTP exchange, the tap started with the compiled capture, everything captured (both        */
+/* sampling strides 1), a path outside the local views. Then the call returns the capture's   */
+/* awaitable itself, as `await capture(scope, receive, send, 1, 1)` would have been awaited.   */
+/* Anything else (lifespan, websockets, the first request, sampling under load, the views, a  */
+/* pure-Python capture, a scope that is not a plain dict) calls the subclass's `_dispatch`    */
+/* coroutine, which makes every decision again: this is a shortcut, never a second source of  */
+/* truth. Nothing is cached: the tap's capture and sampling are read on every call, so a fork */
+/* (a new capture), an overload (strides above 1) or a fallback is seen at once.              */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *tap;          /* NULL: always `_dispatch` (not set up, or monitoring disabled) */
+    PyObject *views_prefix; /* the local views' prefix (str), or NULL when there are none */
+} DispatchObject;
+
+static PyObject *s_dispatch, *s_sampling, *s_stride, *s_payload_stride;
+
+/* 1 when `value` is the int 1, else 0 (no error set). */
+static int is_one(PyObject *value) {
+    if (value == NULL || !PyLong_CheckExact(value)) {
+        return 0;
+    }
+    int overflow = 0;
+    return PyLong_AsLongAndOverflow(value, &overflow) == 1 && overflow == 0;
+}
+
+/* Whether `path` may be one of the local views (`LocalViews.handles` decides exactly): it starts
+ * with the prefix, or does once the scope's non-empty `root_path` is taken off. 1, 0, or -1 when
+ * the scope is not as expected (then the full decision is made in Python). */
+static int may_be_views(PyObject *prefix, PyObject *scope) {
+    PyObject *path = PyDict_GetItemWithError(scope, s_path);
+    if (path == NULL || !PyUnicode_Check(path)) {
+        return -1;
+    }
+    Py_ssize_t end = PyUnicode_GET_LENGTH(path);
+    Py_ssize_t match = PyUnicode_Tailmatch(path, prefix, 0, end, -1);
+    if (match != 0) {
+        return match < 0 ? -1 : 1;
+    }
+    PyObject *root = PyDict_GetItemWithError(scope, s_root_path);
+    if (root == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (!PyUnicode_Check(root)) {
+        return -1;
+    }
+    Py_ssize_t start = PyUnicode_GET_LENGTH(root);
+    if (start == 0) {
+        return 0;
+    }
+    match = PyUnicode_Tailmatch(path, root, 0, end, -1);
+    if (match <= 0) {
+        return match < 0 ? -1 : 0;
+    }
+    match = PyUnicode_Tailmatch(path, prefix, start, end, -1);
+    return match < 0 ? -1 : match > 0;
+}
+
+/* The capture's awaitable for the normal case, or NULL (possibly with an error set, which the
+ * caller clears) when `_dispatch` must decide. */
+static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *scope, PyObject *receive, PyObject *send) {
+    if (!PyDict_CheckExact(scope)) {
+        return NULL;
+    }
+    PyObject *kind = PyDict_GetItemWithError(scope, s_type);
+    if (kind != s_http && (kind == NULL || !PyUnicode_CheckExact(kind) || PyUnicode_Compare(kind, s_http) != 0)) {
+        return NULL;
+    }
+    if (self->views_prefix != NULL && may_be_views(self->views_prefix, scope) != 0) {
+        return NULL;
+    }
+    PyObject *capture = PyObject_GetAttr(self->tap, s_capture);
+    if (capture == NULL) {
+        return NULL;
+    }
+    PyObject *exchange = NULL;
+    if (Py_IS_TYPE(capture, &CaptureType)) {
+        PyObject *sampling = PyObject_GetAttr(self->tap, s_sampling);
+        if (sampling != NULL) {
+            PyObject *stride = PyObject_GetAttr(sampling, s_stride);
+            PyObject *payload_stride = stride != NULL ? PyObject_GetAttr(sampling, s_payload_stride) : NULL;
+            if (is_one(stride) && is_one(payload_stride)) {
+                exchange = capture_exchange((CaptureObject *)capture, scope, receive, send, 1, 1);
+            }
+            Py_XDECREF(payload_stride);
+            Py_XDECREF(stride);
+            Py_DECREF(sampling);
+        }
+    }
+    Py_DECREF(capture);
+    return exchange;
+}
+
+static PyObject *dispatch_call(DispatchObject *self, PyObject *args, PyObject *kwargs) {
+    if (self->tap != NULL && PyTuple_GET_SIZE(args) == 3 && (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0)) {
+        PyObject *exchange = dispatch_shortcut(self, PyTuple_GET_ITEM(args, 0), PyTuple_GET_ITEM(args, 1),
+                                               PyTuple_GET_ITEM(args, 2));
+        if (exchange != NULL) {
+            return exchange;
+        }
+        PyErr_Clear(); /* whatever went wrong, `_dispatch` decides (and raises, if it must) */
+    }
+    PyObject *method = PyObject_GetAttr((PyObject *)self, s_dispatch);
+    if (method == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_Call(method, args, kwargs);
+    Py_DECREF(method);
+    return result;
+}
+
+static PyObject *dispatch_set_shortcut(DispatchObject *self, PyObject *args) {
+    PyObject *tap, *views_prefix;
+    if (!PyArg_ParseTuple(args, "OO:_set_shortcut", &tap, &views_prefix)) {
+        return NULL;
+    }
+    if (views_prefix != Py_None && !PyUnicode_Check(views_prefix)) {
+        PyErr_SetString(PyExc_TypeError, "views_prefix must be a str or None");
+        return NULL;
+    }
+    Py_XSETREF(self->tap, tap == Py_None ? NULL : Py_NewRef(tap));
+    Py_XSETREF(self->views_prefix, views_prefix == Py_None ? NULL : Py_NewRef(views_prefix));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef dispatch_methods[] = {
+    {"_set_shortcut", (PyCFunction)dispatch_set_shortcut, METH_VARARGS,
+     "_set_shortcut(tap, views_prefix): take the normal case without `_dispatch` (tap None: never)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int dispatch_traverse(DispatchObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->tap);
+    Py_VISIT(self->views_prefix);
+    return 0;
+}
+
+static int dispatch_clear(DispatchObject *self) {
+    Py_CLEAR(self->tap);
+    Py_CLEAR(self->views_prefix);
+    return 0;
+}
+
+static void dispatch_dealloc(DispatchObject *self) {
+    PyObject_GC_UnTrack(self);
+    dispatch_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject DispatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "modeltap._speedups.Dispatch",
+    .tp_basicsize = sizeof(DispatchObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Base of the ASGI middleware: calls `_dispatch(scope, receive, send)`, or the capture "
+              "directly in the normal case once `_set_shortcut` named the tap.",
+    .tp_new = PyType_GenericNew,
+    .tp_call = (ternaryfunc)dispatch_call,
+    .tp_methods = dispatch_methods,
+    .tp_traverse = (traverseproc)dispatch_traverse,
+    .tp_clear = (inquiry)dispatch_clear,
+    .tp_dealloc = (destructor)dispatch_dealloc,
+};
+
+/* ------------------------------------------------------------------------------------------ */
 /* Module                                                                                     */
 
 static int intern_all(void) {
@@ -2134,6 +2311,10 @@ static int intern_all(void) {
     INTERN(s_http, "http");
     INTERN(s_1_1, "1.1");
     INTERN(s_bound, "_bound");
+    INTERN(s_dispatch, "_dispatch");
+    INTERN(s_sampling, "sampling");
+    INTERN(s_stride, "stride");
+    INTERN(s_payload_stride, "payload_stride");
 #undef INTERN
     no_headers = PyList_New(0);
     bits_64 = PyLong_FromLong(64);
@@ -2153,7 +2334,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         return NULL;
     }
     PyTypeObject *types[] = {&StateType, &ReceiveTapType, &ReceiveAwaitType, &ExchangeType, &CaptureType,
-                             &EncoderType};
+                             &EncoderType, &DispatchType};
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         if (PyType_Ready(types[i]) < 0) {
             return NULL;
@@ -2163,7 +2344,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (module == NULL) {
         return NULL;
     }
-    if (PyModule_AddType(module, &CaptureType) < 0 || PyModule_AddType(module, &EncoderType) < 0) {
+    if (PyModule_AddType(module, &CaptureType) < 0 || PyModule_AddType(module, &EncoderType) < 0 ||
+        PyModule_AddType(module, &DispatchType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

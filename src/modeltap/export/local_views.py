@@ -89,6 +89,11 @@ class LocalViews:
             self.writes["/feedback"] = feedback
 
     @property
+    def prefix(self) -> str:
+        """The path prefix the views answer under ("/modeltap" by default)."""
+        return self._prefix
+
+    @property
     def feedback(self) -> FeedbackEndpoint | None:
         return self.writes.get("/feedback")
 

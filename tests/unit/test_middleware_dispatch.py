@@ -1,0 +1,241 @@
+"""The middleware's compiled call (`_speedups.Dispatch`): the normal case goes straight to the
+compiled capture, every other case to `_dispatch`, and either way the exchange is handled as the
+Python middleware handles it.
+
+Which way a call went is read from an instance attribute standing in for `_dispatch` (the
+compiled call looks the method up on the instance, as Python would); what the exchange did is
+read from the client's side and from `/modeltap/status`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any
+
+import pytest
+
+from modeltap import ModelTapMiddleware
+from modeltap.capture import compiled
+from modeltap.capture.exchange import TraceStarter, exchange_capture
+from modeltap.capture.trace_context import TraceSampler
+from modeltap.config import SamplerConfig
+from modeltap.worker.sampling import Sampling
+from tests.support.asgi_driver import (
+    Receive,
+    Scope,
+    Send,
+    http_request_messages,
+    make_http_scope,
+    run_asgi,
+    run_lifespan,
+)
+from tests.support.tapping import MakeMiddleware, status_document
+
+pytestmark = pytest.mark.usefixtures("each_capture_form")
+
+BODY = b'{"instances": [[1.0, 2.0]]}'
+
+
+async def model(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    while (await receive()).get("more_body"):
+        pass
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": b'{"predictions": [3.0]}'})
+
+
+class DispatchSpy:
+    """Stands in for `ModelTapMiddleware._dispatch` on one instance and counts the calls."""
+
+    def __init__(self, middleware: ModelTapMiddleware) -> None:
+        self.calls = 0
+        self._dispatch = middleware._dispatch
+        middleware._dispatch = self  # type: ignore[method-assign]
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        self.calls += 1
+        return self._dispatch(scope, receive, send)
+
+
+@pytest.fixture
+def middleware(make_middleware: MakeMiddleware) -> ModelTapMiddleware:
+    tapped = make_middleware(model)
+    answered = run_asgi(tapped, make_http_scope("POST", "/predict"), http_request_messages(BODY))
+    assert answered.status == 200  # started: the tap has its capture
+    return tapped
+
+
+def predict(middleware: ModelTapMiddleware, path: str = "/predict", **scope: Any) -> int:
+    result = run_asgi(middleware, {**make_http_scope("POST", path), **scope}, http_request_messages(BODY))
+    assert result.exception is None
+    assert result.body == b'{"predictions": [3.0]}'
+    assert result.status is not None
+    return result.status
+
+
+def compiled_call_expected(each_capture_form: str) -> bool:
+    return compiled.AVAILABLE and each_capture_form == "compiled"
+
+
+def test_the_normal_exchange_skips_the_python_call(
+    middleware: ModelTapMiddleware, each_capture_form: str
+) -> None:
+    spy = DispatchSpy(middleware)
+    for _ in range(5):
+        assert predict(middleware) == 200
+    assert spy.calls == (0 if compiled_call_expected(each_capture_form) else 5)
+    call = middleware(make_http_scope("POST", "/predict"), None, None)  # type: ignore[arg-type]
+    # The compiled call hands back the capture's awaitable itself; the Python call a coroutine.
+    assert inspect.iscoroutine(call) is not compiled_call_expected(each_capture_form)
+    if inspect.iscoroutine(call):
+        call.close()
+    assert status_document(middleware)["requests"]["total"] == 6  # the fixture's, and these five
+
+
+@pytest.mark.parametrize(
+    ("path", "scope"),
+    [
+        ("/modeltap/status", {}),
+        ("/modeltap", {}),
+        ("/api/modeltap/status", {"root_path": "/api"}),
+    ],
+)
+def test_the_local_views_go_through_the_python_call(
+    middleware: ModelTapMiddleware, path: str, scope: dict[str, Any]
+) -> None:
+    spy = DispatchSpy(middleware)
+    result = run_asgi(middleware, {**make_http_scope("GET", path, headers=[]), **scope})
+    assert spy.calls == 1
+    assert result.status == 200
+    assert result.body != b'{"predictions": [3.0]}'  # a view answered, not the model
+    assert status_document(middleware)["requests"]["total"] == 1  # a view is not an exchange
+
+
+@pytest.mark.parametrize("path", ["/modeltapx", "/api/modeltapx"])
+def test_a_path_that_only_starts_like_the_views_is_captured(
+    middleware: ModelTapMiddleware, path: str
+) -> None:
+    spy = DispatchSpy(middleware)
+    assert predict(middleware, path, root_path="/api") == 200
+    assert spy.calls == 1  # the Python call decides: not a view
+    assert status_document(middleware)["requests"]["total"] == 2
+
+
+def test_the_views_prefix_a_user_configured_is_the_one_looked_at(make_middleware: MakeMiddleware) -> None:
+    tapped = make_middleware(model, views_prefix="/ops/monitor")
+    predict(tapped)
+    spy = DispatchSpy(tapped)
+    assert run_asgi(tapped, make_http_scope("GET", "/ops/monitor/status", headers=[])).status == 200
+    assert spy.calls == 1
+    predict(tapped, "/modeltap/status")  # no view there: the model answers, and it is captured
+    assert tapped.tap.flush(5.0)
+    document = json.loads(run_asgi(tapped, make_http_scope("GET", "/ops/monitor/status", headers=[])).body)
+    assert document["requests"]["total"] == 2
+
+
+class HeldSampling(Sampling):
+    """Strides the worker's load-following cannot move while the test runs."""
+
+    def __init__(self, stride: int, payload_stride: int) -> None:
+        super().__init__(watermark=0.5)
+        self.held = (stride, payload_stride)
+
+    @property
+    def stride(self) -> int:
+        return self.held[0]
+
+    @stride.setter
+    def stride(self, value: int) -> None:
+        pass
+
+    @property
+    def payload_stride(self) -> int:
+        return self.held[1]
+
+    @payload_stride.setter
+    def payload_stride(self, value: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("stride", "payload_stride"), [(2, 1), (1, 3)])
+def test_sampling_under_load_goes_through_the_python_call(
+    middleware: ModelTapMiddleware, stride: int, payload_stride: int
+) -> None:
+    spy = DispatchSpy(middleware)
+    sampling = middleware.tap.sampling = HeldSampling(stride, payload_stride)
+    for _ in range(6):
+        predict(middleware)
+    assert spy.calls == 6
+    # Every exchange the Python call admitted is counted at its weight: six in all.
+    assert status_document(middleware)["requests"]["total"] == 1 + 6
+    sampling.held = (1, 1)
+    spy.calls = 0
+    predict(middleware)
+    assert spy.calls == (0 if compiled.wanted() else 1)
+
+
+def test_the_first_request_starts_the_tap_through_the_python_call(make_middleware: MakeMiddleware) -> None:
+    tapped = make_middleware(model)
+    spy = DispatchSpy(tapped)
+    assert tapped.tap.capture is None
+    predict(tapped)
+    assert spy.calls == 1
+    assert tapped.tap.capture is not None
+
+
+def test_the_capture_in_place_is_the_one_used(middleware: ModelTapMiddleware) -> None:
+    """Nothing is cached: after a fork the tap starts again with a new capture and queue."""
+    offered: list[object] = []
+
+    def offer(record: object, size: int) -> bool:
+        offered.append(record)
+        return True
+
+    starter = TraceStarter(TraceSampler(SamplerConfig("always_off", 0.0)), {})
+    middleware.tap.capture = exchange_capture(model, middleware.tap, offer, 1 << 20, starter)
+    predict(middleware)
+    predict(middleware)
+    assert len(offered) == 2
+
+
+def test_a_disabled_middleware_passes_everything_through(middleware: ModelTapMiddleware) -> None:
+    middleware.enabled = False
+    spy = DispatchSpy(middleware)
+    predict(middleware)
+    assert spy.calls == 1
+    assert (
+        run_asgi(middleware, make_http_scope("GET", "/modeltap/status", headers=[])).body
+        == b'{"predictions": [3.0]}'
+    )
+    middleware.enabled = True
+    predict(middleware)
+    assert spy.calls == (2 if compiled.wanted() else 3)
+    assert status_document(middleware)["requests"]["total"] == 2
+
+
+def test_lifespan_and_other_scopes_go_through_the_python_call(middleware: ModelTapMiddleware) -> None:
+    spy = DispatchSpy(middleware)
+    messages = run_lifespan(middleware)
+    assert messages.types == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert spy.calls == 1
+
+
+def test_a_scope_that_is_not_a_dict_goes_through_the_python_call(middleware: ModelTapMiddleware) -> None:
+    class Scope(dict[str, Any]):
+        pass
+
+    spy = DispatchSpy(middleware)
+    call = middleware(Scope(make_http_scope("POST", "/predict")), None, None)  # type: ignore[arg-type]
+    assert spy.calls == 1
+    assert inspect.iscoroutine(call)
+    call.close()
