@@ -2257,6 +2257,22 @@ static void dispatch_dealloc(DispatchObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static PyTypeObject DispatchType;
+
+/* `compile_call(cls)`: instances of `cls` (a Python subclass of Dispatch) are called through the
+ * compiled call, while the class keeps its Python `__call__` for everyone who looks at it (uvicorn
+ * tells an ASGI 3 app by a coroutine function `__call__`). Setting an attribute of the class that
+ * names `__call__` again puts Python's own slot back: correct, only slower. */
+static PyObject *compile_call(PyObject *Py_UNUSED(module), PyObject *cls) {
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &DispatchType) ||
+        !PyType_HasFeature((PyTypeObject *)cls, Py_TPFLAGS_HEAPTYPE)) {
+        PyErr_SetString(PyExc_TypeError, "compile_call needs a class derived from Dispatch");
+        return NULL;
+    }
+    ((PyTypeObject *)cls)->tp_call = (ternaryfunc)dispatch_call;
+    Py_RETURN_NONE;
+}
+
 static PyTypeObject DispatchType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "modeltap._speedups.Dispatch",
@@ -2322,11 +2338,18 @@ static int intern_all(void) {
     return no_headers == NULL || bits_64 == NULL || zero_int == NULL ? -1 : 0;
 }
 
+static PyMethodDef speedups_functions[] = {
+    {"compile_call", (PyCFunction)compile_call, METH_O,
+     "compile_call(cls): call instances of a Dispatch subclass through the compiled call."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "modeltap._speedups",
     .m_doc = "modeltap's request path in compiled code (optional; pure-Python fallbacks exist).",
     .m_size = -1,
+    .m_methods = speedups_functions,
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {

@@ -9,13 +9,15 @@ read from the client's side and from `/modeltap/status`.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from typing import Any
 
 import pytest
+import uvicorn
 
-from modeltap import ModelTapMiddleware
+from modeltap import ModelTapConfig, ModelTapMiddleware
 from modeltap.capture import compiled
 from modeltap.capture.exchange import TraceStarter, exchange_capture
 from modeltap.capture.trace_context import TraceSampler
@@ -239,3 +241,26 @@ def test_a_scope_that_is_not_a_dict_goes_through_the_python_call(middleware: Mod
     assert spy.calls == 1
     assert inspect.iscoroutine(call)
     call.close()
+
+
+def test_servers_see_an_asgi3_app(middleware: ModelTapMiddleware) -> None:
+    """uvicorn tells ASGI 3 from ASGI 2 by a coroutine function `__call__` (its "auto" interface)."""
+    assert asyncio.iscoroutinefunction(middleware.__call__)
+    config = uvicorn.Config(app=middleware, log_level="error")
+    config.load()
+    assert config.interface == "asgi3"
+
+
+def test_a_subclass_is_called_through_python(each_capture_form: str) -> None:
+    class Custom(ModelTapMiddleware):
+        pass
+
+    tapped = Custom(model, config=ModelTapConfig.from_env({}, monitor="inline"), model_name="demo")
+    try:
+        spy = DispatchSpy(tapped)
+        predict(tapped)
+        predict(tapped)
+        assert spy.calls == 0  # Python's own call: `__call__` itself, not the compiled one
+        assert status_document(tapped)["requests"]["total"] == 2
+    finally:
+        tapped.tap.shutdown()

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""What the serving thread pays per request, without a server: the reference app's ASGI stack
+(`apps.py`, Starlette) called in a loop in one process, CPU time of that thread only
+(`time.thread_time`), best of 7 passes of 20 000 requests. No sockets, no load generator: the
+figure moves far less between runs than requests/s, and a change of a fraction of a microsecond
+on the request path shows. Caches are warm here; under a real server the same code costs two to
+three times more (bench/README.md), so read the differences, not the absolute figures.
+
+Each variant runs in its own process, pinned to core 0 (the monitor process and an OTLP sink on
+core 1), in interleaved rounds.
+
+usage: inprocess.py [NAME=ENV_ASSIGNMENTS ...]
+       default variants: bare=APP=bare  modeltap=APP=modeltap  traced=APP=modeltap_traced
+       e.g. compare another checkout: "before=APP=modeltap PYTHONPATH=/path/to/old/src"
+env:   ROUNDS (3), N (20000)
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BODY = b'{"instances": [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]]}'
+DEFAULT = ["bare=APP=bare", "modeltap=APP=modeltap", "traced=APP=modeltap_traced"]
+
+
+def child() -> None:
+    """Drive the app; print the best µs of thread CPU per request."""
+    sys.path.insert(0, str(HERE))
+    import apps  # the variant comes from APP
+
+    app = apps.app
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(BODY)),
+    ]
+    message = {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def receive() -> dict[str, object]:
+        return message
+
+    async def send(message: dict[str, object]) -> None:
+        pass
+
+    def one() -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 50000),
+            "scheme": "http",
+            "method": "POST",
+            "root_path": "",
+            "path": "/predict",
+            "raw_path": b"/predict",
+            "query_string": b"",
+            "headers": headers,
+        }
+        call = app(scope, receive, send)
+        try:
+            call.send(None)
+        except StopIteration:
+            return
+        raise SystemExit("the app suspended: this harness only drives apps that answer at once")
+
+    for _ in range(3000):  # warm-up, and the first request starts modeltap (and its monitor)
+        one()
+    time.sleep(1.0)
+    n = int(os.environ.get("N", "20000"))
+    best = float("inf")
+    for _ in range(7):
+        started = time.thread_time()
+        for _ in range(n):
+            one()
+        best = min(best, (time.thread_time() - started) / n * 1e6)
+        time.sleep(0.2)  # the shipper and the monitor catch up between passes
+    print(f"{best:.3f}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def main() -> None:
+    variants = [arg.split("=", 1) for arg in (sys.argv[1:] or DEFAULT)]
+    rounds = int(os.environ.get("ROUNDS", "3"))
+    pinned = shutil.which("taskset") is not None
+    pin, sink_pin = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if pinned else ([], [])
+    reference = HERE / "ref10.json"
+    if not reference.exists():
+        subprocess.run(
+            [sys.executable, str(HERE / "make_reference.py"), str(reference), "10"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    port = free_port()
+    sink = subprocess.Popen(
+        [*sink_pin, sys.executable, str(HERE / "otlp_sink.py"), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run_dir = tempfile.mkdtemp(prefix="mt-inproc-")
+    results: dict[str, list[float]] = {name: [] for name, _ in variants}
+    try:
+        for _ in range(rounds):
+            for name, assignments in variants:
+                env = {
+                    **os.environ,
+                    "MODELTAP_MONITOR_CPUS": "1",
+                    "MODELTAP_RUN_DIR": run_dir,
+                    "MODELTAP_BENCH_OTLP": f"http://127.0.0.1:{port}",
+                    "MODELTAP_BENCH_REFERENCE": str(reference),
+                }
+                env.update(dict(item.split("=", 1) for item in shlex.split(assignments)))
+                out = subprocess.run(
+                    [*pin, sys.executable, __file__, "--child"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                results[name].append(float(out.stdout.strip().splitlines()[-1]))
+    finally:
+        sink.terminate()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    base = statistics.median(results[variants[0][0]])
+    for name, _ in variants:
+        value = statistics.median(results[name])
+        runs = " ".join(f"{v:.2f}" for v in results[name])
+        print(
+            f"{name:<12} {value:7.2f} µs/request  (+{value - base:5.2f} over {variants[0][0]})   runs: {runs}"
+        )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--child"]:
+        child()
+    else:
+        main()
