@@ -2106,16 +2106,16 @@ static PyTypeObject CaptureType = {
 
 /* ------------------------------------------------------------------------------------------ */
 /* Dispatch: the base class of ModelTapMiddleware where this module is built                  */
-/*                                                                                            */
-/* The middleware's per-request decision, made without a Python frame in the normal case: an  */
-/* HTTP exchange, the tap started with the compiled capture, everything captured (both        */
-/* sampling strides 1), a path outside the local views. Then the call returns the capture's   */
-/* awaitable itself, as `await capture(scope, receive, send, 1, 1)` would have been awaited.   */
-/* Anything else (lifespan, websockets, the first request, sampling under load, the views, a  */
-/* pure-Python capture, a scope that is not a plain dict) calls the subclass's `_dispatch`    */
-/* coroutine, which makes every decision again: this is a shortcut, never a second source of  */
-/* truth. Nothing is cached: the tap's capture and sampling are read on every call, so a fork */
-/* (a new capture), an overload (strides above 1) or a fallback is seen at once.              */
+
+/* The middleware's per-request decision, made without a Python frame of its own for an HTTP
+ * exchange once the tap has the compiled capture and the path is outside the local views: the
+ * capture's awaitable is returned itself, as `_dispatch` would have awaited it, at weights 1
+ * while everything is captured, else at those `Sampling.admit()` gives (or the app's own
+ * awaitable when admit leaves the exchange out). Anything else (lifespan, websockets, the first
+ * request, the views, a pure-Python capture, a scope that is not a plain dict) calls the
+ * subclass's `_dispatch` coroutine, which makes every decision again: this is a shortcut, never
+ * a second source of truth. Nothing is cached: the tap's capture and sampling are read on every
+ * call, so a fork (a new capture), a change of strides or a fallback is seen at once. */
 
 typedef struct {
     PyObject_HEAD
@@ -2123,7 +2123,7 @@ typedef struct {
     PyObject *views_prefix; /* the local views' prefix (str), or NULL when there are none */
 } DispatchObject;
 
-static PyObject *s_dispatch, *s_sampling, *s_stride, *s_payload_stride;
+static PyObject *s_dispatch, *s_sampling, *s_stride, *s_payload_stride, *s_admit, *s_app;
 
 /* 1 when `value` is the int 1, else 0 (no error set). */
 static int is_one(PyObject *value) {
@@ -2166,9 +2166,32 @@ static int may_be_views(PyObject *prefix, PyObject *scope) {
     return match < 0 ? -1 : match > 0;
 }
 
-/* The capture's awaitable for the normal case, or NULL (possibly with an error set, which the
- * caller clears) when `_dispatch` must decide. */
-static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *scope, PyObject *receive, PyObject *send) {
+/* Whether both sampling strides are 1 (`Sampling.takes_everything`, read without its frame):
+ * 1, 0, or -1 when they cannot be read. */
+static int takes_everything(PyObject *sampling) {
+    PyObject *stride = PyObject_GetAttr(sampling, s_stride);
+    if (stride == NULL) {
+        return -1;
+    }
+    PyObject *payload_stride = PyObject_GetAttr(sampling, s_payload_stride);
+    if (payload_stride == NULL) {
+        Py_DECREF(stride);
+        return -1;
+    }
+    int everything = is_one(stride) && is_one(payload_stride);
+    Py_DECREF(payload_stride);
+    Py_DECREF(stride);
+    return everything;
+}
+
+/* What `_dispatch` would do with an HTTP exchange once the tap has the compiled capture: the
+ * capture's awaitable, at the weights `Sampling.admit()` gives under load, or the app's own when
+ * admit leaves the exchange out. `*decided` says whether the decision was made here: when it was,
+ * NULL means an error to raise (admit has counted the exchange: it must not be decided again);
+ * when not, `_dispatch` decides, and any error set here is cleared by the caller. */
+static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *scope, PyObject *receive, PyObject *send,
+                                   int *decided) {
+    *decided = 0;
     if (!PyDict_CheckExact(scope)) {
         return NULL;
     }
@@ -2183,32 +2206,57 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *scope, PyObje
     if (capture == NULL) {
         return NULL;
     }
-    PyObject *exchange = NULL;
-    if (Py_IS_TYPE(capture, &CaptureType)) {
-        PyObject *sampling = PyObject_GetAttr(self->tap, s_sampling);
-        if (sampling != NULL) {
-            PyObject *stride = PyObject_GetAttr(sampling, s_stride);
-            PyObject *payload_stride = stride != NULL ? PyObject_GetAttr(sampling, s_payload_stride) : NULL;
-            if (is_one(stride) && is_one(payload_stride)) {
-                exchange = capture_exchange((CaptureObject *)capture, scope, receive, send, 1, 1);
-            }
-            Py_XDECREF(payload_stride);
-            Py_XDECREF(stride);
-            Py_DECREF(sampling);
-        }
+    if (!Py_IS_TYPE(capture, &CaptureType)) {
+        Py_DECREF(capture);
+        return NULL;
     }
+    PyObject *sampling = PyObject_GetAttr(self->tap, s_sampling);
+    if (sampling == NULL) {
+        Py_DECREF(capture);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    int everything = takes_everything(sampling);
+    if (everything == 1) {
+        *decided = 1;
+        result = capture_exchange((CaptureObject *)capture, scope, receive, send, 1, 1);
+    } else if (everything == 0) {
+        PyObject *admitted = PyObject_CallMethodNoArgs(sampling, s_admit);
+        *decided = admitted != NULL;
+        long weight = 0, payload_weight = 0;
+        if (admitted != NULL && PyTuple_CheckExact(admitted) && PyTuple_GET_SIZE(admitted) == 2) {
+            weight = PyLong_AsLong(PyTuple_GET_ITEM(admitted, 0));
+            payload_weight = weight == -1 && PyErr_Occurred() ? -1 : PyLong_AsLong(PyTuple_GET_ITEM(admitted, 1));
+        } else if (admitted != NULL) {
+            PyErr_SetString(PyExc_TypeError, "Sampling.admit() must return (weight, payload_weight)");
+        }
+        if (PyErr_Occurred()) {
+            /* raised below (decided) or cleared by the caller (admit itself failed) */
+        } else if (weight) {
+            result = capture_exchange((CaptureObject *)capture, scope, receive, send, weight, payload_weight);
+        } else {
+            PyObject *app = PyObject_GetAttr((PyObject *)self, s_app);
+            if (app != NULL) {
+                result = PyObject_CallFunctionObjArgs(app, scope, receive, send, NULL);
+                Py_DECREF(app);
+            }
+        }
+        Py_XDECREF(admitted);
+    }
+    Py_DECREF(sampling);
     Py_DECREF(capture);
-    return exchange;
+    return result;
 }
 
 static PyObject *dispatch_call(DispatchObject *self, PyObject *args, PyObject *kwargs) {
     if (self->tap != NULL && PyTuple_GET_SIZE(args) == 3 && (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0)) {
-        PyObject *exchange = dispatch_shortcut(self, PyTuple_GET_ITEM(args, 0), PyTuple_GET_ITEM(args, 1),
-                                               PyTuple_GET_ITEM(args, 2));
-        if (exchange != NULL) {
-            return exchange;
+        int decided;
+        PyObject *result = dispatch_shortcut(self, PyTuple_GET_ITEM(args, 0), PyTuple_GET_ITEM(args, 1),
+                                             PyTuple_GET_ITEM(args, 2), &decided);
+        if (result != NULL || decided) {
+            return result;
         }
-        PyErr_Clear(); /* whatever went wrong, `_dispatch` decides (and raises, if it must) */
+        PyErr_Clear(); /* nothing decided yet: `_dispatch` decides (and raises, if it must) */
     }
     PyObject *method = PyObject_GetAttr((PyObject *)self, s_dispatch);
     if (method == NULL) {
@@ -2331,6 +2379,8 @@ static int intern_all(void) {
     INTERN(s_sampling, "sampling");
     INTERN(s_stride, "stride");
     INTERN(s_payload_stride, "payload_stride");
+    INTERN(s_admit, "admit");
+    INTERN(s_app, "app");
 #undef INTERN
     no_headers = PyList_New(0);
     bits_64 = PyLong_FromLong(64);

@@ -146,11 +146,12 @@ def test_the_views_prefix_a_user_configured_is_the_one_looked_at(make_middleware
 
 
 class HeldSampling(Sampling):
-    """Strides the worker's load-following cannot move while the test runs."""
+    """Strides the worker's load-following cannot move while the test runs; counts `admit()`."""
 
     def __init__(self, stride: int, payload_stride: int) -> None:
         super().__init__(watermark=0.5)
         self.held = (stride, payload_stride)
+        self.admitted: list[tuple[int, int]] = []
 
     @property
     def stride(self) -> int:
@@ -168,22 +169,51 @@ class HeldSampling(Sampling):
     def payload_stride(self, value: int) -> None:
         pass
 
+    def admit(self) -> tuple[int, int]:
+        weights = super().admit()
+        self.admitted.append(weights)
+        return weights
 
-@pytest.mark.parametrize(("stride", "payload_stride"), [(2, 1), (1, 3)])
-def test_sampling_under_load_goes_through_the_python_call(
-    middleware: ModelTapMiddleware, stride: int, payload_stride: int
+
+@pytest.mark.parametrize(
+    ("stride", "payload_stride", "weights"),
+    [
+        (2, 1, [(0, 0), (2, 2)] * 3),
+        (1, 3, [(1, 0), (1, 0), (1, 3)] * 2),
+        (2, 2, [(0, 0), (2, 0), (0, 0), (2, 4), (0, 0), (2, 0)]),
+    ],
+)
+def test_under_load_each_exchange_is_admitted_once(
+    middleware: ModelTapMiddleware, stride: int, payload_stride: int, weights: list[tuple[int, int]]
 ) -> None:
     spy = DispatchSpy(middleware)
     sampling = middleware.tap.sampling = HeldSampling(stride, payload_stride)
     for _ in range(6):
-        predict(middleware)
-    assert spy.calls == 6
-    # Every exchange the Python call admitted is counted at its weight: six in all.
-    assert status_document(middleware)["requests"]["total"] == 1 + 6
+        predict(middleware)  # the model answers every one, admitted or not
+    assert sampling.admitted == weights
+    assert spy.calls == (0 if compiled.wanted() else 6)
+    document = status_document(middleware)
+    # Every exchange is counted at its weight: six, besides the fixture's.
+    assert document["requests"]["total"] == 1 + 6
     sampling.held = (1, 1)
-    spy.calls = 0
     predict(middleware)
-    assert spy.calls == (0 if compiled.wanted() else 1)
+    assert len(sampling.admitted) == 6  # everything captured: no admit asked
+
+
+def test_an_exchange_admit_leaves_out_reaches_the_app_once(make_middleware: MakeMiddleware) -> None:
+    calls: list[str] = []
+
+    async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+        calls.append(scope["path"])
+        await model(scope, receive, send)
+
+    tapped = make_middleware(counting)
+    predict(tapped, "/predict/start")
+    sampling = tapped.tap.sampling = HeldSampling(4, 1)
+    for index in range(8):
+        predict(tapped, f"/predict/{index}")
+    assert calls == ["/predict/start", *(f"/predict/{index}" for index in range(8))]
+    assert [weight for weight, _ in sampling.admitted] == [0, 0, 0, 4] * 2
 
 
 def test_the_first_request_starts_the_tap_through_the_python_call(make_middleware: MakeMiddleware) -> None:
