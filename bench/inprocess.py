@@ -14,12 +14,15 @@ core 1), in interleaved rounds.
 usage: inprocess.py [NAME=ENV_ASSIGNMENTS ...]
        default variants: bare=APP=bare  modeltap=APP=modeltap  traced=APP=modeltap_traced
        e.g. compare another checkout: "before=APP=modeltap PYTHONPATH=/path/to/old/src"
-env:   ROUNDS (3), N (20000)
+env:   ROUNDS (3), N (20000), WORKLOAD (ref: the reference app; lr: the logistic regression,
+       30 features x 8 rows, needs scikit-learn)
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -31,22 +34,31 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BODY = b'{"instances": [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]]}'
+# WORKLOAD: the module, the request body (wrk's Lua script) and the reference profile.
+WORKLOADS = {"ref": ("apps", "post.lua", "ref10.json"), "lr": ("apps_lr", "post_lr8.lua", "ref30.json")}
+
+
+def workload() -> tuple[str, bytes, Path]:
+    module, lua, reference = WORKLOADS[os.environ.get("WORKLOAD", "ref")]
+    match = re.search(r'^wrk\.body\s*=\s*"(.*)"\s*$', (HERE / lua).read_text(), re.MULTILINE)
+    assert match is not None, f"no wrk.body in {lua}"
+    return module, match.group(1).replace('\\"', '"').encode(), HERE / reference
+
+
 DEFAULT = ["bare=APP=bare", "modeltap=APP=modeltap", "traced=APP=modeltap_traced"]
 
 
 def child() -> None:
     """Drive the app; print the best µs of thread CPU per request."""
     sys.path.insert(0, str(HERE))
-    import apps  # the variant comes from APP
-
-    app = apps.app
+    module, body, _ = workload()
+    app = importlib.import_module(module).app  # the variant comes from APP
     headers = [
         (b"host", b"127.0.0.1:8000"),
         (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % len(BODY)),
+        (b"content-length", b"%d" % len(body)),
     ]
-    message = {"type": "http.request", "body": BODY, "more_body": False}
+    message = {"type": "http.request", "body": body, "more_body": False}
 
     async def receive() -> dict[str, object]:
         return message
@@ -113,13 +125,17 @@ def main() -> None:
     rounds = int(os.environ.get("ROUNDS", "3"))
     pinned = shutil.which("taskset") is not None
     pin, sink_pin = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if pinned else ([], [])
-    reference = HERE / "ref10.json"
-    if not reference.exists():
-        subprocess.run(
-            [sys.executable, str(HERE / "make_reference.py"), str(reference), "10"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+    _, _, reference = workload()
+    if not reference.exists():  # as run_monitor.sh writes them
+        make = {
+            "ref10.json": [[sys.executable, "make_reference.py", "ref10.json", "10"]],
+            "ref30.json": [
+                [sys.executable, "make_ref30.py"],
+                [sys.executable, "-m", "modeltap.cli", "profile", "ref30.csv", "-o", "ref30.json"],
+            ],
+        }
+        for command in make[reference.name]:
+            subprocess.run(command, cwd=HERE, check=True, stdout=subprocess.DEVNULL)
     port = free_port()
     sink = subprocess.Popen(
         [*sink_pin, sys.executable, str(HERE / "otlp_sink.py"), str(port)],
