@@ -24,11 +24,11 @@ _log = logging.getLogger("modeltap")
 _CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(ModelTapConfig))
 
 # Where the extension is built, the middleware's call is compiled (`_speedups.Dispatch`, and
-# `compile_call` at the end of this module): the normal case (an HTTP exchange, everything
-# captured, not a local view) reaches the compiled capture with no Python frame of the
-# middleware's own; everything else, and every case where it is not built, runs `_dispatch`.
-# One coroutine less per request: about 1.7 µs of the serving thread's CPU in process
-# (`bench/inprocess.py`).
+# `compile_call` at the end of this module): an HTTP exchange outside the local views, once the
+# tap has the compiled capture, reaches it with no Python frame of the middleware's own (at the
+# weights `Sampling.admit()` gives under load); everything else, and every case where the
+# extension is not built, runs `_dispatch`. One coroutine less per request: about 1.9 µs of the
+# serving thread's CPU in process (`bench/inprocess.py`).
 if TYPE_CHECKING:
 
     class _Dispatch:
@@ -175,7 +175,7 @@ class ModelTapMiddleware(_Dispatch):
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._enabled:
-            if scope["type"] == "lifespan" and self.enabled:
+            if scope["type"] == "lifespan" and self._enabled:
                 await self._lifespan(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
@@ -204,7 +204,7 @@ class ModelTapMiddleware(_Dispatch):
 
     # What servers and tools see: uvicorn tells an ASGI 3 app by a coroutine function `__call__`.
     # Where the extension is built, the class is then called through the compiled call (below),
-    # which takes the normal case itself and hands every other to `_dispatch`.
+    # which takes HTTP exchanges itself and hands everything else to `_dispatch`.
     __call__ = _dispatch
 
     def start(self) -> None:
