@@ -18,6 +18,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <time.h>
 
 #if PY_VERSION_HEX < 0x030A0000
@@ -2337,6 +2338,267 @@ static PyTypeObject DispatchType = {
 };
 
 /* ------------------------------------------------------------------------------------------ */
+/* RecordQueue: the bounded hand-off, with `offer` a C call (the capture offers every record)  */
+
+/* The same queue as `modeltap.capture.record_queue.PyRecordQueue` (see there for the rules):
+ * bounded in records and in bytes, a full queue drops the new record and counts the exchanges
+ * it stands for (`weight_of`, called only on a drop). Records sit in a ring that grows by
+ * doubling up to `max_records`. Every method runs holding the interpreter, so the event loop's
+ * `offer` and the shipper's `drain` never interleave, as with the deque they replace. */
+
+#define RECORD_OVERHEAD_BYTES 1024
+
+typedef struct {
+    PyObject_HEAD
+    PyObject **records;
+    Py_ssize_t *sizes;
+    Py_ssize_t capacity, head, count;
+    Py_ssize_t max_records;
+    long long max_bytes, bytes_in, bytes_out;
+    long long worker_held_bytes, drained_bytes;
+    long long dropped_full, dropped_bytes, dropped_unavailable;
+    char unavailable;
+    PyObject *weight_of;
+} RecordQueueObject;
+
+static int queue_grow(RecordQueueObject *self) {
+    Py_ssize_t capacity = self->capacity * 2;
+    if (capacity > self->max_records) {
+        capacity = self->max_records;
+    }
+    PyObject **records = PyMem_Malloc(sizeof(PyObject *) * (size_t)capacity);
+    Py_ssize_t *sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)capacity);
+    if (records == NULL || sizes == NULL) {
+        PyMem_Free(records);
+        PyMem_Free(sizes);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        Py_ssize_t at = (self->head + i) % self->capacity;
+        records[i] = self->records[at];
+        sizes[i] = self->sizes[at];
+    }
+    PyMem_Free(self->records);
+    PyMem_Free(self->sizes);
+    self->records = records;
+    self->sizes = sizes;
+    self->capacity = capacity;
+    self->head = 0;
+    return 0;
+}
+
+/* A drop of `record`: counted by the exchanges it stands for, under the reason that applies. */
+static PyObject *queue_drop(RecordQueueObject *self, PyObject *record, long long *reason) {
+    PyObject *weight = PyObject_CallOneArg(self->weight_of, record);
+    if (weight == NULL) {
+        return NULL;
+    }
+    long long n = PyLong_AsLongLong(weight);
+    Py_DECREF(weight);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->unavailable) {
+        self->dropped_unavailable += n;
+    } else {
+        *reason += n;
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *queue_offer(RecordQueueObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "offer(record, kept_bytes)");
+        return NULL;
+    }
+    Py_ssize_t kept = PyLong_AsSsize_t(args[1]);
+    if (kept == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    long long size = (long long)kept + RECORD_OVERHEAD_BYTES;
+    if (self->count >= self->max_records) {
+        return queue_drop(self, args[0], &self->dropped_full);
+    }
+    if (self->bytes_in - self->bytes_out + self->worker_held_bytes + size > self->max_bytes) {
+        return queue_drop(self, args[0], &self->dropped_bytes);
+    }
+    if (self->count == self->capacity && queue_grow(self) < 0) {
+        return NULL;
+    }
+    Py_ssize_t at = (self->head + self->count) % self->capacity;
+    self->records[at] = Py_NewRef(args[0]);
+    self->sizes[at] = (Py_ssize_t)size;
+    self->count++;
+    self->bytes_in += size;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *queue_drain(RecordQueueObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"limit", "max_bytes", NULL};
+    Py_ssize_t limit;
+    PyObject *bound = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n|O:drain", keywords, &limit, &bound)) {
+        return NULL;
+    }
+    long long max_bytes = -1; /* -1: no byte bound */
+    if (bound != Py_None) {
+        max_bytes = PyLong_AsLongLong(bound);
+        if (max_bytes == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (max_bytes < 0) {
+            max_bytes = 0;
+        }
+    }
+    Py_ssize_t take = limit < self->count ? (limit > 0 ? limit : 0) : self->count;
+    int bounded = max_bytes >= 0 && self->bytes_in - self->bytes_out > max_bytes;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    long long freed = 0;
+    Py_ssize_t taken = 0;
+    while (taken < take && (!bounded || freed < max_bytes)) {
+        Py_ssize_t at = self->head;
+        /* The list takes the queue's reference. */
+        if (PyList_Append(out, self->records[at]) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(self->records[at]);
+        self->records[at] = NULL;
+        freed += self->sizes[at];
+        self->head = (self->head + 1) % self->capacity;
+        self->count--;
+        taken++;
+    }
+    self->bytes_out += freed;
+    self->drained_bytes = freed;
+    return out;
+}
+
+static PyObject *queue_oldest(RecordQueueObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->count == 0) {
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(self->records[self->head]);
+}
+
+static PyObject *queue_get_depth(RecordQueueObject *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromSsize_t(self->count);
+}
+
+static PyObject *queue_get_pending_bytes(RecordQueueObject *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromLongLong(self->bytes_in - self->bytes_out + self->worker_held_bytes);
+}
+
+static int queue_init(RecordQueueObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"max_records", "max_bytes", "weight_of", NULL};
+    Py_ssize_t max_records;
+    long long max_bytes;
+    PyObject *weight_of;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nLO:RecordQueue", keywords, &max_records, &max_bytes,
+                                     &weight_of)) {
+        return -1;
+    }
+    if (max_records < 1 || max_bytes < 0 || !PyCallable_Check(weight_of)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "RecordQueue needs max_records >= 1, max_bytes >= 0 and a callable weight_of");
+        return -1;
+    }
+    if (self->records != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "RecordQueue is already initialised");
+        return -1;
+    }
+    self->capacity = max_records < 1024 ? max_records : 1024;
+    self->records = PyMem_Malloc(sizeof(PyObject *) * (size_t)self->capacity);
+    self->sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)self->capacity);
+    if (self->records == NULL || self->sizes == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->head = self->count = 0;
+    self->max_records = max_records;
+    self->max_bytes = max_bytes;
+    Py_XSETREF(self->weight_of, Py_NewRef(weight_of));
+    return 0;
+}
+
+static int queue_traverse(RecordQueueObject *self, visitproc visit, void *arg) {
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        Py_VISIT(self->records[(self->head + i) % self->capacity]);
+    }
+    Py_VISIT(self->weight_of);
+    return 0;
+}
+
+static int queue_clear(RecordQueueObject *self) {
+    while (self->count > 0) {
+        PyObject *record = self->records[self->head];
+        self->records[self->head] = NULL;
+        self->head = (self->head + 1) % self->capacity;
+        self->count--;
+        Py_DECREF(record);
+    }
+    Py_CLEAR(self->weight_of);
+    return 0;
+}
+
+static void queue_dealloc(RecordQueueObject *self) {
+    PyObject_GC_UnTrack(self);
+    queue_clear(self);
+    PyMem_Free(self->records);
+    PyMem_Free(self->sizes);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef queue_methods[] = {
+    {"offer", (PyCFunction)(void (*)(void))queue_offer, METH_FASTCALL,
+     "offer(record, kept_bytes) -> bool: False when full (the record is dropped and counted)."},
+    {"drain", (PyCFunction)(void (*)(void))queue_drain, METH_VARARGS | METH_KEYWORDS,
+     "drain(limit, max_bytes=None) -> list: up to `limit` records, oldest first; with `max_bytes`, "
+     "stop once that many bytes are taken (at least one record is)."},
+    {"oldest", (PyCFunction)queue_oldest, METH_NOARGS, "The oldest queued record, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef queue_members[] = {
+    {"max_records", T_PYSSIZET, offsetof(RecordQueueObject, max_records), READONLY, NULL},
+    {"max_bytes", T_LONGLONG, offsetof(RecordQueueObject, max_bytes), READONLY, NULL},
+    {"worker_held_bytes", T_LONGLONG, offsetof(RecordQueueObject, worker_held_bytes), 0, NULL},
+    {"drained_bytes", T_LONGLONG, offsetof(RecordQueueObject, drained_bytes), 0, NULL},
+    {"dropped_full", T_LONGLONG, offsetof(RecordQueueObject, dropped_full), 0, NULL},
+    {"dropped_bytes", T_LONGLONG, offsetof(RecordQueueObject, dropped_bytes), 0, NULL},
+    {"dropped_unavailable", T_LONGLONG, offsetof(RecordQueueObject, dropped_unavailable), 0, NULL},
+    {"unavailable", T_BOOL, offsetof(RecordQueueObject, unavailable), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef queue_getset[] = {
+    {"depth", (getter)queue_get_depth, NULL, "records queued", NULL},
+    {"pending_bytes", (getter)queue_get_pending_bytes, NULL, "bytes queued plus those the worker still holds",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RecordQueueType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "modeltap._speedups.RecordQueue",
+    .tp_basicsize = sizeof(RecordQueueObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "RecordQueue(max_records, max_bytes, weight_of): the bounded hand-off, compiled.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)queue_init,
+    .tp_methods = queue_methods,
+    .tp_members = queue_members,
+    .tp_getset = queue_getset,
+    .tp_traverse = (traverseproc)queue_traverse,
+    .tp_clear = (inquiry)queue_clear,
+    .tp_dealloc = (destructor)queue_dealloc,
+};
+
+/* ------------------------------------------------------------------------------------------ */
 /* Module                                                                                     */
 
 static int intern_all(void) {
@@ -2407,7 +2669,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         return NULL;
     }
     PyTypeObject *types[] = {&StateType, &ReceiveTapType, &ReceiveAwaitType, &ExchangeType, &CaptureType,
-                             &EncoderType, &DispatchType};
+                             &EncoderType, &DispatchType, &RecordQueueType};
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         if (PyType_Ready(types[i]) < 0) {
             return NULL;
@@ -2418,7 +2680,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         return NULL;
     }
     if (PyModule_AddType(module, &CaptureType) < 0 || PyModule_AddType(module, &EncoderType) < 0 ||
-        PyModule_AddType(module, &DispatchType) < 0) {
+        PyModule_AddType(module, &DispatchType) < 0 || PyModule_AddType(module, &RecordQueueType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

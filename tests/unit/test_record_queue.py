@@ -1,18 +1,26 @@
 """RecordQueue: drains bounded in records, and in bytes when asked (the shipper's batches); drops
-counted by the exchanges a record stands for, raw or encoded."""
+counted by the exchanges a record stands for, raw or encoded. Every test runs against both forms
+(`PyRecordQueue`, and the compiled one where the extension is built)."""
 
 from __future__ import annotations
 
+import gc
+import sys
 import time
+import weakref
 
-from modeltap.capture.record_queue import RECORD_OVERHEAD_BYTES, RecordQueue
+import pytest
+
+from modeltap.capture.record_queue import RECORD_OVERHEAD_BYTES, RecordQueue, new_record_queue
 from modeltap.records import ENCODED_HEAD, weight_of
+
+pytestmark = pytest.mark.usefixtures("each_capture_form")
 
 MIB = 1024 * 1024
 
 
 def filled(sizes: list[int]) -> RecordQueue:
-    queue = RecordQueue(max_records=1000, max_bytes=256 * MIB)
+    queue = new_record_queue(max_records=1000, max_bytes=256 * MIB)
     for index, size in enumerate(sizes):
         assert queue.offer((index,), size)
     return queue
@@ -49,11 +57,11 @@ def weighted(weight: int) -> tuple[object, ...]:
 
 def test_a_dropped_record_counts_the_exchanges_it_stands_for() -> None:
     # While sampling 1 in 8, a record dropped on a full queue loses 8 exchanges, not 1.
-    queue = RecordQueue(max_records=1, max_bytes=256 * MIB)
+    queue = new_record_queue(max_records=1, max_bytes=256 * MIB)
     assert queue.offer(weighted(8), 10)
     assert not queue.offer(weighted(8), 10)
     assert queue.dropped_full == 8
-    small = RecordQueue(max_records=100, max_bytes=2 * RECORD_OVERHEAD_BYTES)
+    small = new_record_queue(max_records=100, max_bytes=2 * RECORD_OVERHEAD_BYTES)
     assert small.offer(weighted(1), 0)
     assert not small.offer(weighted(4), RECORD_OVERHEAD_BYTES)
     assert small.dropped_bytes == 4
@@ -77,10 +85,62 @@ def encoded(weight: int, start_ns: int = 0, ended_s: float = 0.5) -> bytes:
 
 
 def test_an_encoded_record_counts_its_weight_when_dropped_and_its_age_from_its_end() -> None:
-    queue = RecordQueue(max_records=1, max_bytes=256 * MIB)
+    queue = new_record_queue(max_records=1, max_bytes=256 * MIB)
     started = time.time_ns() - 10 * 10**9
     assert queue.offer(encoded(1, started, ended_s=2.0), 0)
     assert not queue.offer(encoded(16), 0)
     assert queue.dropped_full == 16
     assert 7.5 < queue.oldest_age_s() < 9.0  # ended 2 s after a start 10 s ago
     assert weight_of(b"short") == 1
+
+
+def test_the_form_follows_the_capture(each_capture_form: str) -> None:
+    queue = new_record_queue(max_records=10, max_bytes=MIB)
+    assert (type(queue).__name__ == "CompiledRecordQueue") is (each_capture_form == "compiled")
+
+
+def test_a_full_ring_grows_and_keeps_the_order() -> None:
+    """The compiled ring starts small and doubles: records offered across a growth, with the ring
+    wrapped around, come out in the order they went in."""
+    queue = new_record_queue(max_records=5000, max_bytes=256 * MIB)
+    expected: list[tuple[int]] = []
+    taken: list[object] = []
+    for index in range(4000):
+        assert queue.offer((index,), 0)
+        expected.append((index,))
+        if index % 3 == 0:
+            taken.extend(queue.drain(1))
+    taken.extend(queue.drain(10_000))
+    assert taken == expected
+    assert queue.depth == 0
+    assert queue.pending_bytes == 0
+
+
+def test_records_are_let_go_once_drained_or_with_the_queue() -> None:
+    record = (object(),)
+    queue = new_record_queue(max_records=10, max_bytes=MIB)
+    before = sys.getrefcount(record)
+    assert queue.offer(record, 0)
+    assert sys.getrefcount(record) == before + 1
+    assert queue.drain(10) == [record]
+    assert sys.getrefcount(record) == before
+    assert queue.offer(record, 0)
+    del queue
+    gc.collect()
+    assert sys.getrefcount(record) == before
+
+
+def test_it_takes_part_in_garbage_collection() -> None:
+    """A record that refers back to its queue (an app can put anything in a scope) is collected."""
+    queue = new_record_queue(max_records=10, max_bytes=MIB)
+    cycle: list[object] = [queue]
+    assert queue.offer((cycle,), 0)
+    gone = weakref.ref(queue)
+    del queue, cycle
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_queue_without_room_for_one_record_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_records"):
+        new_record_queue(max_records=0, max_bytes=MIB)

@@ -1,17 +1,63 @@
-"""A bounded, never-blocking hand-off from the request path to the worker thread."""
+"""A bounded, never-blocking hand-off from the request path to the worker thread.
+
+Two forms with the same behaviour: `PyRecordQueue` below, and where the extension is built
+`CompiledRecordQueue`, whose `offer` is a C call (the capture offers every record: about 0.25 µs
+less per exchange than a Python frame). `new_record_queue` picks as the capture does
+(`MODELTAP_PURE_PYTHON=1`: pure Python); the tests run both.
+"""
 
 from __future__ import annotations
 
 import collections
 import time
+from typing import TYPE_CHECKING, Protocol
 
+from modeltap.capture import compiled
 from modeltap.records import QueuedRecord, ended_unix_ns, weight_of
 
 # Fixed per-record overhead charged against the byte bound (headers, tuple, scope refs).
 RECORD_OVERHEAD_BYTES = 1024
 
 
-class RecordQueue:
+class RecordQueue(Protocol):
+    """What the tap, the worker and the shipper use of the hand-off (either form)."""
+
+    max_records: int
+    max_bytes: int
+    worker_held_bytes: int
+    drained_bytes: int
+    dropped_full: int
+    dropped_bytes: int
+    dropped_unavailable: int
+    unavailable: bool
+
+    def offer(self, record: QueuedRecord, kept_bytes: int, /) -> bool: ...
+
+    def drain(self, limit: int, max_bytes: int | None = None) -> list[QueuedRecord]: ...
+
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def pending_bytes(self) -> int: ...
+
+    def oldest_age_s(self) -> float: ...
+
+
+def new_record_queue(max_records: int, max_bytes: int) -> RecordQueue:
+    """The compiled form where built and wanted, else the pure-Python one."""
+    if compiled.wanted():
+        return CompiledRecordQueue(max_records, max_bytes)
+    return PyRecordQueue(max_records, max_bytes)
+
+
+def _age_s(record: QueuedRecord | None) -> float:
+    if record is None:
+        return 0.0
+    return max(0.0, (time.time_ns() - ended_unix_ns(record)) / 1e9)
+
+
+class PyRecordQueue:
     """Bounded in records and in bytes; a full queue drops the new record and counts it.
 
     Each counter has a single writer (the event-loop thread writes the `offered`/`dropped_*` side,
@@ -19,12 +65,14 @@ class RecordQueue:
 
     Example::
 
-        queue = RecordQueue(max_records=10_000, max_bytes=64 << 20)
+        queue = new_record_queue(max_records=10_000, max_bytes=64 << 20)
         queue.offer(record, kept_bytes=512)  # False when full: the record is dropped and counted
         batch = queue.drain(limit=1024)
     """
 
     def __init__(self, max_records: int, max_bytes: int) -> None:
+        if max_records < 1 or max_bytes < 0:
+            raise ValueError("RecordQueue needs max_records >= 1 and max_bytes >= 0")
         self.max_records = max_records
         self.max_bytes = max_bytes
         self._items: collections.deque[tuple[QueuedRecord, int]] = collections.deque()
@@ -94,8 +142,17 @@ class RecordQueue:
 
     def oldest_age_s(self) -> float:
         """Seconds since the oldest queued exchange finished (the worker's lag)."""
-        try:
-            record = self._items[0][0]
-        except IndexError:
-            return 0.0
-        return max(0.0, (time.time_ns() - ended_unix_ns(record)) / 1e9)
+        return _age_s(self._items[0][0] if self._items else None)
+
+
+if TYPE_CHECKING or compiled.AVAILABLE:
+
+    class CompiledRecordQueue(compiled._speedups.RecordQueue):
+        """`PyRecordQueue` in C (`_speedups.RecordQueue`): the same rules, counters and methods."""
+
+        def __init__(self, max_records: int, max_bytes: int) -> None:
+            super().__init__(max_records, max_bytes, weight_of)
+
+        def oldest_age_s(self) -> float:
+            """Seconds since the oldest queued exchange finished (the worker's lag)."""
+            return _age_s(self.oldest())

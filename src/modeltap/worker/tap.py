@@ -30,7 +30,7 @@ from modeltap._types import ASGIApp
 from modeltap.alerts.rollback import route_report
 from modeltap.capture import compiled
 from modeltap.capture.exchange import Capture, TraceStarter, exchange_capture
-from modeltap.capture.record_queue import RecordQueue
+from modeltap.capture.record_queue import new_record_queue
 from modeltap.capture.routes import RouteTemplates
 from modeltap.capture.trace_context import TraceSampler
 from modeltap.config import ModelTapConfig, SamplerConfig, config_document
@@ -89,7 +89,7 @@ class Tap:
         config = self.config
         # New lock too: in a forked child another thread of the parent may have held the old one.
         self._lock = threading.Lock()
-        self.queue = RecordQueue(config.queue_max_records, config.queue_max_bytes)
+        self.queue = new_record_queue(config.queue_max_records, config.queue_max_bytes)
         self.capture: Capture | None = None
         # Which capture this process runs ("compiled" or "python"), decided before the shipper's
         # first counts leave so that the monitor never records a serving process without it.

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from opentelemetry.sdk.resources import Resource
 
-from modeltap.capture.record_queue import RecordQueue
+from modeltap.capture.record_queue import new_record_queue
 from modeltap.config import DEFAULT_DURATION_BUCKETS_S, ModelTapConfig
 from modeltap.export.spans import SpanOptions
 from modeltap.records import RawRecord
@@ -78,7 +78,7 @@ def test_a_batch_of_large_bodies_is_not_held_decoded_all_at_once() -> None:
 
 
 def test_what_the_worker_holds_counts_against_the_queue_bound() -> None:
-    queue = RecordQueue(max_records=1000, max_bytes=10 * 1024 * 1024)
+    queue = new_record_queue(max_records=1000, max_bytes=10 * 1024 * 1024)
     assert queue.offer(("first",), 4 * 1024 * 1024)
     queue.drain(10)
     queue.worker_held_bytes = queue.drained_bytes + 4 * 1024 * 1024  # the batch and decoded rows
