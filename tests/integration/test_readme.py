@@ -255,6 +255,21 @@ def _curl(words: list[str], env: dict[str, str], cwd: Path) -> str:
     return body
 
 
+def _prometheus_query(words: list[str], env: dict[str, str], cwd: Path) -> str:
+    """A README query of Prometheus, asked again for up to 30 s while it finds nothing: the series
+    exist once the monitor process has started, exported, and Prometheus has scraped the Collector
+    and evaluated its rules (a second each here, but the monitor's start takes seconds on a busy
+    machine). A reader who queries too early does the same."""
+    deadline = time.monotonic() + 30.0
+    while True:
+        try:
+            return _curl(words, env, cwd)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 class _BlockRunner:
     def __init__(self, scratch: Path, env: dict[str, str]) -> None:
         self.scratch = scratch
@@ -299,7 +314,10 @@ class _BlockRunner:
                 assert check.returncode == 0, f"{where}: {package} is not installed (the test runs offline)"
             return
         if words[0] == "curl":
-            _curl(words, env, self.scratch)
+            if "/api/v1/query" in command:
+                _prometheus_query(words, env, self.scratch)
+            else:
+                _curl(words, env, self.scratch)
             return
         for pattern, ports in SERVER_COMMANDS:
             if pattern.match(command):
