@@ -40,9 +40,9 @@ WORKLOADS = {"ref": ("apps", "post.lua", "ref10.json"), "lr": ("apps_lr", "post_
 
 def workload() -> tuple[str, bytes, Path]:
     module, lua, reference = WORKLOADS[os.environ.get("WORKLOAD", "ref")]
-    match = re.search(r'^wrk\.body\s*=\s*"(.*)"\s*$', (HERE / lua).read_text(), re.MULTILINE)
+    match = re.search(r"""^wrk\.body\s*=\s*(["'])(.*)\1\s*$""", (HERE / lua).read_text(), re.MULTILINE)
     assert match is not None, f"no wrk.body in {lua}"
-    return module, match.group(1).replace('\\"', '"').encode(), HERE / reference
+    return module, match.group(2).replace('\\"', '"').encode(), HERE / reference
 
 
 DEFAULT = ["bare=APP=bare", "modeltap=APP=modeltap", "traced=APP=modeltap_traced"]
