@@ -15,6 +15,11 @@
  * Reference cycles: the app's coroutine holds the wrappers, the wrappers hold the per-exchange
  * `State`, and the `Exchange` holds both; `State` holds nothing that leads back, but the scope
  * may (an app can keep anything in it), so every type takes part in garbage collection.
+ *
+ * Around the capture: `Encoder` writes each record in `modeltap.handoff.framing`'s layout for
+ * the monitor process, `Dispatch` is the middleware's call (the base of `ModelTapMiddleware`,
+ * which hands an HTTP exchange to the capture without a Python frame), and `RecordQueue` is the
+ * bounded hand-off the capture offers its records to (`PyRecordQueue` in Python).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -2461,8 +2466,10 @@ static PyObject *queue_drain(RecordQueueObject *self, PyObject *args, PyObject *
     Py_ssize_t taken = 0;
     while (taken < take && (!bounded || freed < max_bytes)) {
         Py_ssize_t at = self->head;
-        /* The list takes the queue's reference. */
         if (PyList_Append(out, self->records[at]) < 0) {
+            /* What was taken so far is gone from the queue: keep the byte count right. */
+            self->bytes_out += freed;
+            self->drained_bytes = freed;
             Py_DECREF(out);
             return NULL;
         }
