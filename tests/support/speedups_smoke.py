@@ -1,7 +1,8 @@
 """A smoke test of `modeltap._speedups` alone, for interpreters modeltap's dependencies are not
 installed in: `python speedups_smoke.py DIRECTORY` imports the extension built into DIRECTORY and
-runs exchanges through it (answered, failed, encoded, traced), then checks that none leaked.
-Prints `ok` and exits 0, or raises."""
+runs exchanges through it (answered, failed, encoded, traced; through the compiled middleware
+call, with its Python subclass keeping a coroutine `__call__`; records through the compiled
+queue), then checks that none leaked. Prints `ok` and exits 0, or raises."""
 
 from __future__ import annotations
 
@@ -98,11 +99,77 @@ raw: tuple[Any, ...] = (dict(SCOPE), "", 1, 0.0, 0.1, 0.2, 0.3, 200, [], [b"a"],
        (1 << 100, 5, 0, False, True, "k=v", False), 1, 1, None)  # fmt: skip
 assert encoder.encode(raw).endswith(b"ab")
 assert errors == [], errors
+
+
+# The middleware's call: a Python subclass of Dispatch keeps a coroutine `__call__` (what servers
+# look at) while `compile_call` points its call slot at C.
+class Sampling:
+    stride = 1
+    payload_stride = 1
+
+    def admit(self) -> tuple[int, int]:
+        return 1, 1
+
+
+class Tap:
+    capture = encoded
+    sampling = Sampling()
+
+
+class Middleware(_speedups.Dispatch):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.app = app
+        self.python_calls = 0
+        self._set_shortcut(Tap(), "/modeltap")
+
+    async def _dispatch(self, scope: Any, receive: Any, send: Any) -> None:
+        self.python_calls += 1
+        await self.app(scope, receive, send)
+
+    __call__ = _dispatch
+
+
+_speedups.compile_call(Middleware)
+middleware = Middleware()
+assert asyncio.iscoroutinefunction(middleware.__call__)
+
+
+async def through_middleware() -> None:
+    await middleware(dict(SCOPE), receive, send)  # captured, no Python call
+    await middleware({**SCOPE, "path": "/modeltap/status"}, receive, send)  # the views: Python
+
+
+records.clear()
+asyncio.run(through_middleware())
+assert middleware.python_calls == 1, middleware.python_calls
+assert len(records) == 1, records
+assert isinstance(records[0], bytes), records
+
+# The queue: bounded in records and bytes, drops counted by weight, drained oldest first.
+queue = _speedups.RecordQueue(3, 1 << 20, lambda record: 2)
+assert all(queue.offer((index,), 10) for index in range(3))
+assert queue.offer((3,), 10) is False
+assert queue.dropped_full == 2
+queue.unavailable = True
+assert queue.offer((4,), 10) is False
+assert queue.dropped_unavailable == 2
+assert queue.drain(2) == [(0,), (1,)]
+assert queue.drained_bytes == 2 * (10 + 1024)
+assert queue.depth == 1
+assert queue.oldest() == (2,)
+assert queue.drain(10, 0) == []
+assert queue.drain(10) == [(2,)]
+assert queue.pending_bytes == 0
+
 gc.collect()
 before = len(gc.get_objects())
 for _ in range(300):
     records.clear()
     asyncio.run(exchanges())
+    asyncio.run(through_middleware())
+    for index in range(5):
+        queue.offer((index,), 1)
+    queue.drain(10)
 records.clear()
 gc.collect()
 assert len(gc.get_objects()) - before < 100, len(gc.get_objects()) - before
