@@ -365,7 +365,7 @@ class Tap:
         }
 
     def _own_resources(self) -> ProcessResources:
-        """This process's resources, with which capture it runs (once it has one)."""
+        """This process's resources, with which capture it runs (once the tap has started)."""
         sample = self.resources.sample()
         form = self.capture_form
         return sample if form is None else dataclasses.replace(sample, capture=form)
