@@ -94,8 +94,8 @@ def child() -> None:
     # The loop runs requests three times faster than a server would: in batches, with a pause
     # after each, so that the monitor keeps up and everything is captured (an overloaded tap
     # samples, which is cheaper and not what is measured here). Checked after every batch.
-    tap = getattr(getattr(app, "middleware_stack", None), "app", None)
-    sampling = getattr(getattr(tap, "tap", None), "sampling", None)
+    middleware = getattr(getattr(app, "middleware_stack", None), "app", None)  # Starlette's stack
+    sampling = getattr(getattr(middleware, "tap", None), "sampling", None)
     n = int(os.environ.get("N", "20000"))
     batch = 200
     best = float("inf")

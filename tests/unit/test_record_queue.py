@@ -11,7 +11,7 @@ import weakref
 
 import pytest
 
-from modeltap.capture.record_queue import RECORD_OVERHEAD_BYTES, RecordQueue, new_record_queue
+from modeltap.capture.record_queue import RECORD_OVERHEAD_BYTES, PyRecordQueue, RecordQueue, new_record_queue
 from modeltap.records import ENCODED_HEAD, weight_of
 
 pytestmark = pytest.mark.usefixtures("each_capture_form")
@@ -96,7 +96,7 @@ def test_an_encoded_record_counts_its_weight_when_dropped_and_its_age_from_its_e
 
 def test_the_form_follows_the_capture(each_capture_form: str) -> None:
     queue = new_record_queue(max_records=10, max_bytes=MIB)
-    assert (type(queue).__name__ == "CompiledRecordQueue") is (each_capture_form == "compiled")
+    assert isinstance(queue, PyRecordQueue) is (each_capture_form != "compiled")
 
 
 def test_a_full_ring_grows_and_keeps_the_order() -> None:
