@@ -322,6 +322,8 @@ class Shipper:
                     continue
                 raise
             total -= sent
+            if total <= 0:
+                return  # the usual case: no walk over a batch's buffers, one per record
             # Skip the buffers written in full; a partial one continues at its offset.
             sent += offset
             offset = 0
