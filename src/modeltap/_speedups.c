@@ -2195,8 +2195,8 @@ static int takes_everything(PyObject *sampling) {
  * admit leaves the exchange out. `*decided` says whether the decision was made here: when it was,
  * NULL means an error to raise (admit has counted the exchange: it must not be decided again);
  * when not, `_dispatch` decides, and any error set here is cleared by the caller. */
-static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *scope, PyObject *receive, PyObject *send,
-                                   int *decided) {
+static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *tap, PyObject *scope, PyObject *receive,
+                                   PyObject *send, int *decided) {
     *decided = 0;
     if (!PyDict_CheckExact(scope)) {
         return NULL;
@@ -2208,7 +2208,7 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *scope, PyObje
     if (self->views_prefix != NULL && may_be_views(self->views_prefix, scope) != 0) {
         return NULL;
     }
-    PyObject *capture = PyObject_GetAttr(self->tap, s_capture);
+    PyObject *capture = PyObject_GetAttr(tap, s_capture);
     if (capture == NULL) {
         return NULL;
     }
@@ -2216,7 +2216,7 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *scope, PyObje
         Py_DECREF(capture);
         return NULL;
     }
-    PyObject *sampling = PyObject_GetAttr(self->tap, s_sampling);
+    PyObject *sampling = PyObject_GetAttr(tap, s_sampling);
     if (sampling == NULL) {
         Py_DECREF(capture);
         return NULL;
@@ -2227,8 +2227,9 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *scope, PyObje
         *decided = 1;
         result = capture_exchange((CaptureObject *)capture, scope, receive, send, 1, 1);
     } else if (everything == 0) {
+        /* Decided from here on, also when admit raises: `_dispatch` would ask it a second time. */
         PyObject *admitted = PyObject_CallMethodNoArgs(sampling, s_admit);
-        *decided = admitted != NULL;
+        *decided = 1;
         long weight = 0, payload_weight = 0;
         if (admitted != NULL && PyTuple_CheckExact(admitted) && PyTuple_GET_SIZE(admitted) == 2) {
             weight = PyLong_AsLong(PyTuple_GET_ITEM(admitted, 0));
@@ -2237,7 +2238,7 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *scope, PyObje
             PyErr_SetString(PyExc_TypeError, "Sampling.admit() must return (weight, payload_weight)");
         }
         if (PyErr_Occurred()) {
-            /* raised below (decided) or cleared by the caller (admit itself failed) */
+            /* raised by the caller: admit failed, or gave something else than two ints */
         } else if (weight) {
             result = capture_exchange((CaptureObject *)capture, scope, receive, send, weight, payload_weight);
         } else {
@@ -2257,8 +2258,12 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *scope, PyObje
 static PyObject *dispatch_call(DispatchObject *self, PyObject *args, PyObject *kwargs) {
     if (self->tap != NULL && PyTuple_GET_SIZE(args) == 3 && (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0)) {
         int decided;
-        PyObject *result = dispatch_shortcut(self, PyTuple_GET_ITEM(args, 0), PyTuple_GET_ITEM(args, 1),
+        /* Held for the whole decision: the attribute reads below may run Python code (a property,
+         * another thread) that calls `_set_shortcut` and lets go of the middleware's reference. */
+        PyObject *tap = Py_NewRef(self->tap);
+        PyObject *result = dispatch_shortcut(self, tap, PyTuple_GET_ITEM(args, 0), PyTuple_GET_ITEM(args, 1),
                                              PyTuple_GET_ITEM(args, 2), &decided);
+        Py_DECREF(tap);
         if (result != NULL || decided) {
             return result;
         }
@@ -2356,7 +2361,7 @@ static PyTypeObject DispatchType = {
 typedef struct {
     PyObject_HEAD
     PyObject **records;
-    Py_ssize_t *sizes;
+    long long *sizes;
     Py_ssize_t capacity, head, count;
     Py_ssize_t max_records;
     long long max_bytes, bytes_in, bytes_out;
@@ -2372,7 +2377,7 @@ static int queue_grow(RecordQueueObject *self) {
         capacity = self->max_records;
     }
     PyObject **records = PyMem_Malloc(sizeof(PyObject *) * (size_t)capacity);
-    Py_ssize_t *sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)capacity);
+    long long *sizes = PyMem_Malloc(sizeof(long long) * (size_t)capacity);
     if (records == NULL || sizes == NULL) {
         PyMem_Free(records);
         PyMem_Free(sizes);
@@ -2393,16 +2398,18 @@ static int queue_grow(RecordQueueObject *self) {
     return 0;
 }
 
-/* A drop of `record`: counted by the exchanges it stands for, under the reason that applies. */
+/* A drop of `record`: counted by the exchanges it stands for, under the reason that applies.
+ * Never raises (the request path offers): a weight that cannot be read counts as one exchange. */
 static PyObject *queue_drop(RecordQueueObject *self, PyObject *record, long long *reason) {
-    PyObject *weight = PyObject_CallOneArg(self->weight_of, record);
-    if (weight == NULL) {
-        return NULL;
+    long long n = 1;
+    PyObject *weight = self->weight_of != NULL ? PyObject_CallOneArg(self->weight_of, record) : NULL;
+    if (weight != NULL) {
+        n = PyLong_AsLongLong(weight);
+        Py_DECREF(weight);
     }
-    long long n = PyLong_AsLongLong(weight);
-    Py_DECREF(weight);
-    if (n == -1 && PyErr_Occurred()) {
-        return NULL;
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        n = 1;
     }
     if (self->unavailable) {
         self->dropped_unavailable += n;
@@ -2417,26 +2424,52 @@ static PyObject *queue_offer(RecordQueueObject *self, PyObject *const *args, Py_
         PyErr_SetString(PyExc_TypeError, "offer(record, kept_bytes)");
         return NULL;
     }
-    Py_ssize_t kept = PyLong_AsSsize_t(args[1]);
+    int overflow = 0;
+    long long kept = PyLong_AsLongLongAndOverflow(args[1], &overflow);
     if (kept == -1 && PyErr_Occurred()) {
-        return NULL;
+        return NULL; /* not an int: the caller's bug, not a state of the queue */
     }
-    long long size = (long long)kept + RECORD_OVERHEAD_BYTES;
-    if (self->count >= self->max_records) {
+    if (self->count >= self->max_records || self->records == NULL) {
         return queue_drop(self, args[0], &self->dropped_full);
     }
-    if (self->bytes_in - self->bytes_out + self->worker_held_bytes + size > self->max_bytes) {
+    /* In this order no sum can overflow: the record alone must fit (max_bytes >= 0), then what
+     * is queued and what the shipper holds must fit in the room left beside it. */
+    if (overflow != 0 || kept > self->max_bytes - RECORD_OVERHEAD_BYTES) {
+        return queue_drop(self, args[0], &self->dropped_bytes);
+    }
+    long long size = kept + RECORD_OVERHEAD_BYTES;
+    long long room = self->max_bytes - size;
+    long long queued = self->bytes_in - self->bytes_out;
+    if (queued > room || self->worker_held_bytes > room - queued) {
         return queue_drop(self, args[0], &self->dropped_bytes);
     }
     if (self->count == self->capacity && queue_grow(self) < 0) {
-        return NULL;
+        PyErr_Clear(); /* no memory to grow the ring: a full queue, as far as this record goes */
+        return queue_drop(self, args[0], &self->dropped_full);
     }
     Py_ssize_t at = (self->head + self->count) % self->capacity;
     self->records[at] = Py_NewRef(args[0]);
-    self->sizes[at] = (Py_ssize_t)size;
+    self->sizes[at] = size;
     self->count++;
     self->bytes_in += size;
     Py_RETURN_TRUE;
+}
+
+/* How many records `drain(limit, max_bytes)` takes (max_bytes -1: no byte bound): up to `limit`,
+ * oldest first; with a byte bound that the queue exceeds, until that many bytes are taken (at
+ * least one record is). */
+static Py_ssize_t queue_take_count(RecordQueueObject *self, Py_ssize_t limit, long long max_bytes) {
+    Py_ssize_t take = limit < self->count ? (limit > 0 ? limit : 0) : self->count;
+    if (max_bytes < 0 || self->bytes_in - self->bytes_out <= max_bytes) {
+        return take;
+    }
+    long long freed = 0;
+    Py_ssize_t taken = 0;
+    while (taken < take && freed < max_bytes) {
+        freed += self->sizes[(self->head + taken) % self->capacity];
+        taken++;
+    }
+    return taken;
 }
 
 static PyObject *queue_drain(RecordQueueObject *self, PyObject *args, PyObject *kwargs) {
@@ -2456,29 +2489,30 @@ static PyObject *queue_drain(RecordQueueObject *self, PyObject *args, PyObject *
             max_bytes = 0;
         }
     }
-    Py_ssize_t take = limit < self->count ? (limit > 0 ? limit : 0) : self->count;
-    int bounded = max_bytes >= 0 && self->bytes_in - self->bytes_out > max_bytes;
-    PyObject *out = PyList_New(0);
-    if (out == NULL) {
-        return NULL;
-    }
-    long long freed = 0;
-    Py_ssize_t taken = 0;
-    while (taken < take && (!bounded || freed < max_bytes)) {
-        Py_ssize_t at = self->head;
-        if (PyList_Append(out, self->records[at]) < 0) {
-            /* What was taken so far is gone from the queue: keep the byte count right. */
-            self->bytes_out += freed;
-            self->drained_bytes = freed;
-            Py_DECREF(out);
+    /* How many go is decided first and the list made at that size, so that nothing can fail
+     * once records leave the ring. Making the list may run a collection (and code of the app's
+     * in finalizers): if the queue changed meanwhile, decide again. */
+    PyObject *out = NULL;
+    Py_ssize_t take;
+    for (;;) {
+        take = queue_take_count(self, limit, max_bytes);
+        out = PyList_New(take);
+        if (out == NULL) {
             return NULL;
         }
-        Py_DECREF(self->records[at]);
+        if (queue_take_count(self, limit, max_bytes) == take) {
+            break;
+        }
+        Py_DECREF(out);
+    }
+    long long freed = 0;
+    for (Py_ssize_t i = 0; i < take; i++) {
+        Py_ssize_t at = self->head;
+        PyList_SET_ITEM(out, i, self->records[at]); /* the ring's reference moves to the list */
         self->records[at] = NULL;
         freed += self->sizes[at];
         self->head = (self->head + 1) % self->capacity;
         self->count--;
-        taken++;
     }
     self->bytes_out += freed;
     self->drained_bytes = freed;
@@ -2518,13 +2552,18 @@ static int queue_init(RecordQueueObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_RuntimeError, "RecordQueue is already initialised");
         return -1;
     }
-    self->capacity = max_records < 1024 ? max_records : 1024;
-    self->records = PyMem_Malloc(sizeof(PyObject *) * (size_t)self->capacity);
-    self->sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)self->capacity);
-    if (self->records == NULL || self->sizes == NULL) {
+    Py_ssize_t capacity = max_records < 1024 ? max_records : 1024;
+    PyObject **records = PyMem_Malloc(sizeof(PyObject *) * (size_t)capacity);
+    long long *sizes = PyMem_Malloc(sizeof(long long) * (size_t)capacity);
+    if (records == NULL || sizes == NULL) {
+        PyMem_Free(records);
+        PyMem_Free(sizes);
         PyErr_NoMemory();
         return -1;
     }
+    self->records = records;
+    self->sizes = sizes;
+    self->capacity = capacity;
     self->head = self->count = 0;
     self->max_records = max_records;
     self->max_bytes = max_bytes;

@@ -288,3 +288,61 @@ def test_a_subclass_is_called_through_python(each_capture_form: str) -> None:
         assert status_document(tapped)["requests"]["total"] == 2
     finally:
         tapped.tap.shutdown()
+
+
+class FailingSampling(Sampling):
+    """Samples 1 in 2 (whatever the load: the tap's threads adjust the strides), and fails
+    whenever it is asked."""
+
+    def __init__(self) -> None:
+        super().__init__(watermark=0.5)
+        self.stride = 2
+        self.asked = 0
+
+    def follow_load(self, load: float) -> None:
+        pass
+
+    def follow_budget(self, budget: Any) -> None:
+        pass
+
+    def admit(self) -> tuple[int, int]:
+        self.asked += 1
+        raise RuntimeError("admit failed")
+
+
+def test_an_admit_that_fails_is_asked_once(middleware: ModelTapMiddleware) -> None:
+    """The compiled call asked `admit()`, so it has decided: the error is the caller's, and the
+    Python call does not ask a second time (each exchange is counted once by the sampling)."""
+    sampling = FailingSampling()
+    middleware.tap.sampling = sampling
+    result = run_asgi(middleware, make_http_scope("POST", "/predict"), http_request_messages(BODY))
+    assert isinstance(result.exception, RuntimeError)
+    assert sampling.asked == 1
+
+
+class LettingGoTap:
+    """A tap whose `capture`, when read, makes the middleware let go of it (as `enabled = False`
+    from another thread would): only the compiled call's own reference keeps it alive."""
+
+    def __init__(self, real: Any, middleware: ModelTapMiddleware) -> None:
+        self._real = real
+        self._middleware = middleware
+
+    @property
+    def capture(self) -> Any:
+        self._middleware._set_shortcut(None, None)
+        return self._real.capture
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_a_tap_let_go_while_the_call_reads_it_stays_alive_until_it_has_decided(
+    middleware: ModelTapMiddleware,
+) -> None:
+    # The stand-in's only reference is the compiled call's (the pure-Python form ignores it).
+    middleware._set_shortcut(LettingGoTap(middleware.tap, middleware), None)  # type: ignore[arg-type]
+    assert predict(middleware) == 200
+    middleware.enabled = True  # the middleware's own tap again
+    assert predict(middleware) == 200
+    assert status_document(middleware)["requests"]["total"] == 3

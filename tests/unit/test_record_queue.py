@@ -144,3 +144,40 @@ def test_it_takes_part_in_garbage_collection() -> None:
 def test_a_queue_without_room_for_one_record_is_refused() -> None:
     with pytest.raises(ValueError, match="max_records"):
         new_record_queue(max_records=0, max_bytes=MIB)
+
+
+@pytest.mark.parametrize("kept", [2**62, 2**63 - 1, 2**63, 2**64])
+def test_a_record_larger_than_any_bound_is_dropped_by_its_bytes(kept: int) -> None:
+    """No sum overflows: a record too large for the queue (the capture's own are bounded by
+    `max_body_bytes`) is dropped and counted like any other, never queued, never an error."""
+    queue = new_record_queue(max_records=10, max_bytes=MIB)
+    assert queue.offer(weighted(3), kept) is False
+    assert (queue.dropped_bytes, queue.depth, queue.pending_bytes) == (3, 0, 0)
+
+
+def test_bytes_held_by_the_shipper_count_against_the_bound_without_overflow() -> None:
+    queue = new_record_queue(max_records=10, max_bytes=MIB)
+    queue.worker_held_bytes = 2**63 - 100
+    assert queue.offer(weighted(2), 10) is False
+    assert queue.dropped_bytes == 2
+    queue.worker_held_bytes = MIB - RECORD_OVERHEAD_BYTES - 10
+    assert queue.offer(weighted(1), 10) is True
+    assert queue.offer(weighted(1), 0) is False
+
+
+def test_the_compiled_queue_never_raises_from_a_drop() -> None:
+    """`offer` is on the request path: a weight that cannot be read (a record of another shape, a
+    queue made without `__init__`) counts as one exchange instead of raising."""
+    compiled_queue = pytest.importorskip("modeltap._speedups").RecordQueue
+
+    def broken_weight(record: object) -> int:
+        raise RuntimeError("no weight")
+
+    queue = compiled_queue(1, MIB, broken_weight)
+    assert queue.offer((0,), 0) is True
+    assert queue.offer((1,), 0) is False
+    assert queue.dropped_full == 1
+    bare = compiled_queue.__new__(compiled_queue)  # never initialised: no ring at all
+    assert bare.offer((0,), 0) is False
+    assert bare.dropped_full == 1
+    assert bare.drain(10) == []

@@ -66,7 +66,7 @@ class PyRecordQueue:
     Example::
 
         queue = new_record_queue(max_records=10_000, max_bytes=64 << 20)
-        queue.offer(record, kept_bytes=512)  # False when full: the record is dropped and counted
+        queue.offer(record, 512)  # (record, kept body bytes); False when full: dropped and counted
         batch = queue.drain(limit=1024)
     """
 
