@@ -2371,11 +2371,8 @@ typedef struct {
     PyObject *weight_of;
 } RecordQueueObject;
 
-static int queue_grow(RecordQueueObject *self) {
-    Py_ssize_t capacity = self->capacity * 2;
-    if (capacity > self->max_records) {
-        capacity = self->max_records;
-    }
+/* The ring at `capacity` slots (at least `count`), the queued records moved to its start. */
+static int queue_resize(RecordQueueObject *self, Py_ssize_t capacity) {
     PyObject **records = PyMem_Malloc(sizeof(PyObject *) * (size_t)capacity);
     long long *sizes = PyMem_Malloc(sizeof(long long) * (size_t)capacity);
     if (records == NULL || sizes == NULL) {
@@ -2396,6 +2393,12 @@ static int queue_grow(RecordQueueObject *self) {
     self->capacity = capacity;
     self->head = 0;
     return 0;
+}
+
+/* Double the ring, up to `max_records`. */
+static int queue_grow(RecordQueueObject *self) {
+    Py_ssize_t capacity = self->capacity * 2;
+    return queue_resize(self, capacity < self->max_records ? capacity : self->max_records);
 }
 
 /* A drop of `record`: counted by the exchanges it stands for, under the reason that applies.
@@ -2552,19 +2555,9 @@ static int queue_init(RecordQueueObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_RuntimeError, "RecordQueue is already initialised");
         return -1;
     }
-    Py_ssize_t capacity = max_records < 1024 ? max_records : 1024;
-    PyObject **records = PyMem_Malloc(sizeof(PyObject *) * (size_t)capacity);
-    long long *sizes = PyMem_Malloc(sizeof(long long) * (size_t)capacity);
-    if (records == NULL || sizes == NULL) {
-        PyMem_Free(records);
-        PyMem_Free(sizes);
-        PyErr_NoMemory();
+    if (queue_resize(self, max_records < 1024 ? max_records : 1024) < 0) {
         return -1;
     }
-    self->records = records;
-    self->sizes = sizes;
-    self->capacity = capacity;
-    self->head = self->count = 0;
     self->max_records = max_records;
     self->max_bytes = max_bytes;
     Py_XSETREF(self->weight_of, Py_NewRef(weight_of));
