@@ -50,6 +50,7 @@ _TRACE = struct.Struct("<QQQQ")  # trace id (high, low), span id, parent span id
 # NUL server host, exception type, proxy error, trace state, request headers, response headers,
 # request body, response body.
 _LENGTHS = struct.Struct("<12I")
+_TWO_LENGTHS, _THREE_LENGTHS = struct.Struct("<2H"), struct.Struct("<3H")  # of `_joined` fields
 _NAN = math.nan
 
 _DISCONNECTED, _TRACED, _REMOTE_PARENT, _SAMPLED, _ENRICHED, _COLD = 1, 2, 4, 8, 16, 32
@@ -82,9 +83,10 @@ def _joined(parts: list[bytes]) -> bytes:
     return struct.pack(f"<{len(parts)}H", *map(len, parts)) + b"".join(parts)
 
 
-def _split(blob: bytes, count: int) -> list[bytes]:
-    lengths = struct.unpack_from(f"<{count}H", blob)
-    position = 2 * count
+def _split(blob: bytes, lengths_of: struct.Struct) -> list[bytes]:
+    """The texts of a `_joined` field, `lengths_of` the Struct of its u16 lengths."""
+    lengths = lengths_of.unpack_from(blob)
+    position = lengths_of.size
     if position + sum(lengths) != len(blob):
         raise ValueError("malformed joined field")
     parts = []
@@ -99,8 +101,9 @@ def _parse_headers(blob: bytes) -> list[tuple[bytes, bytes]]:
         return []
     headers = [tuple(line.split(b":", 1)) for line in blob.split(b"\n")]
     # Every line the encoder writes has a colon; one without would reach the analysis as a
-    # 1-tuple and break it there, far from the cause: the batch is malformed.
-    if any(len(pair) != 2 for pair in headers):
+    # 1-tuple and break it there, far from the cause: the batch is malformed. (Each pair holds
+    # one or two parts: two each is the only way to twice as many parts as lines.)
+    if sum(map(len, headers)) != 2 * len(headers):
         raise ValueError("a header line without a colon")
     return headers  # type: ignore[return-value]
 
@@ -293,7 +296,7 @@ def decode_record(data: bytes) -> RawRecord:
     """One encoded record (as the compiled capture queues it) back to a raw record: what the
     analysis takes when the tap falls back to analysing in its own process."""
     try:
-        record, position = _decode_one(memoryview(data), 0)
+        record, position = _decode_one(bytes(data), 0)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed record: {exc}") from None
     if position != len(data):
@@ -305,12 +308,15 @@ def decode_records(payload: memoryview) -> list[RawRecord]:
     """Monitor side: a RECORDS payload back to raw records (a synthetic scope per record).
 
     Raises `ValueError` on a malformed payload; the caller drops the connection."""
+    # One copy of the batch, then every field is one slice of it (a memoryview slice and its
+    # copy to bytes were two steps per field, twelve fields a record).
+    data = bytes(payload)
     try:
-        (count,) = COUNT.unpack_from(payload, 0)
+        (count,) = COUNT.unpack_from(data, 0)
         position = COUNT.size
         records: list[RawRecord] = []
         for _ in range(count):
-            record, position = _decode_one(payload, position)
+            record, position = _decode_one(data, position)
             records.append(record)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed record batch: {exc}") from None
@@ -319,7 +325,7 @@ def decode_records(payload: memoryview) -> list[RawRecord]:
     return records
 
 
-def _decode_one(payload: memoryview, position: int) -> tuple[RawRecord, int]:
+def _decode_one(payload: bytes, position: int) -> tuple[RawRecord, int]:
     fixed = _FIXED.unpack_from(payload, position)
     (start_ns, response_started, ended, finished, first_body, status, request_size, response_size,
      weight, payload_weight, flags, client_port, server_port) = fixed  # fmt: skip
@@ -339,17 +345,17 @@ def _decode_one(payload: memoryview, position: int) -> tuple[RawRecord, int]:
         )
     lengths = _LENGTHS.unpack_from(payload, position)
     position += _LENGTHS.size
+    if position + sum(lengths) > len(payload):
+        raise ValueError("field beyond the end of the batch")
     fields: list[bytes] = []
     for length in lengths:
         end = position + length
-        if end > len(payload):
-            raise ValueError("field beyond the end of the batch")
-        fields.append(bytes(payload[position:end]))
+        fields.append(payload[position:end])
         position = end
     (protocol, path, query, template, peers, exception_type, proxy_error, trace_state,
      request_headers, response_headers, request_body, response_body) = fields  # fmt: skip
-    method, scheme, http_version = _split(protocol, 3)
-    client_host, server_host = _split(peers, 2)
+    method, scheme, http_version = _split(protocol, _THREE_LENGTHS)
+    client_host, server_host = _split(peers, _TWO_LENGTHS)
     if trace is not None:
         trace = trace._replace(trace_state=trace_state.decode("latin-1"))
     scope: dict[str, Any] = {
