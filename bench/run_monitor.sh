@@ -6,20 +6,7 @@
 # profile (16 connections, then 1 connection for p99).
 # Needs: pip install -e '.[bench]', Debian's wrk.  usage: PY=$PWD/.venv/bin/python bench/run_monitor.sh
 # Env: ROUNDS (5), DUR (3 s).
-set -eu
-PY=${PY:-python3}
-case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac  # the script works from bench/
-cd "$(dirname "$0")"
-export MODELTAP_MONITOR_CPUS=1
-export MODELTAP_RUN_DIR=${MODELTAP_RUN_DIR:-$(mktemp -d /tmp/mt-bench.XXXX)}
-taskset -c 1 "$PY" otlp_sink.py 18200 >/dev/null 2>&1 &
-sink=$!
-trap 'kill $sink 2>/dev/null' EXIT
-[ -f ref30.json ] || { "$PY" make_ref30.py && "$PY" -m modeltap.cli profile ref30.csv -o ref30.json >/dev/null; }
-[ -f ref10.json ] || "$PY" make_reference.py ref10.json 10 >/dev/null
-S="--log-level error --no-access-log --loop uvloop --http httptools"
-U="taskset -c 0 $PY -m uvicorn apps:app --port {port} $S"
-L="taskset -c 0 $PY -m uvicorn apps_lr:app --port {port} $S"
+. "$(dirname "$0")/monitor_setup.sh"
 echo "== shared reference app, 16 connections (ratios to bare)"
 MODELTAP_BENCH_REFERENCE=ref10.json "$PY" abbench.py "bare=APP=bare $U" \
   "inline=APP=modeltap_inline $U" "process=APP=modeltap $U" "process_traced=APP=modeltap_traced $U"

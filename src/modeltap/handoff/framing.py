@@ -308,9 +308,11 @@ def decode_records(payload: memoryview) -> list[RawRecord]:
     """Monitor side: a RECORDS payload back to raw records (a synthetic scope per record).
 
     Raises `ValueError` on a malformed payload; the caller drops the connection."""
-    # One copy of the batch, then every field is one slice of it (a memoryview slice and its
-    # copy to bytes were two steps per field, twelve fields a record).
-    data = bytes(payload)
+    # Every field is one slice of the batch's bytes (a memoryview slice and its copy to bytes
+    # were two steps per field, twelve fields a record). `FrameReader` hands out views of whole
+    # bytes objects: those are read as they are, anything else is copied once.
+    whole = payload.obj
+    data = whole if isinstance(whole, bytes) and len(whole) == payload.nbytes else payload.tobytes()
     try:
         (count,) = COUNT.unpack_from(data, 0)
         position = COUNT.size

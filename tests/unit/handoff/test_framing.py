@@ -222,6 +222,18 @@ def test_round_trip_keeps_every_field_the_analysis_reads(records: list[RawRecord
         assert view(back) == expected_view(raw)
 
 
+@FAST
+@given(st.lists(raw_records(), min_size=1, max_size=3), st.binary(min_size=1, max_size=8))
+def test_a_view_onto_part_of_a_buffer_decodes_like_the_whole(records: list[RawRecord], around: bytes) -> None:
+    """The decoder reads a view of a whole bytes object in place and copies any other view: a
+    view that starts inside a larger buffer, or of a bytearray, gives the same records."""
+    payload = payload_of(records)
+    expected = [view(raw) for raw in decode_records(memoryview(payload))]
+    inner = memoryview(around + payload + around)[len(around) : len(around) + len(payload)]
+    assert [view(raw) for raw in decode_records(inner)] == expected
+    assert [view(raw) for raw in decode_records(memoryview(bytearray(payload)))] == expected
+
+
 def test_round_trip_of_a_full_record_field_by_field() -> None:
     """One record with every optional part present, checked against literal values."""
     trace = TraceIds(2**127 + 5, 2**63 + 7, 42, True, True, "vendor=a,other=b", True)
