@@ -24,6 +24,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <strings.h>
 #include <time.h>
 
 #if PY_VERSION_HEX < 0x030A0000
@@ -2638,6 +2639,166 @@ static PyTypeObject RecordQueueType = {
 };
 
 /* ------------------------------------------------------------------------------------------ */
+/* parse_response: the sidecar's upstream responses, the common case without llhttp callbacks  */
+/*                                                                                            */
+/* `modeltap.sidecar.upstream` feeds every upstream response to httptools (llhttp), which calls */
+/* Python once per field and once per event: about 2 µs a small response. Most responses from  */
+/* a model server are one read holding an HTTP/1.1 head framed by Content-Length and the whole */
+/* body. This reads exactly that shape in one call and returns None for anything else, which   */
+/* then takes llhttp's path as before (nothing was consumed). What it accepts it must read as  */
+/* llhttp does (tests/unit/sidecar/test_upstream_fast_path.py holds both to the same result),  */
+/* so it is strict: what it does not accept it does not judge.                                 */
+
+/* tchar (RFC 9110 5.6.2) */
+static int is_tchar(unsigned char c) {
+    if (c >= '0' && c <= '9') return 1;
+    if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') return 1;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* field-vchar, SP, HTAB, obs-text (RFC 9110 5.5) */
+static int is_field_char(unsigned char c) {
+    return c == ' ' || c == '\t' || (c >= 0x21 && c != 0x7f);
+}
+
+static const char *const hop_by_hop_names[] = {
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+    "proxy-authorization", "proxy-authenticate",
+};
+
+/* Whether `value` (a Connection field) lists the token "close" (any case, OWS around). */
+static int lists_close(const unsigned char *value, Py_ssize_t size) {
+    Py_ssize_t at = 0;
+    while (at <= size) {
+        Py_ssize_t end = at;
+        while (end < size && value[end] != ',') end++;
+        Py_ssize_t first = at, last = end;
+        while (first < last && (value[first] == ' ' || value[first] == '\t')) first++;
+        while (last > first && (value[last - 1] == ' ' || value[last - 1] == '\t')) last--;
+        if (last - first == 5 && strncasecmp((const char *)value + first, "close", 5) == 0) return 1;
+        at = end + 1;
+    }
+    return 0;
+}
+
+/* parse_response(data, max_head, max_body) -> (status, fields, hop_by_hop, keep_alive, body) or
+ * None. `fields` are (lower-cased name, value) pairs, as the upstream connection keeps them. */
+static PyObject *parse_response(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse_response(data: bytes, max_head: int, max_body: int)");
+        return NULL;
+    }
+    Py_ssize_t max_head = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t max_body = PyLong_AsSsize_t(args[2]);
+    if ((max_head == -1 || max_body == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    /* Status line: "HTTP/1.1 " 3DIGIT [SP reason] CRLF. */
+    if (size < 14 || memcmp(data, "HTTP/1.1 ", 9) != 0) {
+        Py_RETURN_NONE;
+    }
+    for (int i = 9; i < 12; i++) {
+        if (data[i] < '0' || data[i] > '9') Py_RETURN_NONE;
+    }
+    int status = (data[9] - '0') * 100 + (data[10] - '0') * 10 + (data[11] - '0');
+    if (status < 200 || status > 599 || status == 204 || status == 304) {
+        Py_RETURN_NONE; /* interim responses, and those whose length the request decides */
+    }
+    Py_ssize_t at = 12;
+    if (data[at] == ' ') {
+        at++;
+        while (at < size && data[at] != '\r') {
+            if (!is_field_char(data[at])) Py_RETURN_NONE;
+            at++;
+        }
+    }
+    if (at + 1 >= size || data[at] != '\r' || data[at + 1] != '\n') {
+        Py_RETURN_NONE;
+    }
+    at += 2;
+    PyObject *fields = PyList_New(0);
+    if (fields == NULL) {
+        return NULL;
+    }
+    int hop_by_hop = 0, keep_alive = 1, lengths = 0;
+    long long content_length = 0;
+    for (;;) {
+        if (at + 1 >= size || at > max_head) goto fallback;
+        if (data[at] == '\r') {
+            if (data[at + 1] != '\n') goto fallback;
+            at += 2;
+            break;
+        }
+        Py_ssize_t name_start = at;
+        while (at < size && is_tchar(data[at])) at++;
+        Py_ssize_t name_size = at - name_start;
+        if (name_size == 0 || name_size > 64 || at >= size || data[at] != ':') goto fallback;
+        at++;
+        while (at < size && (data[at] == ' ' || data[at] == '\t')) at++;
+        Py_ssize_t value_start = at;
+        while (at < size && data[at] != '\r') {
+            if (!is_field_char(data[at])) goto fallback;
+            at++;
+        }
+        Py_ssize_t value_size = at - value_start;
+        if (at + 1 >= size || data[at + 1] != '\n') goto fallback;
+        if (value_size > 0 && (data[at - 1] == ' ' || data[at - 1] == '\t')) goto fallback;
+        at += 2;
+        char name[64];
+        for (Py_ssize_t i = 0; i < name_size; i++) {
+            unsigned char c = data[name_start + i];
+            name[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        }
+        const unsigned char *value = data + value_start;
+        if (name_size == 14 && memcmp(name, "content-length", 14) == 0) {
+            if (++lengths > 1 || value_size == 0 || value_size > 15) goto fallback;
+            for (Py_ssize_t i = 0; i < value_size; i++) {
+                if (value[i] < '0' || value[i] > '9') goto fallback;
+                content_length = content_length * 10 + (value[i] - '0');
+            }
+        } else if (name_size == 17 && memcmp(name, "transfer-encoding", 17) == 0) {
+            goto fallback;
+        } else {
+            for (size_t i = 0; i < sizeof(hop_by_hop_names) / sizeof(hop_by_hop_names[0]); i++) {
+                if ((size_t)name_size == strlen(hop_by_hop_names[i]) &&
+                    memcmp(name, hop_by_hop_names[i], (size_t)name_size) == 0) {
+                    hop_by_hop = 1;
+                    if (i == 0 && lists_close(value, value_size)) keep_alive = 0;
+                    break;
+                }
+            }
+        }
+        PyObject *pair = Py_BuildValue("(y#y#)", name, name_size, (const char *)value, value_size);
+        if (pair == NULL) {
+            Py_DECREF(fields);
+            return NULL;
+        }
+        int failed = PyList_Append(fields, pair);
+        Py_DECREF(pair);
+        if (failed < 0) {
+            Py_DECREF(fields);
+            return NULL;
+        }
+    }
+    /* Exactly the head and a Content-Length body: nothing before or after it in this read. */
+    if (at > max_head || lengths != 1 || content_length > max_body || size - at != content_length) {
+        goto fallback;
+    }
+    PyObject *body = PyBytes_FromStringAndSize((const char *)data + at, (Py_ssize_t)content_length);
+    if (body == NULL) {
+        Py_DECREF(fields);
+        return NULL;
+    }
+    return Py_BuildValue("(iNOON)", status, fields, hop_by_hop ? Py_True : Py_False,
+                         keep_alive ? Py_True : Py_False, body);
+fallback:
+    Py_DECREF(fields);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Module                                                                                     */
 
 static int intern_all(void) {
@@ -2692,6 +2853,9 @@ static int intern_all(void) {
 static PyMethodDef speedups_functions[] = {
     {"compile_call", (PyCFunction)compile_call, METH_O,
      "compile_call(cls): call instances of a Dispatch subclass through the compiled call."},
+    {"parse_response", (PyCFunction)(void (*)(void))parse_response, METH_FASTCALL,
+     "parse_response(data, max_head, max_body): one complete HTTP/1.1 response framed by "
+     "Content-Length, as (status, fields, hop_by_hop, keep_alive, body), or None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -24,6 +24,7 @@ from typing import cast
 
 import httptools
 
+from modeltap.capture import compiled
 from modeltap.sidecar.codes import ProxyError
 from modeltap.sidecar.headers import HOP_BY_HOP
 
@@ -35,6 +36,16 @@ BODY_LOW_WATER = 64 * 1024
 _RESPONSE_NOTED = HOP_BY_HOP | {b"content-length"}
 
 
+# (status, lower-cased fields, a hop-by-hop field came, keep-alive, body), or None: not that shape.
+WholeResponse = tuple[int, list[tuple[bytes, bytes]], bool, bool, bytes]
+
+
+def _fast_parser() -> Callable[[bytes, int, int], WholeResponse | None] | None:
+    """The compiled reader of a whole response in one read (`_speedups.parse_response`), if built
+    and wanted: the usual small response without a Python call per field (None: llhttp only)."""
+    return compiled._speedups.parse_response if compiled.wanted() else None
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to the upstream and the response currently being read on it."""
 
@@ -43,6 +54,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._max_header_bytes = max_header_bytes
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
+        self._parse_whole = _fast_parser()
+        self._fresh = False  # no byte of the current response has reached llhttp yet
         self.closed = False
         self.reusable = False
         self.idle_since = 0.0
@@ -99,6 +112,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.answered = True
         self._last_activity = self._loop.time()
+        if self._fresh:
+            self._fresh = False
+            parse_whole = self._parse_whole
+            if parse_whole is not None and not self._head:
+                whole = parse_whole(data, self._max_header_bytes, BODY_HIGH_WATER)
+                if whole is not None:
+                    self._take_whole(*whole)
+                    return
         if not self.headers_done:
             self._header_bytes += len(data)
         try:
@@ -152,6 +173,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake_drain()
 
     # ---- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # Another response begins in the same read as a whole one: bytes nobody asked for
+            # (the upstream broke framing). llhttp now holds part of it, and the next request's
+            # response would be read after it: the connection is never reused.
+            self.reusable = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -213,6 +241,26 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.pause_reading()
         self._wake_body()
 
+    def _take_whole(
+        self, status: int, fields: list[tuple[bytes, bytes]], hop_by_hop: bool, keep_alive: bool, body: bytes
+    ) -> None:
+        """A whole response read by `parse_response` (one read, Content-Length framed, HTTP/1.1,
+        status 200-599 but 204 and 304): the state llhttp's callbacks would have left."""
+        self.headers = fields
+        self.hop_by_hop = hop_by_hop
+        self._length = True
+        self.status = status
+        self.headers_done = True
+        if body:
+            self._chunks.append(body)
+            self._queued = len(body)
+        self.complete = True
+        self.reusable = keep_alive and status < 500  # as `on_message_complete` decides
+        waiter = self._headers_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._wake_body()
+
     def on_message_complete(self) -> None:
         if not self.headers_done:
             return  # end of an interim response
@@ -255,6 +303,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunks.clear()
         self._queued = 0
         self._waiting_since = 0.0
+        self._fresh = True
         if not self.unsent:
             transport.write(head + body if body else head)
             self.unsent = transport.is_closing()
