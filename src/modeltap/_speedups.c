@@ -19,7 +19,9 @@
  * Around the capture: `Encoder` writes each record in `modeltap.handoff.framing`'s layout for
  * the monitor process, `Dispatch` is the middleware's call (the base of `ModelTapMiddleware`,
  * which hands an HTTP exchange to the capture without a Python frame), and `RecordQueue` is the
- * bounded hand-off the capture offers its records to (`PyRecordQueue` in Python).
+ * bounded hand-off the capture offers its records to (`PyRecordQueue` in Python). Beside it,
+ * `parse_response` reads the sidecar's usual upstream response in one call (llhttp reads the
+ * rest; `modeltap.sidecar.upstream`).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
