@@ -66,3 +66,6 @@ class RecordQueue:
 def parse_response(
     data: bytes, max_head: int, max_body: int, /
 ) -> tuple[int, list[tuple[bytes, bytes]], bool, bool, bytes] | None: ...
+def decode_records(
+    data: bytes, trace_ids: Any, route_key: str, proxy_error_key: str, cold_start_key: str, /
+) -> list[Any]: ...

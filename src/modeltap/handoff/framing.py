@@ -313,6 +313,11 @@ def decode_records(payload: memoryview) -> list[RawRecord]:
     # bytes objects: those are read as they are, anything else is copied once.
     whole = payload.obj
     data = whole if isinstance(whole, bytes) and len(whole) == payload.nbytes else payload.tobytes()
+    if compiled.wanted():  # the same records from compiled code (a third of the monitor's time)
+        decoded: list[RawRecord] = compiled._speedups.decode_records(
+            data, TraceIds, ROUTE_TEMPLATE_KEY, PROXY_ERROR_KEY, COLD_START_KEY
+        )
+        return decoded
     try:
         (count,) = COUNT.unpack_from(data, 0)
         position = COUNT.size

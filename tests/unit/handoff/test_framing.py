@@ -7,11 +7,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modeltap.capture import compiled
 from modeltap.capture.routes import RouteTemplates
 from modeltap.handoff.framing import (
     _LENGTHS,
@@ -539,3 +541,61 @@ def test_a_batch_with_records_already_encoded_is_the_same_bytes(
     only_bytes: list[bytes] = []
     assert encoder().encode_batch(list(expected), only_bytes) == sum(map(len, expected))
     assert only_bytes == expected
+
+
+# ---- the compiled decoder ---------------------------------------------------------------------------
+
+
+def both_decoders(payload: bytes) -> tuple[Any, Any]:
+    """What the compiled decoder and the Python one make of a payload: the records, or the
+    ValueError's class (the messages may differ)."""
+    outcomes: list[Any] = []
+    for form in (True, False):
+        with mock.patch.object(compiled, "wanted", lambda form=form: form):
+            try:
+                outcomes.append(decode_records(memoryview(payload)))
+            except ValueError:
+                outcomes.append(ValueError)
+    return outcomes[0], outcomes[1]
+
+
+needs_extension = pytest.mark.skipif(not compiled.AVAILABLE, reason="the extension is not built here")
+
+
+@needs_extension
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(raw_records(), max_size=4))
+def test_the_compiled_decoder_gives_the_python_decoders_records(records: list[RawRecord]) -> None:
+    fast, slow = both_decoders(payload_of(records))
+    assert fast == slow
+    assert len(fast) == len(records)
+
+
+@needs_extension
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(raw_records(), min_size=1, max_size=2), st.data())
+def test_the_compiled_decoder_refuses_what_the_python_decoder_refuses(
+    records: list[RawRecord], data: st.DataObject
+) -> None:
+    payload = bytearray(payload_of(records))
+    for _ in range(data.draw(st.integers(1, 3))):
+        action = data.draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        at = data.draw(st.integers(0, len(payload) - 1)) if payload else 0
+        if action == "flip" and payload:
+            payload[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif action == "cut":
+            del payload[at:]
+        elif action == "insert":
+            payload[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+        elif payload:
+            del payload[at]
+    fast, slow = both_decoders(bytes(payload))
+    assert fast == slow
+
+
+@needs_extension
+def test_a_count_larger_than_the_payload_is_refused_before_allocating() -> None:
+    with pytest.raises(ValueError, match="more records than bytes"):
+        compiled._speedups.decode_records(
+            COUNT.pack(2**32 - 1), TraceIds, "route", PROXY_ERROR_KEY, COLD_START_KEY
+        )
