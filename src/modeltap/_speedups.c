@@ -20,6 +20,7 @@
  * the monitor process, `Dispatch` is the middleware's call (the base of `ModelTapMiddleware`,
  * which hands an HTTP exchange to the capture without a Python frame), and `RecordQueue` is the
  * bounded hand-off the capture offers its records to (`PyRecordQueue` in Python). Beside it,
+ * `decode_records` is the monitor's side of the hand-off (`framing.decode_records`), and
  * `parse_response` reads the sidecar's usual upstream response in one call (llhttp reads the
  * rest; `modeltap.sidecar.upstream`).
  */
