@@ -3,7 +3,10 @@
 Not httpx or aiohttp: under concurrency those proxied at 0.05x and 0.5x of nginx (DESIGN.md);
 a connection that is an `asyncio.Protocol` feeding llhttp reaches nginx's rate. Framing comes
 from llhttp (Content-Length vs chunked, conflicting lengths, invalid status lines); what llhttp
-cannot know (HEAD, read-until-close, header size) is decided here.
+cannot know (HEAD, read-until-close, header size) is decided here. The usual response of a model
+server (HTTP/1.1, all of it in one read, framed by Content-Length) is read in one compiled call
+instead (`_speedups.parse_response`, where the extension is built): it accepts only what llhttp
+reads the same way, and leaves everything else to llhttp.
 
 One connection carries one exchange at a time. Deadlines are timer handles owned by the
 connection (no `wait_for` task per request): a connect timeout, a response deadline until the
