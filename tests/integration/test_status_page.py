@@ -9,18 +9,24 @@ test is skipped without it."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import shutil
 import subprocess
 import threading
 import time
+from importlib import resources
 from pathlib import Path
 
 import httpx
 import numpy as np
 import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from modeltap import ModelTapConfig, ModelTapMiddleware
 from modeltap.capture import compiled
@@ -317,6 +323,52 @@ def test_first_load_draws_the_servers_history_on_a_time_axis_with_legends(tmp_pa
     assert not _banner_shown(dom)  # a reference is loaded
     assert 'id="error"></span>' in dom
     _keep_screenshot(screenshot, "status-page-history.png")
+
+
+@pytest.mark.timeout(120)
+def test_a_history_of_under_a_second_still_has_a_time_axis(tmp_path: Path) -> None:
+    """A history shorter than a second (four points 0.2 s apart, none on a round second) has no
+    round tick to label: the axis labels its ends instead of nothing. The server's /status is
+    taken as it is, with its history replaced by that one."""
+    x, y = training_data()
+    config = ModelTapConfig.from_env({}, monitor="inline")
+    app = ModelTapMiddleware(build_app(ChurnModel.train(x, y)), config=config, model_name="churn")
+    try:
+        with (
+            serve(app, "uvicorn-page-short-history") as url,
+            httpx.Client(base_url=url, timeout=10.0) as client,
+        ):
+            rows = np.round(make_customers(20, 3), 3).tolist()
+            assert client.post("/v1/models/churn:predict", json={"instances": rows}).status_code == 200
+            assert app.tap.flush(5.0)
+            document = client.get("/modeltap/status").json()
+    finally:
+        app.tap.shutdown()
+    start = math.floor(time.time()) - 60 + 0.05
+    points = 4
+    document["history"].update(
+        t=[start + 0.2 * i for i in range(points)],
+        interval_s=0.2,
+        requests=[5] * points,
+        error_rate=[0.0] * points,
+        latency_s={name: [0.001] * points for name in ("p50", "p95", "p99")},
+        psi={name: [0.05] * points for name in FEATURES[:2]},
+    )
+    page = resources.files("modeltap.export").joinpath("status_page.html").read_bytes()
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(document)
+
+    async def index(request: Request) -> Response:
+        return Response(page, media_type="text/html")
+
+    stub = Starlette(routes=[Route("/modeltap/", index), Route("/modeltap/status", status)])
+    with serve(stub, "uvicorn-page-stub") as url:
+        dom = _chromium(tmp_path, FIRST_LOAD, "--dump-dom", f"{url}/modeltap/")
+    for plot in ("psi-plot", "latency-plot", "errors-plot"):
+        labels = _data(dom, plot, "xlabels").split()
+        assert 1 <= len(labels) <= 2, labels
+        assert all(re.fullmatch(r"\d\d:\d\d:\d\d", label) for label in labels), labels
 
 
 @pytest.mark.timeout(120)
