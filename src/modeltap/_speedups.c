@@ -2949,6 +2949,237 @@ static PyObject *decode_records(PyObject *Py_UNUSED(module), PyObject *const *ar
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* request_head: the sidecar's request fields for the upstream (`headers.request_head`)        */
+/*                                                                                            */
+/* The Python form runs a loop over the client's fields per request. This is the same loop    */
+/* for the usual request: it returns None (the Python form decides) when a field is not a pair */
+/* of bytes, when a Connection field names fields to drop, or for a Content-Length too long to */
+/* read here; tests/unit/sidecar/test_headers.py holds both to the same result.               */
+
+static const char *const request_noted[] = {
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+    "proxy-authorization", "proxy-authenticate", "expect", "content-length", "host", "x-forwarded-for",
+    "x-forwarded-proto", "x-forwarded-host", "traceparent",
+};
+enum {
+    RN_CONNECTION = 0, RN_TRANSFER_ENCODING = 3, RN_CONTENT_LENGTH = 10, RN_HOST, RN_FORWARDED_FOR,
+    RN_FORWARDED_PROTO, RN_FORWARDED_HOST, RN_TRACEPARENT, RN_COUNT
+};
+
+static int request_noted_index(const char *name, Py_ssize_t size) {
+    for (int i = 0; i < RN_COUNT; i++) {
+        if ((size_t)size == strlen(request_noted[i]) && memcmp(name, request_noted[i], (size_t)size) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* `prefix` + `value` + CRLF as a new bytes object (`value` may be NULL: `prefix` holds it all). */
+static PyObject *field_line(const char *prefix, Py_ssize_t prefix_size, const char *value, Py_ssize_t value_size) {
+    PyObject *line = PyBytes_FromStringAndSize(NULL, prefix_size + value_size + 2);
+    if (line == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(line);
+    memcpy(out, prefix, (size_t)prefix_size);
+    if (value_size) {
+        memcpy(out + prefix_size, value, (size_t)value_size);
+    }
+    memcpy(out + prefix_size + value_size, "\r\n", 2);
+    return line;
+}
+
+static int append_line(PyObject *fields, PyObject *line) {
+    if (line == NULL) {
+        return -1;
+    }
+    int failed = PyList_Append(fields, line);
+    Py_DECREF(line);
+    return failed;
+}
+
+/* request_head(headers, peer, scheme, trusted, default_host, via) ->
+ *     (fields, content_length, chunked, host, traceparent_index) or None */
+static PyObject *request_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "request_head(headers, peer, scheme, trusted, default_host, via)");
+        return NULL;
+    }
+    PyObject *headers = args[0], *peer = args[1], *scheme = args[2], *trusted = args[3];
+    PyObject *default_host = args[4], *via = args[5];
+    if (!PyList_CheckExact(headers) || !PyBytes_CheckExact(default_host) || (via != Py_None && !PyBytes_CheckExact(via)) ||
+        !PyUnicode_Check(scheme) || (peer != Py_None && !PyUnicode_Check(peer))) {
+        Py_RETURN_NONE;
+    }
+    PyObject *fields = PyList_New(0), *forwarded_for = PyList_New(0);
+    PyObject *result = NULL, *peer_bytes = NULL, *proto_bytes = NULL;
+    if (fields == NULL || forwarded_for == NULL) {
+        goto done;
+    }
+    long long content_length = -1;
+    int chunked = 0;
+    Py_ssize_t traceparent_index = -1;
+    PyObject *host = NULL, *forwarded_proto = NULL, *forwarded_host = NULL; /* borrowed */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
+            result = Py_None;
+            Py_INCREF(result);
+            goto done;
+        }
+        PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        const char *name_data = PyBytes_AS_STRING(name), *value_data = PyBytes_AS_STRING(value);
+        Py_ssize_t name_size = PyBytes_GET_SIZE(name), value_size = PyBytes_GET_SIZE(value);
+        int noted = request_noted_index(name_data, name_size);
+        if (noted < 0 || noted == RN_TRACEPARENT) {
+            if (noted == RN_TRACEPARENT) {
+                traceparent_index = PyList_GET_SIZE(fields);
+            }
+            PyObject *line = PyBytes_FromStringAndSize(NULL, name_size + value_size + 4);
+            if (line == NULL) {
+                goto done;
+            }
+            char *out = PyBytes_AS_STRING(line);
+            memcpy(out, name_data, (size_t)name_size);
+            memcpy(out + name_size, ": ", 2);
+            if (value_size) {
+                memcpy(out + name_size + 2, value_data, (size_t)value_size);
+            }
+            memcpy(out + name_size + 2 + value_size, "\r\n", 2);
+            if (append_line(fields, line) < 0) {
+                goto done;
+            }
+            continue;
+        }
+        switch (noted) {
+        case RN_CONNECTION: /* the Python form drops what it names */
+            result = Py_None;
+            Py_INCREF(result);
+            goto done;
+        case RN_CONTENT_LENGTH:
+            if (value_size == 0 || value_size > 18) {
+                if (value_size == 0) {
+                    PyErr_SetString(PyExc_ValueError, "invalid Content-Length");
+                } else {
+                    result = Py_None; /* a length this long: the Python form reads (or refuses) it */
+                    Py_INCREF(result);
+                }
+                goto done;
+            }
+            content_length = 0;
+            for (Py_ssize_t k = 0; k < value_size; k++) {
+                if (value_data[k] < '0' || value_data[k] > '9') {
+                    PyErr_SetString(PyExc_ValueError, "invalid Content-Length");
+                    goto done;
+                }
+                content_length = content_length * 10 + (value_data[k] - '0');
+            }
+            break;
+        case RN_HOST:
+            host = value;
+            break;
+        case RN_TRANSFER_ENCODING:
+            chunked = 1;
+            break;
+        case RN_FORWARDED_FOR:
+            if (PyList_Append(forwarded_for, value) < 0) {
+                goto done;
+            }
+            break;
+        case RN_FORWARDED_PROTO:
+            forwarded_proto = value;
+            break;
+        case RN_FORWARDED_HOST:
+            forwarded_host = value;
+            break;
+        default: /* the other hop-by-hop fields and Expect: not forwarded */
+            break;
+        }
+    }
+    PyObject *upstream_host = host != NULL && PyBytes_GET_SIZE(host) ? host : default_host;
+    if (append_line(fields, field_line("host: ", 6, PyBytes_AS_STRING(upstream_host), PyBytes_GET_SIZE(upstream_host))) < 0) {
+        goto done;
+    }
+    if (peer != Py_None) {
+        peer_bytes = PyUnicode_AsLatin1String(peer);
+        if (peer_bytes == NULL || PyList_Append(forwarded_for, peer_bytes) < 0) {
+            goto done;
+        }
+    }
+    Py_ssize_t hops = PyList_GET_SIZE(forwarded_for);
+    if (hops) {
+        /* "x-forwarded-for: " + b", ".join(forwarded_for) + CRLF */
+        Py_ssize_t size = 17 + 2 * (hops - 1) + 2;
+        for (Py_ssize_t i = 0; i < hops; i++) {
+            size += PyBytes_GET_SIZE(PyList_GET_ITEM(forwarded_for, i));
+        }
+        PyObject *line = PyBytes_FromStringAndSize(NULL, size);
+        if (line == NULL) {
+            goto done;
+        }
+        char *out = PyBytes_AS_STRING(line);
+        memcpy(out, "x-forwarded-for: ", 17);
+        out += 17;
+        for (Py_ssize_t i = 0; i < hops; i++) {
+            PyObject *hop = PyList_GET_ITEM(forwarded_for, i);
+            if (i) {
+                memcpy(out, ", ", 2);
+                out += 2;
+            }
+            memcpy(out, PyBytes_AS_STRING(hop), (size_t)PyBytes_GET_SIZE(hop));
+            out += PyBytes_GET_SIZE(hop);
+        }
+        memcpy(out, "\r\n", 2);
+        if (append_line(fields, line) < 0) {
+            goto done;
+        }
+    }
+    int peer_trusted = 0;
+    if (peer != Py_None && ((forwarded_proto && PyBytes_GET_SIZE(forwarded_proto)) ||
+                            (forwarded_host && PyBytes_GET_SIZE(forwarded_host)))) {
+        peer_trusted = PySequence_Contains(trusted, peer);
+        if (peer_trusted < 0) {
+            goto done;
+        }
+    }
+    PyObject *proto = forwarded_proto;
+    if (!(peer_trusted && proto && PyBytes_GET_SIZE(proto))) {
+        proto_bytes = PyUnicode_AsLatin1String(scheme);
+        if (proto_bytes == NULL) {
+            goto done;
+        }
+        proto = proto_bytes;
+    }
+    if (append_line(fields, field_line("x-forwarded-proto: ", 19, PyBytes_AS_STRING(proto), PyBytes_GET_SIZE(proto))) < 0) {
+        goto done;
+    }
+    PyObject *forwarded = peer_trusted && forwarded_host && PyBytes_GET_SIZE(forwarded_host) ? forwarded_host : host;
+    if (forwarded != NULL && PyBytes_GET_SIZE(forwarded)) {
+        PyObject *line = field_line("x-forwarded-host: ", 18, PyBytes_AS_STRING(forwarded), PyBytes_GET_SIZE(forwarded));
+        if (append_line(fields, line) < 0) {
+            goto done;
+        }
+    }
+    if (via != Py_None && append_line(fields, field_line("via: ", 5, PyBytes_AS_STRING(via), PyBytes_GET_SIZE(via))) < 0) {
+        goto done;
+    }
+    PyObject *length = content_length < 0 ? (Py_INCREF(Py_None), Py_None) : PyLong_FromLongLong(content_length);
+    if (length == NULL) {
+        goto done;
+    }
+    result = Py_BuildValue("(ONNOn)", fields, length, PyBool_FromLong(chunked), host != NULL ? host : Py_None,
+                           traceparent_index);
+done:
+    Py_XDECREF(fields);
+    Py_XDECREF(forwarded_for);
+    Py_XDECREF(peer_bytes);
+    Py_XDECREF(proto_bytes);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* parse_response: the sidecar's upstream responses, the common case without llhttp callbacks  */
 /*                                                                                            */
 /* `modeltap.sidecar.upstream` feeds every upstream response to httptools (llhttp), which calls */
@@ -3166,6 +3397,9 @@ static PyMethodDef speedups_functions[] = {
     {"decode_records", (PyCFunction)(void (*)(void))decode_records, METH_FASTCALL,
      "decode_records(data, trace_ids, route_key, proxy_error_key, cold_start_key): a RECORDS "
      "payload back to raw records (`modeltap.handoff.framing.decode_records`)."},
+    {"request_head", (PyCFunction)(void (*)(void))request_head, METH_FASTCALL,
+     "request_head(headers, peer, scheme, trusted, default_host, via): the sidecar's request "
+     "fields for the upstream (`modeltap.sidecar.headers.request_head`), or None."},
     {"parse_response", (PyCFunction)(void (*)(void))parse_response, METH_FASTCALL,
      "parse_response(data, max_head, max_body): one complete HTTP/1.1 response framed by "
      "Content-Length, as (status, fields, hop_by_hop, keep_alive, body), or None."},

@@ -9,7 +9,9 @@ always survive.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+
+from modeltap.capture import compiled
 
 Header = tuple[bytes, bytes]
 
@@ -75,6 +77,33 @@ class RequestHead:
         self.chunked = False
         self.host: bytes | None = None
         self.traceparent_index = -1
+
+
+# What the proxy takes per request: (fields, content_length, chunked, host, traceparent_index), the
+# slots of `RequestHead` as one tuple (no object to build per request).
+RequestFields = tuple[list[bytes], int | None, bool, bytes | None, int]
+
+
+def request_head(
+    headers: Iterable[Header],
+    peer: str | None,
+    scheme: str,
+    trusted: TrustedPeers,
+    default_host: bytes,
+    via: bytes | None,
+) -> RequestFields:
+    """`rewrite_request_headers` as a tuple. Raises ValueError on an unusable Content-Length."""
+    head = rewrite_request_headers(
+        headers, peer=peer, scheme=scheme, trusted=trusted, default_host=default_host, via=via
+    )
+    return head.fields, head.content_length, head.chunked, head.host, head.traceparent_index
+
+
+def compiled_request_head() -> Callable[..., RequestFields | None] | None:
+    """`request_head` in compiled code (`_speedups.request_head`, same arguments), where the
+    extension is built and wanted. It answers None for what it leaves to `request_head` (a
+    Connection field, which may name fields to drop; a field that is not a pair of bytes)."""
+    return compiled._speedups.request_head if compiled.wanted() else None
 
 
 def rewrite_request_headers(

@@ -31,7 +31,12 @@ from modeltap._types import Message, Receive, Scope, Send
 from modeltap.records import PROXY_ERROR_KEY
 from modeltap.sidecar.codes import ProxyError, error_response
 from modeltap.sidecar.downstream import CONNECTION_EXTENSION, ConnectionHandle
-from modeltap.sidecar.headers import TrustedPeers, rewrite_request_headers, rewrite_response_headers
+from modeltap.sidecar.headers import (
+    TrustedPeers,
+    compiled_request_head,
+    request_head,
+    rewrite_response_headers,
+)
 from modeltap.sidecar.route import UpstreamRoute
 from modeltap.sidecar.upstream import UpstreamConnection, UpstreamPool
 
@@ -82,6 +87,7 @@ class ProxyApp:
         self._count_retry = count_retry
         self.inflight = 0
         self.draining = False
+        self._compiled_head = compiled_request_head()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -123,25 +129,26 @@ class ProxyApp:
         # The request stays with the upstream current now, whatever the route does meanwhile.
         route = self.route
         pool, default_host = route.pool, route.default_host
+        arguments = (
+            scope["headers"], client[0] if client else None, scope.get("scheme", "http"), self._trusted,
+            default_host, limits.via,
+        )  # fmt: skip
         try:
-            head = rewrite_request_headers(
-                scope["headers"],
-                peer=client[0] if client else None,
-                scheme=scope.get("scheme", "http"),
-                trusted=self._trusted,
-                default_host=default_host,
-                via=limits.via,
-            )
+            compiled_head = self._compiled_head
+            head = compiled_head(*arguments) if compiled_head is not None else None
+            if head is None:
+                head = request_head(*arguments)
         except ValueError:
             await self._answer_error(scope, send, ProxyError("invalid_request", "invalid Content-Length"))
             return
-        if head.content_length is not None and head.content_length > limits.max_request_body_bytes:
+        fields, content_length, chunked, _, traceparent_index = head
+        if content_length is not None and content_length > limits.max_request_body_bytes:
             # Before reading anything: with `Expect: 100-continue` the client never sends the body.
             await self._answer_error(
                 scope, send, ProxyError("request_body_too_large", "request body too large")
             )
             return
-        _inject_traceparent(head.fields, head.traceparent_index)
+        _inject_traceparent(fields, traceparent_index)
         method: str = scope["method"]
         target: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope.get("query_string", b"")
@@ -151,7 +158,7 @@ class ProxyApp:
 
         body = b""
         more_body = False
-        if head.chunked or head.content_length:
+        if chunked or content_length:
             message = await receive()
             if message["type"] == "http.disconnect":
                 self._note_client_gone(scope)
@@ -165,22 +172,18 @@ class ProxyApp:
                 return
         if not more_body:
             framing = (
-                b"content-length: %d\r\n\r\n" % len(body)
-                if body or head.content_length is not None
-                else b"\r\n"
+                b"content-length: %d\r\n\r\n" % len(body) if body or content_length is not None else b"\r\n"
             )
-        elif head.content_length is not None:
-            framing = b"content-length: %d\r\n\r\n" % head.content_length
+        elif content_length is not None:
+            framing = b"content-length: %d\r\n\r\n" % content_length
         else:
             framing = b"transfer-encoding: chunked\r\n\r\n"
-        request_head = start_line + b"".join(head.fields) + framing
+        upstream_head = start_line + b"".join(fields) + framing
 
         conn: UpstreamConnection | None = None
         responding = False
         try:
-            conn = await self._exchange(
-                scope, receive, handle, pool, request_head, body, more_body, head.chunked
-            )
+            conn = await self._exchange(scope, receive, handle, pool, upstream_head, body, more_body, chunked)
             if conn is None:
                 return  # answered already (client gone, body too large)
             responding = True
@@ -214,7 +217,7 @@ class ProxyApp:
         receive: Receive,
         handle: ConnectionHandle | None,
         pool: UpstreamPool,
-        request_head: bytes,
+        upstream_head: bytes,
         body: bytes,
         more_body: bool,
         chunked: bool,
@@ -230,12 +233,12 @@ class ProxyApp:
                 conn = await pool.open_held()
             try:
                 if more_body:
-                    conn.send_request(request_head, b"", False)
+                    conn.send_request(upstream_head, b"", False)
                     if not await self._stream_body(scope, receive, conn, body, chunked):
                         pool.release(conn)
                         return None
                 else:
-                    conn.send_request(request_head, body, scope["method"] == "HEAD")
+                    conn.send_request(upstream_head, body, scope["method"] == "HEAD")
                 if handle is not None:
                     handle.on_lost = conn.abort_client_gone
                 try:

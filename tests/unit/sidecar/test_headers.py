@@ -13,11 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from modeltap.capture import compiled
 from modeltap.sidecar.headers import (
     HOP_BY_HOP,
     TrustedPeers,
     connection_tokens,
+    request_head,
     rewrite_request_headers,
     rewrite_response_headers,
 )
@@ -339,6 +343,94 @@ def test_traceparent_index_points_at_the_forwarded_field(case: TraceCase) -> Non
     assert head.traceparent_index == case.traceparent_at
     if case.traceparent_at >= 0:
         assert head.fields[case.traceparent_at].startswith(b"traceparent: ")
+
+
+# ---- requests: the compiled form -------------------------------------------------------------------
+#
+# `_speedups.request_head` runs the same loop for the usual request; it answers None for what it
+# leaves to the Python form (a Connection field, a field that is not a pair of bytes, a length of
+# more than 18 digits). Wherever it answers, it must answer what the Python form does.
+
+needs_extension = pytest.mark.skipif(not compiled.AVAILABLE, reason="the extension is not built here")
+
+
+def both_forms(
+    headers: Sequence[Header], peer: str | None = PEER, scheme: str = "http", trusted: Sequence[str] = (),
+    via: bytes | None = None,
+) -> tuple[object, object]:  # fmt: skip
+    """(compiled, Python) results: the fields tuple, None (left to Python), or ValueError."""
+    arguments = (list(headers), peer, scheme, TrustedPeers(trusted), UPSTREAM_HOST, via)
+    outcomes: list[object] = []
+    for form in (compiled._speedups.request_head, request_head):
+        try:
+            outcomes.append(form(*arguments))
+        except ValueError:
+            outcomes.append(ValueError)
+    return outcomes[0], outcomes[1]
+
+
+@needs_extension
+@pytest.mark.parametrize("case", REQUEST_CASES, ids=[c.id for c in REQUEST_CASES])
+def test_the_compiled_form_forwards_every_table_row_alike(case: RequestCase) -> None:
+    fast, slow = both_forms(case.headers, case.peer, case.scheme, case.trusted, case.via)
+    connection = any(name == b"connection" for name, _ in case.headers)
+    assert fast == (None if connection else slow)
+
+
+@needs_extension
+@pytest.mark.parametrize("case", TRACE_CASES, ids=[c.id for c in TRACE_CASES])
+def test_the_compiled_form_points_at_the_same_traceparent(case: TraceCase) -> None:
+    fast, slow = both_forms(case.headers)
+    assert fast in (slow, None)
+    if fast is not None:
+        assert fast[4] == case.traceparent_at  # type: ignore[index]
+
+
+@needs_extension
+@pytest.mark.parametrize("length", [b"", b"-1", b"1e3", b"0x10", b" 5", b"5 ", b"007", b"9" * 18, b"9" * 19])
+def test_the_compiled_form_reads_lengths_alike(length: bytes) -> None:
+    fast, slow = both_forms([HOST, (b"content-length", length)])
+    assert fast in (slow, None)
+    assert fast is not None or len(length) > 18
+
+
+_REQUEST_NAMES = st.sampled_from(
+    [b"host", b"content-length", b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-proto",
+     b"x-forwarded-host", b"traceparent", b"expect", b"te", b"keep-alive", b"upgrade", b"trailer",
+     b"proxy-authorization", b"proxy-connection", b"connection", b"content-type", b"x-a", b"via", b""]
+)  # fmt: skip
+_REQUEST_VALUES = st.one_of(
+    st.sampled_from([b"", b"12", b"0", b"x-a", b"https", b"a.example", b"1.2.3.4", b"chunked", b"x-a, te"]),
+    st.binary(max_size=10),
+)
+
+
+@needs_extension
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.lists(st.tuples(_REQUEST_NAMES, _REQUEST_VALUES), max_size=8),
+    st.sampled_from([PEER, PROXY_PEER, "::1", None]),
+    st.sampled_from(["http", "https"]),
+    st.sampled_from([(), ("10.0.0.0/8",), ("::1/128", "203.0.113.0/24")]),
+    st.sampled_from([None, VIA]),
+)
+def test_the_compiled_form_gives_the_python_forms_fields(
+    headers: list[Header], peer: str | None, scheme: str, trusted: tuple[str, ...], via: bytes | None
+) -> None:
+    fast, slow = both_forms(headers, peer, scheme, trusted, via)
+    if fast is None:
+        assert any(name == b"connection" for name, _ in headers) or any(
+            name == b"content-length" and len(value) > 18 for name, value in headers
+        )
+    else:
+        assert fast == slow
+
+
+@needs_extension
+def test_the_compiled_form_leaves_unusual_shapes_to_python() -> None:
+    trusted = TrustedPeers([])
+    for headers in ([[b"host", b"a"]], [(b"host", "a")], (HOST,)):
+        assert compiled._speedups.request_head(headers, PEER, "http", trusted, UPSTREAM_HOST, None) is None
 
 
 # ---- trusted peers ---------------------------------------------------------------------------------
