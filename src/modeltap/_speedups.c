@@ -2953,8 +2953,9 @@ static PyObject *decode_records(PyObject *Py_UNUSED(module), PyObject *const *ar
 /*                                                                                            */
 /* The Python form runs a loop over the client's fields per request. This is the same loop    */
 /* for the usual request: it returns None (the Python form decides) when a field is not a pair */
-/* of bytes, when a Connection field names fields to drop, or for a Content-Length too long to */
-/* read here; tests/unit/sidecar/test_headers.py holds both to the same result.               */
+/* of bytes, when a Connection field names fields to drop (not when it only says keep-alive or */
+/* close), or for a Content-Length too long to read here; tests/unit/sidecar/test_headers.py   */
+/* holds both to the same result.                                                             */
 
 static const char *const request_noted[] = {
     "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
@@ -2999,6 +3000,53 @@ static int append_line(PyObject *fields, PyObject *line) {
     return failed;
 }
 
+/* bytes.strip()'s whitespace */
+static int is_ascii_space(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\x0b' || c == '\x0c';
+}
+
+/* Whether a Connection field's tokens (comma-separated, trimmed, any case) name one of the lines
+ * in `fields` (by the name before its first colon) or a forwarding field the proxy writes: then
+ * something is to be dropped, which the Python form does. "keep-alive" and "close" name nothing. */
+static int connection_names_a_field(const char *value, Py_ssize_t size, PyObject *fields) {
+    static const char *const forwarding[] = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"};
+    Py_ssize_t at = 0;
+    while (at <= size) {
+        Py_ssize_t end = at;
+        while (end < size && value[end] != ',') end++;
+        Py_ssize_t first = at, last = end;
+        while (first < last && is_ascii_space(value[first])) first++;
+        while (last > first && is_ascii_space(value[last - 1])) last--;
+        Py_ssize_t token_size = last - first;
+        if (token_size > 0) {
+            char token[64];
+            if (token_size > (Py_ssize_t)sizeof(token)) {
+                return 1; /* longer than any name worth comparing here: let Python decide */
+            }
+            for (Py_ssize_t k = 0; k < token_size; k++) {
+                char c = value[first + k];
+                token[k] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+            }
+            for (size_t k = 0; k < sizeof(forwarding) / sizeof(forwarding[0]); k++) {
+                if ((size_t)token_size == strlen(forwarding[k]) && memcmp(token, forwarding[k], (size_t)token_size) == 0) {
+                    return 1;
+                }
+            }
+            for (Py_ssize_t k = 0; k < PyList_GET_SIZE(fields); k++) {
+                PyObject *line = PyList_GET_ITEM(fields, k);
+                const char *text = PyBytes_AS_STRING(line);
+                const char *colon = memchr(text, ':', (size_t)PyBytes_GET_SIZE(line));
+                Py_ssize_t name_size = colon != NULL ? colon - text : PyBytes_GET_SIZE(line);
+                if (name_size == token_size && memcmp(text, token, (size_t)token_size) == 0) {
+                    return 1;
+                }
+            }
+        }
+        at = end + 1;
+    }
+    return 0;
+}
+
 /* request_head(headers, peer, scheme, trusted, default_host, via) ->
  *     (fields, content_length, chunked, host, traceparent_index) or None */
 static PyObject *request_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
@@ -3012,9 +3060,9 @@ static PyObject *request_head(PyObject *Py_UNUSED(module), PyObject *const *args
         !PyUnicode_Check(scheme) || (peer != Py_None && !PyUnicode_Check(peer))) {
         Py_RETURN_NONE;
     }
-    PyObject *fields = PyList_New(0), *forwarded_for = PyList_New(0);
+    PyObject *fields = PyList_New(0), *forwarded_for = PyList_New(0), *connection = PyList_New(0);
     PyObject *result = NULL, *peer_bytes = NULL, *proto_bytes = NULL;
-    if (fields == NULL || forwarded_for == NULL) {
+    if (fields == NULL || forwarded_for == NULL || connection == NULL) {
         goto done;
     }
     long long content_length = -1;
@@ -3054,10 +3102,11 @@ static PyObject *request_head(PyObject *Py_UNUSED(module), PyObject *const *args
             continue;
         }
         switch (noted) {
-        case RN_CONNECTION: /* the Python form drops what it names */
-            result = Py_None;
-            Py_INCREF(result);
-            goto done;
+        case RN_CONNECTION: /* what it names is looked at once all fields are in */
+            if (PyList_Append(connection, value) < 0) {
+                goto done;
+            }
+            break;
         case RN_CONTENT_LENGTH:
             if (value_size == 0 || value_size > 18) {
                 if (value_size == 0) {
@@ -3096,6 +3145,14 @@ static PyObject *request_head(PyObject *Py_UNUSED(module), PyObject *const *args
             break;
         default: /* the other hop-by-hop fields and Expect: not forwarded */
             break;
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(connection); i++) {
+        PyObject *value = PyList_GET_ITEM(connection, i);
+        if (connection_names_a_field(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), fields)) {
+            result = Py_None; /* fields to drop: the Python form does it */
+            Py_INCREF(result);
+            goto done;
         }
     }
     PyObject *upstream_host = host != NULL && PyBytes_GET_SIZE(host) ? host : default_host;
@@ -3174,6 +3231,7 @@ static PyObject *request_head(PyObject *Py_UNUSED(module), PyObject *const *args
 done:
     Py_XDECREF(fields);
     Py_XDECREF(forwarded_for);
+    Py_XDECREF(connection);
     Py_XDECREF(peer_bytes);
     Py_XDECREF(proto_bytes);
     return result;

@@ -101,8 +101,9 @@ def request_head(
 
 def compiled_request_head() -> Callable[..., RequestFields | None] | None:
     """`request_head` in compiled code (`_speedups.request_head`, same arguments), where the
-    extension is built and wanted. It answers None for what it leaves to `request_head` (a
-    Connection field, which may name fields to drop; a field that is not a pair of bytes)."""
+    extension is built and wanted. It answers None for what it leaves to `request_head`: a
+    Connection field naming a field to drop (`keep-alive` or `close` name none), a field that is
+    not a pair of bytes, a Content-Length of more than 18 digits."""
     return compiled._speedups.request_head if compiled.wanted() else None
 
 
