@@ -3005,18 +3005,29 @@ static int is_ascii_space(char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\x0b' || c == '\x0c';
 }
 
+/* The next token of a comma-separated field value (`Connection`), trimmed as bytes.strip()
+ * trims: [*first, *last). Start with *at = 0; returns 0 once the value is used up. */
+static int next_token(const char *value, Py_ssize_t size, Py_ssize_t *at, Py_ssize_t *first, Py_ssize_t *last) {
+    if (*at > size) {
+        return 0;
+    }
+    Py_ssize_t end = *at;
+    while (end < size && value[end] != ',') end++;
+    *first = *at;
+    *last = end;
+    while (*first < *last && is_ascii_space(value[*first])) (*first)++;
+    while (*last > *first && is_ascii_space(value[*last - 1])) (*last)--;
+    *at = end + 1;
+    return 1;
+}
+
 /* Whether a Connection field's tokens (comma-separated, trimmed, any case) name one of the lines
  * in `fields` (by the name before its first colon) or a forwarding field the proxy writes: then
  * something is to be dropped, which the Python form does. "keep-alive" and "close" name nothing. */
 static int connection_names_a_field(const char *value, Py_ssize_t size, PyObject *fields) {
     static const char *const forwarding[] = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"};
-    Py_ssize_t at = 0;
-    while (at <= size) {
-        Py_ssize_t end = at;
-        while (end < size && value[end] != ',') end++;
-        Py_ssize_t first = at, last = end;
-        while (first < last && is_ascii_space(value[first])) first++;
-        while (last > first && is_ascii_space(value[last - 1])) last--;
+    Py_ssize_t at = 0, first, last;
+    while (next_token(value, size, &at, &first, &last)) {
         Py_ssize_t token_size = last - first;
         if (token_size > 0) {
             char token[64];
@@ -3042,7 +3053,6 @@ static int connection_names_a_field(const char *value, Py_ssize_t size, PyObject
                 }
             }
         }
-        at = end + 1;
     }
     return 0;
 }
@@ -3267,15 +3277,9 @@ static const char *const hop_by_hop_names[] = {
 
 /* Whether `value` (a Connection field) lists the token "close" (any case, OWS around). */
 static int lists_close(const unsigned char *value, Py_ssize_t size) {
-    Py_ssize_t at = 0;
-    while (at <= size) {
-        Py_ssize_t end = at;
-        while (end < size && value[end] != ',') end++;
-        Py_ssize_t first = at, last = end;
-        while (first < last && (value[first] == ' ' || value[first] == '\t')) first++;
-        while (last > first && (value[last - 1] == ' ' || value[last - 1] == '\t')) last--;
+    Py_ssize_t at = 0, first, last;
+    while (next_token((const char *)value, size, &at, &first, &last)) {
         if (last - first == 5 && strncasecmp((const char *)value + first, "close", 5) == 0) return 1;
-        at = end + 1;
     }
     return 0;
 }

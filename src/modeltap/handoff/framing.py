@@ -296,7 +296,7 @@ def decode_record(data: bytes) -> RawRecord:
     """One encoded record (as the compiled capture queues it) back to a raw record: what the
     analysis takes when the tap falls back to analysing in its own process."""
     try:
-        record, position = _decode_one(bytes(data), 0)
+        record, position = _decode_one(data, 0)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed record: {exc}") from None
     if position != len(data):
@@ -327,7 +327,7 @@ def decode_records(payload: memoryview) -> list[RawRecord]:
             records.append(record)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed record batch: {exc}") from None
-    if position != len(payload):
+    if position != len(data):
         raise ValueError("trailing bytes after the record batch")
     return records
 
