@@ -3402,6 +3402,175 @@ fallback:
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* The sidecar's client request, whole in one read                                          */
+/*                                                                                            */
+/* What a client of a model endpoint sends is, nearly always, one read holding an HTTP/1.1    */
+/* request: a method every server knows, an origin-form target, one Host field, a body framed */
+/* by Content-Length (or none), and nothing after it. This reads exactly that shape in one    */
+/* call, in place of llhttp's callbacks (one Python call per field and per event), and        */
+/* returns None for anything else, which then takes llhttp's path as before (nothing was      */
+/* consumed). What it accepts it must read as llhttp and uvicorn do                           */
+/* (tests/unit/sidecar/test_downstream_fast_path.py holds both to the same scope, body and    */
+/* answer); it is strict, and leaves every refusal, limit and unusual field to that path.     */
+
+static PyObject *s_methods[7];
+static const char *const method_names[] = {"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"};
+
+/* RFC 3986 pchar without pct-encoded, plus '/' and '?': a target with '%' (which uvicorn    */
+/* unquotes) or '#' is not read here.                                                         */
+static int is_target_char(unsigned char c) {
+    if (c >= '0' && c <= '9') return 1;
+    if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') return 1;
+    return c != 0 && strchr("-._~!$&'()*+,;=:@/?", c) != NULL;
+}
+
+/* Whether a Connection field lists nothing but keep-alive (a request the connection outlives). */
+static int keeps_alive_only(const unsigned char *value, Py_ssize_t size) {
+    Py_ssize_t at = 0, first, last;
+    int tokens = 0;
+    while (next_token((const char *)value, size, &at, &first, &last)) {
+        if (last - first != 10 || strncasecmp((const char *)value + first, "keep-alive", 10) != 0) return 0;
+        tokens++;
+    }
+    return tokens > 0;
+}
+
+/* parse_request(data, max_url, max_headers, max_header_bytes) -> (method, path, raw_path,
+ * query_string, fields, body) or None. `fields` are (lower-cased name, value) pairs, as uvicorn
+ * keeps them; the limits are the client protocol's (what exceeds them is left to its path). */
+static PyObject *parse_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "parse_request(data: bytes, max_url: int, max_headers: int, max_header_bytes: int)");
+        return NULL;
+    }
+    Py_ssize_t max_url = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t max_headers = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t max_header_bytes = PyLong_AsSsize_t(args[3]);
+    if ((max_url == -1 || max_headers == -1 || max_header_bytes == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    /* Request line: method SP origin-form SP "HTTP/1.1" CRLF. */
+    int method = -1;
+    Py_ssize_t at = 0;
+    for (int i = 0; i < 7; i++) {
+        size_t length = strlen(method_names[i]);
+        if ((Py_ssize_t)length < size && memcmp(data, method_names[i], length) == 0 && data[length] == ' ') {
+            method = i;
+            at = (Py_ssize_t)length + 1;
+            break;
+        }
+    }
+    if (method < 0 || at >= size || data[at] != '/') {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t target = at, query = -1;
+    while (at < size && data[at] != ' ') {
+        if (!is_target_char(data[at])) Py_RETURN_NONE;
+        if (data[at] == '?' && query < 0) query = at;
+        at++;
+    }
+    Py_ssize_t target_end = at;
+    if (target_end - target > max_url || size - at < 11 || memcmp(data + at, " HTTP/1.1\r\n", 11) != 0) {
+        Py_RETURN_NONE;
+    }
+    at += 11;
+    PyObject *fields = PyList_New(0);
+    if (fields == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = 0, field_bytes = 0;
+    int hosts = 0, lengths = 0;
+    long long content_length = 0;
+    for (;;) {
+        if (at + 1 >= size) goto fallback;
+        if (data[at] == '\r') {
+            if (data[at + 1] != '\n') goto fallback;
+            at += 2;
+            break;
+        }
+        Py_ssize_t name_start = at;
+        while (at < size && is_tchar(data[at])) at++;
+        Py_ssize_t name_size = at - name_start;
+        if (name_size == 0 || name_size > 64 || at >= size || data[at] != ':') goto fallback;
+        at++;
+        while (at < size && (data[at] == ' ' || data[at] == '\t')) at++;
+        Py_ssize_t value_start = at;
+        while (at < size && data[at] != '\r') {
+            /* visible ASCII, SP and HTAB only: obs-text and controls are llhttp's to judge */
+            if (!(data[at] == ' ' || data[at] == '\t' || (data[at] >= 0x21 && data[at] < 0x7f))) goto fallback;
+            at++;
+        }
+        Py_ssize_t value_size = at - value_start;
+        if (at + 1 >= size || data[at + 1] != '\n') goto fallback;
+        if (value_size == 0 || data[at - 1] == ' ' || data[at - 1] == '\t') goto fallback;
+        at += 2;
+        /* The client protocol's limits, counted as it counts them (a field is name, value and 4). */
+        count++;
+        field_bytes += name_size + value_size + 4;
+        if (count > max_headers || field_bytes > max_header_bytes) goto fallback;
+        char name[64];
+        for (Py_ssize_t i = 0; i < name_size; i++) {
+            unsigned char c = data[name_start + i];
+            name[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        }
+        const unsigned char *value = data + value_start;
+        if (name_size == 4 && memcmp(name, "host", 4) == 0) {
+            hosts++;
+        } else if (name_size == 14 && memcmp(name, "content-length", 14) == 0) {
+            if (++lengths > 1 || value_size > 15) goto fallback;
+            for (Py_ssize_t i = 0; i < value_size; i++) {
+                if (value[i] < '0' || value[i] > '9') goto fallback;
+                content_length = content_length * 10 + (value[i] - '0');
+            }
+        } else if (name_size == 10 && memcmp(name, "connection", 10) == 0) {
+            /* close, upgrade and fields named in it change what the connection does next */
+            if (!keeps_alive_only(value, value_size)) goto fallback;
+        } else if ((name_size == 17 && memcmp(name, "transfer-encoding", 17) == 0) ||
+                   (name_size == 6 && memcmp(name, "expect", 6) == 0) ||
+                   (name_size == 7 && memcmp(name, "upgrade", 7) == 0)) {
+            goto fallback;
+        }
+        PyObject *pair = Py_BuildValue("(y#y#)", name, name_size, (const char *)value, value_size);
+        if (pair == NULL) {
+            Py_DECREF(fields);
+            return NULL;
+        }
+        int failed = PyList_Append(fields, pair);
+        Py_DECREF(pair);
+        if (failed < 0) {
+            Py_DECREF(fields);
+            return NULL;
+        }
+    }
+    /* One Host field, and exactly the head and its body in this read: nothing after it. */
+    if (hosts != 1 || size - at != content_length) {
+        goto fallback;
+    }
+    Py_ssize_t path_end = query >= 0 ? query : target_end;
+    PyObject *path = PyUnicode_DecodeASCII((const char *)data + target, path_end - target, NULL);
+    PyObject *raw_path = PyBytes_FromStringAndSize((const char *)data + target, path_end - target);
+    PyObject *query_string =
+        query >= 0 ? PyBytes_FromStringAndSize((const char *)data + query + 1, target_end - query - 1)
+                   : PyBytes_FromStringAndSize(NULL, 0);
+    PyObject *body = PyBytes_FromStringAndSize((const char *)data + at, (Py_ssize_t)content_length);
+    if (path == NULL || raw_path == NULL || query_string == NULL || body == NULL) {
+        Py_XDECREF(path);
+        Py_XDECREF(raw_path);
+        Py_XDECREF(query_string);
+        Py_XDECREF(body);
+        Py_DECREF(fields);
+        return NULL;
+    }
+    return Py_BuildValue("(ONNNNN)", s_methods[method], path, raw_path, query_string, fields, body);
+fallback:
+    Py_DECREF(fields);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Module                                                                                     */
 
 static int intern_all(void) {
@@ -3446,6 +3615,9 @@ static int intern_all(void) {
     INTERN(s_payload_stride, "payload_stride");
     INTERN(s_admit, "admit");
     INTERN(s_app, "app");
+    for (int i = 0; i < 7; i++) {
+        INTERN(s_methods[i], method_names[i]);
+    }
 #undef INTERN
     no_headers = PyList_New(0);
     bits_64 = PyLong_FromLong(64);
@@ -3462,6 +3634,9 @@ static PyMethodDef speedups_functions[] = {
     {"request_head", (PyCFunction)(void (*)(void))request_head, METH_FASTCALL,
      "request_head(headers, peer, scheme, trusted, default_host, via): the sidecar's request "
      "fields for the upstream (`modeltap.sidecar.headers.request_head`), or None."},
+    {"parse_request", (PyCFunction)(void (*)(void))parse_request, METH_FASTCALL,
+     "parse_request(data, max_url, max_headers, max_header_bytes): one complete HTTP/1.1 "
+     "keep-alive request, as (method, path, raw_path, query_string, fields, body), or None."},
     {"parse_response", (PyCFunction)(void (*)(void))parse_response, METH_FASTCALL,
      "parse_response(data, max_head, max_body): one complete HTTP/1.1 response framed by "
      "Content-Length, as (status, fields, hop_by_hop, keep_alive, body), or None."},

@@ -63,6 +63,9 @@ class RecordQueue:
     @property
     def pending_bytes(self) -> int: ...
 
+def parse_request(
+    data: bytes, max_url: int, max_headers: int, max_header_bytes: int, /
+) -> tuple[str, str, bytes, bytes, list[tuple[bytes, bytes]], bytes] | None: ...
 def parse_response(
     data: bytes, max_head: int, max_body: int, /
 ) -> tuple[int, list[tuple[bytes, bytes]], bool, bool, bytes] | None: ...

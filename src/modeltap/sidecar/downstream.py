@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from modeltap.capture import compiled
 from modeltap.sidecar.codes import error_response
 
 _log = logging.getLogger("modeltap.sidecar")
@@ -45,8 +47,17 @@ _NOTED = frozenset({b"host", b"transfer-encoding", b"expect"})
 # Requests a connection may have in flight (pipelined) before answered handles are swept out.
 _HANDLES_PRUNED_AT = 8
 
-# Where a client connection is, for the deadline sweep.
+# Where a client connection is, for the deadline sweep (the first two: between requests).
 _FRESH, _IDLE, _HEAD, _BODY, _BUSY, _CLOSED = range(6)
+
+# (method, path, raw_path, query_string, lower-cased fields, body), or None: not that shape.
+WholeRequest = tuple[str, str, bytes, bytes, list[tuple[bytes, bytes]], bytes]
+
+
+def _whole_request_reader() -> Callable[[bytes, int, int, int], WholeRequest | None] | None:
+    """The compiled reader of a whole request in one read (`_speedups.parse_request`), if built and
+    wanted: the usual request of a model client without a Python call per field (None: llhttp only)."""
+    return compiled._speedups.parse_request if compiled.wanted() else None
 
 
 class _Sweeper:
@@ -192,6 +203,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase_since = 0.0
         # Handles of requests not yet answered (more than one only when pipelined).
         self._handles: list[ConnectionHandle] = []
+        self._read_whole = _whole_request_reader()
 
     # ---- connection ------------------------------------------------------------------------
 
@@ -219,6 +231,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
+        read_whole = self._read_whole
+        if read_whole is not None and phase <= _IDLE and not self.pipeline and type(data) is bytes:
+            # Between requests, with none in flight: llhttp is at the start of a message, so a
+            # whole request read here leaves it exactly where its callbacks would have.
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                request = read_whole(data, self._max_url_bytes, self._max_headers, self._max_header_bytes)
+                if request is not None:
+                    self._serve_whole(*request)
+                    return
         if phase in (_IDLE, _BODY):
             self._phase_since = self.loop.time()  # idle: a new request begins; body: progress
         if self._awaiting_headers:
@@ -302,13 +324,70 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _BODY
         self._phase_since = self.loop.time()
         super().on_headers_complete()
-        handle = ConnectionHandle(self, self.cycle)
+        self._hand_over(self.cycle)
+
+    def _hand_over(self, cycle: RequestResponseCycle) -> None:
+        """Give the request's scope its connection handle (the proxy app's hold on the client)."""
+        handle = ConnectionHandle(self, cycle)
         handles = self._handles
         if len(handles) >= _HANDLES_PRUNED_AT:
             # Answered ones leave as their responses complete; this bounds any left behind.
             handles[:] = [h for h in handles if not h.answered]
         handles.append(handle)
-        self.scope["extensions"] = cast(Any, {CONNECTION_EXTENSION: handle})
+        cycle.scope["extensions"] = cast(Any, {CONNECTION_EXTENSION: handle})
+
+    def _serve_whole(
+        self,
+        method: str,
+        path: str,
+        raw_path: bytes,
+        query_string: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        """A whole request from one read (`_speedups.parse_request`): what llhttp's callbacks,
+        from `on_message_begin` to `on_message_complete`, do for it (uvicorn's part as uvicorn
+        does it), in one call. None of `on_headers_complete`'s refusals can apply: the compiled
+        reader takes no CONNECT, upgrade, transfer coding, Expect or Connection but keep-alive,
+        and exactly one Host."""
+        HttpToolsProtocol.on_message_begin(self)  # the scope, as this uvicorn version builds it
+        scope = self.scope
+        self.headers = scope["headers"] = headers
+        root_path = self.root_path
+        scope["method"] = method
+        scope["path"] = root_path + path
+        scope["raw_path"] = root_path.encode("ascii") + raw_path
+        scope["query_string"] = query_string
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app: Any = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        else:
+            app = self.app
+        self._awaiting_headers = False
+        self._head_bytes = 0
+        cycle = self.cycle = RequestResponseCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=True,
+            on_response=self.on_response_complete,
+        )
+        self._start_asgi_task(cycle, app)
+        self._hand_over(cycle)
+        if body:
+            cycle.body += body
+            if len(cycle.body) > HIGH_WATER_LIMIT:
+                self.flow.pause_reading()
+        cycle.more_body = False
+        cycle.message_event.set()
+        self._phase = _BUSY
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
