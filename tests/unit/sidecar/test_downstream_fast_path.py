@@ -97,7 +97,7 @@ def serve(reads: list[bytes], *, compiled_reader: bool) -> dict[str, Any]:
             taken += 1
             serve_whole(*request)
 
-        protocol._serve_whole = counted  # type: ignore[method-assign]
+        protocol._serve_whole = counted  # type: ignore[method-assign,assignment]
         if not compiled_reader:
             protocol._read_whole = None
         transport = _Transport()
