@@ -3570,6 +3570,131 @@ fallback:
     Py_RETURN_NONE;
 }
 
+/* The response head a client of the sidecar gets, as uvicorn's `RequestResponseCycle.send`  */
+/* writes it (fields checked, names lower-cased, its framing and keep-alive read, `connection: */
+/* close` or `transfer-encoding: chunked` added), for fields that are pairs of bytes of plain  */
+/* ASCII and a Content-Length of digits; None for anything else, which uvicorn's `send` then   */
+/* writes or refuses as before (test_downstream_fast_path.py holds both to the same bytes).    */
+
+/* One (name, value) pair as uvicorn would write it, or 0: not for this reader. */
+static int plain_field(PyObject *pair, PyObject **name, PyObject **value) {
+    if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) return 0;
+    *name = PyTuple_GET_ITEM(pair, 0);
+    *value = PyTuple_GET_ITEM(pair, 1);
+    if (!PyBytes_CheckExact(*name) || !PyBytes_CheckExact(*value)) return 0;
+    const unsigned char *n = (const unsigned char *)PyBytes_AS_STRING(*name);
+    Py_ssize_t n_size = PyBytes_GET_SIZE(*name);
+    if (n_size == 0 || n_size > 64) return 0;
+    for (Py_ssize_t i = 0; i < n_size; i++) {
+        if (!is_tchar(n[i])) return 0;
+    }
+    const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(*value);
+    Py_ssize_t v_size = PyBytes_GET_SIZE(*value);
+    for (Py_ssize_t i = 0; i < v_size; i++) {
+        if (!(v[i] == '\t' || (v[i] >= 0x20 && v[i] < 0x7f))) return 0;
+    }
+    return 1;
+}
+
+/* response_head(status_line, default_fields, fields, keep_alive, may_chunk) -> (head, chunked,
+ * expected_content_length, keep_alive) or None. `may_chunk`: neither HEAD nor 204/304, where
+ * uvicorn frames a response without Content-Length as chunked. */
+static PyObject *response_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "response_head(status_line: bytes, default_fields, fields, keep_alive, may_chunk)");
+        return NULL;
+    }
+    int keep_alive = PyObject_IsTrue(args[3]);
+    int may_chunk = PyObject_IsTrue(args[4]);
+    if (keep_alive < 0 || may_chunk < 0) {
+        return NULL;
+    }
+    PyObject *lists[2] = {args[1], args[2]};
+    for (int l = 0; l < 2; l++) {
+        if (!PyList_CheckExact(lists[l]) && !PyTuple_CheckExact(lists[l])) Py_RETURN_NONE;
+    }
+    /* First pass: every field plain, the framing and keep-alive read as uvicorn reads them
+     * (in order: a Content-Length after `transfer-encoding: chunked` is only written), the size. */
+    int chunked = -1, close_listed = 0;
+    long long expected = 0;
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]) + 2;
+    for (int l = 0; l < 2; l++) {
+        PyObject *list = lists[l];
+        Py_ssize_t count = PySequence_Fast_GET_SIZE(list);
+        PyObject **items = PySequence_Fast_ITEMS(list);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *name, *value;
+            if (!plain_field(items[i], &name, &value)) Py_RETURN_NONE;
+            const char *n = PyBytes_AS_STRING(name);
+            Py_ssize_t n_size = PyBytes_GET_SIZE(name);
+            const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
+            Py_ssize_t v_size = PyBytes_GET_SIZE(value);
+            if (n_size == 14 && strncasecmp(n, "content-length", 14) == 0 && chunked < 0) {
+                if (v_size == 0 || v_size > 18) Py_RETURN_NONE;
+                expected = 0;
+                for (Py_ssize_t j = 0; j < v_size; j++) {
+                    if (v[j] < '0' || v[j] > '9') Py_RETURN_NONE;
+                    expected = expected * 10 + (v[j] - '0');
+                }
+                chunked = 0;
+            } else if (n_size == 17 && strncasecmp(n, "transfer-encoding", 17) == 0 && v_size == 7 &&
+                       strncasecmp((const char *)v, "chunked", 7) == 0) {
+                expected = 0;
+                chunked = 1;
+            } else if (n_size == 10 && strncasecmp(n, "connection", 10) == 0 && lists_close(v, v_size)) {
+                keep_alive = 0;
+                close_listed = 1;
+            }
+            size += n_size + 2 + v_size + 2;
+        }
+    }
+    static const char closing[] = "connection: close\r\n";
+    static const char chunking[] = "transfer-encoding: chunked\r\n";
+    int add_close = !keep_alive && !close_listed;
+    int add_chunked = chunked < 0 && may_chunk;
+    size += (add_close ? (Py_ssize_t)sizeof(closing) - 1 : 0) + (add_chunked ? (Py_ssize_t)sizeof(chunking) - 1 : 0);
+    PyObject *head = PyBytes_FromStringAndSize(NULL, size);
+    if (head == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(head);
+    memcpy(out, PyBytes_AS_STRING(args[0]), (size_t)PyBytes_GET_SIZE(args[0]));
+    out += PyBytes_GET_SIZE(args[0]);
+    for (int l = 0; l < 2; l++) {
+        Py_ssize_t count = PySequence_Fast_GET_SIZE(lists[l]);
+        PyObject **items = PySequence_Fast_ITEMS(lists[l]);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *name = PyTuple_GET_ITEM(items[i], 0), *value = PyTuple_GET_ITEM(items[i], 1);
+            const char *n = PyBytes_AS_STRING(name);
+            Py_ssize_t n_size = PyBytes_GET_SIZE(name);
+            for (Py_ssize_t j = 0; j < n_size; j++) {
+                out[j] = (char)(n[j] >= 'A' && n[j] <= 'Z' ? n[j] + 32 : n[j]);
+            }
+            out += n_size;
+            *out++ = ':';
+            *out++ = ' ';
+            memcpy(out, PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value));
+            out += PyBytes_GET_SIZE(value);
+            *out++ = '\r';
+            *out++ = '\n';
+        }
+    }
+    if (add_close) {
+        memcpy(out, closing, sizeof(closing) - 1);
+        out += sizeof(closing) - 1;
+    }
+    if (add_chunked) {
+        memcpy(out, chunking, sizeof(chunking) - 1);
+        out += sizeof(chunking) - 1;
+        chunked = 1;
+    }
+    *out++ = '\r';
+    *out++ = '\n';
+    PyObject *framing = chunked < 0 ? Py_None : chunked ? Py_True : Py_False;
+    return Py_BuildValue("(NOLO)", head, framing, expected, keep_alive ? Py_True : Py_False);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Module                                                                                     */
 
@@ -3637,6 +3762,9 @@ static PyMethodDef speedups_functions[] = {
     {"parse_request", (PyCFunction)(void (*)(void))parse_request, METH_FASTCALL,
      "parse_request(data, max_url, max_headers, max_header_bytes): one complete HTTP/1.1 "
      "keep-alive request, as (method, path, raw_path, query_string, fields, body), or None."},
+    {"response_head", (PyCFunction)(void (*)(void))response_head, METH_FASTCALL,
+     "response_head(status_line, default_fields, fields, keep_alive, may_chunk): the response "
+     "head uvicorn would write, as (head, chunked, expected_content_length, keep_alive), or None."},
     {"parse_response", (PyCFunction)(void (*)(void))parse_response, METH_FASTCALL,
      "parse_response(data, max_head, max_body): one complete HTTP/1.1 response framed by "
      "Content-Length, as (status, fields, hop_by_hop, keep_alive, body), or None."},

@@ -66,6 +66,9 @@ class RecordQueue:
 def parse_request(
     data: bytes, max_url: int, max_headers: int, max_header_bytes: int, /
 ) -> tuple[str, str, bytes, bytes, list[tuple[bytes, bytes]], bytes] | None: ...
+def response_head(
+    status_line: bytes, default_fields: Any, fields: Any, keep_alive: bool, may_chunk: bool, /
+) -> tuple[bytes, bool | None, int, bool] | None: ...
 def parse_response(
     data: bytes, max_head: int, max_body: int, /
 ) -> tuple[int, list[tuple[bytes, bytes]], bool, bool, bytes] | None: ...

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from modeltap.capture import compiled
 from modeltap.sidecar.codes import error_response
@@ -58,6 +58,64 @@ def _whole_request_reader() -> Callable[[bytes, int, int, int], WholeRequest | N
     """The compiled reader of a whole request in one read (`_speedups.parse_request`), if built and
     wanted: the usual request of a model client without a Python call per field (None: llhttp only)."""
     return compiled._speedups.parse_request if compiled.wanted() else None
+
+
+class _WholeRequestCycle(RequestResponseCycle):
+    """uvicorn's request cycle for a request the compiled reader took (the extension is built):
+    the usual response (a head of plain fields, then a body framed by Content-Length) is written
+    as uvicorn's `send` writes it, its head in one compiled call (`_speedups.response_head`) instead
+    of two regular-expression searches and a lower-casing per field; everything else (a paused
+    or lost client, the access log, a chunked or HEAD response, a field or length that is not
+    plain, every error) is uvicorn's `send` itself."""
+
+    async def send(self, message: Any) -> None:
+        kind = message.get("type")
+        if kind == "http.response.start":
+            status = message.get("status")
+            line = STATUS_LINE.get(status) if type(status) is int else None
+            if (
+                line is not None
+                and not self.response_started
+                and not self.disconnected
+                and not self.flow.write_paused
+                and not self.access_log
+            ):
+                head = compiled._speedups.response_head(
+                    line,
+                    self.default_headers,
+                    message.get("headers", ()),
+                    self.keep_alive,
+                    self.scope["method"] != "HEAD" and status not in (204, 304),
+                )
+                if head is not None:
+                    self.response_started = True
+                    self.waiting_for_100_continue = False
+                    data, self.chunked_encoding, self.expected_content_length, self.keep_alive = head
+                    self.transport.write(data)
+                    return
+        elif (
+            kind == "http.response.body"
+            and self.chunked_encoding is False
+            and self.response_started
+            and not self.response_complete
+            and not self.disconnected
+            and not self.flow.write_paused
+            and self.scope["method"] != "HEAD"
+        ):
+            body = message.get("body", b"")
+            more_body = message.get("more_body", False)
+            left = self.expected_content_length - len(body)
+            if left >= 0 if more_body else left == 0:  # else uvicorn's error
+                self.expected_content_length = left
+                self.transport.write(body)
+                if not more_body:
+                    self.response_complete = True
+                    self.message_event.set()
+                    if not self.keep_alive:
+                        self.transport.close()
+                    self.on_response()
+                return
+        await super().send(message)
 
 
 class _Sweeper:
@@ -366,7 +424,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             app = self.app
         self._awaiting_headers = False
         self._head_bytes = 0
-        cycle = self.cycle = RequestResponseCycle(
+        cycle = self.cycle = _WholeRequestCycle(
             scope=scope,
             transport=self.transport,
             flow=self.flow,

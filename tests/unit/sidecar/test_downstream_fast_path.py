@@ -2,22 +2,25 @@
 llhttp's callbacks: whatever the compiled reader accepts must reach the proxy app exactly as
 llhttp and uvicorn would have delivered it (scope, body messages), and the client must get the
 same bytes, the same refusals and the same connection state; the usual request of a model
-client must be taken by it."""
+client must be taken by it. And the response head of such a request (`_speedups.response_head`)
+against uvicorn's `send`: the same bytes, state and errors for any messages an app sends."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.server import ServerState
 
 from modeltap._types import Receive, Scope, Send
 from modeltap.capture import compiled
-from modeltap.sidecar.downstream import ClientLimits, protocol_class
+from modeltap.sidecar.downstream import ClientLimits, _WholeRequestCycle, protocol_class
 
 pytestmark = pytest.mark.skipif(not compiled.AVAILABLE, reason="the extension is not built here")
 
@@ -275,3 +278,143 @@ def requests(draw: st.DrawFn) -> bytes:
 def test_generated_requests_reach_the_app_alike_both_ways(reads: list[bytes]) -> None:
     fast, slow = both(reads)
     same(fast, slow)
+
+
+# ---- the response head ---------------------------------------------------------------------
+
+
+class _Flow:
+    write_paused = False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def respond(
+    messages: list[dict[str, Any]], *, method: str, keep_alive: bool, defaults: list[Any], compiled_head: bool
+) -> dict[str, Any]:
+    """Send `messages` through a request cycle (the compiled reader's, or uvicorn's own)."""
+    transport = _Transport()
+    completed: list[bool] = []
+    kind = _WholeRequestCycle if compiled_head else RequestResponseCycle
+    cycle = kind(
+        scope={"type": "http", "method": method, "path": "/", "http_version": "1.1", "headers": []},  # type: ignore[typeddict-item]
+        transport=transport,
+        flow=_Flow(),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=defaults,
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=keep_alive,
+        on_response=lambda: completed.append(True),
+    )
+    outcomes: list[Any] = []
+    for message in messages:
+        call = cycle.send(message)  # type: ignore[arg-type]
+        try:
+            call.send(None)
+        except StopIteration:
+            outcomes.append("ok")
+        except Exception as error:  # what uvicorn raises, the compiled head must raise alike
+            outcomes.append((type(error).__name__, str(error)))
+            break
+        else:
+            raise AssertionError("send suspended")
+    return {
+        "outcomes": outcomes,
+        "written": transport.written,
+        "closed": transport.closing,
+        "completed": completed,
+        "state": (
+            cycle.response_started,
+            cycle.response_complete,
+            cycle.keep_alive,
+            cycle.chunked_encoding,
+            cycle.expected_content_length,
+        ),
+    }
+
+
+def test_the_usual_response_head_is_written_as_uvicorn_writes_it() -> None:
+    messages: list[dict[str, Any]] = [
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"Content-Type", b"application/json"), (b"content-length", b"4")],
+        },
+        {"type": "http.response.body", "body": b"ab", "more_body": True},
+        {"type": "http.response.body", "body": b"cd"},
+    ]
+    ours = respond(messages, method="POST", keep_alive=True, defaults=[(b"server", b"m")], compiled_head=True)
+    theirs = respond(
+        messages, method="POST", keep_alive=True, defaults=[(b"server", b"m")], compiled_head=False
+    )
+    assert ours == theirs
+    assert (
+        ours["written"][0]
+        == b"HTTP/1.1 200 OK\r\nserver: m\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\n"
+    )
+    assert ours["completed"] == [True]
+
+
+_RESPONSE_NAMES = [b"content-type", b"Content-Length", b"content-length", b"Transfer-Encoding", b"Connection",
+                   b"x-model-version", b"X Bad", b"caf\xc3\xa9", b""]  # fmt: skip
+_RESPONSE_VALUES = [b"application/json", b"3", b"003", b"12", b"0", b"-1", b" 3", b"1_0", b"chunked",
+                    b"Chunked", b"gzip, chunked", b"close", b"keep-alive, CLOSE", b"keep-alive", b"",
+                    b"a\tb", b"a\x01b", b"caf\xc3\xa9", b"x" * 80]  # fmt: skip
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> tuple[list[dict[str, Any]], str, bool, list[Any]]:
+    """A response as an app sends it: usually a head with Content-Length and the body in parts."""
+    body = draw(st.binary(max_size=12))
+    fields: list[Any] = [(b"content-type", b"application/json")]
+    if draw(st.integers(0, 3)):
+        fields.append((b"content-length", b"%d" % (len(body) + draw(st.sampled_from([0, 0, 0, 1, -1])))))
+    for _ in range(draw(st.integers(0, 2))):
+        field = (draw(st.sampled_from(_RESPONSE_NAMES)), draw(st.sampled_from(_RESPONSE_VALUES)))
+        fields.insert(draw(st.integers(0, len(fields))), field)
+    if draw(st.integers(0, 9)) == 0:
+        fields.append(draw(st.sampled_from([["x", b"y"], (b"x",), ("x", "y"), (b"x", b"y", b"z")])))
+    headers: Any = fields if draw(st.integers(0, 9)) else tuple(fields)
+    status: Any = draw(st.sampled_from([200] * 6 + [201, 204, 304, 404, 500, 599, 600, 99, True, "200"]))
+    start: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": headers}
+    if draw(st.integers(0, 19)) == 0:
+        del start[draw(st.sampled_from(["status", "headers"]))]
+    cut = draw(st.integers(0, len(body)))
+    parts = [body[:cut], body[cut:]] if draw(st.booleans()) else [body]
+    messages = [start] + [
+        {"type": "http.response.body", "body": part, "more_body": True} for part in parts[:-1]
+    ]
+    last: dict[str, Any] = {"type": "http.response.body", "body": parts[-1]}
+    if draw(st.booleans()):
+        last["more_body"] = False
+    messages.append(last)
+    if draw(st.integers(0, 9)) == 0:
+        messages.insert(
+            draw(st.integers(0, len(messages))),
+            draw(st.sampled_from([start, last, {"type": "http.response.trailers"}])),
+        )
+    method = draw(st.sampled_from(["POST", "POST", "GET", "HEAD"]))
+    defaults = draw(
+        st.sampled_from(
+            [[], [(b"server", b"uvicorn")], [(b"date", b"Sun, 06 Dec 2026 14:00:00 GMT"), (b"server", b"u")]]
+        )
+    )
+    return messages, method, draw(st.booleans()), defaults
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(responses())
+def test_generated_responses_are_written_alike_both_ways(
+    response: tuple[list[dict[str, Any]], str, bool, list[Any]],
+) -> None:
+    messages, method, keep_alive, defaults = response
+    ours = respond(messages, method=method, keep_alive=keep_alive, defaults=defaults, compiled_head=True)
+    theirs = respond(messages, method=method, keep_alive=keep_alive, defaults=defaults, compiled_head=False)
+    assert ours == theirs
