@@ -6,6 +6,11 @@ and slow bodies, 405 for CONNECT, 501 for upgrades and unknown transfer codings)
 with an `x-modeltap-error` code and counts it. Everything it rejects is rejected before the
 request reaches the proxy app, so nothing malformed ever reaches the upstream.
 
+Where the extension is built, the usual request (keep-alive HTTP/1.1 whole in one read) is read
+in one compiled call instead of llhttp's callbacks, and its response head written in one
+(`_serve_whole`, `_WholeRequestCycle`); anything else takes llhttp's and uvicorn's path, where
+every limit and refusal above lives.
+
 Per request the proxy app gets a `ConnectionHandle` in `scope["extensions"]`: it can abort the
 downstream connection (upstream failed mid-body: the client must see a failure, never a shorter
 body that looks complete) and be told when the client goes away (to cancel the upstream call).
