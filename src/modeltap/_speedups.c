@@ -3284,6 +3284,78 @@ static int lists_close(const unsigned char *value, Py_ssize_t size) {
     return 0;
 }
 
+/* A field line of a head in one read, for the two readers below: "name: value" CRLF. */
+typedef struct {
+    char name[64]; /* lower-cased */
+    Py_ssize_t name_size;
+    const unsigned char *value;
+    Py_ssize_t value_size;
+} FieldLine;
+
+/* Reads the line at `*at`: 1 a field (in `line`, `*at` past it), 0 the empty line ending the head
+ * (`*at` past it), -1 a shape these readers leave to llhttp: a name that is not a token or is
+ * longer than 64, whitespace before the colon or at the value's end, a bare CR or LF, a cut
+ * line. Values are field-vchar, SP and HTAB; `plain` also refuses obs-text and empty values. */
+static int read_field_line(const unsigned char *data, Py_ssize_t size, Py_ssize_t *at, int plain,
+                           FieldLine *line) {
+    Py_ssize_t i = *at;
+    if (i + 1 >= size) return -1;
+    if (data[i] == '\r') {
+        if (data[i + 1] != '\n') return -1;
+        *at = i + 2;
+        return 0;
+    }
+    Py_ssize_t name_start = i;
+    while (i < size && is_tchar(data[i])) i++;
+    Py_ssize_t name_size = i - name_start;
+    if (name_size == 0 || name_size > 64 || i >= size || data[i] != ':') return -1;
+    i++;
+    while (i < size && (data[i] == ' ' || data[i] == '\t')) i++;
+    Py_ssize_t value_start = i;
+    while (i < size && data[i] != '\r') {
+        if (!is_field_char(data[i]) || (plain && data[i] >= 0x7f)) return -1;
+        i++;
+    }
+    Py_ssize_t value_size = i - value_start;
+    if (i + 1 >= size || data[i + 1] != '\n') return -1;
+    if (value_size == 0 ? plain : (data[i - 1] == ' ' || data[i - 1] == '\t')) return -1;
+    for (Py_ssize_t j = 0; j < name_size; j++) {
+        unsigned char c = data[name_start + j];
+        line->name[j] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    }
+    line->name_size = name_size;
+    line->value = data + value_start;
+    line->value_size = value_size;
+    *at = i + 2;
+    return 1;
+}
+
+static int field_is(const FieldLine *line, const char *name) {
+    size_t size = strlen(name);
+    return (size_t)line->name_size == size && memcmp(line->name, name, size) == 0;
+}
+
+/* A Content-Length value of 1 to `max_digits` digits, or -1. */
+static long long length_digits(const FieldLine *line, Py_ssize_t max_digits) {
+    if (line->value_size == 0 || line->value_size > max_digits) return -1;
+    long long length = 0;
+    for (Py_ssize_t i = 0; i < line->value_size; i++) {
+        if (line->value[i] < '0' || line->value[i] > '9') return -1;
+        length = length * 10 + (line->value[i] - '0');
+    }
+    return length;
+}
+
+/* Appends (name, value) to `fields`; -1 with an exception set. */
+static int append_field(PyObject *fields, const FieldLine *line) {
+    PyObject *pair = Py_BuildValue("(y#y#)", line->name, line->name_size, (const char *)line->value,
+                                   line->value_size);
+    if (pair == NULL) return -1;
+    int failed = PyList_Append(fields, pair);
+    Py_DECREF(pair);
+    return failed;
+}
+
 /* parse_response(data, max_head, max_body) -> (status, fields, hop_by_hop, keep_alive, body) or
  * None. `fields` are (lower-cased name, value) pairs, as the upstream connection keeps them. */
 static PyObject *parse_response(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
@@ -3327,60 +3399,26 @@ static PyObject *parse_response(PyObject *Py_UNUSED(module), PyObject *const *ar
     }
     int hop_by_hop = 0, keep_alive = 1, lengths = 0;
     long long content_length = 0;
+    FieldLine line;
     for (;;) {
-        if (at + 1 >= size || at > max_head) goto fallback;
-        if (data[at] == '\r') {
-            if (data[at + 1] != '\n') goto fallback;
-            at += 2;
-            break;
-        }
-        Py_ssize_t name_start = at;
-        while (at < size && is_tchar(data[at])) at++;
-        Py_ssize_t name_size = at - name_start;
-        if (name_size == 0 || name_size > 64 || at >= size || data[at] != ':') goto fallback;
-        at++;
-        while (at < size && (data[at] == ' ' || data[at] == '\t')) at++;
-        Py_ssize_t value_start = at;
-        while (at < size && data[at] != '\r') {
-            if (!is_field_char(data[at])) goto fallback;
-            at++;
-        }
-        Py_ssize_t value_size = at - value_start;
-        if (at + 1 >= size || data[at + 1] != '\n') goto fallback;
-        if (value_size > 0 && (data[at - 1] == ' ' || data[at - 1] == '\t')) goto fallback;
-        at += 2;
-        char name[64];
-        for (Py_ssize_t i = 0; i < name_size; i++) {
-            unsigned char c = data[name_start + i];
-            name[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-        }
-        const unsigned char *value = data + value_start;
-        if (name_size == 14 && memcmp(name, "content-length", 14) == 0) {
-            if (++lengths > 1 || value_size == 0 || value_size > 15) goto fallback;
-            for (Py_ssize_t i = 0; i < value_size; i++) {
-                if (value[i] < '0' || value[i] > '9') goto fallback;
-                content_length = content_length * 10 + (value[i] - '0');
-            }
-        } else if (name_size == 17 && memcmp(name, "transfer-encoding", 17) == 0) {
+        if (at > max_head) goto fallback;
+        int got = read_field_line(data, size, &at, 0, &line);
+        if (got < 0) goto fallback;
+        if (got == 0) break;
+        if (field_is(&line, "content-length")) {
+            if (++lengths > 1 || (content_length = length_digits(&line, 15)) < 0) goto fallback;
+        } else if (field_is(&line, "transfer-encoding")) {
             goto fallback;
         } else {
             for (size_t i = 0; i < sizeof(hop_by_hop_names) / sizeof(hop_by_hop_names[0]); i++) {
-                if ((size_t)name_size == strlen(hop_by_hop_names[i]) &&
-                    memcmp(name, hop_by_hop_names[i], (size_t)name_size) == 0) {
+                if (field_is(&line, hop_by_hop_names[i])) {
                     hop_by_hop = 1;
-                    if (i == 0 && lists_close(value, value_size)) keep_alive = 0;
+                    if (i == 0 && lists_close(line.value, line.value_size)) keep_alive = 0;
                     break;
                 }
             }
         }
-        PyObject *pair = Py_BuildValue("(y#y#)", name, name_size, (const char *)value, value_size);
-        if (pair == NULL) {
-            Py_DECREF(fields);
-            return NULL;
-        }
-        int failed = PyList_Append(fields, pair);
-        Py_DECREF(pair);
-        if (failed < 0) {
+        if (append_field(fields, &line) < 0) {
             Py_DECREF(fields);
             return NULL;
         }
@@ -3484,63 +3522,28 @@ static PyObject *parse_request(PyObject *Py_UNUSED(module), PyObject *const *arg
     Py_ssize_t count = 0, field_bytes = 0;
     int hosts = 0, lengths = 0;
     long long content_length = 0;
+    FieldLine line;
     for (;;) {
-        if (at + 1 >= size) goto fallback;
-        if (data[at] == '\r') {
-            if (data[at + 1] != '\n') goto fallback;
-            at += 2;
-            break;
-        }
-        Py_ssize_t name_start = at;
-        while (at < size && is_tchar(data[at])) at++;
-        Py_ssize_t name_size = at - name_start;
-        if (name_size == 0 || name_size > 64 || at >= size || data[at] != ':') goto fallback;
-        at++;
-        while (at < size && (data[at] == ' ' || data[at] == '\t')) at++;
-        Py_ssize_t value_start = at;
-        while (at < size && data[at] != '\r') {
-            /* visible ASCII, SP and HTAB only: obs-text and controls are llhttp's to judge */
-            if (!(data[at] == ' ' || data[at] == '\t' || (data[at] >= 0x21 && data[at] < 0x7f))) goto fallback;
-            at++;
-        }
-        Py_ssize_t value_size = at - value_start;
-        if (at + 1 >= size || data[at + 1] != '\n') goto fallback;
-        if (value_size == 0 || data[at - 1] == ' ' || data[at - 1] == '\t') goto fallback;
-        at += 2;
+        /* plain: obs-text, controls and empty values are llhttp's to judge */
+        int got = read_field_line(data, size, &at, 1, &line);
+        if (got < 0) goto fallback;
+        if (got == 0) break;
         /* The client protocol's limits, counted as it counts them (a field is name, value and 4). */
         count++;
-        field_bytes += name_size + value_size + 4;
+        field_bytes += line.name_size + line.value_size + 4;
         if (count > max_headers || field_bytes > max_header_bytes) goto fallback;
-        char name[64];
-        for (Py_ssize_t i = 0; i < name_size; i++) {
-            unsigned char c = data[name_start + i];
-            name[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-        }
-        const unsigned char *value = data + value_start;
-        if (name_size == 4 && memcmp(name, "host", 4) == 0) {
+        if (field_is(&line, "host")) {
             hosts++;
-        } else if (name_size == 14 && memcmp(name, "content-length", 14) == 0) {
-            if (++lengths > 1 || value_size > 15) goto fallback;
-            for (Py_ssize_t i = 0; i < value_size; i++) {
-                if (value[i] < '0' || value[i] > '9') goto fallback;
-                content_length = content_length * 10 + (value[i] - '0');
-            }
-        } else if (name_size == 10 && memcmp(name, "connection", 10) == 0) {
+        } else if (field_is(&line, "content-length")) {
+            if (++lengths > 1 || (content_length = length_digits(&line, 15)) < 0) goto fallback;
+        } else if (field_is(&line, "connection")) {
             /* close, upgrade and fields named in it change what the connection does next */
-            if (!keeps_alive_only(value, value_size)) goto fallback;
-        } else if ((name_size == 17 && memcmp(name, "transfer-encoding", 17) == 0) ||
-                   (name_size == 6 && memcmp(name, "expect", 6) == 0) ||
-                   (name_size == 7 && memcmp(name, "upgrade", 7) == 0)) {
+            if (!keeps_alive_only(line.value, line.value_size)) goto fallback;
+        } else if (field_is(&line, "transfer-encoding") || field_is(&line, "expect") ||
+                   field_is(&line, "upgrade")) {
             goto fallback;
         }
-        PyObject *pair = Py_BuildValue("(y#y#)", name, name_size, (const char *)value, value_size);
-        if (pair == NULL) {
-            Py_DECREF(fields);
-            return NULL;
-        }
-        int failed = PyList_Append(fields, pair);
-        Py_DECREF(pair);
-        if (failed < 0) {
+        if (append_field(fields, &line) < 0) {
             Py_DECREF(fields);
             return NULL;
         }
