@@ -3000,6 +3000,24 @@ static int append_line(PyObject *fields, PyObject *line) {
     return failed;
 }
 
+/* `size` bytes of `in` to `out`, ASCII letters lower-cased (field names). */
+static void ascii_lower(char *out, const char *in, Py_ssize_t size) {
+    for (Py_ssize_t i = 0; i < size; i++) {
+        out[i] = (char)(in[i] >= 'A' && in[i] <= 'Z' ? in[i] + 32 : in[i]);
+    }
+}
+
+/* A field value of 1 to `max_digits` decimal digits (a Content-Length), or -1. */
+static long long decimal_digits(const char *value, Py_ssize_t size, Py_ssize_t max_digits) {
+    if (size == 0 || size > max_digits) return -1;
+    long long number = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        if (value[i] < '0' || value[i] > '9') return -1;
+        number = number * 10 + (value[i] - '0');
+    }
+    return number;
+}
+
 /* bytes.strip()'s whitespace */
 static int is_ascii_space(char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\x0b' || c == '\x0c';
@@ -3034,10 +3052,7 @@ static int connection_names_a_field(const char *value, Py_ssize_t size, PyObject
             if (token_size > (Py_ssize_t)sizeof(token)) {
                 return 1; /* longer than any name worth comparing here: let Python decide */
             }
-            for (Py_ssize_t k = 0; k < token_size; k++) {
-                char c = value[first + k];
-                token[k] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-            }
+            ascii_lower(token, value + first, token_size);
             for (size_t k = 0; k < sizeof(forwarding) / sizeof(forwarding[0]); k++) {
                 if ((size_t)token_size == strlen(forwarding[k]) && memcmp(token, forwarding[k], (size_t)token_size) == 0) {
                     return 1;
@@ -3118,22 +3133,15 @@ static PyObject *request_head(PyObject *Py_UNUSED(module), PyObject *const *args
             }
             break;
         case RN_CONTENT_LENGTH:
-            if (value_size == 0 || value_size > 18) {
-                if (value_size == 0) {
-                    PyErr_SetString(PyExc_ValueError, "invalid Content-Length");
-                } else {
-                    result = Py_None; /* a length this long: the Python form reads (or refuses) it */
-                    Py_INCREF(result);
-                }
+            if (value_size > 18) {
+                result = Py_None; /* a length this long: the Python form reads (or refuses) it */
+                Py_INCREF(result);
                 goto done;
             }
-            content_length = 0;
-            for (Py_ssize_t k = 0; k < value_size; k++) {
-                if (value_data[k] < '0' || value_data[k] > '9') {
-                    PyErr_SetString(PyExc_ValueError, "invalid Content-Length");
-                    goto done;
-                }
-                content_length = content_length * 10 + (value_data[k] - '0');
+            content_length = decimal_digits(value_data, value_size, 18);
+            if (content_length < 0) {
+                PyErr_SetString(PyExc_ValueError, "invalid Content-Length");
+                goto done;
             }
             break;
         case RN_HOST:
@@ -3319,10 +3327,7 @@ static int read_field_line(const unsigned char *data, Py_ssize_t size, Py_ssize_
     Py_ssize_t value_size = i - value_start;
     if (i + 1 >= size || data[i + 1] != '\n') return -1;
     if (value_size == 0 ? plain : (data[i - 1] == ' ' || data[i - 1] == '\t')) return -1;
-    for (Py_ssize_t j = 0; j < name_size; j++) {
-        unsigned char c = data[name_start + j];
-        line->name[j] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-    }
+    ascii_lower(line->name, (const char *)data + name_start, name_size);
     line->name_size = name_size;
     line->value = data + value_start;
     line->value_size = value_size;
@@ -3333,17 +3338,6 @@ static int read_field_line(const unsigned char *data, Py_ssize_t size, Py_ssize_
 static int field_is(const FieldLine *line, const char *name) {
     size_t size = strlen(name);
     return (size_t)line->name_size == size && memcmp(line->name, name, size) == 0;
-}
-
-/* A Content-Length value of 1 to `max_digits` digits, or -1. */
-static long long length_digits(const FieldLine *line, Py_ssize_t max_digits) {
-    if (line->value_size == 0 || line->value_size > max_digits) return -1;
-    long long length = 0;
-    for (Py_ssize_t i = 0; i < line->value_size; i++) {
-        if (line->value[i] < '0' || line->value[i] > '9') return -1;
-        length = length * 10 + (line->value[i] - '0');
-    }
-    return length;
 }
 
 /* Appends (name, value) to `fields`; -1 with an exception set. */
@@ -3406,7 +3400,7 @@ static PyObject *parse_response(PyObject *Py_UNUSED(module), PyObject *const *ar
         if (got < 0) goto fallback;
         if (got == 0) break;
         if (field_is(&line, "content-length")) {
-            if (++lengths > 1 || (content_length = length_digits(&line, 15)) < 0) goto fallback;
+            if (++lengths > 1 || (content_length = decimal_digits((const char *)line.value, line.value_size, 15)) < 0) goto fallback;
         } else if (field_is(&line, "transfer-encoding")) {
             goto fallback;
         } else {
@@ -3535,7 +3529,7 @@ static PyObject *parse_request(PyObject *Py_UNUSED(module), PyObject *const *arg
         if (field_is(&line, "host")) {
             hosts++;
         } else if (field_is(&line, "content-length")) {
-            if (++lengths > 1 || (content_length = length_digits(&line, 15)) < 0) goto fallback;
+            if (++lengths > 1 || (content_length = decimal_digits((const char *)line.value, line.value_size, 15)) < 0) goto fallback;
         } else if (field_is(&line, "connection")) {
             /* close, upgrade and fields named in it change what the connection does next */
             if (!keeps_alive_only(line.value, line.value_size)) goto fallback;
@@ -3634,12 +3628,7 @@ static PyObject *response_head(PyObject *Py_UNUSED(module), PyObject *const *arg
             const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
             Py_ssize_t v_size = PyBytes_GET_SIZE(value);
             if (n_size == 14 && strncasecmp(n, "content-length", 14) == 0 && chunked < 0) {
-                if (v_size == 0 || v_size > 18) Py_RETURN_NONE;
-                expected = 0;
-                for (Py_ssize_t j = 0; j < v_size; j++) {
-                    if (v[j] < '0' || v[j] > '9') Py_RETURN_NONE;
-                    expected = expected * 10 + (v[j] - '0');
-                }
+                if ((expected = decimal_digits((const char *)v, v_size, 18)) < 0) Py_RETURN_NONE;
                 chunked = 0;
             } else if (n_size == 17 && strncasecmp(n, "transfer-encoding", 17) == 0 && v_size == 7 &&
                        strncasecmp((const char *)v, "chunked", 7) == 0) {
@@ -3671,9 +3660,7 @@ static PyObject *response_head(PyObject *Py_UNUSED(module), PyObject *const *arg
             PyObject *name = PyTuple_GET_ITEM(items[i], 0), *value = PyTuple_GET_ITEM(items[i], 1);
             const char *n = PyBytes_AS_STRING(name);
             Py_ssize_t n_size = PyBytes_GET_SIZE(name);
-            for (Py_ssize_t j = 0; j < n_size; j++) {
-                out[j] = (char)(n[j] >= 'A' && n[j] <= 'Z' ? n[j] + 32 : n[j]);
-            }
+            ascii_lower(out, n, n_size);
             out += n_size;
             *out++ = ':';
             *out++ = ' ';
