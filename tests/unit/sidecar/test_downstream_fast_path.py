@@ -21,6 +21,7 @@ from uvicorn.server import ServerState
 from modeltap._types import Receive, Scope, Send
 from modeltap.capture import compiled
 from modeltap.sidecar.downstream import ClientLimits, _WholeRequestCycle, protocol_class
+from tests.support.fake_transport import CLIENT_SOCKET, FakeTransport
 
 pytestmark = pytest.mark.skipif(
     not compiled.wanted(), reason="the extension is not built here, or MODELTAP_PURE_PYTHON turns it off"
@@ -32,35 +33,6 @@ USUAL = (
     b"POST /v1/models/m:predict HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: client/1.0\r\n"
     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
 )
-
-
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: list[bytes] = []
-        self.closing = False
-        self.paused = 0
-
-    def write(self, data: Any) -> None:
-        self.written.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        self.paused += 1
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
 
 def serve(reads: list[bytes], *, compiled_reader: bool) -> dict[str, Any]:
@@ -105,7 +77,7 @@ def serve(reads: list[bytes], *, compiled_reader: bool) -> dict[str, Any]:
         protocol._serve_whole = counted  # type: ignore[method-assign,assignment]
         if not compiled_reader:
             protocol._read_whole = None
-        transport = _Transport()
+        transport = FakeTransport(CLIENT_SOCKET)
         protocol.connection_made(transport)
         for data in reads:
             if transport.closing:
@@ -299,7 +271,7 @@ def respond(
     messages: list[dict[str, Any]], *, method: str, keep_alive: bool, defaults: list[Any], compiled_head: bool
 ) -> dict[str, Any]:
     """Send `messages` through a request cycle (the compiled reader's, or uvicorn's own)."""
-    transport = _Transport()
+    transport = FakeTransport(CLIENT_SOCKET)
     completed: list[bool] = []
     kind = _WholeRequestCycle if compiled_head else RequestResponseCycle
     cycle = kind(

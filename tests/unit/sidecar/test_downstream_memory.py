@@ -15,35 +15,13 @@ from uvicorn.server import ServerState
 
 from modeltap._types import Receive, Scope, Send
 from modeltap.sidecar.downstream import CONNECTION_EXTENSION, ClientLimits, ConnectionHandle, protocol_class
+from tests.support.fake_transport import CLIENT_SOCKET, FakeTransport
 
 BODY = b'{"instances": [[1.0, 2.0]]}'
 REQUEST = (
     b"POST /predict HTTP/1.1\r\nHost: model\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
 )
-
-
-class _Transport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def test_requests_are_freed_by_reference_counting_not_the_collector() -> None:
@@ -57,14 +35,14 @@ def test_requests_are_freed_by_reference_counting_not_the_collector() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    async def serve(requests: int) -> _Transport:
+    async def serve(requests: int) -> FakeTransport:
         config = uvicorn.Config(app, http="httptools", loop="none", lifespan="off", log_config=None)
         config.load()
         protocol = protocol_class(ClientLimits(), lambda code: None)(
             config=config, server_state=ServerState(), app_state={}
         )
-        transport = _Transport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
+        transport = FakeTransport(CLIENT_SOCKET)
+        protocol.connection_made(transport)
         for _ in range(requests):
             protocol.data_received(REQUEST)
             cycles.append(weakref.ref(protocol.cycle))

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from modeltap.capture import compiled
 from modeltap.sidecar.codes import ProxyError
 from modeltap.sidecar.upstream import BODY_HIGH_WATER, UpstreamConnection
+from tests.support.fake_transport import FakeTransport
 
 pytestmark = pytest.mark.skipif(
     not compiled.wanted(), reason="the extension is not built here, or MODELTAP_PURE_PYTHON turns it off"
@@ -28,30 +29,6 @@ UVICORN = (
 )
 
 
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.closing = False
-
-    def write(self, data: Any) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
 @pytest.fixture(scope="module")
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     event_loop = asyncio.new_event_loop()
@@ -61,7 +38,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 def connection(loop: asyncio.AbstractEventLoop, *, compiled_reader: bool) -> UpstreamConnection:
     conn = UpstreamConnection(loop, MAX_HEAD)
-    conn.connection_made(_Transport())
+    conn.connection_made(FakeTransport())
     if not compiled_reader:
         conn._parse_whole = None
     return conn
