@@ -29,7 +29,12 @@ from modeltap.protocols.feedback import MAX_ID_LENGTH
 from modeltap.protocols.mapping import FieldMapping
 from modeltap.protocols.routes import protocol_route
 from modeltap.protocols.tabular import rows_to_columns
-from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ExchangeRecord, RawRecord
+from modeltap.records import (
+    COLD_START_KEY,
+    PROXY_ERROR_KEY,
+    ExchangeRecord,
+    RawRecord,
+)
 from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import Attributes
 from modeltap.stats import StatsAggregator
@@ -40,12 +45,21 @@ from modeltap.worker.feedback import join_key
 
 _log = logging.getLogger("modeltap")
 UNKNOWN = "unknown"
-# The numpy step runs once this many records are grouped, or once the oldest is this old.
+# The numpy step runs once this many records are grouped, or once the oldest is this old. Its
+# cost is mostly fixed per group and call (about 0.3 ms with a reference loaded), so fewer, larger
+# steps cost less per record; in the serving process (inline mode) a step holds the interpreter
+# while requests wait, so there it stays short.
 FLUSH_RECORDS = 256
 FLUSH_AGE_S = 0.1
+# In the monitor process nothing waits on a step but its own analysis: a step takes up to this
+# many records (FLUSH_RECORDS of them with their payloads), or those of one snapshot interval
+# (every snapshot steps first anyway).
+MONITOR_FLUSH_RECORDS = 4096
 # ... or once the decoded rows it holds are estimated above this share of the queue's byte bound.
 FLUSH_BYTES_SHARE = 8
 FLUSH_BYTES_MAX = 8 * 1024 * 1024
+# Distinct shapes of timed-only records remembered (cleared when full: paths come from clients).
+SHAPES_LIMIT = 256
 # Estimated bytes of one parsed JSON number in a row list (a float object and its list slot).
 _ROW_BYTES = 32
 _LIST_BYTES = 64
@@ -89,8 +103,13 @@ class BatchPipeline:
         span_options: SpanOptions,
         resource: Callable[[], Resource],
         default_model_name: str,
+        *,
+        flush_records: int = FLUSH_RECORDS,
+        flush_age_s: float = FLUSH_AGE_S,
     ) -> None:
         self._config = config
+        self._flush_records = flush_records
+        self._flush_age_s = flush_age_s
         self._freshness_key = config.freshness_key
         self._reference = reference
         self._stats = stats
@@ -121,6 +140,8 @@ class BatchPipeline:
         self._label_key = config.label_key
         self._wire = SpanWireEncoder(span_options)
         self._route_templates = RouteTemplates()
+        # What a timed-only record files under, by the fields that decide it (see `process`).
+        self._shapes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         # True when spans go to the application's own TracerProvider (which needs SDK spans).
         self.sdk_spans = False
         # False where spans are built elsewhere (the serving process, for the app's own provider).
@@ -135,6 +156,7 @@ class BatchPipeline:
         self._inputs: dict[tuple[Attributes, tuple[str, ...], int, bool], list[list[Any]]] = {}
         self._outputs: dict[tuple[Attributes, int, bool], list[list[Any]]] = {}
         self._pending = 0
+        self._pending_payloads = 0  # of which with their payload (decoded rows, outputs)
         self._pending_since = 0.0
         # Estimated bytes of the decoded rows waiting for the numpy step (see RecordQueue).
         self.pending_bytes = 0
@@ -142,7 +164,7 @@ class BatchPipeline:
 
     def process(self, raw_records: list[RawRecord]) -> list[Any]:
         """One micro-batch. Hot loop: unpack, decode, group; the numpy work per group happens in
-        `flush_pending`, once FLUSH_RECORDS records or FLUSH_AGE_S seconds have gathered, or once
+        `flush_pending`, once `flush_records` records or `flush_age_s` seconds have gathered, or once
         the decoded rows waiting for it exceed their share of the memory bound."""
         latency = self._latency
         failed = self._failed
@@ -156,13 +178,62 @@ class BatchPipeline:
         fixed_name = self._config.model_name
         default_model = self._default_model
         routes = self._route_templates
+        shapes = self._shapes
         for raw in raw_records:
             self._pending += 1
             try:
                 (scope, root_path_at_start, start_ns, started, _first, ended, finished, status,
                  response_headers, request_parts, request_size, response_parts, response_size,
                  exception_type, disconnected, trace, weight, payload_weight, first_body) = raw  # fmt: skip
+                if not payload_weight and (trace is None or not self.build_spans):
+                    # Timed and counted only (the payload was sampled out): under sustained load
+                    # nearly every record, so what it files under is worked out once per shape.
+                    routed = routes.of(scope, root_path_at_start)
+                    shape = (
+                        scope.get("path", ""),
+                        scope.get("method", "GET"),
+                        scope.get("scheme", "http"),
+                        scope.get("http_version", "1.1"),
+                        routed,
+                        scope.get(PROXY_ERROR_KEY),
+                        bool(scope.get(COLD_START_KEY)),
+                        status,
+                        exception_type,
+                        bool(disconnected),
+                        ended is None,
+                        tuple(response_headers),
+                    )
+                    filed = shapes.get(shape)
+                    if filed is None:
+                        if len(shapes) >= SHAPES_LIMIT:
+                            shapes.clear()
+                        filed = shapes[shape] = self._file_timed(
+                            scope,
+                            routed,
+                            status,
+                            response_headers,
+                            exception_type,
+                            disconnected,
+                            ended,
+                        )
+                    name, version, answer_version, status, error, client_gone, template = filed
+                    model = stats.identity(
+                        fixed_name or name or default_model, version, accepted=200 <= status < 300
+                    )
+                    if answer_version and 200 <= status < 300:
+                        stats.note_served(model, answer_version)
+                    key = (model, weight, shape[1], template, status, shape[2], shape[3], error, shape[6])
+                    durations = latency.get(key)
+                    if durations is None:
+                        durations = latency[key] = []
+                    durations.append((ended if ended is not None else finished) - started)
+                    if client_gone:
+                        gone[key] += 1
+                    elif error is not None:
+                        failed[key] += 1
+                    continue
                 if payload_weight:
+                    self._pending_payloads += 1
                     decoded = self._decode(
                         scope,
                         status,
@@ -177,21 +248,7 @@ class BatchPipeline:
                     decoded = DecodedPayload()
                     decoded.model_name, decoded.model_version = path_identity(scope.get("path", ""))
                     self._identity_from_headers(scope, response_headers, decoded)
-                proxy_error = scope.get(PROXY_ERROR_KEY)
-                error = proxy_error or exception_type
-                # A client that left is not a model error: counted apart, outside the error rate.
-                # (Starlette answers the ClientDisconnect it raises with a 500 nobody receives.)
-                client_gone = proxy_error == "client_disconnected" or (
-                    disconnected and proxy_error is None and (ended is None or exception_type is not None)
-                )
-                if client_gone:
-                    error = "client_disconnected"
-                    if exception_type is not None:
-                        status = 0  # an error page for a client that was no longer there
-                elif not status and exception_type is not None:
-                    status = 500  # the server answers an exception before the response with a 500
-                elif error is None and status >= 500:
-                    error = str(status)
+                status, error, client_gone = _outcome(scope, status, exception_type, disconnected, ended)
                 # Only the model's 2xx answer vouches for the name and version it carries.
                 accepted = 200 <= status < 300
                 model = stats.identity(
@@ -203,8 +260,7 @@ class BatchPipeline:
                     stats.note_served(model, decoded.answer_version)
                 template = routes.of(scope, root_path_at_start)
                 if template is None:
-                    known = protocol_route(scope.get("path", ""))
-                    template = known.template if known is not None else None
+                    template = _protocol_template(scope)
                 key = (
                     model,
                     weight,
@@ -269,9 +325,41 @@ class BatchPipeline:
             except Exception:
                 self.errors["process"] += 1
                 _log.debug("processing an exchange failed", exc_info=True)
-        if self._pending >= FLUSH_RECORDS or time.monotonic() - self._pending_since >= FLUSH_AGE_S:
+        # Decoded payloads step every FLUSH_RECORDS (rows held as Python lists cost more per row,
+        # past the caches, than another call); records timed and counted only, `flush_records`.
+        if (
+            self._pending_payloads >= FLUSH_RECORDS
+            or self._pending >= self._flush_records
+            or time.monotonic() - self._pending_since >= self._flush_age_s
+        ):
             self.flush_pending()
         return spans
+
+    def _file_timed(
+        self,
+        scope: Any,
+        routed: str | None,
+        status: int,
+        response_headers: Any,
+        exception_type: str | None,
+        disconnected: bool,
+        ended: float | None,
+    ) -> tuple[Any, ...]:
+        """What a record without its payload is filed under: (model name, version, answered
+        version, status, error, client gone, route template)."""
+        decoded = DecodedPayload()
+        decoded.model_name, decoded.model_version = path_identity(scope.get("path", ""))
+        self._identity_from_headers(scope, response_headers, decoded)
+        status, error, client_gone = _outcome(scope, status, exception_type, disconnected, ended)
+        return (
+            decoded.model_name,
+            decoded.model_version,
+            decoded.answer_version,
+            status,
+            error,
+            client_gone,
+            routed if routed is not None else _protocol_template(scope),
+        )
 
     def _observe_labels(self) -> None:
         """Joined labels against the reference's target distribution (prior shift)."""
@@ -368,7 +456,7 @@ class BatchPipeline:
             {},
             {},
         )
-        self._pending = 0
+        self._pending = self._pending_payloads = 0
         self.pending_bytes = 0
         for key, durations in latency.items():
             stats.observe_latency(
@@ -518,6 +606,34 @@ class BatchPipeline:
         if self.sdk_spans:
             return build_span(record, identity, self._span_options, self._resource())
         return self._wire.encode(record, identity)
+
+
+def _protocol_template(scope: Any) -> str | None:
+    """The route template of a known inference protocol's path (where no framework named one)."""
+    known = protocol_route(scope.get("path", ""))
+    return known.template if known is not None else None
+
+
+def _outcome(
+    scope: Any, status: int, exception_type: str | None, disconnected: bool, ended: float | None
+) -> tuple[int, str | None, bool]:
+    """(status, error type, whether the client left) of an exchange as it is counted."""
+    proxy_error = scope.get(PROXY_ERROR_KEY)
+    error = proxy_error or exception_type
+    # A client that left is not a model error: counted apart, outside the error rate.
+    # (Starlette answers the ClientDisconnect it raises with a 500 nobody receives.)
+    client_gone = proxy_error == "client_disconnected" or (
+        disconnected and proxy_error is None and (ended is None or exception_type is not None)
+    )
+    if client_gone:
+        error = "client_disconnected"
+        if exception_type is not None:
+            status = 0  # an error page for a client that was no longer there
+    elif not status and exception_type is not None:
+        status = 500  # the server answers an exception before the response with a 500
+    elif error is None and status >= 500:
+        error = str(status)
+    return status, error, client_gone
 
 
 def _label_value(label: Any) -> Any:

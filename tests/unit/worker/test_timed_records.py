@@ -1,0 +1,199 @@
+"""Records whose payload was sampled out are filed by their shape, worked out once per shape.
+
+Under sustained load nearly every record is timed and counted without its payload; what such a
+record is filed under (model identity, route, status, error) is remembered per shape of the
+fields that decide it. Here generated sequences of such records go through the pipeline twice:
+untraced (the remembered shapes) and traced (every record worked out in full, as it is for a span),
+and every count, duration, identity and served version must come out the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.resources import Resource
+
+from modeltap.config import ModelTapConfig
+from modeltap.export.spans import SpanOptions
+from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ROUTE_TEMPLATE_KEY, RawRecord, TraceIds
+from modeltap.worker import pipeline as pipeline_module
+from modeltap.worker.analyzer import statistics
+from modeltap.worker.pipeline import BatchPipeline
+from tests.support.asgi_driver import make_http_scope
+
+PATHS = [
+    "/predict",
+    "/v1/models/churn:predict",
+    "/v1/models/churn/versions/2:predict",
+    "/v2/models/fraud/infer",
+    "/v2/models/fraud/versions/7/infer",
+    "/v2/models/%s/infer" % ("x" * 300),
+    "/v1/chat/completions",
+    "/health",
+]
+
+
+class Route:
+    """A framework's route as Starlette's: compared by value, so not hashable."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Route) and other.path == self.path
+
+
+ROUTES = [Route("/v1/models/{model}:predict"), Route("/predict"), Route("/predict")]
+TRACE = TraceIds(0x1234 << 64 | 0xABCD, 0x42, 0, False, True, "", False)
+
+
+# What decides where a timed record is filed, and the values each may take.
+FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "method": st.sampled_from(["POST", "GET", "PATCH", "BREW"]),
+    "path": st.sampled_from(PATHS),
+    "scheme": st.sampled_from(["http", "https"]),
+    "http_version": st.sampled_from(["1.1", "2"]),
+    # A record that crossed to the monitor carries its route's template, not the route object.
+    "template": st.sampled_from([None, "/v1/models/{model}:predict", "/predict"]),
+    # Or, in the serving process, the route object itself, under the mount paths routing added.
+    "route": st.sampled_from([None, *ROUTES]),
+    "root_path": st.sampled_from(["", "/api", "/api/v1"]),
+    "root_path_at_start": st.sampled_from(["", "/api"]),
+    "proxy_error": st.sampled_from([None, "client_disconnected", "upstream_timeout"]),
+    "cold": st.booleans(),
+    "version": st.sampled_from([None, b"1", b"2", b"3", b"9", b"v 1\x00"]),
+    "model_id": st.sampled_from([None, b"churn", b"other", b"m-1", b"m-2", b"m-3"]),
+    "unanswered": st.booleans(),  # no `ended`: the response never finished
+    "status": st.sampled_from([200, 201, 404, 500, 503, 0]),
+    "exception": st.sampled_from([None, "ValueError"]),
+    "disconnected": st.booleans(),
+    "weight": st.sampled_from([1, 2, 4]),
+}
+
+
+def timed_record(fields: dict[str, Any], started: float, took: float) -> RawRecord:
+    """A record without its payload (payload weight 0)."""
+    scope = make_http_scope(
+        fields["method"],
+        fields["path"],
+        root_path=fields["root_path"],
+        scheme=fields["scheme"],
+        http_version=fields["http_version"],
+    )
+    if fields["route"] is not None:
+        scope["route"] = fields["route"]
+    if fields["template"] is not None:
+        scope[ROUTE_TEMPLATE_KEY] = fields["template"]
+    if fields["proxy_error"] is not None:
+        scope[PROXY_ERROR_KEY] = fields["proxy_error"]
+    if fields["cold"]:
+        scope[COLD_START_KEY] = True
+    headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+    if fields["version"] is not None:
+        headers.append((b"x-model-version", fields["version"]))
+    if fields["model_id"] is not None:
+        headers.append((b"ce-modelid", fields["model_id"]))
+    ended = None if fields["unanswered"] else started + took
+    return (
+        scope, fields["root_path_at_start"], 0, started, None, ended, started + took * 1.5,
+        fields["status"], headers, [], -1, [], 0, fields["exception"], fields["disconnected"], None,
+        fields["weight"], 0, None,
+    )  # fmt: skip
+
+
+@st.composite
+def timed_records(draw: st.DrawFn) -> list[RawRecord]:
+    """Sequences of records each like an earlier one but for a field or two (most fields alike, as
+    in real traffic, so that every field is the one difference between some two records)."""
+    seen = [{name: draw(strategy) for name, strategy in FIELDS.items()}]
+    records = []
+    for _ in range(draw(st.integers(1, 60))):
+        fields = dict(draw(st.sampled_from(seen)))
+        for name in draw(st.lists(st.sampled_from(sorted(FIELDS)), max_size=2)):
+            fields[name] = draw(FIELDS[name])
+        seen.append(fields)
+        records.append(timed_record(fields, draw(st.floats(0.0, 100.0)), draw(st.floats(0.0001, 2.0))))
+    return records
+
+
+def run(records: list[RawRecord], traced: bool, batch: int) -> tuple[Any, ...]:
+    # Few names and versions: the caps are reached, and what is over them is counted.
+    config = ModelTapConfig(monitor="inline", max_models=3, max_versions_per_model=2)
+    stats = statistics(config, None)
+    worker = BatchPipeline(config, None, stats, SpanOptions(False, 0, (), ()), Resource.get_empty, "default")
+    if traced:
+        records = [(*record[:15], TRACE, *record[16:]) for record in records]
+    spans = []
+    pending: list[dict[Any, Any]] = []
+    for start in range(0, len(records), batch):
+        spans += worker.process(records[start : start + batch])
+        pending.append(
+            {
+                key: (list(value), worker._failed[key], worker._gone[key])
+                for key, value in worker._latency.items()
+            }
+        )
+    assert len(spans) == (len(records) if traced else 0)
+    worker.flush_pending()
+    return (
+        pending,
+        [(p.attributes, p.counts, p.count, p.sum, p.min, p.max) for p in stats.duration_points()],
+        [
+            (v.name, v.version, v.requests, v.errors, v.latency_count, v.latency_sum_s)
+            for v in stats.model_views()
+        ],
+        stats.identities.live(),
+        stats.identities.over_cap,
+        [(name, version, served.answers) for name, version, served in stats.served.seen()],
+        dict(worker.errors),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(timed_records(), st.sampled_from([1, 7, 256]), st.sampled_from([2, 256]))
+def test_timed_records_are_filed_as_if_worked_out_one_by_one(
+    records: list[RawRecord], batch: int, shapes_limit: int
+) -> None:
+    original = pipeline_module.SHAPES_LIMIT
+    pipeline_module.SHAPES_LIMIT = shapes_limit  # 2: the remembered shapes are cleared often
+    try:
+        assert run(records, traced=False, batch=batch) == run(records, traced=True, batch=batch)
+    finally:
+        pipeline_module.SHAPES_LIMIT = original
+
+
+def test_shapes_remembered_are_bounded_whatever_paths_clients_send() -> None:
+    config = ModelTapConfig(monitor="inline")
+    stats = statistics(config, None)
+    worker = BatchPipeline(config, None, stats, SpanOptions(False, 0, (), ()), Resource.get_empty, "default")
+    records: list[RawRecord] = [
+        (
+            make_http_scope("POST", f"/v1/models/m{i}:predict"),
+            "",
+            0,
+            0.0,
+            None,
+            0.001,
+            0.001,
+            404,
+            [],
+            [],
+            -1,
+            [],
+            0,
+            None,
+            False,
+            None,
+            1,
+            0,
+            None,
+        )
+        for i in range(5000)
+    ]
+    worker.process(records)
+    assert len(worker._shapes) <= pipeline_module.SHAPES_LIMIT
+    worker.flush_pending()
+    # Every one of them counted, under one identity (a 404 vouches for no name).
+    assert stats.identities.live() == {"unknown": ("unknown",)}
