@@ -64,7 +64,13 @@ from modeltap.stats.ground_truth import GroundTruth
 from modeltap.stats.join_store import JoinStore
 from modeltap.stats.scores import Level, thresholds_of
 from modeltap.worker.feedback import feedback_endpoint, outcome_endpoint
-from modeltap.worker.pipeline import UNKNOWN, BatchPipeline
+from modeltap.worker.pipeline import (
+    FLUSH_AGE_S,
+    FLUSH_RECORDS,
+    MONITOR_FLUSH_RECORDS,
+    UNKNOWN,
+    BatchPipeline,
+)
 
 _log = logging.getLogger("modeltap")
 # What one kept exposure may cost (its key, record and dict slots: about 400 bytes measured with
@@ -141,8 +147,17 @@ class Analyzer:
             ("modeltap.model.name", self.default_name),
             ("modeltap.model.version", config.model_version or UNKNOWN),
         )
+        # The monitor process steps its statistics in larger batches (see `MONITOR_FLUSH_RECORDS`).
+        monitor = mode == "process"
         self.pipeline = BatchPipeline(
-            config, reference, self.stats, span_options(config), lambda: self.resource, self.default_name
+            config,
+            reference,
+            self.stats,
+            span_options(config),
+            lambda: self.resource,
+            self.default_name,
+            flush_records=MONITOR_FLUSH_RECORDS if monitor else FLUSH_RECORDS,
+            flush_age_s=max(FLUSH_AGE_S, config.snapshot_interval_s) if monitor else FLUSH_AGE_S,
         )
         self.truth = GroundTruth(
             reference,
