@@ -26,7 +26,11 @@ def thread_cpu(pid: int) -> dict[str, float]:
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     pids += [int(child) for child in children]
     for process in pids:
-        for task in os.listdir(f"/proc/{process}/task"):
+        try:
+            tasks = os.listdir(f"/proc/{process}/task")
+        except FileNotFoundError:
+            continue  # a child that exited since pgrep saw it
+        for task in tasks:
             try:
                 with open(f"/proc/{process}/task/{task}/stat") as handle:
                     fields = handle.read().rsplit(")", 1)[1].split()
@@ -40,7 +44,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
 
 def measure(name: str, port: int, pid: int) -> None:
     before = thread_cpu(pid)
-    out = subprocess.run(
+    run = subprocess.run(
         [
             "taskset",
             "-c",
@@ -55,11 +59,12 @@ def measure(name: str, port: int, pid: int) -> None:
         ],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
+        check=False,
+    )
+    out = run.stdout + run.stderr
     after = thread_cpu(pid)
     match = re.search(r"(\d+) requests in", out)
-    if match is None:
+    if run.returncode or match is None:
         sys.exit(f"wrk failed against {name}:\n{out}")
     requests = int(match.group(1))
     total = sum(after.values()) - sum(before.values())
