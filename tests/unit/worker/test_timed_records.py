@@ -19,7 +19,7 @@ from modeltap.config import ModelTapConfig
 from modeltap.export.spans import SpanOptions
 from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ROUTE_TEMPLATE_KEY, RawRecord, TraceIds
 from modeltap.worker import pipeline as pipeline_module
-from modeltap.worker.analyzer import statistics
+from modeltap.worker.analyzer import Analyzer, statistics
 from modeltap.worker.pipeline import BatchPipeline
 from tests.support.asgi_driver import make_http_scope
 
@@ -197,3 +197,44 @@ def test_shapes_remembered_are_bounded_whatever_paths_clients_send() -> None:
     worker.flush_pending()
     # Every one of them counted, under one identity (a 404 vouches for no name).
     assert stats.identities.live() == {"unknown": ("unknown",)}
+
+
+def _counted(stats: Any) -> int:
+    return sum(point.count for point in stats.duration_points())
+
+
+def _payload_record(index: int) -> RawRecord:
+    body = b'{"instances": [[1.0, 2.0]]}'
+    answer = b'{"predictions": [0.5]}'
+    return (
+        make_http_scope("POST", "/v1/models/m:predict"), "", 0, 0.0, None, 0.001, 0.001, 200,
+        [(b"content-type", b"application/json")], [body], len(body), [answer], len(answer),
+        None, False, None, 1, 1, None,
+    )  # fmt: skip
+
+
+def _timed_record(index: int) -> RawRecord:
+    return (
+        make_http_scope("POST", "/v1/models/m:predict"), "", 0, 0.0, None, 0.001, 0.001, 200,
+        [], [], -1, [], 0, None, False, None, 1, 0, None,
+    )  # fmt: skip
+
+
+def test_the_monitor_steps_timed_records_in_large_batches_and_payloads_as_before() -> None:
+    """In the monitor process the statistics step per MONITOR_FLUSH_RECORDS timed-only records
+    (or a snapshot interval), decoded payloads per FLUSH_RECORDS; in the serving process
+    (inline) everything per FLUSH_RECORDS, as a step holds the interpreter there."""
+    config = ModelTapConfig(monitor="inline", model_name="m")
+    monitor = Analyzer(config, None, mode="process")
+    timed = pipeline_module.FLUSH_RECORDS + 44
+    monitor.process([_timed_record(i) for i in range(timed)])
+    assert _counted(monitor.stats) == 0  # waiting for a larger step
+    monitor.process([_payload_record(i) for i in range(pipeline_module.FLUSH_RECORDS)])
+    assert _counted(monitor.stats) == timed + pipeline_module.FLUSH_RECORDS
+    more = pipeline_module.MONITOR_FLUSH_RECORDS
+    monitor.process([_timed_record(i) for i in range(more)])
+    assert _counted(monitor.stats) == timed + pipeline_module.FLUSH_RECORDS + more
+
+    inline = Analyzer(config, None, mode="inline")
+    inline.process([_timed_record(i) for i in range(pipeline_module.FLUSH_RECORDS)])
+    assert _counted(inline.stats) == pipeline_module.FLUSH_RECORDS
