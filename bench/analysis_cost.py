@@ -29,7 +29,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from inprocess import workload  # noqa: E402  (the same workloads and bodies)
+from inprocess import request_driver, workload  # noqa: E402  (the same workloads and requests)
 
 PAYLOAD_WEIGHT, REQUEST_PARTS, RESPONSE_PARTS, TRACE = 17, 9, 11, 15
 
@@ -52,38 +52,7 @@ def collect(n: int) -> list[bytes]:
     Shipper._send = keep  # type: ignore[method-assign]
     module, body, _ = workload()
     app = importlib.import_module(module).app
-    headers = [
-        (b"host", b"127.0.0.1:8000"),
-        (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % len(body)),
-    ]
-    message = {"type": "http.request", "body": body, "more_body": False}
-
-    async def receive() -> dict[str, object]:
-        return message
-
-    async def send_(message: dict[str, object]) -> None:
-        pass
-
-    def one() -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "server": ("127.0.0.1", 8000),
-            "client": ("127.0.0.1", 50000),
-            "scheme": "http",
-            "method": "POST",
-            "root_path": "",
-            "path": "/predict",
-            "raw_path": b"/predict",
-            "query_string": b"",
-            "headers": headers,
-        }
-        try:
-            app(scope, receive, send_).send(None)
-        except StopIteration:
-            return
+    one = request_driver(app, body)
 
     one()
     time.sleep(2.0)  # the monitor starts; its first records are a warm-up

@@ -31,7 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 # WORKLOAD: the module, the request body (wrk's Lua script) and the reference profile.
@@ -48,11 +50,8 @@ def workload() -> tuple[str, bytes, Path]:
 DEFAULT = ["bare=APP=bare", "modeltap=APP=modeltap", "traced=APP=modeltap_traced"]
 
 
-def child() -> None:
-    """Drive the app; print the best µs of thread CPU per request."""
-    sys.path.insert(0, str(HERE))
-    module, body, _ = workload()
-    app = importlib.import_module(module).app  # the variant comes from APP
+def request_driver(app: Any, body: bytes) -> Callable[[], None]:
+    """One call: one POST /predict with `body` through `app`, answered at once (no server)."""
     headers = [
         (b"host", b"127.0.0.1:8000"),
         (b"content-type", b"application/json"),
@@ -87,6 +86,16 @@ def child() -> None:
         except StopIteration:
             return
         raise SystemExit("the app suspended: this harness only drives apps that answer at once")
+
+    return one
+
+
+def child() -> None:
+    """Drive the app; print the best µs of thread CPU per request."""
+    sys.path.insert(0, str(HERE))
+    module, body, _ = workload()
+    app = importlib.import_module(module).app  # the variant comes from APP
+    one = request_driver(app, body)
 
     for _ in range(3000):  # warm-up, and the first request starts modeltap (and its monitor)
         one()

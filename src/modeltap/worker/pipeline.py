@@ -223,16 +223,8 @@ class BatchPipeline:
                     if answer_version and 200 <= status < 300:
                         stats.note_served(model, answer_version)
                     key = (model, weight, shape[1], template, status, shape[2], shape[3], error, shape[6])
-                    durations = latency.get(key)
-                    if durations is None:
-                        durations = latency[key] = []
-                    durations.append((ended if ended is not None else finished) - started)
-                    if client_gone:
-                        gone[key] += 1
-                    elif error is not None:
-                        failed[key] += 1
-                    continue
-                if payload_weight:
+                    decoded = None
+                elif payload_weight:
                     self._pending_payloads += 1
                     decoded = self._decode(
                         scope,
@@ -244,34 +236,36 @@ class BatchPipeline:
                         response_size,
                     )
                 else:
-                    # Payload sampled out: the model identity still comes from the URL and headers.
+                    # Payload sampled out, traced: the model identity still comes from the URL and
+                    # headers, and the span wants the request id too.
                     decoded = DecodedPayload()
                     decoded.model_name, decoded.model_version = path_identity(scope.get("path", ""))
                     self._identity_from_headers(scope, response_headers, decoded)
-                status, error, client_gone = _outcome(scope, status, exception_type, disconnected, ended)
-                # Only the model's 2xx answer vouches for the name and version it carries.
-                accepted = 200 <= status < 300
-                model = stats.identity(
-                    fixed_name or decoded.model_name or default_model,
-                    decoded.model_version,
-                    accepted=accepted,
-                )
-                if accepted and decoded.answer_version:
-                    stats.note_served(model, decoded.answer_version)
-                template = routes.of(scope, root_path_at_start)
-                if template is None:
-                    template = _protocol_template(scope)
-                key = (
-                    model,
-                    weight,
-                    scope.get("method", "GET"),
-                    template,
-                    status,
-                    scope.get("scheme", "http"),
-                    scope.get("http_version", "1.1"),
-                    error,
-                    bool(scope.get(COLD_START_KEY)),
-                )
+                if decoded is not None:
+                    status, error, client_gone = _outcome(scope, status, exception_type, disconnected, ended)
+                    # Only the model's 2xx answer vouches for the name and version it carries.
+                    accepted = 200 <= status < 300
+                    model = stats.identity(
+                        fixed_name or decoded.model_name or default_model,
+                        decoded.model_version,
+                        accepted=accepted,
+                    )
+                    if accepted and decoded.answer_version:
+                        stats.note_served(model, decoded.answer_version)
+                    template = routes.of(scope, root_path_at_start)
+                    if template is None:
+                        template = _protocol_template(scope)
+                    key = (
+                        model,
+                        weight,
+                        scope.get("method", "GET"),
+                        template,
+                        status,
+                        scope.get("scheme", "http"),
+                        scope.get("http_version", "1.1"),
+                        error,
+                        bool(scope.get(COLD_START_KEY)),
+                    )
                 durations = latency.get(key)
                 if durations is None:
                     durations = latency[key] = []
@@ -280,6 +274,8 @@ class BatchPipeline:
                     gone[key] += 1
                 elif error is not None:
                     failed[key] += 1
+                if decoded is None:
+                    continue  # timed and counted: nothing more to take from it
                 if decoded.protocol == "openai" and first_body is not None and ended is not None:
                     _stream_timings(decoded, first_body - started, ended - first_body, ended - started)
                 if self._freshness_key is not None:
