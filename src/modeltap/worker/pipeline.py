@@ -29,12 +29,7 @@ from modeltap.protocols.feedback import MAX_ID_LENGTH
 from modeltap.protocols.mapping import FieldMapping
 from modeltap.protocols.routes import protocol_route
 from modeltap.protocols.tabular import rows_to_columns
-from modeltap.records import (
-    COLD_START_KEY,
-    PROXY_ERROR_KEY,
-    ExchangeRecord,
-    RawRecord,
-)
+from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ExchangeRecord, RawRecord
 from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import Attributes
 from modeltap.stats import StatsAggregator
@@ -203,19 +198,19 @@ class BatchPipeline:
                         ended is None,
                         tuple(response_headers),
                     )
-                    filed = shapes.get(shape)
+                    try:
+                        filed = shapes.get(shape)
+                        hashable = True
+                    except TypeError:  # ASGI lets an app send its header pairs as lists
+                        filed, hashable = None, False
                     if filed is None:
-                        if len(shapes) >= SHAPES_LIMIT:
-                            shapes.clear()
-                        filed = shapes[shape] = self._file_timed(
-                            scope,
-                            routed,
-                            status,
-                            response_headers,
-                            exception_type,
-                            disconnected,
-                            ended,
+                        filed = self._file_timed(
+                            scope, routed, status, response_headers, exception_type, disconnected, ended
                         )
+                        if hashable:
+                            if len(shapes) >= SHAPES_LIMIT:
+                                shapes.clear()
+                            shapes[shape] = filed
                     name, version, answer_version, status, error, client_gone, template = filed
                     model = stats.identity(
                         fixed_name or name or default_model, version, accepted=200 <= status < 300

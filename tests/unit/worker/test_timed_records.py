@@ -70,6 +70,8 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "exception": st.sampled_from([None, "ValueError"]),
     "disconnected": st.booleans(),
     "weight": st.sampled_from([1, 2, 4]),
+    # ASGI lets an app send its header pairs as lists (unhashable: no shape to remember).
+    "header_lists": st.booleans(),
 }
 
 
@@ -95,6 +97,8 @@ def timed_record(fields: dict[str, Any], started: float, took: float) -> RawReco
         headers.append((b"x-model-version", fields["version"]))
     if fields["model_id"] is not None:
         headers.append((b"ce-modelid", fields["model_id"]))
+    if fields["header_lists"]:
+        headers = [[name, value] for name, value in headers]  # type: ignore[misc]
     ended = None if fields["unanswered"] else started + took
     return (
         scope, fields["root_path_at_start"], 0, started, None, ended, started + took * 1.5,
