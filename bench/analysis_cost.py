@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""The monitor's analysis per record, without sockets: the reference app (`apps.py`) is driven in
-process with modeltap in process mode, the RECORDS payloads its shipper sends are kept, and a
-monitor-side `Analyzer` (not started: no export thread) takes them back in a loop, as the
-monitor's analysis thread does (`Analyzer.process` per 256 records). Prints µs of thread CPU per
-record, best of 5 passes, for the hand-off's decoding (`framing.decode_records`) and then:
+"""The monitor's analysis per record, without sockets: the workload's app (`apps.py`, or
+`apps_lr.py`) is driven in process with modeltap in process mode, the RECORDS payloads its
+shipper sends are kept, and a monitor-side `Analyzer` (not started: no export thread) takes them
+back in a loop, as the monitor's analysis thread does (`Analyzer.process` per 256 records).
+Prints µs of thread CPU per record, best of 5 passes, for the hand-off's decoding
+(`framing.decode_records`) and then:
 
   all       every payload decoded (a lightly loaded server)
   sampled   1 payload in 256 decoded, as the CPU budget sets it under sustained load: the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,7 +76,8 @@ def collect(n: int) -> list[bytes]:
 
 def main() -> None:
     n = int(os.environ.get("N", "20000"))
-    os.environ.setdefault("MODELTAP_RUN_DIR", tempfile.mkdtemp(prefix="mt-analysis-"))
+    run_dir = tempfile.mkdtemp(prefix="mt-analysis-")
+    os.environ.setdefault("MODELTAP_RUN_DIR", run_dir)
     os.environ.setdefault("MODELTAP_WORKER_CPU_BUDGET", "1.0")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -90,6 +93,7 @@ def main() -> None:
         time.sleep(6.0)  # the monitor flushes and leaves within 5 s of its last tap
     finally:
         sink.terminate()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
     from modeltap.config import ModelTapConfig
     from modeltap.handoff import framing
