@@ -140,6 +140,7 @@ def run(records: list[RawRecord], traced: bool, batch: int) -> tuple[Any, ...]:
             }
         )
     assert len(spans) == (len(records) if traced else 0)
+    assert not worker.errors  # every record processed, none given up
     worker.flush_pending()
     return (
         pending,
@@ -151,7 +152,6 @@ def run(records: list[RawRecord], traced: bool, batch: int) -> tuple[Any, ...]:
         stats.identities.live(),
         stats.identities.over_cap,
         [(name, version, served.answers) for name, version, served in stats.served.seen()],
-        dict(worker.errors),
     )
 
 
