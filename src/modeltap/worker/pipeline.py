@@ -159,8 +159,9 @@ class BatchPipeline:
 
     def process(self, raw_records: list[RawRecord]) -> list[Any]:
         """One micro-batch. Hot loop: unpack, decode, group; the numpy work per group happens in
-        `flush_pending`, once `flush_records` records or `flush_age_s` seconds have gathered, or once
-        the decoded rows waiting for it exceed their share of the memory bound."""
+        `flush_pending`, once `flush_records` records (FLUSH_RECORDS with their payloads) or
+        `flush_age_s` seconds have gathered, or once the decoded rows waiting for it exceed their
+        share of the memory bound."""
         latency = self._latency
         failed = self._failed
         gone = self._gone
@@ -231,11 +232,8 @@ class BatchPipeline:
                         response_size,
                     )
                 else:
-                    # Payload sampled out, traced: the model identity still comes from the URL and
-                    # headers, and the span wants the request id too.
-                    decoded = DecodedPayload()
-                    decoded.model_name, decoded.model_version = path_identity(scope.get("path", ""))
-                    self._identity_from_headers(scope, response_headers, decoded)
+                    # Payload sampled out, traced: the span wants the request id too.
+                    decoded = self._without_payload(scope, response_headers)
                 if decoded is not None:
                     status, error, client_gone = _outcome(scope, status, exception_type, disconnected, ended)
                     # Only the model's 2xx answer vouches for the name and version it carries.
@@ -338,9 +336,7 @@ class BatchPipeline:
     ) -> tuple[Any, ...]:
         """What a record without its payload is filed under: (model name, version, answered
         version, status, error, client gone, route template)."""
-        decoded = DecodedPayload()
-        decoded.model_name, decoded.model_version = path_identity(scope.get("path", ""))
-        self._identity_from_headers(scope, response_headers, decoded)
+        decoded = self._without_payload(scope, response_headers)
         status, error, client_gone = _outcome(scope, status, exception_type, disconnected, ended)
         return (
             decoded.model_name,
@@ -351,6 +347,14 @@ class BatchPipeline:
             client_gone,
             routed if routed is not None else _protocol_template(scope),
         )
+
+    def _without_payload(self, scope: Any, response_headers: Any) -> DecodedPayload:
+        """What an exchange says without its payload: the model identity from the URL and the
+        headers, and the request id."""
+        decoded = DecodedPayload()
+        decoded.model_name, decoded.model_version = path_identity(scope.get("path", ""))
+        self._identity_from_headers(scope, response_headers, decoded)
+        return decoded
 
     def _observe_labels(self) -> None:
         """Joined labels against the reference's target distribution (prior shift)."""
