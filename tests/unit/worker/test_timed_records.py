@@ -126,7 +126,11 @@ def run(records: list[RawRecord], traced: bool, batch: int) -> tuple[Any, ...]:
     # Few names and versions: the caps are reached, and what is over them is counted.
     config = ModelTapConfig(monitor="inline", max_models=3, max_versions_per_model=2)
     stats = statistics(config, None)
-    worker = BatchPipeline(config, None, stats, SpanOptions(False, 0, (), ()), Resource.get_empty, "default")
+    # Steps by record counts only (not by the clock), so both runs step at the same records.
+    options = SpanOptions(False, 0, (), ())
+    worker = BatchPipeline(
+        config, None, stats, options, Resource.get_empty, "default", flush_age_s=float("inf")
+    )
     if traced:
         records = [(*record[:15], TRACE, *record[16:]) for record in records]
     spans = []
@@ -168,46 +172,11 @@ def test_timed_records_are_filed_as_if_worked_out_one_by_one(
         pipeline_module.SHAPES_LIMIT = original
 
 
-def test_shapes_remembered_are_bounded_whatever_paths_clients_send() -> None:
-    config = ModelTapConfig(monitor="inline")
-    stats = statistics(config, None)
-    worker = BatchPipeline(config, None, stats, SpanOptions(False, 0, (), ()), Resource.get_empty, "default")
-    records: list[RawRecord] = [
-        (
-            make_http_scope("POST", f"/v1/models/m{i}:predict"),
-            "",
-            0,
-            0.0,
-            None,
-            0.001,
-            0.001,
-            404,
-            [],
-            [],
-            -1,
-            [],
-            0,
-            None,
-            False,
-            None,
-            1,
-            0,
-            None,
-        )
-        for i in range(5000)
-    ]
-    worker.process(records)
-    assert len(worker._shapes) <= pipeline_module.SHAPES_LIMIT
-    worker.flush_pending()
-    # Every one of them counted, under one identity (a 404 vouches for no name).
-    assert stats.identities.live() == {"unknown": ("unknown",)}
-
-
 def _counted(stats: Any) -> int:
     return sum(point.count for point in stats.duration_points())
 
 
-def _payload_record(index: int) -> RawRecord:
+def _payload_record() -> RawRecord:
     body = b'{"instances": [[1.0, 2.0]]}'
     answer = b'{"predictions": [0.5]}'
     return (
@@ -217,28 +186,41 @@ def _payload_record(index: int) -> RawRecord:
     )  # fmt: skip
 
 
-def _timed_record(index: int) -> RawRecord:
+def _timed_record(path: str = "/v1/models/m:predict", status: int = 200) -> RawRecord:
     return (
-        make_http_scope("POST", "/v1/models/m:predict"), "", 0, 0.0, None, 0.001, 0.001, 200,
+        make_http_scope("POST", path), "", 0, 0.0, None, 0.001, 0.001, status,
         [], [], -1, [], 0, None, False, None, 1, 0, None,
     )  # fmt: skip
+
+
+def test_shapes_remembered_are_bounded_whatever_paths_clients_send() -> None:
+    config = ModelTapConfig(monitor="inline")
+    stats = statistics(config, None)
+    worker = BatchPipeline(config, None, stats, SpanOptions(False, 0, (), ()), Resource.get_empty, "default")
+    worker.process([_timed_record(f"/v1/models/m{i}:predict", 404) for i in range(5000)])
+    assert len(worker._shapes) <= pipeline_module.SHAPES_LIMIT
+    worker.flush_pending()
+    # Every one of them counted, under one identity (a 404 vouches for no name).
+    assert _counted(stats) == 5000
+    assert stats.identities.live() == {"unknown": ("unknown",)}
 
 
 def test_the_monitor_steps_timed_records_in_large_batches_and_payloads_as_before() -> None:
     """In the monitor process the statistics step per MONITOR_FLUSH_RECORDS timed-only records
     (or a snapshot interval), decoded payloads per FLUSH_RECORDS; in the serving process
     (inline) everything per FLUSH_RECORDS, as a step holds the interpreter there."""
-    config = ModelTapConfig(monitor="inline", model_name="m")
+    # No snapshot interval ends while the test runs: the steps come from the record counts alone.
+    config = ModelTapConfig(monitor="inline", model_name="m", snapshot_interval_s=3600.0)
     monitor = Analyzer(config, None, mode="process")
     timed = pipeline_module.FLUSH_RECORDS + 44
-    monitor.process([_timed_record(i) for i in range(timed)])
+    monitor.process([_timed_record() for _ in range(timed)])
     assert _counted(monitor.stats) == 0  # waiting for a larger step
-    monitor.process([_payload_record(i) for i in range(pipeline_module.FLUSH_RECORDS)])
+    monitor.process([_payload_record() for _ in range(pipeline_module.FLUSH_RECORDS)])
     assert _counted(monitor.stats) == timed + pipeline_module.FLUSH_RECORDS
     more = pipeline_module.MONITOR_FLUSH_RECORDS
-    monitor.process([_timed_record(i) for i in range(more)])
+    monitor.process([_timed_record() for _ in range(more)])
     assert _counted(monitor.stats) == timed + pipeline_module.FLUSH_RECORDS + more
 
     inline = Analyzer(config, None, mode="inline")
-    inline.process([_timed_record(i) for i in range(pipeline_module.FLUSH_RECORDS)])
+    inline.process([_timed_record() for _ in range(pipeline_module.FLUSH_RECORDS)])
     assert _counted(inline.stats) == pipeline_module.FLUSH_RECORDS
