@@ -3,7 +3,7 @@
 Building a `ReadableSpan` and running the SDK's encoder costs about 75 µs per span on the
 reference machine, more than the request it describes. Exchange spans have a fixed shape and
 most attribute pairs repeat (method, route, model, server address), so they are written here
-directly in protobuf wire format, with the encoded attribute fragments memoised. Field numbers
+directly in protobuf wire format, each shape's repeating part encoded once (`SpanShape`). Field numbers
 are those of `opentelemetry/proto/trace/v1/trace.proto`; the tests decode the output with the
 official generated classes.
 """
@@ -17,7 +17,15 @@ from typing import Any
 from opentelemetry.sdk.resources import Resource
 
 from modeltap._version import __version__
-from modeltap.export.spans import ExchangeIdentity, SpanOptions, span_attributes, span_name, span_status
+from modeltap.export.spans import (
+    ExchangeIdentity,
+    SpanOptions,
+    SpanShape,
+    exchange_attributes,
+    shape_attributes,
+    span_name,
+    span_shape,
+)
 from modeltap.records import ExchangeRecord
 
 _FIXED64 = struct.Struct("<Q")
@@ -28,9 +36,11 @@ _STATUS_ERROR = 2
 # Span.flags: HAS_IS_REMOTE (bit 8) and IS_REMOTE (bit 9) of the parent, as the SDK writes them.
 _FLAGS_LOCAL_PARENT = 0x100
 _FLAGS_REMOTE_PARENT = 0x300
-# Memoised KeyValue fragments: bounded, cleared when full (values are small and repeat).
+# Memoised encodings: bounded, cleared when full. A shape whose client-given text (path, query,
+# user agent) is longer than _CACHEABLE_CHARS is encoded each time, never kept.
+_SHAPES_LIMIT = 1024
 _CACHE_LIMIT = 8192
-_CACHEABLE_CHARS = 256
+_CACHEABLE_CHARS = 512
 
 
 def varint(value: int) -> bytes:
@@ -78,12 +88,24 @@ class SpanWireEncoder:
 
     def __init__(self, options: SpanOptions) -> None:
         self._options = options
-        self._attributes: dict[tuple[str, Any], bytes] = {}
+        # Name and kind, the shape's attributes, status: encoded once per shape (bounded, cleared
+        # when full: paths and user agents come from clients).
+        self._shapes: dict[SpanShape, tuple[bytes, bytes, bytes]] = {}
+        self._attributes: dict[tuple[str, Any], bytes] = {}  # the changing ones' fragments
+        self._float_keys: dict[str, bytes] = {}  # a float attribute's encoding up to its value
 
     def encode(self, record: ExchangeRecord, identity: ExchangeIdentity) -> bytes:
         ids = record.trace
         assert ids is not None
-        attrs = span_attributes(record, identity, self._options)
+        shape = span_shape(record, identity, self._options)
+        encoded = self._shapes.get(shape)
+        if encoded is None:
+            encoded = _encode_shape(shape)
+            if len(shape.path) + len(shape.query_string) + len(shape.user_agent or "") <= _CACHEABLE_CHARS:
+                if len(self._shapes) >= _SHAPES_LIMIT:
+                    self._shapes.clear()
+                self._shapes[shape] = encoded
+        name_and_kind, shape_attributes, status = encoded
         start = record.start_unix_ns
         end = start + int(record.duration_s * 1e9)
         parts = [
@@ -94,20 +116,24 @@ class SpanWireEncoder:
             parts.append(_field(b"\x1a", ids.trace_state.encode("latin-1")))
         if ids.parent_span_id:
             parts.append(b"\x22\x08" + ids.parent_span_id.to_bytes(8, "big"))
-        parts.append(_field(b"\x2a", span_name(record, identity.route).encode("utf-8", "replace")))
-        parts.append(b"\x30" + bytes((_KIND_INTERNAL if ids.enriched_local_span else _KIND_SERVER,)))
+        parts.append(name_and_kind)
         parts.append(b"\x39" + _FIXED64.pack(start))
         parts.append(b"\x41" + _FIXED64.pack(end))
+        parts.append(shape_attributes)
         cache = self._attributes
-        for item in attrs.items():
+        for item in exchange_attributes(record, identity, self._options).items():
+            value = item[1]
+            if type(value) is float:  # a timing: the key's encoding is kept, the value written
+                prefix = self._float_keys.get(item[0])
+                if prefix is None:
+                    prefix = self._float_keys[item[0]] = _attribute(item[0], 0.0)[: -_DOUBLE.size]
+                parts.append(prefix + _DOUBLE.pack(value))
+                continue
             fragment = cache.get(item)
             if fragment is None:
-                fragment = _field(b"\x4a", key_value(*item))
-                value = item[1]
-                # Floats (timings) and long strings rarely repeat: encode them, do not keep them.
-                if not isinstance(value, float) and (
-                    not isinstance(value, str) or len(value) <= _CACHEABLE_CHARS
-                ):
+                fragment = _attribute(*item)
+                # Numbers that repeat (ports, sizes) are kept; ids and bodies are not.
+                if type(value) is int:
                     if len(cache) >= _CACHE_LIMIT:
                         cache.clear()
                     cache[item] = fragment
@@ -122,17 +148,31 @@ class SpanWireEncoder:
                     + _field(b"\x1a", key_value("count", count))
                 )
                 parts.append(_field(b"\x5a", event))
-        is_error, description = span_status(record)
-        if is_error:
-            status = (
-                (_field(b"\x12", description.encode()) if description else b"")
-                + b"\x18"
-                + bytes((_STATUS_ERROR,))
-            )
-            parts.append(_field(b"\x7a", status))
+        parts.append(status)
         flags = _FLAGS_REMOTE_PARENT if ids.parent_is_remote else _FLAGS_LOCAL_PARENT
         parts.append(b"\x85\x01" + struct.pack("<I", flags))
         return b"".join(parts)
+
+
+def _attribute(key: str, value: Any) -> bytes:
+    """A span's `attributes` field (9) holding one KeyValue."""
+    return _field(b"\x4a", key_value(key, value))
+
+
+def _encode_shape(shape: SpanShape) -> tuple[bytes, bytes, bytes]:
+    """(name and kind, the shape's attributes, status) of every span of `shape`, encoded."""
+    name = span_name(shape.method, shape.route)
+    name_and_kind = (
+        _field(b"\x2a", name.encode("utf-8", "replace"))
+        + b"\x30"
+        + bytes((_KIND_INTERNAL if shape.local_parent else _KIND_SERVER,))
+    )
+    attributes = b"".join(_attribute(key, value) for key, value in shape_attributes(shape).items())
+    status = b""
+    if shape.is_error:
+        described = _field(b"\x12", shape.error.encode()) if shape.error else b""
+        status = _field(b"\x7a", described + b"\x18" + bytes((_STATUS_ERROR,)))
+    return name_and_kind, attributes, status
 
 
 def export_request(resource: Resource, spans: Iterable[bytes]) -> bytes:

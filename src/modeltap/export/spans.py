@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.resources import Resource
@@ -56,31 +56,143 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_ATTRIBUTE_CHARS else text[:MAX_ATTRIBUTE_CHARS]
 
 
-def http_attributes(record: ExchangeRecord, route: str | None) -> dict[str, str | int | float | bool]:
-    method = record.method
-    attrs: dict[str, str | int | float | bool] = {
+class SpanShape(NamedTuple):
+    """What the repeating part of an exchange's span is made of: every input of its name, kind,
+    status and of all its attributes but the few that change with each exchange (the client's
+    port, body sizes, time to first byte, request id, bodies). Spans of one shape share those
+    bytes, so the wire encoder writes them once per shape (`shape_attributes` reads nothing else)."""
+
+    method: str
+    scheme: str
+    path: str
+    http_version: str
+    route: str | None
+    status: int
+    server: tuple[str, int | None] | None
+    client_address: str | None
+    query_string: bytes
+    user_agent: str | None
+    request_headers: tuple[tuple[str, tuple[str, ...]], ...]  # captured ones, by first appearance
+    response_headers: tuple[tuple[str, tuple[str, ...]], ...]
+    model_name: str
+    model_version: str
+    protocol: str
+    outcome: str
+    error: str | None
+    is_error: bool
+    local_parent: bool  # another instrumentation's span is the parent: this one is INTERNAL
+
+
+def span_shape(record: ExchangeRecord, identity: ExchangeIdentity, options: SpanOptions) -> SpanShape:
+    user_agent = None
+    wanted = {name.lower() for name in options.request_headers} if options.request_headers else None
+    captured: dict[str, list[str]] = {}
+    for key, value in record.scope.get("headers") or ():
+        if key == b"user-agent" and user_agent is None:
+            user_agent = value.decode("latin-1")
+        if wanted:
+            name = key.decode("latin-1").lower()
+            if name in wanted:
+                captured.setdefault(name, []).append(value.decode("latin-1"))
+    answered: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    if options.response_headers:
+        response_headers = _headers_dict(record.response_headers)
+        answered = tuple(
+            (name.lower(), tuple(found))
+            for name in options.response_headers
+            if (found := response_headers.get(name.lower()))
+        )
+    client = record.client
+    is_error, error = span_status(record)
+    trace = record.trace
+    return SpanShape(
+        record.method,
+        record.scheme,
+        record.path,
+        record.http_version,
+        identity.route,
+        record.status,
+        record.server,
+        None if client is None else client[0],
+        record.query_string,
+        user_agent,
+        tuple((name, tuple(values)) for name, values in captured.items()),
+        answered,
+        identity.model_name,
+        identity.model_version,
+        identity.protocol,
+        record.outcome,
+        error,
+        is_error,
+        trace is not None and trace.enriched_local_span,
+    )
+
+
+def shape_attributes(shape: SpanShape) -> dict[str, Any]:
+    """The attributes a span's shape decides (HTTP semantic conventions plus modeltap's own)."""
+    method = shape.method
+    attrs: dict[str, Any] = {
         "http.request.method": method if method in KNOWN_METHODS else "_OTHER",
-        "url.scheme": record.scheme,
-        "url.path": _clip(record.path),
-        "network.protocol.version": record.http_version,
+        "url.scheme": shape.scheme,
+        "url.path": _clip(shape.path),
+        "network.protocol.version": shape.http_version,
     }
     if method not in KNOWN_METHODS:
         attrs["http.request.method_original"] = _clip(method)
-    if route:
-        attrs["http.route"] = _clip(route)
-    if record.status:
-        attrs["http.response.status_code"] = record.status
-    if record.server is not None:
-        attrs["server.address"] = record.server[0]
-        if record.server[1] is not None:
-            attrs["server.port"] = record.server[1]
-    if record.client is not None:
-        attrs["client.address"] = record.client[0]
-        attrs["network.peer.address"] = record.client[0]
-        attrs["network.peer.port"] = record.client[1]
+    if shape.route:
+        attrs["http.route"] = _clip(shape.route)
+    if shape.status:
+        attrs["http.response.status_code"] = shape.status
+    if shape.server is not None:
+        attrs["server.address"] = shape.server[0]
+        if shape.server[1] is not None:
+            attrs["server.port"] = shape.server[1]
+    if shape.client_address is not None:
+        attrs["client.address"] = shape.client_address
+        attrs["network.peer.address"] = shape.client_address
+    if shape.query_string:
+        attrs["url.query"] = _clip(redact_query(shape.query_string.decode("latin-1")))
+    if shape.user_agent is not None:
+        attrs["user_agent.original"] = _clip(shape.user_agent)
+    for direction, captured in (("request", shape.request_headers), ("response", shape.response_headers)):
+        for name, values in captured:
+            attrs[f"http.{direction}.header.{name}"] = (
+                REDACTED if is_credential_header(name) else _clip(", ".join(values))
+            )
+    attrs["modeltap.model.name"] = shape.model_name
+    attrs["modeltap.model.version"] = shape.model_version
+    attrs["modeltap.exchange.outcome"] = shape.outcome
+    attrs["modeltap.protocol"] = shape.protocol
+    if shape.error is not None:
+        attrs["error.type"] = shape.error
+    return attrs
+
+
+def exchange_attributes(
+    record: ExchangeRecord, identity: ExchangeIdentity, options: SpanOptions
+) -> dict[str, Any]:
+    """The attributes that change with each exchange of a shape."""
+    attrs: dict[str, Any] = {}
+    client = record.client
+    if client is not None:
+        attrs["network.peer.port"] = client[1]
     if record.request_size >= 0:  # -1: the payload was sampled out and not observed
         attrs["http.request.body.size"] = record.request_size
     attrs["http.response.body.size"] = record.response_size
+    if identity.request_id:
+        attrs["modeltap.request.id"] = identity.request_id
+    if record.ttfb_s is not None:
+        attrs["modeltap.time_to_first_byte_s"] = record.ttfb_s
+    if options.capture_payloads:
+        for direction, parts, size in (
+            ("request", record.request_parts, record.request_size),
+            ("response", record.response_parts, record.response_size),
+        ):
+            kept = b"".join(parts)
+            text, cut = truncate_utf8(kept, options.max_payload_bytes)
+            attrs[f"modeltap.{direction}.body"] = text
+            attrs[f"modeltap.{direction}.body.size"] = size
+            attrs[f"modeltap.{direction}.body.truncated"] = cut or len(kept) < size
     return attrs
 
 
@@ -95,60 +207,16 @@ def error_type(record: ExchangeRecord) -> str | None:
 def span_attributes(
     record: ExchangeRecord, identity: ExchangeIdentity, options: SpanOptions
 ) -> dict[str, Any]:
-    """Every attribute of an exchange's span (HTTP semantic conventions plus modeltap's own)."""
-    attrs: dict[str, Any] = http_attributes(record, identity.route)
-    if record.query_string:
-        attrs["url.query"] = _clip(redact_query(record.query_string.decode("latin-1")))
-    user_agent = None
-    wanted = {name.lower() for name in options.request_headers}
-    captured: dict[str, list[str]] = {}
-    for key, value in record.scope.get("headers") or ():
-        if key == b"user-agent" and user_agent is None:
-            user_agent = value.decode("latin-1")
-        if wanted:
-            name = key.decode("latin-1").lower()
-            if name in wanted:
-                captured.setdefault(name, []).append(value.decode("latin-1"))
-    if user_agent is not None:
-        attrs["user_agent.original"] = _clip(user_agent)
-    for name, values in captured.items():
-        attrs[f"http.request.header.{name}"] = (
-            REDACTED if is_credential_header(name) else _clip(", ".join(values))
-        )
-    if options.response_headers:
-        response_headers = _headers_dict(record.response_headers)
-        for name in options.response_headers:
-            if found := response_headers.get(name.lower()):
-                attrs[f"http.response.header.{name.lower()}"] = (
-                    REDACTED if is_credential_header(name) else _clip(", ".join(found))
-                )
-    attrs["modeltap.model.name"] = identity.model_name
-    attrs["modeltap.model.version"] = identity.model_version
-    attrs["modeltap.exchange.outcome"] = record.outcome
-    attrs["modeltap.protocol"] = identity.protocol
-    if identity.request_id:
-        attrs["modeltap.request.id"] = identity.request_id
-    if record.ttfb_s is not None:
-        attrs["modeltap.time_to_first_byte_s"] = record.ttfb_s
-    err = error_type(record)
-    if err is not None:
-        attrs["error.type"] = err
-    if options.capture_payloads:
-        for direction, parts, size in (
-            ("request", record.request_parts, record.request_size),
-            ("response", record.response_parts, record.response_size),
-        ):
-            kept = b"".join(parts)
-            text, cut = truncate_utf8(kept, options.max_payload_bytes)
-            attrs[f"modeltap.{direction}.body"] = text
-            attrs[f"modeltap.{direction}.body.size"] = size
-            attrs[f"modeltap.{direction}.body.truncated"] = cut or len(kept) < size
-    return attrs
+    """Every attribute of an exchange's span."""
+    return {
+        **shape_attributes(span_shape(record, identity, options)),
+        **exchange_attributes(record, identity, options),
+    }
 
 
-def span_name(record: ExchangeRecord, route: str | None) -> str:
+def span_name(method: str, route: str | None) -> str:
     """`{method} {route}`, or the method alone: a raw path is the client's, never a span name."""
-    method = record.method if record.method in KNOWN_METHODS else "HTTP"
+    method = method if method in KNOWN_METHODS else "HTTP"
     return f"{method} {route}" if route else method
 
 
@@ -187,7 +255,7 @@ def build_span(
         )
     is_error, description = span_status(record)
     return ReadableSpan(
-        name=span_name(record, identity.route),
+        name=span_name(record.method, identity.route),
         context=context,
         parent=parent,
         resource=resource,

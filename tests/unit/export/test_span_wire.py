@@ -152,3 +152,128 @@ def test_any_value_round_trips(value: Any) -> None:
     got = getattr(decoded, kind) if kind else ""
     assert got == value
     assert type(got) is type(value)
+
+
+# One encoder across a sequence of records that each differ from an earlier one in a field or
+# two: the shapes it remembers must never lend one record's attributes, name or status to another.
+_CHANGES: dict[str, Any] = {
+    "method": ["POST", "GET", "BREW"],
+    "path": ["/v1/models/churn:predict", "/v2/models/churn/infer", "/"],
+    "query_string": [b"", b"sig=secret&x=1", b"x=2"],
+    "headers": [
+        [(b"host", b"model"), (b"user-agent", b"curl/8"), (b"authorization", b"Bearer t")],
+        [(b"host", b"model")],
+        [(b"user-agent", b"a"), (b"user-agent", b"b"), (b"x-a", b"1"), (b"X-A", b"2")],
+    ],
+    "client": [("127.0.0.1", 50123), ("127.0.0.1", 50124), ("10.0.0.2", 50123), None],
+    "server": [("127.0.0.1", 8080), ("model", None), None],
+    "modeltap.proxy_error": [None, "upstream_timeout", "client_disconnected"],
+}
+_RECORD_CHANGES: dict[str, list[Any]] = {
+    "status": [200, 404, 503, 0],
+    "ended": [10.004, None],
+    "response_started": [10.002, None],
+    "exception_type": [None, "ValueError"],
+    "disconnected": [False, True],
+    "request_size": [23, -1, 7],
+    "response_size": [22, 5],
+    "response_headers": [[(b"content-type", b"application/json")], [], [(b"x-model-version", b"4")]],
+    "trace": [
+        TraceIds(0x1234 << 64 | 0xABCD, 0x42, 0x99, True, True, "vendor=x", False),
+        TraceIds(7, 8, 0, False, True, "", False),
+        TraceIds(7, 9, 3, False, True, "", True),
+    ],
+}
+_IDENTITY_CHANGES: dict[str, list[Any]] = {
+    "route": ["/v1/models/{name}:predict", None, "/v2/models/{name}/infer"],
+    "model_name": ["churn", "fraud"],
+    "model_version": ["3", "4"],
+    "request_id": ["req-1", None, "req-2"],
+    "protocol": ["kserve_v1", "oip_v2"],
+    "violations": [{"missing": 2}, {}, {"missing": 0, "out_of_range": 1}],
+}
+_STEP = st.one_of(
+    *(
+        st.tuples(st.just(where), st.sampled_from(sorted(table)), st.integers(0, 3))
+        for where, table in (
+            ("scope", _CHANGES),
+            ("record", _RECORD_CHANGES),
+            ("identity", _IDENTITY_CHANGES),
+        )
+    )
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(st.lists(_STEP, min_size=1, max_size=2), min_size=2, max_size=12),
+    options=st.sampled_from(
+        [
+            SpanOptions(capture_payloads=False, max_payload_bytes=0, request_headers=(), response_headers=()),
+            OPTIONS,
+            SpanOptions(
+                capture_payloads=False,
+                max_payload_bytes=0,
+                request_headers=("x-a", "authorization"),
+                response_headers=("Content-Type", "x-model-version"),
+            ),
+        ]
+    ),
+)
+def test_remembered_shapes_encode_each_span_as_the_sdk_does(
+    steps: list[list[tuple[str, str, int]]], options: SpanOptions
+) -> None:
+    encoder = SpanWireEncoder(options)
+    scope = dict(_record().scope)
+    record_fields: dict[str, Any] = {}
+    identity_fields: dict[str, Any] = {}
+    for changes in steps:
+        for where, field, index in changes:
+            table = {"scope": _CHANGES, "record": _RECORD_CHANGES, "identity": _IDENTITY_CHANGES}[where]
+            value = table[field][index % len(table[field])]
+            {"scope": scope, "record": record_fields, "identity": identity_fields}[where][field] = value
+        record = _record(scope=dict(scope), **record_fields)
+        identity = ExchangeIdentity(**{**IDENTITY.__dict__, **identity_fields})
+        payload = export_request(RESOURCE, [encoder.encode(record, identity)])
+        (wire,) = ExportTraceServiceRequest.FromString(payload).resource_spans[0].scope_spans[0].spans
+        sdk = encode_spans([build_span(record, identity, options, RESOURCE)]).resource_spans[0]
+        (expected,) = sdk.scope_spans[0].spans
+        assert {kv.key: kv.value for kv in wire.attributes} == {
+            kv.key: kv.value for kv in expected.attributes
+        }
+        assert len(wire.attributes) == len(expected.attributes)
+        for name in (
+            "trace_id",
+            "span_id",
+            "parent_span_id",
+            "trace_state",
+            "name",
+            "kind",
+            "status",
+            "flags",
+        ):
+            assert getattr(wire, name) == getattr(expected, name), name
+        assert (wire.start_time_unix_nano, wire.end_time_unix_nano, list(wire.events)) == (
+            expected.start_time_unix_nano,
+            expected.end_time_unix_nano,
+            list(expected.events),
+        )
+
+
+def test_remembered_shapes_are_bounded_and_long_client_text_is_not_kept() -> None:
+    options = SpanOptions(
+        capture_payloads=False, max_payload_bytes=0, request_headers=(), response_headers=()
+    )
+    encoder = SpanWireEncoder(options)
+    identity = ExchangeIdentity("/x", "m", "1", None, "json", {})
+    for index in range(5000):
+        encoder.encode(_record(scope={**_record().scope, "path": f"/p/{index}"}), identity)
+        assert len(encoder._shapes) <= 1024
+    encoder._shapes.clear()
+    long_path = _record(scope={**_record().scope, "path": "/" + "a" * 600})
+    span = ExportTraceServiceRequest.FromString(
+        export_request(RESOURCE, [encoder.encode(long_path, identity)])
+    )
+    (wire,) = span.resource_spans[0].scope_spans[0].spans
+    assert {kv.key: kv.value.string_value for kv in wire.attributes}["url.path"] == "/" + "a" * 600
+    assert not encoder._shapes
