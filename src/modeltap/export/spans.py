@@ -52,6 +52,10 @@ def _headers_dict(headers: object) -> dict[str, list[str]]:
     return out
 
 
+def _header_value(name: str, values: tuple[str, ...]) -> str:
+    return REDACTED if is_credential_header(name) else _clip(", ".join(values))
+
+
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_ATTRIBUTE_CHARS else text[:MAX_ATTRIBUTE_CHARS]
 
@@ -154,11 +158,10 @@ def shape_attributes(shape: SpanShape) -> dict[str, Any]:
         attrs["url.query"] = _clip(redact_query(shape.query_string.decode("latin-1")))
     if shape.user_agent is not None:
         attrs["user_agent.original"] = _clip(shape.user_agent)
-    for direction, captured in (("request", shape.request_headers), ("response", shape.response_headers)):
-        for name, values in captured:
-            attrs[f"http.{direction}.header.{name}"] = (
-                REDACTED if is_credential_header(name) else _clip(", ".join(values))
-            )
+    for name, values in shape.request_headers:
+        attrs[f"http.request.header.{name}"] = _header_value(name, values)
+    for name, values in shape.response_headers:
+        attrs[f"http.response.header.{name}"] = _header_value(name, values)
     attrs["modeltap.model.name"] = shape.model_name
     attrs["modeltap.model.version"] = shape.model_version
     attrs["modeltap.exchange.outcome"] = shape.outcome
