@@ -2,9 +2,11 @@
 """The monitor's analysis per record, without sockets: the workload's app (`apps.py`, or
 `apps_lr.py`) is driven in process with modeltap in process mode, the RECORDS payloads its
 shipper sends are kept, and a monitor-side `Analyzer` (not started: no export thread) takes them
-back in a loop, as the monitor's analysis thread does (`Analyzer.process` per 256 records).
-Prints µs of thread CPU per record, best of 5 passes, for the hand-off's decoding
-(`framing.decode_records`) and then:
+back in a loop, as the monitor's analysis thread does (`framing.decode_grouped`, then
+`Analyzer.process` per 256 records and `Analyzer.process_timed` for the groups). Prints µs of
+thread CPU per record, best of 5 passes, for the hand-off's decoding alone
+(`framing.decode_records`) and then, decoding included, with the records timed and counted only
+grouped by shape as the monitor does, and one by one (`decode_records`, as before grouping):
 
   all       every payload decoded (a lightly loaded server)
   sampled   1 payload in 256 decoded, as the CPU budget sets it under sustained load: the
@@ -105,17 +107,21 @@ def main() -> None:
     batches = [framing.decode_records(memoryview(p)) for p in payloads]
     total = sum(map(len, batches))
     print(f"{total} records in {len(batches)} payloads")
+    # Every header name the records kept: re-encoded, they keep them all.
+    names = {name for batch in batches for raw in batch for name, _ in [*raw[0]["headers"], *raw[8]]}
+    encoder = framing.RecordEncoder(names, names)
 
-    def sampled(batch: list[Any], traced: bool) -> list[Any]:
-        out = []
+    def sampled(batch: list[Any], traced: bool) -> bytes:
+        """The batch as the shipper sends it under sustained load: 1 payload in 256 kept."""
+        out = [framing.COUNT.pack(len(batch))]
         for i, raw in enumerate(batch):
             raw = list(raw)
             if i % 256:
                 raw[PAYLOAD_WEIGHT], raw[REQUEST_PARTS], raw[RESPONSE_PARTS] = 0, [], []
             if not traced:
                 raw[TRACE] = None
-            out.append(tuple(raw))
-        return out
+            encoder.encode_into(tuple(raw), out)
+        return b"".join(out)
 
     best = float("inf")
     for _ in range(5):
@@ -123,23 +129,36 @@ def main() -> None:
         for payload in payloads:
             framing.decode_records(memoryview(payload))
         best = min(best, (time.thread_time() - started) / total * 1e6)
-    print(f"{'decode':<9} {best:6.2f} µs/record (framing.decode_records, not in the figures below)")
+    print(f"{'decode':<9} {best:6.2f} µs/record (framing.decode_records alone)")
     variants = {
-        "all": batches,
+        "all": payloads,
         "sampled": [sampled(b, True) for b in batches],
         "untraced": [sampled(b, False) for b in batches],
     }
+
+    def analyse(analyzer: Analyzer, data: list[bytes], grouped: bool) -> None:
+        """What the monitor's analysis thread does with each payload (`Monitor._process`)."""
+        for payload in data:
+            if grouped:
+                records, groups = framing.decode_grouped(memoryview(payload))
+            else:
+                records, groups = framing.decode_records(memoryview(payload)), []
+            for start in range(0, len(records), 256):
+                analyzer.process(records[start : start + 256])
+            analyzer.process_timed(groups)
+        analyzer.pipeline.flush_pending()
+
     for name, data in variants.items():
-        best = float("inf")
-        for _ in range(5):
-            analyzer = Analyzer(config, reference, mode="process")
-            started = time.thread_time()
-            for records in data:
-                for start in range(0, len(records), 256):
-                    analyzer.process(records[start : start + 256])
-            analyzer.pipeline.flush_pending()
-            best = min(best, (time.thread_time() - started) / total * 1e6)
-        print(f"{name:<9} {best:6.2f} µs/record")
+        figures = []
+        for grouped in (True, False):
+            best = float("inf")
+            for _ in range(5):
+                analyzer = Analyzer(config, reference, mode="process")
+                started = time.thread_time()
+                analyse(analyzer, data, grouped)
+                best = min(best, (time.thread_time() - started) / total * 1e6)
+            figures.append(best)
+        print(f"{name:<9} {figures[0]:6.2f} µs/record   (records one by one: {figures[1]:.2f})")
     if os.environ.get("PROFILE") in variants:
         import cProfile
         import pstats
@@ -147,9 +166,7 @@ def main() -> None:
         analyzer = Analyzer(config, reference, mode="process")
         profile = cProfile.Profile()
         profile.enable()
-        for records in variants[os.environ["PROFILE"]]:
-            for start in range(0, len(records), 256):
-                analyzer.process(records[start : start + 256])
+        analyse(analyzer, variants[os.environ["PROFILE"]], grouped=True)
         profile.disable()
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
 

@@ -2754,43 +2754,64 @@ enum {
     V_REQUEST_HEADERS, V_RESPONSE_HEADERS, V_REQUEST_BODY, V_RESPONSE_BODY, V_COUNT
 };
 
-/* One record; NULL with an exception. `keys`: route template, proxy error, cold start. */
-static PyObject *decode_one(Reader *r, PyObject *trace_ids, PyObject *const *keys) {
+/* One record's layout in the batch: its fixed part read, its fields located and the joined ones
+ * checked. No Python object is made: a record filed under a group only needs this. */
+typedef struct {
     long long start_ns, request_size, response_size;
     double response_started, ended, finished, first_body;
     int32_t status, weight, payload_weight, client_port, server_port;
     unsigned char flags;
-    if (READ(r, start_ns) < 0 || READ(r, response_started) < 0 || READ(r, ended) < 0 || READ(r, finished) < 0 ||
-        READ(r, first_body) < 0 || READ(r, status) < 0 || READ(r, request_size) < 0 ||
-        READ(r, response_size) < 0 || READ(r, weight) < 0 || READ(r, payload_weight) < 0 ||
-        READ(r, flags) < 0 || READ(r, client_port) < 0 || READ(r, server_port) < 0) {
-        return NULL;
+    unsigned long long trace_words[4];
+    const unsigned char *fields[V_COUNT];
+    Py_ssize_t sizes[V_COUNT];
+    const unsigned char *protocol[3], *peers[2];
+    Py_ssize_t protocol_sizes[3], peer_sizes[2];
+} Layout;
+
+static int read_layout(Reader *r, Layout *l) {
+    if (READ(r, l->start_ns) < 0 || READ(r, l->response_started) < 0 || READ(r, l->ended) < 0 ||
+        READ(r, l->finished) < 0 || READ(r, l->first_body) < 0 || READ(r, l->status) < 0 ||
+        READ(r, l->request_size) < 0 || READ(r, l->response_size) < 0 || READ(r, l->weight) < 0 ||
+        READ(r, l->payload_weight) < 0 || READ(r, l->flags) < 0 || READ(r, l->client_port) < 0 ||
+        READ(r, l->server_port) < 0) {
+        return -1;
     }
-    unsigned long long trace_words[4] = {0, 0, 0, 0};
-    if ((flags & F_TRACED) && read_bytes(r, trace_words, sizeof(trace_words)) < 0) {
-        return NULL;
+    memset(l->trace_words, 0, sizeof(l->trace_words));
+    if ((l->flags & F_TRACED) && read_bytes(r, l->trace_words, sizeof(l->trace_words)) < 0) {
+        return -1;
     }
     uint32_t lengths[V_COUNT];
     if (read_bytes(r, lengths, sizeof(lengths)) < 0) {
-        return NULL;
+        return -1;
     }
-    const unsigned char *fields[V_COUNT];
-    Py_ssize_t sizes[V_COUNT];
     for (int i = 0; i < V_COUNT; i++) {
         if ((Py_ssize_t)lengths[i] > r->size - r->at) {
             PyErr_SetString(PyExc_ValueError, "field beyond the end of the batch");
-            return NULL;
+            return -1;
         }
-        fields[i] = r->data + r->at;
-        sizes[i] = (Py_ssize_t)lengths[i];
-        r->at += sizes[i];
+        l->fields[i] = r->data + r->at;
+        l->sizes[i] = (Py_ssize_t)lengths[i];
+        r->at += l->sizes[i];
     }
-    const unsigned char *protocol[3], *peers[2];
-    Py_ssize_t protocol_sizes[3], peer_sizes[2];
-    if (split_joined(fields[V_PROTOCOL], sizes[V_PROTOCOL], 3, protocol, protocol_sizes) < 0 ||
-        split_joined(fields[V_PEERS], sizes[V_PEERS], 2, peers, peer_sizes) < 0) {
-        return NULL;
+    if (split_joined(l->fields[V_PROTOCOL], l->sizes[V_PROTOCOL], 3, l->protocol, l->protocol_sizes) < 0 ||
+        split_joined(l->fields[V_PEERS], l->sizes[V_PEERS], 2, l->peers, l->peer_sizes) < 0) {
+        return -1;
     }
+    return 0;
+}
+
+/* One record from its layout; NULL with an exception. `keys`: route template, proxy error, cold
+ * start. */
+static PyObject *build_record(const Layout *l, PyObject *trace_ids, PyObject *const *keys) {
+    const unsigned char *const *fields = l->fields;
+    const Py_ssize_t *sizes = l->sizes;
+    const unsigned char *const *protocol = l->protocol;
+    const Py_ssize_t *protocol_sizes = l->protocol_sizes;
+    const unsigned char *const *peers = l->peers;
+    const Py_ssize_t *peer_sizes = l->peer_sizes;
+    const unsigned long long *trace_words = l->trace_words;
+    unsigned char flags = l->flags;
+    int32_t client_port = l->client_port, server_port = l->server_port;
     PyObject *scope = NULL, *record = NULL, *value = NULL;
     scope = PyDict_New();
     if (scope == NULL) {
@@ -2869,23 +2890,23 @@ static PyObject *decode_one(Reader *r, PyObject *trace_ids, PyObject *const *key
     PyObject *items[19] = {
         scope,
         (Py_INCREF(s_empty), s_empty),
-        PyLong_FromLongLong(start_ns),
+        PyLong_FromLongLong(l->start_ns),
         PyFloat_FromDouble(0.0),
-        float_or_none(response_started),
-        float_or_none(ended),
-        PyFloat_FromDouble(finished),
-        PyLong_FromLong(status),
+        float_or_none(l->response_started),
+        float_or_none(l->ended),
+        PyFloat_FromDouble(l->finished),
+        PyLong_FromLong(l->status),
         headers_from(fields[V_RESPONSE_HEADERS], sizes[V_RESPONSE_HEADERS]),
         parts_from(fields[V_REQUEST_BODY], sizes[V_REQUEST_BODY]),
-        PyLong_FromLongLong(request_size),
+        PyLong_FromLongLong(l->request_size),
         parts_from(fields[V_RESPONSE_BODY], sizes[V_RESPONSE_BODY]),
-        PyLong_FromLongLong(response_size),
+        PyLong_FromLongLong(l->response_size),
         exception,
         PyBool_FromLong(flags & F_DISCONNECTED),
         trace,
-        PyLong_FromLong(weight),
-        PyLong_FromLong(payload_weight),
-        float_or_none(first_body),
+        PyLong_FromLong(l->weight),
+        PyLong_FromLong(l->payload_weight),
+        float_or_none(l->first_body),
     };
     scope = NULL; /* the items own it now */
     record = PyTuple_New(19);
@@ -2908,6 +2929,15 @@ failed:
     Py_XDECREF(value);
     Py_XDECREF(scope);
     return NULL;
+}
+
+
+static PyObject *decode_one(Reader *r, PyObject *trace_ids, PyObject *const *keys) {
+    Layout layout;
+    if (read_layout(r, &layout) < 0) {
+        return NULL;
+    }
+    return build_record(&layout, trace_ids, keys);
 }
 
 /* decode_records(data, trace_ids, route_template_key, proxy_error_key, cold_start_key) */
@@ -2946,6 +2976,189 @@ static PyObject *decode_records(PyObject *Py_UNUSED(module), PyObject *const *ar
         return NULL;
     }
     return records;
+}
+
+/* decode_grouped(data, trace_ids, route_key, proxy_error_key, cold_start_key): (records, groups) */
+/*                                                                                            */
+/* Under sustained load nearly every record is timed and counted only (untraced, its payload  */
+/* sampled out), and most are alike but for their clock readings. Such records are filed by   */
+/* group: a record of each shape is made once, with the durations of all records of its shape */
+/* in the batch (`(record, [duration, ...])`); everything else comes back as decode_records    */
+/* gives it. A shape is every field the monitor files a timed record by: method, scheme, HTTP  */
+/* version, path, route template, exception, proxy error, response headers, status, weight,    */
+/* client gone, cold start, answered or not. What differs within a group (clock readings,      */
+/* sizes, request headers, peers) is read by nothing that files a timed record. The same       */
+/* payloads are refused as by decode_records.                                                 */
+
+#define GROUP_SLOTS 128 /* a power of two, twice the groups kept: probes stay short */
+#define GROUPS_KEPT 64  /* distinct shapes per batch grouped; past that, records as they are */
+
+static const int grouped_fields[] = {V_PROTOCOL, V_PATH, V_TEMPLATE, V_EXCEPTION, V_PROXY_ERROR,
+                                     V_RESPONSE_HEADERS};
+#define GROUPED_FIELDS ((int)(sizeof(grouped_fields) / sizeof(grouped_fields[0])))
+
+typedef struct {
+    Layout layout;
+    uint64_t hash;
+    PyObject *durations; /* borrowed: the group's tuple owns it */
+} Group;
+
+static int timed_only(const Layout *l) { return !(l->flags & F_TRACED) && l->payload_weight == 0; }
+
+static uint32_t shape_bits(const Layout *l) {
+    return (uint32_t)(l->flags & (F_DISCONNECTED | F_COLD)) | (l->ended != l->ended ? 0x100u : 0u);
+}
+
+static uint64_t fnv(uint64_t hash, const void *data, size_t size) {
+    const unsigned char *bytes = data;
+    for (size_t i = 0; i < size; i++) {
+        hash = (hash ^ bytes[i]) * 0x100000001b3ULL;
+    }
+    return hash;
+}
+
+static uint64_t shape_hash(const Layout *l) {
+    uint64_t hash = 0xcbf29ce484222325ULL;
+    uint32_t bits = shape_bits(l);
+    hash = fnv(hash, &l->status, sizeof(l->status));
+    hash = fnv(hash, &l->weight, sizeof(l->weight));
+    hash = fnv(hash, &bits, sizeof(bits));
+    for (int i = 0; i < GROUPED_FIELDS; i++) {
+        Py_ssize_t size = l->sizes[grouped_fields[i]];
+        hash = fnv(hash, &size, sizeof(size));
+        hash = fnv(hash, l->fields[grouped_fields[i]], (size_t)size);
+    }
+    return hash;
+}
+
+static int same_shape(const Layout *a, const Layout *b) {
+    if (a->status != b->status || a->weight != b->weight || shape_bits(a) != shape_bits(b)) {
+        return 0;
+    }
+    for (int i = 0; i < GROUPED_FIELDS; i++) {
+        int f = grouped_fields[i];
+        if (a->sizes[f] != b->sizes[f] || memcmp(a->fields[f], b->fields[f], (size_t)a->sizes[f]) != 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* What headers_from would refuse, without making the list (a record filed under a group). */
+static int headers_valid(const unsigned char *blob, Py_ssize_t size) {
+    Py_ssize_t at = 0;
+    while (size > 0) {
+        const unsigned char *line = blob + at;
+        const unsigned char *end = memchr(line, '\n', (size_t)(size - at));
+        Py_ssize_t line_size = end != NULL ? end - line : size - at;
+        if (memchr(line, ':', (size_t)line_size) == NULL) {
+            PyErr_SetString(PyExc_ValueError, "a header line without a colon");
+            return -1;
+        }
+        if (end == NULL) {
+            break;
+        }
+        at += line_size + 1;
+    }
+    return 0;
+}
+
+static PyObject *decode_grouped(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "decode_grouped(data: bytes, trace_ids, route_key, proxy_error_key, cold_start_key)");
+        return NULL;
+    }
+    Reader reader = {(const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), 0};
+    uint32_t count;
+    if (READ(&reader, count) < 0) {
+        return NULL;
+    }
+    if ((Py_ssize_t)count > reader.size / (FIXED_SIZE + LENGTHS_SIZE)) {
+        PyErr_SetString(PyExc_ValueError, "malformed record batch: more records than bytes");
+        return NULL;
+    }
+    Group *slots = PyMem_Calloc(GROUP_SLOTS, sizeof(Group));
+    PyObject *records = PyList_New(0), *groups = PyList_New(0);
+    if (slots == NULL || records == NULL || groups == NULL) {
+        goto failed;
+    }
+    int kept = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        Layout layout;
+        if (read_layout(&reader, &layout) < 0) {
+            goto failed;
+        }
+        Group *group = NULL;
+        uint64_t hash = 0;
+        if (timed_only(&layout)) {
+            hash = shape_hash(&layout);
+            for (size_t probe = (size_t)hash & (GROUP_SLOTS - 1);; probe = (probe + 1) & (GROUP_SLOTS - 1)) {
+                Group *slot = &slots[probe];
+                if (slot->durations == NULL) {
+                    if (kept < GROUPS_KEPT) {
+                        group = slot; /* a new shape: its record is made below */
+                    }
+                    break;
+                }
+                if (slot->hash == hash && same_shape(&slot->layout, &layout)) {
+                    /* Refused as the record itself would be, though its headers are not made. */
+                    if (headers_valid(layout.fields[V_REQUEST_HEADERS], layout.sizes[V_REQUEST_HEADERS]) < 0) {
+                        goto failed;
+                    }
+                    double duration = layout.ended == layout.ended ? layout.ended : layout.finished;
+                    PyObject *value = PyFloat_FromDouble(duration);
+                    if (value == NULL || PyList_Append(slot->durations, value) < 0) {
+                        Py_XDECREF(value);
+                        goto failed;
+                    }
+                    Py_DECREF(value);
+                    goto next;
+                }
+            }
+        }
+        PyObject *record = build_record(&layout, args[1], args + 2);
+        if (record == NULL) {
+            goto failed;
+        }
+        if (group == NULL) {
+            int appended = PyList_Append(records, record);
+            Py_DECREF(record);
+            if (appended < 0) {
+                goto failed;
+            }
+            continue;
+        }
+        double duration = layout.ended == layout.ended ? layout.ended : layout.finished;
+        PyObject *durations = Py_BuildValue("[d]", duration);
+        PyObject *pair = durations != NULL ? PyTuple_Pack(2, record, durations) : NULL;
+        Py_DECREF(record);
+        Py_XDECREF(durations); /* the pair holds it */
+        if (pair == NULL || PyList_Append(groups, pair) < 0) {
+            Py_XDECREF(pair);
+            goto failed;
+        }
+        Py_DECREF(pair);
+        group->layout = layout;
+        group->hash = hash;
+        group->durations = durations;
+        kept++;
+    next:;
+    }
+    if (reader.at != reader.size) {
+        PyErr_SetString(PyExc_ValueError, "trailing bytes after the record batch");
+        goto failed;
+    }
+    PyMem_Free(slots);
+    PyObject *result = PyTuple_Pack(2, records, groups);
+    Py_DECREF(records);
+    Py_DECREF(groups);
+    return result;
+failed:
+    PyMem_Free(slots);
+    Py_XDECREF(records);
+    Py_XDECREF(groups);
+    return NULL;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -3743,6 +3956,10 @@ static int intern_all(void) {
 static PyMethodDef speedups_functions[] = {
     {"compile_call", (PyCFunction)compile_call, METH_O,
      "compile_call(cls): call instances of a Dispatch subclass through the compiled call."},
+    {"decode_grouped", (PyCFunction)(void (*)(void))decode_grouped, METH_FASTCALL,
+     "decode_grouped(data, trace_ids, route_key, proxy_error_key, cold_start_key): a RECORDS payload "
+     "back to (records, groups): records timed and counted only come back one per shape, with the "
+     "durations of all of that shape (`modeltap.handoff.framing.decode_grouped`)."},
     {"decode_records", (PyCFunction)(void (*)(void))decode_records, METH_FASTCALL,
      "decode_records(data, trace_ids, route_key, proxy_error_key, cold_start_key): a RECORDS "
      "payload back to raw records (`modeltap.handoff.framing.decode_records`)."},

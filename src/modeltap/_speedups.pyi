@@ -75,6 +75,9 @@ def parse_response(
 def decode_records(
     data: bytes, trace_ids: Any, route_key: str, proxy_error_key: str, cold_start_key: str, /
 ) -> list[Any]: ...
+def decode_grouped(
+    data: bytes, trace_ids: Any, route_key: str, proxy_error_key: str, cold_start_key: str, /
+) -> tuple[list[Any], list[tuple[Any, list[float]]]]: ...
 def request_head(
     headers: Any, peer: str | None, scheme: str, trusted: Any, default_host: bytes, via: bytes | None, /
 ) -> tuple[list[bytes], int | None, bool, bytes | None, int] | None: ...

@@ -332,6 +332,27 @@ def decode_records(payload: memoryview) -> list[RawRecord]:
     return records
 
 
+TimedGroup = tuple[RawRecord, list[float]]  # a record timed and counted only, and its shape's durations
+
+
+def decode_grouped(payload: memoryview) -> tuple[list[RawRecord], list[TimedGroup]]:
+    """Monitor side: a RECORDS payload back to (records, groups). Records timed and counted only
+    (untraced, their payload sampled out: under sustained load nearly all of them) come back one
+    per shape, with the durations of all of that shape: `(record, [seconds, ...])`, for
+    `BatchPipeline.process_timed`; every other record as `decode_records` gives it. The pure-Python
+    form groups nothing (the same statistics, a record at a time).
+
+    Raises `ValueError` on a malformed payload, as `decode_records` does."""
+    whole = payload.obj
+    data = whole if isinstance(whole, bytes) and len(whole) == payload.nbytes else payload.tobytes()
+    if compiled.wanted():
+        grouped: tuple[list[RawRecord], list[TimedGroup]] = compiled._speedups.decode_grouped(
+            data, TraceIds, ROUTE_TEMPLATE_KEY, PROXY_ERROR_KEY, COLD_START_KEY
+        )
+        return grouped
+    return decode_records(memoryview(data)), []
+
+
 def _decode_one(payload: bytes, position: int) -> tuple[RawRecord, int]:
     fixed = _FIXED.unpack_from(payload, position)
     (start_ns, response_started, ended, finished, first_body, status, request_size, response_size,

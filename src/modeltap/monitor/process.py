@@ -369,16 +369,18 @@ class Monitor:
         assert analyzer is not None
         started = self._budget.measure()
         try:
-            records = framing.decode_records(payload)
+            records, groups = framing.decode_grouped(payload)
         except ValueError:
             analyzer.errors["decode_batch"] += 1
             return
         if self._memory.shedding:
-            records = self._memory.shed(records)
+            records = self._memory.shed(records)  # groups hold no payload
         for start in range(0, len(records), BATCH):
             analyzer.process(records[start : start + BATCH])
-        feeder.processed += len(records)
-        self._budget.charge(started, len(records))
+        analyzer.process_timed(groups)
+        exchanges = len(records) + sum(len(durations) for _, durations in groups)
+        feeder.processed += exchanges
+        self._budget.charge(started, exchanges)
         self._payload_stride = self._budget.next_stride(self._payload_stride)
 
     def _flush(self, flush: Flush) -> None:

@@ -169,16 +169,19 @@ class StatsAggregator:
 
     # ---- identities ---------------------------------------------------------------------
 
-    def identity(self, name: str | None, version: str | None, *, accepted: bool) -> Attributes:
-        """The model attributes an exchange is filed under (see `IdentityBook.resolve`)."""
-        resolved = self.identities.resolve(name, version, accepted=accepted, now=self._clock())
+    def identity(
+        self, name: str | None, version: str | None, *, accepted: bool, count: int = 1
+    ) -> Attributes:
+        """The model attributes an exchange is filed under (see `IdentityBook.resolve`); `count`:
+        how many alike exchanges this stands for."""
+        resolved = self.identities.resolve(name, version, accepted=accepted, now=self._clock(), count=count)
         return self.identities.attributes(resolved)
 
-    def note_served(self, model: Attributes, version: str) -> None:
-        """A 2xx answer of `model` carried `version` (its header or its body): the version serving."""
+    def note_served(self, model: Attributes, version: str, count: int = 1) -> None:
+        """`count` 2xx answers of `model` carried `version` (a header or the body): the version serving."""
         name = dict(model).get(MODEL_NAME)
         if isinstance(name, str) and name != UNKNOWN:
-            self.served.observe(name, version, self._clock())
+            self.served.observe(name, version, self._clock(), count)
 
     def expire(self) -> int:
         """Drop the state and series of identities idle for two windows; returns how many."""

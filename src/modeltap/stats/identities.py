@@ -54,8 +54,11 @@ class IdentityBook:
         # Answered identities that did not fit the caps (filed under `unknown` instead).
         self.over_cap = 0
 
-    def resolve(self, name: str | None, version: str | None, *, accepted: bool, now: float) -> Identity:
-        """The identity an exchange is filed under; `accepted` = the model answered it with a 2xx."""
+    def resolve(
+        self, name: str | None, version: str | None, *, accepted: bool, now: float, count: int = 1
+    ) -> Identity:
+        """The identity an exchange is filed under; `accepted` = the model answered it with a 2xx;
+        `count`: how many alike exchanges this stands for (each one over a cap is counted)."""
         name = name or UNKNOWN
         versions = self._live.get(name)
         if versions is None and name == UNKNOWN:
@@ -66,7 +69,7 @@ class IdentityBook:
                 return self._touch(UNKNOWN, UNKNOWN, now)
             limit = self._max_names if trusted else self._max_names - self._reserved()
             if len(self._live) - (UNKNOWN in self._live) >= limit:
-                self.over_cap += 1
+                self.over_cap += count
                 return self._touch(UNKNOWN, UNKNOWN, now)
             versions = self._live[name] = {}
         chosen = self._fixed_version or (version if accepted else self._error_version(versions, version))
@@ -76,7 +79,7 @@ class IdentityBook:
             if not accepted and chosen != self._fixed_version:
                 chosen = UNKNOWN  # a claimed version nobody vouched for
             elif capped:
-                self.over_cap += 1
+                self.over_cap += count
                 chosen = UNKNOWN
         versions[chosen] = now
         return name, chosen

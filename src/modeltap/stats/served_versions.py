@@ -32,20 +32,20 @@ class ServedVersions:
         self._names: dict[str, dict[str, Served]] = {}
         self.over_cap = 0
 
-    def observe(self, name: str, version: str, now: float) -> bool:
-        """One answer of `name` carrying `version`; True when the version is new."""
+    def observe(self, name: str, version: str, now: float, count: int = 1) -> bool:
+        """`count` answers of `name` carrying `version`; True when the version is new."""
         versions = self._names.setdefault(name, {})
         served = versions.get(version)
         if served is not None:
             served.last_s = now
-            served.answers += 1
+            served.answers += count
             return False
         if len(versions) >= self._max_versions:
             # Keep the most recent: forget the version answered longest ago.
             oldest = min(versions, key=lambda v: versions[v].last_s)
             del versions[oldest]
             self.over_cap += 1
-        versions[version] = Served(now, now, 1)
+        versions[version] = Served(now, now, count)
         return True
 
     def current(self, name: str, now: float, window_s: float) -> tuple[str, ...]:

@@ -274,6 +274,11 @@ class Analyzer:
         elif self.exporter is not None:
             self.exporter.offer_spans(spans)
 
+    def process_timed(self, groups: list[tuple[RawRecord, list[float]]]) -> None:
+        """Records timed and counted only, by group (see `BatchPipeline.process_timed`)."""
+        self.pipeline.process_timed(groups)
+        self.records_processed += sum(len(durations) for _, durations in groups)
+
     @property
     def pending_bytes(self) -> int:
         """Decoded rows held for the next numpy step (they count against the hand-off's bound)."""

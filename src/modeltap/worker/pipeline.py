@@ -174,7 +174,6 @@ class BatchPipeline:
         fixed_name = self._config.model_name
         default_model = self._default_model
         routes = self._route_templates
-        shapes = self._shapes
         for raw in raw_records:
             self._pending += 1
             try:
@@ -183,42 +182,11 @@ class BatchPipeline:
                  exception_type, disconnected, trace, weight, payload_weight, first_body) = raw  # fmt: skip
                 if not payload_weight and (trace is None or not self.build_spans):
                     # Timed and counted only (the payload was sampled out): under sustained load
-                    # nearly every record, so what it files under is worked out once per shape.
-                    routed = routes.of(scope, root_path_at_start)
-                    shape = (
-                        scope.get("path", ""),
-                        scope.get("method", "GET"),
-                        scope.get("scheme", "http"),
-                        scope.get("http_version", "1.1"),
-                        routed,
-                        scope.get(PROXY_ERROR_KEY),
-                        bool(scope.get(COLD_START_KEY)),
-                        status,
-                        exception_type,
-                        bool(disconnected),
-                        ended is None,
-                        tuple(response_headers),
-                    )
-                    try:
-                        filed = shapes.get(shape)
-                        hashable = True
-                    except TypeError:  # ASGI lets an app send its header pairs as lists
-                        filed, hashable = None, False
-                    if filed is None:
-                        filed = self._file_timed(
-                            scope, routed, status, response_headers, exception_type, disconnected, ended
-                        )
-                        if hashable:
-                            if len(shapes) >= SHAPES_LIMIT:
-                                shapes.clear()
-                            shapes[shape] = filed
-                    name, version, answer_version, status, error, client_gone, template = filed
-                    model = stats.identity(
-                        fixed_name or name or default_model, version, accepted=200 <= status < 300
-                    )
-                    if answer_version and 200 <= status < 300:
-                        stats.note_served(model, answer_version)
-                    key = (model, weight, shape[1], template, status, shape[2], shape[3], error, shape[6])
+                    # nearly every record.
+                    key, error, client_gone = self._file_timed_record(
+                        scope, root_path_at_start, status, response_headers, exception_type,
+                        disconnected, ended, weight, 1,
+                    )  # fmt: skip
                     decoded = None
                 elif payload_weight:
                     self._pending_payloads += 1
@@ -314,6 +282,43 @@ class BatchPipeline:
             except Exception:
                 self.errors["process"] += 1
                 _log.debug("processing an exchange failed", exc_info=True)
+        self._step_when_due()
+        return spans
+
+    def process_timed(self, groups: list[tuple[RawRecord, list[float]]]) -> None:
+        """Records timed and counted only, by group (`framing.decode_grouped`): each group's record
+        stands for all of its shape, with the durations of all of them (clock readings relative
+        to the start, as the hand-off gives them). The same counts, durations and identities as
+        `process` of the group's records one by one, all at the place of its first: within one
+        batch (a few milliseconds of traffic) a record may be filed as if it came a moment
+        earlier, e.g. a 404 before the first 2xx that vouched for its model name."""
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        latency = self._latency
+        for raw, durations in groups:
+            count = len(durations)
+            self._pending += count
+            try:
+                (scope, root_path_at_start, _, started, _, ended, _, status, response_headers, _, _, _, _,
+                 exception_type, disconnected, _, weight, _, _) = raw  # fmt: skip
+                key, error, client_gone = self._file_timed_record(
+                    scope, root_path_at_start, status, response_headers, exception_type,
+                    disconnected, ended, weight, count,
+                )  # fmt: skip
+                series = latency.get(key)
+                if series is None:
+                    series = latency[key] = []
+                series.extend(durations if not started else [duration - started for duration in durations])
+                if client_gone:
+                    self._gone[key] += count
+                elif error is not None:
+                    self._failed[key] += count
+            except Exception:
+                self.errors["process"] += count
+                _log.debug("processing a group of exchanges failed", exc_info=True)
+        self._step_when_due()
+
+    def _step_when_due(self) -> None:
         # Decoded payloads step every FLUSH_RECORDS (rows held as Python lists cost more per row,
         # past the caches, than another call); records timed and counted only, `flush_records`.
         if (
@@ -322,7 +327,60 @@ class BatchPipeline:
             or time.monotonic() - self._pending_since >= self._flush_age_s
         ):
             self.flush_pending()
-        return spans
+
+    def _file_timed_record(
+        self,
+        scope: Any,
+        root_path_at_start: str,
+        status: int,
+        response_headers: Any,
+        exception_type: str | None,
+        disconnected: bool,
+        ended: float | None,
+        weight: int,
+        count: int,
+    ) -> tuple[tuple[Any, ...], str | None, bool]:
+        """(latency key, error, client gone) of `count` alike records timed and counted only. What
+        such a record is filed under is worked out once per shape of the fields that decide it;
+        the identity book is still asked each time (its last-seen times and caps stay exact)."""
+        routed = self._route_templates.of(scope, root_path_at_start)
+        shape = (
+            scope.get("path", ""),
+            scope.get("method", "GET"),
+            scope.get("scheme", "http"),
+            scope.get("http_version", "1.1"),
+            routed,
+            scope.get(PROXY_ERROR_KEY),
+            bool(scope.get(COLD_START_KEY)),
+            status,
+            exception_type,
+            bool(disconnected),
+            ended is None,
+            tuple(response_headers),
+        )
+        shapes = self._shapes
+        try:
+            filed = shapes.get(shape)
+            hashable = True
+        except TypeError:  # ASGI lets an app send its header pairs as lists
+            filed, hashable = None, False
+        if filed is None:
+            filed = self._file_timed(
+                scope, routed, status, response_headers, exception_type, disconnected, ended
+            )
+            if hashable:
+                if len(shapes) >= SHAPES_LIMIT:
+                    shapes.clear()
+                shapes[shape] = filed
+        name, version, answer_version, status, error, client_gone, template = filed
+        accepted = 200 <= status < 300
+        model = self._stats.identity(
+            self._config.model_name or name or self._default_model, version, accepted=accepted, count=count
+        )
+        if answer_version and accepted:
+            self._stats.note_served(model, answer_version, count)
+        key = (model, weight, shape[1], template, status, shape[2], shape[3], error, shape[6])
+        return key, error, client_gone
 
     def _file_timed(
         self,

@@ -22,11 +22,13 @@ from modeltap.handoff.framing import (
     RECORDS,
     FrameReader,
     RecordEncoder,
+    decode_grouped,
     decode_records,
     json_message,
     message,
 )
 from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ExchangeRecord, RawRecord, TraceIds
+from tests.support.timed_shapes import shape_of, timed_only
 
 REQUEST_WANTED = (b"content-type", b"x-request-id", b"x-model-version", b"traceparent")
 RESPONSE_WANTED = (b"content-type", b"x-model-version")
@@ -595,3 +597,134 @@ def test_a_count_larger_than_the_payload_is_refused_before_allocating() -> None:
         compiled._speedups.decode_records(
             COUNT.pack(2**32 - 1), TraceIds, "route", PROXY_ERROR_KEY, COLD_START_KEY
         )
+
+
+# ---- records timed and counted only, by shape (`decode_grouped`) -------------------------------------
+
+
+def _set_scope(key: str, values: st.SearchStrategy[Any]) -> Any:
+    def change(raw: list[Any], scope: dict[str, Any], draw: st.DrawFn) -> None:
+        scope[key] = draw(values)
+
+    return change
+
+
+def _set_field(index: int, values: st.SearchStrategy[Any]) -> Any:
+    def change(raw: list[Any], scope: dict[str, Any], draw: st.DrawFn) -> None:
+        raw[index] = draw(values)
+
+    return change
+
+
+def _route(raw: list[Any], scope: dict[str, Any], draw: st.DrawFn) -> None:
+    scope["route"] = Route(draw(st.sampled_from(["/{a}", "/{b}"])))
+
+
+def _unanswered(raw: list[Any], scope: dict[str, Any], draw: st.DrawFn) -> None:
+    raw[5] = None if raw[5] is not None else raw[3]
+
+
+SHAPE_CHANGES: dict[str, Any] = {
+    "method": _set_scope("method", st.sampled_from(["GET", "PUT"])),
+    "scheme": _set_scope("scheme", st.sampled_from(["http", "https"])),
+    "http_version": _set_scope("http_version", st.sampled_from(["1.0", "2"])),
+    "path": _set_scope("path", st.sampled_from(["/a", "/b"])),
+    "route": _route,
+    "proxy_error": _set_scope(PROXY_ERROR_KEY, st.sampled_from(["upstream_timeout", "x"])),
+    "cold": _set_scope(COLD_START_KEY, st.booleans()),
+    "status": _set_field(7, st.sampled_from([200, 503])),
+    "response_headers": _set_field(8, st.sampled_from([[], [(b"x-model-version", b"2")]])),
+    "exception": _set_field(13, st.sampled_from([None, "ValueError"])),
+    "disconnected": _set_field(14, st.booleans()),
+    "weight": _set_field(16, st.sampled_from([1, 2])),
+    "unanswered": _unanswered,
+}
+
+
+@st.composite
+def alike_batches(draw: st.DrawFn) -> list[RawRecord]:
+    """Batches as traffic makes them: a few kinds of exchange, each many times over with its own
+    clock readings, sizes, client and request headers; most timed and counted only."""
+    bases = draw(st.lists(raw_records(), min_size=1, max_size=3))
+    batch = []
+    for _ in range(draw(st.integers(1, 12))):
+        raw = list(draw(st.sampled_from(bases)))
+        scope = dict(raw[0])
+        if draw(st.booleans()):
+            scope["client"] = draw(st.none() | st.tuples(hosts, ports))
+            scope["headers"] = draw(headers)
+        raw[0] = scope
+        started = draw(st.floats(0.0, 1e6, allow_nan=False))
+        raw[3] = started
+        if raw[5] is not None or draw(st.booleans()):
+            raw[5] = started + draw(offsets)  # answered, at another time
+        raw[6] = started + draw(offsets)
+        raw[10], raw[12] = draw(st.integers(-1, 99)), draw(st.integers(0, 99))
+        # Now and then one field of its shape differs: each one the only difference somewhere.
+        changed = draw(st.sampled_from([None, *SHAPE_CHANGES]))
+        if changed is not None:
+            SHAPE_CHANGES[changed](raw, scope, draw)
+        if draw(st.integers(0, 3)):  # mostly: the payload sampled out, untraced
+            raw[17], raw[9], raw[11], raw[15] = 0, [], [], None
+        batch.append(tuple(raw))
+    return batch
+
+
+def assert_grouped_like_one_by_one(payload: bytes) -> None:
+    one_by_one = decode_records(memoryview(payload))
+    records, groups = decode_grouped(memoryview(payload))
+    timed = [raw for raw in one_by_one if timed_only(raw)]
+    rest = [raw for raw in one_by_one if not timed_only(raw)]
+    assert [view(raw) for raw in records] == [view(raw) for raw in rest]
+    assert len(groups) == len({repr(shape_of(raw)) for raw in timed})
+    expanded = []
+    for first, durations in groups:
+        members = [raw for raw in timed if shape_of(raw) == shape_of(first)]
+        assert view(first) == view(members[0])  # the group's record is its first
+        assert durations == [ExchangeRecord._make(raw).duration_s for raw in members]
+        expanded += members
+    assert sorted(map(repr, map(view, expanded))) == sorted(map(repr, map(view, timed)))
+
+
+@needs_extension
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(alike_batches())
+def test_grouped_records_are_the_records_one_by_one(batch: list[RawRecord]) -> None:
+    assert_grouped_like_one_by_one(payload_of(batch))
+
+
+@needs_extension
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(alike_batches(), st.data())
+def test_grouping_refuses_what_the_decoder_refuses(batch: list[RawRecord], data: st.DataObject) -> None:
+    payload = mutated(batch, data)
+    try:
+        decode_records(memoryview(payload))
+    except ValueError:
+        with pytest.raises(ValueError):  # noqa: PT011
+            decode_grouped(memoryview(payload))
+        return
+    assert_grouped_like_one_by_one(payload)
+
+
+@needs_extension
+def test_past_64_shapes_a_batch_comes_back_record_by_record() -> None:
+    batch = [
+        record_of(
+            {"type": "http", "path": f"/m/{i % 100}", "headers": []}, payload_weight=0, finished=float(i)
+        )
+        for i in range(300)
+    ]
+    records, groups = decode_grouped(memoryview(payload_of(batch)))
+    assert len(groups) == 64
+    assert [durations for _, durations in groups][:2] == [[0.0, 100.0, 200.0], [1.0, 101.0, 201.0]]
+    assert [ExchangeRecord._make(raw).path for raw in records] == [
+        f"/m/{i % 100}" for i in range(300) if i % 100 >= 64
+    ]
+
+
+def test_without_the_extension_nothing_is_grouped() -> None:
+    batch = [record_of({"type": "http", "path": "/m", "headers": []}, payload_weight=0)] * 3
+    with mock.patch.object(compiled, "wanted", return_value=False):
+        records, groups = decode_grouped(memoryview(payload_of(batch)))
+    assert (len(records), groups) == (3, [])

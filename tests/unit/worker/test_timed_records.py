@@ -11,17 +11,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
 
+from modeltap.capture import compiled
 from modeltap.config import ModelTapConfig
 from modeltap.export.spans import SpanOptions
+from modeltap.handoff import framing
 from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ROUTE_TEMPLATE_KEY, RawRecord, TraceIds
 from modeltap.worker import pipeline as pipeline_module
 from modeltap.worker.analyzer import Analyzer, statistics
 from modeltap.worker.pipeline import BatchPipeline
 from tests.support.asgi_driver import make_http_scope
+from tests.support.timed_shapes import in_filing_order
 
 PATHS = [
     "/predict",
@@ -224,3 +228,77 @@ def test_the_monitor_steps_timed_records_in_large_batches_and_payloads_as_before
     inline = Analyzer(config, None, mode="inline")
     inline.process([_timed_record() for _ in range(pipeline_module.FLUSH_RECORDS)])
     assert _counted(inline.stats) == pipeline_module.FLUSH_RECORDS
+
+
+def through_the_hand_off(records: list[RawRecord], grouped: bool, batch: int) -> tuple[Any, ...]:
+    """The records shipped in batches of `batch` and analysed as the monitor does: by group
+    (`decode_grouped`, `process_timed`), or one by one (`decode_records`) in the order grouping
+    files them; last, how many went one by one."""
+    config = ModelTapConfig(monitor="inline", max_models=3, max_versions_per_model=2)
+    stats = statistics(config, None)
+    worker = BatchPipeline(
+        config, None, stats, SpanOptions(False, 0, (), ()), Resource.get_empty, "default",
+        flush_age_s=float("inf"),
+    )  # fmt: skip
+    encoder = framing.RecordEncoder({b"content-type"}, {b"content-type", b"x-model-version", b"ce-modelid"})
+    one_at_a_time = 0
+    for start in range(0, len(records), batch):
+        out = [framing.COUNT.pack(len(records[start : start + batch]))]
+        for raw in records[start : start + batch]:
+            encoder.encode_into(raw, out)
+        payload = memoryview(b"".join(out))
+        if grouped:
+            decoded, groups = framing.decode_grouped(payload)
+        else:  # the same records one by one, in the order the monitor files them by group
+            decoded, groups = in_filing_order(framing.decode_records(payload)), []
+        worker.process(decoded)
+        worker.process_timed(groups)
+        one_at_a_time += len(decoded)
+    assert not worker.errors
+    worker.flush_pending()
+
+    def rounded(value: float) -> float:
+        return round(value, 9)  # sums added in another order
+
+    return (
+        sorted(
+            (p.attributes, p.counts, p.count, rounded(p.sum), p.min, p.max) for p in stats.duration_points()
+        ),
+        [
+            (v.name, v.version, v.requests, v.errors, v.latency_count, rounded(v.latency_sum_s))
+            for v in stats.model_views()
+        ],
+        stats.identities.live(),
+        stats.identities.over_cap,
+        [(name, version, served.answers) for name, version, served in stats.served.seen()],
+        one_at_a_time,
+    )
+
+
+@pytest.mark.skipif(not compiled.AVAILABLE, reason="the extension is not built here")
+@settings(max_examples=150, deadline=None)
+@given(timed_records(), st.sampled_from([1, 7, 256]))
+def test_timed_records_by_group_are_counted_as_one_by_one(records: list[RawRecord], batch: int) -> None:
+    *by_group, one_at_a_time = through_the_hand_off(records, grouped=True, batch=batch)
+    *one_by_one, _ = through_the_hand_off(records, grouped=False, batch=batch)
+    assert by_group == one_by_one
+    assert one_at_a_time == 0  # every record went by group (fewer shapes than a batch keeps)
+
+
+@pytest.mark.skipif(not compiled.AVAILABLE, reason="the extension is not built here")
+def test_every_record_of_a_group_over_the_caps_is_counted() -> None:
+    """Five model names answered four times each, three names allowed: the eight answers of the
+    two names over the cap are each counted, as they are one by one; so are the served versions."""
+    fields = dict(
+        method="POST", path="/predict", scheme="http", http_version="1.1", route=None, template=None,
+        root_path="", root_path_at_start="", proxy_error=None, cold=False, version=b"1", model_id=None,
+        unanswered=False, status=200, exception=None, disconnected=False, weight=1, header_lists=False,
+    )  # fmt: skip
+    assert set(fields) == set(FIELDS)
+    names = [b"m-1", b"m-2", b"m-3", b"m-4", b"m-5"]
+    records = [timed_record({**fields, "model_id": names[i % 5]}, float(i), 0.01) for i in range(20)]
+    *by_group, one_at_a_time = through_the_hand_off(records, grouped=True, batch=256)
+    assert one_at_a_time == 0
+    assert tuple(by_group) == through_the_hand_off(records, grouped=False, batch=256)[:-1]
+    assert by_group[3] == 8  # identities over the caps
+    assert sorted(answers for _, _, answers in by_group[4]) == [4, 4, 4]
