@@ -257,8 +257,8 @@ def through_the_hand_off(records: list[RawRecord], grouped: bool, batch: int) ->
     assert not worker.errors
     worker.flush_pending()
 
-    def rounded(value: float) -> float:
-        return round(value, 9)  # sums added in another order
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 9)  # sums added in another order
 
     return (
         sorted(
