@@ -2940,22 +2940,32 @@ static PyObject *decode_one(Reader *r, PyObject *trace_ids, PyObject *const *key
     return build_record(&layout, trace_ids, keys);
 }
 
-/* decode_records(data, trace_ids, route_template_key, proxy_error_key, cold_start_key) */
-static PyObject *decode_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+/* A batch's arguments checked (`name`(data: bytes, trace_ids, and the three scope keys)) and its
+ * record count read; -1 with an exception. */
+static int open_batch(const char *name, PyObject *const *args, Py_ssize_t nargs, Reader *reader, uint32_t *count) {
     if (nargs != 5 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "decode_records(data: bytes, trace_ids, route_key, proxy_error_key, cold_start_key)");
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s(data: bytes, trace_ids, route_key, proxy_error_key, cold_start_key)",
+                     name);
+        return -1;
     }
-    Reader reader = {(const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), 0};
-    uint32_t count;
-    if (READ(&reader, count) < 0) {
-        return NULL;
+    *reader = (Reader){(const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), 0};
+    if (READ(reader, *count) < 0) {
+        return -1;
     }
     /* Each record takes at least its fixed part and lengths table: a count the payload cannot
      * hold is refused before anything is allocated for it. */
-    if ((Py_ssize_t)count > reader.size / (FIXED_SIZE + LENGTHS_SIZE)) {
+    if ((Py_ssize_t)*count > reader->size / (FIXED_SIZE + LENGTHS_SIZE)) {
         PyErr_SetString(PyExc_ValueError, "malformed record batch: more records than bytes");
+        return -1;
+    }
+    return 0;
+}
+
+/* decode_records(data, trace_ids, route_template_key, proxy_error_key, cold_start_key) */
+static PyObject *decode_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    Reader reader;
+    uint32_t count;
+    if (open_batch("decode_records", args, nargs, &reader, &count) < 0) {
         return NULL;
     }
     PyObject *records = PyList_New(count);
@@ -3064,18 +3074,9 @@ static int headers_valid(const unsigned char *blob, Py_ssize_t size) {
 }
 
 static PyObject *decode_grouped(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "decode_grouped(data: bytes, trace_ids, route_key, proxy_error_key, cold_start_key)");
-        return NULL;
-    }
-    Reader reader = {(const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), 0};
+    Reader reader;
     uint32_t count;
-    if (READ(&reader, count) < 0) {
-        return NULL;
-    }
-    if ((Py_ssize_t)count > reader.size / (FIXED_SIZE + LENGTHS_SIZE)) {
-        PyErr_SetString(PyExc_ValueError, "malformed record batch: more records than bytes");
+    if (open_batch("decode_grouped", args, nargs, &reader, &count) < 0) {
         return NULL;
     }
     Group *slots = PyMem_Calloc(GROUP_SLOTS, sizeof(Group));

@@ -96,6 +96,26 @@ def _decode_sdk(record: ExchangeRecord, identity: ExchangeIdentity = IDENTITY) -
     return resource_spans.resource, resource_spans.scope_spans[0].spans[0]
 
 
+def assert_same_span(wire: Any, sdk: Any) -> None:
+    """Field by field; attributes as a mapping (their order is the encoder's) with none twice."""
+    for field in (
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "trace_state",
+        "name",
+        "kind",
+        "start_time_unix_nano",
+        "end_time_unix_nano",
+        "status",
+        "events",
+        "flags",
+    ):
+        assert getattr(wire, field) == getattr(sdk, field), field
+    assert {kv.key: kv.value for kv in wire.attributes} == {kv.key: kv.value for kv in sdk.attributes}
+    assert len(wire.attributes) == len(sdk.attributes)
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -112,21 +132,7 @@ def test_wire_span_equals_sdk_span(changes: dict[str, Any]) -> None:
     wire_resource, wire = _decode_wire(record)
     sdk_resource, sdk = _decode_sdk(record)
     assert wire_resource == sdk_resource
-    for field in (
-        "trace_id",
-        "span_id",
-        "parent_span_id",
-        "trace_state",
-        "name",
-        "kind",
-        "start_time_unix_nano",
-        "end_time_unix_nano",
-        "status",
-        "events",
-        "flags",
-    ):
-        assert getattr(wire, field) == getattr(sdk, field), field
-    assert {kv.key: kv.value for kv in wire.attributes} == {kv.key: kv.value for kv in sdk.attributes}
+    assert_same_span(wire, sdk)
 
 
 def test_credentials_and_query_secrets_never_exported() -> None:
@@ -238,26 +244,7 @@ def test_remembered_shapes_encode_each_span_as_the_sdk_does(
         (wire,) = ExportTraceServiceRequest.FromString(payload).resource_spans[0].scope_spans[0].spans
         sdk = encode_spans([build_span(record, identity, options, RESOURCE)]).resource_spans[0]
         (expected,) = sdk.scope_spans[0].spans
-        assert {kv.key: kv.value for kv in wire.attributes} == {
-            kv.key: kv.value for kv in expected.attributes
-        }
-        assert len(wire.attributes) == len(expected.attributes)
-        for name in (
-            "trace_id",
-            "span_id",
-            "parent_span_id",
-            "trace_state",
-            "name",
-            "kind",
-            "status",
-            "flags",
-        ):
-            assert getattr(wire, name) == getattr(expected, name), name
-        assert (wire.start_time_unix_nano, wire.end_time_unix_nano, list(wire.events)) == (
-            expected.start_time_unix_nano,
-            expected.end_time_unix_nano,
-            list(expected.events),
-        )
+        assert_same_span(wire, expected)
 
 
 def test_remembered_shapes_are_bounded_and_long_client_text_is_not_kept() -> None:
