@@ -3082,6 +3082,9 @@ static PyObject *decode_grouped(PyObject *Py_UNUSED(module), PyObject *const *ar
     Group *slots = PyMem_Calloc(GROUP_SLOTS, sizeof(Group));
     PyObject *records = PyList_New(0), *groups = PyList_New(0);
     if (slots == NULL || records == NULL || groups == NULL) {
+        if (slots == NULL) {
+            PyErr_NoMemory();
+        }
         goto failed;
     }
     int kept = 0;

@@ -105,7 +105,7 @@ class SpanWireEncoder:
                 if len(self._shapes) >= _SHAPES_LIMIT:
                     self._shapes.clear()
                 self._shapes[shape] = encoded
-        name_and_kind, shape_attributes, status = encoded
+        name_and_kind, repeated, status = encoded
         start = record.start_unix_ns
         end = start + int(record.duration_s * 1e9)
         parts = [
@@ -119,7 +119,7 @@ class SpanWireEncoder:
         parts.append(name_and_kind)
         parts.append(b"\x39" + _FIXED64.pack(start))
         parts.append(b"\x41" + _FIXED64.pack(end))
-        parts.append(shape_attributes)
+        parts.append(repeated)
         cache = self._attributes
         for item in exchange_attributes(record, identity, self._options).items():
             value = item[1]

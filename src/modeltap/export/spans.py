@@ -88,6 +88,7 @@ class SpanShape(NamedTuple):
 
 
 def span_shape(record: ExchangeRecord, identity: ExchangeIdentity, options: SpanOptions) -> SpanShape:
+    """The shape of an exchange's span (what `shape_attributes` and the wire encoder read)."""
     user_agent = None
     wanted = {name.lower() for name in options.request_headers} if options.request_headers else None
     captured: dict[str, list[str]] = {}

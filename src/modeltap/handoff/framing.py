@@ -304,15 +304,19 @@ def decode_record(data: bytes) -> RawRecord:
     return record
 
 
+def _batch_bytes(payload: memoryview) -> bytes:
+    """The payload as one bytes object: every field is then one slice of it (a memoryview slice
+    and its copy to bytes were two steps per field, twelve fields a record). `FrameReader` hands
+    out views of whole bytes objects: those are read as they are, anything else is copied once."""
+    whole = payload.obj
+    return whole if isinstance(whole, bytes) and len(whole) == payload.nbytes else payload.tobytes()
+
+
 def decode_records(payload: memoryview) -> list[RawRecord]:
     """Monitor side: a RECORDS payload back to raw records (a synthetic scope per record).
 
     Raises `ValueError` on a malformed payload; the caller drops the connection."""
-    # Every field is one slice of the batch's bytes (a memoryview slice and its copy to bytes
-    # were two steps per field, twelve fields a record). `FrameReader` hands out views of whole
-    # bytes objects: those are read as they are, anything else is copied once.
-    whole = payload.obj
-    data = whole if isinstance(whole, bytes) and len(whole) == payload.nbytes else payload.tobytes()
+    data = _batch_bytes(payload)
     if compiled.wanted():  # the same records from compiled code (a third of the monitor's time)
         decoded: list[RawRecord] = compiled._speedups.decode_records(
             data, TraceIds, ROUTE_TEMPLATE_KEY, PROXY_ERROR_KEY, COLD_START_KEY
@@ -343,8 +347,7 @@ def decode_grouped(payload: memoryview) -> tuple[list[RawRecord], list[TimedGrou
     form groups nothing (the same statistics, a record at a time).
 
     Raises `ValueError` on a malformed payload, as `decode_records` does."""
-    whole = payload.obj
-    data = whole if isinstance(whole, bytes) and len(whole) == payload.nbytes else payload.tobytes()
+    data = _batch_bytes(payload)
     if compiled.wanted():
         grouped: tuple[list[RawRecord], list[TimedGroup]] = compiled._speedups.decode_grouped(
             data, TraceIds, ROUTE_TEMPLATE_KEY, PROXY_ERROR_KEY, COLD_START_KEY

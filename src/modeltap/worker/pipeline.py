@@ -365,7 +365,7 @@ class BatchPipeline:
         except TypeError:  # ASGI lets an app send its header pairs as lists
             filed, hashable = None, False
         if filed is None:
-            filed = self._file_timed(
+            filed = self._filed_under(
                 scope, routed, status, response_headers, exception_type, disconnected, ended
             )
             if hashable:
@@ -382,7 +382,7 @@ class BatchPipeline:
         key = (model, weight, shape[1], template, status, shape[2], shape[3], error, shape[6])
         return key, error, client_gone
 
-    def _file_timed(
+    def _filed_under(
         self,
         scope: Any,
         routed: str | None,
