@@ -46,6 +46,9 @@ class TraceIds(NamedTuple):
 # server_port.
 RawRecord = tuple[Any, ...]
 QueuedRecord = RawRecord | bytes
+# Records timed and counted only, alike but for their clock readings, as the monitor's decoder
+# groups them: the first of them, and the durations of all (`framing.decode_grouped`).
+TimedGroup = tuple[RawRecord, list[float]]
 ENCODED_HEAD = struct.Struct("<q4diqqiiBii")
 _WEIGHT_AT = struct.calcsize("<q4diqq")
 _WEIGHT = struct.Struct("<i")

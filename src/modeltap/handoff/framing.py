@@ -32,6 +32,7 @@ from modeltap.records import (
     ROUTE_TEMPLATE_KEY,
     QueuedRecord,
     RawRecord,
+    TimedGroup,
     TraceIds,
 )
 
@@ -334,9 +335,6 @@ def decode_records(payload: memoryview) -> list[RawRecord]:
     if position != len(data):
         raise ValueError("trailing bytes after the record batch")
     return records
-
-
-TimedGroup = tuple[RawRecord, list[float]]  # a record timed and counted only, and its shape's durations
 
 
 def decode_grouped(payload: memoryview) -> tuple[list[RawRecord], list[TimedGroup]]:

@@ -377,8 +377,7 @@ class Monitor:
             records = self._memory.shed(records)  # groups hold no payload
         for start in range(0, len(records), BATCH):
             analyzer.process(records[start : start + BATCH])
-        analyzer.process_timed(groups)
-        exchanges = len(records) + sum(len(durations) for _, durations in groups)
+        exchanges = len(records) + analyzer.process_timed(groups)
         feeder.processed += exchanges
         self._budget.charge(started, exchanges)
         self._payload_stride = self._budget.next_stride(self._payload_stride)

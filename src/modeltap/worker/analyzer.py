@@ -41,7 +41,7 @@ from modeltap.export.spans import SpanOptions
 from modeltap.export.telemetry_thread import TelemetryExporter
 from modeltap.operations.cgroup import ContainerSampler
 from modeltap.operations.gpu import GpuSampler
-from modeltap.records import RawRecord
+from modeltap.records import RawRecord, TimedGroup
 from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import (
     AlertView,
@@ -274,10 +274,12 @@ class Analyzer:
         elif self.exporter is not None:
             self.exporter.offer_spans(spans)
 
-    def process_timed(self, groups: list[tuple[RawRecord, list[float]]]) -> None:
-        """Records timed and counted only, by group (see `BatchPipeline.process_timed`)."""
-        self.pipeline.process_timed(groups)
-        self.records_processed += sum(len(durations) for _, durations in groups)
+    def process_timed(self, groups: list[TimedGroup]) -> int:
+        """Records timed and counted only, by group (see `BatchPipeline.process_timed`); returns
+        how many exchanges they stand for."""
+        exchanges = self.pipeline.process_timed(groups)
+        self.records_processed += exchanges
+        return exchanges
 
     @property
     def pending_bytes(self) -> int:

@@ -29,7 +29,7 @@ from modeltap.protocols.feedback import MAX_ID_LENGTH
 from modeltap.protocols.mapping import FieldMapping
 from modeltap.protocols.routes import protocol_route
 from modeltap.protocols.tabular import rows_to_columns
-from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ExchangeRecord, RawRecord
+from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ExchangeRecord, RawRecord, TimedGroup
 from modeltap.reference.document import ReferenceProfile
 from modeltap.snapshot import Attributes
 from modeltap.stats import StatsAggregator
@@ -285,18 +285,21 @@ class BatchPipeline:
         self._step_when_due()
         return spans
 
-    def process_timed(self, groups: list[tuple[RawRecord, list[float]]]) -> None:
+    def process_timed(self, groups: list[TimedGroup]) -> int:
         """Records timed and counted only, by group (`framing.decode_grouped`): each group's record
         stands for all of its shape, with the durations of all of them (clock readings relative
         to the start, as the hand-off gives them). The same counts, durations and identities as
         `process` of the group's records one by one, all at the place of its first: within one
         batch (a few milliseconds of traffic) a record may be filed as if it came a moment
-        earlier, e.g. a 404 before the first 2xx that vouched for its model name."""
+        earlier, e.g. a 404 before the first 2xx that vouched for its model name. Returns how many
+        exchanges the groups stand for."""
         if not self._pending:
             self._pending_since = time.monotonic()
         latency = self._latency
+        exchanges = 0
         for raw, durations in groups:
             count = len(durations)
+            exchanges += count
             self._pending += count
             try:
                 (scope, root_path_at_start, _, started, _, ended, _, status, response_headers, _, _, _, _,
@@ -317,6 +320,7 @@ class BatchPipeline:
                 self.errors["process"] += count
                 _log.debug("processing a group of exchanges failed", exc_info=True)
         self._step_when_due()
+        return exchanges
 
     def _step_when_due(self) -> None:
         # Decoded payloads step every FLUSH_RECORDS (rows held as Python lists cost more per row,
