@@ -13,6 +13,10 @@ LAYER:
                   uvicorn's own protocol
   proxy_guarded   `ProxyApp` behind the sidecar's client protocol: the sidecar with monitoring
                   off, less its runner
+  callbacks       no ASGI at all: requests forwarded from the client protocol's llhttp callbacks
+                  to a pooled upstream connection and answered from its callbacks (no task, no
+                  coroutine, no limits, no errors handled): the ceiling of the sidecar's direct
+                  path (`modeltap/sidecar/direct.py`)
 
 Each is a real server on uvloop, as the sidecar runs; `run_sidecar_layers.sh` measures them side by
 side against nginx and the sidecar itself, so the difference between two rows is what one layer
@@ -103,8 +107,103 @@ async def lean_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": content})
 
 
+class _CallbackUpstream(asyncio.Protocol):
+    """One pooled upstream connection answering the client it was given, from its callbacks."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: Any = None
+        self.client: Any = None
+        self.fields: list[bytes] = []
+        self.body: list[bytes] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name not in _SKIPPED:
+            self.fields.append(b"%s: %s\r\n" % (name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = b"".join(self.body)
+        status = self.parser.get_status_code()
+        head = b"HTTP/1.1 %d OK\r\n%scontent-length: %d\r\n\r\n" % (status, b"".join(self.fields), len(body))
+        self.fields, self.body = [], []
+        client, self.client = self.client, None
+        _callback_idle.append(self)
+        client.transport.write(head + body)
+
+
+_callback_idle: list[_CallbackUpstream] = []
+
+
+class _CallbackClient(asyncio.Protocol):
+    """One client connection: each request is written upstream from `on_message_complete`."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Any = None
+        self.url = b""
+        self.fields: list[bytes] = []
+        self.body: list[bytes] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_begin(self) -> None:
+        self.url, self.fields, self.body = b"", [], []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name not in _SKIPPED:
+            self.fields.append(b"%s: %s\r\n" % (name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = b"".join(self.body)
+        request = b"%s %s HTTP/1.1\r\nhost: upstream\r\n%scontent-length: %d\r\n\r\n%s" % (
+            self.parser.get_method(), self.url, b"".join(self.fields), len(body), body,
+        )  # fmt: skip
+        if _callback_idle:
+            upstream = _callback_idle.pop()
+            upstream.client = self
+            upstream.transport.write(request)
+        else:
+            asyncio.get_running_loop().create_task(self._connect(request))
+
+    async def _connect(self, request: bytes) -> None:
+        _, upstream = await asyncio.get_running_loop().create_connection(
+            _CallbackUpstream, "127.0.0.1", UP_PORT
+        )
+        upstream.client = self
+        upstream.transport.write(request)
+
+
+async def _serve_callbacks(port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(_CallbackClient, "127.0.0.1", port, backlog=2048)
+    await server.serve_forever()
+
+
 def main() -> None:
     layer, port = sys.argv[1], int(sys.argv[2])
+    if layer == "callbacks":
+        uvloop.run(_serve_callbacks(port))
+        return
     app: Any
     if layer.startswith("lean"):
         app = lean_app

@@ -1418,6 +1418,7 @@ typedef struct {
     double started;
     long weight, payload_weight;
     int phase;        /* 0 not started, 1 running, 2 done */
+    int preset;       /* start times and trace identity were given (`Capture.resume`, `offer_whole`) */
 } ExchangeObject;
 
 static PyTypeObject ExchangeType;
@@ -1681,13 +1682,56 @@ static int new_root_trace(CaptureObject *capture, PyObject *headers, PyObject **
     return *ids == NULL ? -1 : 1;
 }
 
+/* Make the exchange's trace current for the app (its own outbound instrumentation then parents
+ * under modeltap's span), unless another instrumentation's span stays current (enriched). */
+static void attach_trace(ExchangeObject *self) {
+    CaptureObject *capture = self->capture;
+    /* enriched_local_span (field 6): another instrumentation's span stays current. */
+    PyObject *enriched = PyTuple_Check(self->ids) && PyTuple_GET_SIZE(self->ids) > 6
+                             ? PyTuple_GET_ITEM(self->ids, 6)
+                             : Py_True;
+    if (!PyObject_IsTrue(enriched)) {
+        self->token = PyObject_CallOneArg(capture->attach, self->ids);
+        if (self->token == NULL) {
+            PyErr_Clear();
+            note_error(capture, s_trace_start);
+        }
+    }
+}
+
+/* What the exchange has seen so far, nothing yet: the wrappers' shared state. */
+static StateObject *new_state(ExchangeObject *self) {
+    CaptureObject *capture = self->capture;
+    StateObject *state = PyObject_GC_New(StateObject, &StateType);
+    if (state == NULL) {
+        return NULL;
+    }
+    Py_INCREF(capture);
+    state->capture = capture;
+    Py_INCREF(self->send);
+    state->send = self->send;
+    state->request_parts = PyList_New(0);
+    state->response_parts = PyList_New(0);
+    state->response_headers = NULL;
+    Py_ssize_t left = self->payload_weight ? capture->cap : 0;
+    state->request_left = state->response_left = left;
+    state->request_size = state->response_size = 0;
+    state->response_started = state->first_body = state->ended = -1.0;
+    state->status = 0;
+    state->disconnected = 0;
+    PyObject_GC_Track(state);
+    return state;
+}
+
 /* Start: trace identity, the wrappers, the app's coroutine. Returns -1 with an exception
  * raised by the app's call itself (the record is then offered with it). */
 static int exchange_start(ExchangeObject *self) {
     CaptureObject *capture = self->capture;
     self->phase = 1;
-    self->started = perf_now();
-    self->start_ns = wall_ns();
+    if (!self->preset) {
+        self->started = perf_now();
+        self->start_ns = wall_ns();
+    }
     PyObject *root = lookup(self->scope, s_root_path);
     if (root == NULL) {
         PyErr_Clear();
@@ -1695,7 +1739,11 @@ static int exchange_start(ExchangeObject *self) {
         root = s_empty;
     }
     self->root_path_at_start = root;
-    if (capture->start_trace != Py_None) {
+    if (self->preset) {
+        if (self->ids != NULL) {
+            attach_trace(self);
+        }
+    } else if (capture->start_trace != Py_None) {
         PyObject *headers = lookup(self->scope, s_headers);
         if (headers == NULL) {
             PyErr_Clear();
@@ -1721,38 +1769,14 @@ static int exchange_start(ExchangeObject *self) {
         } else if (ids != Py_None) {
             self->ids = ids;
             ids = NULL;
-            /* enriched_local_span (field 6): another instrumentation's span stays current. */
-            PyObject *enriched = PyTuple_Check(self->ids) && PyTuple_GET_SIZE(self->ids) > 6
-                                     ? PyTuple_GET_ITEM(self->ids, 6)
-                                     : Py_True;
-            if (!PyObject_IsTrue(enriched)) {
-                self->token = PyObject_CallOneArg(capture->attach, self->ids);
-                if (self->token == NULL) {
-                    PyErr_Clear();
-                    note_error(capture, s_trace_start);
-                }
-            }
+            attach_trace(self);
         }
         Py_XDECREF(ids);
     }
-    StateObject *state = PyObject_GC_New(StateObject, &StateType);
+    StateObject *state = new_state(self);
     if (state == NULL) {
         return -1;
     }
-    Py_INCREF(capture);
-    state->capture = capture;
-    Py_INCREF(self->send);
-    state->send = self->send;
-    state->request_parts = PyList_New(0);
-    state->response_parts = PyList_New(0);
-    state->response_headers = NULL;
-    Py_ssize_t left = self->payload_weight ? capture->cap : 0;
-    state->request_left = state->response_left = left;
-    state->request_size = state->response_size = 0;
-    state->response_started = state->first_body = state->ended = -1.0;
-    state->status = 0;
-    state->disconnected = 0;
-    PyObject_GC_Track(state);
     self->state = state;
     if (state->request_parts == NULL || state->response_parts == NULL) {
         return -1;
@@ -1971,6 +1995,7 @@ static PyObject *capture_exchange(CaptureObject *self, PyObject *scope, PyObject
     exchange->weight = weight;
     exchange->payload_weight = payload_weight;
     exchange->phase = 0;
+    exchange->preset = 0;
     PyObject_GC_Track(exchange);
     return (PyObject *)exchange;
 }
@@ -2092,6 +2117,179 @@ static int capture_set_encoder(CaptureObject *self, PyObject *value, void *Py_UN
     return 0;
 }
 
+/* ---- The sidecar's direct path: an exchange forwarded without calling the ASGI app ------- */
+
+/* Capture.root_trace(headers): the trace identity an exchange with these request headers gets
+ * (TraceIds, or None: not traced), drawn as the exchange's start draws it; NotImplemented where
+ * the start would ask the Python form (a current OpenTelemetry context, a `traceparent` header,
+ * no compiled root-trace path), and then nothing was drawn. */
+static PyObject *capture_root_trace(CaptureObject *self, PyObject *headers) {
+    if (self->start_trace == Py_None) {
+        Py_RETURN_NONE;  /* tracing is off */
+    }
+    if (self->context_var == NULL) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    int truth = PyObject_IsTrue(headers);
+    if (truth < 0) {
+        return NULL;
+    }
+    PyObject *ids = NULL;
+    int decided = new_root_trace(self, truth ? headers : NULL, &ids);
+    if (decided <= 0) {
+        PyErr_Clear();  /* as at the start: the Python form decides */
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    return ids;
+}
+
+/* An exchange that began at `start_ns` / `started` with trace identity `ids` (None: untraced). */
+static ExchangeObject *preset_exchange(CaptureObject *self, PyObject *scope, PyObject *receive, PyObject *send,
+                                       long weight, long payload_weight, PyObject *ids, long long start_ns,
+                                       double started) {
+    ExchangeObject *exchange =
+        (ExchangeObject *)capture_exchange(self, scope, receive, send, weight, payload_weight);
+    if (exchange == NULL) {
+        return NULL;
+    }
+    exchange->preset = 1;
+    exchange->start_ns = start_ns;
+    exchange->started = started;
+    if (ids != Py_None) {
+        exchange->ids = Py_NewRef(ids);
+    }
+    return exchange;
+}
+
+/* The arguments both entries share: weights, trace identity, start times (-1 with an exception). */
+static int preset_arguments(PyObject *const *args, long *weight, long *payload_weight, long long *start_ns,
+                            double *started) {
+    *weight = PyLong_AsLong(args[0]);
+    *payload_weight = PyLong_AsLong(args[1]);
+    *start_ns = PyLong_AsLongLong(args[3]);
+    *started = PyFloat_AsDouble(args[4]);
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (args[2] != Py_None && !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "ids must be TraceIds or None");
+        return -1;
+    }
+    return 0;
+}
+
+/* Capture.resume(scope, receive, send, weight, payload_weight, ids, start_ns, started): the
+ * awaitable of an exchange that began before the app was called (the sidecar's direct path
+ * handing a request it forwarded over to the app): as calling the capture, with the start's
+ * times and trace identity (`root_trace`) given instead of taken. */
+static PyObject *capture_resume(CaptureObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "resume(scope, receive, send, weight, payload_weight, ids, start_ns, started)");
+        return NULL;
+    }
+    long weight, payload_weight;
+    long long start_ns;
+    double started;
+    if (preset_arguments(args + 3, &weight, &payload_weight, &start_ns, &started) < 0) {
+        return NULL;
+    }
+    return (PyObject *)preset_exchange(self, args[0], args[1], args[2], weight, payload_weight, args[5],
+                                       start_ns, started);
+}
+
+/* Capture.offer_whole(scope, weight, payload_weight, ids, start_ns, started, request_body, status,
+ * headers, response_started, response_body, ended): offer the record of an exchange the sidecar
+ * answered without calling the app, as the capture records an app that receives `request_body`
+ * in one message, sends `http.response.start` (status, headers) at `response_started` and the
+ * whole `response_body` in one message at `ended` (perf_counter readings, like `started`; None for
+ * both, with status 0: no response, the client left first). */
+static PyObject *capture_offer_whole(CaptureObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError,
+                        "offer_whole(scope, weight, payload_weight, ids, start_ns, started, request_body, "
+                        "status, headers, response_started, response_body, ended)");
+        return NULL;
+    }
+    PyObject *scope = args[0], *request_body = args[6], *headers = args[8], *response_body = args[10];
+    long weight, payload_weight;
+    long long start_ns;
+    double started;
+    if (preset_arguments(args + 1, &weight, &payload_weight, &start_ns, &started) < 0) {
+        return NULL;
+    }
+    long status = PyLong_AsLong(args[7]);
+    /* None: no response (the client left first). */
+    double response_started = args[9] == Py_None ? -1.0 : PyFloat_AsDouble(args[9]);
+    double ended = args[11] == Py_None ? -1.0 : PyFloat_AsDouble(args[11]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(request_body) || !PyBytes_CheckExact(response_body) || !PyList_CheckExact(headers)) {
+        PyErr_SetString(PyExc_TypeError, "the bodies are bytes and the headers a list");
+        return NULL;
+    }
+    ExchangeObject *exchange =
+        preset_exchange(self, scope, Py_None, Py_None, weight, payload_weight, args[3], start_ns, started);
+    if (exchange == NULL) {
+        return NULL;
+    }
+    exchange->phase = 1;
+    PyObject *root = lookup(scope, s_root_path);
+    if (root == NULL) {
+        PyErr_Clear();
+        root = Py_NewRef(s_empty);
+    }
+    exchange->root_path_at_start = root;
+    StateObject *state = new_state(exchange);
+    if (state == NULL || state->request_parts == NULL || state->response_parts == NULL) {
+        Py_XDECREF(state);
+        exchange->phase = 2;
+        Py_DECREF(exchange);
+        return NULL;
+    }
+    exchange->state = state;
+    int failed = 0;
+    Py_ssize_t size = PyBytes_GET_SIZE(request_body);
+    if (size > 0) {
+        state->request_size += size;
+        if (state->request_left > 0) {
+            failed |= keep_part(state->request_parts, request_body, size, &state->request_left) < 0;
+        }
+    }
+    state->status = status;
+    if (PyList_GET_SIZE(headers) > 0) {
+        state->response_headers = Py_NewRef(headers);
+    }
+    state->response_started = response_started;
+    size = PyBytes_GET_SIZE(response_body);
+    if (size > 0) {
+        state->first_body = ended;
+        state->response_size += size;
+        if (state->response_left > 0) {
+            failed |= keep_part(state->response_parts, response_body, size, &state->response_left) < 0;
+        }
+    }
+    state->ended = ended;
+    if (failed) {
+        PyErr_Clear();
+        note_error(self, s_capture);
+    }
+    exchange_finish(exchange, NULL);
+    Py_DECREF(exchange);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef capture_methods[] = {
+    {"root_trace", (PyCFunction)capture_root_trace, METH_O,
+     "root_trace(headers): the trace identity an exchange gets (TraceIds or None), or NotImplemented"},
+    {"resume", (PyCFunction)(void (*)(void))capture_resume, METH_FASTCALL,
+     "resume(scope, receive, send, weight, payload_weight, ids, start_ns, started): a started exchange"},
+    {"offer_whole", (PyCFunction)(void (*)(void))capture_offer_whole, METH_FASTCALL,
+     "offer_whole(...): the record of an exchange answered without the app"},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyGetSetDef capture_getset[] = {
     {"encoder", (getter)capture_get_encoder, (setter)capture_set_encoder,
      "Encoder: records are offered as bytes; None: as the raw tuple", NULL},
@@ -2108,6 +2306,7 @@ static PyTypeObject CaptureType = {
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)capture_init,
     .tp_call = (ternaryfunc)capture_call,
+    .tp_methods = capture_methods,
     .tp_getset = capture_getset,
     .tp_traverse = (traverseproc)capture_traverse,
     .tp_clear = (inquiry)capture_clear,

@@ -25,6 +25,35 @@ class Capture:
     def __call__(
         self, scope: Any, receive: Any, send: Any, weight: int, payload_weight: int, /
     ) -> Awaitable[None]: ...
+    def root_trace(self, headers: list[tuple[bytes, bytes]], /) -> Any: ...
+    def resume(
+        self,
+        scope: Any,
+        receive: Any,
+        send: Any,
+        weight: int,
+        payload_weight: int,
+        ids: Any,
+        start_ns: int,
+        started: float,
+        /,
+    ) -> Awaitable[None]: ...
+    def offer_whole(
+        self,
+        scope: Any,
+        weight: int,
+        payload_weight: int,
+        ids: Any,
+        start_ns: int,
+        started: float,
+        request_body: bytes,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        response_started: float | None,
+        response_body: bytes,
+        ended: float | None,
+        /,
+    ) -> None: ...
 
 class Encoder:
     def __init__(

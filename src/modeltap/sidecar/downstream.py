@@ -14,6 +14,10 @@ every limit and refusal above lives.
 Per request the proxy app gets a `ConnectionHandle` in `scope["extensions"]`: it can abort the
 downstream connection (upstream failed mid-body: the client must see a failure, never a shorter
 body that looks complete) and be told when the client goes away (to cancel the upstream call).
+
+A whole request may also be forwarded without the app (`direct`, the sidecar's `DirectPath`):
+then an exchange object stands in for uvicorn's cycle and for the handle until it is answered or
+handed to the app (`resume_in_app`).
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
+from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
@@ -212,6 +217,40 @@ class ConnectionHandle:
         return self._cycle() is cycle
 
 
+class RequestHandle(Protocol):
+    """What the protocol keeps of each request it has not answered yet: a `ConnectionHandle`, or
+    the direct path's exchange, which stands in for the cycle and the handle at once."""
+
+    on_lost: Callable[[], None] | None
+    rejected: str | None
+
+    @property
+    def answered(self) -> bool: ...
+
+    def serves(self, cycle: Any) -> bool: ...
+
+    def _abandon(self, code: str | None) -> None: ...
+
+
+class DirectExchange(RequestHandle, Protocol):
+    """The direct path's request while it stands in for uvicorn's cycle (what the protocol and
+    uvicorn's own code read and set of a cycle)."""
+
+    response_complete: bool
+    response_started: bool
+    disconnected: bool
+    keep_alive: bool
+    more_body: bool
+
+    def forward(self) -> None: ...
+
+
+class DirectServer(Protocol):
+    """Forwards whole requests without the app, when it can (`sidecar.direct.DirectPath`)."""
+
+    def take(self, protocol: GuardedHttpToolsProtocol, scope: Any, body: bytes) -> DirectExchange | None: ...
+
+
 def _classify(exc: httptools.HttpParserError) -> tuple[str, str | None]:
     """The code (and the answer's text, if not the code's usual one) for a refused head."""
     cause = exc.__context__
@@ -247,6 +286,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _max_headers = limits.max_headers
     _max_header_bytes = limits.max_header_bytes
 
+    direct: DirectServer | None = None  # set by protocol_class()
+
     @staticmethod
     def count_error(code: str) -> None:  # replaced by protocol_class()
         pass
@@ -265,7 +306,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _FRESH
         self._phase_since = 0.0
         # Handles of requests not yet answered (more than one only when pipelined).
-        self._handles: list[ConnectionHandle] = []
+        self._handles: list[RequestHandle] = []
         self._read_whole = _whole_request_reader()
 
     # ---- connection ------------------------------------------------------------------------
@@ -392,12 +433,56 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _hand_over(self, cycle: RequestResponseCycle) -> None:
         """Give the request's scope its connection handle (the proxy app's hold on the client)."""
         handle = ConnectionHandle(self, cycle)
+        self._keep(handle)
+        cycle.scope["extensions"] = cast(Any, {CONNECTION_EXTENSION: handle})
+
+    def _keep(self, handle: RequestHandle) -> None:
         handles = self._handles
         if len(handles) >= _HANDLES_PRUNED_AT:
             # Answered ones leave as their responses complete; this bounds any left behind.
             handles[:] = [h for h in handles if not h.answered]
         handles.append(handle)
-        cycle.scope["extensions"] = cast(Any, {CONNECTION_EXTENSION: handle})
+
+    def resume_in_app(
+        self,
+        exchange: DirectExchange,
+        scope: Any,
+        body: bytes,
+        app: ASGI3Application,
+        extensions: dict[str, object],
+    ) -> None:
+        """The direct path hands its request to the app where it stands (see `sidecar.direct`):
+        a cycle as `_serve_whole` makes it, in the exchange's place, with the app's task; the
+        scope's extensions get the connection handle and `extensions`."""
+        cycle = _WholeRequestCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=exchange.keep_alive,
+            on_response=self.on_response_complete,
+        )
+        handle = ConnectionHandle(self, cycle)
+        handle.rejected = exchange.rejected
+        handles = self._handles
+        for index, kept in enumerate(handles):
+            if kept is exchange:
+                handles[index] = handle
+                break
+        else:
+            handles.append(handle)
+        scope["extensions"] = {CONNECTION_EXTENSION: handle, **extensions}
+        if self.cycle is cast(Any, exchange):
+            self.cycle = cycle  # else a request read since is the newest, queued behind this one
+        cycle.body += body
+        cycle.more_body = False
+        cycle.message_event.set()
+        self._start_asgi_task(cycle, app)
 
     def _serve_whole(
         self,
@@ -429,6 +514,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             app = self.app
         self._awaiting_headers = False
         self._head_bytes = 0
+        direct = self.direct
+        if direct is not None and app is self.app:
+            exchange = direct.take(self, scope, body)
+            if exchange is not None:
+                # In place of the cycle: a request read now queues behind it, as behind a cycle.
+                self.cycle = cast(Any, exchange)
+                self._keep(exchange)
+                self._phase = _BUSY
+                exchange.forward()
+                return
         cycle = self.cycle = _WholeRequestCycle(
             scope=scope,
             transport=self.transport,
@@ -561,9 +656,10 @@ def _encode(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> byt
 
 
 def protocol_class(
-    limits: ClientLimits, count_error: Callable[[str], None]
+    limits: ClientLimits, count_error: Callable[[str], None], direct: DirectServer | None = None
 ) -> type[GuardedHttpToolsProtocol]:
-    """A protocol class for `uvicorn.Config(http=...)` with these limits and error counter."""
+    """A protocol class for `uvicorn.Config(http=...)` with these limits and error counter, and
+    the direct path, if given (it is taken only where the compiled request reader is built)."""
     return type(
         "SidecarHttpProtocol",
         (GuardedHttpToolsProtocol,),
@@ -573,5 +669,6 @@ def protocol_class(
             "_max_headers": limits.max_headers,
             "_max_header_bytes": limits.max_header_bytes,
             "count_error": staticmethod(count_error),
+            "direct": direct,
         },
     )

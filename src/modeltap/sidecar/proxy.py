@@ -22,7 +22,7 @@ import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
@@ -48,8 +48,20 @@ _CONTEXT_VAR: contextvars.ContextVar[Any] | None = getattr(
 )
 if not isinstance(_CONTEXT_VAR, contextvars.ContextVar):
     _CONTEXT_VAR = None
+# A request the direct path forwarded before handing it to the app (`Forwarded`), in the scope's
+# extensions: the app goes on from waiting for its response.
+FORWARDED_EXTENSION = "modeltap.forwarded"
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _IDEMPOTENCY_KEYS = frozenset({b"idempotency-key", b"x-idempotency-key"})
+
+
+class Forwarded(NamedTuple):
+    """A request already written upstream on `conn` (held, from `pool`), as `head` and `body`."""
+
+    conn: UpstreamConnection
+    pool: UpstreamPool
+    head: bytes
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -81,8 +93,8 @@ class ProxyApp:
         count_retry: Callable[[], None] | None = None,
     ) -> None:
         self.route = pool if isinstance(pool, UpstreamRoute) else UpstreamRoute(pool)
-        self._limits = limits
-        self._trusted = trusted
+        self.limits = limits
+        self.trusted = trusted
         self._count_error = count_error
         self._count_retry = count_retry
         self.inflight = 0
@@ -92,7 +104,7 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if self.inflight >= self._limits.max_inflight:
+            if self.inflight >= self.limits.max_inflight and not _forwarded(scope):
                 await self._answer_error(scope, send, ProxyError("overloaded", "too many requests in flight"))
                 return
             self.inflight += 1
@@ -122,15 +134,28 @@ class ProxyApp:
         handle: ConnectionHandle | None = extensions.get(CONNECTION_EXTENSION) if extensions else None
         if handle is not None and handle.client_gone:
             # Rejected by the protocol (or the client left) while this task was being scheduled.
+            forwarded = _forwarded(scope)
+            if forwarded is not None:
+                forwarded.conn.abort()
+                forwarded.pool.release(forwarded.conn)
             self._note_client_gone(scope)
             return
-        limits = self._limits
+        forwarded = _forwarded(scope)
+        if forwarded is not None:
+            if forwarded.body:
+                await receive()  # already sent upstream; read so that capture sees it, as ever
+            await self._go_on(
+                scope, receive, send, handle, forwarded.pool, forwarded.head, forwarded.body, False, False,
+                forwarded.conn,
+            )  # fmt: skip
+            return
+        limits = self.limits
         client = scope.get("client")
         # The request stays with the upstream current now, whatever the route does meanwhile.
         route = self.route
         pool, default_host = route.pool, route.default_host
         arguments = (
-            scope["headers"], client[0] if client else None, scope.get("scheme", "http"), self._trusted,
+            scope["headers"], client[0] if client else None, scope.get("scheme", "http"), self.trusted,
             default_host, limits.via,
         )  # fmt: skip
         try:
@@ -179,11 +204,28 @@ class ProxyApp:
         else:
             framing = b"transfer-encoding: chunked\r\n\r\n"
         upstream_head = start_line + b"".join(fields) + framing
+        await self._go_on(scope, receive, send, handle, pool, upstream_head, body, more_body, chunked, None)
 
+    async def _go_on(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        handle: ConnectionHandle | None,
+        pool: UpstreamPool,
+        upstream_head: bytes,
+        body: bytes,
+        more_body: bool,
+        chunked: bool,
+        forwarded: UpstreamConnection | None,
+    ) -> None:
+        """Send the request (unless `forwarded` carries it already) and answer the client."""
         conn: UpstreamConnection | None = None
         responding = False
         try:
-            conn = await self._exchange(scope, receive, handle, pool, upstream_head, body, more_body, chunked)
+            conn = await self._exchange(
+                scope, receive, handle, pool, upstream_head, body, more_body, chunked, forwarded
+            )
             if conn is None:
                 return  # answered already (client gone, body too large)
             responding = True
@@ -202,7 +244,7 @@ class ProxyApp:
             # 503 draining if nothing was sent yet, else abort the client connection; never
             # uvicorn's 500 and its traceback, never a shorter body that looks complete.
             if responding:
-                self._note(scope, "draining")
+                self.note(scope, "draining")
                 handle.abort()
             else:
                 await self._fail(scope, send, handle, ProxyError("draining", "shutting down: drain timeout"))
@@ -221,18 +263,26 @@ class ProxyApp:
         body: bytes,
         more_body: bool,
         chunked: bool,
+        forwarded: UpstreamConnection | None = None,
     ) -> UpstreamConnection | None:
-        """Send the request and wait for the response headers; the connection is returned held."""
-        limits = self._limits
+        """Send the request and wait for the response headers; the connection is returned held.
+        `forwarded`: the request was written on that (pooled) connection already."""
+        limits = self.limits
         replayed = False
         while True:
-            # A pooled connection without a coroutine step (the usual case), else a new one.
-            conn = None if replayed else pool.take_idle()
-            reused = conn is not None
-            if conn is None:
-                conn = await pool.open_held()
+            written = forwarded is not None
+            if forwarded is not None:
+                taken: UpstreamConnection | None = forwarded
+                forwarded = None
+            else:
+                # A pooled connection without a coroutine step (the usual case), else a new one.
+                taken = None if replayed else pool.take_idle()
+            reused = taken is not None
+            conn = taken if taken is not None else await pool.open_held()
             try:
-                if more_body:
+                if written:
+                    pass  # by the direct path: wait for its answer (a replay writes it again)
+                elif more_body:
                     conn.send_request(upstream_head, b"", False)
                     if not await self._stream_body(scope, receive, conn, body, chunked):
                         pool.release(conn)
@@ -271,7 +321,7 @@ class ProxyApp:
         self, scope: Scope, receive: Receive, conn: UpstreamConnection, first: bytes, chunked: bool
     ) -> bool:
         """Forward a request body as it arrives; False if the exchange ended here (answered)."""
-        limit = self._limits.max_request_body_bytes
+        limit = self.limits.max_request_body_bytes
         total = len(first)
         if first:
             conn.write(b"%x\r\n%s\r\n" % (len(first), first) if chunked else first)
@@ -303,7 +353,7 @@ class ProxyApp:
         conn: UpstreamConnection,
         handle: ConnectionHandle | None,
     ) -> None:
-        via = self._limits.via
+        via = self.limits.via
         # Names come lower-cased from the connection; most responses have nothing to rewrite.
         headers = rewrite_response_headers(conn.headers, via) if conn.hop_by_hop or via else conn.headers
         if conn.status in (204, 304):
@@ -345,7 +395,7 @@ class ProxyApp:
                 if error.code == "upstream_idle_timeout"
                 else "upstream_reset_after_response_started"
             )
-            self._note(scope, code)
+            self.note(scope, code)
             if handle is not None:
                 handle.abort()
                 return
@@ -358,7 +408,8 @@ class ProxyApp:
 
     # ---- errors ----------------------------------------------------------------------------
 
-    def _note(self, scope: Scope, code: str) -> None:
+    def note(self, scope: Scope, code: str) -> None:
+        """File `code` as the exchange's proxy error and count it."""
         scope[PROXY_ERROR_KEY] = code
         self._count_error(code)
 
@@ -370,7 +421,7 @@ class ProxyApp:
             # one failure, one count, under its own code.
             scope[PROXY_ERROR_KEY] = handle.rejected
             return
-        self._note(scope, "client_disconnected")
+        self.note(scope, "client_disconnected")
 
     async def _fail(
         self, scope: Scope, send: Send, handle: ConnectionHandle | None, error: ProxyError
@@ -381,11 +432,17 @@ class ProxyApp:
         await self._answer_error(scope, send, error)
 
     async def _answer_error(self, scope: Scope, send: Send, error: ProxyError) -> None:
-        self._note(scope, error.code)
+        self.note(scope, error.code)
         close = error.code in ("request_body_too_large", "invalid_request") or self.draining
         status, headers, body = error_response(error.code, str(error), close=close)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _forwarded(scope: Scope) -> Forwarded | None:
+    extensions = scope.get("extensions")
+    forwarded: Forwarded | None = extensions.get(FORWARDED_EXTENSION) if extensions else None
+    return forwarded
 
 
 def _replayable(scope: Scope) -> bool:

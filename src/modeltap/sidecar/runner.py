@@ -29,6 +29,7 @@ from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
 from modeltap.middleware.asgi import ModelTapMiddleware
 from modeltap.monitor.admin import AdminApp, Readiness, admin_views
+from modeltap.sidecar.direct import DirectPath
 from modeltap.sidecar.downstream import ClientLimits, protocol_class
 from modeltap.sidecar.failure_log import FailureLog
 from modeltap.sidecar.headers import TrustedPeers
@@ -128,6 +129,13 @@ class Sidecar:
             views.writes.update(rollback_endpoints(analyzer.rollback, self._route_report))
             self.tap.report_all(self.route.state.report())  # the monitor learns there is a switch
         self.admin = AdminApp(views, self.readiness)
+        # The usual exchange skips the ASGI app (sidecar/direct.py); MODELTAP_SIDECAR_DIRECT=0
+        # sends every request through it (to compare, or to rule the direct path out).
+        self.direct = (
+            DirectPath(self.proxy, self.middleware)
+            if DirectPath.available() and os.environ.get("MODELTAP_SIDECAR_DIRECT", "1") != "0"
+            else None
+        )
         self._protocol = protocol_class(
             ClientLimits(
                 max_url_bytes=settings.max_url_bytes,
@@ -138,6 +146,7 @@ class Sidecar:
                 keepalive_timeout_s=settings.keepalive_timeout_s,
             ),
             self._count_error,
+            self.direct,
         )
         self.failure_log = FailureLog(settings.upstream, FAILURE_LOG_INTERVAL_S)
         self._connect_failures = 0
@@ -414,6 +423,8 @@ class Sidecar:
         if self.process_mode:
             self.tap.report("draining", True)
         self.proxy.draining = True
+        if self.direct is not None:
+            self.direct.hand_over_all()  # the app's drain: its deadline, its 503 draining
         settings = self.settings
         if not self._force and not proxy_task.done():
             # Info, in words that do not read as a failure: this is the planned shutdown.

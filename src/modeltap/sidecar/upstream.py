@@ -95,6 +95,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_activity = 0.0
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        # The direct path's waiter (`expect_response`): called once, instead of a future.
+        self.on_response: Callable[[], None] | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -122,6 +124,7 @@ class UpstreamConnection(asyncio.Protocol):
                 whole = parse_whole(data, self._max_header_bytes, BODY_HIGH_WATER)
                 if whole is not None:
                     self._take_whole(*whole)
+                    self._notify()
                     return
         if not self.headers_done:
             self._header_bytes += len(data)
@@ -131,6 +134,8 @@ class UpstreamConnection(asyncio.Protocol):
                 # Counted per read, not per header field: one check instead of one per field, and
                 # the parser never buffers more than one read beyond the limit.
                 raise ProxyError("upstream_protocol_error", "upstream response headers too large")
+            if self.headers_done and self.on_response is not None:
+                self._notify()  # after the whole read: the response may have completed in it
         except ProxyError as error:
             self._fail(error)
         except httptools.HttpParserUpgrade:
@@ -162,7 +167,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._error is None and (self._headers_waiter is not None or not self.complete):
             if self.headers_done:
                 self._fail(ProxyError("upstream_reset_after_response_started", "upstream closed mid-body"))
-            elif self._headers_waiter is not None:
+            elif self._headers_waiter is not None or self.on_response is not None:
                 self._fail(
                     ProxyError("upstream_reset_before_response_started", "upstream closed before responding")
                 )
@@ -345,6 +350,26 @@ class UpstreamConnection(asyncio.Protocol):
         if self._error is not None:
             raise self._error
 
+    def expect_response(
+        self, response_timeout_s: float, idle_timeout_s: float, on_response: Callable[[], None]
+    ) -> None:
+        """`response_headers()` for a caller without a coroutine (the sidecar's direct path):
+        `on_response()` is called once, when the response headers are in (after the read that
+        brought them, so a response read whole is complete by then), or when the exchange
+        failed (the error is then raised by `response_headers()`), under the same deadlines."""
+        self._response_timeout_s = response_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+        if self._error is not None or self.headers_done:
+            on_response()
+            return
+        self._waiting_since = self._loop.time()
+        self.on_response = on_response
+
+    @property
+    def queued(self) -> int:
+        """Bytes of response body read and not yet taken."""
+        return self._queued
+
     def take_body(self) -> bytes | None:
         """Whatever body is queued now, without waiting (b"" if none yet, None at the end)."""
         if self._chunks:
@@ -402,6 +427,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake_body()
         self._wake_drain()
         self._close_transport()
+        self._notify()
+
+    def _notify(self) -> None:
+        callback = self.on_response
+        if callback is not None:
+            self.on_response = None
+            callback()
 
     def _wake_body(self) -> None:
         waiter = self._body_waiter
@@ -487,6 +519,19 @@ class UpstreamPool:
                 return conn
             conn.abort()
         return None
+
+    def put_back(self, conn: UpstreamConnection) -> None:
+        """Undo `take_idle` for a connection nothing was written on: idle again, as it was."""
+        if not conn.held:
+            return
+        conn.held = False
+        self._busy.discard(conn)
+        self.active -= 1
+        if conn.closed or len(self._idle) >= self._max_idle:
+            conn.abort()
+            return
+        conn.on_idle_close = self._forget
+        self._idle.append(conn)
 
     async def open_held(self) -> UpstreamConnection:
         """A new connection, held for a request."""

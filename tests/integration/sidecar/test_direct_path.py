@@ -1,0 +1,340 @@
+"""The sidecar's direct path (`sidecar/direct.py`) against the app's path, on real sockets: the
+usual exchange is forwarded from the protocols' callbacks, everything else is handed to the app
+where it stands, and either way the client gets the same bytes, the upstream the same request and
+the monitor the same record as with the direct path turned off (`MODELTAP_SIDECAR_DIRECT=0`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from modeltap.capture import compiled
+from modeltap.config import ExportConfig, ModelTapConfig, SamplerConfig
+from modeltap.records import PROXY_ERROR_KEY, ExchangeRecord
+from modeltap.sidecar import direct
+from tests.support.otlp_receiver import OtlpHttpReceiver
+from tests.support.raw_client import RawClient, RawResponse
+from tests.support.raw_upstream import RawUpstream
+from tests.support.sidecar import RunningSidecar, pool_state, record_exchanges, running_sidecar
+
+pytestmark = [
+    pytest.mark.skipif(
+        not compiled.wanted(), reason="the extension is not built here, or MODELTAP_PURE_PYTHON turns it off"
+    ),
+    pytest.mark.usefixtures("clean_otel_env"),
+    pytest.mark.timeout(60),
+]
+
+BODY = b'{"instances": [[1.0, 2.0, 3.0]]}'
+
+
+def post(path: str, body: bytes = BODY, *extra: bytes) -> bytes:
+    head = b"POST %s HTTP/1.1\r\nHost: model\r\nContent-Type: application/json\r\n" % path.encode()
+    return head + b"".join(extra) + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@dataclass
+class Run:
+    responses: list[RawResponse]
+    records: list[ExchangeRecord]
+    forwarded: int  # exchanges the direct path took
+    paths: list[str]  # theirs
+    handed_over: int  # of those, handed to the app
+    upstream: dict[str, int]
+
+
+@pytest.fixture
+def spied(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    counts: dict[str, Any] = {"forwarded": 0, "handed_over": 0, "paths": []}
+    forward, hand_over = direct.Exchange.forward, direct.Exchange.hand_over
+
+    def counted_forward(self: direct.Exchange) -> None:
+        counts["forwarded"] += 1
+        counts["paths"].append(self._scope["path"])
+        forward(self)
+
+    def counted_hand_over(self: direct.Exchange) -> None:
+        if not self._done:
+            counts["handed_over"] += 1
+        hand_over(self)
+
+    monkeypatch.setattr(direct.Exchange, "forward", counted_forward)
+    monkeypatch.setattr(direct.Exchange, "hand_over", counted_hand_over)
+    return counts
+
+
+def run(
+    monkeypatch: pytest.MonkeyPatch,
+    spied: dict[str, Any],
+    requests: list[bytes],
+    *,
+    direct_path: bool,
+    monitoring: ModelTapConfig | None = None,
+) -> Run:
+    """Send `requests` one after the other on one client connection (after one warm-up request,
+    so that a pooled upstream connection exists) and collect what everyone saw."""
+    monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1" if direct_path else "0")
+    spied["forwarded"] = spied["handed_over"] = 0
+    spied["paths"] = []
+    with RawUpstream() as upstream, running_sidecar(upstream.url, monitoring) as sidecar:
+        records = record_exchanges(sidecar, monkeypatch)
+        responses = []
+        with RawClient(sidecar.port) as client:
+            for data in [post("/ok"), *requests]:
+                client.send(data)
+                answer = client.read(responses=1)
+                assert len(answer.responses) == 1, (direct_path, data[:60], answer.summary())
+                responses.append(answer.responses[0])
+                client._buffer.clear()
+        assert _settled(sidecar)
+        counts = upstream.counts()
+    return Run(responses[1:], records[1:], spied["forwarded"], spied["paths"], spied["handed_over"], counts)
+
+
+def _in_flight(sidecar: RunningSidecar) -> int:
+    path = sidecar.sidecar.direct
+    return 0 if path is None else int(sidecar.call(lambda: len(path.in_flight)))
+
+
+def _settled(sidecar: RunningSidecar) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if pool_state(sidecar)[0] == 0 and not _in_flight(sidecar):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def comparable(record: ExchangeRecord) -> dict[str, Any]:
+    """A record's fields that do not depend on the moment or the client's port."""
+    varying = ("client", "server", "state", "extensions")
+    scope = {key: value for key, value in record.scope.items() if key not in varying}
+    return {
+        "scope": scope,
+        "status": record.status,
+        "response_headers": record.response_headers,
+        "request_parts": record.request_parts,
+        "request_size": record.request_size,
+        # How a streamed body was cut into parts depends on the reads: the kept bytes may not.
+        "response_parts": stable(b"".join(record.response_parts)),
+        "response_size": record.response_size,
+        "exception_type": record.exception_type,
+        "disconnected": record.disconnected,
+        "weight": record.weight,
+        "payload_weight": record.payload_weight,
+        "traced": record.trace is not None,
+        "answered": (record.response_started is not None, record.ended is not None),
+        "first_body": record.first_body is not None,
+        "ordered": record.started
+        <= (record.response_started or record.started)
+        <= (record.ended or record.finished)
+        <= record.finished,
+    }
+
+
+def stable(body: bytes) -> object:
+    """A body less what differs by run: the upstream's view of the proxy's port (`/echo`), the
+    times in `/stream`'s chunks."""
+    if re.match(rb"\d+ \d+\.\d+\.", body):
+        return re.sub(rb" \d+\.\d+", b" T", body)
+    if not body.startswith(b'{"method"'):
+        return body
+    document = json.loads(body)
+    document.pop("peer", None)
+    return document
+
+
+def answered(response: RawResponse) -> tuple[int, bytes, list[tuple[bytes, bytes]], object]:
+    return response.status, response.reason, response.headers, stable(response.body)
+
+
+def echoed_header(response: RawResponse, name: str) -> str:
+    values = [value for key, value in json.loads(response.body)["headers"] if key == name]
+    assert len(values) == 1, values
+    return str(values[0])
+
+
+def same_as_the_app(
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any], requests: list[bytes], **options: Any
+) -> tuple[Run, Run]:
+    fast = run(monkeypatch, spied, requests, direct_path=True, **options)
+    slow = run(monkeypatch, spied, requests, direct_path=False, **options)
+    assert slow.forwarded == 0
+    assert [answered(r) for r in fast.responses] == [answered(r) for r in slow.responses]
+    assert len(fast.records) == len(slow.records)
+    for index, (one, other) in enumerate(zip(fast.records, slow.records, strict=True)):
+        seen, expected = comparable(one), comparable(other)
+        for key, value in expected.items():
+            assert seen[key] == value, (index, key)
+    assert fast.upstream == slow.upstream
+    return fast, slow
+
+
+def test_the_usual_exchange_takes_the_direct_path_with_the_same_bytes_and_records(
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+) -> None:
+    requests = [
+        post("/echo?x=1", BODY, b"X-Request-Id: r-1\r\nConnection: keep-alive\r\n"),
+        post("/ok"),
+        post("/echo-body", b"z" * 70_000),
+        b"GET /echo/path%20with%20space?q=a%2Fb HTTP/1.1\r\nHost: model\r\n\r\n",
+        b"GET /v1/models/m?q=ab&r= HTTP/1.1\r\nHost: model\r\nAccept: */*\r\n\r\n",
+        post("/status?code=503"),
+        post("/echo", b""),
+    ]
+    fast, _ = same_as_the_app(monkeypatch, spied, requests)
+    assert len(fast.records) == len(requests)
+    # Not taken: a body longer than one read and a percent-encoded path (llhttp's path), and the
+    # request after the upstream's 5xx, which closed its connection (no idle one to take).
+    assert fast.paths == ["/echo", "/ok", "/v1/models/m", "/status"]
+    assert fast.handed_over == 0
+    assert echoed_header(fast.responses[0], "x-request-id") == "r-1"
+
+
+def test_what_is_not_whole_or_fails_is_handed_to_the_app_with_the_same_outcome(
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+) -> None:
+    drop_on_reuse = b"GET /drop-on-reuse HTTP/1.1\r\nHost: model\r\n\r\n"
+    requests = [
+        post("/stream?chunks=5&delay=0.01"),
+        post("/ok"),
+        post("/no-content"),
+        post("/ok"),
+        post("/until-close"),
+        post("/ok"),
+        post("/ok"),
+        post("/invalid?kind=conflicting-cl"),
+        post("/ok"),
+        post("/ok"),
+        post("/invalid?kind=status-999"),
+        post("/ok"),
+        post("/ok"),
+        post("/reset-before-headers"),
+        post("/ok"),
+        post("/ok"),
+        drop_on_reuse,
+        drop_on_reuse,  # a GET: replayed on a new connection
+        post("/ok"),
+        post("/interim"),
+        post("/ok"),
+        post("/huge?size=1000000"),
+    ]
+    fast, _ = same_as_the_app(monkeypatch, spied, requests)
+    assert fast.handed_over >= 5
+    assert fast.forwarded > fast.handed_over
+    codes = [r.scope.get(PROXY_ERROR_KEY) for r in fast.records]
+    assert "upstream_protocol_error" in codes
+    assert "upstream_reset_before_response_started" in codes
+
+
+def test_traced_exchanges_carry_their_span_upstream(
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any], http_receiver: OtlpHttpReceiver
+) -> None:
+    export = ExportConfig(
+        endpoint=http_receiver.endpoint, timeout_s=1.0, shutdown_timeout_s=1.0, span_export_interval_s=60.0,
+        sampler=SamplerConfig("always_on", 1.0),
+    )  # fmt: skip
+    monitoring = ModelTapConfig(monitor="inline", views_prefix=None, export=export)
+    monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1")
+    with RawUpstream() as upstream, running_sidecar(upstream.url, monitoring) as sidecar:
+        with RawClient(sidecar.port) as client:
+            sent = []
+            for _ in range(3):
+                client.send(post("/echo"))
+                sent.append(echoed_header(client.read(responses=1).responses[0], "traceparent"))
+                client._buffer.clear()
+        assert sidecar.sidecar.tap.flush(5.0)
+        http_receiver.wait_for(lambda r: len(r.spans()) >= 3, timeout=5.0, description="3 spans")
+    assert spied["forwarded"] == 2  # the first request opened the connection
+    assert spied["handed_over"] == 0
+    spans = {f"00-{span.trace_id}-{span.span_id}-01" for span in http_receiver.spans()}
+    assert len(spans) == 3
+    assert set(sent) == spans
+
+
+def test_a_client_that_leaves_cancels_the_upstream_call_and_is_filed_as_gone(
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+) -> None:
+    outcomes = []
+    for direct_path in (True, False):
+        monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1" if direct_path else "0")
+        spied["forwarded"] = 0
+        with RawUpstream() as upstream, running_sidecar(upstream.url) as sidecar:
+            records = record_exchanges(sidecar, monkeypatch)
+            with RawClient(sidecar.port) as client:
+                client.send(post("/ok"))
+                assert client.read(responses=1).responses[0].status == 200
+                client.send(post("/hang"))
+                deadline = time.monotonic() + 5
+                while upstream.count("/hang") == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            assert _settled(sidecar)
+            deadline = time.monotonic() + 5
+            while len(records) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            errors = sidecar.proxy_errors()
+            outcomes.append((comparable(records[1]), errors, upstream.open_connections, spied["forwarded"]))
+    (fast, fast_errors, fast_open, forwarded), (slow, slow_errors, slow_open, _) = outcomes
+    assert forwarded == 1
+    assert fast == slow
+    assert fast["scope"][PROXY_ERROR_KEY] == "client_disconnected"
+    assert fast_errors == slow_errors == {"client_disconnected": 1}
+    assert fast_open == slow_open
+
+
+def test_requests_in_flight_when_the_drain_begins_are_answered_by_the_app(
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+) -> None:
+    monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1")
+    with (
+        RawUpstream() as upstream,
+        running_sidecar(upstream.url, drain_timeout_s=0.3) as sidecar,
+        RawClient(sidecar.port) as client,
+    ):
+        client.send(post("/ok"))
+        assert client.read(responses=1).responses[0].status == 200
+        client._buffer.clear()
+        client.send(post("/sleep?s=3"))
+        deadline = time.monotonic() + 5
+        while upstream.count("/sleep") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _in_flight(sidecar) == 1
+        stopping = threading.Thread(target=lambda: sidecar.call(sidecar.sidecar.stop))
+        stopping.start()
+        answer = client.read(responses=1, timeout_s=5)
+        stopping.join()
+    assert spied["forwarded"] == 1  # the first request opened the connection
+    assert spied["handed_over"] == 1
+    assert answer.responses[0].status == 503
+    assert answer.responses[0].error_code == "draining"
+
+
+def test_a_defect_of_the_direct_path_closes_the_client_connection_and_is_counted(
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+) -> None:
+    monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1")
+
+    def broken(self: direct.Exchange) -> None:
+        raise RuntimeError("a defect")
+
+    with RawUpstream() as upstream, running_sidecar(upstream.url) as sidecar:
+        with RawClient(sidecar.port) as client:
+            client.send(post("/ok"))
+            assert client.read(responses=1).responses[0].status == 200
+            monkeypatch.setattr(direct.Exchange, "_respond", broken)
+            client.send(post("/ok"))
+            assert client.wait_closed(5)
+            assert client.exchange().responses[1:] == []
+        monkeypatch.undo()
+        assert _settled(sidecar)
+        assert sidecar.sidecar.tap._internal_errors == {"sidecar_direct_path": 1}
+        assert pool_state(sidecar) == (0, 0)  # the connection of the broken exchange is closed
+        with RawClient(sidecar.port) as client:
+            client.send(post("/ok"))
+            assert client.read(responses=1).responses[0].status == 200
