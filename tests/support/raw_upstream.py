@@ -195,6 +195,7 @@ class RawUpstream:
             "/ok-with": self.ok_with,
             "/invalid": self.invalid,
             "/drip": self.drip,
+            "/split": self.split,
             "/stream": self.stream,
             "/huge": self.huge,
             "/status": self.status,
@@ -489,6 +490,17 @@ class RawUpstream:
         self.read_body(conn, request)
         conn.send(self.INVALID[request.query["kind"]])
         return self._wait_for_peer_close(conn)
+
+    def split(self, conn: Connection, request: Request) -> bool:
+        """A 200 whose `size`-byte body (16) is written `pause` s (0.01) after its head, as servers
+        write a small response in two segments."""
+        self.read_body(conn, request)
+        size = request.integer("size", 16)
+        conn.send(self._response("200 OK", [("Content-Length", str(size))]))
+        if self._stopping.wait(request.number("pause", 0.01)):
+            return False
+        conn.send(body_bytes(size))
+        return True
 
     def drip(self, conn: Connection, request: Request) -> bool:
         """A 200 with a `size`-byte body sent one byte per `interval` s; `part=head` drips the

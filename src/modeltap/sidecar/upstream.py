@@ -134,7 +134,7 @@ class UpstreamConnection(asyncio.Protocol):
                 # Counted per read, not per header field: one check instead of one per field, and
                 # the parser never buffers more than one read beyond the limit.
                 raise ProxyError("upstream_protocol_error", "upstream response headers too large")
-            if self.headers_done and self.on_response is not None:
+            if self.headers_done and self.on_response is not None and not self._body_due():
                 self._notify()  # after the whole read: the response may have completed in it
         except ProxyError as error:
             self._fail(error)
@@ -354,9 +354,10 @@ class UpstreamConnection(asyncio.Protocol):
         self, response_timeout_s: float, idle_timeout_s: float, on_response: Callable[[], None]
     ) -> None:
         """`response_headers()` for a caller without a coroutine (the sidecar's direct path):
-        `on_response()` is called once, when the response headers are in (after the read that
-        brought them, so a response read whole is complete by then), or when the exchange
-        failed (the error is then raised by `response_headers()`), under the same deadlines."""
+        `on_response()` is called once: after the read that brought the response headers, or
+        the next one when the headers came alone before a body framed by Content-Length (then
+        the idle timeout applies meanwhile), or when the exchange failed (the error is then
+        raised by `response_headers()`); under the same deadlines."""
         self._response_timeout_s = response_timeout_s
         self._idle_timeout_s = idle_timeout_s
         if self._error is not None or self.headers_done:
@@ -428,6 +429,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake_drain()
         self._close_transport()
         self._notify()
+
+    def _body_due(self) -> bool:
+        """Whether the direct path's waiter waits for the next read: the headers came alone and
+        a body framed by Content-Length is to follow (servers write a small response's head and
+        body apart, often in two segments). Once any of the body is in, or for a body framed
+        otherwise (a stream), the waiter is called: the response is then whole, or streamed."""
+        return not self.complete and self._length and self._codings is None and not self._queued
 
     def _notify(self) -> None:
         callback = self.on_response

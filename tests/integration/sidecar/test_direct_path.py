@@ -19,6 +19,7 @@ from modeltap.config import ExportConfig, ModelTapConfig, SamplerConfig
 from modeltap.records import PROXY_ERROR_KEY, ExchangeRecord
 from modeltap.sidecar import direct
 from tests.support.otlp_receiver import OtlpHttpReceiver
+from tests.support.polling import wait_until
 from tests.support.raw_client import RawClient, RawResponse
 from tests.support.raw_upstream import RawUpstream
 from tests.support.sidecar import RunningSidecar, pool_state, record_exchanges, running_sidecar
@@ -119,9 +120,9 @@ def comparable(record: ExchangeRecord) -> dict[str, Any]:
         "scope": scope,
         "status": record.status,
         "response_headers": record.response_headers,
-        "request_parts": record.request_parts,
+        "request_parts": b"".join(record.request_parts),
         "request_size": record.request_size,
-        # How a streamed body was cut into parts depends on the reads: the kept bytes may not.
+        # How a body was cut into parts depends on the reads: the kept bytes may not.
         "response_parts": stable(b"".join(record.response_parts)),
         "response_size": record.response_size,
         "exception_type": record.exception_type,
@@ -185,6 +186,8 @@ def test_the_usual_exchange_takes_the_direct_path_with_the_same_bytes_and_record
         post("/echo-body", b"z" * 70_000),
         b"GET /echo/path%20with%20space?q=a%2Fb HTTP/1.1\r\nHost: model\r\n\r\n",
         b"GET /v1/models/m?q=ab&r= HTTP/1.1\r\nHost: model\r\nAccept: */*\r\n\r\n",
+        post("/split"),  # the head, then the whole body in a second segment
+        post("/split?size=0"),
         post("/status?code=503"),
         post("/echo", b""),
     ]
@@ -192,7 +195,7 @@ def test_the_usual_exchange_takes_the_direct_path_with_the_same_bytes_and_record
     assert len(fast.records) == len(requests)
     # Not taken: a body longer than one read and a percent-encoded path (llhttp's path), and the
     # request after the upstream's 5xx, which closed its connection (no idle one to take).
-    assert fast.paths == ["/echo", "/ok", "/v1/models/m", "/status"]
+    assert fast.paths == ["/echo", "/ok", "/v1/models/m", "/split", "/split", "/status"]
     assert fast.handed_over == 0
     assert echoed_header(fast.responses[0], "x-request-id") == "r-1"
 
@@ -222,6 +225,10 @@ def test_what_is_not_whole_or_fails_is_handed_to_the_app_with_the_same_outcome(
         drop_on_reuse,  # a GET: replayed on a new connection
         post("/ok"),
         post("/interim"),
+        post("/ok"),
+        post("/drip?size=5&interval=0.01"),  # the head, then the body a byte at a time: streamed
+        post("/ok"),
+        post("/drip?size=5&interval=0.01&part=head"),
         post("/ok"),
         post("/huge?size=1000000"),
     ]
@@ -278,14 +285,14 @@ def test_a_client_that_leaves_cancels_the_upstream_call_and_is_filed_as_gone(
             deadline = time.monotonic() + 5
             while len(records) < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            errors = sidecar.proxy_errors()
-            outcomes.append((comparable(records[1]), errors, upstream.open_connections, spied["forwarded"]))
-    (fast, fast_errors, fast_open, forwarded), (slow, slow_errors, slow_open, _) = outcomes
+            # The upstream sees its connection closed: the call was cancelled, not left to hang.
+            assert wait_until(lambda: upstream.peer_closed == 1)
+            outcomes.append((comparable(records[1]), sidecar.proxy_errors(), spied["forwarded"]))
+    (fast, fast_errors, forwarded), (slow, slow_errors, _) = outcomes
     assert forwarded == 1
     assert fast == slow
     assert fast["scope"][PROXY_ERROR_KEY] == "client_disconnected"
     assert fast_errors == slow_errors == {"client_disconnected": 1}
-    assert fast_open == slow_open
 
 
 def test_requests_in_flight_when_the_drain_begins_are_answered_by_the_app(
@@ -338,3 +345,31 @@ def test_a_defect_of_the_direct_path_closes_the_client_connection_and_is_counted
         with RawClient(sidecar.port) as client:
             client.send(post("/ok"))
             assert client.read(responses=1).responses[0].status == 200
+
+
+def test_a_head_whose_body_never_follows_is_answered_504_at_the_idle_timeout(
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+) -> None:
+    # The direct path holds a head that came alone until its body's first bytes: when none come,
+    # nothing of the response has reached the client, which gets the idle timeout's 504 (through
+    # the app, the head would have gone out and the connection been cut at the same moment).
+    monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1")
+    with (
+        RawUpstream() as upstream,
+        running_sidecar(upstream.url, idle_timeout_s=0.3, response_timeout_s=5.0) as sidecar,
+        RawClient(sidecar.port) as client,
+    ):
+        client.send(post("/ok"))
+        assert client.read(responses=1).responses[0].status == 200
+        client._buffer.clear()
+        started = time.monotonic()
+        client.send(post("/stall-after-headers?sent=0"))
+        answer = client.read(responses=1, timeout_s=5).responses[0]
+        elapsed = time.monotonic() - started
+        assert (answer.status, answer.error_code) == (504, "upstream_idle_timeout")
+        assert 0.3 * 0.9 <= elapsed < 2.0
+        assert sidecar.proxy_errors() == {"upstream_idle_timeout": 1}
+        assert wait_until(lambda: upstream.peer_closed == 1)
+        assert _settled(sidecar)
+    assert spied["forwarded"] == 1
+    assert spied["handed_over"] == 1
