@@ -4,6 +4,7 @@
 # sidecar's monitor process (MODELTAP_MONITOR_CPUS=1) run on core 1. Variants: nginx (one worker,
 # upstream keep-alive), `proxy` (the sidecar with monitoring off: the data path alone), `sidecar`
 # (full monitoring: reference profile, OTLP metrics every 5 s, traces at the default 10 %),
+# `sidecar_app` (the same with every request through the ASGI app: the direct path off),
 # `sidecar_inline` (the same, analysis inside the data plane), `sidecar_traced` (every request
 # traced).
 # Needs Debian's wrk and nginx-light.   usage: PY=.venv/bin/python bench/run_proxy.sh
@@ -13,6 +14,7 @@ echo "== 16 connections"
 "$PY" abbench.py "nginx=./nginx-proxy.sh {port} 18099" \
   "proxy=MODELTAP_ENABLED=false $S --admin-port 18301" \
   "sidecar=$OTLP $S --admin-port 18302 --reference $tmp/reference.json --model-name bench" \
+  "sidecar_app=MODELTAP_SIDECAR_DIRECT=0 $OTLP $S --admin-port 18307 --reference $tmp/reference.json --model-name bench" \
   "sidecar_inline=$OTLP MODELTAP_MONITOR=inline $S --admin-port 18304 --reference $tmp/reference.json --model-name bench" \
   "sidecar_traced=$OTLP OTEL_TRACES_SAMPLER=always_on $S --admin-port 18303 --reference $tmp/reference.json --model-name bench" \
   "$@"

@@ -249,6 +249,12 @@ class Exchange:
         does, and file the exchange under the protocol's refusal, else `client_disconnected`."""
         if self._done:
             return
+        try:
+            self._give_up(code)
+        except Exception:
+            self._direct._failed("abandon")
+
+    def _give_up(self, code: str | None) -> None:
         self._finish()
         if code is not None and self.rejected is None:
             self.rejected = code
