@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE as _STATUS_LINE
 
 from modeltap.capture import compiled
 from modeltap.records import PROXY_ERROR_KEY
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from modeltap.sidecar.downstream import GuardedHttpToolsProtocol
 
 _log = logging.getLogger("modeltap.sidecar")
+_response_head: Any = compiled._speedups.response_head if compiled.AVAILABLE else None
 _perf = time.perf_counter
 _wall_ns = time.time_ns
 
@@ -177,8 +178,8 @@ class DirectPath:
         framing = b"content-length: %d\r\n\r\n" % len(body) if body or content_length is not None else b"\r\n"
         start_line = b"%s %s HTTP/1.1\r\n" % (scope["method"].encode(), target)
         upstream_head = start_line + b"".join(fields) + framing
-        exchange = Exchange(self, protocol, scope, body, pool, conn, upstream_head)
-        exchange.record = (capture, weight, payload_weight, ids, start_ns, started) if weight else None
+        record = (capture, weight, payload_weight, ids, start_ns, started) if weight else None
+        exchange = Exchange(self, protocol, scope, body, pool, conn, upstream_head, record)
         proxy.inflight += 1
         self.in_flight.add(exchange)
         return exchange
@@ -215,6 +216,7 @@ class Exchange:
         pool: UpstreamPool,
         conn: UpstreamConnection,
         head: bytes,
+        record: tuple[Any, int, int, Any, int, float] | None,
     ) -> None:
         self._direct = direct
         self._protocol = protocol
@@ -224,7 +226,7 @@ class Exchange:
         self._conn = conn
         self._head = head
         # (capture, weight, payload_weight, ids, start_ns, started), or None: not captured.
-        self.record: tuple[Any, int, int, Any, int, float] | None = None
+        self.record = record
         self.response_complete = False
         self.response_started = False
         self.disconnected = False
@@ -293,8 +295,55 @@ class Exchange:
     def on_response(self) -> None:
         """The response headers are in, or the exchange failed: answer it here if it is whole
         and plain, else hand it to the app."""
+        if self._done:
+            return
         try:
-            self._respond()
+            conn = self._conn
+            protocol = self._protocol
+            transport = protocol.transport
+            status = conn.status
+            if not conn.complete or status in (204, 304) or protocol.flow.write_paused:
+                self.hand_over()
+                return
+            if transport.is_closing():
+                self.hand_over()  # the client is leaving: the app hears of it as it always does
+                return
+            direct = self._direct
+            proxy = direct._proxy
+            via = proxy.limits.via
+            # As `ProxyApp._respond`: names come lower-cased from the connection.
+            headers = rewrite_response_headers(conn.headers, via) if conn.hop_by_hop or via else conn.headers
+            if proxy.draining:
+                headers.append((b"connection", b"close"))
+            line = _STATUS_LINE.get(status)
+            head = (
+                _response_head(line, protocol.server_state.default_headers, headers, self.keep_alive, True)
+                if line is not None
+                else None
+            )
+            if head is None or head[1] is not False or head[2] != conn.queued:
+                # Not as uvicorn's own writer would frame it here: the app's `send` decides.
+                self.hand_over()
+                return
+            data, _, _, keep_alive = head
+            body = conn.take_body() or b""
+            self._pool.release(conn)  # back in the pool before the client is written to
+            responded = _perf()
+            self.response_started = True
+            transport.write(data + body if body else data)
+            self._done = self.response_complete = True
+            direct.in_flight.discard(self)
+            proxy.inflight -= 1
+            record = self.record
+            if record is not None:
+                capture, weight, payload_weight, ids, start_ns, started = record
+                capture.offer_whole(
+                    self._scope, weight, payload_weight, ids, start_ns, started, self._body, status, headers,
+                    responded, body, responded,
+                )  # fmt: skip
+            if not keep_alive:
+                transport.close()
+            protocol.on_response_complete()
         except Exception:
             self._broken("respond")
 
@@ -310,52 +359,6 @@ class Exchange:
         transport = self._protocol.transport
         if not transport.is_closing():
             transport.abort()
-
-    def _respond(self) -> None:
-        if self._done:
-            return
-        conn = self._conn
-        protocol = self._protocol
-        transport = protocol.transport
-        status = conn.status
-        if not conn.complete or status in (204, 304) or protocol.flow.write_paused or transport.is_closing():
-            self.hand_over()
-            return
-        proxy = self._direct._proxy
-        via = proxy.limits.via
-        # As `ProxyApp._respond`: names come lower-cased from the connection.
-        headers = rewrite_response_headers(conn.headers, via) if conn.hop_by_hop or via else conn.headers
-        if proxy.draining:
-            headers.append((b"connection", b"close"))
-        line = STATUS_LINE.get(status)
-        head = (
-            compiled._speedups.response_head(
-                line, protocol.server_state.default_headers, headers, self.keep_alive, True
-            )
-            if line is not None
-            else None
-        )
-        if head is None or head[1] is not False or head[2] != conn.queued:
-            # Not as uvicorn's own writer would frame it here: the app's `send` decides.
-            self.hand_over()
-            return
-        data, _, _, keep_alive = head
-        body = conn.take_body() or b""
-        self._pool.release(conn)  # back in the pool before the client is written to
-        responded = _perf()
-        self.response_started = True
-        transport.write(data + body if body else data)
-        self._finish()
-        record = self.record
-        if record is not None:
-            capture, weight, payload_weight, ids, start_ns, started = record
-            capture.offer_whole(
-                self._scope, weight, payload_weight, ids, start_ns, started, self._body, status, headers,
-                responded, body, responded,
-            )  # fmt: skip
-        if not keep_alive:
-            transport.close()
-        protocol.on_response_complete()
 
     def _finish(self) -> None:
         self._done = True

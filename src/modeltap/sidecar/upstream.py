@@ -124,7 +124,10 @@ class UpstreamConnection(asyncio.Protocol):
                 whole = parse_whole(data, self._max_header_bytes, BODY_HIGH_WATER)
                 if whole is not None:
                     self._take_whole(*whole)
-                    self._notify()
+                    callback = self.on_response
+                    if callback is not None:
+                        self.on_response = None
+                        callback()
                     return
         if not self.headers_done:
             self._header_bytes += len(data)

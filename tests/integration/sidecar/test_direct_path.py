@@ -327,14 +327,14 @@ def test_a_defect_of_the_direct_path_closes_the_client_connection_and_is_counted
 ) -> None:
     monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1")
 
-    def broken(self: direct.Exchange) -> None:
+    def broken(*arguments: Any) -> Any:
         raise RuntimeError("a defect")
 
     with RawUpstream() as upstream, running_sidecar(upstream.url) as sidecar:
         with RawClient(sidecar.port) as client:
             client.send(post("/ok"))
             assert client.read(responses=1).responses[0].status == 200
-            monkeypatch.setattr(direct.Exchange, "_respond", broken)
+            monkeypatch.setattr(direct, "_response_head", broken)
             client.send(post("/ok"))
             assert client.wait_closed(5)
             assert client.exchange().responses[1:] == []
