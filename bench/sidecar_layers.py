@@ -107,13 +107,14 @@ async def lean_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": content})
 
 
-class _CallbackUpstream(asyncio.Protocol):
-    """One pooled upstream connection answering the client it was given, from its callbacks."""
+class _CallbackSide(asyncio.Protocol):
+    """One side of the callback proxy: a connection fed to llhttp, the message's fields (less the
+    hop-by-hop ones and the framing) and body collected as they are parsed."""
+
+    parser: Any
 
     def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
         self.transport: Any = None
-        self.client: Any = None
         self.fields: list[bytes] = []
         self.body: list[bytes] = []
 
@@ -130,6 +131,15 @@ class _CallbackUpstream(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+
+
+class _CallbackUpstream(_CallbackSide):
+    """One pooled upstream connection answering the client it was given, from its callbacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: Any = None
 
     def on_message_complete(self) -> None:
         body = b"".join(self.body)
@@ -144,35 +154,19 @@ class _CallbackUpstream(asyncio.Protocol):
 _callback_idle: list[_CallbackUpstream] = []
 
 
-class _CallbackClient(asyncio.Protocol):
+class _CallbackClient(_CallbackSide):
     """One client connection: each request is written upstream from `on_message_complete`."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.parser = httptools.HttpRequestParser(self)
-        self.transport: Any = None
         self.url = b""
-        self.fields: list[bytes] = []
-        self.body: list[bytes] = []
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
 
     def on_message_begin(self) -> None:
         self.url, self.fields, self.body = b"", [], []
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name not in _SKIPPED:
-            self.fields.append(b"%s: %s\r\n" % (name, value))
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
 
     def on_message_complete(self) -> None:
         body = b"".join(self.body)

@@ -454,19 +454,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """The direct path hands its request to the app where it stands (see `sidecar.direct`):
         a cycle as `_serve_whole` makes it, in the exchange's place, with the app's task; the
         scope's extensions get the connection handle and `extensions`."""
-        cycle = _WholeRequestCycle(
-            scope=scope,
-            transport=self.transport,
-            flow=self.flow,
-            logger=self.logger,
-            access_logger=self.access_logger,
-            access_log=self.access_log,
-            default_headers=self.server_state.default_headers,
-            message_event=asyncio.Event(),
-            expect_100_continue=False,
-            keep_alive=exchange.keep_alive,
-            on_response=self.on_response_complete,
-        )
+        cycle = self._whole_cycle(scope, exchange.keep_alive)
         handle = ConnectionHandle(self, cycle)
         handle.rejected = exchange.rejected
         handles = self._handles
@@ -524,19 +512,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._phase = _BUSY
                 exchange.forward()
                 return
-        cycle = self.cycle = _WholeRequestCycle(
-            scope=scope,
-            transport=self.transport,
-            flow=self.flow,
-            logger=self.logger,
-            access_logger=self.access_logger,
-            access_log=self.access_log,
-            default_headers=self.server_state.default_headers,
-            message_event=asyncio.Event(),
-            expect_100_continue=False,
-            keep_alive=True,
-            on_response=self.on_response_complete,
-        )
+        cycle = self.cycle = self._whole_cycle(scope, True)
         self._start_asgi_task(cycle, app)
         self._hand_over(cycle)
         if body:
@@ -546,6 +522,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle.more_body = False
         cycle.message_event.set()
         self._phase = _BUSY
+
+    def _whole_cycle(self, scope: Any, keep_alive: bool) -> _WholeRequestCycle:
+        """uvicorn's request cycle for a whole request (no `Expect`, the body in hand)."""
+        return _WholeRequestCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=keep_alive,
+            on_response=self.on_response_complete,
+        )
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
