@@ -2164,11 +2164,17 @@ static ExchangeObject *preset_exchange(CaptureObject *self, PyObject *scope, PyO
 /* The arguments both entries share: weights, trace identity, start times (-1 with an exception). */
 static int preset_arguments(PyObject *const *args, long *weight, long *payload_weight, long long *start_ns,
                             double *started) {
-    *weight = PyLong_AsLong(args[0]);
-    *payload_weight = PyLong_AsLong(args[1]);
-    *start_ns = PyLong_AsLongLong(args[3]);
-    *started = PyFloat_AsDouble(args[4]);
-    if (PyErr_Occurred()) {
+    /* One conversion at a time: none may run with an exception already set. */
+    if ((*weight = PyLong_AsLong(args[0])) == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if ((*payload_weight = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if ((*start_ns = PyLong_AsLongLong(args[3])) == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if ((*started = PyFloat_AsDouble(args[4])) == -1.0 && PyErr_Occurred()) {
         return -1;
     }
     if (args[2] != Py_None && !PyTuple_Check(args[2])) {
@@ -2219,10 +2225,16 @@ static PyObject *capture_offer_whole(CaptureObject *self, PyObject *const *args,
         return NULL;
     }
     long status = PyLong_AsLong(args[7]);
+    if (status == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
     /* None: no response (the client left first). */
     double response_started = args[9] == Py_None ? -1.0 : PyFloat_AsDouble(args[9]);
+    if (response_started == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
     double ended = args[11] == Py_None ? -1.0 : PyFloat_AsDouble(args[11]);
-    if (PyErr_Occurred()) {
+    if (ended == -1.0 && PyErr_Occurred()) {
         return NULL;
     }
     if (!PyBytes_CheckExact(request_body) || !PyBytes_CheckExact(response_body) || !PyList_CheckExact(headers)) {

@@ -114,9 +114,13 @@ def test_offer_whole_keeps_no_reference_to_what_it_was_given() -> None:
     records: list[Any] = []
     capture = capture_of(None, records, encoder=compiled_encoder({b"content-type"}, {b"content-type"}))
     scope, headers = scope_of(), list(HEADERS)
-    before = (len(records), _refs(scope), _refs(headers))
-    capture.offer_whole(scope, 1, 1, None, 0, 0.0, b"body", 200, headers, 1.0, b"answer", 2.0)
-    assert (len(records) - 1, _refs(scope), _refs(headers)) == before
+    ids = TraceIds(0xABC, 0xDEF, 0, False, True, "", False)
+    request, response = b"body " * 9, b"answer " * 9  # over the cap: kept in part, as a slice
+    given = (scope, headers, ids, request, response)
+    before = [_refs(value) for value in given]
+    capture.offer_whole(scope, 1, 1, ids, 0, 0.0, request, 200, headers, 1.0, response, 2.0)
+    assert len(records) == 1
+    assert [_refs(value) for value in given] == before
 
 
 def _refs(value: Any) -> int:

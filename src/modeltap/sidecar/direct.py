@@ -12,8 +12,8 @@ in one read (framed by Content-Length, a status other than 204 and 304) are forw
 callbacks: the request head built as `ProxyApp` builds it, the response head written as uvicorn's
 `send` writes it, and the exchange recorded by the compiled capture as if the app had run
 (`Capture.offer_whole`), with the same sampling and trace decisions (`Capture.root_trace`). The
-client gets the same bytes and the monitor the same record (`tests/unit/sidecar/test_direct_path.py`
-holds both paths to that).
+client gets the same bytes and the monitor the same record
+(`tests/integration/sidecar/test_direct_path.py` holds both paths to that).
 
 Everything else takes the app. What is decided before anything is written (monitoring's start,
 a local view, draining, the in-flight bound, no idle connection, a `traceparent` or a current
@@ -25,6 +25,13 @@ connection, replays or answers the error as it would have, and the capture recor
 from its real start with its trace identity. A client that leaves is handled here, as the app
 would: the upstream call is cancelled and the exchange filed as `client_disconnected` (or under
 the code the protocol refused the connection with).
+
+One difference is deliberate: a response head that comes alone is held until the next read, its
+body's first bytes (servers write a small response's head and body apart). Meanwhile nothing has
+reached the client, so what befalls the exchange then is answered as an error before the
+response: the upstream closing gives a whole `502 upstream_reset_after_response_started` where
+the app would have sent the head and cut the connection, the idle timeout a `504`, and a client
+leaving is filed with status 0; and the time to the first byte is that of the body.
 """
 
 from __future__ import annotations
@@ -194,7 +201,10 @@ class DirectPath:
         """Hand every exchange in flight to the app (the drain begins: its deadline and its 503
         are the app's)."""
         for exchange in list(self.in_flight):
-            exchange.hand_over()
+            try:
+                exchange.hand_over()
+            except Exception:
+                exchange._broken("hand over")
 
 
 class Exchange:
@@ -332,8 +342,7 @@ class Exchange:
             self.response_started = True
             transport.write(data + body if body else data)
             self._done = self.response_complete = True
-            direct.in_flight.discard(self)
-            proxy.inflight -= 1
+            self._uncount()
             record = self.record
             if record is not None:
                 capture, weight, payload_weight, ids, start_ns, started = record
@@ -348,10 +357,11 @@ class Exchange:
             self._broken("respond")
 
     def _broken(self, where: str) -> None:
+        """A defect here, wherever the exchange stood: the client connection is cut (a failure,
+        never a hang) and the upstream call with it."""
         self._direct._failed(where)
-        if self._done:
-            return
-        self._finish()
+        self._done = self.response_complete = True
+        self._uncount()
         conn = self._conn
         conn.on_response = None
         conn.abort()
@@ -363,8 +373,14 @@ class Exchange:
     def _finish(self) -> None:
         self._done = True
         self.response_complete = True
-        self._direct.in_flight.discard(self)
-        self._direct._proxy.inflight -= 1
+        self._uncount()
+
+    def _uncount(self) -> None:
+        """No longer in flight here (once, whatever ends the exchange)."""
+        in_flight = self._direct.in_flight
+        if self in in_flight:
+            in_flight.discard(self)
+            self._direct._proxy.inflight -= 1
 
     def hand_over(self) -> None:
         """Give the exchange to the app where it stands: it waits for the response on the same
@@ -373,8 +389,7 @@ class Exchange:
             return
         self._done = True
         direct = self._direct
-        direct.in_flight.discard(self)
-        direct._proxy.inflight -= 1  # the app counts it again, past its in-flight bound
+        self._uncount()  # the app counts it again, past its in-flight bound
         conn = self._conn
         conn.on_response = None
         forwarded = Forwarded(conn, self._pool, self._head, self._body)

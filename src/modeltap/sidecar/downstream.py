@@ -455,6 +455,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         a cycle as `_serve_whole` makes it, in the exchange's place, with the app's task; the
         scope's extensions get the connection handle and `extensions`."""
         cycle = self._whole_cycle(scope, exchange.keep_alive)
+        cycle.disconnected = exchange.disconnected  # the connection may be closing already
         handle = ConnectionHandle(self, cycle)
         handle.rejected = exchange.rejected
         handles = self._handles

@@ -344,7 +344,8 @@ class UpstreamConnection(asyncio.Protocol):
             raise self._error
         if self.headers_done:
             return
-        self._waiting_since = self._loop.time()
+        if not self._waiting_since:  # else the direct path began the wait, when it sent
+            self._waiting_since = self._loop.time()
         waiter = self._headers_waiter = self._loop.create_future()
         try:
             await waiter

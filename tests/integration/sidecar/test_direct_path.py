@@ -47,12 +47,13 @@ class Run:
     forwarded: int  # exchanges the direct path took
     paths: list[str]  # theirs
     handed_over: int  # of those, handed to the app
+    handed_paths: list[str]  # theirs
     upstream: dict[str, int]
 
 
 @pytest.fixture
 def spied(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    counts: dict[str, Any] = {"forwarded": 0, "handed_over": 0, "paths": []}
+    counts: dict[str, Any] = {"forwarded": 0, "handed_over": 0, "paths": [], "handed_paths": []}
     forward, hand_over = direct.Exchange.forward, direct.Exchange.hand_over
 
     def counted_forward(self: direct.Exchange) -> None:
@@ -63,6 +64,7 @@ def spied(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     def counted_hand_over(self: direct.Exchange) -> None:
         if not self._done:
             counts["handed_over"] += 1
+            counts["handed_paths"].append(self._scope["path"])
         hand_over(self)
 
     monkeypatch.setattr(direct.Exchange, "forward", counted_forward)
@@ -83,6 +85,7 @@ def run(
     monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1" if direct_path else "0")
     spied["forwarded"] = spied["handed_over"] = 0
     spied["paths"] = []
+    spied["handed_paths"] = []
     with RawUpstream() as upstream, running_sidecar(upstream.url, monitoring) as sidecar:
         records = record_exchanges(sidecar, monkeypatch)
         responses = []
@@ -95,7 +98,10 @@ def run(
                 client._buffer.clear()
         assert _settled(sidecar)
         counts = upstream.counts()
-    return Run(responses[1:], records[1:], spied["forwarded"], spied["paths"], spied["handed_over"], counts)
+    return Run(
+        responses[1:], records[1:], spied["forwarded"], spied["paths"], spied["handed_over"],
+        spied["handed_paths"], counts,
+    )  # fmt: skip
 
 
 def _in_flight(sidecar: RunningSidecar) -> int:
@@ -104,9 +110,10 @@ def _in_flight(sidecar: RunningSidecar) -> int:
 
 
 def _settled(sidecar: RunningSidecar) -> bool:
+    """Nothing held or counted in flight any more: connections, exchanges, the app's bound."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if pool_state(sidecar)[0] == 0 and not _in_flight(sidecar):
+        if pool_state(sidecar)[0] == 0 and not _in_flight(sidecar) and not sidecar.sidecar.proxy.inflight:
             return True
         time.sleep(0.01)
     return False
@@ -233,8 +240,11 @@ def test_what_is_not_whole_or_fails_is_handed_to_the_app_with_the_same_outcome(
         post("/huge?size=1000000"),
     ]
     fast, _ = same_as_the_app(monkeypatch, spied, requests)
-    assert fast.handed_over >= 5
-    assert fast.forwarded > fast.handed_over
+    # Each of these went out on a pooled connection and came back not whole (or not at all);
+    # the usual exchanges between them were answered from the callbacks.
+    handed = {"/stream", "/no-content", "/until-close", "/invalid", "/reset-before-headers"}
+    assert handed | {"/drop-on-reuse", "/drip", "/huge"} >= set(fast.handed_paths) >= handed
+    assert "/ok" in fast.paths
     codes = [r.scope.get(PROXY_ERROR_KEY) for r in fast.records]
     assert "upstream_protocol_error" in codes
     assert "upstream_reset_before_response_started" in codes
@@ -347,11 +357,18 @@ def test_a_defect_of_the_direct_path_closes_the_client_connection_and_is_counted
             assert client.read(responses=1).responses[0].status == 200
 
 
-def test_a_head_whose_body_never_follows_is_answered_504_at_the_idle_timeout(
-    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/stall-after-headers?sent=0", 504, "upstream_idle_timeout"),
+        ("/close-mid-body?sent=0&pause=0.2", 502, "upstream_reset_after_response_started"),
+    ],
+)
+def test_a_head_whose_body_never_follows_is_answered_as_an_error(
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any], path: str, status: int, code: str
 ) -> None:
     # The direct path holds a head that came alone until its body's first bytes: when none come,
-    # nothing of the response has reached the client, which gets the idle timeout's 504 (through
+    # nothing of the response has reached the client, which gets a whole error response (through
     # the app, the head would have gone out and the connection been cut at the same moment).
     monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1")
     with (
@@ -362,14 +379,34 @@ def test_a_head_whose_body_never_follows_is_answered_504_at_the_idle_timeout(
         client.send(post("/ok"))
         assert client.read(responses=1).responses[0].status == 200
         client._buffer.clear()
-        started = time.monotonic()
-        client.send(post("/stall-after-headers?sent=0"))
+        client.send(post(path))
         answer = client.read(responses=1, timeout_s=5).responses[0]
-        elapsed = time.monotonic() - started
-        assert (answer.status, answer.error_code) == (504, "upstream_idle_timeout")
-        assert 0.3 * 0.9 <= elapsed < 2.0
-        assert sidecar.proxy_errors() == {"upstream_idle_timeout": 1}
-        assert wait_until(lambda: upstream.peer_closed == 1)
+        assert (answer.status, answer.error_code) == (status, code)
+        assert sidecar.proxy_errors() == {code: 1}
         assert _settled(sidecar)
-    assert spied["forwarded"] == 1
-    assert spied["handed_over"] == 1
+        client._buffer.clear()
+        client.send(post("/ok"))  # the client's connection goes on
+        assert client.read(responses=1).responses[0].status == 200
+    assert spied["handed_paths"] == [path.split("?")[0]]
+
+
+def test_a_request_read_while_a_direct_one_is_in_flight_is_answered_after_it(
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+) -> None:
+    monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1")
+    with (
+        RawUpstream() as upstream,
+        running_sidecar(upstream.url) as sidecar,
+        RawClient(sidecar.port) as client,
+    ):
+        client.send(post("/ok"))
+        assert client.read(responses=1).responses[0].status == 200
+        client._buffer.clear()
+        client.send(post("/sleep?s=0.3"))
+        assert wait_until(lambda: upstream.count("/sleep") == 1)
+        client.send(post("/echo-body", b"second"))  # pipelined behind the one in flight
+        answers = client.read(responses=2, timeout_s=5).responses
+        assert [(a.status, a.body) for a in answers] == [(200, b"slept"), (200, b"second")]
+        assert _settled(sidecar)
+    assert spied["paths"] == ["/sleep"]
+    assert spied["handed_paths"] == []
