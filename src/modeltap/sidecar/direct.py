@@ -3,17 +3,17 @@
 uvicorn serves each request through an ASGI app run as a task: a scope, `receive` and `send`
 coroutines, a dict per message, the task's steps through the event loop, then the proxy's own
 coroutines. For a proxy that only moves bytes that is most of its work: side by side
-(`bench/run_sidecar_layers.sh`), the leanest ASGI proxy under uvicorn reached 0.90 of nginx's
-rate where one forwarding from the protocols' callbacks reached 1.07.
+(`bench/run_sidecar_layers.sh`), the leanest ASGI proxy under uvicorn reached 0.88 to 0.90 of
+nginx's rate where one forwarding from the protocols' callbacks reached 0.99 to 1.07.
 
 So the usual exchange of a model client skips the app: a whole request read at once (the compiled
 reader, `_serve_whole`), an idle pooled upstream connection, and a response that comes back whole
-in one read (framed by Content-Length, a status other than 204 and 304) are forwarded from the
-callbacks: the request head built as `ProxyApp` builds it, the response head written as uvicorn's
-`send` writes it, and the exchange recorded by the compiled capture as if the app had run
-(`Capture.offer_whole`), with the same sampling and trace decisions (`Capture.root_trace`). The
-client gets the same bytes and the monitor the same record
-(`tests/integration/sidecar/test_direct_path.py` holds both paths to that).
+(framed by Content-Length, a status other than 204 and 304; in one read, or its head in one and
+its body in the next) are forwarded from the callbacks: the request head built as `ProxyApp`
+builds it, the response head written as uvicorn's `send` writes it, and the exchange recorded by
+the compiled capture as if the app had run (`Capture.offer_whole`), with the same sampling and
+trace decisions (`Capture.root_trace`). The client gets the same bytes and the monitor the same
+record (`tests/integration/sidecar/test_direct_path.py` holds both paths to that).
 
 Everything else takes the app. What is decided before anything is written (monitoring's start,
 a local view, draining, the in-flight bound, no idle connection, a `traceparent` or a current
