@@ -167,7 +167,6 @@ def test_resume_records_from_the_given_start_with_the_given_trace_current_in_the
 
 def test_root_trace_draws_as_the_start_does() -> None:
     random.seed(7)
-    with_app: list[Any] = []
     capture = capture_of(None, [], ratio=0.5)
     drawn = [capture.root_trace([(b"host", b"m")]) for _ in range(400)]
     random.seed(7)

@@ -213,7 +213,7 @@ class Exchange:
 
     __slots__ = (
         "_body", "_conn", "_direct", "_done", "_head", "_pool", "_protocol", "_scope", "disconnected",
-        "keep_alive", "message_event", "more_body", "on_lost", "record", "rejected", "response_complete",
+        "keep_alive", "message_event", "on_lost", "record", "rejected", "response_complete",
         "response_started",
     )  # fmt: skip
 
@@ -241,7 +241,6 @@ class Exchange:
         self.response_started = False
         self.disconnected = False
         self.keep_alive = True  # uvicorn's shutdown turns it off: the response then closes
-        self.more_body = False
         self.message_event = _NO_EVENT
         self.on_lost: Callable[[], None] | None = None  # a handle's; the exchange needs none
         self.rejected: str | None = None
@@ -341,8 +340,7 @@ class Exchange:
             responded = _perf()
             self.response_started = True
             transport.write(data + body if body else data)
-            self._done = self.response_complete = True
-            self._uncount()
+            self._finish()
             record = self.record
             if record is not None:
                 capture, weight, payload_weight, ids, start_ns, started = record
@@ -360,8 +358,7 @@ class Exchange:
         """A defect here, wherever the exchange stood: the client connection is cut (a failure,
         never a hang) and the upstream call with it."""
         self._direct._failed(where)
-        self._done = self.response_complete = True
-        self._uncount()
+        self._finish()
         conn = self._conn
         conn.on_response = None
         conn.abort()

@@ -240,7 +240,6 @@ class DirectExchange(RequestHandle, Protocol):
     response_started: bool
     disconnected: bool
     keep_alive: bool
-    more_body: bool
 
     def forward(self) -> None: ...
 

@@ -132,15 +132,14 @@ class ProxyApp:
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         extensions = scope.get("extensions")
         handle: ConnectionHandle | None = extensions.get(CONNECTION_EXTENSION) if extensions else None
+        forwarded = _forwarded(scope)
         if handle is not None and handle.client_gone:
             # Rejected by the protocol (or the client left) while this task was being scheduled.
-            forwarded = _forwarded(scope)
             if forwarded is not None:
                 forwarded.conn.abort()
                 forwarded.pool.release(forwarded.conn)
             self._note_client_gone(scope)
             return
-        forwarded = _forwarded(scope)
         if forwarded is not None:
             if forwarded.body:
                 await receive()  # already sent upstream; read so that capture sees it, as ever

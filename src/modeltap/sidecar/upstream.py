@@ -124,10 +124,7 @@ class UpstreamConnection(asyncio.Protocol):
                 whole = parse_whole(data, self._max_header_bytes, BODY_HIGH_WATER)
                 if whole is not None:
                     self._take_whole(*whole)
-                    callback = self.on_response
-                    if callback is not None:
-                        self.on_response = None
-                        callback()
+                    self._notify()
                     return
         if not self.headers_done:
             self._header_bytes += len(data)

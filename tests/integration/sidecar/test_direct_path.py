@@ -44,26 +44,23 @@ def post(path: str, body: bytes = BODY, *extra: bytes) -> bytes:
 class Run:
     responses: list[RawResponse]
     records: list[ExchangeRecord]
-    forwarded: int  # exchanges the direct path took
-    paths: list[str]  # theirs
-    handed_over: int  # of those, handed to the app
-    handed_paths: list[str]  # theirs
+    paths: list[str]  # of the exchanges the direct path took
+    handed_paths: list[str]  # of those it handed to the app
     upstream: dict[str, int]
 
 
 @pytest.fixture
-def spied(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    counts: dict[str, Any] = {"forwarded": 0, "handed_over": 0, "paths": [], "handed_paths": []}
+def spied(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """The paths of the exchanges the direct path took, and of those it handed to the app."""
+    counts: dict[str, list[str]] = {"paths": [], "handed_paths": []}
     forward, hand_over = direct.Exchange.forward, direct.Exchange.hand_over
 
     def counted_forward(self: direct.Exchange) -> None:
-        counts["forwarded"] += 1
         counts["paths"].append(self._scope["path"])
         forward(self)
 
     def counted_hand_over(self: direct.Exchange) -> None:
         if not self._done:
-            counts["handed_over"] += 1
             counts["handed_paths"].append(self._scope["path"])
         hand_over(self)
 
@@ -74,7 +71,7 @@ def spied(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 def run(
     monkeypatch: pytest.MonkeyPatch,
-    spied: dict[str, Any],
+    spied: dict[str, list[str]],
     requests: list[bytes],
     *,
     direct_path: bool,
@@ -83,9 +80,8 @@ def run(
     """Send `requests` one after the other on one client connection (after one warm-up request,
     so that a pooled upstream connection exists) and collect what everyone saw."""
     monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1" if direct_path else "0")
-    spied["forwarded"] = spied["handed_over"] = 0
-    spied["paths"] = []
-    spied["handed_paths"] = []
+    spied["paths"].clear()
+    spied["handed_paths"].clear()
     with RawUpstream() as upstream, running_sidecar(upstream.url, monitoring) as sidecar:
         records = record_exchanges(sidecar, monkeypatch)
         responses = []
@@ -98,10 +94,7 @@ def run(
                 client._buffer.clear()
         assert _settled(sidecar)
         counts = upstream.counts()
-    return Run(
-        responses[1:], records[1:], spied["forwarded"], spied["paths"], spied["handed_over"],
-        spied["handed_paths"], counts,
-    )  # fmt: skip
+    return Run(responses[1:], records[1:], list(spied["paths"]), list(spied["handed_paths"]), counts)
 
 
 def _in_flight(sidecar: RunningSidecar) -> int:
@@ -169,11 +162,11 @@ def echoed_header(response: RawResponse, name: str) -> str:
 
 
 def same_as_the_app(
-    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any], requests: list[bytes], **options: Any
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, list[str]], requests: list[bytes], **options: Any
 ) -> tuple[Run, Run]:
     fast = run(monkeypatch, spied, requests, direct_path=True, **options)
     slow = run(monkeypatch, spied, requests, direct_path=False, **options)
-    assert slow.forwarded == 0
+    assert slow.paths == []
     assert [answered(r) for r in fast.responses] == [answered(r) for r in slow.responses]
     assert len(fast.records) == len(slow.records)
     for index, (one, other) in enumerate(zip(fast.records, slow.records, strict=True)):
@@ -185,7 +178,7 @@ def same_as_the_app(
 
 
 def test_the_usual_exchange_takes_the_direct_path_with_the_same_bytes_and_records(
-    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, list[str]]
 ) -> None:
     requests = [
         post("/echo?x=1", BODY, b"X-Request-Id: r-1\r\nConnection: keep-alive\r\n"),
@@ -203,12 +196,12 @@ def test_the_usual_exchange_takes_the_direct_path_with_the_same_bytes_and_record
     # Not taken: a body longer than one read and a percent-encoded path (llhttp's path), and the
     # request after the upstream's 5xx, which closed its connection (no idle one to take).
     assert fast.paths == ["/echo", "/ok", "/v1/models/m", "/split", "/split", "/status"]
-    assert fast.handed_over == 0
+    assert fast.handed_paths == []
     assert echoed_header(fast.responses[0], "x-request-id") == "r-1"
 
 
 def test_what_is_not_whole_or_fails_is_handed_to_the_app_with_the_same_outcome(
-    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, list[str]]
 ) -> None:
     drop_on_reuse = b"GET /drop-on-reuse HTTP/1.1\r\nHost: model\r\n\r\n"
     requests = [
@@ -251,7 +244,7 @@ def test_what_is_not_whole_or_fails_is_handed_to_the_app_with_the_same_outcome(
 
 
 def test_traced_exchanges_carry_their_span_upstream(
-    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any], http_receiver: OtlpHttpReceiver
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, list[str]], http_receiver: OtlpHttpReceiver
 ) -> None:
     export = ExportConfig(
         endpoint=http_receiver.endpoint, timeout_s=1.0, shutdown_timeout_s=1.0, span_export_interval_s=60.0,
@@ -268,20 +261,20 @@ def test_traced_exchanges_carry_their_span_upstream(
                 client._buffer.clear()
         assert sidecar.sidecar.tap.flush(5.0)
         http_receiver.wait_for(lambda r: len(r.spans()) >= 3, timeout=5.0, description="3 spans")
-    assert spied["forwarded"] == 2  # the first request opened the connection
-    assert spied["handed_over"] == 0
+    assert len(spied["paths"]) == 2  # the first request opened the connection
+    assert spied["handed_paths"] == []
     spans = {f"00-{span.trace_id}-{span.span_id}-01" for span in http_receiver.spans()}
     assert len(spans) == 3
     assert set(sent) == spans
 
 
 def test_a_client_that_leaves_cancels_the_upstream_call_and_is_filed_as_gone(
-    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, list[str]]
 ) -> None:
     outcomes = []
     for direct_path in (True, False):
         monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1" if direct_path else "0")
-        spied["forwarded"] = 0
+        spied["paths"].clear()
         with RawUpstream() as upstream, running_sidecar(upstream.url) as sidecar:
             records = record_exchanges(sidecar, monkeypatch)
             with RawClient(sidecar.port) as client:
@@ -297,7 +290,7 @@ def test_a_client_that_leaves_cancels_the_upstream_call_and_is_filed_as_gone(
                 time.sleep(0.01)
             # The upstream sees its connection closed: the call was cancelled, not left to hang.
             assert wait_until(lambda: upstream.peer_closed == 1)
-            outcomes.append((comparable(records[1]), sidecar.proxy_errors(), spied["forwarded"]))
+            outcomes.append((comparable(records[1]), sidecar.proxy_errors(), len(spied["paths"])))
     (fast, fast_errors, forwarded), (slow, slow_errors, _) = outcomes
     assert forwarded == 1
     assert fast == slow
@@ -306,7 +299,7 @@ def test_a_client_that_leaves_cancels_the_upstream_call_and_is_filed_as_gone(
 
 
 def test_requests_in_flight_when_the_drain_begins_are_answered_by_the_app(
-    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, list[str]]
 ) -> None:
     monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1")
     with (
@@ -326,14 +319,14 @@ def test_requests_in_flight_when_the_drain_begins_are_answered_by_the_app(
         stopping.start()
         answer = client.read(responses=1, timeout_s=5)
         stopping.join()
-    assert spied["forwarded"] == 1  # the first request opened the connection
-    assert spied["handed_over"] == 1
+    assert spied["paths"] == ["/sleep"]  # the first request opened the connection
+    assert spied["handed_paths"] == ["/sleep"]
     assert answer.responses[0].status == 503
     assert answer.responses[0].error_code == "draining"
 
 
 def test_a_defect_of_the_direct_path_closes_the_client_connection_and_is_counted(
-    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, list[str]]
 ) -> None:
     monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1")
 
@@ -365,7 +358,7 @@ def test_a_defect_of_the_direct_path_closes_the_client_connection_and_is_counted
     ],
 )
 def test_a_head_whose_body_never_follows_is_answered_as_an_error(
-    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any], path: str, status: int, code: str
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, list[str]], path: str, status: int, code: str
 ) -> None:
     # The direct path holds a head that came alone until its body's first bytes: when none come,
     # nothing of the response has reached the client, which gets a whole error response (through
@@ -391,7 +384,7 @@ def test_a_head_whose_body_never_follows_is_answered_as_an_error(
 
 
 def test_a_request_read_while_a_direct_one_is_in_flight_is_answered_after_it(
-    monkeypatch: pytest.MonkeyPatch, spied: dict[str, Any]
+    monkeypatch: pytest.MonkeyPatch, spied: dict[str, list[str]]
 ) -> None:
     monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1")
     with (
