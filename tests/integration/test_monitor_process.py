@@ -40,6 +40,7 @@ import pytest
 
 from modeltap.capture import compiled
 from modeltap.handoff.shipper import SEND_TIMEOUT_S
+from modeltap.reference import build_profile, write_profile
 from tests.support.otlp_receiver import OtlpHttpReceiver
 from tests.support.polling import wait_until
 from tests.support.server_process import (
@@ -640,6 +641,54 @@ def test_hostile_traffic_does_not_grow_the_serving_process_past_its_handoff_buff
     )
     assert peak - baseline <= HANDOFF_BYTES + MARGIN_BYTES
     assert after - baseline <= HANDOFF_BYTES + MARGIN_BYTES
+
+
+# ---- what a serving process loads ------------------------------------------------------------------
+
+# The analysis and what it brings: none of it belongs in a worker whose monitor analyses.
+ANALYSIS_MODULES = (
+    "modeltap.worker.analyzer",
+    "modeltap.stats",
+    "modeltap.export.otlp_metrics",
+    "scipy",
+    "opentelemetry.sdk",
+    "opentelemetry.exporter",
+    "grpc",
+    "google.protobuf",
+)
+
+
+@pytest.mark.parametrize("mode", ["process", "inline"])
+def test_a_worker_whose_monitor_analyses_loads_none_of_the_analysis(
+    mode: str, run_dir: Path, app_file: Path, tmp_path: Path
+) -> None:
+    """With a reference profile and OTLP export configured, a served worker in process mode has
+    loaded none of the analysis's modules after answering requests and its views (the monitor
+    has them); inline, where the analysis runs in the worker, it has them all (so the check can
+    tell). Printed: the worker's RSS, for the closing figures."""
+    reference = tmp_path / "reference.json"
+    rng = np.random.default_rng(7)
+    write_profile(build_profile(rng.normal(size=(500, 3)), names=["a", "b", "c"]), reference)
+    port = free_port()
+    settings = otlp_settings("http://127.0.0.1:9")  # nothing listens: export fails, counted
+    env = server_environment(run_dir, MODELTAP_MONITOR=mode, MODELTAP_REFERENCE=str(reference), **settings)
+    body = json.dumps({"instances": [[0.1, 0.2, 0.3]]}).encode()
+    with running_server(uvicorn_command(app_file, port), env, port, tmp_path / "log") as server:
+        assert post_many(port, [("/v1/models/demo:predict", body)] * 20) == [200] * 20
+        document = settled_status(server, lambda d: d["requests"]["total"] == 20)
+        assert document["requests"]["total"] == 20
+        assert document["monitoring"]["mode"] == mode
+        with fresh_client(server) as client:
+            assert client.get("/modeltap/metrics").status_code == 200
+            response = client.get("/_modules?" + ",".join(ANALYSIS_MODULES))
+        assert response.status_code == 200
+        loaded = response.json()
+        rss = rss_bytes(server.pid)
+    print(f"{mode}: worker RSS {rss >> 20} MiB, analysis modules loaded: {loaded}")
+    if mode == "process":
+        assert loaded == []
+    else:
+        assert {"modeltap.worker.analyzer", "modeltap.stats", "scipy", "opentelemetry.sdk"} <= set(loaded)
 
 
 # ---- control messages ------------------------------------------------------------------------------------

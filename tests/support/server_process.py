@@ -5,7 +5,7 @@ come from the environment, so process or inline mode is the test's choice). Arou
 middleware, outside of what modeltap sees, a thin ASGI layer adds `x-worker-pid` and
 `x-payload-stride` to every answer (which worker answered, and the payload stride its tap applies
 at that moment) and answers `/_ready` itself, so a readiness probe starts no tap and is counted
-nowhere.
+nowhere, and `/_modules` (which of the modules named in its query the worker has loaded).
 
 `running_server` starts the server in a session of its own (`start_new_session=True`: the server,
 its workers and the monitor they start can be signalled as one process group) and stops whatever
@@ -45,6 +45,7 @@ APP_SOURCE = '''
 
 import json
 import os
+import sys
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -81,8 +82,12 @@ async def app(scope, receive, send):
     if scope["type"] != "http":
         await tapped(scope, receive, send)
         return
-    if scope["path"] == "/_ready":
-        body = json.dumps({"pid": os.getpid()}).encode()
+    if scope["path"] in ("/_ready", "/_modules"):
+        if scope["path"] == "/_ready":
+            body = json.dumps({"pid": os.getpid()}).encode()
+        else:
+            names = scope["query_string"].decode().split(",")
+            body = json.dumps(sorted(name for name in names if name in sys.modules)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})

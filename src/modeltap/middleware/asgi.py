@@ -189,6 +189,7 @@ class ModelTapMiddleware(_Dispatch):
         if views is not None and views.handles(scope):
             if views.remote is not None and tap.mode != "process":
                 views.remote = None  # the tap fell back to analysing in this process
+                self._serve_views_here(views)
             await views(scope, receive, send)
             return
         if capture is None:
@@ -218,9 +219,16 @@ class ModelTapMiddleware(_Dispatch):
             # Process mode: the monitor renders the views; this process only checks access.
             place = tap.place
             views.remote = MonitorViews(place.views_socket) if tap.mode == "process" and place else None
-            views.feedback = tap.analyzer.feedback  # inline: labels join here, drills run here
-            views.writes.update(tap.analyzer.writes())
-            views.reads.update(tap.analyzer.reads())
+            if views.remote is None:
+                self._serve_views_here(views)
+
+    def _serve_views_here(self, views: LocalViews) -> None:
+        """Inline mode: the analysis in this process serves the views' reads and writes (labels
+        join here, drills run here)."""
+        analyzer = self.tap.analyzer
+        views.feedback = analyzer.feedback
+        views.writes.update(analyzer.writes())
+        views.reads.update(analyzer.reads())
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through unchanged, flushing telemetry once the app has shut down."""

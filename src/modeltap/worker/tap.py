@@ -5,6 +5,12 @@ bounded hand-off queue. Process mode (the default): a shipper thread sends the r
 server's monitor process, which decodes, keeps the statistics, exports and serves the views
 (`modeltap.monitor`). Inline mode: a worker thread drains the queue into an `Analyzer` in this
 process. Every buffer is bounded and every drop is counted.
+
+In process mode this process imports nothing of the analysis: the statistics (and SciPy with
+them), the OpenTelemetry SDK and its exporters load only where the analysis runs here (inline
+mode, or a fall-back to it) or where the app brings its own SDK tracer provider. A served model
+then carries the capture, not the monitor (`tests/integration/test_monitor_process.py` checks
+which modules a worker has loaded).
 """
 
 from __future__ import annotations
@@ -15,16 +21,15 @@ import collections
 import dataclasses
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace as otel_trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from modeltap._types import ASGIApp
 from modeltap.alerts.rollback import route_report
@@ -34,19 +39,19 @@ from modeltap.capture.record_queue import new_record_queue
 from modeltap.capture.routes import RouteTemplates
 from modeltap.capture.trace_context import TraceSampler
 from modeltap.config import ModelTapConfig, SamplerConfig, config_document
-from modeltap.export.spans import ExchangeIdentity, build_span
 from modeltap.handoff.framing import RecordEncoder, compiled_encoder, decode_record
 from modeltap.handoff.rendezvous import Rendezvous, RendezvousError, run_directory
 from modeltap.handoff.shipper import Shipper
 from modeltap.operations.loop_lag import LoopLagProbe
 from modeltap.operations.process_resources import ResourceSampler, as_counts
-from modeltap.protocols.detect import path_identity, sanitize
 from modeltap.records import ExchangeRecord, QueuedRecord, RawRecord
-from modeltap.reference.document import ReferenceProfile, load_reference
 from modeltap.snapshot import ProcessResources, ServingCounts, Snapshot
-from modeltap.worker.analyzer import Analyzer, span_options
 from modeltap.worker.budget import CpuBudget
 from modeltap.worker.sampling import Sampling
+
+if TYPE_CHECKING:
+    from modeltap.reference.document import ReferenceProfile
+    from modeltap.worker.analyzer import Analyzer
 
 _log = logging.getLogger("modeltap")
 # Records per micro-batch: large enough to amortise the per-group numpy calls, small enough
@@ -70,9 +75,12 @@ class Tap:
         self._app = app
         self.config = config
         self._explicit_tracer_provider = tracer_provider
-        self.reference: ReferenceProfile | None = (
-            load_reference(config.reference) if config.reference else None
-        )
+        self.reference: ReferenceProfile | None = None
+        if config.reference:
+            # Read here, in process mode too: a wrong reference fails as the app is built.
+            from modeltap.reference.document import load_reference
+
+            self.reference = load_reference(config.reference)
         self._reset_state()
         self._registered_exit = False
         # A forked worker (gunicorn pre-fork) starts clean: the parent's queue and counts are its own.
@@ -97,7 +105,8 @@ class Tap:
         self.started = False
         self.sampling = Sampling(config.overload_watermark)
         self._budget = CpuBudget(config.worker_cpu_budget)
-        self.analyzer = Analyzer(config, self.reference, mode="inline")
+        self._analyzer: Analyzer | None = None  # made when the analysis runs here (`analyzer`)
+        self._analyzer_lock = threading.Lock()
         self._internal_errors: collections.Counter[str] = collections.Counter()
         # The sidecar's own failures by code; None until a proxy reports (then always exported).
         self._proxy_errors: collections.Counter[str] | None = None
@@ -117,7 +126,7 @@ class Tap:
         self.shipper: Shipper | None = None
         self._sampler: TraceSampler | None = None
         self._local_spans: Any = None  # the app's span processor, fed here in process mode
-        self._local_resource = Resource.get_empty()
+        self._local_resource: Any = None  # the app provider's resource (`_start_shipper`)
         self._local_routes = RouteTemplates()
         # What an embedding adapter adds: to the monitor's start document (the sidecar's admin
         # port), the file descriptors the monitor inherits, and this process's counts.
@@ -133,6 +142,20 @@ class Tap:
         self.resources = ResourceSampler("serving", self.loop_lag)
         # The sidecar's rollback switch: called (on the shipper thread) with a route command.
         self.on_route: Callable[[dict[str, Any]], None] | None = None
+
+    @property
+    def analyzer(self) -> Analyzer:
+        """The analysis in this process (inline mode), made on first use: in process mode the
+        monitor analyses, and this process never loads the statistics."""
+        analyzer = self._analyzer
+        if analyzer is None:
+            from modeltap.worker.analyzer import Analyzer
+
+            with self._analyzer_lock:  # the shipper's fall-back and a view may ask at once
+                analyzer = self._analyzer
+                if analyzer is None:
+                    analyzer = self._analyzer = Analyzer(self.config, self.reference, mode="inline")
+        return analyzer
 
     def watch_event_loop(self) -> None:
         """Probe the lag of the event loop running this call (none running: nothing to do). The
@@ -187,8 +210,7 @@ class Tap:
         config = self.config
         compiled_capture = compiled.wanted()
         self.capture_form = "compiled" if compiled_capture else "python"
-        provider = self._explicit_tracer_provider or otel_trace.get_tracer_provider()
-        app_provider = provider if isinstance(provider, SdkTracerProvider) else None
+        app_provider = _sdk_provider(self._explicit_tracer_provider or otel_trace.get_tracer_provider())
         if config.monitor == "process" and self._start_shipper(app_provider):
             # Spans leave from the monitor, or through the app's own provider from here.
             traced = app_provider is not None or config.export.traces_target is not None
@@ -254,7 +276,7 @@ class Tap:
         if self.on_fallback is not None:
             self.on_fallback()
 
-    def _start_shipper(self, app_provider: SdkTracerProvider | None) -> bool:
+    def _start_shipper(self, app_provider: Any) -> bool:
         """Process mode: ship to the server's monitor (started if needed); False: stay inline."""
         config = self.config
         document: dict[str, Any] = {"config": config_document(config), **self.monitor_extras}
@@ -265,7 +287,10 @@ class Tap:
                 for k, v in app_provider.resource.attributes.items()
                 if isinstance(v, (str, int, float, bool))
             }
+            from opentelemetry.sdk.resources import Resource  # loaded with the app's provider
+
             self._local_spans = app_provider._active_span_processor
+            self._local_resource = Resource.get_empty()
         try:
             directory = self.run_directory or run_directory()
             self.place = Rendezvous.for_server(directory, config.monitor_id, document["config"])
@@ -416,6 +441,11 @@ class Tap:
 
     def _local_span(self, record: ExchangeRecord) -> Any:
         """The exchange's span built here, from what is known without decoding the payload."""
+        # The app's SDK provider is loaded already; the span builder only with it.
+        from modeltap.export.spans import ExchangeIdentity, build_span
+        from modeltap.protocols.detect import path_identity, sanitize
+        from modeltap.worker.analyzer import span_options
+
         config = self.config
         name, version = path_identity(record.path)
         request_id = version_header = None
@@ -427,13 +457,18 @@ class Tap:
                 version_header = sanitize(value.decode("latin-1"))
         identity = ExchangeIdentity(
             route=self._local_routes.of(record.scope, record.root_path_at_start),
-            model_name=config.model_name or name or self.analyzer.default_name,
+            model_name=config.model_name or name or self._default_name(),
             model_version=config.model_version or version_header or version or "unknown",
             request_id=request_id,
             protocol="unknown",
             violations={},
         )
         return build_span(record, identity, span_options(config), self._local_resource)
+
+    def _default_name(self) -> str:
+        """The model's name where nothing else names it (as the analysis names it)."""
+        reference = self.reference
+        return (reference.model_name if reference is not None else None) or "unknown"
 
     # ---- worker thread ------------------------------------------------------------------
 
@@ -527,6 +562,15 @@ class Tap:
     def latest_snapshot(self) -> Snapshot:
         """The last published snapshot (at most `snapshot_interval_s` old while running)."""
         return self.analyzer.latest_snapshot()
+
+
+def _sdk_provider(provider: Any) -> Any:
+    """`provider` if it is the OpenTelemetry SDK's (the app's own tracing pipeline), else None.
+    Asked without importing the SDK: a provider of the SDK's class means the SDK is loaded."""
+    sdk_trace = sys.modules.get("opentelemetry.sdk.trace")
+    if sdk_trace is None:
+        return None
+    return provider if isinstance(provider, sdk_trace.TracerProvider) else None
 
 
 def _process_start_unix_s() -> float:
