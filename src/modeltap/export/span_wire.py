@@ -11,7 +11,7 @@ official generated classes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -91,20 +91,34 @@ class SpanWireEncoder:
         # Name and kind, the shape's attributes, status: encoded once per shape (bounded, cleared
         # when full: paths and user agents come from clients).
         self._shapes: dict[SpanShape, tuple[bytes, bytes, bytes]] = {}
+        self._keyed: dict[Hashable, tuple[bytes, bytes, bytes]] = {}  # by the caller's shape key
         self._attributes: dict[tuple[str, Any], bytes] = {}  # the changing ones' fragments
         self._float_keys: dict[str, bytes] = {}  # a float attribute's encoding up to its value
 
-    def encode(self, record: ExchangeRecord, identity: ExchangeIdentity) -> bytes:
+    def encode(self, record: ExchangeRecord, identity: ExchangeIdentity, shape_key: Hashable = None) -> bytes:
+        """The span's message body. `shape_key`, when given, is the caller's word that it decides
+        the span's shape (`span_shape`) with this encoder's options: spans of one key then share
+        their encoded shape without it being worked out again."""
         ids = record.trace
         assert ids is not None
-        shape = span_shape(record, identity, self._options)
-        encoded = self._shapes.get(shape)
+        encoded = None
+        if shape_key is not None:
+            encoded = self._keyed.get(shape_key)
         if encoded is None:
-            encoded = _encode_shape(shape)
-            if len(shape.path) + len(shape.query_string) + len(shape.user_agent or "") <= _CACHEABLE_CHARS:
-                if len(self._shapes) >= _SHAPES_LIMIT:
-                    self._shapes.clear()
-                self._shapes[shape] = encoded
+            shape = span_shape(record, identity, self._options)
+            size = len(shape.path) + len(shape.query_string) + len(shape.user_agent or "")
+            cacheable = size <= _CACHEABLE_CHARS
+            encoded = self._shapes.get(shape)
+            if encoded is None:
+                encoded = _encode_shape(shape)
+                if cacheable:
+                    if len(self._shapes) >= _SHAPES_LIMIT:
+                        self._shapes.clear()
+                    self._shapes[shape] = encoded
+            if shape_key is not None and cacheable:
+                if len(self._keyed) >= _SHAPES_LIMIT:
+                    self._keyed.clear()
+                self._keyed[shape_key] = encoded
         name_and_kind, repeated, status = encoded
         start = record.start_unix_ns
         end = start + int(record.duration_s * 1e9)

@@ -33,9 +33,9 @@ class SpanOptions:
     response_headers: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ExchangeIdentity:
-    """What the worker learned from decoding, for the span."""
+class ExchangeIdentity(NamedTuple):
+    """What the worker learned from decoding, for the span (a tuple: one is made per span, and a
+    frozen dataclass costs twice as much to make)."""
 
     route: str | None
     model_name: str
@@ -87,18 +87,27 @@ class SpanShape(NamedTuple):
     local_parent: bool  # another instrumentation's span is the parent: this one is INTERNAL
 
 
-def span_shape(record: ExchangeRecord, identity: ExchangeIdentity, options: SpanOptions) -> SpanShape:
-    """The shape of an exchange's span (what `shape_attributes` and the wire encoder read)."""
+def request_shape(
+    headers: Any, options: SpanOptions
+) -> tuple[str | None, tuple[tuple[str, tuple[str, ...]], ...]]:
+    """What a span's shape takes of the request's header pairs: the first user agent, and the
+    captured headers' values by first appearance."""
     user_agent = None
     wanted = {name.lower() for name in options.request_headers} if options.request_headers else None
     captured: dict[str, list[str]] = {}
-    for key, value in record.scope.get("headers") or ():
+    for key, value in headers:
         if key == b"user-agent" and user_agent is None:
             user_agent = value.decode("latin-1")
         if wanted:
             name = key.decode("latin-1").lower()
             if name in wanted:
                 captured.setdefault(name, []).append(value.decode("latin-1"))
+    return user_agent, tuple((name, tuple(values)) for name, values in captured.items())
+
+
+def span_shape(record: ExchangeRecord, identity: ExchangeIdentity, options: SpanOptions) -> SpanShape:
+    """The shape of an exchange's span (what `shape_attributes` and the wire encoder read)."""
+    user_agent, captured = request_shape(record.scope.get("headers") or (), options)
     answered: tuple[tuple[str, tuple[str, ...]], ...] = ()
     if options.response_headers:
         response_headers = _headers_dict(record.response_headers)
@@ -121,7 +130,7 @@ def span_shape(record: ExchangeRecord, identity: ExchangeIdentity, options: Span
         None if client is None else client[0],
         record.query_string,
         user_agent,
-        tuple((name, tuple(values)) for name, values in captured.items()),
+        captured,
         answered,
         identity.model_name,
         identity.model_version,

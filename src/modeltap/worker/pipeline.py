@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import chain
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from modeltap.capture.routes import RouteTemplates
 from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
 from modeltap.export.span_wire import SpanWireEncoder
-from modeltap.export.spans import KNOWN_METHODS, ExchangeIdentity, SpanOptions, build_span
+from modeltap.export.spans import KNOWN_METHODS, ExchangeIdentity, SpanOptions, build_span, request_shape
 from modeltap.protocols import DecodedPayload, ExchangeBytes, decode_exchange
 from modeltap.protocols.detect import DecodeOptions, path_identity, sanitize
 from modeltap.protocols.feedback import MAX_ID_LENGTH
@@ -57,6 +58,9 @@ FLUSH_BYTES_MAX = 8 * 1024 * 1024
 SHAPES_LIMIT = 256
 # Estimated bytes of one parsed JSON number in a row list (a float object and its list slot).
 _ROW_BYTES = 32
+# What a record without its payload says of its protocol and its violations (`_without_payload`).
+_NO_PAYLOAD_PROTOCOL = DecodedPayload().protocol
+_NO_VIOLATIONS: Mapping[str, int] = MappingProxyType({})
 _LIST_BYTES = 64
 
 
@@ -141,6 +145,9 @@ class BatchPipeline:
         self.sdk_spans = False
         # False where spans are built elsewhere (the serving process, for the app's own provider).
         self.build_spans = True
+        # False: a traced record without its payload is worked out in full, as one with its
+        # payload is (tests hold the two ways to the same statistics and span bytes).
+        self.spans_by_shape = True
         # Grouped values waiting for their numpy step. The numpy work has a fixed cost per call
         # (about 0.5 ms per micro-batch with a reference loaded), so it runs once enough rows
         # have gathered, not once per wake-up: at a few thousand requests/s the worker wakes with
@@ -171,6 +178,12 @@ class BatchPipeline:
             self._pending_since = time.monotonic()
         spans: list[Any] = []
         stats = self._stats
+        # A traced record without its payload is filed as the untraced ones are, and its span's
+        # repeating part is looked up by what files it (`_timed_span`), unless spans go to the
+        # app's SDK provider or carry bodies.
+        spans_by_shape = (
+            self.spans_by_shape and not self.sdk_spans and not self._span_options.capture_payloads
+        )
         fixed_name = self._config.model_name
         default_model = self._default_model
         routes = self._route_templates
@@ -180,14 +193,16 @@ class BatchPipeline:
                 (scope, root_path_at_start, start_ns, started, _first, ended, finished, status,
                  response_headers, request_parts, request_size, response_parts, response_size,
                  exception_type, disconnected, trace, weight, payload_weight, first_body) = raw  # fmt: skip
-                if not payload_weight and (trace is None or not self.build_spans):
+                if not payload_weight and (trace is None or not self.build_spans or spans_by_shape):
                     # Timed and counted only (the payload was sampled out): under sustained load
-                    # nearly every record.
-                    key, error, client_gone = self._file_timed_record(
+                    # nearly every record; traced, its span is made from what files it.
+                    key, error, client_gone, shape = self._file_timed_record(
                         scope, root_path_at_start, status, response_headers, exception_type,
                         disconnected, ended, weight, 1,
                     )  # fmt: skip
                     decoded = None
+                    if trace is not None and self.build_spans:
+                        spans.append(self._timed_span(raw, key, shape))
                 elif payload_weight:
                     self._pending_payloads += 1
                     decoded = self._decode(
@@ -304,7 +319,7 @@ class BatchPipeline:
             try:
                 (scope, root_path_at_start, _, started, _, ended, _, status, response_headers, _, _, _, _,
                  exception_type, disconnected, _, weight, _, _) = raw  # fmt: skip
-                key, error, client_gone = self._file_timed_record(
+                key, error, client_gone, _ = self._file_timed_record(
                     scope, root_path_at_start, status, response_headers, exception_type,
                     disconnected, ended, weight, count,
                 )  # fmt: skip
@@ -343,10 +358,11 @@ class BatchPipeline:
         ended: float | None,
         weight: int,
         count: int,
-    ) -> tuple[tuple[Any, ...], str | None, bool]:
-        """(latency key, error, client gone) of `count` alike records timed and counted only. What
-        such a record is filed under is worked out once per shape of the fields that decide it;
-        the identity book is still asked each time (its last-seen times and caps stay exact)."""
+    ) -> tuple[tuple[Any, ...], str | None, bool, tuple[Any, ...] | None]:
+        """(latency key, error, client gone, shape) of `count` alike records timed and counted
+        only. What such a record is filed under is worked out once per shape of the fields that
+        decide it (the shape: None when its header pairs cannot be hashed); the identity book is
+        still asked each time (its last-seen times and caps stay exact)."""
         routed = self._route_templates.of(scope, root_path_at_start)
         shape = (
             scope.get("path", ""),
@@ -384,7 +400,35 @@ class BatchPipeline:
         if answer_version and accepted:
             self._stats.note_served(model, answer_version, count)
         key = (model, weight, shape[1], template, status, shape[2], shape[3], error, shape[6])
-        return key, error, client_gone
+        return key, error, client_gone, shape if hashable else None
+
+    def _timed_span(self, raw: RawRecord, key: tuple[Any, ...], shape: tuple[Any, ...] | None) -> Any:
+        """The span of a traced record without its payload, filed under `key` (`_file_timed_record`):
+        the identity `process` would give it from the URL and headers, and its repeating part
+        encoded once per shape of what decides it (`SpanWireEncoder.encode`'s `shape_key`)."""
+        scope, response_headers = raw[0], raw[8]
+        event_id = b""
+        for name, value in response_headers:
+            if name == b"ce-id":
+                event_id = value
+        model = key[0]
+        identity = ExchangeIdentity(
+            route=key[3],
+            model_name=str(model[0][1]),
+            model_version=str(model[1][1]),
+            request_id=self._request_id(scope, event_id),
+            protocol=_NO_PAYLOAD_PROTOCOL,
+            violations=_NO_VIOLATIONS,
+        )
+        record = ExchangeRecord._make(raw)
+        shape_key = None
+        if shape is not None:
+            client = scope.get("client")
+            wanted = request_shape(scope.get("headers") or (), self._span_options)
+            trace = raw[15]
+            shape_key = (shape, model, client[0] if client else None, scope.get("server"),
+                         scope.get("query_string", b""), wanted, trace.enriched_local_span)  # fmt: skip
+        return self._wire.encode(record, identity, shape_key)
 
     def _filed_under(
         self,
@@ -627,10 +671,6 @@ class BatchPipeline:
     def _identity_from_headers(self, scope: Any, response_headers: Any, decoded: DecodedPayload) -> None:
         """Model version, model name and request id from headers (PROTOCOLS.md section 7): the
         version header wins over the payload; the others fill in what the payload lacked."""
-        request_id = b""
-        for key, value in scope.get("headers") or ():
-            if key == self._request_id_header:
-                request_id = value
         version = model_id = event_id = b""
         for key, value in response_headers:
             if key == self._version_header:
@@ -645,8 +685,19 @@ class BatchPipeline:
             decoded.answer_version = decoded.model_version
         if model_id and not decoded.model_name:
             decoded.model_name = sanitize(model_id.decode("latin-1"))
-        if (request_id or event_id) and not decoded.request_id:
-            decoded.request_id = sanitize((request_id or event_id).decode("latin-1"))
+        if not decoded.request_id:
+            request_id = self._request_id(scope, event_id)
+            if request_id is not None:
+                decoded.request_id = request_id
+
+    def _request_id(self, scope: Any, event_id: bytes) -> str | None:
+        """The request id header's value (the last one), else the CloudEvents id answered."""
+        request_id = b""
+        for key, value in scope.get("headers") or ():
+            if key == self._request_id_header:
+                request_id = value
+        chosen = request_id or event_id
+        return sanitize(chosen.decode("latin-1")) if chosen else None
 
     def _span(
         self, record: ExchangeRecord, decoded: DecodedPayload, model: Attributes, route: str | None

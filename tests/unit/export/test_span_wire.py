@@ -239,7 +239,7 @@ def test_remembered_shapes_encode_each_span_as_the_sdk_does(
             value = table[field][index % len(table[field])]
             {"scope": scope, "record": record_fields, "identity": identity_fields}[where][field] = value
         record = _record(scope=dict(scope), **record_fields)
-        identity = ExchangeIdentity(**{**IDENTITY.__dict__, **identity_fields})
+        identity = IDENTITY._replace(**identity_fields)
         payload = export_request(RESOURCE, [encoder.encode(record, identity)])
         (wire,) = ExportTraceServiceRequest.FromString(payload).resource_spans[0].scope_spans[0].spans
         sdk = encode_spans([build_span(record, identity, options, RESOURCE)]).resource_spans[0]

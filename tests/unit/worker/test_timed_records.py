@@ -2,9 +2,11 @@
 
 Under sustained load nearly every record is timed and counted without its payload; what such a
 record is filed under (model identity, route, status, error) is remembered per shape of the
-fields that decide it. Here generated sequences of such records go through the pipeline twice:
-untraced (the remembered shapes) and traced (every record worked out in full, as it is for a span),
-and every count, duration, identity and served version must come out the same.
+fields that decide it, and a traced one's span has its repeating part looked up by that shape.
+Here generated sequences of such records go through the pipeline three times: untraced (the
+remembered shapes), traced (the same, with spans) and traced with every record worked out in full
+(`spans_by_shape` off, as a record with its payload is), and every count, duration, identity and
+served version must come out the same, and the spans byte for byte.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from opentelemetry.sdk.resources import Resource
 
 from modeltap.capture import compiled
 from modeltap.config import ModelTapConfig
+from modeltap.export import span_wire
 from modeltap.export.spans import SpanOptions
 from modeltap.handoff import framing
 from modeltap.records import COLD_START_KEY, PROXY_ERROR_KEY, ROUTE_TEMPLATE_KEY, RawRecord, TraceIds
@@ -50,7 +53,6 @@ class Route:
 
 
 ROUTES = [Route("/v1/models/{model}:predict"), Route("/predict"), Route("/predict")]
-TRACE = TraceIds(0x1234 << 64 | 0xABCD, 0x42, 0, False, True, "", False)
 
 
 # What decides where a timed record is filed, and the values each may take.
@@ -76,15 +78,36 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "weight": st.sampled_from([1, 2, 4]),
     # ASGI lets an app send its header pairs as lists (unhashable: no shape to remember).
     "header_lists": st.booleans(),
+    # What a span takes from the request and not from what files the record.
+    "user_agent": st.sampled_from([None, b"wrk", b"curl/8.5"]),
+    "request_id": st.sampled_from([None, b"r-1", b"r-2"]),
+    "event_id": st.sampled_from([None, b"e-1"]),
+    "tenant": st.sampled_from([None, b"a", b"b"]),
+    "client": st.sampled_from([("127.0.0.1", 5000), ("127.0.0.1", 5001), ("10.0.0.2", 6000), None]),
+    "server": st.sampled_from([("127.0.0.1", 8000), ("127.0.0.1", None), None]),
+    "query": st.sampled_from([b"", b"a=1", b"token=secret"]),
+    "sizes": st.sampled_from([(-1, 0), (68, 20), (68, 21)]),
+    "first_byte": st.booleans(),
 }
 
 
 def timed_record(fields: dict[str, Any], started: float, took: float) -> RawRecord:
     """A record without its payload (payload weight 0)."""
+    request_headers = [(b"content-type", b"application/json")]
+    if fields["user_agent"] is not None:
+        request_headers.append((b"user-agent", fields["user_agent"]))
+    if fields["request_id"] is not None:
+        request_headers.append((b"x-request-id", fields["request_id"]))
+    if fields["tenant"] is not None:
+        request_headers.append((b"X-Tenant", fields["tenant"]))
     scope = make_http_scope(
         fields["method"],
         fields["path"],
+        headers=request_headers,
+        query_string=fields["query"],
         root_path=fields["root_path"],
+        client=fields["client"],
+        server=fields["server"],
         scheme=fields["scheme"],
         http_version=fields["http_version"],
     )
@@ -101,13 +124,17 @@ def timed_record(fields: dict[str, Any], started: float, took: float) -> RawReco
         headers.append((b"x-model-version", fields["version"]))
     if fields["model_id"] is not None:
         headers.append((b"ce-modelid", fields["model_id"]))
+    if fields["event_id"] is not None:
+        headers.append((b"ce-id", fields["event_id"]))
     if fields["header_lists"]:
         headers = [[name, value] for name, value in headers]  # type: ignore[misc]
     ended = None if fields["unanswered"] else started + took
+    response_started = started + took / 2 if fields["first_byte"] else None
+    request_size, response_size = fields["sizes"]
     return (
-        scope, fields["root_path_at_start"], 0, started, None, ended, started + took * 1.5,
-        fields["status"], headers, [], -1, [], 0, fields["exception"], fields["disconnected"], None,
-        fields["weight"], 0, None,
+        scope, fields["root_path_at_start"], int(started * 1e9), started, response_started, ended,
+        started + took * 1.5, fields["status"], headers, [], request_size, [], response_size,
+        fields["exception"], fields["disconnected"], None, fields["weight"], 0, response_started,
     )  # fmt: skip
 
 
@@ -126,17 +153,34 @@ def timed_records(draw: st.DrawFn) -> list[RawRecord]:
     return records
 
 
-def run(records: list[RawRecord], traced: bool, batch: int) -> tuple[Any, ...]:
+NO_CAPTURED_HEADERS = SpanOptions(False, 0, (), ())
+
+
+def with_trace_ids(records: list[RawRecord]) -> list[RawRecord]:
+    """The records traced, each with trace ids of its own (a remote parent for some)."""
+    out = []
+    for i, record in enumerate(records):
+        parent = 0x99 if i % 3 else 0
+        ids = TraceIds(0x1234 << 64 | i + 1, 0x42 + i, parent, i % 3 == 1, True, "k=v" * (i % 2), False)
+        out.append((*record[:15], ids, *record[16:]))
+    return out
+
+
+def run(
+    records: list[RawRecord],
+    traced: bool,
+    batch: int,
+    by_shape: bool = True,
+    options: SpanOptions = NO_CAPTURED_HEADERS,
+) -> tuple[Any, ...]:
     # Few names and versions: the caps are reached, and what is over them is counted.
     config = ModelTapConfig(monitor="inline", max_models=3, max_versions_per_model=2)
     stats = statistics(config, None)
     # Steps by record counts only (not by the clock), so both runs step at the same records.
-    options = SpanOptions(False, 0, (), ())
     worker = BatchPipeline(
         config, None, stats, options, Resource.get_empty, "default", flush_age_s=float("inf")
     )
-    if traced:
-        records = [(*record[:15], TRACE, *record[16:]) for record in records]
+    worker.spans_by_shape = by_shape
     spans = []
     pending: list[dict[Any, Any]] = []
     for start in range(0, len(records), batch):
@@ -151,6 +195,7 @@ def run(records: list[RawRecord], traced: bool, batch: int) -> tuple[Any, ...]:
     assert not worker.errors  # every record processed, none given up
     worker.flush_pending()
     return (
+        spans,
         pending,
         [(p.attributes, p.counts, p.count, p.sum, p.min, p.max) for p in stats.duration_points()],
         [
@@ -171,9 +216,28 @@ def test_timed_records_are_filed_as_if_worked_out_one_by_one(
     original = pipeline_module.SHAPES_LIMIT
     pipeline_module.SHAPES_LIMIT = shapes_limit  # 2: the remembered shapes are cleared often
     try:
-        assert run(records, traced=False, batch=batch) == run(records, traced=True, batch=batch)
+        _, *untraced = run(records, traced=False, batch=batch)
+        in_full = run(with_trace_ids(records), traced=True, batch=batch, by_shape=False)
+        assert untraced == list(in_full[1:])
+        assert run(with_trace_ids(records), traced=True, batch=batch) == in_full
     finally:
         pipeline_module.SHAPES_LIMIT = original
+
+
+@settings(max_examples=60, deadline=None)
+@given(timed_records(), st.sampled_from([2, 256]))
+def test_spans_by_shape_are_the_spans_worked_out_in_full_with_captured_headers(
+    records: list[RawRecord], shapes_limit: int
+) -> None:
+    """With request and response headers captured on spans (the configuration names them)."""
+    options = SpanOptions(False, 0, ("x-tenant", "user-agent"), ("x-model-version", "ce-id"))
+    original = span_wire._SHAPES_LIMIT
+    span_wire._SHAPES_LIMIT = shapes_limit
+    try:
+        in_full = run(with_trace_ids(records), traced=True, batch=7, by_shape=False, options=options)
+        assert run(with_trace_ids(records), traced=True, batch=7, options=options) == in_full
+    finally:
+        span_wire._SHAPES_LIMIT = original
 
 
 def _counted(stats: Any) -> int:
@@ -293,6 +357,8 @@ def test_every_record_of_a_group_over_the_caps_is_counted() -> None:
         method="POST", path="/predict", scheme="http", http_version="1.1", route=None, template=None,
         root_path="", root_path_at_start="", proxy_error=None, cold=False, version=b"1", model_id=None,
         unanswered=False, status=200, exception=None, disconnected=False, weight=1, header_lists=False,
+        user_agent=None, request_id=None, event_id=None, tenant=None, client=("127.0.0.1", 5000),
+        server=("127.0.0.1", 8000), query=b"", sizes=(-1, 0), first_byte=False,
     )  # fmt: skip
     assert set(fields) == set(FIELDS)
     names = [b"m-1", b"m-2", b"m-3", b"m-4", b"m-5"]
