@@ -59,6 +59,7 @@ static PyObject *s_response_start, *s_response_pathsend, *s_response_trailers, *
 static PyObject *s_throw, *s_close, *s_qualname, *s_capture, *s_trace_start, *s_trace_detach;
 static PyObject *s_note_internal_error, *s_note_first_answer;
 static PyObject *no_headers;  /* the shared empty header list, as the Python form's _NO_HEADERS */
+static PyObject *no_parts;    /* no body kept: encoded as an empty field, never handed out */
 static PyObject *bits_64, *zero_int, *s_bound;
 
 /* `mapping[key]`, or NULL without an error when the key is absent (any mapping). */
@@ -942,8 +943,8 @@ typedef struct {
     PyObject_HEAD
     CaptureObject *capture;
     PyObject *send;
-    PyObject *request_parts;   /* list of bytes */
-    PyObject *response_parts;  /* list of bytes */
+    PyObject *request_parts;   /* list of bytes; NULL when no payload is kept (weight 0) */
+    PyObject *response_parts;  /* list of bytes; NULL when no payload is kept (weight 0) */
     PyObject *response_headers;
     Py_ssize_t request_left, request_size, response_left, response_size;
     double response_started, first_body, ended;  /* < 0: not yet */
@@ -1502,14 +1503,21 @@ static void exchange_finish(ExchangeObject *self, PyObject *exception) {
             .payload_weight = self->payload_weight,
             .disconnected = state->disconnected,
             .response_headers = headers,
-            .request_parts = state->request_parts,
-            .response_parts = state->response_parts,
+            .request_parts = state->request_parts != NULL ? state->request_parts : no_parts,
+            .response_parts = state->response_parts != NULL ? state->response_parts : no_parts,
             .exception_type = exception_type,
             .ids = self->ids != NULL ? self->ids : Py_None,
         };
         record = encode_fields((EncoderObject *)capture->encoder, &fields);
     } else {
-        record = PyTuple_New(19);
+        /* Inline mode: the record's part lists are its own (none were made without a payload). */
+        if (state->request_parts == NULL) {
+            state->request_parts = PyList_New(0);
+        }
+        if (state->response_parts == NULL) {
+            state->response_parts = PyList_New(0);
+        }
+        record = state->request_parts != NULL && state->response_parts != NULL ? PyTuple_New(19) : NULL;
         if (record != NULL) {
             PyObject *items[19] = {
                 self->scope,
@@ -1710,16 +1718,21 @@ static StateObject *new_state(ExchangeObject *self) {
     state->capture = capture;
     Py_INCREF(self->send);
     state->send = self->send;
-    state->request_parts = PyList_New(0);
-    state->response_parts = PyList_New(0);
-    state->response_headers = NULL;
     Py_ssize_t left = self->payload_weight ? capture->cap : 0;
+    /* Under load nearly no exchange keeps its payload: its lists are not made at all. */
+    state->request_parts = left > 0 ? PyList_New(0) : NULL;
+    state->response_parts = left > 0 ? PyList_New(0) : NULL;
+    state->response_headers = NULL;
     state->request_left = state->response_left = left;
     state->request_size = state->response_size = 0;
     state->response_started = state->first_body = state->ended = -1.0;
     state->status = 0;
     state->disconnected = 0;
     PyObject_GC_Track(state);
+    if (left > 0 && (state->request_parts == NULL || state->response_parts == NULL)) {
+        Py_DECREF(state);
+        return NULL;
+    }
     return state;
 }
 
@@ -1778,9 +1791,6 @@ static int exchange_start(ExchangeObject *self) {
         return -1;
     }
     self->state = state;
-    if (state->request_parts == NULL || state->response_parts == NULL) {
-        return -1;
-    }
     ReceiveTapObject *receive = PyObject_GC_New(ReceiveTapObject, &ReceiveTapType);
     if (receive == NULL) {
         return -1;
@@ -2254,8 +2264,7 @@ static PyObject *capture_offer_whole(CaptureObject *self, PyObject *const *args,
     }
     exchange->root_path_at_start = root;
     StateObject *state = new_state(exchange);
-    if (state == NULL || state->request_parts == NULL || state->response_parts == NULL) {
-        Py_XDECREF(state);
+    if (state == NULL) {
         exchange->phase = 2;
         Py_DECREF(exchange);
         return NULL;
@@ -4163,9 +4172,10 @@ static int intern_all(void) {
     }
 #undef INTERN
     no_headers = PyList_New(0);
+    no_parts = PyList_New(0);
     bits_64 = PyLong_FromLong(64);
     zero_int = PyLong_FromLong(0);
-    return no_headers == NULL || bits_64 == NULL || zero_int == NULL ? -1 : 0;
+    return no_headers == NULL || no_parts == NULL || bits_64 == NULL || zero_int == NULL ? -1 : 0;
 }
 
 static PyMethodDef speedups_functions[] = {
