@@ -433,7 +433,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Give the request's scope its connection handle (the proxy app's hold on the client)."""
         handle = ConnectionHandle(self, cycle)
         self._keep(handle)
-        cycle.scope["extensions"] = cast(Any, {CONNECTION_EXTENSION: handle})
+        cycle.scope["extensions"] = {CONNECTION_EXTENSION: handle}
 
     def _keep(self, handle: RequestHandle) -> None:
         handles = self._handles
@@ -507,7 +507,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             exchange = direct.take(self, scope, body)
             if exchange is not None:
                 # In place of the cycle: a request read now queues behind it, as behind a cycle.
-                self.cycle = cast(Any, exchange)
+                self.cycle = exchange  # type: ignore[assignment]  # (no `cast`: a call per request)
                 self._keep(exchange)
                 self._phase = _BUSY
                 exchange.forward()
