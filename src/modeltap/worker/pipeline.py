@@ -58,10 +58,10 @@ FLUSH_BYTES_MAX = 8 * 1024 * 1024
 SHAPES_LIMIT = 256
 # Estimated bytes of one parsed JSON number in a row list (a float object and its list slot).
 _ROW_BYTES = 32
+_LIST_BYTES = 64
 # What a record without its payload says of its protocol and its violations (`_without_payload`).
 _NO_PAYLOAD_PROTOCOL = DecodedPayload().protocol
 _NO_VIOLATIONS: Mapping[str, int] = MappingProxyType({})
-_LIST_BYTES = 64
 
 
 def _rows_bytes(rows: list[Any]) -> int:
