@@ -202,6 +202,30 @@ def test_the_operators_rollback_moves_traffic_with_no_failed_request(tmp_path: P
     ]
 
 
+def test_inline_the_analysis_in_the_data_plane_serves_the_switch(tmp_path: Path) -> None:
+    """With the analysis in the data plane (`MODELTAP_MONITOR=inline`), the admin port is served
+    there, wired to it once it starts: `POST /rollback` moves traffic with no failed request, and
+    the notification leaves from the data plane."""
+    env = {"MODELTAP_MODEL_NAME": "churn", "MODELTAP_MONITOR": "inline"}
+    with sidecar_with_fallback(tmp_path, env=env) as (hook, sidecar, fallback), Load(sidecar.url) as load:
+        admin = sidecar.admin_url
+        assert wait_for(lambda: len(load.answers) >= 100, 20)
+        document = _status(admin)
+        assert document["monitoring"]["mode"] == "inline"
+        assert [(r["role"], r["pid"]) for r in document["resources"]] == [("serving", sidecar.process.pid)]
+        answer = httpx.post(admin + "/rollback", json={"cause": "inline check"}, timeout=10)
+        switched = time.monotonic()
+        assert answer.status_code == 200, answer.text
+        taken = answer.json()
+        assert (taken["target"], taken["fallback_upstream"], taken["applied"]) == ("fallback", fallback, True)
+        assert wait_for(lambda: sum(1 for sent, _, _ in load.answers if sent > switched) >= 100, 20)
+        assert _status(admin)["rollback"]["active"] is True
+        assert wait_for(lambda: any(n.get("kind") == "rollback" for n in hook.received), 10)
+    assert load.errors == []
+    assert Counter(status for _, status, _ in load.answers) == {200: len(load.answers)}
+    assert {who for sent, _, who in load.answers if sent > switched} == {"fallback"}
+
+
 def test_without_a_fallback_the_switch_is_refused(tmp_path: Path) -> None:
     with serve(model_server("primary", "2")) as primary, sidecar_process(primary, tmp_path) as sidecar:
         answer = httpx.post(sidecar.admin_url + "/rollback", timeout=10)

@@ -9,15 +9,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
-from modeltap.fleet.dashboard import dashboard_text
-from modeltap.fleet.rules import RuleOptions, check_duration, duration_text, rules_text
-from modeltap.reference.document import load_reference
-from modeltap.stats.scores import thresholds_of
+
+# The rules and the dashboard are made with the statistics' thresholds (and SciPy with them):
+# imported by the commands that make them, not by every `modeltap` command line that builds the
+# parser (the sidecar's data plane is one).
 
 
 def _duration(text: str) -> str:
+    from modeltap.fleet.rules import check_duration
+
     try:
         return check_duration(text)
     except ValueError as exc:
@@ -109,6 +110,11 @@ def _write(text: str, output: str) -> None:
 
 
 def run_rules(args: argparse.Namespace) -> None:
+    from modeltap.config import ModelTapConfig
+    from modeltap.fleet.rules import RuleOptions, duration_text, rules_text
+    from modeltap.reference.document import load_reference
+    from modeltap.stats.scores import thresholds_of
+
     config = ModelTapConfig.from_env()
     profile = load_reference(args.reference)
     window = args.window or duration_text(config.window_slots * config.window_slot_s)
@@ -136,6 +142,9 @@ def run_rules(args: argparse.Namespace) -> None:
 
 
 def run_dashboard(args: argparse.Namespace) -> None:
+    from modeltap.fleet.dashboard import dashboard_text
+    from modeltap.reference.document import load_reference
+
     profile = load_reference(args.reference)
     _write(dashboard_text(profile, args.model_name), args.output)
     if args.output != "-":

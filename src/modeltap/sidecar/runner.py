@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -38,6 +38,9 @@ from modeltap.sidecar.route import FALLBACK, RouteState, UpstreamRoute
 from modeltap.sidecar.settings import SidecarSettings
 from modeltap.sidecar.upstream import UpstreamPool
 from modeltap.snapshot import RouteReport
+
+if TYPE_CHECKING:
+    from modeltap.worker.analyzer import Analyzer
 
 _log = logging.getLogger("modeltap.sidecar")
 # Set by the supervisor for the data planes it starts: "proxy_fd,admin_fd" they inherit.
@@ -119,16 +122,14 @@ class Sidecar:
         self.tap.run_directory = run_directory
         self.tap.enable_proxy_errors()
         self.tap.enable_proxy_retries()
-        analyzer = self.tap.analyzer
-        views = admin_views(
-            self.tap.latest_snapshot, monitoring, analyzer.feedback, analyzer.writes(), analyzer.reads()
-        )
         if self.route.available:
-            # Inline mode's switch: the analysis here asks this event loop directly.
-            analyzer.rollback.configure(settings.fallback_upstream, settings.auto_rollback)
-            views.writes.update(rollback_endpoints(analyzer.rollback, self._route_report))
             self.tap.report_all(self.route.state.report())  # the monitor learns there is a switch
-        self.admin = AdminApp(views, self.readiness)
+        # The analysis in this process, wired once it runs here (`_wire_analysis`: inline mode,
+        # or a monitor that could not run); in process mode this process never loads it.
+        self.tap.on_analysis = self._wire_analysis
+        self.admin: AdminApp | None = None  # the admin port's app, when served here
+        self.status_url: str | None = None  # where notifications point people (`serve`)
+        self._loop: asyncio.AbstractEventLoop | None = None
         # The usual exchange skips the ASGI app (sidecar/direct.py); MODELTAP_SIDECAR_DIRECT=0
         # sends every request through it (to compare, or to rule the direct path out).
         self.direct = (
@@ -279,8 +280,8 @@ class Sidecar:
         proxy_config.timeout_graceful_shutdown = settings.drain_timeout_s  # type: ignore[assignment]
         self.proxy_server = _Server(proxy_config)
         loop = asyncio.get_running_loop()
+        self._loop = loop
         self.status_url = self._status_url()
-        self.tap.analyzer.status_url = self.status_url  # inline; the monitor is told below
         if self.route.available:
             # The switch is turned on this loop, whoever asks: the monitor's control messages
             # (shipper thread) or, inline, the analysis (its own thread) or the admin endpoint.
@@ -289,12 +290,7 @@ class Sidecar:
                 with contextlib.suppress(RuntimeError):  # the loop closed: the sidecar is gone
                     loop.call_soon_threadsafe(self._follow_route, command)
 
-            def from_analysis(command: RouteCommand) -> None:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._follow_route, command.document())
-
             self.tap.on_route = from_monitor
-            self.tap.analyzer.rollback.apply = from_analysis
         if self.process_mode:
             # A monitor that cannot run here after all: the admin port is served here then.
             self.tap.on_fallback = lambda: loop.call_soon_threadsafe(self._serve_admin_here)
@@ -352,11 +348,39 @@ class Sidecar:
             self.admin_socket.close()  # held for the monitor, which is gone now
         _log.info("modeltap sidecar: shutdown complete")
 
+    def _wire_analysis(self, analyzer: Analyzer) -> None:
+        """The analysis runs in this process (the tap calls this before it starts it, on the
+        thread that starts it): its notifications' link, its rollback switch, and the admin
+        port's views it serves."""
+        if self.admin is not None:
+            return  # wired already (inline mode: by the admin port, then by the tap's start)
+        settings = self.settings
+        analyzer.status_url = self.status_url
+        views = admin_views(
+            self.tap.latest_snapshot, self.tap.config, analyzer.feedback, analyzer.writes(), analyzer.reads()
+        )
+        if self.route.available:
+            # Inline mode's switch: the analysis here asks this event loop directly.
+            analyzer.rollback.configure(settings.fallback_upstream, settings.auto_rollback)
+            views.writes.update(rollback_endpoints(analyzer.rollback, self._route_report))
+
+            loop = self._loop
+            assert loop is not None  # the analysis starts once the sidecar serves
+
+            def from_analysis(command: RouteCommand) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: the sidecar is gone
+                    loop.call_soon_threadsafe(self._follow_route, command.document())
+
+            analyzer.rollback.apply = from_analysis
+        self.admin = AdminApp(views, self.readiness)
+
     def _serve_admin_here(self) -> None:
         """The admin port from this process (inline mode, or the monitor process fell through)."""
         if self._admin_task is not None or self.admin_socket is None:
             return
         self.process_mode = False
+        self._wire_analysis(self.tap.analyzer)  # the analysis runs here from now on
+        assert self.admin is not None
         config = uvicorn.Config(self.admin, http="httptools", lifespan="off", **self._common)
         self.admin_server = _Server(config)
         self._admin_task = asyncio.ensure_future(self.admin_server.serve(sockets=[self.admin_socket]))

@@ -134,6 +134,9 @@ class Tap:
         self.run_directory: Path | None = None  # else MODELTAP_RUN_DIR or the default
         self.shutdown_deadline = 0.0  # when `shutdown` must be done by (monotonic)
         self.on_fallback: Any = None  # called once process mode fell back to inline
+        # Called with the analysis before it starts in this process (inline, or the fall-back),
+        # on the thread that starts it: what an embedding wires to it (the sidecar's admin port).
+        self.on_analysis: Callable[[Analyzer], None] | None = None
         self.monitor_pass_fds: tuple[int, ...] = ()
         self.extra_counts: dict[str, Any] = {}
         # What this process costs (CPU, memory, threads, files, garbage collection), and how late
@@ -215,6 +218,7 @@ class Tap:
             # Spans leave from the monitor, or through the app's own provider from here.
             traced = app_provider is not None or config.export.traces_target is not None
         else:
+            self._wire_analysis()
             if app_provider is not None:
                 # The app has its own tracing pipeline: spans join it, metrics share its resource.
                 self.analyzer.start(
@@ -252,6 +256,15 @@ class Tap:
             atexit.register(self.shutdown)
             self._registered_exit = True
 
+    def _wire_analysis(self) -> None:
+        """Hand the analysis to `on_analysis` before it starts here (a failure there is logged:
+        the analysis still runs)."""
+        if self.on_analysis is not None:
+            try:
+                self.on_analysis(self.analyzer)
+            except Exception:
+                _log.exception("modeltap: wiring the analysis in this process failed")
+
     def _fall_back_inline(self, reason: str) -> None:
         """No monitor process can run here (shipper thread): analyse in this process from now on,
         on the same queue, so nothing captured so far is lost."""
@@ -259,6 +272,7 @@ class Tap:
         with self._lock:
             if self.mode != "process":
                 return
+            self._wire_analysis()
             processor = self._local_spans
             if processor is not None:
                 self.analyzer.start(span_processor=processor, base_resource=self._local_resource)

@@ -109,11 +109,27 @@ def test_the_monitor_serves_the_admin_port_and_counts_the_data_plane(
         document = settled(sidecar, 40)
         metrics = httpx.get(f"{sidecar.admin_url}/metrics", timeout=10.0).text
         ready = httpx.get(f"{sidecar.admin_url}/readyz", timeout=10.0)
+        # The analysis's compiled libraries (SciPy, gRPC for OTLP) are the monitor's alone.
+        data_plane = compiled_libraries(sidecar.process.pid)
+        monitor = compiled_libraries(monitor_pid(document))
     assert document["requests"]["total"] == 40
     assert document["monitoring"]["feeders"] == [sidecar.process.pid]
     assert monitor_pid(document) != sidecar.process.pid
     assert "modeltap_proxy_errors_total" in metrics
     assert ready.status_code == 200
+    assert "scipy" in monitor
+    assert not {"scipy", "grpc"} & data_plane, data_plane
+
+
+def compiled_libraries(pid: int) -> set[str]:
+    """The top-level packages whose compiled modules a process has mapped (its /proc maps)."""
+    packages = set()
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            path = line.split(maxsplit=5)[-1].strip()
+            if "/site-packages/" in path and path.endswith(".so"):
+                packages.add(path.split("/site-packages/", 1)[1].split("/", 1)[0])
+    return packages
 
 
 def test_a_killed_monitor_comes_back_and_the_gap_is_counted(
