@@ -2,8 +2,9 @@
 """What a serving process carries: the workload's app imported and answering requests in one
 process, bare, with modeltap in process mode (the default: the monitor process analyses) and
 inline (the analysis in this process). Prints, per variant, the time to import the app and
-answer its first request (when modeltap starts, and loads what it needs), the process's RSS, the objects the garbage collector tracks (its full collections visit all of them)
-and the modules loaded, after 3000 requests and a second for the monitor to start.
+answer its first request (when modeltap starts, and loads what it needs), the process's RSS, the
+objects the garbage collector tracks (its full collections visit all of them) and the modules
+loaded, after 3000 requests and a second for the monitor to start.
 
 Each variant runs in its own process (a reference profile and OTLP export to a port nobody
 listens on: exporting fails quietly, which is not what is measured).
