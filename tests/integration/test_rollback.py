@@ -219,7 +219,8 @@ def test_inline_the_analysis_in_the_data_plane_serves_the_switch(tmp_path: Path)
         taken = answer.json()
         assert (taken["target"], taken["fallback_upstream"], taken["applied"]) == ("fallback", fallback, True)
         assert wait_for(lambda: sum(1 for sent, _, _ in load.answers if sent > switched) >= 100, 20)
-        assert _status(admin)["rollback"]["active"] is True
+        # `/status` is a snapshot (published every half second): it shows the switch soon after.
+        assert wait_for(lambda: (_status(admin)["rollback"] or {}).get("active") is True, 10)
         assert wait_for(lambda: any(n.get("kind") == "rollback" for n in hook.received), 10)
     assert load.errors == []
     assert Counter(status for _, status, _ in load.answers) == {200: len(load.answers)}
