@@ -5,6 +5,7 @@ data path nothing."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from tests.support.alertmanager import alertmanager
 from tests.support.backends import ROOT, wait_for
 from tests.support.fleet_model import drifted_rows, training_rows, write_reference
+from tests.support.polling import wait_until
 from tests.support.server_process import free_port, running_server, server_environment
 from tests.support.sidecar_process import SidecarProcess, sidecar_process
 from tests.support.webhook import webhook
@@ -30,30 +32,46 @@ def _send(client: httpx.Client, url: str, rows: list[dict[str, Any]], seconds: f
     return _until(client, url, rows, lambda: False, seconds)
 
 
-@contextlib.contextmanager
-def _fleet(
-    tmp_path: Path, webhook_url: str | None, extra: dict[str, str] | None = None
-) -> Iterator[SidecarProcess]:
-    reference = write_reference(tmp_path)
-    hook_flags = ("--alert-webhook", webhook_url) if webhook_url else ()
+@dataclasses.dataclass(frozen=True)
+class Model:
+    url: str
+    reference: Path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Model]:
+    """The bare model and its reference profile, for every test here: it answers the same rows
+    the same way whoever asked before (no state), and the profile is only read."""
+    directory = tmp_path_factory.mktemp("model")
+    reference = write_reference(directory)
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "tests.support.fleet_model:app", "--app-dir", str(ROOT),
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    environment = server_environment(directory / "m")
+    with running_server(command, environment, port, directory / "model.log") as server:
+        yield Model(server.url, reference)
+
+
+@contextlib.contextmanager
+def _fleet(
+    tmp_path: Path, model: Model, webhook_url: str | None, extra: dict[str, str] | None = None
+) -> Iterator[SidecarProcess]:
+    hook_flags = ("--alert-webhook", webhook_url) if webhook_url else ()
     env = {
         "MODELTAP_MODEL_NAME": "loans",
         "MODELTAP_WINDOW_SLOTS": "3",
         "MODELTAP_WINDOW_SLOT_S": "1",
         "MODELTAP_MIN_SAMPLES": "100",
-        **(extra or {}),
         "MODELTAP_ALERT_FOR_S": "1",
         "MODELTAP_ALERT_GROUP_WAIT_S": "3",
-        "MODELTAP_ALERT_RESOLVE_S": "2",
+        # A drift level moves only when the scores are worked out again (every 5 s): one that has
+        # stayed below for a second stays below until then, so a longer resolve only adds waiting.
+        "MODELTAP_ALERT_RESOLVE_S": "1",
+        **(extra or {}),
     }
-    with (
-        running_server(command, server_environment(tmp_path / "m"), port, tmp_path / "model.log") as model,
-        # The webhook as the repeatable flag (the variable MODELTAP_ALERT_WEBHOOK works alike).
-        sidecar_process(model.url, tmp_path, "--reference", str(reference), *hook_flags, env=env) as sidecar,
-    ):
+    # The webhook as the repeatable flag (the variable MODELTAP_ALERT_WEBHOOK works alike).
+    reference = ("--reference", str(model.reference))
+    with sidecar_process(model.url, tmp_path, *reference, *hook_flags, env=env) as sidecar:
         yield sidecar
 
 
@@ -71,8 +89,10 @@ def _until(client: httpx.Client, url: str, rows: list[dict[str, Any]], done: Any
     return failed
 
 
-def test_drift_fires_one_grouped_critical_notification_and_resolves_after_recovery(tmp_path: Path) -> None:
-    with webhook() as hook, _fleet(tmp_path, hook.url) as sidecar, httpx.Client(timeout=10) as client:
+def test_drift_fires_one_grouped_critical_notification_and_resolves_after_recovery(
+    tmp_path: Path, model: Model
+) -> None:
+    with webhook() as hook, _fleet(tmp_path, model, hook.url) as sidecar, httpx.Client(timeout=10) as client:
         url = sidecar.url
         assert _send(client, url, training_rows(3000, seed=40), 3.0) == 0
 
@@ -107,10 +127,11 @@ def test_drift_fires_one_grouped_critical_notification_and_resolves_after_recove
         assert [n["kind"] for n in hook.received].count("repeat") == 0
 
 
-def test_a_hanging_receiver_costs_the_data_path_nothing(tmp_path: Path) -> None:
+def test_a_hanging_receiver_costs_the_data_path_nothing(tmp_path: Path, model: Model) -> None:
+    # No group wait: nothing here is about grouping, and the notification leaves as the alert fires.
     with (
         webhook(hang_s=30.0) as hook,
-        _fleet(tmp_path, hook.url) as sidecar,
+        _fleet(tmp_path, model, hook.url, {"MODELTAP_ALERT_GROUP_WAIT_S": "0"}) as sidecar,
         httpx.Client(timeout=10) as client,
     ):
 
@@ -120,7 +141,8 @@ def test_a_hanging_receiver_costs_the_data_path_nothing(tmp_path: Path) -> None:
 
         assert _until(client, sidecar.url, drifted_rows(3000, seed=43), fired, 40.0) == 0
         assert fired()
-        time.sleep(4.0)  # the group wait: the notification is now stuck in the hanging receiver
+        # The notification is now stuck in the hanging receiver.
+        assert wait_until(lambda: hook.arrived > 0, timeout_s=10.0)
         assert hook.received == []
         latencies = []
         for i in range(50):
@@ -131,10 +153,12 @@ def test_a_hanging_receiver_costs_the_data_path_nothing(tmp_path: Path) -> None:
         assert max(latencies) < 1.0, max(latencies)
 
 
-def test_a_real_alertmanager_gets_the_alert_with_the_rules_labels_and_its_resolution(tmp_path: Path) -> None:
+def test_a_real_alertmanager_gets_the_alert_with_the_rules_labels_and_its_resolution(
+    tmp_path: Path, model: Model
+) -> None:
     with webhook() as hook, alertmanager(tmp_path, hook.url) as am_url:
         env_extra = {"MODELTAP_ALERTMANAGER": am_url}
-        with _fleet(tmp_path, None, env_extra) as sidecar, httpx.Client(timeout=10) as client:
+        with _fleet(tmp_path, model, None, env_extra) as sidecar, httpx.Client(timeout=10) as client:
 
             def delivered(status: str) -> list[dict[str, Any]]:
                 return [
@@ -172,18 +196,21 @@ def test_a_real_alertmanager_gets_the_alert_with_the_rules_labels_and_its_resolu
             assert resolved(), hook.received
 
 
-def test_a_warning_raises_monitoring_for_a_bounded_time(tmp_path: Path) -> None:
+def test_a_warning_raises_monitoring_for_a_bounded_time(tmp_path: Path, model: Model) -> None:
     """WARNING's response: trace sampling doubled (0.1 -> 0.2, sent to the serving processes as a
     control message), payload decoding and snapshots up, said in /status, for alert_boost_s."""
     extra = {
         "MODELTAP_PSI_CRITICAL": "50",  # drift reaches WARNING only
+        # The boost follows the warning's notification: no group wait before it. (The drifted
+        # features' scores are worked out together, so they go pending, and fire, together.)
+        "MODELTAP_ALERT_GROUP_WAIT_S": "0",
         "MODELTAP_ALERT_BOOST_S": "60",
         "OTEL_TRACES_SAMPLER": "traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": "0.1",
     }
     with (
         webhook() as hook,
-        _fleet(tmp_path, hook.url, extra) as sidecar,
+        _fleet(tmp_path, model, hook.url, extra) as sidecar,
         httpx.Client(timeout=10) as client,
     ):
 

@@ -26,7 +26,7 @@ from tests.support.webhook import Webhook, webhook
 pytestmark = pytest.mark.timeout(120)
 
 FAST_ALERTS = {
-    "MODELTAP_ALERT_FOR_S": "1",
+    "MODELTAP_ALERT_FOR_S": "0.5",
     "MODELTAP_ALERT_GROUP_WAIT_S": "0",
     "MODELTAP_MIN_SAMPLES": "300",
     "MODELTAP_OUTCOME_NAMES": "conversion,order_value",
@@ -134,7 +134,7 @@ def test_outcomes_join_exactly_and_only_a_significant_drop_is_an_emergency(tmp_p
         converted = dict.fromkeys([*range(1000, 1300, 25), *range(1012, 1300, 25)], 50.0)
         assert len(converted) == 24
         assert _post(client, outcome, _results(range(1000, 1300), converted))["accepted"] == 324
-        time.sleep(2.5)  # longer than alert_for_s plus a snapshot: it would have fired by now
+        time.sleep(2.0)  # longer than alert_for_s plus a snapshot: it would have fired by now
         quiet = _business(status(), "2")
         assert quiet["window"]["conversion_rate"] == pytest.approx(24 / 300)
         assert quiet["threshold"] == pytest.approx(0.09)

@@ -5,6 +5,7 @@ leaves the real state untouched, and fails (exit 1, saying which path) when a re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -26,12 +27,16 @@ pytestmark = pytest.mark.timeout(150)
 PREDICT = "/v1/models/loans:predict"
 SUBJECTS = {"latency", "error_rate"}
 # The configured alert path, made quick: fire after 1 s, group for 0.5 s, resolve after 1 s.
+# (Alertmanager routes what it got 1 s later, its group wait: a drill through it must still be
+# firing then.)
 TIMINGS = {
     "MODELTAP_MODEL_NAME": "loans",
     "MODELTAP_ALERT_FOR_S": "1",
     "MODELTAP_ALERT_GROUP_WAIT_S": "0.5",
     "MODELTAP_ALERT_RESOLVE_S": "1",
 }
+# Quicker still where no Alertmanager is in the path, as tests/unit/alerts/test_drill.py has it.
+QUICK_TIMINGS = {**TIMINGS, "MODELTAP_ALERT_FOR_S": "0.5", "MODELTAP_ALERT_RESOLVE_S": "0.5"}
 
 
 def run_drill(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -50,15 +55,36 @@ def _model_command(port: int) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
 
 
-@contextlib.contextmanager
-def _sidecar(tmp_path: Path, *receivers: str) -> Iterator[Any]:
-    reference = str(write_reference(tmp_path))
+@dataclasses.dataclass(frozen=True)
+class Model:
+    url: str
+    reference: Path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model's reference profile, for every test here (it is only read)."""
+    path: Path = write_reference(tmp_path_factory.mktemp("reference"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory, reference: Path) -> Iterator[Model]:
+    """The bare model, for every test here: it answers the same rows the same way whoever asked
+    before (no state)."""
+    directory = tmp_path_factory.mktemp("model")
     port = free_port()
-    environment = server_environment(tmp_path / "m")
-    with (
-        running_server(_model_command(port), environment, port, tmp_path / "m.log") as model,
-        sidecar_process(model.url, tmp_path, "--reference", reference, *receivers, env=TIMINGS) as sidecar,
-    ):
+    environment = server_environment(directory / "m")
+    with running_server(_model_command(port), environment, port, directory / "m.log") as server:
+        yield Model(server.url, reference)
+
+
+@contextlib.contextmanager
+def _sidecar(
+    tmp_path: Path, model: Model, *receivers: str, timings: dict[str, str] = TIMINGS
+) -> Iterator[Any]:
+    reference = ("--reference", str(model.reference))
+    with sidecar_process(model.url, tmp_path, *reference, *receivers, env=timings) as sidecar:
         yield sidecar
 
 
@@ -75,12 +101,14 @@ def _send(url: str, count: int) -> None:
             )
 
 
-def test_a_drill_passes_against_a_sidecar_through_a_webhook_and_a_real_alertmanager(tmp_path: Path) -> None:
+def test_a_drill_passes_against_a_sidecar_through_a_webhook_and_a_real_alertmanager(
+    tmp_path: Path, model: Model
+) -> None:
     with (
         webhook() as hook,
         webhook() as routed,
         alertmanager(tmp_path, routed.url) as am_url,
-        _sidecar(tmp_path, "--alert-webhook", hook.url, "--alertmanager", am_url) as sidecar,
+        _sidecar(tmp_path, model, "--alert-webhook", hook.url, "--alertmanager", am_url) as sidecar,
     ):
         _send(sidecar.url, 20)
         status = sidecar.admin_url + "/status"
@@ -124,13 +152,12 @@ def test_a_drill_passes_against_a_sidecar_through_a_webhook_and_a_real_alertmana
     assert not [n for n in hook.received if n.get("drill") is False]
 
 
-def test_a_drill_passes_against_a_middleware_app(tmp_path: Path) -> None:
-    reference = write_reference(tmp_path)
+def test_a_drill_passes_against_a_middleware_app(tmp_path: Path, reference: Path) -> None:
     port = free_port()
     with webhook() as hook:
         env = {
             **server_environment(tmp_path / "app"),
-            **TIMINGS,
+            **QUICK_TIMINGS,
             "MODELTAP_REFERENCE": str(reference),
             "MODELTAP_ALERT_WEBHOOK": hook.url,
         }
@@ -146,13 +173,15 @@ def test_a_drill_passes_against_a_middleware_app(tmp_path: Path) -> None:
     assert len(drills[0]["alerts"]) == 1
 
 
-def test_a_drill_fails_and_says_which_receiver_is_down(tmp_path: Path) -> None:
+def test_a_drill_fails_and_says_which_receiver_is_down(tmp_path: Path, model: Model) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{closed.getsockname()[1]}/hook"  # bound, never listening
         with (
             webhook() as hook,
-            _sidecar(tmp_path, "--alert-webhook", hook.url, "--alert-webhook", down) as sidecar,
+            _sidecar(
+                tmp_path, model, "--alert-webhook", hook.url, "--alert-webhook", down, timings=QUICK_TIMINGS
+            ) as sidecar,
         ):
             result = run_drill(sidecar.admin_url, "--scenario", "errors")
     assert result.returncode == 1, result.stdout + result.stderr
@@ -163,8 +192,8 @@ def test_a_drill_fails_and_says_which_receiver_is_down(tmp_path: Path) -> None:
     assert [d["kind"] for d in _drill_documents(hook.received)] == ["firing", "resolved"]
 
 
-def test_a_drill_refuses_a_second_one_and_remote_writers(tmp_path: Path) -> None:
-    with webhook() as hook, _sidecar(tmp_path, "--alert-webhook", hook.url) as sidecar:
+def test_a_drill_refuses_a_second_one_and_remote_writers(tmp_path: Path, model: Model) -> None:
+    with webhook() as hook, _sidecar(tmp_path, model, "--alert-webhook", hook.url) as sidecar:
         first = httpx.post(sidecar.admin_url + "/drill", json={"scenario": "latency"}, timeout=10)
         second = httpx.post(sidecar.admin_url + "/drill", json={}, timeout=10)
         forwarded = httpx.post(

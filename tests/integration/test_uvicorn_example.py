@@ -12,7 +12,10 @@ import json
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -74,6 +77,27 @@ def example_url(example_env: None) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def answering_url() -> Iterator[str]:
+    """One tapped example for the tests that never read its counts, set up as `example_env` sets
+    it up (its own monitor). They cannot disturb one another, and a server stopped right after
+    its first requests waits at its exit for its monitor to have started and taken them: once
+    for the module rather than once per test."""
+    directory = Path(tempfile.mkdtemp(prefix="mt-"))  # short: Unix socket paths are limited
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            for name in list(os.environ):
+                if name.startswith(("OTEL_", "MODELTAP_")):
+                    monkeypatch.delenv(name)
+            monkeypatch.delenv("MODEL_VERSION", raising=False)
+            monkeypatch.setenv("MODELTAP_RUN_DIR", str(directory))
+            monkeypatch.setenv("MODELTAP_MONITOR_ID", f"t{uuid.uuid4().hex[:12]}")
+            with serve(load_example("modeltap_example_answering")) as url:
+                yield url
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
 def bare_url(example_env: None) -> Iterator[str]:
     with serve(without_modeltap(load_example("modeltap_example_bare"))) as url:
@@ -131,9 +155,9 @@ def wait_for_status(client: httpx.Client, total: int, timeout: float = 5.0) -> d
     ],
 )
 def test_predictions_are_the_documented_model(
-    example_url: str, rows: list[list[float | None]], body: bytes
+    answering_url: str, rows: list[list[float | None]], body: bytes
 ) -> None:
-    with httpx.Client(base_url=example_url) as client:
+    with httpx.Client(base_url=answering_url) as client:
         response = client.post(PREDICT_PATH, json=predict_body(rows))
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
@@ -142,15 +166,15 @@ def test_predictions_are_the_documented_model(
 
 
 @pytest.mark.timeout(60)
-def test_health(example_url: str) -> None:
-    with httpx.Client(base_url=example_url) as client:
+def test_health(answering_url: str) -> None:
+    with httpx.Client(base_url=answering_url) as client:
         response = client.get("/health")
     assert response.status_code == 200
     assert response.content == b'{"status":"ok"}'
 
 
 @pytest.mark.timeout(60)
-def test_responses_are_byte_identical_to_the_app_without_modeltap(example_url: str, bare_url: str) -> None:
+def test_responses_are_byte_identical_to_the_app_without_modeltap(answering_url: str, bare_url: str) -> None:
     def exchange(base_url: str) -> list[tuple[int, list[tuple[str, str]], bytes]]:
         with httpx.Client(base_url=base_url) as client:
             responses = [
@@ -174,7 +198,7 @@ def test_responses_are_byte_identical_to_the_app_without_modeltap(example_url: s
             for r in responses
         ]
 
-    tapped, bare = exchange(example_url), exchange(bare_url)
+    tapped, bare = exchange(answering_url), exchange(bare_url)
     assert [status for status, _, _ in tapped] == [200, 200, 422, 422, 405, 200, 405, 404, 200]
     assert tapped == bare
 
@@ -285,8 +309,8 @@ def test_metrics_view_exposes_the_same_counts(example_url: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_views_are_json_and_text_not_app_routes(example_url: str, bare_url: str) -> None:
-    with httpx.Client(base_url=example_url) as tapped, httpx.Client(base_url=bare_url) as bare:
+def test_views_are_json_and_text_not_app_routes(answering_url: str, bare_url: str) -> None:
+    with httpx.Client(base_url=answering_url) as tapped, httpx.Client(base_url=bare_url) as bare:
         status = tapped.get("/modeltap/status")
         assert status.headers["content-type"] == "application/json"
         assert json.loads(status.content)["model"]["name"] == "churn"

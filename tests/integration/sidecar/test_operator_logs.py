@@ -21,7 +21,7 @@ from tests.support.sidecar import running_sidecar
 
 pytestmark = pytest.mark.timeout(60)
 SIDECAR_LOGGER = "modeltap.sidecar"
-INTERVAL_S = 3.0  # well above the time a few refused requests take, even on a busy machine
+INTERVAL_S = 2.0  # well above the time a few refused requests take, even on a busy machine
 
 
 def sidecar_lines(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> list[str]:
