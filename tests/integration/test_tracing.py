@@ -106,11 +106,10 @@ def config(endpoint: str | None, protocol: str = "http/protobuf", **overrides: A
     }
     export.update(overrides.pop("export", {}))
     return ModelTapConfig(
-        monitor="inline",
+        **{"monitor": "inline", **overrides},
         model_name="churn",
         model_version="3",
         export=ExportConfig(endpoint=endpoint, protocol=protocol, **export),
-        **overrides,
     )
 
 
@@ -255,9 +254,16 @@ def test_default_sampler_keeps_a_tenth_of_new_traces(http_receiver: OtlpHttpRece
 
 
 @pytest.mark.timeout(60)
-def test_spans_go_through_the_applications_tracer_provider(http_receiver: OtlpHttpReceiver) -> None:
+@pytest.mark.parametrize("monitor", ["inline", "process"])
+def test_spans_go_through_the_applications_tracer_provider(
+    http_receiver: OtlpHttpReceiver, monitor: str, request: pytest.FixtureRequest
+) -> None:
+    """In process mode the serving process builds these spans itself (the monitor exports the
+    metrics): with the app's SDK provider and nothing of the analysis."""
+    if monitor == "process":
+        request.getfixturevalue("own_monitor")
     provider, exporter = in_memory_provider("user-service")
-    settings = config(http_receiver.endpoint, export={"service_name": None})
+    settings = config(http_receiver.endpoint, monitor=monitor, export={"service_name": None})
     try:
         with tapped(TracedApp().asgi(), settings, tracer_provider=provider) as middleware:
             drive(middleware, [Call(), Call(), Call()])

@@ -15,6 +15,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags, TraceState
 
+from modeltap.config import ModelTapConfig
 from modeltap.export.otlp_metrics import SCOPE
 from modeltap.export.redaction import REDACTED, is_credential_header, redact_query, truncate_utf8
 from modeltap.records import ExchangeRecord
@@ -31,6 +32,16 @@ class SpanOptions:
     max_payload_bytes: int
     request_headers: tuple[str, ...]
     response_headers: tuple[str, ...]
+
+
+def span_options(config: ModelTapConfig) -> SpanOptions:
+    """What a configuration puts on spans beyond the conventions' attributes."""
+    return SpanOptions(
+        capture_payloads=config.capture_payloads,
+        max_payload_bytes=config.max_payload_attribute_bytes,
+        request_headers=config.capture_request_headers,
+        response_headers=config.capture_response_headers,
+    )
 
 
 class ExchangeIdentity(NamedTuple):

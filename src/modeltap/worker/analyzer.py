@@ -37,7 +37,7 @@ from modeltap.config import ModelTapConfig
 from modeltap.export.exporters import make_metric_exporter, make_span_exporter
 from modeltap.export.local_views import ReadEndpoint, WriteEndpoint
 from modeltap.export.resource import SERVICE_INSTANCE_ID, build_resource, new_instance_id
-from modeltap.export.spans import SpanOptions
+from modeltap.export.spans import span_options
 from modeltap.export.telemetry_thread import TelemetryExporter
 from modeltap.operations.cgroup import ContainerSampler
 from modeltap.operations.gpu import GpuSampler
@@ -76,15 +76,6 @@ _log = logging.getLogger("modeltap")
 # What one kept exposure may cost (its key, record and dict slots: about 400 bytes measured with
 # a 20-character request id), to size the store from the label store's byte budget.
 EXPOSURE_BYTES = 512
-
-
-def span_options(config: ModelTapConfig) -> SpanOptions:
-    return SpanOptions(
-        capture_payloads=config.capture_payloads,
-        max_payload_bytes=config.max_payload_attribute_bytes,
-        request_headers=config.capture_request_headers,
-        response_headers=config.capture_response_headers,
-    )
 
 
 def statistics(

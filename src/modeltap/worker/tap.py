@@ -295,16 +295,28 @@ class Tap:
         config = self.config
         document: dict[str, Any] = {"config": config_document(config), **self.monitor_extras}
         if app_provider is not None:
+            # Spans are built here, for the app's pipeline: the monitor builds none.
+            document["local_spans"] = True
             # Metrics then carry the app's resource (the monitor adds its own instance id).
             document["resource"] = {
                 k: v
                 for k, v in app_provider.resource.attributes.items()
                 if isinstance(v, (str, int, float, bool))
             }
-            from opentelemetry.sdk.resources import Resource  # loaded with the app's provider
+            # Loaded with the app's provider: the SDK's resources.
+            from modeltap.export.resource import SERVICE_INSTANCE_ID, build_resource, new_instance_id
 
             self._local_spans = app_provider._active_span_processor
-            self._local_resource = Resource.get_empty()
+            # The spans built here carry the resource inline analysis gives them: the app's, over
+            # modeltap's defaults, with this process's instance id where the app names none.
+            export = config.export
+            detected = app_provider.resource.attributes.get(SERVICE_INSTANCE_ID)
+            self._local_resource = build_resource(
+                str(detected) if detected else new_instance_id(),
+                export.service_name,
+                export.resource_attributes,
+                base=app_provider.resource,
+            )
         try:
             directory = self.run_directory or run_directory()
             self.place = Rendezvous.for_server(directory, config.monitor_id, document["config"])
@@ -456,9 +468,8 @@ class Tap:
     def _local_span(self, record: ExchangeRecord) -> Any:
         """The exchange's span built here, from what is known without decoding the payload."""
         # The app's SDK provider is loaded already; the span builder only with it.
-        from modeltap.export.spans import ExchangeIdentity, build_span
+        from modeltap.export.spans import ExchangeIdentity, build_span, span_options
         from modeltap.protocols.detect import path_identity, sanitize
-        from modeltap.worker.analyzer import span_options
 
         config = self.config
         name, version = path_identity(record.path)
