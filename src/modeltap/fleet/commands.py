@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
 
 # The rules and the dashboard are made with the statistics' thresholds (and SciPy with them):
@@ -110,7 +111,6 @@ def _write(text: str, output: str) -> None:
 
 
 def run_rules(args: argparse.Namespace) -> None:
-    from modeltap.config import ModelTapConfig
     from modeltap.fleet.rules import RuleOptions, duration_text, rules_text
     from modeltap.reference.document import load_reference
     from modeltap.stats.scores import thresholds_of
