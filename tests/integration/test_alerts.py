@@ -64,8 +64,9 @@ def _fleet(
         "MODELTAP_MIN_SAMPLES": "100",
         "MODELTAP_ALERT_FOR_S": "1",
         "MODELTAP_ALERT_GROUP_WAIT_S": "3",
-        # A drift level moves only when the scores are worked out again (every 5 s): one that has
-        # stayed below for a second stays below until then, so a longer resolve only adds waiting.
+        # A drift level moves only when the scores are worked out again (once a window slot, 1 s
+        # here): one that has stayed below for a second stays below, so a longer resolve only adds
+        # waiting.
         "MODELTAP_ALERT_RESOLVE_S": "1",
         **(extra or {}),
     }

@@ -26,7 +26,9 @@ from modeltap.stats.scores import (
 )
 from modeltap.stats.window import WindowRing
 
-# Scores are recomputed at most this often; snapshots in between reuse them.
+# Scores are recomputed at most this often, or once a window slot where slots are shorter (a
+# window of a few seconds would otherwise move by more than its length between two scores);
+# snapshots in between reuse them.
 SCORE_INTERVAL_S = 5.0
 
 
@@ -72,6 +74,7 @@ class DriftState:
         self.profile = profile
         self.thresholds = thresholds
         self.window_s = window.slots * window.slot_s
+        self.score_interval_s = min(SCORE_INTERVAL_S, window.slot_s)
         self.numeric: dict[str, NumericBank] = {}
         self.numeric_columns: dict[str, dict[str, int]] = {}
         self.categorical: dict[tuple[str, str], CategoricalBank] = {}
@@ -159,8 +162,8 @@ class DriftState:
         return consumed
 
     def scores(self, now: float) -> dict[tuple[str, str], FeatureScores]:
-        """Window scores, recomputed at most every `SCORE_INTERVAL_S` (tests cost milliseconds)."""
-        if self._cached is not None and now - self._cached_at < SCORE_INTERVAL_S:
+        """Window scores, recomputed at most every `score_interval_s` (tests cost milliseconds)."""
+        if self._cached is not None and now - self._cached_at < self.score_interval_s:
             return self._cached
         self._cached = self._compute(now)
         self._cached_at = now
