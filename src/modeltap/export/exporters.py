@@ -10,15 +10,16 @@ tests export through both against a real receiver, so a change of pin that break
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as _GrpcSpans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as _HttpSpans
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from modeltap.config import ExportConfig
+
+if TYPE_CHECKING:
+    from modeltap.export.grpc_spans import GrpcEncodedSpanExporter
 
 
 class EncodedSpans(NamedTuple):
@@ -46,18 +47,7 @@ class HttpEncodedSpanExporter(_HttpSpans):
         return SpanExportResult.FAILURE
 
 
-class GrpcEncodedSpanExporter(_GrpcSpans):
-    """OTLP/gRPC span exporter taking `EncodedSpans` instead of SDK spans."""
-
-    def _translate_data(self, data: Any) -> ExportTraceServiceRequest:
-        request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(data.payload)
-        return request
-
-    def _count_data(self, data: Any) -> int:
-        return int(data.span_count)
-
-
-SpanSender = HttpEncodedSpanExporter | GrpcEncodedSpanExporter
+SpanSender: TypeAlias = "HttpEncodedSpanExporter | GrpcEncodedSpanExporter"
 
 
 def make_metric_exporter(config: ExportConfig) -> MetricExporter | None:
@@ -78,6 +68,9 @@ def make_span_exporter(config: ExportConfig) -> SpanSender | None:
     if target is None:
         return None
     if config.protocol == "grpc":
+        # gRPC is imported only for it: the library is large, and most exports go over HTTP.
+        from modeltap.export.grpc_spans import GrpcEncodedSpanExporter
+
         return GrpcEncodedSpanExporter(
             endpoint=target, headers=dict(config.headers), timeout=config.timeout_s
         )

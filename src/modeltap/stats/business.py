@@ -47,8 +47,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
-from scipy import stats as scipy_stats
-
 from modeltap.config import BUSINESS_METRICS, CONVERSION
 from modeltap.snapshot import BusinessSummary, OutcomeTally, RevenueImpact
 from modeltap.stats.scores import Level
@@ -165,7 +163,9 @@ def lower_p_value(current: Moments, baseline: Moments) -> float:
     difference = current.mean - baseline.mean
     if se == 0.0:
         return 0.0 if difference < 0 else 1.0
-    return float(scipy_stats.norm.cdf(difference / se))
+    from scipy.stats import norm  # on first use, as in `scores`
+
+    return float(norm.cdf(difference / se))
 
 
 def below_floor_p_value(current: Moments, floor: float) -> float:
@@ -174,7 +174,9 @@ def below_floor_p_value(current: Moments, floor: float) -> float:
     difference = current.mean - floor
     if se == 0.0:
         return 0.0 if difference < 0 else 1.0
-    return float(scipy_stats.norm.cdf(difference / se))
+    from scipy.stats import norm
+
+    return float(norm.cdf(difference / se))
 
 
 def revenue_impact(

@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy.stats import norm
-
 from modeltap.stats.scores import Level
 
 
@@ -44,6 +42,8 @@ def drop_pvalue(baseline_hits: int, baseline_n: int, window_hits: int, window_n:
         return None
     se = math.sqrt(pooled * (1 - pooled) * (1 / baseline_n + 1 / window_n))
     z = (baseline_hits / baseline_n - window_hits / window_n) / se
+    from scipy.stats import norm  # on first use, as in `scores`
+
     return float(norm.sf(z))
 
 

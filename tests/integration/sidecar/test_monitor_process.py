@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from modeltap.config import ExportConfig
+from modeltap.reference import build_profile, write_profile
 from tests.support.otlp_receiver import OtlpHttpReceiver
 from tests.support.polling import wait_until
 from tests.support.servers import serve
@@ -104,14 +106,19 @@ def monitor_pid(document: dict[str, Any]) -> int:
 def test_the_monitor_serves_the_admin_port_and_counts_the_data_plane(
     upstream: str, run_dir: Path, tmp_path: Path
 ) -> None:
-    with sidecar_process(upstream, tmp_path, env=environment(run_dir)) as sidecar:
+    # Full monitoring: a reference profile, so the monitor works out drift scores with SciPy.
+    reference = tmp_path / "reference.json"
+    rows = np.random.default_rng(7).normal(size=(500, 3))
+    write_profile(build_profile(rows, names=["a", "b", "c"]), reference)
+    with sidecar_process(upstream, tmp_path, "--reference", str(reference), env=environment(run_dir)) as sidecar:
         send(sidecar, 40)
         document = settled(sidecar, 40)
         metrics = httpx.get(f"{sidecar.admin_url}/metrics", timeout=10.0).text
         ready = httpx.get(f"{sidecar.admin_url}/readyz", timeout=10.0)
-        # The analysis's compiled libraries (SciPy, gRPC for OTLP) are the monitor's alone.
+        # The analysis's compiled libraries (SciPy; gRPC for OTLP over gRPC) are the monitor's alone.
         data_plane = compiled_libraries(sidecar.process.pid)
         monitor = compiled_libraries(monitor_pid(document))
+    assert [f["name"] for f in document["features"] if f["role"] == "input"] == ["a", "b", "c"]
     assert document["requests"]["total"] == 40
     assert document["monitoring"]["feeders"] == [sidecar.process.pid]
     assert monitor_pid(document) != sidecar.process.pid
