@@ -118,14 +118,22 @@ class AlertmanagerSender:
         if not self.enabled:
             return
         batch = []
+        ended = _time(to_unix(now))
         for alert in notification.alerts:
+            # Alertmanager knows an alert by its labels, severity included: what ends is the label
+            # set it was sent with. A firing alert that fell to a lower severity (it keeps firing,
+            # see `AlertBook`) is resolved as it was announced, not as a warning Alertmanager never
+            # had, which would leave the critical one active until its `endsAt`.
+            sent = self._firing.pop(alert.key, None)
             if notification.kind == "resolved":
-                self._firing.pop(alert.key, None)
-                batch.append(self._document(alert, to_unix, reference_id, to_unix(now)))
-            else:
-                document = self._document(alert, to_unix, reference_id, to_unix(now + 4 * RESEND_S))
-                self._firing[alert.key] = document
-                batch.append(document)
+                document = sent or self._document(alert, to_unix, reference_id, to_unix(now))
+                batch.append({**document, "endsAt": ended})
+                continue
+            document = self._document(alert, to_unix, reference_id, to_unix(now + 4 * RESEND_S))
+            if sent is not None and sent["labels"] != document["labels"]:
+                batch.append({**sent, "endsAt": ended})  # a new severity: the old label set is over
+            self._firing[alert.key] = document
+            batch.append(document)
         if batch:
             self.poster.offer(batch, tag)
 

@@ -8,10 +8,10 @@ import json
 import threading
 from typing import Any
 
-from modeltap.alerts.alertmanager import alert_labels
+from modeltap.alerts.alertmanager import AlertmanagerSender, alert_labels, format_time
 from modeltap.alerts.runbooks import Runbooks
 from modeltap.alerts.slack import slack_message
-from modeltap.alerts.state import Alert, AlertKey, Notification
+from modeltap.alerts.state import Alert, AlertBook, AlertKey, Notification, Observation
 from modeltap.alerts.webhook import QUEUE_MAX, WebhookSender, notification_document
 from modeltap.stats.scores import Level
 from tests.support.backends import wait_for
@@ -95,6 +95,64 @@ def test_alertmanager_labels_are_those_of_the_rules_alerts() -> None:
     assert (
         alert_labels(AlertKey("churn", "1", "latency"), "warning", "x")["alertname"] == "ModelTapLatencyHigh"
     )
+
+
+class _Posted:
+    """Stands in for the sender's poster: keeps each batch offered to Alertmanager."""
+
+    urls = ("http://127.0.0.1:9093/api/v2/alerts",)
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+
+    def offer(self, batch: list[dict[str, Any]], tag: str | None = None) -> None:
+        self.batches.append(batch)
+
+
+def _through_alertmanager(levels: list[Level]) -> list[list[tuple[str, str]]]:
+    """Feed one feature's level, one snapshot a second, through the alert book to an Alertmanager
+    sender; returns each batch sent as (severity label, "firing" or "ended") pairs."""
+    book = AlertBook(for_s=0.0, resolve_s=0.0, group_wait_s=0.0)
+    sender = AlertmanagerSender(("http://127.0.0.1:9093",))
+    posted = _Posted()
+    sender.poster = posted  # type: ignore[assignment]
+    key = AlertKey("churn", "1", "monthly_charges")
+    for now, level in enumerate(levels, start=1):
+        for notification in book.evaluate([Observation(key, level, 0.5, 0.2)], float(now)):
+            sender.notify(notification, float(now), lambda t: 1000.0 + t, "sha256:ab")
+    return [
+        [
+            (
+                d["labels"]["severity"],
+                "ended" if d["endsAt"] <= format_time(1000.0 + len(levels)) else "firing",
+            )
+            for d in batch
+        ]
+        for batch in posted.batches
+    ]
+
+
+def test_alertmanager_resolves_the_label_set_it_was_sent() -> None:
+    # Announced critical, fell to warning (it keeps firing), then recovered: Alertmanager holds the
+    # critical label set, and that is what ends; no warning it never had.
+    assert _through_alertmanager([Level.CRITICAL, Level.WARNING, Level.OK]) == [
+        [("critical", "firing")],
+        [("critical", "ended")],
+    ]
+    assert _through_alertmanager([Level.WARNING, Level.OK]) == [
+        [("warning", "firing")],
+        [("warning", "ended")],
+    ]
+
+
+def test_alertmanager_ends_the_old_severity_when_an_alert_rises() -> None:
+    # A firing warning that turns critical is announced at once: the warning label set ends in the
+    # same batch, rather than staying active in Alertmanager until its endsAt.
+    assert _through_alertmanager([Level.WARNING, Level.CRITICAL, Level.OK]) == [
+        [("warning", "firing")],
+        [("warning", "ended"), ("critical", "firing")],
+        [("critical", "ended")],
+    ]
 
 
 def test_the_slack_text_names_the_model_the_subject_the_numbers_and_the_runbook() -> None:
