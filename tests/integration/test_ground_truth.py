@@ -444,6 +444,9 @@ def test_a_flood_of_labels_for_unknown_ids_keeps_memory_bounded_and_counts_every
     with _server(tmp_path, LOANS, **settings) as server, httpx.Client(timeout=30) as client:
         feedback_url = server.url + "/modeltap/feedback"
         assert client.post(server.url + PREDICT, json={"instances": drifted_rows(1, seed=1)}).is_success
+        # Its model's drift scores worked out once (the features are listed from them), so SciPy,
+        # imported on first use, is already in `before`.
+        assert wait_for(lambda: any(f["role"] == "input" for f in _status(feedback_url)["features"]), 10)
         before = rss_bytes(server.pid)
         sent = 0
         for batch in range(12):
