@@ -110,7 +110,9 @@ def test_the_monitor_serves_the_admin_port_and_counts_the_data_plane(
     reference = tmp_path / "reference.json"
     rows = np.random.default_rng(7).normal(size=(500, 3))
     write_profile(build_profile(rows, names=["a", "b", "c"]), reference)
-    with sidecar_process(upstream, tmp_path, "--reference", str(reference), env=environment(run_dir)) as sidecar:
+    with sidecar_process(
+        upstream, tmp_path, "--reference", str(reference), env=environment(run_dir)
+    ) as sidecar:
         send(sidecar, 40)
         document = settled(sidecar, 40)
         metrics = httpx.get(f"{sidecar.admin_url}/metrics", timeout=10.0).text
