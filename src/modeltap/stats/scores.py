@@ -39,7 +39,16 @@ from modeltap.config import ModelTapConfig
 
 # SciPy is imported by the functions that call it, on first use: it is most of what a monitor
 # imports (0.7 s of 1.3 s here), and a monitor restarted after a crash takes its serving
-# processes' connections again that much sooner; one without a reference never loads it.
+# processes' connections again that much sooner; one without a reference never loads it. An
+# analysis inside a serving process imports it up front instead (`load_statistics`).
+
+
+def load_statistics() -> None:
+    """Import what the statistics call (SciPy's), now: for an analysis that runs inside a serving
+    process, where the import on first use would hold the interpreter for most of a second while
+    requests wait."""
+    import scipy.spatial.distance
+    import scipy.stats  # noqa: F401
 
 PSI_FLOOR = 1e-4
 """Proportion given to an empty PSI bucket (see `psi`)."""

@@ -62,7 +62,7 @@ from modeltap.stats.business import BusinessOutcomes, BusinessSettings
 from modeltap.stats.drift_state import WindowConfig
 from modeltap.stats.ground_truth import GroundTruth
 from modeltap.stats.join_store import JoinStore
-from modeltap.stats.scores import Level, thresholds_of
+from modeltap.stats.scores import Level, load_statistics, thresholds_of
 from modeltap.worker.feedback import feedback_endpoint, outcome_endpoint
 from modeltap.worker.pipeline import (
     FLUSH_AGE_S,
@@ -125,6 +125,8 @@ class Analyzer:
         self.config = config
         self.reference = reference
         self.mode = mode
+        if mode == "inline":
+            load_statistics()  # in the serving process: now, not beside the first requests
         self.stats = statistics(config, reference)
         self.start_unix_ns = time.time_ns()
         # The SDK names each process (`service.instance.id`); a monitor names the server it serves.
