@@ -50,6 +50,7 @@ def load_statistics() -> None:
     import scipy.spatial.distance
     import scipy.stats  # noqa: F401
 
+
 PSI_FLOOR = 1e-4
 """Proportion given to an empty PSI bucket (see `psi`)."""
 
