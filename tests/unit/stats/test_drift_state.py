@@ -560,13 +560,15 @@ def test_score_cache_and_invalidate(reference: Reference) -> None:
     assert later[("input", "age")].window_count == 1600
 
 
-@pytest.mark.parametrize(("slot_s", "interval_s"), [(1.0, 1.0), (2.5, 2.5), (60.0, SCORE_INTERVAL_S)])
+@pytest.mark.parametrize(
+    ("slot_s", "interval_s"), [(0.25, 1.0), (1.0, 1.0), (2.5, 2.5), (60.0, SCORE_INTERVAL_S)]
+)
 def test_scores_follow_a_short_window_once_a_slot(
     reference: Reference, slot_s: float, interval_s: float
 ) -> None:
     # With slots shorter than SCORE_INTERVAL_S, a window of a few seconds would move by more than
-    # its length between two scores: they are worked out again once a slot.
-    state = DriftState(reference.profile, WindowConfig(slots=3, slot_s=slot_s), Thresholds())
+    # its length between two scores: they are worked out again once a slot, at most once a second.
+    state = DriftState(reference.profile, WindowConfig(slots=8, slot_s=slot_s), Thresholds())
     assert state.score_interval_s == interval_s
     feed(state, make_columns(np.random.default_rng(24), 200), now=100.0)
     first = state.scores(now=100.0)
