@@ -39,8 +39,9 @@ from modeltap.config import ModelTapConfig
 
 # SciPy is imported by the functions that call it, on first use: it is most of what a monitor
 # imports (0.7 s of 1.3 s here), and a monitor restarted after a crash takes its serving
-# processes' connections again that much sooner; one without a reference never loads it. An
-# analysis inside a serving process imports it up front instead (`load_statistics`).
+# processes' connections again that much sooner; one with nothing to test (no reference, no
+# labels, no outcomes) never loads it. An analysis inside a serving process imports it up front
+# instead (`load_statistics`).
 
 
 def load_statistics() -> None:
