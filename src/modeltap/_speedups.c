@@ -918,6 +918,11 @@ typedef struct {
      * variable, the TraceSampler (its `_bound` is read per request: the monitor may change the
      * ratio), the TraceIds class and random.getrandbits. */
     PyObject *context_var, *sampler, *trace_ids, *getrandbits;
+    /* Attaching a trace's context here (NULL: always call `attach` and `detach`): the
+     * SpanContext and NonRecordingSpan classes, TraceFlags.SAMPLED, the key OpenTelemetry files
+     * the current span under, and its Context class. Only with `context_var` (the default
+     * runtime context: the context is that variable's value). */
+    PyObject *span_context, *non_recording_span, *sampled_flags, *span_key, *context_class;
     Py_ssize_t cap;
     Py_ssize_t cold_left;
     int answered;
@@ -1415,6 +1420,7 @@ typedef struct {
     PyObject *root_path_at_start;
     PyObject *ids;    /* TraceIds or NULL */
     PyObject *token;  /* the attached context's token or NULL */
+    int token_here;   /* the token is the context variable's own (attached here): reset it here */
     long long start_ns;
     double started;
     long weight, payload_weight;
@@ -1439,6 +1445,14 @@ static void exchange_finish(ExchangeObject *self, PyObject *exception) {
     self->phase = 2;
     Py_CLEAR(self->inner);
     PyObject *pending = PyErr_Occurred() ? take_exception() : NULL;
+    if (self->token != NULL && self->token_here && capture->context_var != NULL) {
+        /* As OpenTelemetry's detach does; a reset it refuses goes to it, which logs the failure. */
+        if (PyContextVar_Reset(capture->context_var, self->token) == 0) {
+            Py_CLEAR(self->token);
+        } else {
+            PyErr_Clear();
+        }
+    }
     if (self->token != NULL) {
         PyObject *done = PyObject_CallOneArg(capture->detach, self->token);
         if (done == NULL) {
@@ -1690,6 +1704,50 @@ static int new_root_trace(CaptureObject *capture, PyObject *headers, PyObject **
     return *ids == NULL ? -1 : 1;
 }
 
+/* What `exchange._attach` does, without its Python calls: the current context with the trace's
+ * span (a NonRecordingSpan of the trace and span ids, sampled) set, attached. Returns the
+ * context variable's token, or NULL with an exception (nothing attached). */
+static PyObject *attach_here(CaptureObject *capture, PyObject *ids) {
+    PyObject *ids_args[4] = {PyTuple_GET_ITEM(ids, 0), PyTuple_GET_ITEM(ids, 1), Py_False, capture->sampled_flags};
+    PyObject *span_context = PyObject_Vectorcall(capture->span_context, ids_args, 4, NULL);
+    if (span_context == NULL) {
+        return NULL;
+    }
+    PyObject *span = PyObject_CallOneArg(capture->non_recording_span, span_context);
+    Py_DECREF(span_context);
+    if (span == NULL) {
+        return NULL;
+    }
+    PyObject *current = NULL;
+    if (PyContextVar_Get(capture->context_var, NULL, &current) < 0) {
+        Py_DECREF(span);
+        return NULL;
+    }
+    PyObject *values = NULL;
+    if (current == NULL) {
+        values = PyDict_New();
+    } else if (PyDict_Check(current)) {
+        values = PyDict_Copy(current);  /* `context.copy()`: a plain dict of the same items */
+    } else {
+        PyErr_SetString(PyExc_TypeError, "the current OpenTelemetry context is not a mapping");
+    }
+    Py_XDECREF(current);
+    if (values == NULL || PyDict_SetItem(values, capture->span_key, span) < 0) {
+        Py_XDECREF(values);
+        Py_DECREF(span);
+        return NULL;
+    }
+    Py_DECREF(span);
+    PyObject *context = PyObject_CallOneArg(capture->context_class, values);
+    Py_DECREF(values);
+    if (context == NULL) {
+        return NULL;
+    }
+    PyObject *token = PyContextVar_Set(capture->context_var, context);
+    Py_DECREF(context);
+    return token;
+}
+
 /* Make the exchange's trace current for the app (its own outbound instrumentation then parents
  * under modeltap's span), unless another instrumentation's span stays current (enriched). */
 static void attach_trace(ExchangeObject *self) {
@@ -1699,6 +1757,14 @@ static void attach_trace(ExchangeObject *self) {
                              ? PyTuple_GET_ITEM(self->ids, 6)
                              : Py_True;
     if (!PyObject_IsTrue(enriched)) {
+        if (capture->span_key != NULL && capture->context_var != NULL) {
+            self->token = attach_here(capture, self->ids);
+            if (self->token != NULL) {
+                self->token_here = 1;
+                return;
+            }
+            PyErr_Clear();  /* the Python form attaches it instead, or counts its failure */
+        }
         self->token = PyObject_CallOneArg(capture->attach, self->ids);
         if (self->token == NULL) {
             PyErr_Clear();
@@ -2000,6 +2066,7 @@ static PyObject *capture_exchange(CaptureObject *self, PyObject *scope, PyObject
     exchange->root_path_at_start = NULL;
     exchange->ids = NULL;
     exchange->token = NULL;
+    exchange->token_here = 0;
     exchange->start_ns = 0;
     exchange->started = 0.0;
     exchange->weight = weight;
@@ -2013,14 +2080,37 @@ static PyObject *capture_exchange(CaptureObject *self, PyObject *scope, PyObject
 static int capture_init(CaptureObject *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"app", "sink", "offer", "max_body_bytes", "start_trace", "attach",
                                "detach", "cold_start_key", "cold_start_requests", "encoder",
-                               "context_var", "sampler", "trace_ids", "getrandbits", NULL};
+                               "context_var", "sampler", "trace_ids", "getrandbits", "otel", NULL};
     PyObject *app, *sink, *offer, *start_trace, *attach, *detach, *cold_start_key, *encoder = Py_None;
     PyObject *context_var = Py_None, *sampler = Py_None, *trace_ids = Py_None, *getrandbits = Py_None;
+    PyObject *otel = Py_None;
     Py_ssize_t cap, cold = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnOOOU|nOOOOO:Capture", keywords, &app, &sink, &offer,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnOOOU|nOOOOOO:Capture", keywords, &app, &sink, &offer,
                                      &cap, &start_trace, &attach, &detach, &cold_start_key, &cold, &encoder,
-                                     &context_var, &sampler, &trace_ids, &getrandbits)) {
+                                     &context_var, &sampler, &trace_ids, &getrandbits, &otel)) {
         return -1;
+    }
+    if (otel != Py_None) {
+        /* (SpanContext, NonRecordingSpan, TraceFlags.SAMPLED, the span's context key, Context) */
+        if (context_var == Py_None || !PyTuple_CheckExact(otel) || PyTuple_GET_SIZE(otel) != 5 ||
+            !PyCallable_Check(PyTuple_GET_ITEM(otel, 0)) || !PyCallable_Check(PyTuple_GET_ITEM(otel, 1)) ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(otel, 3)) || !PyCallable_Check(PyTuple_GET_ITEM(otel, 4))) {
+            PyErr_SetString(PyExc_TypeError,
+                            "otel needs context_var and (SpanContext, NonRecordingSpan, sampled flags, span key, "
+                            "Context)");
+            return -1;
+        }
+        Py_XSETREF(self->span_context, Py_NewRef(PyTuple_GET_ITEM(otel, 0)));
+        Py_XSETREF(self->non_recording_span, Py_NewRef(PyTuple_GET_ITEM(otel, 1)));
+        Py_XSETREF(self->sampled_flags, Py_NewRef(PyTuple_GET_ITEM(otel, 2)));
+        Py_XSETREF(self->span_key, Py_NewRef(PyTuple_GET_ITEM(otel, 3)));
+        Py_XSETREF(self->context_class, Py_NewRef(PyTuple_GET_ITEM(otel, 4)));
+    } else {
+        Py_CLEAR(self->span_context);
+        Py_CLEAR(self->non_recording_span);
+        Py_CLEAR(self->sampled_flags);
+        Py_CLEAR(self->span_key);
+        Py_CLEAR(self->context_class);
     }
     if (context_var != Py_None) {
         if (!PyContextVar_CheckExact(context_var) || sampler == Py_None || !PyCallable_Check(trace_ids) ||
@@ -2086,6 +2176,11 @@ static int capture_traverse(CaptureObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->sampler);
     Py_VISIT(self->trace_ids);
     Py_VISIT(self->getrandbits);
+    Py_VISIT(self->span_context);
+    Py_VISIT(self->non_recording_span);
+    Py_VISIT(self->sampled_flags);
+    Py_VISIT(self->span_key);
+    Py_VISIT(self->context_class);
     return 0;
 }
 
@@ -2102,6 +2197,11 @@ static int capture_clear(CaptureObject *self) {
     Py_CLEAR(self->sampler);
     Py_CLEAR(self->trace_ids);
     Py_CLEAR(self->getrandbits);
+    Py_CLEAR(self->span_context);
+    Py_CLEAR(self->non_recording_span);
+    Py_CLEAR(self->sampled_flags);
+    Py_CLEAR(self->span_key);
+    Py_CLEAR(self->context_class);
     return 0;
 }
 
@@ -2323,7 +2423,8 @@ static PyTypeObject CaptureType = {
     .tp_basicsize = sizeof(CaptureObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Capture(app, sink, offer, max_body_bytes, start_trace, attach, detach, cold_start_key, "
-              "cold_start_requests=0): the compiled request path of modeltap's capture.",
+              "cold_start_requests=0, encoder=None, context_var=None, sampler=None, trace_ids=None, "
+              "getrandbits=None, otel=None): the compiled request path of modeltap's capture.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)capture_init,
     .tp_call = (ternaryfunc)capture_call,

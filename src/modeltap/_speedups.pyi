@@ -20,6 +20,7 @@ class Capture:
         sampler: Any = None,
         trace_ids: Callable[..., Any] | None = None,
         getrandbits: Callable[[int], int] | None = None,
+        otel: tuple[Any, ...] | None = None,
     ) -> None: ...
     encoder: Encoder | None
     def __call__(

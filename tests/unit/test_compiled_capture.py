@@ -229,6 +229,7 @@ def run_form(
 ) -> tuple[Any, Sink, BaseException | None, list[dict[str, Any]]]:
     records: list[Any] = []
     sink = Sink()
+    after: list[dict[str, object]] | None = kw.pop("context_after", None)
     capture = exchange_capture(
         app,
         sink,
@@ -248,6 +249,8 @@ def run_form(
             await capture(scope_of(), server.receive, server.send, weight, payload_weight)
         except BaseException as exc:
             raised = exc
+        if after is not None:  # the task's own context: what the exchange left current in it
+            after.append(dict(otel_context.get_current()))
 
     asyncio.run(main())
     assert len(records) == 1, records
@@ -311,11 +314,44 @@ def test_a_sampled_trace_is_current_in_the_app_and_detached_after(form: str) -> 
         seen.append(otel_trace.get_current_span().get_span_context())
         await echo(scope, receive, send)
 
-    ids = run_form(form, app, REQUESTS["one body"], ratio=1.0)[0][15]
+    after: list[dict[str, object]] = []
+    ids = run_form(form, app, REQUESTS["one body"], ratio=1.0, context_after=after)[0][15]
     assert ids is not None
     assert ids.sampled
     assert (seen[0].trace_id, seen[0].span_id) == (ids.trace_id, ids.span_id)
-    assert otel_context.get_current() == {}
+    assert after == [{}]
+
+
+@pytest.mark.parametrize("outer", [False, True], ids=["empty context", "a value already current"])
+def test_the_compiled_capture_attaches_the_context_the_python_form_attaches(outer: bool) -> None:
+    """Where OpenTelemetry keeps its context in its context variable, the compiled capture attaches
+    a sampled trace's context itself: the app finds the very context `_attach` makes (the values
+    already current, and the trace's NonRecordingSpan), and the exchange leaves the one before."""
+    found: dict[str, list[dict[str, object]]] = {}
+    left: dict[str, list[dict[str, object]]] = {}
+    for form in FORMS:
+        seen: list[dict[str, object]] = []
+
+        async def app(scope: Any, receive: Any, send: Any, seen: list[dict[str, object]] = seen) -> None:
+            seen.append(dict(otel_context.get_current()))
+            await echo(scope, receive, send)
+
+        token = otel_context.attach(otel_context.set_value("outer", "kept")) if outer else None
+        try:
+            left[form] = []
+            ids = run_form(form, app, REQUESTS["one body"], ratio=1.0, context_after=left[form])[0][15]
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        assert ids is not None
+        span = otel_trace.get_current_span(otel_context.Context(seen[0]))
+        assert type(span) is otel_trace.NonRecordingSpan
+        assert span.get_span_context() == otel_trace.SpanContext(
+            ids.trace_id, ids.span_id, is_remote=False, trace_flags=otel_trace.TraceFlags(1)
+        )
+        found[form] = [{k: v for k, v in values.items() if v is not span} for values in seen]
+    assert found["compiled"] == found["python"] == [{"outer": "kept"} if outer else {}]
+    assert left["compiled"] == left["python"] == [{"outer": "kept"} if outer else {}]
 
 
 @FAST
