@@ -13,7 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.resources import Resource
 
-from modeltap.export.span_wire import SpanWireEncoder, any_value, export_request
+from modeltap.export.span_wire import SpanWireEncoder, any_value, export_request, varint
 from modeltap.export.spans import ExchangeIdentity, SpanOptions, build_span
 from modeltap.records import ExchangeRecord, TraceIds
 
@@ -264,3 +264,21 @@ def test_remembered_shapes_are_bounded_and_long_client_text_is_not_kept() -> Non
     (wire,) = span.resource_spans[0].scope_spans[0].spans
     assert {kv.key: kv.value.string_value for kv in wire.attributes}["url.path"] == "/" + "a" * 600
     assert not encoder._shapes
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=20_000), max_size=6))
+def test_a_batch_of_any_span_sizes_decodes_as_one_request(sizes: list[int]) -> None:
+    """Spans framed whatever their size (one, two and three bytes of length), in order, under one
+    resource and modeltap's scope; an empty batch too."""
+    # A Span holding only its name: `name` is field 5 (length-delimited).
+    names = [chr(ord("a") + index) * size for index, size in enumerate(sizes)]
+    spans = [b"\x2a" + varint(len(name)) + name.encode() for name in names]
+    request = ExportTraceServiceRequest.FromString(export_request(RESOURCE, spans))
+    (resource_spans,) = request.resource_spans
+    assert {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes} == {
+        key: str(value) for key, value in RESOURCE.attributes.items()
+    }
+    (scope_spans,) = resource_spans.scope_spans
+    assert scope_spans.scope.name == "modeltap"
+    assert [span.name for span in scope_spans.spans] == names
