@@ -1698,7 +1698,26 @@ static int new_root_trace(CaptureObject *capture, PyObject *headers, PyObject **
         }
     }
     PyObject *fields[7] = {trace_id, span_id, zero_int, Py_False, Py_True, s_empty, Py_False};
-    *ids = PyObject_Vectorcall(capture->trace_ids, fields, 7, NULL);
+    if (PyType_Check(capture->trace_ids) && PyType_IsSubtype((PyTypeObject *)capture->trace_ids, &PyTuple_Type)) {
+        /* A named tuple, made as its generated `__new__` makes it (`tuple.__new__(cls, fields)`)
+         * without running that Python function. */
+        PyObject *values = PyTuple_New(7);
+        PyObject *args = values != NULL ? PyTuple_New(1) : NULL;
+        if (args != NULL) {
+            for (int i = 0; i < 7; i++) {
+                PyTuple_SET_ITEM(values, i, Py_NewRef(fields[i]));
+            }
+            PyTuple_SET_ITEM(args, 0, values);
+            values = NULL;
+            *ids = PyTuple_Type.tp_new((PyTypeObject *)capture->trace_ids, args, NULL);
+            Py_DECREF(args);
+        } else {
+            Py_XDECREF(values);
+            *ids = NULL;
+        }
+    } else {
+        *ids = PyObject_Vectorcall(capture->trace_ids, fields, 7, NULL);
+    }
     Py_DECREF(trace_id);
     Py_DECREF(span_id);
     return *ids == NULL ? -1 : 1;
