@@ -1,6 +1,7 @@
-"""Variants of the serving process for `run_monitor_parts.sh`: with `bench/parts` on PYTHONPATH,
-`MODELTAP_BENCH_PART` takes one part of the hand-off away, to measure what it costs the serving
-core. A benchmark tool only: never installed, never imported by modeltap.
+"""Variants of the serving process for `run_monitor_parts.sh` and `run_sidecar_parts.sh`: with
+`bench/parts` on PYTHONPATH, `MODELTAP_BENCH_PART` takes one part of the hand-off away, to
+measure what it costs the serving core. A benchmark tool only: never installed, never imported
+by modeltap.
 
   noship   the shipper thread never starts: records are captured and encoded, then dropped at
            the full queue (no thread, no socket, no monitor)
