@@ -46,6 +46,8 @@ _CACHEABLE_CHARS = 512
 def varint(value: int) -> bytes:
     if value < 0x80:
         return bytes((value,))
+    if value < 0x4000:  # most lengths here: a span, an attribute
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -192,24 +194,15 @@ def _encode_shape(shape: SpanShape) -> tuple[bytes, bytes, bytes]:
 _SCOPE = _field(b"\x0a", _field(b"\x0a", b"modeltap") + _field(b"\x12", __version__.encode()))
 
 
-def _span_head(size: int) -> bytes:
-    """ScopeSpans' `spans` field (2) tag and length, for a span of `size` bytes."""
-    if size < 0x80:
-        return bytes((0x12, size))
-    if size < 0x4000:
-        return bytes((0x12, (size & 0x7F) | 0x80, size >> 7))
-    return b"\x12" + varint(size)
-
-
 def export_request(resource: Resource, spans: Iterable[bytes]) -> bytes:
     """An ExportTraceServiceRequest with one ResourceSpans holding the encoded `spans`.
 
     Each span's bytes are copied once, into the request, where framing each span and then each
-    enclosing message copied them four times: 512 spans of 300 bytes 0.23 → 0.15 ms."""
+    enclosing message copied them four times: 512 spans of 300 bytes 0.23 → 0.17 ms."""
     parts = [b"", _SCOPE]
     size = len(_SCOPE)  # of the ScopeSpans message
     for span in spans:
-        head = _span_head(len(span))
+        head = b"\x12" + varint(len(span))  # ScopeSpans' `spans` field (2)
         parts.append(head)
         parts.append(span)
         size += len(head) + len(span)
