@@ -2457,6 +2457,145 @@ static PyTypeObject CaptureType = {
 /* ------------------------------------------------------------------------------------------ */
 /* Dispatch: the base class of ModelTapMiddleware where this module is built                  */
 
+/* Which exchanges are captured and whose payloads are kept (`modeltap.worker.sampling`): the two
+ * strides and their counters, and `admit()`, for `Sampling` to hold. The compiled call below
+ * admits an exchange here with no Python call at all when the tap's sampling is exactly the class
+ * registered with `compile_admit` (a subclass may change `admit`: it is asked). The pure-Python
+ * form, `PyAdmission`, gives the same weights in the same order (the tests hold them to it). */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t stride;         /* capture 1 in `stride` exchanges, each standing for `stride` */
+    Py_ssize_t payload_stride; /* keep the payload of 1 in `payload_stride` of those */
+    Py_ssize_t seq;            /* exchanges since the last one captured, modulo `stride` */
+    Py_ssize_t payload_seq;    /* captured since the last payload kept, modulo `payload_stride` */
+    Py_ssize_t max_stride, max_payload_stride;
+} AdmissionObject;
+
+static PyTypeObject AdmissionType;
+
+/* (weight, payload_weight) of the next exchange: (0, 0) not captured, (w, 0) without payload. */
+static void admission_decide(AdmissionObject *self, long *weight, long *payload_weight) {
+    Py_ssize_t stride = self->stride;
+    *weight = *payload_weight = 0;
+    if (stride > 1) {
+        self->seq = (self->seq + 1) % stride;
+        if (self->seq) {
+            return;
+        }
+    }
+    Py_ssize_t payload_stride = self->payload_stride;
+    *weight = (long)stride;
+    if (payload_stride > 1) {
+        self->payload_seq = (self->payload_seq + 1) % payload_stride;
+        if (self->payload_seq) {
+            return;
+        }
+    }
+    *payload_weight = (long)(stride * payload_stride);
+}
+
+static PyObject *admission_admit(AdmissionObject *self, PyObject *Py_UNUSED(ignored)) {
+    long weight, payload_weight;
+    admission_decide(self, &weight, &payload_weight);
+    return Py_BuildValue("(ll)", weight, payload_weight);
+}
+
+static int admission_set(Py_ssize_t *field, Py_ssize_t bound, PyObject *value, const char *name) {
+    if (value == NULL) {
+        PyErr_Format(PyExc_AttributeError, "cannot delete %s", name);
+        return -1;
+    }
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int", name);
+        return -1;
+    }
+    Py_ssize_t stride = PyLong_AsSsize_t(value);
+    if (stride == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        stride = -1;
+    }
+    if (stride < 1 || stride > bound) {
+        PyErr_Format(PyExc_ValueError, "%s must be between 1 and %zd", name, bound);
+        return -1;
+    }
+    *field = stride;
+    return 0;
+}
+
+static PyObject *admission_get_stride(AdmissionObject *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromSsize_t(self->stride);
+}
+
+static int admission_set_stride(AdmissionObject *self, PyObject *value, void *Py_UNUSED(closure)) {
+    return admission_set(&self->stride, self->max_stride, value, "stride");
+}
+
+static PyObject *admission_get_payload_stride(AdmissionObject *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromSsize_t(self->payload_stride);
+}
+
+static int admission_set_payload_stride(AdmissionObject *self, PyObject *value, void *Py_UNUSED(closure)) {
+    return admission_set(&self->payload_stride, self->max_payload_stride, value, "payload_stride");
+}
+
+static int admission_init(AdmissionObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"max_stride", "max_payload_stride", NULL};
+    Py_ssize_t max_stride, max_payload_stride;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nn:Admission", keywords, &max_stride, &max_payload_stride)) {
+        return -1;
+    }
+    /* Bounded so that a weight (their product) fits the record's signed 32 bits. */
+    if (max_stride < 1 || max_payload_stride < 1 || max_stride > INT32_MAX / max_payload_stride) {
+        PyErr_SetString(PyExc_ValueError, "the largest strides must be at least 1, their product below 2**31");
+        return -1;
+    }
+    self->max_stride = max_stride;
+    self->max_payload_stride = max_payload_stride;
+    self->stride = self->payload_stride = 1;
+    self->seq = self->payload_seq = 0;
+    return 0;
+}
+
+static PyMethodDef admission_methods[] = {
+    {"admit", (PyCFunction)admission_admit, METH_NOARGS,
+     "admit() -> (weight, payload_weight): (0, 0) not captured, (w, 0) timed and counted without its "
+     "payload."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef admission_getset[] = {
+    {"stride", (getter)admission_get_stride, (setter)admission_set_stride,
+     "Capture 1 in this many exchanges (1: all).", NULL},
+    {"payload_stride", (getter)admission_get_payload_stride, (setter)admission_set_payload_stride,
+     "Keep the payload of 1 in this many captured exchanges (1: all).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject AdmissionType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "modeltap._speedups.Admission",
+    .tp_basicsize = sizeof(AdmissionObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Admission(max_stride, max_payload_stride): the sampling strides, their counters and admit().",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)admission_init,
+    .tp_methods = admission_methods,
+    .tp_getset = admission_getset,
+};
+
+/* The class whose instances are admitted by their `admission` here (`compile_admit`), or NULL. */
+static PyObject *admitted_class = NULL;
+
+static PyObject *compile_admit(PyObject *Py_UNUSED(module), PyObject *cls) {
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "compile_admit needs a class");
+        return NULL;
+    }
+    Py_XSETREF(admitted_class, Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
 /* The middleware's per-request decision, made without a Python frame of its own for an HTTP
  * exchange once the tap has the compiled capture and the path is outside the local views: the
  * capture's awaitable is returned itself, as `_dispatch` would have awaited it, at weights 1
@@ -2473,7 +2612,7 @@ typedef struct {
     PyObject *views_prefix; /* the local views' prefix (str), or NULL when there are none */
 } DispatchObject;
 
-static PyObject *s_dispatch, *s_sampling, *s_stride, *s_payload_stride, *s_admit, *s_app;
+static PyObject *s_dispatch, *s_sampling, *s_stride, *s_payload_stride, *s_admit, *s_app, *s_admission;
 
 /* 1 when `value` is the int 1, else 0 (no error set). */
 static int is_one(PyObject *value) {
@@ -2566,6 +2705,30 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *tap, PyObject
         return NULL;
     }
     PyObject *result = NULL;
+    if (admitted_class != NULL && (PyObject *)Py_TYPE(sampling) == admitted_class) {
+        /* The registered class itself: its `admission` decides, with no call. */
+        PyObject *admission = PyObject_GetAttr(sampling, s_admission);
+        if (admission != NULL && Py_IS_TYPE(admission, &AdmissionType)) {
+            long weight, payload_weight;
+            admission_decide((AdmissionObject *)admission, &weight, &payload_weight);
+            Py_DECREF(admission);
+            *decided = 1;
+            if (weight) {
+                result = capture_exchange((CaptureObject *)capture, scope, receive, send, weight, payload_weight);
+            } else {
+                PyObject *app = PyObject_GetAttr((PyObject *)self, s_app);
+                if (app != NULL) {
+                    result = PyObject_CallFunctionObjArgs(app, scope, receive, send, NULL);
+                    Py_DECREF(app);
+                }
+            }
+            Py_DECREF(sampling);
+            Py_DECREF(capture);
+            return result;
+        }
+        Py_XDECREF(admission);
+        PyErr_Clear();  /* not the compiled form (a pure-Python admission): asked below */
+    }
     int everything = takes_everything(sampling);
     if (everything == 1) {
         *decided = 1;
@@ -4286,6 +4449,7 @@ static int intern_all(void) {
     INTERN(s_stride, "stride");
     INTERN(s_payload_stride, "payload_stride");
     INTERN(s_admit, "admit");
+    INTERN(s_admission, "admission");
     INTERN(s_app, "app");
     for (int i = 0; i < 7; i++) {
         INTERN(s_methods[i], method_names[i]);
@@ -4299,6 +4463,9 @@ static int intern_all(void) {
 }
 
 static PyMethodDef speedups_functions[] = {
+    {"compile_admit", (PyCFunction)compile_admit, METH_O,
+     "compile_admit(cls): instances of exactly `cls` (a Sampling) are admitted by their compiled "
+     "`admission` in the middleware's compiled call, without calling `cls.admit`."},
     {"compile_call", (PyCFunction)compile_call, METH_O,
      "compile_call(cls): call instances of a Dispatch subclass through the compiled call."},
     {"decode_grouped", (PyCFunction)(void (*)(void))decode_grouped, METH_FASTCALL,
@@ -4336,7 +4503,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         return NULL;
     }
     PyTypeObject *types[] = {&StateType, &ReceiveTapType, &ReceiveAwaitType, &ExchangeType, &CaptureType,
-                             &EncoderType, &DispatchType, &RecordQueueType};
+                             &EncoderType, &DispatchType, &RecordQueueType, &AdmissionType};
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         if (PyType_Ready(types[i]) < 0) {
             return NULL;
@@ -4347,7 +4514,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         return NULL;
     }
     if (PyModule_AddType(module, &CaptureType) < 0 || PyModule_AddType(module, &EncoderType) < 0 ||
-        PyModule_AddType(module, &DispatchType) < 0 || PyModule_AddType(module, &RecordQueueType) < 0) {
+        PyModule_AddType(module, &DispatchType) < 0 || PyModule_AddType(module, &RecordQueueType) < 0 ||
+        PyModule_AddType(module, &AdmissionType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

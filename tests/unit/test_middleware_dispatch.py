@@ -144,6 +144,7 @@ class HeldSampling(Sampling):
 
     def __init__(self, stride: int, payload_stride: int) -> None:
         super().__init__(watermark=0.5)
+        self.admission.stride, self.admission.payload_stride = stride, payload_stride  # what admit uses
         self.held = (stride, payload_stride)
         self.admitted: list[tuple[int, int]] = []
 
@@ -192,6 +193,39 @@ def test_under_load_each_exchange_is_admitted_once(
     sampling.held = (1, 1)
     predict(middleware)
     assert len(sampling.admitted) == 6  # everything captured: no admit asked
+
+
+def test_the_tap_s_own_sampling_admits_in_the_compiled_call(
+    make_middleware: MakeMiddleware, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tap's `Sampling` itself (not a subclass) is admitted by its compiled admission with no
+    Python call: the same counts, captures and kept payloads as the Python call gives."""
+    answered: list[str] = []
+
+    async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+        answered.append(scope["path"])
+        await model(scope, receive, send)
+
+    tapped = make_middleware(counting)
+    predict(tapped, "/predict/start")
+    sampling = tapped.tap.sampling
+    assert type(sampling) is Sampling
+    # Strides the worker cannot move while the test runs (no load to follow, a frozen budget).
+    monkeypatch.setattr(Sampling, "follow_load", lambda self, load: None)
+    monkeypatch.setattr(Sampling, "follow_budget", lambda self, budget: None)
+    assert tapped.tap.flush(5.0)
+    sampling.stride, sampling.payload_stride = 2, 3
+    spy = DispatchSpy(tapped)
+    for index in range(12):
+        predict(tapped, f"/predict/{index}")
+    assert spy.calls == (0 if compiled.wanted() else 12)
+    assert answered == ["/predict/start", *(f"/predict/{index}" for index in range(12))]  # each once
+    sampling.stride = sampling.payload_stride = 1
+    document = status_document(tapped)
+    assert document["requests"]["total"] == 1 + 12  # six captured, each standing for two
+    (model_document,) = document["models"]
+    counts = {feature["name"]: feature["count"] for feature in model_document["features"]}
+    assert counts == {"f0": 13, "f1": 13, "prediction": 13}  # two payloads kept, each for six
 
 
 def test_an_exchange_admit_leaves_out_reaches_the_app_once(make_middleware: MakeMiddleware) -> None:

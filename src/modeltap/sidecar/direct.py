@@ -168,11 +168,8 @@ class DirectPath:
         started = _perf()
         start_ns = _wall_ns()
         if capture is not None:
-            sampling = tap.sampling
-            if sampling.stride == 1 and sampling.payload_stride == 1:
-                weight = payload_weight = 1
-            else:
-                weight, payload_weight = sampling.admit()
+            # (1, 1) while everything is captured: one call costs less than reading both strides
+            weight, payload_weight = tap.sampling.admit()
             if not weight:
                 ids = None  # not captured: neither recorded nor traced, as through the app
         if ids is not None:

@@ -47,7 +47,7 @@ from modeltap.operations.process_resources import ResourceSampler, as_counts
 from modeltap.records import ExchangeRecord, QueuedRecord, RawRecord
 from modeltap.snapshot import ProcessResources, ServingCounts, Snapshot
 from modeltap.worker.budget import CpuBudget
-from modeltap.worker.sampling import Sampling
+from modeltap.worker.sampling import MAX_PAYLOAD_STRIDE, Sampling
 
 if TYPE_CHECKING:
     from modeltap.reference.document import ReferenceProfile
@@ -434,7 +434,7 @@ class Tap:
     def apply_control(self, control: dict[str, Any]) -> None:
         """What the monitor asks of this process: how many payloads to send, how many traces."""
         stride = control.get("payload_stride")
-        if isinstance(stride, (int, float)) and 1 <= stride <= 1 << 16:
+        if isinstance(stride, (int, float)) and 1 <= stride <= MAX_PAYLOAD_STRIDE:
             self.sampling.payload_stride = int(stride)
         ratio = control.get("trace_ratio")
         if isinstance(ratio, (int, float)) and self._sampler is not None:
