@@ -205,16 +205,23 @@ typedef struct {
     PyObject *ids;             /* TraceIds or None */
 } RecordFields;
 
-/* Pieces of the output: pointers into objects kept alive in `owners` until the copy. */
+/* Pieces of the output: pointers into objects kept alive by `owners` until the copy. */
 typedef struct {
     const char *data;
     Py_ssize_t size;
 } Piece;
 
+/* A record's owners fit here (its texts and header fields); more (many kept body chunks, many
+ * wanted headers) go to `spilled`. No list is made per record: under load it was the one
+ * allocation of the encoding besides the record itself. */
+#define INLINE_OWNERS 24
+
 typedef struct {
     Piece *pieces;
     Py_ssize_t count, capacity;
-    PyObject *owners;  /* list */
+    PyObject *owners[INLINE_OWNERS];
+    int owned;
+    PyObject *spilled;  /* list, or NULL */
     Py_ssize_t total;
     int on_heap;
 } Pieces;
@@ -248,9 +255,29 @@ static int pieces_add(Pieces *out, const char *data, Py_ssize_t size) {
 
 static int pieces_own(Pieces *out, PyObject *owner) {
     /* Steals `owner`. */
-    int failed = PyList_Append(out->owners, owner);
+    if (out->owned < INLINE_OWNERS) {
+        out->owners[out->owned++] = owner;
+        return 0;
+    }
+    if (out->spilled == NULL && (out->spilled = PyList_New(0)) == NULL) {
+        Py_DECREF(owner);
+        return -1;
+    }
+    int failed = PyList_Append(out->spilled, owner);
     Py_DECREF(owner);
     return failed;
+}
+
+/* Let go of what the pieces point into (after the copy, or on failure). */
+static void pieces_release(Pieces *out) {
+    if (out->on_heap) {
+        PyMem_Free(out->pieces);
+    }
+    for (int i = 0; i < out->owned; i++) {
+        Py_DECREF(out->owners[i]);
+    }
+    out->owned = 0;
+    Py_CLEAR(out->spilled);
 }
 
 /* UTF-8 bytes of `str(value)` with surrogate escapes (the Python encoder's `_text`). */
@@ -503,16 +530,13 @@ static PyObject *encode_fields(EncoderObject *encoder, RecordFields *r) {
     unsigned char fixed[FIXED_SIZE], trace[TRACE_SIZE], lengths[LENGTHS_SIZE];
     unsigned char protocol_lengths[6], peer_lengths[4];
     Piece initial[48];
-    Pieces out = {initial, 0, 48, NULL, 0, 0};
+    Pieces out = {.pieces = initial, .count = 0, .capacity = 48, .owned = 0, .spilled = NULL, .total = 0,
+                  .on_heap = 0};
     PyObject *result = NULL;
     PyObject *client = NULL, *server = NULL, *method = NULL, *scheme = NULL, *version = NULL;
     PyObject *path = NULL, *query = NULL, *template = NULL, *proxy_error = NULL;
     PyObject *scope_headers = NULL;
     long long field_length[12];
-    out.owners = PyList_New(0);
-    if (out.owners == NULL) {
-        return NULL;
-    }
 #define CHECK(x) if ((x) < 0) goto fail
     PyObject *scope = r->scope;
     int flags = r->disconnected ? F_DISCONNECTED : 0;
@@ -763,10 +787,7 @@ static PyObject *encode_fields(EncoderObject *encoder, RecordFields *r) {
     }
 fail:
 #undef CHECK
-    if (out.on_heap) {
-        PyMem_Free(out.pieces);
-    }
-    Py_XDECREF(out.owners);
+    pieces_release(&out);
     Py_XDECREF(client);
     Py_XDECREF(server);
     Py_XDECREF(method);

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import tracemalloc
 import weakref
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from tests.unit.handoff.test_framing import (
     encoder,
     expected_view,
     raw_records,
+    record_of,
     view,
 )
 
@@ -363,6 +365,31 @@ def test_the_compiled_encoder_writes_the_python_encoders_bytes(records: list[Raw
         head, bodies = python.encode(raw)
         assert native.encode(raw) == b"".join([head, *bodies])
         assert view(decode_record(native.encode(raw))) == expected_view(raw)
+
+
+def test_a_record_of_many_pieces_is_encoded_whole_and_lets_go_of_them() -> None:
+    """More kept chunks and header fields than the encoder holds without a list of its own: the
+    same bytes as the Python encoder's, and every object it held is let go of."""
+    request_parts = [b"%03d" % index for index in range(40)]
+    response_parts = [bytes([65 + index % 26]) * (index + 1) for index in range(40)]
+    headers = [(name, b"v%d" % index) for index in range(12) for name in REQUEST_WANTED]
+    scope = {"type": "http", "method": "POST", "path": "/p", "headers": headers, "client": ("10.0.0.1", 9)}
+    raw = record_of(
+        scope,
+        request_parts=request_parts,
+        request_size=sum(map(len, request_parts)),
+        response_parts=response_parts,
+        response_size=sum(map(len, response_parts)),
+        response_headers=[(b"x-model-version", b"v%d" % index) for index in range(30)],
+    )
+    head, bodies = encoder().encode(raw)
+    native = compiled_encoder(REQUEST_WANTED, RESPONSE_WANTED)
+    held = [*request_parts, *response_parts, *(value for _, value in headers)]
+    before = [sys.getrefcount(value) for value in held]
+    for _ in range(3):
+        assert native.encode(raw) == b"".join([head, *bodies])
+    assert [sys.getrefcount(value) for value in held] == before
+    assert view(decode_record(native.encode(raw))) == expected_view(raw)
 
 
 @pytest.mark.parametrize("app_name", ["echo", "streamed", "fails while streaming", "never answers"])
