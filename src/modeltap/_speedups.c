@@ -272,6 +272,7 @@ static int pieces_own(Pieces *out, PyObject *owner) {
 static void pieces_release(Pieces *out) {
     if (out->on_heap) {
         PyMem_Free(out->pieces);
+        out->on_heap = 0;
     }
     for (int i = 0; i < out->owned; i++) {
         Py_DECREF(out->owners[i]);
