@@ -2695,6 +2695,22 @@ static int takes_everything(PyObject *sampling) {
     return everything;
 }
 
+/* The exchange at the weights admission gave: the capture's awaitable, or the app's own when it
+ * is left out (weight 0). */
+static PyObject *admitted_call(DispatchObject *self, PyObject *capture, PyObject *scope, PyObject *receive,
+                               PyObject *send, long weight, long payload_weight) {
+    if (weight) {
+        return capture_exchange((CaptureObject *)capture, scope, receive, send, weight, payload_weight);
+    }
+    PyObject *app = PyObject_GetAttr((PyObject *)self, s_app);
+    if (app == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_CallFunctionObjArgs(app, scope, receive, send, NULL);
+    Py_DECREF(app);
+    return result;
+}
+
 /* What `_dispatch` would do with an HTTP exchange once the tap has the compiled capture: the
  * capture's awaitable, at the weights `Sampling.admit()` gives under load, or the app's own when
  * admit leaves the exchange out. `*decided` says whether the decision was made here: when it was,
@@ -2735,15 +2751,7 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *tap, PyObject
             admission_decide((AdmissionObject *)admission, &weight, &payload_weight);
             Py_DECREF(admission);
             *decided = 1;
-            if (weight) {
-                result = capture_exchange((CaptureObject *)capture, scope, receive, send, weight, payload_weight);
-            } else {
-                PyObject *app = PyObject_GetAttr((PyObject *)self, s_app);
-                if (app != NULL) {
-                    result = PyObject_CallFunctionObjArgs(app, scope, receive, send, NULL);
-                    Py_DECREF(app);
-                }
-            }
+            result = admitted_call(self, capture, scope, receive, send, weight, payload_weight);
             Py_DECREF(sampling);
             Py_DECREF(capture);
             return result;
@@ -2766,16 +2774,8 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *tap, PyObject
         } else if (admitted != NULL) {
             PyErr_SetString(PyExc_TypeError, "Sampling.admit() must return (weight, payload_weight)");
         }
-        if (PyErr_Occurred()) {
-            /* raised by the caller: admit failed, or gave something else than two ints */
-        } else if (weight) {
-            result = capture_exchange((CaptureObject *)capture, scope, receive, send, weight, payload_weight);
-        } else {
-            PyObject *app = PyObject_GetAttr((PyObject *)self, s_app);
-            if (app != NULL) {
-                result = PyObject_CallFunctionObjArgs(app, scope, receive, send, NULL);
-                Py_DECREF(app);
-            }
+        if (!PyErr_Occurred()) {  /* else raised by the caller: admit failed, or gave no two ints */
+            result = admitted_call(self, capture, scope, receive, send, weight, payload_weight);
         }
         Py_XDECREF(admitted);
     }

@@ -56,6 +56,16 @@ async def model(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b'{"predictions": [3.0]}'})
 
 
+def counting_model(paths: list[str]) -> Any:
+    """`model`, noting the path of every exchange that reaches it."""
+
+    async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+        paths.append(scope["path"])
+        await model(scope, receive, send)
+
+    return counting
+
+
 class DispatchSpy:
     """Stands in for `ModelTapMiddleware._dispatch` on one instance and counts the calls."""
 
@@ -201,12 +211,7 @@ def test_the_tap_s_own_sampling_admits_in_the_compiled_call(
     """The tap's `Sampling` itself (not a subclass) is admitted by its compiled admission with no
     Python call: the same counts, captures and kept payloads as the Python call gives."""
     answered: list[str] = []
-
-    async def counting(scope: Scope, receive: Receive, send: Send) -> None:
-        answered.append(scope["path"])
-        await model(scope, receive, send)
-
-    tapped = make_middleware(counting)
+    tapped = make_middleware(counting_model(answered))
     predict(tapped, "/predict/start")
     sampling = tapped.tap.sampling
     assert type(sampling) is Sampling
@@ -230,12 +235,7 @@ def test_the_tap_s_own_sampling_admits_in_the_compiled_call(
 
 def test_an_exchange_admit_leaves_out_reaches_the_app_once(make_middleware: MakeMiddleware) -> None:
     calls: list[str] = []
-
-    async def counting(scope: Scope, receive: Receive, send: Send) -> None:
-        calls.append(scope["path"])
-        await model(scope, receive, send)
-
-    tapped = make_middleware(counting)
+    tapped = make_middleware(counting_model(calls))
     predict(tapped, "/predict/start")
     sampling = tapped.tap.sampling = HeldSampling(4, 1)
     for index in range(8):
