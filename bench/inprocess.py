@@ -139,7 +139,7 @@ def child() -> None:
                 one()
             spent += time.thread_time() - started
             payloads_sampled = sampling is not None and sampling.payload_stride > 1
-            if sampling is not None and (sampling.stride > 1 or payloads_sampled is not loaded()):
+            if sampling is not None and (sampling.stride > 1 or payloads_sampled != loaded()):
                 sampled += 1
             time.sleep(0.01)
         best = min(best, spent / (max(1, n // batch) * batch) * 1e6)

@@ -2695,6 +2695,21 @@ static int takes_everything(PyObject *sampling) {
     return everything;
 }
 
+/* The compiled admission of the registered class itself (a new reference), or NULL, with no
+ * error: a subclass, or a pure-Python admission, is asked through `admit()` instead. */
+static AdmissionObject *compiled_admission(PyObject *sampling) {
+    if (admitted_class == NULL || (PyObject *)Py_TYPE(sampling) != admitted_class) {
+        return NULL;
+    }
+    PyObject *admission = PyObject_GetAttr(sampling, s_admission);
+    if (admission != NULL && Py_IS_TYPE(admission, &AdmissionType)) {
+        return (AdmissionObject *)admission;
+    }
+    Py_XDECREF(admission);
+    PyErr_Clear();
+    return NULL;
+}
+
 /* The exchange at the weights admission gave: the capture's awaitable, or the app's own when it
  * is left out (weight 0). */
 static PyObject *admitted_call(DispatchObject *self, PyObject *capture, PyObject *scope, PyObject *receive,
@@ -2743,41 +2758,35 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *tap, PyObject
         return NULL;
     }
     PyObject *result = NULL;
-    if (admitted_class != NULL && (PyObject *)Py_TYPE(sampling) == admitted_class) {
-        /* The registered class itself: its `admission` decides, with no call. */
-        PyObject *admission = PyObject_GetAttr(sampling, s_admission);
-        if (admission != NULL && Py_IS_TYPE(admission, &AdmissionType)) {
-            long weight, payload_weight;
-            admission_decide((AdmissionObject *)admission, &weight, &payload_weight);
-            Py_DECREF(admission);
+    AdmissionObject *admission = compiled_admission(sampling);
+    if (admission != NULL) {
+        long weight, payload_weight;
+        admission_decide(admission, &weight, &payload_weight);
+        Py_DECREF(admission);
+        *decided = 1;
+        result = admitted_call(self, capture, scope, receive, send, weight, payload_weight);
+    } else {
+        int everything = takes_everything(sampling);
+        if (everything == 1) {
             *decided = 1;
-            result = admitted_call(self, capture, scope, receive, send, weight, payload_weight);
-            Py_DECREF(sampling);
-            Py_DECREF(capture);
-            return result;
+            result = capture_exchange((CaptureObject *)capture, scope, receive, send, 1, 1);
+        } else if (everything == 0) {
+            /* Decided from here on, also when admit raises: `_dispatch` would ask it a second time. */
+            PyObject *admitted = PyObject_CallMethodNoArgs(sampling, s_admit);
+            *decided = 1;
+            long weight = 0, payload_weight = 0;
+            if (admitted != NULL && PyTuple_CheckExact(admitted) && PyTuple_GET_SIZE(admitted) == 2) {
+                weight = PyLong_AsLong(PyTuple_GET_ITEM(admitted, 0));
+                payload_weight =
+                    weight == -1 && PyErr_Occurred() ? -1 : PyLong_AsLong(PyTuple_GET_ITEM(admitted, 1));
+            } else if (admitted != NULL) {
+                PyErr_SetString(PyExc_TypeError, "Sampling.admit() must return (weight, payload_weight)");
+            }
+            if (!PyErr_Occurred()) {  /* else raised by the caller: admit failed, or gave no two ints */
+                result = admitted_call(self, capture, scope, receive, send, weight, payload_weight);
+            }
+            Py_XDECREF(admitted);
         }
-        Py_XDECREF(admission);
-        PyErr_Clear();  /* not the compiled form (a pure-Python admission): asked below */
-    }
-    int everything = takes_everything(sampling);
-    if (everything == 1) {
-        *decided = 1;
-        result = capture_exchange((CaptureObject *)capture, scope, receive, send, 1, 1);
-    } else if (everything == 0) {
-        /* Decided from here on, also when admit raises: `_dispatch` would ask it a second time. */
-        PyObject *admitted = PyObject_CallMethodNoArgs(sampling, s_admit);
-        *decided = 1;
-        long weight = 0, payload_weight = 0;
-        if (admitted != NULL && PyTuple_CheckExact(admitted) && PyTuple_GET_SIZE(admitted) == 2) {
-            weight = PyLong_AsLong(PyTuple_GET_ITEM(admitted, 0));
-            payload_weight = weight == -1 && PyErr_Occurred() ? -1 : PyLong_AsLong(PyTuple_GET_ITEM(admitted, 1));
-        } else if (admitted != NULL) {
-            PyErr_SetString(PyExc_TypeError, "Sampling.admit() must return (weight, payload_weight)");
-        }
-        if (!PyErr_Occurred()) {  /* else raised by the caller: admit failed, or gave no two ints */
-            result = admitted_call(self, capture, scope, receive, send, weight, payload_weight);
-        }
-        Py_XDECREF(admitted);
     }
     Py_DECREF(sampling);
     Py_DECREF(capture);
