@@ -2,14 +2,16 @@
 
 The worker thread's CPU time spent on exchanges (`time.thread_time` around each micro-batch) is
 compared with wall time over windows of about a second. While its share of one core stays above
-the budget, the share of exchanges whose
-payloads are kept and decoded halves; once well below, it doubles back. Timing, status and counts
+the budget, the share of exchanges whose payloads are kept and decoded is divided by the power of
+two at or above how many times over the budget it is (halved when just over); once well below,
+it doubles back, one window at a time. Timing, status and counts
 are still taken for every exchange; payload statistics are weighted by the stride, so they stay
 unbiased. Short bursts do not trigger it: only a whole window over budget does.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -63,7 +65,13 @@ class CpuBudget:
         rate = self._exchanges / elapsed
         self._window_start, self._charged, self._exchanges = now, 0.0, 0
         if self.last_share > self._share and stride < MAX_PAYLOAD_STRIDE and rate >= MIN_RATE_PER_S:
-            return stride * 2
+            # As many doublings as the share is times over the budget: a burst that finds the
+            # worker decoding every payload at seven times its budget is sampled 1 in 8 after
+            # one window, not after three. The per-exchange floor (timing, counts) does not
+            # shrink with the stride, so the share falls by at most that factor, to no less than
+            # half the budget: above the third of it that brings the stride back down.
+            over = self.last_share / self._share
+            return min(MAX_PAYLOAD_STRIDE, stride << max(1, math.ceil(math.log2(over))))
         if self.last_share < self._share / 3 and stride > 1:
             return stride // 2
         return stride

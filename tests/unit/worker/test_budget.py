@@ -37,16 +37,49 @@ def test_stride_doubles_per_window_over_budget_and_halves_back() -> None:
     budget = _budget(0.05, clocks)
     stride = 1
     for expected in (2, 4, 8):
-        _work(budget, clocks, WINDOW_S, 0.2 * WINDOW_S)  # 20 % of a core: over a 5 % budget
+        _work(budget, clocks, WINDOW_S, 0.06 * WINDOW_S)  # 6 % of a core: just over a 5 % budget
         stride = budget.next_stride(stride)
         assert stride == expected
-        assert budget.last_share == pytest.approx(0.2)
+        assert budget.last_share == pytest.approx(0.06)
     _work(budget, clocks, WINDOW_S, 0.04 * WINDOW_S)  # between budget/3 and budget: hold
     assert budget.next_stride(stride) == 8
     for expected in (4, 2, 1, 1):
         _work(budget, clocks, WINDOW_S, 0.001)
         stride = budget.next_stride(stride)
         assert stride == expected
+
+
+@pytest.mark.parametrize(
+    ("share", "expected"),
+    [(0.051, 2), (0.1, 2), (0.101, 4), (0.2, 4), (0.34, 8), (0.4, 8), (0.41, 16), (5.0, 128)],
+)
+def test_far_over_budget_the_stride_jumps_by_how_many_times_over_it_is(share: float, expected: int) -> None:
+    clocks = FakeClocks()
+    budget = _budget(0.05, clocks)
+    _work(budget, clocks, WINDOW_S, share * WINDOW_S)
+    assert budget.next_stride(1) == expected
+
+
+def test_a_jump_never_takes_the_share_below_half_the_budget() -> None:
+    """The worker's cost per second: a floor for every exchange, plus decoding 1 payload in
+    `stride`. However far over the budget a burst starts, the stride settles where the share is
+    between half the budget and the budget (never halved back: that needs a third), in a few
+    windows."""
+    floor_s, payload_s, rate = 2e-6, 40e-6, 20_000.0  # 4 % for the floor, 80 % for every payload
+
+    def share(stride: int) -> float:
+        return rate * (floor_s + payload_s / stride)
+
+    clocks = FakeClocks()
+    budget = _budget(0.05, clocks)
+    stride, seen = 1, []
+    for _ in range(8):
+        _work(budget, clocks, WINDOW_S, share(stride) * WINDOW_S, rate=rate)
+        stride = budget.next_stride(stride)
+        seen.append(stride)
+    assert seen[:3] == [32, 64, 128]  # 0.84 is 16.8 budgets; then 0.065 and 0.0525
+    assert seen[3:] == [128] * 5
+    assert 0.025 <= share(128) <= 0.05
 
 
 def test_light_traffic_never_samples() -> None:
@@ -68,6 +101,8 @@ def test_stride_is_capped_and_no_budget_means_no_sampling() -> None:
     budget = _budget(0.05, clocks)
     _work(budget, clocks, WINDOW_S, WINDOW_S)
     assert budget.next_stride(MAX_PAYLOAD_STRIDE) == MAX_PAYLOAD_STRIDE
+    _work(budget, clocks, WINDOW_S, WINDOW_S)  # 20 budgets: 64 << 5, but no more than the cap
+    assert budget.next_stride(64) == MAX_PAYLOAD_STRIDE
     for off in (None, 0.0):
         unlimited = _budget(off, clocks)
         _work(unlimited, clocks, WINDOW_S, WINDOW_S)
