@@ -20,17 +20,13 @@ env:   ROUNDS (8), DUR seconds (5), WARMUP seconds (10), CONN, LUA, PATH_, HEALT
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import threading
-import time
 
-from abbench import Sample, Variant, group_alive, parse_variants, run_wrk, wait_healthy
+from abbench import Sample, Variant, parse_variants, run_wrk, start_servers, stop_servers
 
 ROUNDS = int(os.environ.get("ROUNDS", "8"))
 DUR = os.environ.get("DUR", "5")
@@ -56,24 +52,12 @@ def main() -> None:
     if len(variants) != 2:
         sys.exit(__doc__)
     a, b = variants
-    processes = []
+    if a.command is None or b.command is None:
+        sys.exit("paired.py starts both servers itself: give each a command")
+    # Both in this session: in sessions of their own, Linux's autogroups would share core 0
+    # between the sessions, and the monitor's session would count as a third contender.
+    processes = start_servers(variants, own_sessions=False)
     try:
-        for variant in variants:
-            assert variant.command is not None, "paired.py starts both servers itself"
-            processes.append(
-                subprocess.Popen(
-                    variant.command,
-                    shell=True,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    # Its own process group (to stop it whole), in this session: with separate
-                    # sessions, Linux's autogroups share the cores between sessions, not between
-                    # the servers, and the monitor's session would count as a third contender.
-                    process_group=0,
-                )
-            )
-        for variant in variants:
-            wait_healthy(variant)
         together(a, b, WARMUP)
         orders: dict[str, list[float]] = {f"{a.name} first": [], f"{b.name} first": []}
         for round_ in range(ROUNDS):
@@ -93,18 +77,7 @@ def main() -> None:
         mean = math.prod(medians) ** (1 / len(medians))
         print(f"{b.name}/{a.name}: {mean:.3f} (geometric mean of the orders)")
     finally:
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for process in processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(max(0.1, deadline - time.monotonic()))
-            while group_alive(process.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if group_alive(process.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
+        stop_servers(processes)
 
 
 if __name__ == "__main__":
