@@ -4,9 +4,9 @@ The worker thread's CPU time spent on exchanges (`time.thread_time` around each 
 compared with wall time over windows of about a second. While its share of one core stays above
 the budget, the share of exchanges whose payloads are kept and decoded is divided by the power of
 two at or above how many times over the budget it is (halved when just over); once well below,
-it doubles back, one window at a time. Timing, status and counts
-are still taken for every exchange; payload statistics are weighted by the stride, so they stay
-unbiased. Short bursts do not trigger it: only a whole window over budget does.
+it doubles back, one window at a time. Timing, status and counts are still taken for every
+exchange; payload statistics are weighted by the stride, so they stay unbiased. Short bursts do
+not trigger it: only a whole window over budget does.
 """
 
 from __future__ import annotations
