@@ -12,7 +12,9 @@ alternates between rounds and both medians are printed with their geometric mean
 
 What this does not measure: the monitor's share of core 1 delays both wrks alike, so its cost to
 the serving core through the load generator (bench/README.md) cancels out. Use it to compare
-changes of the serving path (a difference of one point shows); report goals with `abbench.py`.
+changes of the serving path: its rounds stay within a few points where abbench.py's span tens,
+though two builds of the same request path have differed by up to two points (bench/README.md);
+report goals with `abbench.py`.
 
 usage: paired.py A=COMMAND_WITH_{port} B=COMMAND_WITH_{port}   (each pins itself to core 0)
 env:   ROUNDS (8), DUR seconds (5), WARMUP seconds (10), CONN, LUA, PATH_, HEALTH (as abbench.py)
