@@ -7,8 +7,8 @@ speed of the core changes between turns (per-round ratios span 0.7 to 1.2 there 
 Here both servers are pinned to core 0 and loaded at the same time, each by its own wrk on core 1
 (16 connections each): the core's slow and fast moments fall on both, and the ratio of their
 requests/s is the ratio of what a request costs each of them on that core. Two identical servers
-give 0.96-0.99 in one order: the one whose wrk starts first gets a little more, so the order
-alternates between rounds and both medians are printed with their geometric mean.
+gave 0.97 in one order and 1.01 in the other: the one whose wrk starts first gets a little more,
+so the order alternates between rounds and both medians are printed with their geometric mean.
 
 What this does not measure: the monitor's share of core 1 delays both wrks alike, so its cost to
 the serving core through the load generator (bench/README.md) cancels out. Use it to compare
