@@ -114,7 +114,7 @@ def child() -> None:
 
     for _ in range(3000):  # warm-up, and the first request starts modeltap (and its monitor)
         one()
-    if loaded():  # the payload stride doubles once a second while the budget is exceeded
+    if loaded():  # the payload stride climbs, window by window, while the budget is exceeded
         climbed = time.monotonic() + 15.0
         while time.monotonic() < climbed:
             for _ in range(200):
