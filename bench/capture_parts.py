@@ -12,7 +12,7 @@ that code has changed, rather than measuring something else.
   2   receive   the app gets the server's own `receive` (no request size, no disconnect)
   4   send      the app gets the server's own `send` (no status, timings, response size)
   8   trace     no trace decision (no exchange traced)
-  32  bare      the exchange object awaits the app, and does nothing else
+  32  exchange  the exchange object awaits the app, and does nothing else
   64  dispatch  the middleware's compiled call admits the exchange, then calls the app itself
 
 usage: capture_parts.py FOLDER   (then PYTHONPATH=FOLDER/src MODELTAP_BENCH_SKIP=N ...)
