@@ -61,14 +61,14 @@ def main() -> None:
     processes = start_servers(variants, own_sessions=False)
     try:
         together(a, b, WARMUP)
-        orders: dict[str, list[float]] = {f"{a.name} first": [], f"{b.name} first": []}
+        a_first, b_first = f"{a.name} first", f"{b.name} first"
+        orders: dict[str, list[float]] = {a_first: [], b_first: []}
         for round_ in range(ROUNDS):
             if round_ % 2 == 0:
                 sample_a, sample_b = together(a, b, DUR)
-                orders[f"{a.name} first"].append(sample_b.rps / sample_a.rps)
             else:
                 sample_b, sample_a = together(b, a, DUR)
-                orders[f"{b.name} first"].append(sample_b.rps / sample_a.rps)
+            orders[a_first if round_ % 2 == 0 else b_first].append(sample_b.rps / sample_a.rps)
             print(f"round {round_ + 1}: {a.name} {sample_a.rps:8.0f}  {b.name} {sample_b.rps:8.0f}  "
                   f"ratio {sample_b.rps / sample_a.rps:.3f}", flush=True)  # fmt: skip
         medians = [statistics.median(ratios) for ratios in orders.values() if ratios]
