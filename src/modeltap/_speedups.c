@@ -183,6 +183,9 @@ typedef struct {
     PyObject_HEAD
     PyObject *request_wanted;   /* frozenset of bytes */
     PyObject *response_wanted;  /* frozenset of bytes */
+    /* The same names as a tuple of exact bytes, searched by length and bytes (no hash of every
+     * header name per request); NULL when a name is not exact bytes or there are many. */
+    PyObject *request_names, *response_names;
     PyObject *route_of;         /* route_of(scope, root_path_at_start) -> str | None */
     PyObject *route_key, *template_key, *proxy_error_key, *cold_start_key;
 } EncoderObject;
@@ -372,19 +375,68 @@ static int joined(Pieces *out, PyObject **values, int count, unsigned char *leng
     return (int)(out->total - start);
 }
 
+/* Whether `name` is one of the wanted: 1, 0, or -1 with an exception (as `name in wanted`). */
+static int is_wanted(PyObject *name, PyObject *names, PyObject *wanted) {
+    if (names == NULL || !PyBytes_CheckExact(name)) {
+        return PySet_Contains(wanted, name);
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(name);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        PyObject *candidate = PyTuple_GET_ITEM(names, i);
+        if (PyBytes_GET_SIZE(candidate) == size &&
+            memcmp(PyBytes_AS_STRING(candidate), PyBytes_AS_STRING(name), (size_t)size) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Up to this many wanted names are searched one by one; more, in the set. */
+#define FEW_NAMES 16
+
+/* The wanted set's names as a tuple, or NULL (no error) when the set suits them better. */
+static PyObject *few_names(PyObject *wanted) {
+    if (PySet_GET_SIZE(wanted) > FEW_NAMES) {
+        return NULL;
+    }
+    PyObject *names = PySequence_Tuple(wanted);
+    if (names == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(names, i))) {
+            Py_DECREF(names);
+            return NULL;
+        }
+    }
+    return names;
+}
+
 /* `name:value` lines of the wanted headers, joined by newlines (the Python `_headers`). */
-static Py_ssize_t header_lines(Pieces *out, PyObject *headers, PyObject *wanted) {
+static Py_ssize_t header_lines(Pieces *out, PyObject *headers, PyObject *names, PyObject *wanted) {
     Py_ssize_t start = out->total;
     if (headers == NULL || headers == Py_None) {
         return 0;
     }
-    PyObject *iterator = PyObject_GetIter(headers);
-    if (iterator == NULL) {
+    /* A list (every server's) is read by index: no iterator made per message. */
+    int listed = PyList_CheckExact(headers);
+    PyObject *iterator = listed ? NULL : PyObject_GetIter(headers);
+    if (!listed && iterator == NULL) {
         return -1;
     }
     int first = 1;
-    PyObject *pair;
-    while ((pair = PyIter_Next(iterator)) != NULL) {
+    Py_ssize_t index = 0;
+    for (;;) {
+        PyObject *pair;
+        if (listed) {
+            if (index >= PyList_GET_SIZE(headers)) {
+                break;
+            }
+            pair = Py_NewRef(PyList_GET_ITEM(headers, index++));
+        } else if ((pair = PyIter_Next(iterator)) == NULL) {
+            break;
+        }
         PyObject *name, *value;
         if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
             name = PyTuple_GET_ITEM(pair, 0);
@@ -399,7 +451,7 @@ static Py_ssize_t header_lines(Pieces *out, PyObject *headers, PyObject *wanted)
                 }
                 Py_XDECREF(items);
                 Py_DECREF(pair);
-                Py_DECREF(iterator);
+                Py_XDECREF(iterator);
                 return -1;
             }
             name = PyTuple_GET_ITEM(items, 0);
@@ -409,7 +461,7 @@ static Py_ssize_t header_lines(Pieces *out, PyObject *headers, PyObject *wanted)
             Py_DECREF(items);
         }
         Py_DECREF(pair);
-        int keep = PySet_Contains(wanted, name);
+        int keep = is_wanted(name, names, wanted);
         if (keep > 0) {
             /* Both as bytes (a bytearray is copied), the value without a line break. */
             PyObject *name_bytes = PyBytes_CheckExact(name) ? (Py_INCREF(name), name) : PyBytes_FromObject(name);
@@ -439,11 +491,11 @@ static Py_ssize_t header_lines(Pieces *out, PyObject *headers, PyObject *wanted)
         Py_DECREF(name);
         Py_DECREF(value);
         if (keep < 0) {
-            Py_DECREF(iterator);
+            Py_XDECREF(iterator);
             return -1;
         }
     }
-    Py_DECREF(iterator);
+    Py_XDECREF(iterator);
     if (PyErr_Occurred()) {
         return -1;
     }
@@ -758,10 +810,10 @@ static PyObject *encode_fields(EncoderObject *encoder, RecordFields *r) {
 
     scope_headers = scope_get(scope, s_headers, Py_None);
     if (scope_headers == NULL) goto fail;
-    Py_ssize_t size = header_lines(&out, scope_headers, encoder->request_wanted);
+    Py_ssize_t size = header_lines(&out, scope_headers, encoder->request_names, encoder->request_wanted);
     CHECK(size);
     field_length[8] = size;
-    size = header_lines(&out, r->response_headers, encoder->response_wanted);
+    size = header_lines(&out, r->response_headers, encoder->response_names, encoder->response_wanted);
     CHECK(size);
     field_length[9] = size;
     size = body_parts(&out, r->request_parts);
@@ -865,6 +917,8 @@ static int encoder_init(EncoderObject *self, PyObject *args, PyObject *kwargs) {
     }
     Py_XSETREF(self->request_wanted, request_set);
     Py_XSETREF(self->response_wanted, response_set);
+    Py_XSETREF(self->request_names, few_names(request_set));
+    Py_XSETREF(self->response_names, few_names(response_set));
     Py_INCREF(route_of);
     Py_XSETREF(self->route_of, route_of);
     Py_INCREF(route_key);
@@ -881,6 +935,8 @@ static int encoder_init(EncoderObject *self, PyObject *args, PyObject *kwargs) {
 static int encoder_traverse(EncoderObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->request_wanted);
     Py_VISIT(self->response_wanted);
+    Py_VISIT(self->request_names);
+    Py_VISIT(self->response_names);
     Py_VISIT(self->route_of);
     return 0;
 }
@@ -888,6 +944,8 @@ static int encoder_traverse(EncoderObject *self, visitproc visit, void *arg) {
 static int encoder_clear(EncoderObject *self) {
     Py_CLEAR(self->request_wanted);
     Py_CLEAR(self->response_wanted);
+    Py_CLEAR(self->request_names);
+    Py_CLEAR(self->response_names);
     Py_CLEAR(self->route_of);
     Py_CLEAR(self->route_key);
     Py_CLEAR(self->template_key);
@@ -968,6 +1026,7 @@ static void note_error(CaptureObject *capture, PyObject *where) {
 
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall;  /* `state_vectorcall`: the app calls `send` with no argument tuple */
     CaptureObject *capture;
     PyObject *send;
     PyObject *request_parts;   /* list of bytes; NULL when no payload is kept (weight 0) */
@@ -1008,8 +1067,19 @@ static int keep_part(PyObject *parts, PyObject *body, Py_ssize_t size, Py_ssize_
     return failed;
 }
 
+/* Whether the str `kind` equals the interned ASCII `interned`. Apps write message types as
+ * literals, which Python does not intern (they hold dots): told apart by their length and bytes,
+ * without the general comparison's code (the request path runs this four times). */
 static int equals(PyObject *kind, PyObject *interned) {
-    return kind == interned || PyUnicode_Compare(kind, interned) == 0;
+    if (kind == interned) {
+        return 1;
+    }
+    if (PyUnicode_CheckExact(kind) && PyUnicode_IS_COMPACT_ASCII(kind)) {
+        Py_ssize_t size = PyUnicode_GET_LENGTH(kind);
+        return size == PyUnicode_GET_LENGTH(interned) &&
+               memcmp(PyUnicode_DATA(kind), PyUnicode_DATA(interned), (size_t)size) == 0;
+    }
+    return PyUnicode_Compare(kind, interned) == 0;
 }
 
 /* A message's `type` (a new reference), or NULL: no type to watch (not a mapping, absent, not a
@@ -1136,15 +1206,18 @@ done:
     return result;
 }
 
-/* The wrapped `send`: note the message, then hand the server's own awaitable back. */
-static PyObject *state_call(StateObject *self, PyObject *args, PyObject *kwargs) {
-    PyObject *message;
-    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
-        return PyObject_Call(self->send, args, kwargs);
+/* The wrapped `send`: note the message, then hand the server's own awaitable back. Called by
+ * vectorcall (`send(message)` makes no tuple); `tp_call` takes the same path for other callers. */
+static PyObject *state_vectorcall(StateObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0) {
+        return PyObject_Vectorcall(self->send, args, nargsf, kwnames);
     }
-    if (!PyArg_UnpackTuple(args, "send", 1, 1, &message)) {
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "send expected 1 argument, got %zd", nargs);
         return NULL;
     }
+    PyObject *message = args[0];
     if (watch_sent(self, message) < 0) {
         PyErr_Clear();
         note_error(self->capture, s_capture);
@@ -1180,9 +1253,10 @@ static PyTypeObject StateType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "modeltap._speedups.TapSend",
     .tp_basicsize = sizeof(StateObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "The app's send, watched by capture.",
-    .tp_call = (ternaryfunc)state_call,
+    .tp_vectorcall_offset = offsetof(StateObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
     .tp_traverse = (traverseproc)state_traverse,
     .tp_clear = (inquiry)state_clear,
     .tp_dealloc = (destructor)state_dealloc,
@@ -1193,6 +1267,7 @@ static PyTypeObject StateType = {
 
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall;  /* `receive_tap_vectorcall` */
     StateObject *state;
     PyObject *receive;
 } ReceiveTapObject;
@@ -1205,8 +1280,9 @@ typedef struct {
 
 static PyTypeObject ReceiveTapType, ReceiveAwaitType;
 
-static PyObject *receive_tap_call(ReceiveTapObject *self, PyObject *args, PyObject *kwargs) {
-    PyObject *awaitable = PyObject_Call(self->receive, args, kwargs);
+static PyObject *receive_tap_vectorcall(ReceiveTapObject *self, PyObject *const *args, size_t nargsf,
+                                        PyObject *kwnames) {
+    PyObject *awaitable = PyObject_Vectorcall(self->receive, args, nargsf, kwnames);
     if (awaitable == NULL) {
         return NULL;
     }
@@ -1249,9 +1325,10 @@ static PyTypeObject ReceiveTapType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "modeltap._speedups.TapReceive",
     .tp_basicsize = sizeof(ReceiveTapObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "The app's receive, watched by capture.",
-    .tp_call = (ternaryfunc)receive_tap_call,
+    .tp_vectorcall_offset = offsetof(ReceiveTapObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
     .tp_traverse = (traverseproc)receive_tap_traverse,
     .tp_clear = (inquiry)receive_tap_clear,
     .tp_dealloc = (destructor)receive_tap_dealloc,
@@ -1821,6 +1898,7 @@ static StateObject *new_state(ExchangeObject *self) {
     if (state == NULL) {
         return NULL;
     }
+    state->vectorcall = (vectorcallfunc)state_vectorcall;
     Py_INCREF(capture);
     state->capture = capture;
     Py_INCREF(self->send);
@@ -1902,13 +1980,14 @@ static int exchange_start(ExchangeObject *self) {
     if (receive == NULL) {
         return -1;
     }
+    receive->vectorcall = (vectorcallfunc)receive_tap_vectorcall;
     Py_INCREF(state);
     receive->state = state;
     Py_INCREF(self->receive);
     receive->receive = self->receive;
     PyObject_GC_Track(receive);
-    PyObject *awaitable = PyObject_CallFunctionObjArgs(capture->app, self->scope, (PyObject *)receive,
-                                                       (PyObject *)state, NULL);
+    PyObject *app_args[3] = {self->scope, (PyObject *)receive, (PyObject *)state};
+    PyObject *awaitable = PyObject_Vectorcall(capture->app, app_args, 3, NULL);
     Py_DECREF(receive);
     if (awaitable == NULL) {
         return -1;
