@@ -60,7 +60,7 @@ static PyObject *s_throw, *s_close, *s_qualname, *s_capture, *s_trace_start, *s_
 static PyObject *s_note_internal_error, *s_note_first_answer;
 static PyObject *no_headers;  /* the shared empty header list, as the Python form's _NO_HEADERS */
 static PyObject *no_parts;    /* no body kept: encoded as an empty field, never handed out */
-static PyObject *bits_64, *zero_int, *s_bound;
+static PyObject *bits_64, *bits_32, *zero_int, *s_bound;
 
 /* `mapping[key]`, or NULL without an error when the key is absent (any mapping). */
 static PyObject *lookup(PyObject *mapping, PyObject *key) {
@@ -1003,6 +1003,11 @@ typedef struct {
      * the current span under, and its Context class. Only with `context_var` (the default
      * runtime context: the context is that variable's value). */
     PyObject *span_context, *non_recording_span, *sampled_flags, *span_key, *context_class;
+    /* The sampler's last `_bound` seen and its value (the ratio changes seldom: the 64-bit
+     * conversion is made once per change, not per exchange); `bound_all`: 2**64, every trace. */
+    PyObject *bound_seen;
+    unsigned long long bound_value;
+    int bound_all;
     Py_ssize_t cap;
     Py_ssize_t cold_left;
     int answered;
@@ -1730,31 +1735,51 @@ static int new_root_trace(CaptureObject *capture, PyObject *headers, PyObject **
     if (bound_object == NULL) {
         return -1;
     }
-    int everything = 0;
-    unsigned long long bound = PyLong_AsUnsignedLongLong(bound_object);
+    if (bound_object != capture->bound_seen) {
+        unsigned long long bound = PyLong_AsUnsignedLongLong(bound_object);
+        int all = 0;
+        if (bound == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                Py_DECREF(bound_object);
+                return -1;
+            }
+            PyErr_Clear();
+            all = 1;  /* 2**64: every trace */
+        }
+        Py_XSETREF(capture->bound_seen, Py_NewRef(bound_object));
+        capture->bound_value = bound;
+        capture->bound_all = all;
+    }
     Py_DECREF(bound_object);
-    if (bound == (unsigned long long)-1 && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+    /* The low 64 bits as two 32-bit draws: the same bits `getrandbits(64)` gives from the same
+     * state (it fills its words from the least significant one on little-endian machines, from
+     * the most significant on others), without its buffer and its 64-bit integer both ways. */
+    unsigned long words[2];
+    for (int i = 0; i < 2; i++) {
+        PyObject *drawn = PyObject_Vectorcall(capture->getrandbits, &bits_32, 1, NULL);
+        if (drawn == NULL) {
             return -1;
         }
-        PyErr_Clear();
-        everything = 1;  /* 2**64: every trace */
+        words[i] = PyLong_AsUnsignedLong(drawn);
+        Py_DECREF(drawn);
+        if (words[i] == (unsigned long)-1 && PyErr_Occurred()) {
+            return -1;
+        }
     }
-    PyObject *call_args[1] = {bits_64};
-    PyObject *low = PyObject_Vectorcall(capture->getrandbits, call_args, 1, NULL);
-    if (low == NULL) {
-        return -1;
-    }
-    unsigned long long low_value = PyLong_AsUnsignedLongLong(low);
-    if (low_value == (unsigned long long)-1 && PyErr_Occurred()) {
-        Py_DECREF(low);
-        return -1;
-    }
-    if (!everything && low_value >= bound) {
-        Py_DECREF(low);
+#if PY_LITTLE_ENDIAN
+    unsigned long long low_value = ((unsigned long long)(words[1] & 0xffffffffUL) << 32) | (words[0] & 0xffffffffUL);
+#else
+    unsigned long long low_value = ((unsigned long long)(words[0] & 0xffffffffUL) << 32) | (words[1] & 0xffffffffUL);
+#endif
+    if (!capture->bound_all && low_value >= capture->bound_value) {
         Py_INCREF(Py_None);
         *ids = Py_None;
         return 1;
+    }
+    PyObject *call_args[1] = {bits_64};
+    PyObject *low = PyLong_FromUnsignedLongLong(low_value);
+    if (low == NULL) {
+        return -1;
     }
     PyObject *trace_id = NULL, *span_id = NULL;
     while (trace_id == NULL) {
@@ -2322,6 +2347,7 @@ static int capture_clear(CaptureObject *self) {
     Py_CLEAR(self->sampled_flags);
     Py_CLEAR(self->span_key);
     Py_CLEAR(self->context_class);
+    Py_CLEAR(self->bound_seen);
     return 0;
 }
 
@@ -4568,8 +4594,9 @@ static int intern_all(void) {
     no_headers = PyList_New(0);
     no_parts = PyList_New(0);
     bits_64 = PyLong_FromLong(64);
+    bits_32 = PyLong_FromLong(32);
     zero_int = PyLong_FromLong(0);
-    return no_headers == NULL || no_parts == NULL || bits_64 == NULL || zero_int == NULL ? -1 : 0;
+    return no_headers == NULL || no_parts == NULL || bits_64 == NULL || bits_32 == NULL || zero_int == NULL ? -1 : 0;
 }
 
 static PyMethodDef speedups_functions[] = {

@@ -18,6 +18,8 @@ from opentelemetry import trace as otel_trace
 
 from modeltap.capture import compiled
 from modeltap.capture.exchange import exchange_capture
+from modeltap.capture.trace_context import TraceSampler, new_span_id
+from modeltap.config import SamplerConfig
 from modeltap.handoff.framing import compiled_encoder, decode_record
 from modeltap.records import COLD_START_KEY, ExchangeRecord, TraceIds
 from tests.unit.test_compiled_capture import CAP, Server, Sink, comparable, read_all, scope_of, starter
@@ -181,6 +183,33 @@ def test_root_trace_draws_as_the_start_does() -> None:
     with_app = [ExchangeRecord._make(raw).trace for raw, _ in records]
     assert drawn == with_app
     assert 100 < sum(ids is not None for ids in drawn) < 300
+
+
+def test_root_trace_draws_the_ids_the_python_sampler_draws() -> None:
+    """The compiled draw takes the low 64 bits as two 32-bit draws: the same ids, in the same
+    order, as `TraceSampler.new_sampled_trace_id` and `new_span_id` from the same state."""
+    sampler = TraceSampler(SamplerConfig("parentbased_traceidratio", 0.3))
+    random.seed(5)
+    expected = []
+    for _ in range(500):
+        trace_id = sampler.new_sampled_trace_id()
+        expected.append(None if trace_id is None else (trace_id, new_span_id()))
+    random.seed(5)
+    capture = capture_of(None, [], ratio=0.3)
+    drawn = [capture.root_trace([]) for _ in range(500)]
+    assert [None if ids is None else (ids.trace_id, ids.span_id) for ids in drawn] == expected
+    assert 100 < sum(ids is not None for ids in expected) < 200
+
+
+def test_root_trace_follows_a_ratio_changed_between_exchanges() -> None:
+    starter_ = starter(1.0)
+    capture = exchange_capture(None, Sink(), lambda raw, kept: None, CAP, starter_, 0, compiled=True)
+    assert all(capture.root_trace([]) is not None for _ in range(50))
+    starter_.sampler.set_ratio(0.0)
+    assert all(capture.root_trace([]) is None for _ in range(50))
+    starter_.sampler.set_ratio(0.5)
+    kept = sum(capture.root_trace([]) is not None for _ in range(2000))
+    assert 850 < kept < 1150
 
 
 def test_root_trace_leaves_a_traceparent_or_a_current_context_to_the_python_form() -> None:
