@@ -76,6 +76,27 @@ static PyObject *lookup(PyObject *mapping, PyObject *key) {
     return value;
 }
 
+/* `obj`'s own attribute dict (a new reference) when its class defines none of `names`, so that
+ * the dict is where `getattr` finds them: read per request without the attribute protocol's
+ * type lookups (whose method cache entries other types' hot lookups may evict). NULL, with no
+ * exception, when `getattr` is needed. */
+static PyObject *own_attribute_dict(PyObject *obj, PyObject *const *names, int count) {
+    PyObject *type = (PyObject *)Py_TYPE(obj);
+    for (int i = 0; i < count; i++) {
+        int defined = PyObject_HasAttr(type, names[i]);
+        if (defined) {
+            return NULL;
+        }
+    }
+    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
+    if (dict == NULL) {
+        PyErr_Clear();  /* no instance dict */
+    } else if (!PyDict_CheckExact(dict)) {
+        Py_CLEAR(dict);
+    }
+    return dict;
+}
+
 /* Whether `mapping[key]` is true (absent: false); -1 with an exception on failure. */
 static int is_true_value(PyObject *mapping, PyObject *key) {
     PyObject *value = lookup(mapping, key);
@@ -998,6 +1019,7 @@ typedef struct {
      * variable, the TraceSampler (its `_bound` is read per request: the monitor may change the
      * ratio), the TraceIds class and random.getrandbits. */
     PyObject *context_var, *sampler, *trace_ids, *getrandbits;
+    PyObject *sampler_dict;  /* `own_attribute_dict` of the sampler for `_bound`, or NULL */
     /* Attaching a trace's context here (NULL: always call `attach` and `detach`): the
      * SpanContext and NonRecordingSpan classes, TraceFlags.SAMPLED, the key OpenTelemetry files
      * the current span under, and its Context class. Only with `context_var` (the default
@@ -1731,9 +1753,11 @@ static int new_root_trace(CaptureObject *capture, PyObject *headers, PyObject **
             }
         }
     }
-    PyObject *bound_object = PyObject_GetAttr(capture->sampler, s_bound);
+    PyObject *bound_object = capture->sampler_dict != NULL
+                                 ? Py_XNewRef(PyDict_GetItemWithError(capture->sampler_dict, s_bound))
+                                 : PyObject_GetAttr(capture->sampler, s_bound);
     if (bound_object == NULL) {
-        return -1;
+        return -1;  /* absent from the dict: the Python form decides (and reports) */
     }
     if (bound_object != capture->bound_seen) {
         unsigned long long bound = PyLong_AsUnsignedLongLong(bound_object);
@@ -2268,6 +2292,7 @@ static int capture_init(CaptureObject *self, PyObject *args, PyObject *kwargs) {
         Py_XSETREF(self->context_var, context_var);
         Py_INCREF(sampler);
         Py_XSETREF(self->sampler, sampler);
+        Py_XSETREF(self->sampler_dict, own_attribute_dict(sampler, &s_bound, 1));
         Py_INCREF(trace_ids);
         Py_XSETREF(self->trace_ids, trace_ids);
         Py_INCREF(getrandbits);
@@ -2275,6 +2300,7 @@ static int capture_init(CaptureObject *self, PyObject *args, PyObject *kwargs) {
     } else {
         Py_CLEAR(self->context_var);
         Py_CLEAR(self->sampler);
+        Py_CLEAR(self->sampler_dict);
         Py_CLEAR(self->trace_ids);
         Py_CLEAR(self->getrandbits);
     }
@@ -2319,6 +2345,7 @@ static int capture_traverse(CaptureObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->encoder);
     Py_VISIT(self->context_var);
     Py_VISIT(self->sampler);
+    Py_VISIT(self->sampler_dict);
     Py_VISIT(self->trace_ids);
     Py_VISIT(self->getrandbits);
     Py_VISIT(self->span_context);
@@ -2340,6 +2367,7 @@ static int capture_clear(CaptureObject *self) {
     Py_CLEAR(self->encoder);
     Py_CLEAR(self->context_var);
     Py_CLEAR(self->sampler);
+    Py_CLEAR(self->sampler_dict);
     Py_CLEAR(self->trace_ids);
     Py_CLEAR(self->getrandbits);
     Py_CLEAR(self->span_context);
@@ -2713,13 +2741,16 @@ static PyTypeObject AdmissionType = {
 
 /* The class whose instances are admitted by their `admission` here (`compile_admit`), or NULL. */
 static PyObject *admitted_class = NULL;
+static int admission_in_dict = 0;  /* the class defines no `admission`: its instances' dict holds it */
 
 static PyObject *compile_admit(PyObject *Py_UNUSED(module), PyObject *cls) {
     if (!PyType_Check(cls)) {
         PyErr_SetString(PyExc_TypeError, "compile_admit needs a class");
         return NULL;
     }
+    int defined = PyObject_HasAttrString(cls, "admission");
     Py_XSETREF(admitted_class, Py_NewRef(cls));
+    admission_in_dict = !defined;
     Py_RETURN_NONE;
 }
 
@@ -2731,12 +2762,17 @@ static PyObject *compile_admit(PyObject *Py_UNUSED(module), PyObject *cls) {
  * request, the views, a pure-Python capture, a scope that is not a plain dict) calls the
  * subclass's `_dispatch` coroutine, which makes every decision again: this is a shortcut, never
  * a second source of truth. Nothing is cached: the tap's capture and sampling are read on every
- * call, so a fork (a new capture), a change of strides or a fallback is seen at once. */
+ * call (from its attribute dict, where `getattr` would find them), so a fork (a new capture), a
+ * change of strides or a fallback is seen at once. */
 
 typedef struct {
     PyObject_HEAD
     PyObject *tap;          /* NULL: always `_dispatch` (not set up, or monitoring disabled) */
     PyObject *views_prefix; /* the local views' prefix (str), or NULL when there are none */
+    /* The tap's own attribute dict, where its class defines neither `capture` nor `sampling`
+     * (then the dict is where `getattr` finds them): read directly, without the attribute
+     * protocol's type lookups. Still read on every call. NULL: `getattr` on the tap. */
+    PyObject *tap_dict;
 } DispatchObject;
 
 static PyObject *s_dispatch, *s_sampling, *s_stride, *s_payload_stride, *s_admit, *s_app, *s_admission;
@@ -2806,7 +2842,15 @@ static AdmissionObject *compiled_admission(PyObject *sampling) {
     if (admitted_class == NULL || (PyObject *)Py_TYPE(sampling) != admitted_class) {
         return NULL;
     }
-    PyObject *admission = PyObject_GetAttr(sampling, s_admission);
+    PyObject *admission;
+    if (admission_in_dict) {
+        PyObject *dict = PyObject_GenericGetDict(sampling, NULL);
+        admission = dict != NULL && PyDict_CheckExact(dict) ? PyDict_GetItemWithError(dict, s_admission) : NULL;
+        Py_XINCREF(admission);
+        Py_XDECREF(dict);
+    } else {
+        admission = PyObject_GetAttr(sampling, s_admission);
+    }
     if (admission != NULL && Py_IS_TYPE(admission, &AdmissionType)) {
         return (AdmissionObject *)admission;
     }
@@ -2831,13 +2875,22 @@ static PyObject *admitted_call(DispatchObject *self, PyObject *capture, PyObject
     return result;
 }
 
+/* `tap.<name>` (a new reference), from its dict where the class leaves it there; NULL when
+ * absent (an exception set only by `getattr`). */
+static PyObject *tap_attribute(PyObject *tap_dict, PyObject *tap, PyObject *name) {
+    if (tap_dict == NULL) {
+        return PyObject_GetAttr(tap, name);
+    }
+    return Py_XNewRef(PyDict_GetItemWithError(tap_dict, name));
+}
+
 /* What `_dispatch` would do with an HTTP exchange once the tap has the compiled capture: the
  * capture's awaitable, at the weights `Sampling.admit()` gives under load, or the app's own when
  * admit leaves the exchange out. `*decided` says whether the decision was made here: when it was,
  * NULL means an error to raise (admit has counted the exchange: it must not be decided again);
  * when not, `_dispatch` decides, and any error set here is cleared by the caller. */
-static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *tap, PyObject *scope, PyObject *receive,
-                                   PyObject *send, int *decided) {
+static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *tap, PyObject *tap_dict, PyObject *scope,
+                                   PyObject *receive, PyObject *send, int *decided) {
     *decided = 0;
     if (!PyDict_CheckExact(scope)) {
         return NULL;
@@ -2849,7 +2902,7 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *tap, PyObject
     if (self->views_prefix != NULL && may_be_views(self->views_prefix, scope) != 0) {
         return NULL;
     }
-    PyObject *capture = PyObject_GetAttr(tap, s_capture);
+    PyObject *capture = tap_attribute(tap_dict, tap, s_capture);
     if (capture == NULL) {
         return NULL;
     }
@@ -2857,7 +2910,7 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *tap, PyObject
         Py_DECREF(capture);
         return NULL;
     }
-    PyObject *sampling = PyObject_GetAttr(tap, s_sampling);
+    PyObject *sampling = tap_attribute(tap_dict, tap, s_sampling);
     if (sampling == NULL) {
         Py_DECREF(capture);
         return NULL;
@@ -2904,8 +2957,10 @@ static PyObject *dispatch_call(DispatchObject *self, PyObject *args, PyObject *k
         /* Held for the whole decision: the attribute reads below may run Python code (a property,
          * another thread) that calls `_set_shortcut` and lets go of the middleware's reference. */
         PyObject *tap = Py_NewRef(self->tap);
-        PyObject *result = dispatch_shortcut(self, tap, PyTuple_GET_ITEM(args, 0), PyTuple_GET_ITEM(args, 1),
-                                             PyTuple_GET_ITEM(args, 2), &decided);
+        PyObject *tap_dict = Py_XNewRef(self->tap_dict);  /* that tap's, even if it is let go */
+        PyObject *result = dispatch_shortcut(self, tap, tap_dict, PyTuple_GET_ITEM(args, 0),
+                                             PyTuple_GET_ITEM(args, 1), PyTuple_GET_ITEM(args, 2), &decided);
+        Py_XDECREF(tap_dict);
         Py_DECREF(tap);
         if (result != NULL || decided) {
             return result;
@@ -2930,6 +2985,8 @@ static PyObject *dispatch_set_shortcut(DispatchObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "views_prefix must be a str or None");
         return NULL;
     }
+    PyObject *names[2] = {s_capture, s_sampling};
+    Py_XSETREF(self->tap_dict, tap == Py_None ? NULL : own_attribute_dict(tap, names, 2));
     Py_XSETREF(self->tap, tap == Py_None ? NULL : Py_NewRef(tap));
     Py_XSETREF(self->views_prefix, views_prefix == Py_None ? NULL : Py_NewRef(views_prefix));
     Py_RETURN_NONE;
@@ -2944,12 +3001,14 @@ static PyMethodDef dispatch_methods[] = {
 static int dispatch_traverse(DispatchObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->tap);
     Py_VISIT(self->views_prefix);
+    Py_VISIT(self->tap_dict);
     return 0;
 }
 
 static int dispatch_clear(DispatchObject *self) {
     Py_CLEAR(self->tap);
     Py_CLEAR(self->views_prefix);
+    Py_CLEAR(self->tap_dict);
     return 0;
 }
 
