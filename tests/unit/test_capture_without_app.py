@@ -203,7 +203,8 @@ def test_root_trace_draws_the_ids_the_python_sampler_draws() -> None:
 
 def test_root_trace_follows_a_ratio_changed_between_exchanges() -> None:
     starter_ = starter(1.0)
-    capture = exchange_capture(None, Sink(), lambda raw, kept: None, CAP, starter_, 0, compiled=True)
+    no_app: Any = None  # root_trace decides before any app is called
+    capture: Any = exchange_capture(no_app, Sink(), lambda raw, kept: None, CAP, starter_, 0, compiled=True)
     assert all(capture.root_trace([]) is not None for _ in range(50))
     starter_.sampler.set_ratio(0.0)
     assert all(capture.root_trace([]) is None for _ in range(50))
