@@ -2,9 +2,10 @@
 """What the serving thread executes per request, counted rather than timed: the reference app's
 ASGI stack (`apps.py`) called in a loop, as `inprocess.py` does, under Valgrind's callgrind, which
 counts the instructions the thread runs and simulates its caches (first level 32 KiB instruction
-and data, 8-way; last level 1 MiB, 8-way: this machine's per-core L2). Two runs of one build
-agree to a few instructions in ten thousand, so a change of a hundred instructions per request
-shows, where requests/s cannot resolve ten thousand (bench/README.md).
+and data, 8-way; last level 1 MiB, 8-way: this machine's per-core L2). Runs of one build in one
+invocation agree within a hundred instructions per request (between invocations, or builds at
+different paths, within about a thousand: the process's layout moves what collides in CPython's
+method cache), where requests/s cannot resolve ten thousand (bench/README.md).
 
 Only the measured loop counts: it starts with `sys.getrecursionlimit()` and ends with
 `sys.setrecursionlimit()`, whose C functions (`Py_GetRecursionLimit`, `Py_SetRecursionLimit`,
@@ -157,8 +158,8 @@ def main() -> None:
             out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
-            requests, stride = out.stdout.strip().splitlines()[-1].split()
-            rows.append((name, int(requests), stride, counted(prefix)))
+            served, stride = out.stdout.strip().splitlines()[-1].split()
+            rows.append((name, int(served), stride, counted(prefix)))
     finally:
         sink.terminate()
         keep = os.environ.get("KEEP")
