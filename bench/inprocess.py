@@ -164,6 +164,17 @@ def cache_evicting(one: Callable[[], None], kilobytes: int, durations: list[int]
     return cold
 
 
+def start_sink(pin: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """The local OTLP sink the monitor exports to (`otlp_sink.py`), and its port."""
+    port = free_port()
+    sink = subprocess.Popen(
+        [*pin, sys.executable, str(HERE / "otlp_sink.py"), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return sink, port
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -186,12 +197,7 @@ def main() -> None:
         }
         for command in make[reference.name]:
             subprocess.run(command, cwd=HERE, check=True, stdout=subprocess.DEVNULL)
-    port = free_port()
-    sink = subprocess.Popen(
-        [*sink_pin, sys.executable, str(HERE / "otlp_sink.py"), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    sink, port = start_sink(sink_pin)
     run_dir = tempfile.mkdtemp(prefix="mt-inproc-")
     results: dict[str, list[float]] = {name: [] for name, _ in variants}
     try:

@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from inprocess import HERE, free_port, request_driver, workload
+from inprocess import HERE, request_driver, start_sink, workload
 
 DEFAULT = ["bare=APP=bare", "modeltap=APP=modeltap", "traced=APP=modeltap_traced"]
 EVENTS = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
@@ -120,12 +120,7 @@ def main() -> None:
         sys.exit(f"{reference.name} is missing: run inprocess.py or run_monitor.sh once first")
     pinned = shutil.which("taskset") is not None
     pin, sink_pin = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if pinned else ([], [])
-    port = free_port()
-    sink = subprocess.Popen(
-        [*sink_pin, sys.executable, str(HERE / "otlp_sink.py"), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    sink, port = start_sink(sink_pin)
     work = tempfile.mkdtemp(prefix="mt-instructions-")
     rows: list[tuple[str, int, str, list[int]]] = []
     try:
