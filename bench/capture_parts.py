@@ -57,11 +57,9 @@ EDITS = [
     ),
     (
         "2 and 4: the server's own receive and send",
-        "capture->app, self->scope, (PyObject *)receive,\n"
-        "                                                       (PyObject *)state, NULL);",
-        "capture->app, self->scope,\n"
-        "        bench_skip(2) ? self->receive : (PyObject *)receive,\n"
-        "        bench_skip(4) ? self->send : (PyObject *)state, NULL);",
+        "PyObject *app_args[3] = {self->scope, (PyObject *)receive, (PyObject *)state};",
+        "PyObject *app_args[3] = {self->scope, bench_skip(2) ? self->receive : (PyObject *)receive,\n"
+        "                             bench_skip(4) ? self->send : (PyObject *)state};",
     ),
     (
         "8: no trace decision",
@@ -77,9 +75,8 @@ EDITS = [
         "    CaptureObject *capture = self->capture;\n"
         "    self->phase = 1;\n"
         "    if (bench_skip(32)) {\n"
-        "        PyObject *awaitable =\n"
-        "            PyObject_CallFunctionObjArgs(capture->app, self->scope, self->receive,\n"
-        "                                         self->send, NULL);\n"
+        "        PyObject *app_args[3] = {self->scope, self->receive, self->send};\n"
+        "        PyObject *awaitable = PyObject_Vectorcall(capture->app, app_args, 3, NULL);\n"
         "        if (awaitable == NULL) {\n"
         "            return -1;\n"
         "        }\n"
