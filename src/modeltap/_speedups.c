@@ -97,6 +97,15 @@ static PyObject *own_attribute_dict(PyObject *obj, PyObject *const *names, int c
     return dict;
 }
 
+/* `obj.<name>` (a new reference): from `dict` (its `own_attribute_dict`) when there is one,
+ * else by `getattr`. NULL when absent, with an exception set only by `getattr`. */
+static PyObject *own_attribute(PyObject *dict, PyObject *obj, PyObject *name) {
+    if (dict == NULL) {
+        return PyObject_GetAttr(obj, name);
+    }
+    return Py_XNewRef(PyDict_GetItemWithError(dict, name));
+}
+
 /* Whether `mapping[key]` is true (absent: false); -1 with an exception on failure. */
 static int is_true_value(PyObject *mapping, PyObject *key) {
     PyObject *value = lookup(mapping, key);
@@ -1753,9 +1762,7 @@ static int new_root_trace(CaptureObject *capture, PyObject *headers, PyObject **
             }
         }
     }
-    PyObject *bound_object = capture->sampler_dict != NULL
-                                 ? Py_XNewRef(PyDict_GetItemWithError(capture->sampler_dict, s_bound))
-                                 : PyObject_GetAttr(capture->sampler, s_bound);
+    PyObject *bound_object = own_attribute(capture->sampler_dict, capture->sampler, s_bound);
     if (bound_object == NULL) {
         return -1;  /* absent from the dict: the Python form decides (and reports) */
     }
@@ -2842,15 +2849,14 @@ static AdmissionObject *compiled_admission(PyObject *sampling) {
     if (admitted_class == NULL || (PyObject *)Py_TYPE(sampling) != admitted_class) {
         return NULL;
     }
-    PyObject *admission;
-    if (admission_in_dict) {
-        PyObject *dict = PyObject_GenericGetDict(sampling, NULL);
-        admission = dict != NULL && PyDict_CheckExact(dict) ? PyDict_GetItemWithError(dict, s_admission) : NULL;
-        Py_XINCREF(admission);
-        Py_XDECREF(dict);
-    } else {
-        admission = PyObject_GetAttr(sampling, s_admission);
+    /* The sampling object changes with the tap's: its dict is looked up here, not kept. */
+    PyObject *dict = admission_in_dict ? PyObject_GenericGetDict(sampling, NULL) : NULL;
+    if (dict != NULL && !PyDict_CheckExact(dict)) {
+        Py_CLEAR(dict);
     }
+    PyErr_Clear();  /* no instance dict: `getattr` then */
+    PyObject *admission = own_attribute(dict, sampling, s_admission);
+    Py_XDECREF(dict);
     if (admission != NULL && Py_IS_TYPE(admission, &AdmissionType)) {
         return (AdmissionObject *)admission;
     }
@@ -2875,15 +2881,6 @@ static PyObject *admitted_call(DispatchObject *self, PyObject *capture, PyObject
     return result;
 }
 
-/* `tap.<name>` (a new reference), from its dict where the class leaves it there; NULL when
- * absent (an exception set only by `getattr`). */
-static PyObject *tap_attribute(PyObject *tap_dict, PyObject *tap, PyObject *name) {
-    if (tap_dict == NULL) {
-        return PyObject_GetAttr(tap, name);
-    }
-    return Py_XNewRef(PyDict_GetItemWithError(tap_dict, name));
-}
-
 /* What `_dispatch` would do with an HTTP exchange once the tap has the compiled capture: the
  * capture's awaitable, at the weights `Sampling.admit()` gives under load, or the app's own when
  * admit leaves the exchange out. `*decided` says whether the decision was made here: when it was,
@@ -2902,7 +2899,7 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *tap, PyObject
     if (self->views_prefix != NULL && may_be_views(self->views_prefix, scope) != 0) {
         return NULL;
     }
-    PyObject *capture = tap_attribute(tap_dict, tap, s_capture);
+    PyObject *capture = own_attribute(tap_dict, tap, s_capture);
     if (capture == NULL) {
         return NULL;
     }
@@ -2910,7 +2907,7 @@ static PyObject *dispatch_shortcut(DispatchObject *self, PyObject *tap, PyObject
         Py_DECREF(capture);
         return NULL;
     }
-    PyObject *sampling = tap_attribute(tap_dict, tap, s_sampling);
+    PyObject *sampling = own_attribute(tap_dict, tap, s_sampling);
     if (sampling == NULL) {
         Py_DECREF(capture);
         return NULL;
