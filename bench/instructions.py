@@ -22,8 +22,9 @@ usage: instructions.py [NAME=ENV_ASSIGNMENTS ...]   (as inprocess.py; the first 
 env:   N (2000 requests counted), WORKLOAD (ref | lr, as inprocess.py), PAYLOAD_STRIDE (256: as
        under sustained load, where the monitor's budget keeps 1 payload in up to 256; 1: every
        payload kept; the monitor's own changes are ignored), COLD_KB (as inprocess.py: that much
-       memory copied before each request; the copy is counted too, alike in every variant: read
-       the differences), KEEP (a folder: the dumps are copied there, for callgrind_annotate)
+       memory copied before each request; the copy and its timing are counted too, alike in
+       every variant: read the differences), KEEP (a folder: the dumps are copied there, for
+       callgrind_annotate)
 needs: valgrind (Debian's `valgrind` package)
 """
 
@@ -39,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from inprocess import HERE, request_driver, start_sink, workload
+from inprocess import HERE, cache_evicting, request_driver, start_sink, workload
 
 DEFAULT = ["bare=APP=bare", "modeltap=APP=modeltap", "traced=APP=modeltap_traced"]
 EVENTS = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
@@ -55,13 +56,8 @@ def child() -> None:
     app = importlib.import_module(module).app
     one = request_driver(app, body)
     cold_kb = int(os.environ.get("COLD_KB", "0"))
-    if cold_kb > 0:
-        memory = bytearray(cold_kb * 1024)
-        plain = one
-
-        def one() -> None:
-            bytes(memory)
-            plain()
+    if cold_kb > 0:  # its timing of each request is counted too, alike in every variant
+        one = cache_evicting(one, cold_kb, [])
 
     for _ in range(300):  # the first request starts modeltap and its monitor
         one()
