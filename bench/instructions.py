@@ -17,14 +17,21 @@ modeltap. The monitor process runs natively, uncounted, as on the other core of 
 What counting does not see: the kernel (system calls are not counted), the shipper thread (above),
 and the time an instruction takes (a simulated miss is a count, not a latency).
 
+A smaller last level (`LL_KB`) counts footprint rather than work: a line misses there when so
+much else was reached since its last use that it was pushed out. A real server's per-core L2
+also holds the kernel's network stack and, under `paired.py`, the other server; at 256 KiB the
+bare app's loop misses about 1 100 lines a request and modeltap's about twice that. The count
+is not linear in what a change adds (a working set near the level's size loses more than it
+adds), so compare variants of one invocation, and read it beside the 1 MiB counts.
+
 usage: instructions.py [NAME=ENV_ASSIGNMENTS ...]   (as inprocess.py; the first is the baseline)
        default variants: bare=APP=bare  modeltap=APP=modeltap  traced=APP=modeltap_traced
 env:   N (2000 requests counted), WORKLOAD (ref | lr, as inprocess.py), PAYLOAD_STRIDE (256: as
        under sustained load, where the monitor's budget keeps 1 payload in up to 256; 1: every
        payload kept; the monitor's own changes are ignored), COLD_KB (as inprocess.py: that much
        memory copied before each request; the copy and its timing are counted too, alike in
-       every variant: read the differences), KEEP (a folder: the dumps are copied there, for
-       callgrind_annotate)
+       every variant: read the differences), LL_KB (1024: the simulated last level's size, a
+       power of two, 16-way below 1 MiB), KEEP (a folder: the dumps are copied there, for callgrind_annotate)
 needs: valgrind (Debian's `valgrind` package)
 """
 
@@ -44,7 +51,9 @@ from inprocess import HERE, cache_evicting, request_driver, start_sink, workload
 
 DEFAULT = ["bare=APP=bare", "modeltap=APP=modeltap", "traced=APP=modeltap_traced"]
 EVENTS = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
-CACHES = ["--I1=32768,8,64", "--D1=32768,8,64", "--LL=1048576,8,64"]
+LL_KB = int(os.environ.get("LL_KB", "1024"))
+# A power of two sets (as Valgrind requires): 8 ways at 1 MiB, 16 below (256 KiB: 256 sets).
+CACHES = ["--I1=32768,8,64", "--D1=32768,8,64", f"--LL={LL_KB * 1024},{8 if LL_KB >= 1024 else 16},64"]
 
 
 def child() -> None:
@@ -160,7 +169,7 @@ def main() -> None:
                 shutil.copy(dump, keep)
         shutil.rmtree(work, ignore_errors=True)
     print(f"per request (serving thread); stride: 1 exchange, 1 payload kept in N; {' '.join(CACHES)}")
-    heads = ("Ir", "Dr+Dw", "I1 miss", "D1 miss", "LL miss")
+    heads = ("Ir", "Dr+Dw", "I1 miss", "D1 miss", "LL miss", "of code")
     print(f"{'variant':<12} {'stride':>7} " + " ".join(f"{head:>8}" for head in heads))
     base: tuple[float, ...] | None = None
     for name, requests, stride, totals in rows:
@@ -171,6 +180,7 @@ def main() -> None:
             per["I1mr"],
             per["D1mr"] + per["D1mw"],
             per["ILmr"] + per["DLmr"] + per["DLmw"],
+            per["ILmr"],
         )
         line = f"{name:<12} {stride:>7} " + " ".join(f"{v:>8.0f}" for v in figures)
         if base is None:

@@ -13,8 +13,14 @@
 #   full     (mask 0)   + the trace decision and the default tenth traced: modeltap as shipped
 # Each line is the second's requests/s over the first's; their product is close to the last line
 # (bare against full, measured directly), and the gap between the two is the method's error.
+# BOUNDS=1 asks instead what a cheaper record could gain at most, three pairs:
+#   bare against receive  the capture without its record and trace decision (what is left to
+#                         spend on them within a goal)
+#   full against once     (mask 128) every record the first one's bytes: no encoding at all
+#   full against plain    (mask 256) records only for the exchanges with a payload kept or a
+#                         trace; the others end before theirs
 # Needs: pip install -e '.[bench]', Debian's wrk, a C compiler.
-# usage: PY=$PWD/.venv/bin/python bench/run_capture_parts.sh     Env: ROUNDS (6), DUR (5 s).
+# usage: PY=$PWD/.venv/bin/python bench/run_capture_parts.sh     Env: ROUNDS (6), DUR (5 s), BOUNDS.
 . "$(dirname "$0")/monitor_setup.sh"
 export MODELTAP_BENCH_REFERENCE=ref10.json ROUNDS=${ROUNDS:-6} WARMUP=${WARMUP:-5}
 copy="$MODELTAP_RUN_DIR/parts-build"
@@ -30,12 +36,15 @@ spec() {  # spec NAME: the server's environment
     receive) echo "$X=9" ;;
     record) echo "$X=8" ;;
     full) echo "$X=0" ;;
+    once) echo "$X=128" ;;
+    plain) echo "$X=256" ;;
   esac
 }
 steps=(bare dispatch exchange skeleton send receive record full)
 pairs=()
 for i in $(seq 1 $((${#steps[@]} - 1))); do pairs+=("${steps[i - 1]}:${steps[i]}"); done
 pairs+=("bare:full")
+[ -z "${BOUNDS:-}" ] || pairs=("bare:receive" "full:once" "full:plain")
 for pair in "${pairs[@]}"; do
   a=${pair%%:*}
   b=${pair##*:}
