@@ -20,7 +20,7 @@ and the time an instruction takes (a simulated miss is a count, not a latency).
 A smaller last level (`LL_KB`) counts footprint rather than work: a line misses there when so
 much else was reached since its last use that it was pushed out. A real server's per-core L2
 also holds the kernel's network stack and, under `paired.py`, the other server; at 256 KiB the
-bare app's loop misses about 1 100 lines a request and modeltap's about twice that. The count
+bare app's loop misses about 1 050 lines a request and modeltap's about twice that. The count
 is not linear in what a change adds (a working set near the level's size loses more than it
 adds), so compare variants of one invocation, and read it beside the 1 MiB counts.
 
@@ -31,7 +31,8 @@ env:   N (2000 requests counted), WORKLOAD (ref | lr, as inprocess.py), PAYLOAD_
        payload kept; the monitor's own changes are ignored), COLD_KB (as inprocess.py: that much
        memory copied before each request; the copy and its timing are counted too, alike in
        every variant: read the differences), LL_KB (1024: the simulated last level's size, a
-       power of two, 16-way below 1 MiB), KEEP (a folder: the dumps are copied there, for callgrind_annotate)
+       power of two, 16-way below 1 MiB), KEEP (a folder: the dumps are copied there, for
+       callgrind_annotate)
 needs: valgrind (Debian's `valgrind` package)
 """
 
@@ -52,7 +53,7 @@ from inprocess import HERE, cache_evicting, request_driver, start_sink, workload
 DEFAULT = ["bare=APP=bare", "modeltap=APP=modeltap", "traced=APP=modeltap_traced"]
 EVENTS = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
 LL_KB = int(os.environ.get("LL_KB", "1024"))
-# A power of two sets (as Valgrind requires): 8 ways at 1 MiB, 16 below (256 KiB: 256 sets).
+# Valgrind wants a power of two of sets: 8 ways at 1 MiB (2 048 sets), 16 below (256 KiB: 256).
 CACHES = ["--I1=32768,8,64", "--D1=32768,8,64", f"--LL={LL_KB * 1024},{8 if LL_KB >= 1024 else 16},64"]
 
 
