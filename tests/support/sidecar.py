@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
+import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,5 +121,19 @@ def running_sidecar(
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(sidecar.stop)
         thread.join(15)
-        assert not thread.is_alive(), "sidecar did not stop within 15 s"
+        assert not thread.is_alive(), f"sidecar did not stop within 15 s; where it was:\n{stuck(loop)}"
         assert not failure, f"sidecar failed: {failure[0]!r}"
+
+
+def stuck(loop: asyncio.AbstractEventLoop) -> str:
+    """Every thread's stack and the loop's pending tasks: what a stop that did not end waits on."""
+    out = io.StringIO()
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        out.write(f"--- thread {names.get(ident, ident)}\n")
+        traceback.print_stack(frame, file=out)
+    with contextlib.suppress(RuntimeError):  # the loop's set of tasks changed while it was read
+        for task in asyncio.all_tasks(loop):
+            out.write("--- ")
+            task.print_stack(file=out)
+    return out.getvalue()
