@@ -17,10 +17,11 @@ that code has changed, rather than measuring something else.
 
 Two more bits turn no part off: they bound what a cheaper record could gain (`BOUNDS=1`):
 
-  128 encoded once   every exchange offers the bytes of the first record encoded: the shipper
-                     and the monitor get valid records, the serving thread encodes nothing
-  256 plain uncounted  an exchange with no payload kept and no trace ends before its record:
-                     only those the monitor reads beyond counts and timings are encoded
+  128 encoded once   every exchange offers the bytes of the first plain record encoded after
+                     the cold start (no payload, no trace, no error): the shipper and the
+                     monitor get valid records, the serving thread encodes nothing more
+  256 plain uncounted  an exchange with no payload kept, no trace and no error ends before its
+                     record: only those the monitor reads beyond counts and timings are encoded
 
 usage: capture_parts.py FOLDER   (then PYTHONPATH=FOLDER/src MODELTAP_BENCH_SKIP=N ...)
 """
@@ -53,7 +54,8 @@ EDITS = [
     (
         "1 and 256: no record (256: for a plain exchange, no payload kept and no trace)",
         "    Py_ssize_t cap = capture->cap;\n    Py_ssize_t kept =",
-        "    int bench_plain = !self->payload_weight && (self->ids == NULL || self->ids == Py_None);\n"
+        "    int bench_plain = !self->payload_weight && (self->ids == NULL || self->ids == Py_None) &&\n"
+        "                      exception == NULL;\n"
         "    if (bench_skip(1) || (bench_skip(256) && bench_plain)) {\n"
         "        Py_DECREF(exception_type);\n"
         "        if (pending != NULL) {\n"
@@ -71,7 +73,7 @@ EDITS = [
         "            record = Py_NewRef(bench_first_record);\n"
         "        } else {\n"
         "            record = encode_fields((EncoderObject *)capture->encoder, &fields);\n"
-        "            if (bench_skip(128) && record != NULL) {\n"
+        "            if (bench_skip(128) && record != NULL && bench_plain && capture->cold_left == 0) {\n"
         "                bench_first_record = Py_NewRef(record);\n"
         "            }\n"
         "        }\n",

@@ -44,7 +44,7 @@ steps=(bare dispatch exchange skeleton send receive record full)
 pairs=()
 for i in $(seq 1 $((${#steps[@]} - 1))); do pairs+=("${steps[i - 1]}:${steps[i]}"); done
 pairs+=("bare:full")
-[ -z "${BOUNDS:-}" ] || pairs=("bare:receive" "full:once" "full:plain")
+[ "${BOUNDS:-0}" != 1 ] || pairs=("bare:receive" "full:once" "full:plain")
 for pair in "${pairs[@]}"; do
   a=${pair%%:*}
   b=${pair##*:}

@@ -128,12 +128,15 @@ def running_sidecar(
 def stuck(loop: asyncio.AbstractEventLoop) -> str:
     """Every thread's stack and the loop's pending tasks: what a stop that did not end waits on."""
     out = io.StringIO()
-    names = {thread.ident: thread.name for thread in threading.enumerate()}
-    for ident, frame in sys._current_frames().items():
-        out.write(f"--- thread {names.get(ident, ident)}\n")
-        traceback.print_stack(frame, file=out)
-    with contextlib.suppress(RuntimeError):  # the loop's set of tasks changed while it was read
+    try:
+        names = {thread.ident: thread.name for thread in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            out.write(f"--- thread {names.get(ident, ident)}\n")
+            traceback.print_stack(frame, file=out)
+        # Read from outside the loop's thread (not thread-safe): best effort, never the failure.
         for task in asyncio.all_tasks(loop):
             out.write("--- ")
             task.print_stack(file=out)
+    except Exception as exc:
+        out.write(f"(the dump stopped: {exc!r})\n")
     return out.getvalue()
