@@ -49,6 +49,7 @@ class Readiness:
         self.consecutive_failures = 0
         self.draining = False
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def ready(self) -> bool:
@@ -86,15 +87,25 @@ class Readiness:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
+        # Until stopped, not only until cancelled: before Python 3.12, `asyncio.wait_for` could
+        # swallow a cancellation that arrived as its connect completed, and the loop then probed
+        # on, holding up the sidecar's exit.
+        while not self.stopped():
             try:
                 await self.probe_once()
             except Exception:
                 _log.exception("modeltap sidecar: readiness probe failed")
+            if self.stopped():
+                return
             # Probe faster while not ready, so a starting upstream is noticed within ~100 ms.
             await asyncio.sleep(self._interval_s if self.upstream_ok else min(self._interval_s, 0.1))
 
+    def stopped(self) -> bool:
+        """Whether `stop` was called (a probe in flight may not have seen its cancellation)."""
+        return self._stopped
+
     def stop(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             self._task = None

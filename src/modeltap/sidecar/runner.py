@@ -48,6 +48,8 @@ WORKER_SOCKETS_VARIABLE = "MODELTAP_SIDECAR_WORKER_SOCKETS"
 # After the proxy stopped, its exit waits for the monitor's final flush until the flush bound it
 # gave the monitor, and this much more (the monitor's own start and stop).
 MONITOR_EXIT_MARGIN_S = 0.5
+# How long the tasks left at the exit get to end once cancelled.
+LEFTOVER_WAIT_S = 2.0
 # Upstream failures are logged once per code per this many seconds (with their count).
 FAILURE_LOG_INTERVAL_S = 10.0
 
@@ -327,12 +329,24 @@ class Sidecar:
                 task.cancel()
             await asyncio.gather(*requests, return_exceptions=True)
             await self.proxy_server.lifespan.shutdown()
-        # Whatever a forced exit left behind ends here, not at loop close.
+        # Whatever a forced exit left behind ends here, not at loop close; bounded, since a task
+        # may swallow its cancellation (asyncio.wait_for could, before Python 3.12).
         current = asyncio.current_task()
         leftovers = [task for task in asyncio.all_tasks() if task is not current]
         for task in leftovers:
             task.cancel()
-        await asyncio.gather(*leftovers, return_exceptions=True)
+        if leftovers:
+            done, pending = await asyncio.wait(leftovers, timeout=LEFTOVER_WAIT_S)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: ending with an error is expected here
+            if pending:
+                _log.warning(
+                    "modeltap sidecar: %d task(s) did not end within %g s of being cancelled: %s",
+                    len(pending),
+                    LEFTOVER_WAIT_S,
+                    ", ".join(sorted(task.get_name() for task in pending)),
+                )
         if self._force:
             # Had the lifespan flush not run (it returns at once if it did): flush here, bounded.
             await asyncio.get_running_loop().run_in_executor(None, self.tap.shutdown)
