@@ -76,6 +76,18 @@ static PyObject *lookup(PyObject *mapping, PyObject *key) {
     return value;
 }
 
+/* `obj`'s instance dict (a new reference) when it has a plain one; NULL, with no exception,
+ * otherwise. */
+static PyObject *instance_dict(PyObject *obj) {
+    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
+    if (dict == NULL) {
+        PyErr_Clear();  /* no instance dict */
+    } else if (!PyDict_CheckExact(dict)) {
+        Py_CLEAR(dict);
+    }
+    return dict;
+}
+
 /* `obj`'s own attribute dict (a new reference) when its class defines none of `names`, so that
  * the dict is where `getattr` finds them: read per request without the attribute protocol's
  * type lookups (whose method cache entries other types' hot lookups may evict). NULL, with no
@@ -88,13 +100,7 @@ static PyObject *own_attribute_dict(PyObject *obj, PyObject *const *names, int c
             return NULL;
         }
     }
-    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
-    if (dict == NULL) {
-        PyErr_Clear();  /* no instance dict */
-    } else if (!PyDict_CheckExact(dict)) {
-        Py_CLEAR(dict);
-    }
-    return dict;
+    return instance_dict(obj);
 }
 
 /* `obj.<name>` (a new reference): from `dict` (its `own_attribute_dict`) when there is one,
@@ -2863,11 +2869,7 @@ static AdmissionObject *compiled_admission(PyObject *sampling) {
         return NULL;
     }
     /* The sampling object changes with the tap's: its dict is looked up here, not kept. */
-    PyObject *dict = admission_in_dict ? PyObject_GenericGetDict(sampling, NULL) : NULL;
-    if (dict != NULL && !PyDict_CheckExact(dict)) {
-        Py_CLEAR(dict);
-    }
-    PyErr_Clear();  /* no instance dict: `getattr` then */
+    PyObject *dict = admission_in_dict ? instance_dict(sampling) : NULL;  /* none: `getattr` */
     PyObject *admission = own_attribute(dict, sampling, s_admission);
     Py_XDECREF(dict);
     if (admission != NULL && Py_IS_TYPE(admission, &AdmissionType)) {

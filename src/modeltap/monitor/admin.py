@@ -90,19 +90,14 @@ class Readiness:
         # Until stopped, not only until cancelled: before Python 3.12, `asyncio.wait_for` could
         # swallow a cancellation that arrived as its connect completed, and the loop then probed
         # on, holding up the sidecar's exit.
-        while not self.stopped():
+        while not self._stopped:
             try:
                 await self.probe_once()
             except Exception:
                 _log.exception("modeltap sidecar: readiness probe failed")
-            if self.stopped():
-                return
-            # Probe faster while not ready, so a starting upstream is noticed within ~100 ms.
-            await asyncio.sleep(self._interval_s if self.upstream_ok else min(self._interval_s, 0.1))
-
-    def stopped(self) -> bool:
-        """Whether `stop` was called (a probe in flight may not have seen its cancellation)."""
-        return self._stopped
+            if not self._stopped:  # stopped meanwhile: no sleep before the loop ends
+                # Probe faster while not ready, so a starting upstream is noticed within ~100 ms.
+                await asyncio.sleep(self._interval_s if self.upstream_ok else min(self._interval_s, 0.1))
 
     def stop(self) -> None:
         self._stopped = True

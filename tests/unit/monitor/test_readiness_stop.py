@@ -14,8 +14,8 @@ from modeltap.monitor.admin import Readiness
 async def stopped_while(
     probe: Callable[[], Coroutine[Any, Any, bool]], probing: asyncio.Event, interval_s: float
 ) -> asyncio.Task[None]:
-    """Start the loop with `probe`, call `stop()` once `probing` is set, and return its task once
-    it ended (within 1 s) or was ended here after that."""
+    """Start the loop with `probe`, call `stop()` once `probing` is set, and return its task when
+    it ended, or after 1 s (then still running: the caller ends it)."""
     readiness = Readiness("127.0.0.1", 9, interval_s=interval_s, failures_to_fail=1, timeout_s=0.1)
     readiness.probe_once = probe  # type: ignore[method-assign]
     readiness.start()
