@@ -61,6 +61,7 @@ static PyObject *s_note_internal_error, *s_note_first_answer;
 static PyObject *no_headers;  /* the shared empty header list, as the Python form's _NO_HEADERS */
 static PyObject *no_parts;    /* no body kept: encoded as an empty field, never handed out */
 static PyObject *bits_64, *bits_32, *zero_int, *s_bound;
+static PyObject *empty_tuple;
 
 /* `mapping[key]`, or NULL without an error when the key is absent (any mapping). */
 static PyObject *lookup(PyObject *mapping, PyObject *key) {
@@ -734,9 +735,13 @@ static PyObject *encode_fields(EncoderObject *encoder, RecordFields *r) {
         if (span_id == (unsigned long long)-1 && PyErr_Occurred()) goto fail;
         parent_id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(ids, 2));
         if (parent_id == (unsigned long long)-1 && PyErr_Occurred()) goto fail;
-        trace_state = PyUnicode_AsEncodedString(PyTuple_GET_ITEM(ids, 5), "latin-1", "replace");
-        if (trace_state == NULL) goto fail;
-        CHECK(pieces_own(&out, trace_state));
+        PyObject *state = PyTuple_GET_ITEM(ids, 5);
+        /* A new root's state is empty: nothing to encode (the codec's lookup is most of it). */
+        if (!PyUnicode_CheckExact(state) || PyUnicode_GET_LENGTH(state) != 0) {
+            trace_state = PyUnicode_AsEncodedString(state, "latin-1", "replace");
+            if (trace_state == NULL) goto fail;
+            CHECK(pieces_own(&out, trace_state));
+        }
     }
 
     /* The fixed part. */
@@ -1053,6 +1058,11 @@ typedef struct {
      * the current span under, and its Context class. Only with `context_var` (the default
      * runtime context: the context is that variable's value). */
     PyObject *span_context, *non_recording_span, *sampled_flags, *span_key, *context_class;
+    /* Made here as those classes make them (`check_otel_classes`, once): a SpanContext's default
+     * trace state (NULL: call the class), the attribute a NonRecordingSpan keeps its context in
+     * (NULL: call the class), and whether a Context is a plain dict subclass filled here. */
+    PyObject *default_trace_state, *span_attribute;
+    int context_here;
     /* The sampler's last `_bound` seen and its value (the ratio changes seldom: the 64-bit
      * conversion is made once per change, not per exchange); `bound_all`: 2**64, every trace. */
     PyObject *bound_seen;
@@ -1827,33 +1837,34 @@ static int new_root_trace(CaptureObject *capture, PyObject *headers, PyObject **
         return 1;
     }
     PyObject *call_args[1] = {bits_64};
-    PyObject *low = PyLong_FromUnsignedLongLong(low_value);
-    if (low == NULL) {
-        return -1;
-    }
-    PyObject *trace_id = NULL, *span_id = NULL;
-    while (trace_id == NULL) {
+    /* The high 64 bits drawn as `getrandbits(64)` (again while the whole id is zero), and the
+     * 128-bit id made once from both halves' bytes (not by shifting and or-ing integers). */
+    unsigned long long high_value = 0;
+    do {
         PyObject *high = PyObject_Vectorcall(capture->getrandbits, call_args, 1, NULL);
-        PyObject *shifted = high ? PyNumber_Lshift(high, bits_64) : NULL;
-        PyObject *combined = shifted ? PyNumber_Or(shifted, low) : NULL;
-        Py_XDECREF(high);
-        Py_XDECREF(shifted);
-        if (combined == NULL) {
-            Py_DECREF(low);
+        if (high == NULL) {
             return -1;
         }
-        int zero = PyObject_Not(combined);
-        if (zero) {
-            Py_DECREF(combined);
-            if (zero < 0) {
-                Py_DECREF(low);
-                return -1;
-            }
-        } else {
-            trace_id = combined;
+        high_value = PyLong_AsUnsignedLongLong(high);
+        Py_DECREF(high);
+        if (high_value == (unsigned long long)-1 && PyErr_Occurred()) {
+            return -1;
         }
+    } while (high_value == 0 && low_value == 0);
+    unsigned char id_bytes[16];
+    for (int i = 0; i < 8; i++) {
+        id_bytes[i] = (unsigned char)(low_value >> (8 * i));
+        id_bytes[8 + i] = (unsigned char)(high_value >> (8 * i));
     }
-    Py_DECREF(low);
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *trace_id = PyLong_FromUnsignedNativeBytes(id_bytes, 16, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
+#else
+    PyObject *trace_id = _PyLong_FromByteArray(id_bytes, 16, 1, 0);
+#endif
+    if (trace_id == NULL) {
+        return -1;
+    }
+    PyObject *span_id = NULL;
     while (span_id == NULL) {
         PyObject *drawn = PyObject_Vectorcall(capture->getrandbits, call_args, 1, NULL);
         if (drawn == NULL) {
@@ -1897,16 +1908,161 @@ static int new_root_trace(CaptureObject *capture, PyObject *headers, PyObject **
     return *ids == NULL ? -1 : 1;
 }
 
+/* A SpanContext of a sampled local trace as its class's `__new__` makes it, `tuple.__new__(cls,
+ * (trace_id, span_id, False, flags, DEFAULT_TRACE_STATE, is_valid))`, without running that
+ * Python function (about 3 500 instructions of the 14 000 a sampled exchange cost the serving
+ * thread); only once `check_otel_classes` found the class makes exactly that. The ids must be
+ * valid (the caller checks): is_valid is True. */
+static PyObject *span_context_here(CaptureObject *capture, PyObject *trace_id, PyObject *span_id) {
+    PyObject *values = PyTuple_New(6);
+    if (values == NULL) {
+        return NULL;
+    }
+    PyObject *items[6] = {trace_id, span_id, Py_False, capture->sampled_flags, capture->default_trace_state, Py_True};
+    for (int i = 0; i < 6; i++) {
+        PyTuple_SET_ITEM(values, i, Py_NewRef(items[i]));
+    }
+    PyObject *args = PyTuple_New(1);
+    if (args == NULL) {
+        Py_DECREF(values);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(args, 0, values);
+    PyObject *made = PyTuple_Type.tp_new((PyTypeObject *)capture->span_context, args, NULL);
+    Py_DECREF(args);
+    return made;
+}
+
+/* Whether SpanContext's own check would call these ids valid (0 < trace id < 2**128, 0 < span
+ * id < 2**64): 1 or 0 (also for an id that is not an int). */
+static int valid_ids(PyObject *trace_id, PyObject *span_id) {
+    if (!PyLong_CheckExact(trace_id) || !PyLong_CheckExact(span_id)) {
+        return 0;
+    }
+    unsigned long long span = PyLong_AsUnsignedLongLong(span_id);
+    if (span == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();  /* negative or over 64 bits */
+        return 0;
+    }
+    if (span == 0) {
+        return 0;
+    }
+    unsigned char bytes[16];
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t needed = PyLong_AsNativeBytes(trace_id, bytes, 16,
+                                             Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER |
+                                                 Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+    if (needed < 0 || needed > 16) {
+        PyErr_Clear();
+        return 0;
+    }
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)trace_id, bytes, 16, 1, 0) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+#endif
+    for (int i = 0; i < 16; i++) {
+        if (bytes[i]) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A NonRecordingSpan of `span_context`: its class's instance with the one attribute its
+ * `__init__` sets (`check_otel_classes` found which), or the class called. */
+static PyObject *non_recording_span_here(CaptureObject *capture, PyObject *span_context) {
+    if (capture->span_attribute == NULL) {
+        return PyObject_CallOneArg(capture->non_recording_span, span_context);
+    }
+    PyObject *span = PyBaseObject_Type.tp_new((PyTypeObject *)capture->non_recording_span, empty_tuple, NULL);
+    if (span != NULL && PyObject_GenericSetAttr(span, capture->span_attribute, span_context) < 0) {
+        Py_CLEAR(span);
+    }
+    return span;
+}
+
+/* Whether the OpenTelemetry classes make what the shortcuts above make, checked once against
+ * the classes themselves: a SpanContext of the ids (3, 5) called through its class and made
+ * here must be equal tuples of the same type whose fields sit where `span_context_here` puts
+ * them; a NonRecordingSpan called through its class must hold nothing but its context, in
+ * one attribute, and one made here the same; a Context must be a dict subclass that neither
+ * makes nor initialises itself in Python. Whatever does not hold keeps calling the class
+ * (an OpenTelemetry release that changes them is then slower here, never different). */
+static void check_otel_classes(CaptureObject *capture) {
+    Py_CLEAR(capture->default_trace_state);
+    Py_CLEAR(capture->span_attribute);
+    PyObject *cls = capture->span_context, *span_cls = capture->non_recording_span;
+    PyObject *three = PyLong_FromLong(3), *five = PyLong_FromLong(5);
+    PyObject *called = NULL, *made = NULL, *span = NULL, *ours = NULL, *dict = NULL, *our_dict = NULL;
+    if (three == NULL || five == NULL) goto done;
+    if (PyType_Check(cls) && PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type) &&
+        ((PyTypeObject *)cls)->tp_init == PyTuple_Type.tp_init) {
+        PyObject *args[4] = {three, five, Py_False, capture->sampled_flags};
+        called = PyObject_Vectorcall(cls, args, 4, NULL);
+        if (called != NULL && Py_TYPE(called) == (PyTypeObject *)cls && PyTuple_GET_SIZE(called) == 6 &&
+            PyTuple_GET_ITEM(called, 2) == Py_False && PyTuple_GET_ITEM(called, 3) == capture->sampled_flags &&
+            PyTuple_GET_ITEM(called, 5) == Py_True &&
+            PyObject_RichCompareBool(PyTuple_GET_ITEM(called, 0), three, Py_EQ) == 1 &&
+            PyObject_RichCompareBool(PyTuple_GET_ITEM(called, 1), five, Py_EQ) == 1) {
+            capture->default_trace_state = Py_NewRef(PyTuple_GET_ITEM(called, 4));
+            made = span_context_here(capture, three, five);
+            if (made == NULL || Py_TYPE(made) != (PyTypeObject *)cls ||
+                PyObject_RichCompareBool(made, called, Py_EQ) != 1) {
+                Py_CLEAR(capture->default_trace_state);
+            }
+        }
+    }
+    if (called != NULL && PyType_Check(span_cls) && ((PyTypeObject *)span_cls)->tp_new == PyBaseObject_Type.tp_new &&
+        ((PyTypeObject *)span_cls)->tp_setattro == PyObject_GenericSetAttr) {
+        span = PyObject_CallOneArg(span_cls, called);
+        dict = span != NULL ? instance_dict(span) : NULL;
+        Py_ssize_t position = 0;
+        PyObject *key, *value;
+        if (dict != NULL && PyDict_GET_SIZE(dict) == 1 && PyDict_Next(dict, &position, &key, &value) &&
+            value == called && PyUnicode_CheckExact(key)) {
+            capture->span_attribute = Py_NewRef(key);
+            ours = non_recording_span_here(capture, called);
+            our_dict = ours != NULL ? instance_dict(ours) : NULL;
+            if (our_dict == NULL || Py_TYPE(ours) != Py_TYPE(span) ||
+                PyObject_RichCompareBool(our_dict, dict, Py_EQ) != 1) {
+                Py_CLEAR(capture->span_attribute);
+            }
+        }
+    }
+    PyObject *context_cls = capture->context_class;
+    capture->context_here = PyType_Check(context_cls) && PyType_IsSubtype((PyTypeObject *)context_cls, &PyDict_Type) &&
+                            ((PyTypeObject *)context_cls)->tp_new == PyDict_Type.tp_new &&
+                            ((PyTypeObject *)context_cls)->tp_init == PyDict_Type.tp_init;
+done:
+    PyErr_Clear();  /* a class that failed its check is called instead */
+    Py_XDECREF(three);
+    Py_XDECREF(five);
+    Py_XDECREF(called);
+    Py_XDECREF(made);
+    Py_XDECREF(span);
+    Py_XDECREF(ours);
+    Py_XDECREF(dict);
+    Py_XDECREF(our_dict);
+}
+
 /* What `exchange._attach` does, without its Python calls: the current context with the trace's
  * span (a NonRecordingSpan of the trace and span ids, sampled) set, attached. Returns the
  * context variable's token, or NULL with an exception (nothing attached). */
 static PyObject *attach_here(CaptureObject *capture, PyObject *ids) {
-    PyObject *ids_args[4] = {PyTuple_GET_ITEM(ids, 0), PyTuple_GET_ITEM(ids, 1), Py_False, capture->sampled_flags};
-    PyObject *span_context = PyObject_Vectorcall(capture->span_context, ids_args, 4, NULL);
+    PyObject *trace_id = PyTuple_GET_ITEM(ids, 0), *span_id = PyTuple_GET_ITEM(ids, 1);
+    PyObject *span_context = NULL;
+    if (capture->default_trace_state != NULL && valid_ids(trace_id, span_id)) {
+        span_context = span_context_here(capture, trace_id, span_id);
+    } else {
+        PyObject *ids_args[4] = {trace_id, span_id, Py_False, capture->sampled_flags};
+        span_context = PyObject_Vectorcall(capture->span_context, ids_args, 4, NULL);
+    }
     if (span_context == NULL) {
         return NULL;
     }
-    PyObject *span = PyObject_CallOneArg(capture->non_recording_span, span_context);
+    PyObject *span = non_recording_span_here(capture, span_context);
     Py_DECREF(span_context);
     if (span == NULL) {
         return NULL;
@@ -1916,23 +2072,32 @@ static PyObject *attach_here(CaptureObject *capture, PyObject *ids) {
         Py_DECREF(span);
         return NULL;
     }
-    PyObject *values = NULL;
-    if (current == NULL) {
-        values = PyDict_New();
-    } else if (PyDict_Check(current)) {
-        values = PyDict_Copy(current);  /* `context.copy()`: a plain dict of the same items */
-    } else {
+    if (current != NULL && !PyDict_Check(current)) {
         PyErr_SetString(PyExc_TypeError, "the current OpenTelemetry context is not a mapping");
-    }
-    Py_XDECREF(current);
-    if (values == NULL || PyDict_SetItem(values, capture->span_key, span) < 0) {
-        Py_XDECREF(values);
+        Py_DECREF(current);
         Py_DECREF(span);
         return NULL;
     }
+    PyObject *context;
+    if (capture->context_here) {
+        /* `Context({**current, key: span})`, filled with the dict functions (a Context refuses
+         * item assignment only through its Python methods, as it is meant to, to its users). */
+        context = PyDict_Type.tp_new((PyTypeObject *)capture->context_class, empty_tuple, NULL);
+        if (context != NULL && ((current != NULL && PyDict_Update(context, current) < 0) ||
+                                PyDict_SetItem(context, capture->span_key, span) < 0)) {
+            Py_CLEAR(context);
+        }
+    } else {
+        /* `context.copy()`: a plain dict of the same items, then the class called on it */
+        PyObject *values = current == NULL ? PyDict_New() : PyDict_Copy(current);
+        if (values != NULL && PyDict_SetItem(values, capture->span_key, span) < 0) {
+            Py_CLEAR(values);
+        }
+        context = values != NULL ? PyObject_CallOneArg(capture->context_class, values) : NULL;
+        Py_XDECREF(values);
+    }
+    Py_XDECREF(current);
     Py_DECREF(span);
-    PyObject *context = PyObject_CallOneArg(capture->context_class, values);
-    Py_DECREF(values);
     if (context == NULL) {
         return NULL;
     }
@@ -2300,12 +2465,16 @@ static int capture_init(CaptureObject *self, PyObject *args, PyObject *kwargs) {
         Py_XSETREF(self->sampled_flags, Py_NewRef(PyTuple_GET_ITEM(otel, 2)));
         Py_XSETREF(self->span_key, Py_NewRef(PyTuple_GET_ITEM(otel, 3)));
         Py_XSETREF(self->context_class, Py_NewRef(PyTuple_GET_ITEM(otel, 4)));
+        check_otel_classes(self);
     } else {
         Py_CLEAR(self->span_context);
         Py_CLEAR(self->non_recording_span);
         Py_CLEAR(self->sampled_flags);
         Py_CLEAR(self->span_key);
         Py_CLEAR(self->context_class);
+        Py_CLEAR(self->default_trace_state);
+        Py_CLEAR(self->span_attribute);
+        self->context_here = 0;
     }
     if (context_var != Py_None) {
         if (!PyContextVar_CheckExact(context_var) || sampler == Py_None || !PyCallable_Check(trace_ids) ||
@@ -2379,6 +2548,8 @@ static int capture_traverse(CaptureObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->sampled_flags);
     Py_VISIT(self->span_key);
     Py_VISIT(self->context_class);
+    Py_VISIT(self->default_trace_state);
+    Py_VISIT(self->span_attribute);
     return 0;
 }
 
@@ -2401,6 +2572,8 @@ static int capture_clear(CaptureObject *self) {
     Py_CLEAR(self->sampled_flags);
     Py_CLEAR(self->span_key);
     Py_CLEAR(self->context_class);
+    Py_CLEAR(self->default_trace_state);
+    Py_CLEAR(self->span_attribute);
     Py_CLEAR(self->bound_seen);
     return 0;
 }
@@ -2611,9 +2784,17 @@ static PyMethodDef capture_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *capture_get_made_here(CaptureObject *self, void *Py_UNUSED(closure)) {
+    return Py_BuildValue("(OOO)", self->default_trace_state != NULL ? Py_True : Py_False,
+                         self->span_attribute != NULL ? Py_True : Py_False, self->context_here ? Py_True : Py_False);
+}
+
 static PyGetSetDef capture_getset[] = {
     {"encoder", (getter)capture_get_encoder, (setter)capture_set_encoder,
      "Encoder: records are offered as bytes; None: as the raw tuple", NULL},
+    {"made_here", (getter)capture_get_made_here, NULL,
+     "(SpanContext, NonRecordingSpan, Context): which of a sampled trace's OpenTelemetry objects "
+     "are made here rather than by calling their class (`check_otel_classes`)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -4667,7 +4848,11 @@ static int intern_all(void) {
     bits_64 = PyLong_FromLong(64);
     bits_32 = PyLong_FromLong(32);
     zero_int = PyLong_FromLong(0);
-    return no_headers == NULL || no_parts == NULL || bits_64 == NULL || bits_32 == NULL || zero_int == NULL ? -1 : 0;
+    empty_tuple = PyTuple_New(0);
+    return no_headers == NULL || no_parts == NULL || bits_64 == NULL || bits_32 == NULL || zero_int == NULL ||
+                   empty_tuple == NULL
+               ? -1
+               : 0;
 }
 
 static PyMethodDef speedups_functions[] = {

@@ -167,6 +167,31 @@ def test_resume_records_from_the_given_start_with_the_given_trace_current_in_the
     assert resumed == expected
 
 
+def test_resumed_ids_that_opentelemetry_calls_invalid_are_current_as_its_class_makes_them() -> None:
+    """The capture makes a SpanContext itself only for valid ids; others go to the class, which
+    marks them invalid, as the Python form's `_attach` would."""
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(otel_trace.get_current_span().get_span_context())
+        await read_all(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.body", "body": b"answer!"})
+
+    sampled = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
+    for trace_id, span_id in [(0xABC, 1 << 64), (0, 0xDEF), (1 << 128, 0xDEF)]:
+        seen.clear()
+        records: list[Any] = []
+        capture = capture_of(app, records, ratio=1.0)
+        assert capture.made_here[0]
+        ids = TraceIds(trace_id, span_id, 0, False, True, "", False)
+        server = Server({"type": "http.request", "body": b"0123456789", "more_body": False})
+        started, start_ns = time.perf_counter(), time.time_ns()
+        asyncio.run(capture.resume(scope_of(), server.receive, server.send, 1, 0, ids, start_ns, started))
+        assert seen == [otel_trace.SpanContext(trace_id, span_id, False, sampled)]
+        assert not seen[0].is_valid
+
+
 def test_root_trace_draws_as_the_start_does() -> None:
     random.seed(7)
     capture = capture_of(None, [], ratio=0.5)

@@ -356,6 +356,91 @@ def test_the_compiled_capture_attaches_the_context_the_python_form_attaches(oute
     assert left["compiled"] == left["python"] == [{"outer": "kept"} if outer else {}]
 
 
+def spans_seen(**kw: Any) -> tuple[Any, list[Any]]:
+    """A traced exchange through the compiled capture: its trace ids, and the context the app found."""
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(otel_context.get_current())
+        await echo(scope, receive, send)
+
+    ids = run_form("compiled", app, REQUESTS["one body"], ratio=1.0, **kw)[0][15]
+    assert ids is not None
+    return ids, seen
+
+
+def test_a_sampled_traces_opentelemetry_objects_are_made_as_their_classes_make_them() -> None:
+    """With the OpenTelemetry installed here, the compiled capture makes a sampled trace's
+    SpanContext, NonRecordingSpan and Context itself, without their Python code: the same types,
+    equal values, the same attributes as the classes make."""
+    capture: Any = exchange_capture(echo, Sink(), lambda raw, kept: None, CAP, starter(1.0), compiled=True)
+    assert capture.made_here == (True, True, True)
+    ids, seen = spans_seen()
+    assert type(seen[0]) is otel_context.Context
+    span = otel_trace.get_current_span(seen[0])
+    sampled = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
+    expected = otel_trace.NonRecordingSpan(otel_trace.SpanContext(ids.trace_id, ids.span_id, False, sampled))
+    assert type(span) is otel_trace.NonRecordingSpan
+    assert vars(span) == vars(expected)
+    made, called = span.get_span_context(), expected.get_span_context()
+    assert type(made) is otel_trace.SpanContext
+    assert tuple(made) == tuple(called)
+    assert made.is_valid
+    assert made.trace_flags.sampled
+    assert not made.is_remote
+    assert made.trace_state is called.trace_state  # the class's default, shared
+
+
+class LongerSpanContext(otel_trace.SpanContext):
+    """A SpanContext of another layout (one field more)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> LongerSpanContext:
+        made = otel_trace.SpanContext.__new__(cls, *args, **kwargs)
+        return tuple.__new__(cls, (*made, "made by the class"))
+
+
+class TaggedSpan(otel_trace.NonRecordingSpan):
+    """A NonRecordingSpan whose `__init__` does more than keep its context."""
+
+    def __init__(self, context: otel_trace.SpanContext) -> None:
+        super().__init__(context)
+        self.tag = "made by the class"
+
+
+class CountedContext(otel_context.Context):
+    """A Context with an `__init__` of its own."""
+
+    made = 0
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        type(self).made += 1
+
+
+def test_opentelemetry_classes_that_make_something_else_are_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the classes would make something the capture's own construction does not (another
+    layout, another attribute, an `__init__` of their own), it calls them instead."""
+    from modeltap.capture import exchange
+
+    span_key = exchange._attach_parts()[3]
+    sampled = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
+    parts = (LongerSpanContext, TaggedSpan, sampled, span_key, CountedContext)
+    monkeypatch.setattr(exchange, "_attach_parts", lambda: parts)
+    capture: Any = exchange_capture(echo, Sink(), lambda raw, kept: None, CAP, starter(1.0), compiled=True)
+    assert capture.made_here == (False, False, False)
+    CountedContext.made = 0
+    ids, seen = spans_seen()
+    assert type(seen[0]) is CountedContext
+    assert CountedContext.made == 1
+    span = otel_trace.get_current_span(seen[0])
+    assert type(span) is TaggedSpan
+    assert span.tag == "made by the class"
+    made = span.get_span_context()
+    assert type(made) is LongerSpanContext
+    called = otel_trace.SpanContext(ids.trace_id, ids.span_id, False, sampled)
+    assert tuple(made) == (*called, "made by the class")
+
+
 @FAST
 @given(st.lists(raw_records(), min_size=1, max_size=4))
 def test_the_compiled_encoder_writes_the_python_encoders_bytes(records: list[RawRecord]) -> None:
