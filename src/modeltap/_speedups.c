@@ -61,7 +61,7 @@ static PyObject *s_note_internal_error, *s_note_first_answer;
 static PyObject *no_headers;  /* the shared empty header list, as the Python form's _NO_HEADERS */
 static PyObject *no_parts;    /* no body kept: encoded as an empty field, never handed out */
 static PyObject *bits_64, *bits_32, *zero_int, *s_bound;
-static PyObject *empty_tuple;
+static PyObject *empty_tuple, *s_dunder_init;
 
 /* `mapping[key]`, or NULL without an error when the key is absent (any mapping). */
 static PyObject *lookup(PyObject *mapping, PyObject *key) {
@@ -1063,6 +1063,9 @@ typedef struct {
      * (NULL: call the class), and whether a Context is a plain dict subclass filled here. */
     PyObject *default_trace_state, *span_attribute;
     int context_here;
+    /* The classes' version tags when checked: a class changed since (its tag reset by any
+     * assignment to it or to a base) is called again (`unchanged`). */
+    unsigned int span_context_tag, span_tag, context_tag;
     /* The sampler's last `_bound` seen and its value (the ratio changes seldom: the 64-bit
      * conversion is made once per change, not per exchange); `bound_all`: 2**64, every trace. */
     PyObject *bound_seen;
@@ -1908,6 +1911,11 @@ static int new_root_trace(CaptureObject *capture, PyObject *headers, PyObject **
     return *ids == NULL ? -1 : 1;
 }
 
+/* Whether `cls` is still as it was when checked: its version tag (0: none, never trusted). */
+static int unchanged(PyObject *cls, unsigned int tag) {
+    return tag != 0 && ((PyTypeObject *)cls)->tp_version_tag == tag;
+}
+
 /* A SpanContext of a sampled local trace as its class's `__new__` makes it, `tuple.__new__(cls,
  * (trace_id, span_id, False, flags, DEFAULT_TRACE_STATE, is_valid))`, without running that
  * Python function (about 3 500 instructions of the 14 000 a sampled exchange cost the serving
@@ -1973,7 +1981,8 @@ static int valid_ids(PyObject *trace_id, PyObject *span_id) {
 /* A NonRecordingSpan of `span_context`: its class's instance with the one attribute its
  * `__init__` sets (`check_otel_classes` found which), or the class called. */
 static PyObject *non_recording_span_here(CaptureObject *capture, PyObject *span_context) {
-    if (capture->span_attribute == NULL) {
+    if (capture->span_attribute == NULL ||
+        (capture->span_tag != 0 && !unchanged(capture->non_recording_span, capture->span_tag))) {
         return PyObject_CallOneArg(capture->non_recording_span, span_context);
     }
     PyObject *span = PyBaseObject_Type.tp_new((PyTypeObject *)capture->non_recording_span, empty_tuple, NULL);
@@ -1983,29 +1992,79 @@ static PyObject *non_recording_span_here(CaptureObject *capture, PyObject *span_
     return span;
 }
 
-/* Whether the OpenTelemetry classes make what the shortcuts above make, checked once against
- * the classes themselves: a SpanContext of the ids (3, 5) called through its class and made
- * here must be equal tuples of the same type whose fields sit where `span_context_here` puts
- * them; a NonRecordingSpan called through its class must hold nothing but its context, in
- * one attribute, and one made here the same; a Context must be a dict subclass that neither
- * makes nor initialises itself in Python. Whatever does not hold keeps calling the class
- * (an OpenTelemetry release that changes them is then slower here, never different). */
-static void check_otel_classes(CaptureObject *capture) {
+/* The version tag of `cls` once a lookup on it has given it one (0: none). */
+static unsigned int version_tag(PyObject *cls) {
+    PyObject *init = PyObject_GetAttr(cls, s_dunder_init);  /* a lookup assigns the tag */
+    if (init == NULL) {
+        return 0;
+    }
+    Py_DECREF(init);
+    return ((PyTypeObject *)cls)->tp_version_tag;
+}
+
+/* Whether a failed step of `check_otel_classes` may be passed over: an Exception is (the class
+ * is then called, as before); anything else (KeyboardInterrupt, MemoryError's kin) is not. */
+static int passed_over(void) {
+    if (!PyErr_Occurred()) {
+        return 1;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return 0;
+    }
+    PyErr_Clear();
+    return 1;
+}
+
+/* Whether `span` holds nothing but `context`, in one attribute; that attribute's name or NULL. */
+static PyObject *sole_attribute(PyObject *span, PyObject *context) {
+    PyObject *dict = instance_dict(span);
+    PyObject *name = NULL, *key, *value;
+    Py_ssize_t position = 0;
+    if (dict != NULL && PyDict_GET_SIZE(dict) == 1 && PyDict_Next(dict, &position, &key, &value) &&
+        value == context && PyUnicode_CheckExact(key)) {
+        name = Py_NewRef(key);
+    }
+    Py_XDECREF(dict);
+    return name;
+}
+
+/* Whether the OpenTelemetry classes make what the shortcuts above make, checked against the
+ * classes themselves when the capture is built: a SpanContext of the ids (3, 5) called through
+ * its class and made here must be equal tuples of the same type, with no instance attributes,
+ * whose fields sit where `span_context_here` puts them; a NonRecordingSpan called through its
+ * class, of that context and of an invalid one, must hold nothing but its context, in one
+ * attribute, as one made here does; a Context must be a dict subclass that neither makes nor
+ * initialises itself in Python. None of them may have a metaclass with its own `__call__`.
+ * Whatever does not hold is called, as is a class changed later (`unchanged`). Side effects of
+ * a class's Python code that leave no trace in what it makes cannot be seen here.
+ * Returns -1 only for an error that is not an Exception (it propagates). */
+static int check_otel_classes(CaptureObject *capture) {
     Py_CLEAR(capture->default_trace_state);
     Py_CLEAR(capture->span_attribute);
+    capture->context_here = 0;
+    capture->span_context_tag = capture->span_tag = capture->context_tag = 0;
     PyObject *cls = capture->span_context, *span_cls = capture->non_recording_span;
-    PyObject *three = PyLong_FromLong(3), *five = PyLong_FromLong(5);
-    PyObject *called = NULL, *made = NULL, *span = NULL, *ours = NULL, *dict = NULL, *our_dict = NULL;
-    if (three == NULL || five == NULL) goto done;
-    if (PyType_Check(cls) && PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type) &&
+    PyObject *context_cls = capture->context_class;
+    PyObject *three = NULL, *five = NULL, *called = NULL, *invalid = NULL, *made = NULL;
+    int status = 0;
+    if (PyType_Check(cls) && Py_TYPE(cls)->tp_call == PyType_Type.tp_call &&
+        PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type) &&
         ((PyTypeObject *)cls)->tp_init == PyTuple_Type.tp_init) {
+        three = PyLong_FromLong(3);
+        five = PyLong_FromLong(5);
         PyObject *args[4] = {three, five, Py_False, capture->sampled_flags};
-        called = PyObject_Vectorcall(cls, args, 4, NULL);
-        if (called != NULL && Py_TYPE(called) == (PyTypeObject *)cls && PyTuple_GET_SIZE(called) == 6 &&
-            PyTuple_GET_ITEM(called, 2) == Py_False && PyTuple_GET_ITEM(called, 3) == capture->sampled_flags &&
-            PyTuple_GET_ITEM(called, 5) == Py_True &&
-            PyObject_RichCompareBool(PyTuple_GET_ITEM(called, 0), three, Py_EQ) == 1 &&
-            PyObject_RichCompareBool(PyTuple_GET_ITEM(called, 1), five, Py_EQ) == 1) {
+        called = three != NULL && five != NULL ? PyObject_Vectorcall(cls, args, 4, NULL) : NULL;
+        PyObject *invalid_args[4] = {zero_int, zero_int, Py_False, capture->sampled_flags};
+        invalid = called != NULL ? PyObject_Vectorcall(cls, invalid_args, 4, NULL) : NULL;
+        PyObject *attributes = invalid != NULL ? instance_dict(called) : NULL;
+        int fields = invalid != NULL && Py_TYPE(called) == (PyTypeObject *)cls && PyTuple_GET_SIZE(called) == 6 &&
+                     (attributes == NULL || PyDict_GET_SIZE(attributes) == 0) &&
+                     PyTuple_GET_ITEM(called, 2) == Py_False && PyTuple_GET_ITEM(called, 3) == capture->sampled_flags &&
+                     PyTuple_GET_ITEM(called, 5) == Py_True;
+        Py_XDECREF(attributes);
+        fields = fields && PyObject_RichCompareBool(PyTuple_GET_ITEM(called, 0), three, Py_EQ) == 1;
+        fields = fields && PyObject_RichCompareBool(PyTuple_GET_ITEM(called, 1), five, Py_EQ) == 1;
+        if (fields && !PyErr_Occurred()) {
             capture->default_trace_state = Py_NewRef(PyTuple_GET_ITEM(called, 4));
             made = span_context_here(capture, three, five);
             if (made == NULL || Py_TYPE(made) != (PyTypeObject *)cls ||
@@ -2014,37 +2073,64 @@ static void check_otel_classes(CaptureObject *capture) {
             }
         }
     }
-    if (called != NULL && PyType_Check(span_cls) && ((PyTypeObject *)span_cls)->tp_new == PyBaseObject_Type.tp_new &&
+    if (!passed_over()) goto fail;
+    if (invalid != NULL && PyType_Check(span_cls) && Py_TYPE(span_cls)->tp_call == PyType_Type.tp_call &&
+        ((PyTypeObject *)span_cls)->tp_new == PyBaseObject_Type.tp_new &&
         ((PyTypeObject *)span_cls)->tp_setattro == PyObject_GenericSetAttr) {
-        span = PyObject_CallOneArg(span_cls, called);
-        dict = span != NULL ? instance_dict(span) : NULL;
-        Py_ssize_t position = 0;
-        PyObject *key, *value;
-        if (dict != NULL && PyDict_GET_SIZE(dict) == 1 && PyDict_Next(dict, &position, &key, &value) &&
-            value == called && PyUnicode_CheckExact(key)) {
-            capture->span_attribute = Py_NewRef(key);
-            ours = non_recording_span_here(capture, called);
-            our_dict = ours != NULL ? instance_dict(ours) : NULL;
-            if (our_dict == NULL || Py_TYPE(ours) != Py_TYPE(span) ||
-                PyObject_RichCompareBool(our_dict, dict, Py_EQ) != 1) {
-                Py_CLEAR(capture->span_attribute);
+        /* Its attribute is what the class keeps each context in; ours must look the same. */
+        PyObject *contexts[2] = {called, invalid};
+        int same = 1;
+        for (int i = 0; i < 2 && same; i++) {
+            PyObject *span = PyObject_CallOneArg(span_cls, contexts[i]);
+            PyObject *name = span != NULL ? sole_attribute(span, contexts[i]) : NULL;
+            if (name != NULL && i == 0) {
+                capture->span_attribute = Py_NewRef(name);
             }
+            PyObject *ours = name != NULL && capture->span_attribute != NULL
+                                 ? non_recording_span_here(capture, contexts[i])
+                                 : NULL;
+            PyObject *our_name = ours != NULL ? sole_attribute(ours, contexts[i]) : NULL;
+            same = our_name != NULL && Py_TYPE(ours) == Py_TYPE(span) &&
+                   PyUnicode_Compare(our_name, name) == 0 && PyUnicode_Compare(name, capture->span_attribute) == 0;
+            Py_XDECREF(span);
+            Py_XDECREF(name);
+            Py_XDECREF(ours);
+            Py_XDECREF(our_name);
+        }
+        if (!same || PyErr_Occurred()) {
+            Py_CLEAR(capture->span_attribute);
         }
     }
-    PyObject *context_cls = capture->context_class;
-    capture->context_here = PyType_Check(context_cls) && PyType_IsSubtype((PyTypeObject *)context_cls, &PyDict_Type) &&
+    if (!passed_over()) goto fail;
+    capture->context_here = PyType_Check(context_cls) && Py_TYPE(context_cls)->tp_call == PyType_Type.tp_call &&
+                            PyType_IsSubtype((PyTypeObject *)context_cls, &PyDict_Type) &&
                             ((PyTypeObject *)context_cls)->tp_new == PyDict_Type.tp_new &&
                             ((PyTypeObject *)context_cls)->tp_init == PyDict_Type.tp_init;
+    /* The tags last (checking, calling the classes, may have changed them); none: not trusted.
+     * Until then `non_recording_span_here` makes spans here for the check itself. */
+    if (capture->default_trace_state != NULL && (capture->span_context_tag = version_tag(cls)) == 0) {
+        Py_CLEAR(capture->default_trace_state);
+    }
+    if (capture->span_attribute != NULL && (capture->span_tag = version_tag(span_cls)) == 0) {
+        Py_CLEAR(capture->span_attribute);
+    }
+    if (capture->context_here && (capture->context_tag = version_tag(context_cls)) == 0) {
+        capture->context_here = 0;
+    }
+    if (!passed_over()) goto fail;
+    goto done;
+fail:
+    status = -1;
+    Py_CLEAR(capture->default_trace_state);
+    Py_CLEAR(capture->span_attribute);
+    capture->context_here = 0;
 done:
-    PyErr_Clear();  /* a class that failed its check is called instead */
     Py_XDECREF(three);
     Py_XDECREF(five);
     Py_XDECREF(called);
+    Py_XDECREF(invalid);
     Py_XDECREF(made);
-    Py_XDECREF(span);
-    Py_XDECREF(ours);
-    Py_XDECREF(dict);
-    Py_XDECREF(our_dict);
+    return status;
 }
 
 /* What `exchange._attach` does, without its Python calls: the current context with the trace's
@@ -2053,7 +2139,8 @@ done:
 static PyObject *attach_here(CaptureObject *capture, PyObject *ids) {
     PyObject *trace_id = PyTuple_GET_ITEM(ids, 0), *span_id = PyTuple_GET_ITEM(ids, 1);
     PyObject *span_context = NULL;
-    if (capture->default_trace_state != NULL && valid_ids(trace_id, span_id)) {
+    if (capture->default_trace_state != NULL && unchanged(capture->span_context, capture->span_context_tag) &&
+        valid_ids(trace_id, span_id)) {
         span_context = span_context_here(capture, trace_id, span_id);
     } else {
         PyObject *ids_args[4] = {trace_id, span_id, Py_False, capture->sampled_flags};
@@ -2079,7 +2166,7 @@ static PyObject *attach_here(CaptureObject *capture, PyObject *ids) {
         return NULL;
     }
     PyObject *context;
-    if (capture->context_here) {
+    if (capture->context_here && unchanged(capture->context_class, capture->context_tag)) {
         /* `Context({**current, key: span})`, filled with the dict functions (a Context refuses
          * item assignment only through its Python methods, as it is meant to, to its users). */
         context = PyDict_Type.tp_new((PyTypeObject *)capture->context_class, empty_tuple, NULL);
@@ -2465,7 +2552,9 @@ static int capture_init(CaptureObject *self, PyObject *args, PyObject *kwargs) {
         Py_XSETREF(self->sampled_flags, Py_NewRef(PyTuple_GET_ITEM(otel, 2)));
         Py_XSETREF(self->span_key, Py_NewRef(PyTuple_GET_ITEM(otel, 3)));
         Py_XSETREF(self->context_class, Py_NewRef(PyTuple_GET_ITEM(otel, 4)));
-        check_otel_classes(self);
+        if (check_otel_classes(self) < 0) {
+            return -1;
+        }
     } else {
         Py_CLEAR(self->span_context);
         Py_CLEAR(self->non_recording_span);
@@ -2475,6 +2564,7 @@ static int capture_init(CaptureObject *self, PyObject *args, PyObject *kwargs) {
         Py_CLEAR(self->default_trace_state);
         Py_CLEAR(self->span_attribute);
         self->context_here = 0;
+        self->span_context_tag = self->span_tag = self->context_tag = 0;
     }
     if (context_var != Py_None) {
         if (!PyContextVar_CheckExact(context_var) || sampler == Py_None || !PyCallable_Check(trace_ids) ||
@@ -2785,8 +2875,11 @@ static PyMethodDef capture_methods[] = {
 };
 
 static PyObject *capture_get_made_here(CaptureObject *self, void *Py_UNUSED(closure)) {
-    return Py_BuildValue("(OOO)", self->default_trace_state != NULL ? Py_True : Py_False,
-                         self->span_attribute != NULL ? Py_True : Py_False, self->context_here ? Py_True : Py_False);
+    int span_context = self->default_trace_state != NULL && unchanged(self->span_context, self->span_context_tag);
+    int span = self->span_attribute != NULL && unchanged(self->non_recording_span, self->span_tag);
+    int context = self->context_here && unchanged(self->context_class, self->context_tag);
+    return Py_BuildValue("(OOO)", span_context ? Py_True : Py_False, span ? Py_True : Py_False,
+                         context ? Py_True : Py_False);
 }
 
 static PyGetSetDef capture_getset[] = {
@@ -4816,6 +4909,7 @@ static int intern_all(void) {
     INTERN(s_throw, "throw");
     INTERN(s_close, "close");
     INTERN(s_qualname, "__qualname__");
+    INTERN(s_dunder_init, "__init__");
     INTERN(s_capture, "capture");
     INTERN(s_trace_start, "trace_start");
     INTERN(s_trace_detach, "trace_detach");

@@ -179,7 +179,8 @@ def test_resumed_ids_that_opentelemetry_calls_invalid_are_current_as_its_class_m
         await send({"type": "http.response.body", "body": b"answer!"})
 
     sampled = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
-    for trace_id, span_id in [(0xABC, 1 << 64), (0, 0xDEF), (1 << 128, 0xDEF)]:
+    invalid = [(0xABC, 1 << 64), (0xABC, 0), (0, 0xDEF), (1 << 128, 0xDEF), (-1, 5), (5, -1)]
+    for trace_id, span_id in invalid:
         seen.clear()
         records: list[Any] = []
         capture = capture_of(app, records, ratio=1.0)
@@ -190,6 +191,42 @@ def test_resumed_ids_that_opentelemetry_calls_invalid_are_current_as_its_class_m
         asyncio.run(capture.resume(scope_of(), server.receive, server.send, 1, 0, ids, start_ns, started))
         assert seen == [otel_trace.SpanContext(trace_id, span_id, False, sampled)]
         assert not seen[0].is_valid
+
+
+def test_the_largest_valid_ids_are_current_as_the_class_makes_them() -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(otel_trace.get_current_span().get_span_context())
+        await read_all(receive)
+
+    sampled = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
+    capture = capture_of(app, [], ratio=1.0)
+    for trace_id, span_id in [((1 << 128) - 1, (1 << 64) - 1), (1, 1)]:
+        seen.clear()
+        ids = TraceIds(trace_id, span_id, 0, False, True, "", False)
+        server = Server({"type": "http.request", "body": b"", "more_body": False})
+        started, start_ns = time.perf_counter(), time.time_ns()
+        asyncio.run(capture.resume(scope_of(), server.receive, server.send, 1, 0, ids, start_ns, started))
+        assert seen == [otel_trace.SpanContext(trace_id, span_id, False, sampled)]
+        assert seen[0].is_valid
+
+
+def test_a_zero_draw_is_drawn_again_as_the_python_form_draws_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draws scripted by their width: the compiled capture takes the low 64 bits as two 32-bit
+    draws, the Python form as one; both draw the high half and the span id again while zero."""
+
+    def scripted(draws: dict[int, list[int]]) -> Any:
+        def getrandbits(bits: int) -> int:
+            return draws[bits].pop(0)
+
+        return getrandbits
+
+    monkeypatch.setattr(random, "getrandbits", scripted({32: [0, 0], 64: [0, 7, 0, 9]}))
+    ids = capture_of(None, [], ratio=0.5).root_trace([])
+    monkeypatch.setattr(random, "getrandbits", scripted({64: [0, 0, 7, 0, 9]}))
+    trace_id = TraceSampler(SamplerConfig("parentbased_traceidratio", 0.5)).new_sampled_trace_id()
+    assert (ids.trace_id, ids.span_id) == (trace_id, new_span_id()) == (7 << 64, 9)
 
 
 def test_root_trace_draws_as_the_start_does() -> None:

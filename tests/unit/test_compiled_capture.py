@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import gc
 import sys
@@ -356,15 +357,20 @@ def test_the_compiled_capture_attaches_the_context_the_python_form_attaches(oute
     assert left["compiled"] == left["python"] == [{"outer": "kept"} if outer else {}]
 
 
-def spans_seen(**kw: Any) -> tuple[Any, list[Any]]:
-    """A traced exchange through the compiled capture: its trace ids, and the context the app found."""
-    seen: list[Any] = []
+def seeing(seen: list[Any]) -> App:
+    """`echo`, noting the OpenTelemetry context it runs in."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen.append(otel_context.get_current())
         await echo(scope, receive, send)
 
-    ids = run_form("compiled", app, REQUESTS["one body"], ratio=1.0, **kw)[0][15]
+    return app
+
+
+def spans_seen() -> tuple[Any, list[Any]]:
+    """A traced exchange through the compiled capture: its trace ids, and the context the app found."""
+    seen: list[Any] = []
+    ids = run_form("compiled", seeing(seen), REQUESTS["one body"], ratio=1.0)[0][15]
     assert ids is not None
     return ids, seen
 
@@ -439,6 +445,72 @@ def test_opentelemetry_classes_that_make_something_else_are_called(monkeypatch: 
     assert type(made) is LongerSpanContext
     called = otel_trace.SpanContext(ids.trace_id, ids.span_id, False, sampled)
     assert tuple(made) == (*called, "made by the class")
+
+
+class NewContext(otel_context.Context):
+    """A Context with a `__new__` of its own."""
+
+    def __new__(cls, *args: Any) -> NewContext:
+        return super().__new__(cls, *args)
+
+
+class CallingMeta(type):
+    """A metaclass whose `__call__` is its own."""
+
+    calls = 0
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        CallingMeta.calls += 1
+        return super().__call__(*args, **kwargs)
+
+
+class SpanMeta(CallingMeta, abc.ABCMeta):
+    """NonRecordingSpan's metaclass (Span is an ABC) with CallingMeta's `__call__`."""
+
+
+class MetaSpan(otel_trace.NonRecordingSpan, metaclass=SpanMeta):
+    """A NonRecordingSpan made through a metaclass's own `__call__`."""
+
+
+def test_a_context_with_its_own_new_or_a_metaclass_call_is_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modeltap.capture import exchange
+
+    key, sampled = exchange._attach_parts()[3], otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
+    parts = (otel_trace.SpanContext, MetaSpan, sampled, key, NewContext)
+    monkeypatch.setattr(exchange, "_attach_parts", lambda: parts)
+    capture: Any = exchange_capture(echo, Sink(), lambda raw, kept: None, CAP, starter(1.0), compiled=True)
+    assert capture.made_here == (True, False, False)
+    CallingMeta.calls = 0
+    _, seen = spans_seen()
+    assert type(seen[0]) is NewContext
+    assert type(otel_trace.get_current_span(seen[0])) is MetaSpan
+    assert CallingMeta.calls == 1
+
+
+def test_a_class_changed_after_the_capture_was_built_is_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check holds for the classes as they were; one changed since is called again."""
+    seen: list[Any] = []
+    sink = Sink()
+
+    def offer(raw: Any, kept: int) -> None:
+        pass
+
+    capture: Any = exchange_capture(seeing(seen), sink, offer, CAP, starter(1.0), compiled=True)
+    assert capture.made_here == (True, True, True)
+    original = otel_trace.NonRecordingSpan.__init__
+
+    def tagged(self: Any, context: Any) -> None:
+        original(self, context)
+        self.tag = "made by the class"
+
+    monkeypatch.setattr(otel_trace.NonRecordingSpan, "__init__", tagged)
+    monkeypatch.setattr(otel_context.Context, "marked", True, raising=False)
+    assert capture.made_here == (True, False, False)
+    server = Server(*[dict(message) for message in REQUESTS["one body"]])
+    asyncio.run(capture(scope_of(), server.receive, server.send, 1, 1))
+    span = otel_trace.get_current_span(seen[0])
+    assert vars(span)["tag"] == "made by the class"
+    assert sink.errors == []
 
 
 @FAST
