@@ -22,6 +22,11 @@ Two more bits turn no part off: they bound what a cheaper record could gain (`BO
                      monitor get valid records, the serving thread encodes nothing more
   256 plain uncounted  an exchange with no payload kept, no trace and no error ends before its
                      record: only those the monitor reads beyond counts and timings are encoded
+  512 plain folded   as 256, but only once its shape is read and found the previous plain
+                     exchange's (the fields the monitor files a timed exchange by: path, method,
+                     scheme, version, route template, proxy error, cold start, status, weight,
+                     the wanted request and response headers): what counting plain exchanges by
+                     shape in the serving process would cost it, short of keeping the counts
 
 usage: capture_parts.py FOLDER   (then PYTHONPATH=FOLDER/src MODELTAP_BENCH_SKIP=N ...)
 """
@@ -35,6 +40,75 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Mask 512's shape check: the fields of the previous plain exchange (new references), and the
+# comparison with this one's. Written as a shipped form would read them: the scope's values,
+# the route template as the encoder finds it, the wanted headers' values by the encoder's names.
+BENCH_SHAPE = r"""
+#define BENCH_SHAPE_FIELDS 24
+static PyObject *bench_shape_previous[BENCH_SHAPE_FIELDS];
+static int bench_shape_count = -1;
+
+static int bench_wanted_values(PyObject *headers, PyObject *names, PyObject *wanted, PyObject **into, int at,
+                               int limit) {
+    if (headers == NULL || !PyList_Check(headers)) {
+        return at;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers) && at < limit; i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            continue;
+        }
+        int found = is_wanted(PyTuple_GET_ITEM(pair, 0), names, wanted);
+        if (found < 0) {
+            PyErr_Clear();
+        } else if (found) {
+            into[at++] = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+        }
+    }
+    return at;
+}
+
+static int bench_same_shape(EncoderObject *encoder, PyObject *scope, PyObject *root_at_start, long status,
+                            long weight, PyObject *response_headers) {
+    PyObject *now[BENCH_SHAPE_FIELDS];
+    int n = 0;
+    now[n++] = scope_get(scope, s_path, s_empty);
+    now[n++] = scope_get(scope, s_method, s_GET);
+    now[n++] = scope_get(scope, s_scheme, s_http);
+    now[n++] = scope_get(scope, s_http_version, s_1_1);
+    now[n++] = route_template_of(encoder, scope, root_at_start);
+    now[n++] = scope_get(scope, encoder->proxy_error_key, Py_None);
+    now[n++] = PyBool_FromLong(is_true_value(scope, encoder->cold_start_key) > 0);
+    now[n++] = PyLong_FromLong(status);
+    now[n++] = PyLong_FromLong(weight);
+    PyObject *headers = scope_get(scope, s_headers, Py_None);
+    n = bench_wanted_values(headers, encoder->request_names, encoder->request_wanted, now, n,
+                            BENCH_SHAPE_FIELDS - 8);
+    Py_XDECREF(headers);
+    now[n++] = Py_NewRef(Py_None);  /* between the request's and the response's */
+    n = bench_wanted_values(response_headers, encoder->response_names, encoder->response_wanted, now, n,
+                            BENCH_SHAPE_FIELDS);
+    int same = n == bench_shape_count;
+    for (int i = 0; i < n; i++) {
+        if (now[i] == NULL || (same && bench_shape_previous[i] == NULL)) {
+            same = 0;
+        } else if (same && PyObject_RichCompareBool(now[i], bench_shape_previous[i], Py_EQ) != 1) {
+            same = 0;
+        }
+    }
+    PyErr_Clear();
+    for (int i = 0; i < bench_shape_count; i++) {
+        Py_CLEAR(bench_shape_previous[i]);
+    }
+    for (int i = 0; i < n; i++) {
+        bench_shape_previous[i] = now[i];
+    }
+    bench_shape_count = n;
+    return same;
+}
+
+"""
 
 # (what the edit does, the code it anchors on, what replaces that code)
 EDITS = [
@@ -52,11 +126,23 @@ EDITS = [
         "static double perf_now(void) {",
     ),
     (
-        "1 and 256: no record (256: for a plain exchange, no payload kept and no trace)",
+        "512: the shape of a plain exchange, read and compared with the previous one's",
+        "static void exchange_finish(ExchangeObject *self, PyObject *exception) {",
+        BENCH_SHAPE + "static void exchange_finish(ExchangeObject *self, PyObject *exception) {",
+    ),
+    (
+        "1, 256 and 512: no record (256: for a plain exchange, no payload kept and no trace; "
+        "512: for one of the previous plain exchange's shape)",
         "    Py_ssize_t cap = capture->cap;\n    Py_ssize_t kept =",
         "    int bench_plain = !self->payload_weight && (self->ids == NULL || self->ids == Py_None) &&\n"
         "                      exception == NULL;\n"
-        "    if (bench_skip(1) || (bench_skip(256) && bench_plain)) {\n"
+        "    if (bench_skip(1) || (bench_skip(256) && bench_plain) ||\n"
+        "        (bench_skip(512) && bench_plain && state->status && state->ended >= 0 &&\n"
+        "         !state->disconnected && capture->encoder != Py_None &&\n"
+        "         bench_same_shape((EncoderObject *)capture->encoder, self->scope,\n"
+        "                          self->root_path_at_start, state->status, self->weight,\n"
+        "                          state->response_headers != NULL ? state->response_headers\n"
+        "                                                          : no_headers))) {\n"
         "        Py_DECREF(exception_type);\n"
         "        if (pending != NULL) {\n"
         "            restore_exception(pending);\n"

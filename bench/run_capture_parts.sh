@@ -19,6 +19,8 @@
 #   full against once     (mask 128) every record the first one's bytes: no encoding at all
 #   full against plain    (mask 256) records only for the exchanges with a payload kept or a
 #                         trace; the others end before theirs
+#   full against folded   (mask 512) as plain, once each plain exchange's shape is read and
+#                         found the previous one's: what counting them by shape would leave
 # Needs: pip install -e '.[bench]', Debian's wrk, a C compiler.
 # usage: PY=$PWD/.venv/bin/python bench/run_capture_parts.sh     Env: ROUNDS (6), DUR (5 s), BOUNDS.
 . "$(dirname "$0")/monitor_setup.sh"
@@ -38,13 +40,14 @@ spec() {  # spec NAME: the server's environment
     full) echo "$X=0" ;;
     once) echo "$X=128" ;;
     plain) echo "$X=256" ;;
+    folded) echo "$X=512" ;;
   esac
 }
 steps=(bare dispatch exchange skeleton send receive record full)
 pairs=()
 for i in $(seq 1 $((${#steps[@]} - 1))); do pairs+=("${steps[i - 1]}:${steps[i]}"); done
 pairs+=("bare:full")
-[ "${BOUNDS:-0}" != 1 ] || pairs=("bare:receive" "full:once" "full:plain")
+[ "${BOUNDS:-0}" != 1 ] || pairs=("bare:receive" "full:once" "full:plain" "full:folded")
 for pair in "${pairs[@]}"; do
   a=${pair%%:*}
   b=${pair##*:}
