@@ -15,7 +15,7 @@ that code has changed, rather than measuring something else.
   32  exchange  the exchange object awaits the app, and does nothing else
   64  dispatch  the middleware's compiled call admits the exchange, then calls the app itself
 
-Two more bits turn no part off: they bound what a cheaper record could gain (`BOUNDS=1`):
+Three more bits turn no part off: they bound what a cheaper record could gain (`BOUNDS=1`):
 
   128 encoded once   every exchange offers the bytes of the first plain record encoded after
                      the cold start (no payload, no trace, no error): the shipper and the

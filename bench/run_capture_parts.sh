@@ -13,7 +13,7 @@
 #   full     (mask 0)   + the trace decision and the default tenth traced: modeltap as shipped
 # Each line is the second's requests/s over the first's; their product is close to the last line
 # (bare against full, measured directly), and the gap between the two is the method's error.
-# BOUNDS=1 asks instead what a cheaper record could gain at most, three pairs:
+# BOUNDS=1 asks instead what a cheaper record could gain at most, four pairs:
 #   bare against receive  the capture without its record and trace decision (what is left to
 #                         spend on them within a goal)
 #   full against once     (mask 128) every record the first one's bytes: no encoding at all
