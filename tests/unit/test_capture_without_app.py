@@ -139,9 +139,8 @@ def test_offer_whole_refuses_what_is_not_a_whole_exchange() -> None:
         capture.offer_whole(scope_of(), 1, 1, "ids", 0, 0.0, b"", 200, [], 1.0, b"", 1.0)
 
 
-def test_resume_records_from_the_given_start_with_the_given_trace_current_in_the_app() -> None:
-    ids = TraceIds(0xABC, 0xDEF, 0, False, True, "", False)
-    seen: list[Any] = []
+def noting(seen: list[Any]) -> Any:
+    """An app that notes the span context current in it, reads the body and answers."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen.append(otel_trace.get_current_span().get_span_context())
@@ -149,8 +148,21 @@ def test_resume_records_from_the_given_start_with_the_given_trace_current_in_the
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         await send({"type": "http.response.body", "body": b"answer!"})
 
+    return app
+
+
+def resumed_with(capture: Any, ids: TraceIds) -> None:
+    """`capture.resume` of one exchange that started now, with `ids`."""
+    server = Server({"type": "http.request", "body": b"0123456789", "more_body": False})
+    started, start_ns = time.perf_counter(), time.time_ns()
+    asyncio.run(capture.resume(scope_of(), server.receive, server.send, 1, 0, ids, start_ns, started))
+
+
+def test_resume_records_from_the_given_start_with_the_given_trace_current_in_the_app() -> None:
+    ids = TraceIds(0xABC, 0xDEF, 0, False, True, "", False)
+    seen: list[Any] = []
     records: list[Any] = []
-    capture = capture_of(app, records, ratio=0.0)  # would trace nothing by itself
+    capture = capture_of(noting(seen), records, ratio=0.0)  # would trace nothing by itself
     started, start_ns = time.perf_counter() - 0.5, time.time_ns() - 500_000_000
     server = Server({"type": "http.request", "body": b"0123456789", "more_body": False})
     asyncio.run(capture.resume(scope_of(), server.receive, server.send, 2, 0, ids, start_ns, started))
@@ -171,45 +183,16 @@ def test_resumed_ids_that_opentelemetry_calls_invalid_are_current_as_its_class_m
     """The capture makes a SpanContext itself only for valid ids; others go to the class, which
     marks them invalid, as the Python form's `_attach` would."""
     seen: list[Any] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(otel_trace.get_current_span().get_span_context())
-        await read_all(receive)
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-        await send({"type": "http.response.body", "body": b"answer!"})
-
+    capture = capture_of(noting(seen), [], ratio=1.0)
+    assert capture.made_here[0]
     sampled = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
     invalid = [(0xABC, 1 << 64), (0xABC, 0), (0, 0xDEF), (1 << 128, 0xDEF), (-1, 5), (5, -1)]
-    for trace_id, span_id in invalid:
+    valid = [((1 << 128) - 1, (1 << 64) - 1), (1, 1)]
+    for trace_id, span_id in invalid + valid:
         seen.clear()
-        records: list[Any] = []
-        capture = capture_of(app, records, ratio=1.0)
-        assert capture.made_here[0]
-        ids = TraceIds(trace_id, span_id, 0, False, True, "", False)
-        server = Server({"type": "http.request", "body": b"0123456789", "more_body": False})
-        started, start_ns = time.perf_counter(), time.time_ns()
-        asyncio.run(capture.resume(scope_of(), server.receive, server.send, 1, 0, ids, start_ns, started))
+        resumed_with(capture, TraceIds(trace_id, span_id, 0, False, True, "", False))
         assert seen == [otel_trace.SpanContext(trace_id, span_id, False, sampled)]
-        assert not seen[0].is_valid
-
-
-def test_the_largest_valid_ids_are_current_as_the_class_makes_them() -> None:
-    seen: list[Any] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(otel_trace.get_current_span().get_span_context())
-        await read_all(receive)
-
-    sampled = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
-    capture = capture_of(app, [], ratio=1.0)
-    for trace_id, span_id in [((1 << 128) - 1, (1 << 64) - 1), (1, 1)]:
-        seen.clear()
-        ids = TraceIds(trace_id, span_id, 0, False, True, "", False)
-        server = Server({"type": "http.request", "body": b"", "more_body": False})
-        started, start_ns = time.perf_counter(), time.time_ns()
-        asyncio.run(capture.resume(scope_of(), server.receive, server.send, 1, 0, ids, start_ns, started))
-        assert seen == [otel_trace.SpanContext(trace_id, span_id, False, sampled)]
-        assert seen[0].is_valid
+        assert seen[0].is_valid == ((trace_id, span_id) in valid)
 
 
 def test_a_zero_draw_is_drawn_again_as_the_python_form_draws_it(monkeypatch: pytest.MonkeyPatch) -> None:

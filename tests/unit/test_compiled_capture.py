@@ -397,6 +397,17 @@ def test_a_sampled_traces_opentelemetry_objects_are_made_as_their_classes_make_t
     assert made.trace_state is called.trace_state  # the class's default, shared
 
 
+def with_classes(monkeypatch: pytest.MonkeyPatch, span_context: type, span: type, context: type) -> Any:
+    """A compiled capture (of `echo`) given these OpenTelemetry classes to make a trace's objects
+    with, and the rest as OpenTelemetry has them."""
+    from modeltap.capture import exchange
+
+    key, sampled = exchange._attach_parts()[3], otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
+    parts = (span_context, span, sampled, key, context)
+    monkeypatch.setattr(exchange, "_attach_parts", lambda: parts)
+    return exchange_capture(echo, Sink(), lambda raw, kept: None, CAP, starter(1.0), compiled=True)
+
+
 class LongerSpanContext(otel_trace.SpanContext):
     """A SpanContext of another layout (one field more)."""
 
@@ -426,14 +437,9 @@ class CountedContext(otel_context.Context):
 def test_opentelemetry_classes_that_make_something_else_are_called(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the classes would make something the capture's own construction does not (another
     layout, another attribute, an `__init__` of their own), it calls them instead."""
-    from modeltap.capture import exchange
-
-    span_key = exchange._attach_parts()[3]
-    sampled = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
-    parts = (LongerSpanContext, TaggedSpan, sampled, span_key, CountedContext)
-    monkeypatch.setattr(exchange, "_attach_parts", lambda: parts)
-    capture: Any = exchange_capture(echo, Sink(), lambda raw, kept: None, CAP, starter(1.0), compiled=True)
+    capture = with_classes(monkeypatch, LongerSpanContext, TaggedSpan, CountedContext)
     assert capture.made_here == (False, False, False)
+    sampled = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
     CountedContext.made = 0
     ids, seen = spans_seen()
     assert type(seen[0]) is CountedContext
@@ -473,12 +479,7 @@ class MetaSpan(otel_trace.NonRecordingSpan, metaclass=SpanMeta):
 
 
 def test_a_context_with_its_own_new_or_a_metaclass_call_is_called(monkeypatch: pytest.MonkeyPatch) -> None:
-    from modeltap.capture import exchange
-
-    key, sampled = exchange._attach_parts()[3], otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
-    parts = (otel_trace.SpanContext, MetaSpan, sampled, key, NewContext)
-    monkeypatch.setattr(exchange, "_attach_parts", lambda: parts)
-    capture: Any = exchange_capture(echo, Sink(), lambda raw, kept: None, CAP, starter(1.0), compiled=True)
+    capture = with_classes(monkeypatch, otel_trace.SpanContext, MetaSpan, NewContext)
     assert capture.made_here == (True, False, False)
     CallingMeta.calls = 0
     _, seen = spans_seen()
