@@ -22,11 +22,13 @@ Three more bits turn no part off: they bound what a cheaper record could gain (`
                      monitor get valid records, the serving thread encodes nothing more
   256 plain uncounted  an exchange with no payload kept, no trace and no error ends before its
                      record: only those the monitor reads beyond counts and timings are encoded
-  512 plain folded   as 256, but only once its shape is read and found the previous plain
+  512 plain folded   as 256 for an answered exchange (a status, an end, no disconnect) in
+                     process mode, but only once its shape is read and found the previous plain
                      exchange's (the fields the monitor files a timed exchange by: path, method,
                      scheme, version, route template, proxy error, cold start, status, weight,
-                     the wanted request and response headers): what counting plain exchanges by
-                     shape in the serving process would cost it, short of keeping the counts
+                     the first 7 wanted request and 7 wanted response header pairs): what
+                     counting plain exchanges by shape in the serving process would cost it,
+                     short of keeping the counts
 
 usage: capture_parts.py FOLDER   (then PYTHONPATH=FOLDER/src MODELTAP_BENCH_SKIP=N ...)
 """
@@ -63,7 +65,7 @@ static int bench_wanted_values(PyObject *headers, PyObject *names, PyObject *wan
         if (found < 0) {
             PyErr_Clear();
         } else if (found) {
-            into[at++] = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+            into[at++] = Py_NewRef(pair);  /* name and value */
         }
     }
     return at;
@@ -73,16 +75,26 @@ static int bench_same_shape(EncoderObject *encoder, PyObject *scope, PyObject *r
                             long weight, PyObject *response_headers) {
     PyObject *now[BENCH_SHAPE_FIELDS];
     int n = 0;
+    /* A failed read is a field of its own (NULL: never the same), its error cleared at once. */
     now[n++] = scope_get(scope, s_path, s_empty);
+    PyErr_Clear();
     now[n++] = scope_get(scope, s_method, s_GET);
+    PyErr_Clear();
     now[n++] = scope_get(scope, s_scheme, s_http);
+    PyErr_Clear();
     now[n++] = scope_get(scope, s_http_version, s_1_1);
+    PyErr_Clear();
     now[n++] = route_template_of(encoder, scope, root_at_start);
+    PyErr_Clear();
     now[n++] = scope_get(scope, encoder->proxy_error_key, Py_None);
+    PyErr_Clear();
     now[n++] = PyBool_FromLong(is_true_value(scope, encoder->cold_start_key) > 0);
+    PyErr_Clear();
     now[n++] = PyLong_FromLong(status);
     now[n++] = PyLong_FromLong(weight);
+    PyErr_Clear();
     PyObject *headers = scope_get(scope, s_headers, Py_None);
+    PyErr_Clear();
     n = bench_wanted_values(headers, encoder->request_names, encoder->request_wanted, now, n,
                             BENCH_SHAPE_FIELDS - 8);
     Py_XDECREF(headers);

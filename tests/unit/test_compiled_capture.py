@@ -367,6 +367,12 @@ def seeing(seen: list[Any]) -> App:
     return app
 
 
+def through(capture: Any) -> None:
+    """One exchange of `REQUESTS["one body"]` through `capture`."""
+    server = Server(*[dict(message) for message in REQUESTS["one body"]])
+    asyncio.run(capture(scope_of(), server.receive, server.send, 1, 1))
+
+
 def spans_seen() -> tuple[Any, list[Any]]:
     """A traced exchange through the compiled capture: its trace ids, and the context the app found."""
     seen: list[Any] = []
@@ -379,9 +385,14 @@ def test_a_sampled_traces_opentelemetry_objects_are_made_as_their_classes_make_t
     """With the OpenTelemetry installed here, the compiled capture makes a sampled trace's
     SpanContext, NonRecordingSpan and Context itself, without their Python code: the same types,
     equal values, the same attributes as the classes make."""
-    capture: Any = exchange_capture(echo, Sink(), lambda raw, kept: None, CAP, starter(1.0), compiled=True)
+    seen: list[Any] = []
+    records: list[Any] = []
+    capture: Any = exchange_capture(
+        seeing(seen), Sink(), lambda raw, kept: records.append(raw), CAP, starter(1.0), compiled=True
+    )
     assert capture.made_here == (True, True, True)
-    ids, seen = spans_seen()
+    through(capture)
+    ids = records[0][15]
     assert type(seen[0]) is otel_context.Context
     span = otel_trace.get_current_span(seen[0])
     sampled = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
@@ -456,7 +467,10 @@ def test_opentelemetry_classes_that_make_something_else_are_called(monkeypatch: 
 class NewContext(otel_context.Context):
     """A Context with a `__new__` of its own."""
 
+    made = 0
+
     def __new__(cls, *args: Any) -> NewContext:
+        cls.made += 1
         return super().__new__(cls, *args)
 
 
@@ -481,9 +495,10 @@ class MetaSpan(otel_trace.NonRecordingSpan, metaclass=SpanMeta):
 def test_a_context_with_its_own_new_or_a_metaclass_call_is_called(monkeypatch: pytest.MonkeyPatch) -> None:
     capture = with_classes(monkeypatch, otel_trace.SpanContext, MetaSpan, NewContext)
     assert capture.made_here == (True, False, False)
-    CallingMeta.calls = 0
+    CallingMeta.calls = NewContext.made = 0
     _, seen = spans_seen()
     assert type(seen[0]) is NewContext
+    assert NewContext.made == 1
     assert type(otel_trace.get_current_span(seen[0])) is MetaSpan
     assert CallingMeta.calls == 1
 
@@ -507,8 +522,7 @@ def test_a_class_changed_after_the_capture_was_built_is_called(monkeypatch: pyte
     monkeypatch.setattr(otel_trace.NonRecordingSpan, "__init__", tagged)
     monkeypatch.setattr(otel_context.Context, "marked", True, raising=False)
     assert capture.made_here == (True, False, False)
-    server = Server(*[dict(message) for message in REQUESTS["one body"]])
-    asyncio.run(capture(scope_of(), server.receive, server.send, 1, 1))
+    through(capture)
     span = otel_trace.get_current_span(seen[0])
     assert vars(span)["tag"] == "made by the class"
     assert sink.errors == []
