@@ -30,6 +30,14 @@ Three more bits turn no part off: they bound what a cheaper record could gain (`
                      counting plain exchanges by shape in the serving process would cost it,
                      short of keeping the counts
 
+One more asks where reading the record's fields costs least:
+
+  1024 read early    the record encoded as the exchange starts, from the request alone (the
+                     scope's fields and request headers, read while the server's writes are in
+                     the cache; the bytes then dropped), and plain exchanges end before their
+                     record at the end, as 256: against 256, what reading the request's share of
+                     the record costs at the start rather than at the end
+
 usage: capture_parts.py FOLDER   (then PYTHONPATH=FOLDER/src MODELTAP_BENCH_SKIP=N ...)
 """
 
@@ -148,7 +156,7 @@ EDITS = [
         "    Py_ssize_t cap = capture->cap;\n    Py_ssize_t kept =",
         "    int bench_plain = !self->payload_weight && (self->ids == NULL || self->ids == Py_None) &&\n"
         "                      exception == NULL;\n"
-        "    if (bench_skip(1) || (bench_skip(256) && bench_plain) ||\n"
+        "    if (bench_skip(1) || (bench_skip(256 | 1024) && bench_plain) ||\n"
         "        (bench_skip(512) && bench_plain && state->status && state->ended >= 0 &&\n"
         "         !state->disconnected && capture->encoder != Py_None &&\n"
         "         bench_same_shape((EncoderObject *)capture->encoder, self->scope,\n"
@@ -175,6 +183,27 @@ EDITS = [
         "                bench_first_record = Py_NewRef(record);\n"
         "            }\n"
         "        }\n",
+    ),
+    (
+        "1024: the record's request fields encoded as the exchange starts",
+        "    self->state = state;\n",
+        "    self->state = state;\n"
+        "    if (bench_skip(1024) && capture->encoder != Py_None) {\n"
+        "        RecordFields early = {\n"
+        "            .scope = self->scope, .root_path_at_start = self->root_path_at_start,\n"
+        "            .start_ns = self->start_ns, .response_started = Py_NAN, .ended = Py_NAN,\n"
+        "            .finished = 0.0, .first_body = Py_NAN, .status = 0, .request_size = -1,\n"
+        "            .response_size = 0, .weight = self->weight, .payload_weight = self->payload_weight,\n"
+        "            .disconnected = 0, .response_headers = no_headers, .request_parts = no_parts,\n"
+        "            .response_parts = no_parts, .exception_type = Py_None,\n"
+        "            .ids = self->ids != NULL ? self->ids : Py_None,\n"
+        "        };\n"
+        "        PyObject *early_record = encode_fields((EncoderObject *)capture->encoder, &early);\n"
+        "        if (early_record == NULL) {\n"
+        "            PyErr_Clear();\n"
+        "        }\n"
+        "        Py_XDECREF(early_record);\n"
+        "    }\n",
     ),
     (
         "2 and 4: the server's own receive and send",

@@ -21,8 +21,13 @@
 #                         trace; the others end before theirs
 #   full against folded   (mask 512) as plain, once each plain exchange's shape is read and
 #                         found the previous one's: what counting them by shape would leave
+# EARLY=1 asks where reading the record's fields costs least, three pairs:
+#   plain against early   (mask 1024) the request's share of the record read as the exchange
+#                         starts, plain exchanges then ending before their record as in plain
+#   full against early    the same against modeltap as shipped
+#   full against plain    (mask 256) as in BOUNDS, the same hour: what the two above are out of
 # Needs: pip install -e '.[bench]', Debian's wrk, a C compiler.
-# usage: PY=$PWD/.venv/bin/python bench/run_capture_parts.sh     Env: ROUNDS (6), DUR (5 s), BOUNDS.
+# usage: PY=$PWD/.venv/bin/python bench/run_capture_parts.sh     Env: ROUNDS (6), DUR (5 s), BOUNDS, EARLY.
 . "$(dirname "$0")/monitor_setup.sh"
 export MODELTAP_BENCH_REFERENCE=ref10.json ROUNDS=${ROUNDS:-6} WARMUP=${WARMUP:-5}
 copy="$MODELTAP_RUN_DIR/parts-build"
@@ -41,6 +46,7 @@ spec() {  # spec NAME: the server's environment
     once) echo "$X=128" ;;
     plain) echo "$X=256" ;;
     folded) echo "$X=512" ;;
+    early) echo "$X=1024" ;;
   esac
 }
 steps=(bare dispatch exchange skeleton send receive record full)
@@ -48,6 +54,7 @@ pairs=()
 for i in $(seq 1 $((${#steps[@]} - 1))); do pairs+=("${steps[i - 1]}:${steps[i]}"); done
 pairs+=("bare:full")
 [ "${BOUNDS:-0}" != 1 ] || pairs=("bare:receive" "full:once" "full:plain" "full:folded")
+[ "${EARLY:-0}" != 1 ] || pairs=("plain:early" "full:early" "full:plain")
 for pair in "${pairs[@]}"; do
   a=${pair%%:*}
   b=${pair##*:}
