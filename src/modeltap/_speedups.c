@@ -381,7 +381,13 @@ static void put_u64(unsigned char *at, unsigned long long value) {
 
 static void put_f64(unsigned char *at, double value) {
     unsigned long long bits;
-    memcpy(&bits, &value, sizeof(bits));
+    if (value != value) {
+        /* One NaN ("not taken"), the bits of Python's `math.nan`: before 3.11 `Py_NAN` is made
+         * by arithmetic and carries the sign bit on x86, and the record would differ. */
+        bits = 0x7ff8000000000000ULL;
+    } else {
+        memcpy(&bits, &value, sizeof(bits));
+    }
     put_u64(at, bits);
 }
 
