@@ -635,6 +635,25 @@ static int check_int32(long long value, const char *what) {
     return 0;
 }
 
+/* A trace id's 16 bytes, little-endian: 0, or -1 with an exception (negative, over 128 bits). */
+static int trace_id_bytes(PyObject *trace_id, unsigned char *bytes) {
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t needed = PyLong_AsNativeBytes(trace_id, bytes, 16,
+                                             Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER |
+                                                 Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+    if (needed < 0) {
+        return -1;
+    }
+    if (needed > 16) {
+        PyErr_SetString(PyExc_OverflowError, "trace id over 128 bits");
+        return -1;
+    }
+    return 0;
+#else
+    return _PyLong_AsByteArray((PyLongObject *)trace_id, bytes, 16, 1, 0);
+#endif
+}
+
 static PyObject *encode_fields(EncoderObject *encoder, RecordFields *r) {
     unsigned char fixed[FIXED_SIZE], trace[TRACE_SIZE], lengths[LENGTHS_SIZE];
     unsigned char protocol_lengths[6], peer_lengths[4];
@@ -723,18 +742,7 @@ static PyObject *encode_fields(EncoderObject *encoder, RecordFields *r) {
         flags |= (remote ? F_REMOTE_PARENT : 0) | (sampled ? F_SAMPLED : 0) | (enriched ? F_ENRICHED : 0);
         PyObject *trace_id = PyTuple_GET_ITEM(ids, 0);
         unsigned char id_bytes[16];
-#if PY_VERSION_HEX >= 0x030D0000
-        Py_ssize_t needed = PyLong_AsNativeBytes(trace_id, id_bytes, 16,
-                                                 Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER |
-                                                     Py_ASNATIVEBYTES_REJECT_NEGATIVE);
-        if (needed < 0) goto fail;
-        if (needed > 16) {
-            PyErr_SetString(PyExc_OverflowError, "trace id over 128 bits");
-            goto fail;
-        }
-#else
-        if (_PyLong_AsByteArray((PyLongObject *)trace_id, id_bytes, 16, 1, 0) < 0) goto fail;
-#endif
+        CHECK(trace_id_bytes(trace_id, id_bytes));
         memcpy(&trace_low, id_bytes, 8);
         memcpy(&trace_high, id_bytes + 8, 8);
         span_id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(ids, 1));
@@ -1861,10 +1869,8 @@ static int new_root_trace(CaptureObject *capture, PyObject *headers, PyObject **
         }
     } while (high_value == 0 && low_value == 0);
     unsigned char id_bytes[16];
-    for (int i = 0; i < 8; i++) {
-        id_bytes[i] = (unsigned char)(low_value >> (8 * i));
-        id_bytes[8 + i] = (unsigned char)(high_value >> (8 * i));
-    }
+    put_u64(id_bytes, low_value);  /* little-endian, as the record writes them */
+    put_u64(id_bytes + 8, high_value);
 #if PY_VERSION_HEX >= 0x030D0000
     PyObject *trace_id = PyLong_FromUnsignedNativeBytes(id_bytes, 16, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
 #else
@@ -1969,20 +1975,10 @@ static int valid_ids(PyObject *trace_id, PyObject *span_id) {
         return 0;
     }
     unsigned char bytes[16];
-#if PY_VERSION_HEX >= 0x030D0000
-    Py_ssize_t needed = PyLong_AsNativeBytes(trace_id, bytes, 16,
-                                             Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER |
-                                                 Py_ASNATIVEBYTES_REJECT_NEGATIVE);
-    if (needed < 0 || needed > 16) {
-        PyErr_Clear();
+    if (trace_id_bytes(trace_id, bytes) < 0) {
+        PyErr_Clear();  /* negative or over 128 bits */
         return 0;
     }
-#else
-    if (_PyLong_AsByteArray((PyLongObject *)trace_id, bytes, 16, 1, 0) < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-#endif
     for (int i = 0; i < 16; i++) {
         if (bytes[i]) {
             return 1;
@@ -1991,18 +1987,36 @@ static int valid_ids(PyObject *trace_id, PyObject *span_id) {
     return 0;
 }
 
-/* A NonRecordingSpan of `span_context`: its class's instance with the one attribute its
- * `__init__` sets (`check_otel_classes` found which), or the class called. */
-static PyObject *non_recording_span_here(CaptureObject *capture, PyObject *span_context) {
-    if (capture->span_attribute == NULL ||
-        (capture->span_tag != 0 && !unchanged(capture->non_recording_span, capture->span_tag))) {
-        return PyObject_CallOneArg(capture->non_recording_span, span_context);
-    }
+/* A NonRecordingSpan of `span_context` made here: its class's instance with the one attribute
+ * its `__init__` sets (`check_otel_classes` found which). */
+static PyObject *new_span(CaptureObject *capture, PyObject *span_context) {
     PyObject *span = PyBaseObject_Type.tp_new((PyTypeObject *)capture->non_recording_span, empty_tuple, NULL);
     if (span != NULL && PyObject_GenericSetAttr(span, capture->span_attribute, span_context) < 0) {
         Py_CLEAR(span);
     }
     return span;
+}
+
+/* Which of a sampled trace's objects are made here now: checked, and their class unchanged. */
+static int makes_span_context(CaptureObject *capture) {
+    return capture->default_trace_state != NULL && unchanged(capture->span_context, capture->span_context_tag);
+}
+
+static int makes_span(CaptureObject *capture) {
+    return capture->span_attribute != NULL && unchanged(capture->non_recording_span, capture->span_tag);
+}
+
+static int makes_context(CaptureObject *capture) {
+    return capture->context_here && unchanged(capture->context_class, capture->context_tag);
+}
+
+/* A NonRecordingSpan of `span_context`: made here where the class was checked and is
+ * unchanged, else the class called. */
+static PyObject *non_recording_span_here(CaptureObject *capture, PyObject *span_context) {
+    if (!makes_span(capture)) {
+        return PyObject_CallOneArg(capture->non_recording_span, span_context);
+    }
+    return new_span(capture, span_context);
 }
 
 /* The version tag of `cls` once a lookup on it has given it one (0: none). */
@@ -2100,9 +2114,7 @@ static int check_otel_classes(CaptureObject *capture) {
             if (name != NULL && i == 0) {
                 capture->span_attribute = Py_NewRef(name);
             }
-            PyObject *ours = name != NULL && capture->span_attribute != NULL
-                                 ? non_recording_span_here(capture, contexts[i])
-                                 : NULL;
+            PyObject *ours = name != NULL && capture->span_attribute != NULL ? new_span(capture, contexts[i]) : NULL;
             PyObject *our_name = ours != NULL ? sole_attribute(ours, contexts[i]) : NULL;
             same = our_name != NULL && Py_TYPE(ours) == Py_TYPE(span) &&
                    PyUnicode_Compare(our_name, name) == 0 && PyUnicode_Compare(name, capture->span_attribute) == 0;
@@ -2120,8 +2132,7 @@ static int check_otel_classes(CaptureObject *capture) {
                             PyType_IsSubtype((PyTypeObject *)context_cls, &PyDict_Type) &&
                             ((PyTypeObject *)context_cls)->tp_new == PyDict_Type.tp_new &&
                             ((PyTypeObject *)context_cls)->tp_init == PyDict_Type.tp_init;
-    /* The tags last (checking, calling the classes, may have changed them); none: not trusted.
-     * Until then `non_recording_span_here` makes spans here for the check itself. */
+    /* The tags last (checking, calling the classes, may have changed them); none: not trusted. */
     if (capture->default_trace_state != NULL && (capture->span_context_tag = version_tag(cls)) == 0) {
         Py_CLEAR(capture->default_trace_state);
     }
@@ -2153,8 +2164,7 @@ done:
 static PyObject *attach_here(CaptureObject *capture, PyObject *ids) {
     PyObject *trace_id = PyTuple_GET_ITEM(ids, 0), *span_id = PyTuple_GET_ITEM(ids, 1);
     PyObject *span_context = NULL;
-    if (capture->default_trace_state != NULL && unchanged(capture->span_context, capture->span_context_tag) &&
-        valid_ids(trace_id, span_id)) {
+    if (makes_span_context(capture) && valid_ids(trace_id, span_id)) {
         span_context = span_context_here(capture, trace_id, span_id);
     } else {
         PyObject *ids_args[4] = {trace_id, span_id, Py_False, capture->sampled_flags};
@@ -2180,7 +2190,7 @@ static PyObject *attach_here(CaptureObject *capture, PyObject *ids) {
         return NULL;
     }
     PyObject *context;
-    if (capture->context_here && unchanged(capture->context_class, capture->context_tag)) {
+    if (makes_context(capture)) {
         /* `Context({**current, key: span})`, filled with the dict functions (a Context refuses
          * item assignment only through its Python methods, as it is meant to, to its users). */
         context = PyDict_Type.tp_new((PyTypeObject *)capture->context_class, empty_tuple, NULL);
@@ -2889,11 +2899,8 @@ static PyMethodDef capture_methods[] = {
 };
 
 static PyObject *capture_get_made_here(CaptureObject *self, void *Py_UNUSED(closure)) {
-    int span_context = self->default_trace_state != NULL && unchanged(self->span_context, self->span_context_tag);
-    int span = self->span_attribute != NULL && unchanged(self->non_recording_span, self->span_tag);
-    int context = self->context_here && unchanged(self->context_class, self->context_tag);
-    return Py_BuildValue("(OOO)", span_context ? Py_True : Py_False, span ? Py_True : Py_False,
-                         context ? Py_True : Py_False);
+    return Py_BuildValue("(OOO)", makes_span_context(self) ? Py_True : Py_False,
+                         makes_span(self) ? Py_True : Py_False, makes_context(self) ? Py_True : Py_False);
 }
 
 static PyGetSetDef capture_getset[] = {
