@@ -52,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run a model server behind the modeltap sidecar with in-distribution then drifted traffic",
         description="Train a small churn model, serve it on 127.0.0.1 with the modeltap sidecar in front "
-        "(reference profile from its training data), send baseline, covariate-shifted and prior-shifted "
-        "traffic with malformed requests throughout, show a live table and the status page's address, "
-        "then a summary of what was detected per phase. Needs no backend and no download.",
+        "(reference profile from a labelled validation table), send six phases of traffic (baseline, "
+        "covariate shift, recovery, concept drift, prior shift, a new model version that earns less) "
+        "with malformed requests throughout, feed labels and business outcomes back after each phase, "
+        "show a live table and the status page's address, then a summary of what was detected per "
+        "phase. Needs no backend and no download.",
     )
     demo.add_argument("--duration", type=_positive, default=36.0, help="seconds of traffic (default 36)")
     demo.add_argument("--rate", type=_positive, default=100.0, help="requests per second (default 100)")
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--workdir",
         default=None,
-        help="where to write and keep the training data and reference profile "
+        help="where to write and keep the validation table and the reference profile "
         "(default: a temporary directory, removed at the end)",
     )
     profile = commands.add_parser(

@@ -113,16 +113,18 @@ def admin_views(
     writes: dict[str, WriteEndpoint] | None = None,
     reads: dict[str, ReadEndpoint] | None = None,
 ) -> LocalViews:
-    """The views of the admin port: reachable by whoever can reach where it is bound (the
-    operator chose that); a token, when set, is still required. The write endpoints (`POST
-    /feedback`, `/drill`, `/rollback`, `/rollback/cancel`) answer loopback clients, or any client
-    with the token."""
+    """The views of the admin port: with neither a token nor an allow-list, whoever can reach
+    where it is bound (the operator chose that); with either, loopback clients, the allow-listed
+    networks and requests carrying the token. The write endpoints (`POST /feedback`, `/outcome`,
+    `/drill`, `/rollback`, `/rollback/cancel`) answer loopback clients, or any client with the
+    token."""
+    open_to_all = config.views_token is None and not config.views_allow
     return LocalViews(
         "",
         snapshot,
         model_name=config.model_name,
         token=config.views_token,
-        allow=("0.0.0.0/0", "::/0") if config.views_token is None else config.views_allow,
+        allow=("0.0.0.0/0", "::/0") if open_to_all else config.views_allow,
         feedback=feedback,
         writes=writes,
         reads=reads,
