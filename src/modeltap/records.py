@@ -34,7 +34,8 @@ class TraceIds(NamedTuple):
     parent_span_id: int  # 0 when the exchange starts a new trace
     parent_is_remote: bool
     sampled: bool
-    trace_state: str  # the incoming `tracestate` header, passed on verbatim ('' if none)
+    # The incoming `tracestate` when well formed (W3C), its members joined by ","; '' if none or invalid.
+    trace_state: str
     enriched_local_span: bool  # another instrumentation's span was the parent
 
 

@@ -207,6 +207,24 @@ def test_incoming_sampled_traceparent_is_continued(http_receiver: OtlpHttpReceiv
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "tracestate", ["x" * 60_000, "Upper=1", ",".join(f"k{i}=v" for i in range(33))], ids=["huge", "bad", "33"]
+)
+def test_a_tracestate_that_is_not_one_is_not_passed_on(
+    http_receiver: OtlpHttpReceiver, tracestate: str
+) -> None:
+    """The trace is continued; the client's malformed or oversized `tracestate` reaches no span."""
+    headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01", "tracestate": tracestate}
+    with tapped(TracedApp().asgi(), config(http_receiver.endpoint)) as middleware:
+        assert drive(middleware, [Call(headers=headers)])[0].status_code == 200
+        (span,) = flushed_spans(middleware, http_receiver, expected=1)
+
+    assert span.trace_id == TRACE_ID
+    assert span.parent_span_id == PARENT_SPAN_ID
+    assert span.trace_state == ""
+
+
+@pytest.mark.timeout(60)
 def test_parentbased_ratio_zero_only_follows_sampled_parents(http_receiver: OtlpHttpReceiver) -> None:
     settings = config(
         http_receiver.endpoint, export={"sampler": SamplerConfig("parentbased_traceidratio", 0.0)}

@@ -1,4 +1,5 @@
-"""Trace sampling on the request path agrees with the OpenTelemetry SDK's ratio sampler."""
+"""Trace sampling on the request path agrees with the OpenTelemetry SDK's ratio sampler; the
+client's `traceparent` and `tracestate` are read as W3C Trace Context and the SDK read them."""
 
 from __future__ import annotations
 
@@ -6,9 +7,17 @@ import math
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
+from opentelemetry.trace.span import TraceState
 
-from modeltap.capture.trace_context import TraceSampler, parse_traceparent
+from modeltap.capture.trace_context import (
+    TRACESTATE_MAX_BYTES,
+    TraceSampler,
+    parse_traceparent,
+    parse_tracestate,
+)
 from modeltap.config import SamplerConfig
 
 
@@ -62,3 +71,49 @@ IDS = (int(TRACE, 16), int(PARENT, 16))
 )
 def test_traceparent(value: bytes, expected: tuple[int, int, bool] | None) -> None:
     assert parse_traceparent(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"congo=t61rcWkgMzE", "congo=t61rcWkgMzE"),
+        (b"rojo=00f067aa0ba902b7, congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+        (b"a=1,,b=2", "a=1,b=2"),  # empty members are allowed and left out
+        (b"tenant@vendor=x", "tenant@vendor=x"),
+        (b"a=1\t", "a=1"),  # optional white space around members
+        (b"Upper=1", ""),  # keys are lowercase
+        (b"a=b=c", ""),  # '=' is not a value character
+        (b"a=", ""),  # a value has at least one character
+        (b"a=1,garbage", ""),  # one bad member drops the whole value, as the SDK does
+        (b"a=\xff", ""),  # printable ASCII only
+        (b",".join(b"k%d=v" % i for i in range(32)), ",".join(f"k{i}=v" for i in range(32))),
+        (b",".join(b"k%d=v" % i for i in range(33)), ""),  # at most 32 members
+        (b"k=" + b"v" * 256, "k=" + "v" * 256),
+        (b"k=" + b"v" * 257, ""),  # values of 256 characters at most
+    ],
+)
+def test_tracestate(value: bytes, expected: str) -> None:
+    assert parse_tracestate(value) == expected
+
+
+def test_a_tracestate_longer_than_the_bound_is_dropped_whole() -> None:
+    members = [b"k%02d=%s" % (i, b"v" * 255) for i in range(32)]  # 32 valid members
+    value = b",".join(members)
+    assert len(value) > TRACESTATE_MAX_BYTES
+    assert parse_tracestate(value) == ""
+    within = b",".join(members[:30])
+    assert len(within) <= TRACESTATE_MAX_BYTES
+    assert parse_tracestate(within) == within.decode()
+
+
+_KEY = st.from_regex(r"[a-z][a-z0-9_*/-]{0,8}", fullmatch=True)
+_VALUE = st.from_regex(r"[\x21-\x2b\x2d-\x3c\x3e-\x7e]{1,8}", fullmatch=True)
+
+
+@given(st.lists(st.tuples(_KEY, _VALUE), max_size=40, unique_by=lambda kv: kv[0]), st.booleans())
+def test_tracestate_agrees_with_the_sdk(members: list[tuple[str, str]], spaced: bool) -> None:
+    """What is kept is what OpenTelemetry's `TraceState.from_header` keeps, in the same order."""
+    value = (", " if spaced else ",").join(f"{key}={val}" for key, val in members)
+    kept = parse_tracestate(value.encode())
+    sdk = TraceState.from_header([value]) if members else TraceState()
+    assert kept == sdk.to_header()

@@ -25,7 +25,7 @@ from opentelemetry import trace as otel_trace
 
 from modeltap._types import ASGIApp, Headers, Message, Receive, Scope, Send
 from modeltap.capture import compiled as _compiled
-from modeltap.capture.trace_context import TraceSampler, new_span_id, parse_traceparent
+from modeltap.capture.trace_context import TraceSampler, new_span_id, parse_traceparent, parse_tracestate
 from modeltap.records import COLD_START_KEY, RawRecord, TraceIds
 
 _log = logging.getLogger("modeltap")
@@ -82,7 +82,7 @@ class TraceStarter:
         if not self.sampler.sample(trace_id, parent_sampled):
             return None
         state = _header(headers, b"tracestate")
-        trace_state = state.decode("latin-1") if state else ""
+        trace_state = parse_tracestate(state) if state else ""
         return TraceIds(trace_id, new_span_id(), parent_span_id, True, True, trace_state, False)
 
 

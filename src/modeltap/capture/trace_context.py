@@ -12,6 +12,15 @@ from modeltap.config import SamplerConfig
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ID_LIMIT = 1 << 64
+# W3C Trace Context §3.3: `key=value` list members, keys of lowercase letters, digits and `_-*/`
+# (with an optional `@vendor` part), values of printable ASCII but `,` and `=`, not ending in a
+# space; at most 32 members. The whole value is bounded as OpenTelemetry's propagator bounds it.
+_TRACESTATE_MEMBER = re.compile(
+    rb"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    rb"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
+TRACESTATE_MAX_MEMBERS = 32
+TRACESTATE_MAX_BYTES = 8192
 
 
 def parse_traceparent(value: bytes) -> tuple[int, int, bool] | None:
@@ -31,6 +40,25 @@ def parse_traceparent(value: bytes) -> tuple[int, int, bool] | None:
     if trace_id == 0 or span_id == 0:
         return None
     return trace_id, span_id, bool(int(flags_hex, 16) & 1)
+
+
+def parse_tracestate(value: bytes) -> str:
+    """A `tracestate` value as it is passed on, or "" when it is not one (W3C Trace Context §3.3).
+
+    The client sends it; it reaches every span of the trace. So it is taken only when it is
+    well formed and bounded (32 members, 8192 bytes), and otherwise dropped whole, as the
+    OpenTelemetry SDK drops an invalid one. Empty members (`a=1,,b=2`) are allowed and left out.
+    """
+    if len(value) > TRACESTATE_MAX_BYTES:
+        return ""
+    members = [member.strip(b" \t") for member in value.split(b",")]
+    members = [member for member in members if member]
+    if len(members) > TRACESTATE_MAX_MEMBERS:
+        return ""
+    for member in members:
+        if _TRACESTATE_MEMBER.fullmatch(member) is None:
+            return ""
+    return ",".join(member.decode("ascii") for member in members)
 
 
 def new_trace_id() -> int:
