@@ -441,6 +441,57 @@ def test_route_template_under_a_server_root_path(starlette_with_tap: Starlette) 
     assert series["http_route"] == "/api/v1/models/{name}:predict"
 
 
+@pytest.mark.timeout(30)
+def test_mounts_with_parameters_give_templates_never_the_clients_text(clean_otel_env: None) -> None:
+    """`root_path` holds what the client sent for a mount's parameters: each is written back as
+    its `{name}`; a mount's own 404 and a mount around a plain ASGI app are the mount's template
+    (not its path twice); a parameter inside a segment gives no route rather than the client's text."""
+
+    async def predict(request: Request) -> Response:
+        await request.body()
+        return JSONResponse({"predictions": [1]})
+
+    async def plain(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse("plain")(scope, receive, send)
+
+    inner = [Route("/models/{name}:predict", predict, methods=["POST"])]
+    app = Starlette(
+        routes=[
+            Mount("/t/{tenant}", routes=[Mount("/api", routes=inner), *inner]),
+            Mount("/v{version}", routes=inner),
+            Mount("/raw", app=plain),
+        ]
+    )
+    app.add_middleware(ModelTapMiddleware, model_name="demo", monitor="inline")
+    try:
+        sent = [
+            ("POST", "/t/acme/models/m1:predict", 200),
+            ("POST", "/t/globex/models/m2:predict", 200),
+            ("POST", "/t/acme/api/models/m1:predict", 200),
+            ("POST", "/t/t/models/m1:predict", 200),  # a value that is also a literal segment
+            ("GET", "/t/initech/nope", 404),  # the mount matched, nothing inside it
+            ("POST", "/v7/models/m1:predict", 200),
+            ("GET", "/raw/anything", 200),
+        ]
+        for method, path, status in sent:
+            body = http_request_messages(KSERVE_BODY if method == "POST" else b"")
+            assert run_asgi(app, make_http_scope(method, path), body).status == status
+
+        series = duration_count_series(metrics_text(find_tap_middleware(app)))
+    finally:
+        find_tap_middleware(app).tap.shutdown()
+    by_route = {(s.get("http_route"), s["http_response_status_code"]): s["value"] for s in series}
+    assert by_route == {
+        ("/t/{tenant}/models/{name}:predict", "200"): "3",
+        ("/t/{tenant}/api/models/{name}:predict", "200"): "1",
+        ("/t/{tenant}", "404"): "1",
+        (None, "200"): "1",  # /v7: the parameter is part of a segment
+        ("/raw", "200"): "1",
+    }
+    for client_text in ("acme", "globex", "initech", "v7"):
+        assert not any(client_text in (s.get("http_route") or "") for s in series)
+
+
 def test_unmatched_path_has_no_route_label(starlette_with_tap: Starlette) -> None:
     app = starlette_with_tap
     result = run_asgi(app, make_http_scope("GET", "/nope/123", headers=[]))

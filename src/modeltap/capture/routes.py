@@ -1,9 +1,17 @@
 """The route template a framework matched for a request (Starlette and FastAPI set
-`scope["route"]`), with the mount paths routing appended to `root_path` in front of it."""
+`scope["route"]`), with the mount paths routing appended to `root_path` in front of it.
+
+`root_path` holds the path the client sent, not the mounts' templates: a mount with parameters
+(`Mount("/t/{tenant}")`) puts the client's text there. Each segment that is a mount parameter's
+value is written back as its `{name}`; where a parameter's value is not a whole segment, the
+exchange gets no route rather than the client's text (a route is a metric attribute).
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from starlette.routing import Mount
 
 from modeltap.records import ROUTE_TEMPLATE_KEY
 
@@ -16,7 +24,36 @@ def route_template(scope: Any, route: object, root_path_at_start: str) -> str | 
     if not isinstance(template, str):
         return None
     after: str = scope.get("root_path", "")
-    return after[len(root_path_at_start) :] + template if after.startswith(root_path_at_start) else template
+    if not after.startswith(root_path_at_start) or len(after) == len(root_path_at_start):
+        return template
+    mounted = _mount_template(after[len(root_path_at_start) :], scope, route)
+    if mounted is None:
+        return None
+    # The route is the mount itself when nothing inside it matched (its 404 or 405) or its app is
+    # not a router: its own path is already the end of `mounted`.
+    return mounted if isinstance(route, Mount) else mounted + template
+
+
+def _mount_template(mounted: str, scope: Any, route: object) -> str | None:
+    """The mounts' part of the route, their parameters' values written back as `{name}`."""
+    params = scope.get("path_params")
+    if not isinstance(params, dict) or not params:
+        return mounted  # mounts without parameters: their text is their template
+    own = () if isinstance(route, Mount) else getattr(route, "param_convertors", None) or ()
+    unplaced = [(name, str(value)) for name, value in params.items() if name not in own]
+    if not unplaced:
+        return mounted
+    # From the end: the innermost mount's parameters are last, and a mount's parameter usually
+    # ends its prefix (`/t/{tenant}` for `/t/t` is `/t/{tenant}`, not `/{tenant}/t`).
+    segments = mounted.split("/")
+    unplaced.reverse()
+    for index in range(len(segments) - 1, -1, -1):
+        for position, (name, value) in enumerate(unplaced):
+            if segments[index] == value:
+                segments[index] = "{" + str(name) + "}"
+                del unplaced[position]
+                break
+    return None if unplaced else "/".join(segments)
 
 
 class RouteTemplates:
