@@ -91,7 +91,9 @@ def _parse_key_values(name: str, raw: str) -> dict[str, str]:
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{name} must be a list of key=value pairs, got {raw!r}")
+            # Exporter headers are usually credentials (API keys, tokens): never repeated.
+            got = "one of them has no key or no '='" if _may_hold_a_secret(name) else f"got {raw!r}"
+            raise ConfigError(f"{name} must be a list of key=value pairs, {got}")
         result[unquote(key.strip())] = unquote(value.strip())
     return result
 
@@ -225,6 +227,14 @@ class ExportConfig:
         return config
 
 
+# Variables whose values are, or may hold, credentials: their values are never repeated in errors.
+_SECRET_VARIABLE_PARTS = ("TOKEN", "SECRET", "PASSW", "KEY", "AUTH", "HEADERS", "WEBHOOK", "ALERTMANAGER")
+
+
+def _may_hold_a_secret(variable: str) -> bool:
+    return any(part in variable.upper() for part in _SECRET_VARIABLE_PARTS)
+
+
 def _construct(cls: Any, kwargs: dict[str, Any], sources: dict[str, tuple[str, str]]) -> Any:
     """Build the config; a value that came from a variable is reported by that variable."""
     try:
@@ -232,7 +242,8 @@ def _construct(cls: Any, kwargs: dict[str, Any], sources: dict[str, tuple[str, s
     except ConfigError as exc:
         if exc.setting in sources:
             var, raw = sources[exc.setting]
-            raise ConfigError(f"{var}={raw!r} is invalid: {exc}", exc.setting) from None
+            shown = f"{var}" if _may_hold_a_secret(var) else f"{var}={raw!r}"
+            raise ConfigError(f"{shown} is invalid: {exc}", exc.setting) from None
         raise
 
 
@@ -482,10 +493,21 @@ class ModelTapConfig:
                 raise ConfigError(
                     f"alert_runbooks: {subject} must be an http(s) URL, got {url!r}", "alert_runbooks"
                 )
-        for url in (*self.alert_webhooks, *self.alertmanagers, *self.alert_slack_webhooks):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"alert webhooks must be http(s) URLs, got {url!r}", "alert_webhooks")
+        receivers = {
+            "alert_webhooks": self.alert_webhooks,
+            "alertmanagers": self.alertmanagers,
+            "alert_slack_webhooks": self.alert_slack_webhooks,
+        }
+        for setting, urls in receivers.items():
+            for url in urls:
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    # Not the URL itself: a webhook's path or query is often its credential.
+                    raise ConfigError(
+                        f"{setting} must be http(s) URLs with a host, got one with scheme "
+                        f"{parts.scheme!r} and host {parts.hostname!r}",
+                        setting,
+                    )
         if self.ranking_k is not None and not 1 <= self.ranking_k <= 1000:
             raise ConfigError(f"ranking_k must be within 1..1000, got {self.ranking_k!r}", "ranking_k")
         if self.business_metric not in BUSINESS_METRICS:

@@ -225,7 +225,27 @@ def test_unparseable_values_raise_config_error_naming_the_variable(variable: str
         ModelTapConfig.from_env({variable: raw})
 
     assert variable in str(info.value)
-    assert raw.strip() in str(info.value)
+    if variable == "OTEL_EXPORTER_OTLP_HEADERS":  # credentials: the value is never repeated
+        assert repr(raw.strip()) not in str(info.value)
+    else:
+        assert raw.strip() in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "secret"),
+    [
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-honeycomb-team=hcSECRETKEY123,dataset", "hcSECRETKEY123"),
+        ("MODELTAP_ALERT_WEBHOOK", "ftp://hooks.example/services/T0/B0/XXSECRETXX", "XXSECRETXX"),
+        ("MODELTAP_ALERT_SLACK_WEBHOOK", "hooks.slack.com/services/T0/B0/XXSECRETXX", "XXSECRETXX"),
+        ("MODELTAP_ALERTMANAGER", "alertmanager:9093?token=XXSECRETXX", "XXSECRETXX"),
+    ],
+)
+def test_errors_never_repeat_a_credential(variable: str, raw: str, secret: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ModelTapConfig.from_env({variable: raw})
+
+    assert variable in str(info.value)
+    assert secret not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -41,6 +40,7 @@ from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks
 from modeltap.alerts.slack import slack_message
 from modeltap.alerts.state import AlertBook, Notification
 from modeltap.alerts.webhook import WebhookSender, notification_document
+from modeltap.export.redaction import redact_url
 from modeltap.reference.document import ReferenceFeature, ReferenceProfile
 from modeltap.snapshot import Snapshot
 from modeltap.stats import StatsAggregator
@@ -89,19 +89,6 @@ class _Receiver:
     url: str
     acked: dict[str, float] = field(default_factory=dict)  # firing / resolved -> seconds in
     refused: dict[str, float] = field(default_factory=dict)
-
-
-def redact_url(url: str) -> str:
-    """A receiver as the report shows it: scheme, host and port only (webhook paths often hold
-    the credential, as Slack's do)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return (
-        f"{parts.scheme}://{host}{port}/…"
-        if parts.path not in ("", "/")
-        else f"{parts.scheme}://{host}{port}"
-    )
 
 
 class Drill:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks
 from modeltap.alerts.state import Alert, Notification
+from modeltap.export.redaction import redact_url
 
 _log = logging.getLogger("modeltap.alerts")
 LEVEL_NAMES = ("OK", "INFO", "WARNING", "CRITICAL", "EMERGENCY")
@@ -80,7 +81,7 @@ class WebhookSender:
         for url in urls:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"an alert webhook must be an http(s) URL, got {url!r}")
+                raise ValueError(f"an alert webhook must be an http(s) URL, got {redact_url(url)!r}")
         self.urls = urls
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
@@ -138,14 +139,16 @@ class WebhookSender:
                     if 200 <= response.status < 300:
                         return True
             except (OSError, urllib.error.HTTPError) as exc:
-                _log.debug("alert webhook %s failed (attempt %d): %s", url, attempt + 1, exc)
+                _log.debug("alert webhook %s failed (attempt %d): %s", redact_url(url), attempt + 1, exc)
             if attempt + 1 < ATTEMPTS:
                 with self._wake:
                     if self._stopping:
                         return False
                     self._wake.wait(delay)
                 delay *= 2
-        _log.warning("modeltap: alert webhook %s failed %d times; notification dropped", url, ATTEMPTS)
+        _log.warning(
+            "modeltap: alert webhook %s failed %d times; notification dropped", redact_url(url), ATTEMPTS
+        )
         return False
 
     def close(self, timeout_s: float = 5.0) -> None:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
@@ -147,14 +147,23 @@ def _address(url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or 80
 
 
+def _shown(url: str) -> str:
+    """The URL for an error message, its user info (a credential) left out."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="…@" + parts.netloc.rpartition("@")[2]))
+
+
 def _check_upstream(name: str, url: str) -> None:
     """An upstream is http://host:port and nothing else."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError(f"{name} must be an http://host:port URL, got {url!r}", name)
+        raise ConfigError(f"{name} must be an http://host:port URL, got {_shown(url)!r}", name)
     if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
         raise ConfigError(
-            f"{name} must be scheme://host:port only (no path, query or credentials), got {url!r}", name
+            f"{name} must be scheme://host:port only (no path, query or credentials), got {_shown(url)!r}",
+            name,
         )
     try:
         port = parts.port  # raises on an invalid port

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from modeltap.alerts.drill import redact_url
 from modeltap.config import ModelTapConfig
+from modeltap.export.redaction import redact_url
 from modeltap.reference.document import load_reference
 from modeltap.snapshot import ServingCounts
 from modeltap.worker.analyzer import Analyzer

@@ -1,0 +1,75 @@
+"""What may leave the process: secret-looking query values and headers are redacted, URLs in logs
+and reports keep only their scheme, host and port."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from modeltap.alerts.webhook import WebhookSender
+from modeltap.export.redaction import is_credential_header, redact_query, redact_url
+
+
+@pytest.mark.parametrize(
+    ("query", "shown"),
+    [
+        ("sig=abc&x=1", "sig=REDACTED&x=1"),
+        ("model=a&api-key=S1&x-api-key=S2", "model=a&api-key=REDACTED&x-api-key=REDACTED"),
+        ("client_secret=S3&secret=S4", "client_secret=REDACTED&secret=REDACTED"),
+        ("refresh_token=S5&id_token=S6&auth=S7", "refresh_token=REDACTED&id_token=REDACTED&auth=REDACTED"),
+        ("Password=S8&passwd=S9&sessionid=S10", "Password=REDACTED&passwd=REDACTED&sessionid=REDACTED"),
+        ("a=1;token=S11", "a=1&token=REDACTED"),  # servers that split on ';' would read a token
+        ("X-Amz-Credential=AKIA&rows=8", "X-Amz-Credential=REDACTED&rows=8"),
+        ("model=churn&version=2&rows=8", "model=churn&version=2&rows=8"),
+    ],
+)
+def test_secret_looking_query_values_are_redacted(query: str, shown: str) -> None:
+    assert redact_query(query) == shown
+    for secret in ("abc", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "AKIA"):
+        if f"={secret}" in query:
+            assert f"={secret}" not in redact_query(query)
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("Authorization", True),
+        ("x-api-key", True),
+        ("X-Session-Token", True),
+        ("x-client-secret", True),
+        ("x-auth-request-user", True),
+        ("user-agent", False),
+        ("content-type", False),
+        ("x-tenant", False),
+    ],
+)
+def test_credential_headers(name: str, secret: bool) -> None:
+    assert is_credential_header(name) is secret
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.slack.com/services/T000/B000/XXXX", "https://hooks.slack.com/…"),
+        ("http://alertmanager:9093", "http://alertmanager:9093"),
+        ("http://user:pw@hooks.example:8080/", "http://hooks.example:8080"),
+        ("http://hooks.example/?token=XXXX", "http://hooks.example/…"),
+    ],
+)
+def test_urls_keep_scheme_host_and_port(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_a_failing_webhook_is_logged_without_its_path_or_query(
+    caplog: pytest.LogCaptureFixture, unused_tcp_port: int
+) -> None:
+    url = f"http://127.0.0.1:{unused_tcp_port}/services/T0001/B0002/XXXXSECRETXXXX?token=abc"
+    sender = WebhookSender((url,), timeout_s=1.0, backoff_s=0.01)
+    with caplog.at_level(logging.DEBUG, logger="modeltap"):
+        assert sender._post(url, b"{}") is False
+    assert caplog.records, "the failure is logged"
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert f"127.0.0.1:{unused_tcp_port}" in logged
+    assert "XXXXSECRETXXXX" not in logged
+    assert "token=abc" not in logged
