@@ -542,7 +542,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         if self._phase == _BODY:
-            self._phase = _BUSY
+            cycle = self.cycle
+            if cycle is not None and cycle.response_complete:
+                # Answered before its body was all in (see `on_response_complete`): the rest has
+                # been read and dropped, and the connection is between requests now.
+                self._phase = _IDLE
+                self._phase_since = self.loop.time()
+            else:
+                self._phase = _BUSY
 
     def on_response_complete(self) -> None:
         # uvicorn's version, with the keep-alive deadline left to the sweep instead of a timer.
@@ -559,6 +566,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif self._phase == _BUSY:
             self._phase = _IDLE
             self._phase_since = self.loop.time()
+        # Else, in the body phase: answered before the body was all in (502 with the upstream
+        # down, 503 overloaded), and kept alive. The rest of the body is read and dropped as it
+        # comes (uvicorn's `on_body`), the connection staying in the body phase under its idle
+        # deadline until the body ends (then keep-alive); a client that stops sending it is
+        # closed at `body_timeout_s`, never left open.
 
     # ---- limits ----------------------------------------------------------------------------
 
@@ -577,10 +589,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._reject("request_header_timeout")
         elif phase == _BODY:
             cycle = self.cycle
-            if cycle is None or not cycle.more_body or cycle.response_complete:
+            if cycle is None or not cycle.more_body:
                 self._phase = _BUSY
             elif waited_s >= limits.body_timeout_s:
-                self._reject("request_body_timeout")
+                if cycle.response_complete:
+                    # Answered already (see `on_response_complete`): no second answer, and not
+                    # counted (the exchange has its code); closed, as an idle connection is.
+                    self.transport.close()
+                else:
+                    self._reject("request_body_timeout")
         elif waited_s >= (limits.header_timeout_s if phase == _FRESH else limits.keepalive_timeout_s):
             self.transport.close()  # connected and silent: close without an answer, as nginx does
 
