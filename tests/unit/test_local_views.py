@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import pytest
 
 from modeltap import ModelTapMiddleware
+from modeltap.export.local_views import LocalViews
+from modeltap.snapshot import Snapshot
 from tests.support.asgi_driver import (
     DriverResult,
     Receive,
@@ -496,3 +498,50 @@ def test_empty_exposition_parses(make_middleware: MakeMiddleware) -> None:
     assert "http_server_request_duration_seconds" in types
     assert not any(s.name.startswith("http_server_request_duration_seconds") for s in samples)
     assert all(math.isfinite(s.value) for s in samples)
+
+
+# --- writes from web pages -------------------------------------------------------------------------
+
+
+def _write_views() -> tuple[LocalViews, list[bytes]]:
+    received: list[bytes] = []
+
+    def endpoint(body: bytes, content_type: str) -> tuple[int, bytes]:
+        received.append(body)
+        return 200, b'{"accepted": 1}'
+
+    snapshot = Snapshot(taken_unix_ns=2, start_unix_ns=1, instance_id="i", pid=1)
+    return LocalViews("", lambda: snapshot, writes={"/rollback": endpoint}), received
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ([], 200),  # a program: curl, a labelling job
+        ([(b"sec-fetch-site", b"same-origin"), (b"origin", b"http://127.0.0.1:9464")], 200),
+        ([(b"sec-fetch-site", b"none")], 200),  # typed or bookmarked by the operator
+        ([(b"origin", b"http://127.0.0.1:9464")], 200),  # the page's own origin
+        ([(b"sec-fetch-site", b"cross-site"), (b"origin", b"https://evil.example")], 403),
+        ([(b"sec-fetch-site", b"same-site"), (b"origin", b"http://127.0.0.1:3000")], 403),
+        ([(b"origin", b"https://evil.example")], 403),  # a browser without Sec-Fetch-*
+        ([(b"origin", b"null")], 403),  # a sandboxed page or a file
+        ([(b"origin", b"http://127.0.0.1:3000")], 403),  # another port is another origin
+    ],
+)
+def test_writes_from_another_sites_page_are_refused(headers: list[tuple[bytes, bytes]], status: int) -> None:
+    """A page the operator visits could otherwise POST to the loopback admin port through their
+    browser (no preflight for a form or a no-cors fetch) and roll the model back."""
+    views, received = _write_views()
+    scope = make_http_scope(
+        "POST",
+        "/rollback",
+        headers=[(b"host", b"127.0.0.1:9464"), (b"content-type", b"text/plain"), *headers],
+        client=LOOPBACK,
+    )
+
+    result = run_asgi(views, scope, http_request_messages(b'{"cause": "x"}'))
+
+    assert result.status == status
+    assert received == ([b'{"cause": "x"}'] if status == 200 else [])
+    if status == 403:
+        assert b"another site's page" in result.body

@@ -211,8 +211,9 @@ class LocalViews:
             what = b"POST labels here" if sub == "/feedback" else b"POST here"
             await _respond(send, 405, b"method not allowed: " + what + b"\n", text, [(b"allow", b"POST")])
             return
-        if not self._trust_peer and not self._write_allowed(scope):
-            await _respond(send, 403, _FORBIDDEN_WRITE, text)
+        if not self._trust_peer and (_cross_site(scope) or not self._write_allowed(scope)):
+            refusal = _FORBIDDEN_CROSS_SITE if _cross_site(scope) else _FORBIDDEN_WRITE
+            await _respond(send, 403, refusal, text)
             return
         content_type = ""
         declared = None
@@ -285,6 +286,30 @@ _FORBIDDEN_WRITE = (
     b"'Authorization: Bearer <token>' (views_token, variable MODELTAP_VIEWS_TOKEN); an allow-list\n"
     b"grants reading the views only.\n"
 )
+
+
+_FORBIDDEN_CROSS_SITE = (
+    b"forbidden: a browser sent this from another site's page (Origin or Sec-Fetch-Site says so);\n"
+    b"labels, outcomes, drills and rollbacks are accepted from programs, not from web pages.\n"
+)
+
+
+def _cross_site(scope: Scope) -> bool:
+    """A browser's request made by another origin's page (a form or a no-cors fetch needs no
+    preflight): the write endpoints trust loopback clients, and the operator's browser is one.
+    Programs (curl, a labelling job) send neither header; browsers send one or both."""
+    origin = host = None
+    for key, value in scope.get("headers", ()):
+        if key == b"sec-fetch-site" and value.strip().lower() not in (b"same-origin", b"none"):
+            return True  # "same-site" too: another port of localhost is another site's page
+        if key == b"origin":
+            origin = value.strip().lower()
+        elif key == b"host":
+            host = value.strip().lower()
+    if origin is None:
+        return False
+    _, separator, authority = origin.partition(b"://")
+    return not separator or authority != host
 
 
 def _peer(scope: Scope) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
