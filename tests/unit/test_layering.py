@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "stats": {"reference"},
     "fleet": {"reference", "stats", "export"},
     "client": set(),
-    "alerts": {"stats", "reference"},
+    "alerts": {"stats", "reference", "export"},
     "operations": set(),
     "export": set(),
     "handoff": {"capture", "export"},

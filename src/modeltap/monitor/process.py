@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import importlib
 import logging
 import os
 import signal
@@ -56,6 +57,19 @@ DRAIN_S = 20.0  # after SIGTERM, the longest wait for the serving processes to l
 CONTROL_INTERVAL_S = 0.2
 BATCH = 256
 INBOX_BYTES = 64 * 1024 * 1024
+
+
+def _admin_protocol(admin: dict[str, Any]) -> Any:
+    """The HTTP protocol the admin port is served with: the one its sidecar names (`module:name`
+    of a factory given the client limits handed over: the proxy port's limits, since the admin
+    port may face the network), else uvicorn's own. Named, not imported here: the sidecar sits
+    above the monitor and starts it."""
+    named = admin.get("protocol")
+    if not isinstance(named, str):
+        return "httptools"
+    module, _, attribute = named.partition(":")
+    factory = getattr(importlib.import_module(module), attribute)
+    return factory(admin.get("client_limits"))
 
 
 class _ViewsServer(uvicorn.Server):
@@ -252,11 +266,12 @@ class Monitor:
         views.writes.update(rollback_endpoints(analyzer.rollback, self.feeders.route_report))
         settings = uvicorn.Config(
             AdminApp(views, readiness),
-            http="httptools",
+            http=_admin_protocol(admin),
             lifespan="off",
             log_config=None,
             access_log=False,
             server_header=False,
+            proxy_headers=False,  # never rewrite the peer: the views' access check reads it
             loop="none",
         )
         return _ViewsServer(settings), sock

@@ -23,6 +23,7 @@ handed to the app (`resume_in_app`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import weakref
 from collections.abc import Callable
@@ -681,3 +682,22 @@ def protocol_class(
             "direct": direct,
         },
     )
+
+
+def _uncounted(code: str) -> None:
+    """The admin port's refusals are not the proxy's errors: not counted in its metrics."""
+
+
+def admin_protocol(handed: object) -> type[GuardedHttpToolsProtocol]:
+    """The protocol of the sidecar's admin port: the proxy port's client limits (`handed`, as
+    `dataclasses.asdict(ClientLimits)`; the defaults for what is missing), no direct path, its
+    refusals uncounted. The monitor process, which serves the admin port in process mode, is
+    handed its name (`ADMIN_PROTOCOL`) with the limits, and imports it from there."""
+    limits = ClientLimits()
+    if isinstance(handed, dict):
+        known = {field.name for field in dataclasses.fields(ClientLimits)}
+        limits = ClientLimits(**{name: value for name, value in handed.items() if name in known})
+    return protocol_class(limits, _uncounted)
+
+
+ADMIN_PROTOCOL = f"{__name__}:{admin_protocol.__name__}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import ipaddress
 import logging
@@ -30,7 +31,7 @@ from modeltap.errors import ConfigError
 from modeltap.middleware.asgi import ModelTapMiddleware
 from modeltap.monitor.admin import AdminApp, Readiness, admin_views
 from modeltap.sidecar.direct import DirectPath
-from modeltap.sidecar.downstream import ClientLimits, protocol_class
+from modeltap.sidecar.downstream import ADMIN_PROTOCOL, ClientLimits, admin_protocol, protocol_class
 from modeltap.sidecar.failure_log import FailureLog
 from modeltap.sidecar.headers import TrustedPeers
 from modeltap.sidecar.proxy import ProxyApp, ProxyLimits
@@ -395,7 +396,10 @@ class Sidecar:
         self.process_mode = False
         self._wire_analysis(self.tap.analyzer)  # the analysis runs here from now on
         assert self.admin is not None
-        config = uvicorn.Config(self.admin, http="httptools", lifespan="off", **self._common)
+        # The proxy port's client limits (head size and fields, head, body and keep-alive
+        # timeouts), its refusals not counted as the proxy's errors; `_common` never rewrites the peer.
+        protocol = admin_protocol(dataclasses.asdict(self._protocol.limits))
+        config = uvicorn.Config(self.admin, http=protocol, lifespan="off", **self._common)
         self.admin_server = _Server(config)
         self._admin_task = asyncio.ensure_future(self.admin_server.serve(sockets=[self.admin_socket]))
         self.readiness.start()
@@ -416,6 +420,9 @@ class Sidecar:
                 "readiness_failures": settings.readiness_failures,
                 "probe_timeout_s": min(settings.connect_timeout_s, 1.0),
                 "status_url": self.status_url,
+                # The monitor serves the admin port with the proxy port's client limits.
+                "protocol": ADMIN_PROTOCOL,
+                "client_limits": dataclasses.asdict(self._protocol.limits),
             }
         }
         fallback = settings.fallback_address
