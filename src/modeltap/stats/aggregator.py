@@ -42,13 +42,16 @@ class StateCaps:
     Inputs the reference lists are tracked; with a reference that lists inputs, any other input
     name is a `schema` violation and creates no state. Without one, at most `max_features` input
     names per model version are tracked. Outputs are named by the model's own answers and
-    tracked up to `max_outputs` per version besides those the reference lists.
+    tracked up to `max_outputs` per version besides those the reference lists. A name the
+    reference does not list is tracked only up to `max_name_chars` characters long (the client
+    chooses it; it is kept and shown in `/status`): a longer one is a `schema` violation.
     """
 
     max_names: int = 16
     max_versions: int = 8
     max_features: int = 256
     max_outputs: int = 16
+    max_name_chars: int = 128
     expose_values: bool = False
 
 
@@ -263,6 +266,8 @@ class StatsAggregator:
         if known is None:
             if expected and role == "input":
                 return None  # the reference lists the inputs: this one is a schema violation
+            if len(name) > self._caps.max_name_chars:
+                return None  # counted as untracked, a schema violation
             cap = self._caps.max_features if role == "input" else self._caps.max_outputs
             if state.unlisted.get(role, 0) >= cap:
                 return None

@@ -101,6 +101,33 @@ def test_without_a_reference_inputs_are_capped() -> None:
     assert violations(stats) == {"schema": 90}
 
 
+def test_names_longer_than_the_cap_are_schema_violations_not_state() -> None:
+    """The client chooses the names of unlisted inputs and outputs: a long one is not kept (it
+    would be held, and shown in /status, for as long as the version lives)."""
+    stats = aggregator(None, max_name_chars=16)
+    model = stats.identity("m", None, accepted=True)
+    long_name = "k" * 17
+    stats.observe_columns(model, "input", {"k" * 16: [1.0], long_name: [2.0], "x" * 200_000: [3.0]}, 1)
+    stats.observe_matrix(model, "output", ("score", "s" * 17), np.array([[0.5, 0.5]]), 1)
+
+    seen = features(only_view(stats))
+    assert set(seen) == {("input", "k" * 16), ("output", "score")}
+    assert violations(stats) == {"schema": 3}
+    assert long_name not in repr(stats.model_views())
+
+
+def test_long_names_the_reference_lists_are_tracked() -> None:
+    """A reference vouches for its names, however long."""
+    listed = "feature_" + "x" * 200
+    document = build_profile({listed: np.linspace(0, 1, 500)}, model_name="m")
+    stats = aggregator(parse_reference(document, "reference.json"))
+    model = stats.identity("m", None, accepted=True)
+    stats.observe_columns(model, "input", {listed: [0.5]}, 1)
+
+    assert ("input", listed) in features(only_view(stats))
+    assert violations(stats) == {}
+
+
 def test_outputs_are_the_models_own_within_their_cap() -> None:
     stats = aggregator(reference(), max_outputs=3)
     model = stats.identity("churn", "1", accepted=True)
