@@ -14,6 +14,7 @@ import pytest
 from modeltap._types import Receive, Scope, Send
 from modeltap.alerts.observations import observations
 from modeltap.snapshot import Snapshot, VersionMismatch
+from modeltap.stats.aggregator import StatsAggregator
 from modeltap.stats.served_versions import ServedVersions
 from tests.support.asgi_driver import http_request_messages, make_http_scope, run_asgi
 from tests.support.tapping import MakeMiddleware, status_document
@@ -111,6 +112,26 @@ def test_served_versions_are_bounded_and_windowed() -> None:
     assert served.observe("churn", "3", now=20.0) is True  # the one answered longest ago goes
     assert {v for _, v, _ in served.seen()} == {"2", "3"}
     assert served.over_cap == 1
+
+
+def test_served_versions_not_answered_for_two_windows_are_forgotten() -> None:
+    """The names are claims the model answered: each is remembered while it is answered, so a
+    server that answers any claimed name cannot make the list grow for as long as it runs."""
+    now = [1000.0]
+    stats = StatsAggregator(series_limit=100, duration_bounds=(0.1,), clock=lambda: now[0])
+    for round_ in range(50):
+        for name in range(16):
+            model = stats.identity(f"claimed-{round_}-{name}", "1", accepted=True)
+            stats.note_served(model, "1")
+        assert len(stats.served.seen()) == 16
+        now[0] += 2 * stats.window_s + 1
+        stats.expire()
+    assert stats.served.seen() == []
+    kept = stats.identity("churn", "1", accepted=True)
+    stats.note_served(kept, "1")
+    now[0] += stats.window_s
+    stats.expire()
+    assert [(name, version) for name, version, _ in stats.served.seen()] == [("churn", "1")]
 
 
 def test_a_version_only_the_request_names_is_not_served(make_middleware: MakeMiddleware) -> None:

@@ -187,8 +187,11 @@ class StatsAggregator:
             self.served.observe(name, version, self._clock(), count)
 
     def expire(self) -> int:
-        """Drop the state and series of identities idle for two windows; returns how many."""
-        gone = self.identities.expire(self._clock())
+        """Drop the state and series of identities idle for two windows, and the served versions
+        not answered for as long; returns how many identities went."""
+        now = self._clock()
+        self.served.forget(now, 2 * self.window_s)
+        gone = self.identities.expire(now)
         if not gone:
             return 0
         doomed = set(gone)

@@ -54,6 +54,20 @@ class ServedVersions:
         live = [(s.last_s, v) for v, s in versions.items() if now - s.last_s <= window_s]
         return tuple(v for _, v in sorted(live, reverse=True))
 
+    def forget(self, now: float, idle_s: float) -> int:
+        """Forget the versions not answered for longer than `idle_s`, and names left with none
+        (the model names are the client's claims the model answered: kept only while answered);
+        returns how many versions were forgotten."""
+        forgotten = 0
+        for name in list(self._names):
+            versions = self._names[name]
+            for version in [v for v, s in versions.items() if now - s.last_s > idle_s]:
+                del versions[version]
+                forgotten += 1
+            if not versions:
+                del self._names[name]
+        return forgotten
+
     def seen(self) -> list[tuple[str, str, Served]]:
         """Every remembered (name, version) with its first and last answer."""
         return [
