@@ -605,7 +605,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _reject(self, code: str, detail: str | None = None) -> None:
         """Answer `code` (unless a response is already under way) and close the connection."""
         self.count_error(code)
-        self._phase = _CLOSED
+        reading_body, self._phase = self._phase == _BODY, _CLOSED
         cycle = self.cycle
         # Pipelined: the newest request may be queued behind an earlier one still being answered.
         queued = bool(self.pipeline)
@@ -634,6 +634,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             for handle in self._handles:
                 handle._abandon(code)
             self.pipeline.clear()
+            transport.close()
+            return
+        if reading_body and cycle is not None and cycle.response_complete:
+            # The body of a request answered before it was all in (see `on_response_complete`):
+            # that request has its answer, and a second one would be read as the next request's.
             transport.close()
             return
         if not transport.is_closing():

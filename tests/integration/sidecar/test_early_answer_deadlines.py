@@ -157,3 +157,20 @@ def test_an_early_503_overloaded_with_the_body_unread_is_closed_at_the_body_time
         assert after.statuses == [503], after.summary()
         assert _errors_since(sidecar, before) == {"overloaded": 1}
         assert sidecar.sidecar.proxy.inflight == 1  # the held request is not disturbed
+
+
+def test_a_bad_chunk_after_an_early_answer_closes_without_a_second_answer(down: RunningSidecar) -> None:
+    """The body of a request already answered turns out malformed (a chunk size that is not
+    one): that request has its 502; the connection is closed with nothing more written (a 400
+    now would be read as the answer to the client's next request)."""
+    sidecar = _idle(down)
+    client = RawClient(sidecar.port)
+    with client:
+        client.send(b"POST /x HTTP/1.1\r\nHost: model\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        answer = client.read(responses=1, timeout_s=5.0)
+        assert (answer.response.status, answer.response.error_code) == (502, "upstream_connect_failure")
+        assert client.send(b"zz\r\nbad\r\n")
+        assert client.wait_closed(OPEN_AFTER_S), "the connection was left open"
+        after = client.exchange()
+    assert after.statuses == [502], after.summary()
+    assert after.unparsed == b""
