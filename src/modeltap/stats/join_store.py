@@ -46,6 +46,19 @@ class Joined:
     delay_s: float
 
 
+def _label_size(key: Hashable, label: Label) -> int:
+    """Bytes charged for an early label (a ranker's label is a list of up to 100 items)."""
+    text = sum(len(item) for item in label) if isinstance(label, tuple) else len(str(label))
+    key_bytes = sum(len(str(part)) for part in key) if isinstance(key, tuple) else len(str(key))
+    return ENTRY_OVERHEAD_BYTES + key_bytes + text
+
+
+def _fingerprint(label: Label) -> int:
+    """What a joined key keeps of its label: enough to tell a repeat from a conflict (a 64-bit
+    hash; within one process, as the store lives), not the label itself, which may be large."""
+    return hash(label)
+
+
 def _size(key: Hashable, prediction: Prediction) -> int:
     strings = [prediction.model, prediction.version, prediction.segment or ""]
     if isinstance(prediction.predicted, str):
@@ -78,9 +91,14 @@ class JoinStore:
         self.max_joined_keys = max_joined_keys
         self._pending: OrderedDict[Hashable, tuple[Prediction, int]] = OrderedDict()
         self._bytes = 0
-        self._early: OrderedDict[Hashable, tuple[Label, float]] = OrderedDict()
-        # Keys already joined, with their label: a later label for one is a duplicate or a conflict.
-        self._joined: OrderedDict[Hashable, tuple[Label, float]] = OrderedDict()
+        # Labels waiting for their prediction: bounded in number and, as they come from clients
+        # (a ranker's label is a list), in bytes: a quarter of `max_bytes`.
+        self._early: OrderedDict[Hashable, tuple[Label, float, int]] = OrderedDict()
+        self._early_bytes = 0
+        self.max_early_bytes = max_bytes // 4
+        # Keys already joined, with their label's fingerprint: a later label for one is a
+        # duplicate or a conflict.
+        self._joined: OrderedDict[Hashable, tuple[int, float]] = OrderedDict()
         self.counts: Counter[str] = Counter()
 
     @property
@@ -96,6 +114,7 @@ class JoinStore:
         self.expire(now)
         early = self._early.pop(key, None)
         if early is not None:
+            self._early_bytes -= early[2]
             return self._join(key, prediction, early[0], now)
         if key in self._joined:
             return None  # the same request seen twice after it was labelled: nothing to wait for
@@ -116,26 +135,33 @@ class JoinStore:
         """Join `label` to its prediction: the join, or what became of the label instead
         (`duplicate`, `conflict`, or `early`: it waits for its prediction), counted."""
         self.expire(now)
-        done = self._joined.get(key)
-        if done is None and key in self._early:
-            done = self._early[key]
-        if done is not None:
-            outcome = "duplicate" if done[0] == label else "conflict"
+        joined = self._joined.get(key)
+        waiting = self._early.get(key)
+        if joined is not None or waiting is not None:
+            same = (
+                joined[0] == _fingerprint(label)
+                if joined is not None
+                else waiting is not None and waiting[0] == label
+            )
+            outcome = "duplicate" if same else "conflict"
             self.counts[outcome] += 1
             return outcome
         pending = self._pending.pop(key, None)
         if pending is None:
-            self._early[key] = (label, now)
+            size = _label_size(key, label)
+            self._early[key] = (label, now, size)
+            self._early_bytes += size
             self.counts["early"] += 1
-            while len(self._early) > self.max_early:
-                self._early.popitem(last=False)
+            while len(self._early) > self.max_early or self._early_bytes > self.max_early_bytes:
+                _, (_, _, dropped) = self._early.popitem(last=False)
+                self._early_bytes -= dropped
                 self.counts["unmatched"] += 1
             return "early"
         self._bytes -= pending[1]
         return self._join(key, pending[0], label, now)
 
     def _join(self, key: Hashable, prediction: Prediction, label: Label, now: float) -> Joined:
-        self._joined[key] = (label, now)
+        self._joined[key] = (_fingerprint(label), now)
         while len(self._joined) > self.max_joined_keys:
             self._joined.popitem(last=False)
         self.counts["joined"] += 1
@@ -151,10 +177,11 @@ class JoinStore:
             self._bytes -= size
             self.counts["expired"] += 1
         while self._early:
-            _, arrived = next(iter(self._early.values()))
+            _, arrived, size = next(iter(self._early.values()))
             if now - arrived < self.early_ttl_s:
                 break
             self._early.popitem(last=False)
+            self._early_bytes -= size
             self.counts["unmatched"] += 1
         while self._joined:
             _, joined_at = next(iter(self._joined.values()))

@@ -66,12 +66,48 @@ def test_a_flood_of_predictions_never_labelled_stays_within_the_bounds() -> None
         assert store.entries <= 1000
         assert store.bytes <= store.max_bytes
     assert store.counts["evicted"] == 50_000 - store.entries
-    # A flood of labels for unknown ids is bounded too.
+    # A flood of labels for unknown ids is bounded too: here by the early labels' bytes.
     for i in range(50_000):
         store.add_label(("nobody", i), "yes", 60_000.0)
-    assert len(store._early) <= store.max_early
+        assert store._early_bytes <= store.max_early_bytes
+    assert len(store._early) < store.max_early
     assert store.counts["early"] == 50_000
-    assert store.counts["unmatched"] == 50_000 - store.max_early
+    assert store.counts["unmatched"] == 50_000 - len(store._early)
+
+
+def test_early_labels_are_bounded_in_number_and_in_bytes() -> None:
+    """By number with small labels; by bytes with a ranker's (100 items of 256 characters: a
+    count bound alone let 10 000 of them hold 300 MiB)."""
+    small = JoinStore()
+    for i in range(50_000):
+        small.add_label(("nobody", i), "yes", 60_000.0)
+    assert len(small._early) == small.max_early
+    assert small.counts["unmatched"] == 50_000 - small.max_early
+
+    ranked = JoinStore(max_bytes=4 * 1024 * 1024)
+    items = tuple(f"{n:03d}" + "x" * 253 for n in range(100))
+    for i in range(2000):
+        ranked.add_label(("q", i), items, 60_000.0)
+        assert ranked._early_bytes <= ranked.max_early_bytes == 1024 * 1024
+    kept = len(ranked._early)
+    assert 0 < kept <= 1024 * 1024 // (100 * 256)
+    assert ranked.counts["unmatched"] == 2000 - kept
+    # The kept ones are the latest, and still join.
+    assert isinstance(ranked.add_prediction(("q", 1999), _prediction(1999, 60_001.0), 60_001.0), Joined)
+
+
+def test_a_joined_key_keeps_no_label_and_still_tells_repeats_from_conflicts() -> None:
+    store = JoinStore()
+    items = ("a", "b", "c")
+    store.add_prediction("k", _prediction(0, 0.0), 0.0)
+    assert isinstance(store.add_label("k", items, 1.0), Joined)
+    assert store._joined["k"][0] == hash(items)  # a fingerprint, not the (possibly large) label
+    assert store.add_label("k", ("a", "b", "c"), 2.0) == "duplicate"
+    assert store.add_label("k", ("c", "b", "a"), 3.0) == "conflict"
+    # An early label still waiting is told apart by the label itself.
+    assert store.add_label("early", "yes", 4.0) == "early"
+    assert store.add_label("early", "yes", 5.0) == "duplicate"
+    assert store.add_label("early", "no", 6.0) == "conflict"
 
 
 def test_the_byte_bound_evicts_oldest_first() -> None:
