@@ -230,7 +230,7 @@ typedef struct {
 static PyTypeObject EncoderType;
 
 static PyObject *s_method, *s_scheme, *s_http_version, *s_path, *s_query_string, *s_client;
-static PyObject *s_server, *s_GET, *s_http, *s_1_1;
+static PyObject *s_server, *s_GET, *s_http, *s_1_1, *s_raw_path;
 
 typedef struct {
     PyObject *scope;
@@ -1618,6 +1618,89 @@ static PyObject *double_or_none(double value) {
     return PyFloat_FromDouble(value);
 }
 
+/* What every queued record is charged on top of its kept body bytes (`RecordQueue`): a
+ * record's fixed fields, and a head under this size, are covered by it. */
+#define RECORD_OVERHEAD_BYTES 1024
+
+/* `len(value)` of a head field, 0 for none (a str by its characters); -1 with an exception. */
+static Py_ssize_t head_field_size(PyObject *value) {
+    if (value == NULL || value == Py_None) {
+        return 0;
+    }
+    if (PyBytes_CheckExact(value)) {
+        return PyBytes_GET_SIZE(value);
+    }
+    if (PyUnicode_CheckExact(value)) {
+        return PyUnicode_GET_LENGTH(value);
+    }
+    return PyObject_Size(value);
+}
+
+/* What a raw record holds of the request's head beyond RECORD_OVERHEAD_BYTES (the Python
+ * `head_charge`): its path, raw path, query string, request header names and values (one pass
+ * over a list or tuple of them) and the trace state. The client chooses all of them: a queue
+ * charged only the kept bodies would hold 10 000 records of 120 KB heads against a 64 MiB bound.
+ * -1 with an exception on failure (a header not a pair, as the Python form's unpacking). */
+static Py_ssize_t head_charge(PyObject *scope, PyObject *ids) {
+    PyObject *const keys[3] = {s_path, s_raw_path, s_query_string};
+    Py_ssize_t total = 0;
+    for (int i = 0; i < 3; i++) {
+        PyObject *value = lookup(scope, keys[i]);
+        if (value == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+        Py_ssize_t size = head_field_size(value);
+        Py_XDECREF(value);
+        if (size < 0) {
+            return -1;
+        }
+        total += size;
+    }
+    PyObject *headers = lookup(scope, s_headers);
+    if (headers == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    /* Another iterable is not read: it may be an iterator, which the worker must still read. */
+    if (headers != NULL && (PyList_CheckExact(headers) || PyTuple_CheckExact(headers))) {
+        /* By index with the size read again each time: a `__len__` called here may change the
+         * list, and what is measured is held meanwhile. */
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(headers); i++) {
+            PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(headers, i));
+            PyObject *pair = PySequence_Fast(item, "a header is not a pair");
+            Py_DECREF(item);
+            if (pair == NULL || PySequence_Fast_GET_SIZE(pair) != 2) {
+                if (pair != NULL) {
+                    PyErr_SetString(PyExc_ValueError, "a header is not a (name, value) pair");
+                }
+                Py_XDECREF(pair);
+                Py_DECREF(headers);
+                return -1;
+            }
+            for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(pair); j++) {
+                PyObject *field = Py_NewRef(PySequence_Fast_GET_ITEM(pair, j));
+                Py_ssize_t size = head_field_size(field);
+                Py_DECREF(field);
+                if (size < 0) {
+                    Py_DECREF(pair);
+                    Py_DECREF(headers);
+                    return -1;
+                }
+                total += size;
+            }
+            Py_DECREF(pair);
+        }
+    }
+    Py_XDECREF(headers);
+    if (ids != NULL && PyTuple_Check(ids) && PyTuple_GET_SIZE(ids) > 5) {
+        Py_ssize_t size = head_field_size(PyTuple_GET_ITEM(ids, 5));
+        if (size < 0) {
+            return -1;
+        }
+        total += size;
+    }
+    return total > RECORD_OVERHEAD_BYTES ? total - RECORD_OVERHEAD_BYTES : 0;
+}
+
 /* The app returned or raised (`exception` is borrowed, or NULL): offer the record. Never
  * raises; any pending exception is kept. */
 static void exchange_finish(ExchangeObject *self, PyObject *exception) {
@@ -1704,6 +1787,11 @@ static void exchange_finish(ExchangeObject *self, PyObject *exception) {
             .ids = self->ids != NULL ? self->ids : Py_None,
         };
         record = encode_fields((EncoderObject *)capture->encoder, &fields);
+        /* The record is what the queue holds, kept bodies inside: a head over the overhead (a
+         * long query, wanted headers, trace state) is charged by the record's own length. */
+        if (record != NULL && PyBytes_GET_SIZE(record) - RECORD_OVERHEAD_BYTES > kept) {
+            kept = PyBytes_GET_SIZE(record) - RECORD_OVERHEAD_BYTES;
+        }
     } else {
         /* Inline mode: the record's part lists are its own (none were made without a payload). */
         if (state->request_parts == NULL) {
@@ -1752,6 +1840,14 @@ static void exchange_finish(ExchangeObject *self, PyObject *exception) {
                 Py_CLEAR(record);  /* the tuple's NULL slots are skipped by its dealloc */
             }
         }
+        /* The tuple holds the whole scope: a head over the overhead is charged beyond it. One
+         * that cannot be measured is charged nothing (the record is offered all the same). */
+        Py_ssize_t head = record != NULL ? head_charge(self->scope, self->ids) : 0;
+        if (head < 0) {
+            PyErr_Clear();
+            head = 0;
+        }
+        kept += head;
     }
     Py_DECREF(exception_type);
     if (record == NULL) {
@@ -3365,7 +3461,8 @@ static PyTypeObject DispatchType = {
  * doubling up to `max_records`. Every method runs holding the interpreter, so the event loop's
  * `offer` and the shipper's `drain` never interleave, as with the deque they replace. */
 
-#define RECORD_OVERHEAD_BYTES 1024
+/* RECORD_OVERHEAD_BYTES (above, with the capture that charges a record's head beyond it) is
+ * added to every record's kept bytes. */
 
 typedef struct {
     PyObject_HEAD
@@ -4941,6 +5038,7 @@ static int intern_all(void) {
     INTERN(s_http_version, "http_version");
     INTERN(s_path, "path");
     INTERN(s_query_string, "query_string");
+    INTERN(s_raw_path, "raw_path");
     INTERN(s_client, "client");
     INTERN(s_server, "server");
     INTERN(s_GET, "GET");

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Protocol
 from modeltap.capture import compiled
 from modeltap.records import QueuedRecord, ended_unix_ns, weight_of
 
-# Fixed per-record overhead charged against the byte bound (headers, tuple, scope refs).
+# Fixed per-record overhead charged against the byte bound (headers, tuple, scope refs). The
+# capture adds to a record's kept body bytes what its head holds beyond this (a long query or
+# many headers, which the client chooses: `exchange.head_charge`, or an encoded record's length).
 RECORD_OVERHEAD_BYTES = 1024
 
 
@@ -66,7 +68,7 @@ class PyRecordQueue:
     Example::
 
         queue = new_record_queue(max_records=10_000, max_bytes=64 << 20)
-        queue.offer(record, 512)  # (record, kept body bytes); False when full: dropped and counted
+        queue.offer(record, 512)  # (record, kept bytes); False when full: dropped and counted
         batch = queue.drain(limit=1024)
     """
 
