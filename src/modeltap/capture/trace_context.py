@@ -46,8 +46,9 @@ def parse_tracestate(value: bytes) -> str:
     """A `tracestate` value as it is passed on, or "" when it is not one (W3C Trace Context §3.3).
 
     The client sends it; it reaches every span of the trace. So it is taken only when it is
-    well formed and bounded (32 members, 8192 bytes), and otherwise dropped whole, as the
-    OpenTelemetry SDK drops an invalid one. Empty members (`a=1,,b=2`) are allowed and left out.
+    well formed (each key at most once) and bounded (32 members, 8192 bytes), and otherwise
+    dropped whole, as the OpenTelemetry SDK drops an invalid one. Empty members (`a=1,,b=2`) are
+    allowed and left out.
     """
     if len(value) > TRACESTATE_MAX_BYTES:
         return ""
@@ -55,9 +56,14 @@ def parse_tracestate(value: bytes) -> str:
     members = [member for member in members if member]
     if len(members) > TRACESTATE_MAX_MEMBERS:
         return ""
+    keys: set[bytes] = set()
     for member in members:
         if _TRACESTATE_MEMBER.fullmatch(member) is None:
             return ""
+        key = member.partition(b"=")[0]
+        if key in keys:
+            return ""  # a key at most once (§3.3.1.1)
+        keys.add(key)
     return ",".join(member.decode("ascii") for member in members)
 
 
