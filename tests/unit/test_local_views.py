@@ -520,6 +520,8 @@ def _write_views() -> tuple[LocalViews, list[bytes]]:
         ([], 200),  # a program: curl, a labelling job
         ([(b"sec-fetch-site", b"same-origin"), (b"origin", b"http://127.0.0.1:9464")], 200),
         ([(b"sec-fetch-site", b"none")], 200),  # typed or bookmarked by the operator
+        # Behind a proxy that rewrites Host, the browser's Sec-Fetch-Site decides alone.
+        ([(b"sec-fetch-site", b"same-origin"), (b"origin", b"https://models.example")], 200),
         ([(b"origin", b"http://127.0.0.1:9464")], 200),  # the page's own origin
         ([(b"sec-fetch-site", b"cross-site"), (b"origin", b"https://evil.example")], 403),
         ([(b"sec-fetch-site", b"same-site"), (b"origin", b"http://127.0.0.1:3000")], 403),

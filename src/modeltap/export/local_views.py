@@ -298,14 +298,18 @@ def _cross_site(scope: Scope) -> bool:
     """A browser's request made by another origin's page (a form or a no-cors fetch needs no
     preflight): the write endpoints trust loopback clients, and the operator's browser is one.
     Programs (curl, a labelling job) send neither header; browsers send one or both."""
-    origin = host = None
+    origin = host = site = None
     for key, value in scope.get("headers", ()):
-        if key == b"sec-fetch-site" and value.strip().lower() not in (b"same-origin", b"none"):
-            return True  # "same-site" too: another port of localhost is another site's page
-        if key == b"origin":
+        if key == b"sec-fetch-site":
+            site = value.strip().lower()
+        elif key == b"origin":
             origin = value.strip().lower()
         elif key == b"host":
             host = value.strip().lower()
+    if site is not None:
+        # The browser's own word, decided on alone (a proxy may rewrite Host): "same-site" is
+        # refused too, since another port of localhost is another site's page.
+        return site not in (b"same-origin", b"none")
     if origin is None:
         return False
     _, separator, authority = origin.partition(b"://")
