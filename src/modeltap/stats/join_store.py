@@ -19,6 +19,7 @@ passed in (monotonic seconds), so the store has no I/O and no time source of its
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -53,10 +54,17 @@ def _label_size(key: Hashable, label: Label) -> int:
     return ENTRY_OVERHEAD_BYTES + key_bytes + text
 
 
-def _fingerprint(label: Label) -> int:
-    """What a joined key keeps of its label: enough to tell a repeat from a conflict (a 64-bit
-    hash; within one process, as the store lives), not the label itself, which may be large."""
-    return hash(label)
+def _fingerprint(label: Label) -> Label | bytes:
+    """What a joined key keeps of its label, to tell a repeat from a conflict: a class or a value
+    as it is (small), a ranker's list (up to 100 items of 256 characters) by a 128-bit digest of
+    its items in order."""
+    if not isinstance(label, tuple):
+        return label
+    digest = hashlib.blake2b(digest_size=16)
+    for item in label:
+        digest.update(len(item).to_bytes(4, "little"))
+        digest.update(item.encode("utf-8", "surrogatepass"))
+    return digest.digest()
 
 
 def _size(key: Hashable, prediction: Prediction) -> int:
@@ -98,7 +106,7 @@ class JoinStore:
         self.max_early_bytes = max_bytes // 4
         # Keys already joined, with their label's fingerprint: a later label for one is a
         # duplicate or a conflict.
-        self._joined: OrderedDict[Hashable, tuple[int, float]] = OrderedDict()
+        self._joined: OrderedDict[Hashable, tuple[Label | bytes, float]] = OrderedDict()
         self.counts: Counter[str] = Counter()
 
     @property

@@ -101,9 +101,15 @@ def test_a_joined_key_keeps_no_label_and_still_tells_repeats_from_conflicts() ->
     items = ("a", "b", "c")
     store.add_prediction("k", _prediction(0, 0.0), 0.0)
     assert isinstance(store.add_label("k", items, 1.0), Joined)
-    assert store._joined["k"][0] == hash(items)  # a fingerprint, not the (possibly large) label
+    assert store._joined["k"][0] != items  # a digest, not the (possibly large) label
     assert store.add_label("k", ("a", "b", "c"), 2.0) == "duplicate"
     assert store.add_label("k", ("c", "b", "a"), 3.0) == "conflict"
+    assert store.add_label("k", ("ab", "c"), 3.0) == "conflict"  # items, not their concatenation
+    # Values whose Python hashes are equal are still told apart (hash(-1.0) == hash(-2.0)).
+    store.add_prediction("r", _prediction(1, 0.0), 0.0)
+    assert isinstance(store.add_label("r", -1.0, 1.0), Joined)
+    assert store.add_label("r", -2.0, 2.0) == "conflict"
+    assert store.add_label("r", -1.0, 2.0) == "duplicate"
     # An early label still waiting is told apart by the label itself.
     assert store.add_label("early", "yes", 4.0) == "early"
     assert store.add_label("early", "yes", 5.0) == "duplicate"
