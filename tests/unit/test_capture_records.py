@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Host, Mount, Route
 
 from modeltap import ModelTapMiddleware
 from tests.support.asgi_driver import (
@@ -490,6 +490,28 @@ def test_mounts_with_parameters_give_templates_never_the_clients_text(clean_otel
     }
     for client_text in ("acme", "globex", "initech", "v7"):
         assert not any(client_text in (s.get("http_route") or "") for s in series)
+
+
+@pytest.mark.timeout(30)
+def test_parameters_that_are_not_the_mounts_leave_the_route_alone(clean_otel_env: None) -> None:
+    """A `Host` pattern's parameters, and those of a mount above the middleware, are in
+    `path_params` but not in the mounts' part of `root_path`: the route is as without them."""
+
+    async def x(request: Request) -> Response:
+        return PlainTextResponse("x")
+
+    sub = Starlette(routes=[Mount("/api", routes=[Route("/x", x)])])
+    sub.add_middleware(ModelTapMiddleware, model_name="demo", monitor="inline")
+    by_host = Starlette(routes=[Host("{name}.example.com", app=sub)])
+    mounted = Starlette(routes=[Mount("/t/{tenant}", app=sub)])
+    try:
+        host_scope = make_http_scope("GET", "/api/x", headers=[(b"host", b"acme.example.com")])
+        assert run_asgi(by_host, host_scope).status == 200
+        assert run_asgi(mounted, make_http_scope("GET", "/t/globex/api/x")).status == 200
+        series = duration_count_series(metrics_text(find_tap_middleware(sub)))
+    finally:
+        find_tap_middleware(sub).tap.shutdown()
+    assert {(s.get("http_route"), s["value"]) for s in series} == {("/api/x", "2")}
 
 
 def test_unmatched_path_has_no_route_label(starlette_with_tap: Starlette) -> None:

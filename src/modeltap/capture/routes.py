@@ -2,9 +2,12 @@
 `scope["route"]`), with the mount paths routing appended to `root_path` in front of it.
 
 `root_path` holds the path the client sent, not the mounts' templates: a mount with parameters
-(`Mount("/t/{tenant}")`) puts the client's text there. Each segment that is a mount parameter's
-value is written back as its `{name}`; where a parameter's value is not a whole segment, the
-exchange gets no route rather than the client's text (a route is a metric attribute).
+(`Mount("/t/{tenant}")`) puts the client's text there. Each segment that is a parameter's value
+is written back as its `{name}`; where a value is only part of a segment, the exchange gets no
+route rather than the client's text (a route is a metric attribute). A value found nowhere in
+the mounts' part is not a mount's (a `Host` pattern's, or a mount's above the middleware). A
+mount parameter hidden by a route parameter of the same name cannot be told apart: its value
+stays (bounded, as every attribute, by the series limit).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def _mount_template(mounted: str, scope: Any, route: object) -> str | None:
     if not isinstance(params, dict) or not params:
         return mounted  # mounts without parameters: their text is their template
     own = () if isinstance(route, Mount) else getattr(route, "param_convertors", None) or ()
-    unplaced = [(name, str(value)) for name, value in params.items() if name not in own]
+    unplaced = [(name, str(value)) for name, value in params.items() if name not in own and str(value)]
     if not unplaced:
         return mounted
     # From the end: the innermost mount's parameters are last, and a mount's parameter usually
@@ -53,7 +56,10 @@ def _mount_template(mounted: str, scope: Any, route: object) -> str | None:
                 segments[index] = "{" + str(name) + "}"
                 del unplaced[position]
                 break
-    return None if unplaced else "/".join(segments)
+    for _, value in unplaced:
+        if any(value in segment for segment in segments if not segment.startswith("{")):
+            return None  # part of a segment (`/v{version}`): the client's text, or not ours
+    return "/".join(segments)
 
 
 class RouteTemplates:
