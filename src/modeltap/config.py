@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modeltap.errors import ConfigError
+from modeltap.redaction import may_hold_a_secret
 
 __all__ = ["ExportConfig", "ModelTapConfig", "SamplerConfig"]
 
@@ -92,7 +93,7 @@ def _parse_key_values(name: str, raw: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             # Exporter headers are usually credentials (API keys, tokens): never repeated.
-            got = "one of them has no key or no '='" if _may_hold_a_secret(name) else f"got {raw!r}"
+            got = "one of them has no key or no '='" if may_hold_a_secret(name) else f"got {raw!r}"
             raise ConfigError(f"{name} must be a list of key=value pairs, {got}")
         result[unquote(key.strip())] = unquote(value.strip())
     return result
@@ -227,14 +228,6 @@ class ExportConfig:
         return config
 
 
-# Variables whose values are, or may hold, credentials: their values are never repeated in errors.
-_SECRET_VARIABLE_PARTS = ("TOKEN", "SECRET", "PASSW", "KEY", "AUTH", "HEADERS", "WEBHOOK", "ALERTMANAGER")
-
-
-def _may_hold_a_secret(variable: str) -> bool:
-    return any(part in variable.upper() for part in _SECRET_VARIABLE_PARTS)
-
-
 def _construct(cls: Any, kwargs: dict[str, Any], sources: dict[str, tuple[str, str]]) -> Any:
     """Build the config; a value that came from a variable is reported by that variable."""
     try:
@@ -242,7 +235,7 @@ def _construct(cls: Any, kwargs: dict[str, Any], sources: dict[str, tuple[str, s
     except ConfigError as exc:
         if exc.setting in sources:
             var, raw = sources[exc.setting]
-            shown = f"{var}" if _may_hold_a_secret(var) else f"{var}={raw!r}"
+            shown = f"{var}" if may_hold_a_secret(var) else f"{var}={raw!r}"
             raise ConfigError(f"{shown} is invalid: {exc}", exc.setting) from None
         raise
 

@@ -40,7 +40,7 @@ from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks
 from modeltap.alerts.slack import slack_message
 from modeltap.alerts.state import AlertBook, Notification
 from modeltap.alerts.webhook import WebhookSender, notification_document
-from modeltap.export.redaction import redact_url
+from modeltap.redaction import redact_url
 from modeltap.reference.document import ReferenceFeature, ReferenceProfile
 from modeltap.snapshot import Snapshot
 from modeltap.stats import StatsAggregator

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks
 from modeltap.alerts.state import Alert, Notification
-from modeltap.export.redaction import redact_url
+from modeltap.redaction import redact_url
 
 _log = logging.getLogger("modeltap.alerts")
 LEVEL_NAMES = ("OK", "INFO", "WARNING", "CRITICAL", "EMERGENCY")

@@ -17,8 +17,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags, TraceS
 
 from modeltap.config import ModelTapConfig
 from modeltap.export.otlp_metrics import SCOPE
-from modeltap.export.redaction import REDACTED, is_credential_header, redact_query, truncate_utf8
 from modeltap.records import ExchangeRecord
+from modeltap.redaction import REDACTED, is_credential_header, redact_query, truncate_utf8
 
 KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"}

@@ -14,10 +14,11 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
+from modeltap.redaction import may_hold_a_secret, without_userinfo
 
 
 @dataclass(frozen=True)
@@ -147,22 +148,15 @@ def _address(url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or 80
 
 
-def _shown(url: str) -> str:
-    """The URL for an error message, its user info (a credential) left out."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="…@" + parts.netloc.rpartition("@")[2]))
-
-
 def _check_upstream(name: str, url: str) -> None:
     """An upstream is http://host:port and nothing else."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError(f"{name} must be an http://host:port URL, got {_shown(url)!r}", name)
+        raise ConfigError(f"{name} must be an http://host:port URL, got {without_userinfo(url)!r}", name)
     if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
         raise ConfigError(
-            f"{name} must be scheme://host:port only (no path, query or credentials), got {_shown(url)!r}",
+            f"{name} must be scheme://host:port only (no path, query or credentials), "
+            f"got {without_userinfo(url)!r}",
             name,
         )
     try:
@@ -311,7 +305,8 @@ def _monitoring_value(name: str, value: Any, path: str) -> Any:
     else:
         ok = True  # checked by ModelTapConfig itself
     if not ok:
-        raise ConfigError(f"config file {path}: [monitoring] {name} must be {kind}, got {value!r}", name)
+        got = "" if may_hold_a_secret(name) else f", got {value!r}"
+        raise ConfigError(f"config file {path}: [monitoring] {name} must be {kind}{got}", name)
     return value
 
 
@@ -338,7 +333,8 @@ def resolve(
     except ConfigError as exc:
         var = env_name(exc.setting or "")
         if exc.setting and flags.get(exc.setting) is None and env.get(var, "").strip():
-            raise ConfigError(f"{var}={env[var]!r} is invalid: {exc}", exc.setting) from None
+            shown = var if may_hold_a_secret(var) else f"{var}={without_userinfo(env[var])!r}"
+            raise ConfigError(f"{shown} is invalid: {exc}", exc.setting) from None
         raise
     # Monitoring: a file value counts only where its variable is unset; flags win over both.
     overrides = {

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from modeltap.config import ModelTapConfig
-from modeltap.export.redaction import redact_url
+from modeltap.redaction import redact_url
 from modeltap.reference.document import load_reference
 from modeltap.snapshot import ServingCounts
 from modeltap.worker.analyzer import Analyzer

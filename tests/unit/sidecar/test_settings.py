@@ -296,6 +296,20 @@ def test_a_bad_flag_is_not_blamed_on_a_good_variable() -> None:
 # ---- resolve(): the file --------------------------------------------------------------------------
 
 
+def test_errors_never_repeat_a_credential_from_the_environment_or_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve({}, {}, environ={"MODELTAP_UPSTREAM": "http://bob:hunter2@model:8000"})
+    assert "hunter2" not in str(info.value)
+    assert "bob" not in str(info.value)
+    assert "MODELTAP_UPSTREAM" in str(info.value)
+
+    path = write(tmp_path, '[monitoring]\nalert_webhooks = "https://hooks.example/services/T0/XXSECRETXX"\n')
+    with pytest.raises(ConfigError) as info:
+        resolve_with({"upstream": UPSTREAM}, config_file=path)
+    assert "alert_webhooks must be tuple" in str(info.value)
+    assert "XXSECRETXX" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [

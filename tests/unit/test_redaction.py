@@ -1,5 +1,6 @@
 """What may leave the process: secret-looking query values and headers are redacted, URLs in logs
-and reports keep only their scheme, host and port."""
+and reports keep only their scheme, host and port, and settings that may hold a secret are
+never repeated in errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import pytest
 
 from modeltap.alerts.webhook import WebhookSender
-from modeltap.export.redaction import is_credential_header, redact_query, redact_url
+from modeltap.redaction import is_credential_header, may_hold_a_secret, redact_query, redact_url
 
 
 @pytest.mark.parametrize(
@@ -19,14 +20,18 @@ from modeltap.export.redaction import is_credential_header, redact_query, redact
         ("client_secret=S3&secret=S4", "client_secret=REDACTED&secret=REDACTED"),
         ("refresh_token=S5&id_token=S6&auth=S7", "refresh_token=REDACTED&id_token=REDACTED&auth=REDACTED"),
         ("Password=S8&passwd=S9&sessionid=S10", "Password=REDACTED&passwd=REDACTED&sessionid=REDACTED"),
-        ("a=1;token=S11", "a=1&token=REDACTED"),  # servers that split on ';' would read a token
+        ("a=1;token=S11", "a=1;token=REDACTED"),  # servers that split on ';' would read a token
+        ("filter=a;b&x=%20y", "filter=a;b&x=%20y"),  # shown as sent
+        ("max_tokens=256&tokenizer=bpe&author=ann", "max_tokens=256&tokenizer=bpe&author=ann"),
+        ("accessToken=S12&x.sig=S13", "accessToken=REDACTED&x.sig=REDACTED"),
         ("X-Amz-Credential=AKIA&rows=8", "X-Amz-Credential=REDACTED&rows=8"),
         ("model=churn&version=2&rows=8", "model=churn&version=2&rows=8"),
     ],
 )
 def test_secret_looking_query_values_are_redacted(query: str, shown: str) -> None:
     assert redact_query(query) == shown
-    for secret in ("abc", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "AKIA"):
+    secrets = ("abc", "AKIA", *(f"S{n}" for n in range(1, 14)))
+    for secret in secrets:
         if f"={secret}" in query:
             assert f"={secret}" not in redact_query(query)
 
@@ -39,9 +44,12 @@ def test_secret_looking_query_values_are_redacted(query: str, shown: str) -> Non
         ("X-Session-Token", True),
         ("x-client-secret", True),
         ("x-auth-request-user", True),
+        ("x-session-id", True),
         ("user-agent", False),
         ("content-type", False),
         ("x-tenant", False),
+        ("x-ratelimit-remaining-tokens", False),
+        ("x-author", False),
     ],
 )
 def test_credential_headers(name: str, secret: bool) -> None:
@@ -73,3 +81,19 @@ def test_a_failing_webhook_is_logged_without_its_path_or_query(
     assert f"127.0.0.1:{unused_tcp_port}" in logged
     assert "XXXXSECRETXXXX" not in logged
     assert "token=abc" not in logged
+
+
+@pytest.mark.parametrize(
+    ("setting", "secret"),
+    [
+        ("OTEL_EXPORTER_OTLP_HEADERS", True),
+        ("MODELTAP_ALERT_SLACK_WEBHOOK", True),
+        ("alert_webhooks", True),
+        ("alertmanagers", True),
+        ("views_token", True),
+        ("MODELTAP_UPSTREAM", False),
+        ("max_features", False),
+    ],
+)
+def test_settings_that_may_hold_a_secret(setting: str, secret: bool) -> None:
+    assert may_hold_a_secret(setting) is secret

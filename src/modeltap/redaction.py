@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, quote, urlsplit
+import re
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "REDACTED"
 
@@ -27,17 +28,28 @@ SENSITIVE_QUERY_KEYS = frozenset(
 )  # fmt: skip
 
 
-# Names holding any of these are taken for secrets too, whatever their prefix or suffix
-# (`x-session-token`, `client_secret`, `refresh_token`, `x-api-key`, `auth`): a name wrongly
-# taken for a secret costs a REDACTED value, a secret missed leaks it.
-SECRET_NAME_PARTS = (
-    "api-key", "apikey", "api_key", "token", "secret", "passw", "auth", "credential", "signature",
-    "session",
+# Words that make a name a secret's, wherever they stand in it (`x-session-token`,
+# `client_secret`, `refresh_token`, `x-auth-request-user`): the name is split on `-`, `_`, `.`
+# and the like, so `max_tokens`, `tokenizer` and `author` stay shown. Names written as one word
+# (`accesstoken`, `jsessionid`) count by their ending, and `apikey` anywhere. A session id is
+# taken for a credential (it often is one), a conversation's id too.
+SECRET_WORDS = frozenset(
+    {"token", "secret", "password", "passwd", "pwd", "auth", "credential", "credentials", "signature",
+     "sig", "apikey"}
 )  # fmt: skip
+_SECRET_ENDINGS = (
+    "token", "secret", "password", "passwd", "apikey", "credential", "credentials", "signature", "sessionid",
+    "sessid",
+)  # fmt: skip
+_SEPARATORS = re.compile(r"[^a-z0-9]+")
 
 
 def _looks_secret(lowered: str) -> bool:
-    return any(part in lowered for part in SECRET_NAME_PARTS)
+    words = [word for word in _SEPARATORS.split(lowered) if word]
+    if any(word in SECRET_WORDS for word in words):
+        return True
+    joined = "".join(words)
+    return "apikey" in joined or joined.endswith(_SECRET_ENDINGS)
 
 
 def is_credential_header(name: str) -> bool:
@@ -50,18 +62,30 @@ def is_sensitive_query_key(key: str) -> bool:
     return lowered in SENSITIVE_QUERY_KEYS or _looks_secret(lowered)
 
 
+def may_hold_a_secret(setting: str) -> bool:
+    """Whether a setting's value (by its name or its variable's) may be a credential: it is never
+    repeated in an error. Exporter headers carry API keys; webhook URLs carry theirs in the path."""
+    lowered = setting.lower()
+    return _looks_secret(lowered) or any(part in lowered for part in ("headers", "webhook", "alertmanager"))
+
+
 def redact_query(query: str) -> str:
     """Keep keys, replace secret values: `sig=abc&x=1` → `sig=REDACTED&x=1`.
 
-    `;` separates pairs as `&` does: some servers split on it, so `a=1;token=x` hides a token.
+    `;` separates pairs as `&` does (some servers split on it, so `a=1;token=x` hides a token);
+    the separators and the other pairs are shown as sent.
     """
     if not query:
         return ""
-    parts = []
-    for key, value in parse_qsl(query.replace(";", "&"), keep_blank_values=True):
-        shown = REDACTED if is_sensitive_query_key(key) else value
-        parts.append(f"{quote(key, safe='')}={quote(shown, safe='')}")
-    return "&".join(parts)
+    pieces = _PAIR_SEPARATORS.split(query)
+    for index in range(0, len(pieces), 2):
+        key, equals, _ = pieces[index].partition("=")
+        if equals and is_sensitive_query_key(unquote_plus(key)):
+            pieces[index] = f"{key}={REDACTED}"
+    return "".join(pieces)
+
+
+_PAIR_SEPARATORS = re.compile(r"([&;])")
 
 
 def redact_url(url: str) -> str:
@@ -75,6 +99,14 @@ def redact_url(url: str) -> str:
         port = ""
     rest = "/…" if parts.path not in ("", "/") or parts.query else ""
     return f"{parts.scheme}://{host}{port}{rest}"
+
+
+def without_userinfo(url: str) -> str:
+    """The URL as given, its user info (a credential) replaced by `…`."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="…@" + parts.netloc.rpartition("@")[2]))
 
 
 def truncate_utf8(data: bytes, max_bytes: int) -> tuple[str, bool]:
