@@ -604,9 +604,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _reject(self, code: str, detail: str | None = None) -> None:
         """Answer `code` (unless a response is already under way) and close the connection."""
-        self.count_error(code)
         reading_body, self._phase = self._phase == _BODY, _CLOSED
         cycle = self.cycle
+        if reading_body and cycle is not None and cycle.response_complete:
+            # The body of a request answered before it was all in (see `on_response_complete`):
+            # that request has its answer (and its code, counted), and a second one would be
+            # read as the next request's. Closed, as at its body deadline.
+            self.transport.close()
+            return
+        self.count_error(code)
         # Pipelined: the newest request may be queued behind an earlier one still being answered.
         queued = bool(self.pipeline)
         in_flight = (
@@ -634,11 +640,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             for handle in self._handles:
                 handle._abandon(code)
             self.pipeline.clear()
-            transport.close()
-            return
-        if reading_body and cycle is not None and cycle.response_complete:
-            # The body of a request answered before it was all in (see `on_response_complete`):
-            # that request has its answer, and a second one would be read as the next request's.
             transport.close()
             return
         if not transport.is_closing():

@@ -164,6 +164,7 @@ def test_a_bad_chunk_after_an_early_answer_closes_without_a_second_answer(down: 
     one): that request has its 502; the connection is closed with nothing more written (a 400
     now would be read as the answer to the client's next request)."""
     sidecar = _idle(down)
+    before = sidecar.proxy_errors()
     client = RawClient(sidecar.port)
     with client:
         client.send(b"POST /x HTTP/1.1\r\nHost: model\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
@@ -174,3 +175,4 @@ def test_a_bad_chunk_after_an_early_answer_closes_without_a_second_answer(down: 
         after = client.exchange()
     assert after.statuses == [502], after.summary()
     assert after.unparsed == b""
+    assert _errors_since(sidecar, before) == {"upstream_connect_failure": 1}  # the 502 alone
