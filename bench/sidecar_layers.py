@@ -7,7 +7,7 @@ LAYER:
   lean            the leanest ASGI proxy under uvicorn's httptools protocol: a pool of httptools
                   response parsers, hop-by-hop fields dropped, nothing else (no limits, no
                   errors handled: a ceiling, not a proxy; it answers some requests with errors)
-  lean_guarded    the same behind the sidecar's client protocol (`downstream.py`: header, body
+  lean_guarded    the same behind the sidecar's client protocol (`guarded/protocol.py`: header, body
                   and time limits, the per-request connection handle)
   proxy           the sidecar's `ProxyApp` (`proxy.py`, `upstream.py`, `headers.py`) under
                   uvicorn's own protocol
@@ -35,7 +35,7 @@ import httptools
 import uvicorn
 import uvloop
 
-from modeltap.sidecar.downstream import ClientLimits, protocol_class
+from modeltap.guarded.protocol import ClientLimits, protocol_class
 from modeltap.sidecar.headers import HOP_BY_HOP, TrustedPeers
 from modeltap.sidecar.proxy import ProxyApp, ProxyLimits
 from modeltap.sidecar.upstream import UpstreamPool

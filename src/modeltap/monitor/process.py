@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
-import importlib
 import logging
 import os
 import signal
@@ -34,6 +33,7 @@ from opentelemetry.sdk.resources import Resource
 from modeltap.alerts.rollback import rollback_endpoints
 from modeltap.config import ModelTapConfig
 from modeltap.export.local_views import LocalViews
+from modeltap.guarded.protocol import admin_protocol
 from modeltap.handoff import framing
 from modeltap.handoff.rendezvous import Rendezvous
 from modeltap.monitor.admin import MAX_NOTED_FAILURES, AdminApp, Readiness, admin_views
@@ -57,19 +57,6 @@ DRAIN_S = 20.0  # after SIGTERM, the longest wait for the serving processes to l
 CONTROL_INTERVAL_S = 0.2
 BATCH = 256
 INBOX_BYTES = 64 * 1024 * 1024
-
-
-def _admin_protocol(admin: dict[str, Any]) -> Any:
-    """The HTTP protocol the admin port is served with: the one its sidecar names (`module:name`
-    of a factory given the client limits handed over: the proxy port's limits, since the admin
-    port may face the network), else uvicorn's own. Named, not imported here: the sidecar sits
-    above the monitor and starts it."""
-    named = admin.get("protocol")
-    if not isinstance(named, str):
-        return "httptools"
-    module, _, attribute = named.partition(":")
-    factory = getattr(importlib.import_module(module), attribute)
-    return factory(admin.get("client_limits"))
 
 
 class _ViewsServer(uvicorn.Server):
@@ -266,7 +253,9 @@ class Monitor:
         views.writes.update(rollback_endpoints(analyzer.rollback, self.feeders.route_report))
         settings = uvicorn.Config(
             AdminApp(views, readiness),
-            http=_admin_protocol(admin),
+            # The proxy port's client limits, as the sidecar handed them over: the admin port
+            # may face the network (the container image binds it on every interface).
+            http=admin_protocol(admin.get("client_limits")),
             lifespan="off",
             log_config=None,
             access_log=False,

@@ -44,15 +44,15 @@ from typing import TYPE_CHECKING, Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE as _STATUS_LINE
 
 from modeltap.capture import compiled
+from modeltap.guarded.codes import ProxyError
 from modeltap.records import PROXY_ERROR_KEY
-from modeltap.sidecar.codes import ProxyError
 from modeltap.sidecar.headers import compiled_request_head, rewrite_response_headers
 from modeltap.sidecar.proxy import FORWARDED_EXTENSION, Forwarded, ProxyApp
 from modeltap.sidecar.upstream import UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
+    from modeltap.guarded.protocol import GuardedHttpToolsProtocol
     from modeltap.middleware.asgi import ModelTapMiddleware
-    from modeltap.sidecar.downstream import GuardedHttpToolsProtocol
 
 _log = logging.getLogger("modeltap.sidecar")
 _response_head: Any = compiled._speedups.response_head if compiled.AVAILABLE else None

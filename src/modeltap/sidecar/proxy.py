@@ -28,9 +28,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
 from modeltap._types import Message, Receive, Scope, Send
+from modeltap.guarded.codes import ProxyError, error_response
+from modeltap.guarded.protocol import CONNECTION_EXTENSION, ConnectionHandle
 from modeltap.records import PROXY_ERROR_KEY
-from modeltap.sidecar.codes import ProxyError, error_response
-from modeltap.sidecar.downstream import CONNECTION_EXTENSION, ConnectionHandle
 from modeltap.sidecar.headers import (
     TrustedPeers,
     compiled_request_head,

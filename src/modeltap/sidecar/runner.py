@@ -28,10 +28,10 @@ import uvicorn
 from modeltap.alerts.rollback import RouteCommand, rollback_endpoints, route_report
 from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
+from modeltap.guarded.protocol import ClientLimits, admin_protocol, protocol_class
 from modeltap.middleware.asgi import ModelTapMiddleware
 from modeltap.monitor.admin import AdminApp, Readiness, admin_views
 from modeltap.sidecar.direct import DirectPath
-from modeltap.sidecar.downstream import ADMIN_PROTOCOL, ClientLimits, admin_protocol, protocol_class
 from modeltap.sidecar.failure_log import FailureLog
 from modeltap.sidecar.headers import TrustedPeers
 from modeltap.sidecar.proxy import ProxyApp, ProxyLimits
@@ -421,7 +421,6 @@ class Sidecar:
                 "probe_timeout_s": min(settings.connect_timeout_s, 1.0),
                 "status_url": self.status_url,
                 # The monitor serves the admin port with the proxy port's client limits.
-                "protocol": ADMIN_PROTOCOL,
                 "client_limits": dataclasses.asdict(self._protocol.limits),
             }
         }

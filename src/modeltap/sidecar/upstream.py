@@ -28,7 +28,7 @@ from typing import cast
 import httptools
 
 from modeltap.capture import compiled
-from modeltap.sidecar.codes import ProxyError
+from modeltap.guarded.codes import ProxyError
 from modeltap.sidecar.headers import HOP_BY_HOP
 
 # Response bodies queued above this are back-pressured: the upstream socket stops being read

@@ -44,7 +44,7 @@ import modeltap.config
 import modeltap.sidecar.settings
 from modeltap.cli import build_parser
 from modeltap.config import ModelTapConfig
-from modeltap.sidecar.codes import STATUS_BY_CODE
+from modeltap.guarded.codes import STATUS_BY_CODE
 from modeltap.sidecar.settings import FIELDS, HELP, SidecarSettings, env_name, resolve
 from tests.support.servers import serve
 from tests.support.sidecar import running_sidecar

@@ -20,7 +20,7 @@ from uvicorn.server import ServerState
 
 from modeltap._types import Receive, Scope, Send
 from modeltap.capture import compiled
-from modeltap.sidecar.downstream import ClientLimits, _WholeRequestCycle, protocol_class
+from modeltap.guarded.protocol import ClientLimits, _WholeRequestCycle, protocol_class
 from tests.support.fake_transport import CLIENT_SOCKET, FakeTransport
 
 pytestmark = pytest.mark.skipif(

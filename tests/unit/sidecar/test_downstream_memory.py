@@ -14,7 +14,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from modeltap._types import Receive, Scope, Send
-from modeltap.sidecar.downstream import CONNECTION_EXTENSION, ClientLimits, ConnectionHandle, protocol_class
+from modeltap.guarded.protocol import CONNECTION_EXTENSION, ClientLimits, ConnectionHandle, protocol_class
 from tests.support.fake_transport import CLIENT_SOCKET, FakeTransport
 
 BODY = b'{"instances": [[1.0, 2.0]]}'

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modeltap.capture import compiled
-from modeltap.sidecar.codes import ProxyError
+from modeltap.guarded.codes import ProxyError
 from modeltap.sidecar.upstream import BODY_HIGH_WATER, UpstreamConnection
 from tests.support.fake_transport import FakeTransport
 

@@ -1,4 +1,5 @@
-"""The client side of the sidecar: uvicorn's httptools protocol with the limits a proxy needs.
+"""The client side of modeltap's ports: uvicorn's httptools protocol with the limits a proxy needs
+(the sidecar's proxy port; its admin port too, served by the sidecar or its monitor process).
 
 uvicorn's protocol has no header-size, header-count or header-read time limits and answers every
 parser error with the same 400 (DESIGN.md). This subclass adds them (414, 431, 408 for slowloris
@@ -36,7 +37,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavai
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from modeltap.capture import compiled
-from modeltap.sidecar.codes import error_response
+from modeltap.guarded.codes import error_response
 
 _log = logging.getLogger("modeltap.sidecar")
 CONNECTION_EXTENSION = "modeltap.connection"
@@ -696,14 +697,10 @@ def _uncounted(code: str) -> None:
 
 def admin_protocol(handed: object) -> type[GuardedHttpToolsProtocol]:
     """The protocol of the sidecar's admin port: the proxy port's client limits (`handed`, as
-    `dataclasses.asdict(ClientLimits)`; the defaults for what is missing), no direct path, its
-    refusals uncounted. The monitor process, which serves the admin port in process mode, is
-    handed its name (`ADMIN_PROTOCOL`) with the limits, and imports it from there."""
+    `dataclasses.asdict(ClientLimits)`, the form the monitor process is handed them in; the
+    defaults for what is missing), no direct path, its refusals uncounted."""
     limits = ClientLimits()
     if isinstance(handed, dict):
         known = {field.name for field in dataclasses.fields(ClientLimits)}
         limits = ClientLimits(**{name: value for name, value in handed.items() if name in known})
     return protocol_class(limits, _uncounted)
-
-
-ADMIN_PROTOCOL = f"{__name__}:{admin_protocol.__name__}"
