@@ -30,13 +30,16 @@ SENSITIVE_QUERY_KEYS = frozenset(
 
 # Words that make a name a secret's, wherever they stand in it (`x-session-token`,
 # `client_secret`, `refresh_token`, `x-auth-request-user`): the name is split on `-`, `_`, `.`
-# and the like, so `max_tokens`, `tokenizer` and `author` stay shown. Names written as one word
-# (`accesstoken`, `jsessionid`) count by their ending, and `apikey` anywhere. A session id is
-# taken for a credential (it often is one), a conversation's id too.
+# and the like, so `max_tokens`, `tokenizer` and `author` stay shown. A word also counts by how
+# it starts (`secretKey`, `passwordHash`, `authKey`, `sessionid`, `tokenid`, `oauth_verifier`),
+# and a name written as one word by its ending (`accesstoken`, `xapikey`). A session id is taken
+# for a credential: it often is one.
 SECRET_WORDS = frozenset(
-    {"token", "secret", "password", "passwd", "pwd", "auth", "credential", "credentials", "signature",
-     "sig", "apikey"}
+    {"token", "secret", "password", "passwd", "pwd", "auth", "authorization", "authentication",
+     "credential", "credentials", "signature", "sig", "apikey", "session"}
 )  # fmt: skip
+_SECRET_STARTS = ("secret", "passw", "credential", "session", "oauth", "apikey")
+_NOT_SECRET_TOKEN_WORDS = frozenset({"tokens", "tokenizer", "tokenize", "tokenized", "tokenizers"})
 _SECRET_ENDINGS = (
     "token", "secret", "password", "passwd", "apikey", "credential", "credentials", "signature", "sessionid",
     "sessid",
@@ -44,9 +47,17 @@ _SECRET_ENDINGS = (
 _SEPARATORS = re.compile(r"[^a-z0-9]+")
 
 
+def _secret_word(word: str) -> bool:
+    if word in SECRET_WORDS or word.startswith(_SECRET_STARTS):
+        return True
+    if word.startswith("auth"):
+        return not word.startswith("author") or word.startswith("authoriz")
+    return word.startswith("token") and word not in _NOT_SECRET_TOKEN_WORDS
+
+
 def _looks_secret(lowered: str) -> bool:
     words = [word for word in _SEPARATORS.split(lowered) if word]
-    if any(word in SECRET_WORDS for word in words):
+    if any(_secret_word(word) for word in words):
         return True
     joined = "".join(words)
     return "apikey" in joined or joined.endswith(_SECRET_ENDINGS)
@@ -103,7 +114,12 @@ def redact_url(url: str) -> str:
 
 def without_userinfo(url: str) -> str:
     """The URL as given, its user info (a credential) replaced by `…`."""
-    parts = urlsplit(url)
+    if "@" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL urllib can split: all of it before the last "@" may be user info
+        return "…@" + url.rpartition("@")[2]
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc="…@" + parts.netloc.rpartition("@")[2]))

@@ -23,6 +23,7 @@ from modeltap.redaction import is_credential_header, may_hold_a_secret, redact_q
         ("a=1;token=S11", "a=1;token=REDACTED"),  # servers that split on ';' would read a token
         ("filter=a;b&x=%20y", "filter=a;b&x=%20y"),  # shown as sent
         ("max_tokens=256&tokenizer=bpe&author=ann", "max_tokens=256&tokenizer=bpe&author=ann"),
+        ("authorization=Bearer%20S14&%74oken=S15", "authorization=REDACTED&%74oken=REDACTED"),
         ("accessToken=S12&x.sig=S13", "accessToken=REDACTED&x.sig=REDACTED"),
         ("X-Amz-Credential=AKIA&rows=8", "X-Amz-Credential=REDACTED&rows=8"),
         ("model=churn&version=2&rows=8", "model=churn&version=2&rows=8"),
@@ -30,7 +31,7 @@ from modeltap.redaction import is_credential_header, may_hold_a_secret, redact_q
 )
 def test_secret_looking_query_values_are_redacted(query: str, shown: str) -> None:
     assert redact_query(query) == shown
-    secrets = ("abc", "AKIA", *(f"S{n}" for n in range(1, 14)))
+    secrets = ("abc", "AKIA", *(f"S{n}" for n in range(1, 16)))
     for secret in secrets:
         if f"={secret}" in query:
             assert f"={secret}" not in redact_query(query)
@@ -45,6 +46,22 @@ def test_secret_looking_query_values_are_redacted(query: str, shown: str) -> Non
         ("x-client-secret", True),
         ("x-auth-request-user", True),
         ("x-session-id", True),
+        ("x-authorization", True),
+        ("x-authentication", True),
+        ("x-session", True),
+        ("session_key", True),
+        ("secretKey", True),
+        ("authKey", True),
+        ("passwordHash", True),
+        ("password2", True),
+        ("tokenid", True),
+        ("secrets", True),
+        ("oauth_verifier", True),
+        ("apikey", True),
+        ("access_token", True),
+        ("X-Amz-Security-Token", True),
+        ("id_token", True),
+        ("client_secret", True),
         ("user-agent", False),
         ("content-type", False),
         ("x-tenant", False),
