@@ -459,6 +459,8 @@ def test_mounts_with_parameters_give_templates_never_the_clients_text(clean_otel
         routes=[
             Mount("/t/{tenant}", routes=[Mount("/api", routes=inner), *inner]),
             Mount("/v{version}", routes=inner),
+            Mount("/u/{uid:uuid}", routes=inner),
+            Mount("/p/{prefix:path}/api", routes=inner),
             Mount("/raw", app=plain),
         ]
     )
@@ -471,6 +473,8 @@ def test_mounts_with_parameters_give_templates_never_the_clients_text(clean_otel
             ("POST", "/t/t/models/m1:predict", 200),  # a value that is also a literal segment
             ("GET", "/t/initech/nope", 404),  # the mount matched, nothing inside it
             ("POST", "/v7/models/m1:predict", 200),
+            ("POST", "/u/ABCDEF12-1234-4234-8234-1234567890AB/models/m1:predict", 200),  # converted
+            ("POST", "/p/a/b/api/models/m1:predict", 200),  # a value over several segments
             ("GET", "/raw/anything", 200),
         ]
         for method, path, status in sent:
@@ -485,10 +489,10 @@ def test_mounts_with_parameters_give_templates_never_the_clients_text(clean_otel
         ("/t/{tenant}/models/{name}:predict", "200"): "3",
         ("/t/{tenant}/api/models/{name}:predict", "200"): "1",
         ("/t/{tenant}", "404"): "1",
-        (None, "200"): "1",  # /v7: the parameter is part of a segment
+        (None, "200"): "3",  # /v7: part of a segment; the UUID converted; the path over two
         ("/raw", "200"): "1",
     }
-    for client_text in ("acme", "globex", "initech", "v7"):
+    for client_text in ("acme", "globex", "initech", "v7", "ABCDEF12", "/a/b"):
         assert not any(client_text in (s.get("http_route") or "") for s in series)
 
 

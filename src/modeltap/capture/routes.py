@@ -3,11 +3,12 @@
 
 `root_path` holds the path the client sent, not the mounts' templates: a mount with parameters
 (`Mount("/t/{tenant}")`) puts the client's text there. Each segment that is a parameter's value
-is written back as its `{name}`; where a value is only part of a segment, the exchange gets no
-route rather than the client's text (a route is a metric attribute). A value found nowhere in
-the mounts' part is not a mount's (a `Host` pattern's, or a mount's above the middleware). A
-mount parameter hidden by a route parameter of the same name cannot be told apart: its value
-stays (bounded, as every attribute, by the series limit).
+is written back as its `{name}`; where a value is not a whole segment (part of one, several, or
+converted: an upper-case UUID), the exchange gets no route rather than the client's text (a
+route is a metric attribute). Parameters whose values are found outside the mounts' part (a
+`Host` pattern's, in the Host header; a mount's above the middleware, in the `root_path` it
+started with) are not the mounts'. A mount parameter hidden by a route parameter of the same
+name cannot be told apart: its value stays (bounded, as every attribute, by the series limit).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def route_template(scope: Any, route: object, root_path_at_start: str) -> str | 
     after: str = scope.get("root_path", "")
     if not after.startswith(root_path_at_start) or len(after) == len(root_path_at_start):
         return template
-    mounted = _mount_template(after[len(root_path_at_start) :], scope, route)
+    mounted = _mount_template(after[len(root_path_at_start) :], scope, route, root_path_at_start)
     if mounted is None:
         return None
     # The route is the mount itself when nothing inside it matched (its 404 or 405) or its app is
@@ -37,13 +38,23 @@ def route_template(scope: Any, route: object, root_path_at_start: str) -> str | 
     return mounted if isinstance(route, Mount) else mounted + template
 
 
-def _mount_template(mounted: str, scope: Any, route: object) -> str | None:
+def _mount_template(mounted: str, scope: Any, route: object, root_path_at_start: str) -> str | None:
     """The mounts' part of the route, their parameters' values written back as `{name}`."""
     params = scope.get("path_params")
     if not isinstance(params, dict) or not params:
         return mounted  # mounts without parameters: their text is their template
     own = () if isinstance(route, Mount) else getattr(route, "param_convertors", None) or ()
-    unplaced = [(name, str(value)) for name, value in params.items() if name not in own and str(value)]
+    outside = None
+    unplaced = []
+    for name, value in params.items():
+        text = str(value)
+        if name in own or not text:
+            continue
+        if text not in mounted:
+            outside = _outside(scope, root_path_at_start) if outside is None else outside
+            if text in outside:
+                continue  # a Host pattern's or an outer mount's parameter, not these mounts'
+        unplaced.append((name, text))
     if not unplaced:
         return mounted
     # From the end: the innermost mount's parameters are last, and a mount's parameter usually
@@ -56,10 +67,18 @@ def _mount_template(mounted: str, scope: Any, route: object) -> str | None:
                 segments[index] = "{" + str(name) + "}"
                 del unplaced[position]
                 break
-    for _, value in unplaced:
-        if any(value in segment for segment in segments if not segment.startswith("{")):
-            return None  # part of a segment (`/v{version}`): the client's text, or not ours
-    return "/".join(segments)
+    return None if unplaced else "/".join(segments)
+
+
+def _outside(scope: Any, root_path_at_start: str) -> str:
+    """Where parameters that are not the mounts' come from: the Host header and the root path
+    the middleware started with."""
+    host = ""
+    for key, value in scope.get("headers", ()):
+        if key == b"host":
+            host = value.decode("latin-1")
+            break
+    return f"{host} {root_path_at_start}"
 
 
 class RouteTemplates:
