@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modeltap.errors import ConfigError
-from modeltap.redaction import may_hold_a_secret
+from modeltap.redaction import may_hold_a_secret, without_userinfo
 
 __all__ = ["ExportConfig", "ModelTapConfig", "SamplerConfig"]
 
@@ -157,9 +157,15 @@ class ExportConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"OTLP {name} must be an http(s) URL with a host, got {value!r}", name)
+            try:
+                parts = urlsplit(value)
+                valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            except ValueError:  # an unclosed IPv6 bracket, a port that is not a number
+                valid = False
+            if not valid:
+                raise ConfigError(
+                    f"OTLP {name} must be an http(s) URL with a host, got {without_userinfo(value)!r}", name
+                )
         for name in ("timeout_s", "metric_export_interval_s", "span_export_interval_s", "shutdown_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}", name)
@@ -235,7 +241,7 @@ def _construct(cls: Any, kwargs: dict[str, Any], sources: dict[str, tuple[str, s
     except ConfigError as exc:
         if exc.setting in sources:
             var, raw = sources[exc.setting]
-            shown = f"{var}" if may_hold_a_secret(var) else f"{var}={raw!r}"
+            shown = f"{var}" if may_hold_a_secret(var) else f"{var}={without_userinfo(raw)!r}"
             raise ConfigError(f"{shown} is invalid: {exc}", exc.setting) from None
         raise
 

@@ -238,6 +238,8 @@ def test_unparseable_values_raise_config_error_naming_the_variable(variable: str
         ("MODELTAP_ALERT_WEBHOOK", "ftp://hooks.example/services/T0/B0/XXSECRETXX", "XXSECRETXX"),
         ("MODELTAP_ALERT_SLACK_WEBHOOK", "hooks.slack.com/services/T0/B0/XXSECRETXX", "XXSECRETXX"),
         ("MODELTAP_ALERTMANAGER", "alertmanager:9093?token=XXSECRETXX", "XXSECRETXX"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://user:XXSECRETXX@collector:4318", "XXSECRETXX"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:XXSECRETXX@[::1", "XXSECRETXX"),
     ],
 )
 def test_errors_never_repeat_a_credential(variable: str, raw: str, secret: str) -> None:

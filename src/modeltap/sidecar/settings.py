@@ -150,9 +150,13 @@ def _address(url: str) -> tuple[str, int]:
 
 def _check_upstream(name: str, url: str) -> None:
     """An upstream is http://host:port and nothing else."""
-    parts = urlsplit(url)
+    not_a_url = ConfigError(f"{name} must be an http://host:port URL, got {without_userinfo(url)!r}", name)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed IPv6 bracket
+        raise not_a_url from None
     if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError(f"{name} must be an http://host:port URL, got {without_userinfo(url)!r}", name)
+        raise not_a_url
     if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
         raise ConfigError(
             f"{name} must be scheme://host:port only (no path, query or credentials), "

@@ -109,6 +109,7 @@ def test_an_upstream_is_required() -> None:
         "http://127.0.0.1:http",
         "http://127.0.0.1:-1",
         "http://127.0.0.1:0",  # no port to connect to (would silently mean 80)
+        "http://[::1",  # not a URL urllib can split
     ],
 )
 def test_bad_upstream_urls_are_rejected(upstream: str) -> None:
