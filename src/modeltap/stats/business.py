@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 from modeltap.config import BUSINESS_METRICS, CONVERSION
 from modeltap.snapshot import BusinessSummary, OutcomeTally, RevenueImpact
+from modeltap.stats.recent_names import RecentNames
 from modeltap.stats.scores import Level
 from modeltap.stats.slot_ring import SlotRing
 
@@ -264,7 +265,7 @@ class BusinessOutcomes:
         # Outcomes waiting for their exposure: (model, key) -> name -> (value, arrival).
         self._early: OrderedDict[tuple[str, Hashable], dict[str, tuple[float, float]]] = OrderedDict()
         self._versions: dict[tuple[str, str], _Version] = {}
-        self._models: set[str] = set()
+        self._models = RecentNames(ttl_s)  # unnamed outcomes go to the only one
 
     def add_exposures(
         self, model: str, version: str, keys: Sequence[Hashable | None], now: float, weight: int = 1
@@ -273,7 +274,7 @@ class BusinessOutcomes:
         `weight`: the exchanges it stands for when payloads are sampled (the traffic counts them
         all; only the decoded ones can be joined)."""
         with self._lock:
-            self._models.add(model)
+            self._models.add(model, now)
             counts = self._counts(model, version, now)
             if counts is None:
                 return
@@ -303,7 +304,7 @@ class BusinessOutcomes:
         """Join one outcome: `joined`, `waiting` (its exposure has not come yet), `duplicate`,
         `conflict` or `unknown_model`, counted."""
         with self._lock:
-            model = model if model is not None else self._only_model()
+            model = model if model is not None else self._only_model(now)
             if model is None:
                 self.counts["unknown_model"] += 1
                 return "unknown_model"
@@ -368,10 +369,10 @@ class BusinessOutcomes:
         self.counts["versions_retired"] += 1
         return True
 
-    def _only_model(self) -> str | None:
+    def _only_model(self, now: float) -> str | None:
         if self.default_model is not None:
             return self.default_model
-        return next(iter(self._models)) if len(self._models) == 1 else None
+        return self._models.only(now)
 
     def _expire(self, now: float) -> None:
         while self._exposures:

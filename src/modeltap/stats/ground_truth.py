@@ -45,6 +45,7 @@ from modeltap.stats.performance import (
     residual_bounds,
 )
 from modeltap.stats.performance_level import PerformanceThresholds, performance_level
+from modeltap.stats.recent_names import RecentNames
 from modeltap.stats.slot_ring import SlotRing
 
 Counts = ConfusionCounts | RegressionCounts | RankingCounts
@@ -240,7 +241,7 @@ class GroundTruth:
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, str], _Slots] = {}
-        self._models: set[str] = set()
+        self._models = RecentNames(self.store.ttl_s)  # unnamed labels go to the only one
         # Joined labels for the label distribution's drift (prior shift), handed to the worker
         # that owns the drift state; bounded (older ones dropped, counted) if it falls behind.
         self.label_feature = (
@@ -273,7 +274,7 @@ class GroundTruth:
         if not self.enabled:
             return
         with self._lock:
-            self._models.add(model)
+            self._models.add(model, now)
             positive: list[bool] = []
             raw_scores: list[float] = []
             for row, (key, predicted) in enumerate(zip(keys, predictions, strict=False)):
@@ -314,7 +315,7 @@ class GroundTruth:
         if label is None or (self.kind == "regression" and _number(label) is None):
             return LabelOutcome("bad_label")
         with self._lock:
-            name = model if model is not None else self._only_model()
+            name = model if model is not None else self._only_model(now)
             if name is None:
                 return LabelOutcome("unknown_model")
             joined = self.store.add_label((name, key), _stored_label(label), now)
@@ -323,10 +324,10 @@ class GroundTruth:
             self._record(joined, now)
             return LabelOutcome("joined")
 
-    def _only_model(self) -> str | None:
+    def _only_model(self, now: float) -> str | None:
         if self.default_model is not None:
             return self.default_model
-        return next(iter(self._models)) if len(self._models) == 1 else None
+        return self._models.only(now)
 
     def _segment(self, value: Value) -> str | None:
         if self.segment_feature is None:
