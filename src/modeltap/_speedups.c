@@ -231,6 +231,7 @@ static PyTypeObject EncoderType;
 
 static PyObject *s_method, *s_scheme, *s_http_version, *s_path, *s_query_string, *s_client;
 static PyObject *s_server, *s_GET, *s_http, *s_1_1, *s_raw_path;
+static PyObject *s_fastapi, *s_effective_route_context, *s_original_route;
 
 typedef struct {
     PyObject *scope;
@@ -575,6 +576,38 @@ static Py_ssize_t body_parts(Pieces *out, PyObject *parts) {
     return out->total - start;
 }
 
+/* FastAPI's whole template of a route it matched through `include_router` (the Python
+ * `routes.included_template`, read the same way): a new reference, or NULL with no exception
+ * where there is none or it is not exactly as expected. */
+static PyObject *included_template(PyObject *scope, PyObject *route) {
+    PyObject *fastapi = lookup(scope, s_fastapi);
+    if (fastapi == NULL || !PyDict_CheckExact(fastapi)) {
+        PyErr_Clear();
+        Py_XDECREF(fastapi);
+        return NULL;
+    }
+    PyObject *context = PyDict_GetItemWithError(fastapi, s_effective_route_context);
+    Py_XINCREF(context);
+    Py_DECREF(fastapi);
+    if (context == NULL || context == Py_None) {
+        PyErr_Clear();
+        Py_XDECREF(context);
+        return NULL;
+    }
+    PyObject *original = PyObject_GetAttr(context, s_original_route);
+    int same = original == route;
+    Py_XDECREF(original);
+    PyObject *path = same ? PyObject_GetAttr(context, s_path) : NULL;
+    Py_DECREF(context);
+    if (path == NULL || !PyUnicode_CheckExact(path) || PyUnicode_GET_LENGTH(path) == 0 ||
+        PyUnicode_READ_CHAR(path, 0) != '/') {
+        PyErr_Clear();
+        Py_XDECREF(path);
+        return NULL;
+    }
+    return path;
+}
+
 /* The route template (`RouteTemplates.of`): computed here for the usual case (no mount moved
  * root_path during the request), else asked of the Python form. New reference or None. */
 static PyObject *route_template_of(EncoderObject *encoder, PyObject *scope, PyObject *root_at_start) {
@@ -608,6 +641,11 @@ static PyObject *route_template_of(EncoderObject *encoder, PyObject *scope, PyOb
                                      PyUnicode_Compare(root, root_at_start) == 0));
     Py_XDECREF(root);
     if (same_root) {
+        PyObject *included = included_template(scope, route);
+        if (included != NULL) {
+            Py_DECREF(route);
+            return included;
+        }
         PyObject *template = PyObject_GetAttr(route, s_path);
         Py_DECREF(route);
         if (template == NULL) {
@@ -5039,6 +5077,9 @@ static int intern_all(void) {
     INTERN(s_path, "path");
     INTERN(s_query_string, "query_string");
     INTERN(s_raw_path, "raw_path");
+    INTERN(s_fastapi, "fastapi");
+    INTERN(s_effective_route_context, "effective_route_context");
+    INTERN(s_original_route, "original_route");
     INTERN(s_client, "client");
     INTERN(s_server, "server");
     INTERN(s_GET, "GET");

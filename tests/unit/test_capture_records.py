@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi import APIRouter, FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -516,6 +517,32 @@ def test_parameters_that_are_not_the_mounts_leave_the_route_alone(clean_otel_env
     finally:
         find_tap_middleware(sub).tap.shutdown()
     assert {(s.get("http_route"), s["value"]) for s in series} == {("/api/x", "2")}
+
+
+@pytest.mark.timeout(30)
+def test_fastapi_routers_included_under_two_prefixes_are_two_routes(clean_otel_env: None) -> None:
+    """Recent FastAPI leaves the router's route (no prefix) in `scope["route"]`: the route is the
+    whole template FastAPI resolved, so `/v1/...` and `/v2/...` are not filed as one."""
+    router = APIRouter()
+
+    @router.get("/things/{tid}")
+    def thing(tid: int) -> dict[str, int]:
+        return {"tid": tid}
+
+    app = FastAPI()
+    app.include_router(router, prefix="/v1")
+    app.include_router(router, prefix="/v2/{tenant}")
+    app.add_middleware(ModelTapMiddleware, model_name="demo", monitor="inline")
+    try:
+        for path in ("/v1/things/5", "/v2/acme/things/6", "/v2/globex/things/7"):
+            assert run_asgi(app, make_http_scope("GET", path, headers=[])).status == 200
+        series = duration_count_series(metrics_text(find_tap_middleware(app)))
+    finally:
+        find_tap_middleware(app).tap.shutdown()
+    assert {s.get("http_route"): s["value"] for s in series} == {
+        "/v1/things/{tid}": "1",
+        "/v2/{tenant}/things/{tid}": "2",
+    }
 
 
 def test_unmatched_path_has_no_route_label(starlette_with_tap: Starlette) -> None:

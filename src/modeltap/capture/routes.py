@@ -24,7 +24,9 @@ CACHE_LIMIT = 4096
 
 
 def route_template(scope: Any, route: object, root_path_at_start: str) -> str | None:
-    template = getattr(route, "path", None)
+    template = included_template(scope, route)
+    if template is None:
+        template = getattr(route, "path", None)
     if not isinstance(template, str):
         return None
     after: str = scope.get("root_path", "")
@@ -36,6 +38,28 @@ def route_template(scope: Any, route: object, root_path_at_start: str) -> str | 
     # The route is the mount itself when nothing inside it matched (its 404 or 405) or its app is
     # not a router: its own path is already the end of `mounted`.
     return mounted if isinstance(route, Mount) else mounted + template
+
+
+def included_template(scope: Any, route: object) -> str | None:
+    """FastAPI's own template of a route it matched through `include_router`, prefix included.
+
+    Recent FastAPI releases leave the router's route object in `scope["route"]`, whose path has
+    no `include_router(prefix=...)`: two routers with the same paths under `/v1` and `/v2` would
+    share a route. FastAPI keeps the route's whole template beside it (`scope["fastapi"]`, not a
+    documented interface: read only when it is exactly as expected, else the route's own path).
+    The compiled encoder reads it the same way.
+    """
+    try:
+        fastapi = scope.get("fastapi")
+        if type(fastapi) is not dict:
+            return None
+        context = fastapi.get("effective_route_context")
+        if context is None or getattr(context, "original_route", None) is not route:
+            return None
+        path = getattr(context, "path", None)
+    except Exception:
+        return None  # not as expected: the route's own path
+    return path if type(path) is str and path.startswith("/") else None
 
 
 def _mount_template(mounted: str, scope: Any, route: object, root_path_at_start: str) -> str | None:
@@ -101,6 +125,9 @@ class RouteTemplates:
             template: str | None = scope.get(ROUTE_TEMPLATE_KEY)
             return template
         root_path = scope.get("root_path", "")
+        if included_template(scope, route) is not None:
+            # Not memoised: one router's route object may be included under several prefixes.
+            return route_template(scope, route, root_path_at_start)
         key = (id(route), root_path, root_path_at_start)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is route:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -22,6 +23,7 @@ from modeltap.handoff.framing import (
     RECORDS,
     FrameReader,
     RecordEncoder,
+    compiled_encoder,
     decode_grouped,
     decode_records,
     json_message,
@@ -339,6 +341,48 @@ def test_encoder_reuses_its_route_cache_without_mixing_mounts() -> None:
     decoded = decode_records(memoryview(payload_of([record("/a"), record("/b"), record("/a")], encode)))
     templates = [RouteTemplates().of(back[0], back[1]) for back in decoded]
     assert templates == ["/a/predict", "/b/predict", "/a/predict"]
+
+
+def fastapi_records() -> list[RawRecord]:
+    """Records of a route FastAPI matched through `include_router`: its router's route in
+    `scope["route"]` (no prefix), the whole template beside it, and look-alikes that are not."""
+    route = Route("/things/{tid}")
+
+    def scope(path: str, root_path: str, context: object) -> dict[str, Any]:
+        fastapi = {"effective_route_context": context}
+        return {"type": "http", "path": path, "root_path": root_path, "route": route, "fastapi": fastapi}
+
+    whole = SimpleNamespace(original_route=route, path="/api/{tenant}/things/{tid}")
+    return [
+        record_of(scope("/api/acme/things/5", "", whole)),
+        record_of(scope("/m/api/acme/things/5", "/m", whole)),  # under a mount that moved root_path
+        record_of(scope("/things/5", "", SimpleNamespace(original_route=Route("/x"), path="/v1/x"))),
+        record_of(scope("/things/5", "", SimpleNamespace(original_route=route, path=7))),  # not a path
+    ]
+
+
+FASTAPI_TEMPLATES = [
+    "/api/{tenant}/things/{tid}",
+    "/m/api/{tenant}/things/{tid}",
+    "/things/{tid}",
+    "/things/{tid}",
+]
+
+
+def test_fastapi_included_routes_keep_their_prefix() -> None:
+    """FastAPI leaves its router's route in `scope["route"]` (no `include_router` prefix) and the
+    whole template beside it: the record carries the whole one, for that route only."""
+    decoded = decode_records(memoryview(payload_of(fastapi_records())))
+    assert [RouteTemplates().of(back[0], back[1]) for back in decoded] == FASTAPI_TEMPLATES
+
+
+@pytest.mark.skipif(not compiled.AVAILABLE, reason="the extension is not built here")
+def test_the_compiled_encoder_reads_fastapis_template_as_the_python_one() -> None:
+    native = compiled_encoder(REQUEST_WANTED, RESPONSE_WANTED)
+    python = encoder()
+    for raw in fastapi_records():
+        head, bodies = python.encode(raw)
+        assert native.encode(raw) == b"".join([head, *bodies])
 
 
 def test_bodies_are_returned_as_separate_buffers() -> None:
