@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modeltap.errors import ConfigError
-from modeltap.redaction import may_hold_a_secret, without_userinfo
+from modeltap.redaction import may_hold_a_secret, variable_shown, without_userinfo
 
 __all__ = ["ExportConfig", "ModelTapConfig", "SamplerConfig"]
 
@@ -241,8 +241,7 @@ def _construct(cls: Any, kwargs: dict[str, Any], sources: dict[str, tuple[str, s
     except ConfigError as exc:
         if exc.setting in sources:
             var, raw = sources[exc.setting]
-            shown = f"{var}" if may_hold_a_secret(var) else f"{var}={without_userinfo(raw)!r}"
-            raise ConfigError(f"{shown} is invalid: {exc}", exc.setting) from None
+            raise ConfigError(f"{variable_shown(var, raw)} is invalid: {exc}", exc.setting) from None
         raise
 
 

@@ -80,6 +80,15 @@ def may_hold_a_secret(setting: str) -> bool:
     return _looks_secret(lowered) or any(part in lowered for part in ("headers", "webhook", "alertmanager"))
 
 
+def variable_shown(variable: str, value: str) -> str:
+    """A variable as an error message names it: `NAME='value'`, or the name alone where the value
+    may be a credential; a URL's user info is never shown."""
+    return variable if may_hold_a_secret(variable) else f"{variable}={without_userinfo(value)!r}"
+
+
+_PAIR_SEPARATORS = re.compile(r"([&;])")
+
+
 def redact_query(query: str) -> str:
     """Keep keys, replace secret values: `sig=abc&x=1` → `sig=REDACTED&x=1`.
 
@@ -94,9 +103,6 @@ def redact_query(query: str) -> str:
         if equals and is_sensitive_query_key(unquote_plus(key)):
             pieces[index] = f"{key}={REDACTED}"
     return "".join(pieces)
-
-
-_PAIR_SEPARATORS = re.compile(r"([&;])")
 
 
 def redact_url(url: str) -> str:

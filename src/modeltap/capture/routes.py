@@ -29,6 +29,11 @@ def route_template(scope: Any, route: object, root_path_at_start: str) -> str | 
         template = getattr(route, "path", None)
     if not isinstance(template, str):
         return None
+    return _under_mounts(scope, route, template, root_path_at_start)
+
+
+def _under_mounts(scope: Any, route: object, template: str, root_path_at_start: str) -> str | None:
+    """`template` with the part of `root_path` the mounts added during the request in front."""
     after: str = scope.get("root_path", "")
     if not after.startswith(root_path_at_start) or len(after) == len(root_path_at_start):
         return template
@@ -125,9 +130,10 @@ class RouteTemplates:
             template: str | None = scope.get(ROUTE_TEMPLATE_KEY)
             return template
         root_path = scope.get("root_path", "")
-        if included_template(scope, route) is not None:
+        included = included_template(scope, route)
+        if included is not None:
             # Not memoised: one router's route object may be included under several prefixes.
-            return route_template(scope, route, root_path_at_start)
+            return _under_mounts(scope, route, included, root_path_at_start)
         key = (id(route), root_path, root_path_at_start)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is route:

@@ -211,10 +211,13 @@ class LocalViews:
             what = b"POST labels here" if sub == "/feedback" else b"POST here"
             await _respond(send, 405, b"method not allowed: " + what + b"\n", text, [(b"allow", b"POST")])
             return
-        if not self._trust_peer and (_cross_site(scope) or not self._write_allowed(scope)):
-            refusal = _FORBIDDEN_CROSS_SITE if _cross_site(scope) else _FORBIDDEN_WRITE
-            await _respond(send, 403, refusal, text)
-            return
+        if not self._trust_peer:
+            refusal = _FORBIDDEN_CROSS_SITE if _cross_site(scope) else None
+            if refusal is None and not self._write_allowed(scope):
+                refusal = _FORBIDDEN_WRITE
+            if refusal is not None:
+                await _respond(send, 403, refusal, text)
+                return
         content_type = ""
         declared = None
         for key, value in scope.get("headers", ()):

@@ -52,6 +52,15 @@ class ClientLimits:
     body_timeout_s: float = 30.0
     keepalive_timeout_s: float = 5.0
 
+    @classmethod
+    def handed(cls, values: object) -> ClientLimits:
+        """The limits as another process was handed them (`dataclasses.asdict`): the defaults
+        for what is missing or not a mapping."""
+        if not isinstance(values, dict):
+            return cls()
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in known})
+
 
 # Request fields the protocol looks at as they arrive (the `Expect` value is uvicorn's concern).
 _NOTED = frozenset({b"host", b"transfer-encoding", b"expect"})
@@ -695,12 +704,7 @@ def _uncounted(code: str) -> None:
     """The admin port's refusals are not the proxy's errors: not counted in its metrics."""
 
 
-def admin_protocol(handed: object) -> type[GuardedHttpToolsProtocol]:
-    """The protocol of the sidecar's admin port: the proxy port's client limits (`handed`, as
-    `dataclasses.asdict(ClientLimits)`, the form the monitor process is handed them in; the
-    defaults for what is missing), no direct path, its refusals uncounted."""
-    limits = ClientLimits()
-    if isinstance(handed, dict):
-        known = {field.name for field in dataclasses.fields(ClientLimits)}
-        limits = ClientLimits(**{name: value for name, value in handed.items() if name in known})
+def admin_protocol(limits: ClientLimits) -> type[GuardedHttpToolsProtocol]:
+    """The protocol of the sidecar's admin port: the proxy port's client limits, no direct path,
+    its refusals uncounted."""
     return protocol_class(limits, _uncounted)

@@ -33,7 +33,7 @@ from opentelemetry.sdk.resources import Resource
 from modeltap.alerts.rollback import rollback_endpoints
 from modeltap.config import ModelTapConfig
 from modeltap.export.local_views import LocalViews
-from modeltap.guarded.protocol import admin_protocol
+from modeltap.guarded.protocol import ClientLimits, admin_protocol
 from modeltap.handoff import framing
 from modeltap.handoff.rendezvous import Rendezvous
 from modeltap.monitor.admin import MAX_NOTED_FAILURES, AdminApp, Readiness, admin_views
@@ -255,7 +255,7 @@ class Monitor:
             AdminApp(views, readiness),
             # The proxy port's client limits, as the sidecar handed them over: the admin port
             # may face the network (the container image binds it on every interface).
-            http=admin_protocol(admin.get("client_limits")),
+            http=admin_protocol(ClientLimits.handed(admin.get("client_limits"))),
             lifespan="off",
             log_config=None,
             access_log=False,

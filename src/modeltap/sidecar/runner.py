@@ -398,8 +398,9 @@ class Sidecar:
         assert self.admin is not None
         # The proxy port's client limits (head size and fields, head, body and keep-alive
         # timeouts), its refusals not counted as the proxy's errors; `_common` never rewrites the peer.
-        protocol = admin_protocol(dataclasses.asdict(self._protocol.limits))
-        config = uvicorn.Config(self.admin, http=protocol, lifespan="off", **self._common)
+        config = uvicorn.Config(
+            self.admin, http=admin_protocol(self._protocol.limits), lifespan="off", **self._common
+        )
         self.admin_server = _Server(config)
         self._admin_task = asyncio.ensure_future(self.admin_server.serve(sockets=[self.admin_socket]))
         self.readiness.start()

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
-from modeltap.redaction import may_hold_a_secret, without_userinfo
+from modeltap.redaction import may_hold_a_secret, variable_shown, without_userinfo
 
 
 @dataclass(frozen=True)
@@ -337,8 +337,7 @@ def resolve(
     except ConfigError as exc:
         var = env_name(exc.setting or "")
         if exc.setting and flags.get(exc.setting) is None and env.get(var, "").strip():
-            shown = var if may_hold_a_secret(var) else f"{var}={without_userinfo(env[var])!r}"
-            raise ConfigError(f"{shown} is invalid: {exc}", exc.setting) from None
+            raise ConfigError(f"{variable_shown(var, env[var])} is invalid: {exc}", exc.setting) from None
         raise
     # Monitoring: a file value counts only where its variable is unset; flags win over both.
     overrides = {

@@ -47,10 +47,14 @@ class Joined:
     delay_s: float
 
 
+def _key_bytes(key: Hashable) -> int:
+    return sum(len(str(part)) for part in key) if isinstance(key, tuple) else len(str(key))
+
+
 def _label_size(key: Hashable, label: Label) -> int:
     """Bytes charged for an early label (a ranker's label is a list of up to 100 items)."""
     text = sum(len(item) for item in label) if isinstance(label, tuple) else len(str(label))
-    key_bytes = sum(len(str(part)) for part in key) if isinstance(key, tuple) else len(str(key))
+    key_bytes = _key_bytes(key)
     return ENTRY_OVERHEAD_BYTES + key_bytes + text
 
 
@@ -73,7 +77,7 @@ def _size(key: Hashable, prediction: Prediction) -> int:
         strings.append(prediction.predicted)
     elif isinstance(prediction.predicted, tuple):
         strings.extend(prediction.predicted)
-    key_bytes = sum(len(str(part)) for part in key) if isinstance(key, tuple) else len(str(key))
+    key_bytes = _key_bytes(key)
     return ENTRY_OVERHEAD_BYTES + key_bytes + sum(len(s) for s in strings)
 
 
