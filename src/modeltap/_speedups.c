@@ -1660,7 +1660,10 @@ static PyObject *double_or_none(double value) {
  * record's fixed fields, and a head under this size, are covered by it. */
 #define RECORD_OVERHEAD_BYTES 1024
 
-/* `len(value)` of a head field, 0 for none (a str by its characters); -1 with an exception. */
+/* The bytes a head field takes, 0 for none; -1 with an exception. A str by the widest of its
+ * characters (the Python `_str_charge`): its length if ASCII, else up to 2, 3 or 4 bytes a
+ * character as its storage is 1, 2 or 4 bytes wide, what its UTF-8 and its memory take at most.
+ * By its length alone a path of four-byte characters was charged a quarter of what it holds. */
 static Py_ssize_t head_field_size(PyObject *value) {
     if (value == NULL || value == Py_None) {
         return 0;
@@ -1668,8 +1671,13 @@ static Py_ssize_t head_field_size(PyObject *value) {
     if (PyBytes_CheckExact(value)) {
         return PyBytes_GET_SIZE(value);
     }
-    if (PyUnicode_CheckExact(value)) {
-        return PyUnicode_GET_LENGTH(value);
+    if (PyUnicode_Check(value)) {
+        Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+        if (PyUnicode_IS_ASCII(value)) {
+            return length;
+        }
+        int kind = PyUnicode_KIND(value);
+        return length * (kind == PyUnicode_1BYTE_KIND ? 2 : kind == PyUnicode_2BYTE_KIND ? 3 : 4);
     }
     return PyObject_Size(value);
 }

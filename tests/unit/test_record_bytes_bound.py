@@ -198,6 +198,25 @@ def test_a_raw_records_head_is_charged_only_beyond_the_overhead(each_capture_for
     assert queue.pending_bytes == KEPT + RECORD_OVERHEAD_BYTES + over
 
 
+@pytest.mark.parametrize(("char", "width"), [("\u00e9", 2), ("\u20ac", 3), ("\U0001f600", 4)])
+def test_a_non_ascii_path_is_charged_by_the_bytes_it_may_take(
+    each_capture_form: str, char: str, width: int
+) -> None:
+    """A str path is charged 2, 3 or 4 bytes a character as its widest character is stored in 1,
+    2 or 4 bytes: at least its UTF-8 and its memory, not its length (a quarter of it, for
+    four-byte characters)."""
+    base = scope_with(b"", ORDINARY_HEADERS)
+    path = "/m/" + char * 3000
+    scope = {**base, "path": path}
+    head = head_size(base) - len(base["path"]) + width * len(path)
+    assert width * len(path) >= len(path.encode("utf-8")) > len(path)
+    queue = new_record_queue(max_records=10, max_bytes=64 << 20)
+
+    offer_through_capture(queue, "inline", [scope])
+
+    assert queue.pending_bytes == KEPT + head
+
+
 def test_both_forms_charge_a_raw_record_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     """Odd heads too: no raw path, a str subclass as the path, headers as lists, a tuple of them."""
     if not compiled.AVAILABLE:
@@ -211,6 +230,8 @@ def test_both_forms_charge_a_raw_record_alike(monkeypatch: pytest.MonkeyPatch) -
         {**scope_with(b"", HOSTILE_HEADERS), "path": Path("/" + "p" * 5000)},
         {**scope_with(b"", []), "headers": [[b"x-a", b"b" * 3000], [b"x-c", b"d" * 10]]},
         {**scope_with(b"", []), "headers": tuple(HOSTILE_HEADERS)},
+        {**scope_with(b"", []), "path": "/caf\u00e9/\u20ac" + "\U0001f600" * 500},
+        {**scope_with(b"", []), "path": Path("/" + "\u00e9" * 1000)},
     ]
     # A header that is not a (name, value) pair: the head is not measured, the record still offered.
     unmeasured = {**scope_with(HOSTILE_QUERY, []), "headers": [(b"x-a", b"b" * 3000, b"c")]}

@@ -51,6 +51,14 @@ def _header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+def _str_charge(text: str) -> int:
+    """The bytes a non-ASCII str is charged: up to 2, 3 or 4 a character as CPython stores it in
+    1, 2 or 4 bytes (the widest character decides), what its UTF-8 and its memory take at most.
+    By its length alone a path of four-byte characters was charged a quarter of what it holds."""
+    widest = ord(max(str(text)))
+    return len(text) * (2 if widest < 0x100 else 3 if widest < 0x10000 else 4)
+
+
 def head_charge(scope: Scope, ids: TraceIds | None) -> int:
     """What a raw record holds of the request's head beyond `RECORD_OVERHEAD_BYTES`, charged to
     the queue with its kept bodies: the path, raw path, query string, request header names and
@@ -60,7 +68,9 @@ def head_charge(scope: Scope, ids: TraceIds | None) -> int:
     nothing: the record is offered all the same, as the compiled form (`head_charge`) does."""
     try:
         get = scope.get
-        size = len(get("path") or "") + len(get("raw_path") or b"") + len(get("query_string") or b"")
+        path = get("path") or ""
+        size = len(get("raw_path") or b"") + len(get("query_string") or b"")
+        size += len(path) if not isinstance(path, str) or str.isascii(path) else _str_charge(path)
         headers = get("headers")
         # Another iterable is not read: it may be an iterator, which the worker must still read.
         if type(headers) is list or type(headers) is tuple:

@@ -297,6 +297,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _max_header_bytes = limits.max_header_bytes
 
     direct: DirectServer | None = None  # set by protocol_class()
+    # Open connections this server keeps at most (None: no cap); set by protocol_class().
+    max_connections: int | None = None
 
     @staticmethod
     def count_error(code: str) -> None:  # replaced by protocol_class()
@@ -323,6 +325,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        cap = self.max_connections
+        if cap is not None and len(self.connections) > cap:
+            # Over the cap (the admin port's: each connection within the client limits still
+            # holds a socket and its buffers): answered at once and closed, never read.
+            self._phase = _CLOSED
+            status, headers, body = error_response("overloaded", "too many open connections", close=True)
+            transport.write(_encode(status, headers, body))
+            transport.close()
+            return
         self._phase = _FRESH
         self._phase_since = self.loop.time()
         _Sweeper.ensure(self)
@@ -355,8 +366,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 if request is not None:
                     self._serve_whole(*request)
                     return
-        if phase in (_IDLE, _BODY):
-            self._phase_since = self.loop.time()  # idle: a new request begins; body: progress
+        if phase == _IDLE:
+            self._phase_since = self.loop.time()  # a new request begins
+        elif phase == _BODY:
+            cycle = self.cycle
+            if cycle is None or not cycle.response_complete:
+                self._phase_since = self.loop.time()  # progress
+            # Else the rest of a body answered early (see `on_response_complete`): what it sends
+            # does not extend its one deadline, or a trickle would hold the connection for good.
         if self._awaiting_headers:
             self._head_bytes += len(data)
         try:
@@ -577,11 +594,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif self._phase == _BUSY:
             self._phase = _IDLE
             self._phase_since = self.loop.time()
-        # Else, in the body phase: answered before the body was all in (502 with the upstream
-        # down, 503 overloaded), and kept alive. The rest of the body is read and dropped as it
-        # comes (uvicorn's `on_body`), the connection staying in the body phase under its idle
-        # deadline until the body ends (then keep-alive); a client that stops sending it is
-        # closed at `body_timeout_s`, never left open.
+        elif self._phase == _BODY:
+            # Answered before the body was all in (502 with the upstream down, 503 overloaded),
+            # and kept alive. The rest of the body is read and dropped as it comes (uvicorn's
+            # `on_body`), the connection staying in the body phase until the body ends (then
+            # keep-alive). It has `body_timeout_s` from now for all of it, whatever it sends
+            # meanwhile (`data_received`): one that stops sending, or trickles, is closed.
+            self._phase_since = self.loop.time()
 
     # ---- limits ----------------------------------------------------------------------------
 
@@ -682,10 +701,14 @@ def _encode(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> byt
 
 
 def protocol_class(
-    limits: ClientLimits, count_error: Callable[[str], None], direct: DirectServer | None = None
+    limits: ClientLimits,
+    count_error: Callable[[str], None],
+    direct: DirectServer | None = None,
+    max_connections: int | None = None,
 ) -> type[GuardedHttpToolsProtocol]:
-    """A protocol class for `uvicorn.Config(http=...)` with these limits and error counter, and
-    the direct path, if given (it is taken only where the compiled request reader is built)."""
+    """A protocol class for `uvicorn.Config(http=...)` with these limits and error counter, the
+    direct path, if given (it is taken only where the compiled request reader is built), and a
+    cap on open connections, if given (a connection over it is answered 503 and closed)."""
     return type(
         "SidecarHttpProtocol",
         (GuardedHttpToolsProtocol,),
@@ -696,6 +719,7 @@ def protocol_class(
             "_max_header_bytes": limits.max_header_bytes,
             "count_error": staticmethod(count_error),
             "direct": direct,
+            "max_connections": max_connections,
         },
     )
 
@@ -704,7 +728,15 @@ def _uncounted(code: str) -> None:
     """The admin port's refusals are not the proxy's errors: not counted in its metrics."""
 
 
-def admin_protocol(limits: ClientLimits) -> type[GuardedHttpToolsProtocol]:
+# Open connections the admin port keeps at most: its clients are a few scrapers, pages and
+# feedback writers; without a cap, connections that each stay within the client limits (a head
+# sent slowly, a keep-alive left idle) hold a descriptor each until the process runs out.
+ADMIN_MAX_CONNECTIONS = 256
+
+
+def admin_protocol(
+    limits: ClientLimits, max_connections: int = ADMIN_MAX_CONNECTIONS
+) -> type[GuardedHttpToolsProtocol]:
     """The protocol of the sidecar's admin port: the proxy port's client limits, no direct path,
-    its refusals uncounted."""
-    return protocol_class(limits, _uncounted)
+    its refusals uncounted, at most `max_connections` open connections."""
+    return protocol_class(limits, _uncounted, max_connections=max_connections)

@@ -1,6 +1,7 @@
 """The admin port takes client input as the proxy port does: its peer is never rewritten from
 forwarding headers (so `views_allow` cannot be bypassed with `X-Forwarded-For`), and the proxy
-port's client limits hold there too (head size, header timeout, keep-alive idle timeout). Real
+port's client limits hold there too (head size, header timeout, keep-alive idle timeout), and it
+keeps at most `ADMIN_MAX_CONNECTIONS` connections open. Real
 `modeltap sidecar` processes on 127.0.0.1: the admin port served by the monitor process (the
 default) and by the sidecar itself (`MODELTAP_MONITOR=inline`).
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from modeltap.guarded.protocol import ADMIN_MAX_CONNECTIONS
 from tests.support.raw_client import RawClient, RawExchange, exchange
 from tests.support.servers import serve
 from tests.support.sidecar_process import SidecarProcess, sidecar_process
@@ -158,3 +160,65 @@ def test_an_idle_keep_alive_connection_is_closed_at_the_keep_alive_timeout(
         elapsed = time.monotonic() - answered
     assert closed, "the idle connection was never closed"
     assert elapsed <= KEEPALIVE_TIMEOUT_S + MARGIN_S, elapsed
+
+
+# ---- a cap on open connections --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["process", "inline"])
+def patient_sidecar(
+    request: pytest.FixtureRequest, upstream: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SidecarProcess]:
+    """A sidecar whose client deadlines outlast the test: only the cap closes a connection."""
+    mode = request.param
+    env = {"MODELTAP_MONITOR": mode}
+    run_dir = tempfile.mkdtemp(prefix="mt-")
+    if mode == "process":
+        env["MODELTAP_RUN_DIR"] = run_dir
+    args = ("--header-timeout-s", "60", "--keepalive-timeout-s", "60")
+    tmp_path: Path = tmp_path_factory.mktemp(f"admin-cap-{mode}")
+    with sidecar_process(upstream, tmp_path, *args, env=env) as running:
+        if mode == "process":
+            _wait_for_the_monitor(running)
+        yield running
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _held_open(port: int) -> RawClient:
+    """A keep-alive connection the admin port has served (so it counts as open there)."""
+    client = RawClient(port, timeout_s=10.0)
+    client.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    answer = client.read(responses=1)
+    assert _status(answer) == 200, answer.raw[:300]
+    assert not answer.closed, answer.raw[:300]
+    return client
+
+
+def test_connections_over_the_cap_are_answered_503_and_closed(patient_sidecar: SidecarProcess) -> None:
+    """`ADMIN_MAX_CONNECTIONS` open connections each within the client limits: the next one is
+    answered 503 at once and closed; once one of them leaves, a new one is served again."""
+    port = _admin_port(patient_sidecar)
+    held = [_held_open(port) for _ in range(ADMIN_MAX_CONNECTIONS)]
+    try:
+        with RawClient(port, timeout_s=10.0) as over:
+            over.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = over.read(timeout_s=10.0)
+        assert answer.closed, answer.raw[:300]
+        assert _status(answer) == 503, answer.raw[:300]
+        assert answer.responses[0].error_code == "overloaded"
+        # Those already open are served as before.
+        held[0].send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert held[0].read(responses=2).statuses == [200, 200]
+        held.pop().close()
+        deadline = time.monotonic() + 10.0
+        statuses: list[int | None] = []
+        while time.monotonic() < deadline:
+            statuses.append(_status(exchange(port, _get("/healthz"))))
+            if statuses[-1] == 200:
+                break
+            time.sleep(0.05)
+        assert statuses[-1] == 200, statuses  # the server saw the close: room for one again
+        assert set(statuses[:-1]) <= {503}, statuses
+    finally:
+        for client in held:
+            client.close()

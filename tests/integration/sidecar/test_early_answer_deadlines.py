@@ -3,8 +3,9 @@
 The proxy may answer a request while its body is still arriving: 502 `upstream_connect_failure`
 with the model down, 503 `overloaded` over `max_inflight`. These answers keep the connection
 alive (the rest of the body is read and dropped as it comes), so the client deadlines must still
-hold there: a client that stops sending the body is closed at `body_timeout_s` (without a second
-answer), and one that finishes it is between requests, under `keepalive_timeout_s`. Nothing a
+hold there: a client that stops sending the body, or trickles it, is closed at `body_timeout_s`
+from the answer (without a second answer), and one that finishes it is between requests, under
+`keepalive_timeout_s`. Nothing a
 client does may keep a connection open indefinitely.
 
 Each test writes on a raw socket to a real sidecar on 127.0.0.1 with 300 ms client timeouts.
@@ -102,6 +103,30 @@ def test_an_early_502_with_the_body_unread_is_closed_at_the_body_timeout(down: R
         _assert_closed_within(client, sent, BODY_TIMEOUT_S, "502 with the body unread")
         after = client.exchange()
     assert after.statuses == [502], after.summary()  # one answer, never a second one
+    assert after.unparsed == b""
+    assert _errors_since(sidecar, before) == {"upstream_connect_failure": 1}
+
+
+def test_a_body_trickled_after_an_early_answer_is_closed_at_the_body_timeout(down: RunningSidecar) -> None:
+    """After the 502 the client keeps sending its body a byte at a time, each within the body
+    deadline of the last, never finishing it: the answered request's rest of body has one
+    deadline, `body_timeout_s` from the answer, which its bytes do not extend."""
+    sidecar = _idle(down)
+    before = sidecar.proxy_errors()
+    _early, sent, client = _partial_then_silent(sidecar.port, 502, "upstream_connect_failure")
+    with client:
+        trickled = 0
+        stop = time.monotonic() + OPEN_AFTER_S
+        while time.monotonic() < stop and client.send(b"y"):
+            trickled += 1
+            if client.wait_closed(BODY_TIMEOUT_S / 3):
+                break
+        # Never the whole body: it would end the body phase and leave a keep-alive connection.
+        assert len(FIRST) + trickled < DECLARED
+        _assert_closed_within(client, sent, BODY_TIMEOUT_S, "a body trickled after the 502")
+        after = client.exchange()
+    assert trickled >= 2  # it did trickle: more than one byte within the body deadline
+    assert after.statuses == [502], after.summary()
     assert after.unparsed == b""
     assert _errors_since(sidecar, before) == {"upstream_connect_failure": 1}
 
