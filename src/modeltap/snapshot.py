@@ -66,6 +66,8 @@ class FeatureView:
     monitored: bool = False  # has a reference distribution
     missing_shift: float | None = None  # window missing rate minus the reference's
     missing_pvalue: float | None = None
+    # PSI's noise floor tau over the window: the level compares PSI with max(threshold, tau).
+    psi_noise_floor: float | None = None
     rolling_mean: float | None = None  # outputs: mean of the last 1000 values
     # Export of the distribution: cumulative counts over explicit bounds (numeric: the fine edges,
     # len(bounds) + 1 buckets) or over `categories` (categorical: vocabulary, __other__, __missing__).

@@ -266,7 +266,7 @@ def test_read_csv_types_columns(tmp_path: Path) -> None:
     assert columns[1].tolist() == ["a, b", " c", None]  # strings as-is, blank cells missing
     assert columns[2].tolist() == ["1", "x", "2"]
     assert columns[3].tolist() == [None, None, None]
-    assert columns[4].tolist() == ["true", "false", None]
+    assert columns[4].tolist() == [True, False, None]  # booleans: the categories true/false
     tsv = tmp_path / "t.tsv"
     tsv.write_text("a\tb\n1\tx\n", encoding="utf-8")
     assert read_table(tsv)[0] == ["a", "b"]

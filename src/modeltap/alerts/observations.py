@@ -25,6 +25,9 @@ def observations(
             subject = feature.name if feature.role == "input" else f"{feature.role}:{feature.name}"
             level = Level(min(feature.level, Level.EMERGENCY))
             threshold = psi_critical if level >= Level.CRITICAL else psi_warning
+            if feature.psi_noise_floor is not None:
+                # The limit PSI was compared with: a small window's noise can be above 0.1 or 0.2.
+                threshold = max(threshold, feature.psi_noise_floor)
             out.append(
                 Observation(AlertKey(model.name, model.version, subject), level, feature.psi, threshold)
             )

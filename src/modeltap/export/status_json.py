@@ -65,6 +65,7 @@ def feature_document(f: FeatureView) -> dict[str, Any]:
         "missing_rate_pvalue": _finite(f.missing_pvalue),
         "out_of_range_rate": _finite(f.out_of_range_rate),
         "psi": _finite(f.psi),
+        "psi_noise_floor": _finite(f.psi_noise_floor),
         "js": _finite(f.js),
         "ks_statistic": _finite(f.ks_statistic),
         "ks_pvalue": _finite(f.ks_pvalue),

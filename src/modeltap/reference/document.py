@@ -74,8 +74,9 @@ ROLES = ("input", "output", "label")
 KINDS = ("numeric", "categorical")
 OTHER = "__other__"
 MAX_TOP_K = 50
-# The keys a profile id covers, per feature.
-ID_KEYS = ("name", "role", "kind", "fine_edges", "psi_edges", "counts", "vocabulary")
+# The keys a profile id covers, per feature: all that a score is computed from (the missing
+# count is a categorical feature's `__missing__` share and the missing-rate test's reference).
+ID_KEYS = ("name", "role", "kind", "fine_edges", "psi_edges", "counts", "vocabulary", "n", "missing")
 
 
 def canonical_category(value: object) -> str | None:

@@ -4,8 +4,11 @@ CSV (``.tsv`` files are tab-separated): UTF-8 (a byte-order mark is skipped), a 
 unique, non-empty names (surrounding blanks stripped), then rows with exactly as many fields.
 Blank lines are skipped and not counted as data rows. Empty (or blank) cells are missing. A
 column whose every non-empty cell is a number (as `float` reads it, without ``_``) becomes a
-float64 array, NaN where missing (``nan`` and ``inf`` cells count as missing too); any other
-column stays text: an object array of str, None where missing. Other markers such as ``NA``
+float64 array, NaN where missing (``nan`` and ``inf`` cells count as missing too). A column
+whose every non-empty cell is ``true`` or ``false`` in any case (pandas writes ``True`` and
+``False``) becomes an object array of bools, so its categories are ``true`` and ``false`` as a
+JSON payload's booleans are at run time. Any other column stays text: an object array of str,
+None where missing. Other markers such as ``NA``
 or ``null`` are text. `build_profile` then applies its kind rules to the text: a column whose
 non-empty cells are at least 95 % numbers, with a few cells that are not (a word, ``NA``), is
 an error naming the column, the first such data row and its value, unless the column is named
@@ -90,8 +93,29 @@ def _header(path: Path, raw: Sequence[str]) -> list[str]:
     return names
 
 
+# How a CSV writes booleans (pandas' `to_csv`: True/False; others: true/false, TRUE/FALSE).
+_BOOLEANS = {"true": True, "false": False}
+
+
+def _booleans(cells: list[str | None]) -> list[bool | None] | None:
+    """The cells as booleans when every present one is `true` or `false` in any case, else None:
+    a CSV has no boolean type, and a boolean column must count as the categories a JSON payload's
+    `true`/`false` give at run time, not as the text "True"/"False"."""
+    values: list[bool | None] = []
+    for cell in cells:
+        if cell is None:
+            values.append(None)
+            continue
+        value = _BOOLEANS.get(cell.strip().lower())
+        if value is None:
+            return None
+        values.append(value)
+    return values if any(value is not None for value in values) else None
+
+
 def _typed(cells: list[str | None]) -> np.ndarray:
-    """A float64 array when every present cell is a number, else an object array of text."""
+    """A float64 array when every present cell is a number; an object array of booleans when
+    every present cell is `true` or `false` (in any case); else an object array of text."""
     numbers = np.empty(len(cells), dtype=np.float64)
     present = 0
     for i, cell in enumerate(cells):
@@ -108,7 +132,8 @@ def _typed(cells: list[str | None]) -> np.ndarray:
         if present:
             return numbers
     text = np.empty(len(cells), dtype=object)
-    text[:] = cells
+    booleans = _booleans(cells)
+    text[:] = cells if booleans is None else booleans
     return text
 
 

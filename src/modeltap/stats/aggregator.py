@@ -332,7 +332,9 @@ class StatsAggregator:
                 column = matrix[:, j]
                 low = -math.inf if feature.min is None else feature.min
                 high = math.inf if feature.max is None else feature.max
-                out_of_range += int(np.count_nonzero((column < low) | (column > high)))
+                # Finite values only: ±inf is missing (counted above), never out of range too.
+                outside = (column < low) | (column > high)
+                out_of_range += int(np.count_nonzero(outside & finite[:, j]))
         untracked = 0
         if accepted:
             untracked = self._add_matrix(model, role, names, matrix, weight, finite, counts)
@@ -361,9 +363,12 @@ class StatsAggregator:
             state.decoded_rows += rows * weight
         if state.drift is not None:
             state.drift.add_matrix(role, names, matrix, weight, self._clock())
+        # Each column's mean and sum of squared deviations from it (not the sum of squares,
+        # which cancels for values far from 0); a column without numbers has mean 0.
         clean = np.where(finite, matrix, 0.0)
-        sums = clean.sum(axis=0)
-        sums_sq = np.einsum("ij,ij->j", clean, clean)
+        means = np.divide(clean.sum(axis=0), counts, out=np.zeros(matrix.shape[1]), where=counts > 0)
+        deviations = np.where(finite, matrix - means, 0.0)
+        m2s = np.einsum("ij,ij->j", deviations, deviations)
         lows = np.where(finite, matrix, np.inf).min(axis=0)
         highs = np.where(finite, matrix, -np.inf).max(axis=0)
         tracked = 0
@@ -381,7 +386,7 @@ class StatsAggregator:
                 continue
             n = int(counts[j])
             summary.add_moments(
-                n, rows - n, float(sums[j]), float(sums_sq[j]), float(lows[j]), float(highs[j]), weight
+                n, rows - n, float(means[j]), float(m2s[j]), float(lows[j]), float(highs[j]), weight
             )
             if role == "output":
                 self._rolling(state, name, matrix[:, j])
@@ -586,6 +591,7 @@ def _feature_view(
         monitored=True,
         missing_shift=scores.missing_shift,
         missing_pvalue=scores.missing_pvalue,
+        psi_noise_floor=scores.psi_noise_floor,
         cumulative_counts=scores.cumulative,
         window_counts=scores.window,
         reference_counts=scores.reference,

@@ -3,6 +3,7 @@ and the window scores and alert levels computed from them at snapshot time (STAT
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -59,6 +60,8 @@ class FeatureScores:
     reference: tuple[int, ...]
     bounds: tuple[float, ...] = ()  # numeric: the fine edges the counts are over
     categories: tuple[str, ...] = ()  # categorical: vocabulary, __other__, __missing__
+    # PSI's noise floor tau for this window: the levels compare PSI with max(threshold, tau).
+    psi_noise_floor: float | None = None
 
 
 class DriftState:
@@ -218,8 +221,12 @@ class DriftState:
         ks = ks_binned(reference, fine * fraction if fraction < 1.0 else fine)
         tau = psi_noise_floor(len(coarse_ref), int(reference.sum()), n_decoded, self.thresholds.alpha)
         level = feature_level(psi_value, ks[1] if ks else None, n_decoded, tau, monitored, self.thresholds)
+        # On the decoded values behind the weighted counts, as the other tests (sampled payloads).
         missing_test = missing_rate_test(
-            feature.missing or 0, (feature.n or 0) + (feature.missing or 0), missing, n_window + missing
+            feature.missing or 0,
+            (feature.n or 0) + (feature.missing or 0),
+            round(missing * fraction),
+            round((n_window + missing) * fraction),
         )
         return FeatureScores(
             window_count=n_window,
@@ -237,6 +244,7 @@ class DriftState:
             window=tuple(int(c) for c in fine),
             reference=tuple(int(c) for c in reference),
             bounds=feature.fine_edges,
+            psi_noise_floor=tau if math.isfinite(tau) else None,
         )
 
     def _categorical_scores(
@@ -261,8 +269,8 @@ class DriftState:
         missing_test = missing_rate_test(
             feature.missing or 0,
             (feature.n or 0) + (feature.missing or 0),
-            int(window[-1]),
-            int(window.sum()),
+            round(int(window[-1]) * fraction),
+            total_decoded,
         )
         return FeatureScores(
             window_count=n_window,
@@ -280,4 +288,5 @@ class DriftState:
             window=tuple(int(c) for c in window),
             reference=tuple(int(c) for c in reference),
             categories=(*feature.vocabulary, "__other__", "__missing__"),
+            psi_noise_floor=tau if math.isfinite(tau) else None,
         )

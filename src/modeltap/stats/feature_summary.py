@@ -45,14 +45,14 @@ class FeatureSummary:
         "count",
         "exposed",
         "kind",
+        "m2",
         "max",
+        "mean",
         "min",
         "missing",
         "name",
         "other",
         "role",
-        "sum",
-        "sum_sq",
         "vocabulary",
     )
 
@@ -71,8 +71,10 @@ class FeatureSummary:
         self.vocabulary = frozenset(vocabulary)
         self.count = 0
         self.missing = 0
-        self.sum = 0.0
-        self.sum_sq = 0.0
+        # Mean and sum of squared deviations from it, merged batch by batch (Chan et al.): the
+        # textbook sum of squares cancels for values far from 0 (epoch seconds: std 0).
+        self.mean = 0.0
+        self.m2 = 0.0
         self.min = math.inf
         self.max = -math.inf
         self.categories: Counter[str] = Counter()  # vocabulary values only
@@ -97,9 +99,7 @@ class FeatureSummary:
                 wrong_type += 1
                 continue
             if isinstance(value, float):
-                self.count += weight
-                self.sum += value * weight
-                self.sum_sq += value * value * weight
+                self._merge(weight, value, 0.0)
                 if value < self.min:
                     self.min = value
                 if value > self.max:
@@ -123,26 +123,32 @@ class FeatureSummary:
         if self.exposed is not None:
             self.exposed.add(category[:MAX_VALUE_CHARS], weight)
 
+    def _merge(self, count: int, mean: float, m2: float) -> None:
+        """Merge `count` values of this mean and sum of squared deviations into the summary."""
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean += delta * count / total
+        self.m2 += m2 + delta * delta * self.count * count / total
+        self.count = total
+
     def add_moments(
-        self, count: int, missing: int, total: float, total_sq: float, low: float, high: float, weight: int
+        self, count: int, missing: int, mean: float, m2: float, low: float, high: float, weight: int
     ) -> None:
-        """Add a column's moments computed elsewhere (vectorised over a whole matrix)."""
+        """Add a column's moments computed elsewhere (vectorised over a whole matrix): its
+        `count` numbers' mean and sum of squared deviations from that mean, each number counted
+        `weight` times."""
         if self.kind is None:
             self.kind = "numeric"
         self.missing += missing * weight
         if count:
-            self.count += count * weight
-            self.sum += total * weight
-            self.sum_sq += total_sq * weight
+            self._merge(count * weight, mean, m2 * weight)
             self.min = min(self.min, low)
             self.max = max(self.max, high)
 
     def view(self) -> FeatureView:
         numeric = self.kind == "numeric" and self.count > 0
-        mean = self.sum / self.count if numeric else None
-        std = None
-        if numeric and mean is not None:
-            std = math.sqrt(max(0.0, self.sum_sq / self.count - mean * mean))
+        mean = self.mean if numeric else None
+        std = math.sqrt(max(0.0, self.m2 / self.count)) if numeric else None
         return FeatureView(
             name=self.name,
             role=self.role,

@@ -59,6 +59,9 @@ SHAPES_LIMIT = 256
 # Estimated bytes of one parsed JSON number in a row list (a float object and its list slot).
 _ROW_BYTES = 32
 _LIST_BYTES = 64
+# The cell types a decoded batch of rows may hold to be converted as one float matrix (a null is
+# missing: NaN); any other (a boolean, a string) sends the batch the general way.
+_MATRIX_CELLS = frozenset({float, int, type(None)})
 # What a record without its payload says of its protocol and its violations (`_without_payload`).
 _NO_PAYLOAD_PROTOCOL = DecodedPayload().protocol
 _NO_VIOLATIONS: Mapping[str, int] = MappingProxyType({})
@@ -602,24 +605,37 @@ class BatchPipeline:
         weight: int,
         accepted: bool,
     ) -> None:
-        rows = list(chain.from_iterable(parts))
-        try:
-            matrix = np.array(rows, dtype=np.float64)
-            if matrix.ndim != 2 or matrix.shape[1] != len(names):
-                raise ValueError("ragged")
-        except (ValueError, TypeError, OverflowError):
-            # Strings, nested values, ragged rows or integers beyond float range: the general
-            # per-exchange path counts them.
-            for part in parts:
-                violations: dict[str, int] = {}
-                columns, _ = rows_to_columns(part, names if role == "input" else (), violations)
-                if role == "output" and list(columns) == ["f0"]:
-                    columns = {"prediction": columns["f0"]}
-                self._stats.observe_columns(model, role, columns, weight, accepted)
-                for reason, count in violations.items():
-                    self._stats.count_violation(model, reason, count * weight)
-            return
-        self._stats.observe_matrix(model, role, names, matrix, weight, len(parts), accepted)
+        # numpy would take a boolean as 1.0 and a numeric string as its number: a boolean feature
+        # would then count as the categories "1" and "0" (all `__other__` against a reference of
+        # "true"/"false"), and a string go by without its `type` violation. Only exchanges whose
+        # cells are all numbers and nulls take the matrix (one C-level pass over the cells).
+        plain: list[list[Any]] = []
+        general: list[list[Any]] = []
+        for part in parts:
+            try:
+                numbers_only = _MATRIX_CELLS.issuperset(map(type, chain.from_iterable(part)))
+            except TypeError:  # a row that is not a list of cells
+                numbers_only = False
+            (plain if numbers_only else general).append(part)
+        if plain:
+            try:
+                matrix = np.array(list(chain.from_iterable(plain)), dtype=np.float64)
+                if matrix.ndim != 2 or matrix.shape[1] != len(names):
+                    raise ValueError("ragged")
+            except (ValueError, TypeError, OverflowError):
+                # Ragged rows or integers beyond float range: the general path counts them.
+                general.extend(plain)
+            else:
+                self._stats.observe_matrix(model, role, names, matrix, weight, len(plain), accepted)
+        # Booleans, strings, nested values: per exchange, as the general path reads them.
+        for part in general:
+            violations: dict[str, int] = {}
+            columns, _ = rows_to_columns(part, names if role == "input" else (), violations)
+            if role == "output" and list(columns) == ["f0"]:
+                columns = {"prediction": columns["f0"]}
+            self._stats.observe_columns(model, role, columns, weight, accepted)
+            for reason, count in violations.items():
+                self._stats.count_violation(model, reason, count * weight)
 
     def _decode(
         self,

@@ -537,6 +537,13 @@ def test_weight_multiplies_the_window_counts(reference: Reference) -> None:
     for key in FEATURES:
         assert four[key].window == tuple(4 * c for c in one[key].window)
         assert four[key].window_count == 4 * one[key].window_count
+        # The tests read the decoded values behind the weighted counts: the same p-values.
+        assert (four[key].ks_pvalue, four[key].chi2_pvalue) == (one[key].ks_pvalue, one[key].chi2_pvalue)
+        assert (four[key].missing_shift, four[key].missing_pvalue) == (
+            one[key].missing_shift,
+            one[key].missing_pvalue,
+        )
+    assert one[("input", "plan")].missing_pvalue is not None  # `plan` has missing values to test
 
 
 def test_score_cache_and_invalidate(reference: Reference) -> None:

@@ -12,17 +12,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import binom, chi2, chi2_contingency, ks_2samp, kstwo
+from scipy.stats import binom, chi2, chi2_contingency, fisher_exact, ks_2samp, kstwo
+from scipy.stats import norm as scipy_norm
 
 from modeltap.stats.scores import (
     DEFAULT_THRESHOLDS,
+    MIN_EXPECTED,
     Level,
     Thresholds,
     chi2_homogeneity,
+    chi2_table,
     coarse_counts,
     feature_level,
     js_distance,
     ks_binned,
+    missing_rate_test,
     overall_level,
     psi,
     psi_noise_floor,
@@ -98,16 +102,66 @@ def test_js_handles_zero_buckets_and_bounds() -> None:
 def test_chi2_equals_scipy_chi2_contingency(pair: tuple[np.ndarray, np.ndarray]) -> None:
     ref, cur = pair
     result = chi2_homogeneity(ref, cur)
-    keep = (ref > 0) | (cur > 0)
-    if ref.sum() == 0 or cur.sum() == 0 or keep.sum() < 2:
+    table = chi2_table(ref, cur)
+    if table is None:
         assert result is None
         return
-    expected = chi2_contingency(np.vstack((ref[keep], cur[keep])))  # int table, scipy's defaults
+    expected = chi2_contingency(table)  # scipy's defaults
     assert result is not None
     statistic, pvalue = result
     assert abs(statistic - expected[0]) <= 1e-12 * max(1.0, abs(expected[0]))
     assert abs(pvalue - expected[1]) <= 1e-12
     assert 0.0 <= pvalue <= 1.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(counts_vectors())
+def test_chi2_table_pools_only_the_sparse_columns(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    """Columns empty in both rows go; those expected to hold fewer than MIN_EXPECTED values in the
+    smaller row are pooled (into one column, or into the smallest column when the pool is still
+    sparse), unless all are; the rows' totals are kept; a table without sparse columns is the
+    kept columns as they were."""
+    ref, cur = pair
+    table = chi2_table(ref, cur)
+    keep = (ref > 0) | (cur > 0)
+    if ref.sum() == 0 or cur.sum() == 0 or keep.sum() < 2:
+        assert table is None
+        return
+    kept = np.vstack((ref[keep], cur[keep])).astype(np.float64)
+    share = min(ref.sum(), cur.sum()) / (ref.sum() + cur.sum())
+    sparse = kept.sum(axis=0) * share < MIN_EXPECTED
+    if not sparse.any() or sparse.all():
+        assert table is not None
+        np.testing.assert_array_equal(table, kept)
+        return
+    if table is None:  # one column left once pooled
+        assert (~sparse).sum() == 1
+        return
+    assert table.sum(axis=1).tolist() == kept.sum(axis=1).tolist()
+    assert table.shape[1] in ((~sparse).sum(), (~sparse).sum() + 1)
+    assert (table.sum(axis=0) * share >= MIN_EXPECTED).all()
+
+
+def test_chi2_with_rare_categories_keeps_its_false_alarm_rate() -> None:
+    """A vocabulary with categories of share 0.4 % to 0.02 % (expected window counts far under 5
+    at M = 500), no drift, 8000 windows each against a freshly drawn N = 20 000 reference: p < alpha
+    (1e-3) at most binom.ppf(0.999, 8000, alpha) times. On the table with every column kept, the
+    same draws reject several times more often than alpha."""
+    rng = np.random.default_rng(20261208)
+    shares = np.array([0.40, 0.25, 0.15, 0.10, 0.05, 0.03, 0.0150, 0.0040, 0.0008, 0.0002])
+    shares /= shares.sum()
+    windows, alpha = 8000, 1e-3
+    pooled = unpooled = 0
+    for _ in range(windows):
+        ref = np.append(rng.multinomial(20_000, shares), [0, 0])  # + __other__ and __missing__
+        cur = np.append(rng.multinomial(500, shares), [0, 0])
+        result = chi2_homogeneity(ref, cur)
+        pooled += result is not None and result[1] < alpha
+        keep = (ref > 0) | (cur > 0)
+        unpooled += float(chi2_contingency(np.vstack((ref[keep], cur[keep])))[1]) < alpha
+    bound = int(binom.ppf(0.999, windows, alpha))
+    assert pooled <= bound, f"{pooled} of {windows} no-drift windows rejected (bound {bound})"
+    assert unpooled > 2 * bound, unpooled  # what pooling is for
 
 
 def test_chi2_two_columns_uses_yates_correction_like_scipy() -> None:
@@ -555,3 +609,50 @@ def test_mean_shift_is_detected_at_window_2000(
     assert psi_range[0] <= float(np.mean(psis)) <= psi_range[1]
     if shift == 0.25:
         assert 0.08 <= float(np.mean(ds)) <= 0.12  # D ~ 0.10
+
+
+# --- missing-rate test ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reference", "window"),
+    [((200, 10_000), (12, 400)), ((1_000, 20_000), (70, 1_000)), ((9_000, 10_000), (880, 1_000))],
+)
+def test_the_missing_rate_test_is_the_pooled_two_proportion_z_test(
+    reference: tuple[int, int], window: tuple[int, int]
+) -> None:
+    """Every expected count of the 2 x 2 table at least MIN_EXPECTED: the two-sided z-test with
+    the pooled standard error, by its formula."""
+    (ref_missing, ref_total), (win_missing, win_total) = reference, window
+    pooled = (ref_missing + win_missing) / (ref_total + win_total)
+    assert min(pooled, 1 - pooled) * min(ref_total, win_total) >= MIN_EXPECTED
+    result = missing_rate_test(ref_missing, ref_total, win_missing, win_total)
+    assert result is not None
+    shift = win_missing / win_total - ref_missing / ref_total
+    se = math.sqrt(pooled * (1 - pooled) * (1 / ref_total + 1 / win_total))
+    assert result[0] == pytest.approx(shift, abs=1e-15)
+    assert result[1] == pytest.approx(2 * float(scipy_norm.sf(abs(shift) / se)), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("reference", "window"),
+    [((0, 20_000), (1, 600)), ((0, 20_000), (2, 600)), ((1, 20_000), (2, 600)), ((10, 20_000), (3, 600))],
+)
+def test_a_few_missing_values_are_tested_exactly(reference: tuple[int, int], window: tuple[int, int]) -> None:
+    """An expected count under MIN_EXPECTED: Fisher's exact test (the z-test gave p = 8e-9 for one
+    missing value in 600 against none in 20 000, the exact test 0.03)."""
+    (ref_missing, ref_total), (win_missing, win_total) = reference, window
+    result = missing_rate_test(ref_missing, ref_total, win_missing, win_total)
+    assert result is not None
+    table = [[ref_missing, ref_total - ref_missing], [win_missing, win_total - win_missing]]
+    assert result[1] == pytest.approx(float(fisher_exact(table).pvalue), rel=1e-12)
+    assert result[0] == pytest.approx(win_missing / win_total - ref_missing / ref_total, abs=1e-15)
+    if reference == (0, 20_000) and window == (1, 600):
+        assert result[1] > 0.02
+
+
+def test_the_missing_rate_test_needs_two_samples_and_variance() -> None:
+    assert missing_rate_test(0, 0, 1, 10) is None
+    assert missing_rate_test(1, 10, 0, 0) is None
+    assert missing_rate_test(0, 100, 0, 50) is None  # nothing missing anywhere: no variance
+    assert missing_rate_test(100, 100, 50, 50) is None  # everything missing
