@@ -2,9 +2,12 @@
 
 A subject (a feature, the prediction, latency, error rate, performance, telemetry health) whose
 level is WARNING or above is *pending*; held for `for_s` seconds it *fires*; once its level has
-stayed below the alert's severity for `resolve_s` seconds it *resolves* (hysteresis: a score
-hovering at the threshold does not flap). A firing alert whose level rises changes severity at
-once; one that falls to a lower non-OK level keeps firing at the lower severity.
+stayed below WARNING for `resolve_s` seconds it *resolves* (hysteresis: a score hovering at the
+threshold does not flap). A firing alert whose level rises above every severity announced for
+it is announced again at once; one that falls to a lower non-OK level keeps firing at the lower
+severity, silently, and a return to a severity already announced is not announced again (a score
+hovering at the CRITICAL threshold sent a new "firing critical" every 20 s). A resolution is sent
+with the highest severity announced, so that it closes what people were told.
 
 Notifications are deduplicated and grouped: alerts of one model version and severity that start
 firing within `group_wait_s` of the first go out as one notification (twelve features drifting
@@ -66,6 +69,7 @@ class _Tracked:
     alert: Alert
     below_since: float | None = None  # when the level last dropped below the alert's
     last_sent: float | None = None
+    announced: Level = Level.OK  # the highest level announced as firing
 
 
 @dataclass
@@ -121,12 +125,14 @@ class AlertBook:
         score, threshold = observation.score, observation.threshold
         if alert.state == "pending":
             tracked.alert = replace(alert, severity=severity, level=level, score=score, threshold=threshold)
-        elif level > alert.level:  # a firing warning that turns critical is announced at once
+        elif level > alert.level:
             tracked.alert = replace(
                 alert, severity=severity, level=level, since_s=now, score=score, threshold=threshold
             )
-            self._enqueue("firing", tracked.alert, now)
-            tracked.last_sent = now
+            if level > tracked.announced:  # a firing warning that turns critical: at once
+                self._enqueue("firing", tracked.alert, now)
+                tracked.last_sent = now
+                tracked.announced = level
         else:
             tracked.alert = replace(alert, score=score, threshold=threshold)
 
@@ -140,6 +146,7 @@ class AlertBook:
                 tracked.alert = replace(alert, state="firing", since_s=now)
                 self._enqueue("firing", tracked.alert, now)
                 tracked.last_sent = now
+                tracked.announced = alert.level
             return
         # Firing: hold until the level has stayed below the alert's severity for resolve_s.
         if level >= alert.level:
@@ -151,7 +158,10 @@ class AlertBook:
             if tracked.below_since is None:
                 tracked.below_since = now
             if now - tracked.below_since >= self.resolve_s:
-                resolved = replace(alert, state="resolved", since_s=now)
+                announced = min(max(tracked.announced, alert.level), Level.EMERGENCY)
+                resolved = replace(
+                    alert, state="resolved", since_s=now, level=announced, severity=SEVERITIES[announced]
+                )
                 self._enqueue("resolved", resolved, now)
                 del self._tracked[key]
                 return

@@ -87,3 +87,35 @@ def test_versions_and_severities_are_notified_apart() -> None:
         ("2", "critical", 1),
     ]
     assert {a.state for a in book.alerts()} == {"firing"}
+
+
+def test_a_level_hovering_at_the_critical_threshold_is_announced_once() -> None:
+    """CRITICAL and WARNING in turn as the scores are recomputed (every 5 s), for ten minutes:
+    one "firing critical" (it was one every 20 s), then the resolution, once."""
+    book = AlertBook()
+    sent: list[Notification] = []
+    for second in range(600):
+        level = Level.CRITICAL if (second // 5) % 2 == 0 else Level.WARNING
+        sent += book.evaluate([Observation(key("f0"), level, 0.2, 0.2)], float(second))
+    assert [(n.kind, n.severity) for n in sent] == [("firing", "critical")]
+    sent = run(book, {"f0": Level.OK}, 600.0, 700.0)
+    assert [(n.kind, n.severity) for n in sent] == [("resolved", "critical")]
+
+
+def test_a_critical_alert_that_fell_to_warning_resolves_as_critical() -> None:
+    """The resolution closes what was announced: receivers that route by severity (a pager for
+    critical) see the critical incident end."""
+    book = AlertBook(for_s=0.0, group_wait_s=0.0, resolve_s=30.0)
+    assert [(n.kind, n.severity) for n in run(book, {"f0": Level.CRITICAL}, 0.0, 60.0)] == [
+        ("firing", "critical")
+    ]
+    assert run(book, {"f0": Level.WARNING}, 61.0, 120.0) == []  # the fall is silent
+    assert [a.severity for a in book.alerts()] == ["warning"]  # and shown as it is now
+    sent = run(book, {"f0": Level.OK}, 121.0, 200.0)
+    assert [(n.kind, n.severity) for n in sent] == [("resolved", "critical")]
+    # A warning that never was critical resolves as a warning.
+    book = AlertBook(for_s=0.0, group_wait_s=0.0, resolve_s=30.0)
+    run(book, {"f1": Level.WARNING}, 0.0, 10.0)
+    assert [(n.kind, n.severity) for n in run(book, {"f1": Level.OK}, 11.0, 60.0)] == [
+        ("resolved", "warning")
+    ]
