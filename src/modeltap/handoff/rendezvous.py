@@ -7,7 +7,10 @@ carry OTLP credentials). The key names the server: the supervisor's pid for uvic
 worker children, else the process's own pid, or an explicit `monitor_id`; a digest of the
 configuration is appended, so two differently configured apps in one process never share a
 monitor. Nothing in the directory is trusted blindly: a socket is live only if it accepts a
-connection, and the lock, not a pid file, says whether a monitor runs.
+connection, its peer must run as the same user (`peer_is_us`), and the lock, not a pid file,
+says whether a monitor runs. The directory's ancestors are checked too (`check_run_directory`,
+as OpenSSH's StrictModes does): whoever may rename an entry of one of them could put a directory
+of their own in its place, and receive the captured payloads.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -37,12 +42,25 @@ class RendezvousError(ModelTapError):
 
 
 def run_directory(environ: Any = None) -> Path:
-    """The private run directory, created if needed; refuses one that others could write."""
+    """The private run directory, created if needed; refuses one that others could write, or
+    that sits where others could swap it (`check_run_directory`)."""
     env = os.environ if environ is None else environ
     configured = env.get("MODELTAP_RUN_DIR", "").strip()
     path = Path(configured) if configured else Path(tempfile.gettempdir()) / f"modeltap-{os.getuid()}"
     try:
         path.mkdir(mode=0o700, parents=bool(configured), exist_ok=True)
+    except OSError as exc:
+        raise RendezvousError(f"cannot use the run directory {path}: {exc.strerror or exc}") from None
+    check_run_directory(path)
+    return path
+
+
+def check_run_directory(path: Path) -> None:
+    """Raise `RendezvousError` unless `path` is a directory of this user's, mode 0700, whose
+    every ancestor (as written and as resolved) belongs to root or this user and is not writable
+    by others, unless its sticky bit keeps them from renaming what is not theirs (`/tmp`). The
+    monitor repeats the check on the directory it is handed."""
+    try:
         info = path.lstat()
     except OSError as exc:
         raise RendezvousError(f"cannot use the run directory {path}: {exc.strerror or exc}") from None
@@ -55,7 +73,50 @@ def run_directory(environ: Any = None) -> Path:
             f"the run directory {path} is open to other users (mode {stat.S_IMODE(info.st_mode):o}); "
             "it must be 0700"
         )
-    return path
+    absolute = Path(os.path.abspath(path))
+    for ancestor in dict.fromkeys((*absolute.parents, *absolute.resolve().parents)):
+        _check_ancestor(path, ancestor)
+
+
+def _check_ancestor(path: Path, ancestor: Path) -> None:
+    try:
+        info = ancestor.stat()
+    except OSError as exc:
+        raise RendezvousError(
+            f"cannot check {ancestor}, above the run directory: {exc.strerror or exc}"
+        ) from None
+    if info.st_uid not in (0, os.getuid()):
+        raise RendezvousError(
+            f"{ancestor}, above the run directory {path}, belongs to another user, who could put "
+            "a directory of theirs in its place; set MODELTAP_RUN_DIR to a directory of your own"
+        )
+    # Writable by others without the sticky bit: they may rename our directory away. The group
+    # write bit is allowed for the user's own primary group (a private group, on most systems).
+    shared = info.st_mode & 0o002 or (info.st_mode & 0o020 and info.st_gid != os.getgid())
+    if shared and not info.st_mode & stat.S_ISVTX:
+        raise RendezvousError(
+            f"{ancestor}, above the run directory {path}, is writable by other users (mode "
+            f"{stat.S_IMODE(info.st_mode):o}, no sticky bit), who could put a directory of theirs in "
+            "its place; set MODELTAP_RUN_DIR to a directory of your own"
+        )
+
+
+_PEER_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_is_us(sock: socket.socket) -> bool:
+    """Whether the process at the other end of a Unix socket runs as this user (Linux's
+    `SO_PEERCRED`; where the option does not exist, the run directory's checks alone)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return True
+    try:
+        _pid, uid, _gid = _PEER_CREDENTIALS.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, option, _PEER_CREDENTIALS.size)
+        )
+    except OSError:
+        return False
+    return bool(uid == os.getuid())
 
 
 def _command_line(pid: int) -> list[str]:

@@ -28,7 +28,7 @@ import orjson
 from modeltap._version import __version__
 from modeltap.capture.record_queue import RecordQueue
 from modeltap.handoff import framing
-from modeltap.handoff.rendezvous import Rendezvous
+from modeltap.handoff.rendezvous import Rendezvous, peer_is_us
 
 _log = logging.getLogger("modeltap")
 BATCH_RECORDS = 256
@@ -88,6 +88,7 @@ class Shipper:
         self._before_batch = before_batch
         self._on_give_up = on_give_up
         self.gave_up: str | None = None
+        self._warned_peer = False
         self._failed_starts = 0
         self._after_ship = after_ship  # once per turn, after shipping (the tap's overload sampling)
         self._pass_fds = pass_fds
@@ -231,6 +232,18 @@ class Shipper:
             self._queue.unavailable = True
             self._maybe_spawn(exc)
             self._next_connect = now + 0.05
+            return False
+        if not peer_is_us(sock):
+            # Someone else's process behind our socket's name: never hand it the exchanges.
+            sock.close()
+            self._queue.unavailable = True
+            if not self._warned_peer:
+                self._warned_peer = True
+                _log.warning(
+                    "modeltap: the process at %s runs as another user; not sending it anything",
+                    self._place.ingest_socket,
+                )
+            self._next_connect = now + 1.0
             return False
         sock.settimeout(SEND_TIMEOUT_S)
         self._sock = sock

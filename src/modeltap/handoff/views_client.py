@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from modeltap.export.local_views import ViewAnswer
+from modeltap.handoff.rendezvous import peer_is_us
 
 MAX_VIEW_BYTES = 64 * 1024 * 1024
 TIMEOUT_S = 10.0
@@ -70,11 +71,17 @@ class MonitorViews:
         deadline = asyncio.get_running_loop().time() + STARTING_WAIT_S
         while True:
             try:
-                return await asyncio.open_unix_connection(self._path)
+                reader, writer = await asyncio.open_unix_connection(self._path)
             except (FileNotFoundError, ConnectionRefusedError):
                 if asyncio.get_running_loop().time() >= deadline:
                     raise
                 await asyncio.sleep(0.05)
+                continue
+            sock = writer.get_extra_info("socket")
+            if sock is not None and not peer_is_us(sock):
+                writer.close()  # someone else's process behind the monitor's name: ask it nothing
+                raise ValueError("the process behind the views socket runs as another user")
+            return reader, writer
 
     async def _fetch(self, request: bytes) -> ViewAnswer:
         reader, writer = await self._connect()

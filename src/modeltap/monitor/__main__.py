@@ -19,6 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--key", required=True)
     args = parser.parse_args(argv)
+    from modeltap.handoff.rendezvous import RendezvousError, check_run_directory
+
+    try:
+        # The tap checked it; so does the monitor, which reads its configuration from it.
+        check_run_directory(Path(args.run_dir))
+    except RendezvousError as exc:
+        print(f"modeltap monitor: {exc}", file=sys.stderr)
+        return 1
     lock = os.open(Path(args.run_dir) / f"{args.key}.lock", os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -22,6 +22,7 @@ import orjson
 
 from modeltap.alerts.rollback import route_report
 from modeltap.handoff import framing
+from modeltap.handoff.rendezvous import peer_is_us
 from modeltap.operations.process_resources import from_counts
 from modeltap.snapshot import RouteReport, ServingCounts
 from modeltap.worker.tap import cold_starts
@@ -50,6 +51,10 @@ class Flush:
 Item = tuple[Feeder, memoryview] | Flush
 
 
+# What a flush marker is charged against the inbox's bound (a tap may send them in a loop).
+FLUSH_CHARGE = 64
+
+
 class Inbox:
     """Batches and flush markers for the analysis thread, bounded in bytes (back-pressure)."""
 
@@ -72,8 +77,7 @@ class Inbox:
         with self._lock:
             self._items.append(item)
             self._arrivals.append(time.monotonic())
-            if not isinstance(item, Flush):
-                self._bytes += len(item[1])
+            self._bytes += FLUSH_CHARGE if isinstance(item, Flush) else len(item[1])
             over = self._bytes > self._max and not self._paused
             if over:
                 self._paused = True
@@ -89,8 +93,7 @@ class Inbox:
                 return None
             item = self._items.popleft()
             self._arrivals.popleft()
-            if not isinstance(item, Flush):
-                self._bytes -= len(item[1])
+            self._bytes -= FLUSH_CHARGE if isinstance(item, Flush) else len(item[1])
             # Below half the bound, or empty: with a bound under 2 bytes half of it is 0, and an
             # empty inbox must not stay paused for good.
             resume = self._paused and (self._bytes < self._max // 2 or not self._bytes)
@@ -103,6 +106,11 @@ class Inbox:
     @property
     def pending_bytes(self) -> int:
         return self._bytes
+
+    @property
+    def paused(self) -> bool:
+        """Whether the connections are paused for the bound (a new one must start paused)."""
+        return self._paused
 
     def oldest_age_s(self) -> float:
         """How long the oldest item has waited for the analysis (the monitor's own lag)."""
@@ -257,10 +265,22 @@ class TapConnection(asyncio.Protocol):
         self._on_change = on_change
         self._reader = framing.FrameReader()
         self.feeder = Feeder()
+        self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and not peer_is_us(sock):
+            # The run directory is private; a peer of another user got in some other way.
+            _log.warning("modeltap monitor: refusing a connection from a process of another user")
+            self._refused = True
+            transport.close()
+            return
         self.feeder.transport = transport  # type: ignore[assignment]
         self._feeders.add(self.feeder)
+        if self._inbox.paused:
+            # Accepted while the analysis is behind: held back as the others are, or its batches
+            # would grow the inbox past its bound (a worker restarted, a tap reconnecting).
+            transport.pause_reading()  # type: ignore[attr-defined]
         self._on_change()
 
     def data_received(self, data: bytes) -> None:
@@ -298,6 +318,8 @@ class TapConnection(asyncio.Protocol):
                 self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return  # never a feeder
         feeder = self.feeder
         self._feeders.remove(feeder)
         feeder.transport = None

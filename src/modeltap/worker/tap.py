@@ -40,7 +40,7 @@ from modeltap.capture.routes import RouteTemplates
 from modeltap.capture.trace_context import TraceSampler
 from modeltap.config import ModelTapConfig, SamplerConfig, config_document
 from modeltap.handoff.framing import RecordEncoder, compiled_encoder, decode_record
-from modeltap.handoff.rendezvous import Rendezvous, RendezvousError, run_directory
+from modeltap.handoff.rendezvous import Rendezvous, RendezvousError, check_run_directory, run_directory
 from modeltap.handoff.shipper import Shipper
 from modeltap.operations.loop_lag import LoopLagProbe
 from modeltap.operations.process_resources import ResourceSampler, as_counts
@@ -319,6 +319,8 @@ class Tap:
             )
         try:
             directory = self.run_directory or run_directory()
+            if self.run_directory is not None:
+                check_run_directory(directory)  # handed by the sidecar: checked as any other
             self.place = Rendezvous.for_server(directory, config.monitor_id, document["config"])
         except RendezvousError as exc:
             _log.warning("modeltap: no monitor process (%s); analysing in this process instead", exc)

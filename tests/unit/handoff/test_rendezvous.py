@@ -25,6 +25,8 @@ from modeltap.handoff.rendezvous import (
     MAX_SOCKET_PATH,
     Rendezvous,
     RendezvousError,
+    check_run_directory,
+    peer_is_us,
     run_directory,
     server_pid,
 )
@@ -105,6 +107,88 @@ def test_run_directory_that_cannot_be_created_is_refused(tmp_path: Path) -> None
     blocker.write_text("")
     with pytest.raises(RendezvousError, match="cannot use"):
         run_directory({"MODELTAP_RUN_DIR": str(blocker / "run")})
+
+
+# ---- the run directory's ancestors ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "refused"), [(0o777, True), (0o1777, False), (0o757, True), (0o755, False)])
+def test_an_ancestor_others_may_write_is_refused_unless_sticky(tmp_path: Path, mode: int, refused: bool) -> None:
+    """Whoever may rename entries of an ancestor could swap the run directory for one of theirs
+    (and receive the captured payloads): refused, unless the sticky bit stops them (`/tmp`)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    wanted = shared / "deeper" / "run"
+    if refused:
+        with pytest.raises(RendezvousError, match=r"shared, above the run directory .* writable by other users"):
+            run_directory({"MODELTAP_RUN_DIR": str(wanted)})
+    else:
+        assert run_directory({"MODELTAP_RUN_DIR": str(wanted)}) == wanted
+
+
+def test_an_ancestor_writable_by_another_group_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    wanted = shared / "run"
+    wanted.mkdir(mode=0o700)
+    if os.getuid() == 0:
+        os.chown(shared, 0, 65534)  # another group
+        with pytest.raises(RendezvousError, match="writable by other users"):
+            check_run_directory(wanted)
+    os.chown(shared, os.getuid(), os.getgid())  # the user's own group: allowed
+    check_run_directory(wanted)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
+def test_an_ancestor_of_another_user_is_refused(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    wanted = theirs / "run"
+    wanted.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(RendezvousError, match="theirs, above the run directory .* belongs to another user"):
+        check_run_directory(wanted)
+
+
+def test_the_ancestors_a_link_leads_to_are_checked_too(tmp_path: Path) -> None:
+    """A path through a symbolic link: the directories it resolves to are checked as well."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "real").mkdir()
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o700)
+    (safe / "link").symlink_to(shared / "real")
+    with pytest.raises(RendezvousError, match="writable by other users"):
+        run_directory({"MODELTAP_RUN_DIR": str(safe / "link" / "run")})
+
+
+def test_the_monitor_refuses_a_run_directory_the_tap_would_refuse(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    wanted = shared / "run"
+    wanted.mkdir(mode=0o700)
+    shared.chmod(0o777)
+    done = subprocess.run(
+        [sys.executable, "-m", "modeltap.monitor", "--run-dir", str(wanted), "--key", "k"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "writable by other users" in done.stderr
+    assert not (wanted / "k.lock").exists()  # it stopped before taking anything there
+
+
+def test_a_peer_is_us_only_when_it_runs_as_this_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        assert peer_is_us(ours)
+        monkeypatch.setattr(rendezvous.os, "getuid", lambda: os.geteuid() + 1)
+        assert not peer_is_us(ours)
 
 
 # ---- server_pid -----------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import pytest
 
 from modeltap.handoff import framing
 from modeltap.handoff.framing import RecordEncoder, decode_records
-from modeltap.monitor.ingest import Feeder, Feeders, Flush, Inbox, Item, TapConnection
+from modeltap.monitor import ingest
+from modeltap.monitor.ingest import FLUSH_CHARGE, Feeder, Feeders, Flush, Inbox, Item, TapConnection
 from modeltap.records import RawRecord
 
 
@@ -232,14 +233,15 @@ def test_inbox_pauses_above_its_bound_and_resumes_below_half(
 ) -> None:
     loop, thread = loop_thread
     log = PauseLog(thread)
-    inbox = Inbox(100, log)
+    inbox = Inbox(100 + FLUSH_CHARGE, log)
     inbox.bind(loop)
     items: list[Item] = [batch(40), batch(40), Flush(Feeder(), "f"), batch(40), batch(40)]
     for item in items[:2]:
         on_loop(loop, lambda item=item: inbox.put(item))  # type: ignore[misc]
     assert log.calls == []
     assert inbox.pending_bytes == 80
-    on_loop(loop, lambda: inbox.put(items[2]))  # a flush marker weighs nothing
+    on_loop(loop, lambda: inbox.put(items[2]))  # a flush marker weighs its fixed charge
+    assert inbox.pending_bytes == 80 + FLUSH_CHARGE
     assert log.calls == []
     on_loop(loop, lambda: inbox.put(items[3]))
     assert log.calls == [True]
@@ -248,13 +250,13 @@ def test_inbox_pauses_above_its_bound_and_resumes_below_half(
     assert inbox.ready.is_set()
 
     taken: list[Item | None] = []
-    analysis = threading.Thread(target=lambda: taken.extend(inbox.take() for _ in range(3)), name="analysis")
+    analysis = threading.Thread(target=lambda: taken.extend(inbox.take() for _ in range(2)), name="analysis")
     analysis.start()
     analysis.join(5)
-    assert inbox.pending_bytes == 80  # not below half yet
+    assert inbox.pending_bytes == 80 + FLUSH_CHARGE  # not below half yet
     on_loop(loop, lambda: None)
     assert log.calls == [True]
-    analysis = threading.Thread(target=lambda: taken.extend(inbox.take() for _ in range(3)), name="analysis")
+    analysis = threading.Thread(target=lambda: taken.extend(inbox.take() for _ in range(4)), name="analysis")
     analysis.start()
     analysis.join(5)
     assert inbox.pending_bytes == 0
@@ -264,7 +266,7 @@ def test_inbox_pauses_above_its_bound_and_resumes_below_half(
     assert taken == [*items, None]  # in order; an empty inbox answers None
     assert not inbox.ready.is_set()
     # And again.
-    for _ in range(3):
+    for _ in range(5):
         on_loop(loop, lambda: inbox.put(batch(40)))
     assert log.calls == [True, False, True]
 
@@ -477,3 +479,44 @@ def test_the_inbox_says_how_long_its_oldest_batch_has_waited() -> None:
     assert inbox.oldest_age_s() < 0.05
     inbox.take()
     assert inbox.oldest_age_s() == 0.0
+
+
+def test_a_connection_made_while_the_inbox_is_paused_starts_paused() -> None:
+    """A worker restarted (or a tap reconnecting) while the analysis is behind: its connection is
+    held back as the others are, or its batches would grow the inbox past its bound (49 times
+    it, in a review's run)."""
+
+    async def main() -> None:
+        first = Session()
+        first.inbox = Inbox(100, first.paused.append)
+        await first.open()
+        await first.send(framing.message(framing.RECORDS, records_payload("/a", "/b", "/c")))
+        await until(lambda: first.inbox.paused)
+        assert first.paused == [True]
+        loop = asyncio.get_running_loop()
+        ours, peer = socket.socketpair()
+        transport, protocol = await loop.connect_accepted_socket(
+            lambda: TapConnection(first.feeders, first.inbox, first.changed), sock=ours
+        )
+        assert isinstance(protocol, TapConnection)
+        assert protocol.feeder in first.feeders.live
+        assert not transport.is_reading()  # type: ignore[attr-defined]
+        peer.close()
+        first.peer.close()
+
+    asyncio.run(main())
+
+
+def test_a_peer_of_another_user_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest, "peer_is_us", lambda sock: False)
+
+    async def main() -> None:
+        session = Session()
+        await session.open()
+        assert await session.closed_by_monitor()
+        assert session.feeders.live == []
+        assert session.changes == 0
+        assert len(session.inbox) == 0
+        session.peer.close()
+
+    asyncio.run(main())
