@@ -113,7 +113,9 @@ def test_run_directory_that_cannot_be_created_is_refused(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("mode", "refused"), [(0o777, True), (0o1777, False), (0o757, True), (0o755, False)])
-def test_an_ancestor_others_may_write_is_refused_unless_sticky(tmp_path: Path, mode: int, refused: bool) -> None:
+def test_an_ancestor_others_may_write_is_refused_unless_sticky(
+    tmp_path: Path, mode: int, refused: bool
+) -> None:
     """Whoever may rename entries of an ancestor could swap the run directory for one of theirs
     (and receive the captured payloads): refused, unless the sticky bit stops them (`/tmp`)."""
     shared = tmp_path / "shared"
@@ -121,7 +123,7 @@ def test_an_ancestor_others_may_write_is_refused_unless_sticky(tmp_path: Path, m
     shared.chmod(mode)
     wanted = shared / "deeper" / "run"
     if refused:
-        with pytest.raises(RendezvousError, match=r"shared, above the run directory .* writable by other users"):
+        with pytest.raises(RendezvousError, match=r"shared, above the run directory .* writable by other"):
             run_directory({"MODELTAP_RUN_DIR": str(wanted)})
     else:
         assert run_directory({"MODELTAP_RUN_DIR": str(wanted)}) == wanted
@@ -148,7 +150,7 @@ def test_an_ancestor_of_another_user_is_refused(tmp_path: Path) -> None:
     wanted = theirs / "run"
     wanted.mkdir(mode=0o700)
     os.chown(theirs, 65534, 65534)
-    with pytest.raises(RendezvousError, match="theirs, above the run directory .* belongs to another user"):
+    with pytest.raises(RendezvousError, match=r"theirs, above the run directory .* belongs to another"):
         check_run_directory(wanted)
 
 
