@@ -189,7 +189,7 @@ def test_a_peer_is_us_only_when_it_runs_as_this_user(monkeypatch: pytest.MonkeyP
     ours, theirs = socket.socketpair()
     with ours, theirs:
         assert peer_is_us(ours)
-        monkeypatch.setattr(rendezvous.os, "getuid", lambda: os.geteuid() + 1)
+        monkeypatch.setattr(os, "getuid", lambda: os.geteuid() + 1)
         assert not peer_is_us(ours)
 
 

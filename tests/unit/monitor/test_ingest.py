@@ -500,7 +500,7 @@ def test_a_connection_made_while_the_inbox_is_paused_starts_paused() -> None:
         )
         assert isinstance(protocol, TapConnection)
         assert protocol.feeder in first.feeders.live
-        assert not transport.is_reading()  # type: ignore[attr-defined]
+        assert not transport.is_reading()
         peer.close()
         first.peer.close()
 
