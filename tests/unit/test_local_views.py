@@ -547,3 +547,47 @@ def test_writes_from_another_sites_page_are_refused(headers: list[tuple[bytes, b
     assert received == ([b'{"cause": "x"}'] if status == 200 else [])
     if status == 403:
         assert b"another site's page" in result.body
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "status"),
+    [
+        (b"127.0.0.1:9464", False, 200),
+        (b"localhost:9464", False, 200),
+        (b"LOCALHOST", False, 200),
+        (b"[::1]:9464", False, 200),
+        (b"127.0.0.2:9464", False, 200),
+        (b"models.localhost:9464", False, 200),  # *.localhost is loopback by definition
+        (None, False, 200),  # HTTP/1.0 without Host: a program
+        # A page whose name was rebound to 127.0.0.1: same origin to the browser, so its Origin and
+        # Sec-Fetch-Site say nothing; its Host still names the page.
+        (b"evil.example:9464", False, 403),
+        (b"evil.example", False, 403),
+        (b"127.0.0.1.evil.example:9464", False, 403),
+        (b"[2001:db8::1]:9464", False, 403),
+        (b"evil.example:9464", True, 200),  # the token is what it is, whatever the name
+    ],
+)
+def test_a_loopback_write_must_name_this_machine(host: bytes | None, token: bool, status: int) -> None:
+    received: list[bytes] = []
+
+    def endpoint(body: bytes, content_type: str) -> tuple[int, bytes]:
+        received.append(body)
+        return 200, b'{"accepted": 1}'
+
+    snapshot = Snapshot(taken_unix_ns=2, start_unix_ns=1, instance_id="i", pid=1)
+    views = LocalViews("", lambda: snapshot, token="s3cret", writes={"/rollback": endpoint})
+    headers = [(b"content-type", b"text/plain")]
+    if host is not None:
+        origin = b"http://" + host
+        headers += [(b"host", host), (b"origin", origin), (b"sec-fetch-site", b"same-origin")]
+    if token:
+        headers.append((b"authorization", b"Bearer s3cret"))
+    scope = make_http_scope("POST", "/rollback", headers=headers, client=LOOPBACK)
+
+    result = run_asgi(views, scope, http_request_messages(b'{"cause": "x"}'))
+
+    assert result.status == status, result.body
+    assert received == ([b'{"cause": "x"}'] if status == 200 else [])
+    if status == 403:
+        assert b"Host header" in result.body

@@ -215,6 +215,8 @@ class LocalViews:
             refusal = _FORBIDDEN_CROSS_SITE if _cross_site(scope) else None
             if refusal is None and not self._write_allowed(scope):
                 refusal = _FORBIDDEN_WRITE
+            if refusal is None and not self._has_token(scope) and not _loopback_host(scope):
+                refusal = _FORBIDDEN_HOST
             if refusal is not None:
                 await _respond(send, 403, refusal, text)
                 return
@@ -295,6 +297,38 @@ _FORBIDDEN_CROSS_SITE = (
     b"forbidden: a browser sent this from another site's page (Origin or Sec-Fetch-Site says so);\n"
     b"labels, outcomes, drills and rollbacks are accepted from programs, not from web pages.\n"
 )
+
+
+_FORBIDDEN_HOST = (
+    b"forbidden: a write trusted for coming from this machine must name it as localhost or a\n"
+    b"loopback address in its Host header (another name may be a web page's, rebound to this\n"
+    b"machine); use http://127.0.0.1:<port>/ or Authorization: Bearer <MODELTAP_VIEWS_TOKEN>.\n"
+)
+
+
+def _loopback_host(scope: Scope) -> bool:
+    """Whether the request's Host names this machine (`localhost`, a `.localhost` name, a
+    loopback address; any port), or is absent (HTTP/1.0). A web page whose name an attacker
+    rebinds to 127.0.0.1 reaches a loopback listener as the same origin, Origin and
+    Sec-Fetch-Site included; only its Host header still carries the page's name."""
+    host = None
+    for key, value in scope.get("headers", ()):
+        if key == b"host":
+            host = value.strip().lower()
+            break
+    if host is None:
+        return True
+    if host.startswith(b"["):
+        name = host[1 : host.find(b"]")] if b"]" in host else b""
+    else:
+        name = host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
+    name = name.rstrip(b".")
+    if name == b"localhost" or name.endswith(b".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.decode("ascii")).is_loopback
+    except (ValueError, UnicodeDecodeError):
+        return False
 
 
 def _cross_site(scope: Scope) -> bool:
