@@ -22,11 +22,14 @@ design guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -523,6 +526,76 @@ def test_the_monitor_leaves_with_its_server_and_a_stale_socket_does_not_stop_the
         assert document["monitoring"]["mode"] == "process"
         assert document["process"]["pid"] == monitor
         assert f"--key {key}" in server.processes()[monitor]
+
+
+FORKING_SERVER = r"""
+import os, sys, time
+from modeltap import ModelTapMiddleware
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+middleware = ModelTapMiddleware(app, views_prefix=False)
+middleware.start()
+while not (middleware.tap.shipper and middleware.tap.shipper.connected):
+    time.sleep(0.02)
+if os.fork() == 0:  # a helper that does not exec: a multiprocessing child, a pre-forking library
+    time.sleep(60)
+    os._exit(0)
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_helper_the_server_forked_does_not_keep_the_monitor_alive(run_dir: Path) -> None:
+    """The fork inherits the serving process's connection to the monitor; the tap's at-fork hook
+    closes it in the child. Else, the server killed, the monitor never saw its last connection
+    end and lived as long as the helper."""
+    env = server_environment(run_dir, OTEL_METRICS_EXPORTER="none", OTEL_TRACES_EXPORTER="none")
+    server = subprocess.Popen(
+        [sys.executable, "-c", FORKING_SERVER],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+        monitors = [pid for pid in _session_pids(server.pid) if b"modeltap.monitor" in _cmdline(pid)]
+        assert len(monitors) == 1, monitors
+        helpers = [pid for pid in _session_pids(server.pid) if pid not in (server.pid, *monitors)]
+        assert helpers, "the helper was not forked"
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+        killed = time.monotonic()
+        assert wait_until(lambda: not alive(monitors[0]), MONITOR_EXIT_S + MARGIN_S)
+        assert all(alive(pid) for pid in helpers)  # the helper lives on; the monitor left anyway
+        print(f"the monitor exited {time.monotonic() - killed:.2f} s after its server was killed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def _session_pids(session: int) -> list[int]:
+    """The live processes of a session (`start_new_session`: its id is the leader's pid)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                if os.getsid(int(entry.name)) == session and alive(int(entry.name)):
+                    found.append(int(entry.name))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @pytest.mark.parametrize("unsafe", ["mode-0755", "other-owner"])

@@ -296,6 +296,19 @@ class Shipper:
             except Exception:
                 _log.exception("modeltap: falling back to the inline analysis failed")
 
+    def abandon_after_fork(self) -> None:
+        """In a child forked from the process that runs this shipper (its thread did not come
+        along): close the inherited sockets, send nothing. A helper the server forked (a
+        `multiprocessing` child, a pre-forking library) would otherwise hold the connection to
+        the monitor open, and the monitor, which leaves when its last connection ends, would
+        outlive a killed server for as long as the helper lives."""
+        for sock in (self._sock, self._wake_r, self._wake_w):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self._sock = None
+        self._spawned = None  # the parent's child, not ours to wait for
+
     def _disconnect(self) -> None:
         sock = self._sock
         if sock is None:

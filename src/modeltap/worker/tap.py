@@ -89,6 +89,8 @@ class Tap:
         def _after_fork_in_child() -> None:
             tap = ref()
             if tap is not None:
+                if tap.shipper is not None:
+                    tap.shipper.abandon_after_fork()
                 tap._reset_state()
 
         os.register_at_fork(after_in_child=_after_fork_in_child)
