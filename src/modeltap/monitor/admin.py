@@ -50,6 +50,7 @@ class Readiness:
         self.draining = False
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._probed: asyncio.Event | None = None
 
     @property
     def ready(self) -> bool:
@@ -84,7 +85,15 @@ class Readiness:
         return True
 
     def start(self) -> None:
+        self._probed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def first_probe(self) -> None:
+        """Until the first probe has an answer (at most its timeout): a monitor restarted while
+        the model is up must not answer the probes queued meanwhile 503 before it has looked."""
+        if self._probed is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._probed.wait(), self._timeout_s + 0.5)
 
     async def _run(self) -> None:
         # Until stopped, not only until cancelled: before Python 3.12, `asyncio.wait_for` could
@@ -95,6 +104,8 @@ class Readiness:
                 await self.probe_once()
             except Exception:
                 _log.exception("modeltap sidecar: readiness probe failed")
+            if self._probed is not None:
+                self._probed.set()
             if not self._stopped:  # stopped meanwhile: no sleep before the loop ends
                 # Probe faster while not ready, so a starting upstream is noticed within ~100 ms.
                 await asyncio.sleep(self._interval_s if self.upstream_ok else min(self._interval_s, 0.1))

@@ -170,6 +170,8 @@ class Monitor:
         admin_task = None
         if admin is not None:
             server, sock = admin
+            if self.readiness is not None:
+                await self.readiness.first_probe()  # probes wait in the backlog meanwhile
             admin_task = loop.create_task(server.serve(sockets=[sock]))
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._terminate)

@@ -189,6 +189,30 @@ def test_a_killed_monitor_comes_back_and_the_gap_is_counted(
     assert quiet["process"]["instance_id"] != under_load["process"]["instance_id"]
 
 
+def test_probes_queued_while_the_monitor_restarts_find_the_model_ready(
+    upstream: str, run_dir: Path, tmp_path: Path
+) -> None:
+    """The admin port waits in its backlog while a killed monitor is replaced; the new one looks
+    at the model before it answers, so the probes that waited get 200, not a 503 that takes a
+    pod out of its Service (the shipped manifest fails readiness on one)."""
+    with sidecar_process(upstream, tmp_path, env=environment(run_dir)) as sidecar:
+        send(sidecar, 3)
+        first = monitor_pid(settled(sidecar, 3))
+        assert httpx.get(f"{sidecar.admin_url}/readyz", timeout=10.0, trust_env=False).status_code == 200
+        os.kill(first, signal.SIGKILL)
+        answers: list[int] = []
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline:
+            answers.append(
+                httpx.get(f"{sidecar.admin_url}/readyz", timeout=20.0, trust_env=False).status_code
+            )
+            pid = _status_or_none(sidecar)
+            if pid is not None and pid != first:
+                break
+        assert answers, "no probe answered"
+        assert set(answers) == {200}, answers
+
+
 def _new_monitor(sidecar: SidecarProcess, old: int) -> int:
     """The data plane starts a new monitor and hands it the admin port; it answers again."""
     pids: list[int | None] = []
