@@ -275,6 +275,39 @@ def test_gunicorn_uvicorn_workers_feed_one_monitor(
     check_exported_once(receiver, N)
 
 
+def test_a_recycled_worker_finds_the_same_monitor_and_its_numbers(
+    run_dir: Path, app_file: Path, tmp_path: Path
+) -> None:
+    """gunicorn with one worker recycled every 15 requests or so (`--max-requests`, a guard
+    against leaks): each recycle leaves the monitor without a serving process for a moment. It
+    waits for the replacement while the master runs, so the server keeps one monitor and its
+    numbers (it left 0.25 s after each goodbye: a new monitor, every count back to 0); it still
+    leaves with the server."""
+    port = free_port()
+    env = server_environment(run_dir, OTEL_METRICS_EXPORTER="none", OTEL_TRACES_EXPORTER="none")
+    command = [*gunicorn_command(app_file, port, workers=1, preload=False), "--max-requests", "15"]
+    with running_server(command, env, port, tmp_path / "server.log") as server:
+        workers: set[int] = set()
+        monitors: set[int] = set()
+        sent = 0
+        with fresh_client(server) as client:
+            for _ in range(6):
+                for _ in range(12):
+                    response = client.post("/v1/models/demo:predict", content=b'{"instances": [[1, 2]]}')
+                    assert response.status_code == 200
+                    workers.add(int(response.headers["x-worker-pid"]))
+                    sent += 1
+                time.sleep(1.0)  # the recycled worker's goodbye, and its replacement's start
+        assert len(workers) >= 3, workers  # recycled twice at least
+        document = settled_status(server, lambda d: d["requests"]["total"] == sent)
+        monitors.add(int(document["process"]["pid"]))
+        monitor = server.monitor_pid()
+        monitors.add(monitor)
+        assert monitors == {monitor}
+        assert document["requests"]["total"] == sent  # every request, across the recycles
+        stop_group_and_check_exit(server, monitor, graceful_s=10.0)
+
+
 # ---- kill -9 of the monitor ----------------------------------------------------------------------------
 
 

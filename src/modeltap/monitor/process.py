@@ -7,9 +7,11 @@ processes how much to sample. It runs at a lower CPU priority, optionally pinned
 (`MODELTAP_MONITOR_CPUS`), and sheds work rather than grow past its memory budget.
 
 Lifetime: it exits (after a flush bounded by `shutdown_timeout_s`) shortly after its last serving
-process left, or if none connects within `FIRST_FEEDER_WAIT_S`. SIGTERM or SIGINT (the server's process group
-being stopped) make it wait for the serving processes to leave, bounded, so their last records
-are flushed once; a second signal stops it at once.
+process left, or if none connects within `FIRST_FEEDER_WAIT_S`; when those were workers of a
+supervisor that still runs, it waits up to `LINGER_WHILE_SERVER_S` for their replacement.
+SIGTERM or SIGINT (the server's process group being stopped) make it wait for the serving
+processes to leave, bounded, so their last records are flushed once; a second signal stops it
+at once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -50,6 +53,10 @@ _log = logging.getLogger("modeltap.monitor")
 # that other workers survive), or abruptly (a crash its supervisor may repair in a moment).
 LINGER_AFTER_GOODBYE_S = 0.25
 LINGER_AFTER_LOSS_S = 2.0
+# ... unless the server those processes were workers of still runs: then one is being replaced
+# (gunicorn's --max-requests, a crash its supervisor repairs, a worker loading its model), and
+# the monitor waits this long for it, so that the server's series, windows and alerts go on.
+LINGER_WHILE_SERVER_S = 60.0
 # A flush a serving process asked for waits at most this long for the collector.
 FLUSH_EXPORT_S = 5.0
 FIRST_FEEDER_WAIT_S = 30.0
@@ -81,6 +88,7 @@ class Monitor:
         self.place = place
         self.config: ModelTapConfig = config_from_document(document["config"])
         self._document = document
+        self._server = _ServerProcess.named(document.get("server_pid"))
         self.feeders = Feeders()
         self.inbox = Inbox(min(INBOX_BYTES, self.config.queue_max_bytes), self._pause_reading)
         self.control: dict[str, float] = {}
@@ -315,6 +323,8 @@ class Monitor:
                 empty_since = now
             if empty_since is not None:
                 linger = LINGER_AFTER_GOODBYE_S if self.feeders.last_left_cleanly else LINGER_AFTER_LOSS_S
+                if self._server is not None and self._server.runs():
+                    linger = LINGER_WHILE_SERVER_S
                 if self.feeders.ever_connected and now - empty_since >= linger:
                     return
                 if not self.feeders.ever_connected and now - started >= FIRST_FEEDER_WAIT_S:
@@ -431,3 +441,36 @@ class Monitor:
 def _write_if_open(transport: asyncio.Transport, data: bytes) -> None:
     if not transport.is_closing():
         transport.write(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ServerProcess:
+    """The server the serving processes are workers of (their supervisor), told apart from a
+    later process that reuses its pid by its start time."""
+
+    pid: int
+    started: str
+
+    @classmethod
+    def named(cls, pid: object) -> _ServerProcess | None:
+        """The server process `pid` names, if it runs now and is not this monitor."""
+        if type(pid) is not int or pid <= 0 or pid == os.getpid():
+            return None
+        started = _start_time(pid)
+        return cls(pid, started) if started is not None else None
+
+    def runs(self) -> bool:
+        return _start_time(self.pid) == self.started
+
+
+def _start_time(pid: int) -> str | None:
+    """A live process's start time (`/proc/<pid>/stat`, field 22), None once it has exited (or
+    is a zombie) or where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat.rsplit(b")", 1)[-1].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode("ascii", "replace")

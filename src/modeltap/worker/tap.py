@@ -40,7 +40,13 @@ from modeltap.capture.routes import RouteTemplates
 from modeltap.capture.trace_context import TraceSampler
 from modeltap.config import ModelTapConfig, SamplerConfig, config_document
 from modeltap.handoff.framing import RecordEncoder, compiled_encoder, decode_record
-from modeltap.handoff.rendezvous import Rendezvous, RendezvousError, check_run_directory, run_directory
+from modeltap.handoff.rendezvous import (
+    Rendezvous,
+    RendezvousError,
+    check_run_directory,
+    run_directory,
+    server_pid,
+)
 from modeltap.handoff.shipper import Shipper
 from modeltap.operations.loop_lag import LoopLagProbe
 from modeltap.operations.process_resources import ResourceSampler, as_counts
@@ -296,6 +302,12 @@ class Tap:
         """Process mode: ship to the server's monitor (started if needed); False: stay inline."""
         config = self.config
         document: dict[str, Any] = {"config": config_document(config), **self.monitor_extras}
+        # A worker's server (its supervisor): while it runs, the monitor waits for a worker being
+        # replaced. Not digested into the key, which names the server already. A process that is
+        # its own server says goodbye only as it stops: nothing to wait for.
+        supervisor = server_pid()
+        if supervisor != os.getpid():
+            document.setdefault("server_pid", supervisor)
         if app_provider is not None:
             # Spans are built here, for the app's pipeline: the monitor builds none.
             document["local_spans"] = True
