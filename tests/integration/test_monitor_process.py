@@ -308,6 +308,38 @@ def test_a_recycled_worker_finds_the_same_monitor_and_its_numbers(
         stop_group_and_check_exit(server, monitor, graceful_s=10.0)
 
 
+def _can_make_pid_namespaces() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=30, check=False
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not _can_make_pid_namespaces(), reason="needs unshare and the right to make PID namespaces"
+)
+def test_a_server_that_is_pid_1_of_its_container_exports_everything_before_it_exits(
+    run_dir: Path, app_file: Path, receiver: OtlpHttpReceiver, tmp_path: Path
+) -> None:
+    """uvicorn as PID 1 of a PID namespace (a container's `CMD ["uvicorn", ...]`), stopped by
+    SIGTERM to it alone: as it exits, the kernel kills every other process of the namespace, the
+    monitor too. Its shutdown has the monitor export what it sent first (metrics every 60 s: only
+    that export can carry these requests); it returned at once, and none was exported."""
+    port = free_port()
+    env = server_environment(run_dir, **otlp_settings(receiver.endpoint, export_interval_ms=60_000))
+    command = ["unshare", "--pid", "--fork", "--mount-proc", *uvicorn_command(app_file, port)]
+    with running_server(command, env, port, tmp_path / "server.log") as server:
+        assert post_many(port, [("/v1/models/demo:predict", b'{"instances": [[1, 2]]}')] * N) == [200] * N
+        (uvicorn,) = server.worker_pids()  # unshare's child: PID 1 inside
+        os.kill(uvicorn, signal.SIGTERM)  # what the container runtime sends: to PID 1 only
+        server.process.wait(MONITOR_EXIT_S + MARGIN_S)
+        assert server.processes() == {}, server.describe()  # the namespace is gone, monitor and all
+    exported = sum(point.count or 0 for point in receiver.latest_points("http.server.request.duration"))
+    assert exported == N
+
+
 # ---- kill -9 of the monitor ----------------------------------------------------------------------------
 
 

@@ -394,9 +394,12 @@ class Tap:
             worker, shipper = self._worker, self.shipper
         deadline = self.shutdown_deadline = time.monotonic() + self.config.export.shutdown_timeout_s
         if shipper is not None:
-            # What is queued is shipped; the monitor processes it, and exports it with its own
-            # bounded flush when this was its last serving process (a waiting round trip here
-            # would add the collector's timeout to the server's exit).
+            if shipper.gave_up is None:
+                # What is queued is shipped (to a monitor still starting, too), and the monitor
+                # exports it before this process goes on, bounded by the same deadline as inline
+                # mode's last export: a server that is PID 1 of a container takes every process
+                # of it down as it exits, the monitor in the middle of its own final export.
+                shipper.flush(max(0.1, deadline - time.monotonic()))
             shipper.stop(max(0.1, deadline - time.monotonic()))
             return
         self._stop.set()
