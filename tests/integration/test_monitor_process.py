@@ -22,6 +22,7 @@ design guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -44,7 +45,7 @@ import pytest
 from modeltap.capture import compiled
 from modeltap.handoff.shipper import SEND_TIMEOUT_S
 from modeltap.reference import build_profile, write_profile
-from tests.support.otlp_receiver import OtlpHttpReceiver
+from tests.support.otlp_receiver import OtlpHttpReceiver, flatten_metrics
 from tests.support.polling import wait_until
 from tests.support.server_process import (
     PipelinedLoad,
@@ -867,3 +868,88 @@ def test_the_monitors_payload_stride_reaches_every_worker_within_a_second(
     late = [(pid, stride) for at, pid, stride in load.seen if at > first + 1.5]
     assert {pid for pid, _ in late} == workers
     assert [entry for entry in late if entry[1] == 1] == []
+
+
+# ---- a monitor that leaves before its serving processes ------------------------------------------
+
+
+async def _model(scope: Any, receive: Any, send: Any) -> None:
+    while (await receive()).get("more_body"):
+        pass
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": b'{"predictions": [1]}'})
+
+
+def test_a_monitor_that_leaves_first_has_every_exchange_counted_once(
+    run_dir: Path, receiver: OtlpHttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM to the monitor alone: it waits DRAIN_S for its serving process, which goes on
+    serving, then leaves with the process still connected. It processes and exports what it
+    received and acknowledges it before it closes: the tap counts as lost only what it never
+    processed (it counted the processed ones a second time, as `monitor_unavailable`)."""
+    for name, value in {
+        "MODELTAP_RUN_DIR": str(run_dir),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_METRIC_EXPORT_INTERVAL": "60000",
+        "OTEL_TRACES_EXPORTER": "none",
+    }.items():
+        monkeypatch.setenv(name, value)
+    from modeltap import ModelTapMiddleware
+
+    middleware = ModelTapMiddleware(_model, model_name="demo", views_prefix=False)
+    body = b'{"instances": [[1, 2, 3]]}'
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/models/demo:predict", "raw_path": b"/v1/models/demo:predict",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000), "headers": [(b"content-type", b"application/json")],
+    }  # fmt: skip
+    answered = [0]
+
+    async def call() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: Any) -> None:
+            pass
+
+        await middleware(dict(scope), receive, send)
+        answered[0] += 1
+
+    async def load(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for _ in range(6):
+                await call()
+            await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        await load(1.0)
+        shipper = middleware.tap.shipper
+        assert shipper is not None
+        first = shipper._spawned
+        assert first is not None
+        first.send_signal(signal.SIGTERM)
+        left = time.monotonic() + 40.0
+        while first.poll() is None and time.monotonic() < left:
+            await load(0.5)
+        assert first.poll() is not None, "the monitor did not leave"
+        await load(1.0)  # into the next monitor
+        await asyncio.sleep(0.5)
+        middleware.tap.shutdown()
+
+    asyncio.run(main())
+    counted = dropped = 0
+    for request in receiver.metric_requests():
+        for point in flatten_metrics(request):
+            if point.name == "http.server.request.duration":
+                counted += point.count or 0
+            elif (
+                point.name == "modeltap.capture.dropped"
+                and point.attributes.get("modeltap.drop.reason") in EXCHANGE_DROPS
+            ):
+                dropped += int(point.value or 0)
+    assert counted + dropped == answered[0], (counted, dropped, answered[0])

@@ -313,6 +313,7 @@ class Shipper:
         sock = self._sock
         if sock is None:
             return
+        self._read_what_is_left(sock)
         self._sock = None
         self._queue.unavailable = True
         # What the monitor that went away had been told dies with its series; the next monitor's
@@ -466,6 +467,18 @@ class Shipper:
             return
         for kind, payload in messages:
             self._handle(kind, payload)
+
+    def _read_what_is_left(self, sock: socket.socket) -> None:
+        """What the monitor wrote before the connection ended (a failed send may end it first):
+        its last acknowledgement says which records it processed, not to be counted as lost."""
+        with contextlib.suppress(OSError, ValueError):
+            sock.setblocking(False)
+            for _ in range(64):  # bounded: a connection that keeps writing is not drained for ever
+                data = sock.recv(65536)
+                if not data:
+                    break
+                for kind, payload in self._reader.feed(data):
+                    self._handle(kind, payload)
 
     def _handle(self, kind: int, payload: memoryview) -> None:
         # The monitor answered after the last counts were written: it has read them. Counts only

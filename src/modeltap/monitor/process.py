@@ -194,9 +194,10 @@ class Monitor:
                 admin[0].should_exit = True
             if self.readiness is not None:
                 self.readiness.stop()
-            for connection in list(self._connections):
-                if connection.feeder.transport is not None:
-                    connection.feeder.transport.close()
+            # Serving processes still connected (the drain ran out) keep their connections until
+            # what they sent is processed, exported and acknowledged below; reading stops now,
+            # so what they send from here on is theirs to count as lost.
+            self._pause_reading(True)
             self._stopping.set()
             self.inbox.ready.set()
             deadline = time.monotonic() + self.config.export.shutdown_timeout_s
@@ -206,6 +207,15 @@ class Monitor:
             await loop.run_in_executor(None, analysis.join, max(0.1, deadline - time.monotonic()))
             assert self.analyzer is not None
             await loop.run_in_executor(None, self.analyzer.shutdown, deadline - time.monotonic())
+            for connection in list(self._connections):
+                feeder = connection.feeder
+                if feeder.transport is not None:
+                    # The last acknowledgement, then the close: a tap counts as lost only what
+                    # was never processed (it counted the processed and exported ones too).
+                    final = framing.json_message(framing.CONTROL, {"records": feeder.processed})
+                    with contextlib.suppress(RuntimeError, OSError):
+                        feeder.transport.write(final)
+                    feeder.transport.close()
             for task in (views_task, admin_task):
                 if task is not None:
                     with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
