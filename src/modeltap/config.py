@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modeltap.errors import ConfigError
-from modeltap.redaction import may_hold_a_secret, variable_shown, without_userinfo
+from modeltap.redaction import may_hold_a_secret, redact_url, variable_shown, without_userinfo
 
 __all__ = ["ExportConfig", "ModelTapConfig", "SamplerConfig"]
 
@@ -80,6 +80,46 @@ def _http_url(value: str) -> bool:
 
     parts = urlsplit(value)
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+# What http.client refuses in a request line (its InvalidURL echoes the path): spaces and
+# control characters.
+_NOT_IN_A_REQUEST_LINE = re.compile(r"[\x00-\x20\x7f]")
+
+
+def receiver_url_problem(url: str) -> str | None:
+    """Why an alert receiver's URL could never be posted to, in words that never repeat its path
+    or query (a webhook's credential); None when it can. Checked at start-up: otherwise the first
+    notification finds out, long after the operator has gone."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "an unclosed IPv6 bracket"
+    try:
+        port = parts.port
+    except ValueError:
+        return "a port that is not a number within 1-65535"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"scheme {parts.scheme!r} and host {parts.hostname!r}, not an http(s) URL with a host"
+    if port == 0:
+        return "port 0"
+    if _NOT_IN_A_REQUEST_LINE.search(url):
+        return "a space or a control character (percent-encode it)"
+    if not (parts.path + parts.query).isascii():
+        return "characters outside ASCII in its path or query (percent-encode them)"
+    if "@" in parts.netloc:
+        return "user info (user:password@): it is never sent as credentials, and the host is not found"
+    return None
+
+
+def receiver_shown(url: str) -> str:
+    """A receiver URL as an error names it: scheme, host and port only, where it has them."""
+    try:
+        if urlsplit(url).hostname:
+            return redact_url(url)
+    except ValueError:
+        pass
+    return "one"
 
 
 def _parse_key_values(name: str, raw: str) -> dict[str, str]:
@@ -498,12 +538,12 @@ class ModelTapConfig:
         }
         for setting, urls in receivers.items():
             for url in urls:
-                parts = urlsplit(url)
-                if parts.scheme not in ("http", "https") or not parts.hostname:
+                problem = receiver_url_problem(url)
+                if problem is not None:
                     # Not the URL itself: a webhook's path or query is often its credential.
                     raise ConfigError(
-                        f"{setting} must be http(s) URLs with a host, got one with scheme "
-                        f"{parts.scheme!r} and host {parts.hostname!r}",
+                        f"{setting} must be http(s) URLs a notification can be posted to; "
+                        f"{receiver_shown(url)} has {problem}",
                         setting,
                     )
         if self.ranking_k is not None and not 1 <= self.ranking_k <= 1000:

@@ -453,3 +453,44 @@ def test_replace_validates_too() -> None:
 
 def test_process_environment_without_variables_gives_defaults(clean_otel_env: None) -> None:
     assert ModelTapConfig.from_env() == ModelTapConfig()
+
+
+@pytest.mark.parametrize("setting", ["alert_webhooks", "alertmanagers", "alert_slack_webhooks"])
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:80a/services/T0/B0/XXSECRETXX", "port"),
+        ("http://hooks.example:99999/services/T0/B0/XXSECRETXX", "port"),
+        ("http://hooks.example:0/services/T0/B0/XXSECRETXX", "port 0"),
+        ("https://hooks.slack.com/services/T0/B0/XXSECRET XX", "space"),
+        ("https://hooks.slack.com/services/T0/B0/XXSECRET\nXX", "control character"),
+        ("https://hooks.slack.com/services/T0/B0/XXSECRETé", "ASCII"),
+        ("http://[::1/services/T0/B0/XXSECRETXX", "IPv6"),
+        ("http://user:XXSECRETXX@hooks.example/hook", "user info"),
+        ("ftp://hooks.example/services/T0/B0/XXSECRETXX", "scheme 'ftp'"),
+    ],
+)
+def test_a_receiver_url_that_can_never_be_posted_to_is_refused_at_start(
+    setting: str, url: str, problem: str
+) -> None:
+    # None of these can be posted to: found at start, not by the first notification (whose
+    # error, ending the sender's thread, quoted the path: a Slack webhook's credential).
+    receivers: dict[str, Any] = {setting: (url,)}
+    with pytest.raises(ConfigError) as info:
+        ModelTapConfig(**receivers)
+    assert setting in str(info.value)
+    assert problem in str(info.value)
+    assert "XXSECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://alertmanager:9093",
+        "https://hooks.slack.com/services/T0/B0/XX%20XX?token=a,b",
+        "http://[::1]:9093/hook",
+        "https://hooks.example/hook#part",
+    ],
+)
+def test_receiver_urls_that_can_be_posted_to_are_taken(url: str) -> None:
+    assert ModelTapConfig(alert_webhooks=(url,)).alert_webhooks == (url,)

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks, kind_of
+from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks, parse_subject
 from modeltap.alerts.state import Alert, AlertKey, Notification
 from modeltap.alerts.webhook import WebhookSender
+from modeltap.fleet import names
 
 RESEND_S = 60.0
 ALERT_NAMES = {
@@ -29,6 +30,7 @@ ALERT_NAMES = {
     "freshness": "ModelTapDataStale",
     "business": "ModelTapBusinessDrop",
     "gpu_memory": "ModelTapGpuMemoryHigh",
+    "rollback": "ModelTapRollback",
 }
 
 
@@ -42,23 +44,25 @@ def _time(unix_s: float) -> str:
 
 
 def alert_labels(key: AlertKey, severity: str, reference_id: str | None) -> dict[str, str]:
-    kind = kind_of(key.subject)
+    """The labels of an alert, read from its subject's structure (`parse_subject`): a feature's
+    role and name as `modeltap rules` labels them, whatever the name holds (`latency`,
+    `geo:country`), so that the two paths deduplicate."""
+    subject = parse_subject(key.subject)
     labels = {
-        "alertname": ALERT_NAMES.get(kind, "ModelTapFeatureDrift"),
+        "alertname": ALERT_NAMES.get(subject.kind, "ModelTapFeatureDrift"),
         "severity": severity,
-        "modeltap_model_name": key.model,
-        "modeltap_model_version": key.version,
+        names.MODEL: key.model,
+        names.VERSION: key.version,
     }
-    if kind == "business":
-        labels["modeltap_business_metric"] = key.subject.removeprefix("business:")
-    elif kind == "gpu_memory":
-        labels["hw_id"] = key.subject.partition(":")[2]  # one alert per device
-    elif kind not in ALERT_NAMES:
-        role, _, name = key.subject.rpartition(":")
-        labels["modeltap_feature_role"] = role or "input"
-        labels["modeltap_feature_name"] = name
+    if subject.kind == "feature":
+        labels[names.ROLE] = subject.role
+        labels[names.FEATURE] = subject.name
         if reference_id:
-            labels["modeltap_reference_id"] = reference_id
+            labels[names.REFERENCE] = reference_id
+    elif subject.kind == "business":
+        labels["modeltap_business_metric"] = subject.name
+    elif subject.kind == "gpu_memory":
+        labels["hw_id"] = subject.name  # one alert per device
     return labels
 
 

@@ -36,10 +36,10 @@ import numpy as np
 
 from modeltap.alerts.alertmanager import AlertmanagerSender
 from modeltap.alerts.observations import observations
-from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks
+from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks, feature_subject
 from modeltap.alerts.slack import slack_message
 from modeltap.alerts.state import AlertBook, Notification
-from modeltap.alerts.webhook import WebhookSender, notification_document
+from modeltap.alerts.webhook import WebhookSender, close_all, notification_document
 from modeltap.redaction import redact_url
 from modeltap.reference.document import ReferenceFeature, ReferenceProfile
 from modeltap.snapshot import Snapshot
@@ -141,12 +141,14 @@ class Drill:
                 if self.shifted_input is None:
                     self.skipped[scenario] = "no reference profile with a monitored input"
                 else:
-                    self.expected.append(_Expected(scenario, self.shifted_input.name))
+                    subject = feature_subject("input", self.shifted_input.name)
+                    self.expected.append(_Expected(scenario, subject))
             elif scenario == "prediction":
                 if self.shifted_output is None:
                     self.skipped[scenario] = "no reference profile with a monitored output"
                 else:
-                    self.expected.append(_Expected(scenario, f"output:{self.shifted_output.name}"))
+                    subject = feature_subject("output", self.shifted_output.name)
+                    self.expected.append(_Expected(scenario, subject))
             elif scenario == "latency":
                 self.expected.append(_Expected(scenario, "latency"))
             elif scenario == "errors":
@@ -200,8 +202,8 @@ class Drill:
             self.problems.append(f"the drill itself failed: {type(exc).__name__}: {exc}")
         finally:
             self._resolve_leftovers()
-            for sender in (self.webhooks, self.slack, self.alertmanager.poster):
-                sender.close(2.0)
+            # Closed together: in turn, a receiver that hangs took 2 s each.
+            close_all((self.webhooks, self.slack, self.alertmanager.poster), time.monotonic() + 2.0)
             self._finish()
 
     def _resolve_leftovers(self) -> None:

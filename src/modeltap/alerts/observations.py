@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+from modeltap.alerts.runbooks import feature_subject
 from modeltap.alerts.state import AlertKey, Observation
-from modeltap.snapshot import Snapshot
+from modeltap.snapshot import PerformanceSummary, Snapshot
+from modeltap.stats.performance_level import PerformanceThresholds
 from modeltap.stats.scores import Level
 
 GPU_MEMORY = "gpu_memory"  # the subject's kind: `gpu_memory:<hw.id>`
+PERFORMANCE_THRESHOLDS = PerformanceThresholds()  # the defaults, as `GroundTruth` has them
 
 
 def observations(
-    snap: Snapshot, psi_warning: float, psi_critical: float, default_model: str = ""
+    snap: Snapshot,
+    psi_warning: float,
+    psi_critical: float,
+    default_model: str = "",
+    performance_thresholds: PerformanceThresholds = PERFORMANCE_THRESHOLDS,
 ) -> list[Observation]:
-    """Features and outputs (PSI), latency (p99), error rate, realised performance (accuracy)
-    and the business figure (EMERGENCY) per model version, a served version other than the
-    expected one, and each GPU's memory use (`gpu_memory:<hw.id>`, filed under `default_model`
-    with no version: the device serves whatever runs on it); INFO and OK levels are observations
-    too (they resolve alerts)."""
+    """Features and outputs (PSI), latency (p99), error rate, realised performance (accuracy,
+    against `performance_thresholds`) and the business figure (EMERGENCY) per model version, a
+    served version other than the expected one, and each GPU's memory use (`gpu_memory:<hw.id>`,
+    filed under `default_model` with no version: the device serves whatever runs on it); INFO and
+    OK levels are observations too (they resolve alerts). Subjects are written as
+    `runbooks.parse_subject` reads them (a feature's by `feature_subject`)."""
     out: list[Observation] = []
     for model in snap.models:
         for feature in model.features:
             if not feature.monitored:
                 continue
-            subject = feature.name if feature.role == "input" else f"{feature.role}:{feature.name}"
+            subject = feature_subject(feature.role, feature.name)
             level = Level(min(feature.level, Level.EMERGENCY))
             threshold = psi_critical if level >= Level.CRITICAL else psi_warning
             if feature.psi_noise_floor is not None:
@@ -57,16 +65,7 @@ def observations(
             )
         )
     for performance in snap.performance:
-        accuracy = dict(performance.window).get("accuracy")
-        baseline = performance.baseline_accuracy
-        out.append(
-            Observation(
-                AlertKey(performance.model, performance.version, "performance"),
-                Level(performance.level),
-                accuracy,
-                baseline - 0.05 if baseline is not None else None,
-            )
-        )
+        out.append(_performance(performance, performance_thresholds))
     for business in snap.business:
         figure = dict(business.window_figures).get(business.metric)
         out.append(
@@ -78,3 +77,18 @@ def observations(
             )
         )
     return out
+
+
+def _performance(summary: PerformanceSummary, thresholds: PerformanceThresholds) -> Observation:
+    """The window's accuracy and the limit it was held against: the critical drop below the
+    baseline for CRITICAL, else the warning drop (the one a WARNING crossed, and the first one
+    a recovering alert is below)."""
+    level = Level(summary.level)
+    drop = thresholds.critical_drop if level >= Level.CRITICAL else thresholds.warning_drop
+    baseline = summary.baseline_accuracy
+    return Observation(
+        AlertKey(summary.model, summary.version, "performance"),
+        level,
+        dict(summary.window).get("accuracy"),
+        baseline - drop if baseline is not None else None,
+    )

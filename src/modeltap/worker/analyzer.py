@@ -32,7 +32,7 @@ from modeltap.alerts.rollback import (
 from modeltap.alerts.runbooks import Runbooks
 from modeltap.alerts.slack import slack_message
 from modeltap.alerts.state import AlertBook, AlertKey, Observation
-from modeltap.alerts.webhook import WebhookSender, notification_document
+from modeltap.alerts.webhook import WebhookSender, close_all, notification_document
 from modeltap.config import ModelTapConfig
 from modeltap.export.exporters import make_metric_exporter, make_span_exporter
 from modeltap.export.local_views import ReadEndpoint, WriteEndpoint
@@ -373,7 +373,9 @@ class Analyzer:
         now = time.monotonic()
         offset = time.time() - now  # monotonic -> unix seconds
         config = self.config
-        observed = observations(snapshot, config.psi_warning, config.psi_critical, self.default_name)
+        observed = observations(
+            snapshot, config.psi_warning, config.psi_critical, self.default_name, self.truth.thresholds
+        )
         due = self.alert_book.evaluate(observed, now)
         self._log_info(observed)
         for notification in due:
@@ -596,9 +598,13 @@ class Analyzer:
         return self.exporter.flush_now(timeout_s) if self.exporter is not None else True
 
     def shutdown(self, timeout_s: float) -> None:
+        """Stop within `timeout_s` (the time left before the caller's deadline), however the
+        receivers and the collector hang: the alert receivers together get at most half of it
+        (2 s at most), and the final export what is left."""
+        start = time.monotonic()
+        budget = max(0.1, timeout_s)
         self.gpu.close()
-        self.webhooks.close(min(2.0, max(0.1, timeout_s / 2)))
-        self.alertmanager.close(min(2.0, max(0.1, timeout_s / 2)))
-        self.slack.close(min(2.0, max(0.1, timeout_s / 2)))
+        senders = (self.webhooks, self.alertmanager.poster, self.slack)
+        close_all(senders, start + min(2.0, budget / 2))
         if self.exporter is not None:
-            self.exporter.shutdown(max(0.1, timeout_s))
+            self.exporter.shutdown(max(0.0, start + budget - time.monotonic()))

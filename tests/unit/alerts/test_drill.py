@@ -3,6 +3,7 @@ real statistics and alerts never see the drill, and a drill that cannot prove a 
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -10,13 +11,14 @@ from typing import Any
 
 import pytest
 
+from modeltap.cli import main as modeltap_main
 from modeltap.config import ModelTapConfig
 from modeltap.redaction import redact_url
 from modeltap.reference.document import load_reference
 from modeltap.snapshot import ServingCounts
 from modeltap.worker.analyzer import Analyzer
 from tests.support.asgi_driver import http_request_messages, make_http_scope, run_asgi
-from tests.support.fleet_model import write_reference
+from tests.support.fleet_model import decide, training_rows, write_reference
 from tests.support.tapping import MakeMiddleware
 from tests.support.webhook import webhook
 
@@ -137,3 +139,25 @@ def test_a_drill_that_times_out_resolves_what_it_fired(reference: Path) -> None:
         ("firing", ["latency"]),
         ("resolved", ["latency"]),
     ]
+
+
+def test_an_input_named_latency_and_latency_itself_are_drilled_as_two_alerts(tmp_path: Path) -> None:
+    # The reference's first input, the one the covariate scenario shifts, is called `latency`.
+    table = tmp_path / "train.csv"
+    with table.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["latency", "income", "country", "prediction"])
+        for row in training_rows(5000):
+            writer.writerow([row["amount"], row["income"], row["country"], decide(row)])
+    reference = tmp_path / "reference.json"
+    assert modeltap_main(["profile", str(table), "-o", str(reference), "--prediction", "prediction"]) == 0
+    with webhook() as hook:
+        config = ModelTapConfig.from_env({}, model_name="loans", alert_webhooks=(hook.url,), **QUICK)
+        analyzer = Analyzer(config, load_reference(reference), mode="inline")
+        report = _run(analyzer, {"scenario": "all", "timeout_s": 30})
+        analyzer.shutdown(1.0)
+    assert report["state"] == "passed", report["problems"]
+    subjects = {a["scenario"]: a["subject"] for a in report["alerts"]}
+    assert (subjects["covariate"], subjects["latency"]) == ("input:latency", "latency")
+    [firing] = [d for d in hook.received if d["kind"] == "firing"]
+    assert {"input:latency", "latency"} <= {a["subject"] for a in firing["alerts"]}

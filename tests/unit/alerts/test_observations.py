@@ -1,10 +1,14 @@
-"""A feature's alert states the limit its PSI was compared with: the larger of the configured
-threshold and the window's noise floor tau (a small window's noise alone can pass 0.1 or 0.2)."""
+"""An alert states the limit its score was compared with: for a feature, the larger of the
+configured threshold and the window's noise floor tau (a small window's noise alone can pass 0.1
+or 0.2); for realised performance, the drop below the baseline that its level crossed."""
 
 from __future__ import annotations
 
+import pytest
+
 from modeltap.alerts.observations import observations
-from modeltap.snapshot import FeatureView, ModelView, Snapshot
+from modeltap.snapshot import FeatureView, ModelView, PerformanceSummary, Snapshot
+from modeltap.stats.performance_level import PerformanceThresholds
 from modeltap.stats.scores import Level
 
 
@@ -43,3 +47,29 @@ def test_the_threshold_stated_is_the_one_psi_was_compared_with() -> None:
     }
 
     assert stated == {"wide": 0.264, "middle": 0.15, "narrow": 0.2, "unknown": 0.1}
+
+
+def test_the_performance_threshold_stated_is_the_drop_the_level_crossed() -> None:
+    def stated(level: Level) -> float | None:
+        summary = PerformanceSummary(
+            "churn", "1", "classification", 500, 500, window=(("accuracy", 0.8),), level=int(level),
+            baseline_accuracy=0.9,
+        )  # fmt: skip
+        snapshot = Snapshot(taken_unix_ns=0, start_unix_ns=0, instance_id="x", pid=1, performance=(summary,))
+        [observed] = observations(snapshot, 0.1, 0.2)
+        assert (observed.key.subject, observed.score) == ("performance", 0.8)
+        return observed.threshold
+
+    # PerformanceThresholds: WARNING 2.5 points below the baseline, CRITICAL 5 points below.
+    assert stated(Level.WARNING) == pytest.approx(0.875)
+    assert stated(Level.CRITICAL) == pytest.approx(0.85)
+    assert stated(Level.OK) == pytest.approx(0.875)  # a recovering alert: the first limit
+
+
+def test_the_performance_threshold_follows_the_thresholds_judged_with() -> None:
+    summary = PerformanceSummary("churn", "1", "classification", 500, 500, level=int(Level.WARNING),
+                                 baseline_accuracy=0.9)  # fmt: skip
+    snapshot = Snapshot(taken_unix_ns=0, start_unix_ns=0, instance_id="x", pid=1, performance=(summary,))
+    thresholds = PerformanceThresholds(critical_drop=0.2, warning_drop=0.1)
+    [observed] = observations(snapshot, 0.1, 0.2, performance_thresholds=thresholds)
+    assert observed.threshold == pytest.approx(0.8)
