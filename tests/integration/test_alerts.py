@@ -15,6 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from modeltap.alerts.alertmanager import AlertmanagerSender
+from modeltap.alerts.state import AlertBook, AlertKey, Observation
+from modeltap.stats.scores import Level
 from tests.support.alertmanager import alertmanager
 from tests.support.backends import ROOT, wait_for
 from tests.support.fleet_model import drifted_rows, training_rows, write_reference
@@ -230,3 +233,50 @@ def test_a_warning_raises_monitoring_for_a_bounded_time(tmp_path: Path, model: M
         # The control message follows within a control interval (0.2 s) of the boost.
         assert wait_for(lambda: status()["monitoring"]["control"].get("trace_ratio") == 0.2, 5), status()
         assert {n["severity"] for n in hook.received if n["kind"] == "firing"} == {"warning"}
+
+
+def test_replicas_alert_apart_so_one_recovering_resolves_only_its_own(tmp_path: Path) -> None:
+    """Two replicas of one model, each judging its own traffic, post to one Alertmanager. Replica
+    A recovers and resolves; B still fires: B's alert stays active there (one label set for both
+    made A's resolution end B's alert, which came back with B's next re-send a minute later)."""
+    key = AlertKey("churn", "1", "tenure_years")
+    reference = "sha256:" + "0" * 64
+
+    def replica(name: str) -> tuple[AlertBook, AlertmanagerSender]:
+        book = AlertBook(for_s=0.0, resolve_s=0.0, group_wait_s=0.0)
+        return book, AlertmanagerSender((am_url,), instance=name)
+
+    def step(book: AlertBook, sender: AlertmanagerSender, level: Level, now: float) -> None:
+        offset = time.time() - now
+        for notification in book.evaluate([Observation(key, level, 0.9, 0.2)], now):
+            sender.notify(notification, now, lambda t: t + offset, reference)
+        sender.tick(now, lambda t: t + offset)
+
+    def active() -> list[str]:
+        alerts = httpx.get(am_url + "/api/v2/alerts?active=true", timeout=10).json()
+        return sorted(
+            a["labels"].get("modeltap_instance", "") for a in alerts if a["status"]["state"] == "active"
+        )
+
+    with webhook() as hook, alertmanager(tmp_path, hook.url) as am_url:
+        a, b = replica("pod-a"), replica("pod-b")
+        now = time.monotonic()
+        step(*a, Level.CRITICAL, now)
+        step(*b, Level.CRITICAL, now)
+        assert wait_until(lambda: active() == ["pod-a", "pod-b"], timeout_s=20.0), active()
+        now = time.monotonic()
+        step(*a, Level.OK, now)  # A's window recovered
+        step(*b, Level.CRITICAL, now)  # B's still critical; its next re-send is a minute away
+        assert wait_until(lambda: active() == ["pod-b"], timeout_s=20.0), active()
+        time.sleep(2.0)  # group_interval 1 s: whatever Alertmanager would send, it has
+        assert active() == ["pod-b"]
+        resolved = [
+            alert["labels"].get("modeltap_instance")
+            for message in hook.received
+            for alert in message.get("alerts", [])
+            if alert["status"] == "resolved"
+        ]
+        assert resolved, hook.received
+        assert set(resolved) == {"pod-a"}, hook.received
+        for sender in (a[1], b[1]):
+            sender.close(2.0)

@@ -2,11 +2,14 @@
 
 Each alert goes with the labels `modeltap rules` gives the same alert in Prometheus
 (`alertname`, `severity`, `modeltap_model_name`, `modeltap_model_version`, and for feature
-drift `modeltap_reference_id`, `modeltap_feature_role`, `modeltap_feature_name`), so an
-Alertmanager that receives both paths deduplicates them, and its routing and inhibition rules
-can use them. Alertmanager resolves an alert it stops hearing about after its `resolve_timeout`
-(5 minutes by default), so firing alerts are re-sent every `RESEND_S` with `endsAt` a few resends
-ahead; a resolution is sent with `endsAt` now.
+drift `modeltap_reference_id`, `modeltap_feature_role`, `modeltap_feature_name`), so that
+routing and inhibition rules can use them, plus `modeltap_instance`, the replica that judged it:
+each replica judges its own traffic, and Alertmanager merges alerts of one label set, so without
+it one replica's recovery resolved the alert that others still fired (firing, resolved, firing
+again a minute later). The fleet's own alerts are the rules' (no `modeltap_instance`).
+Alertmanager resolves an alert it stops hearing about after its `resolve_timeout` (5 minutes by
+default), so firing alerts are re-sent every `RESEND_S` with `endsAt` a few resends ahead; a
+resolution is sent with `endsAt` now.
 """
 
 from __future__ import annotations
@@ -43,10 +46,15 @@ def _time(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def alert_labels(key: AlertKey, severity: str, reference_id: str | None) -> dict[str, str]:
+INSTANCE_LABEL = "modeltap_instance"
+
+
+def alert_labels(
+    key: AlertKey, severity: str, reference_id: str | None, instance: str | None = None
+) -> dict[str, str]:
     """The labels of an alert, read from its subject's structure (`parse_subject`): a feature's
     role and name as `modeltap rules` labels them, whatever the name holds (`latency`,
-    `geo:country`), so that the two paths deduplicate."""
+    `geo:country`); with `instance`, the replica that judged it."""
     subject = parse_subject(key.subject)
     labels = {
         "alertname": ALERT_NAMES.get(subject.kind, "ModelTapFeatureDrift"),
@@ -54,6 +62,8 @@ def alert_labels(key: AlertKey, severity: str, reference_id: str | None) -> dict
         names.MODEL: key.model,
         names.VERSION: key.version,
     }
+    if instance:
+        labels[INSTANCE_LABEL] = instance
     if subject.kind == "feature":
         labels[names.ROLE] = subject.role
         labels[names.FEATURE] = subject.name
@@ -75,8 +85,12 @@ class AlertmanagerSender:
         status_url: str | None = None,
         drill: bool = False,
         runbooks: Runbooks = DEFAULT_RUNBOOKS,
+        instance: str | None = None,
     ) -> None:
         self.poster = WebhookSender(tuple(url.rstrip("/") + "/api/v2/alerts" for url in urls))
+        # The replica, stable across a restart of its monitor (a new label set would leave the
+        # old one's alert active in Alertmanager until its `endsAt`).
+        self.instance = instance
         self.status_url = status_url
         self.runbooks = runbooks
         # A fire drill's alerts carry `modeltap_drill="true"`: a label set of their own, so they
@@ -94,7 +108,7 @@ class AlertmanagerSender:
     ) -> dict[str, Any]:
         score = f"{alert.score:.3f}" if alert.score is not None else "-"
         threshold = f"{alert.threshold:.3f}" if alert.threshold is not None else "-"
-        labels = alert_labels(alert.key, alert.severity, reference_id)
+        labels = alert_labels(alert.key, alert.severity, reference_id, self.instance)
         if self.drill:
             labels["modeltap_drill"] = "true"
         document: dict[str, Any] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -198,7 +199,10 @@ class Analyzer:
         self.status_url = config.alert_status_url
         self.webhooks = WebhookSender(tuple(config.alert_webhooks))
         self.alertmanager = AlertmanagerSender(
-            tuple(config.alertmanagers), config.alert_status_url, runbooks=self.runbooks
+            tuple(config.alertmanagers),
+            config.alert_status_url,
+            runbooks=self.runbooks,
+            instance=replica_name(config),
         )
         self.slack = WebhookSender(tuple(config.alert_slack_webhooks))
         self._info: set[tuple[str, str, str]] = set()  # subjects at INFO: logged once on entry
@@ -608,3 +612,12 @@ class Analyzer:
         close_all(senders, start + min(2.0, budget / 2))
         if self.exporter is not None:
             self.exporter.shutdown(max(0.0, start + budget - time.monotonic()))
+
+
+def replica_name(config: ModelTapConfig) -> str:
+    """The replica this analysis judges, as its Alertmanager alerts name it: the configured
+    `service.instance.id` (`OTEL_RESOURCE_ATTRIBUTES`, `export.resource_attributes`: a pod's name),
+    else the host's name (a pod's too, in Kubernetes). Not the monitor's generated instance id:
+    that changes when the monitor restarts (the SDK's `Resource.create` makes one up too)."""
+    configured = config.export.resource_attributes.get(SERVICE_INSTANCE_ID)
+    return str(configured) if configured else socket.gethostname()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
 from typing import Any
 
@@ -172,3 +173,19 @@ def test_runbooks_per_subject_then_kind_then_the_docs_section() -> None:
     assert Runbooks().url("error_rate") == (
         "https://github.com/modeltap/modeltap/blob/main/docs/runbooks.md#modeltaperrorratehigh"
     )
+
+
+def test_alertmanager_alerts_name_the_replica_that_judged_them() -> None:
+    """The configured service.instance.id (a pod's name), else the host's name: stable across a
+    restart of the monitor, unlike its generated instance id."""
+    from modeltap.config import ExportConfig, ModelTapConfig
+    from modeltap.worker.analyzer import replica_name
+
+    assert replica_name(ModelTapConfig.from_env({})) == socket.gethostname()
+    environ = {"OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=pod-7,k8s.namespace.name=ml"}
+    assert replica_name(ModelTapConfig.from_env(environ)) == "pod-7"
+    configured = ModelTapConfig(export=ExportConfig(resource_attributes={"service.instance.id": "pod-9"}))
+    assert replica_name(configured) == "pod-9"
+    labels = alert_labels(AlertKey("churn", "1", "latency"), "critical", None, "pod-7")
+    assert labels["modeltap_instance"] == "pod-7"
+    assert "modeltap_instance" not in alert_labels(AlertKey("churn", "1", "latency"), "critical", None)
