@@ -110,6 +110,7 @@ def test_the_first_counts_a_serving_process_ships_say_how_it_captures(
         """Stands in for the shipper: reads the counts as its first turn would, ships nothing."""
 
         lost = 0
+        gave_up = None
 
         def __init__(self, *args: object, counts: Callable[[], dict[str, Any]], **options: object) -> None:
             self._counts = counts

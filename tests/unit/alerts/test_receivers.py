@@ -189,3 +189,10 @@ def test_alertmanager_alerts_name_the_replica_that_judged_them() -> None:
     labels = alert_labels(AlertKey("churn", "1", "latency"), "critical", None, "pod-7")
     assert labels["modeltap_instance"] == "pod-7"
     assert "modeltap_instance" not in alert_labels(AlertKey("churn", "1", "latency"), "critical", None)
+
+
+def test_alert_labels_are_spelled_as_the_rules_spell_them() -> None:
+    from modeltap.fleet import names
+
+    labels = alert_labels(AlertKey("churn", "1", "amount"), "critical", "sha256:x")
+    assert set(labels) == {"alertname", "severity", *names.MODEL_KEY, *names.FEATURE_KEY}
