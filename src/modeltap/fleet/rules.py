@@ -9,9 +9,12 @@
 - `modeltap-fleet`: per model name, version and feature, summed over every replica: the bucket
   counts of the window (or since each replica started, with `cumulative`), their shares, PSI and
   Jensen-Shannon over the buckets modeltap scores locally, the noise floor and the level; latency
-  percentiles from the duration histogram, the error ratio, drop and violation rates.
+  percentiles from the duration histogram, the error ratio, drop and violation rates. The
+  duration histogram has the OpenTelemetry name other HTTP servers export too: only series with
+  a modeltap model name count.
 - `modeltap-alerts`: `ModelTapFeatureDrift` (warning, critical), `ModelTapLatencyHigh`,
-  `ModelTapErrorRateHigh`, `ModelTapTelemetryDropping`, each with a runbook link.
+  `ModelTapErrorRateHigh`, `ModelTapTelemetryDropping` (not for `body_over_cap`, a deliberate
+  decoding skip), each with a runbook link.
 
 The formulas are STATS.md's (the functions in `modeltap.stats.scores`), written in PromQL:
 PSI = sum((a - e) ln(a / e)) with empty shares floored to 1e-4 on both sides; JS distance base 2;
@@ -37,6 +40,14 @@ RUNBOOK = "https://github.com/modeltap/modeltap/blob/main/docs/runbooks.md"
 LN2 = "0.6931471805599453"
 LE_FORMATS = ("scrape", "remote-write")
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+# Prometheus 3 stores the `le` of a scraped classic histogram in float form: Go's shortest
+# spelling plus ".0" where that has neither "." nor "e" (`2` -> `2.0`, `0` -> `0.0`); the
+# constants keep Go's spelling, which Prometheus 2 and remote write store. The rules accept both.
+LE_AS_CONSTANT = r"(.+?)(?:\.0)?"  # captures `le` without that suffix
+LE_SCRATCH = "modeltap_le"
+# `modeltap.capture.dropped` reasons that are not telemetry loss: exchanges served and timed
+# but deliberately not decoded (bodies over max_body_bytes), so no TelemetryDropping alert.
+DECODING_SKIPS = ("body_over_cap",)
 
 # Recorded series (also what the dashboard queries).
 PSI = "modeltap:feature_drift_psi"
@@ -124,6 +135,20 @@ def _selector(labels: Mapping[str, str], *matchers: tuple[str, str, str]) -> str
     return "{" + ", ".join(parts) + "}" if parts else ""
 
 
+def _requests(options: RuleOptions, *matchers: tuple[str, str, str]) -> str:
+    """The selector of modeltap's HTTP-duration series (and its other per-model series).
+
+    `http_server_request_duration_seconds` is the OpenTelemetry semantic-convention name, which
+    every instrumented HTTP server exports too (another service behind the same Collector, or
+    FastAPI instrumentation in the same app); only modeltap's series carry a model name, always
+    (`unknown` where none was vouched for). Without `--model-name` the selector still requires
+    one, or those services would sum into a nameless model and fire its latency and error alerts.
+    """
+    if options.model_name:
+        return _selector({n.MODEL: options.model_name}, *matchers)
+    return _selector({}, (n.MODEL, "!=", ""), *matchers)
+
+
 def _by(labels: Sequence[str]) -> str:
     return ", ".join(labels)
 
@@ -193,6 +218,15 @@ def _psi_bounds(constants: Sequence[FeatureConstants]) -> tuple[str, ...]:
     return tuple(sorted({b.le for c in constants for b in c.bins if b.le}))
 
 
+def _stored_spellings(le: str) -> tuple[str, ...]:
+    """`le` as Prometheus may store it: as spelled, and for an integer bound also in Prometheus 3's
+    float form (`25` and `25.0`). Go's shortest spelling never ends in ".0", so no other bound
+    has the second spelling."""
+    if le[-1].isdigit() and not any(c in le for c in ".eE"):
+        return le, le + ".0"
+    return (le,)
+
+
 def fleet_rules(
     profile: ReferenceProfile, options: RuleOptions, constants: Sequence[FeatureConstants]
 ) -> list[dict[str, Any]]:
@@ -200,7 +234,9 @@ def fleet_rules(
     drift_selector = _selector({n.REFERENCE: profile.id, **model})
     # Only the PSI buckets' bounds are summed (about 12 of a numeric feature's ~100 fine
     # buckets): an index-level pre-filter, exact filtering happens in the join with the reference.
-    bounds = "|".join(_regex_literal(le) for le in _psi_bounds(constants))
+    # Prometheus 3 stores a scraped integer bound in float form (`le="2"` arrives as `le="2.0"`),
+    # so both spellings pass. A plain alternation of literals: Prometheus matches it as a set.
+    bounds = "|".join(_regex_literal(s) for le in _psi_bounds(constants) for s in _stored_spellings(le))
     bucket_selector = _selector({n.REFERENCE: profile.id, **model}, ("le", "=~", bounds))
     ref_prev = _selector({n.REFERENCE: profile.id}, ("prev_le", "!=", ""))
     ref_lowest = _selector({n.REFERENCE: profile.id, "prev_le": ""}, ("le", "!=", ""))
@@ -209,12 +245,27 @@ def fleet_rules(
     own = _selector({n.REFERENCE: profile.id})
     t = options.thresholds
     floor = _number(PSI_FLOOR)
-    requests = _selector(model)
+    requests = _requests(options)
     rules = [
-        # Cumulative buckets at the PSI bounds, summed over replicas (job and instance dropped).
+        # Cumulative buckets at the PSI bounds, summed over replicas (job and instance dropped),
+        # with `le` spelled as the constants spell it: a Prometheus 3 scrape's "2.0" becomes "2".
+        # The spelling goes through a scratch label: rewriting `le` in place fails the whole rule
+        # ("vector cannot contain metrics with the same labelset") while one series exists under
+        # both spellings, as for a window after an upgrade from Prometheus 2; this way the rule
+        # keeps recording, with both series' counts summed into the one bucket.
         _rule(
             BUCKET_SUM,
-            f"sum by ({series}, le) ({_source(n.FEATURE_BUCKET, bucket_selector, options)})",
+            f"""sum by ({series}, le) (
+  label_replace(
+    sum by ({series}, {LE_SCRATCH}) (
+      label_replace(
+        {_source(n.FEATURE_BUCKET, bucket_selector, options)},
+        {_quote(LE_SCRATCH)}, "$1", "le", {_quote(LE_AS_CONSTANT)}
+      )
+    ),
+    "le", "$1", {_quote(LE_SCRATCH)}, "(.*)"
+  )
+)""",
         ),
         # Count of each PSI bucket: C(le) - C(prev_le), the lowest bucket is C(le) itself; and
         # the count of each category (one rule: promtool rejects a record name used twice).
@@ -311,7 +362,7 @@ or
         _rule(
             ERROR_RATIO,
             f"""(
-  sum by ({by_model}) ({_rate(n.DURATION_COUNT, _selector(model, (n.STATUS, "=~", "5..")), options)})
+  sum by ({by_model}) ({_rate(n.DURATION_COUNT, _requests(options, (n.STATUS, "=~", "5..")), options)})
   or 0 * {REQUEST_RATE}{requests}
 )
 / ({REQUEST_RATE}{requests} > 0)""",
@@ -327,7 +378,8 @@ or
 
 def alert_rules(profile: ReferenceProfile, options: RuleOptions) -> list[dict[str, Any]]:
     own = _selector({n.REFERENCE: profile.id})
-    requests = _selector({n.MODEL: options.model_name} if options.model_name else {})
+    requests = _requests(options)
+    lost = _selector({}, (n.DROP_REASON, "!~", "|".join(map(_regex_literal, DECODING_SKIPS))))
     series = _by(n.SERIES_KEY)
     feature = f"{{{{ $labels.{n.FEATURE} }}}} ({{{{ $labels.{n.ROLE} }}}})"
     model = f"{{{{ $labels.{n.MODEL} }}}} version {{{{ $labels.{n.VERSION} }}}}"
@@ -383,7 +435,9 @@ def alert_rules(profile: ReferenceProfile, options: RuleOptions) -> list[dict[st
         },
         {
             "alert": "ModelTapTelemetryDropping",
-            "expr": f"{DROP_RATE} > 0",
+            # Reasons that are decoding skips, not telemetry loss, stay on the dashboard only: a
+            # model whose bodies exceed max_body_bytes would otherwise keep this alert firing.
+            "expr": f"{DROP_RATE}{lost} > 0",
             "for": options.dropping_for,
             "labels": {"severity": "warning"},
             "annotations": {
