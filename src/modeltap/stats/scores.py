@@ -29,7 +29,7 @@ specification: PSI magnitude decides WARNING and CRITICAL, a significant test al
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -475,16 +475,25 @@ def overall_level(levels: Iterable[Level]) -> Level:
     return max(levels, default=Level.OK)
 
 
-def sigma_level(history: np.ndarray, value: float, k: float = DEFAULT_THRESHOLDS.sigma_k) -> Level:
+def sigma_level(
+    history: np.ndarray,
+    value: float,
+    k: float = DEFAULT_THRESHOLDS.sigma_k,
+    floor: Callable[[float], float] | None = None,
+) -> Level:
     """Level of a series without a reference (latency, error rate) against its own history.
 
     With `mu` the mean and `sigma` the sample standard deviation (ddof=1) of the finite history
     values: CRITICAL if `value > mu + 2k sigma`, WARNING if `value > mu + k sigma`, else OK. The
-    rule is one-sided (only increases alert: higher latency or error rate is worse).
+    rule is one-sided (only increases alert: higher latency or error rate is worse). `floor(mu)`,
+    if given, is the least `sigma` is taken to be: the spread the value itself has by its nature
+    (a rate's binomial error over the slot's requests, a quantile's sketch accuracy). A quiet
+    history says nothing of that spread: 30 slots without an error made one error in 100
+    requests a WARNING, two a CRITICAL.
 
     OK with fewer than 30 finite history points (`MIN_SIGMA_HISTORY`) or a NaN `value`. A constant
-    history (`sigma == 0`) gives OK for `value <= mu` and WARNING above it: both bands collapse
-    onto `mu`, and without a spread there is no scale to call a departure CRITICAL.
+    history without a floor (`sigma == 0`) gives OK for `value <= mu` and WARNING above it: both
+    bands collapse onto `mu`, and without a spread there is no scale to call a departure CRITICAL.
     """
     past = np.asarray(history, dtype=np.float64).ravel()
     past = past[np.isfinite(past)]
@@ -492,6 +501,8 @@ def sigma_level(history: np.ndarray, value: float, k: float = DEFAULT_THRESHOLDS
         return Level.OK
     mu = float(past.mean())
     sigma = float(past.std(ddof=1))
+    if floor is not None:
+        sigma = max(sigma, floor(mu))
     if sigma == 0:
         return Level.WARNING if value > mu else Level.OK
     if value > mu + 2 * k * sigma:

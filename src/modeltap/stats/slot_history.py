@@ -5,6 +5,7 @@ the earlier ones (STATS.md "Alert levels"; `scores.sigma_level`)."""
 from __future__ import annotations
 
 import collections
+import math
 
 import numpy as np
 
@@ -65,6 +66,23 @@ class SlotHistory:
         if self._requests < MIN_SLOT_REQUESTS:
             return Level.OK, Level.OK
         p99 = self._sketch.quantile(0.99)
-        latency = sigma_level(np.asarray(self.p99), p99, k) if p99 is not None else Level.OK
-        errors = sigma_level(np.asarray(self.error_rate), self._errors / self._requests, k)
+        # Quantiles closer than the sketch's relative accuracy (1 %) are one value.
+        accuracy = self._sketch.relative_accuracy
+        latency = Level.OK
+        if p99 is not None:
+            latency = sigma_level(np.asarray(self.p99), p99, k, floor=lambda mu: accuracy * abs(mu))
+        requests = self._requests
+        errors = sigma_level(
+            np.asarray(self.error_rate),
+            self._errors / requests,
+            k,
+            floor=lambda mu: _binomial_error(mu, requests),
+        )
         return latency, errors
+
+
+def _binomial_error(rate: float, requests: int) -> float:
+    """The standard error of a rate over `requests` at the history's `rate`, and at least one
+    request's worth (a history without errors has rate 0 and would have no spread at all)."""
+    p = min(max(rate, 1.0 / requests), 1.0)
+    return math.sqrt(p * (1.0 - p) / requests)

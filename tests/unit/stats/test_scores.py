@@ -656,3 +656,16 @@ def test_the_missing_rate_test_needs_two_samples_and_variance() -> None:
     assert missing_rate_test(1, 10, 0, 0) is None
     assert missing_rate_test(0, 100, 0, 50) is None  # nothing missing anywhere: no variance
     assert missing_rate_test(100, 100, 50, 50) is None  # everything missing
+
+
+def test_sigma_level_with_a_floor_takes_the_larger_spread() -> None:
+    """`floor(mu)` is the least sigma: a history quieter than the value's own noise judges the
+    value by that noise; a noisier one by its own spread, as without a floor."""
+    flat = np.zeros(50)
+    assert sigma_level(flat, 0.01, floor=lambda mu: 0.01) is Level.OK
+    assert sigma_level(flat, 0.031, floor=lambda mu: 0.01) is Level.WARNING
+    assert sigma_level(flat, 0.061, floor=lambda mu: 0.01) is Level.CRITICAL
+    history = np.random.default_rng(3).normal(100.0, 10.0, 200)
+    mu, sigma = float(history.mean()), float(history.std(ddof=1))
+    assert sigma_level(history, mu + 3.1 * sigma, floor=lambda m: 0.01 * m) is Level.WARNING
+    assert sigma_level(history, mu + 3.1 * sigma, floor=lambda m: 0.2 * m) is Level.OK
