@@ -88,6 +88,9 @@ def test_a_stale_p95_is_a_warning_then_critical_and_bad_times_are_type_violation
 ) -> None:
     middleware = monitored(make_middleware, reference, max_age_s=600.0)
     now = time.time()
+    send_rows(middleware, [{"amount": 1.0, "event_time": now - 5000}])
+    lone = status_document(middleware)["models"][0]["freshness"]
+    assert (lone["rows"], lone["level"]) == (1, "OK")  # one stale row: no p95 to judge yet
     send_rows(
         middleware,
         [{"amount": 1.0, "event_time": now - 900} for _ in range(50)]
@@ -119,3 +122,6 @@ def test_event_times_parse_as_documented() -> None:
     assert freshness_level(None, 60.0) == Level.OK
     assert freshness_level(61.0, 60.0) == Level.WARNING
     assert freshness_level(121.0, 60.0) == Level.CRITICAL
+    # A p95 of a few rows is the oldest row: no level on fewer than 20 (one stale row was CRITICAL).
+    assert freshness_level(1000.0, 60.0, rows=19) == Level.OK
+    assert freshness_level(1000.0, 60.0, rows=20) == Level.CRITICAL

@@ -498,7 +498,7 @@ class StatsAggregator:
         if not sketch.count and not state.freshness_future:
             return None
         p50, p95 = sketch.quantiles((0.5, 0.95))
-        level = freshness_level(p95, self._freshness_bound)
+        level = freshness_level(p95, self._freshness_bound, int(sketch.count))
         return int(sketch.count), p50, p95, sketch.max, state.freshness_future, int(level)
 
     def invalidate_scores(self) -> None:

@@ -42,8 +42,15 @@ def _iso(text: str) -> float | None:
     return moment.timestamp()
 
 
-def freshness_level(p95_s: float | None, bound_s: float | None) -> Level:
-    if p95_s is None or bound_s is None:
+# A window's p95 age is judged on at least this many rows: below 20 it is the window's oldest
+# row, and one stale row made the model CRITICAL.
+MIN_FRESHNESS_ROWS = 20
+
+
+def freshness_level(p95_s: float | None, bound_s: float | None, rows: int = MIN_FRESHNESS_ROWS) -> Level:
+    """WARNING when the window's p95 age is over `bound_s`, CRITICAL over twice it; OK on fewer
+    than `MIN_FRESHNESS_ROWS` rows."""
+    if p95_s is None or bound_s is None or rows < MIN_FRESHNESS_ROWS:
         return Level.OK
     if p95_s > 2 * bound_s:
         return Level.CRITICAL
