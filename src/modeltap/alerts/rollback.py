@@ -95,9 +95,12 @@ class RollbackControl:
         with self._lock:
             self._ids += 1
             command = RouteCommand(target, clean_cause(cause), by, self._ids)
-            changed = self.command is None or self.command.target != target
+            previous = self.command
+            changed = previous is None or previous.target != target
             self.command = command
-            if changed or target == FALLBACK:
+            # A rollback asked again for a new reason is news; the same one again (a retrying
+            # script) is not: each was a notification and a restarted ModelTapRollback.
+            if changed or (target == FALLBACK and (previous is None or previous.cause != command.cause)):
                 self._events.append(command)
         if self.apply is not None:
             self.apply(command)

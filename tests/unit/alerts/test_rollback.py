@@ -52,6 +52,21 @@ def test_a_request_is_sent_to_every_data_plane_that_does_not_follow_it_yet() -> 
     assert control.drain_events() == []
 
 
+def test_a_rollback_asked_again_is_news_only_for_a_new_cause() -> None:
+    control = RollbackControl()
+    control.configure(FALLBACK_URL)
+    for _ in range(3):  # a script that retries
+        control.request(FALLBACK, "bad version", "operator")
+    control.request(FALLBACK, "still bad: p99 doubled", "operator")
+    assert [(e.target, e.cause) for e in control.drain_events()] == [
+        (FALLBACK, "bad version"),
+        (FALLBACK, "still bad: p99 doubled"),
+    ]
+    pending = control.pending_for(PRIMARY)
+    assert pending is not None
+    assert pending["cause"] == "still bad: p99 doubled"  # the newest asks
+
+
 @pytest.mark.parametrize("auto", ["off", "emergency"])
 def test_an_emergency_rolls_back_by_itself_only_where_enabled(auto: str) -> None:
     control = RollbackControl()
