@@ -380,3 +380,24 @@ def test_a_tap_let_go_while_the_call_reads_it_stays_alive_until_it_has_decided(
     middleware.enabled = True  # the middleware's own tap again
     assert predict(middleware) == 200
     assert status_document(middleware)["requests"]["total"] == 3
+
+
+def test_monitoring_that_cannot_start_never_reaches_the_app(
+    make_middleware: MakeMiddleware, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever the tap's start raises (a broken environment), the request is the app's, with
+    its answer, and so is every later one, unmonitored; the failure is logged once."""
+    paths: list[str] = []
+    tapped = make_middleware(counting_model(paths))
+    starts: list[int] = []
+
+    def broken() -> None:
+        starts.append(1)
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tapped.tap, "start", broken)
+    for _ in range(3):
+        assert predict(tapped) == 200
+    assert paths == ["/predict"] * 3
+    assert len(starts) == 1  # tried once, not on every request
+    assert sum("monitoring could not start" in r.getMessage() for r in caplog.records) == 1

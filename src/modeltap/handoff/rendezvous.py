@@ -16,8 +16,11 @@ of their own in its place, and receive the captured payloads.
 from __future__ import annotations
 
 import fcntl
+import grp
 import hashlib
 import os
+import pwd
+import re
 import socket
 import stat
 import struct
@@ -46,11 +49,14 @@ def run_directory(environ: Any = None) -> Path:
     that sits where others could swap it (`check_run_directory`)."""
     env = os.environ if environ is None else environ
     configured = env.get("MODELTAP_RUN_DIR", "").strip()
-    path = Path(configured) if configured else Path(tempfile.gettempdir()) / f"modeltap-{os.getuid()}"
     try:
+        # No writable temporary directory at all (a read-only root file system): an OSError from
+        # `gettempdir` too, which must mean inline mode, never an error on the request path.
+        path = Path(configured) if configured else Path(tempfile.gettempdir()) / f"modeltap-{os.getuid()}"
         path.mkdir(mode=0o700, parents=bool(configured), exist_ok=True)
     except OSError as exc:
-        raise RendezvousError(f"cannot use the run directory {path}: {exc.strerror or exc}") from None
+        where = configured or "a temporary directory"
+        raise RendezvousError(f"cannot use the run directory {where}: {exc.strerror or exc}") from None
     check_run_directory(path)
     return path
 
@@ -74,11 +80,37 @@ def check_run_directory(path: Path) -> None:
             "it must be 0700"
         )
     absolute = Path(os.path.abspath(path))
+    mounts = _mount_points()
     for ancestor in dict.fromkeys((*absolute.parents, *absolute.resolve().parents)):
-        _check_ancestor(path, ancestor)
+        _check_ancestor(path, ancestor, mounts)
 
 
-def _check_ancestor(path: Path, ancestor: Path) -> None:
+def _mount_points() -> frozenset[str]:
+    """Where file systems are mounted (`/proc/self/mountinfo`; none known elsewhere)."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    points = set()
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) > 4:  # octal escapes for blanks and backslashes, as the kernel writes them
+            points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return frozenset(points)
+
+
+def _private_group(gid: int) -> bool:
+    """Whether `gid` is this user's own group: named as the user, with no other member (Debian's
+    reading of StrictModes). A shared primary group (`users`, `staff`) is not."""
+    try:
+        group = grp.getgrgid(gid)
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return False
+    return group.gr_name == user and set(group.gr_mem) <= {user}
+
+
+def _check_ancestor(path: Path, ancestor: Path, mounts: frozenset[str]) -> None:
     try:
         info = ancestor.stat()
     except OSError as exc:
@@ -91,14 +123,20 @@ def _check_ancestor(path: Path, ancestor: Path) -> None:
             "a directory of theirs in its place; set MODELTAP_RUN_DIR to a directory of your own"
         )
     # Writable by others without the sticky bit: they may rename our directory away. The group
-    # write bit is allowed for the user's own primary group (a private group, on most systems).
-    shared = info.st_mode & 0o002 or (info.st_mode & 0o020 and info.st_gid != os.getgid())
-    if shared and not info.st_mode & stat.S_ISVTX:
-        raise RendezvousError(
-            f"{ancestor}, above the run directory {path}, is writable by other users (mode "
-            f"{stat.S_IMODE(info.st_mode):o}, no sticky bit), who could put a directory of theirs in "
-            "its place; set MODELTAP_RUN_DIR to a directory of your own"
-        )
+    # write bit is allowed for the user's own private group only.
+    shared = info.st_mode & 0o002 or (info.st_mode & 0o020 and not _private_group(info.st_gid))
+    if not shared or info.st_mode & stat.S_ISVTX:
+        return
+    if info.st_uid == 0 and str(ancestor) in mounts:
+        # The root of a mounted volume (a Kubernetes emptyDir, a Docker volume: 0777, no sticky
+        # bit): who may write to it is the mount's business, in a container its own processes.
+        return
+    raise RendezvousError(
+        f"{ancestor}, above the run directory {path}, is writable by other users (mode "
+        f"{stat.S_IMODE(info.st_mode):o}, no sticky bit), who could put a directory of theirs in its "
+        "place: set its sticky bit (chmod +t, as /tmp has), or MODELTAP_RUN_DIR to a directory "
+        "none but you can write to"
+    )
 
 
 _PEER_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid

@@ -183,7 +183,15 @@ class ModelTapMiddleware(_Dispatch):
         tap = self.tap
         capture = tap.capture
         if capture is None:
-            self.start()  # first request in this process (also after a fork)
+            try:
+                self.start()  # first request in this process (also after a fork)
+            except Exception:
+                # Never into the app: this process serves unmonitored from now on, said once.
+                _log.exception("modeltap: monitoring could not start; serving without it")
+                self._enabled = False
+                self._shortcut()
+                await self.app(scope, receive, send)
+                return
             capture = tap.capture
         views = self._views
         if views is not None and views.handles(scope):

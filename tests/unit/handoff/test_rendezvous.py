@@ -154,6 +154,61 @@ def test_an_ancestor_of_another_user_is_refused(tmp_path: Path) -> None:
         check_run_directory(wanted)
 
 
+def test_a_group_writable_ancestor_passes_only_for_the_users_own_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private group (named as the user, no other member) may write; a shared primary group
+    (`users`, `staff`: other members could swap the directory) may not."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    os.chown(shared, os.getuid(), os.getgid())
+    wanted = shared / "run"
+    wanted.mkdir(mode=0o700)
+    check_run_directory(wanted)  # the user's own group, no other member
+    user = rendezvous.pwd.getpwuid(os.getuid()).pw_name
+    group = SimpleNamespace(gr_name="users", gr_mem=[user, "bob"], gr_gid=os.getgid())
+    monkeypatch.setattr(rendezvous.grp, "getgrgid", lambda gid: group)
+    with pytest.raises(RendezvousError, match="writable by other users"):
+        check_run_directory(wanted)
+
+
+def test_a_world_writable_volume_root_is_the_mounts_business(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Kubernetes emptyDir or a Docker volume is mounted 0777 without the sticky bit, owned by
+    root; in a container only its own processes write there. Any other such directory is refused,
+    with what would make it safe in the message."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    volume.chmod(0o777)
+    wanted = volume / "run"
+    with pytest.raises(RendezvousError, match=r"set its sticky bit \(chmod \+t"):
+        run_directory({"MODELTAP_RUN_DIR": str(wanted)})
+    if os.getuid() != 0:
+        return  # a volume root is root's: the exception needs it so
+    monkeypatch.setattr(rendezvous, "_mount_points", lambda: frozenset({str(volume)}))
+    assert run_directory({"MODELTAP_RUN_DIR": str(wanted)}) == wanted
+
+
+def test_the_mount_points_include_the_root() -> None:
+    points = rendezvous._mount_points()
+    if Path("/proc/self/mountinfo").exists():
+        assert "/" in points
+
+
+def test_no_temporary_directory_means_no_monitor_never_an_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only root file system: `gettempdir` itself fails (FileNotFoundError). The tap
+    runs inline on a RendezvousError; any other error reached every request of the app."""
+
+    def nowhere() -> str:
+        raise FileNotFoundError(2, "No usable temporary directory found")
+
+    monkeypatch.setattr(tempfile, "gettempdir", nowhere)
+    with pytest.raises(RendezvousError, match="No usable temporary directory"):
+        run_directory({})
+
+
 def test_the_ancestors_a_link_leads_to_are_checked_too(tmp_path: Path) -> None:
     """A path through a symbolic link: the directories it resolves to are checked as well."""
     shared = tmp_path / "shared"
