@@ -5,8 +5,10 @@ file and the lock that says whether a monitor runs."""
 from __future__ import annotations
 
 import fcntl
+import grp
 import multiprocessing
 import os
+import pwd
 import shutil
 import socket
 import stat
@@ -166,9 +168,9 @@ def test_a_group_writable_ancestor_passes_only_for_the_users_own_group(
     wanted = shared / "run"
     wanted.mkdir(mode=0o700)
     check_run_directory(wanted)  # the user's own group, no other member
-    user = rendezvous.pwd.getpwuid(os.getuid()).pw_name
+    user = pwd.getpwuid(os.getuid()).pw_name
     group = SimpleNamespace(gr_name="users", gr_mem=[user, "bob"], gr_gid=os.getgid())
-    monkeypatch.setattr(rendezvous.grp, "getgrgid", lambda gid: group)
+    monkeypatch.setattr(grp, "getgrgid", lambda gid: group)
     with pytest.raises(RendezvousError, match="writable by other users"):
         check_run_directory(wanted)
 
