@@ -558,6 +558,7 @@ def test_writes_from_another_sites_page_are_refused(headers: list[tuple[bytes, b
         (b"[::1]:9464", False, 200),
         (b"127.0.0.2:9464", False, 200),
         (b"models.localhost:9464", False, 200),  # *.localhost is loopback by definition
+        (b"[::ffff:127.0.0.1]:9464", False, 200),  # IPv4-mapped loopback
         (None, False, 200),  # HTTP/1.0 without Host: a program
         # A page whose name was rebound to 127.0.0.1: same origin to the browser, so its Origin and
         # Sec-Fetch-Site say nothing; its Host still names the page.

@@ -326,9 +326,12 @@ def _loopback_host(scope: Scope) -> bool:
     if name == b"localhost" or name.endswith(b".localhost"):
         return True
     try:
-        return ipaddress.ip_address(name.decode("ascii")).is_loopback
+        address = ipaddress.ip_address(name.decode("ascii"))
     except (ValueError, UnicodeDecodeError):
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # [::ffff:127.0.0.1]: loopback, as its peer reads
+    return address.is_loopback
 
 
 def _cross_site(scope: Scope) -> bool:

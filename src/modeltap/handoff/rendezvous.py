@@ -38,6 +38,7 @@ from modeltap.errors import ModelTapError
 # AF_UNIX paths are limited to 108 bytes on Linux (107 usable).
 MAX_SOCKET_PATH = 107
 SUPERVISORS = ("uvicorn", "gunicorn")
+_TITLES = tuple(f"{name}: " for name in SUPERVISORS)
 
 
 class RendezvousError(ModelTapError):
@@ -169,7 +170,10 @@ def server_pid() -> int:
     """The supervisor's pid when this process is a uvicorn or gunicorn worker, else our own."""
     parent = os.getppid()
     words = _command_line(parent)[:3]
-    if any(Path(word).name.startswith(SUPERVISORS) or word in SUPERVISORS for word in words):
+    # The program's own name (`uvicorn`, `python -m gunicorn`), or gunicorn's process title
+    # (`gunicorn: master [app]`); not a word that only starts so, such as a shell's
+    # `sh -c "uvicorn app:app; ..."`, which is no server of workers.
+    if any(Path(word).name in SUPERVISORS or word.startswith(_TITLES) for word in words):
         return parent
     if _started_by_uvicorn_supervisor(parent):
         return parent

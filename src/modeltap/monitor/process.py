@@ -307,6 +307,8 @@ class Monitor:
         self._connections = [c for c in self._connections if c.feeder.transport is not None]
 
     def _pause_reading(self, pause: bool) -> None:
+        if not pause and self._stopping.is_set():
+            return  # leaving: what the inbox drains makes no room for more
         for connection in self._connections:
             transport = connection.feeder.transport
             if transport is not None:

@@ -216,7 +216,9 @@ def chi2_table(reference: np.ndarray, current: np.ndarray) -> np.ndarray | None:
     """The 2 x K' table `chi2_homogeneity` tests: `[reference; current]` without the columns empty
     in both rows (their expected counts would be 0), and with the columns whose expected count in
     the smaller row is under `MIN_EXPECTED` pooled into one. A pooled column still under it is
-    added to the column of the smallest total. None when fewer than 2 columns remain.
+    added to the column of the smallest total, unless that would leave one column. Where every
+    column is that sparse (a window far under `min_samples`), the table is kept as it is. None
+    when fewer than 2 columns remain.
 
     Why pooled: with rare categories in the vocabulary (a top-50 list holds many at a 500-row
     window) Pearson's statistic is far from its chi-square distribution, and the test rejects
@@ -237,7 +239,9 @@ def chi2_table(reference: np.ndarray, current: np.ndarray) -> np.ndarray | None:
     if sparse.any() and not sparse.all():
         pooled_ref, pooled_cur = float(ref[sparse].sum()), float(cur[sparse].sum())
         ref, cur, totals = ref[~sparse], cur[~sparse], totals[~sparse]
-        if (pooled_ref + pooled_cur) * (min(n, m) / (n + m)) < MIN_EXPECTED:
+        # One column left: the pool stays a column of its own, however sparse (a binary feature
+        # whose rare class jumped from 0.05 % to 20 % is a 2 x 2 test, not none).
+        if ref.size > 1 and (pooled_ref + pooled_cur) * (min(n, m) / (n + m)) < MIN_EXPECTED:
             smallest = int(np.argmin(totals))
             ref[smallest] += pooled_ref
             cur[smallest] += pooled_cur

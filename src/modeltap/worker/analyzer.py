@@ -40,6 +40,7 @@ from modeltap.export.local_views import ReadEndpoint, WriteEndpoint
 from modeltap.export.resource import SERVICE_INSTANCE_ID, build_resource, new_instance_id
 from modeltap.export.spans import span_options
 from modeltap.export.telemetry_thread import TelemetryExporter
+from modeltap.handoff.rendezvous import server_pid
 from modeltap.operations.cgroup import ContainerSampler
 from modeltap.operations.gpu import GpuSampler
 from modeltap.records import RawRecord, TimedGroup
@@ -202,7 +203,7 @@ class Analyzer:
             tuple(config.alertmanagers),
             config.alert_status_url,
             runbooks=self.runbooks,
-            instance=replica_name(config),
+            instance=replica_name(config, inline_worker=mode == "inline" and server_pid() != os.getpid()),
         )
         self.slack = WebhookSender(tuple(config.alert_slack_webhooks))
         self._info: set[tuple[str, str, str]] = set()  # subjects at INFO: logged once on entry
@@ -614,10 +615,13 @@ class Analyzer:
             self.exporter.shutdown(max(0.0, start + budget - time.monotonic()))
 
 
-def replica_name(config: ModelTapConfig) -> str:
+def replica_name(config: ModelTapConfig, *, inline_worker: bool = False) -> str:
     """The replica this analysis judges, as its Alertmanager alerts name it: the configured
     `service.instance.id` (`OTEL_RESOURCE_ATTRIBUTES`, `export.resource_attributes`: a pod's name),
     else the host's name (a pod's too, in Kubernetes). Not the monitor's generated instance id:
-    that changes when the monitor restarts (the SDK's `Resource.create` makes one up too)."""
+    that changes when the monitor restarts (the SDK's `Resource.create` makes one up too). An
+    inline analysis in one of a server's workers judges that worker's traffic alone: its pid is
+    part of the name (`host/1234`)."""
     configured = config.export.resource_attributes.get(SERVICE_INSTANCE_ID)
-    return str(configured) if configured else socket.gethostname()
+    name = str(configured) if configured else socket.gethostname()
+    return f"{name}/{os.getpid()}" if inline_worker else name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import threading
 from typing import Any
@@ -186,6 +187,8 @@ def test_alertmanager_alerts_name_the_replica_that_judged_them() -> None:
     assert replica_name(ModelTapConfig.from_env(environ)) == "pod-7"
     configured = ModelTapConfig(export=ExportConfig(resource_attributes={"service.instance.id": "pod-9"}))
     assert replica_name(configured) == "pod-9"
+    # An inline analysis in one worker of several judges that worker alone.
+    assert replica_name(configured, inline_worker=True) == f"pod-9/{os.getpid()}"
     labels = alert_labels(AlertKey("churn", "1", "latency"), "critical", None, "pod-7")
     assert labels["modeltap_instance"] == "pod-7"
     assert "modeltap_instance" not in alert_labels(AlertKey("churn", "1", "latency"), "critical", None)

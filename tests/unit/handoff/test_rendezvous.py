@@ -295,6 +295,9 @@ def test_server_pid_reads_the_parents_command_line(monkeypatch: pytest.MonkeyPat
         ("gunicorn: master [app:app]",): True,  # setproctitle's form
         ("/usr/bin/python3", "serve.py", "--uvicorn"): False,
         ("/bin/bash",): False,
+        # A shell that started the server: no server of workers (its monitor waited for it).
+        ("sh", "-c", "uvicorn app:app --port 8000; sleep 40"): False,
+        ("/usr/bin/uvicorn-wrapper.sh",): False,
         (): False,  # the parent is gone or unreadable
     }
     for words, is_worker in lines.items():

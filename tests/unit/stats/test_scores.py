@@ -119,8 +119,8 @@ def test_chi2_equals_scipy_chi2_contingency(pair: tuple[np.ndarray, np.ndarray])
 def test_chi2_table_pools_only_the_sparse_columns(pair: tuple[np.ndarray, np.ndarray]) -> None:
     """Columns empty in both rows go; those expected to hold fewer than MIN_EXPECTED values in the
     smaller row are pooled (into one column, or into the smallest column when the pool is still
-    sparse), unless all are; the rows' totals are kept; a table without sparse columns is the
-    kept columns as they were."""
+    sparse), unless all are; with one dense column the pool stays a column of its own; the rows'
+    totals are kept; a table without sparse columns is the kept columns as they were."""
     ref, cur = pair
     table = chi2_table(ref, cur)
     keep = (ref > 0) | (cur > 0)
@@ -134,10 +134,14 @@ def test_chi2_table_pools_only_the_sparse_columns(pair: tuple[np.ndarray, np.nda
         assert table is not None
         np.testing.assert_array_equal(table, kept)
         return
-    if table is None:  # one column left once pooled
-        assert (~sparse).sum() == 1
-        return
+    assert table is not None
     assert table.sum(axis=1).tolist() == kept.sum(axis=1).tolist()
+    if (~sparse).sum() == 1:  # one dense column: the pool stays a column of its own, a 2 x 2 test
+        assert table.tolist() == [
+            [kept[0, ~sparse].sum(), kept[0, sparse].sum()],
+            [kept[1, ~sparse].sum(), kept[1, sparse].sum()],
+        ]
+        return
     assert table.shape[1] in ((~sparse).sum(), (~sparse).sum() + 1)
     assert (table.sum(axis=0) * share >= MIN_EXPECTED).all()
 
@@ -669,3 +673,13 @@ def test_sigma_level_with_a_floor_takes_the_larger_spread() -> None:
     mu, sigma = float(history.mean()), float(history.std(ddof=1))
     assert sigma_level(history, mu + 3.1 * sigma, floor=lambda m: 0.01 * m) is Level.WARNING
     assert sigma_level(history, mu + 3.1 * sigma, floor=lambda m: 0.2 * m) is Level.OK
+
+
+def test_a_rare_class_that_jumps_is_tested_as_a_two_by_two_table() -> None:
+    """0.05 % of the reference, 20 % of the window: the rare class is sparse in the reference's
+    expected counts, and pooling it into the only other column would leave nothing to test."""
+    result = chi2_homogeneity(np.array([19_990, 10]), np.array([400, 100]))
+    assert result is not None
+    expected = chi2_contingency(np.array([[19_990, 10], [400, 100]]))
+    assert result == pytest.approx((expected[0], expected[1]), abs=1e-12)
+    assert result[1] < 1e-10
