@@ -48,17 +48,24 @@ def sidecar(
     request: pytest.FixtureRequest, upstream: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SidecarProcess]:
     """A sidecar whose views allow 10.0.0.0/8, with short header and keep-alive timeouts."""
-    mode = request.param
-    env = {"MODELTAP_VIEWS_ALLOW": ALLOWED, "MODELTAP_MONITOR": mode}
+    timeouts = (HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S)
+    yield from _running(request.param, upstream, tmp_path_factory, timeouts, MODELTAP_VIEWS_ALLOW=ALLOWED)
+
+
+def _running(
+    mode: str,
+    upstream: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    timeouts: tuple[float, float],
+    **settings: str,
+) -> Iterator[SidecarProcess]:
+    """A sidecar in `mode` with these (header, keep-alive) timeouts and settings, its monitor
+    serving the admin port in process mode."""
+    env = {"MODELTAP_MONITOR": mode, **settings}
     run_dir = tempfile.mkdtemp(prefix="mt-")  # short: Unix socket paths are limited
     if mode == "process":
         env["MODELTAP_RUN_DIR"] = run_dir
-    args = (
-        "--header-timeout-s",
-        str(HEADER_TIMEOUT_S),
-        "--keepalive-timeout-s",
-        str(KEEPALIVE_TIMEOUT_S),
-    )
+    args = ("--header-timeout-s", str(timeouts[0]), "--keepalive-timeout-s", str(timeouts[1]))
     tmp_path: Path = tmp_path_factory.mktemp(f"admin-{mode}")
     with sidecar_process(upstream, tmp_path, *args, env=env) as running:
         if mode == "process":
@@ -170,18 +177,7 @@ def patient_sidecar(
     request: pytest.FixtureRequest, upstream: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SidecarProcess]:
     """A sidecar whose client deadlines outlast the test: only the cap closes a connection."""
-    mode = request.param
-    env = {"MODELTAP_MONITOR": mode}
-    run_dir = tempfile.mkdtemp(prefix="mt-")
-    if mode == "process":
-        env["MODELTAP_RUN_DIR"] = run_dir
-    args = ("--header-timeout-s", "60", "--keepalive-timeout-s", "60")
-    tmp_path: Path = tmp_path_factory.mktemp(f"admin-cap-{mode}")
-    with sidecar_process(upstream, tmp_path, *args, env=env) as running:
-        if mode == "process":
-            _wait_for_the_monitor(running)
-        yield running
-    shutil.rmtree(run_dir, ignore_errors=True)
+    yield from _running(request.param, upstream, tmp_path_factory, (60.0, 60.0))
 
 
 def _held_open(port: int) -> RawClient:
