@@ -39,6 +39,7 @@ from modeltap.errors import ModelTapError
 MAX_SOCKET_PATH = 107
 SUPERVISORS = ("uvicorn", "gunicorn")
 _TITLES = tuple(f"{name}: " for name in SUPERVISORS)
+_PROGRAM = re.compile(r"(?:uvicorn|gunicorn)\d*")  # Debian's gunicorn3 too
 
 
 class RendezvousError(ModelTapError):
@@ -173,7 +174,7 @@ def server_pid() -> int:
     # The program's own name (`uvicorn`, `python -m gunicorn`), or gunicorn's process title
     # (`gunicorn: master [app]`); not a word that only starts so, such as a shell's
     # `sh -c "uvicorn app:app; ..."`, which is no server of workers.
-    if any(Path(word).name in SUPERVISORS or word.startswith(_TITLES) for word in words):
+    if any(_PROGRAM.fullmatch(Path(word).name) or word.startswith(_TITLES) for word in words):
         return parent
     if _started_by_uvicorn_supervisor(parent):
         return parent

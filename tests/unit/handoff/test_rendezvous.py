@@ -293,6 +293,7 @@ def test_server_pid_reads_the_parents_command_line(monkeypatch: pytest.MonkeyPat
         ("/usr/bin/python3", "-m", "uvicorn", "app:app"): True,
         ("/srv/venv/bin/gunicorn", "-k", "uvicorn.workers.UvicornWorker"): True,
         ("gunicorn: master [app:app]",): True,  # setproctitle's form
+        ("/usr/bin/python3", "/usr/bin/gunicorn3", "app:app"): True,  # Debian's older name
         ("/usr/bin/python3", "serve.py", "--uvicorn"): False,
         ("/bin/bash",): False,
         # A shell that started the server: no server of workers (its monitor waited for it).
