@@ -103,6 +103,17 @@ class Inbox:
             self._loop.call_soon_threadsafe(self._pause, False)
         return item
 
+    def take_flushes(self) -> list[Flush]:
+        """Analysis thread: the flush markers at the head of the inbox, taken together (serving
+        processes stopping at once: one export answers them all, their records being in)."""
+        taken: list[Flush] = []
+        with self._lock:
+            while self._items and isinstance(self._items[0], Flush):
+                taken.append(self._items.popleft())  # type: ignore[arg-type]
+                self._arrivals.popleft()
+                self._bytes -= FLUSH_CHARGE
+        return taken
+
     @property
     def pending_bytes(self) -> int:
         return self._bytes

@@ -89,6 +89,7 @@ class Monitor:
         self.config: ModelTapConfig = config_from_document(document["config"])
         self._document = document
         self._server = _ServerProcess.named(document.get("server_pid"))
+        self._flush_failed_at: float | None = None  # when the last flush's export failed
         self.feeders = Feeders()
         self.inbox = Inbox(min(INBOX_BYTES, self.config.queue_max_bytes), self._pause_reading)
         self.control: dict[str, float] = {}
@@ -362,7 +363,7 @@ class Monitor:
                         break
                     self.inbox.ready.wait(min(interval, CONTROL_INTERVAL_S))
                 elif isinstance(item, Flush):
-                    self._flush(item)
+                    self._flush([item, *self.inbox.take_flushes()])
                 else:
                     self._process(*item)
                 if now >= next_publish:
@@ -410,15 +411,25 @@ class Monitor:
         self._budget.charge(started, exchanges)
         self._payload_stride = self._budget.next_stride(self._payload_stride)
 
-    def _flush(self, flush: Flush) -> None:
+    def _flush(self, flushes: list[Flush]) -> None:
+        """One export for these flush markers (taken together), then each one answered. An export
+        that failed less than FLUSH_EXPORT_S ago is not tried again: with the collector down, every
+        worker of a stopping server (or each one recycled) held the analysis for a whole export
+        timeout; the periodic export sends the same cumulative numbers once it is back."""
         analyzer = self.analyzer
         assert analyzer is not None
         analyzer.publish(self._serving_counts(), current_scores=True)
-        ok = analyzer.flush_export(min(self.config.export.timeout_s, FLUSH_EXPORT_S))
-        reply = framing.json_message(
-            framing.FLUSHED, {"id": flush.ident, "records": flush.feeder.processed, "ok": ok}
-        )
-        self._write(flush.feeder, reply)
+        now = time.monotonic()
+        if self._flush_failed_at is not None and now - self._flush_failed_at < FLUSH_EXPORT_S:
+            ok = False
+        else:
+            ok = analyzer.flush_export(min(self.config.export.timeout_s, FLUSH_EXPORT_S))
+            self._flush_failed_at = None if ok else time.monotonic()
+        for flush in flushes:
+            reply = framing.json_message(
+                framing.FLUSHED, {"id": flush.ident, "records": flush.feeder.processed, "ok": ok}
+            )
+            self._write(flush.feeder, reply)
 
     def _send_control(self) -> None:
         stride = self._payload_stride * (4 if self._memory.shedding else 1)

@@ -520,3 +520,22 @@ def test_a_peer_of_another_user_is_refused(monkeypatch: pytest.MonkeyPatch) -> N
         session.peer.close()
 
     asyncio.run(main())
+
+
+def test_flush_markers_at_the_head_are_taken_together_and_only_those() -> None:
+    """Serving processes stopping at once: their flush markers, one after the other, are answered
+    by one export; a marker behind a batch waits for the batch to be processed first."""
+    inbox = Inbox(1 << 20, lambda pause: None)
+    a, b, c = Feeder(), Feeder(), Feeder()
+    items: list[Item] = [Flush(a, 1), Flush(b, 2), batch(40), Flush(c, 3)]
+    for item in items:
+        inbox.put(item)
+    first = inbox.take()
+    assert first == Flush(a, 1)
+    assert inbox.take_flushes() == [Flush(b, 2)]
+    assert inbox.pending_bytes == 40 + FLUSH_CHARGE
+    assert inbox.take() == items[2]
+    assert inbox.take_flushes() == [Flush(c, 3)]
+    assert inbox.take_flushes() == []
+    assert inbox.pending_bytes == 0
+    assert inbox.oldest_age_s() == 0.0
