@@ -187,6 +187,11 @@ def test_page_on_the_sidecar_admin_port_during_the_demo(tmp_path: Path) -> None:
                 for row in range(8)
             ]
             assert client.post("/outcome", json=offers).json()["accepted"] == len(offers)
+            # Accepted is not yet joined: the page reads the next snapshot, so wait for it.
+            joined_by = time.monotonic() + 20.0
+            while client.get("/status").json()["labels"].get("joined", 0) < len(labels):
+                assert time.monotonic() < joined_by, client.get("/status").json()["labels"]
+                time.sleep(0.1)
             assert client.get("/").headers["content-type"].startswith("text/html")
         page = f"{admin}/"
         dom = _chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", page)
