@@ -92,7 +92,9 @@ def test_a_failing_webhook_is_logged_without_its_path_or_query(
     url = f"http://127.0.0.1:{unused_tcp_port}/services/T0001/B0002/XXXXSECRETXXXX?token=abc"
     sender = WebhookSender((url,), timeout_s=1.0, backoff_s=0.01)
     with caplog.at_level(logging.DEBUG, logger="modeltap"):
-        assert sender._post(url, b"{}") is False
+        sender.offer({})
+        sender.close(10.0)
+    assert (sender.sent, sender.failed) == (0, 1)
     assert caplog.records, "the failure is logged"
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert f"127.0.0.1:{unused_tcp_port}" in logged

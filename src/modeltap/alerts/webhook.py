@@ -309,11 +309,6 @@ class WebhookSender:
         for channel in self._channels:
             channel.offer(body, tag)
 
-    def _post(self, url: str, body: bytes) -> bool:
-        """Post `body` to one of `urls` on the calling thread, retries included; True when
-        acknowledged (tests post through it directly)."""
-        return next(channel for channel in self._channels if channel.url == url)._post(body)
-
     def finish_by(self, deadline: float) -> None:
         """Post what is queued until `deadline` (monotonic), then stop; returns at once."""
         for channel in self._channels:
