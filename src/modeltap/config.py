@@ -76,8 +76,6 @@ def _parse_int(name: str, raw: str) -> int:
 
 
 def _http_url(value: str) -> bool:
-    from urllib.parse import urlsplit
-
     parts = urlsplit(value)
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 

@@ -20,7 +20,8 @@ ALLOWED: dict[str, set[str]] = {
     "stats": {"reference"},
     "fleet": {"reference", "stats", "export"},
     "client": set(),
-    "alerts": {"stats", "reference"},
+    # fleet.names: the Prometheus label names Alertmanager alerts share with the rules' alerts.
+    "alerts": {"stats", "reference", "fleet"},
     "operations": set(),
     "guarded": {"capture"},
     "export": set(),

@@ -21,6 +21,7 @@ from typing import Any
 from modeltap.alerts.runbooks import DEFAULT_RUNBOOKS, Runbooks, parse_subject
 from modeltap.alerts.state import Alert, AlertKey, Notification
 from modeltap.alerts.webhook import WebhookSender
+from modeltap.fleet import names
 
 RESEND_S = 60.0
 ALERT_NAMES = {
@@ -46,13 +47,6 @@ def _time(unix_s: float) -> str:
 
 
 INSTANCE_LABEL = "modeltap_instance"
-# The labels `modeltap rules` gives the same series (`fleet.names`, a layer above this one: the
-# tests hold the two to one spelling).
-_MODEL = "modeltap_model_name"
-_VERSION = "modeltap_model_version"
-_REFERENCE = "modeltap_reference_id"
-_ROLE = "modeltap_feature_role"
-_FEATURE = "modeltap_feature_name"
 
 
 def alert_labels(
@@ -65,16 +59,16 @@ def alert_labels(
     labels = {
         "alertname": ALERT_NAMES.get(subject.kind, "ModelTapFeatureDrift"),
         "severity": severity,
-        _MODEL: key.model,
-        _VERSION: key.version,
+        names.MODEL: key.model,
+        names.VERSION: key.version,
     }
     if instance:
         labels[INSTANCE_LABEL] = instance
     if subject.kind == "feature":
-        labels[_ROLE] = subject.role
-        labels[_FEATURE] = subject.name
+        labels[names.ROLE] = subject.role
+        labels[names.FEATURE] = subject.name
         if reference_id:
-            labels[_REFERENCE] = reference_id
+            labels[names.REFERENCE] = reference_id
     elif subject.kind == "business":
         labels["modeltap_business_metric"] = subject.name
     elif subject.kind == "gpu_memory":
