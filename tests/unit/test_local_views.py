@@ -213,6 +213,66 @@ def test_a_forwarded_request_is_served_with_the_token_or_an_allowed_network(
     assert by_network.status == 200
 
 
+@pytest.mark.parametrize(
+    ("host", "server", "status"),
+    [
+        (b"127.0.0.1:8000", ("127.0.0.1", 8000), 200),
+        (b"localhost:8000", ("127.0.0.1", 8000), 200),
+        (b"[::1]:8000", ("::1", 8000), 200),
+        (b"models.localhost", ("127.0.0.1", 8000), 200),
+        (None, ("127.0.0.1", 8000), 200),  # HTTP/1.0 without Host: a program
+        (b"testserver", ("testserver", 80), 200),  # an in-process transport names its server
+        # A page whose name was rebound to 127.0.0.1 (its fetch is same-origin to the browser):
+        (b"evil.example:8000", ("127.0.0.1", 8000), 403),
+        (b"127.0.0.1.evil.example", ("127.0.0.1", 8000), 403),
+        (b"testserver", ("127.0.0.1", 8000), 403),  # a name is not the socket's own address
+    ],
+)
+def test_a_loopback_read_must_name_this_machine(
+    make_middleware: MakeMiddleware, host: bytes | None, server: tuple[str, int], status: int
+) -> None:
+    """Through DNS rebinding a web page the operator visits could read the views (feature
+    names, distributions, model names) from a loopback port; only its Host header gives it away."""
+    middleware = make_middleware(model_app)
+    headers = [] if host is None else [(b"host", host)]
+    scope = make_http_scope("GET", "/modeltap/status", headers=headers, client=LOOPBACK, server=server)
+
+    result = run_asgi(middleware, scope)
+
+    assert result.status == status, result.body
+    assert served_by_views(result)
+    if status == 403:
+        assert b"Host header" in result.body
+
+
+def test_the_machines_own_host_name_is_this_machine(make_middleware: MakeMiddleware) -> None:
+    """Debian maps the host name to 127.0.1.1: `http://$(hostname):8000/modeltap/` is the
+    operator's own, and no other site's page can carry that Host."""
+    import socket
+
+    host = socket.gethostname().encode().upper() + b":8000"
+    scope = make_http_scope("GET", "/modeltap/status", headers=[(b"host", host)], client=("127.0.1.1", 9))
+
+    assert run_asgi(make_middleware(model_app), scope).status == 200
+
+
+def test_an_allow_list_does_not_let_a_rebound_page_read(make_middleware: MakeMiddleware) -> None:
+    """The sidecar's admin port with neither a token nor an allow-list allows every network:
+    a loopback reader must still name this machine; a proxy on this machine (it forwards the
+    public name, with a forwarding header) and other allow-listed peers may use any name."""
+    middleware = make_middleware(model_app, views_allow=("0.0.0.0/0", "::/0"))
+    evil = [(b"host", b"evil.example:8000")]
+
+    rebound = get(middleware, "/modeltap/status", headers=evil)
+    proxied = get(middleware, "/modeltap/status", headers=[*evil, (b"x-forwarded-for", b"203.0.113.9")])
+    remote = get(middleware, "/modeltap/status", headers=evil, client=REMOTE)
+    with_token = make_middleware(model_app, views_token="s3cret-token", views_allow=("0.0.0.0/0",))
+    bearer = (b"authorization", b"Bearer s3cret-token")
+    by_token = get(with_token, "/modeltap/status", headers=[*evil, bearer])
+
+    assert (rebound.status, proxied.status, remote.status, by_token.status) == (403, 200, 200, 200)
+
+
 # --- methods, paths, HEAD --------------------------------------------------------------------------
 
 

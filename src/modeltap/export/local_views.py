@@ -12,6 +12,7 @@ import asyncio
 import functools
 import hmac
 import ipaddress
+import socket
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, Protocol
@@ -104,10 +105,6 @@ class LocalViews:
         else:
             self.writes["/feedback"] = endpoint
 
-    def write_allowed(self, scope: Scope) -> bool:
-        """Whether this client may use the write endpoints (see `_write_allowed`)."""
-        return self._trust_peer or self._write_allowed(scope)
-
     def handles(self, scope: Scope) -> bool:
         path: str = scope["path"]
         if path.startswith(self._prefix):
@@ -138,7 +135,11 @@ class LocalViews:
         address = _peer(scope)
         if address is None:
             return False
-        return any(address in network for network in self._allow) or _local(address, scope)
+        local = _local(address, scope)
+        if local and not _names_this_machine(scope):
+            return False  # a page rebound to this machine, whatever the allow-list says
+        # An allow-listed network is served whatever name it uses (a proxy's, a service's).
+        return local or any(address in network for network in self._allow)
 
     def _write_allowed(self, scope: Scope) -> bool:
         """Write endpoints: the token, or the machine itself; an allow-list grants reading only
@@ -215,7 +216,7 @@ class LocalViews:
             refusal = _FORBIDDEN_CROSS_SITE if _cross_site(scope) else None
             if refusal is None and not self._write_allowed(scope):
                 refusal = _FORBIDDEN_WRITE
-            if refusal is None and not self._has_token(scope) and not _loopback_host(scope):
+            if refusal is None and not self._has_token(scope) and not _names_this_machine(scope):
                 refusal = _FORBIDDEN_HOST
             if refusal is not None:
                 await _respond(send, 403, refusal, text)
@@ -279,7 +280,9 @@ FORWARDING_HEADERS = frozenset(
 
 _FORBIDDEN = (
     b"forbidden: these views answer loopback clients only, and only when the request carries no\n"
-    b"forwarding header (X-Forwarded-For, X-Real-IP, Forwarded, Via, ...).\n"
+    b"forwarding header (X-Forwarded-For, X-Real-IP, Forwarded, Via, ...) and its Host header\n"
+    b"names this machine (localhost, a loopback address or its host name: another name may be a\n"
+    b"web page's, rebound to this machine).\n"
     b"To grant access, set a token (views_token, variable MODELTAP_VIEWS_TOKEN) and send\n"
     b"'Authorization: Bearer <token>', or allow the client's networks (views_allow, variable\n"
     b"MODELTAP_VIEWS_ALLOW, comma-separated CIDRs).\n"
@@ -300,17 +303,21 @@ _FORBIDDEN_CROSS_SITE = (
 
 
 _FORBIDDEN_HOST = (
-    b"forbidden: a write trusted for coming from this machine must name it as localhost or a\n"
-    b"loopback address in its Host header (another name may be a web page's, rebound to this\n"
-    b"machine); use http://127.0.0.1:<port>/ or Authorization: Bearer <MODELTAP_VIEWS_TOKEN>.\n"
+    b"forbidden: a write trusted for coming from this machine must name it as localhost, a\n"
+    b"loopback address or its host name in its Host header (another name may be a web page's,\n"
+    b"rebound to this machine); use http://127.0.0.1:<port>/ or Authorization: Bearer\n"
+    b"<MODELTAP_VIEWS_TOKEN>.\n"
 )
 
 
-def _loopback_host(scope: Scope) -> bool:
-    """Whether the request's Host names this machine (`localhost`, a `.localhost` name, a
-    loopback address; any port), or is absent (HTTP/1.0). A web page whose name an attacker
+def _names_this_machine(scope: Scope) -> bool:
+    """Whether the request's Host names this machine: `localhost`, a `.localhost` name, a
+    loopback address, the machine's host name, or the host the server itself reports for the
+    connection (`scope["server"]`: the socket's own address, or an in-process test transport's
+    name); any port. An absent Host (HTTP/1.0) is a program's. A web page whose name an attacker
     rebinds to 127.0.0.1 reaches a loopback listener as the same origin, Origin and
-    Sec-Fetch-Site included; only its Host header still carries the page's name."""
+    Sec-Fetch-Site included; only its Host header still carries the page's name. So a loopback
+    peer is trusted, for reading the views as for writing, only when it names this machine."""
     host = None
     for key, value in scope.get("headers", ()):
         if key == b"host":
@@ -323,8 +330,11 @@ def _loopback_host(scope: Scope) -> bool:
     else:
         name = host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
     name = name.rstrip(b".")
-    if name == b"localhost" or name.endswith(b".localhost"):
+    if name == b"localhost" or name.endswith(b".localhost") or name == _host_name():
         return True
+    server = scope.get("server")
+    if server and isinstance(server[0], str) and name == server[0].lower().encode("utf-8", "replace"):
+        return bool(name)
     try:
         address = ipaddress.ip_address(name.decode("ascii"))
     except (ValueError, UnicodeDecodeError):
@@ -332,6 +342,16 @@ def _loopback_host(scope: Scope) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # [::ffff:127.0.0.1]: loopback, as its peer reads
     return address.is_loopback
+
+
+@functools.lru_cache(maxsize=1)
+def _host_name() -> bytes:
+    """This machine's name as `hostname` prints it (Debian maps it to 127.0.1.1): a name only
+    the machine's own user would type; empty when unknown. No DNS lookup (`getfqdn` may block)."""
+    try:
+        return socket.gethostname().strip().lower().rstrip(".").encode("ascii")
+    except (OSError, UnicodeError):
+        return b""
 
 
 def _cross_site(scope: Scope) -> bool:
