@@ -13,11 +13,10 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import uvloop
 
 from modeltap.config import ModelTapConfig
-from modeltap.records import ExchangeRecord, RawRecord
+from modeltap.records import ExchangeRecord, QueuedRecord
 from modeltap.sidecar.runner import Sidecar
 from modeltap.sidecar.settings import SidecarSettings
 
@@ -53,19 +52,18 @@ async def _call(fn: Any, *args: Any) -> Any:
     return fn(*args)
 
 
-def record_exchanges(sidecar: RunningSidecar, monkeypatch: pytest.MonkeyPatch) -> list[ExchangeRecord]:
-    """Every exchange the sidecar's capture hands to its queue (call before the first request)."""
-    tap = sidecar.sidecar.tap
-    assert tap.capture is None, "record_exchanges() must come before the first proxied request"
-    records: list[ExchangeRecord] = []
+def _record_into(sidecar: Sidecar, records: list[ExchangeRecord]) -> None:
+    """Every exchange the sidecar's capture hands to its queue, appended to `records`: installed
+    before it serves (the capture takes the queue's `offer` as it starts, with the server)."""
+    tap = sidecar.tap
     offer = tap.queue.offer
 
-    def recording_offer(raw: RawRecord, kept_bytes: int) -> object:
+    def recording_offer(raw: QueuedRecord, kept_bytes: int) -> bool:
+        assert not isinstance(raw, bytes), "records are kept raw under inline monitoring"
         records.append(ExchangeRecord._make(raw))
         return offer(raw, kept_bytes)
 
-    monkeypatch.setattr(tap.queue, "offer", recording_offer)
-    return records
+    tap.queue.offer = recording_offer  # type: ignore[method-assign]
 
 
 def pool_state(sidecar: RunningSidecar) -> tuple[int, int]:
@@ -79,10 +77,13 @@ def pool_state(sidecar: RunningSidecar) -> tuple[int, int]:
 def running_sidecar(
     upstream: str,
     monitoring: ModelTapConfig | None = None,
+    *,
+    records: list[ExchangeRecord] | None = None,
     **settings: Any,
 ) -> Iterator[RunningSidecar]:
     """Start a sidecar in front of `upstream`; settings override SidecarSettings' defaults
-    (ports default to ephemeral, drain delay to 0). Stops it (bounded) on exit."""
+    (ports default to ephemeral, drain delay to 0). Stops it (bounded) on exit. `records`: every
+    exchange its capture hands to its queue is appended there (inline monitoring)."""
     options: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
@@ -96,6 +97,8 @@ def running_sidecar(
     config = SidecarSettings(upstream=upstream, **options)
     sidecar = Sidecar(config, monitoring or ModelTapConfig(monitor="inline", views_prefix=None))
     sidecar.bind()
+    if records is not None:
+        _record_into(sidecar, records)
     loop = uvloop.new_event_loop()
     ready = threading.Event()
     failure: list[BaseException] = []

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from modeltap import ModelTapConfig, ModelTapMiddleware
@@ -525,6 +525,76 @@ def test_app_without_lifespan_support_raises_the_same_exception(make_middleware:
 
     assert tapped.exception is raised[-1]
     assert list(tapped) == []
+
+
+def test_monitoring_starts_with_the_app_not_on_the_first_request(make_middleware: MakeMiddleware) -> None:
+    """Inline mode loads the statistics (scipy: about half a second) as it starts: at the app's
+    startup, before the server takes requests, so the first request does not wait for it."""
+    started: list[tuple[bool, bool]] = []
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+
+    middleware = make_middleware(Starlette(routes=[], lifespan=lifespan))
+    tap = middleware.tap
+
+    async def lifespan_then_look() -> None:
+        startup_done = asyncio.Event()
+        shutdown = asyncio.Event()
+        answers: list[str] = []
+
+        async def receive() -> Message:
+            if not answers:
+                return {"type": "lifespan.startup"}
+            await shutdown.wait()
+            return {"type": "lifespan.shutdown"}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                # What the server sees as the app reports itself started.
+                started.append((tap.capture is not None, tap._analyzer is not None))
+                startup_done.set()
+            answers.append(message["type"])
+
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
+        task = asyncio.ensure_future(middleware(scope, receive, send))
+        await asyncio.wait_for(startup_done.wait(), 30)
+        shutdown.set()
+        await asyncio.wait_for(task, 30)
+        assert answers == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+    assert (tap.capture, tap._analyzer) == (None, None)
+    asyncio.run(lifespan_then_look())
+
+    assert started == [(True, True)]
+
+
+def test_a_failed_start_at_startup_serves_unmonitored(
+    make_middleware: MakeMiddleware, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+
+    async def predict(request: Request) -> JSONResponse:
+        return JSONResponse({"predictions": [1]})
+
+    app = Starlette(routes=[Route("/predict", predict, methods=["POST"])], lifespan=lifespan)
+    middleware = make_middleware(app)
+
+    def broken() -> None:
+        raise OSError("no threads here")
+
+    monkeypatch.setattr(middleware.tap, "start", broken)
+    bare = run_lifespan(app)
+    tapped = run_lifespan(middleware)
+    answered = run_asgi(middleware, make_http_scope("POST", "/predict"), http_request_messages(b"{}"))
+
+    assert list(tapped) == list(bare)
+    assert answered.status == 200
+    assert answered.body == b'{"predictions":[1]}'
+    assert middleware.enabled is False
 
 
 async def run_websocket(

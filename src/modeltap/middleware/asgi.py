@@ -238,12 +238,28 @@ class ModelTapMiddleware(_Dispatch):
         views.writes.update(analyzer.writes())
         views.reads.update(analyzer.reads())
 
+    def _start_with_the_server(self) -> None:
+        """Start as the app's startup completes, before the server takes requests: inline mode
+        loads the statistics (scipy, about half a second) here rather than on the first
+        request, and process mode has its monitor starting. Without lifespan, the first request
+        starts it (`_dispatch`)."""
+        if self.tap.capture is not None:
+            return
+        try:
+            self.start()
+        except Exception:
+            _log.exception("modeltap: monitoring could not start; serving without it")
+            self._enabled = False
+            self._shortcut()
+
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through unchanged, flushing telemetry once the app has shut down."""
         self.tap.watch_event_loop()  # lifespan runs on the serving loop before any request
 
         async def observe_send(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
+            if message["type"] == "lifespan.startup.complete":
+                self._start_with_the_server()
+            elif message["type"] == "lifespan.shutdown.complete":
                 try:
                     # Bounded by export.shutdown_timeout_s; off the loop so other tasks keep running.
                     await asyncio.get_running_loop().run_in_executor(None, self.tap.shutdown)

@@ -22,7 +22,7 @@ from tests.support.otlp_receiver import OtlpHttpReceiver
 from tests.support.polling import wait_until
 from tests.support.raw_client import RawClient, RawResponse
 from tests.support.raw_upstream import RawUpstream
-from tests.support.sidecar import RunningSidecar, pool_state, record_exchanges, running_sidecar
+from tests.support.sidecar import RunningSidecar, pool_state, running_sidecar
 
 pytestmark = [
     pytest.mark.skipif(
@@ -82,8 +82,8 @@ def run(
     monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1" if direct_path else "0")
     spied["paths"].clear()
     spied["handed_paths"].clear()
-    with RawUpstream() as upstream, running_sidecar(upstream.url, monitoring) as sidecar:
-        records = record_exchanges(sidecar, monkeypatch)
+    records: list[ExchangeRecord] = []
+    with RawUpstream() as upstream, running_sidecar(upstream.url, monitoring, records=records) as sidecar:
         responses = []
         with RawClient(sidecar.port) as client:
             for data in [post("/ok"), *requests]:
@@ -275,8 +275,8 @@ def test_a_client_that_leaves_cancels_the_upstream_call_and_is_filed_as_gone(
     for direct_path in (True, False):
         monkeypatch.setenv("MODELTAP_SIDECAR_DIRECT", "1" if direct_path else "0")
         spied["paths"].clear()
-        with RawUpstream() as upstream, running_sidecar(upstream.url) as sidecar:
-            records = record_exchanges(sidecar, monkeypatch)
+        records: list[ExchangeRecord] = []
+        with RawUpstream() as upstream, running_sidecar(upstream.url, records=records) as sidecar:
             with RawClient(sidecar.port) as client:
                 client.send(post("/ok"))
                 assert client.read(responses=1).responses[0].status == 200

@@ -24,9 +24,10 @@ import httpx
 import pytest
 
 from modeltap.config import ModelTapConfig
+from modeltap.records import ExchangeRecord
 from tests.support.polling import wait_until
 from tests.support.raw_upstream import RawUpstream, body_blocks, body_bytes, body_sha256
-from tests.support.sidecar import RunningSidecar, record_exchanges, running_sidecar
+from tests.support.sidecar import RunningSidecar, running_sidecar
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -51,12 +52,12 @@ def expected_sha256(size: int) -> str:
 def test_a12_stream_chunks_are_forwarded_as_the_upstream_sends_them(monkeypatch: pytest.MonkeyPatch) -> None:
     chunks, delay_s, size, cap = 100, 0.02, 32, 1024
     monitoring = ModelTapConfig(monitor="inline", views_prefix=None, max_body_bytes=cap)
+    records: list[ExchangeRecord] = []
     with (
         RawUpstream() as upstream,
-        running_sidecar(upstream.url, monitoring=monitoring, idle_timeout_s=2.0) as sidecar,
+        running_sidecar(upstream.url, monitoring=monitoring, idle_timeout_s=2.0, records=records) as sidecar,
         new_client() as client,
     ):
-        records = record_exchanges(sidecar, monkeypatch)
         arrivals: list[tuple[int, float, float]] = []  # (index, sent, arrived)
         pending = b""
         target = f"{sidecar.url}/stream?chunks={chunks}&delay={delay_s}&size={size}"
@@ -136,8 +137,12 @@ def stream_digest(client: httpx.Client, url: str) -> tuple[int, str, httpx.Heade
 
 def check_bounded_stream(size: int, chunked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = expected_sha256(size)
-    with RawUpstream() as upstream, running_sidecar(upstream.url) as sidecar, new_client() as client:
-        records = record_exchanges(sidecar, monkeypatch)
+    records: list[ExchangeRecord] = []
+    with (
+        RawUpstream() as upstream,
+        running_sidecar(upstream.url, records=records) as sidecar,
+        new_client() as client,
+    ):
         cap = sidecar.sidecar.tap.config.max_body_bytes
         # Warm up the same path (threads, buffers, the tap's worker), then take the baseline.
         status, digest, _ = stream_digest(

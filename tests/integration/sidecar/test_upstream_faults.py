@@ -30,9 +30,10 @@ import httpx
 import pytest
 import uvicorn
 
+from modeltap.records import ExchangeRecord
 from tests.support.polling import wait_until
 from tests.support.raw_upstream import RawUpstream, body_bytes, unused_port
-from tests.support.sidecar import RunningSidecar, pool_state, record_exchanges, running_sidecar
+from tests.support.sidecar import RunningSidecar, pool_state, running_sidecar
 
 MARGIN_S = 1.0  # deadlines are asserted within their bound plus this
 ERROR = "x-modeltap-error"
@@ -327,8 +328,8 @@ def test_a10_dripped_body_slower_than_the_idle_timeout_is_aborted() -> None:
 def test_a5_upstream_gone_mid_body_leaves_the_response_unfinished(
     target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with RawUpstream() as upstream, running_sidecar(upstream.url) as sidecar:
-        records = record_exchanges(sidecar, monkeypatch)
+    records: list[ExchangeRecord] = []
+    with RawUpstream() as upstream, running_sidecar(upstream.url, records=records) as sidecar:
         received = bytearray()
         with (
             new_client() as client,
