@@ -210,7 +210,8 @@ class Tap:
     # ---- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the worker and export threads (idempotent; called as the app starts, or on the first request)."""
+        """Start the worker and export threads (idempotent; called as the app starts, or on the
+        first request)."""
         with self._lock:
             if self.started:
                 return
