@@ -444,9 +444,10 @@ def test_route_template_under_a_server_root_path(starlette_with_tap: Starlette) 
 
 @pytest.mark.timeout(30)
 def test_mounts_with_parameters_give_templates_never_the_clients_text(clean_otel_env: None) -> None:
-    """`root_path` holds what the client sent for a mount's parameters: each is written back as
-    its `{name}`; a mount's own 404 and a mount around a plain ASGI app are the mount's template
-    (not its path twice); a parameter inside a segment gives no route rather than the client's text."""
+    """`root_path` holds what the client sent for a mount's parameters: the route's front is
+    the mounts' own paths, as written, found in the router (the same route objects mounted in
+    several places too); a mount's own 404 and a mount around a plain ASGI app are the mount's
+    template (not its path twice)."""
 
     async def predict(request: Request) -> Response:
         await request.body()
@@ -490,11 +491,64 @@ def test_mounts_with_parameters_give_templates_never_the_clients_text(clean_otel
         ("/t/{tenant}/models/{name}:predict", "200"): "3",
         ("/t/{tenant}/api/models/{name}:predict", "200"): "1",
         ("/t/{tenant}", "404"): "1",
-        (None, "200"): "3",  # /v7: part of a segment; the UUID converted; the path over two
+        ("/v{version}/models/{name}:predict", "200"): "1",  # part of a segment
+        ("/u/{uid:uuid}/models/{name}:predict", "200"): "1",  # converted
+        ("/p/{prefix:path}/api/models/{name}:predict", "200"): "1",  # over two segments
         ("/raw", "200"): "1",
     }
     for client_text in ("acme", "globex", "initech", "v7", "ABCDEF12", "/a/b"):
         assert not any(client_text in (s.get("http_route") or "") for s in series)
+
+
+@pytest.mark.timeout(30)
+def test_a_mount_parameter_hidden_by_a_route_parameter_never_becomes_the_route(clean_otel_env: None) -> None:
+    """`path_params` holds one value per name: the route's `{name}` hides the mount's. The mount's
+    template comes from the router, through middleware that keeps the app it wraps in `app`;
+    where the router cannot be seen into, the exchange has no route rather than the client's
+    text."""
+
+    async def predict(request: Request) -> Response:
+        await request.body()
+        return JSONResponse({"predictions": [1]})
+
+    class Wrapped:  # an ASGI middleware, as they are usually written
+        def __init__(self, app: Starlette) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await self.app(scope, receive, send)
+
+    class Hidden:  # keeps its app where nothing can know to look
+        def __init__(self, app: Starlette) -> None:
+            self._inner = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await self._inner(scope, receive, send)
+
+    inner = [Route("/models/{name}:predict", predict, methods=["POST"])]
+    app = Starlette(
+        routes=[
+            Mount("/t/{name}", routes=inner),
+            Mount("/w/{name}", app=Wrapped(Starlette(routes=inner))),
+            Mount("/h/{name}", app=Hidden(Starlette(routes=inner))),
+        ]
+    )
+    app.add_middleware(ModelTapMiddleware, model_name="demo", monitor="inline")
+    sent = ("/t/acme/models/m1:predict", "/t/globex/models/m1:predict", "/w/initech/models/m2:predict")
+    try:
+        for path in (*sent, "/h/hooli/models/m3:predict"):
+            assert (
+                run_asgi(app, make_http_scope("POST", path), http_request_messages(KSERVE_BODY)).status == 200
+            )
+        series = duration_count_series(metrics_text(find_tap_middleware(app)))
+    finally:
+        find_tap_middleware(app).tap.shutdown()
+    by_route = {s.get("http_route"): s["value"] for s in series}
+    assert by_route == {
+        "/t/{name}/models/{name}:predict": "2",
+        "/w/{name}/models/{name}:predict": "1",
+        None: "1",
+    }
 
 
 @pytest.mark.timeout(30)

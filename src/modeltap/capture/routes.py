@@ -2,20 +2,24 @@
 `scope["route"]`), with the mount paths routing appended to `root_path` in front of it.
 
 `root_path` holds the path the client sent, not the mounts' templates: a mount with parameters
-(`Mount("/t/{tenant}")`) puts the client's text there. Each segment that is a parameter's value
-is written back as its `{name}`; where a value is not a whole segment (part of one, several, or
-converted: an upper-case UUID), the exchange gets no route rather than the client's text (a
-route is a metric attribute). Parameters whose values are found outside the mounts' part (a
-`Host` pattern's, in the Host header; a mount's above the middleware, in the `root_path` it
-started with) are not the mounts'. A mount parameter hidden by a route parameter of the same
-name cannot be told apart: its value stays (bounded, as every attribute, by the series limit).
+(`Mount("/t/{tenant}")`) puts the client's text there. The mounts' own templates are found in
+the router Starlette notes in `scope["router"]`: the first chain of mounts (in routing order)
+from it to the matched route whose patterns consume exactly the part of `root_path` the mounts
+added is the one routing took, and their paths, as written, are the route's front. Where no
+such chain is found (another framework's router, an app the walk cannot see into), each segment
+that is a parameter's value is written back as its `{name}`; where a value is not a whole
+segment (part of one, several, or converted: an upper-case UUID), or a route parameter of the
+same name hides it, the exchange gets no route rather than the client's text (a route is a
+metric attribute). Parameters whose values are found outside the mounts' part (a `Host`
+pattern's, in the Host header; a mount's above the middleware, in the `root_path` it started
+with) are not the mounts'.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from starlette.routing import Mount
+from starlette.routing import Host, Mount
 
 from modeltap.records import ROUTE_TEMPLATE_KEY
 
@@ -68,17 +72,25 @@ def included_template(scope: Any, route: object) -> str | None:
 
 
 def _mount_template(mounted: str, scope: Any, route: object, root_path_at_start: str) -> str | None:
-    """The mounts' part of the route, their parameters' values written back as `{name}`."""
+    """The mounts' part of the route: their templates where the router shows them, else their
+    parameters' values written back as `{name}`."""
     params = scope.get("path_params")
     if not isinstance(params, dict) or not params:
         return mounted  # mounts without parameters: their text is their template
+    found = _chain_template(scope.get("router"), route, mounted)
+    if found is not None:
+        return found
     own = () if isinstance(route, Mount) else getattr(route, "param_convertors", None) or ()
     outside = None
     unplaced = []
     for name, value in params.items():
         text = str(value)
-        if name in own or not text:
+        if not text:
             continue
+        if name in own:
+            # A mount parameter of the same name would be hidden here, its value left in
+            # `mounted` as the client sent it: with no router to tell, no route at all.
+            return None
         if text not in mounted:
             outside = _outside(scope, root_path_at_start) if outside is None else outside
             if text in outside:
@@ -97,6 +109,104 @@ def _mount_template(mounted: str, scope: Any, route: object, root_path_at_start:
                 del unplaced[position]
                 break
     return None if unplaced else "/".join(segments)
+
+
+# Mount chains remembered per (router, route); the walk looks at this many routes at most.
+CHAIN_CACHE_LIMIT = 1024
+WALK_LIMIT = 10_000
+_chains: dict[tuple[int, int], tuple[object, object, tuple[tuple[Mount, ...], ...]]] = {}
+
+
+def _chain_template(router: object, route: object, mounted: str) -> str | None:
+    """The paths of the first chain of mounts from `router` to `route` (in routing order) that
+    consumes `mounted` exactly, joined; None when there is none. A chain may start below the
+    router: the middleware may sit on an app mounted inside it (the mounts above it are in
+    the `root_path` it started with, not in `mounted`)."""
+    if router is None or not hasattr(router, "routes"):
+        return None
+    key = (id(router), id(route))
+    cached = _chains.get(key)
+    if cached is not None and cached[0] is router and cached[1] is route:
+        chains = cached[2]
+    else:
+        chains = _mount_chains(router, route)
+        if len(_chains) < CHAIN_CACHE_LIMIT:
+            _chains[key] = (router, route, chains)
+    for chain in chains:
+        for start in range(len(chain)):
+            if _consumes(chain[start:], mounted):
+                return "".join(mount.path for mount in chain[start:])
+    return None
+
+
+def _mount_chains(router: object, route: object) -> tuple[tuple[Mount, ...], ...]:
+    """Every chain of mounts from `router`'s routes down to `route` (the object itself; a mount
+    that is the route ends its own chain), in routing order; bounded by WALK_LIMIT routes."""
+    found: list[tuple[Mount, ...]] = []
+    budget = WALK_LIMIT
+    entered: set[int] = set()
+
+    def walk(routes: Any, chain: tuple[Mount, ...]) -> None:
+        nonlocal budget
+        try:
+            listed = list(routes)
+        except Exception:
+            return
+        for node in listed:
+            budget -= 1
+            if budget < 0:
+                return
+            if isinstance(node, Mount):
+                here = (*chain, node)
+                if node is route:
+                    found.append(here)
+                    continue
+            elif node is route:
+                found.append(chain)
+                continue
+            elif isinstance(node, Host):
+                here = chain  # a Host pattern adds nothing to root_path
+            else:
+                continue  # an endpoint's route, not the one matched
+            inner = _inner_routes(node)
+            if inner is not None and id(node) not in entered:
+                entered.add(id(node))
+                walk(inner, here)
+                entered.discard(id(node))
+
+    walk(_inner_routes(router) or (), ())
+    return tuple(found)
+
+
+def _inner_routes(node: object) -> Any:
+    """The routes under a router, a mount or a host: its `routes`, else those of the app it
+    wraps (`app`, through middleware layers that keep it there); None when none is found."""
+    for _ in range(8):
+        try:
+            routes = getattr(node, "routes", None)
+            if routes:
+                return routes
+            node = getattr(node, "app", None)
+        except Exception:
+            return None
+        if node is None:
+            return None
+    return None
+
+
+def _consumes(chain: tuple[Mount, ...], mounted: str) -> bool:
+    """Whether these mounts, one inside the other, match all of `mounted` and nothing more, as
+    routing matched them (each mount's pattern is its path followed by `/{path:path}`)."""
+    rest = mounted + "/"
+    for mount in chain:
+        pattern = getattr(mount, "path_regex", None)
+        if pattern is None:
+            return False
+        match = pattern.match(rest)
+        if match is None:
+            return False
+        rest = "/" + match.groupdict().get("path", "")
+    return rest == "/"
 
 
 def _outside(scope: Any, root_path_at_start: str) -> str:
