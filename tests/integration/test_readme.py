@@ -10,6 +10,8 @@ PATH. Per line:
   background; the block goes on once its ports accept connections; it is stopped (SIGTERM, and it
   must exit 0) at the end of the block;
 - `export NAME=VALUE` sets the variable for the rest of the block;
+- `. .venv/bin/activate` (the environment the demo makes) is the test's own environment, on
+  PATH already;
 - `pip install PKG` checks that PKG is importable instead: the test runs offline;
 - demo runs (`scripts/demo.sh`, `modeltap demo`) get `--duration 3 --rate 200` appended, so they
   take seconds; they must print the summary and their clean-up line;
@@ -304,6 +306,11 @@ class _BlockRunner:
             for assignment in words[1:]:
                 name, _, value = assignment.partition("=")
                 env[name] = value
+            return
+        if words[0] in (".", "source") and words[1:] == [".venv/bin/activate"]:
+            # The environment the demo made: here the test's own, first on PATH already.
+            made_at = (REPO / "scripts" / "_venv.sh").read_text()
+            assert "$root/.venv" in made_at, f"{where}: the scripts make their environment elsewhere"
             return
         if words[:2] == ["pip", "install"]:
             for package in words[2:]:

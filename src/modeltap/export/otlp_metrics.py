@@ -456,6 +456,9 @@ def build_metrics_data(snap: Snapshot, resource: Resource) -> MetricsData:
         metrics.append(_gauge(name, description, unit, rows, snap.taken_unix_ns))
     metrics.extend(self_monitoring_metrics(snap))
     metrics.extend(resource_metrics(snap))
+    # A metric with no points is encoded with no data at all, which the Collector logs as an
+    # error on every export ("data_type": "Empty"): before the first request, for instance.
+    metrics = [metric for metric in metrics if metric.data.data_points]
     scope_metrics = ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url=HTTP_SCHEMA_URL)
     return MetricsData(
         resource_metrics=[ResourceMetrics(resource=resource, scope_metrics=[scope_metrics], schema_url="")]
