@@ -200,6 +200,8 @@ def test_the_operators_rollback_moves_traffic_with_no_failed_request(tmp_path: P
         ("rollback", "version 2 misbehaves"),
         ("rollback_cancelled", "cancelled by the operator"),
     ]
+    # The version rolled back from is the one that was answering (no version is configured).
+    assert [n["version"] for n in hook.received if n.get("kind") == "rollback"] == ["2"]
 
 
 def test_inline_the_analysis_in_the_data_plane_serves_the_switch(tmp_path: Path) -> None:

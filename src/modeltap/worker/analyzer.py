@@ -494,7 +494,7 @@ class Analyzer:
             command.by,
             command.cause or "no cause given",
         )
-        model, version = self.default_name, self.config.model_version or UNKNOWN
+        model, version = self.default_name, self._answering_version()
         document = rollback_notification(command, fallback, model, version, now + offset)
         document["status_url"] = self.status_url
         self.webhooks.offer(document)
@@ -503,7 +503,7 @@ class Analyzer:
 
     def _hold_rollback_alert(self, command: RouteCommand, now: float, offset: float) -> None:
         """`ModelTapRollback` in Alertmanager: active while rolled back, ended by the cancel."""
-        model, version = self.default_name, self.config.model_version or UNKNOWN
+        model, version = self.default_name, self._answering_version()
         key = AlertKey(model, "", "rollback")
         to_unix = lambda t: t + offset  # noqa: E731
         if command.target == FALLBACK:
@@ -522,6 +522,16 @@ class Analyzer:
     def reads(self) -> dict[str, ReadEndpoint]:
         """The GET endpoints this analysis serves beside the views (the last drill's report)."""
         return {"/drill": self.drills.status}
+
+    def _answering_version(self) -> str:
+        """The version a rollback moves traffic away from: the configured one, else the one that
+        answered most of the model's exchanges in the last snapshot (what `/status` shows)."""
+        if self.config.model_version:
+            return self.config.model_version
+        models = [m for m in self.latest_snapshot().models if m.version != UNKNOWN]
+        mine = [m for m in models if m.name == self.default_name] or models
+        busiest = max(mine, key=lambda m: m.requests, default=None)
+        return busiest.version if busiest is not None else UNKNOWN
 
     def _drill_settings(self) -> DrillSettings:
         """The drill's copy of this configuration; its model version is the busiest one seen."""
