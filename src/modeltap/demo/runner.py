@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -329,6 +330,7 @@ class Demo:
         self._model_thread: threading.Thread | None = None
         self._model_socket: Any = None
         self.traffic: TrafficGenerator | None = None
+        self.min_samples = 0  # what a level needs in its window (the monitoring's, once started)
 
     # ---- start ----------------------------------------------------------------------------
 
@@ -385,6 +387,7 @@ class Demo:
 
     def start(self, model: ChurnModel, reference_path: Path) -> None:
         monitoring = self.monitoring_config(reference_path)
+        self.min_samples = monitoring.min_samples
         self._model_socket = listen("127.0.0.1", 0, "model port")
         model_port = int(self._model_socket.getsockname()[1])
         settings = SidecarSettings(
@@ -630,6 +633,24 @@ def _run(
             result.leftovers = demo.close()
 
 
+def too_short(options: DemoOptions, phase_s: list[float], min_samples: int) -> str | None:
+    """A warning when the shortest phase sends fewer customers than a level needs in its window
+    (`min_samples`): its verdicts would then say "NOT as expected" for want of data."""
+    # Malformed requests carry no values the statistics keep, and a phase is judged as it ends,
+    # its window's last slot still filling: about one slot's customers are not in it yet.
+    kept = (1 - 1 / MALFORMED_EVERY) * (options.window_slots - 1) / options.window_slots
+    customers = options.rate_per_s * ROWS_PER_REQUEST * min(phase_s) * kept
+    if customers >= min_samples:
+        return None
+    # The run that gives the shortest phase enough customers, rounded up.
+    needed_s = math.ceil(options.duration_s * min_samples / customers)
+    return (
+        f"note: the shortest phase is judged on about {customers:.0f} customers, and a drift level "
+        f"needs {min_samples} values in its window: phases will be judged on too little data. Run for "
+        f"at least {needed_s:.0f} s at this rate (--duration), or raise --rate."
+    )
+
+
 def _banner(out: TextIO, demo: Demo, reference_path: Path) -> None:
     assert demo.addresses is not None
     options = demo.options
@@ -663,6 +684,9 @@ def _banner(out: TextIO, demo: Demo, reference_path: Path) -> None:
     )
     for phase, phase_s in zip(options.phases, demo.phase_s, strict=True):
         print(f"  {phase_s:5.1f} s  {phase.name:<16} {phase.note or describe(phase)}", file=out)
+    shortfall = too_short(options, demo.phase_s, demo.min_samples)
+    if shortfall is not None:
+        print(shortfall, file=out)
     print(
         f"  plus malformed requests throughout (1 in {MALFORMED_EVERY}): "
         "truncated JSON, text for a number, a short row, NaN",
