@@ -19,6 +19,8 @@ Keys (roles and targets):
 
 Documents: `features` paths read the request, `outputs` paths the response, identity paths the
 response and then the request. A `request:` or `response:` prefix picks the document explicitly.
+An identity path that finds nothing leaves the identity the URL named (PROTOCOLS.md section 7: the
+URL comes before the payload), as a mapping without identity paths does.
 
 Path syntax: `a.b`, `a[0]`, `a[*]` (at most one: the batch rows), quoted keys `a["x.y"]` or
 `a['x.y']` (backslash escapes the quote and itself), an optional leading `$` for the document root
@@ -306,8 +308,12 @@ class FieldMapping:
             out.outputs = outputs
         for role in _IDENTITY_ROLES:
             path: FieldPath | None = getattr(self, role)
-            if path is not None:
-                setattr(out, role, _identity(path, documents, violations))
+            if path is None:
+                continue
+            value = _identity(path, documents, violations)
+            # Nothing found (or nothing usable) must not wipe what the URL named before us.
+            if value is not None:
+                setattr(out, role, value)
 
 
 def _rows(path: FieldPath, document: Any, violations: dict[str, int]) -> list[Any] | None:

@@ -1,6 +1,7 @@
-"""OpenAI-style LLM APIs (PROTOCOLS.md §6): chat completions, completions and embeddings, answered
-as one JSON document or streamed as server-sent events (`text/event-stream`, `data: {...}` chunks,
-a final `data: [DONE]`).
+"""OpenAI-style LLM APIs (PROTOCOLS.md §6): chat completions, completions, the Responses API
+(`/v1/responses`) and embeddings, answered as one JSON document or streamed as server-sent events
+(`text/event-stream`, `data: {...}` chunks, a final `data: [DONE]`; Responses streams typed events
+instead, the last of them `response.completed` with the whole response).
 
 Only lengths, counts and categories become features and outputs, never the text itself: no prompt
 or completion content leaves the decoder, whatever the payload-capture setting, which is what
@@ -14,6 +15,17 @@ Columns (one row per request; an embeddings request with a list input has one ro
   same for both endpoints, so a model served on both keeps one schema: `messages` and `tools` are
   None for completions, `tool_calls` is None for completions and `stream_chunks` is None for a
   response that was not streamed.
+- the Responses API keeps that column set: `prompt_chars` counts `instructions` and the text of
+  `input` (a string, or items: message text parts, `function_call_output` outputs), `messages` is
+  the number of input items (a string is one), `max_tokens` is `max_output_tokens`; outputs:
+  `completion_chars` (the answer's `output_text` parts), token counts from `usage.input_tokens`,
+  `output_tokens` and `total_tokens`, `finish_reason` the response `status` ("completed",
+  "failed", ...) or, for an incomplete one, `incomplete_details.reason` ("max_output_tokens",
+  "content_filter"), `tool_calls` the output items that are tool calls (`function_call`,
+  `web_search_call`, ... every `*_call`), `choices` None (a response has one answer). Streamed,
+  the terminal event's response (`response.completed`, `.incomplete`, `.failed`) gives all of
+  them; a stream cut short keeps the text deltas and the announced tool calls. `stream_chunks`
+  counts `response.output_text.delta` and `response.function_call_arguments.delta` events.
 - embeddings inputs: `prompt_chars`; outputs: `embedding_norm`, `embedding_dim`, `prompt_tokens`,
   `total_tokens`. Usage is per request, so it goes on the request's first row only.
 
@@ -46,10 +58,26 @@ PROTOCOL = "openai"
 CHAT = "chat"
 COMPLETIONS = "completions"
 EMBEDDINGS = "embeddings"
+RESPONSES = "responses"
 
 # Any prefix: KServe serves these under `/openai/v1/...` (`KSERVE_OPENAI_ROUTE_PREFIX`).
-_PATH = re.compile(r"/v1/(chat/completions|completions|embeddings)/?$")
-_KINDS = {"chat/completions": CHAT, "completions": COMPLETIONS, "embeddings": EMBEDDINGS}
+_PATH = re.compile(r"/v1/(chat/completions|completions|embeddings|responses)/?$")
+_KINDS = {
+    "chat/completions": CHAT,
+    "completions": COMPLETIONS,
+    "embeddings": EMBEDDINGS,
+    "responses": RESPONSES,
+}
+# Message content parts that carry text: chat's `text`, the Responses API's input and output text.
+_CHAT_TEXT = frozenset({"text"})
+_RESPONSES_TEXT = frozenset({"input_text", "output_text"})
+_CHAT_USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")
+_RESPONSES_USAGE = ("input_tokens", "output_tokens", "total_tokens")
+# Responses stream events: the ones that end a response (and carry it whole), and the deltas that
+# are content (as chat's `delta.content` and `delta.tool_calls`).
+_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_TEXT_DELTA = "response.output_text.delta"
+_CONTENT_DELTAS = frozenset({_TEXT_DELTA, "response.function_call_arguments.delta"})
 _SSE_FIELDS = (b"event", b"id", b"retry")
 _DONE = b"[DONE]"
 # Identifiers and categories are bounded and printable (PROTOCOLS.md §7).
@@ -60,7 +88,7 @@ Usage = tuple[Value, Value, Value]
 
 @functools.lru_cache(maxsize=1024)
 def path_kind(path: str) -> str | None:
-    """The endpoint ("chat", "completions" or "embeddings") a path names, else None."""
+    """The endpoint ("chat", "completions", "embeddings" or "responses") a path names, else None."""
     match = _PATH.search(path.partition("?")[0])
     return None if match is None else _KINDS[match.group(1)]
 
@@ -95,18 +123,27 @@ def decode(exchange: ExchangeBytes, request: Any, out: DecodedPayload, max_decod
         _decode_embeddings(request, body, out)
         return
     out.rows = 1
+    responses = kind == RESPONSES
     if request is not None:
-        out.features = _generation_features(kind, request, violations)
+        out.features = (
+            _responses_features(request, violations)
+            if responses
+            else _generation_features(kind, request, violations)
+        )
     if body:
         if _is_sse(exchange.response_content_type, body):
-            out.outputs = _stream_outputs(kind, body, out)
+            out.outputs = (
+                _responses_stream_outputs(body, out) if responses else _stream_outputs(kind, body, out)
+            )
         else:
             try:
                 document = loads(body)
             except BodyError as exc:
                 count(violations, exc.reason)
                 return
-            out.outputs = _response_outputs(kind, document, out)
+            out.outputs = (
+                _responses_outputs(document, out) if responses else _response_outputs(kind, document, out)
+            )
 
 
 def _kind(path: str, request: Any) -> str:
@@ -166,9 +203,11 @@ def _list_length(value: Any, violations: dict[str, int]) -> Value:
     return None
 
 
-def _content_chars(content: Any, violations: dict[str, int]) -> int | None:
+def _content_chars(
+    content: Any, violations: dict[str, int], text_types: frozenset[str] = _CHAT_TEXT
+) -> int | None:
     """Characters of a message `content`: a string, null (tool calls) or a list of parts, of which
-    only the text parts count (images, audio and files have no characters)."""
+    only the text parts (`text_types`) count (images, audio and files have no characters)."""
     if content is None:
         return 0
     if isinstance(content, str):
@@ -182,7 +221,7 @@ def _content_chars(content: Any, violations: dict[str, int]) -> int | None:
         if not isinstance(part, dict):
             count(violations, "type")
             valid = False
-        elif part.get("type") == "text":
+        elif part.get("type") in text_types:
             text = part.get("text")
             if isinstance(text, str):
                 total += len(text)
@@ -206,6 +245,18 @@ def _generation_features(kind: str, request: dict[str, Any], violations: dict[st
     max_tokens = request.get("max_tokens")
     if max_tokens is None:
         max_tokens = request.get("max_completion_tokens")  # the newer chat name
+    return _request_columns(request, prompt_chars, messages, tools, max_tokens, violations)
+
+
+def _request_columns(
+    request: dict[str, Any],
+    prompt_chars: Value,
+    messages: Value,
+    tools: Value,
+    max_tokens: Any,
+    violations: dict[str, int],
+) -> dict[str, Column]:
+    """The generation request columns, one schema for every generating endpoint."""
     stream = request.get("stream")
     if stream is None:
         streamed: Value = "false"
@@ -222,6 +273,50 @@ def _generation_features(kind: str, request: dict[str, Any], violations: dict[st
         "temperature": [_number(request.get("temperature"), violations)],
         "stream": [streamed],
     }
+
+
+def _responses_features(request: dict[str, Any], violations: dict[str, int]) -> dict[str, Column]:
+    """A Responses API request: `instructions` count as prompt text, as a chat system message."""
+    items, chars = _input_items(request.get("input"), violations)
+    instructions = request.get("instructions")
+    if isinstance(instructions, str):
+        chars = None if chars is None else chars + len(instructions)
+    elif instructions is not None:
+        count(violations, "type")
+        chars = None
+    tools = _list_length(request.get("tools"), violations)
+    prompt_chars = None if chars is None else float(chars)
+    return _request_columns(request, prompt_chars, items, tools, request.get("max_output_tokens"), violations)
+
+
+def _input_items(value: Any, violations: dict[str, int]) -> tuple[Value, int | None]:
+    """(number of input items, characters of their text) of a Responses `input`. It is optional
+    (a stored conversation or a prompt template may stand in for it): absent is none, not missing."""
+    if value is None:
+        return 0.0, 0
+    if isinstance(value, str):
+        return 1.0, len(value)
+    if not isinstance(value, list):
+        count(violations, "type")
+        return None, None
+    total: int | None = 0
+    for item in value:
+        chars = _item_chars(item, violations)
+        total = None if chars is None or total is None else total + chars
+    return float(len(value)), total
+
+
+def _item_chars(item: Any, violations: dict[str, int]) -> int | None:
+    """Text characters of one input item: a message's content, a tool result's output; other
+    items (earlier tool calls, reasoning, references) carry no prompt text of their own."""
+    if not isinstance(item, dict):
+        count(violations, "type")
+        return None
+    if "content" in item:
+        return _content_chars(item["content"], violations, _RESPONSES_TEXT)
+    if item.get("type") == "function_call_output":
+        return _content_chars(item.get("output"), violations, _RESPONSES_TEXT)
+    return 0
 
 
 def _messages(messages: Any, violations: dict[str, int]) -> tuple[Value, Value]:
@@ -293,16 +388,17 @@ def _input_chars(value: Any, violations: dict[str, int]) -> list[Value]:
 # ---- responses ---------------------------------------------------------------------------------
 
 
-def _usage(usage: Any, violations: dict[str, int]) -> Usage:
+def _usage(usage: Any, violations: dict[str, int], keys: tuple[str, str, str] = _CHAT_USAGE) -> Usage:
+    """(prompt, completion, total) tokens; `keys` name them (the Responses API says input/output)."""
     if usage is None:
         return None, None, None
     if not isinstance(usage, dict):
         count(violations, "type")
         return None, None, None
     return (
-        _number(usage.get("prompt_tokens"), violations),
-        _number(usage.get("completion_tokens"), violations),
-        _number(usage.get("total_tokens"), violations),
+        _number(usage.get(keys[0]), violations),
+        _number(usage.get(keys[1]), violations),
+        _number(usage.get(keys[2]), violations),
     )
 
 
@@ -322,7 +418,7 @@ def _generation_outputs(
         "total_tokens": [usage[2]],
         "finish_reason": [finish_reason],
         "choices": [choices],
-        "tool_calls": [tool_calls if kind == CHAT else None],
+        "tool_calls": [tool_calls if kind in (CHAT, RESPONSES) else None],
         "stream_chunks": [stream_chunks],
     }
 
@@ -386,7 +482,8 @@ def _is_sse(content_type: str, body: bytes) -> bool:
     if "json" in kind:
         return False
     head = body[:64].lstrip()
-    return head.startswith((b"data:", b":"))
+    # Responses API streams name each event first (`event: response.created`).
+    return head.startswith((b"data:", b":", b"event:"))
 
 
 def _sse_events(body: bytes, violations: dict[str, int]) -> Iterator[tuple[bytes, bool]]:
@@ -502,6 +599,137 @@ def _stream_outputs(kind: str, body: bytes, out: DecodedPayload) -> dict[str, Co
         float(len(calls)),
         float(chunks),
     )
+
+
+# ---- the Responses API -------------------------------------------------------------------------
+
+
+def _responses_outputs(document: Any, out: DecodedPayload) -> dict[str, Column]:
+    """A Responses API answer that was not streamed: `output` items, `status`, `usage`."""
+    violations = out.violations
+    if not isinstance(document, dict):
+        count(violations, "type")
+        return {}
+    out.request_id = _ident(document.get("id"), violations)
+    out.model_version = out.answer_version = _ident(document.get("model"), violations)
+    return _response_columns(document, violations, None, None, None)
+
+
+def _response_columns(
+    response: dict[str, Any],
+    violations: dict[str, int],
+    chars: Value,
+    tool_calls: Value,
+    stream_chunks: Value,
+) -> dict[str, Column]:
+    """Columns from a whole response object; its `output` wins over what a stream's deltas said."""
+    usage = _usage(response.get("usage"), violations, _RESPONSES_USAGE)
+    output = response.get("output")
+    if output is None:
+        count(violations, "missing")
+    elif not isinstance(output, list):
+        count(violations, "type")
+    else:
+        chars, tool_calls = _output_items(output, violations)
+    return _generation_outputs(
+        RESPONSES, chars, usage, _finish_reason(response, violations), None, tool_calls, stream_chunks
+    )
+
+
+def _output_items(output: list[Any], violations: dict[str, int]) -> tuple[Value, Value]:
+    """(characters of the output text, number of tool calls) of a response's `output` items."""
+    chars: int | None = 0
+    calls = 0
+    for item in output:
+        if not isinstance(item, dict):
+            count(violations, "type")
+            chars = None
+            continue
+        if _is_tool_call(item):
+            calls += 1
+        elif item.get("type") == "message":
+            n = _content_chars(item.get("content"), violations, _RESPONSES_TEXT)
+            chars = None if n is None or chars is None else chars + n
+    return (None if chars is None else float(chars)), float(calls)
+
+
+def _is_tool_call(item: dict[str, Any]) -> bool:
+    """`function_call`, `web_search_call`, `file_search_call`, `mcp_call`...: the model used a tool."""
+    kind = item.get("type")
+    return isinstance(kind, str) and kind.endswith("_call")
+
+
+def _finish_reason(response: dict[str, Any], violations: dict[str, int]) -> Value:
+    """The response's `status`; an incomplete one says why in `incomplete_details.reason`."""
+    status = _ident(response.get("status"), violations)
+    if status != "incomplete":
+        return status
+    details = response.get("incomplete_details")
+    if isinstance(details, dict):
+        return _ident(details.get("reason"), violations) or status
+    if details is not None:
+        count(violations, "type")
+    return status
+
+
+def _responses_stream_outputs(body: bytes, out: DecodedPayload) -> dict[str, Column]:
+    """Typed events (`response.created`, `...output_text.delta`, ...); the terminal one carries
+    the whole response with its usage. A stream cut short keeps what its deltas said."""
+    violations = out.violations
+    chars = 0
+    chars_valid = True
+    calls = 0
+    chunks = 0
+    final: dict[str, Any] | None = None
+    for data, terminated in _sse_events(body, violations):
+        if data.strip() == _DONE:
+            break
+        try:
+            event = loads(data)
+        except BodyError as exc:
+            if terminated:
+                count(violations, exc.reason)
+            continue
+        if not isinstance(event, dict):
+            count(violations, "type")
+            continue
+        kind = event.get("type")
+        response = event.get("response")
+        if not isinstance(kind, str) or kind == "error":
+            count(violations, "schema")  # an untyped event, or the stream's error event
+        elif isinstance(response, dict):
+            _stream_identity(response, out)
+            if kind in _TERMINAL:
+                final = response
+        elif kind in _TERMINAL:
+            count(violations, "missing" if response is None else "type")
+        elif kind in _CONTENT_DELTAS:
+            delta = event.get("delta")
+            if not isinstance(delta, str):
+                count(violations, "type")
+                chars_valid = chars_valid and kind != _TEXT_DELTA
+            elif delta:
+                chunks += 1
+                if kind == _TEXT_DELTA:
+                    chars += len(delta)
+        elif kind == "response.output_item.added":
+            item = event.get("item")
+            if isinstance(item, dict) and _is_tool_call(item):
+                calls += 1  # announced once per item; the terminal response recounts them
+    streamed_chars: Value = float(chars) if chars_valid else None
+    if final is None:
+        return _generation_outputs(
+            RESPONSES, streamed_chars, (None, None, None), None, None, float(calls), float(chunks)
+        )
+    return _response_columns(final, violations, streamed_chars, float(calls), float(chunks))
+
+
+def _stream_identity(response: dict[str, Any], out: DecodedPayload) -> None:
+    """The response id and model, from the first event that carries the response object."""
+    if out.request_id is None:
+        out.request_id = _ident(response.get("id"), out.violations)
+    if out.model_version is None:
+        out.model_version = out.answer_version = _ident(response.get("model"), out.violations)
 
 
 # ---- embeddings --------------------------------------------------------------------------------

@@ -1,7 +1,16 @@
-"""Plain JSON: a record, a list of records, or a `{"features": ...}`-like wrapper."""
+"""Plain JSON: a record, a list of records, or a `{"features": ...}`-like wrapper.
+
+A flat list of scalars (top level or under a wrapper) is ambiguous: one record given as a vector
+(`{"features": [5.1, 3.5, 1.4, 0.2]}`) or a batch of one-feature rows. It is a batch only when the
+answer holds as many predictions as the list has items, or, with no readable answer, when the
+reference profile has a single feature; otherwise it is one row of positional columns (the
+reference's names, else `f0, f1, ...`), the same columns as its batch-of-one form
+`{"features": [[5.1, 3.5, 1.4, 0.2]]}`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from modeltap.protocols.payload import Column, DecodedPayload, ExchangeBytes, count
@@ -11,7 +20,8 @@ _WRAPPERS = ("features", "inputs", "data", "records", "rows", "instances")
 _OUTPUT_KEYS = ("predictions", "prediction", "outputs", "output", "scores", "score", "result", "label")
 
 
-def _rows(document: Any) -> list[Any] | None:
+def _listed(document: Any) -> list[Any] | None:
+    """The request's list of rows as sent (before the flat-vector question), or None."""
     if isinstance(document, list):
         return document
     if isinstance(document, dict):
@@ -23,6 +33,30 @@ def _rows(document: Any) -> list[Any] | None:
                 return [inner]
         return [document]
     return None
+
+
+def _answered(response: Any) -> int | None:
+    """How many predictions the answer holds (its primary output), None when it does not say."""
+    if isinstance(response, dict):
+        primary = next((key for key in _OUTPUT_KEYS if key in response), None)
+        if primary is None:
+            return None
+        value = response[primary]
+        return len(value) if isinstance(value, list) else 1
+    if isinstance(response, list):
+        return len(response)
+    return None if response is None else 1
+
+
+def _rows(document: Any, response: Any, names: Sequence[str]) -> list[Any] | None:
+    rows = _listed(document)
+    if rows is None or len(rows) < 2 or any(isinstance(item, (list, dict)) for item in rows):
+        return rows
+    # A flat vector: the answer's prediction count says batch or record; without one, a
+    # reference of one feature does. A record is what a user sends by far the most often.
+    answered = _answered(response)
+    batch = answered == len(rows) if answered is not None else len(names) == 1
+    return rows if batch else [rows]
 
 
 def _outputs(document: Any, out: DecodedPayload) -> dict[str, Column]:
@@ -48,7 +82,7 @@ def _outputs(document: Any, out: DecodedPayload) -> dict[str, Column]:
 
 def decode(exchange: ExchangeBytes, request: Any, response: Any, out: DecodedPayload) -> None:
     out.protocol = "json"
-    rows = _rows(request)
+    rows = _rows(request, response, exchange.feature_names)
     if rows is None:
         count(out.violations, "type", 1)
     else:

@@ -68,7 +68,7 @@ _ROUTES: tuple[tuple[re.Pattern[str], str, bool], ...] = tuple(
         (rf"/v1/models/{_V1_SEGMENT}", "/v1/models/{model}", False),
         # OpenAI-style APIs, also under KServe's `/openai` prefix.
         (
-            r"(?P<verb>(?:/openai)?/v1/(?:chat/completions|completions|embeddings))",
+            r"(?P<verb>(?:/openai)?/v1/(?:chat/completions|completions|embeddings|responses))",
             "{verb}",
             True,
         ),

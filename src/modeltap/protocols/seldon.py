@@ -20,8 +20,14 @@ Rules:
 - `strData`, `binData` and `tftensor` carry no tabular features: no columns, no violation.
 - Model version: response `meta.requestPath` (component -> image:tag). One component: its
   `image:tag`; several: `component=image:tag` pairs sorted by component and joined with `,`
-  (so a change to any component of the graph starts a new version). Model name: the deployment in
-  `/seldon/{namespace}/{deployment}/...`. Request id: `meta.puid` of the response, else the request.
+  (so a change to any component of the graph starts a new version). It is what the answer
+  carries, so it is also the answer version (served versions, version mismatch). Model name: the
+  deployment in `/seldon/{namespace}/{deployment}/...`. Request id: `meta.puid` of the response,
+  else the request.
+- Feedback, `POST /api/v1.0/feedback` (also behind the ingress prefix) with
+  `{"request", "response", "reward", "truth"}`, labels an earlier prediction: it is not model
+  traffic, so it decodes to no rows, columns or violations (as a health probe does), only the
+  deployment's name.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ from typing import Any, TypeGuard
 from modeltap.protocols.payload import Column, DecodedPayload, ExchangeBytes, count
 from modeltap.protocols.tabular import positional_names, rows_to_columns
 
-# The executor's external endpoint, optionally behind the `/seldon/{ns}/{name}` ingress prefix.
+# The executor's external endpoints, optionally behind the `/seldon/{ns}/{name}` ingress prefix.
 _PATH = re.compile(r"^(?:.*/)?api/v1\.0/predictions/?$")
-_DEPLOYMENT = re.compile(r"/seldon/[^/]+/([^/]+)/api/v1\.0/predictions/?$")
+_FEEDBACK = re.compile(r"^(?:.*/)?api/v1\.0/feedback/?$")
+_DEPLOYMENT = re.compile(r"/seldon/[^/]+/([^/]+)/api/v1\.0/(?:predictions|feedback)/?$")
 _PAYLOAD_KEYS = ("jsonData", "strData", "binData", "customData")
 _DATA_KEYS = ("ndarray", "tensor", "tftensor")
 # A tensor shape with more dimensions than this is not a payload worth reshaping.
@@ -49,8 +56,18 @@ def parse_path(path: str) -> tuple[bool, str | None]:
     """(is the predictions endpoint, deployment name from the ingress prefix or None)."""
     if _PATH.match(path) is None:
         return False, None
+    return True, _deployment(path)
+
+
+@functools.lru_cache(maxsize=1024)
+def is_feedback(path: str) -> bool:
+    """Whether the path is the executor's feedback endpoint (labels, not predictions)."""
+    return _FEEDBACK.match(path) is not None
+
+
+def _deployment(path: str) -> str | None:
     match = _DEPLOYMENT.search(path)
-    return True, match.group(1) if match else None
+    return match.group(1) if match else None
 
 
 def is_message(document: Any) -> bool:
@@ -64,8 +81,9 @@ def is_message(document: Any) -> bool:
 
 
 def matches(exchange: ExchangeBytes, request: Any) -> bool:
-    """The Seldon predictions path, or a request body that is unmistakably a SeldonMessage."""
-    return parse_path(exchange.path)[0] or is_message(request)
+    """The Seldon predictions or feedback path, or a request body that is unmistakably a
+    SeldonMessage. Feedback is claimed here so that no other decoder reads its labels as inputs."""
+    return parse_path(exchange.path)[0] or is_feedback(exchange.path) or is_message(request)
 
 
 def _text(value: Any) -> str | None:
@@ -199,6 +217,11 @@ def model_version(meta: Any) -> str | None:
 
 def decode(exchange: ExchangeBytes, request: Any, response: Any, out: DecodedPayload) -> None:
     out.protocol = "seldon"
+    if is_feedback(exchange.path):
+        # A label for an earlier prediction: its `request`, `truth` and `reward` are no model
+        # inputs, and its `response` is an old answer, not a version served now.
+        out.model_name = _deployment(exchange.path)
+        return
     out.model_name = parse_path(exchange.path)[1]
     request_id = None
     if isinstance(request, dict):
@@ -211,7 +234,9 @@ def decode(exchange: ExchangeBytes, request: Any, response: Any, out: DecodedPay
     if isinstance(response, dict):
         out.outputs = _outputs(response, out)
         meta = response.get("meta")
-        out.model_version = model_version(meta)
+        # `requestPath` is what the answer says served it: the answer version, which the
+        # pipeline's served-versions and version-mismatch tracking go by (as OIP's model_version).
+        out.model_version = out.answer_version = model_version(meta)
         if isinstance(meta, dict):
             request_id = _text(meta.get("puid")) or request_id
     out.request_id = request_id

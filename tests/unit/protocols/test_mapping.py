@@ -4,12 +4,15 @@ JSON (and random specs) that never raise."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modeltap.protocols import decode_exchange
+from modeltap.protocols.detect import DecodeOptions
 from modeltap.protocols.mapping import INDEX, KEY, STAR, FieldMapping, FieldPath
 from modeltap.protocols.payload import DecodedPayload, ExchangeBytes
 
@@ -265,6 +268,46 @@ def test_identity_documents_and_values() -> None:
     assert (out.request_id, out.violations) == (None, {"type": 1})
     out = run({"request_id": "id"}, {}, {"id": None})
     assert (out.request_id, out.violations) == (None, {})
+
+
+IDENTITY_SPEC = {
+    "features": "payload.rows[*]",
+    "outputs": "result.scores[*]",
+    "model_name": "meta.model",
+    "model_version": "meta.version",
+}
+URL_NAMED = "/v1/models/churn/versions/7:predict"
+
+
+def decode_at(path: str, spec: dict[str, str], request: Any, response: Any) -> DecodedPayload:
+    """Through detection, so the URL's identity comes first as it does in the pipeline."""
+    exchange = ExchangeBytes("POST", path, json.dumps(request).encode(), json.dumps(response).encode(), 200)
+    return decode_exchange(exchange, options=DecodeOptions(mapping=FieldMapping.parse(spec)))
+
+
+def test_identity_paths_that_find_nothing_keep_the_url_identity() -> None:
+    """PROTOCOLS.md section 7: the URL comes before the payload; an unresolved path is no claim."""
+    request = {"payload": {"rows": [{"a": 1.0}, {"a": 2.0}]}}
+    response = {"result": {"scores": [0.1, 0.2]}}
+    out = decode_at(URL_NAMED, IDENTITY_SPEC, request, response)
+    assert (out.protocol, out.rows, out.outputs) == ("mapping", 2, {"prediction": [0.1, 0.2]})
+    assert (out.model_name, out.model_version) == ("churn", "7")
+    assert out.violations == {"schema": 2}  # the two identity paths resolved nowhere
+    # A value of the wrong kind is no identity either: counted, the URL's stays.
+    out = decode_at(URL_NAMED, IDENTITY_SPEC, request, {**response, "meta": {"model": [1], "version": {}}})
+    assert (out.model_name, out.model_version, out.violations) == ("churn", "7", {"type": 2})
+    # Same as a mapping without identity paths.
+    out = decode_at(URL_NAMED, {"features": "payload.rows[*]"}, request, response)
+    assert (out.model_name, out.model_version) == ("churn", "7")
+
+
+def test_identity_paths_that_resolve_fill_in_and_none_is_kept_without_a_url() -> None:
+    request = {"payload": {"rows": [{"a": 1.0}]}}
+    response = {"result": {"scores": [0.1]}, "meta": {"model": "m", "version": "v3"}}
+    out = decode_at("/score", IDENTITY_SPEC, request, response)
+    assert (out.model_name, out.model_version, out.violations) == ("m", "v3", {})
+    out = decode_at("/score", IDENTITY_SPEC, request, {"result": {"scores": [0.1]}})
+    assert (out.model_name, out.model_version) == (None, None)
 
 
 def test_explicit_documents_for_columns() -> None:

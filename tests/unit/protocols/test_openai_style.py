@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeltap.protocols import openai_style
+from modeltap.protocols import decode_exchange, openai_style
 from modeltap.protocols.payload import DecodedPayload, ExchangeBytes
+from modeltap.protocols.routes import Route, protocol_route
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "protocols" / "openai"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.json"))
@@ -200,6 +201,7 @@ def test_kind_follows_the_body_when_the_path_says_nothing() -> None:
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
+RESPONSES = "/v1/responses"
 
 
 def test_messages_not_a_list_is_a_type_violation() -> None:
@@ -623,6 +625,251 @@ def test_embeddings_response_violations() -> None:
     assert run(EMBEDDINGS, request, {"object": "list"}).violations == {"missing": 1}
 
 
+# ---- the Responses API -------------------------------------------------------------------------
+
+SECRET = "My SSN is 078-05-1120, summarise my account"
+RESPONSES_REQUEST = {
+    "model": "gpt-4o-mini",
+    "input": SECRET,
+    "instructions": "be brief",
+    "max_output_tokens": 256,
+    "temperature": 0.2,
+}
+RESPONSES_ANSWER: dict[str, Any] = {
+    "id": "resp_1",
+    "object": "response",
+    "model": "gpt-4o-mini-2024-07-18",
+    "status": "completed",
+    "output": [
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok, fine"}]},
+    ],
+    "usage": {"input_tokens": 20, "output_tokens": 3, "total_tokens": 23},
+}
+
+
+def responses_outputs(**values: Any) -> dict[str, list[Any]]:
+    """The generation output columns of one Responses answer: `choices` never applies."""
+    columns: dict[str, list[Any]] = {name: [None] for name in GENERATION_OUTPUTS}
+    columns.update({name: [value] for name, value in values.items()})
+    return columns
+
+
+@pytest.mark.parametrize("path", [RESPONSES, "/openai/v1/responses", "/v1/responses/"])
+def test_responses_path_is_recognised(path: str) -> None:
+    assert openai_style.path_kind(path) == openai_style.RESPONSES
+    assert openai_style.matches(make_exchange(path, None, b""), None)
+
+
+def test_responses_route_template() -> None:
+    """A fixed span name and an inference call (an empty body is an error), as for chat."""
+    assert protocol_route("/openai/v1/responses") == Route("/openai/v1/responses", True)
+    assert protocol_route("/v1/responses/") == Route("/v1/responses", True)
+
+
+def test_other_responses_routes_are_not_generation_calls() -> None:
+    for path in ("/v1/responses/resp_1", "/v1/responses/resp_1/cancel", "/v1/responses/input_tokens"):
+        assert openai_style.path_kind(path) is None
+
+
+def test_responses_answer_decodes_to_exact_values() -> None:
+    out = run(RESPONSES, RESPONSES_REQUEST, RESPONSES_ANSWER)
+    assert (out.protocol, out.rows) == ("openai", 1)
+    assert out.features == {
+        "prompt_chars": [float(len(SECRET) + len("be brief"))],
+        "messages": [1.0],
+        "tools": [0.0],
+        "max_tokens": [256.0],
+        "temperature": [0.2],
+        "stream": ["false"],
+    }
+    assert out.outputs == responses_outputs(
+        completion_chars=8.0,
+        prompt_tokens=20.0,
+        completion_tokens=3.0,
+        total_tokens=23.0,
+        finish_reason="completed",
+        tool_calls=0.0,
+    )
+    assert (out.model_name, out.model_version, out.answer_version, out.request_id) == (
+        "gpt-4o-mini",
+        "gpt-4o-mini-2024-07-18",
+        "gpt-4o-mini-2024-07-18",
+        "resp_1",
+    )
+    assert out.violations == {}
+
+
+def test_responses_through_detection_keep_the_prompt_out_of_the_columns() -> None:
+    exchange = make_exchange(RESPONSES, RESPONSES_REQUEST, orjson.dumps(RESPONSES_ANSWER))
+    out = decode_exchange(exchange)
+    assert (out.protocol, out.model_name, out.answer_version) == (
+        "openai",
+        "gpt-4o-mini",
+        "gpt-4o-mini-2024-07-18",
+    )
+    assert set(out.features) == GENERATION_FEATURES
+    values = {value for column in (*out.features.values(), *out.outputs.values()) for value in column}
+    assert not {SECRET, "be brief", "ok, fine", "gpt-4o-mini"} & values
+
+
+def test_responses_input_items() -> None:
+    request = {
+        "model": "m",
+        "instructions": "sys",
+        "input": [
+            {"role": "developer", "content": "abcd"},
+            {
+                "type": "message",
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "hello"},
+                    {"type": "input_image", "image_url": "https://x/y.png"},
+                ],
+            },
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi"}]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "42"},
+            {"type": "item_reference", "id": "msg_0"},
+        ],
+        "tools": [{"type": "function", "name": "f"}, {"type": "web_search"}],
+        "stream": False,
+    }
+    out = run(RESPONSES, request)
+    assert out.features == {
+        "prompt_chars": [3.0 + 4 + 5 + 2 + 2],
+        "messages": [6.0],
+        "tools": [2.0],
+        "max_tokens": [None],
+        "temperature": [None],
+        "stream": ["false"],
+    }
+    assert (out.outputs, out.violations) == ({}, {})
+    # `input` is optional (a stored conversation or a prompt template stands in): not missing.
+    out = run(RESPONSES, {"model": "m", "previous_response_id": "resp_0"})
+    assert (out.features["prompt_chars"], out.features["messages"], out.violations) == ([0.0], [0.0], {})
+
+
+def test_responses_request_violations() -> None:
+    out = run(RESPONSES, {"model": "m", "input": 7, "instructions": "x"})
+    assert (out.features["prompt_chars"], out.features["messages"], out.violations) == (
+        [None],
+        [None],
+        {"type": 1},
+    )
+    out = run(
+        RESPONSES, {"model": "m", "input": ["x", {"content": [{"type": "input_text"}]}], "instructions": 3}
+    )
+    assert (out.features["prompt_chars"], out.features["messages"]) == ([None], [2.0])
+    assert out.violations == {"type": 2, "missing": 1}
+
+
+def test_responses_tool_calls_and_finish_reasons() -> None:
+    answer = {
+        **RESPONSES_ANSWER,
+        "output": [
+            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {
+                "type": "message",
+                "content": [{"type": "output_text", "text": "abc"}, {"type": "refusal", "refusal": "no"}],
+            },
+        ],
+    }
+    out = run(RESPONSES, RESPONSES_REQUEST, answer)
+    assert (out.outputs["tool_calls"], out.outputs["completion_chars"]) == ([2.0], [3.0])
+    incomplete: dict[str, Any] = {
+        **answer,
+        "status": "incomplete",
+        "incomplete_details": {"reason": "max_output_tokens"},
+    }
+    assert run(RESPONSES, RESPONSES_REQUEST, incomplete).outputs["finish_reason"] == ["max_output_tokens"]
+    incomplete["incomplete_details"] = None
+    assert run(RESPONSES, RESPONSES_REQUEST, incomplete).outputs["finish_reason"] == ["incomplete"]
+    failed = {**answer, "status": "failed", "output": [], "usage": None, "error": {"code": "server_error"}}
+    out = run(RESPONSES, RESPONSES_REQUEST, failed)
+    assert out.outputs == responses_outputs(completion_chars=0.0, finish_reason="failed", tool_calls=0.0)
+    assert out.violations == {}
+
+
+def test_responses_answer_violations() -> None:
+    assert run(RESPONSES, RESPONSES_REQUEST, [1]).violations == {"type": 1}
+    out = run(RESPONSES, RESPONSES_REQUEST, {"id": "r", "status": "completed", "output": {"x": 1}})
+    assert (out.outputs["completion_chars"], out.violations) == ([None], {"type": 1})
+    out = run(RESPONSES, RESPONSES_REQUEST, {"id": "r", "status": "completed"})
+    assert out.violations == {"missing": 1}
+    out = run(
+        RESPONSES, RESPONSES_REQUEST, {**RESPONSES_ANSWER, "output": [3], "usage": {"input_tokens": "x"}}
+    )
+    assert (out.outputs["completion_chars"], out.outputs["prompt_tokens"]) == ([None], [None])
+    assert out.violations == {"type": 2}
+
+
+def typed_events(*events: dict[str, Any]) -> bytes:
+    """Responses API stream framing: an `event:` line naming each `data:` event's type."""
+    return b"".join(
+        b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n" for event in events
+    )
+
+
+CREATED = {k: v for k, v in RESPONSES_ANSWER.items() if k not in ("output", "usage")}
+STREAM_EVENTS = (
+    {"type": "response.created", "response": {**CREATED, "status": "in_progress", "output": []}},
+    {"type": "response.output_item.added", "output_index": 0, "item": {"type": "function_call", "id": "fc"}},
+    {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": '{"q":'},
+    {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": ""},
+    {"type": "response.output_item.added", "output_index": 1, "item": {"type": "message", "content": []}},
+    {"type": "response.content_part.added", "output_index": 1, "part": {"type": "output_text", "text": ""}},
+    {"type": "response.output_text.delta", "output_index": 1, "delta": "ok, "},
+    {"type": "response.output_text.delta", "output_index": 1, "delta": "fine"},
+)
+COMPLETED = {
+    "type": "response.completed",
+    "response": {
+        **RESPONSES_ANSWER,
+        "output": [{"type": "function_call", "id": "fc"}, *RESPONSES_ANSWER["output"]],
+    },
+}
+
+
+def test_responses_stream() -> None:
+    body = typed_events(*STREAM_EVENTS, COMPLETED)
+    out = run(RESPONSES, {**RESPONSES_REQUEST, "stream": True}, body=body, content_type="text/event-stream")
+    assert out.features["stream"] == ["true"]
+    assert out.outputs == responses_outputs(
+        completion_chars=8.0,
+        prompt_tokens=20.0,
+        completion_tokens=3.0,
+        total_tokens=23.0,
+        finish_reason="completed",
+        tool_calls=1.0,
+        stream_chunks=3.0,
+    )
+    assert (out.model_version, out.answer_version, out.request_id) == (
+        "gpt-4o-mini-2024-07-18",
+        "gpt-4o-mini-2024-07-18",
+        "resp_1",
+    )
+    assert out.violations == {}
+
+
+def test_responses_stream_cut_short_keeps_what_the_deltas_said() -> None:
+    out = run(RESPONSES, RESPONSES_REQUEST, body=typed_events(*STREAM_EVENTS), content_type="")
+    assert out.outputs == responses_outputs(completion_chars=8.0, tool_calls=1.0, stream_chunks=3.0)
+    assert (out.request_id, out.answer_version, out.violations) == ("resp_1", "gpt-4o-mini-2024-07-18", {})
+
+
+def test_responses_stream_violations() -> None:
+    body = typed_events(
+        {"type": "response.output_text.delta", "delta": 5},
+        {"type": "error", "code": "server_error", "message": "boom"},
+        {"type": "response.failed"},
+    ) + sse({"no": "type"}, [1])
+    out = run(RESPONSES, RESPONSES_REQUEST, body=body, content_type="text/event-stream")
+    assert out.outputs == responses_outputs(tool_calls=0.0, stream_chunks=0.0)
+    assert out.violations == {"type": 2, "schema": 2, "missing": 1}
+
+
 # ---- properties --------------------------------------------------------------------------------
 
 JSON = st.recursive(
@@ -653,6 +900,13 @@ KEYS = st.sampled_from(
         "stream",
         "id",
         "type",
+        "output",
+        "status",
+        "response",
+        "instructions",
+        "incomplete_details",
+        "reason",
+        "item",
     ]
 )
 # JSON biased towards the keys the decoder reads, so the random documents reach deep branches.
@@ -661,7 +915,9 @@ SHAPED = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(KEYS, children, max_size=5),
     max_leaves=30,
 )
-PATHS = st.sampled_from([CHAT, COMPLETIONS, EMBEDDINGS, "/openai/v1/chat/completions", "/generate"])
+PATHS = st.sampled_from(
+    [CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, "/openai/v1/chat/completions", "/generate"]
+)
 
 
 def check_invariants(out: DecodedPayload) -> None:
@@ -701,13 +957,18 @@ SSE_LINE = st.one_of(
     st.text(max_size=20),
     st.builds(lambda d: "data: " + json.dumps(d, allow_nan=True), SHAPED),
     st.builds(lambda d: "data: " + json.dumps({"choices": [d]}, allow_nan=True), SHAPED),
+    st.builds(
+        lambda t, d: "data: " + json.dumps({"type": t, "response": d, "delta": d}, allow_nan=True),
+        st.sampled_from(["response.completed", "response.output_text.delta", "error"]),
+        SHAPED,
+    ),
     st.builds(lambda t: "data: " + t, st.text(max_size=20)),
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.sampled_from([CHAT, COMPLETIONS, EMBEDDINGS]),
+    st.sampled_from([CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES]),
     st.lists(SSE_LINE, max_size=12),
     st.sampled_from(["\n", "\r\n", "\r", "\n\n"]),
     st.sampled_from(["text/event-stream", ""]),

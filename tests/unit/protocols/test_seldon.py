@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modeltap.protocols import seldon
+from modeltap.protocols import decode_exchange, seldon
 from modeltap.protocols.payload import DecodedPayload, ExchangeBytes
 from tests.support.decoding import assert_decoded_as_expected, document, materialize
 
@@ -90,7 +90,6 @@ def test_matches_a_seldon_message_on_any_path(request_body: Any) -> None:
         ("/v2/models/iris/infer", {"inputs": [{"name": "x", "data": [1]}]}),
         ("/predict", {"data": [[1, 2]]}),  # a plain wrapper, not DefaultData
         ("/predict", {"data": {"rows": [[1, 2]]}}),
-        ("/api/v1.0/feedback", {"request": {}, "response": {}, "reward": 1.0}),
         ("/api/v1.0/predictions/extra", {"x": 1}),
         ("/predict", [1, 2]),
         ("/predict", None),
@@ -104,6 +103,45 @@ def test_parse_path() -> None:
     assert seldon.parse_path("/api/v1.0/predictions") == (True, None)
     assert seldon.parse_path("/seldon/prod/income/api/v1.0/predictions") == (True, "income")
     assert seldon.parse_path("/api/v0.1/predictions") == (False, None)
+    assert seldon.parse_path("/api/v1.0/feedback") == (False, None)
+
+
+# --- feedback ------------------------------------------------------------------------------------
+
+FEEDBACK = {
+    "request": {"data": {"names": ["a", "b"], "ndarray": [[1.0, 2.0]]}},
+    "response": {"meta": {"puid": "p1", "requestPath": {"clf": "img:1"}}, "data": {"ndarray": [[0.2, 0.8]]}},
+    "reward": 1.0,
+    "truth": {"data": {"ndarray": [[0, 1]]}},
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "deployment"),
+    [
+        ("/api/v1.0/feedback", None),
+        ("/api/v1.0/feedback/", None),
+        ("/seldon/ns/iris/api/v1.0/feedback", "iris"),
+    ],
+)
+def test_feedback_is_not_model_traffic(path: str, deployment: str | None) -> None:
+    """A label for an earlier prediction: no rows, columns or violations (as a health probe),
+    whatever the message holds, and never the labelled answer's version (PROTOCOLS.md section 4)."""
+    body = json.dumps(FEEDBACK).encode()
+    answer = json.dumps({"meta": {"puid": "p2"}, "data": {"ndarray": []}}).encode()
+    out = decode_exchange(ExchangeBytes("POST", path, body, answer, 200))
+    assert (out.protocol, out.rows, out.features, out.outputs) == ("seldon", 0, {}, {})
+    assert (out.matrix_rows, out.output_values, out.violations) == (None, None, {})
+    assert (out.model_name, out.model_version, out.answer_version) == (deployment, None, None)
+    assert out.request_id is None  # the labelled prediction's puid is no id of this exchange
+    assert seldon.is_feedback(path)
+    assert seldon.matches(exchange(path), {"anything": 1})
+
+
+def test_predictions_and_other_paths_are_not_feedback() -> None:
+    assert not seldon.is_feedback("/api/v1.0/predictions")
+    assert not seldon.is_feedback("/api/v1.0/feedback/extra")
+    assert not seldon.is_feedback("/feedback")
 
 
 # --- shapes --------------------------------------------------------------------------------------
@@ -233,7 +271,26 @@ def test_unnamed_multi_column_outputs_are_positional() -> None:
 def test_model_version_from_request_path(meta: Any, version: str | None) -> None:
     assert seldon.model_version(meta) == version
     out = run({"data": {"ndarray": [[1.0]]}}, {"meta": meta, "data": {"ndarray": [[0.0]]}})
-    assert out.model_version == version
+    # The answer carries it: it is the answer version too (served versions, version mismatch).
+    assert (out.model_version, out.answer_version) == (version, version)
+
+
+def test_answer_version_through_detection() -> None:
+    request = json.dumps({"data": {"names": ["a", "b"], "ndarray": [[1.0, 2.0]]}}).encode()
+    response = json.dumps(
+        {"meta": {"puid": "p1", "requestPath": {"classifier": "seldonio/sklearn-iris:0.3"}},
+         "data": {"names": ["t:0", "t:1"], "ndarray": [[0.2, 0.8]]}}
+    ).encode()  # fmt: skip
+    path = "/seldon/ns/iris/api/v1.0/predictions"
+    out = decode_exchange(ExchangeBytes("POST", path, request, response, 200))
+    assert (out.protocol, out.model_name, out.request_id) == ("seldon", "iris", "p1")
+    image = "seldonio/sklearn-iris:0.3"
+    assert (out.model_version, out.answer_version) == (image, image)
+    # Without a request path in the answer, nothing is claimed; an error answer vouches for none.
+    out = decode_exchange(ExchangeBytes("POST", PREDICTIONS, request, b'{"meta": {}}', 200))
+    assert (out.model_version, out.answer_version) == (None, None)
+    out = decode_exchange(ExchangeBytes("POST", PREDICTIONS, request, response, 500))
+    assert (out.model_version, out.answer_version) == (None, None)
 
 
 def test_request_id_prefers_the_response_puid_and_is_sanitised() -> None:
@@ -277,7 +334,9 @@ MESSAGES = (
     )
     | st.fixed_dictionaries({}, optional={"jsonData": JSON, "strData": JSON, "binData": JSON, "meta": JSON})
 )
-PATHS = st.sampled_from([PREDICTIONS, "/seldon/a/b/api/v1.0/predictions", "/", "", "/v1/models/x:predict"])
+PATHS = st.sampled_from(
+    [PREDICTIONS, "/seldon/a/b/api/v1.0/predictions", "/api/v1.0/feedback", "/", "", "/v1/models/x:predict"]
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
