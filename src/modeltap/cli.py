@@ -82,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Profile training data (CSV, or Parquet with pyarrow) into a reference profile: "
         "per column its kind, missing rate, percentile edges and counts, or its top categories.",
     )
-    profile.add_argument("data", metavar="DATA", help="a CSV file with a header row, or a .parquet file")
+    # Optional to argparse only: `--numeric a b train.csv` gives the file to the list before it
+    # (`_data_after_a_column_list` takes it back).
+    profile.add_argument(
+        "data", metavar="DATA", nargs="?", help="a CSV file with a header row, or a .parquet file"
+    )
     profile.add_argument("-o", "--output", required=True, help="where to write the profile (JSON)")
     profile.add_argument("--target", default=None, metavar="COL", help="the label column (role label)")
     profile.add_argument(
@@ -322,12 +326,38 @@ def run_profile(args: argparse.Namespace, out: TextIO | None = None) -> None:
     print(f"{document['source']['rows']} rows; id {document['id']}; written to {args.output}", file=out)
 
 
+_DATA_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def _data_after_a_column_list(args: argparse.Namespace) -> str | None:
+    """The data file a column list took as one of its columns (`--numeric a b train.csv`: the
+    lists take every value up to the next option), when exactly one list ends with a file name."""
+    found = [
+        columns
+        for columns in (args.exclude, args.categorical, args.numeric)
+        if columns and columns[-1].lower().endswith(_DATA_SUFFIXES)
+    ]
+    if len(found) != 1:
+        return None
+    data: str = found[0].pop()
+    return data
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "profile" and args.data is None:
+        args.data = _data_after_a_column_list(args)
+        if args.data is None:
+            print(
+                "modeltap profile: error: the following arguments are required: DATA "
+                "(see modeltap profile --help)",
+                file=sys.stderr,
+            )
+            return 2
     try:
         if args.command == "profile":
             run_profile(args)

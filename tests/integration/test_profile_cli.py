@@ -196,6 +196,23 @@ def test_one_word_among_500_integers_with_numeric_is_missing_and_said_so(
     assert re.search(r"^calls\s+input\s+numeric\s+n=499\s+missing=0\.20%$", out, re.MULTILINE)
 
 
+def test_a_column_list_before_the_data_leaves_the_data_to_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--numeric calls train.csv`: the list takes every value up to the next option, the file
+    too; it is the data all the same, as with the file first. Without a file, DATA is missing."""
+    data = _integers_with_a_word(tmp_path / "train.csv", word="NA")
+    first, after = tmp_path / "first.json", tmp_path / "after.json"
+
+    assert _profile([str(data), "--numeric", "calls", "-o", str(first)], capsys)[0] == 0
+    assert _profile(["--numeric", "calls", str(data), "-o", str(after)], capsys)[0] == 0
+    code, _, err = _profile(["--numeric", "calls", "-o", str(tmp_path / "none.json")], capsys)
+
+    assert after.read_bytes() == first.read_bytes()
+    assert code == 2
+    assert "the following arguments are required: DATA" in err
+
+
 def test_94_percent_numbers_is_categorical_without_an_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
