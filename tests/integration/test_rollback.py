@@ -201,7 +201,8 @@ def test_the_operators_rollback_moves_traffic_with_no_failed_request(tmp_path: P
         ("rollback_cancelled", "cancelled by the operator"),
     ]
     # The version rolled back from is the one that was answering (no version is configured).
-    assert [n["version"] for n in hook.received if n.get("kind") == "rollback"] == ["2"]
+    # The cancel came from the monitor that took over after the kill: it cannot know which.
+    assert [n["version"] for n in hook.received if "rollback" in n] == ["2", "unknown"]
 
 
 def test_inline_the_analysis_in_the_data_plane_serves_the_switch(tmp_path: Path) -> None:

@@ -503,9 +503,9 @@ def test_mounts_with_parameters_give_templates_never_the_clients_text(clean_otel
 @pytest.mark.timeout(30)
 def test_a_mount_parameter_hidden_by_a_route_parameter_never_becomes_the_route(clean_otel_env: None) -> None:
     """`path_params` holds one value per name: the route's `{name}` hides the mount's. The mount's
-    template comes from the router, through middleware that keeps the app it wraps in `app`;
-    where the router cannot be seen into, the exchange has no route rather than the client's
-    text."""
+    template comes from the router, through middleware that keeps the app it wraps (in `app`
+    or a name of its own); where the router cannot be seen into, the exchange has no route
+    rather than the client's text."""
 
     async def predict(request: Request) -> Response:
         await request.body()
@@ -518,25 +518,32 @@ def test_a_mount_parameter_hidden_by_a_route_parameter_never_becomes_the_route(c
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
             await self.app(scope, receive, send)
 
-    class Hidden:  # keeps its app where nothing can know to look
+    class Renamed:  # keeps its app under a name of its own
         def __init__(self, app: Starlette) -> None:
             self._inner = app
 
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
             await self._inner(scope, receive, send)
 
+    def hidden(app: Starlette) -> Any:  # a closure: nothing to look into
+        async def call(scope: Scope, receive: Receive, send: Send) -> None:
+            await app(scope, receive, send)
+
+        return call
+
     inner = [Route("/models/{name}:predict", predict, methods=["POST"])]
     app = Starlette(
         routes=[
             Mount("/t/{name}", routes=inner),
             Mount("/w/{name}", app=Wrapped(Starlette(routes=inner))),
-            Mount("/h/{name}", app=Hidden(Starlette(routes=inner))),
+            Mount("/r/{name}", app=Renamed(Starlette(routes=inner))),
+            Mount("/h/{name}", app=hidden(Starlette(routes=inner))),
         ]
     )
     app.add_middleware(ModelTapMiddleware, model_name="demo", monitor="inline")
     sent = ("/t/acme/models/m1:predict", "/t/globex/models/m1:predict", "/w/initech/models/m2:predict")
     try:
-        for path in (*sent, "/h/hooli/models/m3:predict"):
+        for path in (*sent, "/r/pied/models/m4:predict", "/h/hooli/models/m3:predict"):
             assert (
                 run_asgi(app, make_http_scope("POST", path), http_request_messages(KSERVE_BODY)).status == 200
             )
@@ -547,6 +554,7 @@ def test_a_mount_parameter_hidden_by_a_route_parameter_never_becomes_the_route(c
     assert by_route == {
         "/t/{name}/models/{name}:predict": "2",
         "/w/{name}/models/{name}:predict": "1",
+        "/r/{name}/models/{name}:predict": "1",
         None: "1",
     }
 

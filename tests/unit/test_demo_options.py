@@ -33,3 +33,11 @@ def test_a_short_run_is_told_how_long_would_do() -> None:
 
     assert note_at(needed + 1) is None
     assert note_at(needed - 1) is not None
+
+
+def test_a_window_of_one_slot_is_judged_whole() -> None:
+    """One slot: the phase's whole traffic is in it (no division by the slots left)."""
+    options = DemoOptions(duration_s=6, rate_per_s=50, window_slots=1)
+    assert too_short(options, Demo(options).phase_s, MIN_SAMPLES) is not None
+    options = DemoOptions(duration_s=60, rate_per_s=50, window_slots=1)
+    assert too_short(options, Demo(options).phase_s, MIN_SAMPLES) is None

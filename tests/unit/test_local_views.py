@@ -257,20 +257,35 @@ def test_the_machines_own_host_name_is_this_machine(make_middleware: MakeMiddlew
 
 
 def test_an_allow_list_does_not_let_a_rebound_page_read(make_middleware: MakeMiddleware) -> None:
-    """The sidecar's admin port with neither a token nor an allow-list allows every network:
-    a loopback reader must still name this machine; a proxy on this machine (it forwards the
-    public name, with a forwarding header) and other allow-listed peers may use any name."""
-    middleware = make_middleware(model_app, views_allow=("0.0.0.0/0", "::/0"))
+    """An allow-list covering loopback, or the sidecar's admin port open to every network (no
+    token, no allow-list): a loopback reader must still name this machine, forwarding headers or
+    not (a page's script can send them); other allow-listed peers may use any name; the token
+    is what lets a proxy on this machine forward the public name."""
+    allowed = make_middleware(model_app, views_allow=("0.0.0.0/0", "::/0"))
+    open_to_all = LocalViews("/modeltap", lambda: SNAPSHOT, open_to_all=True)
     evil = [(b"host", b"evil.example:8000")]
-
-    rebound = get(middleware, "/modeltap/status", headers=evil)
-    proxied = get(middleware, "/modeltap/status", headers=[*evil, (b"x-forwarded-for", b"203.0.113.9")])
-    remote = get(middleware, "/modeltap/status", headers=evil, client=REMOTE)
+    forwarded = [*evil, (b"x-forwarded-for", b"203.0.113.9")]
     with_token = make_middleware(model_app, views_token="s3cret-token", views_allow=("0.0.0.0/0",))
     bearer = (b"authorization", b"Bearer s3cret-token")
-    by_token = get(with_token, "/modeltap/status", headers=[*evil, bearer])
 
-    assert (rebound.status, proxied.status, remote.status, by_token.status) == (403, 200, 200, 200)
+    for views in (allowed, open_to_all):
+        assert get_view(views, evil).status == 403
+        assert get_view(views, forwarded).status == 403
+        assert get_view(views, evil, client=REMOTE).status == 200
+        assert get_view(views, [(b"host", b"localhost:8000")]).status == 200
+    assert get_view(with_token, [*forwarded, bearer]).status == 200
+
+
+def get_view(
+    views: ModelTapMiddleware | LocalViews,
+    headers: list[tuple[bytes, bytes]],
+    client: tuple[str, int] = LOOPBACK,
+) -> DriverResult:
+    scope = make_http_scope("GET", "/modeltap/status", headers=headers, client=client)
+    return run_asgi(views, scope)
+
+
+SNAPSHOT = Snapshot(taken_unix_ns=2, start_unix_ns=1, instance_id="i", pid=1)
 
 
 # --- methods, paths, HEAD --------------------------------------------------------------------------

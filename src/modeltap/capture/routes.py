@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.routing import Host, Mount
+from starlette.routing import Mount
 
 from modeltap.records import ROUTE_TEMPLATE_KEY
 
@@ -77,7 +77,7 @@ def _mount_template(mounted: str, scope: Any, route: object, root_path_at_start:
     params = scope.get("path_params")
     if not isinstance(params, dict) or not params:
         return mounted  # mounts without parameters: their text is their template
-    found = _chain_template(scope.get("router"), route, mounted)
+    found = _chain_template(scope.get("router"), route, mounted, bool(root_path_at_start))
     if found is not None:
         return found
     own = () if isinstance(route, Mount) else getattr(route, "param_convertors", None) or ()
@@ -111,38 +111,47 @@ def _mount_template(mounted: str, scope: Any, route: object, root_path_at_start:
     return None if unplaced else "/".join(segments)
 
 
-# Mount chains remembered per (router, route); the walk looks at this many routes at most.
-CHAIN_CACHE_LIMIT = 1024
+# Per router (the one Starlette notes in the scope: one per app, as a rule), the mount chains of
+# every route under it, from one walk of at most WALK_LIMIT routes; at most this many routers.
+ROUTER_CACHE_LIMIT = 16
 WALK_LIMIT = 10_000
-_chains: dict[tuple[int, int], tuple[object, object, tuple[tuple[Mount, ...], ...]]] = {}
+CHAINS_PER_ROUTE = 8  # a route object mounted in more places than this: the first ones
+Chains = list[tuple[Mount, ...]]
+_indexes: dict[int, tuple[object, dict[int, tuple[object, Chains]]]] = {}
 
 
-def _chain_template(router: object, route: object, mounted: str) -> str | None:
+def _chain_template(router: object, route: object, mounted: str, below: bool) -> str | None:
     """The paths of the first chain of mounts from `router` to `route` (in routing order) that
-    consumes `mounted` exactly, joined; None when there is none. A chain may start below the
-    router: the middleware may sit on an app mounted inside it (the mounts above it are in
-    the `root_path` it started with, not in `mounted`)."""
+    consumes `mounted` exactly, joined; None when there is none. With `below` (something was
+    mounted above the middleware), a chain may start below the router: the mounts above the
+    middleware are in the `root_path` it started with, not in `mounted`."""
     if router is None or not hasattr(router, "routes"):
         return None
-    key = (id(router), id(route))
-    cached = _chains.get(key)
-    if cached is not None and cached[0] is router and cached[1] is route:
-        chains = cached[2]
-    else:
-        chains = _mount_chains(router, route)
-        if len(_chains) < CHAIN_CACHE_LIMIT:
-            _chains[key] = (router, route, chains)
-    for chain in chains:
-        for start in range(len(chain)):
+    entry = _index_of(router).get(id(route))
+    if entry is None or entry[0] is not route:
+        return None
+    for chain in entry[1]:
+        for start in range(len(chain)) if below else (0,):
             if _consumes(chain[start:], mounted):
                 return "".join(mount.path for mount in chain[start:])
     return None
 
 
-def _mount_chains(router: object, route: object) -> tuple[tuple[Mount, ...], ...]:
-    """Every chain of mounts from `router`'s routes down to `route` (the object itself; a mount
-    that is the route ends its own chain), in routing order; bounded by WALK_LIMIT routes."""
-    found: list[tuple[Mount, ...]] = []
+def _index_of(router: object) -> dict[int, tuple[object, Chains]]:
+    cached = _indexes.get(id(router))
+    if cached is not None and cached[0] is router:
+        return cached[1]
+    index = _mount_chains(router)
+    if len(_indexes) >= ROUTER_CACHE_LIMIT:
+        _indexes.pop(next(iter(_indexes)))  # the oldest: routers made and dropped at run time
+    _indexes[id(router)] = (router, index)
+    return index
+
+
+def _mount_chains(router: object) -> dict[int, tuple[object, Chains]]:
+    """For every route under `router` (by id, with the object), the chains of mounts leading to
+    it in routing order (a mount's own chain ends with it); bounded by WALK_LIMIT routes."""
+    index: dict[int, tuple[object, Chains]] = {}
     budget = WALK_LIMIT
     entered: set[int] = set()
 
@@ -156,18 +165,12 @@ def _mount_chains(router: object, route: object) -> tuple[tuple[Mount, ...], ...
             budget -= 1
             if budget < 0:
                 return
-            if isinstance(node, Mount):
-                here = (*chain, node)
-                if node is route:
-                    found.append(here)
-                    continue
-            elif node is route:
-                found.append(chain)
-                continue
-            elif isinstance(node, Host):
-                here = chain  # a Host pattern adds nothing to root_path
-            else:
-                continue  # an endpoint's route, not the one matched
+            # A mount adds its path to root_path; a Host pattern, an included router (FastAPI
+            # keeps its prefix in the route's own template) or a router add nothing.
+            here = (*chain, node) if isinstance(node, Mount) else chain
+            entry = index.setdefault(id(node), (node, []))
+            if entry[0] is node and len(entry[1]) < CHAINS_PER_ROUTE:
+                entry[1].append(here)
             inner = _inner_routes(node)
             if inner is not None and id(node) not in entered:
                 entered.add(id(node))
@@ -175,23 +178,36 @@ def _mount_chains(router: object, route: object) -> tuple[tuple[Mount, ...], ...
                 entered.discard(id(node))
 
     walk(_inner_routes(router) or (), ())
-    return tuple(found)
+    return index
 
 
 def _inner_routes(node: object) -> Any:
-    """The routes under a router, a mount or a host: its `routes`, else those of the app it
-    wraps (`app`, through middleware layers that keep it there); None when none is found."""
+    """The routes under a router, a mount, a host or an included router: its `routes`, else those
+    of the app it wraps (`app`, or the one callable with routes that a wrapper keeps), through
+    middleware layers; None when none is found (an endpoint's route, a closure)."""
     for _ in range(8):
         try:
             routes = getattr(node, "routes", None)
             if routes:
                 return routes
-            node = getattr(node, "app", None)
+            inner = getattr(node, "app", None)
+            node = inner if inner is not None else _wrapped(node)
         except Exception:
             return None
         if node is None:
             return None
     return None
+
+
+def _wrapped(node: object) -> object | None:
+    """What an ASGI wrapper keeping its app under another name wraps: the one value of its
+    instance dict that is itself a router or an app (it has `routes` or `app`)."""
+    try:
+        values = list(vars(node).values())
+    except TypeError:
+        return None
+    found = [v for v in values if callable(v) and (hasattr(v, "routes") or hasattr(v, "app"))]
+    return found[0] if len(found) == 1 else None
 
 
 def _consumes(chain: tuple[Mount, ...], mounted: str) -> bool:

@@ -638,10 +638,13 @@ def too_short(options: DemoOptions, phase_s: list[float], min_samples: int) -> s
     (`min_samples`): its verdicts would then say "NOT as expected" for want of data."""
     # Malformed requests carry no values the statistics keep, and a phase is judged as it ends,
     # its window's last slot still filling: about one slot's customers are not in it yet.
-    kept = (1 - 1 / MALFORMED_EVERY) * (options.window_slots - 1) / options.window_slots
+    slots = options.window_slots
+    kept = (1 - 1 / MALFORMED_EVERY) * ((slots - 1) / slots if slots > 1 else 1.0)
     customers = options.rate_per_s * ROWS_PER_REQUEST * min(phase_s) * kept
     if customers >= min_samples:
         return None
+    if customers <= 0:
+        return f"note: no customers are sent (--rate {options.rate_per_s:g}): nothing will be judged."
     # The run that gives the shortest phase enough customers, rounded up.
     needed_s = math.ceil(options.duration_s * min_samples / customers)
     return (

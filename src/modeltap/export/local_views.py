@@ -75,8 +75,12 @@ class LocalViews:
         feedback: FeedbackEndpoint | None = None,
         writes: dict[str, WriteEndpoint] | None = None,
         reads: dict[str, ReadEndpoint] | None = None,
+        open_to_all: bool = False,
     ) -> None:
         self._prefix = prefix
+        # Every network may read (the sidecar's admin port with neither token nor allow-list),
+        # but not a loopback reader that names another machine: a page rebound to this one.
+        self._open_to_all = open_to_all
         self._slash_prefix = prefix + "/"
         self._snapshot = snapshot
         self._model_name = model_name
@@ -135,11 +139,13 @@ class LocalViews:
         address = _peer(scope)
         if address is None:
             return False
-        local = _local(address, scope)
-        if local and not _names_this_machine(scope):
-            return False  # a page rebound to this machine, whatever the allow-list says
+        if address.is_loopback and not _names_this_machine(scope):
+            # A page rebound to this machine, whatever it adds (a forwarding header is no proof
+            # of a proxy: a page's script can send one). A proxy on this machine that forwards
+            # the public name needs the token.
+            return False
         # An allow-listed network is served whatever name it uses (a proxy's, a service's).
-        return local or any(address in network for network in self._allow)
+        return self._open_to_all or _local(address, scope) or any(address in n for n in self._allow)
 
     def _write_allowed(self, scope: Scope) -> bool:
         """Write endpoints: the token, or the machine itself; an allow-list grants reading only

@@ -221,6 +221,7 @@ class Analyzer:
         # WARNING's response: monitoring raised until this monotonic time (0: not raised).
         self.boost_until = 0.0
         self.boost_reason = ""
+        self._rolled_back_from = UNKNOWN  # the version answering when traffic last rolled back
         self.exporter: TelemetryExporter | None = None
         self._span_processor: Any = None
         self.records_processed = 0
@@ -494,7 +495,11 @@ class Analyzer:
             command.by,
             command.cause or "no cause given",
         )
-        model, version = self.default_name, self._answering_version()
+        if rolled_back:
+            self._rolled_back_from = self._answering_version()
+        # A cancel names the version the rollback moved away from (the fallback answers now; a
+        # monitor that took over a rollback started before it does not know which it was).
+        model, version = self.default_name, self._rolled_back_from
         document = rollback_notification(command, fallback, model, version, now + offset)
         document["status_url"] = self.status_url
         self.webhooks.offer(document)
@@ -503,7 +508,7 @@ class Analyzer:
 
     def _hold_rollback_alert(self, command: RouteCommand, now: float, offset: float) -> None:
         """`ModelTapRollback` in Alertmanager: active while rolled back, ended by the cancel."""
-        model, version = self.default_name, self._answering_version()
+        model, version = self.default_name, self._rolled_back_from
         key = AlertKey(model, "", "rollback")
         to_unix = lambda t: t + offset  # noqa: E731
         if command.target == FALLBACK:
@@ -528,8 +533,9 @@ class Analyzer:
         answered most of the model's exchanges in the last snapshot (what `/status` shows)."""
         if self.config.model_version:
             return self.config.model_version
-        models = [m for m in self.latest_snapshot().models if m.version != UNKNOWN]
-        mine = [m for m in models if m.name == self.default_name] or models
+        mine = [
+            m for m in self.latest_snapshot().models if m.name == self.default_name and m.version != UNKNOWN
+        ]
         busiest = max(mine, key=lambda m: m.requests, default=None)
         return busiest.version if busiest is not None else UNKNOWN
 
