@@ -33,7 +33,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /dist/*.whl /tmp/
 # A fixed numeric uid/gid: Kubernetes can only verify `runAsNonRoot` for a numeric USER.
 # /var/lib/modeltap is the one directory the user owns (a volume mounted there inherits it, e.g.
-# for `modeltap profile` output); the sidecar itself writes nothing to disk.
+# for `modeltap profile` output); the sidecar itself writes only its monitor's sockets and lock,
+# in a private directory under /tmp (with --read-only, add --tmpfs /tmp).
 RUN pip install --no-cache-dir /tmp/*.whl && rm /tmp/*.whl \
     && groupadd --gid 10001 modeltap \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/modeltap \

@@ -6,12 +6,15 @@ environment variable which two inherited sockets are its own, all naming one mon
 first data plane that finds no monitor starts it and hands it the admin socket; the others join.
 A data plane that dies is started again on the same socket. SIGTERM or SIGINT is passed on to
 every data plane (each drains, then the monitor flushes once all have left); the supervisor exits
-when they have.
+when they have, and the monitor with them: it is made the subreaper of its descendants, so a
+monitor whose data plane died is its child from then on, reaped when it exits and waited for at
+the end (as PID 1 of a container, its exit would otherwise end the monitor's last export).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -30,6 +33,7 @@ _log = logging.getLogger("modeltap.sidecar")
 FAILING_START_S = 2.0
 # After the drain and the monitor's flush, how long the supervisor still waits for data planes.
 EXIT_MARGIN_S = 2.0
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 @dataclass
@@ -71,6 +75,7 @@ def run_supervisor(settings: SidecarSettings, monitoring: ModelTapConfig) -> Non
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    _become_subreaper()
 
     def start(plane: _DataPlane) -> None:
         env = {**environment, WORKER_SOCKETS_VARIABLE: f"{plane.proxy},{admin.fileno()}"}
@@ -94,12 +99,14 @@ def run_supervisor(settings: SidecarSettings, monitoring: ModelTapConfig) -> Non
     bound: float | None = None
     while True:
         running = [p for p in planes if p.process is not None and p.process.poll() is None]
+        _reap_adopted(planes)
         if stopping:
             if bound is None:
                 export = monitoring.export
                 bound = time.monotonic() + settings.drain_delay_s + settings.drain_timeout_s
                 bound += export.shutdown_timeout_s + EXIT_MARGIN_S
-            if not running or time.monotonic() >= bound:
+            # The data planes, then a monitor this process adopted: it exports once they left.
+            if (not running and not _adopted(planes)) or time.monotonic() >= bound:
                 break
         else:
             for plane in planes:
@@ -120,3 +127,45 @@ def run_supervisor(settings: SidecarSettings, monitoring: ModelTapConfig) -> Non
             plane.process.wait(5)
     for sock in (*proxies, admin):
         sock.close()
+
+
+def _become_subreaper() -> None:
+    """Adopt orphaned descendants (a monitor whose data plane died) instead of init, so that they
+    are reaped here and waited for at the end. Best effort: Linux only."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _plane_pids(planes: list[_DataPlane]) -> set[int]:
+    return {plane.process.pid for plane in planes if plane.process is not None}
+
+
+def _reap_adopted(planes: list[_DataPlane]) -> None:
+    """Reap the adopted children that exited (not the data planes: `Popen` reaps those)."""
+    own = _plane_pids(planes)
+    while True:
+        try:
+            exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if exited is None or exited.si_pid in own:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(exited.si_pid, 0)
+
+
+def _adopted(planes: list[_DataPlane]) -> list[int]:
+    """This process's children that are not its data planes, still running: adopted monitors."""
+    own, me, found = _plane_pids(planes), os.getpid(), []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in own:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if len(fields) > 1 and fields[1] == str(me) and fields[0] != "Z":
+                found.append(int(entry))
+    return found

@@ -19,6 +19,7 @@ import pytest
 
 from modeltap.config import ExportConfig
 from modeltap.reference import build_profile, write_profile
+from modeltap.sidecar.supervisor import FAILING_START_S
 from tests.support.otlp_receiver import OtlpHttpReceiver
 from tests.support.polling import wait_until
 from tests.support.servers import serve
@@ -288,6 +289,42 @@ def test_workers_share_the_port_and_one_monitor(upstream: str, run_dir: Path, tm
     }
     assert len(spans) == sent
     assert len({span.span_id for span in spans}) == sent
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_monitor_whose_data_plane_died_ends_before_the_supervisor(
+    upstream: str, run_dir: Path, tmp_path: Path
+) -> None:
+    """The data plane that started the monitor dies (it is started again): the monitor goes on,
+    adopted by the supervisor, which waits for its last export before it exits. As PID 1 of a
+    container, a supervisor that exits first ends the monitor in the middle of it."""
+    with (
+        OtlpHttpReceiver() as receiver,
+        sidecar_process(
+            upstream, tmp_path, "--workers", "2", "--drain-delay-s", "0.2", env=environment(run_dir, receiver)
+        ) as sidecar,
+    ):
+        send(sidecar, 20)
+        monitor = monitor_pid(settled(sidecar, 20))
+        starter = _parent(monitor)
+        time.sleep(FAILING_START_S)  # a data plane that dies sooner is taken for one failing to start
+        assert starter != sidecar.process.pid  # a data plane started it
+        os.kill(starter, signal.SIGKILL)
+        assert wait_until(lambda: _parent(monitor) == sidecar.process.pid, timeout_s=10.0)
+        assert wait_until(lambda: len(status(sidecar)["monitoring"]["feeders"]) == 2, timeout_s=20.0)
+        send(sidecar, 10)
+        settled(sidecar, 30)
+        sidecar.terminate()
+        sidecar.assert_clean_exit(0.2 + 20.0 + FLUSH_S + 4.0)
+        with pytest.raises(ProcessLookupError):
+            os.kill(monitor, 0)  # exited, and reaped by the supervisor before it exited
+        receiver.wait_for(lambda r: bool(r.latest_points("http.server.request.duration")), timeout=10.0)
+        durations = receiver.latest_points("http.server.request.duration")
+    assert sum(point.count or 0 for point in durations) == 30
 
 
 def test_workers_need_the_monitor_process(upstream: str, run_dir: Path, tmp_path: Path) -> None:
