@@ -15,7 +15,6 @@ are counted on `out.violations` as `decode_error`, `missing`, `type` or `schema`
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import re
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ import numpy.typing as npt
 from modeltap._types import Value
 from modeltap.protocols.json_body import BodyError, loads, read_body
 from modeltap.protocols.payload import Column, DecodedPayload, ExchangeBytes, count
-from modeltap.protocols.tabular import MAX_COLUMNS, MAX_VECTOR_COLUMNS
+from modeltap.protocols.tabular import MAX_COLUMNS, MAX_VECTOR_COLUMNS, index_names, norm_name
 
 Floats = npt.NDArray[np.float64]
 
@@ -366,19 +365,13 @@ def _tensor(spec: Any, binary: _Binary | None, violations: dict[str, int]) -> _T
 # --- columns --------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1024)
-def _index_names(name: str, dims: tuple[int, ...]) -> tuple[str, ...]:
-    """`name[j]` / `name[j,k]` for every cell of one row, in row-major order."""
-    return tuple(
-        f"{name}[{','.join(map(str, index))}]" for index in itertools.product(*(range(d) for d in dims))
-    )
-
-
 def _names(
     name: str, dims: tuple[int, ...], output: bool, pandas: bool, feature_names: tuple[str, ...]
-) -> tuple[str, ...]:
-    """Column names for one tensor's row cells, or () when the row is too wide to track cell by
-    cell (then only its norm is kept). `feature_names` is non-empty only for a lone input."""
+) -> tuple[str, ...] | None:
+    """Column names for one tensor's row cells, () when the row is too wide to track cell by cell
+    (then only its norm is kept), None when the cell names would be longer than any tracked name
+    (tabular.index_names, shared with the TF Serving forms). `feature_names` is non-empty only
+    for a lone input."""
     width = _product(dims)
     if len(dims) <= 1 and feature_names and len(feature_names) == width:
         return feature_names
@@ -386,7 +379,7 @@ def _names(
         return (name,)
     if width > MAX_VECTOR_COLUMNS:
         return ()
-    return _index_names(name, dims)
+    return index_names(name, dims)
 
 
 def _count_missing(finite: npt.NDArray[np.bool_], typed: int, violations: dict[str, int]) -> int:
@@ -432,7 +425,10 @@ def _add_columns(
     rows, dims = tensor.shape[0], tensor.shape[1:]
     width = _product(dims)
     names = _names(tensor.name, dims, output, pandas, feature_names)
-    new = names or (f"{tensor.name}.norm",)
+    if names is None:
+        count(violations, "schema")  # a name too long to track, refused before its cells' names
+        return
+    new = names or (norm_name(tensor.name),)
     if len(columns) + len(new) > MAX_COLUMNS or (columns and not columns.keys().isdisjoint(new)):
         count(violations, "schema")  # a name used twice, or more columns than worth tracking
         return

@@ -8,12 +8,16 @@ The row format (`{"instances": ...}` -> `{"predictions": ...}`) is kserve_v1's. 
   `{"result": [[[label, score], ...], ...]}` / `{"result": [v1, v2, ...]}`.
 
 Rules:
-- A named tensor's 0-th dimension is the batch: row i holds `tensor[i]`; a per-row vector becomes
-  `name[j]` columns and a per-row matrix `name[j,k]` columns (up to 256 values per row; wider or
-  deeper values count as `type`). A scalar (rank-0) input applies to every row. Inputs may differ in
-  their 0-th dimension; rows beyond a shorter input are missing there (counted `missing`).
+- A named tensor's 0-th dimension is the batch: row i holds `tensor[i]`, named exactly as the row
+  format names a record's field (tabular.py): a per-row vector becomes `name[j]` columns, a per-row
+  matrix `name[j,k]` (any rank), up to 256 cells per row; a wider value only its L2 norm
+  `name.norm`; a ragged one counts `type`. A scalar (rank-0) input applies to every row (within
+  tabular's fill budget). Inputs may differ in their 0-th dimension; rows beyond a shorter input
+  are missing there (counted `missing`). A cell name that two inputs produce (`s` expands to
+  `s[0,0]`, and an input is named `s[0,0]`) keeps the first and counts `schema`.
 - A single unnamed tensor reads like kserve_v1's `instances`: rows of `f{j}` (or the reference
-  profile's names); an unnamed output tensor is `prediction` (or `prediction{j}` per column).
+  profile's names), a list of lists of records as KServe's DataFrames; an unnamed output tensor is
+  `prediction` (or `prediction{j}` per column).
 - Examples: each example is a row; `context` features apply to every example (an example's own
   value wins and the overlap counts as `schema`: the API forbids it). A one-element list is the same
   feature as its scalar (tf.Example features are lists), so `{"x": [1.0]}` and `{"x": 1.0}` are both
@@ -23,8 +27,9 @@ Rules:
   `score` (that score). Regress: output `prediction`.
 - The results key is `result` in the API document's format section and `results` in its example and
   in the server (`kClassifyRegressResponseKey` in `util/json_tensor.cc`): both are read.
-- `{"b64": ...}` values are binary and not features. `signature_name` is ignored. An `{"error": ...}`
-  response has no outputs. Version: `/versions/{v}` or `/labels/{l}` in the URL.
+- `{"b64": ...}` values (and lists of them) are binary and not features. `signature_name` is
+  ignored. An `{"error": ...}` response has no outputs. Version: `/versions/{v}` or `/labels/{l}`
+  in the URL.
 """
 
 from __future__ import annotations
@@ -34,12 +39,19 @@ import math
 import re
 from typing import Any
 
+from modeltap.protocols.kserve_v1 import decode_rows
 from modeltap.protocols.payload import Column, DecodedPayload, ExchangeBytes, count
-from modeltap.protocols.tabular import MAX_VECTOR_COLUMNS, positional_names, rows_to_columns, scalar
+from modeltap.protocols.tabular import (
+    Table,
+    fill_budget,
+    is_binary,
+    is_binary_field,
+    rows_to_columns,
+    scalar,
+)
 
 # /v1/models/{name}[/versions/{v}|/labels/{l}][:verb]
 _PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/([^/:]+)|/labels/([^/:]+))?(?::(\w+))?/?$")
-_SKIP = object()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -63,70 +75,30 @@ def matches(exchange: ExchangeBytes, request: Any) -> bool:
     return parse_path(exchange.path) is not None
 
 
-def _is_b64(value: Any) -> bool:
-    return isinstance(value, dict) and "b64" in value
-
-
-def _field(value: Any) -> Any:
-    """A feature value as rows_to_columns takes it; _SKIP for binary values."""
-    if _is_b64(value) or (isinstance(value, list) and value and _is_b64(value[0])):
-        return _SKIP
-    return value
-
-
-def _put_row_value(row: dict[str, Any], name: str, value: Any, violations: dict[str, int]) -> None:
-    """Row i's value of a named tensor: scalars and vectors as they are, matrices as name[j,k]."""
-    value = _field(value)
-    if value is _SKIP:
-        return
-    if isinstance(value, list) and value and isinstance(value[0], list):
-        width = sum(len(inner) if isinstance(inner, list) else 1 for inner in value)
-        if width > MAX_VECTOR_COLUMNS or not all(
-            isinstance(inner, list) and not any(isinstance(item, (list, dict)) for item in inner)
-            for inner in value
-        ):
-            count(violations, "type")
-            return
-        for j, inner in enumerate(value):
-            for k, item in enumerate(inner):
-                row[f"{name}[{j},{k}]"] = item
-        return
-    row[name] = value
-
-
 def _named_tensors(tensors: dict[str, Any], violations: dict[str, int]) -> tuple[dict[str, Column], int]:
-    """`{name: tensor}` (0-th dimension = batch) to columns."""
+    """`{name: tensor}` (0-th dimension = batch) to columns, written tensor by tensor (no per-row
+    records: a client's names are not copied once per row)."""
     if not tensors:
         return {}, 0
-    n = max((len(value) for value in tensors.values() if isinstance(value, list)), default=1)
-    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    lengths = [len(value) for value in tensors.values() if isinstance(value, list)]
+    n = max(lengths, default=1)
+    # The batch is the longest input, so the values alone bound what the other inputs may fill.
+    table = Table(n, violations, fill_budget(0, sum(lengths) + len(tensors)))
     for name, value in tensors.items():
         if isinstance(value, list):
             for i, item in enumerate(value):
-                _put_row_value(rows[i], name, item, violations)
+                table.put_field(name, i, item)
         else:
-            for row in rows:  # a rank-0 tensor: one value for the whole request
-                _put_row_value(row, name, value, violations)
-    return rows_to_columns(rows, (), violations)
-
-
-def _is_flat_row(row: Any) -> bool:
-    return isinstance(row, list) and bool(row) and not isinstance(row[0], (list, dict))
+            table.repeat(name, value)  # a rank-0 tensor: one value for the whole request
+    return table.finish(), n
 
 
 def _inputs(exchange: ExchangeBytes, inputs: Any, out: DecodedPayload) -> None:
-    if isinstance(inputs, dict) and not _is_b64(inputs):
+    if isinstance(inputs, dict) and not is_binary(inputs):
         out.features, out.rows = _named_tensors(inputs, out.violations)
         return
-    rows = inputs if isinstance(inputs, list) else [inputs]
-    if rows and _is_flat_row(rows[0]):
-        # Rows of scalars stay as parsed: the worker converts a whole batch at once (as kserve_v1).
-        out.matrix_rows = rows
-        out.matrix_names = positional_names(len(rows[0]), tuple(exchange.feature_names))
-        out.rows = len(rows)
-        return
-    rows = [{} if _is_b64(row) else row for row in rows]
-    out.features, out.rows = rows_to_columns(rows, exchange.feature_names, out.violations)
+    # A single unnamed tensor: rows as kserve_v1 reads `instances` (a binary row gives no feature).
+    decode_rows(exchange, inputs if isinstance(inputs, list) else [inputs], out)
 
 
 def _unwrap(value: Any) -> Any:
@@ -144,7 +116,7 @@ def _examples(request: dict[str, Any], out: DecodedPayload) -> None:
     elif not isinstance(context, dict):
         count(out.violations, "type")
         context = {}
-    shared = {name: _unwrap(value) for name, value in context.items() if _field(value) is not _SKIP}
+    shared = {name: _unwrap(value) for name, value in context.items() if not is_binary_field(value)}
     rows: list[dict[str, Any]] = []
     for example in examples:
         if not isinstance(example, dict):
@@ -155,7 +127,7 @@ def _examples(request: dict[str, Any], out: DecodedPayload) -> None:
         for name, value in example.items():
             if name in context:
                 count(out.violations, "schema")
-            if _field(value) is not _SKIP:
+            if not is_binary_field(value):
                 row[name] = _unwrap(value)
             else:
                 row.pop(name, None)
@@ -170,14 +142,13 @@ def _single_output(columns: dict[str, Column]) -> dict[str, Column]:
 
 
 def _outputs(value: Any, out: DecodedPayload) -> None:
-    if isinstance(value, dict) and not _is_b64(value):
+    if isinstance(value, dict) and not is_binary(value):
         out.outputs, _ = _named_tensors(value, out.violations)
         return
     rows = value if isinstance(value, list) else [value]
     if rows and not isinstance(rows[0], (list, dict)):
         out.output_values = rows
         return
-    rows = [{} if _is_b64(row) else row for row in rows]
     columns, _ = rows_to_columns(rows, (), out.violations, prefix="prediction")
     out.outputs = _single_output(columns)
 

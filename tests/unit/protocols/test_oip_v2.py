@@ -570,6 +570,23 @@ def test_column_cap_across_inputs() -> None:
     assert out.violations == {"schema": 1}
 
 
+def test_tensor_names_too_long_to_track_are_refused_before_their_cells_are_named() -> None:
+    """A `name[j]` column longer than the statistics ever track (128 characters) is refused as
+    `schema` before the names are built: a client's long name would be copied into every cell's."""
+    long = "t" * 200
+    inputs = [
+        {"name": long, "shape": [2, 3], "datatype": "FP32", "data": [1] * 6},
+        {"name": "ok", "shape": [2], "datatype": "FP32", "data": [1, 2]},
+    ]
+    out = run(request={"inputs": inputs})
+    assert (out.features, out.rows, out.violations) == ({"ok": [1.0, 2.0]}, 2, {"schema": 1})
+    # A rank-1 input keeps its own name, and a wide one its norm: one string each, as sent.
+    one = {"name": long, "shape": [2], "datatype": "FP32", "data": [1, 2]}
+    wide = {"name": long, "shape": [1, 300], "datatype": "FP32", "data": [0.0] * 300}
+    assert list(run(request={"inputs": [one]}).features) == [long]
+    assert list(run(request={"inputs": [wide]}).features) == [f"{long}.norm"]
+
+
 def test_document_level_problems() -> None:
     assert run(request={"inputs": {"x": [1]}}).violations == {"type": 1}
     assert run(request={"instances": [[1]]}).violations == {"schema": 1}

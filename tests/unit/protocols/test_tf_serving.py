@@ -5,6 +5,7 @@ parsing and matching; malformed bodies as counted violations; random JSON that n
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -147,17 +148,27 @@ def test_rank_zero_inputs_alone_are_one_row() -> None:
     assert run({"inputs": {}}).rows == 0
 
 
-def test_per_row_values_beyond_the_cap_are_a_type_violation() -> None:
-    wide = [[float(j) for j in range(257)]]
+def test_per_row_values_beyond_the_cap_keep_only_their_norm() -> None:
+    """CLARIFICATIONS Issue 3: past 256 cells per row only the L2 norm is tracked, named and
+    computed as oip_v2 does (`name.norm`, None for a row with a missing cell)."""
+    wide = [[3.0] + [0.0] * 255 + [4.0], [1.0] * 256 + [None]]
     out = run({"inputs": {"v": wide}})
-    assert out.features == {"v": [None]}
-    assert out.violations == {"type": 1}
-    matrix = [[[float(j) for j in range(20)] for _ in range(13)]]  # 260 values in one row
+    assert out.features == {"v.norm": [5.0, None]}
+    assert out.violations == {"missing": 1}
+    matrix = [[[1.0] * 20 for _ in range(13)]]  # 260 values in one row
     out = run({"inputs": {"m": matrix}})
-    assert (out.features, out.violations) == ({}, {"type": 1})
-    deep = [[[[1.0]]]]
+    assert (out.features, out.violations) == ({"m.norm": [math.sqrt(260)]}, {})
+    out = run({"inputs": {"s": [["a"] * 300]}})
+    assert (out.features, out.violations) == ({"s.norm": [None]}, {"type": 1})
+
+
+def test_deeper_and_ragged_per_row_values() -> None:
+    deep = [[[[1.0, 2.0]]], [[[3.0, 4.0]]]]
     out = run({"inputs": {"d": deep}})
-    assert (out.features, out.violations) == ({}, {"type": 1})
+    assert out.features == {"d[0,0,0]": [1.0, 3.0], "d[0,0,1]": [2.0, 4.0]}
+    assert out.violations == {}
+    out = run({"inputs": {"r": [[[1.0, 2.0], [3.0]]]}})
+    assert (out.features, out.violations) == ({"r": [None]}, {"type": 1})
 
 
 def test_single_tensor_of_records_and_binary_rows() -> None:
