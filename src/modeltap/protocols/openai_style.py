@@ -507,6 +507,24 @@ def _sse_events(body: bytes, violations: dict[str, int]) -> Iterator[tuple[bytes
         yield b"\n".join(data), False
 
 
+def _json_events(body: bytes, violations: dict[str, int]) -> Iterator[dict[str, Any]]:
+    """A stream's JSON objects up to `[DONE]`: an unreadable event is counted (not one the stream
+    was cut in the middle of), one that is not an object is a `type` violation."""
+    for data, terminated in _sse_events(body, violations):
+        if data.strip() == _DONE:
+            return
+        try:
+            event = loads(data)
+        except BodyError as exc:
+            if terminated:
+                count(violations, exc.reason)
+            continue
+        if not isinstance(event, dict):
+            count(violations, "type")
+            continue
+        yield event
+
+
 def _stream_outputs(kind: str, body: bytes, out: DecodedPayload) -> dict[str, Column]:
     """Chunks of `choices[].delta` (chat) or `choices[].text`, possibly a usage chunk with
     `"choices": []`, then `[DONE]`; an interrupted stream just ends."""
@@ -518,18 +536,7 @@ def _stream_outputs(kind: str, body: bytes, out: DecodedPayload) -> dict[str, Co
     indices: set[int] = set()
     calls: set[Any] = set()
     chunks = 0
-    for data, terminated in _sse_events(body, violations):
-        if data.strip() == _DONE:
-            break
-        try:
-            chunk = loads(data)
-        except BodyError as exc:
-            if terminated:
-                count(violations, exc.reason)
-            continue
-        if not isinstance(chunk, dict):
-            count(violations, "type")
-            continue
+    for chunk in _json_events(body, violations):
         if out.request_id is None:
             out.request_id = _ident(chunk.get("id"), violations)
         if out.model_version is None:
@@ -681,18 +688,7 @@ def _responses_stream_outputs(body: bytes, out: DecodedPayload) -> dict[str, Col
     calls = 0
     chunks = 0
     final: dict[str, Any] | None = None
-    for data, terminated in _sse_events(body, violations):
-        if data.strip() == _DONE:
-            break
-        try:
-            event = loads(data)
-        except BodyError as exc:
-            if terminated:
-                count(violations, exc.reason)
-            continue
-        if not isinstance(event, dict):
-            count(violations, "type")
-            continue
+    for event in _json_events(body, violations):
         kind = event.get("type")
         response = event.get("response")
         if not isinstance(kind, str) or kind == "error":
