@@ -46,7 +46,7 @@ import functools
 import math
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -430,14 +430,23 @@ def _first_choice(choices: list[Any]) -> Any:
     return choices[0]
 
 
-def _response_outputs(kind: str, document: Any, out: DecodedPayload) -> dict[str, Column]:
-    """A response that was not streamed: `choices[].message` (chat) or `choices[].text`."""
+def _identified(document: Any, out: DecodedPayload) -> TypeGuard[dict[str, Any]]:
+    """Whether the answer is an object; if so, its id and model are the exchange's request id
+    and the version that answered."""
     violations = out.violations
     if not isinstance(document, dict):
         count(violations, "type")
-        return {}
+        return False
     out.request_id = _ident(document.get("id"), violations)
     out.model_version = out.answer_version = _ident(document.get("model"), violations)
+    return True
+
+
+def _response_outputs(kind: str, document: Any, out: DecodedPayload) -> dict[str, Column]:
+    """A response that was not streamed: `choices[].message` (chat) or `choices[].text`."""
+    violations = out.violations
+    if not _identified(document, out):
+        return {}
     usage = _usage(document.get("usage"), violations)
     chars: Value = None
     finish_reason: Value = None
@@ -613,13 +622,9 @@ def _stream_outputs(kind: str, body: bytes, out: DecodedPayload) -> dict[str, Co
 
 def _responses_outputs(document: Any, out: DecodedPayload) -> dict[str, Column]:
     """A Responses API answer that was not streamed: `output` items, `status`, `usage`."""
-    violations = out.violations
-    if not isinstance(document, dict):
-        count(violations, "type")
+    if not _identified(document, out):
         return {}
-    out.request_id = _ident(document.get("id"), violations)
-    out.model_version = out.answer_version = _ident(document.get("model"), violations)
-    return _response_columns(document, violations, None, None, None)
+    return _response_columns(document, out.violations, None, None, None)
 
 
 def _response_columns(
