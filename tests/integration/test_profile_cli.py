@@ -99,7 +99,7 @@ def test_profile_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         ("", [], "empty file: a header row of column names is needed"),
         ("a,b\n", [], "no data rows after the header"),
         ("a,b\n\n\n", [], "no data rows after the header"),
-        ("a,b\n1,\n2,\n", [], "column 'b' is all missing"),
+        ("a,b\n1,\n2,\n", ["--target", "b"], "column 'b' is all missing"),
         (
             "a\n" + "1\n" * 19 + "x\n",
             [],
@@ -182,13 +182,13 @@ def test_one_word_among_500_integers_with_categorical_is_categorical(
 def test_one_word_among_500_integers_with_numeric_is_missing_and_said_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _integers_with_a_word(tmp_path / "train.csv", word="NA")
+    data = _integers_with_a_word(tmp_path / "train.csv", word="n.a.")
     output = tmp_path / "reference.json"
     code, out, err = _profile([str(data), "-o", str(output), "--numeric", "calls"], capsys)
     assert code == 0
     assert err == (
         "modeltap: warning: train.csv: column 'calls' is profiled as numeric: 1 value that is not a "
-        "number counted as missing (the first: data row 123, 'NA')\n"
+        "number counted as missing (the first: data row 123, 'n.a.')\n"
     )
     calls = load_reference(output).feature("input", "calls")
     assert calls is not None
@@ -211,6 +211,31 @@ def test_a_column_list_before_the_data_leaves_the_data_to_the_command(
     assert after.read_bytes() == first.read_bytes()
     assert code == 2
     assert "the following arguments are required: DATA" in err
+
+
+def test_pandas_and_r_spellings_of_missing_among_numbers_are_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """R's `write.csv` writes NA, pandas reads NA, N/A, NULL... as missing: a column of numbers
+    with a tenth of them is numeric with that missing rate (it was categorical, silently), while
+    `NA` in a column of text stays a category (Namibia)."""
+    rows = ["income,country"]
+    for i in range(1, 501):
+        cell = ("NA", "N/A", "NULL", "null")[i % 4] if i % 10 == 0 else str(30_000 + 37 * i)
+        rows.append(f"{cell},{('NA', 'DE', 'FR')[i % 3]}")
+    data = tmp_path / "train.csv"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    output = tmp_path / "reference.json"
+
+    code, _, err = _profile([str(data), "-o", str(output)], capsys)
+
+    assert (code, err) == (0, "")
+    income = load_reference(output).feature("input", "income")
+    country = load_reference(output).feature("input", "country")
+    assert income is not None
+    assert (income.kind, income.n, income.missing) == ("numeric", 450, 50)
+    assert country is not None
+    assert (country.kind, sorted(country.vocabulary)) == ("categorical", ["DE", "FR", "NA"])
 
 
 def test_94_percent_numbers_is_categorical_without_an_error(

@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -408,6 +408,17 @@ def _categorical_feature(counter: Counter[str], top_k: int) -> dict[str, Any]:
     }
 
 
+def _all_missing(name: str, named: bool, what: str, options: _Options) -> NoReturn:
+    """An input column with no value is left out (listed under `ignored`, as an id is); a column
+    named for a role or a kind cannot be, so that is an error."""
+    if not named:
+        raise _Ignore(f"all missing: {what}")
+    raise _error(
+        options,
+        f"column {name!r} is all missing ({what}); leave it out (--exclude {_command_line_word(name)})",
+    )
+
+
 def _profile_column(
     name: str, role: str, column: np.ndarray, options: _Options
 ) -> tuple[str, dict[str, Any]]:
@@ -427,7 +438,7 @@ def _profile_column(
         finite_mask = np.isfinite(values.numbers)
         n = int(np.count_nonzero(finite_mask))
         if n == 0:
-            raise _error(options, f"column {name!r} is all missing (no finite value in {rows} rows)")
+            _all_missing(name, named, f"no finite value in {rows} rows", options)
         if forced_categorical or not forced_numeric:
             exact = values.exact if values.exact is not None else values.numbers
             distinct, tallies = np.unique(exact[finite_mask], return_counts=True)
@@ -449,7 +460,7 @@ def _profile_column(
     present = [c for c in values.categories if c is not None]
     n = len(present)
     if n == 0:
-        raise _error(options, f"column {name!r} is all missing (no value in {rows} rows)")
+        _all_missing(name, named, f"no value in {rows} rows", options)
     counter = Counter(present)
     if not named:
         if values.has_strings:
@@ -664,6 +675,13 @@ def baseline_performance(
     }
 
 
+_POSITIVE_OF_PAIR = {
+    frozenset({"0", "1"}): "1",
+    frozenset({"false", "true"}): "true",
+    frozenset({"no", "yes"}): "yes",
+}
+
+
 def score_calibration(
     labels: Iterable[Any],
     scores: Iterable[Any],
@@ -678,9 +696,8 @@ def score_calibration(
         raise ReferenceProfileError(f"{prefix}score needs a binary (two-class) target, got {classes}")
     positive = positive_class
     if positive is None:
-        for candidate in ("1", "true", "yes"):
-            if candidate in classes:
-                positive = candidate
+        # Only a pair that says which is positive: with 1 and 2, say, 1 may well be the negative.
+        positive = _POSITIVE_OF_PAIR.get(frozenset(classes))
         if positive is None:
             raise ReferenceProfileError(
                 f"{prefix}which class is the score the probability of? give positive_class "

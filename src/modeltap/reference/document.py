@@ -242,15 +242,17 @@ def _list(path: str, where: str, value: Any) -> list[Any]:
     return value
 
 
-def _edges(path: str, where: str, value: Any) -> tuple[float, ...]:
+def _edges(path: str, where: str, value: Any, least: int = 2) -> tuple[float, ...]:
+    """Strictly increasing finite numbers, none or at least `least` of them (a feature's edges
+    hold its lowest value and its max; a calibration's are inner bounds: one makes two bins)."""
     edges = []
     for i, raw in enumerate(_list(path, where, value)):
         number = _number(path, f"{where}[{i}]", raw)
         if number is None:
             raise _fail(path, f"{where}[{i}] must be a finite number, got None")
         edges.append(number)
-    if edges and len(edges) < 2:
-        raise _fail(path, f"{where} needs at least 2 edges (lo and max), got {len(edges)}")
+    if edges and len(edges) < least:
+        raise _fail(path, f"{where} needs at least {least} edges (lo and max), got {len(edges)}")
     for i in range(1, len(edges)):
         if not edges[i - 1] < edges[i]:
             raise _fail(path, f"{where} must be strictly increasing, but [{i - 1}] >= [{i}]")
@@ -435,7 +437,7 @@ def _parse_performance(path: str, raw: Any) -> ReferencePerformance | None:
             or not isinstance(calibration, dict)
         ):
             raise _fail(path, '"performance.score" needs "column", "positive_class" and "calibration"')
-        edges = _edges(path, '"performance.score.calibration.edges"', calibration.get("edges"))
+        edges = _edges(path, '"performance.score.calibration.edges"', calibration.get("edges"), least=1)
         rates = [
             _number(path, '"performance.score.calibration.rates"', r)
             for r in _list(path, "rates", calibration.get("rates"))
@@ -481,6 +483,8 @@ def load_reference(path: str | Path) -> ReferenceProfile:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise _fail(text, f"cannot read the reference profile ({exc.strerror or exc})") from None
+    # A byte-order mark (an editor on Windows saves one) is no part of the JSON.
+    data = data.removeprefix(b"\xef\xbb\xbf")
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -4,13 +4,14 @@ CSV (``.tsv`` files are tab-separated): UTF-8 (a byte-order mark is skipped), a 
 unique, non-empty names (surrounding blanks stripped), then rows with exactly as many fields.
 Blank lines are skipped and not counted as data rows. Empty (or blank) cells are missing. A
 column whose every non-empty cell is a number (as `float` reads it, without ``_``) becomes a
-float64 array, NaN where missing (``nan`` and ``inf`` cells count as missing too). A column
+float64 array, NaN where missing (``nan`` and ``inf`` cells count as missing too, and so do
+pandas' spellings of missing, ``NA``, ``N/A``, ``NULL``, ``None``..., among numbers). A column
 whose every non-empty cell is ``true`` or ``false`` in any case (pandas writes ``True`` and
 ``False``) becomes an object array of bools, so its categories are ``true`` and ``false`` as a
 JSON payload's booleans are at run time. Any other column stays text: an object array of str,
-None where missing. Other markers such as ``NA``
-or ``null`` are text. `build_profile` then applies its kind rules to the text: a column whose
-non-empty cells are at least 95 % numbers, with a few cells that are not (a word, ``NA``), is
+None where missing, its ``NA`` a category like any other text. `build_profile` then applies its
+kind rules to the text: a column whose
+non-empty cells are at least 95 % numbers, with a few cells that are not (a word), is
 an error naming the column, the first such data row and its value, unless the column is named
 categorical (its cells profiled as categories), numeric (those cells counted as missing) or
 excluded; under 95 % it is text (categorical, or ignored as id-like or free text).
@@ -113,13 +114,23 @@ def _booleans(cells: list[str | None]) -> list[bool | None] | None:
     return values if any(value is not None for value in values) else None
 
 
+# pandas' `read_csv` spellings of a missing value (its default `na_values`, R's `NA` among them):
+# missing in a column of numbers, as pandas reads it; in a column of text they stay text (`NA`
+# may be Namibia).
+NA_SPELLINGS = frozenset(
+    {"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+     "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+)  # fmt: skip
+
+
 def _typed(cells: list[str | None]) -> np.ndarray:
-    """A float64 array when every present cell is a number; an object array of booleans when
-    every present cell is `true` or `false` (in any case); else an object array of text."""
+    """A float64 array when every present cell is a number or a spelling of missing (pandas'
+    `NA_SPELLINGS`); an object array of booleans when every present cell is `true` or `false` (in
+    any case); else an object array of text."""
     numbers = np.empty(len(cells), dtype=np.float64)
     present = 0
     for i, cell in enumerate(cells):
-        if cell is None:
+        if cell is None or cell in NA_SPELLINGS:
             numbers[i] = math.nan
             continue
         try:

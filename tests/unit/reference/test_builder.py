@@ -22,7 +22,13 @@ from modeltap.reference.builder import (
     build_profile,
     parse_number,
 )
-from modeltap.reference.document import canonical_category, parse_reference, profile_id
+from modeltap.reference.document import (
+    canonical_category,
+    load_reference,
+    parse_reference,
+    profile_id,
+    write_profile,
+)
 
 # Most tests here profile a few rows on purpose; the small-reference warning is tested on its own.
 pytestmark = pytest.mark.filterwarnings("ignore::modeltap.reference.builder.SmallReferenceWarning")
@@ -493,8 +499,9 @@ def test_parse_number() -> None:
 @pytest.mark.parametrize(
     ("data", "options", "message"),
     [
-        ({"a": [None, float("nan"), np.inf]}, {}, "column 'a' is all missing"),
-        ({"a": [None, None], "b": [1.0, 2.0]}, {}, "column 'a' is all missing"),
+        ({"a": [None, float("nan"), np.inf]}, {}, "no column left to profile; ignored: a (all missing"),
+        ({"a": [None, None], "b": [1.0, 2.0]}, {"target": "a"}, "column 'a' is all missing"),
+        ({"a": [None, None], "b": [1.0, 2.0]}, {"numeric": ["a"]}, "leave it out (--exclude a)"),
         ({"a": [1, 10**400]}, {"numeric": ["a"]}, "column 'a' is numeric, but data row 2 holds 1000"),
         ({"a": [*range(19), "x"]}, {}, "column 'a' is numeric (19 of its 20 non-missing values"),
         ({"a": [1.0, 2.0], "b": [1.0]}, {}, "column 'b' has 1 values, column 'a' has 2"),
@@ -541,7 +548,15 @@ def test_bad_arrays() -> None:
     with pytest.raises(ReferenceProfileError, match="data must be a 2-D numpy array"):
         build_profile([[1.0, 2.0]])
     with pytest.raises(ReferenceProfileError, match=r"^train\.csv: column 'x' is all missing"):
-        build_profile({"x": [None]}, source_name="train.csv")
+        build_profile({"x": [None], "y": [1.0]}, target="x", source_name="train.csv")
+
+
+def test_an_input_column_with_no_value_is_left_out_and_said_so() -> None:
+    """A column nobody filled (an unused export field) is no input to watch: listed as ignored,
+    as an id is; the rest is profiled."""
+    document = build_profile({"x": list(range(200)), "unused": [None] * 200})
+    assert [f["name"] for f in document["features"]] == ["x"]
+    assert document["ignored"] == [{"name": "unused", "reason": "all missing: no value in 200 rows"}]
 
 
 # ---- pandas (optional) ---------------------------------------------------------------------
@@ -601,3 +616,55 @@ def test_a_score_of_few_distinct_values_gives_a_profile_that_loads() -> None:
     reference = parse_reference(document)
     assert reference.performance is not None
     assert reference.performance.calibration_centers == ()
+
+
+def test_a_score_tied_at_one_value_nearly_everywhere_gives_a_profile_that_writes_and_loads(
+    tmp_path: Any,
+) -> None:
+    """A fraud model scoring most rows 0.0: the calibration has one inner edge (two bins), which
+    the writer refused as it refuses a feature with one edge."""
+    rows = 1000
+    scores = [0.0] * rows
+    scores[:30] = [0.1 + 0.8 * i / 29 for i in range(30)]
+    document = build_profile(
+        {
+            "x": [float(i % 13) for i in range(rows)],
+            "fraud": [1 if i < 15 else 0 for i in range(rows)],
+            "flagged": [1 if s > 0.5 else 0 for s in scores],
+            "p": scores,
+        },
+        target="fraud",
+        prediction=["flagged"],
+        score="p",
+    )
+    assert document["performance"]["score"]["calibration"]["edges"] == [0.0]
+    write_profile(document, tmp_path / "reference.json")
+    reference = load_reference(tmp_path / "reference.json")
+    assert reference.performance is not None
+
+
+def test_a_byte_order_mark_before_a_profile_is_no_part_of_it(tmp_path: Any) -> None:
+    document = build_profile({"x": list(range(200))})
+    plain, marked = tmp_path / "plain.json", tmp_path / "marked.json"
+    write_profile(document, plain)
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert load_reference(marked) == load_reference(plain)
+
+
+@pytest.mark.parametrize(("classes", "positive"), [((0, 1), "1"), (("no", "yes"), "yes"), ((1, 2), None)])
+def test_the_positive_class_is_inferred_only_from_a_pair_that_says_it(
+    classes: tuple[Any, Any], positive: str | None
+) -> None:
+    rows = 200
+    data = {
+        "x": [float(i % 7) for i in range(rows)],
+        "label": [classes[i % 2] for i in range(rows)],
+        "prediction": [classes[(i // 2) % 2] for i in range(rows)],
+        "score": [0.2 + 0.6 * ((i // 2) % 2) for i in range(rows)],
+    }
+    options: dict[str, Any] = {"target": "label", "prediction": ["prediction"], "score": "score"}
+    if positive is None:
+        with pytest.raises(ReferenceProfileError, match="give positive_class"):
+            build_profile(data, **options)
+    else:
+        assert build_profile(data, **options)["performance"]["score"]["positive_class"] == positive
