@@ -21,8 +21,9 @@ Kind inference, per column (overridable with `numeric=`, `categorical=` and `exc
   can give, is text as the caller typed it, so it stays categorical too);
 - ``ignored`` (left out of the features, listed under ``"ignored"`` with the reason): id-like
   columns, i.e. strings that are all distinct (more than 20 of them), or a column named ``id`` or
-  ``*_id`` whose values are all distinct; free text (mean string length > 64); values of
-  another type (dates, lists, ...). The target and prediction columns are never ignored.
+  ``*_id`` whose values are all distinct; free text (mean string length > 64); dates (ISO 8601
+  text, as a CSV holds them, or values of that type); values of another type (lists, ...); a
+  column with no value. The target and prediction columns are never ignored.
 
 Missing values are None, NaN, ±inf (and empty CSV cells, which `profile_io` reads as None);
 text such as ``nan`` or a blank string is missing when the column is read as numbers.
@@ -471,7 +472,19 @@ def _profile_column(
                 raise _Ignore(f"id-like: all {n} values are distinct strings")
         if id_name and n >= 2 and len(counter) == n:
             raise _Ignore(f"id-like: named like an id and all {n} values are distinct")
+        if values.has_strings and _all_dates(present):
+            # A CSV's dates are text: as categories every later day would be `__other__`.
+            raise _Ignore("dates: ISO dates or timestamps (a point in time is no input distribution)")
     return "categorical", {"n": n, "missing": rows - n, **_categorical_feature(counter, options.top_k)}
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?")
+DATE_CHECK_LIMIT = 10_000  # values looked at: a column whose first ten thousand are dates is one
+
+
+def _all_dates(present: list[str]) -> bool:
+    """Whether every value (of the first DATE_CHECK_LIMIT) is an ISO 8601 date or timestamp."""
+    return all(_ISO_DATE.fullmatch(value.strip()) is not None for value in present[:DATE_CHECK_LIMIT])
 
 
 # ---- the public builder ------------------------------------------------------------------

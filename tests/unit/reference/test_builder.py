@@ -668,3 +668,27 @@ def test_the_positive_class_is_inferred_only_from_a_pair_that_says_it(
             build_profile(data, **options)
     else:
         assert build_profile(data, **options)["performance"]["score"]["positive_class"] == positive
+
+
+def test_dates_in_text_are_left_out_unless_named() -> None:
+    """A CSV's dates are text: as categories every later day would fall in `__other__` (drift on
+    every window). Quarter labels are not dates; a date column named categorical is profiled."""
+    rows = 400
+    days = [f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}" for i in range(rows)]
+    stamps = [f"2026-03-{1 + i % 28:02d}T{i % 24:02d}:15:00Z" for i in range(rows)]
+    data = {
+        "x": list(range(rows)),
+        "signup": days,
+        "seen": stamps,
+        "quarter": [f"2026-Q{1 + i % 4}" for i in range(rows)],
+    }
+
+    document = build_profile(data)
+    named = build_profile(data, categorical=["signup"])
+
+    assert [f["name"] for f in document["features"]] == ["x", "quarter"]
+    assert {i["name"]: i["reason"].split(":")[0] for i in document["ignored"]} == {
+        "signup": "dates",
+        "seen": "dates",
+    }
+    assert "signup" in [f["name"] for f in named["features"]]
