@@ -53,6 +53,7 @@ ALLOWED: dict[str, set[str]] = {
         "monitor",
         "alerts",
         "guarded",
+        "operations",
     },
     "cli": {"demo", "middleware", "reference", "stats", "export", "sidecar", "monitor", "fleet", "client"},
     "__init__": {"middleware", "reference"},

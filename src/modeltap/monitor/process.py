@@ -27,7 +27,6 @@ import socket
 import threading
 import time
 from collections.abc import Generator
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -42,6 +41,7 @@ from modeltap.handoff.rendezvous import Rendezvous
 from modeltap.monitor.admin import MAX_NOTED_FAILURES, AdminApp, Readiness, admin_views
 from modeltap.monitor.ingest import Feeder, Feeders, Flush, Inbox, TapConnection
 from modeltap.monitor.resources import MemoryGuard, lower_priority
+from modeltap.operations.proc_stat import stat_fields
 from modeltap.operations.process_resources import ResourceSampler
 from modeltap.reference.document import load_reference
 from modeltap.snapshot import ServingCounts
@@ -489,11 +489,7 @@ class _ServerProcess:
 def _start_time(pid: int) -> str | None:
     """A live process's start time (`/proc/<pid>/stat`, field 22), None once it has exited (or
     is a zombie) or where /proc cannot tell."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None or len(fields) < 20 or fields[0] in ("Z", "X"):
         return None
-    fields = stat.rsplit(b")", 1)[-1].split()
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-        return None
-    return fields[19].decode("ascii", "replace")
+    return fields[19]

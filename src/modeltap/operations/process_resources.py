@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from modeltap.operations.loop_lag import LoopLagProbe
+from modeltap.operations.proc_stat import stat_fields
 from modeltap.snapshot import ProcessResources
 
 MIN_INTERVAL_S = 1.0
@@ -58,11 +59,12 @@ def gc_clock() -> _GcClock:
 
 def _proc_stat() -> tuple[float, float, int] | None:
     """(user s, system s, threads) of this process from /proc/self/stat, or None off Linux."""
+    fields = stat_fields()
+    if fields is None:
+        return None
     try:
-        with open("/proc/self/stat", encoding="ascii") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
         return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS, int(fields[17])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return None
 
 

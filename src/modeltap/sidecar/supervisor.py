@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from modeltap.config import ModelTapConfig
 from modeltap.errors import ConfigError
+from modeltap.operations.proc_stat import stat_fields
 from modeltap.sidecar.runner import WORKER_SOCKETS_VARIABLE, listen
 from modeltap.sidecar.settings import SidecarSettings
 
@@ -161,11 +162,7 @@ def _adopted(planes: list[_DataPlane]) -> list[int]:
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) in own:
                 continue
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if len(fields) > 1 and fields[1] == str(me) and fields[0] != "Z":
+            fields = stat_fields(entry)
+            if fields is not None and len(fields) > 1 and fields[1] == str(me) and fields[0] != "Z":
                 found.append(int(entry))
     return found

@@ -49,6 +49,7 @@ from modeltap.handoff.rendezvous import (
 )
 from modeltap.handoff.shipper import Shipper
 from modeltap.operations.loop_lag import LoopLagProbe
+from modeltap.operations.proc_stat import stat_fields
 from modeltap.operations.process_resources import ResourceSampler, as_counts
 from modeltap.records import ExchangeRecord, QueuedRecord, RawRecord
 from modeltap.snapshot import ProcessResources, ServingCounts, Snapshot
@@ -620,10 +621,11 @@ def _sdk_provider(provider: Any) -> Any:
 
 def _process_start_unix_s() -> float:
     """When this process started, from the kernel (Linux), else now (at import)."""
+    fields = stat_fields()
+    if fields is None:
+        return time.time()
     try:
-        with open("/proc/self/stat", encoding="ascii") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])  # field 22, starttime, counted after the command name
+        ticks = int(fields[19])  # field 22, starttime
         with open("/proc/stat", encoding="ascii") as handle:
             boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
         return boot + ticks / os.sysconf("SC_CLK_TCK")
