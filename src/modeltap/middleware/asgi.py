@@ -183,13 +183,8 @@ class ModelTapMiddleware(_Dispatch):
         tap = self.tap
         capture = tap.capture
         if capture is None:
-            try:
-                self.start()  # first request in this process (also after a fork)
-            except Exception:
-                # Never into the app: this process serves unmonitored from now on, said once.
-                _log.exception("modeltap: monitoring could not start; serving without it")
-                self._enabled = False
-                self._shortcut()
+            # The first request in this process (no lifespan, or after a fork).
+            if not self._start_or_serve_without():
                 await self.app(scope, receive, send)
                 return
             capture = tap.capture
@@ -238,19 +233,25 @@ class ModelTapMiddleware(_Dispatch):
         views.writes.update(analyzer.writes())
         views.reads.update(analyzer.reads())
 
-    def _start_with_the_server(self) -> None:
-        """Start as the app's startup completes, before the server takes requests: inline mode
-        loads the statistics (scipy, about half a second) here rather than on the first
-        request, and process mode has its monitor starting. Without lifespan, the first request
-        starts it (`_dispatch`)."""
-        if self.tap.capture is not None:
-            return
+    def _start_or_serve_without(self) -> bool:
+        """Start (`start`); False when that failed: never into the app, this process serves
+        unmonitored from now on, said once."""
         try:
             self.start()
         except Exception:
             _log.exception("modeltap: monitoring could not start; serving without it")
             self._enabled = False
             self._shortcut()
+            return False
+        return True
+
+    def _start_with_the_server(self) -> None:
+        """Start as the app's startup completes, before the server takes requests: inline mode
+        loads the statistics (scipy, about half a second) here rather than on the first
+        request, and process mode has its monitor starting. Without lifespan, the first request
+        starts it (`_dispatch`)."""
+        if self.tap.capture is None:
+            self._start_or_serve_without()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through unchanged, flushing telemetry once the app has shut down."""
